@@ -1,0 +1,45 @@
+"""Every error stepguard raises, as one tree.
+
+    StepguardError
+    ├── ConfigError            settings that cannot work (bad flag, bad file)
+    ├── BundleError            a policy directory that cannot be loaded
+    ├── InvalidRequest         a request that is not well formed (-> INVALID_ARGUMENT)
+    └── AuditError             the audit trail cannot be written (-> DENY)
+
+Each message says what to fix. Evaluation never raises: a Cedar error is a
+DENY with diagnostics, not an exception.
+"""
+
+from __future__ import annotations
+
+
+class StepguardError(Exception):
+    """Base of every stepguard error."""
+
+
+class ConfigError(StepguardError):
+    """A setting that cannot work."""
+
+
+class BundleError(StepguardError):
+    """A policy directory that cannot be loaded; names file and line when known."""
+
+    def __init__(self, message: str, *, file: str = "", line: int = 0) -> None:
+        self.file = file
+        self.line = line
+        self.detail = message
+        where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
+        super().__init__(f"{where}{message}")
+
+
+class InvalidRequest(StepguardError):
+    """A malformed request; `field` is the path of the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.detail = message
+        super().__init__(f"{field}: {message}")
+
+
+class AuditError(StepguardError):
+    """The audit trail could not record an event; decisions must fail closed."""

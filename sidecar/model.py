@@ -1,0 +1,107 @@
+"""Plain data that flows through the decision path: no protobuf, no I/O.
+
+Cedar values are carried in Cedar's JSON form (`{"__entity": ...}`,
+`{"__extn": ...}`), which is what cedarpy parses with the schema.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+# A Cedar value in Cedar's JSON entity/context format.
+CedarJson = Any
+
+
+@dataclass(frozen=True, slots=True)
+class EntityUid:
+    type: str
+    id: str
+
+    def __str__(self) -> str:
+        escaped = self.id.replace("\\", "\\\\").replace('"', '\\"')
+        return f'{self.type}::"{escaped}"'
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "id": self.id}
+
+
+@dataclass(frozen=True, slots=True)
+class EntityData:
+    """Attributes and parents a request supplies for one entity, for that call only."""
+
+    uid: EntityUid
+    attrs: Mapping[str, CedarJson] = field(default_factory=dict)
+    parents: tuple[EntityUid, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid.to_json(),
+            "attrs": dict(self.attrs),
+            "parents": [p.to_json() for p in self.parents],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRequest:
+    """One Cedar request, ready for the engine."""
+
+    principal: EntityUid
+    action: EntityUid
+    resource: EntityUid
+    context: Mapping[str, CedarJson]
+    entities: tuple[EntityData, ...] = ()
+
+
+class Decision(enum.Enum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRef:
+    """A policy that determined a decision."""
+
+    id: str
+    annotations: Mapping[str, str]
+    source: str  # file:line
+
+
+@dataclass(frozen=True, slots=True)
+class EvalError:
+    policy_id: str  # "" when not tied to one policy
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Obligations:
+    max_credential_ttl: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What the engine decided, and why. `revision` names the bundle."""
+
+    decision: Decision
+    reasons: tuple[PolicyRef, ...]
+    errors: tuple[EvalError, ...]
+    obligations: Obligations
+    revision: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision is Decision.ALLOW
+
+    def summary(self) -> str:
+        """One line for humans: why this decision."""
+        ids = ", ".join(r.id for r in self.reasons)
+        if self.allowed:
+            return f"permitted by {ids}"
+        if self.reasons:
+            return f"forbidden by {ids}"
+        if self.errors:
+            return "denied: " + "; ".join(e.message for e in self.errors)
+        return "denied: no policy permits this request"
