@@ -46,10 +46,9 @@ def generate(out: Path) -> None:
     for path in out.rglob("*.py*"):
         text = path.read_text()
         path.write_text(IMPORT_RE.sub(IMPORT_SUB, text))
-    for pkg in {p.parent for p in out.rglob("*.py")} | {out}:
-        while pkg != out.parent:
-            (pkg / "__init__.py").touch()
-            pkg = pkg.parent
+    for module in list(out.rglob("*.py")):
+        for pkg in module.relative_to(out).parents:
+            (out / pkg / "__init__.py").touch()
 
 
 def tree(root: Path) -> dict[str, bytes]:

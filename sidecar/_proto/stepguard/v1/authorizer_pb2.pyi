@@ -285,18 +285,27 @@ class ExtensionValue(_message.Message):
 
     FUNCTION_FIELD_NUMBER: _builtins.int
     ARGUMENT_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
     function: _builtins.str
-    """One of: ip, decimal, datetime, duration."""
+    """One of: ip, decimal, datetime, duration, offset."""
     argument: _builtins.str
+    """The argument of a one-argument constructor such as decimal("1.25")."""
+    @_builtins.property
+    def arguments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Value]:
+        """The arguments of a several-argument call such as offset(datetime, duration);
+        when set, `argument` is ignored.
+        """
+
     def __init__(
         self,
         *,
         function: _builtins.str = ...,
         argument: _builtins.str = ...,
+        arguments: _abc.Iterable[Global___Value] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argument", b"argument", "function", b"function"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argument", b"argument", "arguments", b"arguments", "function", b"function"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

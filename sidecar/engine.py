@@ -1,0 +1,118 @@
+"""Pure evaluation: (bundle, request) -> Result. No I/O, no clock, never raises.
+
+Anything that goes wrong while deciding, in cedarpy or here, becomes a DENY
+whose diagnostics say what happened. Only a Cedar `Allow` is ever an ALLOW.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import cedarpy
+
+from sidecar.bundle import Bundle
+from sidecar.model import (
+    AuthzRequest,
+    Decision,
+    EntityData,
+    EvalError,
+    Obligations,
+    PolicyRef,
+    Result,
+)
+
+_POLICY_ERROR = re.compile(r"error while evaluating policy `(?P<id>[^`]*)`: (?P<msg>.*)", re.DOTALL)
+
+
+def evaluate(bundle: Bundle, request: AuthzRequest) -> Result:
+    try:
+        return _evaluate(bundle, request)
+    except Exception as exc:  # noqa: BLE001 - fail closed on anything
+        return deny(bundle.revision, f"evaluation failed: {type(exc).__name__}: {exc}")
+
+
+def deny(revision: str, message: str) -> Result:
+    """A DENY carrying one diagnostic and no determining policy."""
+    return Result(Decision.DENY, (), (EvalError("", message),), Obligations(), revision)
+
+
+def _evaluate(bundle: Bundle, request: AuthzRequest) -> Result:
+    try:
+        entities = _entities_for(bundle, request.entities)
+    except ValueError as exc:
+        return deny(bundle.revision, f"request entities rejected: {exc}")
+    cedar_request = {
+        "principal": request.principal.to_json(),
+        "action": request.action.to_json(),
+        "resource": request.resource.to_json(),
+        "context": dict(request.context),
+    }
+    answer = cedarpy.is_authorized(cedar_request, bundle.policy_set, entities, bundle.schema)
+    diagnostics = answer.diagnostics
+    errors = tuple(_eval_error(e) for e in diagnostics.errors)
+    reasons = tuple(_policy_ref(bundle, pid) for pid in diagnostics.reasons)
+    if answer.decision is cedarpy.Decision.Allow:
+        return Result(
+            Decision.ALLOW, reasons, errors, _obligations(bundle, reasons), bundle.revision
+        )
+    if answer.decision is not cedarpy.Decision.Deny and not errors:
+        errors = (EvalError("", f"no decision from Cedar ({answer.decision.value})"),)
+    return Result(Decision.DENY, reasons, errors, Obligations(), bundle.revision)
+
+
+def _entities_for(bundle: Bundle, supplied: Iterable[EntityData]) -> cedarpy.Entities:
+    """The store plus what the request supplies, for this call only.
+
+    Supplied data that the store already holds adds nothing and costs nothing;
+    new entities are added to the parsed store without re-parsing it; only an
+    entity the store knows but the request extends forces a rebuild.
+    """
+    added: list[dict[str, Any]] = []
+    merged: dict[Any, dict[str, Any]] = {}
+    for data in supplied:
+        stored = bundle.entity_json.get(data.uid)
+        if stored is None:
+            added.append(data.to_json())
+            continue
+        attrs = dict(stored.get("attrs") or {})
+        parents = list(stored.get("parents") or [])
+        new_attrs = {k: v for k, v in data.attrs.items() if k not in attrs}
+        new_parents = [p.to_json() for p in data.parents if p.to_json() not in parents]
+        if new_attrs or new_parents:
+            merged[data.uid] = {
+                **stored,
+                "attrs": {**attrs, **new_attrs},
+                "parents": parents + new_parents,
+            }
+    if merged:
+        everything = [merged.get(uid, ent) for uid, ent in bundle.entity_json.items()]
+        return cedarpy.Entities.from_json_str(json.dumps(everything + added), bundle.schema)
+    if added:
+        return bundle.entities.with_added_json_str(json.dumps(added), bundle.schema)
+    return bundle.entities
+
+
+def _eval_error(message: str) -> EvalError:
+    m = _POLICY_ERROR.match(message)
+    if m:
+        return EvalError(m["id"], m["msg"])
+    return EvalError("", message)
+
+
+def _policy_ref(bundle: Bundle, pid: str) -> PolicyRef:
+    info = bundle.policies.get(pid)
+    if info is None:
+        return PolicyRef(pid, {}, "")
+    return PolicyRef(pid, info.annotations, info.source)
+
+
+def _obligations(bundle: Bundle, reasons: tuple[PolicyRef, ...]) -> Obligations:
+    ttls = [
+        ttl
+        for ref in reasons
+        if (info := bundle.policies.get(ref.id)) and (ttl := info.max_credential_ttl) is not None
+    ]
+    return Obligations(max_credential_ttl=min(ttls) if ttls else None)

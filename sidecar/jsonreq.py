@@ -1,0 +1,170 @@
+"""Plain JSON requests -> protobuf, for the CLI, test suites and the Cedar corpus.
+
+The JSON form mirrors the proto with Cedar's JSON for values, which is what
+policy authors already write in entity files:
+
+    {"principal": {"type": "Workload", "id": "spiffe://...", "attributes": {...},
+                   "parents": [{"type": "Team", "id": "etl"}]},
+     "action": {"type": "Action", "id": "grant_access"},
+     "resource": {"type": "Step", "id": "grant"},
+     "context": {"requester": {"type": "User", "id": "alice"}, "workflow_id": "...",
+                 "sensitivity": "high", "time_bound": {"not_after": "2026-11-25T18:00:00Z"},
+                 "approval": {"approver": {...}, "approved_at": "...", "ticket": "..."},
+                 "attributes": {"free": "form"}}}
+
+Everything then goes through the same validation as a gRPC request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar.errors import InvalidRequest
+
+_SENSITIVITY = {
+    "low": pb.SENSITIVITY_LOW,
+    "medium": pb.SENSITIVITY_MEDIUM,
+    "high": pb.SENSITIVITY_HIGH,
+    "critical": pb.SENSITIVITY_CRITICAL,
+}
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def request_from_json(data: Any) -> pb.AuthorizeRequest:
+    obj = _object(data, "request")
+    msg = pb.AuthorizeRequest()
+    if "principal" in obj:
+        _fill_entity(msg.principal, obj["principal"], "principal")
+    if "action" in obj:
+        _fill_ref(msg.action, obj["action"], "action")
+    if "resource" in obj:
+        _fill_entity(msg.resource, obj["resource"], "resource")
+    if "context" in obj:
+        _fill_context(msg.context, obj["context"])
+    return msg
+
+
+def value_to_proto(value: Any, field: str) -> pb.Value:
+    """Cedar JSON -> Value. `{"__extn": ...}` and `{"__entity": ...}` keep their meaning."""
+    out = pb.Value()
+    if isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise InvalidRequest(field, f"{value} does not fit a Cedar Long (64-bit)")
+        out.long_value = value
+    elif isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, list):
+        out.set_value.SetInParent()
+        for i, item in enumerate(value):
+            out.set_value.values.append(value_to_proto(item, f"{field}[{i}]"))
+    elif isinstance(value, dict) and set(value) == {"__extn"}:
+        ext = _object(value["__extn"], f"{field}.__extn")
+        out.extension_value.function = _string(ext.get("fn"), f"{field}.__extn.fn")
+        if "args" in ext:
+            args = ext["args"]
+            if not isinstance(args, list):
+                raise InvalidRequest(f"{field}.__extn.args", "must be a list of values")
+            for i, arg in enumerate(args):
+                item = value_to_proto(arg, f"{field}.__extn.args[{i}]")
+                out.extension_value.arguments.append(item)
+        else:
+            out.extension_value.argument = _string(ext.get("arg"), f"{field}.__extn.arg")
+    elif isinstance(value, dict) and set(value) == {"__entity"}:
+        _fill_ref(out.entity_value, value["__entity"], f"{field}.__entity")
+    elif isinstance(value, dict):
+        out.record_value.SetInParent()
+        for name, item in value.items():
+            out.record_value.fields[name].CopyFrom(value_to_proto(item, f"{field}.{name}"))
+    else:
+        raise InvalidRequest(field, f"{type(value).__name__} is not a Cedar value")
+    return out
+
+
+def _fill_ref(out: pb.EntityRef, data: Any, field: str) -> None:
+    obj = _object(data, field)
+    if "__entity" in obj:
+        obj = _object(obj["__entity"], f"{field}.__entity")
+    out.type = _string(obj.get("type"), f"{field}.type")
+    out.id = _string(obj.get("id"), f"{field}.id")
+
+
+def _fill_entity(out: pb.Entity, data: Any, field: str) -> None:
+    obj = _object(data, field)
+    ref = pb.EntityRef()
+    _fill_ref(ref, obj, field)
+    out.type, out.id = ref.type, ref.id
+    for name, value in _object(obj.get("attributes", {}), f"{field}.attributes").items():
+        out.attributes[name].CopyFrom(value_to_proto(value, f"{field}.attributes.{name}"))
+    parents = obj.get("parents", [])
+    if not isinstance(parents, list):
+        raise InvalidRequest(f"{field}.parents", "must be a list of entity references")
+    for i, parent in enumerate(parents):
+        _fill_ref(out.parents.add(), parent, f"{field}.parents[{i}]")
+
+
+def _fill_context(out: pb.StepContext, data: Any) -> None:
+    obj = _object(data, "context")
+    out.SetInParent()
+    if "requester" in obj:
+        _fill_ref(out.requester, obj["requester"], "context.requester")
+    for name in ("workflow_id", "run_id", "step_id", "target_system"):
+        if name in obj:
+            setattr(out, name, _string(obj[name], f"context.{name}"))
+    if "attempt" in obj:
+        attempt = obj["attempt"]
+        if not isinstance(attempt, int) or isinstance(attempt, bool):
+            raise InvalidRequest("context.attempt", "must be an integer")
+        out.attempt = attempt
+    if "sensitivity" in obj:
+        level = obj["sensitivity"]
+        if level not in _SENSITIVITY:
+            raise InvalidRequest(
+                "context.sensitivity", f"{level!r} is not one of low, medium, high, critical"
+            )
+        out.sensitivity = _SENSITIVITY[level]
+    if "time_bound" in obj:
+        bound = _object(obj["time_bound"], "context.time_bound")
+        out.time_bound.SetInParent()
+        for name in ("not_before", "not_after"):
+            if name in bound:
+                _fill_time(getattr(out.time_bound, name), bound[name], f"context.time_bound.{name}")
+    if "approval" in obj:
+        approval = _object(obj["approval"], "context.approval")
+        out.approval.SetInParent()
+        if "approver" in approval:
+            _fill_ref(out.approval.approver, approval["approver"], "context.approval.approver")
+        if "approved_at" in approval:
+            _fill_time(
+                out.approval.approved_at, approval["approved_at"], "context.approval.approved_at"
+            )
+        if "ticket" in approval:
+            out.approval.ticket = _string(approval["ticket"], "context.approval.ticket")
+    attrs = _object(obj.get("attributes", {}), "context.attributes")
+    for name, value in attrs.items():
+        out.attributes[name].CopyFrom(value_to_proto(value, f"context.attributes.{name}"))
+
+
+def _fill_time(out: timestamp_pb2.Timestamp, value: Any, field: str) -> None:
+    text = _string(value, field)
+    try:
+        out.FromJsonString(text)
+    except ValueError as exc:
+        raise InvalidRequest(field, f"{text!r} is not an RFC 3339 timestamp: {exc}") from exc
+
+
+def _object(value: Any, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidRequest(field, f"must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _string(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(field, "is required and must be a string")
+    return value
