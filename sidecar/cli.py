@@ -1,0 +1,227 @@
+"""`stepguard` command line: serve, check, validate.
+
+Exit codes: 0 success (check: ALLOW), 1 error (bad input, invalid policies),
+2 check: DENY. `check` and `validate` reuse the server's loader, validation
+and engine, so what they say is what the sidecar would do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sidecar.bundle import load_bundle
+from sidecar.config import build_settings
+from sidecar.engine import evaluate
+from sidecar.errors import StepguardError
+from sidecar.jsonreq import request_from_json
+from sidecar.model import Result
+from sidecar.validate import Limits, request_from_proto
+
+EXIT_OK, EXIT_ERROR, EXIT_DENY = 0, 1, 2
+_UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except StepguardError as exc:
+        print(f"stepguard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stepguard", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the decision sidecar")
+    serve.add_argument("--policies", help="policy directory (default: policies)")
+    serve.add_argument("--listen", help="HOST:PORT for gRPC, or 'none' (default 127.0.0.1:50051)")
+    serve.add_argument("--socket", help="also (or only) listen on this Unix socket path")
+    serve.add_argument("--metrics-listen", help="HOST:PORT for /metrics, or 'off'")
+    serve.add_argument("--audit-file", help="audit trail: a file path, or - for stdout")
+    serve.add_argument("--grace", dest="grace_s", type=float, help="drain time on shutdown (s)")
+    serve.add_argument("--workers", type=int, help="gRPC worker threads")
+    serve.add_argument("--max-request-bytes", type=int)
+    serve.add_argument("--max-attribute-depth", type=int)
+    serve.add_argument("--max-batch-items", type=int)
+    serve.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
+    serve.add_argument("--log-level", default="INFO")
+    serve.set_defaults(run=_serve)
+
+    check = sub.add_parser("check", help="decide one request locally, as the sidecar would")
+    check.add_argument("--policies", type=Path, default=Path("policies"))
+    check.add_argument("--request", type=Path, help="JSON request file (- for stdin)")
+    check.add_argument("--principal", help='e.g. Workload::"spiffe://example.org/ns/etl/sa/w"')
+    check.add_argument("--action", help='e.g. Action::"grant_access"')
+    check.add_argument("--resource", help='e.g. System::"payroll"')
+    check.add_argument("--context", help="context as JSON (the request file's context form)")
+    check.add_argument("--now", help="evaluate as if at this RFC 3339 time (default: now)")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.set_defaults(run=_check)
+
+    validate = sub.add_parser("validate", help="load and strictly validate a policy directory")
+    validate.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+    validate.set_defaults(run=_validate)
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions() -> list[Any]:
+    """Subcommands that live beside the feature they drive (each `register(subparsers)`)."""
+    return []
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sidecar.server import Sidecar
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    flags = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("run", "config", "log_level") and v is not None
+    }
+    settings = build_settings(flags, os.environ, args.config)
+    sidecar = Sidecar(settings)
+    endpoints = sidecar.start()
+    print(
+        json.dumps(_endpoints(endpoints)),
+        flush=True,
+        file=sys.stderr,
+    )
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("stepguard").info("signal %d: shutting down", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    done.wait()
+    sidecar.stop()
+    return EXIT_OK
+
+
+def _endpoints(endpoints: Any) -> dict[str, Any]:
+    return {
+        "event": "serving",
+        "grpc": endpoints.tcp,
+        "socket": endpoints.socket,
+        "metrics": endpoints.metrics,
+    }
+
+
+def _check(args: argparse.Namespace) -> int:
+    bundle = load_bundle(args.policies)
+    raw = _request_json(args)
+    now = _parse_now(args.now)
+    request = request_from_proto(request_from_json(raw), bundle, Limits(), now=now)
+    result = evaluate(bundle, request)
+    if args.json:
+        print(json.dumps(result_json(result), indent=2))
+    else:
+        print(render_result(result))
+    return EXIT_OK if result.allowed else EXIT_DENY
+
+
+def _request_json(args: argparse.Namespace) -> dict[str, Any]:
+    if args.request is not None:
+        text = sys.stdin.read() if str(args.request) == "-" else args.request.read_text()
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StepguardError(f"--request: invalid JSON: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise StepguardError("--request: must be a JSON object")
+        return loaded
+    missing = [n for n in ("principal", "action", "resource") if getattr(args, n) is None]
+    if missing:
+        raise StepguardError(
+            "give --request FILE, or all of --principal, --action and --resource "
+            f"(missing: {', '.join('--' + m for m in missing)})"
+        )
+    data: dict[str, Any] = {
+        "principal": _parse_uid(args.principal, "--principal"),
+        "action": _parse_uid(args.action, "--action"),
+        "resource": _parse_uid(args.resource, "--resource"),
+    }
+    if args.context:
+        try:
+            data["context"] = json.loads(args.context)
+        except json.JSONDecodeError as exc:
+            raise StepguardError(f"--context: invalid JSON: {exc}") from exc
+    return data
+
+
+def _parse_uid(text: str, flag: str) -> dict[str, str]:
+    m = _UID.fullmatch(text)
+    if not m:
+        raise StepguardError(f'{flag}: {text!r} is not an entity reference like Type::"id"')
+    return {"type": m["type"], "id": re.sub(r"\\(.)", r"\1", m["id"])}
+
+
+def _parse_now(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise StepguardError(f"--now: {text!r} is not an RFC 3339 time") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def result_json(result: Result) -> dict[str, Any]:
+    ttl = result.obligations.max_credential_ttl
+    return {
+        "decision": result.decision.value,
+        "reason": result.summary(),
+        "determining_policies": [
+            {"id": r.id, "source": r.source, "annotations": dict(r.annotations)}
+            for r in result.reasons
+        ],
+        "errors": [{"policy": e.policy_id, "message": e.message} for e in result.errors],
+        "obligations": {"max_credential_ttl_s": ttl.total_seconds()} if ttl else {},
+        "policy_revision": result.revision,
+    }
+
+
+def render_result(result: Result) -> str:
+    lines = [f"decision: {result.decision.value}", f"reason:   {result.summary()}"]
+    for ref in result.reasons:
+        lines.append(f"  policy {ref.id} ({ref.source})")
+    for err in result.errors:
+        lines.append(f"  error {err.policy_id or '-'}: {err.message}")
+    ttl = result.obligations.max_credential_ttl
+    if ttl is not None:
+        lines.append(f"obligation: max_credential_ttl = {int(ttl.total_seconds())}s")
+    lines.append(f"revision: {result.revision}")
+    return "\n".join(lines)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    bundle = load_bundle(args.directory)
+    print(
+        f"ok: {bundle.policy_count} policies, {len(bundle.entity_json)} entities, "
+        f"revision {bundle.revision}"
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

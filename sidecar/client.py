@@ -1,0 +1,228 @@
+"""The orchestrator-side client: ask before every step, fail closed.
+
+`authorize` never raises. An unreachable sidecar, a deadline, a bad request
+or anything else gives a DENY `StepDecision` whose `reason` says why, so a
+caller that forgets a try/except cannot go on by accident. `guard` is the
+opposite on purpose: it raises `StepDenied` so the guarded step does not run.
+
+    client = StepguardClient("unix:///run/stepguard/grpc.sock")
+    with client.guard({"principal": ..., "action": ..., "resource": ...}) as decision:
+        issue_credential(ttl=decision.max_credential_ttl)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+import grpc.aio
+
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.errors import InvalidRequest, StepguardError
+from sidecar.jsonreq import request_from_json
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_S = 2.0
+
+RequestLike = pb.AuthorizeRequest | Mapping[str, Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class StepDecision:
+    allowed: bool
+    reason: str
+    decision_id: str = ""
+    policy_revision: str = ""
+    determining_policies: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    max_credential_ttl: timedelta | None = None
+    response: pb.AuthorizeResponse | None = field(default=None, repr=False)
+
+
+class StepDenied(StepguardError):
+    """Raised by `guard` when a step is not allowed; carries the decision."""
+
+    def __init__(self, decision: StepDecision) -> None:
+        self.decision = decision
+        super().__init__(f"step denied by stepguard: {decision.reason}")
+
+
+def denied(reason: str) -> StepDecision:
+    return StepDecision(allowed=False, reason=reason)
+
+
+def from_response(resp: pb.AuthorizeResponse) -> StepDecision:
+    ttl = (
+        resp.obligations.max_credential_ttl.ToTimedelta()
+        if resp.obligations.HasField("max_credential_ttl")
+        else None
+    )
+    return StepDecision(
+        allowed=resp.decision == pb.DECISION_ALLOW,
+        reason=resp.reason,
+        decision_id=resp.decision_id,
+        policy_revision=resp.policy_revision,
+        determining_policies=tuple(p.id for p in resp.determining_policies),
+        errors=tuple(e.message for e in resp.errors),
+        max_credential_ttl=ttl,
+        response=resp,
+    )
+
+
+def _to_proto(request: RequestLike) -> pb.AuthorizeRequest:
+    if isinstance(request, pb.AuthorizeRequest):
+        return request
+    return request_from_json(dict(request))
+
+
+def _rpc_failure(exc: grpc.RpcError) -> StepDecision:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "UNKNOWN"
+    return denied(f"stepguard call failed ({name}): {details}")
+
+
+class StepguardClient:
+    """Blocking client. `target` is HOST:PORT or `unix:///path/to.sock`."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self._channel = (
+            grpc.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(target)
+        )
+        self._stub = pb_grpc.AuthorizerStub(self._channel)
+
+    def authorize(self, request: RequestLike, *, timeout: float | None = None) -> StepDecision:
+        try:
+            msg = _to_proto(request)
+            resp = self._stub.Authorize(msg, timeout=timeout or self.timeout)
+        except InvalidRequest as exc:
+            return denied(f"invalid request: {exc}")
+        except grpc.RpcError as exc:
+            return _rpc_failure(exc)
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything else
+            return denied(f"stepguard client error: {type(exc).__name__}: {exc}")
+        return from_response(resp)
+
+    def authorize_batch(
+        self, requests: Sequence[RequestLike], *, timeout: float | None = None
+    ) -> list[StepDecision]:
+        """One decision per request, in order; a failure denies the items it touches."""
+        try:
+            msgs = [_to_proto(r) for r in requests]
+            resp = self._stub.AuthorizeBatch(
+                pb.AuthorizeBatchRequest(items=msgs), timeout=timeout or self.timeout
+            )
+        except InvalidRequest as exc:
+            return [denied(f"invalid request: {exc}")] * len(requests)
+        except grpc.RpcError as exc:
+            return [_rpc_failure(exc)] * len(requests)
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything else
+            return [denied(f"stepguard client error: {exc}")] * len(requests)
+        out = [
+            from_response(r.response)
+            if r.HasField("response")
+            else denied(f"invalid request: {r.error.message}")
+            for r in resp.results
+        ]
+        if len(out) != len(requests):
+            return [denied("stepguard answered a different number of results")] * len(requests)
+        return out
+
+    @contextmanager
+    def guard(self, request: RequestLike) -> Iterator[StepDecision]:
+        """Run the block only if the step is allowed; raise StepDenied otherwise."""
+        decision = self.authorize(request)
+        if not decision.allowed:
+            raise StepDenied(decision)
+        yield decision
+
+    def guarded(self, request: RequestLike) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorator form of `guard`: the function runs only when allowed."""
+
+        def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+            @functools.wraps(fn)
+            def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+                with self.guard(request):
+                    return fn(*args, **kwargs)
+
+            return inner
+
+        return wrap
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> StepguardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncStepguardClient:
+    """asyncio client with the same fail-closed contract."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target)
+        )
+        self._stub = pb_grpc.AuthorizerStub(self._channel)
+
+    async def authorize(
+        self, request: RequestLike, *, timeout: float | None = None
+    ) -> StepDecision:
+        try:
+            msg = _to_proto(request)
+            call: Awaitable[pb.AuthorizeResponse] = self._stub.Authorize(
+                msg, timeout=timeout or self.timeout
+            )
+            resp = await call
+        except InvalidRequest as exc:
+            return denied(f"invalid request: {exc}")
+        except grpc.RpcError as exc:
+            return _rpc_failure(exc)
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything else
+            return denied(f"stepguard client error: {type(exc).__name__}: {exc}")
+        return from_response(resp)
+
+    async def check(self, request: RequestLike) -> StepDecision:
+        """Like `guard`: return the decision when allowed, raise StepDenied otherwise."""
+        decision = await self.authorize(request)
+        if not decision.allowed:
+            raise StepDenied(decision)
+        return decision
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncStepguardClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

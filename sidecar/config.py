@@ -1,0 +1,109 @@
+"""Settings: one frozen object built from flags, an optional YAML file and the environment.
+
+Precedence: command-line flag > environment (`STEPGUARD_<NAME>`) > config
+file > default. Nothing else in stepguard reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar.errors import ConfigError
+from sidecar.validate import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    policies: Path = Path("policies")
+    # host:port to listen on; None disables TCP. Loopback by default, never all
+    # interfaces unless asked.
+    listen: str | None = "127.0.0.1:50051"
+    socket: Path | None = None
+    metrics_listen: str | None = "127.0.0.1:9464"
+    audit_file: str = "-"
+    grace_s: float = 10.0
+    workers: int = 16
+    limits: Limits = field(default_factory=Limits)
+    max_batch_bytes: int = 8 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.listen is None and self.socket is None:
+            raise ConfigError("nothing to listen on: give --listen HOST:PORT and/or --socket PATH")
+        for name in ("listen", "metrics_listen"):
+            value = getattr(self, name)
+            if value is not None:
+                split_host_port(value, name)
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.grace_s < 0:
+            raise ConfigError(f"grace must not be negative, got {self.grace_s}")
+        for name in ("max_request_bytes", "max_attribute_depth", "max_batch_items"):
+            if getattr(self.limits, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+
+
+def split_host_port(value: str, name: str = "address") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: {value!r} is not HOST:PORT (for example 127.0.0.1:50051)")
+    return host.strip("[]"), int(port)
+
+
+_OFF = {"", "none", "off", "false"}
+_LIMIT_KEYS = {f.name for f in dataclasses.fields(Limits)}
+
+
+def build_settings(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge the three sources; values are strings from env and file, typed on the way in."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config_file} must be a mapping of settings")
+        merged.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    for key, value in (environ or {}).items():
+        if key.startswith("STEPGUARD_"):
+            merged[key.removeprefix("STEPGUARD_").lower()] = value
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    return _typed(merged)
+
+
+def _typed(raw: Mapping[str, Any]) -> Settings:
+    known = {f.name for f in dataclasses.fields(Settings)} | _LIMIT_KEYS
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    limits: dict[str, int] = {}
+    try:
+        for key, value in raw.items():
+            if key in _LIMIT_KEYS:
+                limits[key] = int(value)
+            elif key in ("listen", "metrics_listen"):
+                kwargs[key] = None if str(value).lower() in _OFF else str(value)
+            elif key == "socket":
+                kwargs[key] = None if str(value).lower() in _OFF else Path(value)
+            elif key == "policies":
+                kwargs[key] = Path(value)
+            elif key in ("grace_s",):
+                kwargs[key] = float(value)
+            elif key in ("workers", "max_batch_bytes"):
+                kwargs[key] = int(value)
+            else:
+                kwargs[key] = value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid setting value: {exc}") from exc
+    return Settings(**kwargs, limits=Limits(**limits))

@@ -1,0 +1,86 @@
+"""Every Prometheus metric stepguard exports, declared once.
+
+Each server owns a registry, so several servers in one process (tests) do
+not share counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "stepguard_decisions_total",
+            "Decisions answered, by outcome and whether the cache served them.",
+            ["decision", "cached"],
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "stepguard_decision_duration_seconds",
+            "Time from receiving a request to having its audited decision.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.invalid_requests = Counter(
+            "stepguard_invalid_requests_total",
+            "Requests answered INVALID_ARGUMENT, by the top-level field at fault.",
+            ["field"],
+            registry=r,
+        )
+        self.evaluation_errors = Counter(
+            "stepguard_evaluation_errors_total",
+            "Decisions whose evaluation reported at least one error (always DENY-safe).",
+            registry=r,
+        )
+        self.audit_failures = Counter(
+            "stepguard_audit_write_failures_total",
+            "Decisions turned into DENY because the audit trail could not be written.",
+            registry=r,
+        )
+        self.audit_healthy = Gauge(
+            "stepguard_audit_healthy",
+            "1 while the audit trail accepts writes, 0 while it fails.",
+            registry=r,
+        )
+        self.policy_revision = Gauge(
+            "stepguard_policy_revision_info",
+            "The policy bundle in use (value 1, revision in the label).",
+            ["revision"],
+            registry=r,
+        )
+        self.policies_loaded = Gauge(
+            "stepguard_policies_loaded",
+            "Number of policies in the bundle in use.",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "stepguard_policy_reloads_total",
+            "Policy reload attempts, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.audit_healthy.set(1)
+
+    def set_bundle(self, revision: str, policy_count: int) -> None:
+        self.policy_revision.clear()
+        self.policy_revision.labels(revision=revision).set(1)
+        self.policies_loaded.set(policy_count)

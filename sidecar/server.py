@@ -1,0 +1,158 @@
+"""The sidecar process: gRPC server, health, reflection, metrics, shutdown.
+
+Shutdown runs in order: health NOT_SERVING, stop accepting, drain in-flight
+calls for the grace period, then close the audit trail and the metrics port.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.audit.jsonl import open_sink
+from sidecar.audit.sink import AuditSink
+from sidecar.bundle import Bundle, load_bundle
+from sidecar.config import Settings, split_host_port
+from sidecar.decider import Decider
+from sidecar.metrics import Metrics
+from sidecar.servicer import AuthorizerServicer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where a started sidecar actually listens (ports resolved when 0 was asked)."""
+
+    tcp: str | None
+    socket: str | None
+    metrics: str | None
+
+
+class BundleHolder:
+    """The bundle in use. Reads are one attribute load; a reload swaps one reference."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self._bundle = bundle
+        self._lock = threading.Lock()
+
+    def current(self) -> Bundle:
+        return self._bundle
+
+    def swap(self, bundle: Bundle) -> None:
+        with self._lock:
+            self._bundle = bundle
+
+
+class Sidecar:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        sink: AuditSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.holder = BundleHolder(load_bundle(settings.policies))
+        bundle = self.holder.current()
+        self.metrics.set_bundle(bundle.revision, bundle.policy_count)
+        self.sink = sink if sink is not None else open_sink(settings.audit_file)
+        self.decider = Decider(self.sink, self.metrics, clock)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self._grpc: grpc.Server | None = None
+        self._metrics_server: Any = None
+        self._stopped = threading.Event()
+        self.endpoints = Endpoints(None, None, None)
+
+    def start(self) -> Endpoints:
+        s = self.settings
+        message_limit = s.max_batch_bytes + 64 * 1024
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="stepguard"),
+            options=[
+                ("grpc.max_receive_message_length", message_limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        servicer = AuthorizerServicer(
+            self.holder.current, self.decider, s.limits, self.metrics, s.max_batch_bytes
+        )
+        pb_grpc.add_AuthorizerServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # type: ignore[no-untyped-call]
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        tcp = sock = metrics = None
+        if s.listen is not None:
+            host, _ = split_host_port(s.listen, "listen")
+            port = server.add_insecure_port(s.listen)
+            if port == 0:
+                raise OSError(f"cannot listen on {s.listen}")
+            tcp = f"{host}:{port}"
+        if s.socket is not None:
+            s.socket.parent.mkdir(parents=True, exist_ok=True)
+            s.socket.unlink(missing_ok=True)
+            if server.add_insecure_port(f"unix:{s.socket}") == 0:
+                raise OSError(f"cannot listen on unix socket {s.socket}")
+            sock = str(s.socket)
+        server.start()
+        self._grpc = server
+        if s.metrics_listen is not None:
+            host, port = split_host_port(s.metrics_listen, "metrics_listen")
+            httpd, _ = start_http_server(port, host, registry=self.metrics.registry)
+            self._metrics_server = httpd
+            metrics = f"{host}:{httpd.server_port}"
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.endpoints = Endpoints(tcp, sock, metrics)
+        log.info(
+            "stepguard serving policies %s (revision %s, %d policies) on %s",
+            s.policies,
+            self.holder.current().revision[:12],
+            self.holder.current().policy_count,
+            ", ".join(e for e in (tcp, f"unix:{sock}" if sock else None) if e),
+        )
+        return self.endpoints
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown; safe to call twice."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            self._grpc.stop(self.settings.grace_s if grace is None else grace).wait()
+        self.sink.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        if self.settings.socket is not None:
+            self.settings.socket.unlink(missing_ok=True)
+        log.info("stepguard stopped")
+
+    def wait(self) -> None:
+        if self._grpc is not None:
+            self._grpc.wait_for_termination()

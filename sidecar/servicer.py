@@ -1,0 +1,130 @@
+"""gRPC handlers: transport -> validation -> decider -> response. Thin by design.
+
+Handlers take one bundle snapshot per call, so validation and evaluation of a
+request always see the same policies, even across a reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+
+import grpc
+
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.audit.event import CallMeta
+from sidecar.bundle import Bundle
+from sidecar.decider import Decided, Decider
+from sidecar.errors import InvalidRequest
+from sidecar.metrics import Metrics
+from sidecar.model import Decision
+from sidecar.validate import Limits, request_from_proto
+
+log = logging.getLogger(__name__)
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+_DECISION = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY}
+
+
+class AuthorizerServicer(pb_grpc.AuthorizerServicer):
+    def __init__(
+        self,
+        bundle: Callable[[], Bundle],
+        decider: Decider,
+        limits: Limits,
+        metrics: Metrics,
+        max_batch_bytes: int,
+    ) -> None:
+        self._bundle = bundle
+        self._decider = decider
+        self._limits = limits
+        self._metrics = metrics
+        self._max_batch_bytes = max_batch_bytes
+
+    def Authorize(
+        self, request: pb.AuthorizeRequest, context: grpc.ServicerContext
+    ) -> pb.AuthorizeResponse:
+        started = time.perf_counter()
+        try:
+            return to_response(self._decide(request, _meta(context), started))
+        except InvalidRequest as exc:
+            self._count_invalid(exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception:  # an error status, never an ALLOW
+            log.exception("Authorize failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; the step is not authorized")
+
+    def AuthorizeBatch(
+        self, request: pb.AuthorizeBatchRequest, context: grpc.ServicerContext
+    ) -> pb.AuthorizeBatchResponse:
+        started = time.perf_counter()
+        count, size = len(request.items), request.ByteSize()
+        if count > self._limits.max_batch_items:
+            self._count_invalid(InvalidRequest("items", ""))
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"items: {count} items, over the limit of {self._limits.max_batch_items}",
+            )
+        if size > self._max_batch_bytes:
+            self._count_invalid(InvalidRequest("items", ""))
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"items: batch is {size} bytes, over the limit of {self._max_batch_bytes}",
+            )
+        meta = _meta(context)
+        out = pb.AuthorizeBatchResponse()
+        for i, item in enumerate(request.items):
+            slot = out.results.add()
+            try:
+                slot.response.CopyFrom(to_response(self._decide(item, meta, started)))
+            except InvalidRequest as exc:
+                self._count_invalid(exc)
+                slot.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                slot.error.message = f"items[{i}].{exc}"
+            except Exception:  # this item fails closed; the rest go on
+                log.exception("AuthorizeBatch item %d failed", i)
+                slot.error.code = grpc.StatusCode.INTERNAL.value[0]
+                slot.error.message = f"items[{i}]: internal error; the step is not authorized"
+        return out
+
+    def _decide(self, msg: pb.AuthorizeRequest, meta: CallMeta, started: float) -> Decided:
+        bundle = self._bundle()
+        at = self._decider.now()
+        request = request_from_proto(msg, bundle, self._limits, now=at)
+        return self._decider.decide(bundle, request, meta, at=at, started=started)
+
+    def _count_invalid(self, exc: InvalidRequest) -> None:
+        top = re.split(r"[.\[]", exc.field, maxsplit=1)[0]
+        self._metrics.invalid_requests.labels(field=top).inc()
+
+
+def _meta(context: grpc.ServicerContext) -> CallMeta:
+    trace = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent" and isinstance(value, str):
+            m = _TRACEPARENT.fullmatch(value.strip())
+            if m and m["trace"] != "0" * 32:
+                trace = m["trace"]
+    return CallMeta(peer=context.peer() or "", trace_id=trace)
+
+
+def to_response(decided: Decided) -> pb.AuthorizeResponse:
+    result = decided.result
+    out = pb.AuthorizeResponse(
+        decision=_DECISION[result.decision],
+        decision_id=decided.decision_id,
+        policy_revision=result.revision,
+        reason=result.summary(),
+    )
+    for ref in result.reasons:
+        out.determining_policies.add(
+            id=ref.id, annotations=dict(ref.annotations), source=ref.source
+        )
+    for err in result.errors:
+        out.errors.add(policy_id=err.policy_id, message=err.message)
+    ttl = result.obligations.max_credential_ttl
+    if ttl is not None:
+        out.obligations.max_credential_ttl.FromTimedelta(ttl)
+    return out
