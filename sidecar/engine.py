@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
 
 import cedarpy
 
@@ -64,32 +63,12 @@ def _evaluate(bundle: Bundle, request: AuthzRequest) -> Result:
 
 
 def _entities_for(bundle: Bundle, supplied: Iterable[EntityData]) -> cedarpy.Entities:
-    """The store plus what the request supplies, for this call only.
+    """The store plus the entities a request supplies, for this call only.
 
-    Supplied data that the store already holds adds nothing and costs nothing;
-    new entities are added to the parsed store without re-parsing it; only an
-    entity the store knows but the request extends forces a rebuild.
+    Validation admits supplied data only for entities the store does not hold,
+    so they are added to the parsed store without re-parsing it.
     """
-    added: list[dict[str, Any]] = []
-    merged: dict[Any, dict[str, Any]] = {}
-    for data in supplied:
-        stored = bundle.entity_json.get(data.uid)
-        if stored is None:
-            added.append(data.to_json())
-            continue
-        attrs = dict(stored.get("attrs") or {})
-        parents = list(stored.get("parents") or [])
-        new_attrs = {k: v for k, v in data.attrs.items() if k not in attrs}
-        new_parents = [p.to_json() for p in data.parents if p.to_json() not in parents]
-        if new_attrs or new_parents:
-            merged[data.uid] = {
-                **stored,
-                "attrs": {**attrs, **new_attrs},
-                "parents": parents + new_parents,
-            }
-    if merged:
-        everything = [merged.get(uid, ent) for uid, ent in bundle.entity_json.items()]
-        return cedarpy.Entities.from_json_str(json.dumps(everything + added), bundle.schema)
+    added = [d.to_json() for d in supplied if d.uid not in bundle.entity_json]
     if added:
         return bundle.entities.with_added_json_str(json.dumps(added), bundle.schema)
     return bundle.entities

@@ -96,7 +96,7 @@ class Sidecar:
             self.holder.current, self.decider, s.limits, self.metrics, s.max_batch_bytes
         )
         pb_grpc.add_AuthorizerServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,

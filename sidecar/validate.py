@@ -112,14 +112,46 @@ def _entity(msg: pb.Entity, field: str, bundle: Bundle, limits: Limits) -> Entit
     parents = tuple(_uid(p, f"{field}.parents[{i}]", bundle) for i, p in enumerate(msg.parents))
     stored = bundle.entity_json.get(uid)
     if stored is not None:
-        known = stored.get("attrs") or {}
-        for name, value in attrs.items():
-            if name in known and known[name] != value:
-                raise InvalidRequest(
-                    f"{field}.attributes[{name!r}]",
-                    f"conflicts with the value the entity store holds for {uid}",
-                )
+        _check_agrees_with_store(field, uid, stored, attrs, parents)
+        return EntityData(uid)
     return EntityData(uid, attrs, parents)
+
+
+def _check_agrees_with_store(
+    field: str,
+    uid: EntityUid,
+    stored: Mapping[str, Any],
+    attrs: Mapping[str, CedarJson],
+    parents: tuple[EntityUid, ...],
+) -> None:
+    """The entity store is the source of truth for the entities it holds.
+
+    A caller may restate what the store holds but not add to it: an extra
+    parent or attribute would let a workload grant itself group membership.
+    """
+    known = stored.get("attrs") or {}
+    for name, value in attrs.items():
+        if name not in known:
+            raise InvalidRequest(
+                f"{field}.attributes[{name!r}]",
+                f"{uid} is in the entity store, which does not give it this attribute; "
+                "a request cannot add attributes to a stored entity",
+            )
+        if known[name] != value:
+            raise InvalidRequest(
+                f"{field}.attributes[{name!r}]",
+                f"conflicts with the value the entity store holds for {uid}",
+            )
+    stored_parents = [
+        p.get("__entity", p) for p in stored.get("parents") or [] if isinstance(p, dict)
+    ]
+    for i, parent in enumerate(parents):
+        if parent.to_json() not in stored_parents:
+            raise InvalidRequest(
+                f"{field}.parents[{i}]",
+                f"{uid} is in the entity store, which does not place it in {parent}; "
+                "a request cannot add parents to a stored entity",
+            )
 
 
 def _value(msg: pb.Value, field: str, depth: int) -> CedarJson:

@@ -107,10 +107,11 @@ Global___EntityRef: _TypeAlias = EntityRef  # noqa: Y015
 
 @_typing.final
 class Entity(_message.Message):
-    """An entity named in a request. When `attributes` or `parents` are given, the
-    entity is added to the bundle's entity store for this call only: new
-    attributes and parents are added; an attribute the store already holds with
-    a different value is INVALID_ARGUMENT (the store is the source of truth).
+    """An entity named in a request. For an entity the bundle's entity store does
+    not hold, `attributes` and `parents` add it to the store for this call only.
+    For an entity the store holds, the store is the source of truth: a request
+    may restate stored attributes and parents but not add or change any
+    (INVALID_ARGUMENT), so no caller can grant itself a group or an attribute.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -1,0 +1,96 @@
+"""Real servers for tests: the stepguard sidecar on loopback and a Unix socket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import Settings
+from sidecar.server import Sidecar
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+# A Wednesday, 10:00 UTC: inside the example calendar's business hours.
+BUSINESS_HOURS = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+NOTIFIER = {"type": "Workload", "id": "spiffe://example.org/ns/comms/sa/notifier"}
+PROVISIONER = {"type": "Workload", "id": "spiffe://example.org/ns/identity/sa/provisioner"}
+
+
+def notify_request() -> dict[str, Any]:
+    """A read-only step the example policies permit."""
+    return {
+        "principal": NOTIFIER,
+        "action": {"type": "Action", "id": "notify"},
+        "resource": {"type": "TargetSystem", "id": "slack"},
+        "context": {"workflow_id": "onboarding", "run_id": "r1", "step_id": "notify"},
+    }
+
+
+def grant_request(*, approver: str | None = "ines", requester: str = "maria") -> dict[str, Any]:
+    """An identity-changing step; without an independent approval it is denied."""
+    ctx: dict[str, Any] = {
+        "requester": {"type": "User", "id": requester},
+        "workflow_id": "onboarding",
+        "run_id": "r1",
+        "step_id": "grant",
+        "sensitivity": "medium",
+        "attributes": {"workflow": {"__entity": {"type": "Workflow", "id": "onboarding"}}},
+    }
+    if approver is not None:
+        ctx["approval"] = {
+            "approver": {"type": "User", "id": approver},
+            "approved_at": "2026-11-25T09:00:00Z",
+            "ticket": "CHG-1",
+        }
+    return {
+        "principal": PROVISIONER,
+        "action": {"type": "Action", "id": "grant_access"},
+        "resource": {"type": "TargetSystem", "id": "jira"},
+        "context": ctx,
+    }
+
+
+@dataclass
+class Running:
+    sidecar: Sidecar
+    tcp: str
+    socket: str
+    metrics: str
+    audit: Path
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+
+
+@contextmanager
+def running_sidecar(
+    tmp: Path,
+    *,
+    policies: Path = POLICIES,
+    clock: Callable[[], datetime] = lambda: BUSINESS_HOURS,
+    **overrides: Any,
+) -> Iterator[Running]:
+    settings = Settings(
+        policies=policies,
+        listen="127.0.0.1:0",
+        socket=tmp / "stepguard.sock",
+        metrics_listen="127.0.0.1:0",
+        audit_file=str(tmp / "audit.jsonl"),
+        grace_s=2.0,
+        **overrides,
+    )
+    sidecar = Sidecar(settings, clock=clock)
+    endpoints = sidecar.start()
+    assert endpoints.tcp and endpoints.socket and endpoints.metrics
+    try:
+        yield Running(
+            sidecar, endpoints.tcp, endpoints.socket, endpoints.metrics, tmp / "audit.jsonl"
+        )
+    finally:
+        sidecar.stop(grace=1.0)
