@@ -20,14 +20,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.audit.jsonl import open_sink
 from sidecar.audit.sink import AuditSink
 from sidecar.bundle import Bundle, load_bundle
 from sidecar.config import Settings, split_host_port
 from sidecar.decider import Decider
 from sidecar.metrics import Metrics
-from sidecar.servicer import AuthorizerServicer
+from sidecar.servicer import AuthorizerServicer, generic_handler
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
@@ -95,7 +94,7 @@ class Sidecar:
         servicer = AuthorizerServicer(
             self.holder.current, self.decider, s.limits, self.metrics, s.max_batch_bytes
         )
-        pb_grpc.add_AuthorizerServicer_to_server(servicer, server)
+        server.add_generic_rpc_handlers((generic_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

@@ -10,8 +10,10 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
@@ -98,6 +100,46 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
     def _count_invalid(self, exc: InvalidRequest) -> None:
         top = re.split(r"[.\[]", exc.field, maxsplit=1)[0]
         self._metrics.invalid_requests.labels(field=top).inc()
+
+
+def generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """Register the unary methods so that undecodable bytes are INVALID_ARGUMENT.
+
+    grpcio answers a request its deserializer cannot parse with INTERNAL; the
+    API promises INVALID_ARGUMENT for any malformed input, so handlers receive
+    raw bytes and parse them here.
+    """
+    handlers = {
+        "Authorize": grpc.unary_unary_rpc_method_handler(
+            _parsing(servicer.Authorize, pb.AuthorizeRequest),
+            response_serializer=pb.AuthorizeResponse.SerializeToString,
+        ),
+        "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
+            _parsing(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest),
+            response_serializer=pb.AuthorizeBatchResponse.SerializeToString,
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+
+
+def _parsing(
+    fn: Callable[[M, grpc.ServicerContext], R], request_type: type[M]
+) -> Callable[[bytes, grpc.ServicerContext], R]:
+    name = request_type.DESCRIPTOR.full_name
+
+    def handler(raw: bytes, context: grpc.ServicerContext) -> R:
+        try:
+            msg = request_type.FromString(raw)
+        except DecodeError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message")
+        return fn(msg, context)
+
+    return handler
 
 
 def _meta(context: grpc.ServicerContext) -> CallMeta:
