@@ -1,0 +1,118 @@
+"""The orchestrator client against the real server: fail closed in every way."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.client import AsyncStepguardClient, StepDenied, StepguardClient
+from tests.helpers import Running, grant_request, notify_request, running_sidecar
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with running_sidecar(tmp_path_factory.mktemp("client")) as running:
+        yield running
+
+
+def _closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_allow_and_deny(server: Running, transport: str) -> None:
+    target = server.tcp if transport == "tcp" else f"unix://{server.socket}"
+    with StepguardClient(target) as client:
+        ok = client.authorize(notify_request())
+        assert ok.allowed and ok.decision_id and ok.policy_revision
+        assert ok.determining_policies == ("step-runners-read-and-notify",)
+        no = client.authorize(grant_request(approver=None))
+        assert not no.allowed
+        assert "identity-change-requires-independent-approval" in no.determining_policies
+
+
+def test_unreachable_sidecar_denies_without_raising() -> None:
+    with StepguardClient(_closed_port(), timeout=0.5) as client:
+        decision = client.authorize(notify_request())
+    assert not decision.allowed
+    assert "UNAVAILABLE" in decision.reason or "DEADLINE_EXCEEDED" in decision.reason
+
+
+def test_invalid_request_denies_without_raising(server: Running) -> None:
+    with StepguardClient(server.tcp) as client:
+        bad_type = client.authorize({**notify_request(), "principal": {"type": "Robot", "id": "r"}})
+        not_json_shape = client.authorize({"principal": "Workload::x"})
+    assert not bad_type.allowed and "principal.type" in bad_type.reason
+    assert not not_json_shape.allowed and "principal" in not_json_shape.reason
+
+
+def test_batch(server: Running) -> None:
+    with StepguardClient(server.tcp) as client:
+        out = client.authorize_batch(
+            [
+                notify_request(),
+                grant_request(approver=None),
+                {**notify_request(), "action": {"type": "Action", "id": "x"}},
+            ]
+        )
+    assert [d.allowed for d in out] == [True, False, False]
+    assert "items[2].action" in out[2].reason
+
+
+def test_batch_unreachable_denies_every_item() -> None:
+    with StepguardClient(_closed_port(), timeout=0.5) as client:
+        out = client.authorize_batch([notify_request(), notify_request()])
+    assert len(out) == 2 and not any(d.allowed for d in out)
+
+
+def test_guard_runs_the_step_only_when_allowed(server: Running) -> None:
+    ran: list[str] = []
+    with StepguardClient(server.tcp) as client:
+        with client.guard(notify_request()) as decision:
+            ran.append(decision.decision_id)
+
+        @client.guarded(grant_request(approver="maria"))
+        def grant() -> str:
+            ran.append("grant")
+            return "granted"
+
+        with pytest.raises(StepDenied) as info:
+            grant()
+    assert len(ran) == 1
+    assert not info.value.decision.allowed
+    assert "step denied by stepguard" in str(info.value)
+
+
+def test_guard_with_stopped_sidecar_fails_closed(tmp_path: Path) -> None:
+    with running_sidecar(tmp_path) as running:
+        target = running.tcp
+    ran = False
+    with StepguardClient(target, timeout=0.5) as client, pytest.raises(StepDenied) as info:
+        with client.guard(notify_request()):  # noqa: SIM117 - the guard is what is tested
+            ran = True
+    assert not ran
+    assert "UNAVAILABLE" in info.value.decision.reason
+
+
+def test_async_client(server: Running) -> None:
+    async def run() -> tuple[bool, bool, bool]:
+        async with AsyncStepguardClient(f"unix://{server.socket}") as client:
+            ok = await client.authorize(notify_request())
+            no = await client.authorize(grant_request(approver=None))
+            try:
+                await client.check(grant_request(approver=None))
+                raised = False
+            except StepDenied:
+                raised = True
+        async with AsyncStepguardClient(_closed_port(), timeout=0.5) as dead:
+            down = await dead.authorize(notify_request())
+        assert not down.allowed
+        return ok.allowed, no.allowed, raised
+
+    assert asyncio.run(run()) == (True, False, True)
