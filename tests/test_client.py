@@ -93,9 +93,10 @@ def test_guard_with_stopped_sidecar_fails_closed(tmp_path: Path) -> None:
     with running_sidecar(tmp_path) as running:
         target = running.tcp
     ran = False
-    with StepguardClient(target, timeout=0.5) as client, pytest.raises(StepDenied) as info:
-        with client.guard(notify_request()):  # noqa: SIM117 - the guard is what is tested
-            ran = True
+    client = StepguardClient(target, timeout=0.5)
+    with pytest.raises(StepDenied) as info, client.guard(notify_request()):
+        ran = True
+    client.close()
     assert not ran
     assert "UNAVAILABLE" in info.value.decision.reason
 
