@@ -126,3 +126,53 @@ def test_validate_ok_and_broken(tmp_path: Path) -> None:
     (broken / "schema.cedarschema").unlink()
     out = run("validate", str(broken))
     assert out.returncode == 1 and "expected exactly one schema" in out.stderr
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import signal
+
+    from sidecar.client import StepguardClient
+
+    audit = tmp_path / "audit.jsonl"
+    proc = subprocess.Popen(
+        [
+            *STEPGUARD,
+            "serve",
+            "--policies",
+            str(POLICIES),
+            "--listen",
+            "127.0.0.1:0",
+            "--socket",
+            str(tmp_path / "sg.sock"),
+            "--metrics-listen",
+            "off",
+            "--audit-file",
+            str(audit),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        serving: dict[str, str] = {}
+        for line in proc.stderr:
+            if line.startswith("{"):
+                serving = json.loads(line)
+                break
+        assert serving["event"] == "serving" and serving["grpc"].startswith("127.0.0.1:")
+        with StepguardClient(f"unix://{serving['socket']}") as client:
+            decision = client.authorize(notify_request())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert decision.allowed, decision.reason
+    ids = [
+        json.loads(line)["id"] for line in audit.read_text().splitlines() if line.startswith("{")
+    ]
+    assert decision.decision_id in ids
+    assert not (tmp_path / "sg.sock").exists()
