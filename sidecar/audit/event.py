@@ -1,7 +1,9 @@
 """The audit event: what was asked, by whom, what was decided and why.
 
-Schema version 1 (documented in docs/audit.md). The event id is the decision
-id. Chain fields are added by the sink that orders events.
+Schema version 1, documented in docs/audit.md and sidecar/audit/event.schema.json.
+The event id is the decision id. Chain fields (seq, prev, hash) are added by
+the sink that orders events; the sink also writes the other kinds of record
+(segment headers, recoveries, outages, shutdowns) built by `system_event`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sidecar.audit.redact import Redactor
+from sidecar.ids import DecisionIds
 from sidecar.model import AuthzRequest, Result
 
 SCHEMA_VERSION = 1
+KINDS = ("decision", "segment", "recovery", "outage", "shutdown")
+_SYSTEM_IDS = DecisionIds()
+
+
+def timestamp(at: datetime) -> str:
+    """RFC 3339, UTC, microseconds, `Z`: sorts as text."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,28 +45,28 @@ def build_event(
     cached: bool,
     latency_s: float,
     audit_note: str = "",
+    redactor: Redactor | None = None,
 ) -> dict[str, Any]:
-    ctx = dict(request.context)
+    """The decision event, redacted when a redactor is given (the server always gives one)."""
     event: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
+        "kind": "decision",
         "id": decision_id,
-        "time": at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "time": timestamp(at),
         "caller": {"peer": meta.peer, "identity": meta.identity},
         "principal": request.principal.to_json(),
         "action": request.action.to_json(),
         "resource": request.resource.to_json(),
-        "context": ctx,
+        "context": dict(request.context),
         "entities": [e.to_json() for e in request.entities],
         "decision": result.decision.value,
+        "reason": result.summary(),
         "reasons": [{"policy": r.id, "source": r.source} for r in result.reasons],
         "errors": [{"policy": e.policy_id, "message": e.message} for e in result.errors],
         "obligations": {},
         "policy_revision": result.revision,
         "cached": cached,
         "latency_us": round(latency_s * 1e6),
-        "workflow_id": ctx.get("workflow_id", ""),
-        "run_id": ctx.get("run_id", ""),
-        "step_id": ctx.get("step_id", ""),
     }
     ttl = result.obligations.max_credential_ttl
     if ttl is not None:
@@ -64,4 +75,24 @@ def build_event(
         event["trace_id"] = meta.trace_id
     if audit_note:
         event["note"] = audit_note
+    if redactor is not None:
+        event = redactor.apply(event)
+    ctx = event.get("context", {})
+    for name in ("workflow_id", "run_id", "step_id"):
+        value = ctx.get(name, "")
+        event[name] = value if isinstance(value, str) else ""
     return event
+
+
+def system_event(kind: str, at: datetime, **fields: Any) -> dict[str, Any]:
+    """A record that is not a decision: segment header, recovery, outage, shutdown.
+
+    It gets an id of its own (a UUIDv7, like decision ids) so every line has one.
+    """
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": kind,
+        "id": _SYSTEM_IDS.next(),
+        "time": timestamp(at),
+        **fields,
+    }

@@ -1,63 +1,696 @@
-"""JSON-lines sinks: a file (appended, flushed per event) and stdout."""
+"""JSON-lines trails with group commit: a file (rotated, recovered) and stdout.
+
+`write(event)` returns only after the event's line is in a batch whose write
+(and, with durability `fsync`, whose fsync) completed, so an answer never
+leaves before its event. Concurrent writers share one write: the first to
+arrive becomes the leader and commits everything queued so far while the
+others wait; when it finishes, one of the callers queued meanwhile leads the
+next batch (leader/follower group commit, as in LevelDB's write queue). No
+extra thread sits on the hot path, and a single caller pays for no handoff.
+
+Failure is fail-closed and self-healing: a failed batch is rolled back
+(truncated to the last good size), every caller in it gets AuditError (the
+decider answers DENY), the sink reports unhealthy to its watchers, and a
+probe retries every second; the first commit that succeeds writes an
+`outage` record saying how long the trail was down and how many events were
+refused, and reports healthy again.
+
+File layout for `--audit-file /var/log/stepguard/audit.jsonl`:
+
+    audit.jsonl             the active segment (first line: a segment header)
+    audit.jsonl.000001 ...  rotated segments, by segment number
+    audit.jsonl.head        anchor: seq and hash of the last committed record
+    audit.jsonl.torn-<utc>  bytes of a torn last line found at start, kept aside
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
+import os
+import re
 import sys
 import threading
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sidecar.errors import AuditError
+from sidecar.audit.chain import (
+    GENESIS,
+    BadRecord,
+    Hasher,
+    Record,
+    canonical,
+    check_hash,
+    parse_line,
+    record_line,
+)
+from sidecar.audit.event import system_event
+from sidecar.errors import AuditError, ConfigError
+
+log = logging.getLogger(__name__)
+
+DURABILITIES = ("flush", "fsync")
+HEAD_SIZE = 512
+PROBE_INTERVAL_S = 1.0
+ROTATED = re.compile(r"\.(\d{6,})$")
+HealthWatcher = Callable[[bool, str], None]
 
 
 def encode(event: Mapping[str, Any]) -> bytes:
-    """Canonical bytes of one event: sorted keys, no spaces, UTF-8, newline-terminated."""
-    return (
-        json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
-    ).encode()
+    """Canonical bytes of one event plus a newline (kept for callers of the old sink)."""
+    return canonical(event) + b"\n"
 
 
-class StreamSink:
-    """Writes each event as one line and flushes before returning."""
+class _Batch:
+    __slots__ = ("bodies", "done", "error")
 
-    def __init__(self, stream: IO[bytes], *, owns: bool = False) -> None:
-        self._stream = stream
-        self._owns = owns
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.done = False
+        self.error = ""
+
+
+class _ChainSink:
+    """Group commit, chain state, outage accounting and health; media subclass it."""
+
+    def __init__(self, hasher: Hasher, durability: str, probe_interval_s: float) -> None:
+        if durability not in DURABILITIES:
+            raise ConfigError(_durability_message(durability))
+        self.hasher = hasher
+        self.durability = durability
+        self._cond = threading.Condition(threading.Lock())
+        self._open = _Batch()
+        self._writing = False
         self._closed = False
+        self._seq = 0
+        self._prev = GENESIS
+        self._pending: list[dict[str, Any]] = []  # system records to write before the next batch
+        self._outage: dict[str, Any] | None = None
+        self._healthy = True
+        self._detail = ""
+        self._watchers: list[HealthWatcher] = []
+        self._stop = threading.Event()
+        self._probe_interval = probe_interval_s
+        self._probe: threading.Thread | None = None
+
+    # -- the AuditSink interface ------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def watch(self, watcher: HealthWatcher) -> None:
+        """Call `watcher(healthy, detail)` on each change of health, from the committing thread."""
+        self._watchers.append(watcher)
 
     def write(self, event: Mapping[str, Any]) -> None:
-        line = encode(event)
-        with self._lock:
-            if self._closed:
-                raise AuditError("audit trail is closed")
-            try:
-                self._stream.write(line)
-                self._stream.flush()
-            except (OSError, ValueError) as exc:
-                raise AuditError(f"cannot write the audit trail: {exc}") from exc
+        try:
+            body = canonical(event)
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"event cannot be encoded: {exc}") from exc
+        self._submit(body)
 
     def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                try:
-                    self._stream.flush()
-                    if self._owns:
-                        self._stream.close()
-                except (OSError, ValueError):
-                    pass
+        """Commit what is queued plus a shutdown record, then refuse further writes."""
+        self._stop.set()
+        with contextlib.suppress(AuditError):
+            self._submit(canonical(system_event("shutdown", _now())))
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._closed = True
+            self._close_medium()
+            self._cond.notify_all()
+
+    # -- group commit -------------------------------------------------------------
+
+    def _submit(self, body: bytes | None) -> None:
+        with self._cond:
+            if self._closed:
+                raise AuditError("audit trail is closed")
+            batch = self._open
+            if body is not None:
+                batch.bodies.append(body)
+            while not batch.done:
+                if self._closed:
+                    raise AuditError("audit trail is closed")
+                if not self._writing:
+                    self._writing = True
+                    self._open = _Batch()
+                    break
+                self._cond.wait()
+            else:
+                if batch.error:
+                    raise AuditError(batch.error)
+                return
+        # This thread leads `batch`: commit it with the lock released.
+        try:
+            self._commit(batch.bodies)
+        except AuditError as exc:
+            batch.error = str(exc)
+        except Exception as exc:  # whatever happened, nobody gets an ALLOW
+            log.exception("audit commit failed unexpectedly")
+            batch.error = f"audit trail failed: {type(exc).__name__}: {exc}"
+        self._set_health(not batch.error, batch.error)
+        with self._cond:
+            batch.done = True
+            self._writing = False
+            self._cond.notify_all()
+        if batch.error:
+            raise AuditError(batch.error)
+
+    def _commit(self, bodies: list[bytes]) -> None:
+        """Write one batch: pending system records first, then the events. Leader only."""
+        try:
+            self._ensure_open()
+            prefix = [canonical(r) for r in self._pending]
+            if self._outage is not None:
+                prefix.append(canonical(self._outage_record()))
+            all_bodies = prefix + bodies
+            seq, prev = self._seq, self._prev
+            lines = []
+            for body in all_bodies:
+                line, prev = record_line(self.hasher, seq, prev, body)
+                lines.append(line)
+                seq += 1
+            if lines:
+                self._append(b"".join(lines))
+                if self.durability == "fsync":
+                    self._sync()
+        except OSError as exc:
+            self._note_failure(_describe(exc), len(bodies))
+            self._rollback()
+            raise AuditError(f"audit trail cannot be written: {_describe(exc)}") from exc
+        except AuditError as exc:
+            self._note_failure(str(exc), len(bodies))
+            self._rollback()
+            raise
+        self._seq, self._prev = seq, prev
+        self._pending.clear()
+        self._outage = None
+        if lines:
+            self._committed(seq - 1, prev)
+        self._maintain()
+
+    def _note_failure(self, error: str, refused: int) -> None:
+        now = system_event("outage", _now())["time"]
+        if self._outage is None:
+            self._outage = {"since": now, "first_error": error, "refused_events": 0}
+        self._outage["refused_events"] += refused
+        self._outage["last_error"] = error
+
+    def _note(self, record: dict[str, Any]) -> None:
+        """Queue a system record unless the same one (time aside) is already queued."""
+        same = {k: v for k, v in record.items() if k not in ("time", "id")}
+        for queued in self._pending:
+            if {k: v for k, v in queued.items() if k not in ("time", "id")} == same:
+                return
+        self._pending.append(record)
+
+    def _outage_record(self) -> dict[str, Any]:
+        assert self._outage is not None
+        return system_event("outage", _now(), **self._outage)
+
+    def _set_health(self, healthy: bool, detail: str) -> None:
+        if healthy == self._healthy:
+            return
+        self._healthy, self._detail = healthy, detail
+        if healthy:
+            log.warning("audit trail is writable again")
+        else:
+            log.error("audit trail failed, denying every decision until it recovers: %s", detail)
+            self._start_probe()
+        for watcher in list(self._watchers):
+            try:
+                watcher(healthy, detail)
+            except Exception:  # a watcher must not break the trail
+                log.exception("audit health watcher failed")
+
+    def _start_probe(self) -> None:
+        if self._probe is None or not self._probe.is_alive():
+            self._probe = threading.Thread(
+                target=self._probe_loop, name="stepguard-audit-probe", daemon=True
+            )
+            self._probe.start()
+
+    def _probe_loop(self) -> None:
+        """While unhealthy, try an empty commit (it writes the outage record) every interval."""
+        while not self._stop.wait(self._probe_interval):
+            if self._healthy:
+                return
+            with contextlib.suppress(AuditError):
+                self._submit(None)
+
+    # -- the medium (overridden) -----------------------------------------------
+
+    def _ensure_open(self) -> None:
+        """Open (and recover) if needed; may queue system records in `_pending`."""
+
+    def _append(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _sync(self) -> None:
+        """Make appended data durable across power loss."""
+
+    def _rollback(self) -> None:
+        """Undo a partly written batch after a failure."""
+
+    def _committed(self, seq: int, digest: str) -> None:
+        """After a successful commit (the head anchor)."""
+
+    def _maintain(self) -> None:
+        """After a commit, as leader: rotation."""
+
+    def _close_medium(self) -> None:
+        """Release the medium."""
 
 
-def open_sink(target: str) -> StreamSink:
-    """`-` is stdout; anything else a file path, opened for append."""
-    if target == "-":
-        return StreamSink(sys.stdout.buffer)
-    path = Path(target)
+class StreamSink(_ChainSink):
+    """Chained JSON lines on a stream (stdout for the cluster's log collector).
+
+    Each process starts a new chain (a segment header with a random `stream`
+    id and `follows` = GENESIS): what was written before cannot be read back.
+    """
+
+    def __init__(
+        self,
+        stream: IO[bytes],
+        *,
+        owns: bool = False,
+        hasher: Hasher | None = None,
+        durability: str = "flush",
+        probe_interval_s: float = PROBE_INTERVAL_S,
+    ) -> None:
+        super().__init__(hasher or Hasher(), durability, probe_interval_s)
+        self._stream = stream
+        self._owns = owns
+        self._pending.append(
+            system_event(
+                "segment",
+                _now(),
+                segment=1,
+                follows=GENESIS,
+                stream=str(uuid.uuid4()),
+                algorithm=self.hasher.algorithm,
+                key_id=self.hasher.key_id,
+            )
+        )
+
+    def _append(self, data: bytes) -> None:
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except ValueError as exc:  # closed stream
+            raise OSError(str(exc)) from exc
+
+    def _sync(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.fsync(self._stream.fileno())
+
+    def _close_medium(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+            if self._owns:
+                self._stream.close()
+
+
+class FileSink(_ChainSink):
+    """The file trail: append-only segments, rotation by size and age, crash recovery."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        hasher: Hasher | None = None,
+        durability: str = "flush",
+        rotate_bytes: int = 0,
+        rotate_age_s: float = 0.0,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(hasher or Hasher(), durability, probe_interval_s)
+        self.path = path
+        self.head_path = path.with_name(path.name + ".head")
+        self._rotate_bytes = rotate_bytes
+        self._rotate_age_s = rotate_age_s
+        self._clock = clock
+        self._fd: int | None = None
+        self._head_fd: int | None = None
+        self._size = 0
+        self._segment = 0
+        self._segment_started = 0.0
+        self._head_failed = False
+        self._good = 0  # bytes of the active segment known committed
+        self._dirty = False  # bytes appended since the last commit
+        # Open now: recovery runs at start, and health is known before serving.
+        with contextlib.suppress(AuditError):
+            self._submit(None)
+        if rotate_age_s > 0:
+            self._start_ticker()
+
+    def _start_ticker(self) -> None:
+        """Age-based rotation must also happen when no decisions arrive."""
+
+        def tick() -> None:
+            interval = min(max(self._rotate_age_s / 10, 0.05), 60.0)
+            while not self._stop.wait(interval):
+                if self._fd is not None and self._age_due():
+                    with contextlib.suppress(AuditError):
+                        self._submit(None)
+
+        threading.Thread(target=tick, name="stepguard-audit-rotate", daemon=True).start()
+
+    # -- opening and recovery ----------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._fd is not None:
+            return
+        # A header queued by a failed attempt is rebuilt from what is on disk now.
+        self._pending = [r for r in self._pending if r.get("kind") != "segment"]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        now = _now()
+        state = self._scan_active(now)
+        if state is None:  # no usable active segment: start the next one
+            self._start_segment(now)
+        else:
+            self._segment, self._segment_started, last = state
+            self._seq, self._prev = last.seq + 1, last.hash
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._size = self._good = os.fstat(self._fd).st_size
+        self._check_anchor(now)
+        self._head_fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def _scan_active(self, now: datetime) -> tuple[int, float, Record] | None:
+        """Segment number, start time and last record of the active file; None if empty."""
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
+            return None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            last, cut = _last_line(f, size)
+            if cut < size:
+                f.seek(cut)
+                self._set_aside(f.read(), cut, now)
+            if last is None:
+                return None
+            f.seek(0)
+            first = f.readline().rstrip(b"\n")
+        header, record = self._read_record(first, "line 1"), self._read_record(last, "last line")
+        if header.kind != "segment" or not isinstance(header.body.get("segment"), int):
+            raise AuditError(
+                f"{self.path}: line 1 is not a segment header; run `stepguard audit verify`"
+            )
+        started = datetime.fromisoformat(str(header.body["time"]).replace("Z", "+00:00"))
+        return int(header.body["segment"]), started.timestamp(), record
+
+    def _read_record(self, line: bytes, where: str, path: Path | None = None) -> Record:
+        name = path or self.path
+        try:
+            record = parse_line(line)
+        except BadRecord as exc:
+            raise AuditError(
+                f"{name}: {where}: the record is unreadable ({exc}); "
+                "run `stepguard audit verify` and move the damaged file aside"
+            ) from exc
+        if not check_hash(self.hasher, record):
+            raise AuditError(
+                f"{name}: {where}: the record does not verify with the configured "
+                "HMAC key (wrong key, or the file was changed); run `stepguard audit verify`"
+            )
+        return record
+
+    def _set_aside(self, torn: bytes, keep: int, now: datetime) -> None:
+        """Keep a torn last line in a file of its own, cut it off, and note it in the chain."""
+        stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
+        aside = self.path.with_name(f"{self.path.name}.torn-{stamp}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            _write_all(fd, torn)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        log.warning("audit trail %s: torn last line (%d bytes) moved aside", self.path, len(torn))
+        self._note(
+            system_event(
+                "recovery",
+                now,
+                reason="torn_tail",
+                file=self.path.name,
+                offset=keep,
+                bytes=len(torn),
+                sha256=hashlib.sha256(torn).hexdigest(),
+                moved_to=aside.name,
+            )
+        )
+
+    def _start_segment(self, now: datetime) -> None:
+        previous = self._latest_rotated()
+        follows, seq, previous_name, segment = GENESIS, 0, "", 1
+        if previous is not None:
+            number, path = previous
+            with path.open("rb") as f:
+                line, _ = _last_line(f, os.fstat(f.fileno()).st_size)
+            if line is None:
+                raise AuditError(f"{path}: rotated segment is empty; run `stepguard audit verify`")
+            last = self._read_record(line, "last line", path)
+            follows, seq, previous_name, segment = last.hash, last.seq + 1, path.name, number + 1
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._size = self._good = os.fstat(self._fd).st_size
+        if self.durability == "fsync":
+            _fsync_dir(self.path.parent)
+        self._segment, self._segment_started = segment, now.timestamp()
+        self._seq, self._prev = seq, follows
+        header = system_event(
+            "segment",
+            now,
+            segment=segment,
+            follows=follows,
+            previous_file=previous_name,
+            algorithm=self.hasher.algorithm,
+            key_id=self.hasher.key_id,
+        )
+        self._pending.insert(0, header)
+
+    def _latest_rotated(self) -> tuple[int, Path] | None:
+        best: tuple[int, Path] | None = None
+        prefix = self.path.name + "."
+        for entry in self.path.parent.iterdir():
+            if entry.name.startswith(prefix):
+                m = ROTATED.fullmatch(entry.name[len(self.path.name) :])
+                if m and (best is None or int(m[1]) > best[0]):
+                    best = (int(m[1]), entry)
+        return best
+
+    def _check_anchor(self, now: datetime) -> None:
+        """A head anchor ahead of the trail means records were lost: say so in the chain."""
+        anchor = read_anchor(self.head_path, self.hasher)
+        if anchor is None:
+            return
+        last = self._seq - 1
+        if isinstance(anchor, str):
+            note: dict[str, Any] = {"reason": "anchor_unreadable", "detail": anchor}
+        elif anchor["seq"] > last:
+            note = {
+                "reason": "records_missing",
+                "from_seq": last + 1,
+                "to_seq": anchor["seq"],
+                "anchor_hash": anchor["hash"],
+            }
+        elif anchor["seq"] == last and anchor["hash"] != self._prev:
+            note = {"reason": "anchor_mismatch", "seq": last, "anchor_hash": anchor["hash"]}
+        else:
+            return
+        log.warning("audit trail %s: head anchor disagrees with the trail: %s", self.path, note)
+        self._note(system_event("recovery", now, file=self.path.name, **note))
+
+    # -- writing -------------------------------------------------------------
+
+    def _append(self, data: bytes) -> None:
+        assert self._fd is not None
+        self._dirty = True
+        _write_all(self._fd, data)
+        self._size += len(data)
+
+    def _sync(self) -> None:
+        assert self._fd is not None
+        os.fdatasync(self._fd)
+
+    def _rollback(self) -> None:
+        """Cut a partly written batch off; then close, so the next attempt re-reads the file."""
+        if self._fd is not None and self._dirty:
+            try:
+                os.ftruncate(self._fd, self._good)
+            except OSError as exc:  # the next open sets the torn tail aside
+                log.error("audit trail %s: cannot cut a partial batch: %s", self.path, exc)
+        self._dirty = False
+        self._close_medium()
+
+    def _committed(self, seq: int, digest: str) -> None:
+        self._good, self._dirty = self._size, False
+        if self._head_fd is None:
+            return
+        anchor = anchor_bytes(self.hasher, self.path.name, self._segment, seq, digest)
+        try:
+            os.pwrite(self._head_fd, anchor, 0)
+            self._head_failed = False
+        except OSError as exc:  # the records are committed; only the anchor is stale
+            if not self._head_failed:
+                log.warning("audit trail %s: cannot update the head anchor: %s", self.path, exc)
+            self._head_failed = True
+
+    def _age_due(self) -> bool:
+        age = self._clock() - self._segment_started
+        return self._rotate_age_s > 0 and age >= self._rotate_age_s
+
+    def _maintain(self) -> None:
+        if self._fd is None:
+            return
+        size_due = self._rotate_bytes > 0 and self._size >= self._rotate_bytes
+        if not (size_due or self._age_due()):
+            return
+        rotated = self.path.with_name(f"{self.path.name}.{self._segment:06d}")
+        try:
+            if self.durability == "fsync":
+                os.fsync(self._fd)
+            os.rename(self.path, rotated)
+            if self.durability == "fsync":
+                _fsync_dir(self.path.parent)
+        except OSError as exc:  # keep writing to the current segment; retry next commit
+            log.error("audit trail %s: rotation failed: %s", self.path, exc)
+            return
+        log.info("audit trail: segment %d rotated to %s", self._segment, rotated)
+        self._close_medium()
+
+    def _close_medium(self) -> None:
+        for name in ("_fd", "_head_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, None)
+
+
+def anchor_bytes(hasher: Hasher, file: str, segment: int, seq: int, digest: str) -> bytes:
+    """The head anchor: fixed size, so rewriting it in place never leaves stale bytes."""
+    body = {"file": file, "hash": digest, "segment": segment, "seq": seq}
+    body["mac"] = hasher.mac(canonical(body))
+    data = canonical(body)
+    return data + b" " * (HEAD_SIZE - 1 - len(data)) + b"\n"
+
+
+def read_anchor(path: Path, hasher: Hasher) -> dict[str, Any] | str | None:
+    """The anchor's fields; a string saying what is wrong with it; None when absent or empty."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return StreamSink(path.open("ab"), owns=True)
-    except OSError as exc:
-        raise AuditError(f"cannot open audit file {path}: {exc}") from exc
+        data = path.read_bytes().strip()
+    except FileNotFoundError:
+        return None
+    if not data:
+        return None
+    try:
+        body = json.loads(data)
+        mac = body.pop("mac")
+        if not isinstance(body["seq"], int) or not isinstance(body["hash"], str):
+            raise TypeError("seq/hash")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"unreadable head anchor: {exc}"
+    if mac != hasher.mac(canonical(body)):
+        return "head anchor does not verify (changed, or another key)"
+    result: dict[str, Any] = body
+    return result
+
+
+def _last_line(f: IO[bytes], size: int) -> tuple[bytes | None, int]:
+    """The last complete line (without its newline) and the offset just past it.
+
+    Reads backwards from the end in blocks, so reopening a large segment is cheap.
+    Bytes after the returned offset are a torn line. (None, 0) when no line is complete.
+    """
+    block = 64 * 1024
+    buf = b""
+    pos = size  # buf holds the bytes [pos, size)
+    cut = -1
+    while pos > 0:
+        start = max(0, pos - block)
+        f.seek(start)
+        buf = f.read(pos - start) + buf
+        pos = start
+        if cut < 0:
+            nl = buf.rfind(b"\n")
+            if nl < 0:
+                continue
+            cut = pos + nl + 1
+        end = cut - 1 - pos  # index of the newline that ends the last line
+        before = buf.rfind(b"\n", 0, end)
+        if before >= 0:
+            return buf[before + 1 : end], cut
+        if pos == 0:
+            return buf[:end], cut
+    return None, 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _describe(exc: OSError) -> str:
+    name = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{name}{where}" if exc.errno else f"{exc}{where}"
+
+
+def _durability_message(value: str) -> str:
+    if value == "none":
+        return (
+            "audit_durability 'none' would let answers leave before their audit event is "
+            "written; stepguard does not offer it: use 'flush' (default: written to the OS "
+            "before the answer) or 'fsync' (also on disk before the answer)"
+        )
+    return f"audit_durability must be one of {', '.join(DURABILITIES)}, got {value!r}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def open_sink(
+    target: str,
+    *,
+    hasher: Hasher | None = None,
+    durability: str = "flush",
+    rotate_bytes: int = 0,
+    rotate_age_s: float = 0.0,
+) -> FileSink | StreamSink:
+    """`-` is stdout; anything else the path of the active file segment."""
+    if target == "-":
+        return StreamSink(sys.stdout.buffer, hasher=hasher, durability=durability)
+    return FileSink(
+        Path(target),
+        hasher=hasher,
+        durability=durability,
+        rotate_bytes=rotate_bytes,
+        rotate_age_s=rotate_age_s,
+    )

@@ -1,0 +1,143 @@
+"""The hash chain: canonical bytes, record lines, and the optional HMAC key.
+
+Every line of the trail is one record:
+
+    {"seq":N,"prev":"<hex>","hash":"<hex>",<canonical body without its brace>
+
+`body` is the event (or a segment header, recovery note...) as canonical JSON:
+sorted keys, no spaces, UTF-8. The hash covers the sequence number, the
+previous record's hash and those body bytes:
+
+    hash = H(b"stepguard-audit-v1\\n" + b"<seq>\\n" + b"<prev>\\n" + canonical(body))
+
+H is SHA-256, or HMAC-SHA-256 under a key read from a file, so that whoever
+can rewrite the file cannot recompute the chain. The first record of a trail
+follows GENESIS. A line must be byte-for-byte the canonical form of what it
+parses to, so no two readers can disagree about a record's content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidecar.errors import ConfigError
+
+GENESIS = "0" * 64
+DOMAIN = b"stepguard-audit-v1\n"
+_CHAIN_KEYS = ("seq", "prev", "hash")
+MIN_KEY_BYTES = 16
+
+
+def canonical(obj: Mapping[str, Any]) -> bytes:
+    """Canonical JSON bytes: sorted keys, no spaces, UTF-8, no trailing newline."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Hasher:
+    """Computes record hashes; keyed (HMAC-SHA-256) when a key is given."""
+
+    key: bytes | None = None
+
+    @property
+    def algorithm(self) -> str:
+        return "hmac-sha256" if self.key else "sha256"
+
+    @property
+    def key_id(self) -> str:
+        """Names the key without revealing it, so verify can say 'wrong key'."""
+        if not self.key:
+            return ""
+        return hmac.new(self.key, b"stepguard-audit key id", hashlib.sha256).hexdigest()[:16]
+
+    def record_hash(self, seq: int, prev: str, body: bytes) -> str:
+        data = b"%s%d\n%s\n%s" % (DOMAIN, seq, prev.encode(), body)
+        if self.key:
+            return hmac.new(self.key, data, hashlib.sha256).hexdigest()
+        return hashlib.sha256(data).hexdigest()
+
+    def mac(self, data: bytes) -> str:
+        """A tag over small side data (the head anchor)."""
+        if self.key:
+            return hmac.new(self.key, data, hashlib.sha256).hexdigest()
+        return hashlib.sha256(data).hexdigest()
+
+    def subkey(self, purpose: str) -> bytes | None:
+        """A key for another purpose (redaction), derived so the chain key is never reused."""
+        if not self.key:
+            return None
+        return hmac.new(self.key, b"stepguard-audit " + purpose.encode(), hashlib.sha256).digest()
+
+
+def load_key(path: Path) -> bytes:
+    """Read an HMAC key file: raw bytes, surrounding whitespace ignored, at least 16 bytes."""
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read audit HMAC key file {path}: {exc}") from exc
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            f"audit HMAC key file {path} holds {len(key)} bytes; use at least {MIN_KEY_BYTES} "
+            "random bytes (for example: head -c 32 /dev/urandom | base64 > key)"
+        )
+    return key
+
+
+def record_line(hasher: Hasher, seq: int, prev: str, body: bytes) -> tuple[bytes, str]:
+    """The line for one record (newline-terminated) and its hash."""
+    digest = hasher.record_hash(seq, prev, body)
+    head = b'{"seq":%d,"prev":"%s","hash":"%s"' % (seq, prev.encode(), digest.encode())
+    rest = body[1:]
+    line = head + (b"," + rest if rest != b"}" else rest) + b"\n"
+    return line, digest
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    seq: int
+    prev: str
+    hash: str
+    body: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.body.get("kind", ""))
+
+
+class BadRecord(ValueError):
+    """A line that is not a well-formed, canonical record."""
+
+
+def parse_line(line: bytes) -> Record:
+    """Parse one line (without its newline); raise BadRecord unless it is exactly canonical."""
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRecord(f"not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise BadRecord("not a JSON object")
+    seq, prev, digest = (obj.pop(k, None) for k in _CHAIN_KEYS)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise BadRecord("no valid seq")
+    if not isinstance(prev, str) or not isinstance(digest, str):
+        raise BadRecord("no prev/hash")
+    body = canonical(obj)
+    expected = b'{"seq":%d,"prev":"%s","hash":"%s"' % (seq, prev.encode(), digest.encode())
+    rest = body[1:]
+    expected += b"," + rest if rest != b"}" else rest
+    if expected != line:
+        raise BadRecord("not in canonical form (bytes were changed)")
+    return Record(seq, prev, digest, obj)
+
+
+def check_hash(hasher: Hasher, record: Record) -> bool:
+    body = canonical(record.body)
+    return hmac.compare_digest(hasher.record_hash(record.seq, record.prev, body), record.hash)

@@ -1,0 +1,341 @@
+"""`stepguard audit verify`: check a whole trail and name the first bad record.
+
+A trail is its segment files in order (rotated `NAME.000001`, `NAME.000002`...,
+then the active `NAME`) and its head anchor `NAME.head`. Verification walks
+every line once, checking that each is a canonical record whose hash is right
+and that it follows the one before (seq + 1, prev = that record's hash), across
+files. The first break is classified, with file and 1-based line:
+
+    modified   a line's bytes changed (bad JSON, not canonical, wrong hash) or
+               it no longer links to the record before it
+    deleted    records are missing (the sequence jumps ahead, none of the
+               missing ones appears later), including a missing segment file
+    inserted   a line that the chain skips over (its neighbours link to each
+               other), or a copy of an earlier record
+    reordered  the sequence jumps, and the missing records appear later
+    truncated  the last line is torn (no newline), or the trail ends before
+               the record the head anchor names
+
+Exit codes (for scripts): 0 intact, 1 cannot verify (unreadable file, missing
+or wrong HMAC key, nothing to verify), 3 modified, 4 deleted, 5 inserted,
+6 reordered, 7 truncated.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.audit.chain import GENESIS, BadRecord, Hasher, Record, check_hash, parse_line
+from sidecar.audit.jsonl import read_anchor
+from sidecar.errors import StepguardError
+
+EXIT_OK, EXIT_ERROR = 0, 1
+EXIT_CODES = {"modified": 3, "deleted": 4, "inserted": 5, "reordered": 6, "truncated": 7}
+_ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d{6,})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Trail:
+    """The files of one trail, in chain order."""
+
+    name: str
+    segments: tuple[Path, ...]
+    head: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str  # one of EXIT_CODES
+    file: str
+    line: int
+    message: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.kind]
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.kind}: {self.message}"
+
+
+@dataclass(slots=True)
+class Report:
+    trail: str
+    records: int = 0
+    decisions: int = 0
+    files: list[str] = field(default_factory=list)
+    algorithm: str = ""
+    last_seq: int = -1
+    last_hash: str = ""
+    notes: list[str] = field(default_factory=list)
+    problem: Problem | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "trail": self.trail,
+            "ok": self.ok,
+            "records": self.records,
+            "decisions": self.decisions,
+            "files": self.files,
+            "algorithm": self.algorithm,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash,
+            "notes": self.notes,
+        }
+        if self.problem is not None:
+            p = self.problem
+            out["problem"] = {"kind": p.kind, "file": p.file, "line": p.line, "message": p.message}
+        return out
+
+
+@dataclass(slots=True)
+class _Line:
+    file: str
+    line: int
+    record: Record | None
+    error: str
+    newline: bool
+    first_in_file: bool
+
+
+def collect(paths: Iterable[Path]) -> list[Trail]:
+    """Trails named by PATHs: a directory (every trail in it) or a trail's active file."""
+    bases: dict[Path, None] = {}
+    for path in paths:
+        if path.is_dir():
+            for entry in sorted(path.iterdir()):
+                if entry.is_file():
+                    base = _base_of(entry)
+                    if base is not None:
+                        bases[base] = None
+        elif path.exists() or _rotated_of(path):
+            bases[_base_of(path) or path] = None
+        else:
+            raise StepguardError(f"{path}: no such file or directory")
+    return [_trail(base) for base in bases]
+
+
+def _base_of(path: Path) -> Path | None:
+    name = path.name
+    if ".torn-" in name:
+        return None
+    if name.endswith(".head"):
+        return path.with_name(name.removesuffix(".head"))
+    m = _ROTATED.match(name)
+    return path.with_name(m["base"]) if m else path
+
+
+def _rotated_of(base: Path) -> list[tuple[int, Path]]:
+    if not base.parent.is_dir():
+        return []
+    found = []
+    for entry in base.parent.iterdir():
+        m = _ROTATED.match(entry.name)
+        if m and m["base"] == base.name:
+            found.append((int(m["n"]), entry))
+    return sorted(found)
+
+
+def _trail(base: Path) -> Trail:
+    segments = [p for _, p in _rotated_of(base)]
+    if base.exists():
+        segments.append(base)
+    head = base.with_name(base.name + ".head")
+    return Trail(str(base), tuple(segments), head if head.exists() else None)
+
+
+def verify(trail: Trail, key: bytes | None = None, *, partial: bool = False) -> Report:
+    """Check one trail; the report names the first problem, if any."""
+    report = Report(trail.name, files=[str(p) for p in trail.segments])
+    # The anchor first: it is written after the records it names, so a trail read
+    # after it holds at least those records even while the sidecar is writing.
+    hasher = Hasher(key)
+    anchor = read_anchor(trail.head, hasher) if trail.head is not None else None
+    lines = _read_lines(trail.segments)
+    if not lines:
+        raise StepguardError(f"{trail.name}: the trail has no records")
+    _check_key(lines, key, hasher)
+    report.algorithm = hasher.algorithm
+    report.problem = _walk(lines, hasher, report, partial)
+    if report.problem is None:
+        report.problem = _check_anchor(trail, anchor, lines, report)
+    return report
+
+
+def _read_lines(segments: Sequence[Path]) -> list[_Line]:
+    out: list[_Line] = []
+    for path in segments:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StepguardError(f"cannot read {path}: {exc}") from exc
+        raw_lines = data.split(b"\n")
+        ends_with_newline = raw_lines[-1] == b""
+        if ends_with_newline:
+            raw_lines.pop()
+        for i, raw in enumerate(raw_lines):
+            record, error = None, ""
+            try:
+                record = parse_line(raw)
+            except BadRecord as exc:
+                error = str(exc)
+            newline = ends_with_newline or i < len(raw_lines) - 1
+            out.append(_Line(str(path), i + 1, record, error, newline, i == 0))
+    return out
+
+
+def _check_key(lines: list[_Line], key: bytes | None, hasher: Hasher) -> None:
+    header = next((ln.record for ln in lines if ln.record and ln.record.kind == "segment"), None)
+    if header is None:
+        return
+    algorithm = header.body.get("algorithm", "sha256")
+    if algorithm == "hmac-sha256" and not key:
+        raise StepguardError("this trail is keyed (hmac-sha256): pass the same key with --key-file")
+    if algorithm == "sha256" and key:
+        raise StepguardError("this trail is not keyed (sha256): drop --key-file")
+    key_id = str(header.body.get("key_id", ""))
+    if key and key_id and not hmac.compare_digest(key_id, hasher.key_id):
+        raise StepguardError(
+            f"--key-file holds another key (key id {hasher.key_id}, the trail names {key_id})"
+        )
+
+
+def _walk(lines: list[_Line], hasher: Hasher, report: Report, partial: bool) -> Problem | None:
+    first = lines[0].record
+    if partial and first is not None:
+        exp_seq, exp_prev = first.seq, first.prev
+    else:
+        exp_seq, exp_prev = 0, GENESIS
+    segment = None
+    seen: set[str] = set()
+    for i, ln in enumerate(lines):
+        nxt = lines[i + 1] if i + 1 < len(lines) else None
+        continues = _links(nxt, hasher, exp_seq, exp_prev)
+        rec = ln.record
+        if rec is None or not check_hash(hasher, rec):
+            why = ln.error or "its hash does not match its content"
+            if nxt is None and not ln.newline:
+                return Problem("truncated", ln.file, ln.line, "the last line is torn (no newline)")
+            if continues:
+                return Problem("inserted", ln.file, ln.line, f"the chain skips this line ({why})")
+            return Problem("modified", ln.file, ln.line, why)
+        if rec.seq != exp_seq or rec.prev != exp_prev:
+            kind, why = _classify_break(
+                lines, i, rec, exp_seq=exp_seq, seen=seen, continues=continues
+            )
+            return Problem(kind, ln.file, ln.line, why)
+        if ln.first_in_file:
+            problem = _check_header(ln, rec, segment, partial)
+            if problem is not None:
+                return problem
+            segment = rec.body.get("segment")
+        seen.add(rec.hash)
+        exp_seq, exp_prev = rec.seq + 1, rec.hash
+        report.records += 1
+        report.last_seq, report.last_hash = rec.seq, rec.hash
+        if rec.kind == "decision":
+            report.decisions += 1
+        elif rec.kind in ("recovery", "outage"):
+            detail = {k: v for k, v in rec.body.items() if k not in ("schema", "kind")}
+            report.notes.append(f"{ln.file}:{ln.line}: {rec.kind}: {detail}")
+    return None
+
+
+def _classify_break(
+    lines: list[_Line], i: int, rec: Record, *, exp_seq: int, seen: set[str], continues: bool
+) -> tuple[str, str]:
+    """A well-formed record that is not the one due: say why."""
+    if rec.seq == exp_seq:
+        if continues:
+            return "inserted", "the chain skips this record (it links to nothing before it)"
+        return "modified", "it does not link to the record before it"
+    copy_of = "an earlier" if rec.hash in seen else None
+    if copy_of is None and any(
+        ln.record is not None and ln.record.hash == rec.hash for ln in lines[i + 1 :]
+    ):
+        copy_of = "a later"
+    if copy_of is not None:
+        return "inserted", f"a copy of {copy_of} record (seq {rec.seq})"
+    later = _find_seq(lines, i + 1, exp_seq)
+    if later is not None:
+        return "reordered", f"seq {rec.seq} where {exp_seq} was due; seq {exp_seq} is at {later}"
+    if rec.seq > exp_seq:
+        if continues:
+            return "inserted", "the chain skips this record"
+        return "deleted", f"records {exp_seq}..{rec.seq - 1} are missing before this line"
+    return "reordered", f"seq {rec.seq} comes after seq {exp_seq - 1}"
+
+
+def _links(ln: _Line | None, hasher: Hasher, seq: int, prev: str) -> bool:
+    """Does this line carry exactly the record that was due?"""
+    return (
+        ln is not None
+        and ln.record is not None
+        and ln.record.seq == seq
+        and ln.record.prev == prev
+        and check_hash(hasher, ln.record)
+    )
+
+
+def _find_seq(lines: list[_Line], start: int, seq: int) -> str | None:
+    for ln in lines[start:]:
+        if ln.record is not None and ln.record.seq == seq:
+            return f"{ln.file}:{ln.line}"
+    return None
+
+
+def _check_header(ln: _Line, rec: Record, previous: Any, partial: bool) -> Problem | None:
+    if rec.kind != "segment":
+        return Problem("modified", ln.file, ln.line, "a segment file must begin with its header")
+    number = rec.body.get("segment")
+    if previous is None:
+        if number != 1 and not partial:
+            return Problem(
+                "deleted",
+                ln.file,
+                ln.line,
+                f"the trail begins at segment {number}: segments before it are missing "
+                "(pass --partial if they were archived on purpose)",
+            )
+    elif isinstance(previous, int) and number != previous + 1:
+        return Problem("deleted", ln.file, ln.line, f"segment {number} follows segment {previous}")
+    if rec.body.get("follows") != rec.prev:
+        return Problem("modified", ln.file, ln.line, "the header names another predecessor")
+    return None
+
+
+def _check_anchor(
+    trail: Trail, anchor: dict[str, Any] | str | None, lines: list[_Line], report: Report
+) -> Problem | None:
+    if trail.head is None or anchor is None:
+        report.notes.append("no head anchor: a cut at a line boundary at the end is undetectable")
+        return None
+    if isinstance(anchor, str):
+        return Problem("modified", str(trail.head), 1, anchor)
+    last = lines[-1]
+    if anchor["seq"] > report.last_seq:
+        return Problem(
+            "truncated",
+            last.file,
+            last.line + 1,
+            f"the trail ends at seq {report.last_seq}, but the head anchor says seq "
+            f"{anchor['seq']} was committed: records {report.last_seq + 1}..{anchor['seq']} "
+            "are missing at the end",
+        )
+    for ln in lines:
+        if ln.record is not None and ln.record.seq == anchor["seq"]:
+            if ln.record.hash != anchor["hash"]:
+                return Problem(
+                    "modified", ln.file, ln.line, "the head anchor names another hash here"
+                )
+            break
+    return None
