@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-request-bytes", type=int)
     serve.add_argument("--max-attribute-depth", type=int)
     serve.add_argument("--max-batch-items", type=int)
+    serve.add_argument("--tls-cert", help="PEM certificate chain: TLS on the TCP listener")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates (mTLS)")
+    serve.add_argument(
+        "--bind-workload-identity",
+        action="store_true",
+        default=None,
+        help='deny requests whose principal is not Workload::"<caller SPIFFE ID>"',
+    )
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=_serve)

@@ -91,7 +91,13 @@ def _rpc_failure(exc: grpc.RpcError) -> StepDecision:
 
 
 class StepguardClient:
-    """Blocking client. `target` is HOST:PORT or `unix:///path/to.sock`."""
+    """Blocking client. `target` is HOST:PORT or `unix:///path/to.sock`.
+
+    For TLS or mutual TLS give `credentials=sidecar.tls.channel_credentials(...)`;
+    `options` are gRPC channel arguments, for example
+    `[("grpc.ssl_target_name_override", "stepguard.example")]` when the server
+    certificate names a host other than the one dialled.
+    """
 
     def __init__(
         self,
@@ -99,12 +105,13 @@ class StepguardClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.timeout = timeout
         self._channel = (
-            grpc.secure_channel(target, credentials)
+            grpc.secure_channel(target, credentials, options=list(options))
             if credentials is not None
-            else grpc.insecure_channel(target)
+            else grpc.insecure_channel(target, options=list(options))
         )
         self._stub = pb_grpc.AuthorizerStub(self._channel)
 
@@ -185,12 +192,13 @@ class AsyncStepguardClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.timeout = timeout
         self._channel = (
-            grpc.aio.secure_channel(target, credentials)
+            grpc.aio.secure_channel(target, credentials, options=list(options))
             if credentials is not None
-            else grpc.aio.insecure_channel(target)
+            else grpc.aio.insecure_channel(target, options=list(options))
         )
         self._stub = pb_grpc.AuthorizerStub(self._channel)
 

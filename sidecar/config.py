@@ -31,6 +31,13 @@ class Settings:
     workers: int = 16
     limits: Limits = field(default_factory=Limits)
     max_batch_bytes: int = 8 * 1024 * 1024
+    # TLS on the TCP listener (the Unix socket stays local and plaintext); with
+    # a client CA, mutual TLS. Files are re-read when they change (sidecar/tls.py).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Deny any request whose principal is not Workload::"<the caller's SPIFFE ID>".
+    bind_workload_identity: bool = False
 
     def __post_init__(self) -> None:
         if self.listen is None and self.socket is None:
@@ -46,6 +53,20 @@ class Settings:
         for name in ("max_request_bytes", "max_attribute_depth", "max_batch_items"):
             if getattr(self.limits, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key too")
+        if self.tls_cert is not None and self.listen is None:
+            raise ConfigError("TLS applies to the TCP listener: give --listen HOST:PORT too")
+        if self.bind_workload_identity and self.tls_client_ca is None:
+            raise ConfigError(
+                "--bind-workload-identity takes the caller's identity from its client "
+                "certificate: give --tls-cert, --tls-key and --tls-client-ca too"
+            )
 
 
 def split_host_port(value: str, name: str = "address") -> tuple[str, int]:
@@ -81,6 +102,18 @@ def build_settings(
     return _typed(merged)
 
 
+def _flag(name: str, value: Any) -> bool:
+    """A boolean from a flag, YAML or an environment string."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}: {value!r} is not a boolean (true or false)")
+
+
 def _typed(raw: Mapping[str, Any]) -> Settings:
     known = {f.name for f in dataclasses.fields(Settings)} | _LIMIT_KEYS
     unknown = sorted(set(raw) - known)
@@ -98,6 +131,10 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 kwargs[key] = None if str(value).lower() in _OFF else Path(value)
             elif key == "policies":
                 kwargs[key] = Path(value)
+            elif key in ("tls_cert", "tls_key", "tls_client_ca"):
+                kwargs[key] = None if str(value).lower() in _OFF else Path(value)
+            elif key == "bind_workload_identity":
+                kwargs[key] = _flag(key, value)
             elif key in ("grace_s",):
                 kwargs[key] = float(value)
             elif key in ("workers", "max_batch_bytes"):

@@ -17,6 +17,7 @@ from sidecar.audit.sink import AuditSink
 from sidecar.bundle import Bundle
 from sidecar.engine import deny, evaluate
 from sidecar.errors import AuditError
+from sidecar.identity import binding_refusal
 from sidecar.ids import DecisionIds
 from sidecar.metrics import Metrics
 from sidecar.model import AuthzRequest, Result
@@ -30,11 +31,19 @@ class Decided:
 
 
 class Decider:
-    def __init__(self, sink: AuditSink, metrics: Metrics, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        sink: AuditSink,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        *,
+        bind_workload_identity: bool = False,
+    ) -> None:
         self._sink = sink
         self._metrics = metrics
         self._clock = clock
         self._ids = DecisionIds()
+        self._bind = bind_workload_identity
 
     def now(self) -> datetime:
         return self._clock()
@@ -48,8 +57,13 @@ class Decider:
         at: datetime,
         started: float,
     ) -> Decided:
-        """Evaluate, audit, count. `at` is the time the request saw as `context.now`."""
-        result = evaluate(bundle, request)
+        """Evaluate, audit, count. `at` is the time the request saw as `context.now`.
+
+        With workload binding on, a request about anyone but the authenticated
+        caller is a DENY saying so, audited like any other decision.
+        """
+        refusal = binding_refusal(request.principal, meta.identity) if self._bind else None
+        result = deny(bundle.revision, refusal) if refusal else evaluate(bundle, request)
         decision_id = self._ids.next()
         latency = time.perf_counter() - started
         event = build_event(decision_id, at, request, result, meta, cached=False, latency_s=latency)

@@ -27,6 +27,7 @@ from sidecar.config import Settings, split_host_port
 from sidecar.decider import Decider
 from sidecar.metrics import Metrics
 from sidecar.servicer import AuthorizerServicer, generic_handler
+from sidecar.tls import CertificateReloader, TlsFiles
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
@@ -74,7 +75,14 @@ class Sidecar:
         bundle = self.holder.current()
         self.metrics.set_bundle(bundle.revision, bundle.policy_count)
         self.sink = sink if sink is not None else open_sink(settings.audit_file)
-        self.decider = Decider(self.sink, self.metrics, clock)
+        self.decider = Decider(
+            self.sink, self.metrics, clock, bind_workload_identity=settings.bind_workload_identity
+        )
+        # Read (and checked) now, so unusable certificate files fail startup, not a handshake.
+        self.tls: CertificateReloader | None = None
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            files = TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            self.tls = CertificateReloader(files)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._grpc: grpc.Server | None = None
         self._metrics_server: Any = None
@@ -107,7 +115,11 @@ class Sidecar:
         tcp = sock = metrics = None
         if s.listen is not None:
             host, _ = split_host_port(s.listen, "listen")
-            port = server.add_insecure_port(s.listen)
+            port = (
+                server.add_secure_port(s.listen, self.tls.credentials())
+                if self.tls is not None
+                else server.add_insecure_port(s.listen)
+            )
             if port == 0:
                 raise OSError(f"cannot listen on {s.listen}")
             tcp = f"{host}:{port}"
@@ -117,6 +129,12 @@ class Sidecar:
             if server.add_insecure_port(f"unix:{s.socket}") == 0:
                 raise OSError(f"cannot listen on unix socket {s.socket}")
             sock = str(s.socket)
+        if s.bind_workload_identity and sock is not None:
+            log.warning(
+                "workload identity binding is on: calls over the Unix socket %s carry no "
+                "certificate and every decision they ask for is denied",
+                sock,
+            )
         server.start()
         self._grpc = server
         if s.metrics_listen is not None:

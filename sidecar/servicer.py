@@ -21,8 +21,9 @@ from sidecar.audit.event import CallMeta
 from sidecar.bundle import Bundle
 from sidecar.decider import Decided, Decider
 from sidecar.errors import InvalidRequest
+from sidecar.identity import CallerContext, caller_identity
 from sidecar.metrics import Metrics
-from sidecar.model import Decision
+from sidecar.model import Decision, EntityUid
 from sidecar.validate import Limits, request_from_proto
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         self._limits = limits
         self._metrics = metrics
         self._max_batch_bytes = max_batch_bytes
+        self._caller = CallerContext()
 
     def Authorize(
         self, request: pb.AuthorizeRequest, context: grpc.ServicerContext
@@ -94,7 +96,9 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
     def _decide(self, msg: pb.AuthorizeRequest, meta: CallMeta, started: float) -> Decided:
         bundle = self._bundle()
         at = self._decider.now()
-        request = request_from_proto(msg, bundle, self._limits, now=at)
+        action = EntityUid(msg.action.type, msg.action.id)
+        extra = self._caller.context_for(bundle, action, meta.identity)
+        request = request_from_proto(msg, bundle, self._limits, now=at, extra_context=extra)
         return self._decider.decide(bundle, request, meta, at=at, started=started)
 
     def _count_invalid(self, exc: InvalidRequest) -> None:
@@ -149,7 +153,8 @@ def _meta(context: grpc.ServicerContext) -> CallMeta:
             m = _TRACEPARENT.fullmatch(value.strip())
             if m and m["trace"] != "0" * 32:
                 trace = m["trace"]
-    return CallMeta(peer=context.peer() or "", trace_id=trace)
+    identity = caller_identity(context.auth_context())
+    return CallMeta(peer=context.peer() or "", identity=identity, trace_id=trace)
 
 
 def to_response(decided: Decided) -> pb.AuthorizeResponse:

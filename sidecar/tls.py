@@ -1,0 +1,214 @@
+"""TLS for the gRPC server, with certificates that follow their files; TLS for clients.
+
+SPIRE's helper and cert-manager rotate a workload's certificate, key and CA
+bundle by rewriting files. gRPC asks `CertificateReloader.fetch` before every
+TLS handshake whether to switch certificates: it answers from a cheap `stat`
+of the three files and reads them only when that changed. A new set replaces
+the one in use only after Python's own TLS stack has accepted it (the key
+matches the certificate, the CA bundle parses), so a half-written rotation
+(new certificate, old key) keeps the previous set in service until the files
+settle. Connections already open keep their session: no call is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from sidecar.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Files are re-read at least this often even when `stat` shows no change, so a
+# rewrite that keeps size and modification time is still seen.
+RECHECK_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Where the server's certificate chain, key and (for mutual TLS) client CA live."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def paths(self) -> tuple[Path, ...]:
+        extra = () if self.client_ca is None else (self.client_ca,)
+        return (self.cert, self.key, *extra)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """One consistent set of PEM bytes, checked to work together."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key, self.cert)], root_certificates=self.client_ca
+        )
+
+
+def read_material(files: TlsFiles) -> TlsMaterial:
+    """Read and check the files; raise ConfigError saying which file is wrong and how.
+
+    The check is the standard library's TLS stack: `load_cert_chain` refuses a
+    key that does not belong to the certificate. The files are read again
+    afterwards; a change in between (a rotation in progress) is an error too,
+    and the caller tries again later.
+    """
+    before = _read_all(files)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(files.cert, files.key, password=_no_password)
+    except (ssl.SSLError, OSError, TypeError) as exc:
+        raise ConfigError(
+            f"TLS certificate {files.cert} and key {files.key} are not a usable pair "
+            f"(PEM certificate chain and its unencrypted private key): {exc}"
+        ) from exc
+    if before.client_ca is not None:
+        try:
+            context.load_verify_locations(cadata=before.client_ca.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(
+                f"TLS client CA {files.client_ca} is not a PEM bundle of CA certificates: {exc}"
+            ) from exc
+    if _read_all(files) != before:
+        raise ConfigError(
+            f"TLS files changed while being read ({', '.join(map(str, files.paths()))})"
+        )
+    return before
+
+
+def _read_all(files: TlsFiles) -> TlsMaterial:
+    def read(path: Path, what: str) -> bytes:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read TLS {what} {path}: {exc.strerror or exc}") from exc
+        if b"-----BEGIN " not in data:
+            raise ConfigError(f"TLS {what} {path} holds no PEM block")
+        return data
+
+    ca = None if files.client_ca is None else read(files.client_ca, "client CA")
+    return TlsMaterial(read(files.cert, "certificate"), read(files.key, "key"), ca)
+
+
+def _no_password() -> bytes:
+    raise ConfigError("the TLS private key is encrypted; give stepguard an unencrypted key")
+
+
+Signature = tuple[tuple[int, int, int, int], ...]
+
+
+class CertificateReloader:
+    """The certificate set gRPC serves, swapped when its files change.
+
+    `fetch` runs on gRPC's handshake path for every new connection: it never
+    raises and never blocks on more than three small file reads.
+    """
+
+    def __init__(
+        self,
+        files: TlsFiles,
+        *,
+        recheck_s: float = RECHECK_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.files = files
+        self._recheck_s = recheck_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._material = read_material(files)  # startup: unusable files are a ConfigError
+        self._seen: Signature | None = self._signature()
+        self._checked = clock()
+        self._warned: Signature | None = None
+        self.generation = 1  # bumped on every swap; read by tests and logs
+
+    @property
+    def material(self) -> TlsMaterial:
+        return self._material
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Server credentials that ask `fetch` before each handshake."""
+        return grpc.dynamic_ssl_server_credentials(
+            self._material.configuration(),
+            self.fetch,  # type: ignore[arg-type]  # grpc-stubs omit the documented None
+            require_client_authentication=self.files.client_ca is not None,
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """A new configuration when the files hold a new valid set, else None (keep)."""
+        try:
+            return self._fetch()
+        except Exception:  # gRPC's handshake path must not see an exception
+            log.exception("TLS reload check failed; keeping the certificates in use")
+            return None
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            signature = self._signature()
+        except OSError:
+            signature = None  # a file is missing mid-rotation: read (and fail) below
+        now = self._clock()
+        if signature == self._seen and now - self._checked < self._recheck_s:
+            return None
+        with self._lock:
+            if signature == self._seen and now - self._checked < self._recheck_s:
+                return None  # another handshake did the work meanwhile
+            try:
+                material = read_material(self.files)
+            except ConfigError as exc:
+                if signature != self._warned:
+                    self._warned = signature
+                    log.warning("TLS files not reloaded, still serving the previous set: %s", exc)
+                return None
+            self._seen, self._checked, self._warned = signature, now, None
+            if material == self._material:
+                return None
+            self._material = material
+            self.generation += 1
+            log.info(
+                "TLS certificates reloaded from %s (generation %d)",
+                ", ".join(map(str, self.files.paths())),
+                self.generation,
+            )
+            return material.configuration()
+
+    def _signature(self) -> Signature:
+        out = []
+        for path in self.files.paths():
+            st = os.stat(path)  # follows symlinks: a Secret volume's ..data swap shows
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+
+def channel_credentials(
+    root_ca: Path | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+) -> grpc.ChannelCredentials:
+    """Client credentials for `StepguardClient(credentials=...)`.
+
+    `root_ca` is the bundle that signs the server's certificate (None: the
+    system roots); `cert` and `key`, given together, are the client's own
+    certificate for mutual TLS (for SPIFFE, the workload's X.509 SVID).
+    """
+    if (cert is None) != (key is None):
+        raise ConfigError("give both a client certificate and its key, or neither")
+    files = [root_ca, key, cert]
+    try:
+        root, key_pem, cert_pem = (None if p is None else p.read_bytes() for p in files)
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file: {exc}") from exc
+    return grpc.ssl_channel_credentials(root, key_pem, cert_pem)
