@@ -27,6 +27,7 @@ import cedarpy
 
 from sidecar.cedartext import Span, schema_entity_types, split_policies
 from sidecar.errors import BundleError
+from sidecar.index import WHOLE_CONTEXT, PolicyIndex, context_reads
 from sidecar.model import EntityUid
 
 TTL_ANNOTATION = "max_credential_ttl"
@@ -67,14 +68,22 @@ class Bundle:
     # The store's entities as Cedar JSON, by uid: merged with request data.
     entity_json: Mapping[EntityUid, Mapping[str, Any]]
     sources: tuple[str, ...] = field(default=())
+    # Policies by scope (sidecar/index.py); None evaluates the whole set.
+    index: PolicyIndex | None = None
+    # The `context` attributes the policies read (WHOLE_CONTEXT: all of them);
+    # the decision cache keys on `context.now` only when it is read.
+    context_reads: frozenset[str] = frozenset({WHOLE_CONTEXT})
 
     @property
     def policy_count(self) -> int:
         return len(self.policies)
 
 
-def load_bundle(directory: Path) -> Bundle:
-    """Read and validate a policy directory; raise BundleError naming file and line."""
+def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bundle:
+    """Read and validate a policy directory; raise BundleError naming file and line.
+
+    `extra_entities` adds entity data to the directory's (a test suite's fixtures).
+    """
     if not directory.is_dir():
         raise BundleError(f"policy directory {directory} does not exist or is not a directory")
     files = sorted(
@@ -99,7 +108,7 @@ def load_bundle(directory: Path) -> Bundle:
         raise BundleError(
             f"expected exactly one schema (*.cedarschema) in {directory}, found {found}"
         )
-    return build_bundle(policies, schemas[0], entities)
+    return build_bundle(policies, schemas[0], [*entities, *extra_entities])
 
 
 def build_bundle(
@@ -175,6 +184,8 @@ def build_bundle(
         actions=actions,
         entity_json=MappingProxyType(entity_json),
         sources=tuple(s.name for s in (*policies, schema, *entities)),
+        index=PolicyIndex(static, json.loads(str(entities_handle)), policy_set),
+        context_reads=context_reads(static.values()),
     )
 
 

@@ -26,9 +26,10 @@ from sidecar.model import (
 _POLICY_ERROR = re.compile(r"error while evaluating policy `(?P<id>[^`]*)`: (?P<msg>.*)", re.DOTALL)
 
 
-def evaluate(bundle: Bundle, request: AuthzRequest) -> Result:
+def evaluate(bundle: Bundle, request: AuthzRequest, *, indexed: bool = True) -> Result:
+    """Decide `request`. `indexed=False` evaluates every policy (the index's reference)."""
     try:
-        return _evaluate(bundle, request)
+        return _evaluate(bundle, request, indexed)
     except Exception as exc:  # noqa: BLE001 - fail closed on anything
         return deny(bundle.revision, f"evaluation failed: {type(exc).__name__}: {exc}")
 
@@ -38,7 +39,7 @@ def deny(revision: str, message: str) -> Result:
     return Result(Decision.DENY, (), (EvalError("", message),), Obligations(), revision)
 
 
-def _evaluate(bundle: Bundle, request: AuthzRequest) -> Result:
+def _evaluate(bundle: Bundle, request: AuthzRequest, indexed: bool = True) -> Result:
     try:
         entities = _entities_for(bundle, request.entities)
     except ValueError as exc:
@@ -49,7 +50,10 @@ def _evaluate(bundle: Bundle, request: AuthzRequest) -> Result:
         "resource": request.resource.to_json(),
         "context": dict(request.context),
     }
-    answer = cedarpy.is_authorized(cedar_request, bundle.policy_set, entities, bundle.schema)
+    policy_set = bundle.policy_set
+    if indexed and bundle.index is not None:
+        policy_set = bundle.index.policy_set_for(request)
+    answer = cedarpy.is_authorized(cedar_request, policy_set, entities, bundle.schema)
     diagnostics = answer.diagnostics
     errors = tuple(_eval_error(e) for e in diagnostics.errors)
     reasons = tuple(_policy_ref(bundle, pid) for pid in diagnostics.reasons)
