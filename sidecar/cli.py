@@ -53,6 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", help="also (or only) listen on this Unix socket path")
     serve.add_argument("--metrics-listen", help="HOST:PORT for /metrics, or 'off'")
     serve.add_argument("--audit-file", help="audit trail: a file path, or - for stdout")
+    serve.add_argument(
+        "--audit-durability", choices=("flush", "fsync"), help="flush (default) or fsync"
+    )
+    serve.add_argument("--audit-rotate-bytes", type=int, help="rotate at this size (0: never)")
+    serve.add_argument(
+        "--audit-rotate-age", dest="audit_rotate_age_s", type=float, help="rotate after (s)"
+    )
+    serve.add_argument("--audit-hmac-key-file", help="key the audit hash chain with this file")
+    serve.add_argument(
+        "--audit-redact", help="comma-separated event paths to redact (context.approval.ticket)"
+    )
     serve.add_argument("--grace", dest="grace_s", type=float, help="drain time on shutdown (s)")
     serve.add_argument("--workers", type=int, help="gRPC worker threads")
     serve.add_argument("--max-request-bytes", type=int)
@@ -92,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Any]:
     """Subcommands that live beside the feature they drive (each `register(subparsers)`)."""
-    return []
+    from sidecar.audit import cli as audit_cli
+
+    return [audit_cli.register]
 
 
 def _serve(args: argparse.Namespace) -> int:

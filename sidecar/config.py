@@ -7,6 +7,7 @@ file > default. Nothing else in stepguard reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,23 @@ class Settings:
     listen: str | None = "127.0.0.1:50051"
     socket: Path | None = None
     metrics_listen: str | None = "127.0.0.1:9464"
+    # host:port of the OpenID AuthZEN HTTP API (docs/authzen.md); off by default.
+    # Plain HTTP with no caller authentication, so loopback only.
+    authzen_listen: str | None = None
     audit_file: str = "-"
     grace_s: float = 10.0
     workers: int = 16
     limits: Limits = field(default_factory=Limits)
     max_batch_bytes: int = 8 * 1024 * 1024
+    # The audit trail (docs/audit.md). Durability: "flush" = each event is written
+    # to the OS before its answer leaves (survives a killed sidecar); "fsync" =
+    # also on disk (survives power loss). There is no setting without a trail.
+    audit_durability: str = "flush"
+    audit_rotate_bytes: int = 64 * 1024 * 1024  # 0: never rotate by size
+    audit_rotate_age_s: float = 24 * 3600.0  # 0: never rotate by age
+    audit_hmac_key_file: Path | None = None  # keys the hash chain and redaction hashes
+    audit_redact: tuple[str, ...] = ()  # extra dotted paths, e.g. context.approval.ticket
+    audit_redact_mode: str = "hash"  # or "remove"
     # TLS on the TCP listener (the Unix socket stays local and plaintext); with
     # a client CA, mutual TLS. Files are re-read when they change (sidecar/tls.py).
     tls_cert: Path | None = None
@@ -42,10 +55,16 @@ class Settings:
     def __post_init__(self) -> None:
         if self.listen is None and self.socket is None:
             raise ConfigError("nothing to listen on: give --listen HOST:PORT and/or --socket PATH")
-        for name in ("listen", "metrics_listen"):
+        for name in ("listen", "metrics_listen", "authzen_listen"):
             value = getattr(self, name)
             if value is not None:
                 split_host_port(value, name)
+        if self.authzen_listen is not None and not _loopback(self.authzen_listen):
+            raise ConfigError(
+                f"authzen_listen: {self.authzen_listen!r} is not a loopback address; the "
+                "AuthZEN API has no TLS or caller authentication yet, so it serves "
+                "127.0.0.1, [::1] or localhost only"
+            )
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.grace_s < 0:
@@ -53,6 +72,7 @@ class Settings:
         for name in ("max_request_bytes", "max_attribute_depth", "max_batch_items"):
             if getattr(self.limits, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        self._check_audit()
         self._check_tls()
 
     def _check_tls(self) -> None:
@@ -68,12 +88,33 @@ class Settings:
                 "certificate: give --tls-cert, --tls-key and --tls-client-ca too"
             )
 
+    def _check_audit(self) -> None:
+        from sidecar.audit.jsonl import DURABILITIES, durability_problem
+        from sidecar.audit.redact import MODES
+
+        if self.audit_durability not in DURABILITIES:
+            raise ConfigError(durability_problem(self.audit_durability))
+        if self.audit_redact_mode not in MODES:
+            raise ConfigError(f"audit_redact_mode must be one of {', '.join(MODES)}")
+        if self.audit_rotate_bytes < 0 or self.audit_rotate_age_s < 0:
+            raise ConfigError("audit_rotate_bytes and audit_rotate_age_s must not be negative")
+
 
 def split_host_port(value: str, name: str = "address") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{name}: {value!r} is not HOST:PORT (for example 127.0.0.1:50051)")
     return host.strip("[]"), int(port)
+
+
+def _loopback(value: str) -> bool:
+    host, _ = split_host_port(value)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _OFF = {"", "none", "off", "false"}
@@ -125,7 +166,7 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
         for key, value in raw.items():
             if key in _LIMIT_KEYS:
                 limits[key] = int(value)
-            elif key in ("listen", "metrics_listen"):
+            elif key in ("listen", "metrics_listen", "authzen_listen"):
                 kwargs[key] = None if str(value).lower() in _OFF else str(value)
             elif key == "socket":
                 kwargs[key] = None if str(value).lower() in _OFF else Path(value)
@@ -135,6 +176,17 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 kwargs[key] = None if str(value).lower() in _OFF else Path(value)
             elif key == "bind_workload_identity":
                 kwargs[key] = _flag(key, value)
+            elif key == "audit_hmac_key_file":
+                kwargs[key] = None if str(value).lower() in _OFF else Path(value)
+            elif key == "audit_redact":
+                items = value.split(",") if isinstance(value, str) else list(value)
+                kwargs[key] = tuple(str(v).strip() for v in items if str(v).strip())
+            elif key in ("audit_durability", "audit_redact_mode"):
+                kwargs[key] = str(value).strip().lower()
+            elif key == "audit_rotate_age_s":
+                kwargs[key] = float(value)
+            elif key == "audit_rotate_bytes":
+                kwargs[key] = int(value)
             elif key in ("grace_s",):
                 kwargs[key] = float(value)
             elif key in ("workers", "max_batch_bytes"):

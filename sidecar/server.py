@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar.audit.jsonl import open_sink
+from sidecar.audit.setup import open_trail
 from sidecar.audit.sink import AuditSink
 from sidecar.bundle import Bundle, load_bundle
 from sidecar.config import Settings, split_host_port
@@ -74,9 +74,13 @@ class Sidecar:
         self.holder = BundleHolder(load_bundle(settings.policies))
         bundle = self.holder.current()
         self.metrics.set_bundle(bundle.revision, bundle.policy_count)
-        self.sink = sink if sink is not None else open_sink(settings.audit_file)
+        self.sink, redactor = open_trail(settings, sink)
         self.decider = Decider(
-            self.sink, self.metrics, clock, bind_workload_identity=settings.bind_workload_identity
+            self.sink,
+            self.metrics,
+            clock,
+            bind_workload_identity=settings.bind_workload_identity,
+            redactor=redactor,
         )
         # Read (and checked) now, so unusable certificate files fail startup, not a handshake.
         self.tls: CertificateReloader | None = None
@@ -84,6 +88,8 @@ class Sidecar:
             files = TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
             self.tls = CertificateReloader(files)
         self.health = health.HealthServicer(experimental_non_blocking=True)
+        self._health_lock = threading.Lock()
+        self.sink.watch(self._on_audit_health)
         self._grpc: grpc.Server | None = None
         self._metrics_server: Any = None
         self._stopped = threading.Event()
@@ -144,6 +150,7 @@ class Sidecar:
             metrics = f"{host}:{httpd.server_port}"
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._sync_audit_health()
         self.endpoints = Endpoints(tcp, sock, metrics)
         log.info(
             "stepguard serving policies %s (revision %s, %d policies) on %s",
@@ -153,6 +160,24 @@ class Sidecar:
             ", ".join(e for e in (tcp, f"unix:{sock}" if sock else None) if e),
         )
         return self.endpoints
+
+    def _on_audit_health(self, healthy: bool, detail: str) -> None:
+        log.log(
+            logging.INFO if healthy else logging.ERROR,
+            "audit trail %s%s",
+            "recovered: serving again" if healthy else "failed: NOT_SERVING, denying: ",
+            "" if healthy else detail,
+        )
+        self._sync_audit_health()
+
+    def _sync_audit_health(self) -> None:
+        """Authorizer health follows the trail: no trail, NOT_SERVING (and every answer DENY)."""
+        with self._health_lock:
+            healthy = self.sink.healthy
+            self.metrics.audit_healthy.set(1 if healthy else 0)
+            if self._grpc is not None:  # before start(), start() sets it
+                status = health_pb2.HealthCheckResponse
+                self.health.set(SERVICE_NAME, status.SERVING if healthy else status.NOT_SERVING)
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown; safe to call twice."""

@@ -81,7 +81,7 @@ class _ChainSink:
 
     def __init__(self, hasher: Hasher, durability: str, probe_interval_s: float) -> None:
         if durability not in DURABILITIES:
-            raise ConfigError(_durability_message(durability))
+            raise ConfigError(durability_problem(durability))
         self.hasher = hasher
         self.durability = durability
         self._cond = threading.Condition(threading.Lock())
@@ -662,7 +662,8 @@ def _describe(exc: OSError) -> str:
     return f"{name}{where}" if exc.errno else f"{exc}{where}"
 
 
-def _durability_message(value: str) -> str:
+def durability_problem(value: str) -> str:
+    """What is wrong with a durability value (for ConfigError messages)."""
     if value == "none":
         return (
             "audit_durability 'none' would let answers leave before their audit event is "

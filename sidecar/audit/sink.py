@@ -1,16 +1,21 @@
 """Where audit events go. The decider calls `write` before answering.
 
 `write` returns only once the event is recorded as durably as the sink
-promises; any failure raises `AuditError`, and the decider then denies.
+promises; any failure raises `AuditError`, and the decider then denies. A sink
+also says whether it is healthy and tells watchers when that changes, so the
+server can flip its gRPC health status. File and stdout sinks live in
+`jsonl.py`; a network sink would implement the same four members.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from sidecar.errors import AuditError
+
+HealthWatcher = Callable[[bool, str], None]
 
 
 class AuditSink(Protocol):
@@ -19,6 +24,13 @@ class AuditSink(Protocol):
 
     def close(self) -> None:
         """Flush and release; later writes raise AuditError."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while writes fail."""
+
+    def watch(self, watcher: HealthWatcher) -> None:
+        """Call `watcher(healthy, detail)` whenever health changes."""
 
 
 class MemorySink:
@@ -29,15 +41,42 @@ class MemorySink:
         self.fail_with: str | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._healthy = True
+        self._watchers: list[HealthWatcher] = []
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def watch(self, watcher: HealthWatcher) -> None:
+        self._watchers.append(watcher)
 
     def write(self, event: Mapping[str, Any]) -> None:
         with self._lock:
             if self._closed:
                 raise AuditError("audit sink is closed")
-            if self.fail_with is not None:
-                raise AuditError(self.fail_with)
-            self.events.append(event)
+            failure = self.fail_with
+            if failure is None:
+                self.events.append(event)
+        self._set_health(failure is None, failure or "")
+        if failure is not None:
+            raise AuditError(failure)
+
+    def _set_health(self, healthy: bool, detail: str) -> None:
+        if healthy != self._healthy:
+            self._healthy = healthy
+            for watcher in list(self._watchers):
+                watcher(healthy, detail)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
+
+
+class NullSink(MemorySink):
+    """Accepts and drops events. Only for benchmarks (the 'trail off' baseline):
+    no setting selects it, so the sidecar never answers without a trail."""
+
+    def write(self, event: Mapping[str, Any]) -> None:
+        if self._closed:
+            raise AuditError("audit sink is closed")

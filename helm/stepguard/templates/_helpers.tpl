@@ -1,0 +1,500 @@
+{{/*
+Named templates of the stepguard chart.
+
+Public, for your own pod specs (see docs/deployment.md):
+  stepguard.sidecar.container      the stepguard container, as one list item
+  stepguard.sidecar.volumes        the volumes it needs, as list items
+  stepguard.sidecar.workerVolumeMounts  the worker's mount of the socket directory
+  stepguard.sidecar.workerEnv      STEPGUARD_ADDRESS for the worker
+
+Each takes this chart's context: `.` inside this chart, `.Subcharts.stepguard`
+from a parent chart that depends on it.
+*/}}
+
+{{- define "stepguard.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{- define "stepguard.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "stepguard.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* The full name with a suffix, kept within 63 characters: (dict "ctx" . "suffix" "policies") */}}
+{{- define "stepguard.suffixedName" -}}
+{{- $full := include "stepguard.fullname" .ctx -}}
+{{- printf "%s-%s" ($full | trunc (int (sub 62 (len .suffix))) | trimSuffix "-") .suffix -}}
+{{- end }}
+
+{{- define "stepguard.policiesConfigMapName" -}}
+{{- if eq .Values.policies.source "existingConfigMap" -}}
+{{- .Values.policies.existingConfigMap -}}
+{{- else -}}
+{{- include "stepguard.suffixedName" (dict "ctx" . "suffix" "policies") -}}
+{{- end -}}
+{{- end }}
+
+{{- define "stepguard.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "stepguard.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end }}
+
+{{/* Labels. Both take (dict "ctx" . "component" "<name>"). */}}
+{{- define "stepguard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "stepguard.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "stepguard.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "stepguard.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: stepguard
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "stepguard.image" -}}
+{{- $img := .Values.image -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end }}
+
+{{/* HOST:PORT, with an IPv6 host in brackets: (dict "host" "0.0.0.0" "port" 50051) */}}
+{{- define "stepguard.hostPort" -}}
+{{- if contains ":" .host -}}
+{{- printf "[%s]:%d" .host (int .port) -}}
+{{- else -}}
+{{- printf "%s:%d" .host (int .port) -}}
+{{- end -}}
+{{- end }}
+
+{{- define "stepguard.socketPath" -}}
+{{- printf "%s/%s" (trimSuffix "/" .Values.server.socket.mountPath) .Values.server.socket.fileName -}}
+{{- end }}
+
+{{- define "stepguard.auditFilePath" -}}
+{{- printf "%s/%s" (trimSuffix "/" .Values.audit.file.mountPath) .Values.audit.file.fileName -}}
+{{- end }}
+
+{{- define "stepguard.tlsMountPath" -}}/etc/stepguard/tls{{- end }}
+{{- define "stepguard.clientCAMountPath" -}}/etc/stepguard/client-ca{{- end }}
+{{- define "stepguard.configMountPath" -}}/etc/stepguard/config{{- end }}
+
+{{/* The client CA comes from its own Secret only when one is named that is not tls.secretName. */}}
+{{- define "stepguard.separateClientCA" -}}
+{{- $tls := .Values.tls -}}
+{{- if and $tls.enabled $tls.clientCA.enabled $tls.clientCA.secretName (ne $tls.clientCA.secretName $tls.secretName) -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/* "grpc" or "exec": the probe kind that probes.type resolves to. */}}
+{{- define "stepguard.probeType" -}}
+{{- $v := .Values -}}
+{{- if eq $v.probes.type "auto" -}}
+{{- if and $v.server.tcp.enabled (not $v.tls.enabled) -}}grpc{{- else -}}exec{{- end -}}
+{{- else -}}
+{{- $v.probes.type -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Cross-field rules the schema cannot say clearly. Renders nothing; fails the
+install with a message that says what to change.
+*/}}
+{{- define "stepguard.validate" -}}
+{{- $v := .Values -}}
+{{- if and (eq $v.mode "standalone") (not $v.server.tcp.enabled) -}}
+{{- fail "stepguard: mode=standalone serves its clients over TCP; set server.tcp.enabled=true" -}}
+{{- end -}}
+{{- if not (or $v.server.tcp.enabled $v.server.socket.enabled) -}}
+{{- fail "stepguard: no listener; set server.socket.enabled=true or server.tcp.enabled=true" -}}
+{{- end -}}
+{{- if and $v.server.tcp.enabled $v.metrics.enabled (eq (int $v.server.tcp.port) (int $v.metrics.port)) -}}
+{{- fail "stepguard: server.tcp.port and metrics.port must differ" -}}
+{{- end -}}
+{{- $probe := include "stepguard.probeType" . -}}
+{{- if and (eq $probe "grpc") (not $v.server.tcp.enabled) -}}
+{{- fail "stepguard: probes.type=grpc needs server.tcp.enabled=true (Kubernetes gRPC probes dial a TCP port); use probes.type=exec or auto" -}}
+{{- end -}}
+{{- if and (eq $probe "grpc") $v.tls.enabled -}}
+{{- fail "stepguard: Kubernetes gRPC probes cannot speak TLS; with tls.enabled=true use probes.type=exec or auto (and server.socket.enabled=true)" -}}
+{{- end -}}
+{{- if and (eq $probe "exec") (not $v.server.socket.enabled) -}}
+{{- fail "stepguard: the exec probe checks health over the Unix socket; set server.socket.enabled=true (with TLS on or TCP off, probes.type=auto uses the exec probe)" -}}
+{{- end -}}
+{{- if and (eq $v.policies.source "existingConfigMap") (not $v.policies.existingConfigMap) -}}
+{{- fail "stepguard: policies.source=existingConfigMap needs policies.existingConfigMap, the ConfigMap's name" -}}
+{{- end -}}
+{{- if and (eq $v.policies.source "volume") (not $v.policies.volume) -}}
+{{- fail "stepguard: policies.source=volume needs policies.volume, a volume source such as {persistentVolumeClaim: {claimName: policies}}" -}}
+{{- end -}}
+{{- if and (eq $v.policies.source "values") $v.policies.files -}}
+{{- $cedar := 0 -}}
+{{- $schemas := list -}}
+{{- range $name, $_ := $v.policies.files -}}
+{{- if hasSuffix ".cedar" $name }}{{ $cedar = add1 $cedar }}{{ end -}}
+{{- if or (hasSuffix ".cedarschema" $name) (hasSuffix ".cedarschema.json" $name) }}{{ $schemas = append $schemas $name }}{{ end -}}
+{{- end -}}
+{{- if eq $cedar 0 -}}
+{{- fail "stepguard: policies.files has no *.cedar policy file; add at least one" -}}
+{{- end -}}
+{{- if ne (len $schemas) 1 -}}
+{{- fail (printf "stepguard: policies.files needs exactly one schema (*.cedarschema or *.cedarschema.json), found %d: %s" (len $schemas) (join ", " $schemas)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $v.audit.sink "file") (eq $v.audit.file.volume.type "existingClaim") (not $v.audit.file.volume.existingClaim) -}}
+{{- fail "stepguard: audit.file.volume.type=existingClaim needs audit.file.volume.existingClaim, the claim's name" -}}
+{{- end -}}
+{{- if and $v.tls.enabled (not $v.tls.secretName) -}}
+{{- fail "stepguard: tls.enabled=true needs tls.secretName, a kubernetes.io/tls Secret" -}}
+{{- end -}}
+{{- if and $v.tls.enabled (not $v.server.tcp.enabled) -}}
+{{- fail "stepguard: TLS applies to the TCP listener; set server.tcp.enabled=true or tls.enabled=false" -}}
+{{- end -}}
+{{- if and $v.tls.clientCA.enabled (not $v.tls.enabled) -}}
+{{- fail "stepguard: tls.clientCA.enabled=true needs tls.enabled=true" -}}
+{{- end -}}
+{{- if and $v.tls.bindWorkloadIdentity (not $v.tls.clientCA.enabled) -}}
+{{- fail "stepguard: tls.bindWorkloadIdentity=true takes the identity from client certificates; set tls.enabled=true and tls.clientCA.enabled=true" -}}
+{{- end -}}
+{{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) -}}
+{{- fail "stepguard: metrics.serviceMonitor.enabled=true needs metrics.enabled=true" -}}
+{{- end -}}
+{{- if and $v.metrics.serviceMonitor.enabled (eq $v.mode "sidecar") (not $v.metrics.serviceMonitor.podSelector) (not $v.exampleWorker.enabled) -}}
+{{- fail "stepguard: in sidecar mode the ServiceMonitor scrapes your worker pods; set metrics.serviceMonitor.podSelector to their labels" -}}
+{{- end -}}
+{{- if and $v.exampleWorker.enabled (eq $v.mode "standalone") $v.tls.enabled -}}
+{{- fail "stepguard: the example worker speaks plaintext gRPC; disable exampleWorker or tls in standalone mode" -}}
+{{- end -}}
+{{- if and $v.exampleWorker.enabled $v.tls.bindWorkloadIdentity -}}
+{{- fail "stepguard: the example worker has no client certificate, so tls.bindWorkloadIdentity=true would deny all it asks; disable one of them" -}}
+{{- end -}}
+{{- end }}
+
+{{/* The stepguard serve arguments (the image's entrypoint is `stepguard serve`). */}}
+{{- define "stepguard.args" -}}
+{{- $v := .Values -}}
+- --policies
+- {{ $v.policies.mountPath | quote }}
+{{- if $v.policies.watch }}
+- --watch
+{{- end }}
+- --listen
+{{- if $v.server.tcp.enabled }}
+- {{ include "stepguard.hostPort" (dict "host" $v.server.tcp.bindAddress "port" $v.server.tcp.port) | quote }}
+{{- else }}
+- none
+{{- end }}
+{{- if $v.server.socket.enabled }}
+- --socket
+- {{ include "stepguard.socketPath" . | quote }}
+{{- end }}
+- --metrics-listen
+{{- if $v.metrics.enabled }}
+- {{ include "stepguard.hostPort" (dict "host" $v.metrics.bindAddress "port" $v.metrics.port) | quote }}
+{{- else }}
+- "off"
+{{- end }}
+- --audit-file
+{{- if eq $v.audit.sink "file" }}
+- {{ include "stepguard.auditFilePath" . | quote }}
+{{- else }}
+- "-"
+{{- end }}
+- --grace
+- {{ $v.server.gracePeriodSeconds | toString | quote }}
+{{- if $v.server.config }}
+- --config
+- {{ printf "%s/stepguard.yaml" (include "stepguard.configMountPath" .) | quote }}
+{{- end }}
+{{- if $v.tls.enabled }}
+- --tls-cert
+- {{ printf "%s/%s" (include "stepguard.tlsMountPath" .) $v.tls.certKey | quote }}
+- --tls-key
+- {{ printf "%s/%s" (include "stepguard.tlsMountPath" .) $v.tls.keyKey | quote }}
+{{- if $v.tls.clientCA.enabled }}
+- --tls-client-ca
+{{- if include "stepguard.separateClientCA" . }}
+- {{ printf "%s/%s" (include "stepguard.clientCAMountPath" .) $v.tls.clientCA.key | quote }}
+{{- else }}
+- {{ printf "%s/%s" (include "stepguard.tlsMountPath" .) $v.tls.clientCA.key | quote }}
+{{- end }}
+{{- end }}
+{{- if $v.tls.bindWorkloadIdentity }}
+- --bind-workload-identity
+{{- end }}
+{{- end }}
+{{- range $v.server.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The health check the exec probe runs inside the stepguard image:
+python -c SCRIPT TARGET SERVICE TIMEOUT. Exit 0 only for SERVING.
+*/}}
+{{- define "stepguard.healthcheckScript" -}}
+import sys
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+target, service, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+request = health_pb2.HealthCheckRequest(service=service)
+try:
+    with grpc.insecure_channel(target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
+except grpc.RpcError as exc:
+    sys.exit(f"stepguard health {service!r} at {target}: {exc.code().name}: {exc.details()}")
+status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+sys.exit(0 if status == "SERVING" else f"stepguard health {service!r} at {target}: {status}")
+{{- end }}
+
+{{/* One probe: (dict "ctx" . "kind" "readiness" "service" "stepguard.v1.Authorizer") */}}
+{{- define "stepguard.probe" -}}
+{{- $v := .ctx.Values -}}
+{{- $p := index $v.probes .kind -}}
+{{- if eq (include "stepguard.probeType" .ctx) "grpc" -}}
+grpc:
+  port: {{ int $v.server.tcp.port }}
+  {{- if .service }}
+  service: {{ .service | quote }}
+  {{- end }}
+{{- else -}}
+exec:
+  command:
+    - python
+    - -c
+    - |
+      {{- include "stepguard.healthcheckScript" . | nindent 6 }}
+    - {{ printf "unix://%s" (include "stepguard.socketPath" .ctx) | quote }}
+    - {{ .service | quote }}
+    - {{ max 1 (sub (int $p.timeoutSeconds) 1) | toString | quote }}
+{{- end }}
+periodSeconds: {{ int $p.periodSeconds }}
+timeoutSeconds: {{ int $p.timeoutSeconds }}
+failureThreshold: {{ int $p.failureThreshold }}
+{{- end }}
+
+{{/* The stepguard container: (dict "ctx" . "native" true|false). */}}
+{{- define "stepguard.container" -}}
+{{- $ctx := .ctx -}}
+{{- $v := $ctx.Values -}}
+- name: stepguard
+  image: {{ include "stepguard.image" $ctx | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  {{- if .native }}
+  restartPolicy: Always
+  {{- end }}
+  args:
+    {{- include "stepguard.args" $ctx | nindent 4 }}
+  env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
+  {{- if or $v.server.tcp.enabled $v.metrics.enabled }}
+  ports:
+    {{- if $v.server.tcp.enabled }}
+    - name: sg-grpc
+      containerPort: {{ int $v.server.tcp.port }}
+      protocol: TCP
+    {{- end }}
+    {{- if $v.metrics.enabled }}
+    - name: sg-metrics
+      containerPort: {{ int $v.metrics.port }}
+      protocol: TCP
+    {{- end }}
+  {{- end }}
+  startupProbe:
+    {{- include "stepguard.probe" (dict "ctx" $ctx "kind" "startup" "service" "stepguard.v1.Authorizer") | nindent 4 }}
+  readinessProbe:
+    {{- include "stepguard.probe" (dict "ctx" $ctx "kind" "readiness" "service" "stepguard.v1.Authorizer") | nindent 4 }}
+  livenessProbe:
+    {{- include "stepguard.probe" (dict "ctx" $ctx "kind" "liveness" "service" "") | nindent 4 }}
+  resources:
+    {{- toYaml $v.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $v.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: stepguard-tmp
+      mountPath: /tmp
+    {{- if ne $v.policies.source "image" }}
+    - name: stepguard-policies
+      mountPath: {{ $v.policies.mountPath | quote }}
+      readOnly: true
+    {{- end }}
+    {{- if $v.server.socket.enabled }}
+    - name: stepguard-socket
+      mountPath: {{ $v.server.socket.mountPath | quote }}
+    {{- end }}
+    {{- if eq $v.audit.sink "file" }}
+    - name: stepguard-audit
+      mountPath: {{ $v.audit.file.mountPath | quote }}
+    {{- end }}
+    {{- if $v.server.config }}
+    - name: stepguard-config
+      mountPath: {{ include "stepguard.configMountPath" $ctx | quote }}
+      readOnly: true
+    {{- end }}
+    {{- if $v.tls.enabled }}
+    - name: stepguard-tls
+      mountPath: {{ include "stepguard.tlsMountPath" $ctx | quote }}
+      readOnly: true
+    {{- if include "stepguard.separateClientCA" $ctx }}
+    - name: stepguard-client-ca
+      mountPath: {{ include "stepguard.clientCAMountPath" $ctx | quote }}
+      readOnly: true
+    {{- end }}
+    {{- end }}
+{{- end }}
+
+{{/*
+The sidecar container, as one list item. With sidecar.nativeSidecar=true (the
+default) it carries restartPolicy: Always and belongs under initContainers;
+otherwise under containers.
+*/}}
+{{- define "stepguard.sidecar.container" -}}
+{{- include "stepguard.validate" . -}}
+{{- include "stepguard.container" (dict "ctx" . "native" .Values.sidecar.nativeSidecar) -}}
+{{- end }}
+
+{{/* The volumes the stepguard container mounts, as list items. */}}
+{{- define "stepguard.sidecar.volumes" -}}
+{{- include "stepguard.validate" . -}}
+{{- $v := .Values -}}
+- name: stepguard-tmp
+  emptyDir:
+    sizeLimit: 16Mi
+{{- if has $v.policies.source (list "values" "existingConfigMap") }}
+- name: stepguard-policies
+  configMap:
+    name: {{ include "stepguard.policiesConfigMapName" . }}
+{{- else if eq $v.policies.source "volume" }}
+- name: stepguard-policies
+  {{- toYaml $v.policies.volume | nindent 2 }}
+{{- end }}
+{{- if $v.server.socket.enabled }}
+- name: stepguard-socket
+  emptyDir:
+    sizeLimit: 1Mi
+{{- end }}
+{{- if eq $v.audit.sink "file" }}
+- name: stepguard-audit
+  {{- $vol := $v.audit.file.volume }}
+  {{- if eq $vol.type "emptyDir" }}
+  emptyDir:
+    {{- toYaml $vol.emptyDir | nindent 4 }}
+  {{- else if eq $vol.type "persistentVolumeClaim" }}
+  persistentVolumeClaim:
+    claimName: {{ include "stepguard.suffixedName" (dict "ctx" . "suffix" "audit") }}
+  {{- else }}
+  persistentVolumeClaim:
+    claimName: {{ $vol.existingClaim }}
+  {{- end }}
+{{- end }}
+{{- if $v.server.config }}
+- name: stepguard-config
+  configMap:
+    name: {{ include "stepguard.suffixedName" (dict "ctx" . "suffix" "config") }}
+{{- end }}
+{{- if $v.tls.enabled }}
+- name: stepguard-tls
+  secret:
+    secretName: {{ $v.tls.secretName }}
+{{- if include "stepguard.separateClientCA" . }}
+- name: stepguard-client-ca
+  secret:
+    secretName: {{ $v.tls.clientCA.secretName }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The worker's mount of the socket directory, read-only (connecting needs no write access to the mount). */}}
+{{- define "stepguard.sidecar.workerVolumeMounts" -}}
+{{- if include "stepguard.sidecar.workerUsesSocket" . -}}
+- name: stepguard-socket
+  mountPath: {{ .Values.server.socket.mountPath | quote }}
+  readOnly: true
+{{- end -}}
+{{- end }}
+
+{{/*
+Where the worker reaches its sidecar, as a gRPC target in STEPGUARD_ADDRESS:
+the Unix socket, or TCP on localhost when there is no socket or when workload
+identity binding needs the worker's client certificate (TLS).
+*/}}
+{{- define "stepguard.sidecar.workerUsesSocket" -}}
+{{- if and .Values.server.socket.enabled (not .Values.tls.bindWorkloadIdentity) -}}true{{- end -}}
+{{- end }}
+
+{{- define "stepguard.sidecar.workerEnv" -}}
+- name: STEPGUARD_ADDRESS
+  {{- if include "stepguard.sidecar.workerUsesSocket" . }}
+  value: {{ printf "unix://%s" (include "stepguard.socketPath" .) | quote }}
+  {{- else }}
+  value: {{ printf "localhost:%d" (int .Values.server.tcp.port) | quote }}
+  {{- end }}
+{{- end }}
+
+{{/* Pod-level fields shared by the pods the chart runs itself. */}}
+{{- define "stepguard.podSpec" -}}
+serviceAccountName: {{ include "stepguard.serviceAccountName" . }}
+automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Pod template annotations: a config change rolls the pods; a policy change does not (--watch reloads it). */}}
+{{- define "stepguard.podAnnotations" -}}
+{{- if .Values.server.config }}
+checksum/config: {{ toYaml .Values.server.config | sha256sum }}
+{{- end }}
+{{- with .Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

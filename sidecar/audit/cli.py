@@ -1,0 +1,117 @@
+"""`stepguard audit verify` and `stepguard audit query`, registered by sidecar/cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sidecar.audit.chain import load_key
+from sidecar.audit.query import EntityFilter, Query, parse_time, row, run_query, table
+from sidecar.audit.verify import EXIT_OK, Report, collect, verify
+
+
+def register(subparsers: Any) -> None:
+    audit = subparsers.add_parser("audit", help="check and search the audit trail")
+    sub = audit.add_subparsers(required=True, metavar="COMMAND")
+
+    v = sub.add_parser(
+        "verify",
+        help="check the hash chain of a whole trail",
+        description="Exit codes: 0 intact, 1 cannot verify, 3 modified, 4 deleted, "
+        "5 inserted, 6 reordered, 7 truncated.",
+    )
+    v.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trail file or directory")
+    v.add_argument("--key-file", type=Path, help="the HMAC key file the sidecar used")
+    v.add_argument(
+        "--partial",
+        action="store_true",
+        help="the first segments were archived on purpose: start at the first one given",
+    )
+    v.add_argument("--json", action="store_true", help="print one JSON report per trail")
+    v.set_defaults(run=_verify)
+
+    q = sub.add_parser("query", help="find decisions: who was allowed what, why and when")
+    q.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trail file or directory")
+    q.add_argument("--principal", action="append", default=[], help='Type::"id" or id pattern')
+    q.add_argument("--action", action="append", default=[], help="action id (pattern) or uid")
+    q.add_argument("--resource", action="append", default=[], help='Type::"id" or id pattern')
+    q.add_argument("--workflow", help="workflow_id")
+    q.add_argument("--run", dest="run_id", help="run_id")
+    q.add_argument("--step", help="step_id")
+    q.add_argument("--decision", choices=("ALLOW", "DENY"), type=str.upper)
+    q.add_argument("--since", help="RFC 3339 time (inclusive)")
+    q.add_argument("--until", help="RFC 3339 time (exclusive)")
+    q.add_argument("--id", action="append", default=[], help="decision id")
+    q.add_argument(
+        "--all-kinds",
+        action="store_true",
+        help="also show segment, recovery, outage and shutdown records",
+    )
+    q.add_argument("--format", choices=("table", "json"), default="table")
+    q.add_argument("--verify", action="store_true", help="refuse to answer from a broken trail")
+    q.add_argument("--key-file", type=Path, help="HMAC key for --verify")
+    q.set_defaults(run=_query)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    key = load_key(args.key_file) if args.key_file else None
+    code = EXIT_OK
+    for trail in collect(args.paths):
+        report = verify(trail, key, partial=args.partial)
+        if args.json:
+            print(json.dumps(report.to_json(), sort_keys=True))
+        else:
+            print(_render(report))
+        if report.problem is not None and code == EXIT_OK:
+            code = report.problem.exit_code
+    return code
+
+
+def _render(report: Report) -> str:
+    lines = []
+    if report.problem is None:
+        lines.append(
+            f"ok: {report.trail}: {report.records} records ({report.decisions} decisions) in "
+            f"{len(report.files)} file(s), chain {report.algorithm}, last seq {report.last_seq}"
+        )
+    else:
+        lines.append(f"FAILED: {report.trail}: {report.problem}")
+        lines.append(f"  {report.records} records verified before it")
+    lines.extend(f"  note: {n}" for n in report.notes)
+    return "\n".join(lines)
+
+
+def _query(args: argparse.Namespace) -> int:
+    trails = collect(args.paths)
+    if args.verify:
+        key = load_key(args.key_file) if args.key_file else None
+        for trail in trails:
+            report = verify(trail, key)
+            if report.problem is not None:
+                print(f"stepguard: refusing to query: {report.problem}", file=sys.stderr)
+                return report.problem.exit_code
+    query = Query(
+        principals=tuple(EntityFilter.parse(p) for p in args.principal),
+        actions=tuple(args.action),
+        resources=tuple(EntityFilter.parse(r) for r in args.resource),
+        workflow=args.workflow,
+        run=args.run_id,
+        step=args.step,
+        decision=args.decision,
+        since=parse_time(args.since, "--since") if args.since else None,
+        until=parse_time(args.until, "--until") if args.until else None,
+        ids=tuple(args.id),
+        kinds=() if args.all_kinds else ("decision",),
+    )
+    found = run_query(trails, query)
+    if args.format == "json":
+        for event in found:
+            event.pop("_at", None)
+            print(json.dumps(event, sort_keys=True, ensure_ascii=False))
+        return EXIT_OK
+    rows = [row(e) for e in found]
+    print(table(rows) if rows else "no matching records")
+    return EXIT_OK
