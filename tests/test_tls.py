@@ -225,6 +225,18 @@ def test_spiffe_client_is_allowed_and_its_identity_reaches_context_and_audit(
     assert event["caller"]["peer"].startswith("ipv4:127.0.0.1:")
 
 
+def test_a_request_cannot_claim_a_caller_itself(mtls: Running, pki: Pki, tmp_path: Path) -> None:
+    client = _client(tmp_path, mtls, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
+    forged = notify_request()
+    forged["context"]["attributes"] = {"caller": PROVISIONER["id"]}
+    before = len(_decisions(mtls))
+    decision = _ask(client, forged)
+    assert not decision.allowed
+    assert "context.attributes['caller']" in decision.reason
+    assert "reserved" in decision.reason
+    assert len(_decisions(mtls)) == before
+
+
 def test_plaintext_socket_beside_mtls_has_no_identity(mtls: Running) -> None:
     with StepguardClient(f"unix://{mtls.socket}", timeout=5) as client:
         decision = client.authorize(notify_request())
