@@ -347,7 +347,6 @@ class FileSink(_ChainSink):
         self._segment_started = 0.0
         self._head_failed = False
         self._good = 0  # bytes of the active segment known committed
-        self._dirty = False  # bytes appended since the last commit
         # Open now: recovery runs at start, and health is known before serving.
         with contextlib.suppress(AuditError):
             self._submit(None)
@@ -520,7 +519,6 @@ class FileSink(_ChainSink):
 
     def _append(self, data: bytes) -> None:
         assert self._fd is not None
-        self._dirty = True
         _write_all(self._fd, data)
         self._size += len(data)
 
@@ -530,16 +528,16 @@ class FileSink(_ChainSink):
 
     def _rollback(self) -> None:
         """Cut a partly written batch off; then close, so the next attempt re-reads the file."""
-        if self._fd is not None and self._dirty:
+        if self._fd is not None:
             try:
-                os.ftruncate(self._fd, self._good)
+                if os.fstat(self._fd).st_size != self._good:
+                    os.ftruncate(self._fd, self._good)
             except OSError as exc:  # the next open sets the torn tail aside
                 log.error("audit trail %s: cannot cut a partial batch: %s", self.path, exc)
-        self._dirty = False
         self._close_medium()
 
     def _committed(self, seq: int, digest: str) -> None:
-        self._good, self._dirty = self._size, False
+        self._good = self._size
         if self._head_fd is None:
             return
         anchor = anchor_bytes(self.hasher, self.path.name, self._segment, seq, digest)

@@ -229,10 +229,9 @@ def _walk(lines: list[_Line], hasher: Hasher, report: Report, partial: bool) -> 
                 return Problem("inserted", ln.file, ln.line, f"the chain skips this line ({why})")
             return Problem("modified", ln.file, ln.line, why)
         if rec.seq != exp_seq or rec.prev != exp_prev:
-            kind, why = _classify_break(
-                lines, i, rec, exp_seq=exp_seq, seen=seen, continues=continues
+            return _classify_break(
+                lines, i, exp_seq=exp_seq, seen=seen, continues=continues, segment=segment
             )
-            return Problem(kind, ln.file, ln.line, why)
         if ln.first_in_file:
             problem = _check_header(ln, rec, segment, partial)
             if problem is not None:
@@ -251,28 +250,71 @@ def _walk(lines: list[_Line], hasher: Hasher, report: Report, partial: bool) -> 
 
 
 def _classify_break(
-    lines: list[_Line], i: int, rec: Record, *, exp_seq: int, seen: set[str], continues: bool
-) -> tuple[str, str]:
-    """A well-formed record that is not the one due: say why."""
+    lines: list[_Line],
+    i: int,
+    *,
+    exp_seq: int,
+    seen: set[str],
+    continues: bool,
+    segment: Any,
+) -> Problem:
+    """A well-formed record that is not the one due: say what happened, and where."""
+    ln = lines[i]
+    rec = ln.record
+    assert rec is not None
+    here = ln.file, ln.line
     if rec.seq == exp_seq:
         if continues:
-            return "inserted", "the chain skips this record (it links to nothing before it)"
-        return "modified", "it does not link to the record before it"
-    copy_of = "an earlier" if rec.hash in seen else None
-    if copy_of is None and any(
-        ln.record is not None and ln.record.hash == rec.hash for ln in lines[i + 1 :]
+            return Problem("inserted", *here, "the chain skips this record (it links to nothing)")
+        return Problem("modified", *here, "it does not link to the record before it")
+    before = lines[i - 1] if i > 0 else None
+    if before is not None and before.record is not None:
+        b = before.record
+        if (b.seq, b.prev) == (rec.seq, rec.prev):  # two records claim one place in the chain
+            nxt = lines[i + 1] if i + 1 < len(lines) else None
+            follows_this = nxt is None or (nxt.record is not None and nxt.record.prev == rec.hash)
+            odd = before if follows_this else ln
+            return Problem(
+                "inserted",
+                odd.file,
+                odd.line,
+                f"two records claim seq {rec.seq}; the chain goes on from the other one",
+            )
+    if rec.hash in seen or any(
+        other.record is not None and other.record.hash == rec.hash for other in lines[i + 1 :]
     ):
-        copy_of = "a later"
-    if copy_of is not None:
-        return "inserted", f"a copy of {copy_of} record (seq {rec.seq})"
+        return Problem("inserted", *here, f"a copy of another record (seq {rec.seq})")
     later = _find_seq(lines, i + 1, exp_seq)
     if later is not None:
-        return "reordered", f"seq {rec.seq} where {exp_seq} was due; seq {exp_seq} is at {later}"
-    if rec.seq > exp_seq:
-        if continues:
-            return "inserted", "the chain skips this record"
-        return "deleted", f"records {exp_seq}..{rec.seq - 1} are missing before this line"
-    return "reordered", f"seq {rec.seq} comes after seq {exp_seq - 1}"
+        return Problem(
+            "reordered",
+            *here,
+            f"seq {rec.seq} where {exp_seq} was due; seq {exp_seq} is at {later}",
+        )
+    if rec.seq < exp_seq:
+        return Problem("reordered", *here, f"seq {rec.seq} comes after seq {exp_seq - 1}")
+    if continues:
+        return Problem("inserted", *here, "the chain skips this record")
+    missing = f"records {exp_seq}..{rec.seq - 1}"
+    if i == 0 and rec.kind == "segment":
+        return Problem(
+            "deleted",
+            *here,
+            f"the trail begins at segment {rec.body.get('segment')} ({missing} are missing; "
+            "pass --partial if earlier segments were archived on purpose)",
+        )
+    if ln.first_in_file and before is not None and rec.kind == "segment":
+        number = rec.body.get("segment")
+        if isinstance(segment, int) and number == segment + 1:
+            return Problem(
+                "truncated",
+                before.file,
+                before.line + 1,
+                f"segment {segment} ends at seq {exp_seq - 1}, but segment {number} follows "
+                f"seq {rec.seq - 1}: {missing} are missing at its end",
+            )
+        return Problem("deleted", *here, f"segment(s) before {number} are missing ({missing})")
+    return Problem("deleted", *here, f"{missing} are missing before this line")
 
 
 def _links(ln: _Line | None, hasher: Hasher, seq: int, prev: str) -> bool:
