@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT for gRPC, or 'none' (default 127.0.0.1:50051)")
     serve.add_argument("--socket", help="also (or only) listen on this Unix socket path")
     serve.add_argument("--metrics-listen", help="HOST:PORT for /metrics, or 'off'")
+    serve.add_argument(
+        "--authzen-listen",
+        help="loopback HOST:PORT for the OpenID AuthZEN HTTP API (default: off)",
+    )
     serve.add_argument("--audit-file", help="audit trail: a file path, or - for stdout")
     serve.add_argument(
         "--audit-durability", choices=("flush", "fsync"), help="flush (default) or fsync"
@@ -146,6 +150,7 @@ def _endpoints(endpoints: Any) -> dict[str, Any]:
         "grpc": endpoints.tcp,
         "socket": endpoints.socket,
         "metrics": endpoints.metrics,
+        "authzen": endpoints.authzen,
     }
 
 

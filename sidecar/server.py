@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.audit.setup import open_trail
 from sidecar.audit.sink import AuditSink
+from sidecar.authzen import AuthzenServer, build_server
 from sidecar.bundle import Bundle, load_bundle
 from sidecar.config import Settings, split_host_port
 from sidecar.decider import Decider
@@ -44,6 +45,7 @@ class Endpoints:
     tcp: str | None
     socket: str | None
     metrics: str | None
+    authzen: str | None = None
 
 
 class BundleHolder:
@@ -91,6 +93,7 @@ class Sidecar:
         self._health_lock = threading.Lock()
         self.sink.watch(self._on_audit_health)
         self._grpc: grpc.Server | None = None
+        self._authzen: AuthzenServer | None = None
         self._metrics_server: Any = None
         self._stopped = threading.Event()
         self.endpoints = Endpoints(None, None, None)
@@ -141,6 +144,18 @@ class Sidecar:
                 "certificate and every decision they ask for is denied",
                 sock,
             )
+        authzen = None
+        if s.authzen_listen is not None:  # bound before gRPC serves: a taken port fails first
+            self._authzen = build_server(
+                s.authzen_listen,
+                self.holder.current,
+                self.decider,
+                self.metrics,
+                limits=s.limits,
+                max_batch_bytes=s.max_batch_bytes,
+                workers=s.workers,
+            )
+            authzen = self._authzen.start()
         server.start()
         self._grpc = server
         if s.metrics_listen is not None:
@@ -151,13 +166,17 @@ class Sidecar:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._sync_audit_health()
-        self.endpoints = Endpoints(tcp, sock, metrics)
+        self.endpoints = Endpoints(tcp, sock, metrics, authzen)
         log.info(
             "stepguard serving policies %s (revision %s, %d policies) on %s",
             s.policies,
             self.holder.current().revision[:12],
             self.holder.current().policy_count,
-            ", ".join(e for e in (tcp, f"unix:{sock}" if sock else None) if e),
+            ", ".join(
+                e
+                for e in (tcp, f"unix:{sock}" if sock else None, authzen and f"http://{authzen}")
+                if e
+            ),
         )
         return self.endpoints
 
@@ -185,8 +204,13 @@ class Sidecar:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
-        if self._grpc is not None:
-            self._grpc.stop(self.settings.grace_s if grace is None else grace).wait()
+        grace = self.settings.grace_s if grace is None else grace
+        # Both APIs stop accepting at once and drain in parallel, then the trail closes.
+        drained = self._grpc.stop(grace) if self._grpc is not None else None
+        if self._authzen is not None:
+            self._authzen.stop(grace)
+        if drained is not None:
+            drained.wait()
         self.sink.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
