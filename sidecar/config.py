@@ -51,6 +51,14 @@ class Settings:
     tls_client_ca: Path | None = None
     # Deny any request whose principal is not Workload::"<the caller's SPIFFE ID>".
     bind_workload_identity: bool = False
+    # The decision cache (sidecar/cache.py, docs/performance.md): bounded in
+    # entries and in estimated bytes; 0 entries turns it off.
+    cache_max_entries: int = 100_000
+    cache_max_bytes: int = 64 * 1024 * 1024
+    # Granularity of `context.now`: the clock rounded down to it, never back
+    # across the request's own time bound. Requests in one granule share a
+    # cache entry when the policies read `context.now`.
+    now_granularity_ms: int = 1000
 
     def __post_init__(self) -> None:
         if self.listen is None and self.socket is None:
@@ -74,6 +82,19 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1")
         self._check_audit()
         self._check_tls()
+        self._check_cache()
+
+    def _check_cache(self) -> None:
+        if self.cache_max_entries < 0 or self.cache_max_bytes < 1:
+            raise ConfigError(
+                "cache_max_entries must not be negative (0 turns the cache off) and "
+                "cache_max_bytes must be at least 1"
+            )
+        if not 1 <= self.now_granularity_ms <= 60_000:
+            raise ConfigError(
+                f"now_granularity_ms must be between 1 (Cedar's resolution) and 60000, "
+                f"got {self.now_granularity_ms}"
+            )
 
     def _check_tls(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -189,7 +210,13 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 kwargs[key] = int(value)
             elif key in ("grace_s",):
                 kwargs[key] = float(value)
-            elif key in ("workers", "max_batch_bytes"):
+            elif key in (
+                "workers",
+                "max_batch_bytes",
+                "cache_max_entries",
+                "cache_max_bytes",
+                "now_granularity_ms",
+            ):
                 kwargs[key] = int(value)
             else:
                 kwargs[key] = value

@@ -8,18 +8,29 @@ unaudited.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sidecar.audit.event import CallMeta, build_event
 from sidecar.audit.redact import Redactor
 from sidecar.audit.sink import AuditSink
 from sidecar.bundle import Bundle
+from sidecar.cache import (
+    DecisionCache,
+    Entry,
+    canonical,
+    cedar_datetime,
+    effective_now_ms,
+    entry_size,
+    time_bound_ms,
+    to_ms,
+)
 from sidecar.engine import deny, evaluate
 from sidecar.errors import AuditError
 from sidecar.identity import binding_refusal
 from sidecar.ids import DecisionIds
+from sidecar.index import WHOLE_CONTEXT
 from sidecar.metrics import Metrics
 from sidecar.model import AuthzRequest, Result
 
@@ -40,6 +51,8 @@ class Decider:
         *,
         bind_workload_identity: bool = False,
         redactor: Redactor | None = None,
+        cache: DecisionCache | None = None,
+        now_granularity_ms: int = 1,
     ) -> None:
         self._sink = sink
         self._redactor = redactor
@@ -47,9 +60,67 @@ class Decider:
         self._clock = clock
         self._ids = DecisionIds()
         self._bind = bind_workload_identity
+        # The decision cache (sidecar/cache.py): None when off. Hits are audited too.
+        self.cache = cache
+        self.now_granularity_ms = now_granularity_ms
+        self._hits = metrics.cache_lookups.labels(result="hit")
+        self._misses = metrics.cache_lookups.labels(result="miss")
+        if cache is not None:
+            metrics.cache_entries.set_function(lambda: cache.stats().entries)
+            metrics.cache_bytes.set_function(lambda: cache.stats().bytes)
 
     def now(self) -> datetime:
         return self._clock()
+
+    def context_now_ms(
+        self, at: datetime, not_before_ms: int | None, not_after_ms: int | None
+    ) -> int:
+        """`context.now` for a request seen at `at` (sidecar/cache.py: granularity, time bound)."""
+        return effective_now_ms(to_ms(at), self.now_granularity_ms, not_before_ms, not_after_ms)
+
+    def wire_key(self, bundle: Bundle, wire: bytes, now_ms: int, meta: CallMeta) -> Hashable | None:
+        """A cache key from a request's canonical wire form, before validation.
+
+        Validation and the server-side context depend only on the bytes, the
+        bundle, the caller's identity and `now`, all in the key, so a hit may
+        skip them. None when the cache is off.
+        """
+        if self.cache is None:
+            return None
+        now = now_ms if _reads_now(bundle) else None
+        return ("wire", bundle.revision, wire, now, meta.identity)
+
+    def cached(
+        self,
+        bundle: Bundle,
+        key: Hashable,
+        meta: CallMeta,
+        *,
+        at: datetime,
+        now_ms: int,
+        started: float,
+    ) -> Decided | None:
+        """Answer from the cache (audited, marked cached), or None on a miss."""
+        entry = self.cache.get(key) if self.cache is not None else None
+        if entry is None or not entry.servable(to_ms(at)):
+            self._misses.inc()
+            return None
+        request = entry.request
+        if "now" in request.context and not _reads_now(bundle):
+            request = replace(request, context={**request.context, "now": cedar_datetime(now_ms)})
+        return self._answer_cached(entry.result, request, meta, at=at, started=started)
+
+    def _answer_cached(
+        self, result: Result, request: AuthzRequest, meta: CallMeta, *, at: datetime, started: float
+    ) -> Decided:
+        self._hits.inc()
+        decision_id = self._ids.next()
+        result = self.audit(decision_id, at, request, result, meta, cached=True, started=started)
+        if result.errors:
+            self._metrics.evaluation_errors.inc()
+        self._metrics.decisions.labels(decision=result.decision.value, cached="true").inc()
+        self._metrics.decision_seconds.observe(time.perf_counter() - started)
+        return Decided(decision_id, result, cached=True)
 
     def decide(
         self,
@@ -59,14 +130,30 @@ class Decider:
         *,
         at: datetime,
         started: float,
+        cache_key: Hashable | None = None,
     ) -> Decided:
-        """Evaluate, audit, count. `at` is the time the request saw as `context.now`.
+        """Evaluate (or answer from the cache), audit, count. `at` is the clock's reading.
+
+        `cache_key` comes from `wire_key` when the caller already looked the
+        request up; without it the canonical request is the key.
 
         With workload binding on, a request about anyone but the authenticated
         caller is a DENY saying so, audited like any other decision.
         """
+        key = cache_key
+        if key is None and self.cache is not None:
+            key = ("request", bundle.revision, canonical(request, with_now=_reads_now(bundle)))
+            key = (*key, meta.identity)
+            entry = self.cache.get(key)
+            if entry is not None and entry.servable(to_ms(at)):
+                return self._answer_cached(entry.result, request, meta, at=at, started=started)
+            self._misses.inc()
         refusal = binding_refusal(request.principal, meta.identity) if self._bind else None
         result = deny(bundle.revision, refusal) if refusal else evaluate(bundle, request)
+        if key is not None and self.cache is not None:
+            nb, na = time_bound_ms(request.context)
+            entry = Entry(request, result, nb, na, entry_size(key, request))
+            self.cache.put(key, bundle.revision, entry)
         decision_id = self._ids.next()
         result = self.audit(decision_id, at, request, result, meta, cached=False, started=started)
         if result.errors:
@@ -115,3 +202,9 @@ class Decider:
     def audit_healthy(self) -> bool:
         """Whether the trail accepted its last write (the server's health follows it)."""
         return bool(getattr(self._sink, "healthy", True))
+
+
+def _reads_now(bundle: Bundle) -> bool:
+    """Whether the bundle's policies can read `context.now` (then it is part of the key)."""
+    reads = bundle.context_reads
+    return "now" in reads or WHOLE_CONTEXT in reads

@@ -78,6 +78,22 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.cache_lookups = Counter(
+            "stepguard_decision_cache_lookups_total",
+            "Decision cache lookups, by result (hit: answered from the cache, still audited).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_entries = Gauge(
+            "stepguard_decision_cache_entries",
+            "Decisions held in the decision cache.",
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "stepguard_decision_cache_bytes",
+            "Estimated bytes held by the decision cache (bounded by its max_bytes).",
+            registry=r,
+        )
         self.audit_healthy.set(1)
 
     def set_bundle(self, revision: str, policy_count: int) -> None:

@@ -24,6 +24,7 @@ from sidecar.audit.setup import open_trail
 from sidecar.audit.sink import AuditSink
 from sidecar.authzen import AuthzenServer, build_server
 from sidecar.bundle import Bundle, load_bundle
+from sidecar.cache import DecisionCache
 from sidecar.config import Settings, split_host_port
 from sidecar.decider import Decider
 from sidecar.metrics import Metrics
@@ -36,6 +37,13 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def decision_cache(settings: Settings) -> DecisionCache | None:
+    """The decision cache the settings ask for; None when it is off."""
+    if settings.cache_max_entries == 0:
+        return None
+    return DecisionCache(settings.cache_max_entries, settings.cache_max_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,8 @@ class Sidecar:
             clock,
             bind_workload_identity=settings.bind_workload_identity,
             redactor=redactor,
+            cache=decision_cache(settings),
+            now_granularity_ms=settings.now_granularity_ms,
         )
         # Read (and checked) now, so unusable certificate files fail startup, not a handshake.
         self.tls: CertificateReloader | None = None

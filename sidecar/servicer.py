@@ -19,6 +19,7 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.audit.event import CallMeta
 from sidecar.bundle import Bundle
+from sidecar.cache import from_ms
 from sidecar.decider import Decided, Decider
 from sidecar.errors import InvalidRequest
 from sidecar.identity import CallerContext, caller_identity
@@ -96,10 +97,19 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
     def _decide(self, msg: pb.AuthorizeRequest, meta: CallMeta, started: float) -> Decided:
         bundle = self._bundle()
         at = self._decider.now()
+        now_ms = self._decider.context_now_ms(at, *_time_bound_ms(msg))
+        key = None
+        if self._decider.cache is not None:  # a hit skips validation and Cedar, not the audit
+            wire = msg.SerializeToString(deterministic=True)
+            key = self._decider.wire_key(bundle, wire, now_ms, meta)
+            hit = self._decider.cached(bundle, key, meta, at=at, now_ms=now_ms, started=started)
+            if hit is not None:
+                return hit
         action = EntityUid(msg.action.type, msg.action.id)
         extra = self._caller.context_for(bundle, action, meta.identity)
-        request = request_from_proto(msg, bundle, self._limits, now=at, extra_context=extra)
-        return self._decider.decide(bundle, request, meta, at=at, started=started)
+        now = from_ms(now_ms)
+        request = request_from_proto(msg, bundle, self._limits, now=now, extra_context=extra)
+        return self._decider.decide(bundle, request, meta, at=at, started=started, cache_key=key)
 
     def _count_invalid(self, exc: InvalidRequest) -> None:
         top = re.split(r"[.\[]", exc.field, maxsplit=1)[0]
@@ -144,6 +154,23 @@ def _parsing(
         return fn(msg, context)
 
     return handler
+
+
+def _time_bound_ms(msg: pb.AuthorizeRequest) -> tuple[int | None, int | None]:
+    """The request's time bound in milliseconds, as validation will read it."""
+    if not msg.HasField("context") or not msg.context.HasField("time_bound"):
+        return None, None
+    bound = msg.context.time_bound
+    return (
+        _timestamp_ms(bound.not_before) if bound.HasField("not_before") else None,
+        _timestamp_ms(bound.not_after) if bound.HasField("not_after") else None,
+    )
+
+
+def _timestamp_ms(ts: Any) -> int | None:
+    if not 0 <= ts.nanos < 1_000_000_000:
+        return None  # validation refuses it
+    return int(ts.seconds) * 1000 + int(ts.nanos) // 1_000_000
 
 
 def _meta(context: grpc.ServicerContext) -> CallMeta:

@@ -1,0 +1,206 @@
+"""The decision cache: a repeated request skips validation and Cedar, never the audit.
+
+Correctness first. An entry is keyed on everything its decision depends on:
+the bundle revision (policies, schema and entities: a reload never serves an
+old decision), the canonical request, the caller's identity (server-side
+context and workload binding come from it) and, when the bundle's policies
+read `context.now`, the value of `context.now`. So a cached decision is the
+decision a fresh evaluation would give at the moment it is served.
+
+Time. `context.now` has a granularity (`now_granularity_ms`, default 1000):
+the server's clock is rounded down to it, so requests within one granule
+share `now`, and their cache entry. Rounding never moves `now` back across
+the request's own time bound: when the clock is already past `not_before` (or
+past `not_after`), `now` is at least `not_before` (at least `not_after` plus
+1 ms), so a step outside its bound always sees a `now` outside it. The same
+rounding applies with the cache off, so turning the cache on never changes a
+decision (tests/test_cache_stateful.py). On top of that a cached ALLOW is
+served only while the real clock is inside the request's time bound;
+otherwise the request is evaluated again.
+
+Bounds. Entries are limited in number and in estimated bytes (each entry
+costs at least `max_bytes / max_entries`, so both limits hold); the least
+recently used entry goes first. Entries of other revisions are dropped when
+a new revision is first stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cachetools import LRUCache
+
+from sidecar.model import AuthzRequest, Result
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+# Fixed cost of an entry: key tuple, Entry, Result and its tuples, LRU links.
+ENTRY_OVERHEAD = 1200
+
+
+def to_ms(value: datetime) -> int:
+    """Milliseconds since the epoch, rounded down (Cedar's datetime resolution)."""
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_ms(ms: int) -> datetime:
+    return EPOCH + ms * _MS
+
+
+def effective_now_ms(
+    real_ms: int, granularity_ms: int, not_before_ms: int | None, not_after_ms: int | None
+) -> int:
+    """`context.now` for a request: the clock rounded down to the granularity, but on
+    the same side of the request's time bound as the clock itself. Never later
+    than the clock; idempotent."""
+    now = real_ms - real_ms % granularity_ms if granularity_ms > 1 else real_ms
+    if not_before_ms is not None and not_before_ms <= real_ms:
+        now = max(now, not_before_ms)
+    if not_after_ms is not None and not_after_ms < real_ms:
+        now = max(now, not_after_ms + 1)
+    return now
+
+
+def cedar_datetime(ms: int) -> dict[str, Any]:
+    """A Cedar `datetime` value for an instant (as validate.py writes `context.now`)."""
+    value = from_ms(ms)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    return {"__extn": {"fn": "datetime", "arg": text}}
+
+
+def parse_cedar_datetime(value: Any) -> int | None:
+    """Milliseconds of a `{"__extn": {"fn": "datetime", "arg": ...}}` value, else None."""
+    try:
+        ext = value["__extn"]
+        if ext["fn"] != "datetime":
+            return None
+        return to_ms(datetime.fromisoformat(ext["arg"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def time_bound_ms(context: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The request's own time bound (`context.time_bound`), in milliseconds."""
+    bound = context.get("time_bound")
+    if not isinstance(bound, Mapping):
+        return None, None
+    return parse_cedar_datetime(bound.get("not_before")), parse_cedar_datetime(
+        bound.get("not_after")
+    )
+
+
+def canonical(request: AuthzRequest, *, with_now: bool) -> str:
+    """One text per request: sorted keys; `context.now` left out unless it matters."""
+    context = request.context
+    if not with_now and "now" in context:
+        context = {k: v for k, v in context.items() if k != "now"}
+    return json.dumps(
+        [
+            request.principal.type,
+            request.principal.id,
+            request.action.type,
+            request.action.id,
+            request.resource.type,
+            request.resource.id,
+            context,
+            [e.to_json() for e in request.entities],
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A decision and the validated request it answered (audited again on every hit)."""
+
+    request: AuthzRequest
+    result: Result
+    not_before_ms: int | None
+    not_after_ms: int | None
+    size: int
+
+    def servable(self, real_ms: int) -> bool:
+        """An ALLOW is served only while the clock is inside the request's time bound."""
+        if not self.result.allowed:
+            return True
+        if self.not_before_ms is not None and real_ms < self.not_before_ms:
+            return False
+        return not (self.not_after_ms is not None and real_ms > self.not_after_ms)
+
+
+def estimate_size(value: Any, _depth: int = 0) -> int:
+    """Bytes a request's Python objects take, roughly (strings, dicts, lists)."""
+    size = sys.getsizeof(value)
+    if _depth > 32:
+        return size
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            size += estimate_size(k, _depth + 1) + estimate_size(v, _depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            size += estimate_size(v, _depth + 1)
+    return size
+
+
+def entry_size(key: Hashable, request: AuthzRequest) -> int:
+    data = sum(
+        estimate_size(e.attrs) + 120 * (1 + len(e.parents)) for e in request.entities
+    ) + estimate_size(dict(request.context))
+    return ENTRY_OVERHEAD + estimate_size(key) + data
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    entries: int
+    bytes: int
+    max_entries: int
+    max_bytes: int
+
+
+class DecisionCache:
+    """A thread-safe LRU of decisions, bounded in entries and in estimated bytes."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("a decision cache needs room for at least one entry")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        floor = -(-max_bytes // max_entries)  # each entry counts at least this much
+
+        def charge(entry: Entry) -> int:
+            return max(entry.size, floor)
+
+        self._lru: LRUCache[Hashable, Entry] = LRUCache(maxsize=max_bytes, getsizeof=charge)
+        self._lock = threading.Lock()
+        self._revision = ""
+
+    def get(self, key: Hashable) -> Entry | None:
+        with self._lock:
+            return self._lru.get(key)
+
+    def put(self, key: Hashable, revision: str, entry: Entry) -> None:
+        """Store an entry; a new revision first drops the entries of the old ones."""
+        with self._lock:
+            if revision != self._revision:
+                self._lru.clear()
+                self._revision = revision
+            if self._lru.getsizeof(entry) <= self.max_bytes:
+                self._lru[key] = entry
+
+    def clear(self) -> None:
+        with self._lock:
+            self._lru.clear()
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(
+                len(self._lru), int(self._lru.currsize), self.max_entries, self.max_bytes
+            )
