@@ -1,0 +1,297 @@
+"""AuthZEN -> Cedar, without a server: the schema view and the request mapping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import cedarpy
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar.authzen.schema import EMPTY, Named, Record, SetOf, view_of
+from sidecar.authzen.translate import (
+    Batch,
+    Mapper,
+    Options,
+    parse_evaluation,
+    parse_evaluations,
+    parse_search,
+)
+from sidecar.bundle import Source, build_bundle, load_bundle
+from sidecar.engine import evaluate
+from sidecar.errors import InvalidRequest
+from sidecar.model import EntityData, EntityUid
+from sidecar.validate import Limits
+from tests.authzen_client import CERT, TODO
+from tests.helpers import POLICIES
+
+NAMESPACED = """
+namespace Acme {
+  @doc("a person")
+  entity User in [Team] = { "first name": String, manager?: User, tags_: Set<{a: Long}> }
+    tags String;
+  entity Team;
+  entity Color enum ["red", "blue"];
+  type Ctx = { ip?: ipaddr, inner: Inner };
+  type Inner = { x: Long };
+  entity Doc { owner: User, meta?: { size: Long, label?: String } };
+  action "view", edit appliesTo { principal: User, resource: [Doc, Team], context: Ctx };
+  action group1;
+  action "x y" in [group1] appliesTo { principal: User, resource: Doc };
+}
+namespace Other {
+  entity O;
+  action edit appliesTo { principal: O, resource: O };
+}
+entity Global = { n: Long };
+action read appliesTo { principal: Global, resource: Global, context: { n?: Long } };
+"""
+AT = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+def test_the_view_reads_namespaces_common_types_and_action_signatures() -> None:
+    view = view_of(cedarpy.Schema.from_str(NAMESPACED))
+    user = view.shape("Acme::User")
+    assert set(user.attrs) == {"first name", "manager", "tags_"}
+    assert user.attrs["manager"] == Named("Acme::User")
+    assert user.attrs["tags_"] == SetOf(Record({"a": Named("Long")}))
+    assert view.shape("Acme::Color") == EMPTY and view.shape("Nope") == EMPTY
+    edit = view.actions[EntityUid("Acme::Action", "edit")]
+    assert edit.principals == {"Acme::User"} and edit.resources == {"Acme::Doc", "Acme::Team"}
+    assert set(edit.context.attrs) == {"ip", "inner"}  # Ctx resolved
+    assert view.resolve(edit.context.attrs["inner"]) == Record({"x": Named("Long")})
+    assert edit.applies_to("Acme::User", "Acme::Team") and not edit.applies_to(
+        "Global", "Acme::Doc"
+    )
+    assert EntityUid("Acme::Action", "group1") not in view.actions  # a group applies to nothing
+    assert view.actions[EntityUid("Acme::Action", "x y")].context == EMPTY
+
+
+def test_action_names_resolve_to_the_one_action_of_that_name() -> None:
+    view = view_of(cedarpy.Schema.from_str(NAMESPACED))
+    assert view.action_uid("read") == EntityUid("Action", "read")
+    assert view.action_uid("view") == EntityUid("Acme::Action", "view")
+    assert view.action_uid("x y") == EntityUid("Acme::Action", "x y")
+    assert view.action_uid("edit") is None  # Acme and Other: ambiguous
+    assert view.action_uid("group1") is None and view.action_uid("fly") is None
+
+
+@pytest.mark.parametrize("directory", [POLICIES, TODO, CERT], ids=["policies", "todo", "cert"])
+def test_the_view_agrees_with_the_schema_cedar_enforces(directory: Any) -> None:
+    """Every action the schema declares with appliesTo is in the view, nothing else."""
+    bundle = load_bundle(directory)
+    view = view_of(bundle.schema)
+    assert set(view.actions) <= set(bundle.actions)
+    assert set(view.entities) == set(bundle.entity_types)
+
+
+def test_the_example_policies_context_type() -> None:
+    view = view_of(load_bundle(POLICIES).schema)
+    notify = view.actions[EntityUid("Action", "notify")]
+    assert {"now", "requester", "workflow_id", "approval", "time_bound"} <= set(
+        notify.context.attrs
+    )
+    assert view.resolve(notify.context.attrs["approval"]) == Record(
+        {"approved_at": Named("datetime"), "approver": Named("User"), "ticket": Named("String")}
+    )
+
+
+@pytest.fixture(scope="module")
+def cert() -> Mapper:
+    bundle = load_bundle(CERT)
+    return Mapper(bundle, view_of(bundle.schema), Limits())
+
+
+def _eval(**parts: Any) -> Any:
+    body = {
+        "subject": {"type": "user", "id": "carol"},
+        "action": {"name": "read"},
+        "resource": {"type": "record", "id": "record-9"},
+    }
+    return parse_evaluation({**body, **parts})
+
+
+def test_declared_properties_of_an_entity_the_store_lacks_become_its_attributes(
+    cert: Mapper,
+) -> None:
+    ev = _eval(
+        subject={"type": "user", "id": "carol", "properties": {"role": "admin", "shoe": 42}},
+        resource={"type": "record", "id": "record-9", "properties": {"status": None, "x": 1}},
+    )
+    request = cert.request(ev, AT)
+    assert request.entities == (EntityData(EntityUid("user", "carol"), {"role": "admin"}),)
+    assert request.context == {}  # `read` declares no context; nothing is sent
+
+
+def test_the_store_is_authoritative_for_the_entities_it_holds(cert: Mapper) -> None:
+    bob = {"type": "user", "id": "bob"}
+    restated = cert.entity(parse_evaluation_entity({**bob, "properties": {"role": "admin"}}), "s")
+    assert restated == EntityData(EntityUid("user", "bob"))  # nothing supplied: the store has it
+    alice = {"type": "user", "id": "alice", "properties": {"role": "admin"}}
+    assert cert.entity(parse_evaluation_entity(alice), "s") == EntityData(
+        EntityUid("user", "alice")
+    )
+    with pytest.raises(InvalidRequest, match="conflicts with the value the entity store holds"):
+        cert.entity(parse_evaluation_entity({**bob, "properties": {"role": "viewer"}}), "subject")
+
+
+def parse_evaluation_entity(entity: dict[str, Any]) -> Any:
+    return parse_evaluation(
+        {"subject": entity, "action": {"name": "read"}, "resource": {"type": "r", "id": "r"}}
+    ).subject
+
+
+def test_action_properties_reach_the_context_only_where_declared(cert: Mapper) -> None:
+    soft = _eval(action={"name": "delete", "properties": {"soft": True, "reason": "tidy"}})
+    assert cert.request(soft, AT).context == {"action_properties": {"soft": True}}
+    read = _eval(action={"name": "read", "properties": {"soft": True}})
+    assert cert.request(read, AT).context == {}
+
+
+def test_now_is_the_servers_clock_where_the_schema_declares_it() -> None:
+    bundle = load_bundle(TODO)
+    mapper = Mapper(bundle, view_of(bundle.schema), Limits())
+    ev = parse_evaluation(
+        {
+            "subject": {"type": "user", "id": "u"},
+            "action": {"name": "can_read_todos"},
+            "resource": {"type": "todo", "id": "t"},
+            "context": {"time": "later", "mood": "fine"},
+        }
+    )
+    now = {"__extn": {"fn": "datetime", "arg": "2026-11-25T10:00:00.000Z"}}
+    assert mapper.request(ev, AT).context == {"now": now}
+
+
+@pytest.mark.parametrize("name", ["now", "caller", "action_properties"])
+def test_server_set_context_names_are_refused(cert: Mapper, name: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        cert.request(_eval(context={name: "x"}), AT)
+    assert info.value.field == f"context.{name}"
+
+
+def test_properties_deeper_than_the_limit_are_refused() -> None:
+    bundle = load_bundle(CERT)
+    mapper = Mapper(bundle, view_of(bundle.schema), Limits(max_attribute_depth=3))
+    deep: Any = "x"
+    for _ in range(4):
+        deep = [deep]
+    with pytest.raises(InvalidRequest, match="deeper than the attribute depth limit"):
+        mapper.request(_eval(subject={"type": "user", "id": "c", "properties": {"role": deep}}), AT)
+    mapper.request(_eval(subject={"type": "user", "id": "c", "properties": {"role": [["x"]]}}), AT)
+
+
+def test_an_unknown_type_or_action_is_a_deny_with_diagnostics_not_an_error(cert: Mapper) -> None:
+    for ev in (
+        _eval(subject={"type": "spaceship", "id": "s", "properties": {"role": "x"}}),
+        _eval(action={"name": "fly"}),
+        _eval(resource={"type": "no such type!", "id": "r"}),
+    ):
+        result = evaluate(cert.bundle, cert.request(ev, AT))
+        assert not result.allowed and result.errors
+
+
+def test_batch_items_take_top_level_defaults_whole() -> None:
+    batch = parse_evaluations(
+        {
+            "subject": {"type": "user", "id": "a", "properties": {"p": 1}},
+            "action": {"name": "read"},
+            "context": {"c": 1},
+            "evaluations": [
+                {"resource": {"type": "r", "id": "1"}},
+                {"resource": {"type": "r", "id": "2"}, "subject": {"type": "user", "id": "b"}},
+                {"resource": {"type": "r", "id": "3"}, "context": {"d": 2}},
+                {"subject": {"type": "user", "id": "c"}},
+            ],
+        },
+        Limits(),
+    )
+    assert isinstance(batch, Batch) and batch.options == Options("execute_all", False)
+    first, second, third, fourth = batch.items
+    assert not isinstance(first, InvalidRequest) and first.subject.properties == {"p": 1}
+    assert not isinstance(second, InvalidRequest) and second.subject.properties == {}
+    assert not isinstance(third, InvalidRequest) and third.context == {"d": 2}
+    assert isinstance(fourth, InvalidRequest) and fourth.field == "evaluations[3].resource"
+
+
+def test_search_fingerprints_ignore_only_the_token() -> None:
+    body: dict[str, Any] = {
+        "subject": {"type": "user"},
+        "action": {"name": "read"},
+        "resource": {"type": "record", "id": "1"},
+        "page": {"limit": 2},
+    }
+    a = parse_search("subject", body)
+    b = parse_search("subject", {**body, "page": {"limit": 2, "token": "t"}, "extra": 1})
+    c = parse_search("subject", {**body, "page": {"limit": 3}})
+    d = parse_search("resource", {**body, "subject": {"type": "user", "id": "x"}})
+    assert a.fingerprint == b.fingerprint
+    assert len({a.fingerprint, c.fingerprint, d.fingerprint}) == 3
+
+
+# -- property: what is kept is exactly the declared, non-null part ---------------------------
+
+SCHEMA = """
+entity T = { s?: String, n?: Long, flags?: Set<String>, rec?: { a?: Long, b?: { c?: String } } };
+action act appliesTo { principal: T, resource: T };
+"""
+_BUNDLE = build_bundle(
+    [Source("p.cedar", "permit(principal, action, resource);")], Source("s.cedarschema", SCHEMA)
+)
+_MAPPER = Mapper(_BUNDLE, view_of(_BUNDLE.schema), Limits())
+_DECLARED: dict[str, Any] = {
+    "s": None,
+    "n": None,
+    "flags": None,
+    "rec": {"a": None, "b": {"c": None}},
+}
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+_keys = st.sampled_from(["s", "n", "flags", "rec", "a", "b", "c", "zz"])
+_props = st.recursive(
+    st.dictionaries(_keys, _json, max_size=5),
+    lambda inner: st.dictionaries(_keys, inner | _json, max_size=5),
+    max_leaves=12,
+)
+
+
+def _expected(props: dict[str, Any], declared: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        if key not in declared or value is None:
+            continue
+        shape = declared[key]
+        if (
+            isinstance(shape, dict)
+            and isinstance(value, dict)
+            and not (len(value) == 1 and next(iter(value)) in ("__entity", "__extn"))
+        ):
+            out[key] = _expected(value, shape)
+        elif key == "flags" and isinstance(value, list):
+            out[key] = [v for v in value if v is not None]
+        else:
+            out[key] = value
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(_props)
+def test_mapping_keeps_exactly_the_declared_non_null_properties(props: dict[str, Any]) -> None:
+    ev = parse_evaluation(
+        {
+            "subject": {"type": "T", "id": "new", "properties": props},
+            "action": {"name": "act"},
+            "resource": {"type": "T", "id": "r"},
+        }
+    )
+    request = _MAPPER.request(ev, None)
+    kept = request.entities[0].attrs if request.entities else {}
+    assert kept == _expected(props, _DECLARED)

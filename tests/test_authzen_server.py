@@ -1,0 +1,283 @@
+"""The AuthZEN listener in the sidecar's life: settings, `stepguard serve`, audit, shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.audit.sink import MemorySink
+from sidecar.config import Settings, build_settings
+from sidecar.errors import ConfigError
+from sidecar.server import Sidecar
+from tests.authzen_client import CERT, Pdp, decisions, serving
+from tests.helpers import running_sidecar
+
+ALICE_READS = {
+    "subject": {"type": "user", "id": "alice"},
+    "action": {"name": "read"},
+    "resource": {"type": "record", "id": "record-1"},
+}
+
+
+def test_authzen_is_off_unless_asked(tmp_path: Path) -> None:
+    assert Settings().authzen_listen is None
+    with running_sidecar(tmp_path) as run:
+        assert run.sidecar.endpoints.authzen is None
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "127.0.0.2:8080", "[::1]:0", "localhost:0"])
+def test_loopback_addresses_are_accepted(listen: str) -> None:
+    assert Settings(authzen_listen=listen).authzen_listen == listen
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8080", "10.0.0.5:8080", "[::]:8080", "pdp.example:80"])
+def test_other_addresses_are_refused_until_there_is_tls(listen: str) -> None:
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        Settings(authzen_listen=listen)
+
+
+def test_the_setting_comes_from_flags_env_and_file(tmp_path: Path) -> None:
+    config = tmp_path / "stepguard.yaml"
+    config.write_text("authzen-listen: 127.0.0.1:8181\n")
+    assert build_settings({}, {}, config).authzen_listen == "127.0.0.1:8181"
+    env = {"STEPGUARD_AUTHZEN_LISTEN": "127.0.0.1:8282"}
+    assert build_settings({}, env, config).authzen_listen == "127.0.0.1:8282"
+    flags = {"authzen_listen": "off"}
+    assert build_settings(flags, env, config).authzen_listen is None
+    with pytest.raises(ConfigError, match="authzen_listen"):
+        build_settings({"authzen_listen": "8080"})
+
+
+def test_stepguard_serve_answers_authzen_and_audits_it(tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    argv = [
+        *(sys.executable, "-m", "sidecar.cli", "serve"),
+        *("--policies", str(CERT), "--listen", "127.0.0.1:0", "--metrics-listen", "off"),
+        *("--audit-file", str(audit), "--authzen-listen", "127.0.0.1:0"),
+    ]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        serving_line: dict[str, Any] = {}
+        for line in proc.stderr:
+            if line.startswith("{"):
+                serving_line = json.loads(line)
+                break
+        assert serving_line["authzen"].startswith("127.0.0.1:"), serving_line
+        pdp = Pdp(serving_line["authzen"])
+        answer = pdp.evaluation({**ALICE_READS, "options": {"stepguard_explain": True}}).json()
+        pdp.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert answer["decision"] is True
+    events = [json.loads(line) for line in audit.read_text().splitlines() if line]
+    (event,) = [e for e in events if e.get("id") == answer["context"]["decision_id"]]
+    assert event["decision"] == "ALLOW" and event["principal"] == ALICE_READS["subject"]
+    assert event["caller"]["peer"].startswith("ipv4:127.0.0.1:")
+
+
+def test_bad_requests_are_counted_by_field(tmp_path: Path) -> None:
+    with serving(tmp_path, CERT) as (run, pdp):
+        registry = run.sidecar.metrics.registry
+        name = "stepguard_invalid_requests_total"
+        before = registry.get_sample_value(name, {"field": "subject"}) or 0.0
+        assert pdp.evaluation({"action": {"name": "read"}}).status == 400
+        body = {**ALICE_READS, "evaluations": [{"subject": "x"}]}
+        assert pdp.evaluations(body).json()["evaluations"][0]["decision"] is False
+        assert registry.get_sample_value(name, {"field": "subject"}) == before + 1
+        assert (registry.get_sample_value(name, {"field": "evaluations"}) or 0) >= 1
+        assert pdp.post("/access/v1/evaluation", raw=b"{").status == 400
+        assert (registry.get_sample_value(name, {"field": "request"}) or 0) >= 1
+
+
+def test_trace_ids_reach_the_audit_event(tmp_path: Path) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with serving(tmp_path, CERT) as (run, pdp):
+        headers = {"traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+        assert pdp.evaluation(ALICE_READS, headers=headers).json() == {"decision": True}
+        assert decisions(run)[-1]["trace_id"] == trace
+
+
+@contextmanager
+def _sidecar_with(sink: MemorySink, tmp_path: Path) -> Iterator[Sidecar]:
+    settings = Settings(
+        policies=CERT,
+        listen="127.0.0.1:0",
+        metrics_listen=None,
+        authzen_listen="127.0.0.1:0",
+        audit_file=str(tmp_path / "unused.jsonl"),
+        grace_s=5.0,
+    )
+    sidecar = Sidecar(settings, sink=sink)
+    sidecar.start()
+    try:
+        yield sidecar
+    finally:
+        sidecar.stop(grace=1.0)
+
+
+def test_without_an_audit_trail_every_answer_is_a_deny(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.fail_with = "disk full"
+    with _sidecar_with(sink, tmp_path) as sidecar:
+        assert sidecar.endpoints.authzen is not None
+        pdp = Pdp(sidecar.endpoints.authzen)
+        single = pdp.evaluation({**ALICE_READS, "options": {"stepguard_explain": True}}).json()
+        batch = pdp.evaluations({**ALICE_READS, "evaluations": [{}, {}]}).json()
+        search = pdp.search(
+            "action", {"subject": ALICE_READS["subject"], "resource": ALICE_READS["resource"]}
+        )
+        pdp.close()
+    assert single["decision"] is False
+    assert "audit trail unavailable" in single["context"]["reason"]
+    assert batch == {"evaluations": [{"decision": False}, {"decision": False}]}
+    assert search.json() == {"results": []}  # nothing unaudited is listed as permitted
+    assert sink.events == []
+
+
+class _GateSink(MemorySink):
+    """Holds the first write until the test opens the gate: an in-flight request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.closed_after: list[int] = []
+
+    def write(self, event: Mapping[str, Any]) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+        super().write(event)
+
+    def close(self) -> None:
+        self.closed_after.append(len(self.events))
+        super().close()
+
+
+def _refused(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
+def test_shutdown_stops_accepting_drains_in_flight_then_closes_the_trail(tmp_path: Path) -> None:
+    sink = _GateSink()
+    settings = Settings(
+        policies=CERT,
+        listen="127.0.0.1:0",
+        metrics_listen=None,
+        authzen_listen="127.0.0.1:0",
+        audit_file=str(tmp_path / "unused.jsonl"),
+    )
+    sidecar = Sidecar(settings, sink=sink)
+    address = sidecar.start().authzen
+    assert address is not None
+    answers: list[Any] = []
+    pdp = Pdp(address)
+    request = threading.Thread(target=lambda: answers.append(pdp.evaluation(ALICE_READS)))
+    request.start()
+    assert sink.entered.wait(30)
+    stopper = threading.Thread(target=sidecar.stop, kwargs={"grace": 20.0})
+    stopper.start()
+    try:
+        for _ in range(200):  # bounded: stop() closes the listener before draining
+            if _refused(address):
+                break
+            threading.Event().wait(0.05)
+        assert _refused(address), "still accepting connections while draining"
+        assert stopper.is_alive() and not sink.closed_after  # draining: the trail stays open
+    finally:
+        sink.gate.set()
+        request.join(30)
+        stopper.join(30)
+        pdp.close()
+    assert not stopper.is_alive()
+    (reply,) = answers
+    assert reply.status == 200 and reply.json() == {"decision": True}
+    assert sink.closed_after == [1]  # closed once, after the in-flight decision was recorded
+
+
+def _crowd(directory: Path, size: int) -> list[str]:
+    """A bundle of `size` users, every third of whom may view the doc; their ids, in order."""
+    directory.mkdir()
+    (directory / "s.cedarschema").write_text(
+        "entity user = { ok: Bool };\nentity doc;\n"
+        "action view appliesTo { principal: user, resource: doc };\n"
+    )
+    (directory / "p.cedar").write_text(
+        'permit (principal, action == Action::"view", resource) when { principal.ok };\n'
+    )
+    users = [f"u{i:03d}" for i in range(size)]
+    entities = [
+        {"uid": {"type": "user", "id": u}, "attrs": {"ok": i % 3 == 0}, "parents": []}
+        for i, u in enumerate(users)
+    ]
+    (directory / "entities.json").write_text(json.dumps(entities))
+    return [u for i, u in enumerate(users) if i % 3 == 0]
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+def test_search_pages_under_the_evaluation_budget(tmp_path: Path, limit: int | None) -> None:
+    """Each call evaluates at most max_batch_items candidates; the walk sees each once."""
+    from sidecar.validate import Limits
+
+    permitted = _crowd(tmp_path / "crowd", 25)
+    body: dict[str, Any] = {
+        "subject": {"type": "user"},
+        "action": {"name": "view"},
+        "resource": {"type": "doc", "id": "d"},
+    }
+    if limit is not None:
+        body["page"] = {"limit": limit}
+    with serving(tmp_path, tmp_path / "crowd", limits=Limits(max_batch_items=4)) as (run, pdp):
+        before = len(decisions(run))
+        seen: list[str] = []
+        for _ in range(50):
+            reply = pdp.search("subject", body)
+            assert reply.status == 200, reply.text
+            answer = reply.json()
+            seen += [r["id"] for r in answer["results"]]
+            page = answer["page"]
+            assert page["count"] == len(answer["results"]) <= (limit if limit is not None else 4)
+            if not page["next_token"]:
+                break
+            body["page"] = {**body.get("page", {}), "token": page["next_token"]}
+        evaluated = len(decisions(run)) - before
+    assert seen == permitted
+    assert evaluated == 25  # every candidate decided exactly once over the whole walk
+
+
+def test_a_zero_limit_evaluates_nothing_and_says_more_exist(tmp_path: Path) -> None:
+    _crowd(tmp_path / "crowd", 5)
+    body = {
+        "subject": {"type": "user"},
+        "action": {"name": "view"},
+        "resource": {"type": "doc", "id": "d"},
+        "page": {"limit": 0},
+    }
+    with serving(tmp_path, tmp_path / "crowd") as (run, pdp):
+        before = len(decisions(run))
+        answer = pdp.search("subject", body).json()
+        assert len(decisions(run)) == before
+    assert answer["results"] == [] and answer["page"]["count"] == 0
+    assert answer["page"]["next_token"]
