@@ -20,6 +20,7 @@ from sidecar.authzen.translate import (
     parse_search,
 )
 from sidecar.bundle import Source, build_bundle, load_bundle
+from sidecar.cache import to_ms
 from sidecar.engine import evaluate
 from sidecar.errors import InvalidRequest
 from sidecar.model import EntityData, EntityUid
@@ -120,7 +121,7 @@ def test_declared_properties_of_an_entity_the_store_lacks_become_its_attributes(
         subject={"type": "user", "id": "carol", "properties": {"role": "admin", "shoe": 42}},
         resource={"type": "record", "id": "record-9", "properties": {"status": None, "x": 1}},
     )
-    request = cert.request(ev, AT)
+    request = cert.request(ev)
     assert request.entities == (EntityData(EntityUid("user", "carol"), {"role": "admin"}),)
     assert request.context == {}  # `read` declares no context; nothing is sent
 
@@ -145,14 +146,21 @@ def parse_evaluation_entity(entity: dict[str, Any]) -> Any:
 
 def test_action_properties_reach_the_context_only_where_declared(cert: Mapper) -> None:
     soft = _eval(action={"name": "delete", "properties": {"soft": True, "reason": "tidy"}})
-    assert cert.request(soft, AT).context == {"action_properties": {"soft": True}}
+    assert cert.request(soft).context == {"action_properties": {"soft": True}}
     read = _eval(action={"name": "read", "properties": {"soft": True}})
-    assert cert.request(read, AT).context == {}
+    assert cert.request(read).context == {}
 
 
-def test_now_is_the_servers_clock_where_the_schema_declares_it() -> None:
-    bundle = load_bundle(TODO)
-    mapper = Mapper(bundle, view_of(bundle.schema), Limits())
+def test_now_follows_the_deciders_rule_where_the_schema_declares_it() -> None:
+    """Like gRPC: `now_ms` (the decider's clock rule) gets the request's time bound."""
+    asked: list[tuple[int | None, int | None]] = []
+
+    def now_ms(not_before: int | None, not_after: int | None) -> int:
+        asked.append((not_before, not_after))
+        return to_ms(AT)
+
+    todo = load_bundle(TODO)
+    mapper = Mapper(todo, view_of(todo.schema), Limits(), now_ms)
     ev = parse_evaluation(
         {
             "subject": {"type": "user", "id": "u"},
@@ -162,13 +170,35 @@ def test_now_is_the_servers_clock_where_the_schema_declares_it() -> None:
         }
     )
     now = {"__extn": {"fn": "datetime", "arg": "2026-11-25T10:00:00.000Z"}}
-    assert mapper.request(ev, AT).context == {"now": now}
+    assert mapper.request(ev).context == {"now": now}
+    assert asked == [(None, None)]
+    example = load_bundle(POLICIES)
+    mapper = Mapper(example, view_of(example.schema), Limits(), now_ms)
+    bound = {
+        "not_before": "2026-11-25T09:00:00Z",
+        "not_after": {"__extn": {"fn": "datetime", "arg": "2026-11-25T11:00:00Z"}},
+    }
+    ev = parse_evaluation(
+        {
+            "subject": {"type": "Workload", "id": "w"},
+            "action": {"name": "notify"},
+            "resource": {"type": "TargetSystem", "id": "slack"},
+            "context": {"time_bound": bound, "workflow_id": "onboarding", "ip": "1.2.3.4"},
+        }
+    )
+    context = mapper.request(ev).context
+    assert context == {"time_bound": bound, "workflow_id": "onboarding", "now": now}
+    assert asked[-1] == (to_ms(AT) - 3_600_000, to_ms(AT) + 3_600_000)
+    assert Mapper(example, view_of(example.schema), Limits()).request(ev).context.keys() == {
+        "time_bound",
+        "workflow_id",
+    }
 
 
 @pytest.mark.parametrize("name", ["now", "caller", "action_properties"])
 def test_server_set_context_names_are_refused(cert: Mapper, name: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        cert.request(_eval(context={name: "x"}), AT)
+        cert.request(_eval(context={name: "x"}))
     assert info.value.field == f"context.{name}"
 
 
@@ -179,8 +209,8 @@ def test_properties_deeper_than_the_limit_are_refused() -> None:
     for _ in range(4):
         deep = [deep]
     with pytest.raises(InvalidRequest, match="deeper than the attribute depth limit"):
-        mapper.request(_eval(subject={"type": "user", "id": "c", "properties": {"role": deep}}), AT)
-    mapper.request(_eval(subject={"type": "user", "id": "c", "properties": {"role": [["x"]]}}), AT)
+        mapper.request(_eval(subject={"type": "user", "id": "c", "properties": {"role": deep}}))
+    mapper.request(_eval(subject={"type": "user", "id": "c", "properties": {"role": [["x"]]}}))
 
 
 def test_an_unknown_type_or_action_is_a_deny_with_diagnostics_not_an_error(cert: Mapper) -> None:
@@ -189,7 +219,7 @@ def test_an_unknown_type_or_action_is_a_deny_with_diagnostics_not_an_error(cert:
         _eval(action={"name": "fly"}),
         _eval(resource={"type": "no such type!", "id": "r"}),
     ):
-        result = evaluate(cert.bundle, cert.request(ev, AT))
+        result = evaluate(cert.bundle, cert.request(ev))
         assert not result.allowed and result.errors
 
 
@@ -292,6 +322,6 @@ def test_mapping_keeps_exactly_the_declared_non_null_properties(props: dict[str,
             "resource": {"type": "T", "id": "r"},
         }
     )
-    request = _MAPPER.request(ev, None)
+    request = _MAPPER.request(ev)
     kept = request.entities[0].attrs if request.entities else {}
     assert kept == _expected(props, _DECLARED)

@@ -86,7 +86,7 @@ class AuthzenService:
         ev = parse_evaluation(body)
         explain = parse_options(body).explain
         call = self._call(meta, started)
-        return _answer(self._decide(call, call.mapper.request(ev, call.at)), explain)
+        return _answer(self._decide(call, call.mapper.request(ev)), explain)
 
     def evaluations(
         self, body: Mapping[str, Any], meta: CallMeta, started: float
@@ -118,7 +118,7 @@ class AuthzenService:
         try:
             if isinstance(item, InvalidRequest):
                 raise item
-            decided = self._decide(call, call.mapper.request(item, call.at))
+            decided = self._decide(call, call.mapper.request(item))
         except InvalidRequest as exc:
             self.count_invalid(exc.field)
             prefix = "" if exc.field.startswith("evaluations[") else f"evaluations[{i}]."
@@ -146,9 +146,7 @@ class AuthzenService:
             if name in query.context:
                 raise InvalidRequest(f"context.{name}", f"{why}; rename it")
         index = self._current()
-        call = _Call(
-            Mapper(index.bundle, index.view, self._limits), meta, self._decider.now(), started
-        )
+        call = self._call(meta, started, index)
         after = _read_token(query)
         limit = DEFAULT_PAGE_SIZE
         if query.page is not None and query.page.limit is not None:
@@ -179,7 +177,7 @@ class AuthzenService:
         self, query: Search, index: _Index, call: _Call
     ) -> tuple[tuple[str, ...], Callable[[str], bool], Callable[[str], dict[str, str]]]:
         """Sorted candidate keys, a decision for one key, and its rendering as a result."""
-        mapper, at = call.mapper, call.at
+        mapper = call.mapper
 
         def decide(request: AuthzRequest) -> bool:
             return self._decide(call, request).result.allowed
@@ -196,14 +194,14 @@ class AuthzenService:
 
             def action_permitted(name: str) -> bool:
                 uid = mapper.action_uid(name)
-                context = mapper.context(query.context, Action(name, {}), uid, at)
+                context = mapper.context(query.context, Action(name, {}), uid)
                 return decide(Mapper.assemble(subject, uid, resource, context))
 
             return tuple(names), action_permitted, lambda name: {"name": name}
 
         assert query.action is not None
         action = mapper.action_uid(query.action.name)
-        context = mapper.context(query.context, query.action, action, at)
+        context = mapper.context(query.context, query.action, action)
         searched = query.subject if query.kind == "subject" else query.resource
         fixed = (
             mapper.entity(query.resource, "resource")
@@ -246,10 +244,16 @@ class AuthzenService:
             self._index = index  # one reference store: safe across worker threads
         return index
 
-    def _call(self, meta: CallMeta, started: float) -> _Call:
-        index = self._current()
-        mapper = Mapper(index.bundle, index.view, self._limits)
-        return _Call(mapper, meta, self._decider.now(), started)
+    def _call(self, meta: CallMeta, started: float, index: _Index | None = None) -> _Call:
+        """One bundle snapshot and one clock reading for everything this request decides."""
+        index = index or self._current()
+        at = self._decider.now()
+
+        def now_ms(not_before_ms: int | None, not_after_ms: int | None) -> int:
+            return self._decider.context_now_ms(at, not_before_ms, not_after_ms)
+
+        mapper = Mapper(index.bundle, index.view, self._limits, now_ms)
+        return _Call(mapper, meta, at, started)
 
     def count_invalid(self, field: str) -> None:
         top = field.split("[", 1)[0].split(".", 1)[0] or "request"

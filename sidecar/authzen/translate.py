@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from sidecar.authzen.schema import EMPTY, CedarType, Record, SchemaView, SetOf
 from sidecar.bundle import Bundle
+from sidecar.cache import cedar_datetime, parse_cedar_datetime, to_ms
 from sidecar.errors import InvalidRequest
 from sidecar.model import AuthzRequest, CedarJson, EntityData, EntityUid
 from sidecar.validate import Limits
@@ -41,6 +42,9 @@ RESERVED_CONTEXT: Final = {
 }
 SEMANTICS: Final = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
 SearchKind = Literal["subject", "resource", "action"]
+# The request's time bound (ms, when it has one) -> `context.now` in ms: the
+# decider's rule (clock granularity, never across the bound), as on gRPC.
+NowMs = Callable[[int | None, int | None], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,20 +296,20 @@ def _page(value: Any) -> Page | None:
 _DROP: Final = object()
 
 
-def cedar_datetime(value: datetime) -> dict[str, Any]:
-    """A Cedar `datetime` at millisecond precision: the form the gRPC API injects as `now`."""
-    utc = value.astimezone(UTC)
-    text = utc.strftime("%Y-%m-%dT%H:%M:%S") + f".{utc.microsecond // 1000:03d}Z"
-    return {"__extn": {"fn": "datetime", "arg": text}}
-
-
 class Mapper:
-    """Maps parsed AuthZEN requests onto one bundle's Cedar requests."""
+    """Maps parsed AuthZEN requests onto one bundle's Cedar requests.
 
-    def __init__(self, bundle: Bundle, view: SchemaView, limits: Limits) -> None:
+    `now_ms` gives `context.now` where the schema declares it; None leaves it
+    out (for tests of the mapping alone).
+    """
+
+    def __init__(
+        self, bundle: Bundle, view: SchemaView, limits: Limits, now_ms: NowMs | None = None
+    ) -> None:
         self.bundle = bundle
         self.view = view
         self._depth = limits.max_attribute_depth
+        self._now_ms = now_ms
 
     def action_uid(self, name: str) -> EntityUid:
         """The schema's action of that name; otherwise `Action::"name"`, which Cedar refuses."""
@@ -337,9 +341,7 @@ class Mapper:
                 )
         return EntityData(uid)
 
-    def context(
-        self, context: Mapping[str, Any], action: Action, uid: EntityUid, at: datetime | None
-    ) -> dict[str, Any]:
+    def context(self, context: Mapping[str, Any], action: Action, uid: EntityUid) -> dict[str, Any]:
         """The Cedar context: declared keys of `context`, action properties, and `now`."""
         for name, why in RESERVED_CONTEXT.items():
             if name in context:
@@ -352,15 +354,15 @@ class Mapper:
             value = self._keep(action.properties, declared, "action.properties", 0)
             if value is not _DROP:
                 out[ACTION_PROPERTIES] = value
-        if at is not None and "now" in shape.attrs:
-            out["now"] = cedar_datetime(at)
+        if self._now_ms is not None and "now" in shape.attrs:
+            out["now"] = cedar_datetime(self._now_ms(*_time_bound_ms(out)))
         return out
 
-    def request(self, ev: Evaluation, at: datetime | None) -> AuthzRequest:
+    def request(self, ev: Evaluation) -> AuthzRequest:
         principal = self.entity(ev.subject, "subject")
         resource = self.entity(ev.resource, "resource")
         action = self.action_uid(ev.action.name)
-        context = self.context(ev.context, ev.action, action, at)
+        context = self.context(ev.context, ev.action, action)
         return self.assemble(principal, action, resource, context)
 
     @staticmethod
@@ -411,6 +413,24 @@ class Mapper:
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 self._check_depth(item, f"{field}[{i}]", depth + 1)
+
+
+def _time_bound_ms(context: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """`context.time_bound` in ms, written as Cedar datetimes or RFC 3339 strings."""
+    bound = context.get("time_bound")
+    if not isinstance(bound, Mapping):
+        return None, None
+    return _instant_ms(bound.get("not_before")), _instant_ms(bound.get("not_after"))
+
+
+def _instant_ms(value: Any) -> int | None:
+    if not isinstance(value, str):
+        return parse_cedar_datetime(value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None  # Cedar refuses it too: the request is denied
+    return to_ms(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
 def _is_escape(value: Mapping[str, Any]) -> bool:
