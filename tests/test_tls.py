@@ -457,6 +457,25 @@ def test_binding_denies_other_principal_types_and_unauthenticated_callers(
     assert _last_event(bound)["decision"] == "DENY"
 
 
+def test_a_cached_allow_is_never_served_to_another_workload(
+    bound: Running, pki: Pki, tmp_path: Path
+) -> None:
+    """The decision cache keys on the caller: identical bytes from another certificate
+    are decided (and refused) for that caller, not answered from the owner's ALLOW."""
+    request = notify_request()
+    request["context"]["run_id"] = "cache-probe"
+    owner = pki.domain.issue(spiffe=NOTIFIER_ID)
+    first = _ask(_client(tmp_path, bound, pki.domain.pem, owner), request)
+    again = _ask(_client(tmp_path, bound, pki.domain.pem, owner), request)
+    assert first.allowed and again.allowed
+    assert _last_event(bound)["cached"] is True
+    intruder = pki.domain.issue(spiffe=f"{TRUST_DOMAIN}/ns/comms/sa/intruder")
+    stolen = _ask(_client(tmp_path, bound, pki.domain.pem, intruder), request)
+    assert not stolen.allowed
+    assert "does not match the caller's certificate SPIFFE ID" in stolen.reason
+    assert _last_event(bound)["caller"]["identity"] == f"{TRUST_DOMAIN}/ns/comms/sa/intruder"
+
+
 def test_binding_applies_to_every_batch_item(bound: Running, pki: Pki, tmp_path: Path) -> None:
     client = _client(tmp_path, bound, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
     other = notify_request()
