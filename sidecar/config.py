@@ -18,6 +18,8 @@ import yaml
 from sidecar.errors import ConfigError
 from sidecar.validate import Limits
 
+SERVER_MODES = ("sync", "asyncio")
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -59,6 +61,9 @@ class Settings:
     # across the request's own time bound. Requests in one granule share a
     # cache entry when the policies read `context.now`.
     now_granularity_ms: int = 1000
+    # The gRPC server: "sync" (a thread pool) or "asyncio" (grpc.aio); see
+    # docs/performance.md for why sync is the default.
+    server_mode: str = "sync"
 
     def __post_init__(self) -> None:
         if self.listen is None and self.socket is None:
@@ -89,6 +94,10 @@ class Settings:
             raise ConfigError(
                 "cache_max_entries must not be negative (0 turns the cache off) and "
                 "cache_max_bytes must be at least 1"
+            )
+        if self.server_mode not in SERVER_MODES:
+            raise ConfigError(
+                f"server_mode must be one of {', '.join(SERVER_MODES)}, got {self.server_mode!r}"
             )
         if not 1 <= self.now_granularity_ms <= 60_000:
             raise ConfigError(

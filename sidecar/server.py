@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar.aioserver import AioServer
 from sidecar.audit.setup import open_trail
 from sidecar.audit.sink import AuditSink
 from sidecar.authzen import AuthzenServer, build_server
@@ -28,7 +29,7 @@ from sidecar.cache import DecisionCache
 from sidecar.config import Settings, split_host_port
 from sidecar.decider import Decider
 from sidecar.metrics import Metrics
-from sidecar.servicer import AuthorizerServicer, generic_handler
+from sidecar.servicer import AuthorizerServicer, aio_generic_handler, generic_handler
 from sidecar.tls import CertificateReloader, TlsFiles
 
 log = logging.getLogger(__name__)
@@ -111,17 +112,25 @@ class Sidecar:
     def start(self) -> Endpoints:
         s = self.settings
         message_limit = s.max_batch_bytes + 64 * 1024
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="stepguard"),
-            options=[
-                ("grpc.max_receive_message_length", message_limit),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        options = [("grpc.max_receive_message_length", message_limit), ("grpc.so_reuseport", 0)]
+        server: grpc.Server
+        if s.server_mode == "asyncio":  # docs/performance.md: sync vs asyncio
+            server = AioServer(options=options, workers=s.workers)
+        else:
+            server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="stepguard"),
+                options=options,
+            )
         servicer = AuthorizerServicer(
-            self.holder.current, self.decider, s.limits, self.metrics, s.max_batch_bytes
+            self.holder.current,
+            self.decider,
+            s.limits,
+            self.metrics,
+            s.max_batch_bytes,
+            max_streams=max(1, s.workers // 2),
         )
-        server.add_generic_rpc_handlers((generic_handler(servicer),))
+        handler = aio_generic_handler if s.server_mode == "asyncio" else generic_handler
+        server.add_generic_rpc_handlers((handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

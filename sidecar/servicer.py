@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -40,6 +41,8 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         limits: Limits,
         metrics: Metrics,
         max_batch_bytes: int,
+        *,
+        max_streams: int = 8,
     ) -> None:
         self._bundle = bundle
         self._decider = decider
@@ -47,6 +50,9 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         self._metrics = metrics
         self._max_batch_bytes = max_batch_bytes
         self._caller = CallerContext()
+        # Each open AuthorizeStream holds a worker: cap them so unary calls keep theirs.
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
 
     def Authorize(
         self, request: pb.AuthorizeRequest, context: grpc.ServicerContext
@@ -94,6 +100,54 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
                 slot.error.message = f"items[{i}]: internal error; the step is not authorized"
         return out
 
+    def authorize_stream(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[pb.AuthorizeStreamResponse]:
+        """AuthorizeStream: one response per request, in order (see the proto).
+
+        Requests arrive as bytes so that an undecodable one is INVALID_ARGUMENT.
+        """
+        if not self._streams.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_streams} AuthorizeStream calls are open already, the limit; "
+                "retry later or use Authorize",
+            )
+        try:
+            meta = _meta(context)
+            for raw in requests:
+                yield self.stream_item(raw, meta, context)
+        finally:
+            self._streams.release()
+
+    def stream_item(
+        self, raw: bytes, meta: CallMeta, context: grpc.ServicerContext
+    ) -> pb.AuthorizeStreamResponse:
+        started = time.perf_counter()
+        try:
+            item = pb.AuthorizeStreamRequest.FromString(raw)
+        except DecodeError:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "request: not a valid stepguard.v1.AuthorizeStreamRequest message",
+            )
+        out = pb.AuthorizeStreamResponse(id=item.id)
+        try:
+            out.response.CopyFrom(to_response(self._decide(item.request, meta, started)))
+        except InvalidRequest as exc:
+            self._count_invalid(exc)
+            out.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            out.error.message = str(exc)
+        except Exception:  # this item fails closed; the stream goes on
+            log.exception("AuthorizeStream item %d failed", item.id)
+            out.error.code = grpc.StatusCode.INTERNAL.value[0]
+            out.error.message = "internal error; the step is not authorized"
+        return out
+
+    def AuthorizeStream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        """The generated base's entry (parsed requests), for add_AuthorizerServicer_to_server."""
+        return self.authorize_stream((r.SerializeToString() for r in request_iterator), context)
+
     def _decide(self, msg: pb.AuthorizeRequest, meta: CallMeta, started: float) -> Decided:
         bundle = self._bundle()
         at = self._decider.now()
@@ -131,6 +185,10 @@ def generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any,
         "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
             _parsing(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest),
             response_serializer=pb.AuthorizeBatchResponse.SerializeToString,
+        ),
+        "AuthorizeStream": grpc.stream_stream_rpc_method_handler(
+            servicer.authorize_stream,
+            response_serializer=pb.AuthorizeStreamResponse.SerializeToString,
         ),
     }
     service = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
@@ -202,3 +260,100 @@ def to_response(decided: Decided) -> pb.AuthorizeResponse:
     if ttl is not None:
         out.obligations.max_credential_ttl.FromTimedelta(ttl)
     return out
+
+
+# --- the asyncio server -------------------------------------------------------
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _SyncView:
+    """An asyncio call context seen as the sync handlers expect: `abort` raises."""
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._context = context
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata()
+
+    def peer(self) -> str:
+        return self._context.peer()
+
+    def auth_context(self) -> Any:
+        return self._context.auth_context()
+
+
+def aio_generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """The Authorizer methods for grpc.aio: the sync handlers, run on the event loop.
+
+    A decision is CPU work under the GIL, and the audit trail's write returns
+    once its event is written, so each call is decided inline, with no hop to a
+    thread pool. (With `audit_durability: fsync` every call then waits for its
+    own fsync: use the sync server there, whose threads share group commits.)
+    """
+
+    def unary(
+        fn: Callable[[Any, grpc.ServicerContext], R], request_type: type[Message]
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]:
+        name = request_type.DESCRIPTOR.full_name
+
+        async def handler(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+            try:
+                msg = request_type.FromString(raw)
+            except DecodeError:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message"
+                )
+            try:
+                return fn(msg, _SyncView(context))  # type: ignore[arg-type]
+            except _Aborted as stop:
+                await context.abort(stop.code, stop.details)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return handler
+
+    async def stream(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.AuthorizeStreamResponse]:
+        view = _SyncView(context)
+        if not servicer._streams.acquire(blocking=False):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{servicer.max_streams} AuthorizeStream calls are open already, the limit; "
+                "retry later or use Authorize",
+            )
+        try:
+            meta = _meta(view)  # type: ignore[arg-type]
+            async for raw in requests:
+                try:
+                    out = servicer.stream_item(raw, meta, view)  # type: ignore[arg-type]
+                except _Aborted as stop:
+                    await context.abort(stop.code, stop.details)
+                yield out
+        finally:
+            servicer._streams.release()
+
+    handlers = {
+        "Authorize": grpc.unary_unary_rpc_method_handler(
+            unary(servicer.Authorize, pb.AuthorizeRequest),
+            response_serializer=pb.AuthorizeResponse.SerializeToString,
+        ),
+        "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
+            unary(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest),
+            response_serializer=pb.AuthorizeBatchResponse.SerializeToString,
+        ),
+        "AuthorizeStream": grpc.stream_stream_rpc_method_handler(
+            stream,
+            response_serializer=pb.AuthorizeStreamResponse.SerializeToString,
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
+    return grpc.method_handlers_generic_handler(service, handlers)

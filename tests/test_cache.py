@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tracemalloc
 import urllib.request
 from collections.abc import Iterator
@@ -252,9 +253,7 @@ def test_reload_never_serves_an_old_decision(served: Any, tmp_path: Path) -> Non
     assert stub.Authorize(msg, timeout=5).decision == pb.DECISION_ALLOW
     assert stub.Authorize(msg, timeout=5).decision == pb.DECISION_ALLOW  # now cached
     changed = tmp_path / "changed"
-    changed.mkdir()
-    for f in (ROOT / "policies").iterdir():
-        (changed / f.name).write_text(f.read_text())
+    shutil.copytree(ROOT / "policies", changed)
     (changed / "zz_no_notify.cedar").write_text(
         '@id("no-notify")\nforbid (principal, action == Action::"notify", resource);\n'
     )

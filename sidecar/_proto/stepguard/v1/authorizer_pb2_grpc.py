@@ -44,6 +44,11 @@ class AuthorizerStub:
                 request_serializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeBatchRequest.SerializeToString,
                 response_deserializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeBatchResponse.FromString,
                 _registered_method=True)
+        self.AuthorizeStream = channel.stream_stream(
+                '/stepguard.v1.Authorizer/AuthorizeStream',
+                request_serializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamRequest.SerializeToString,
+                response_deserializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizerServicer:
@@ -64,6 +69,19 @@ class AuthorizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuthorizeStream(self, request_iterator, context):
+        """Decide a stream of steps over one long-lived call, for clients that send
+        many decisions (a scheduler loop, a worker pool): no per-call setup, and
+        requests may be pipelined. One response per request, in request order,
+        each echoing the request's `id`; an invalid item fails only itself
+        (`error`) and the stream goes on. A message that cannot be decoded ends
+        the stream with INVALID_ARGUMENT. Each open stream holds one server worker,
+        so the server limits how many are open at once (RESOURCE_EXHAUSTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +94,11 @@ def add_AuthorizerServicer_to_server(servicer, server):
                     servicer.AuthorizeBatch,
                     request_deserializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeBatchRequest.FromString,
                     response_serializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeBatchResponse.SerializeToString,
+            ),
+            'AuthorizeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AuthorizeStream,
+                    request_deserializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamRequest.FromString,
+                    response_serializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +155,33 @@ class Authorizer:
             '/stepguard.v1.Authorizer/AuthorizeBatch',
             stepguard_dot_v1_dot_authorizer__pb2.AuthorizeBatchRequest.SerializeToString,
             stepguard_dot_v1_dot_authorizer__pb2.AuthorizeBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthorizeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/stepguard.v1.Authorizer/AuthorizeStream',
+            stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamRequest.SerializeToString,
+            stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

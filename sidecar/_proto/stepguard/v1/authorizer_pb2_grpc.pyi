@@ -45,6 +45,15 @@ class AuthorizerStub:
     """Decide many steps in one call (a fan-out, a whole DAG). Results come back
     in request order, one per item; an invalid item fails only itself.
     """
+    AuthorizeStream: _grpc.StreamStreamMultiCallable[_authorizer_pb2.AuthorizeStreamRequest, _authorizer_pb2.AuthorizeStreamResponse]
+    """Decide a stream of steps over one long-lived call, for clients that send
+    many decisions (a scheduler loop, a worker pool): no per-call setup, and
+    requests may be pipelined. One response per request, in request order,
+    each echoing the request's `id`; an invalid item fails only itself
+    (`error`) and the stream goes on. A message that cannot be decoded ends
+    the stream with INVALID_ARGUMENT. Each open stream holds one server worker,
+    so the server limits how many are open at once (RESOURCE_EXHAUSTED).
+    """
 
 @_typing.type_check_only
 class AuthorizerAsyncStub(AuthorizerStub):
@@ -54,6 +63,15 @@ class AuthorizerAsyncStub(AuthorizerStub):
     AuthorizeBatch: _aio.UnaryUnaryMultiCallable[_authorizer_pb2.AuthorizeBatchRequest, _authorizer_pb2.AuthorizeBatchResponse]  # type: ignore[assignment]
     """Decide many steps in one call (a fan-out, a whole DAG). Results come back
     in request order, one per item; an invalid item fails only itself.
+    """
+    AuthorizeStream: _aio.StreamStreamMultiCallable[_authorizer_pb2.AuthorizeStreamRequest, _authorizer_pb2.AuthorizeStreamResponse]  # type: ignore[assignment]
+    """Decide a stream of steps over one long-lived call, for clients that send
+    many decisions (a scheduler loop, a worker pool): no per-call setup, and
+    requests may be pipelined. One response per request, in request order,
+    each echoing the request's `id`; an invalid item fails only itself
+    (`error`) and the stream goes on. A message that cannot be decoded ends
+    the stream with INVALID_ARGUMENT. Each open stream holds one server worker,
+    so the server limits how many are open at once (RESOURCE_EXHAUSTED).
     """
 
 class AuthorizerServicer(metaclass=_abc_1.ABCMeta):
@@ -73,6 +91,21 @@ class AuthorizerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_authorizer_pb2.AuthorizeBatchResponse, _abc.Awaitable[_authorizer_pb2.AuthorizeBatchResponse]]:
         """Decide many steps in one call (a fan-out, a whole DAG). Results come back
         in request order, one per item; an invalid item fails only itself.
+        """
+
+    @_abc_1.abstractmethod
+    def AuthorizeStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_authorizer_pb2.AuthorizeStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_authorizer_pb2.AuthorizeStreamResponse], _abc.AsyncIterator[_authorizer_pb2.AuthorizeStreamResponse]]:
+        """Decide a stream of steps over one long-lived call, for clients that send
+        many decisions (a scheduler loop, a worker pool): no per-call setup, and
+        requests may be pipelined. One response per request, in request order,
+        each echoing the request's `id`; an invalid item fails only itself
+        (`error`) and the stream goes on. A message that cannot be decoded ends
+        the stream with INVALID_ARGUMENT. Each open stream holds one server worker,
+        so the server limits how many are open at once (RESOURCE_EXHAUSTED).
         """
 
 def add_AuthorizerServicer_to_server(servicer: AuthorizerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
