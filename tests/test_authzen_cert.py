@@ -84,6 +84,15 @@ def test_fixture_decision(pdp: Pdp, case: str) -> None:
     assert reply.json() == {"decision": expected}
 
 
+@pytest.mark.parametrize(
+    "options",
+    ["fast", {"evaluations_semantic": "any"}, {"stepguard_explain": "yes"}, None],
+)
+def test_options_are_unknown_fields_of_a_single_evaluation(pdp: Pdp, options: Any) -> None:
+    reply = pdp.evaluation(_req(ALICE, READ, RECORD_1, options=options))
+    assert reply.status == 200 and reply.json() == {"decision": True}
+
+
 def test_2_3_2_the_decision_context_on_request(pdp: Pdp) -> None:
     reply = pdp.evaluation(_req(BOB, WRITE, RECORD_1, options={"stepguard_explain": True}))
     body = reply.json()
@@ -333,6 +342,10 @@ def test_an_error_counts_as_a_deny_for_deny_on_first_deny(pdp: Pdp) -> None:
         ({"evaluations": [{}], "subject": {"type": "user"}}, "subject.id"),
         ({"evaluations": [{}], "action": "read"}, "action"),
         ({"evaluations": [{}], "context": []}, "context"),
+        (
+            {**_req(ALICE, READ, RECORD_1), "options": {"evaluations_semantic": "x"}},
+            "options.evaluations_semantic",
+        ),
     ],
 )
 def test_whole_payload_errors_of_a_batch_are_400(pdp: Pdp, body: Any, field: str) -> None:

@@ -30,6 +30,7 @@ from sidecar.authzen.translate import (
     Mapper,
     Search,
     SearchKind,
+    explain_requested,
     parse_evaluation,
     parse_evaluations,
     parse_options,
@@ -83,8 +84,11 @@ class AuthzenService:
     # -- evaluation
     def evaluation(self, body: Mapping[str, Any], meta: CallMeta, started: float) -> dict[str, Any]:
         """Access Evaluation: `{"decision": bool}`; a deny is an answer, not an error."""
-        ev = parse_evaluation(body)
-        explain = parse_options(body).explain
+        return self._single(parse_evaluation(body), explain_requested(body), meta, started)
+
+    def _single(
+        self, ev: Evaluation, explain: bool, meta: CallMeta, started: float
+    ) -> dict[str, Any]:
         call = self._call(meta, started)
         return _answer(self._decide(call, call.mapper.request(ev)), explain)
 
@@ -93,8 +97,8 @@ class AuthzenService:
     ) -> dict[str, Any]:
         """Access Evaluations: one answer per item, in order, cut short as the semantic says."""
         parsed = parse_evaluations(body, self._limits)
-        if isinstance(parsed, Evaluation):
-            return self.evaluation(body, meta, started)
+        if isinstance(parsed, Evaluation):  # no items: the backwards-compatible single form
+            return self._single(parsed, parse_options(body).explain, meta, started)
         semantic, explain = parsed.options.semantic, parsed.options.explain
         call = self._call(meta, started)
         out: list[dict[str, Any]] = []

@@ -184,7 +184,15 @@ def parse_evaluation(body: Mapping[str, Any], prefix: str = "") -> Evaluation:
     )
 
 
+def explain_requested(body: Mapping[str, Any]) -> bool:
+    """`options.stepguard_explain` on a single evaluation, whose spec has no `options`:
+    read if well formed, otherwise ignored like any unknown field."""
+    options = body.get("options")
+    return isinstance(options, dict) and options.get("stepguard_explain") is True
+
+
 def parse_options(body: Mapping[str, Any]) -> Options:
+    """`options` of an Access Evaluations request, where the spec defines it."""
     value = body.get("options")
     options = {} if value is None else _object(value, "options")
     semantic = options.get("evaluations_semantic", "execute_all")
@@ -207,6 +215,7 @@ def parse_evaluations(body: Mapping[str, Any], limits: Limits) -> Evaluation | B
     item's own key replaces the default whole. Malformed defaults void the
     whole request; a malformed or incomplete item voids that item only.
     """
+    options = parse_options(body)
     items = body.get("evaluations")
     if items is None or items == []:
         return parse_evaluation(body)
@@ -216,7 +225,6 @@ def parse_evaluations(body: Mapping[str, Any], limits: Limits) -> Evaluation | B
         raise InvalidRequest(
             "evaluations", f"{len(items)} items, over the limit of {limits.max_batch_items}"
         )
-    options = parse_options(body)
     defaults: dict[str, Any] = {"context": parse_context(body.get("context"), "context")}
     for key in ("subject", "resource"):
         if body.get(key) is not None:
