@@ -81,3 +81,270 @@ def schema_entity_types(rendered_schema: str) -> frozenset[str]:
         if m:
             types.add(f"{namespace}::{m.group(1)}" if namespace else m.group(1))
     return frozenset(types)
+
+
+# --- where things are inside one policy ---------------------------------------
+#
+# Explanations and coverage name a policy's scope constraints and its `when` /
+# `unless` clauses by file, line and column; validation errors point at the
+# offending token. Cedar gives neither, so they are found here in the text.
+
+SCOPE_KINDS = ("principal", "action", "resource")
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A scope constraint or a condition clause of one policy.
+
+    `kind` is "principal", "action", "resource", "when" or "unless"; `offset`
+    is where it starts in the policy text; `text` is its source (a clause
+    includes its keyword and braces).
+    """
+
+    kind: str
+    offset: int
+    text: str
+
+
+def policy_parts(text: str) -> list[Part]:
+    """The scope constraints and condition clauses of one policy, in source order."""
+    parts: list[Part] = []
+    tokens = list(_code_chars(text))
+    k, n = 0, len(tokens)
+    after_at = False
+    while k < n:  # find the effect keyword, skipping annotations
+        i, ch = tokens[k]
+        if ch == "@":
+            after_at = True
+            k += 1
+            continue
+        if _is_ident_start(ch):
+            word, k = _word(text, tokens, k)
+            if not after_at and word in ("permit", "forbid"):
+                break
+            after_at = False
+            continue
+        if ch == "(":
+            k = _matching(tokens, k) + 1
+            continue
+        k += 1
+    while k < n and tokens[k][1] != "(":
+        k += 1
+    if k >= n:
+        return parts
+    close = _matching(tokens, k)
+    start = k + 1
+    depth = 0
+    scope: list[tuple[int, int]] = []
+    for j in range(k + 1, close + 1):
+        ch = tokens[j][1]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}" and depth:
+            depth -= 1
+        elif (ch == "," and depth == 0) or j == close:
+            scope.append((start, j))
+            start = j + 1
+    for kind, (first, last) in zip(SCOPE_KINDS, scope, strict=False):
+        a = first
+        while a < last and tokens[a][1].isspace():
+            a += 1
+        begin, end = tokens[a][0], tokens[last][0]
+        parts.append(Part(kind, begin, text[begin:end].strip()))
+    k = close + 1
+    while k < n:
+        i, ch = tokens[k]
+        if ch == ";":
+            break
+        if _is_ident_start(ch):
+            word, after = _word(text, tokens, k)
+            if word in ("when", "unless"):
+                brace = after
+                while brace < n and tokens[brace][1] != "{":
+                    brace += 1
+                if brace >= n:
+                    break
+                end = _matching(tokens, brace)
+                stop = tokens[end][0] + 1 if end < n else len(text)
+                parts.append(Part(word, i, text[i:stop]))
+                k = end + 1
+                continue
+            k = after
+            continue
+        k += 1
+    return parts
+
+
+def position(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of `offset` in `text`."""
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def one_line(text: str, limit: int = 100) -> str:
+    """Source text flattened to one line, shortened to `limit` characters."""
+    flat = " ".join(_blank_comments(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def locate_error(text: str, message: str, parse: bool) -> int | None:
+    """Best guess at the offset in `text` (one policy, or a schema) that `message` is about.
+
+    A parse error is found by parsing ever longer prefixes: the first prefix
+    whose error is no longer "unexpected end of input" ends at the bad token.
+    Otherwise the names Cedar quotes in the message are searched for.
+    """
+    if parse and message.startswith(("unexpected token", "invalid token", "unexpected end")):
+        found = _first_bad_prefix(text, message)
+        if found is not None:
+            return found
+    found = _search_message_terms(text, message)
+    if found is None and parse:
+        found = _first_bad_prefix(text, message)
+    if found is None and message == "unexpected end of input":
+        found = len(text.rstrip())
+    return found
+
+
+_BACKTICKED = re.compile(r"`([^`]+)`")
+_POLICY_ID = re.compile(r"policy\d+")
+_TRAILING_TERM = re.compile(r":\s*(@?[\w:\"]+)\s*$")
+_EXTENSION_CALL = re.compile(r"\b(ip|decimal|datetime|duration)\s*\(")
+
+
+def _search_message_terms(text: str, message: str) -> int | None:
+    code = _blank_comments(text)
+    if "empty set literals" in message:
+        m = re.search(r"\[\s*\]", code)
+        return m.start() if m else None
+    if "non-literal expressions" in message:
+        m = _EXTENSION_CALL.search(code)
+        return m.start() if m else None
+    if "applicable action" in message:
+        m = re.search(r"\baction\b", code)
+        return m.start() if m else None
+    terms = [t for t in _BACKTICKED.findall(message) if not _POLICY_ID.fullmatch(t)]
+    trailing = _TRAILING_TERM.search(message)
+    if trailing:
+        terms.append(trailing.group(1))
+    for term in terms:
+        if re.search(rf"(attribute|tag) `{re.escape(term)}`", message):
+            bare = term.strip('"')
+            m = re.search(
+                rf"(\.\s*{re.escape(bare)}\b|\bhas\s+{re.escape(bare)}\b"
+                rf"|\[\s*\"{re.escape(bare)}\"\s*\]|\b{re.escape(bare)}\b)",
+                code,
+            )
+            if m:
+                return m.start() + (1 if m.group(0).startswith(".") else 0)
+        for candidate in (term, term.strip('"')):
+            if not candidate:
+                continue
+            pattern = re.escape(candidate)
+            if candidate[0].isalnum() or candidate[0] == "_":
+                pattern = rf"(?<![\w:]){pattern}(?![\w])"
+            m = re.search(pattern, code)
+            if m:
+                return m.start()
+    return None
+
+
+def _first_bad_prefix(text: str, message: str) -> int | None:
+    import cedarpy  # local: the rest of this module is plain text handling
+
+    ends = [i + 1 for i, ch in _code_chars(text) if not ch.isspace()]
+    previous = 0
+    for end in ends:
+        if end - previous < 1:
+            continue
+        try:
+            cedarpy.policies_to_json_str(text[:end])
+        except ValueError as exc:
+            if str(exc) != "unexpected end of input":
+                start = previous
+                while start < end and text[start].isspace():
+                    start += 1
+                return start if str(exc) == message else None
+        previous = end
+    return None
+
+
+def comments(text: str) -> list[str]:
+    """The text of every `//` comment, in order (string literals are not comments)."""
+    found: list[str] = []
+    for original, code in zip(text.split("\n"), _blank_comments(text).split("\n"), strict=True):
+        if original != code:
+            start = next(i for i, (a, b) in enumerate(zip(original, code, strict=False)) if a != b)
+            found.append(original[start:].strip())
+    return found
+
+
+def _blank_comments(text: str) -> str:
+    """`text` with comments replaced by spaces, so offsets stay the same."""
+    out = list(text)
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+            continue
+        if text.startswith("//", i):
+            nl = text.find("\n", i)
+            stop = n if nl < 0 else nl
+            for j in range(i, stop):
+                out[j] = " "
+            i = stop
+            continue
+        i += 1
+    return "".join(out)
+
+
+def _code_chars(text: str) -> list[tuple[int, str]]:
+    """(offset, char) of everything outside comments; a string literal is one `"` entry."""
+    out: list[tuple[int, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "/" and text.startswith("//", i):
+            nl = text.find("\n", i)
+            i = n if nl < 0 else nl
+            continue
+        if ch == '"':
+            out.append((i, '"'))
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+            continue
+        out.append((i, ch))
+        i += 1
+    return out
+
+
+def _is_ident_start(ch: str) -> bool:
+    return ch.isalpha() or ch == "_"
+
+
+def _word(text: str, tokens: list[tuple[int, str]], k: int) -> tuple[str, int]:
+    start = tokens[k][0]
+    j = k
+    while j < len(tokens) and (tokens[j][1].isalnum() or tokens[j][1] == "_"):
+        j += 1
+    end = tokens[j - 1][0] + 1
+    return text[start:end], j
+
+
+def _matching(tokens: list[tuple[int, str]], k: int) -> int:
+    """Index of the bracket closing the one at `k` (or the last token if unbalanced)."""
+    depth = 0
+    for j in range(k, len(tokens)):
+        ch = tokens[j][1]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return j
+    return len(tokens) - 1

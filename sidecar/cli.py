@@ -1,8 +1,12 @@
-"""`stepguard` command line: serve, check, validate.
+"""`stepguard` command line: serve, check, validate, and the policy authors' tools.
 
-Exit codes: 0 success (check: ALLOW), 1 error (bad input, invalid policies),
-2 check: DENY. `check` and `validate` reuse the server's loader, validation
-and engine, so what they say is what the sidecar would do.
+Exit codes (sidecar/exitcodes.py): 0 success (check: ALLOW), 1 error (bad
+input; for serve, check and validate also invalid policies), 2 check: DENY;
+the authors' tools add 3 a check found problems (test failures, fmt --check,
+replay --fail-on-change), 4 invalid policies, 5 no tests ran
+(--fail-on-empty), 6 coverage below the minimum. `check` and `validate` reuse
+the server's loader, validation and engine, so what they say is what the
+sidecar would do.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from sidecar.bundle import load_bundle
 from sidecar.config import build_settings
 from sidecar.engine import evaluate
 from sidecar.errors import StepguardError
+from sidecar.explain import explain
+from sidecar.explain import render_text as render_explanation
+from sidecar.explain import to_json as explanation_json
 from sidecar.jsonreq import request_from_json
 from sidecar.model import Result
 from sidecar.validate import Limits, request_from_proto
@@ -95,10 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--context", help="context as JSON (the request file's context form)")
     check.add_argument("--now", help="evaluate as if at this RFC 3339 time (default: now)")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.add_argument(
+        "--explain",
+        action="store_true",
+        help="also show every policy: applied, satisfied, not, errored, and the deciding clause",
+    )
     check.set_defaults(run=_check)
 
     validate = sub.add_parser("validate", help="load and strictly validate a policy directory")
     validate.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+    validate.add_argument("--json", action="store_true", help="print the problems as JSON")
     validate.set_defaults(run=_validate)
     for register in _extensions():
         register(sub)
@@ -107,9 +120,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Any]:
     """Subcommands that live beside the feature they drive (each `register(subparsers)`)."""
+    from sidecar import fmt, policytest, replay
     from sidecar.audit import cli as audit_cli
 
-    return [audit_cli.register]
+    return [audit_cli.register, policytest.register, fmt.register, replay.register]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -160,10 +174,16 @@ def _check(args: argparse.Namespace) -> int:
     now = _parse_now(args.now)
     request = request_from_proto(request_from_json(raw), bundle, Limits(), now=now)
     result = evaluate(bundle, request)
+    explanation = explain(bundle, request, result) if args.explain else None
     if args.json:
-        print(json.dumps(result_json(result), indent=2))
+        out = result_json(result)
+        if explanation is not None:
+            out["explanation"] = explanation_json(explanation)
+        print(json.dumps(out, indent=2))
     else:
         print(render_result(result))
+        if explanation is not None:
+            print(render_explanation(explanation))
     return EXIT_OK if result.allowed else EXIT_DENY
 
 
@@ -242,12 +262,10 @@ def render_result(result: Result) -> str:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args.directory)
-    print(
-        f"ok: {bundle.policy_count} policies, {len(bundle.entity_json)} entities, "
-        f"revision {bundle.revision}"
-    )
-    return EXIT_OK
+    """Every problem with file, line, column and snippet (sidecar/diagnose.py); 1 if invalid."""
+    from sidecar.diagnose import validate_command
+
+    return validate_command(args)
 
 
 if __name__ == "__main__":

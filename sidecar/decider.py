@@ -28,6 +28,7 @@ from sidecar.cache import (
 )
 from sidecar.engine import deny, evaluate
 from sidecar.errors import AuditError
+from sidecar.explain import Explanation
 from sidecar.identity import binding_refusal
 from sidecar.ids import DecisionIds
 from sidecar.index import WHOLE_CONTEXT
@@ -40,6 +41,8 @@ class Decided:
     decision_id: str
     result: Result
     cached: bool
+    # Set when the caller asked why (AuthorizeRequest.explain); never changes `result`.
+    explanation: Explanation | None = None
 
 
 class Decider:

@@ -66,6 +66,11 @@ def _evaluate(bundle: Bundle, request: AuthzRequest, indexed: bool = True) -> Re
     return Result(Decision.DENY, reasons, errors, Obligations(), bundle.revision)
 
 
+def request_entities(bundle: Bundle, request: AuthzRequest) -> cedarpy.Entities:
+    """The entity set `evaluate` decides `request` with (for explanations); may raise ValueError."""
+    return _entities_for(bundle, request.entities)
+
+
 def _entities_for(bundle: Bundle, supplied: Iterable[EntityData]) -> cedarpy.Entities:
     """The store plus the entities a request supplies, for this call only.
 

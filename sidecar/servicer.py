@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -23,6 +24,8 @@ from sidecar.bundle import Bundle
 from sidecar.cache import from_ms
 from sidecar.decider import Decided, Decider
 from sidecar.errors import InvalidRequest
+from sidecar.explain import explain
+from sidecar.explain import to_proto as explanation_to_proto
 from sidecar.identity import CallerContext, caller_identity
 from sidecar.metrics import Metrics
 from sidecar.model import Decision, EntityUid
@@ -153,7 +156,8 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         at = self._decider.now()
         now_ms = self._decider.context_now_ms(at, *_time_bound_ms(msg))
         key = None
-        if self._decider.cache is not None:  # a hit skips validation and Cedar, not the audit
+        # A hit skips validation and Cedar, not the audit; an explained answer is never cached.
+        if self._decider.cache is not None and not msg.explain:
             wire = msg.SerializeToString(deterministic=True)
             key = self._decider.wire_key(bundle, wire, now_ms, meta)
             hit = self._decider.cached(bundle, key, meta, at=at, now_ms=now_ms, started=started)
@@ -163,7 +167,10 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         extra = self._caller.context_for(bundle, action, meta.identity)
         now = from_ms(now_ms)
         request = request_from_proto(msg, bundle, self._limits, now=now, extra_context=extra)
-        return self._decider.decide(bundle, request, meta, at=at, started=started, cache_key=key)
+        decided = self._decider.decide(bundle, request, meta, at=at, started=started, cache_key=key)
+        if msg.explain:  # beside the decision, from the same bundle and request
+            decided = replace(decided, explanation=explain(bundle, request, decided.result))
+        return decided
 
     def _count_invalid(self, exc: InvalidRequest) -> None:
         top = re.split(r"[.\[]", exc.field, maxsplit=1)[0]
@@ -259,6 +266,8 @@ def to_response(decided: Decided) -> pb.AuthorizeResponse:
     ttl = result.obligations.max_credential_ttl
     if ttl is not None:
         out.obligations.max_credential_ttl.FromTimedelta(ttl)
+    if decided.explanation is not None:
+        out.explanation.CopyFrom(explanation_to_proto(decided.explanation))
     return out
 
 

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstepguard/v1/authorizer.proto\x12\x0cstepguard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\tEntityRef\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\xce\x01\n\x06\x45ntity\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x38\n\nattributes\x18\x03 \x03(\x0b\x32$.stepguard.v1.Entity.AttributesEntry\x12(\n\x07parents\x18\x04 \x03(\x0b\x32\x17.stepguard.v1.EntityRef\x1a\x46\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.stepguard.v1.Value:\x02\x38\x01\"\x9b\x02\n\x05Value\x12\x14\n\nbool_value\x18\x01 \x01(\x08H\x00\x12\x14\n\nlong_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12,\n\tset_value\x18\x04 \x01(\x0b\x32\x17.stepguard.v1.ValueListH\x00\x12.\n\x0crecord_value\x18\x05 \x01(\x0b\x32\x16.stepguard.v1.ValueMapH\x00\x12/\n\x0c\x65ntity_value\x18\x06 \x01(\x0b\x32\x17.stepguard.v1.EntityRefH\x00\x12\x37\n\x0f\x65xtension_value\x18\x07 \x01(\x0b\x32\x1c.stepguard.v1.ExtensionValueH\x00\x42\x06\n\x04kind\"0\n\tValueList\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.stepguard.v1.Value\"\x82\x01\n\x08ValueMap\x12\x32\n\x06\x66ields\x18\x01 \x03(\x0b\x32\".stepguard.v1.ValueMap.FieldsEntry\x1a\x42\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.stepguard.v1.Value:\x02\x38\x01\"\\\n\x0e\x45xtensionValue\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x10\n\x08\x61rgument\x18\x02 \x01(\t\x12&\n\targuments\x18\x03 \x03(\x0b\x32\x13.stepguard.v1.Value\"j\n\tTimeBound\x12.\n\nnot_before\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\x08\x41pproval\x12)\n\x08\x61pprover\x18\x01 \x01(\x0b\x32\x17.stepguard.v1.EntityRef\x12/\n\x0b\x61pproved_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06ticket\x18\x03 \x01(\t\"\xa5\x03\n\x0bStepContext\x12*\n\trequester\x18\x01 \x01(\x0b\x32\x17.stepguard.v1.EntityRef\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07step_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x03\x12\x15\n\rtarget_system\x18\x06 \x01(\t\x12.\n\x0bsensitivity\x18\x07 \x01(\x0e\x32\x19.stepguard.v1.Sensitivity\x12+\n\ntime_bound\x18\x08 \x01(\x0b\x32\x17.stepguard.v1.TimeBound\x12(\n\x08\x61pproval\x18\t \x01(\x0b\x32\x16.stepguard.v1.Approval\x12=\n\nattributes\x18\n \x03(\x0b\x32).stepguard.v1.StepContext.AttributesEntry\x1a\x46\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.stepguard.v1.Value:\x02\x38\x01\"\xb8\x01\n\x10\x41uthorizeRequest\x12\'\n\tprincipal\x18\x01 \x01(\x0b\x32\x14.stepguard.v1.Entity\x12\'\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x17.stepguard.v1.EntityRef\x12&\n\x08resource\x18\x03 \x01(\x0b\x32\x14.stepguard.v1.Entity\x12*\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x19.stepguard.v1.StepContext\"\xaa\x01\n\x11\x44\x65terminingPolicy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x45\n\x0b\x61nnotations\x18\x02 \x03(\x0b\x32\x30.stepguard.v1.DeterminingPolicy.AnnotationsEntry\x12\x0e\n\x06source\x18\x03 \x01(\t\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0f\x45valuationError\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"D\n\x0bObligations\x12\x35\n\x12max_credential_ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x99\x02\n\x11\x41uthorizeResponse\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x16.stepguard.v1.Decision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12=\n\x14\x64\x65termining_policies\x18\x03 \x03(\x0b\x32\x1f.stepguard.v1.DeterminingPolicy\x12-\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x1d.stepguard.v1.EvaluationError\x12\x17\n\x0fpolicy_revision\x18\x05 \x01(\t\x12.\n\x0bobligations\x18\x06 \x01(\x0b\x32\x19.stepguard.v1.Obligations\x12\x0e\n\x06reason\x18\x07 \x01(\t\"F\n\x15\x41uthorizeBatchRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.stepguard.v1.AuthorizeRequest\"/\n\x0e\x42\x61tchItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x85\x01\n\x14\x41uthorizeBatchResult\x12\x33\n\x08response\x18\x01 \x01(\x0b\x32\x1f.stepguard.v1.AuthorizeResponseH\x00\x12-\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1c.stepguard.v1.BatchItemErrorH\x00\x42\t\n\x07outcome\"M\n\x16\x41uthorizeBatchResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".stepguard.v1.AuthorizeBatchResult\"U\n\x16\x41uthorizeStreamRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.stepguard.v1.AuthorizeRequest\"\x94\x01\n\x17\x41uthorizeStreamResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x33\n\x08response\x18\x02 \x01(\x0b\x32\x1f.stepguard.v1.AuthorizeResponseH\x00\x12-\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1c.stepguard.v1.BatchItemErrorH\x00\x42\t\n\x07outcome*\x87\x01\n\x0bSensitivity\x12\x1b\n\x17SENSITIVITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSENSITIVITY_LOW\x10\x01\x12\x16\n\x12SENSITIVITY_MEDIUM\x10\x02\x12\x14\n\x10SENSITIVITY_HIGH\x10\x03\x12\x18\n\x14SENSITIVITY_CRITICAL\x10\x04*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x32\x9b\x02\n\nAuthorizer\x12L\n\tAuthorize\x12\x1e.stepguard.v1.AuthorizeRequest\x1a\x1f.stepguard.v1.AuthorizeResponse\x12[\n\x0e\x41uthorizeBatch\x12#.stepguard.v1.AuthorizeBatchRequest\x1a$.stepguard.v1.AuthorizeBatchResponse\x12\x62\n\x0f\x41uthorizeStream\x12$.stepguard.v1.AuthorizeStreamRequest\x1a%.stepguard.v1.AuthorizeStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstepguard/v1/authorizer.proto\x12\x0cstepguard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\tEntityRef\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\xce\x01\n\x06\x45ntity\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x38\n\nattributes\x18\x03 \x03(\x0b\x32$.stepguard.v1.Entity.AttributesEntry\x12(\n\x07parents\x18\x04 \x03(\x0b\x32\x17.stepguard.v1.EntityRef\x1a\x46\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.stepguard.v1.Value:\x02\x38\x01\"\x9b\x02\n\x05Value\x12\x14\n\nbool_value\x18\x01 \x01(\x08H\x00\x12\x14\n\nlong_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12,\n\tset_value\x18\x04 \x01(\x0b\x32\x17.stepguard.v1.ValueListH\x00\x12.\n\x0crecord_value\x18\x05 \x01(\x0b\x32\x16.stepguard.v1.ValueMapH\x00\x12/\n\x0c\x65ntity_value\x18\x06 \x01(\x0b\x32\x17.stepguard.v1.EntityRefH\x00\x12\x37\n\x0f\x65xtension_value\x18\x07 \x01(\x0b\x32\x1c.stepguard.v1.ExtensionValueH\x00\x42\x06\n\x04kind\"0\n\tValueList\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.stepguard.v1.Value\"\x82\x01\n\x08ValueMap\x12\x32\n\x06\x66ields\x18\x01 \x03(\x0b\x32\".stepguard.v1.ValueMap.FieldsEntry\x1a\x42\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.stepguard.v1.Value:\x02\x38\x01\"\\\n\x0e\x45xtensionValue\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x10\n\x08\x61rgument\x18\x02 \x01(\t\x12&\n\targuments\x18\x03 \x03(\x0b\x32\x13.stepguard.v1.Value\"j\n\tTimeBound\x12.\n\nnot_before\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\x08\x41pproval\x12)\n\x08\x61pprover\x18\x01 \x01(\x0b\x32\x17.stepguard.v1.EntityRef\x12/\n\x0b\x61pproved_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06ticket\x18\x03 \x01(\t\"\xa5\x03\n\x0bStepContext\x12*\n\trequester\x18\x01 \x01(\x0b\x32\x17.stepguard.v1.EntityRef\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07step_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x03\x12\x15\n\rtarget_system\x18\x06 \x01(\t\x12.\n\x0bsensitivity\x18\x07 \x01(\x0e\x32\x19.stepguard.v1.Sensitivity\x12+\n\ntime_bound\x18\x08 \x01(\x0b\x32\x17.stepguard.v1.TimeBound\x12(\n\x08\x61pproval\x18\t \x01(\x0b\x32\x16.stepguard.v1.Approval\x12=\n\nattributes\x18\n \x03(\x0b\x32).stepguard.v1.StepContext.AttributesEntry\x1a\x46\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.stepguard.v1.Value:\x02\x38\x01\"\xc9\x01\n\x10\x41uthorizeRequest\x12\'\n\tprincipal\x18\x01 \x01(\x0b\x32\x14.stepguard.v1.Entity\x12\'\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x17.stepguard.v1.EntityRef\x12&\n\x08resource\x18\x03 \x01(\x0b\x32\x14.stepguard.v1.Entity\x12*\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x19.stepguard.v1.StepContext\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\"\xaa\x01\n\x11\x44\x65terminingPolicy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x45\n\x0b\x61nnotations\x18\x02 \x03(\x0b\x32\x30.stepguard.v1.DeterminingPolicy.AnnotationsEntry\x12\x0e\n\x06source\x18\x03 \x01(\t\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0f\x45valuationError\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"D\n\x0bObligations\x12\x35\n\x12max_credential_ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc9\x02\n\x11\x41uthorizeResponse\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x16.stepguard.v1.Decision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12=\n\x14\x64\x65termining_policies\x18\x03 \x03(\x0b\x32\x1f.stepguard.v1.DeterminingPolicy\x12-\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x1d.stepguard.v1.EvaluationError\x12\x17\n\x0fpolicy_revision\x18\x05 \x01(\t\x12.\n\x0bobligations\x18\x06 \x01(\x0b\x32\x19.stepguard.v1.Obligations\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12.\n\x0b\x65xplanation\x18\x08 \x01(\x0b\x32\x19.stepguard.v1.Explanation\"m\n\x06\x43lause\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12(\n\x05value\x18\x04 \x01(\x0e\x32\x19.stepguard.v1.ClauseValue\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xac\x02\n\x11PolicyExplanation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12,\n\x07outcome\x18\x04 \x01(\x0e\x32\x1b.stepguard.v1.PolicyOutcome\x12\x13\n\x0b\x64\x65termining\x18\x05 \x01(\x08\x12-\n\x0f\x64\x65\x63iding_clause\x18\x06 \x01(\x0b\x32\x14.stepguard.v1.Clause\x12%\n\x07\x63lauses\x18\x07 \x03(\x0b\x32\x14.stepguard.v1.Clause\x12\x0e\n\x06\x65rrors\x18\x08 \x03(\t\x12\x0b\n\x03why\x18\t \x01(\t\x12\x35\n\x12max_credential_ttl\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\"X\n\x0b\x45xplanation\x12\x31\n\x08policies\x18\x01 \x03(\x0b\x32\x1f.stepguard.v1.PolicyExplanation\x12\x16\n\x0erequest_errors\x18\x02 \x03(\t\"F\n\x15\x41uthorizeBatchRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.stepguard.v1.AuthorizeRequest\"/\n\x0e\x42\x61tchItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x85\x01\n\x14\x41uthorizeBatchResult\x12\x33\n\x08response\x18\x01 \x01(\x0b\x32\x1f.stepguard.v1.AuthorizeResponseH\x00\x12-\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1c.stepguard.v1.BatchItemErrorH\x00\x42\t\n\x07outcome\"M\n\x16\x41uthorizeBatchResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".stepguard.v1.AuthorizeBatchResult\"U\n\x16\x41uthorizeStreamRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.stepguard.v1.AuthorizeRequest\"\x94\x01\n\x17\x41uthorizeStreamResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x33\n\x08response\x18\x02 \x01(\x0b\x32\x1f.stepguard.v1.AuthorizeResponseH\x00\x12-\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1c.stepguard.v1.BatchItemErrorH\x00\x42\t\n\x07outcome*\x87\x01\n\x0bSensitivity\x12\x1b\n\x17SENSITIVITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSENSITIVITY_LOW\x10\x01\x12\x16\n\x12SENSITIVITY_MEDIUM\x10\x02\x12\x14\n\x10SENSITIVITY_HIGH\x10\x03\x12\x18\n\x14SENSITIVITY_CRITICAL\x10\x04*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02*\xd0\x01\n\rPolicyOutcome\x12\x1e\n\x1aPOLICY_OUTCOME_UNSPECIFIED\x10\x00\x12!\n\x1dPOLICY_OUTCOME_NOT_APPLICABLE\x10\x01\x12\x1c\n\x18POLICY_OUTCOME_SATISFIED\x10\x02\x12 \n\x1cPOLICY_OUTCOME_NOT_SATISFIED\x10\x03\x12\x1a\n\x16POLICY_OUTCOME_ERRORED\x10\x04\x12 \n\x1cPOLICY_OUTCOME_NOT_EVALUATED\x10\x05*r\n\x0b\x43lauseValue\x12\x1c\n\x18\x43LAUSE_VALUE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43LAUSE_VALUE_TRUE\x10\x01\x12\x16\n\x12\x43LAUSE_VALUE_FALSE\x10\x02\x12\x16\n\x12\x43LAUSE_VALUE_ERROR\x10\x03\x32\x9b\x02\n\nAuthorizer\x12L\n\tAuthorize\x12\x1e.stepguard.v1.AuthorizeRequest\x1a\x1f.stepguard.v1.AuthorizeResponse\x12[\n\x0e\x41uthorizeBatch\x12#.stepguard.v1.AuthorizeBatchRequest\x1a$.stepguard.v1.AuthorizeBatchResponse\x12\x62\n\x0f\x41uthorizeStream\x12$.stepguard.v1.AuthorizeStreamRequest\x1a%.stepguard.v1.AuthorizeStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,10 +41,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STEPCONTEXT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_DETERMININGPOLICY_ANNOTATIONSENTRY']._loaded_options = None
   _globals['_DETERMININGPOLICY_ANNOTATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_SENSITIVITY']._serialized_start=2919
-  _globals['_SENSITIVITY']._serialized_end=3054
-  _globals['_DECISION']._serialized_start=3056
-  _globals['_DECISION']._serialized_end=3131
+  _globals['_SENSITIVITY']._serialized_start=3488
+  _globals['_SENSITIVITY']._serialized_end=3623
+  _globals['_DECISION']._serialized_start=3625
+  _globals['_DECISION']._serialized_end=3700
+  _globals['_POLICYOUTCOME']._serialized_start=3703
+  _globals['_POLICYOUTCOME']._serialized_end=3911
+  _globals['_CLAUSEVALUE']._serialized_start=3913
+  _globals['_CLAUSEVALUE']._serialized_end=4027
   _globals['_ENTITYREF']._serialized_start=112
   _globals['_ENTITYREF']._serialized_end=149
   _globals['_ENTITY']._serialized_start=152
@@ -70,29 +74,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STEPCONTEXT_ATTRIBUTESENTRY']._serialized_start=288
   _globals['_STEPCONTEXT_ATTRIBUTESENTRY']._serialized_end=358
   _globals['_AUTHORIZEREQUEST']._serialized_start=1576
-  _globals['_AUTHORIZEREQUEST']._serialized_end=1760
-  _globals['_DETERMININGPOLICY']._serialized_start=1763
-  _globals['_DETERMININGPOLICY']._serialized_end=1933
-  _globals['_DETERMININGPOLICY_ANNOTATIONSENTRY']._serialized_start=1883
-  _globals['_DETERMININGPOLICY_ANNOTATIONSENTRY']._serialized_end=1933
-  _globals['_EVALUATIONERROR']._serialized_start=1935
-  _globals['_EVALUATIONERROR']._serialized_end=1988
-  _globals['_OBLIGATIONS']._serialized_start=1990
-  _globals['_OBLIGATIONS']._serialized_end=2058
-  _globals['_AUTHORIZERESPONSE']._serialized_start=2061
-  _globals['_AUTHORIZERESPONSE']._serialized_end=2342
-  _globals['_AUTHORIZEBATCHREQUEST']._serialized_start=2344
-  _globals['_AUTHORIZEBATCHREQUEST']._serialized_end=2414
-  _globals['_BATCHITEMERROR']._serialized_start=2416
-  _globals['_BATCHITEMERROR']._serialized_end=2463
-  _globals['_AUTHORIZEBATCHRESULT']._serialized_start=2466
-  _globals['_AUTHORIZEBATCHRESULT']._serialized_end=2599
-  _globals['_AUTHORIZEBATCHRESPONSE']._serialized_start=2601
-  _globals['_AUTHORIZEBATCHRESPONSE']._serialized_end=2678
-  _globals['_AUTHORIZESTREAMREQUEST']._serialized_start=2680
-  _globals['_AUTHORIZESTREAMREQUEST']._serialized_end=2765
-  _globals['_AUTHORIZESTREAMRESPONSE']._serialized_start=2768
-  _globals['_AUTHORIZESTREAMRESPONSE']._serialized_end=2916
-  _globals['_AUTHORIZER']._serialized_start=3134
-  _globals['_AUTHORIZER']._serialized_end=3417
+  _globals['_AUTHORIZEREQUEST']._serialized_end=1777
+  _globals['_DETERMININGPOLICY']._serialized_start=1780
+  _globals['_DETERMININGPOLICY']._serialized_end=1950
+  _globals['_DETERMININGPOLICY_ANNOTATIONSENTRY']._serialized_start=1900
+  _globals['_DETERMININGPOLICY_ANNOTATIONSENTRY']._serialized_end=1950
+  _globals['_EVALUATIONERROR']._serialized_start=1952
+  _globals['_EVALUATIONERROR']._serialized_end=2005
+  _globals['_OBLIGATIONS']._serialized_start=2007
+  _globals['_OBLIGATIONS']._serialized_end=2075
+  _globals['_AUTHORIZERESPONSE']._serialized_start=2078
+  _globals['_AUTHORIZERESPONSE']._serialized_end=2407
+  _globals['_CLAUSE']._serialized_start=2409
+  _globals['_CLAUSE']._serialized_end=2518
+  _globals['_POLICYEXPLANATION']._serialized_start=2521
+  _globals['_POLICYEXPLANATION']._serialized_end=2821
+  _globals['_EXPLANATION']._serialized_start=2823
+  _globals['_EXPLANATION']._serialized_end=2911
+  _globals['_AUTHORIZEBATCHREQUEST']._serialized_start=2913
+  _globals['_AUTHORIZEBATCHREQUEST']._serialized_end=2983
+  _globals['_BATCHITEMERROR']._serialized_start=2985
+  _globals['_BATCHITEMERROR']._serialized_end=3032
+  _globals['_AUTHORIZEBATCHRESULT']._serialized_start=3035
+  _globals['_AUTHORIZEBATCHRESULT']._serialized_end=3168
+  _globals['_AUTHORIZEBATCHRESPONSE']._serialized_start=3170
+  _globals['_AUTHORIZEBATCHRESPONSE']._serialized_end=3247
+  _globals['_AUTHORIZESTREAMREQUEST']._serialized_start=3249
+  _globals['_AUTHORIZESTREAMREQUEST']._serialized_end=3334
+  _globals['_AUTHORIZESTREAMRESPONSE']._serialized_start=3337
+  _globals['_AUTHORIZESTREAMRESPONSE']._serialized_end=3485
+  _globals['_AUTHORIZER']._serialized_start=4030
+  _globals['_AUTHORIZER']._serialized_end=4313
 # @@protoc_insertion_point(module_scope)

@@ -79,6 +79,61 @@ DECISION_ALLOW: Decision.ValueType  # 1
 DECISION_DENY: Decision.ValueType  # 2
 Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
+class _PolicyOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PolicyOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POLICY_OUTCOME_UNSPECIFIED: _PolicyOutcome.ValueType  # 0
+    POLICY_OUTCOME_NOT_APPLICABLE: _PolicyOutcome.ValueType  # 1
+    """its scope (principal, action, resource) did not match"""
+    POLICY_OUTCOME_SATISFIED: _PolicyOutcome.ValueType  # 2
+    """scope matched and every condition held"""
+    POLICY_OUTCOME_NOT_SATISFIED: _PolicyOutcome.ValueType  # 3
+    """a `when` was false or an `unless` true"""
+    POLICY_OUTCOME_ERRORED: _PolicyOutcome.ValueType  # 4
+    """evaluating it failed; Cedar skipped it"""
+    POLICY_OUTCOME_NOT_EVALUATED: _PolicyOutcome.ValueType  # 5
+    """Cedar refused the request before any policy ran"""
+
+class PolicyOutcome(_PolicyOutcome, metaclass=_PolicyOutcomeEnumTypeWrapper):
+    """How one policy fared for one request."""
+
+POLICY_OUTCOME_UNSPECIFIED: PolicyOutcome.ValueType  # 0
+POLICY_OUTCOME_NOT_APPLICABLE: PolicyOutcome.ValueType  # 1
+"""its scope (principal, action, resource) did not match"""
+POLICY_OUTCOME_SATISFIED: PolicyOutcome.ValueType  # 2
+"""scope matched and every condition held"""
+POLICY_OUTCOME_NOT_SATISFIED: PolicyOutcome.ValueType  # 3
+"""a `when` was false or an `unless` true"""
+POLICY_OUTCOME_ERRORED: PolicyOutcome.ValueType  # 4
+"""evaluating it failed; Cedar skipped it"""
+POLICY_OUTCOME_NOT_EVALUATED: PolicyOutcome.ValueType  # 5
+"""Cedar refused the request before any policy ran"""
+Global___PolicyOutcome: _TypeAlias = PolicyOutcome  # noqa: Y015
+
+class _ClauseValue:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ClauseValueEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ClauseValue.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CLAUSE_VALUE_UNSPECIFIED: _ClauseValue.ValueType  # 0
+    """not evaluated: the policy does not apply"""
+    CLAUSE_VALUE_TRUE: _ClauseValue.ValueType  # 1
+    CLAUSE_VALUE_FALSE: _ClauseValue.ValueType  # 2
+    CLAUSE_VALUE_ERROR: _ClauseValue.ValueType  # 3
+
+class ClauseValue(_ClauseValue, metaclass=_ClauseValueEnumTypeWrapper): ...
+
+CLAUSE_VALUE_UNSPECIFIED: ClauseValue.ValueType  # 0
+"""not evaluated: the policy does not apply"""
+CLAUSE_VALUE_TRUE: ClauseValue.ValueType  # 1
+CLAUSE_VALUE_FALSE: ClauseValue.ValueType  # 2
+CLAUSE_VALUE_ERROR: ClauseValue.ValueType  # 3
+Global___ClauseValue: _TypeAlias = ClauseValue  # noqa: Y015
+
 @_typing.final
 class EntityRef(_message.Message):
     """A reference to a Cedar entity: `Type::"id"`. `type` may be namespaced
@@ -479,6 +534,12 @@ class AuthorizeRequest(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
+    explain: _builtins.bool
+    """Ask for `AuthorizeResponse.explanation`: every policy and the clause that
+    settled it. Off by default; it costs about one more evaluation. It never
+    changes the decision.
+    """
     @_builtins.property
     def principal(self) -> Global___Entity:
         """required: the workload or user acting"""
@@ -500,10 +561,11 @@ class AuthorizeRequest(_message.Message):
         action: Global___EntityRef | None = ...,
         resource: Global___Entity | None = ...,
         context: Global___StepContext | None = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "context", b"context", "principal", b"principal", "resource", b"resource"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "context", b"context", "principal", b"principal", "resource", b"resource"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "context", b"context", "explain", b"explain", "principal", b"principal", "resource", b"resource"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -624,6 +686,7 @@ class AuthorizeResponse(_message.Message):
     POLICY_REVISION_FIELD_NUMBER: _builtins.int
     OBLIGATIONS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     decision_id: _builtins.str
     """Unique and sortable (a UUIDv7); also the audit event id."""
@@ -637,6 +700,10 @@ class AuthorizeResponse(_message.Message):
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationError]: ...
     @_builtins.property
     def obligations(self) -> Global___Obligations: ...
+    @_builtins.property
+    def explanation(self) -> Global___Explanation:
+        """Set only when the request asked for it (`explain`)."""
+
     def __init__(
         self,
         *,
@@ -647,14 +714,143 @@ class AuthorizeResponse(_message.Message):
         policy_revision: _builtins.str = ...,
         obligations: Global___Obligations | None = ...,
         reason: _builtins.str = ...,
+        explanation: Global___Explanation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["obligations", b"obligations"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "obligations", b"obligations"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "decision_id", b"decision_id", "determining_policies", b"determining_policies", "errors", b"errors", "obligations", b"obligations", "policy_revision", b"policy_revision", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "decision_id", b"decision_id", "determining_policies", b"determining_policies", "errors", b"errors", "explanation", b"explanation", "obligations", b"obligations", "policy_revision", b"policy_revision", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthorizeResponse: _TypeAlias = AuthorizeResponse  # noqa: Y015
+
+@_typing.final
+class Clause(_message.Message):
+    """A scope constraint or a `when` / `unless` clause of a policy, with its
+    value for this request when evaluated on its own.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"principal", "action", "resource", "when" or "unless" """
+    source: _builtins.str
+    """file:line:column"""
+    text: _builtins.str
+    """its source text, on one line"""
+    value: Global___ClauseValue.ValueType
+    error: _builtins.str
+    """when value is CLAUSE_VALUE_ERROR"""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        source: _builtins.str = ...,
+        text: _builtins.str = ...,
+        value: Global___ClauseValue.ValueType = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "kind", b"kind", "source", b"source", "text", b"text", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Clause: _TypeAlias = Clause  # noqa: Y015
+
+@_typing.final
+class PolicyExplanation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EFFECT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DETERMINING_FIELD_NUMBER: _builtins.int
+    DECIDING_CLAUSE_FIELD_NUMBER: _builtins.int
+    CLAUSES_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    WHY_FIELD_NUMBER: _builtins.int
+    MAX_CREDENTIAL_TTL_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    effect: _builtins.str
+    """"permit" or "forbid" """
+    source: _builtins.str
+    """file:line where the policy starts"""
+    outcome: Global___PolicyOutcome.ValueType
+    determining: _builtins.bool
+    why: _builtins.str
+    """the outcome in one line, for humans"""
+    @_builtins.property
+    def deciding_clause(self) -> Global___Clause:
+        """The clause that made the outcome (the first false `when`, true `unless`,
+        failing clause, or unmatched scope constraint); unset when satisfied.
+        """
+
+    @_builtins.property
+    def clauses(self) -> _containers.RepeatedCompositeFieldContainer[Global___Clause]: ...
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def max_credential_ttl(self) -> _duration_pb2.Duration:
+        """This policy's own obligation annotation (a permit's @max_credential_ttl)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        effect: _builtins.str = ...,
+        source: _builtins.str = ...,
+        outcome: Global___PolicyOutcome.ValueType = ...,
+        determining: _builtins.bool = ...,
+        deciding_clause: Global___Clause | None = ...,
+        clauses: _abc.Iterable[Global___Clause] | None = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
+        why: _builtins.str = ...,
+        max_credential_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deciding_clause", b"deciding_clause", "max_credential_ttl", b"max_credential_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clauses", b"clauses", "deciding_clause", b"deciding_clause", "determining", b"determining", "effect", b"effect", "errors", b"errors", "id", b"id", "max_credential_ttl", b"max_credential_ttl", "outcome", b"outcome", "source", b"source", "why", b"why"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyExplanation: _TypeAlias = PolicyExplanation  # noqa: Y015
+
+@_typing.final
+class Explanation(_message.Message):
+    """Why the decision is what it is: every policy of the bundle, determining
+    ones first.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICIES_FIELD_NUMBER: _builtins.int
+    REQUEST_ERRORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyExplanation]: ...
+    @_builtins.property
+    def request_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Errors not tied to a policy (Cedar refused the request)."""
+
+    def __init__(
+        self,
+        *,
+        policies: _abc.Iterable[Global___PolicyExplanation] | None = ...,
+        request_errors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies", "request_errors", b"request_errors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
 
 @_typing.final
 class AuthorizeBatchRequest(_message.Message):

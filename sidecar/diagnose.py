@@ -1,0 +1,234 @@
+"""`stepguard validate`: every problem in a policy directory, with file, line, column and snippet.
+
+The loader (`bundle.load_bundle`) is the verdict: what it accepts, the server
+accepts. It stops at the first problem and knows only the line where a policy
+starts, so when it refuses a directory this module looks again, file by file
+and policy by policy, to list every parse and validation error at the token
+it is about (see `cedartext.locate_error`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+
+from sidecar.bundle import Bundle, load_bundle
+from sidecar.cedartext import Span, locate_error, position, split_policies
+from sidecar.errors import BundleError
+from sidecar.exitcodes import EXIT_ERROR, EXIT_OK
+
+_POLICY_REF = re.compile(r"policy(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int  # 0 when unknown
+    column: int  # 0 when unknown
+    message: str
+    source_line: str = ""  # the text of `line`, for the snippet
+
+    @property
+    def where(self) -> str:
+        parts = [self.file] + [str(n) for n in (self.line, self.column) if n]
+        return ":".join(parts)
+
+    def render(self) -> str:
+        """`file:line: message`, then where exactly and the offending line, rustc-style."""
+        head = f"{self.file}:{self.line}" if self.line else self.file
+        lines = [f"{head}: {self.message}"]
+        if self.source_line and self.line:
+            gutter = " " * len(str(self.line))
+            lines.append(f"{gutter}--> {self.where}")
+            lines.append(f"{self.line} | {self.source_line.rstrip()}")
+            if self.column:
+                pad = "".join(
+                    ch if ch == "\t" else " " for ch in self.source_line[: self.column - 1]
+                )
+                lines.append(f"{gutter} | {pad}^")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "message": self.message,
+            "snippet": self.source_line.rstrip(),
+        }
+
+
+def check_directory(directory: Path) -> tuple[Bundle | None, list[Problem]]:
+    """The loaded bundle and no problems, or no bundle and every problem found."""
+    try:
+        return load_bundle(directory), []
+    except BundleError as exc:
+        verdict = exc
+    problems = _look_closer(directory)
+    # The loader's verdict stays, unless a closer look located it in its file already.
+    if not (verdict.file and any(p.file == verdict.file for p in problems)):
+        problems.insert(0, _from_bundle_error(directory, verdict))
+    return None, problems
+
+
+def _look_closer(directory: Path) -> list[Problem]:
+    if not directory.is_dir():
+        return []
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
+    schema_files = [p for p in files if p.name.endswith((".cedarschema", ".cedarschema.json"))]
+    problems: list[Problem] = []
+    schema: cedarpy.Schema | None = None
+    if len(schema_files) == 1:
+        schema, found = _check_schema(directory, schema_files[0])
+        problems.extend(found)
+    for path in files:
+        if path.suffix == ".cedar":
+            problems.extend(_check_policy_file(directory, path, schema))
+    return _merge_per_action(problems)
+
+
+_ACTION_NAME = re.compile(r'\b(\w+::)*Action::"(?:[^"\\]|\\.)*"')
+
+
+def _merge_per_action(problems: list[Problem]) -> list[Problem]:
+    """One problem per place and message: Cedar repeats a context error for every action."""
+    merged: dict[tuple[str, int, int, str], list[Problem]] = {}
+    for problem in problems:
+        key = (problem.file, problem.line, problem.column, _ACTION_NAME.sub("A", problem.message))
+        merged.setdefault(key, []).append(problem)
+    out: list[Problem] = []
+    for group in merged.values():
+        first = group[0]
+        if len(group) > 1:
+            more = len(group) - 1
+            first = dataclasses.replace(
+                first, message=f"{first.message} (and for {more} more action(s))"
+            )
+        out.append(first)
+    return out
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _check_schema(directory: Path, path: Path) -> tuple[cedarpy.Schema | None, list[Problem]]:
+    text = _read(path)
+    if text is None:
+        return None, []  # the loader's own message covers unreadable files
+    name = str(path.relative_to(directory))
+    try:
+        if path.name.endswith(".json"):
+            return cedarpy.Schema.from_json_str(text), []
+        return cedarpy.Schema.from_str(text), []
+    except ValueError as exc:
+        offset = None if path.name.endswith(".json") else locate_error(text, str(exc), parse=False)
+        return None, [_at(name, text, offset, f"invalid schema: {exc}")]
+
+
+def _check_policy_file(directory: Path, path: Path, schema: cedarpy.Schema | None) -> list[Problem]:
+    text = _read(path)
+    if text is None:
+        return []
+    name = str(path.relative_to(directory))
+    spans = split_policies(text)
+    offsets = _span_offsets(text, spans)
+    problems: list[Problem] = []
+    for span, start in zip(spans, offsets, strict=True):
+        try:
+            cedarpy.policies_to_json_str(span.text)
+        except ValueError as exc:
+            local = locate_error(span.text, str(exc), parse=True)
+            offset = start + (local if local is not None else 0)
+            problems.append(_at(name, text, offset, f"syntax error: {exc}"))
+    if problems or schema is None:
+        return problems
+    result = cedarpy.validate_policies(text, schema)
+    for err in result.errors:
+        m = _POLICY_REF.fullmatch(err.policy_id)
+        index = int(m.group(1)) if m else -1
+        if 0 <= index < len(spans):
+            local = locate_error(spans[index].text, err.error, parse=False)
+            offset = offsets[index] + (local if local is not None else 0)
+            problems.append(_at(name, text, offset, f"validation error: {err.error}"))
+        else:
+            problems.append(Problem(name, 0, 0, f"validation error: {err.error}"))
+    return problems
+
+
+def _span_offsets(text: str, spans: list[Span]) -> list[int]:
+    """Where each span starts in the file (spans carry line and column)."""
+    starts = [0]
+    for line in text.split("\n"):
+        starts.append(starts[-1] + len(line) + 1)
+    return [starts[s.line - 1] + s.column - 1 for s in spans]
+
+
+def _at(name: str, text: str, offset: int | None, message: str) -> Problem:
+    if offset is None:
+        return Problem(name, 0, 0, message)
+    line, column = position(text, offset)
+    return Problem(name, line, column, message, _line_text(text, line))
+
+
+def _line_text(text: str, line: int) -> str:
+    lines = text.split("\n")
+    return lines[line - 1] if 0 < line <= len(lines) else ""
+
+
+def _from_bundle_error(directory: Path, exc: BundleError) -> Problem:
+    """The loader's error, with a column and snippet when it names a line of a file."""
+    if not exc.file:
+        return Problem(str(directory), 0, 0, exc.detail)
+    path = directory / exc.file
+    text = _read(path) if path.is_file() else None
+    if text is None or not exc.line:
+        return Problem(exc.file, exc.line, 0, exc.detail)
+    line_text = _line_text(text, exc.line)
+    column = len(line_text) - len(line_text.lstrip()) + 1 if line_text else 0
+    return Problem(exc.file, exc.line, column, exc.detail, line_text)
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    """Print every problem (stderr), or a one-line summary of a valid directory; 1 if invalid."""
+    bundle, problems = check_directory(args.directory)
+    if getattr(args, "json", False):
+        out: dict[str, Any] = {
+            "ok": bundle is not None,
+            "problems": [p.to_json() for p in problems],
+        }
+        if bundle is not None:
+            out.update(
+                policies=bundle.policy_count,
+                entities=len(bundle.entity_json),
+                revision=bundle.revision,
+            )
+        print(json.dumps(out, indent=2))
+    elif bundle is not None:
+        print(
+            f"ok: {bundle.policy_count} policies, {len(bundle.entity_json)} entities, "
+            f"revision {bundle.revision}"
+        )
+    else:
+        for problem in problems:
+            print(problem.render(), file=sys.stderr)
+        print(
+            f"{args.directory}: {len(problems)} problem(s); the sidecar refuses these policies",
+            file=sys.stderr,
+        )
+    return EXIT_OK if bundle is not None else EXIT_ERROR
