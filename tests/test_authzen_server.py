@@ -281,3 +281,30 @@ def test_a_zero_limit_evaluates_nothing_and_says_more_exist(tmp_path: Path) -> N
         assert len(decisions(run)) == before
     assert answer["results"] == [] and answer["page"]["count"] == 0
     assert answer["page"]["next_token"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/json"])
+def test_a_refused_chunked_body_does_not_poison_the_connection(
+    tmp_path: Path, content_type: str
+) -> None:
+    """Keep-alive survives a 400 or 404 whatever the body's framing."""
+    import http.client
+
+    with serving(tmp_path, CERT) as (_, pdp):
+        host, port = pdp.address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            chunks = iter([b'{"subject": {"type": "user", "id": "alice"}, ', b'"x": 1}'])
+            headers = {"Content-Type": content_type, "Transfer-Encoding": "chunked"}
+            for path in ("/access/v1/evaluation", "/nowhere"):
+                conn.request("POST", path, body=chunks, headers=headers, encode_chunked=True)
+                first = conn.getresponse()
+                first.read()
+                assert first.status in (400, 404)
+                json_type = {"Content-Type": "application/json"}
+                conn.request("POST", "/access/v1/evaluation", json.dumps(ALICE_READS), json_type)
+                second = conn.getresponse()
+                assert (second.status, json.loads(second.read())) == (200, {"decision": True})
+                chunks = iter([b"{}"])
+        finally:
+            conn.close()

@@ -98,6 +98,10 @@ class AuthzenApp:
     ) -> tuple[str, dict[str, Any], tuple[tuple[str, str], ...]]:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
+        limit = self._max_batch if path == "/access/v1/evaluations" else self._max_request
+        # Read before anything can fail: cheroot drains an unread fixed-length body,
+        # but an unread chunked one would be parsed as the connection's next request.
+        raw = _read_body(environ, limit)
         if path == WELL_KNOWN:
             if method not in ("GET", "HEAD"):
                 raise _HttpError("405 Method Not Allowed", f"{path} takes GET", [("Allow", "GET")])
@@ -105,11 +109,10 @@ class AuthzenApp:
             return "200 OK", self._service.metadata(_base_url(environ)), caching
         service = self._service
         handler: Callable[[Mapping[str, Any], CallMeta, float], dict[str, Any]]
-        limit = self._max_request
         if path == "/access/v1/evaluation":
             handler = service.evaluation
         elif path == "/access/v1/evaluations":
-            handler, limit = service.evaluations, self._max_batch
+            handler = service.evaluations
         elif path in _SEARCH:
             kind = _SEARCH[path]
 
@@ -120,19 +123,12 @@ class AuthzenApp:
             raise _HttpError("404 Not Found", f"no AuthZEN endpoint at {path}")
         if method != "POST":
             raise _HttpError("405 Method Not Allowed", f"{path} takes POST", [("Allow", "POST")])
-        body = _json_body(environ, limit)
+        body = _json_body(environ, raw)
         return "200 OK", handler(body, _meta(environ), started), (("Cache-Control", "no-store"),)
 
 
-def _json_body(environ: Environ, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object, or InvalidRequest saying what is wrong with it."""
-    media, charset = _media_type(environ.get("CONTENT_TYPE") or "")
-    if media != "application/json":
-        raise InvalidRequest(
-            "request", f"Content-Type must be application/json, got {media or 'none'}"
-        )
-    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
-        raise InvalidRequest("request", f"JSON must be UTF-8, got charset={charset}")
+def _read_body(environ: Environ, limit: int) -> bytes:
+    """The whole request body, or 413 (cheroot then closes the connection) over `limit`."""
     length_text = environ.get("CONTENT_LENGTH") or ""
     stream = environ["wsgi.input"]
     if length_text:
@@ -147,6 +143,19 @@ def _json_body(environ: Environ, limit: int) -> dict[str, Any]:
         raw = stream.read(limit + 1)
         if len(raw) > limit:
             raise _HttpError("413 Content Too Large", f"request: body over {limit} bytes")
+    data: bytes = raw
+    return data
+
+
+def _json_body(environ: Environ, raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or InvalidRequest saying what is wrong with it."""
+    media, charset = _media_type(environ.get("CONTENT_TYPE") or "")
+    if media != "application/json":
+        raise InvalidRequest(
+            "request", f"Content-Type must be application/json, got {media or 'none'}"
+        )
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise InvalidRequest("request", f"JSON must be UTF-8, got charset={charset}")
     if not raw.strip():
         raise InvalidRequest("request", "the body is empty; send a JSON object")
     try:
