@@ -261,10 +261,17 @@ def _first_bad_prefix(text: str, message: str) -> int | None:
             cedarpy.policies_to_json_str(text[:end])
         except ValueError as exc:
             if str(exc) != "unexpected end of input":
+                if str(exc) != message:
+                    return None
+                # Cedar may only notice a bad token one token later: when the message
+                # names it, point at its last occurrence in this prefix.
+                named = _BACKTICKED.fullmatch(message.removeprefix("unexpected token "))
+                if named and (at := _blank_comments(text[:end]).rfind(named.group(1))) >= 0:
+                    return at
                 start = previous
                 while start < end and text[start].isspace():
                     start += 1
-                return start if str(exc) == message else None
+                return start
         previous = end
     return None
 
