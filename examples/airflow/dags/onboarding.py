@@ -1,0 +1,69 @@
+"""Onboarding: create the account, grant access, issue a short-lived credential, notify.
+
+The DAG code only declares what each task does (`params=step(...)`); the
+cluster policy in airflow_local_settings.py asks stepguard before each task.
+Trigger it with a run conf naming the new hire, who asked, and who approved:
+
+    {"new_hire": "bob", "requester": "maria",
+     "approval": {"approver": "ines", "approved_at": "2026-11-25T09:00:00Z",
+                  "ticket": "CHG-1042"}}
+
+Against the example policies (policies/): the identity-changing steps need an
+approval by an identity approver who is not the requester, and on a critical
+target (okta, aws-prod) outside business hours a break-glass approval.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import dag, task
+from identity_systems import record
+
+from sidecar.integrations.airflow import step, step_decision
+
+PROVISIONER = "spiffe://example.org/ns/identity/sa/provisioner"
+NOTIFIER = "spiffe://example.org/ns/comms/sa/notifier"
+
+
+def provisioning(action: str, target: str) -> dict[str, Any]:
+    return step(action, target, workload=PROVISIONER)
+
+
+@dag(
+    dag_id="onboarding",
+    schedule=None,
+    catchup=False,
+    tags=["identity", "stepguard"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+)
+def onboarding() -> None:
+    @task(params=provisioning("create_account", "okta"))
+    def create_account(new_hire: str) -> str:
+        account = f"{new_hire}@example.org"
+        record("okta", "create_account", account=account)
+        return account
+
+    @task(params=provisioning("grant_access", "github"))
+    def grant_access(account: str, team: str) -> None:
+        record("github", "grant_access", account=account, team=team)
+
+    @task(params=provisioning("issue_credential", "aws-prod"))
+    def issue_credential(account: str) -> None:
+        ttl = step_decision().max_credential_ttl
+        if ttl is None:
+            raise ValueError("stepguard set no credential TTL: refusing an unbounded credential")
+        record("aws-prod", "issue_credential", account=account, ttl_s=int(ttl.total_seconds()))
+
+    @task(params=step("notify", "slack", workload=NOTIFIER))
+    def notify(account: str) -> None:
+        record("slack", "notify", account=account, message="welcome aboard")
+
+    account = create_account("{{ dag_run.conf['new_hire'] }}")
+    # One mapped task instance per team; each asks stepguard as grant_access[<i>].
+    granted = grant_access.partial(account=account).expand(team=["engineering", "on-call"])
+    granted >> issue_credential(account) >> notify(account)
+
+
+onboarding()

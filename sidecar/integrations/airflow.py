@@ -1,0 +1,211 @@
+"""Airflow 3 cluster policy: every task of every DAG asks stepguard right before it executes.
+
+Install, on the workers and the DAG processor, an `airflow_local_settings.py`
+on PYTHONPATH (or in $AIRFLOW_HOME/config) holding one line:
+
+    from sidecar.integrations.airflow import task_policy  # noqa: F401
+
+and tell it where the sidecar is, in airflow.cfg (`[stepguard]` target,
+timeout, workload) or the environment (`AIRFLOW__STEPGUARD__TARGET`,
+`AIRFLOW__STEPGUARD__WORKLOAD`); without a target it uses STEPGUARD_ADDRESS,
+which the Helm chart sets in worker containers. DAG code says what each task
+does through its params:
+
+    @task(params=step("create_account", target="okta"))
+
+How it works: when a DAG is loaded, the policy reads each task's declaration
+(a malformed one rejects the DAG with the reason) and chains a gate in front of
+the task's pre-execute hook. Right before `execute()`, the gate asks stepguard
+with the DAG id, run id, task id (`task[map_index]` for a mapped task), try
+number and the run conf's `requester`, `approval` and `time_bound`. On ALLOW
+the decision is put in the task's context (`step_decision(context)`, for
+example its credential TTL obligation); on DENY the task fails with the
+reasons in its log and is not retried; when no decision can be had, the task
+fails with a retryable error, and each retry asks again. The task never runs
+without an ALLOW.
+
+The declaration is read when the DAG is loaded, not from the run's params: a
+run conf with a `stepguard` key cannot change what a task says it does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import replace
+from typing import Any
+
+from sidecar.client import StepDecision, StepDenied, StepguardClient
+from sidecar.errors import StepguardError
+from sidecar.integrations.gate import (
+    ADDRESS_ENV,
+    Gate,
+    GuardConfig,
+    Verdict,
+    describe,
+    refusal,
+    verdict,
+)
+from sidecar.integrations.steps import RunFacts, Step, StepDeclarationError
+
+PARAM = "stepguard"  # the task param that holds the step declaration
+CONTEXT_KEY = "stepguard"  # where the gate leaves the ALLOW decision in the task context
+CONFIG_SECTION = "stepguard"
+_GATE_MARK = "__stepguard_gate__"
+
+log = logging.getLogger(__name__)
+
+
+def step(
+    action: str,
+    target: str,
+    *,
+    sensitivity: str | None = None,
+    workload: str | None = None,
+) -> dict[str, Any]:
+    """Task params declaring the step: `@task(params=step("grant_access", target="github"))`."""
+    return {PARAM: Step(action, target, sensitivity, workload).to_json()}
+
+
+def declared_step(task: Any) -> Step | None:
+    """The step a task declares in its own params, None when it declares none."""
+    params = getattr(task, "params", None) or {}
+    if PARAM not in params:
+        return None
+    return Step.from_json(params[PARAM])
+
+
+def config_from_airflow() -> GuardConfig:
+    """`[stepguard]` target, timeout and workload from Airflow's configuration (or
+    AIRFLOW__STEPGUARD__*); the target falls back to STEPGUARD_ADDRESS (Helm chart)."""
+    try:
+        from airflow.sdk.configuration import conf
+    except ImportError:  # an Airflow without the task SDK's configuration module
+        from airflow.configuration import conf
+    values = {
+        key: conf.get(CONFIG_SECTION, key, fallback=None)
+        for key in ("target", "timeout", "workload")
+    }
+    values["target"] = values["target"] or os.environ.get(ADDRESS_ENV)
+    return GuardConfig.from_strings(values)
+
+
+def facts_from_context(context: Mapping[str, Any]) -> RunFacts:
+    """Airflow's ids for this attempt, and the run conf as the run's input."""
+    ti = context["ti"]
+    map_index = getattr(ti, "map_index", -1)
+    step_id = ti.task_id if map_index is None or map_index < 0 else f"{ti.task_id}[{map_index}]"
+    dag_run = context.get("dag_run")
+    conf = getattr(dag_run, "conf", None) or {}
+    return RunFacts(
+        workflow_id=ti.dag_id,
+        run_id=ti.run_id,
+        step_id=step_id,
+        attempt=int(ti.try_number or 0),
+        inputs=dict(conf),
+    )
+
+
+def step_decision(context: Mapping[str, Any] | None = None) -> StepDecision:
+    """The ALLOW decision of the running task, e.g. `.max_credential_ttl`.
+
+    Raises when the task was not gated, so task code that depends on an
+    obligation cannot run unguarded by accident.
+    """
+    if context is None:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+    decision = context.get(CONTEXT_KEY)
+    if not isinstance(decision, StepDecision) or not decision.allowed:
+        raise StepguardError(
+            "this task was not authorized by stepguard: install "
+            "sidecar.integrations.airflow.task_policy in airflow_local_settings.py"
+        )
+    return decision
+
+
+class StepguardPolicy:
+    """The cluster policy. `config` defaults to Airflow's `[stepguard]` section, read per check."""
+
+    def __init__(
+        self,
+        config: GuardConfig | Callable[[], GuardConfig] | None = None,
+        *,
+        client: StepguardClient | None = None,
+    ) -> None:
+        self.gate = Gate(config if config is not None else config_from_airflow, client=client)
+
+    def as_task_policy(self) -> Callable[[Any], None]:
+        """A plain function for airflow_local_settings.py (Airflow's plugin manager
+        cannot register a bound method): `task_policy = StepguardPolicy(cfg).as_task_policy()`."""
+        policy = self
+
+        def task_policy(task: Any) -> None:
+            policy.task_policy(task)
+
+        return task_policy
+
+    def task_policy(self, task: Any) -> None:
+        """Chain the gate in front of the task's pre-execute hook (mapped tasks: their partial)."""
+        from airflow.exceptions import AirflowClusterPolicyViolation
+
+        try:
+            declared = declared_step(task)
+        except StepDeclarationError as exc:
+            dag_id = getattr(getattr(task, "dag", None), "dag_id", "?")
+            raise AirflowClusterPolicyViolation(
+                f"task {task.task_id!r} of DAG {dag_id!r}: invalid stepguard declaration: {exc}"
+            ) from exc
+        partial = getattr(task, "partial_kwargs", None)
+        if isinstance(partial, MutableMapping):  # a MappedOperator: unmapped tasks get this hook
+            partial["pre_execute"] = self._chain(declared, partial.get("pre_execute"))
+        else:
+            task._pre_execute_hook = self._chain(declared, task._pre_execute_hook)
+
+    def _chain(
+        self, declared: Step | None, previous: Callable[..., Any] | None
+    ) -> Callable[..., Any]:
+        if previous is not None and getattr(previous, _GATE_MARK, False):
+            return previous  # already gated (a policy applied twice)
+
+        def gate(context: MutableMapping[str, Any]) -> None:
+            self.check(declared, context)
+            if previous is not None:
+                previous(context)
+
+        setattr(gate, _GATE_MARK, True)
+        return gate
+
+    def check(self, declared: Step | None, context: MutableMapping[str, Any]) -> None:
+        """Ask; on ALLOW leave the decision in the context, otherwise fail the task."""
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        task_log = getattr(context.get("task"), "log", None) or log
+        try:
+            facts = facts_from_context(context)
+        except Exception as exc:
+            message = f"stepguard DENY: cannot read the task's Airflow ids: {exc!r}"
+            task_log.error(message)
+            raise AirflowFailException(message) from exc
+        decision = self.gate.check(declared, facts)
+        line = describe(decision, facts)
+        outcome = verdict(decision)
+        if outcome is Verdict.ALLOW:
+            task_log.info(line)
+            context[CONTEXT_KEY] = replace(decision, response=None)
+            return
+        task_log.error(line)
+        cause: StepDenied = refusal(decision)
+        if outcome is Verdict.UNAVAILABLE:
+            raise AirflowException(line) from cause  # retryable: the next try asks again
+        raise AirflowFailException(line) from cause  # a policy answer: no retry
+
+
+_default = StepguardPolicy()
+
+
+def task_policy(task: Any) -> None:
+    """The cluster policy Airflow looks up in airflow_local_settings.py (config from Airflow)."""
+    _default.task_policy(task)

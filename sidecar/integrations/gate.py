@@ -1,0 +1,174 @@
+"""The orchestrator-independent check that every guarded task makes before it runs.
+
+`Gate.check` never raises and never allows by accident: a task without a step
+declaration, a declaration or run input that cannot form a request, a
+misconfigured integration, an unreachable sidecar, all give a DENY
+`StepDecision` whose reason says why.
+
+`verdict` then splits the denials in two, because orchestrators should treat
+them differently:
+
+- DENY: the policy (or the request itself) says no. Retrying cannot change
+  that, so the task fails for good.
+- UNAVAILABLE: no decision could be had (the sidecar is down, restarting, or
+  too slow). The task still does not run; a retry asks again.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from sidecar.client import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT_S,
+    StepDecision,
+    StepDenied,
+    StepguardClient,
+    denied,
+)
+from sidecar.errors import ConfigError, StepguardError
+from sidecar.integrations.steps import EntityTypes, RunFacts, Step, build_request
+
+# gRPC codes after which asking again may succeed (see sidecar.client._rpc_failure).
+_TRANSIENT = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED"}
+)
+_RPC_FAILURE = re.compile(r"^stepguard call failed \((?P<code>[A-Z_]+)\)")
+# What the Helm chart's `stepguard.sidecar.workerEnv` sets in a worker container
+# (docs/deployment.md); the integrations fall back to it when not told otherwise.
+ADDRESS_ENV = "STEPGUARD_ADDRESS"
+
+
+@dataclass(frozen=True, slots=True)
+class GuardConfig:
+    """Where the sidecar is and who the worker is. `workload` is the default principal."""
+
+    target: str = DEFAULT_TARGET
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    workload: str | None = None
+    types: EntityTypes = field(default_factory=EntityTypes)
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            raise ConfigError("stepguard target must be HOST:PORT or unix:///path/to.sock")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"stepguard timeout must be positive seconds, got {self.timeout_s}")
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, str | None]) -> GuardConfig:
+        """From `target`, `timeout` and `workload` strings (an orchestrator's own config)."""
+        unknown = sorted(set(values) - {"target", "timeout", "workload"})
+        if unknown:
+            raise ConfigError(f"unknown stepguard setting(s): {', '.join(unknown)}")
+        timeout = values.get("timeout")
+        try:
+            timeout_s = float(timeout) if timeout else DEFAULT_TIMEOUT_S
+        except ValueError as exc:
+            raise ConfigError(f"stepguard timeout must be seconds, got {timeout!r}") from exc
+        return cls(
+            target=values.get("target") or DEFAULT_TARGET,
+            timeout_s=timeout_s,
+            workload=values.get("workload") or None,
+        )
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    UNAVAILABLE = "unavailable"
+
+
+def verdict(decision: StepDecision) -> Verdict:
+    if decision.allowed:
+        return Verdict.ALLOW
+    failure = _RPC_FAILURE.match(decision.reason)
+    if not decision.decision_id and failure and failure["code"] in _TRANSIENT:
+        return Verdict.UNAVAILABLE
+    return Verdict.DENY
+
+
+class StepguardUnavailable(StepDenied):
+    """No decision could be had, so the step did not run; asking again may succeed."""
+
+    def __init__(self, decision: StepDecision) -> None:
+        super().__init__(decision)
+        self.args = (f"stepguard unavailable, step not run: {decision.reason}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def refusal(decision: StepDecision) -> StepDenied:
+    """The exception that stops a task for a non-ALLOW decision."""
+    if verdict(decision) is Verdict.UNAVAILABLE:
+        return StepguardUnavailable(decision)
+    return StepDenied(decision)
+
+
+def describe(decision: StepDecision, facts: RunFacts) -> str:
+    """One log line a person can act on: what was asked, the answer, why, and the decision id."""
+    label = verdict(decision).name
+    where = f"{facts.workflow_id}/{facts.run_id}/{facts.step_id} attempt {facts.attempt}"
+    parts = [f"stepguard {label} {where}: {decision.reason or 'no reason given'}"]
+    if decision.determining_policies:
+        parts.append(f"policies: {', '.join(decision.determining_policies)}")
+    if decision.errors:
+        parts.append(f"errors: {'; '.join(decision.errors)}")
+    if decision.max_credential_ttl is not None:
+        parts.append(f"max credential TTL {int(decision.max_credential_ttl.total_seconds())}s")
+    parts.append(f"decision {decision.decision_id or '(none: not decided by the sidecar)'}")
+    return "; ".join(parts)
+
+
+class Gate:
+    """Asks once per task attempt. `config` may be a callable, read at each check."""
+
+    def __init__(
+        self,
+        config: GuardConfig | Callable[[], GuardConfig] = GuardConfig(),
+        *,
+        client: StepguardClient | None = None,
+    ) -> None:
+        self._config = config
+        self._client = client
+        self._clients: dict[tuple[str, float], StepguardClient] = {}
+        self._lock = threading.Lock()
+
+    def config(self) -> GuardConfig:
+        return self._config() if callable(self._config) else self._config
+
+    def check(self, step: Step | None, facts: RunFacts) -> StepDecision:
+        if step is None:
+            return denied(
+                f"task {facts.step_id!r} declares no stepguard step (action and target system), "
+                "so it cannot be authorized"
+            )
+        try:
+            config = self.config()
+            request = build_request(step, facts, workload=config.workload, types=config.types)
+        except StepguardError as exc:
+            return denied(f"cannot ask stepguard: {exc}")
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything else
+            return denied(f"stepguard integration error: {type(exc).__name__}: {exc}")
+        return self._client_for(config).authorize(request)
+
+    def _client_for(self, config: GuardConfig) -> StepguardClient:
+        if self._client is not None:
+            return self._client
+        key = (config.target, config.timeout_s)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = StepguardClient(config.target, timeout=config.timeout_s)
+                self._clients[key] = client
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()

@@ -1,0 +1,210 @@
+"""Prefect 3 task guard: every task run asks stepguard before its function body runs.
+
+    from sidecar.integrations.prefect import guarded_task
+
+    @guarded_task("create_account", target="okta", retries=2)
+    def create_account(new_hire: str) -> str: ...
+
+`guarded_task` is `prefect.task` around `guard`: the guard asks with the flow
+name as workflow, the flow-run id as run, the task-run id as step, the task
+run's `run_count` as attempt, and the flow run's `requester`, `approval` and
+`time_bound` parameters. On ALLOW the body runs and `current_decision()` gives
+it the decision (its credential TTL obligation, for one); on DENY the task run
+fails with the reasons in its log and the retry condition does not retry it;
+when no decision can be had, the task run fails and a retry (if the task has
+retries) asks again. The body never runs without an ALLOW.
+
+The sidecar is found through the environment, read at each check:
+`PREFECT_STEPGUARD_TARGET` (HOST:PORT or unix:///path, default 127.0.0.1:50051),
+`PREFECT_STEPGUARD_TIMEOUT` (seconds) and `PREFECT_STEPGUARD_WORKLOAD` (the
+worker's default SPIFFE id), or pass `config=GuardConfig(...)`. Without a
+target it uses STEPGUARD_ADDRESS, which the Helm chart sets in worker containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar, Token
+from dataclasses import replace
+from typing import Any, ParamSpec, TypeVar, cast
+
+from sidecar.client import StepDecision, StepDenied, StepguardClient, denied
+from sidecar.errors import StepguardError
+from sidecar.integrations.gate import (
+    ADDRESS_ENV,
+    Gate,
+    GuardConfig,
+    StepguardUnavailable,
+    Verdict,
+    describe,
+    refusal,
+    verdict,
+)
+from sidecar.integrations.steps import RunFacts, Step
+
+ENV_PREFIX = "PREFECT_STEPGUARD_"
+P = ParamSpec("P")
+R = TypeVar("R")
+RetryCondition = Callable[[Any, Any, Any], bool | Awaitable[bool]]
+
+log = logging.getLogger(__name__)
+_current: ContextVar[StepDecision | None] = ContextVar("stepguard_decision", default=None)
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> GuardConfig:
+    """PREFECT_STEPGUARD_{TARGET,TIMEOUT,WORKLOAD}; the target falls back to STEPGUARD_ADDRESS."""
+    env = os.environ if environ is None else environ
+    values = {key: env.get(ENV_PREFIX + key.upper()) for key in ("target", "timeout", "workload")}
+    values["target"] = values["target"] or env.get(ADDRESS_ENV)
+    return GuardConfig.from_strings(values)
+
+
+_default_gate = Gate(config_from_env)
+
+
+def facts_from_runtime() -> RunFacts:
+    """Prefect's ids for the current task run; empty ids (outside a run) are denied later."""
+    from prefect.runtime import flow_run, task_run
+
+    return RunFacts(
+        workflow_id=str(flow_run.flow_name or ""),
+        run_id=str(flow_run.id or ""),
+        step_id=str(task_run.id or ""),
+        attempt=int(task_run.run_count or 0),
+        inputs=dict(flow_run.parameters or {}),
+    )
+
+
+def current_decision() -> StepDecision:
+    """The ALLOW decision of the running guarded task; raises outside one."""
+    decision = _current.get()
+    if decision is None:
+        raise StepguardError(
+            "no stepguard decision here: call current_decision() inside a guarded task"
+        )
+    return decision
+
+
+def guard(
+    action: str,
+    target: str,
+    *,
+    sensitivity: str | None = None,
+    workload: str | None = None,
+    config: GuardConfig | Callable[[], GuardConfig] | None = None,
+    client: StepguardClient | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Wrap a task function so that it runs only after an ALLOW (sync or async)."""
+    declared = Step(action, target, sensitivity, workload)  # a bad declaration fails at import
+    gate = (
+        _default_gate
+        if config is None and client is None
+        else Gate(config if config is not None else config_from_env, client=client)
+    )
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def guarded_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                facts = _facts()
+                decision = await asyncio.to_thread(gate.check, declared, facts)
+                token = _admit(decision, facts)
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    _current.reset(token)
+
+            return cast(Callable[P, R], guarded_async)
+
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            facts = _facts()
+            token = _admit(gate.check(declared, facts), facts)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _current.reset(token)
+
+        return guarded
+
+    return wrap
+
+
+def guarded_task(
+    action: str,
+    target: str,
+    *,
+    sensitivity: str | None = None,
+    workload: str | None = None,
+    config: GuardConfig | Callable[[], GuardConfig] | None = None,
+    client: StepguardClient | None = None,
+    **task_options: Any,
+) -> Callable[[Callable[P, R]], Any]:
+    """`prefect.task(**task_options)` around `guard(...)`, with a retry condition that
+    never retries a denial (a `retry_condition_fn` you pass still decides the rest)."""
+    from prefect import task
+
+    condition = retry_unless_denied(task_options.pop("retry_condition_fn", None))
+    checked = guard(
+        action, target, sensitivity=sensitivity, workload=workload, config=config, client=client
+    )
+
+    def wrap(fn: Callable[P, R]) -> Any:
+        return task(**task_options, retry_condition_fn=condition)(checked(fn))
+
+    return wrap
+
+
+def retry_unless_denied(condition: RetryCondition | None = None) -> RetryCondition:
+    """A Prefect retry condition: a policy DENY is final, an unreachable sidecar is retried."""
+
+    def should_retry(task: Any, task_run: Any, state: Any) -> bool | Awaitable[bool]:
+        error = _exception_of(state)
+        if isinstance(error, StepguardUnavailable):
+            return True
+        if isinstance(error, StepDenied):
+            return False
+        return True if condition is None else condition(task, task_run, state)
+
+    return should_retry
+
+
+def _exception_of(state: Any) -> BaseException | None:
+    try:
+        result = state.result(raise_on_failure=False)
+    except Exception as exc:  # noqa: BLE001 - a state that re-raises its own exception
+        return exc
+    return result if isinstance(result, BaseException) else None
+
+
+def _facts() -> RunFacts:
+    try:
+        return facts_from_runtime()
+    except Exception as exc:
+        raise StepDenied(denied(f"cannot read Prefect's run ids: {exc!r}")) from exc
+
+
+def _admit(decision: StepDecision, facts: RunFacts) -> Token[StepDecision | None]:
+    """Log the decision; return the context token on ALLOW, raise the refusal otherwise."""
+    logger = _run_logger()
+    line = describe(decision, facts)
+    if verdict(decision) is Verdict.ALLOW:
+        logger.info(line)
+        return _current.set(replace(decision, response=None))
+    logger.error(line)
+    raise refusal(decision)
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        from prefect.logging import get_run_logger
+
+        return cast(logging.LoggerAdapter[logging.Logger], get_run_logger())
+    except Exception:  # noqa: BLE001 - outside a run context: plain logging
+        return log
