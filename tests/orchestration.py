@@ -1,0 +1,290 @@
+"""Real orchestrator runs against real sidecars, shared by the Airflow and Prefect tests.
+
+The orchestrators live in their own venvs (scripts/orchestrator_venvs.py) and
+run the example workflows in a subprocess; the sidecars run here, in .venv,
+with injected clocks and real audit files. One subprocess runs every scenario
+of its orchestrator, because starting an orchestrator costs most of the time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ROOT, Running, running_sidecar
+
+# A Wednesday morning (business hours) and a Sunday night (closed) in the
+# example calendar (policies/entities.json).
+WEDNESDAY_10 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+SUNDAY_03 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+
+APPROVED = {"approver": "ines", "approved_at": "2026-11-25T09:00:00Z", "ticket": "CHG-1042"}
+ONBOARDING_STEPS = ("create_account", "grant_access", "issue_credential", "notify")
+LEAVER_STEPS = ("revoke_access", "disable_credential", "verify_revocation")
+PROVISIONER = "spiffe://example.org/ns/identity/sa/provisioner"
+DEPROVISIONER = "spiffe://example.org/ns/identity/sa/deprovisioner"
+NOTIFIER = "spiffe://example.org/ns/comms/sa/notifier"
+# step -> (action, target system, workload), as the examples declare them
+DECLARED = {
+    "create_account": ("create_account", "okta", PROVISIONER),
+    "grant_access": ("grant_access", "github", PROVISIONER),
+    "issue_credential": ("issue_credential", "aws-prod", PROVISIONER),
+    "notify": ("notify", "slack", NOTIFIER),
+    "revoke_access": ("revoke_access", "okta", DEPROVISIONER),
+    "disable_credential": ("disable_credential", "aws-prod", DEPROVISIONER),
+    "verify_revocation": ("verify_revocation", "okta", DEPROVISIONER),
+}
+
+APPROVAL_POLICY = "identity-change-requires-independent-approval"
+AFTER_HOURS_POLICY = "sensitive-target-after-hours-requires-break-glass"
+TIME_BOUND_POLICY = "step-outside-time-bound"
+LEAVER_POLICY = "leaver-deprovisioning-any-time"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    workflow: str  # onboarding | leaver (the DAG id / flow name)
+    sidecar: str  # weekday | night | stopped
+    inputs: dict[str, Any]  # the run conf (Airflow) or flow parameters (Prefect)
+
+
+SCENARIOS = [
+    Scenario(
+        "approved",
+        "onboarding",
+        "weekday",
+        {"new_hire": "bob", "requester": "maria", "approval": APPROVED},
+    ),
+    Scenario("unapproved", "onboarding", "weekday", {"new_hire": "eve", "requester": "maria"}),
+    Scenario(
+        "self-approved",
+        "onboarding",
+        "weekday",
+        {"new_hire": "mallory", "requester": "ines", "approval": APPROVED},
+    ),
+    Scenario(
+        "onboarding-at-night",
+        "onboarding",
+        "night",
+        {"new_hire": "oscar", "requester": "maria", "approval": APPROVED},
+    ),
+    Scenario("leaver-at-night", "leaver", "night", {"person": "carol", "requester": "maria"}),
+    Scenario(
+        "leaver-expired",
+        "leaver",
+        "night",
+        {
+            "person": "dave",
+            "requester": "maria",
+            "time_bound": {"not_after": "2026-11-29T02:00:00Z"},
+        },
+    ),
+    Scenario(
+        "sidecar-stopped",
+        "onboarding",
+        "stopped",
+        {"new_hire": "peggy", "requester": "maria", "approval": APPROVED},
+    ),
+]
+
+
+@dataclass
+class TaskResult:
+    state: str  # success | failed | upstream_failed | ...
+    attempts: int
+    step_id: str  # the id stepguard was given for the step
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    state: str  # success | failed
+    tasks: dict[str, TaskResult]
+    effects: list[dict[str, Any]] = field(default_factory=list)
+
+    def ran(self) -> list[str]:
+        return [effect["action"] for effect in self.effects]
+
+
+@dataclass
+class Outcome:
+    """Everything a test checks: per-scenario results, each sidecar's trail, the runner's log."""
+
+    runs: dict[str, RunResult]
+    audits: dict[str, list[dict[str, Any]]]  # sidecar name -> decision events
+    log: str
+
+    def events(self, scenario: Scenario) -> list[dict[str, Any]]:
+        run_id = self.runs[scenario.name].run_id
+        return [e for events in self.audits.values() for e in events if e["run_id"] == run_id]
+
+
+def orchestrator_python(name: str) -> Path:
+    """The venv's python, built if needed; a skip that says why if the registry refused."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "orchestrator_venvs.py"), name],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    venv = ROOT / f".venv-{name}"
+    refused = venv / ".stepguard-refused"
+    if proc.returncode == 0 and refused.exists():
+        pytest.skip(
+            f"{venv.name} could not be built because the package registry refused: "
+            f"{refused.read_text().strip()}"
+        )
+    if proc.returncode != 0:
+        pytest.fail(f"building {venv.name} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
+    return venv / "bin" / "python"
+
+
+@contextmanager
+def sidecars(tmp: Path) -> Iterator[tuple[dict[str, str], dict[str, Running]]]:
+    """A weekday sidecar, a Sunday-night one, and the address of one that was stopped."""
+    with ExitStack() as stack:
+        running = {
+            "weekday": stack.enter_context(
+                running_sidecar(_dir(tmp / "weekday"), clock=lambda: WEDNESDAY_10)
+            ),
+            "night": stack.enter_context(
+                running_sidecar(_dir(tmp / "night"), clock=lambda: SUNDAY_03)
+            ),
+        }
+        with running_sidecar(_dir(tmp / "stopped")) as stopped:
+            dead = stopped.tcp
+        targets = {name: r.tcp for name, r in running.items()} | {"stopped": dead}
+        yield targets, running
+
+
+def run_scenarios(
+    python: Path,
+    runner: Path,
+    tmp: Path,
+    scenarios: list[Scenario],
+    env: dict[str, str],
+) -> Outcome:
+    """Run every scenario in one orchestrator process; collect results, effects and trails."""
+    with sidecars(tmp) as (targets, running):
+        plan = {
+            "scenarios": [
+                {
+                    "name": s.name,
+                    "workflow": s.workflow,
+                    "target": targets[s.sidecar],
+                    "inputs": s.inputs,
+                    "systems_log": str(tmp / f"{s.name}.systems.jsonl"),
+                }
+                for s in scenarios
+            ],
+            "examples": str(ROOT / "examples"),
+        }
+        (tmp / "plan.json").write_text(json.dumps(plan))
+        log_path = tmp / "runner.log"
+        with log_path.open("w") as log:
+            proc = subprocess.run(
+                [str(python), str(runner), str(tmp / "plan.json"), str(tmp / "results.json")],
+                cwd=tmp,
+                env=_clean_env() | env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=240,
+                check=False,
+            )
+        log_text = log_path.read_text(errors="replace")
+        if proc.returncode != 0:
+            pytest.fail(f"{runner.name} exited {proc.returncode}:\n{log_text[-6000:]}")
+        # Stopping drains and closes the trails, so every event is on disk.
+        for r in running.values():
+            r.sidecar.stop(grace=1.0)
+        audits = {
+            name: [e for e in r.audit_events() if e.get("kind", "decision") == "decision"]
+            for name, r in running.items()
+        }
+    raw = json.loads((tmp / "results.json").read_text())
+    runs = {}
+    for s in scenarios:
+        result = raw[s.name]
+        effects_file = tmp / f"{s.name}.systems.jsonl"
+        effects = (
+            [json.loads(line) for line in effects_file.read_text().splitlines()]
+            if effects_file.exists()
+            else []
+        )
+        runs[s.name] = RunResult(
+            run_id=result["run_id"],
+            state=result["state"],
+            tasks={name: TaskResult(**task) for name, task in result["tasks"].items()},
+            effects=effects,
+        )
+    return Outcome(runs, audits, log_text)
+
+
+def by_name(name: str) -> Scenario:
+    return next(s for s in SCENARIOS if s.name == name)
+
+
+def policies_of(event: dict[str, Any]) -> set[str]:
+    return {reason["policy"] for reason in event["reasons"]}
+
+
+def check_one_event_per_guarded_step(outcome: Outcome, scenario: Scenario) -> None:
+    """Every task that asked left exactly one event, carrying the orchestrator's ids."""
+    result = outcome.runs[scenario.name]
+    asked = {
+        name: task
+        for name, task in result.tasks.items()
+        if task.state in ("success", "failed") and scenario.sidecar != "stopped"
+    }
+    events = outcome.events(scenario)
+    assert sorted(e["step_id"] for e in events) == sorted(t.step_id for t in asked.values())
+    for name, task in asked.items():
+        (event,) = [e for e in events if e["step_id"] == task.step_id]
+        assert event["workflow_id"] == scenario.workflow
+        assert event["run_id"] == result.run_id
+        assert event["context"]["workflow_id"] == scenario.workflow
+        assert event["context"]["attempt"] == task.attempts
+        action, target, workload = DECLARED[name.split("[")[0]]
+        assert event["action"] == {"type": "Action", "id": action}
+        assert event["resource"] == {"type": "TargetSystem", "id": target}
+        assert event["principal"] == {"type": "Workload", "id": workload}
+        assert event["decision"] == ("ALLOW" if task.state == "success" else "DENY")
+
+
+def _dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without this venv's traces, so the orchestrator's venv is the one used."""
+    drop = {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTEST_CURRENT_TEST"}
+    return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("STEPGUARD_")}
+
+
+def orchestrators_imported_by_stepguard(python: Path) -> list[str]:
+    """Which of airflow/prefect importing stepguard (core and integrations) pulls in.
+
+    The orchestrator tests run this in their venvs, where both could be imported.
+    """
+    code = (
+        "import sys, sidecar, sidecar.client, sidecar.cli, sidecar.integrations.airflow, "
+        "sidecar.integrations.prefect; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & {'airflow', 'prefect'})))"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
