@@ -89,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help='deny requests whose principal is not Workload::"<caller SPIFFE ID>"',
     )
+    serve.add_argument(
+        "--watch",
+        action="store_true",
+        default=None,
+        help="reload policies, schema and entities when their files change",
+    )
+    serve.add_argument(
+        "--watch-interval", dest="watch_interval_s", type=float, help="poll period (s, default 1)"
+    )
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=_serve)

@@ -37,6 +37,10 @@ class Settings:
     workers: int = 16
     limits: Limits = field(default_factory=Limits)
     max_batch_bytes: int = 8 * 1024 * 1024
+    # Hot reload (sidecar/watch.py): poll the policy directory and swap in a new
+    # bundle when its files change; a broken change is refused.
+    watch: bool = False
+    watch_interval_s: float = 1.0
     # The audit trail (docs/audit.md). Durability: "flush" = each event is written
     # to the OS before its answer leaves (survives a killed sidecar); "fsync" =
     # also on disk (survives power loss). There is no setting without a trail.
@@ -80,6 +84,8 @@ class Settings:
             )
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.watch_interval_s <= 0:
+            raise ConfigError(f"watch_interval_s must be positive, got {self.watch_interval_s}")
         if self.grace_s < 0:
             raise ConfigError(f"grace must not be negative, got {self.grace_s}")
         for name in ("max_request_bytes", "max_attribute_depth", "max_batch_items"):
@@ -204,8 +210,10 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 kwargs[key] = Path(value)
             elif key in ("tls_cert", "tls_key", "tls_client_ca"):
                 kwargs[key] = None if str(value).lower() in _OFF else Path(value)
-            elif key == "bind_workload_identity":
+            elif key in ("bind_workload_identity", "watch"):
                 kwargs[key] = _flag(key, value)
+            elif key == "watch_interval_s":
+                kwargs[key] = float(value)
             elif key == "audit_hmac_key_file":
                 kwargs[key] = None if str(value).lower() in _OFF else Path(value)
             elif key == "audit_redact":

@@ -74,8 +74,14 @@ class Metrics:
         )
         self.reloads = Counter(
             "stepguard_policy_reloads_total",
-            "Policy reload attempts, by result.",
+            "Policy reload attempts, by result (success, failure).",
             ["result"],
+            registry=r,
+        )
+        self.reload_error = Gauge(
+            "stepguard_policy_reload_error",
+            "1 while the policy files on disk are refused (the last good bundle keeps "
+            "serving), 0 once the bundle in use matches them.",
             registry=r,
         )
         self.cache_lookups = Counter(

@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.aioserver import AioServer
@@ -28,12 +27,17 @@ from sidecar.bundle import Bundle, load_bundle
 from sidecar.cache import DecisionCache
 from sidecar.config import Settings, split_host_port
 from sidecar.decider import Decider
+from sidecar.httpstatus import start_status_server
 from sidecar.metrics import Metrics
 from sidecar.servicer import AuthorizerServicer, aio_generic_handler, generic_handler
 from sidecar.tls import CertificateReloader, TlsFiles
+from sidecar.watch import PolicyWatcher, ReloadStatus
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
+# gRPC health of the policy files under --watch: NOT_SERVING while a change is
+# refused (the last good bundle keeps serving; SERVICE_NAME stays SERVING).
+POLICY_HEALTH = "stepguard.policies"
 
 
 def utc_now() -> datetime:
@@ -106,6 +110,7 @@ class Sidecar:
         self._grpc: grpc.Server | None = None
         self._authzen: AuthzenServer | None = None
         self._metrics_server: Any = None
+        self.watcher: PolicyWatcher | None = None
         self._stopped = threading.Event()
         self.endpoints = Endpoints(None, None, None)
 
@@ -179,11 +184,21 @@ class Sidecar:
         self._grpc = server
         if s.metrics_listen is not None:
             host, port = split_host_port(s.metrics_listen, "metrics_listen")
-            httpd, _ = start_http_server(port, host, registry=self.metrics.registry)
+            httpd = start_status_server(host, port, self.metrics.registry, self.health_detail)
             self._metrics_server = httpd
             metrics = f"{host}:{httpd.server_port}"
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if s.watch:
+            self.health.set(POLICY_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+            self.watcher = PolicyWatcher(
+                s.policies,
+                self.holder,
+                self.metrics,
+                interval_s=s.watch_interval_s,
+                on_status=self._on_reload,
+            )
+            self.watcher.start()
         self._sync_audit_health()
         self.endpoints = Endpoints(tcp, sock, metrics, authzen)
         log.info(
@@ -217,11 +232,30 @@ class Sidecar:
                 status = health_pb2.HealthCheckResponse
                 self.health.set(SERVICE_NAME, status.SERVING if healthy else status.NOT_SERVING)
 
+    def _on_reload(self, status: ReloadStatus) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        self.health.set(
+            POLICY_HEALTH, serving if status.ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+    def health_detail(self) -> dict[str, Any]:
+        """What /healthz shows: the bundle in use and, under --watch, the reload state."""
+        bundle = self.holder.current()
+        watcher = self.watcher
+        return {
+            "policy_revision": bundle.revision,
+            "policies": bundle.policy_count,
+            "audit_healthy": bool(getattr(self.sink, "healthy", True)),
+            "reload": watcher.status().to_json() if watcher is not None else {"watching": False},
+        }
+
     def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown; safe to call twice."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.watcher is not None:
+            self.watcher.stop()
         self.health.enter_graceful_shutdown()
         grace = self.settings.grace_s if grace is None else grace
         # Both APIs stop accepting at once and drain in parallel, then the trail closes.
