@@ -572,3 +572,32 @@ def test_cached_decisions_are_audited_as_such() -> None:
     assert denied.decision is Decision.DENY
     assert "audit trail unavailable" in denied.summary()
     assert not decider.audit_healthy
+
+
+def test_every_kind_of_record_matches_the_published_schema(tmp_path: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema_path = Path(__file__).resolve().parent.parent / "sidecar/audit/event.schema.json"
+    validator = jsonschema.Draft202012Validator(json.loads(schema_path.read_text()))
+    path = tmp_path / "audit.jsonl"
+    sink = FlakyDisk(path, probe_interval_s=0.05)
+    meta = CallMeta(peer="ipv4:127.0.0.1:1", identity="spiffe://x/y", trace_id="cd" * 16)
+    from datetime import timedelta
+
+    with_ttl = Result(Decision.ALLOW, (), (), Obligations(timedelta(minutes=15)), "rev")
+    sink.write(build_event("d1", AT, request(), with_ttl, meta, cached=False, latency_s=0.001))
+    sink.full = True
+    with pytest.raises(AuditError):
+        sink.write(build_event("d2", AT, request(), ALLOW, CallMeta(), cached=True, latency_s=0))
+    sink.full = False
+    sink.write(build_event("d3", AT, request(), ALLOW, CallMeta(), cached=True, latency_s=0))
+    sink.close()
+    with path.open("ab") as f:
+        f.write(b'{"seq":9')
+    FileSink(path).close()
+    records = [json.loads(x) for x in lines_of(path)]
+    assert {r["kind"] for r in records} == {"segment", "decision", "outage", "recovery", "shutdown"}
+    for record in records:
+        errors = [e.message for e in validator.iter_errors(record)]
+        assert errors == [], (record["kind"], errors)
+    bad = dict(records[1], decision="MAYBE")
+    assert list(validator.iter_errors(bad))

@@ -1,0 +1,295 @@
+"""What the audit trail costs: decisions/s with the trail off, flushed, fsynced.
+
+    .venv/bin/python -m benchmarks.audit_bench [--seconds 5] [--rounds 3] [--clients 8]
+
+Same run, same load: for each round, three fresh sidecars in turn (the order
+rotates between rounds), each in its own process on TCP loopback, serving
+policies/ and answering the same ALLOW request from N concurrent asyncio
+clients on one channel (in this process). Modes:
+
+    off    the decider builds every event and hands it to a sink that drops it
+           (a NullSink injected here; no setting can select it)
+    flush  the default file trail: each event written to the OS before its answer
+    fsync  the file trail with durability fsync: on disk before its answer
+
+The figure per mode is the median over rounds; the ratios are against `off`.
+Each trail is verified after its run, and must hold an event for every answer.
+Targets (issue 3): flush >= 0.9x, fsync >= 0.6x. `--write` records the table in
+benchmarks/RESULTS.md under "Audit trail" (only that section is touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+MODES = ("off", "flush", "fsync")
+BEGIN = "<!-- audit-bench:begin (written by `python -m benchmarks.audit_bench --write`) -->"
+END = "<!-- audit-bench:end -->"
+TARGETS = {"flush": 0.9, "fsync": 0.6}
+
+
+def request() -> pb.AuthorizeRequest:
+    """A read-only notify step the example policies allow at any hour."""
+    from sidecar.jsonreq import request_from_json
+
+    return request_from_json(
+        {
+            "principal": {"type": "Workload", "id": "spiffe://example.org/ns/comms/sa/notifier"},
+            "action": {"type": "Action", "id": "notify"},
+            "resource": {"type": "TargetSystem", "id": "slack"},
+            "context": {"workflow_id": "onboarding", "run_id": "bench", "step_id": "notify"},
+        }
+    )
+
+
+# -- the server child -------------------------------------------------------------
+
+
+def serve(mode: str, audit_file: str) -> int:
+    """Child process: one sidecar in `mode`; prints READY <target>; serves until stdin closes."""
+    from sidecar.audit.sink import NullSink
+    from sidecar.config import Settings
+    from sidecar.server import Sidecar
+
+    settings = Settings(
+        policies=ROOT / "policies",
+        listen="127.0.0.1:0",
+        metrics_listen=None,
+        audit_file=audit_file,
+        audit_durability="fsync" if mode == "fsync" else "flush",
+    )
+    sidecar = Sidecar(settings, sink=NullSink() if mode == "off" else None)
+    endpoints = sidecar.start()
+    print(f"READY {endpoints.tcp}", flush=True)
+    sys.stdin.read()
+    sidecar.stop(1)
+    return 0
+
+
+# -- the load -------------------------------------------------------------------------
+
+
+async def _load(target: str, clients: int, warmup: float, seconds: float) -> tuple[int, list[str]]:
+    msg = request()
+    ids: list[str] = []
+    counted = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.AuthorizerStub(channel)
+        start = time.perf_counter()
+        measure_from = start + warmup
+        stop_at = measure_from + seconds
+
+        async def client() -> None:
+            nonlocal counted
+            while True:
+                resp = await stub.Authorize(msg, timeout=10)
+                now = time.perf_counter()
+                if resp.decision != pb.DECISION_ALLOW:
+                    raise RuntimeError(f"expected ALLOW, got {resp.reason}")
+                ids.append(resp.decision_id)
+                if now >= stop_at:
+                    return
+                if now >= measure_from:
+                    counted += 1
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return counted, ids
+
+
+def measure(mode: str, work: Path, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
+    audit = work / f"{mode}-{time.monotonic_ns()}" / "audit.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.audit_bench",
+            "--serve",
+            mode,
+            "--audit-file",
+            str(audit),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"server ({mode}) did not start: {line!r}")
+    target = line.split()[1]
+    cpu0 = _cpu_seconds(proc.pid)
+    try:
+        counted, ids = asyncio.run(_load(target, clients, warmup, seconds))
+    finally:
+        cpu1 = _cpu_seconds(proc.pid)
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    result: dict[str, Any] = {
+        "mode": mode,
+        "decisions_per_s": counted / seconds,
+        "server_cpu_us": (cpu1 - cpu0) / max(len(ids), 1) * 1e6,
+    }
+    if mode != "off":
+        result["trail_ok"] = _check_trail(audit, ids)
+    return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _check_trail(audit: Path, ids: list[str]) -> bool:
+    """The run counts only if its trail verifies and holds every answered decision."""
+    from sidecar.audit.verify import collect, verify
+
+    trail = collect([audit])[0]
+    if not verify(trail).ok:
+        return False
+    seen = set()
+    for seg in trail.segments:
+        for raw in seg.read_bytes().splitlines():
+            seen.add(json.loads(raw)["id"])
+    return all(i in seen for i in ids)
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def run(rounds: int, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
+    by_mode: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    with tempfile.TemporaryDirectory(prefix="audit-bench-", dir=ROOT / "benchmarks") as tmp:
+        for r in range(rounds):
+            order = MODES[r % 3 :] + MODES[: r % 3]
+            for mode in order:
+                res = measure(mode, Path(tmp), clients, warmup, seconds)
+                by_mode[mode].append(res)
+                print(
+                    f"round {r + 1} {mode:>5}: {res['decisions_per_s']:8.1f} decisions/s, "
+                    f"server CPU {res['server_cpu_us']:.0f} us/decision"
+                    + (f", trail ok: {res['trail_ok']}" if "trail_ok" in res else ""),
+                    flush=True,
+                )
+    summary: dict[str, Any] = {
+        "rounds": rounds,
+        "clients": clients,
+        "seconds": seconds,
+        "modes": {},
+    }
+    base = statistics.median(x["decisions_per_s"] for x in by_mode["off"])
+    for mode in MODES:
+        rates = [x["decisions_per_s"] for x in by_mode[mode]]
+        median = statistics.median(rates)
+        summary["modes"][mode] = {
+            "decisions_per_s": median,
+            "all": rates,
+            "ratio": median / base,
+            "server_cpu_us": statistics.median(x["server_cpu_us"] for x in by_mode[mode]),
+            "trail_ok": all(x.get("trail_ok", True) for x in by_mode[mode]),
+        }
+    return summary
+
+
+def render(summary: dict[str, Any], command: str) -> str:
+    modes = summary["modes"]
+    rows = []
+    for mode in MODES:
+        m = modes[mode]
+        target = TARGETS.get(mode)
+        verdict = (
+            "baseline"
+            if target is None
+            else (f">= {target}x: {'met' if m['ratio'] >= target else 'NOT met'}")
+        )
+        runs = ", ".join(f"{r:.0f}" for r in m["all"])
+        rows.append(
+            f"| {mode} | {m['decisions_per_s']:.0f} ({runs}) | {m['ratio']:.2f}x | {verdict} "
+            f"| {m['server_cpu_us']:.0f} | {'yes' if m['trail_ok'] else 'NO'} |"
+        )
+    cpu = os.cpu_count()
+    return "\n".join(
+        [
+            BEGIN,
+            "## Audit trail",
+            "",
+            f"Command: `{command}`, run {datetime.now(UTC).isoformat(timespec='seconds')}; "
+            f"{summary['clients']} concurrent clients (asyncio, one channel), "
+            f"{summary['seconds']:g} s per measurement after a warm-up, {summary['rounds']} "
+            "rounds, modes in rotating order, median reported.",
+            "",
+            f"Machine: {cpu} CPUs, {platform.platform()}; Python {platform.python_version()}. "
+            "Each sidecar runs in its own process on TCP loopback, serving policies/ and "
+            "answering an ALLOW (`notify` by the notifier workload). `off` hands every event "
+            "to a sink that drops it (benchmark only; no setting selects it). Each file trail "
+            "is verified after its run and must hold an event for every answered decision.",
+            "",
+            "| trail | decisions/s median (each round) | vs off | target | server CPU "
+            "us/decision | trail verified, every answer in it |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            END,
+        ]
+    )
+
+
+def write_results(section: str) -> None:
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--audit-file", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--write", action="store_true", help="record in benchmarks/RESULTS.md")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(args.serve, args.audit_file)
+    summary = run(args.rounds, args.clients, args.warmup, args.seconds)
+    command = ".venv/bin/python -m benchmarks.audit_bench " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"
+    )
+    section = render(summary, command.strip())
+    print(json.dumps(summary, indent=2) if args.json else section)
+    if args.write:
+        write_results(section)
+    ok = all(summary["modes"][m]["trail_ok"] for m in MODES)
+    met = all(summary["modes"][m]["ratio"] >= t for m, t in TARGETS.items())
+    return 0 if ok and met else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
