@@ -2,7 +2,8 @@
 
 Runs in .venv-prefect (not under pytest): `python prefect_runner.py PLAN RESULTS`.
 `prefect_test_harness` gives the flows a temporary local API (SQLite under
-PREFECT_HOME, loopback only). Each scenario points the guard at its sidecar
+PREFECT_HOME, loopback only); each task run's final state is taken from its
+on_completion / on_failure hook. Each scenario points the guard at its sidecar
 through PREFECT_STEPGUARD_TARGET, which it reads at every check.
 """
 
@@ -21,13 +22,30 @@ def main(plan_path: str, results_path: str) -> int:
     sys.path.insert(0, str(Path(plan["examples"]) / "prefect"))
     flows = importlib.import_module("identity_flows")
 
-    from prefect import Task, get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect import Task
     from prefect.testing.utilities import prefect_test_harness
+
+    # Task-run outcomes are taken from Prefect's own state hooks, in this process:
+    # the API records task-run states asynchronously and may lag behind the flow.
+    finished: list[dict[str, Any]] = []
+
+    def remember(task: Any, task_run: Any, state: Any) -> None:
+        finished.append(
+            {
+                "flow_run_id": str(task_run.flow_run_id),
+                "name": task.name,
+                "state": _state(state.type.value),
+                "attempts": task_run.run_count,
+                "step_id": str(task_run.id),
+            }
+        )
 
     for name, value in list(vars(flows).items()):
         if isinstance(value, Task):  # the examples wait 30 s between tries
-            setattr(flows, name, value.with_options(retry_delay_seconds=0))
+            hooked = value.with_options(
+                retry_delay_seconds=0, on_completion=[remember], on_failure=[remember]
+            )
+            setattr(flows, name, hooked)
 
     results: dict[str, Any] = {}
     with prefect_test_harness():
@@ -37,21 +55,14 @@ def main(plan_path: str, results_path: str) -> int:
             print(f"=== scenario {scenario['name']}", flush=True)
             flow = getattr(flows, scenario["workflow"])
             state = flow(**scenario["inputs"], return_state=True)
-            run_id = state.state_details.flow_run_id
-            with get_client(sync_client=True) as client:
-                task_runs = client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
-                )
+            run_id = str(state.state_details.flow_run_id)
             results[scenario["name"]] = {
-                "run_id": str(run_id),
+                "run_id": run_id,
                 "state": _state(state.type.value),
                 "tasks": {
-                    run.name.rsplit("-", 1)[0]: {
-                        "state": _state(run.state_type.value),
-                        "attempts": run.run_count,
-                        "step_id": str(run.id),
-                    }
-                    for run in task_runs
+                    run["name"]: {k: run[k] for k in ("state", "attempts", "step_id")}
+                    for run in finished
+                    if run["flow_run_id"] == run_id
                 },
             }
     Path(results_path).write_text(json.dumps(results, indent=1))
