@@ -1,25 +1,67 @@
 """The load generator: one for every server, so figures compare.
 
-A *call* is any zero-argument function that performs one RPC; the generator
-times each call on the client (perf_counter_ns) after a warm-up, and reports
-p50, p99 and throughput. Sequential load is one blocking client; concurrent
-load is N asyncio tasks sharing one channel (HTTP/2 multiplexing, how an
-orchestrator worker pool shares a sidecar connection).
+Every server is driven the same way: requests are serialized before the
+clock starts and sent as raw bytes through grpcio's generic stubs (Cerbos's
+with its own generated messages, stepguard's with its own), responses are
+taken as raw bytes, and each call is timed in the client with
+perf_counter_ns after a warm-up. Sequential load is one blocking client;
+concurrent load is N asyncio tasks sharing one channel (HTTP/2 multiplexing,
+how an orchestrator's worker pool shares a sidecar connection); a stream is
+one bidirectional call with up to `window` requests in flight.
+
+Measurements of one comparison are interleaved in rounds (A B C A B C ...)
+so that drift in a shared machine's load hits every subject alike; the
+samples of a subject's rounds are merged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import grpc.aio
 
+# The end-of-stream marker of grpc.aio reads (absent from the type stubs).
+EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _raw(b: bytes) -> bytes:
+    return b
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What to call: a server, a method, and the i-th request's bytes."""
+
+    label: str
+    target: str
+    pid: int | None
+    method: str
+    request: Callable[[int], bytes]
+    per_call: int = 1  # decisions per call (batch size)
+    stream: bool = False
+
+
+@dataclass
+class Samples:
+    latencies_ns: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu_s: float | None = 0.0
+
+    def add(self, other: Samples) -> None:
+        self.latencies_ns.extend(other.latencies_ns)
+        self.seconds += other.seconds
+        if self.cpu_s is None or other.cpu_s is None:
+            self.cpu_s = None
+        else:
+            self.cpu_s += other.cpu_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +77,11 @@ class Stats:
 
     @property
     def calls_per_s(self) -> float:
-        return self.calls / self.seconds
+        return self.calls / self.seconds if self.seconds else 0.0
 
     @property
     def decisions_per_s(self) -> float:
-        return self.calls * self.per_call / self.seconds
+        return self.calls_per_s * self.per_call
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,8 +95,23 @@ class Stats:
             "server_cpu_us": None if self.server_cpu_us is None else round(self.server_cpu_us, 1),
         }
 
+    @staticmethod
+    def from_samples(s: Samples, per_call: int) -> Stats:
+        lat = sorted(s.latencies_ns)
+        cpu = None
+        if s.cpu_s is not None and lat:
+            cpu = s.cpu_s * 1e6 / (len(lat) * per_call)
+        return Stats(
+            calls=len(lat),
+            seconds=s.seconds,
+            p50_us=percentile(lat, 0.50),
+            p99_us=percentile(lat, 0.99),
+            per_call=per_call,
+            server_cpu_us=cpu,
+        )
 
-def percentile(sorted_ns: list[int], q: float) -> float:
+
+def percentile(sorted_ns: Sequence[int], q: float) -> float:
     """Nearest-rank percentile of sorted nanosecond samples, in microseconds."""
     if not sorted_ns:
         return float("nan")
@@ -74,100 +131,176 @@ def process_cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _stats(
-    samples: list[int],
-    seconds: float,
-    per_call: int,
-    cpu: tuple[float | None, float | None],
-) -> Stats:
-    samples.sort()
-    cpu_us = None
-    if cpu[0] is not None and cpu[1] is not None and samples:
-        cpu_us = (cpu[1] - cpu[0]) * 1e6 / (len(samples) * per_call)
-    return Stats(
-        calls=len(samples),
-        seconds=seconds,
-        p50_us=percentile(samples, 0.50),
-        p99_us=percentile(samples, 0.99),
-        per_call=per_call,
-        server_cpu_us=cpu_us,
-    )
+class Counter:
+    """Request numbers, shared by every client of one subject across rounds."""
+
+    def __init__(self) -> None:
+        self._it = itertools.count()
+
+    def __call__(self) -> int:
+        return next(self._it)
 
 
-def sequential(
-    call: Callable[[], Any],
-    duration: float,
-    *,
-    warmup: float = 0.5,
-    per_call: int = 1,
-    server_pid: int | None = None,
-) -> Stats:
-    """One client, one call at a time, for `duration` seconds after `warmup`."""
+def _cpu_delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+def sequential(subject: Subject, seconds: float, counter: Counter, warmup: float) -> Samples:
+    """One blocking client, one call at a time."""
     clock = time.perf_counter_ns
-    end = clock() + int(warmup * 1e9)
-    while clock() < end:
-        call()
-    samples: list[int] = []
-    cpu0 = process_cpu_s(server_pid)
-    start = clock()
-    end = start + int(duration * 1e9)
-    t = start
-    while t < end:
-        call()
-        now = clock()
-        samples.append(now - t)
-        t = now
-    cpu1 = process_cpu_s(server_pid)
-    return _stats(samples, (t - start) / 1e9, per_call, (cpu0, cpu1))
+    with grpc.insecure_channel(subject.target) as channel:
+        call = channel.unary_unary(
+            subject.method, request_serializer=_raw, response_deserializer=_raw
+        )
+        end = clock() + int(warmup * 1e9)
+        while clock() < end:
+            call(subject.request(counter()))
+        samples: list[int] = []
+        cpu0 = process_cpu_s(subject.pid)
+        start = t = clock()
+        end = start + int(seconds * 1e9)
+        while t < end:
+            req = subject.request(counter())
+            t = clock()
+            call(req)
+            samples.append(clock() - t)
+        elapsed = (clock() - start) / 1e9
+        cpu1 = process_cpu_s(subject.pid)
+    return Samples(samples, elapsed, _cpu_delta(cpu0, cpu1))
 
 
 def concurrent(
-    target: str,
-    make_call: Callable[[grpc.aio.Channel], Callable[[], Awaitable[Any]]],
-    clients: int,
-    duration: float,
-    *,
-    warmup: float = 0.5,
-    per_call: int = 1,
-    server_pid: int | None = None,
-) -> Stats:
+    subject: Subject, clients: int, seconds: float, counter: Counter, warmup: float
+) -> Samples:
     """`clients` asyncio tasks on one channel, each calling back to back."""
-    return asyncio.run(
-        _concurrent(target, make_call, clients, duration, warmup, per_call, server_pid)
-    )
+    return asyncio.run(_concurrent(subject, clients, seconds, counter, warmup))
 
 
 async def _concurrent(
-    target: str,
-    make_call: Callable[[grpc.aio.Channel], Callable[[], Awaitable[Any]]],
-    clients: int,
-    duration: float,
-    warmup: float,
-    per_call: int,
-    server_pid: int | None,
-) -> Stats:
+    subject: Subject, clients: int, seconds: float, counter: Counter, warmup: float
+) -> Samples:
     clock = time.perf_counter_ns
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = make_call(channel)
+    async with grpc.aio.insecure_channel(subject.target) as channel:
+        call = channel.unary_unary(
+            subject.method, request_serializer=_raw, response_deserializer=_raw
+        )
         samples: list[int] = []
         measuring = False
-        stop_at = clock() + int((warmup + duration) * 1e9)
+        stop_at = clock() + int((warmup + seconds) * 1e9)
 
         async def worker() -> None:
             while True:
+                req = subject.request(counter())
                 t = clock()
                 if t >= stop_at:
                     return
-                await call()
+                await call(req)
                 if measuring:
                     samples.append(clock() - t)
 
         tasks = [asyncio.create_task(worker()) for _ in range(clients)]
         await asyncio.sleep(warmup)
         measuring = True
-        cpu0 = process_cpu_s(server_pid)
+        cpu0 = process_cpu_s(subject.pid)
         start = clock()
         await asyncio.gather(*tasks)
-        seconds = (clock() - start) / 1e9
-        cpu1 = process_cpu_s(server_pid)
-    return _stats(samples, seconds, per_call, (cpu0, cpu1))
+        elapsed = (clock() - start) / 1e9
+        cpu1 = process_cpu_s(subject.pid)
+    return Samples(samples, elapsed, _cpu_delta(cpu0, cpu1))
+
+
+def stream(
+    subject: Subject, window: int, seconds: float, counter: Counter, warmup: float
+) -> Samples:
+    """One bidirectional call, up to `window` requests in flight; per-item latency."""
+    return asyncio.run(_stream(subject, window, seconds, counter, warmup))
+
+
+async def _stream(
+    subject: Subject, window: int, seconds: float, counter: Counter, warmup: float
+) -> Samples:
+    clock = time.perf_counter_ns
+    async with grpc.aio.insecure_channel(subject.target) as channel:
+        call = channel.stream_stream(
+            subject.method, request_serializer=_raw, response_deserializer=_raw
+        )()  # type: ignore[call-arg]
+        slots = asyncio.Semaphore(window)
+        sent: list[int] = []
+        samples: list[int] = []
+        state = {"measuring": False, "done": False, "received": 0}
+        stop_at = clock() + int((warmup + seconds) * 1e9)
+
+        async def writer() -> None:
+            while clock() < stop_at:
+                await slots.acquire()
+                sent.append(clock())
+                await call.write(subject.request(counter()))
+            state["done"] = True
+            await call.done_writing()
+
+        async def reader() -> None:
+            while True:
+                answer = await call.read()
+                if answer is EOF:
+                    return
+                i = state["received"]
+                state["received"] = i + 1
+                if state["measuring"]:
+                    samples.append(clock() - sent[i])
+                slots.release()
+
+        tasks = [asyncio.create_task(writer()), asyncio.create_task(reader())]
+        await asyncio.sleep(warmup)
+        state["measuring"] = True
+        cpu0 = process_cpu_s(subject.pid)
+        start = clock()
+        await asyncio.gather(*tasks)
+        elapsed = (clock() - start) / 1e9
+        cpu1 = process_cpu_s(subject.pid)
+    return Samples(samples, elapsed, _cpu_delta(cpu0, cpu1))
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """How to drive a subject: `clients` concurrent tasks (0: sequential) or a stream window."""
+
+    clients: int = 0
+    window: int = 0
+
+    def run(self, subject: Subject, seconds: float, counter: Counter, warmup: float) -> Samples:
+        if subject.stream:
+            return stream(subject, max(1, self.window), seconds, counter, warmup)
+        if self.clients == 0:
+            return sequential(subject, seconds, counter, warmup)
+        return concurrent(subject, self.clients, seconds, counter, warmup)
+
+
+def interleaved(
+    runs: Sequence[tuple[Subject, Load]],
+    seconds: float,
+    *,
+    rounds: int,
+    warmup: float,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[Stats]:
+    """Measure each (subject, load) for `seconds` in total, in `rounds` interleaved slices."""
+    merged = [Samples() for _ in runs]
+    counters = [Counter() for _ in runs]
+    for _ in range(rounds):
+        for i, (subject, load) in enumerate(runs):
+            merged[i].add(load.run(subject, seconds / rounds, counters[i], warmup))
+    stats = [Stats.from_samples(m, s.per_call) for m, (s, _) in zip(merged, runs, strict=True)]
+    for (subject, load), st in zip(runs, stats, strict=True):
+        progress(f"{subject.label:28s} {_describe(load, subject):10s} {line(st)}")
+    return stats
+
+
+def _describe(load: Load, subject: Subject) -> str:
+    if subject.stream:
+        return f"window {load.window}"
+    return "1 client" if load.clients == 0 else f"{load.clients} clients"
+
+
+def line(st: Stats) -> str:
+    cpu = f"  cpu {st.server_cpu_us:6.0f} us/dec" if st.server_cpu_us is not None else ""
+    return f"p50 {st.p50_us:8.0f} us  p99 {st.p99_us:8.0f} us  {st.decisions_per_s:8.0f} dec/s{cpu}"

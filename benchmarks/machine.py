@@ -35,3 +35,12 @@ def describe() -> dict[str, str]:
         "protobuf": _version("protobuf"),
         "cedarpy": _version("cedarpy"),
     }
+
+
+def loadavg() -> str:
+    """1, 5 and 15 minute load averages: other work sharing the machine shows here."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "unknown"

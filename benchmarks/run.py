@@ -1,13 +1,20 @@
 """`./dev bench`: start the servers, drive them with one load generator, report.
 
-    ./dev bench            # default run (a few minutes)
-    ./dev bench --quick    # a short smoke run (about 30 s)
+    ./dev bench                  # the default run (about 3 minutes)
+    ./dev bench --quick          # a short smoke run (about a minute)
+    ./dev bench --memory-requests 1000000   # the full memory figure (about 15 min)
 
-Servers started in every run (each in its own process):
-- `empty`: baseline A, an Authorizer that returns an empty response on the
-  same gRPC stack, options and transport as stepguard;
-- `stepguard`: the real sidecar on policies/, audit trail to a real file.
-Each figure is reported with its ratio to the baseline measured in this run.
+Every server runs in its own process, started by this run:
+- baseline A: an empty servicer (parses the request, answers an empty
+  AuthorizeResponse) on the same gRPC stack, options and transport;
+- stepguard on policies/ (cache on, audit trail to a real file), on TCP
+  loopback and a Unix socket, with the sync (default) and asyncio servers;
+- stepguard on bundles of 20, 200 and 2,000 policies;
+- Cerbos 0.55 (installed from npm into benchmarks/.work/cerbos) with an
+  equivalent resource policy and its file audit log on.
+Baseline B, in-process cedarpy with parsed handles, is timed in this process.
+Every figure is reported with its ratio to a baseline measured in this run,
+and the targets of issue 4 are checked in RESULTS.md.
 """
 
 from __future__ import annotations
@@ -16,165 +23,342 @@ import argparse
 import json
 import shlex
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cedarpy
 import grpc
-import grpc.aio
 
-from benchmarks import load, machine
-from benchmarks.procs import ROOT, WORK, python_server
-from benchmarks.results import table, write_section
-from benchmarks.workload import example_request
+from benchmarks import cerbos, load, machine, memory, plot
+from benchmarks.load import Load, Stats, Subject
+from benchmarks.policies import bundle_dir
+from benchmarks.procs import ROOT, WORK, Running, python_server
+from benchmarks.report import render
+from benchmarks.results import write_section
+from benchmarks.workload import METHOD, batch, distinct, example_request, same, stream_items
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.bundle import Bundle, load_bundle
+from sidecar.engine import evaluate
+from sidecar.validate import Limits, request_from_proto
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+PLOT = ROOT / "benchmarks" / "latency.png"
+POLICY_COUNTS = (20, 200, 2000)
+CONCURRENCY = (1, 8, 32)
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    seconds: float
+    rounds: int
+    warmup: float
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="./dev bench", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="short run: 1 s per measurement")
-    p.add_argument("--duration", type=float, help="seconds per measurement (default 5)")
+    p.add_argument("--quick", action="store_true", help="short run: 0.6 s per measurement")
+    p.add_argument("--duration", type=float, help="seconds per measurement (default 2.5)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds per measurement (default 3)")
     p.add_argument(
-        "--clients", default="8", help="comma-separated concurrent client counts (default 8)"
+        "--memory-requests",
+        type=int,
+        help="distinct requests for the memory figure (default 30000; the issue's is 1000000)",
     )
+    p.add_argument("--no-cerbos", action="store_true", help="skip the Cerbos peer")
     p.add_argument("--out", type=Path, default=RESULTS, help="results file to update")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
     return p.parse_args(argv)
 
 
-def _unary(req: pb.AuthorizeRequest) -> Callable[[grpc.aio.Channel], Callable[[], Awaitable[Any]]]:
-    def make(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
-        stub = pb_grpc.AuthorizerStub(channel)
-        return lambda: stub.Authorize(req)
-
-    return make
-
-
-def _call(stub: pb_grpc.AuthorizerStub, req: pb.AuthorizeRequest) -> Callable[[], Any]:
-    return lambda: stub.Authorize(req)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    duration = args.duration or (1.0 if args.quick else 5.0)
-    clients = [int(c) for c in args.clients.split(",") if c.strip()]
-    command = "./dev bench" + ("".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:])))
+    timing = Timing(
+        seconds=args.duration or (0.6 if args.quick else 2.5),
+        rounds=args.rounds or (1 if args.quick else 3),
+        warmup=0.15 if args.quick else 0.2,
+    )
+    memory_requests = args.memory_requests or (3000 if args.quick else 30000)
+    command = "./dev bench" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     started = datetime.now(UTC)
-    audit = WORK / "audit.jsonl"
-    audit.unlink(missing_ok=True)
-    req = example_request()
-    results: dict[str, dict[str, Any]] = {}
-
-    with (
-        python_server("empty", ["empty"]) as empty,
-        python_server("stepguard", ["stepguard", "--audit-file", str(audit)]) as sg,
-    ):
-        servers = (empty, sg)
-        channels = {s.name: grpc.insecure_channel(s.target) for s in servers}
-        stubs = {n: pb_grpc.AuthorizerStub(c) for n, c in channels.items()}
-        answer = stubs["stepguard"].Authorize(req)
-        if answer.decision != pb.DECISION_ALLOW:
-            raise SystemExit(f"the example request is not ALLOWed: {answer.reason}")
-        for s in servers:
-            stub = stubs[s.name]
-            print(f"sequential  {s.name:10s}", end=" ", flush=True)
-            st = load.sequential(_call(stub, req), duration, server_pid=s.pid)
-            print(_line(st))
-            results.setdefault("sequential", {})[s.name] = st.to_json()
-        for n in clients:
-            for s in servers:
-                print(f"{n:2d} clients  {s.name:10s}", end=" ", flush=True)
-                st = load.concurrent(s.target, _unary(req), n, duration, server_pid=s.pid)
-                print(_line(st))
-                results.setdefault(f"concurrent_{n}", {})[s.name] = st.to_json()
-        for c in channels.values():
-            c.close()
-    audited = sum(1 for _ in audit.open("rb"))
-    info = machine.describe()
-    record = {
+    t0 = time.monotonic()
+    WORK.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
         "command": command,
         "started": started.isoformat(timespec="seconds"),
-        "duration_s": duration,
-        "machine": info,
-        "audit_events": audited,
-        "results": results,
+        "timing": {"seconds": timing.seconds, "rounds": timing.rounds, "warmup": timing.warmup},
+        "machine": machine.describe(),
+        "load_before": machine.loadavg(),
+        "concurrency": list(CONCURRENCY),
     }
-    WORK.mkdir(parents=True, exist_ok=True)
-    (WORK / "results.json").write_text(json.dumps(record, indent=2))
-    body = render(record)
+    with ExitStack() as stack:
+        servers = _start(stack, cerbos_on=not args.no_cerbos)
+        _sanity(servers)
+        record["results"] = _measure(servers, timing)
+        record["audit_events"] = _count_lines(WORK / "audit.jsonl")
+    record["baseline_b"] = _baseline_b(timing)
+    print(f"memory: {memory_requests} distinct requests through a fresh stepguard")
+    record["memory"] = memory.run(memory_requests).to_json()
+    record["load_after"] = machine.loadavg()
+    record["wall_s"] = round(time.monotonic() - t0, 1)
+    (WORK / "results.json").write_text(json.dumps(record, indent=1))
+    body = render(record, PLOT.name)
     print(body)
     if not args.no_write:
+        plot.draw(record, PLOT)
         write_section(args.out, body)
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out} and {PLOT}")
     return 0
 
 
-def _line(st: load.Stats) -> str:
-    cpu = f"  server cpu {st.server_cpu_us:7.1f} us/dec" if st.server_cpu_us is not None else ""
-    return f"p50 {st.p50_us:8.1f} us  p99 {st.p99_us:8.1f} us  {st.decisions_per_s:9.0f} dec/s{cpu}"
+# --- servers --------------------------------------------------------------------
 
 
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "n/a"
+def _start(stack: ExitStack, *, cerbos_on: bool) -> dict[str, Running]:
+    audit = WORK / "audit.jsonl"
+    for old in WORK.glob("audit*.jsonl*"):
+        old.unlink()
+    sock = WORK / "sock"
+    sock.mkdir(exist_ok=True)
 
+    def serve(name: str, *args: str) -> Running:
+        print(f"starting {name}", flush=True)
+        return stack.enter_context(python_server(name, args))
 
-def render(record: dict[str, Any]) -> str:
-    m = record["machine"]
-    res = record["results"]
-    rows = []
-    for scenario, by_server in res.items():
-        e, s = by_server["empty"], by_server["stepguard"]
-        label = (
-            "sequential (1 client)"
-            if scenario == "sequential"
-            else (scenario.replace("concurrent_", "") + " concurrent clients")
+    servers = {
+        "empty": serve("empty", "empty", "--socket", str(sock / "empty.sock")),
+        "stepguard": serve(
+            "stepguard", "stepguard", "--audit-file", str(audit), "--socket", str(sock / "sg.sock")
+        ),
+        "empty-aio": serve("empty-aio", "empty", "--mode", "asyncio"),
+        "stepguard-aio": serve(
+            "stepguard-aio",
+            "stepguard",
+            "--mode",
+            "asyncio",
+            "--audit-file",
+            str(WORK / "audit-aio.jsonl"),
+        ),
+    }
+    for n in POLICY_COUNTS:
+        policies = bundle_dir(n, WORK)
+        servers[f"stepguard-{n}"] = serve(
+            f"stepguard-{n}",
+            "stepguard",
+            "--policies",
+            str(policies),
+            "--audit-file",
+            str(WORK / f"audit-{n}.jsonl"),
         )
-        rows.append(
-            [
-                label,
-                f"{e['p50_us']:.0f} / {s['p50_us']:.0f}",
-                _ratio(s["p50_us"], e["p50_us"]),
-                f"{e['p99_us']:.0f} / {s['p99_us']:.0f}",
-                _ratio(s["p99_us"], e["p99_us"]),
-                f"{e['decisions_per_s']:.0f} / {s['decisions_per_s']:.0f}",
-                _ratio(s["decisions_per_s"], e["decisions_per_s"]),
-                f"{e['server_cpu_us']} / {s['server_cpu_us']}",
-            ]
+    if cerbos_on:
+        print("starting cerbos", flush=True)
+        servers["cerbos"] = stack.enter_context(cerbos.server())
+    return servers
+
+
+def _sanity(servers: dict[str, Running]) -> None:
+    """Every server answers what the benchmark claims before anything is timed."""
+    for name in ("stepguard", "stepguard-aio", *(f"stepguard-{n}" for n in POLICY_COUNTS)):
+        target = "sys-1" if name[-1].isdigit() else "jira"
+        with grpc.insecure_channel(servers[name].target) as ch:
+            stub = ch.unary_unary(
+                METHOD + "Authorize",
+                request_serializer=pb.AuthorizeRequest.SerializeToString,
+                response_deserializer=pb.AuthorizeResponse.FromString,
+            )
+            resp: pb.AuthorizeResponse = stub(example_request(target=target), timeout=10)
+            if resp.decision != pb.DECISION_ALLOW:
+                raise SystemExit(f"{name}: the benchmark request is not ALLOWed: {resp.reason}")
+    if "cerbos" in servers:
+        with grpc.insecure_channel(servers["cerbos"].target) as ch:
+            call = ch.unary_unary(
+                cerbos.CHECK, request_serializer=lambda b: b, response_deserializer=lambda b: b
+            )
+            answer = cerbos.decode(call(cerbos.check_request(50), timeout=10))
+            if answer.effects != ("EFFECT_ALLOW",) * 50:
+                raise SystemExit(f"Cerbos does not allow the benchmark request: {answer}")
+
+
+# --- measurements ---------------------------------------------------------------
+
+
+def _subjects(servers: dict[str, Running]) -> dict[str, Subject]:
+    example = example_request()
+    sys1 = example_request(target="sys-1")
+    s: dict[str, Subject] = {}
+
+    def add(label: str, srv: str, method: str, make: Callable[[int], bytes], **kw: Any) -> None:
+        if srv not in servers:
+            return
+        run = servers[srv]
+        unix = kw.pop("unix", False)
+        s[label] = Subject(label, run.unix if unix else run.target, run.pid, method, make, **kw)
+
+    auth, bat, stream = METHOD + "Authorize", METHOD + "AuthorizeBatch", METHOD + "AuthorizeStream"
+    add("empty servicer", "empty", auth, same(example))
+    add("stepguard hit", "stepguard", auth, same(example))
+    add("stepguard miss", "stepguard", auth, distinct(example))
+    for n in POLICY_COUNTS:
+        add(f"stepguard miss, {n} policies", f"stepguard-{n}", auth, distinct(sys1))
+    add("empty batch 100", "empty", bat, batch(example, 100, hit=True), per_call=100)
+    add("stepguard batch 100 hit", "stepguard", bat, batch(example, 100, hit=True), per_call=100)
+    add("stepguard batch 100 miss", "stepguard", bat, batch(example, 100, hit=False), per_call=100)
+    add("stepguard batch 50 hit", "stepguard", bat, batch(example, 50, hit=True), per_call=50)
+    add("stepguard batch 50 miss", "stepguard", bat, batch(example, 50, hit=False), per_call=50)
+    add("empty, unix socket", "empty", auth, same(example), unix=True)
+    add("stepguard hit, unix socket", "stepguard", auth, same(example), unix=True)
+    add("stepguard miss, unix socket", "stepguard", auth, distinct(example, "u"), unix=True)
+    add("empty, asyncio server", "empty-aio", auth, same(example))
+    add("stepguard hit, asyncio server", "stepguard-aio", auth, same(example))
+    add("stepguard miss, asyncio server", "stepguard-aio", auth, distinct(example))
+    add("empty stream", "empty", stream, stream_items(example, hit=True), stream=True)
+    add("stepguard stream hit", "stepguard", stream, stream_items(example, hit=True), stream=True)
+    add("stepguard stream miss", "stepguard", stream, stream_items(example, hit=False), stream=True)
+    if "cerbos" in servers:
+        pool = [cerbos.check_request(1, run=i) for i in range(1000)]
+        pool50 = [cerbos.check_request(50, run=i) for i in range(50)]
+        add("Cerbos", "cerbos", cerbos.CHECK, lambda i: pool[i % len(pool)])
+        add("Cerbos batch 50", "cerbos", cerbos.CHECK, lambda i: pool50[i % 50], per_call=50)
+    return s
+
+
+GROUPS: dict[str, list[tuple[str, Load]]] = {
+    "seq": [
+        (name, Load())
+        for name in (
+            "empty servicer",
+            "stepguard hit",
+            "stepguard miss",
+            "Cerbos",
+            *(f"stepguard miss, {n} policies" for n in POLICY_COUNTS),
+            "empty batch 100",
+            "stepguard batch 100 hit",
+            "stepguard batch 100 miss",
         )
-    return "\n".join(
-        [
-            "## Authorize against an empty servicer",
-            "",
-            f"Command: `{record['command']}` ({record['duration_s']:g} s per measurement, "
-            f"after a 0.5 s warm-up), run {record['started']}.",
-            "",
-            f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python {m['python']}, "
-            f"grpcio {m['grpcio']}, protobuf {m['protobuf']}, cedarpy {m['cedarpy']}.",
-            "",
-            "Both servers run in their own process on TCP loopback, built the same way "
-            "(grpcio sync server, 16 worker threads). stepguard serves policies/ with its "
-            "audit trail written to a real file "
-            f"(benchmarks/.work/audit.jsonl, {record['audit_events']} events in this run). "
-            "The request is an approved `grant_access` on `jira` by the provisioning workload "
-            "(ALLOW; every example policy is evaluated). Latencies are measured in the client "
-            "(Python, grpcio), per call; concurrent clients are asyncio tasks on one channel.",
-            "",
-            table(
-                [
-                    "load",
-                    "p50 us (empty / stepguard)",
-                    "p50 ratio",
-                    "p99 us (empty / stepguard)",
-                    "p99 ratio",
-                    "decisions/s (empty / stepguard)",
-                    "throughput ratio",
-                    "server CPU us/decision",
-                ],
-                rows,
-            ),
-        ]
+    ],
+    "c8": [(n, Load(8)) for n in ("empty servicer", "stepguard hit", "stepguard miss", "Cerbos")],
+    "c32": [(n, Load(32)) for n in ("empty servicer", "stepguard hit", "stepguard miss", "Cerbos")],
+    "transport": [
+        ("empty servicer", Load()),
+        ("stepguard hit", Load()),
+        ("stepguard miss", Load()),
+        ("empty, unix socket", Load()),
+        ("stepguard hit, unix socket", Load()),
+        ("stepguard miss, unix socket", Load()),
+        ("empty, asyncio server", Load()),
+        ("stepguard hit, asyncio server", Load()),
+        ("stepguard miss, asyncio server", Load()),
+        ("empty stream", Load(window=1)),
+        ("stepguard stream hit", Load(window=1)),
+        ("stepguard stream miss", Load(window=1)),
+    ],
+    "transport8": [
+        ("empty servicer", Load(8)),
+        ("stepguard miss", Load(8)),
+        ("empty, unix socket", Load(8)),
+        ("stepguard miss, unix socket", Load(8)),
+        ("empty, asyncio server", Load(8)),
+        ("stepguard miss, asyncio server", Load(8)),
+    ],
+    "throughput": [
+        ("Cerbos", Load(8)),
+        ("empty stream", Load(window=64)),
+        ("stepguard stream hit", Load(window=64)),
+        ("stepguard stream miss", Load(window=64)),
+        ("Cerbos batch 50", Load(8)),
+        ("stepguard batch 50 hit", Load(8)),
+        ("stepguard batch 50 miss", Load(8)),
+    ],
+}
+
+
+def _measure(servers: dict[str, Running], timing: Timing) -> dict[str, dict[str, Any]]:
+    subjects = _subjects(servers)
+    out: dict[str, dict[str, Any]] = {}
+    for group, entries in GROUPS.items():
+        runs = [(subjects[name], ld) for name, ld in entries if name in subjects]
+        print(f"-- {group}", flush=True)
+        stats = load.interleaved(
+            runs,
+            timing.seconds,
+            rounds=timing.rounds,
+            warmup=timing.warmup,
+            progress=lambda text: print(text, flush=True),
+        )
+        out[group] = {
+            subj.label: {**st.to_json(), "clients": ld.clients, "window": ld.window}
+            for (subj, ld), st in zip(runs, stats, strict=True)
+        }
+    return out
+
+
+# --- baseline B: in-process cedarpy --------------------------------------------------
+
+
+def _in_process(fn: Callable[[], Any], seconds: float) -> Stats:
+    clock = time.perf_counter_ns
+    end = clock() + int(0.1 * 1e9)
+    while clock() < end:
+        fn()
+    samples: list[int] = []
+    start = t = clock()
+    while t - start < seconds * 1e9:
+        fn()
+        now = clock()
+        samples.append(now - t)
+        t = now
+    samples.sort()
+    return Stats(
+        len(samples),
+        (t - start) / 1e9,
+        load.percentile(samples, 0.5),
+        load.percentile(samples, 0.99),
     )
+
+
+def _baseline_b(timing: Timing) -> dict[str, Any]:
+    """cedarpy.is_authorized with the parsed handles, every policy; and engine.evaluate."""
+    out: dict[str, Any] = {}
+    bundles: dict[str, tuple[Bundle, str]] = {"example": (load_bundle(ROOT / "policies"), "jira")}
+    for n in POLICY_COUNTS:
+        bundles[str(n)] = (load_bundle(WORK / f"policies-{n}"), "sys-1")
+    seconds = max(0.3, timing.seconds / 3)
+    for name, (bundle, target) in bundles.items():
+        request = request_from_proto(
+            example_request(target=target), bundle, Limits(), now=datetime.now(UTC)
+        )
+        cedar_request = {
+            "principal": request.principal.to_json(),
+            "action": request.action.to_json(),
+            "resource": request.resource.to_json(),
+            "context": dict(request.context),
+        }
+        full = _in_process(_cedar_call(bundle, cedar_request), seconds)
+        indexed = _in_process(partial(evaluate, bundle, request), seconds)
+        chosen = bundle.index.candidates(request) if bundle.index else None
+        out[name] = {
+            **full.to_json(),
+            "policies": bundle.policy_count,
+            "evaluated_by_index": len(chosen) if chosen is not None else bundle.policy_count,
+            "engine_indexed_p50_us": round(indexed.p50_us, 1),
+        }
+        print(
+            f"baseline B {name:8s} cedarpy p50 {full.p50_us:7.0f} us, "
+            f"engine.evaluate (indexed) p50 {indexed.p50_us:7.0f} us",
+            flush=True,
+        )
+    return out
+
+
+def _cedar_call(bundle: Bundle, cedar_request: dict[str, Any]) -> Callable[[], Any]:
+    ps, ents, schema = bundle.policy_set, bundle.entities, bundle.schema
+    return lambda: cedarpy.is_authorized(cedar_request, ps, ents, schema)
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for _ in path.open("rb")) if path.exists() else 0

@@ -2,65 +2,129 @@
 
 Each server runs in a child process so it has its own interpreter and GIL, as
 it would in production, and the load generator does not share them. The child
-prints one line, `READY <target>`, once it accepts calls, then serves until its
-stdin closes.
+prints one line, `READY <tcp target> <unix target or ->`, once it accepts
+calls, then serves until its stdin closes.
 
 KIND is `stepguard` (the real Sidecar on a policy directory, with its audit
-trail written to a real file) or `empty` (an Authorizer servicer that returns
-an empty AuthorizeResponse on the same gRPC stack, options and transport).
+trail written to a real file) or `empty` (baseline A: an Authorizer that
+parses each request and returns an empty AuthorizeResponse, registered the
+way stepguard registers its handlers, on the same gRPC server, options and
+transport; `--mode asyncio` for the grpc.aio server).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
+import grpc.aio
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.aioserver import AioServer
 from sidecar.config import Settings
 from sidecar.server import Sidecar
 
-
-class EmptyAuthorizer(pb_grpc.AuthorizerServicer):
-    """Baseline A: the cost of the gRPC call alone."""
-
-    def Authorize(
-        self, request: pb.AuthorizeRequest, context: grpc.ServicerContext
-    ) -> pb.AuthorizeResponse:
-        return pb.AuthorizeResponse()
-
-    def AuthorizeBatch(
-        self, request: pb.AuthorizeBatchRequest, context: grpc.ServicerContext
-    ) -> pb.AuthorizeBatchResponse:
-        out = pb.AuthorizeBatchResponse()
-        for _ in request.items:
-            out.results.add().response.CopyFrom(pb.AuthorizeResponse())
-        return out
+SERVICE = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
+EMPTY = pb.AuthorizeResponse()
 
 
-def _empty_server(listen: str, socket: str | None) -> tuple[grpc.Server, str]:
+def _empty_batch(raw: bytes) -> pb.AuthorizeBatchResponse:
+    out = pb.AuthorizeBatchResponse()
+    for _ in pb.AuthorizeBatchRequest.FromString(raw).items:
+        out.results.add().response.CopyFrom(EMPTY)
+    return out
+
+
+def _empty_item(raw: bytes) -> pb.AuthorizeStreamResponse:
+    item = pb.AuthorizeStreamRequest.FromString(raw)
+    return pb.AuthorizeStreamResponse(id=item.id, response=EMPTY)
+
+
+def empty_handler(mode: str) -> grpc.GenericRpcHandler[Any, Any]:
+    """Baseline A's methods: parse, answer empty; sync or asyncio like stepguard's."""
+    if mode == "asyncio":
+
+        async def authorize(raw: bytes, context: Any) -> pb.AuthorizeResponse:
+            pb.AuthorizeRequest.FromString(raw)
+            return EMPTY
+
+        async def batch(raw: bytes, context: Any) -> pb.AuthorizeBatchResponse:
+            return _empty_batch(raw)
+
+        async def stream(
+            requests: AsyncIterator[bytes], context: Any
+        ) -> AsyncIterator[pb.AuthorizeStreamResponse]:
+            async for raw in requests:
+                yield _empty_item(raw)
+
+        handlers = {
+            "Authorize": grpc.unary_unary_rpc_method_handler(
+                authorize, response_serializer=pb.AuthorizeResponse.SerializeToString
+            ),
+            "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
+                batch, response_serializer=pb.AuthorizeBatchResponse.SerializeToString
+            ),
+            "AuthorizeStream": grpc.stream_stream_rpc_method_handler(
+                stream, response_serializer=pb.AuthorizeStreamResponse.SerializeToString
+            ),
+        }
+    else:
+
+        def authorize_sync(raw: bytes, context: Any) -> pb.AuthorizeResponse:
+            pb.AuthorizeRequest.FromString(raw)
+            return EMPTY
+
+        def batch_sync(raw: bytes, context: Any) -> pb.AuthorizeBatchResponse:
+            return _empty_batch(raw)
+
+        def stream_sync(
+            requests: Iterator[bytes], context: Any
+        ) -> Iterator[pb.AuthorizeStreamResponse]:
+            for raw in requests:
+                yield _empty_item(raw)
+
+        handlers = {
+            "Authorize": grpc.unary_unary_rpc_method_handler(
+                authorize_sync, response_serializer=pb.AuthorizeResponse.SerializeToString
+            ),
+            "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
+                batch_sync, response_serializer=pb.AuthorizeBatchResponse.SerializeToString
+            ),
+            "AuthorizeStream": grpc.stream_stream_rpc_method_handler(
+                stream_sync, response_serializer=pb.AuthorizeStreamResponse.SerializeToString
+            ),
+        }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def _empty_server(mode: str, socket: str | None) -> tuple[grpc.Server, str, str]:
     """Built like Sidecar.start builds its server: same executor size and options."""
-    s = Settings(listen=listen, socket=Path(socket) if socket else None, metrics_listen=None)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="stepguard"),
-        options=[
-            ("grpc.max_receive_message_length", s.max_batch_bytes + 64 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
-    pb_grpc.add_AuthorizerServicer_to_server(EmptyAuthorizer(), server)
+    s = Settings(metrics_listen=None)
+    options = [
+        ("grpc.max_receive_message_length", s.max_batch_bytes + 64 * 1024),
+        ("grpc.so_reuseport", 0),
+    ]
+    server: grpc.Server
+    if mode == "asyncio":
+        server = AioServer(options=options, workers=s.workers)
+    else:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="stepguard"),
+            options=options,
+        )
+    server.add_generic_rpc_handlers((empty_handler(mode),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    unix = "-"
     if socket:
         server.add_insecure_port(f"unix:{socket}")
-        target = f"unix:{socket}"
-    else:
-        port = server.add_insecure_port(listen)
-        target = f"127.0.0.1:{port}"
+        unix = f"unix:{socket}"
     server.start()
-    return server, target
+    return server, f"127.0.0.1:{port}", unix
 
 
 def main() -> int:
@@ -69,24 +133,33 @@ def main() -> int:
     parser.add_argument("--policies", default="policies")
     parser.add_argument("--audit-file", default="benchmarks/.work/audit.jsonl")
     parser.add_argument("--socket", default=None)
+    parser.add_argument("--mode", choices=["sync", "asyncio"], default="sync")
+    parser.add_argument("--cache-max-entries", type=int, default=None)
     args = parser.parse_args()
+    if args.socket:
+        Path(args.socket).unlink(missing_ok=True)
     if args.kind == "empty":
-        server, target = _empty_server("127.0.0.1:0", args.socket)
-        print(f"READY {target}", flush=True)
+        server, tcp, unix = _empty_server(args.mode, args.socket)
+        print(f"READY {tcp} {unix}", flush=True)
         sys.stdin.read()
         server.stop(1).wait()
         return 0
+    extra: dict[str, Any] = {}
+    if args.cache_max_entries is not None:
+        extra["cache_max_entries"] = args.cache_max_entries
     settings = Settings(
         policies=Path(args.policies),
-        listen=None if args.socket else "127.0.0.1:0",
+        listen="127.0.0.1:0",
         socket=Path(args.socket) if args.socket else None,
         metrics_listen=None,
         audit_file=args.audit_file,
+        server_mode=args.mode,
+        **extra,
     )
     sidecar = Sidecar(settings)
     endpoints = sidecar.start()
-    target = f"unix:{endpoints.socket}" if endpoints.socket else str(endpoints.tcp)
-    print(f"READY {target}", flush=True)
+    unix = f"unix:{endpoints.socket}" if endpoints.socket else "-"
+    print(f"READY {endpoints.tcp} {unix}", flush=True)
     sys.stdin.read()
     sidecar.stop(1)
     return 0

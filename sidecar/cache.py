@@ -27,7 +27,6 @@ a new revision is first stored.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 # Fixed cost of an entry: key tuple, Entry, Result and its tuples, LRU links.
 ENTRY_OVERHEAD = 1200
+SIZE_FACTOR = 24
 
 
 def to_ms(value: datetime) -> int:
@@ -136,25 +136,18 @@ class Entry:
         return not (self.not_after_ms is not None and real_ms > self.not_after_ms)
 
 
-def estimate_size(value: Any, _depth: int = 0) -> int:
-    """Bytes a request's Python objects take, roughly (strings, dicts, lists)."""
-    size = sys.getsizeof(value)
-    if _depth > 32:
-        return size
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            size += estimate_size(k, _depth + 1) + estimate_size(v, _depth + 1)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            size += estimate_size(v, _depth + 1)
-    return size
+def entry_size(encoded_len: int) -> int:
+    """Estimated bytes of an entry whose request encodes to `encoded_len` bytes.
 
-
-def entry_size(key: Hashable, request: AuthzRequest) -> int:
-    data = sum(
-        estimate_size(e.attrs) + 120 * (1 + len(e.parents)) for e in request.entities
-    ) + estimate_size(dict(request.context))
-    return ENTRY_OVERHEAD + estimate_size(key) + data
+    A validated request's Python objects take 11 to 19 times its protobuf
+    encoding (measured on the example requests: nested dicts, strings, Cedar
+    JSON wrappers); the key holds the encoding itself. Counting 24 times, plus
+    a fixed part for the key tuple, Entry, Result and LRU links, keeps the
+    estimate above the real size (tests/test_cache.py checks it), so
+    `max_bytes` bounds real memory. Walking the objects would be exact but
+    costs as much as validating the request again.
+    """
+    return ENTRY_OVERHEAD + SIZE_FACTOR * encoded_len
 
 
 @dataclass(frozen=True, slots=True)

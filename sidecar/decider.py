@@ -155,7 +155,7 @@ class Decider:
         result = deny(bundle.revision, refusal) if refusal else evaluate(bundle, request)
         if key is not None and self.cache is not None:
             nb, na = time_bound_ms(request.context)
-            entry = Entry(request, result, nb, na, entry_size(key, request))
+            entry = Entry(request, result, nb, na, entry_size(_encoded_len(key)))
             self.cache.put(key, bundle.revision, entry)
         decision_id = self._ids.next()
         result = self.audit(decision_id, at, request, result, meta, cached=False, started=started)
@@ -205,6 +205,11 @@ class Decider:
     def audit_healthy(self) -> bool:
         """Whether the trail accepted its last write (the server's health follows it)."""
         return bool(getattr(self._sink, "healthy", True))
+
+
+def _encoded_len(key: Hashable) -> int:
+    """Length of the request's encoding inside a cache key (wire bytes or canonical text)."""
+    return len(key[2]) if isinstance(key, tuple) and isinstance(key[2], bytes | str) else 4096
 
 
 def _reads_now(bundle: Bundle) -> bool:

@@ -32,6 +32,7 @@ from sidecar.config import Settings
 from sidecar.errors import ConfigError
 from sidecar.jsonreq import request_from_json
 from sidecar.model import AuthzRequest, Decision, EntityUid, Obligations, Result
+from sidecar.validate import Limits, request_from_proto
 from tests.helpers import BUSINESS_HOURS, grant_request, notify_request, running_sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +90,7 @@ def _entry(i: int, *, allowed: bool = True, size: int = 0) -> tuple[tuple[str, i
     )
     result = Result(Decision.ALLOW if allowed else Decision.DENY, (), (), Obligations(), "rev")
     key = ("k", i)
-    return key, Entry(request, result, None, None, size or entry_size(key, request))
+    return key, Entry(request, result, None, None, size or entry_size(100))
 
 
 def test_cache_is_bounded_in_entries() -> None:
@@ -128,29 +129,42 @@ def test_a_new_revision_drops_old_entries() -> None:
     assert cache.get(("k", 0)) is None and cache.stats().entries == 1
 
 
-def test_size_estimate_covers_what_entries_hold() -> None:
-    """The byte bound means something: estimates are at least the memory entries take."""
-    bundle = load_bundle(ROOT / "policies")
-    from sidecar.validate import Limits, request_from_proto
+def _many_attributes() -> dict[str, Any]:
+    req = notify_request()
+    req["context"]["attributes"] = {f"a{i}": i % 7 for i in range(60)}
+    req["context"]["attributes"]["tags"] = [f"t{i}" for i in range(40)]
+    return req
 
-    requests = []
-    for i in range(2000):
-        msg = request_from_json(
-            grant_request() | {"resource": {"type": "TargetSystem", "id": f"t{i}"}}
-        )
-        requests.append(request_from_proto(msg, bundle, Limits(), now=BUSINESS_HOURS))
-    cache = DecisionCache(max_entries=10_000, max_bytes=1 << 30)
+
+@pytest.mark.parametrize(
+    "make",
+    [notify_request, grant_request, _many_attributes],
+    ids=["notify", "grant", "many-attributes"],
+)
+def test_size_estimate_covers_what_entries_hold(make: Any) -> None:
+    """The byte bound bounds memory: an entry's estimate is at least what it holds.
+
+    Requests are parsed, validated and stored as the server does, inside the
+    traced region, so their objects count.
+    """
+    bundle = load_bundle(ROOT / "policies")
+    template = request_from_json(make())
+    # A per-entry floor of 1 KiB (max_bytes / max_entries): the estimates count.
+    cache = DecisionCache(max_entries=1 << 20, max_bytes=1 << 30)
     result = Result(Decision.DENY, (), (), Obligations(), bundle.revision)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i, req in enumerate(requests):
-        key = ("wire", bundle.revision, b"x" * 400 + str(i).encode(), None, "")
-        cache.put(key, bundle.revision, Entry(req, result, None, None, entry_size(key, req)))
+    for i in range(1000):
+        template.context.run_id = f"run-{i}"
+        wire = template.SerializeToString(deterministic=True)
+        msg = pb.AuthorizeRequest.FromString(wire)
+        req = request_from_proto(msg, bundle, Limits(), now=BUSINESS_HOURS)
+        key = ("wire", bundle.revision, wire, None, "")
+        cache.put(key, bundle.revision, Entry(req, result, None, None, entry_size(len(wire))))
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    # The requests themselves already existed; the estimate counts them too, so
-    # it must exceed what storing them cost.
-    assert cache.stats().bytes >= grown
+    assert cache.stats().entries == 1000
+    assert cache.stats().bytes >= grown, (cache.stats().bytes, grown)
 
 
 def test_cached_allow_outside_its_time_bound_is_not_servable() -> None:
