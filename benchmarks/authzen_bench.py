@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:])
     )
     started = datetime.now(UTC)
+    load_before = os.getloadavg()[0]
     audit = WORK / "authzen-bench-audit.jsonl"
     WORK.mkdir(parents=True, exist_ok=True)
     audit.unlink(missing_ok=True)
@@ -307,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": duration,
         "machine": machine.describe(),
         "audited_decisions": audited,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "results": results,
     }
     (WORK / "authzen.json").write_text(json.dumps(record, indent=2))
@@ -384,7 +386,10 @@ def render(record: dict[str, Any]) -> str:
             f"in A-B-B-A halves after 0.3 s warm-ups), run {record['started']}.",
             "",
             f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python "
-            f"{m['python']}, grpcio {m['grpcio']}, cedarpy {m['cedarpy']}.",
+            f"{m['python']}, grpcio {m['grpcio']}, cedarpy {m['cedarpy']}. 1-minute load "
+            f"average {record['load_average'][0]} at the start, {record['load_average'][1]} "
+            "at the end (anything above 0 is other work sharing the CPUs: compare ratios, "
+            "not absolute figures, across runs).",
             "",
             "The request is the harness's example (an approved `grant_access` on `jira`, "
             "ALLOW, every example policy evaluated), sent as an AuthorizeRequest and as the "
