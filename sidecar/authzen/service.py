@@ -146,6 +146,8 @@ class AuthzenService:
         candidate looked at.
         """
         query = parse_search(kind, body)
+        # Checked here too, not only when a candidate is mapped: a search with no
+        # candidates must refuse the same requests as one with some.
         for name, why in RESERVED_CONTEXT.items():
             if name in query.context:
                 raise InvalidRequest(f"context.{name}", f"{why}; rename it")
