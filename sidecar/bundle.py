@@ -86,11 +86,7 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
     """
     if not directory.is_dir():
         raise BundleError(f"policy directory {directory} does not exist or is not a directory")
-    files = sorted(
-        p
-        for p in directory.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
-    )
+    files = visible_files(directory)
 
     def read(p: Path) -> Source:
         try:
@@ -109,6 +105,18 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
             f"expected exactly one schema (*.cedarschema) in {directory}, found {found}"
         )
     return build_bundle(policies, schemas[0], [*entities, *extra_entities])
+
+
+def visible_files(directory: Path) -> list[Path]:
+    """The files the loader considers, in path order: dot-directories (`..data`) are skipped.
+
+    The watcher, `validate`, `fmt` and `test` use the same rule, so they see what loads.
+    """
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
 
 
 def build_bundle(

@@ -20,7 +20,7 @@ from typing import Any
 
 import cedarpy
 
-from sidecar.bundle import Bundle, load_bundle
+from sidecar.bundle import Bundle, load_bundle, visible_files
 from sidecar.cedartext import Span, locate_error, position, split_policies
 from sidecar.errors import BundleError
 from sidecar.exitcodes import EXIT_ERROR, EXIT_OK
@@ -82,11 +82,7 @@ def check_directory(directory: Path) -> tuple[Bundle | None, list[Problem]]:
 def _look_closer(directory: Path) -> list[Problem]:
     if not directory.is_dir():
         return []
-    files = sorted(
-        p
-        for p in directory.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
-    )
+    files = visible_files(directory)
     schema_files = [p for p in files if p.name.endswith((".cedarschema", ".cedarschema.json"))]
     problems: list[Problem] = []
     schema: cedarpy.Schema | None = None

@@ -20,6 +20,7 @@ from typing import Any
 
 import cedarpy
 
+from sidecar.bundle import visible_files
 from sidecar.cedartext import comments, locate_error, position, split_policies
 from sidecar.errors import StepguardError
 from sidecar.exitcodes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
@@ -44,14 +45,7 @@ def policy_files(paths: list[Path]) -> list[Path]:
         if root.is_file():
             out.append(root)
         elif root.is_dir():
-            out.extend(
-                sorted(
-                    p
-                    for p in root.rglob("*.cedar")
-                    if p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(root).parts)
-                )
-            )
+            out.extend(p for p in visible_files(root) if p.suffix == ".cedar")
         else:
             raise StepguardError(f"{root}: no such file or directory")
     return out

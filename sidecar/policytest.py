@@ -29,7 +29,14 @@ from typing import Any
 
 import yaml
 
-from sidecar.bundle import Bundle, Source, build_bundle, load_bundle, parse_iso_duration
+from sidecar.bundle import (
+    Bundle,
+    Source,
+    build_bundle,
+    load_bundle,
+    parse_iso_duration,
+    visible_files,
+)
 from sidecar.coverage import Coverage
 from sidecar.coverage import render as render_coverage
 from sidecar.engine import evaluate
@@ -414,7 +421,7 @@ def discover(paths: Sequence[Path]) -> Iterator[tuple[Path, str]]:
     for root in paths:
         if not root.exists():
             raise StepguardError(f"{root}: no such file or directory")
-        files = [root] if root.is_file() else _walk(root)
+        files = [root] if root.is_file() else visible_files(root)
         for path in files:
             key = path.resolve()
             if key in seen:
@@ -423,16 +430,6 @@ def discover(paths: Sequence[Path]) -> Iterator[tuple[Path, str]]:
             if kind:
                 seen.add(key)
                 yield path, kind
-
-
-def _walk(root: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.suffix in (".yaml", ".yml", ".json")
-    )
 
 
 def _suite_kind(path: Path, *, explicit: bool) -> str:
@@ -966,19 +963,10 @@ def _actual_lines(result: Result) -> list[str]:
     return lines
 
 
-def _result_json(result: Result | None) -> dict[str, Any] | None:
-    if result is None:
-        return None
-    ttl = result.obligations.max_credential_ttl
-    return {
-        "decision": result.decision.value,
-        "policies": [{"id": r.id, "source": r.source} for r in result.reasons],
-        "errors": [{"policy": e.policy_id, "message": e.message} for e in result.errors],
-        "obligations": {"max_credential_ttl_s": ttl.total_seconds()} if ttl else {},
-    }
-
-
 def render_json(report: Report) -> str:
+    """The whole report; a case's `actual` has the shape of `stepguard check --json`."""
+    from sidecar.cli import result_json  # the CLI's one JSON form of a result
+
     return json.dumps(
         {
             "ok": all(s.ok for s in report.suites),
@@ -1012,7 +1000,7 @@ def render_json(report: Report) -> str:
                             "request": c.request,
                             "problems": list(c.problems),
                             "expected": c.expected.to_json() if c.expected else None,
-                            "actual": _result_json(c.actual),
+                            "actual": result_json(c.actual) if c.actual else None,
                         }
                         for c in s.cases
                     ],

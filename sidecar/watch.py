@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sidecar.bundle import Bundle, load_bundle
+from sidecar.bundle import Bundle, load_bundle, visible_files
 from sidecar.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,7 @@ def fingerprint(directory: Path) -> str:
         return "absent"
     digest = hashlib.sha256()
     try:
-        files = sorted(
-            p
-            for p in directory.rglob("*")
-            if not any(part.startswith(".") for part in p.relative_to(directory).parts)
-            and p.is_file()
-        )
+        files = visible_files(directory)
     except OSError as exc:  # the tree changed while it was listed
         return f"unlistable: {exc}"
     for path in files:
