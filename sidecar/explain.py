@@ -120,7 +120,10 @@ _memo_lock = threading.Lock()
 
 def explain(bundle: Bundle, request: AuthzRequest, result: Result) -> Explanation:
     """Explain `result`, the engine's decision of `request` on `bundle`. Never raises."""
-    probes = _probes(bundle)
+    try:
+        probes = _probes(bundle)
+    except Exception as exc:  # noqa: BLE001 - an explanation must never fail a decision
+        return Explanation(result, (), (f"explanation unavailable: {type(exc).__name__}: {exc}",))
     satisfied: set[str] = set()
     errored: dict[str, list[str]] = {}
     request_errors: list[str] = [e.message for e in result.errors if not e.policy_id]
