@@ -166,21 +166,25 @@ class _ChainSink:
                     raise AuditError(batch.error)
                 return
         # This thread leads `batch`: commit it with the lock released.
+        batch.error = "audit commit was interrupted"  # until it completes
         try:
-            self._commit(batch.bodies)
-        except AuditError as exc:
-            batch.error = str(exc)
-        except Exception as exc:  # whatever happened, nobody gets an ALLOW
-            log.exception("audit commit failed unexpectedly")
-            batch.error = f"audit trail failed: {type(exc).__name__}: {exc}"
-        self._set_health(not batch.error, batch.error)
-        with self._lock:
-            batch.done = True
-            self._writing = False
-            batch.wake(everyone=True)  # its members return
-            self._open.wake(everyone=False)  # one caller queued meanwhile leads the next
-            if self._closing:
-                self._idle.notify_all()
+            try:
+                self._commit(batch.bodies)
+                batch.error = ""
+            except AuditError as exc:
+                batch.error = str(exc)
+            except Exception as exc:  # whatever happened, nobody gets an ALLOW
+                log.exception("audit commit failed unexpectedly")
+                batch.error = f"audit trail failed: {type(exc).__name__}: {exc}"
+            self._set_health(not batch.error, batch.error)
+        finally:
+            with self._lock:
+                batch.done = True
+                self._writing = False
+                batch.wake(everyone=True)  # its members return
+                self._open.wake(everyone=False)  # one caller queued meanwhile leads the next
+                if self._closing:
+                    self._idle.notify_all()
         if batch.error:
             raise AuditError(batch.error)
 
@@ -373,6 +377,7 @@ class FileSink(_ChainSink):
         self._segment_started = 0.0
         self._head_failed = False
         self._good = 0  # bytes of the active segment known committed
+        self._rotate_retry_at = 0.0
         self._anchor: tuple[int, int, str] | None = None  # (segment, seq, hash) to record
         self._anchor_due = threading.Event()
         # Open now: recovery runs at start, and health is known before serving.
@@ -610,7 +615,7 @@ class FileSink(_ChainSink):
         if self._fd is None:
             return
         size_due = self._rotate_bytes > 0 and self._size >= self._rotate_bytes
-        if not (size_due or self._age_due()):
+        if not (size_due or self._age_due()) or time.monotonic() < self._rotate_retry_at:
             return
         rotated = self.path.with_name(f"{self.path.name}.{self._segment:06d}")
         try:
@@ -619,8 +624,9 @@ class FileSink(_ChainSink):
             os.rename(self.path, rotated)
             if self.durability == "fsync":
                 _fsync_dir(self.path.parent)
-        except OSError as exc:  # keep writing to the current segment; retry next commit
-            log.error("audit trail %s: rotation failed: %s", self.path, exc)
+        except OSError as exc:  # keep writing to the current segment; retry in a while
+            log.error("audit trail %s: rotation failed (retrying in 10 s): %s", self.path, exc)
+            self._rotate_retry_at = time.monotonic() + 10
             return
         log.info("audit trail: segment %d rotated to %s", self._segment, rotated)
         self._close_medium()
