@@ -9,7 +9,9 @@ through PREFECT_STEPGUARD_TARGET, which it reads at every check.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -55,6 +57,8 @@ def main(plan_path: str, results_path: str) -> int:
             print(f"=== scenario {scenario['name']}", flush=True)
             flow = getattr(flows, scenario["workflow"])
             state = flow(**scenario["inputs"], return_state=True)
+            if inspect.iscoroutine(state):  # an async flow (the leaver)
+                state = asyncio.run(state)
             run_id = str(state.state_details.flow_run_id)
             results[scenario["name"]] = {
                 "run_id": run_id,

@@ -11,6 +11,7 @@ guard sends as the step's context; the tasks only declare what they do.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -96,20 +97,23 @@ def disable_credential(account: str) -> None:
 
 
 @guarded_task("verify_revocation", target="okta", workload=DEPROVISIONER, **RETRIES)
-def verify_revocation(account: str) -> None:
+async def verify_revocation(account: str) -> None:
+    """Async, as a check that polls the target would be; guarded the same way."""
+    await asyncio.sleep(0)
     record("okta", "verify_revocation", account=account, sessions=0)
 
 
 @flow(name="leaver")
-def leaver(
+async def leaver(
     person: str,
     requester: str,
     approval: dict[str, str] | None = None,
     time_bound: dict[str, str] | None = None,
 ) -> str:
+    """An async flow: sync tasks run in it as they are, the async one is awaited."""
     account = revoke_access(person)
     disable_credential(account)
-    verify_revocation(account)
+    await verify_revocation(account)
     return account
 
 
