@@ -180,11 +180,12 @@ def audit_gauge(metrics: str) -> float:
     raise AssertionError("stepguard_audit_healthy is not exported")
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+def wait_for(check: Callable[[], bool], what: str | Callable[[], str], timeout: float = 60) -> None:
+    """Poll; on a timeout, say what was awaited (a callable is asked only then)."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         time.sleep(0.02)
 
 
@@ -235,12 +236,19 @@ def test_sigkill_under_load_loses_no_answered_decision(
     flags = ("--metrics-listen", "off", "--audit-durability", durability)
     with serve(tmp_path, policies, audit, *flags, "--audit-rotate-bytes", "65536") as server:
         load = Load(server.grpc, lambda i: "alice" if i % 3 else "bob").start()
-        wait_for(lambda: len(load.answers) >= 600, "600 answered decisions")
+        wait_for(
+            lambda: len(load.answers) >= 400,
+            lambda: (
+                f"400 answered decisions (got {len(load.answers)}, client errors "
+                f"{load.failures}); server log: {server.log.read_text()[-2000:]}"
+            ),
+            timeout=120,
+        )
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=30)
         load.finish()
     answered = list(load.answers)
-    assert len(answered) >= 600
+    assert len(answered) >= 400
     assert load.failures, "the clients should have seen the server die"
     # Restart on the same trail: it recovers, continues the chain, answers again.
     with serve(tmp_path, policies, audit, *flags, name="restart") as server:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,11 @@ class _Line:
     error: str
     newline: bool
     first_in_file: bool
+    index: int = 0  # which segment file
+
+    @property
+    def where(self) -> tuple[int, int]:
+        return self.index, self.line
 
 
 def collect(paths: Iterable[Path]) -> list[Trail]:
@@ -154,48 +159,53 @@ def _trail(base: Path) -> Trail:
 
 
 def verify(trail: Trail, key: bytes | None = None, *, partial: bool = False) -> Report:
-    """Check one trail; the report names the first problem, if any."""
+    """Check one trail; the report names the first problem, if any.
+
+    Streams: memory stays bounded whatever the trail's size. Only when the chain
+    breaks are later (or earlier) lines read again, to say what happened.
+    """
     report = Report(trail.name, files=[str(p) for p in trail.segments])
     # The anchor first: it is written after the records it names, so a trail read
     # after it holds at least those records even while the sidecar is writing.
     hasher = Hasher(key)
     anchor = read_anchor(trail.head, hasher) if trail.head is not None else None
-    lines = _read_lines(trail.segments)
-    if not lines:
+    first = next(_lines(trail.segments), None)
+    if first is None:
         raise StepguardError(f"{trail.name}: the trail has no records")
-    _check_key(lines, key, hasher)
+    _check_key(first, key, hasher)
     report.algorithm = hasher.algorithm
-    report.problem = _walk(lines, hasher, report, partial)
-    if report.problem is None:
-        report.problem = _check_anchor(trail, anchor, lines, report)
+    anchored = anchor["seq"] if isinstance(anchor, dict) else -1
+    report.problem, last, at_anchor = _walk(trail, hasher, report, partial, anchored)
+    if report.problem is None and last is not None:
+        report.problem = _check_anchor(trail, anchor, last, at_anchor, report)
     return report
 
 
-def _read_lines(segments: Sequence[Path]) -> list[_Line]:
-    out: list[_Line] = []
-    for path in segments:
+def _lines(segments: Sequence[Path], start: tuple[int, int] = (0, 0)) -> Iterator[_Line]:
+    """Every line of the segments in order, from (file index, line number) on."""
+    for index in range(start[0], len(segments)):
+        path = segments[index]
         try:
-            data = path.read_bytes()
+            f = path.open("rb")
         except OSError as exc:
             raise StepguardError(f"cannot read {path}: {exc}") from exc
-        raw_lines = data.split(b"\n")
-        ends_with_newline = raw_lines[-1] == b""
-        if ends_with_newline:
-            raw_lines.pop()
-        for i, raw in enumerate(raw_lines):
-            record, error = None, ""
-            try:
-                record = parse_line(raw)
-            except BadRecord as exc:
-                error = str(exc)
-            newline = ends_with_newline or i < len(raw_lines) - 1
-            out.append(_Line(str(path), i + 1, record, error, newline, i == 0))
-    return out
+        with f:
+            for lineno, raw in enumerate(f, 1):
+                if index == start[0] and lineno <= start[1]:
+                    continue
+                newline = raw.endswith(b"\n")
+                body = raw[:-1] if newline else raw
+                record, error = None, ""
+                try:
+                    record = parse_line(body)
+                except BadRecord as exc:
+                    error = str(exc)
+                yield _Line(str(path), lineno, record, error, newline, lineno == 1, index)
 
 
-def _check_key(lines: list[_Line], key: bytes | None, hasher: Hasher) -> None:
-    header = next((ln.record for ln in lines if ln.record and ln.record.kind == "segment"), None)
-    if header is None:
+def _check_key(first: _Line, key: bytes | None, hasher: Hasher) -> None:
+    header = first.record
+    if header is None or header.kind != "segment":
         return
     algorithm = header.body.get("algorithm", "sha256")
     if algorithm == "hmac-sha256" and not key:
@@ -209,35 +219,54 @@ def _check_key(lines: list[_Line], key: bytes | None, hasher: Hasher) -> None:
         )
 
 
-def _walk(lines: list[_Line], hasher: Hasher, report: Report, partial: bool) -> Problem | None:
-    first = lines[0].record
-    if partial and first is not None:
-        exp_seq, exp_prev = first.seq, first.prev
-    else:
-        exp_seq, exp_prev = 0, GENESIS
+def _walk(
+    trail: Trail, hasher: Hasher, report: Report, partial: bool, anchored: int
+) -> tuple[Problem | None, _Line | None, str | None]:
+    """The chain walk: (first problem, last line, hash of the record at the anchor's seq)."""
+    segments = trail.segments
+    lines = _lines(segments)
+    ln = next(lines, None)
+    exp_seq, exp_prev = 0, GENESIS
+    if partial and ln is not None and ln.record is not None:
+        exp_seq, exp_prev = ln.record.seq, ln.record.prev
     segment = None
-    seen: set[str] = set()
-    for i, ln in enumerate(lines):
-        nxt = lines[i + 1] if i + 1 < len(lines) else None
+    before: _Line | None = None
+    at_anchor: str | None = None
+    while ln is not None:
+        nxt = next(lines, None)
         continues = _links(nxt, hasher, exp_seq, exp_prev)
         rec = ln.record
         if rec is None or not check_hash(hasher, rec):
             why = ln.error or "its hash does not match its content"
             if nxt is None and not ln.newline:
-                return Problem("truncated", ln.file, ln.line, "the last line is torn (no newline)")
-            if continues:
-                return Problem("inserted", ln.file, ln.line, f"the chain skips this line ({why})")
-            return Problem("modified", ln.file, ln.line, why)
+                problem = Problem(
+                    "truncated", ln.file, ln.line, "the last line is torn (no newline)"
+                )
+            elif continues:
+                problem = Problem(
+                    "inserted", ln.file, ln.line, f"the chain skips this line ({why})"
+                )
+            else:
+                problem = Problem("modified", ln.file, ln.line, why)
+            return problem, ln, at_anchor
         if rec.seq != exp_seq or rec.prev != exp_prev:
-            return _classify_break(
-                lines, i, exp_seq=exp_seq, seen=seen, continues=continues, segment=segment
+            problem = _classify_break(
+                segments,
+                ln,
+                before,
+                nxt,
+                exp_seq=exp_seq,
+                continues=continues,
+                segment=segment,
             )
+            return problem, ln, at_anchor
         if ln.first_in_file:
-            problem = _check_header(ln, rec, segment, partial)
-            if problem is not None:
-                return problem
+            header_problem = _check_header(ln, rec, segment, partial)
+            if header_problem is not None:
+                return header_problem, ln, at_anchor
             segment = rec.body.get("segment")
-        seen.add(rec.hash)
+        if rec.seq == anchored:
+            at_anchor = rec.hash
         exp_seq, exp_prev = rec.seq + 1, rec.hash
         report.records += 1
         report.last_seq, report.last_hash = rec.seq, rec.hash
@@ -246,20 +275,21 @@ def _walk(lines: list[_Line], hasher: Hasher, report: Report, partial: bool) -> 
         elif rec.kind in ("recovery", "outage"):
             detail = {k: v for k, v in rec.body.items() if k not in ("schema", "kind")}
             report.notes.append(f"{ln.file}:{ln.line}: {rec.kind}: {detail}")
-    return None
+        before, ln = ln, nxt
+    return None, before, at_anchor
 
 
 def _classify_break(
-    lines: list[_Line],
-    i: int,
+    segments: Sequence[Path],
+    ln: _Line,
+    before: _Line | None,
+    nxt: _Line | None,
     *,
     exp_seq: int,
-    seen: set[str],
     continues: bool,
     segment: Any,
 ) -> Problem:
     """A well-formed record that is not the one due: say what happened, and where."""
-    ln = lines[i]
     rec = ln.record
     assert rec is not None
     here = ln.file, ln.line
@@ -267,11 +297,9 @@ def _classify_break(
         if continues:
             return Problem("inserted", *here, "the chain skips this record (it links to nothing)")
         return Problem("modified", *here, "it does not link to the record before it")
-    before = lines[i - 1] if i > 0 else None
     if before is not None and before.record is not None:
         b = before.record
         if (b.seq, b.prev) == (rec.seq, rec.prev):  # two records claim one place in the chain
-            nxt = lines[i + 1] if i + 1 < len(lines) else None
             follows_this = nxt is None or (nxt.record is not None and nxt.record.prev == rec.hash)
             odd = before if follows_this else ln
             return Problem(
@@ -280,23 +308,32 @@ def _classify_break(
                 odd.line,
                 f"two records claim seq {rec.seq}; the chain goes on from the other one",
             )
-    if rec.hash in seen or any(
-        other.record is not None and other.record.hash == rec.hash for other in lines[i + 1 :]
-    ):
-        return Problem("inserted", *here, f"a copy of another record (seq {rec.seq})")
-    later = _find_seq(lines, i + 1, exp_seq)
-    if later is not None:
+    same = _first(_lines(segments), lambda o: o.record is not None and o.record.hash == rec.hash)
+    if same is not None and same.where != ln.where:
+        return Problem("inserted", *here, f"a copy of the record at {same.file}:{same.line}")
+    if same is not None:  # this is the first copy: is there a later one?
+        later_copy = _first(
+            _lines(segments, ln.where), lambda o: o.record is not None and o.record.hash == rec.hash
+        )
+        if later_copy is not None:
+            return Problem(
+                "inserted", *here, f"a copy of the record at {later_copy.file}:{later_copy.line}"
+            )
+    due = _first(
+        _lines(segments, ln.where), lambda o: o.record is not None and o.record.seq == exp_seq
+    )
+    if due is not None:
         return Problem(
             "reordered",
             *here,
-            f"seq {rec.seq} where {exp_seq} was due; seq {exp_seq} is at {later}",
+            f"seq {rec.seq} where {exp_seq} was due ({exp_seq} is at {due.file}:{due.line})",
         )
     if rec.seq < exp_seq:
         return Problem("reordered", *here, f"seq {rec.seq} comes after seq {exp_seq - 1}")
     if continues:
         return Problem("inserted", *here, "the chain skips this record")
     missing = f"records {exp_seq}..{rec.seq - 1}"
-    if i == 0 and rec.kind == "segment":
+    if before is None and rec.kind == "segment":
         return Problem(
             "deleted",
             *here,
@@ -317,6 +354,10 @@ def _classify_break(
     return Problem("deleted", *here, f"{missing} are missing before this line")
 
 
+def _first(lines: Iterator[_Line], match: Callable[[_Line], bool]) -> _Line | None:
+    return next((ln for ln in lines if match(ln)), None)
+
+
 def _links(ln: _Line | None, hasher: Hasher, seq: int, prev: str) -> bool:
     """Does this line carry exactly the record that was due?"""
     return (
@@ -326,13 +367,6 @@ def _links(ln: _Line | None, hasher: Hasher, seq: int, prev: str) -> bool:
         and ln.record.prev == prev
         and check_hash(hasher, ln.record)
     )
-
-
-def _find_seq(lines: list[_Line], start: int, seq: int) -> str | None:
-    for ln in lines[start:]:
-        if ln.record is not None and ln.record.seq == seq:
-            return f"{ln.file}:{ln.line}"
-    return None
 
 
 def _check_header(ln: _Line, rec: Record, previous: Any, partial: bool) -> Problem | None:
@@ -356,14 +390,17 @@ def _check_header(ln: _Line, rec: Record, previous: Any, partial: bool) -> Probl
 
 
 def _check_anchor(
-    trail: Trail, anchor: dict[str, Any] | str | None, lines: list[_Line], report: Report
+    trail: Trail,
+    anchor: dict[str, Any] | str | None,
+    last: _Line,
+    at_anchor: str | None,
+    report: Report,
 ) -> Problem | None:
     if trail.head is None or anchor is None:
         report.notes.append("no head anchor: a cut at a line boundary at the end is undetectable")
         return None
     if isinstance(anchor, str):
         return Problem("modified", str(trail.head), 1, anchor)
-    last = lines[-1]
     if anchor["seq"] > report.last_seq:
         return Problem(
             "truncated",
@@ -373,11 +410,11 @@ def _check_anchor(
             f"{anchor['seq']} was committed: records {report.last_seq + 1}..{anchor['seq']} "
             "are missing at the end",
         )
-    for ln in lines:
-        if ln.record is not None and ln.record.seq == anchor["seq"]:
-            if ln.record.hash != anchor["hash"]:
-                return Problem(
-                    "modified", ln.file, ln.line, "the head anchor names another hash here"
-                )
-            break
+    if at_anchor is not None and at_anchor != anchor["hash"]:
+        return Problem(
+            "modified",
+            str(trail.head),
+            1,
+            f"the head anchor names another hash for seq {anchor['seq']}",
+        )
     return None
