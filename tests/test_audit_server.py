@@ -250,6 +250,10 @@ def test_sigkill_under_load_loses_no_answered_decision(
     answered = list(load.answers)
     assert len(answered) >= 400
     assert load.failures, "the clients should have seen the server die"
+    # A write torn by the crash (simulated: SIGKILL cannot cut a write(2) short).
+    torn = b'{"seq":123456,"prev":"ab'
+    with audit.open("ab") as f:
+        f.write(torn)
     # Restart on the same trail: it recovers, continues the chain, answers again.
     with serve(tmp_path, policies, audit, *flags, name="restart") as server:
         with grpc.insecure_channel(server.grpc) as channel:
@@ -265,6 +269,10 @@ def test_sigkill_under_load_loses_no_answered_decision(
         assert trail[decision_id]["decision"] == want
     assert after.decision_id in trail
     assert len(collect([audit])[0].segments) > 1  # rotation happened under the load too
+    kept = list(audit.parent.glob("audit.jsonl.torn-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == torn
+    recovery = trail_records(audit, "recovery")
+    assert [(r["reason"], r["bytes"]) for r in recovery] == [("torn_tail", len(torn))]
     result = verify_cli(audit)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok: ")
