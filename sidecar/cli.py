@@ -47,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StepguardError as exc:
         print(f"stepguard: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`stepguard test | head`): stop quietly, like other CLIs.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
     return code
 
 
