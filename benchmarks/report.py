@@ -196,7 +196,8 @@ def render(record: dict[str, Any], plot_name: str) -> str:
             "interleaved group are the robust ones).",
             "",
             "Servers run in their own processes on TCP loopback (unless a Unix socket or the "
-            "asyncio server is named), gRPC sync server with 16 worker threads, decision cache "
+            f"other server mode is named), gRPC {record['server_mode']} server (the default), "
+            "decision cache "
             "on (defaults), audit trail to a real file "
             f"({record['audit_events']:,} events written by the main stepguard server "
             "in this run). "
@@ -238,13 +239,17 @@ def render(record: dict[str, Any], plot_name: str) -> str:
                 bb_rows,
             ),
             "",
-            "### Transports (1 client): TCP vs Unix socket, sync vs asyncio, AuthorizeStream",
+            "### Transports (1 client): TCP vs Unix socket, server modes, AuthorizeStream",
             "",
             _group_table(res, "transport", "empty servicer"),
             "",
             "### Transports under 8 concurrent clients",
             "",
             _group_table(res, "transport8", "empty servicer"),
+            "",
+            "### Server modes under 32 concurrent clients",
+            "",
+            _group_table(res, "transport32", "stepguard hit"),
             "",
             "### Throughput: AuthorizeStream and batches against Cerbos",
             "",

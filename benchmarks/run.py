@@ -2,13 +2,14 @@
 
     ./dev bench                  # the default run (about 3 minutes)
     ./dev bench --quick          # a short smoke run (about a minute)
-    ./dev bench --memory-requests 1000000   # the full memory figure (about 15 min)
+    ./dev bench --memory-requests 1000000   # the full memory figure (about 30 min)
+    ./dev bench --only transport,transport8 --rounds 6   # a focused comparison
 
 Every server runs in its own process, started by this run:
 - baseline A: an empty servicer (parses the request, answers an empty
   AuthorizeResponse) on the same gRPC stack, options and transport;
 - stepguard on policies/ (cache on, audit trail to a real file), on TCP
-  loopback and a Unix socket, with the sync (default) and asyncio servers;
+  loopback and a Unix socket, on the default (asyncio) and the other (sync) gRPC server;
 - stepguard on bundles of 20, 200 and 2,000 policies;
 - Cerbos 0.55 (installed from npm into benchmarks/.work/cerbos) with an
   equivalent resource policy and its file audit log on.
@@ -44,10 +45,16 @@ from benchmarks.results import write_section
 from benchmarks.workload import METHOD, batch, distinct, example_request, same, stream_items
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.bundle import Bundle, load_bundle
+from sidecar.config import Settings
 from sidecar.engine import evaluate
 from sidecar.validate import Limits, request_from_proto
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+# The server mode stepguard uses by default, and the other one, measured beside it.
+DEFAULT_MODE = Settings().server_mode
+OTHER_MODE = "sync" if DEFAULT_MODE == "asyncio" else "asyncio"
+ALT = f", {OTHER_MODE} server"
+ALT_UNIX = f", {OTHER_MODE} + unix"
 PLOT = ROOT / "benchmarks" / "latency.png"
 POLICY_COUNTS = (20, 200, 2000)
 CONCURRENCY = (1, 8, 32)
@@ -71,6 +78,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="distinct requests for the memory figure (default 30000; the issue's is 1000000)",
     )
     p.add_argument("--no-cerbos", action="store_true", help="skip the Cerbos peer")
+    p.add_argument(
+        "--only",
+        help="comma-separated groups to measure (e.g. transport,transport8 or memory); "
+        "prints figures and leaves RESULTS.md alone. Groups: " + ", ".join([*GROUPS, "memory"]),
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="results file to update")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
     return p.parse_args(argv)
@@ -79,11 +91,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     timing = Timing(
-        seconds=args.duration or (0.6 if args.quick else 2.5),
+        seconds=args.duration or (0.5 if args.quick else 2.0),
         rounds=args.rounds or (1 if args.quick else 3),
         warmup=0.15 if args.quick else 0.2,
     )
-    memory_requests = args.memory_requests or (3000 if args.quick else 30000)
+    memory_requests = args.memory_requests or (3000 if args.quick else 20000)
+    if args.only:
+        return _only(args, timing, memory_requests)
     command = "./dev bench" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     started = datetime.now(UTC)
     t0 = time.monotonic()
@@ -95,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine.describe(),
         "load_before": machine.loadavg(),
         "concurrency": list(CONCURRENCY),
+        "server_mode": DEFAULT_MODE,
     }
     with ExitStack() as stack:
         servers = _start(stack, cerbos_on=not args.no_cerbos)
@@ -116,6 +131,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _only(args: argparse.Namespace, timing: Timing, memory_requests: int) -> int:
+    """A focused run of some groups: figures on stdout and in .work/only.json."""
+    wanted = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = sorted(set(wanted) - {*GROUPS, "memory"})
+    if unknown:
+        raise SystemExit(f"unknown group(s): {', '.join(unknown)}")
+    out: dict[str, Any] = {"machine": machine.describe(), "load_before": machine.loadavg()}
+    groups = [g for g in wanted if g in GROUPS]
+    if groups:
+        with ExitStack() as stack:
+            servers = _start(stack, cerbos_on=not args.no_cerbos)
+            _sanity(servers)
+            out["results"] = _measure(servers, timing, groups)
+    if "memory" in wanted:
+        print(f"memory: {memory_requests} distinct requests through a fresh stepguard")
+        out["memory"] = memory.run(memory_requests).to_json()
+        print(json.dumps({k: v for k, v in out["memory"].items() if k != "samples"}))
+    out["load_after"] = machine.loadavg()
+    (WORK / "only.json").write_text(json.dumps(out, indent=1))
+    return 0
+
+
 # --- servers --------------------------------------------------------------------
 
 
@@ -131,18 +168,31 @@ def _start(stack: ExitStack, *, cerbos_on: bool) -> dict[str, Running]:
         return stack.enter_context(python_server(name, args))
 
     servers = {
-        "empty": serve("empty", "empty", "--socket", str(sock / "empty.sock")),
-        "stepguard": serve(
-            "stepguard", "stepguard", "--audit-file", str(audit), "--socket", str(sock / "sg.sock")
+        "empty": serve(
+            "empty", "empty", "--mode", DEFAULT_MODE, "--socket", str(sock / "empty.sock")
         ),
-        "empty-aio": serve("empty-aio", "empty", "--mode", "asyncio"),
-        "stepguard-aio": serve(
-            "stepguard-aio",
+        "stepguard": serve(
+            "stepguard",
             "stepguard",
             "--mode",
-            "asyncio",
+            DEFAULT_MODE,
             "--audit-file",
-            str(WORK / "audit-aio.jsonl"),
+            str(audit),
+            "--socket",
+            str(sock / "sg.sock"),
+        ),
+        "empty-alt": serve(
+            "empty-alt", "empty", "--mode", OTHER_MODE, "--socket", str(sock / "empty-alt.sock")
+        ),
+        "stepguard-alt": serve(
+            "stepguard-alt",
+            "stepguard",
+            "--mode",
+            OTHER_MODE,
+            "--audit-file",
+            str(WORK / "audit-alt.jsonl"),
+            "--socket",
+            str(sock / "sg-alt.sock"),
         ),
     }
     for n in POLICY_COUNTS:
@@ -163,7 +213,7 @@ def _start(stack: ExitStack, *, cerbos_on: bool) -> dict[str, Running]:
 
 def _sanity(servers: dict[str, Running]) -> None:
     """Every server answers what the benchmark claims before anything is timed."""
-    for name in ("stepguard", "stepguard-aio", *(f"stepguard-{n}" for n in POLICY_COUNTS)):
+    for name in ("stepguard", "stepguard-alt", *(f"stepguard-{n}" for n in POLICY_COUNTS)):
         target = "sys-1" if name[-1].isdigit() else "jira"
         with grpc.insecure_channel(servers[name].target) as ch:
             stub = ch.unary_unary(
@@ -213,9 +263,12 @@ def _subjects(servers: dict[str, Running]) -> dict[str, Subject]:
     add("empty, unix socket", "empty", auth, same(example), unix=True)
     add("stepguard hit, unix socket", "stepguard", auth, same(example), unix=True)
     add("stepguard miss, unix socket", "stepguard", auth, distinct(example, "u"), unix=True)
-    add("empty, asyncio server", "empty-aio", auth, same(example))
-    add("stepguard hit, asyncio server", "stepguard-aio", auth, same(example))
-    add("stepguard miss, asyncio server", "stepguard-aio", auth, distinct(example))
+    add(f"empty{ALT}", "empty-alt", auth, same(example))
+    add(f"stepguard hit{ALT}", "stepguard-alt", auth, same(example))
+    add(f"stepguard miss{ALT}", "stepguard-alt", auth, distinct(example))
+    add(f"empty{ALT_UNIX}", "empty-alt", auth, same(example), unix=True)
+    add(f"stepguard hit{ALT_UNIX}", "stepguard-alt", auth, same(example), unix=True)
+    add(f"stepguard miss{ALT_UNIX}", "stepguard-alt", auth, distinct(example, "u"), unix=True)
     add("empty stream", "empty", stream, stream_items(example, hit=True), stream=True)
     add("stepguard stream hit", "stepguard", stream, stream_items(example, hit=True), stream=True)
     add("stepguard stream miss", "stepguard", stream, stream_items(example, hit=False), stream=True)
@@ -250,20 +303,40 @@ GROUPS: dict[str, list[tuple[str, Load]]] = {
         ("empty, unix socket", Load()),
         ("stepguard hit, unix socket", Load()),
         ("stepguard miss, unix socket", Load()),
-        ("empty, asyncio server", Load()),
-        ("stepguard hit, asyncio server", Load()),
-        ("stepguard miss, asyncio server", Load()),
+        (f"empty{ALT}", Load()),
+        (f"stepguard hit{ALT}", Load()),
+        (f"stepguard miss{ALT}", Load()),
+        (f"empty{ALT_UNIX}", Load()),
+        (f"stepguard hit{ALT_UNIX}", Load()),
+        (f"stepguard miss{ALT_UNIX}", Load()),
         ("empty stream", Load(window=1)),
         ("stepguard stream hit", Load(window=1)),
         ("stepguard stream miss", Load(window=1)),
     ],
     "transport8": [
         ("empty servicer", Load(8)),
+        ("stepguard hit", Load(8)),
         ("stepguard miss", Load(8)),
-        ("empty, unix socket", Load(8)),
+        ("stepguard hit, unix socket", Load(8)),
         ("stepguard miss, unix socket", Load(8)),
-        ("empty, asyncio server", Load(8)),
-        ("stepguard miss, asyncio server", Load(8)),
+        (f"empty{ALT}", Load(8)),
+        (f"stepguard hit{ALT}", Load(8)),
+        (f"stepguard miss{ALT}", Load(8)),
+        (f"stepguard hit{ALT_UNIX}", Load(8)),
+        (f"stepguard miss{ALT_UNIX}", Load(8)),
+    ],
+    "transport32": [
+        ("stepguard hit", Load(32)),
+        ("stepguard miss", Load(32)),
+        (f"stepguard hit{ALT}", Load(32)),
+        (f"stepguard miss{ALT}", Load(32)),
+    ],
+    # Only with --only: the two server modes, every load in one interleaved group.
+    "x-servermode": [
+        (f"stepguard {kind}{mode}", Load(clients))
+        for clients in (0, 8, 32)
+        for kind in ("hit", "miss")
+        for mode in ("", ALT)
     ],
     "throughput": [
         ("Cerbos", Load(8)),
@@ -277,10 +350,14 @@ GROUPS: dict[str, list[tuple[str, Load]]] = {
 }
 
 
-def _measure(servers: dict[str, Running], timing: Timing) -> dict[str, dict[str, Any]]:
+def _measure(
+    servers: dict[str, Running], timing: Timing, groups: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
     subjects = _subjects(servers)
     out: dict[str, dict[str, Any]] = {}
     for group, entries in GROUPS.items():
+        if (groups is None and group.startswith("x-")) or (groups and group not in groups):
+            continue
         runs = [(subjects[name], ld) for name, ld in entries if name in subjects]
         print(f"-- {group}", flush=True)
         stats = load.interleaved(

@@ -9,7 +9,7 @@ KIND is `stepguard` (the real Sidecar on a policy directory, with its audit
 trail written to a real file) or `empty` (baseline A: an Authorizer that
 parses each request and returns an empty AuthorizeResponse, registered the
 way stepguard registers its handlers, on the same gRPC server, options and
-transport; `--mode asyncio` for the grpc.aio server).
+transport; `--mode` picks the grpc.aio or the thread-pool server).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def main() -> int:
     parser.add_argument("--policies", default="policies")
     parser.add_argument("--audit-file", default="benchmarks/.work/audit.jsonl")
     parser.add_argument("--socket", default=None)
-    parser.add_argument("--mode", choices=["sync", "asyncio"], default="sync")
+    parser.add_argument("--mode", choices=["sync", "asyncio"], default=Settings().server_mode)
     parser.add_argument("--cache-max-entries", type=int, default=None)
     args = parser.parse_args()
     if args.socket:

@@ -65,9 +65,10 @@ class Settings:
     # across the request's own time bound. Requests in one granule share a
     # cache entry when the policies read `context.now`.
     now_granularity_ms: int = 1000
-    # The gRPC server: "sync" (a thread pool) or "asyncio" (grpc.aio); see
-    # docs/performance.md for why sync is the default.
-    server_mode: str = "sync"
+    # The gRPC server: "asyncio" (grpc.aio, decisions on its event loop) or
+    # "sync" (a thread pool); docs/performance.md measures both and says why
+    # asyncio is the default.
+    server_mode: str = "asyncio"
 
     def __post_init__(self) -> None:
         if self.listen is None and self.socket is None:

@@ -134,8 +134,12 @@ class Sidecar:
             s.max_batch_bytes,
             max_streams=max(1, s.workers // 2),
         )
-        handler = aio_generic_handler if s.server_mode == "asyncio" else generic_handler
-        server.add_generic_rpc_handlers((handler(servicer),))
+        if isinstance(server, AioServer):
+            # With fsync durability, decide off the loop so commits can be shared.
+            pool = server.decision_pool(s.workers) if s.audit_durability == "fsync" else None
+            server.add_generic_rpc_handlers((aio_generic_handler(servicer, pool),))
+        else:
+            server.add_generic_rpc_handlers((generic_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

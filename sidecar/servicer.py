@@ -6,11 +6,13 @@ request always see the same policies, even across a reload.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -204,6 +206,7 @@ def generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any,
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
+T = TypeVar("T")
 
 
 def _parsing(
@@ -300,14 +303,23 @@ class _SyncView:
         return self._context.auth_context()
 
 
-def aio_generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:
+def aio_generic_handler(
+    servicer: AuthorizerServicer, executor: Executor | None = None
+) -> grpc.GenericRpcHandler[Any, Any]:
     """The Authorizer methods for grpc.aio: the sync handlers, run on the event loop.
 
     A decision is CPU work under the GIL, and the audit trail's write returns
-    once its event is written, so each call is decided inline, with no hop to a
-    thread pool. (With `audit_durability: fsync` every call then waits for its
-    own fsync: use the sync server there, whose threads share group commits.)
+    once its event is written (to the OS, with the default durability), so
+    each call is decided inline, with no hop to a thread pool. With an
+    `executor` (the server passes one for `audit_durability: fsync`) decisions
+    run there instead, so that calls waiting on an fsync do not hold the loop
+    and concurrent events share a group commit.
     """
+
+    async def run(fn: Callable[..., T], *args: Any) -> T:
+        if executor is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     def unary(
         fn: Callable[[Any, grpc.ServicerContext], R], request_type: type[Message]
@@ -322,7 +334,7 @@ def aio_generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[
                     grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message"
                 )
             try:
-                return fn(msg, _SyncView(context))  # type: ignore[arg-type]
+                return await run(fn, msg, _SyncView(context))
             except _Aborted as stop:
                 await context.abort(stop.code, stop.details)
             raise AssertionError("unreachable")  # pragma: no cover
@@ -343,7 +355,7 @@ def aio_generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[
             meta = _meta(view)  # type: ignore[arg-type]
             async for raw in requests:
                 try:
-                    out = servicer.stream_item(raw, meta, view)  # type: ignore[arg-type]
+                    out = await run(servicer.stream_item, raw, meta, view)
                 except _Aborted as stop:
                     await context.abort(stop.code, stop.details)
                 yield out

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.aioserver import AioServer
 from sidecar.jsonreq import request_from_json
 from tests.helpers import Running, grant_request, notify_request, running_sidecar
 
@@ -143,3 +144,33 @@ def test_asyncio_server_stops_gracefully(tmp_path: Path) -> None:
         with grpc.insecure_channel(running.tcp) as ch, pytest.raises(grpc.RpcError) as info:
             pb_grpc.AuthorizerStub(ch).Authorize(request_from_json(notify_request()), timeout=2)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_asyncio_with_fsync_decides_off_the_loop(tmp_path: Path) -> None:
+    """With fsync durability the asyncio server decides on threads: concurrent calls
+    share group commits instead of each holding the loop through its own fsync."""
+    with running_sidecar(tmp_path, server_mode="asyncio", audit_durability="fsync") as running:
+        with grpc.insecure_channel(running.tcp) as ch:
+            stub = pb_grpc.AuthorizerStub(ch)
+            futures = [
+                stub.Authorize.future(request_from_json(notify_request()), timeout=10)
+                for _ in range(40)
+            ]
+            answers = [f.result() for f in futures]
+            assert {a.decision for a in answers} == {pb.DECISION_ALLOW}
+            streamed = list(
+                stub.AuthorizeStream(_items(request_from_json(notify_request())), timeout=10)
+            )
+            assert streamed[0].response.decision == pb.DECISION_ALLOW
+        ids = {e["id"] for e in running.audit_events() if e.get("kind") == "decision"}
+        assert {a.decision_id for a in answers} <= ids
+        server = running.sidecar._grpc
+        assert isinstance(server, AioServer) and server._decisions is not None
+
+
+def test_asyncio_with_flush_decides_on_the_loop(server: Running) -> None:
+    grpc_server = server.sidecar._grpc
+    if server.sidecar.settings.server_mode == "asyncio":
+        assert isinstance(grpc_server, AioServer) and grpc_server._decisions is None
+    else:
+        assert not isinstance(grpc_server, AioServer)
