@@ -103,6 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--watch-interval", dest="watch_interval_s", type=float, help="poll period (s, default 1)"
     )
+    serve.add_argument(
+        "--cache-max-entries", type=int, help="decision cache entries (0: off; default 100000)"
+    )
+    serve.add_argument("--cache-max-bytes", type=int, help="decision cache bytes (default 64 MiB)")
+    serve.add_argument(
+        "--now-granularity-ms", type=int, help="context.now granularity (ms, default 1000)"
+    )
+    serve.add_argument(
+        "--server-mode", choices=["asyncio", "sync"], help="gRPC server (default asyncio)"
+    )
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=_serve)

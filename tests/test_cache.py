@@ -81,6 +81,28 @@ def test_granularity_is_validated() -> None:
         Settings(cache_max_entries=-1)
 
 
+def test_cache_settings_from_flags_env_and_file(tmp_path: Path) -> None:
+    from sidecar.cli import _parser
+    from sidecar.config import build_settings
+
+    args = _parser().parse_args(["serve", "--cache-max-entries", "5", "--server-mode", "sync"])
+    flags = {k: v for k, v in vars(args).items() if k not in ("run", "config", "log_level")}
+    config = tmp_path / "stepguard.yaml"
+    config.write_text("now-granularity-ms: 250\ncache_max_entries: 9\n")
+    settings = build_settings(
+        {k: v for k, v in flags.items() if v is not None},
+        {"STEPGUARD_CACHE_MAX_BYTES": "1000000"},
+        config,
+    )
+    assert settings.cache_max_entries == 5  # the flag wins over the file
+    assert settings.cache_max_bytes == 1_000_000
+    assert settings.now_granularity_ms == 250
+    assert settings.server_mode == "sync"
+    assert Settings().server_mode == "asyncio"
+    with pytest.raises(ConfigError, match="server_mode"):
+        Settings(server_mode="threads")
+
+
 # --- bounds -----------------------------------------------------------------
 
 
