@@ -230,7 +230,7 @@ def render(summary: dict[str, Any], command: str) -> str:
         )
         runs = ", ".join(f"{r:.0f}" for r in m["all"])
         rows.append(
-            f"| {mode} | {m['decisions_per_s']:.0f} ({runs}) | {m['ratio']:.2f}x | {verdict} "
+            f"| {mode} | {m['decisions_per_s']:.0f} ({runs}) | {m['ratio']:.3f}x | {verdict} "
             f"| {m['server_cpu_us']:.0f} | {'yes' if m['trail_ok'] else 'NO'} |"
         )
     cpu = os.cpu_count()
