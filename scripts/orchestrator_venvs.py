@@ -1,17 +1,14 @@
 """Build the venvs the orchestrator integration tests run in: .venv-airflow and .venv-prefect.
 
 Why not .venv: each orchestrator brings well over a hundred packages that the
-sidecar does not need, and Prefect cannot share an environment with
-stepguard's pins at all (prefect 3.9.1 requires cachetools<8, stepguard pins
-cachetools==8.0.2). So each orchestrator gets its own venv, and the tests run
-the orchestrator there as a subprocess against a sidecar running in .venv.
+sidecar does not need, and the two orchestrators' own pins need not agree. So
+each orchestrator gets its own venv, and the tests run the orchestrator there
+as a subprocess against a sidecar running in .venv.
 
-Each venv holds the orchestrator (its extra in pyproject.toml), stepguard's
-dependencies and stepguard itself (editable: the tests run the working tree),
-all pinned by requirements-<name>.lock. Airflow installs through the real
-`stepguard[airflow]` extra. Prefect cannot (see above): the core dependencies
-it conflicts with come from its lock instead, and stepguard is installed with
---no-deps; its worker-side client needs only grpcio and protobuf.
+Each venv holds the orchestrator, stepguard's dependencies and stepguard
+itself (editable: the tests run the working tree), installed through the real
+`stepguard[<name>]` extra and pinned by requirements-<name>.lock. (stepguard
+pins cachetools 7.x because prefect 3.9 requires cachetools<8.)
 
 A stamp (a hash of the requirements, the lock and this script) skips the
 install when nothing changed, as ./dev does for .venv.
@@ -38,7 +35,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,9 +57,6 @@ REGISTRY_REFUSED = re.compile(
 @dataclass(frozen=True)
 class Spec:
     name: str
-    # Core dependencies the orchestrator cannot share, with the reason; their
-    # versions come from the orchestrator's lock, and stepguard goes in --no-deps.
-    replaced: dict[str, str] = field(default_factory=dict)
 
     @property
     def venv(self) -> Path:
@@ -75,23 +69,14 @@ class Spec:
 
 SPECS = {
     "airflow": Spec("airflow"),
-    "prefect": Spec(
-        "prefect",
-        {"cachetools": "prefect 3.9.1 requires cachetools<8; stepguard pins 8.0.2"},
-    ),
+    "prefect": Spec("prefect"),
 }
 
 
-def _name(requirement: str) -> str:
-    match = re.match(r"[A-Za-z0-9._-]+", requirement)
-    return (match.group(0) if match else requirement).lower().replace("_", "-")
-
-
 def requirements(spec: Spec) -> list[str]:
-    """Core dependencies (less the replaced ones) and the orchestrator's extra."""
+    """Core dependencies and the orchestrator's extra: what the venv must satisfy."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    core = [r for r in project["dependencies"] if _name(r) not in spec.replaced]
-    return core + list(project["optional-dependencies"][spec.name])
+    return list(project["dependencies"]) + list(project["optional-dependencies"][spec.name])
 
 
 def fingerprint(spec: Spec) -> str:
@@ -143,11 +128,7 @@ def build(spec: Spec, *, relock: bool = False) -> str:
     (spec.venv / REFUSED).unlink(missing_ok=True)
     _run([str(python), *PIP, "install", "-q", PIP_VERSION])
     pinned = [] if relock or not spec.lock.exists() else ["-c", str(spec.lock)]
-    if spec.replaced:
-        _run([str(python), *PIP, "install", "-q", *pinned, *requirements(spec)])
-        _run([str(python), *PIP, "install", "-q", "--no-deps", "-e", "."])
-    else:
-        _run([str(python), *PIP, "install", "-q", *pinned, "-e", f".[{spec.name}]"])
+    _run([str(python), *PIP, "install", "-q", *pinned, "-e", f".[{spec.name}]"])
     if not pinned:
         frozen = _run([str(python), *PIP, "freeze", "--exclude-editable"])
         spec.lock.write_text(frozen)
