@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sidecar.config import Settings
 from sidecar.server import Sidecar
@@ -94,3 +97,46 @@ def running_sidecar(
         )
     finally:
         sidecar.stop(grace=1.0)
+
+
+@dataclass
+class ServeProcess:
+    """A real `stepguard serve` subprocess and the endpoints it announced."""
+
+    proc: subprocess.Popen[str]
+    serving: dict[str, Any]
+
+    @property
+    def stderr(self) -> IO[str]:
+        assert self.proc.stderr is not None
+        return self.proc.stderr
+
+    def terminate(self) -> int:
+        """SIGTERM, as Kubernetes stops a pod; returns the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+@contextmanager
+def serve_process(*args: str) -> Iterator[ServeProcess]:
+    """Start `stepguard serve ARGS`, wait for its `serving` line, kill it if still up at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.cli", "serve", *args], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        serving: dict[str, Any] = {}
+        for line in proc.stderr:
+            if line.startswith("{"):
+                serving = json.loads(line)
+                break
+        assert serving.get("event") == "serving", (
+            f"stepguard serve did not start (exit {proc.poll()})"
+        )
+        yield ServeProcess(proc, serving)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

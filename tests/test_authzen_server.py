@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,7 +17,7 @@ from sidecar.config import Settings, build_settings
 from sidecar.errors import ConfigError
 from sidecar.server import Sidecar
 from tests.authzen_client import CERT, Pdp, decisions, serving
-from tests.helpers import running_sidecar
+from tests.helpers import running_sidecar, serve_process
 
 ALICE_READS = {
     "subject": {"type": "user", "id": "alice"},
@@ -60,31 +57,16 @@ def test_the_setting_comes_from_flags_env_and_file(tmp_path: Path) -> None:
 
 def test_stepguard_serve_answers_authzen_and_audits_it(tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
-    argv = [
-        *(sys.executable, "-m", "sidecar.cli", "serve"),
+    args = (
         *("--policies", str(CERT), "--listen", "127.0.0.1:0", "--metrics-listen", "off"),
         *("--audit-file", str(audit), "--authzen-listen", "127.0.0.1:0"),
-    ]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        serving_line: dict[str, Any] = {}
-        for line in proc.stderr:
-            if line.startswith("{"):
-                serving_line = json.loads(line)
-                break
-        assert serving_line["authzen"].startswith("127.0.0.1:"), serving_line
-        pdp = Pdp(serving_line["authzen"])
+    )
+    with serve_process(*args) as server:
+        assert server.serving["authzen"].startswith("127.0.0.1:"), server.serving
+        pdp = Pdp(server.serving["authzen"])
         answer = pdp.evaluation({**ALICE_READS, "options": {"stepguard_explain": True}}).json()
         pdp.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+        assert server.terminate() == 0
     assert answer["decision"] is True
     events = [json.loads(line) for line in audit.read_text().splitlines() if line]
     (event,) = [e for e in events if e.get("id") == answer["context"]["decision_id"]]

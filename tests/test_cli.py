@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import POLICIES, grant_request, notify_request
+from tests.helpers import POLICIES, grant_request, notify_request, serve_process
 
 STEPGUARD = [sys.executable, "-m", "sidecar.cli"]
 
@@ -129,47 +129,26 @@ def test_validate_ok_and_broken(tmp_path: Path) -> None:
 
 
 def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    import signal
-
     from sidecar.client import StepguardClient
 
     audit = tmp_path / "audit.jsonl"
-    proc = subprocess.Popen(
-        [
-            *STEPGUARD,
-            "serve",
-            "--policies",
-            str(POLICIES),
-            "--listen",
-            "127.0.0.1:0",
-            "--socket",
-            str(tmp_path / "sg.sock"),
-            "--metrics-listen",
-            "off",
-            "--audit-file",
-            str(audit),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
+    args = (
+        "--policies",
+        str(POLICIES),
+        "--listen",
+        "127.0.0.1:0",
+        "--socket",
+        str(tmp_path / "sg.sock"),
+        "--metrics-listen",
+        "off",
+        "--audit-file",
+        str(audit),
     )
-    try:
-        assert proc.stderr is not None
-        serving: dict[str, str] = {}
-        for line in proc.stderr:
-            if line.startswith("{"):
-                serving = json.loads(line)
-                break
-        assert serving["event"] == "serving" and serving["grpc"].startswith("127.0.0.1:")
-        with StepguardClient(f"unix://{serving['socket']}") as client:
+    with serve_process(*args) as server:
+        assert server.serving["grpc"].startswith("127.0.0.1:")
+        with StepguardClient(f"unix://{server.serving['socket']}") as client:
             decision = client.authorize(notify_request())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+        assert server.terminate() == 0
     assert decision.allowed, decision.reason
     ids = [
         json.loads(line)["id"] for line in audit.read_text().splitlines() if line.startswith("{")

@@ -253,56 +253,24 @@ def test_watch_settings() -> None:
 
 def test_serve_watch_from_the_command_line(tmp_path: Path) -> None:
     """`stepguard serve --watch` reloads a rename-on-save and logs it; SIGTERM stops it."""
-    import json
-    import signal
-    import subprocess
-    import sys
-
     from sidecar.client import StepguardClient
-    from tests.helpers import notify_request
+    from tests.helpers import notify_request, serve_process
 
     root = tmp_path / "policies"
     shutil.copytree(POLICIES, root, ignore=shutil.ignore_patterns("tests"))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sidecar.cli",
-            "serve",
-            "--policies",
-            str(root),
-            "--listen",
-            "none",
-            "--socket",
-            str(tmp_path / "sg.sock"),
-            "--metrics-listen",
-            "off",
-            "--audit-file",
-            str(tmp_path / "audit.jsonl"),
-            "--watch",
-            "--watch-interval",
-            "0.05",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
+    args = (
+        *("--policies", str(root), "--listen", "none", "--socket", str(tmp_path / "sg.sock")),
+        *("--metrics-listen", "off", "--audit-file", str(tmp_path / "audit.jsonl")),
+        *("--watch", "--watch-interval", "0.05"),
     )
-    try:
-        assert proc.stderr is not None
-        serving = next(json.loads(line) for line in proc.stderr if line.startswith("{"))
-        with StepguardClient(f"unix://{serving['socket']}") as client:
+    with serve_process(*args) as server:
+        with StepguardClient(f"unix://{server.serving['socket']}") as client:
             assert client.authorize(notify_request()).allowed
             new = root / "read_only.cedar.new"
             new.write_text(without_notify(policy_files())["read_only.cedar"])
             os.replace(new, root / "read_only.cedar")
-            reloaded = next(line for line in proc.stderr if "policies reloaded" in line)
+            reloaded = next(line for line in server.stderr if "policies reloaded" in line)
             decision = client.authorize(notify_request())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+        assert server.terminate() == 0
     assert load_bundle(root).revision[:12] in reloaded
     assert not decision.allowed and decision.policy_revision == load_bundle(root).revision
