@@ -58,8 +58,12 @@ def run(requests: int, progress: Any = print) -> MemoryRun:
     audit = WORK / "memory-audit.jsonl"
     for old in WORK.glob("memory-audit.jsonl*"):
         old.unlink()
-    with python_server("stepguard-memory", ["stepguard", "--audit-file", str(audit)]) as srv:
-        return asyncio.run(_drive(srv.target, srv.pid, requests, progress))
+    try:
+        with python_server("stepguard-memory", ["stepguard", "--audit-file", str(audit)]) as srv:
+            return asyncio.run(_drive(srv.target, srv.pid, requests, progress))
+    finally:  # a million events take gigabytes: the trail is not what is measured here
+        for old in WORK.glob("memory-audit.jsonl*"):
+            old.unlink()
 
 
 async def _drive(target: str, pid: int, requests: int, progress: Any) -> MemoryRun:

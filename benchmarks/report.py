@@ -266,3 +266,32 @@ def render(record: dict[str, Any], plot_name: str) -> str:
             f"{'within' if within else 'EXCEEDED'}. RSS by requests: {samples}.",
         ]
     )
+
+
+def render_memory(record: dict[str, Any]) -> str:
+    """The block of a `--only memory` run (the full 1,000,000-request figure)."""
+    mem = record["memory"]
+    m = record["machine"]
+    samples = ", ".join(
+        f"{n:,}: {r} MiB" for n, r in mem["samples"][:: max(1, len(mem["samples"]) // 10)]
+    )
+    within = mem["rss_max_mib"] <= mem["bound_mib"]
+    return "\n".join(
+        [
+            f"## Memory after {mem['requests']:,} distinct requests",
+            "",
+            f"Command: `{record['command']}`, run {record['started']}; {m['nproc']} CPUs "
+            f"({m['cpu']}), Python {m['python']}, grpcio {m['grpcio']}.",
+            "",
+            f"A fresh stepguard with default settings (asyncio server, cache of at most "
+            f"{mem['cache_max_mib']:g} MiB, audit trail to a file) was sent {mem['requests']:,} "
+            f"distinct requests (a new `run_id` each: every one a cache miss) over AuthorizeStream "
+            f"in {mem['seconds']:,.0f} s; {mem['allowed']:,} were allowed. RSS after start-up: "
+            f"{mem['rss_start_mib']} MiB; after the last request: {mem['rss_end_mib']} MiB; "
+            f"highest sampled: {mem['rss_max_mib']} MiB. Documented bound (start-up + 1.5 x cache "
+            f"bytes + 32 MiB, docs/performance.md): {mem['bound_mib']} MiB: "
+            f"{'within' if within else 'EXCEEDED'}.",
+            "",
+            f"RSS by requests: {samples}.",
+        ]
+    )

@@ -12,12 +12,23 @@ END = "<!-- bench:end -->"
 HEADER = "# Benchmark results\n\n"
 
 
-def write_section(path: Path, body: str) -> None:
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}\n"
+def markers(name: str) -> tuple[str, str]:
+    if name == "bench":
+        return BEGIN, END
+    return (
+        f"<!-- bench-{name}:begin (written by `./dev bench --only {name}`) -->",
+        f"<!-- bench-{name}:end -->",
+    )
+
+
+def write_section(path: Path, body: str, name: str = "bench") -> None:
+    """Replace (or append) the block between this name's markers; keep the rest."""
+    begin, end = markers(name)
+    block = f"{begin}\n{body.rstrip()}\n{end}\n"
     text = path.read_text() if path.exists() else HEADER
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + block + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block if text.strip() else HEADER + block

@@ -40,7 +40,7 @@ from benchmarks import cerbos, load, machine, memory, plot
 from benchmarks.load import Load, Stats, Subject
 from benchmarks.policies import bundle_dir
 from benchmarks.procs import ROOT, WORK, Running, python_server
-from benchmarks.report import render
+from benchmarks.report import render, render_memory
 from benchmarks.results import write_section
 from benchmarks.workload import METHOD, batch, distinct, example_request, same, stream_items
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
@@ -81,11 +81,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         help="comma-separated groups to measure (e.g. transport,transport8 or memory); "
-        "prints figures and leaves RESULTS.md alone. Groups: " + ", ".join([*GROUPS, "memory"]),
+        "prints figures (memory also writes its own block of RESULTS.md). Groups: "
+        + ", ".join([*GROUPS, "memory"]),
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="results file to update")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +140,7 @@ def _only(args: argparse.Namespace, timing: Timing, memory_requests: int) -> int
     unknown = sorted(set(wanted) - {*GROUPS, "memory"})
     if unknown:
         raise SystemExit(f"unknown group(s): {', '.join(unknown)}")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     out: dict[str, Any] = {"machine": machine.describe(), "load_before": machine.loadavg()}
     groups = [g for g in wanted if g in GROUPS]
     if groups:
@@ -148,6 +152,11 @@ def _only(args: argparse.Namespace, timing: Timing, memory_requests: int) -> int
         print(f"memory: {memory_requests} distinct requests through a fresh stepguard")
         out["memory"] = memory.run(memory_requests).to_json()
         print(json.dumps({k: v for k, v in out["memory"].items() if k != "samples"}))
+        out["command"] = "./dev bench" + "".join(f" {shlex.quote(a)}" for a in args.argv)
+        out["started"] = started
+        if not args.no_write:
+            write_section(args.out, render_memory(out), name="memory")
+            print(f"wrote the memory block of {args.out}")
     out["load_after"] = machine.loadavg()
     (WORK / "only.json").write_text(json.dumps(out, indent=1))
     return 0
@@ -377,9 +386,10 @@ def _measure(
 # --- baseline B: in-process cedarpy --------------------------------------------------
 
 
-def _in_process(fn: Callable[[], Any], seconds: float) -> Stats:
+def _in_process(fn: Callable[[], Any], seconds: float) -> list[int]:
+    """Per-call nanoseconds of `fn` for `seconds`, after a short warm-up."""
     clock = time.perf_counter_ns
-    end = clock() + int(0.1 * 1e9)
+    end = clock() + int(0.05 * 1e9)
     while clock() < end:
         fn()
     samples: list[int] = []
@@ -389,22 +399,25 @@ def _in_process(fn: Callable[[], Any], seconds: float) -> Stats:
         now = clock()
         samples.append(now - t)
         t = now
+    return samples
+
+
+def _stats(samples: list[int], seconds: float) -> Stats:
     samples.sort()
     return Stats(
-        len(samples),
-        (t - start) / 1e9,
-        load.percentile(samples, 0.5),
-        load.percentile(samples, 0.99),
+        len(samples), seconds, load.percentile(samples, 0.5), load.percentile(samples, 0.99)
     )
 
 
 def _baseline_b(timing: Timing) -> dict[str, Any]:
-    """cedarpy.is_authorized with the parsed handles, every policy; and engine.evaluate."""
-    out: dict[str, Any] = {}
+    """cedarpy.is_authorized with the parsed handles and every policy, beside
+    engine.evaluate (indexed), interleaved in rounds like the servers."""
     bundles: dict[str, tuple[Bundle, str]] = {"example": (load_bundle(ROOT / "policies"), "jira")}
     for n in POLICY_COUNTS:
         bundles[str(n)] = (load_bundle(WORK / f"policies-{n}"), "sys-1")
-    seconds = max(0.3, timing.seconds / 3)
+    rounds = max(1, timing.rounds)
+    seconds = max(0.2, timing.seconds / 2 / rounds)
+    calls: dict[str, tuple[Callable[[], Any], Callable[[], Any], int]] = {}
     for name, (bundle, target) in bundles.items():
         request = request_from_proto(
             example_request(target=target), bundle, Limits(), now=datetime.now(UTC)
@@ -415,18 +428,32 @@ def _baseline_b(timing: Timing) -> dict[str, Any]:
             "resource": request.resource.to_json(),
             "context": dict(request.context),
         }
-        full = _in_process(_cedar_call(bundle, cedar_request), seconds)
-        indexed = _in_process(partial(evaluate, bundle, request), seconds)
         chosen = bundle.index.candidates(request) if bundle.index else None
+        evaluated = len(chosen) if chosen is not None else bundle.policy_count
+        calls[name] = (
+            _cedar_call(bundle, cedar_request),
+            partial(evaluate, bundle, request),
+            evaluated,
+        )
+    full: dict[str, list[int]] = {name: [] for name in calls}
+    indexed: dict[str, list[int]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, (cedar_call, engine_call, _n) in calls.items():
+            full[name] += _in_process(cedar_call, seconds)
+            indexed[name] += _in_process(engine_call, seconds)
+    out: dict[str, Any] = {}
+    for name, (_c, _e, evaluated) in calls.items():
+        f = _stats(full[name], seconds * rounds)
+        i = _stats(indexed[name], seconds * rounds)
         out[name] = {
-            **full.to_json(),
-            "policies": bundle.policy_count,
-            "evaluated_by_index": len(chosen) if chosen is not None else bundle.policy_count,
-            "engine_indexed_p50_us": round(indexed.p50_us, 1),
+            **f.to_json(),
+            "policies": bundles[name][0].policy_count,
+            "evaluated_by_index": evaluated,
+            "engine_indexed_p50_us": round(i.p50_us, 1),
         }
         print(
-            f"baseline B {name:8s} cedarpy p50 {full.p50_us:7.0f} us, "
-            f"engine.evaluate (indexed) p50 {indexed.p50_us:7.0f} us",
+            f"baseline B {name:8s} cedarpy p50 {f.p50_us:7.0f} us, "
+            f"engine.evaluate (indexed) p50 {i.p50_us:7.0f} us",
             flush=True,
         )
     return out
