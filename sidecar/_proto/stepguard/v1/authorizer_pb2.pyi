@@ -437,7 +437,9 @@ class StepContext(_message.Message):
     """The typed runtime context of a workflow step. Every set field reaches Cedar
     under `context`; unset fields are omitted, so the schema should declare
     them optional (`workflow_id?: String`). The server adds `context.now`
-    (a `datetime` from its own clock, never from the caller).
+    (a `datetime` from its own clock, never from the caller), rounded down to
+    the configured granularity (default 1 s, `--now-granularity-ms`) but never
+    moved outside the request's own time bound; see docs/api.md.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
