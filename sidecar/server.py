@@ -7,6 +7,7 @@ calls for the grace period, then close the audit trail and the metrics port.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -186,6 +187,10 @@ class Sidecar:
             authzen = self._authzen.start()
         server.start()
         self._grpc = server
+        if sock is not None:
+            # Group-writable: a worker container sharing the socket's volume and
+            # group (fsGroup) may connect without running as the sidecar's uid.
+            os.chmod(sock, 0o660)
         if s.metrics_listen is not None:
             host, port = split_host_port(s.metrics_listen, "metrics_listen")
             httpd = start_status_server(host, port, self.metrics.registry, self.health_detail)

@@ -355,3 +355,10 @@ def test_caller_cannot_extend_a_stored_entity(stub: pb_grpc.AuthorizerStub) -> N
     }
     # Restating what the store holds is fine; the worker is still not a provisioner.
     assert stub.Authorize(request_from_json(req), timeout=5).decision == pb.DECISION_DENY
+
+
+def test_unix_socket_is_group_writable_only(server: Running) -> None:
+    import stat
+
+    mode = stat.S_IMODE(Path(server.socket).stat().st_mode)
+    assert mode == 0o660
