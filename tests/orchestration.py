@@ -263,6 +263,31 @@ def check_one_event_per_guarded_step(outcome: Outcome, scenario: Scenario) -> No
         assert event["decision"] == ("ALLOW" if task.state == "success" else "DENY")
 
 
+def check_leaver_not_blocked_at_night(outcome: Outcome) -> None:
+    """Sunday 03:00: the leaver flow completes, the onboarding flow is stopped."""
+    run = outcome.runs["leaver-at-night"]
+    assert run.state == "success"
+    assert run.ran() == list(LEAVER_STEPS)
+    events = outcome.events(by_name("leaver-at-night"))
+    assert len(events) == len(LEAVER_STEPS)
+    assert all(e["decision"] == "ALLOW" and LEAVER_POLICY in policies_of(e) for e in events)
+    # The same night, the onboarding flow is stopped: the clock really is Sunday 03:00.
+    night = outcome.runs["onboarding-at-night"]
+    assert night.tasks["create_account"].state == "failed"
+    assert night.ran() == []
+    (denied,) = outcome.events(by_name("onboarding-at-night"))
+    assert AFTER_HOURS_POLICY in policies_of(denied)
+
+
+def check_time_bound_stops_the_first_step(outcome: Outcome) -> None:
+    run = outcome.runs["leaver-expired"]
+    assert run.tasks["revoke_access"].state == "failed"
+    assert run.ran() == []
+    (event,) = outcome.events(by_name("leaver-expired"))
+    assert event["context"]["time_bound"]["not_after"]
+    assert TIME_BOUND_POLICY in policies_of(event)
+
+
 def _dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -12,16 +12,14 @@ import pytest
 
 from tests.helpers import ROOT
 from tests.orchestration import (
-    AFTER_HOURS_POLICY,
     APPROVAL_POLICY,
-    LEAVER_POLICY,
-    LEAVER_STEPS,
     SCENARIOS,
-    TIME_BOUND_POLICY,
     Outcome,
     Scenario,
     by_name,
+    check_leaver_not_blocked_at_night,
     check_one_event_per_guarded_step,
+    check_time_bound_stops_the_first_step,
     orchestrator_python,
     orchestrators_imported_by_stepguard,
     policies_of,
@@ -111,27 +109,11 @@ def test_missing_or_self_approval_stops_at_the_identity_changing_step(
 
 
 def test_the_leaver_flow_is_not_blocked_outside_business_hours(outcome: Outcome) -> None:
-    run = outcome.runs["leaver-at-night"]
-    assert run.state == "success"
-    assert run.ran() == list(LEAVER_STEPS)
-    events = outcome.events(by_name("leaver-at-night"))
-    assert len(events) == len(LEAVER_STEPS)
-    assert all(e["decision"] == "ALLOW" and LEAVER_POLICY in policies_of(e) for e in events)
-    # The same night, the onboarding flow is stopped: the clock really is Sunday 03:00.
-    night = outcome.runs["onboarding-at-night"]
-    assert night.tasks["create_account"].state == "failed"
-    assert night.ran() == []
-    (denied,) = outcome.events(by_name("onboarding-at-night"))
-    assert AFTER_HOURS_POLICY in policies_of(denied)
+    check_leaver_not_blocked_at_night(outcome)
 
 
 def test_a_run_outside_its_time_bound_is_stopped_at_the_first_step(outcome: Outcome) -> None:
-    run = outcome.runs["leaver-expired"]
-    assert run.tasks["revoke_access"].state == "failed"
-    assert run.ran() == []
-    (event,) = outcome.events(by_name("leaver-expired"))
-    assert event["context"]["time_bound"]["not_after"]
-    assert TIME_BOUND_POLICY in policies_of(event)
+    check_time_bound_stops_the_first_step(outcome)
 
 
 @pytest.mark.parametrize("name", [s.name for s in [*SCENARIOS, REDECLARED]])
