@@ -83,11 +83,16 @@ def _to_proto(request: RequestLike) -> pb.AuthorizeRequest:
     return request_from_json(dict(request))
 
 
-def _rpc_failure(exc: grpc.RpcError) -> StepDecision:
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    name = code.name if code is not None else "UNKNOWN"
-    return denied(f"stepguard call failed ({name}): {details}")
+def _failure(exc: Exception) -> StepDecision:
+    """The DENY that stands for a call that went wrong, saying how."""
+    if isinstance(exc, InvalidRequest):
+        return denied(f"invalid request: {exc}")
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        name = code.name if code is not None else "UNKNOWN"
+        return denied(f"stepguard call failed ({name}): {details}")
+    return denied(f"stepguard client error: {type(exc).__name__}: {exc}")
 
 
 class StepguardClient:
@@ -119,12 +124,8 @@ class StepguardClient:
         try:
             msg = _to_proto(request)
             resp = self._stub.Authorize(msg, timeout=timeout or self.timeout)
-        except InvalidRequest as exc:
-            return denied(f"invalid request: {exc}")
-        except grpc.RpcError as exc:
-            return _rpc_failure(exc)
-        except Exception as exc:  # noqa: BLE001 - fail closed on anything else
-            return denied(f"stepguard client error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything
+            return _failure(exc)
         return from_response(resp)
 
     def authorize_batch(
@@ -136,12 +137,8 @@ class StepguardClient:
             resp = self._stub.AuthorizeBatch(
                 pb.AuthorizeBatchRequest(items=msgs), timeout=timeout or self.timeout
             )
-        except InvalidRequest as exc:
-            return [denied(f"invalid request: {exc}")] * len(requests)
-        except grpc.RpcError as exc:
-            return [_rpc_failure(exc)] * len(requests)
-        except Exception as exc:  # noqa: BLE001 - fail closed on anything else
-            return [denied(f"stepguard client error: {exc}")] * len(requests)
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything
+            return [_failure(exc)] * len(requests)
         out = [
             from_response(r.response)
             if r.HasField("response")
@@ -211,12 +208,8 @@ class AsyncStepguardClient:
                 msg, timeout=timeout or self.timeout
             )
             resp = await call
-        except InvalidRequest as exc:
-            return denied(f"invalid request: {exc}")
-        except grpc.RpcError as exc:
-            return _rpc_failure(exc)
-        except Exception as exc:  # noqa: BLE001 - fail closed on anything else
-            return denied(f"stepguard client error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything
+            return _failure(exc)
         return from_response(resp)
 
     async def check(self, request: RequestLike) -> StepDecision:

@@ -33,7 +33,7 @@ from sidecar.client import (
 from sidecar.errors import ConfigError, StepguardError
 from sidecar.integrations.steps import EntityTypes, RunFacts, Step, build_request
 
-# gRPC codes after which asking again may succeed (see sidecar.client._rpc_failure).
+# gRPC codes after which asking again may succeed (see sidecar.client._failure).
 _TRANSIENT = frozenset(
     {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED"}
 )
