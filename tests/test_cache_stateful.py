@@ -246,15 +246,15 @@ class CacheIsInvisible(RuleBasedStateMachine):
             if not_before is not None:
                 bound["not_before"] = _iso(base + timedelta(milliseconds=not_before))
             if not_after is not None:
-                not_after = max(not_after, not_before or not_after)
+                not_after = not_after if not_before is None else max(not_after, not_before)
                 bound["not_after"] = _iso(base + timedelta(milliseconds=not_after))
             req = {**req, "context": {**req["context"], "time_bound": bound}}
         self._both(req)
         return req
 
-    @rule(req=sent, repeat=st.integers(1, 3))
+    @rule(req=sent, repeat=st.integers(2, 4))
     def resend(self, req: dict[str, Any], repeat: int) -> None:
-        """The same step again, after whatever moved since: the cache's case."""
+        """The same step again, after whatever moved since, then at once again: the cache's case."""
         for _ in range(repeat):
             self._both(req)
 
