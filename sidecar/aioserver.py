@@ -33,16 +33,7 @@ class AioServer(grpc.Server):
             max_workers=max(2, workers // 4), thread_name_prefix="stepguard-sync"
         )
         self._server: grpc.aio.Server = self._run(self._make(options))
-        self._decisions: futures.ThreadPoolExecutor | None = None
         self._done = threading.Event()  # set once stop() has drained and closed
-
-    def decision_pool(self, workers: int) -> futures.ThreadPoolExecutor:
-        """Threads to decide on instead of the loop (shut down with the server)."""
-        if self._decisions is None:
-            self._decisions = futures.ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix="stepguard"
-            )
-        return self._decisions
 
     async def _make(self, options: Sequence[tuple[str, Any]]) -> grpc.aio.Server:
         return grpc.aio.server(migration_thread_pool=self._pool, options=options)
@@ -88,8 +79,6 @@ class AioServer(grpc.Server):
                 self._thread.join()
                 self._loop.close()
                 self._pool.shutdown(wait=True)
-                if self._decisions is not None:
-                    self._decisions.shutdown(wait=True)
                 self._done.set()
                 stopped.set()
 

@@ -8,13 +8,16 @@ unaudited.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from sidecar.audit.event import CallMeta, build_event
 from sidecar.audit.redact import Redactor
-from sidecar.audit.sink import AuditSink
+from sidecar.audit.sink import AuditSink, DeferringSink
 from sidecar.bundle import Bundle
 from sidecar.cache import (
     DecisionCache,
@@ -45,6 +48,20 @@ class Decided:
     explanation: Explanation | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A decision whose event is queued, not yet written: it is not answered before `settle`."""
+
+    ticket: Any
+    result: Result
+    cached: bool
+    started: float
+
+
+# The decisions made inside `Decider.deferring()` on this thread/task, else None.
+_PENDING: ContextVar[list[Pending] | None] = ContextVar("stepguard_pending", default=None)
+
+
 class Decider:
     def __init__(
         self,
@@ -66,6 +83,8 @@ class Decider:
         # The decision cache (sidecar/cache.py): None when off. Hits are audited too.
         self.cache = cache
         self.now_granularity_ms = now_granularity_ms
+        # Set for a sink that can queue events for its own committer (`deferring`).
+        self._deferring: DeferringSink | None = sink if isinstance(sink, DeferringSink) else None
         self._hits = metrics.cache_lookups.labels(result="hit")
         self._misses = metrics.cache_lookups.labels(result="miss")
         if cache is not None:
@@ -118,11 +137,7 @@ class Decider:
     ) -> Decided:
         self._hits.inc()
         decision_id = self._ids.next()
-        result = self.audit(decision_id, at, request, result, meta, cached=True, started=started)
-        if result.errors:
-            self._metrics.evaluation_errors.inc()
-        self._metrics.decisions.labels(decision=result.decision.value, cached="true").inc()
-        self._metrics.decision_seconds.observe(time.perf_counter() - started)
+        result = self._record(decision_id, at, request, result, meta, cached=True, started=started)
         return Decided(decision_id, result, cached=True)
 
     def decide(
@@ -158,12 +173,101 @@ class Decider:
             entry = Entry(request, result, nb, na, entry_size(_encoded_len(key)))
             self.cache.put(key, bundle.revision, entry)
         decision_id = self._ids.next()
-        result = self.audit(decision_id, at, request, result, meta, cached=False, started=started)
+        result = self._record(decision_id, at, request, result, meta, cached=False, started=started)
+        return Decided(decision_id, result, cached=False)
+
+    def _record(
+        self,
+        decision_id: str,
+        at: datetime,
+        request: AuthzRequest,
+        result: Result,
+        meta: CallMeta,
+        *,
+        cached: bool,
+        started: float,
+    ) -> Result:
+        """Audit and count a decision; inside `deferring()`, queue its event and count later."""
+        pending = _PENDING.get()
+        if pending is not None and self._deferring is not None:
+            event = self._event(
+                decision_id, at, request, result, meta, cached=cached, started=started
+            )
+            try:
+                ticket = self._deferring.enqueue(event)
+            except AuditError as exc:
+                result = self._audit_failed(result, str(exc))
+            else:
+                pending.append(Pending(ticket, result, cached, started))
+                return result
+        else:
+            result = self.audit(
+                decision_id, at, request, result, meta, cached=cached, started=started
+            )
+        self._count(result, cached, started)
+        return result
+
+    def _count(self, result: Result, cached: bool, started: float) -> None:
         if result.errors:
             self._metrics.evaluation_errors.inc()
-        self._metrics.decisions.labels(decision=result.decision.value, cached="false").inc()
+        label = "true" if cached else "false"
+        self._metrics.decisions.labels(decision=result.decision.value, cached=label).inc()
         self._metrics.decision_seconds.observe(time.perf_counter() - started)
-        return Decided(decision_id, result, cached=False)
+
+    @contextmanager
+    def deferring(self) -> Iterator[list[Pending]]:
+        """Decisions made inside the block queue their events instead of writing them.
+
+        For the asyncio server with durability fsync: the event loop must not
+        wait for a disk. The caller holds every answer made inside the block
+        until `tickets_done` reports the events written, then calls `settle`;
+        an answer whose event failed is replaced by a DENY (servicer.py).
+        Without a sink that can queue, decisions are written as usual.
+        """
+        pending: list[Pending] = []
+        token = _PENDING.set(pending)
+        try:
+            yield pending
+        finally:
+            _PENDING.reset(token)
+
+    def tickets_done(self, pending: list[Pending], callback: Callable[[str], object]) -> None:
+        """Call `callback(error)` once every pending event is written ("" then) or failed."""
+        sink = self._deferring
+        assert sink is not None, "pending decisions come only from a deferring sink"
+        tickets = list({id(p.ticket): p.ticket for p in pending}.values())
+        remaining = [len(tickets)]
+        errors: list[str] = []
+
+        def one(error: str) -> None:  # on the committing thread, or here
+            if error:
+                errors.append(error)
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                callback(errors[0] if errors else "")
+
+        for ticket in tickets:
+            sink.when_done(ticket, one)
+
+    def settle(self, pending: list[Pending], error: str) -> Result | None:
+        """Count the pending decisions once their events are written (or not: `error`).
+
+        Returns the DENY that replaces their answers when the trail failed.
+        """
+        refusal = None
+        for p in pending:
+            result = p.result
+            if error:
+                result = refusal = self._audit_failed(result, error)
+            self._count(result, p.cached, p.started)
+        if pending and not error:
+            self._metrics.audit_healthy.set(1)
+        return refusal
+
+    def _audit_failed(self, result: Result, error: str) -> Result:
+        self._metrics.audit_failures.inc()
+        self._metrics.audit_healthy.set(0)
+        return deny(result.revision, f"audit trail unavailable, failing closed: {error}")
 
     def audit(
         self,
@@ -181,25 +285,35 @@ class Decider:
         Returns the result to answer: the decision itself once its event is
         written, else a DENY saying the trail is unavailable.
         """
-        latency = time.perf_counter() - started
-        event = build_event(
+        event = self._event(decision_id, at, request, result, meta, cached=cached, started=started)
+        try:
+            self._sink.write(event)
+        except AuditError as exc:
+            return self._audit_failed(result, str(exc))
+        self._metrics.audit_healthy.set(1)
+        return result
+
+    def _event(
+        self,
+        decision_id: str,
+        at: datetime,
+        request: AuthzRequest,
+        result: Result,
+        meta: CallMeta,
+        *,
+        cached: bool,
+        started: float,
+    ) -> dict[str, Any]:
+        return build_event(
             decision_id,
             at,
             request,
             result,
             meta,
             cached=cached,
-            latency_s=latency,
+            latency_s=time.perf_counter() - started,
             redactor=self._redactor,
         )
-        try:
-            self._sink.write(event)
-        except AuditError as exc:
-            self._metrics.audit_failures.inc()
-            self._metrics.audit_healthy.set(0)
-            return deny(result.revision, f"audit trail unavailable, failing closed: {exc}")
-        self._metrics.audit_healthy.set(1)
-        return result
 
     @property
     def audit_healthy(self) -> bool:

@@ -136,9 +136,9 @@ class Sidecar:
             max_streams=max(1, s.workers // 2),
         )
         if isinstance(server, AioServer):
-            # With fsync durability, decide off the loop so commits can be shared.
-            pool = server.decision_pool(s.workers) if s.audit_durability == "fsync" else None
-            server.add_generic_rpc_handlers((aio_generic_handler(servicer, pool),))
+            # With fsync durability the loop must not wait for the disk (servicer.py).
+            defer = s.audit_durability == "fsync"
+            server.add_generic_rpc_handlers((aio_generic_handler(servicer, defer_audit=defer),))
         else:
             server.add_generic_rpc_handlers((generic_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

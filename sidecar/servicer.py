@@ -12,9 +12,8 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Executor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -30,7 +29,7 @@ from sidecar.explain import explain
 from sidecar.explain import to_proto as explanation_to_proto
 from sidecar.identity import CallerContext, caller_identity
 from sidecar.metrics import Metrics
-from sidecar.model import Decision, EntityUid
+from sidecar.model import Decision, EntityUid, Result
 from sidecar.validate import Limits, request_from_proto
 
 log = logging.getLogger(__name__)
@@ -304,22 +303,45 @@ class _SyncView:
 
 
 def aio_generic_handler(
-    servicer: AuthorizerServicer, executor: Executor | None = None
+    servicer: AuthorizerServicer, *, defer_audit: bool = False
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """The Authorizer methods for grpc.aio: the sync handlers, run on the event loop.
 
-    A decision is CPU work under the GIL, and the audit trail's write returns
-    once its event is written (to the OS, with the default durability), so
-    each call is decided inline, with no hop to a thread pool. With an
-    `executor` (the server passes one for `audit_durability: fsync`) decisions
-    run there instead, so that calls waiting on an fsync do not hold the loop
-    and concurrent events share a group commit.
+    A decision is CPU work under the GIL, so each call is decided inline, with
+    no hop to a thread pool. With the default durability the audit event is
+    written (to the OS) inline too: one write. With `defer_audit` (the server
+    sets it for durability fsync) the loop does not wait for the disk: events
+    are queued for the trail's committer thread, the loop goes on deciding
+    other calls (whose events share the next fsync), and each answer is held
+    until its events are on disk; an answer whose event could not be written
+    becomes a DENY saying so.
     """
+    decider = servicer._decider
 
-    async def run(fn: Callable[..., T], *args: Any) -> T:
-        if executor is None:
+    async def run(fn: Callable[..., M], *args: Any) -> M:
+        if not defer_audit:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        with decider.deferring() as pending:
+            try:
+                out = fn(*args)
+            except BaseException:
+                if pending:  # decided, never answered: count them once written
+                    decider.tickets_done(pending, lambda error: decider.settle(pending, error))
+                raise
+        if not pending:
+            return out
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[str] = loop.create_future()
+        decider.tickets_done(
+            pending, lambda error: loop.call_soon_threadsafe(_resolve, written, error)
+        )
+        try:
+            error = await written
+        except asyncio.CancelledError:  # the caller left; the events are still written
+            decider.tickets_done(pending, lambda error: decider.settle(pending, error))
+            raise
+        refusal = decider.settle(pending, error)
+        return out if refusal is None else _refused(out, refusal)
 
     def unary(
         fn: Callable[[Any, grpc.ServicerContext], R], request_type: type[Message]
@@ -378,3 +400,23 @@ def aio_generic_handler(
     }
     service = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
     return grpc.method_handlers_generic_handler(service, handlers)
+
+
+def _resolve(future: asyncio.Future[str], error: str) -> None:
+    if not future.done():
+        future.set_result(error)
+
+
+def _refused(out: M, refusal: Result) -> M:
+    """`out` with every decision in it replaced by `refusal` (a DENY: the trail failed)."""
+    if isinstance(out, pb.AuthorizeResponse):
+        refused = to_response(Decided(out.decision_id, refusal, cached=False))
+        refused.policy_revision = out.policy_revision
+        return cast(M, refused)
+    if isinstance(out, pb.AuthorizeBatchResponse):
+        for slot in out.results:
+            if slot.HasField("response"):
+                slot.response.CopyFrom(_refused(slot.response, refusal))
+    elif isinstance(out, pb.AuthorizeStreamResponse) and out.HasField("response"):
+        out.response.CopyFrom(_refused(out.response, refusal))
+    return out

@@ -279,8 +279,15 @@ def test_sigkill_under_load_loses_no_answered_decision(
 
 
 @pytest.mark.slow
-def test_file_size_cap_denies_with_reason_then_recovers(tmp_path: Path, policies: Path) -> None:
-    """RLIMIT_FSIZE caps the trail (write() gets EFBIG: SIGXFSZ is ignored)."""
+@pytest.mark.parametrize("durability", ["flush", "fsync"])
+def test_file_size_cap_denies_with_reason_then_recovers(
+    tmp_path: Path, policies: Path, durability: str
+) -> None:
+    """RLIMIT_FSIZE caps the trail (write() gets EFBIG: SIGXFSZ is ignored).
+
+    With fsync the asyncio server queues events for the trail's committer
+    instead of writing them on the loop: failures must still reach every answer.
+    """
     audit = tmp_path / "trail" / "audit.jsonl"
     cap = 24 * 1024
 
@@ -288,7 +295,7 @@ def test_file_size_cap_denies_with_reason_then_recovers(tmp_path: Path, policies
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (cap, resource.RLIM_INFINITY))
 
-    flags = ("--metrics-listen", "127.0.0.1:0", "--grace", "5")
+    flags = ("--metrics-listen", "127.0.0.1:0", "--grace", "5", "--audit-durability", durability)
     with serve(tmp_path, policies, audit, *flags, preexec_fn=limit_file_size) as server:
         assert server.metrics is not None
         assert health_of(server.grpc) == health_pb2.HealthCheckResponse.SERVING
@@ -469,3 +476,82 @@ def test_query_answers_who_was_allowed_and_when(
     assert got == {ids["bob"], ids["carol"]}
     assert main(["audit", "query", str(audit), "--until", "2000-01-01", "--verify"]) == 0
     assert "no matching records" in capsys.readouterr().out
+
+
+def test_fsync_answers_wait_for_the_disk_and_failures_reach_every_item(
+    tmp_path: Path, policies: Path
+) -> None:
+    """Durability fsync on the asyncio server: events go to the trail's committer thread.
+
+    An answer leaves only once its event is on disk (it is in the file when the
+    answer arrives); when the commit fails, single calls, every batch item and
+    every stream item are DENY saying why, and the trail recovers by itself.
+    """
+    from sidecar.audit.jsonl import FileSink
+    from sidecar.config import Settings
+    from sidecar.server import Sidecar
+
+    class FullDisk(FileSink):
+        full = False
+
+        def _sync(self) -> None:  # the write reached the page cache; the fsync fails
+            if self.full:
+                raise OSError(errno.EIO, os.strerror(errno.EIO), str(self.path))
+            super()._sync()
+
+    audit = tmp_path / "audit.jsonl"
+    sink = FullDisk(audit, durability="fsync", probe_interval_s=0.05)
+    settings = Settings(
+        policies=policies,
+        listen="127.0.0.1:0",
+        metrics_listen=None,
+        audit_file=str(audit),
+        audit_durability="fsync",
+        cache_max_entries=0,
+    )
+    assert settings.server_mode == "asyncio"
+    sidecar = Sidecar(settings, sink=sink)
+    target = str(sidecar.start().tcp)
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.AuthorizerStub(channel)
+            first = stub.Authorize(ask("alice", step="first"), timeout=10)
+            assert first.decision == pb.DECISION_ALLOW
+            assert first.decision_id in audit.read_text()  # on disk before the answer
+            sink.full = True
+            single = stub.Authorize(ask("alice", step="single"), timeout=10)
+            batch = stub.AuthorizeBatch(
+                pb.AuthorizeBatchRequest(items=[ask("alice", step=f"b{i}") for i in range(3)]),
+                timeout=10,
+            )
+            stream = list(
+                stub.AuthorizeStream(
+                    iter([pb.AuthorizeStreamRequest(id=i, request=ask("alice")) for i in (7, 8)]),
+                    timeout=10,
+                )
+            )
+            refused = [single, *(r.response for r in batch.results)]
+            refused += [r.response for r in stream]
+            assert [r.id for r in stream] == [7, 8]
+            assert len(refused) == 6
+            for answer in refused:
+                assert answer.decision == pb.DECISION_DENY, answer
+                assert UNAVAILABLE in answer.reason and "Input/output error" in answer.reason
+                assert not answer.determining_policies
+            failures = sidecar.metrics.registry.get_sample_value(
+                "stepguard_audit_write_failures_total"
+            )
+            assert failures is not None and failures >= 6
+            sink.full = False
+            wait_for(lambda: sink.healthy, "the trail recovers by itself")
+            again = stub.Authorize(ask("alice", step="again"), timeout=10)
+            assert again.decision == pb.DECISION_ALLOW
+    finally:
+        sidecar.stop(grace=1.0)
+    trail = trail_decisions(audit)
+    assert first.decision_id in trail and again.decision_id in trail
+    assert not any(r.decision_id in trail for r in refused)
+    outages = trail_records(audit, "outage")
+    assert sum(o["refused_events"] for o in outages) == 6
+    report = verify(collect([audit])[0])
+    assert report.ok, report.problem

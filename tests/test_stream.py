@@ -13,7 +13,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
-from sidecar.aioserver import AioServer
 from sidecar.jsonreq import request_from_json
 from tests.helpers import Running, grant_request, notify_request, running_sidecar
 
@@ -146,10 +145,26 @@ def test_asyncio_server_stops_gracefully(tmp_path: Path) -> None:
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_asyncio_with_fsync_decides_off_the_loop(tmp_path: Path) -> None:
-    """With fsync durability the asyncio server decides on threads: concurrent calls
-    share group commits instead of each holding the loop through its own fsync."""
+def _committing_threads(running: Running) -> list[str]:
+    """Names of the threads that commit the sink's batches from now on (the real commits)."""
+    sink: Any = running.sidecar.sink
+    names: list[str] = []
+    commit = sink._commit
+
+    def spy(bodies: list[bytes]) -> None:
+        if bodies:
+            names.append(threading.current_thread().name)
+        commit(bodies)
+
+    sink._commit = spy
+    return names
+
+
+def test_asyncio_with_fsync_commits_off_the_loop(tmp_path: Path) -> None:
+    """With fsync durability the loop never waits for the disk: it queues events for
+    the trail's committer thread, and each answer waits until its event is written."""
     with running_sidecar(tmp_path, server_mode="asyncio", audit_durability="fsync") as running:
+        committers = _committing_threads(running)
         with grpc.insecure_channel(running.tcp) as ch:
             stub = pb_grpc.AuthorizerStub(ch)
             futures = [
@@ -164,13 +179,15 @@ def test_asyncio_with_fsync_decides_off_the_loop(tmp_path: Path) -> None:
             assert streamed[0].response.decision == pb.DECISION_ALLOW
         ids = {e["id"] for e in running.audit_events() if e.get("kind") == "decision"}
         assert {a.decision_id for a in answers} <= ids
-        server = running.sidecar._grpc
-        assert isinstance(server, AioServer) and server._decisions is not None
+        assert committers and set(committers) == {"stepguard-audit-commit"}
 
 
-def test_asyncio_with_flush_decides_on_the_loop(server: Running) -> None:
-    grpc_server = server.sidecar._grpc
-    if server.sidecar.settings.server_mode == "asyncio":
-        assert isinstance(grpc_server, AioServer) and grpc_server._decisions is None
-    else:
-        assert not isinstance(grpc_server, AioServer)
+def test_asyncio_with_flush_writes_on_the_loop(tmp_path: Path) -> None:
+    """With the default durability the loop writes each event itself: one write(2), no hand-off."""
+    with running_sidecar(tmp_path, server_mode="asyncio") as running:
+        committers = _committing_threads(running)
+        with grpc.insecure_channel(running.tcp) as ch:
+            stub = pb_grpc.AuthorizerStub(ch)
+            answer = stub.Authorize(request_from_json(notify_request()), timeout=5)
+            assert answer.decision == pb.DECISION_ALLOW
+        assert committers == ["stepguard-aio"]

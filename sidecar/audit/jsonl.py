@@ -69,13 +69,15 @@ class _Batch:
     """Events committed together. Its members wait on its own condition, so finishing
     a batch wakes only them (and one caller of the next batch, to lead it)."""
 
-    __slots__ = ("bodies", "cond", "done", "error")
+    __slots__ = ("bodies", "callbacks", "cond", "done", "error")
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
         self.cond: threading.Condition | None = None  # made by its first waiter
         self.done = False
         self.error = ""
+        # Deferred writers' callbacks (`when_done`), called with `error` once done.
+        self.callbacks: list[Callable[[str], None]] = []
 
     def wait(self, lock: threading.Lock) -> None:
         if self.cond is None:
@@ -114,6 +116,8 @@ class _ChainSink:
         self._stop = threading.Event()
         self._probe_interval = probe_interval_s
         self._probe: threading.Thread | None = None
+        self._work = threading.Condition(self._lock)  # events queued for the committer
+        self._committer: threading.Thread | None = None
 
     # -- the AuditSink interface ------------------------------------------------
 
@@ -144,6 +148,59 @@ class _ChainSink:
             self._closed = True
             self._close_medium()
             self._open.wake(everyone=True)
+            self._work.notify_all()
+            stranded = self._open
+            stranded.done, stranded.error = True, "audit trail is closed"
+            callbacks, stranded.callbacks = stranded.callbacks, []
+        _notify(callbacks, stranded.error)  # queued after the last commit: never written
+
+    # -- deferred writes (asyncio server, durability fsync) ---------------------------
+
+    def enqueue(self, event: Mapping[str, Any]) -> _Batch:
+        """Queue `event` for the committer thread; returns its batch, a ticket for `when_done`.
+
+        For a caller that must not block (the asyncio server's event loop):
+        it goes on deciding while the committer writes and fsyncs, and whatever
+        it queues meanwhile shares the next commit. The caller must not answer
+        before `when_done` reports the batch committed.
+        """
+        try:
+            body = canonical(event)
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"event cannot be encoded: {exc}") from exc
+        with self._lock:
+            if self._closed:
+                raise AuditError("audit trail is closed")
+            batch = self._open
+            batch.bodies.append(body)
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._commit_loop, name="stepguard-audit-commit", daemon=True
+                )
+                self._committer.start()
+            self._work.notify()
+        return batch
+
+    def when_done(self, batch: _Batch, callback: Callable[[str], None]) -> None:
+        """Call `callback(error)` ("" when written) once `batch` is committed, maybe at once.
+
+        It runs on the committing thread: it should only hand the news over.
+        """
+        with self._lock:
+            if not batch.done:
+                batch.callbacks.append(callback)
+                return
+        _notify([callback], batch.error)
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._open.bodies and not self._closed:
+                    self._work.wait()
+                if self._closed:
+                    return
+            with contextlib.suppress(AuditError):  # the batch's callbacks carry the error
+                self._submit(None)
 
     # -- group commit -------------------------------------------------------------
 
@@ -184,8 +241,12 @@ class _ChainSink:
                 self._writing = False
                 batch.wake(everyone=True)  # its members return
                 self._open.wake(everyone=False)  # one caller queued meanwhile leads the next
+                if self._open.bodies:  # deferred events queued meanwhile
+                    self._work.notify()
                 if self._closing:
                     self._idle.notify_all()
+                callbacks, batch.callbacks = batch.callbacks, []
+            _notify(callbacks, batch.error)
         if batch.error:
             raise AuditError(batch.error)
 
@@ -718,6 +779,14 @@ def _last_line(f: IO[bytes], size: int) -> tuple[bytes | None, int]:
         if pos == 0:
             return buf[:end], cut
     return None, 0
+
+
+def _notify(callbacks: list[Callable[[str], None]], error: str) -> None:
+    for callback in callbacks:
+        try:
+            callback(error)
+        except Exception:  # e.g. the event loop already closed; the trail goes on
+            log.exception("audit commit callback failed")
 
 
 def _write_all(fd: int, data: bytes) -> None:

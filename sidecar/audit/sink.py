@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sidecar.errors import AuditError
 
@@ -31,6 +31,23 @@ class AuditSink(Protocol):
 
     def watch(self, watcher: HealthWatcher) -> None:
         """Call `watcher(healthy, detail)` whenever health changes."""
+
+
+@runtime_checkable
+class DeferringSink(AuditSink, Protocol):
+    """A sink that can also queue events for a committer of its own (jsonl.py).
+
+    For callers that must not block while an event is written (the asyncio
+    server's event loop with durability fsync): `enqueue` returns a ticket at
+    once, and `when_done(ticket, callback)` calls `callback(error)` ("" when
+    written) once it is committed. The decision is answered only after that.
+    """
+
+    def enqueue(self, event: Mapping[str, Any]) -> Any:
+        """Queue one event; raise AuditError if the trail is closed or it cannot be encoded."""
+
+    def when_done(self, ticket: Any, callback: Callable[[str], None]) -> None:
+        """Call `callback(error)` once the ticket's batch is committed (maybe right away)."""
 
 
 class MemorySink:
