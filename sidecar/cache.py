@@ -126,6 +126,9 @@ class Entry:
     not_before_ms: int | None
     not_after_ms: int | None
     size: int
+    # The decision's audit event without this call's facts (audit/event.py `template`),
+    # when hits may be stamped from it; else each hit builds its event anew.
+    event: Mapping[str, Any] | None = None
 
     def servable(self, real_ms: int) -> bool:
         """An ALLOW is served only while the clock is inside the request's time bound."""

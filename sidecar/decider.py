@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sidecar.audit.event import CallMeta, build_event
+from sidecar.audit.event import PER_CALL, CallMeta, build_event, stamp, template
 from sidecar.audit.redact import Redactor
 from sidecar.audit.sink import AuditSink, DeferringSink
 from sidecar.bundle import Bundle
@@ -36,7 +36,7 @@ from sidecar.identity import binding_refusal
 from sidecar.ids import DecisionIds
 from sidecar.index import WHOLE_CONTEXT
 from sidecar.metrics import Metrics
-from sidecar.model import AuthzRequest, Result
+from sidecar.model import AuthzRequest, Decision, Result
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,12 @@ class Decider:
         self.now_granularity_ms = now_granularity_ms
         # Set for a sink that can queue events for its own committer (`deferring`).
         self._deferring: DeferringSink | None = sink if isinstance(sink, DeferringSink) else None
+        # Hits stamp their event from the cached decision's template unless a
+        # redaction path could reach a per-call field (then each builds anew).
+        self._stamp = redactor is None or not redactor.touches(PER_CALL)
+        self._stamp_now = redactor is None or not redactor.touches(("context",))
         self._hits = metrics.cache_lookups.labels(result="hit")
+        self._counters: dict[tuple[Decision, bool], Any] = {}
         self._misses = metrics.cache_lookups.labels(result="miss")
         if cache is not None:
             metrics.cache_entries.set_function(lambda: cache.stats().entries)
@@ -128,16 +133,31 @@ class Decider:
             self._misses.inc()
             return None
         request = entry.request
+        now = None
         if "now" in request.context and not _reads_now(bundle):
-            request = replace(request, context={**request.context, "now": cedar_datetime(now_ms)})
-        return self._answer_cached(entry.result, request, meta, at=at, started=started)
+            now = cedar_datetime(now_ms)
+            request = replace(request, context={**request.context, "now": now})
+        return self._answer_cached(entry, request, meta, at=at, started=started, now=now)
 
     def _answer_cached(
-        self, result: Result, request: AuthzRequest, meta: CallMeta, *, at: datetime, started: float
+        self,
+        entry: Entry,
+        request: AuthzRequest,
+        meta: CallMeta,
+        *,
+        at: datetime,
+        started: float,
+        now: Any = None,
     ) -> Decided:
         self._hits.inc()
         decision_id = self._ids.next()
-        result = self._record(decision_id, at, request, result, meta, cached=True, started=started)
+        event = None
+        if entry.event is not None and (now is None or self._stamp_now):
+            latency = time.perf_counter() - started
+            event = stamp(entry.event, decision_id, at, meta, latency_s=latency, now=now)
+        result = self._record(
+            decision_id, at, request, entry.result, meta, cached=True, started=started, event=event
+        )
         return Decided(decision_id, result, cached=True)
 
     def decide(
@@ -164,16 +184,20 @@ class Decider:
             key = (*key, meta.identity)
             entry = self.cache.get(key)
             if entry is not None and entry.servable(to_ms(at)):
-                return self._answer_cached(entry.result, request, meta, at=at, started=started)
+                return self._answer_cached(entry, request, meta, at=at, started=started)
             self._misses.inc()
         refusal = binding_refusal(request.principal, meta.identity) if self._bind else None
         result = deny(bundle.revision, refusal) if refusal else evaluate(bundle, request)
+        decision_id = self._ids.next()
+        event = self._event(decision_id, at, request, result, meta, cached=False, started=started)
         if key is not None and self.cache is not None:
             nb, na = time_bound_ms(request.context)
-            entry = Entry(request, result, nb, na, entry_size(_encoded_len(key)))
-            self.cache.put(key, bundle.revision, entry)
-        decision_id = self._ids.next()
-        result = self._record(decision_id, at, request, result, meta, cached=False, started=started)
+            size = entry_size(_encoded_len(key))
+            hits_from = template(event) if self._stamp else None
+            self.cache.put(key, bundle.revision, Entry(request, result, nb, na, size, hits_from))
+        result = self._record(
+            decision_id, at, request, result, meta, cached=False, started=started, event=event
+        )
         return Decided(decision_id, result, cached=False)
 
     def _record(
@@ -186,13 +210,18 @@ class Decider:
         *,
         cached: bool,
         started: float,
+        event: dict[str, Any] | None = None,
     ) -> Result:
-        """Audit and count a decision; inside `deferring()`, queue its event and count later."""
-        pending = _PENDING.get()
-        if pending is not None and self._deferring is not None:
+        """Audit and count a decision; inside `deferring()`, queue its event and count later.
+
+        `event` is the decision's event when the caller built it already.
+        """
+        if event is None:
             event = self._event(
                 decision_id, at, request, result, meta, cached=cached, started=started
             )
+        pending = _PENDING.get()
+        if pending is not None and self._deferring is not None:
             try:
                 ticket = self._deferring.enqueue(event)
             except AuditError as exc:
@@ -201,17 +230,19 @@ class Decider:
                 pending.append(Pending(ticket, result, cached, started))
                 return result
         else:
-            result = self.audit(
-                decision_id, at, request, result, meta, cached=cached, started=started
-            )
+            result = self._write(event, result)
         self._count(result, cached, started)
         return result
 
     def _count(self, result: Result, cached: bool, started: float) -> None:
         if result.errors:
             self._metrics.evaluation_errors.inc()
-        label = "true" if cached else "false"
-        self._metrics.decisions.labels(decision=result.decision.value, cached=label).inc()
+        counter = self._counters.get((result.decision, cached))
+        if counter is None:  # the label lookup costs more than the increment: keep the child
+            label = "true" if cached else "false"
+            counter = self._metrics.decisions.labels(decision=result.decision.value, cached=label)
+            self._counters[(result.decision, cached)] = counter
+        counter.inc()
         self._metrics.decision_seconds.observe(time.perf_counter() - started)
 
     @contextmanager
@@ -286,6 +317,9 @@ class Decider:
         written, else a DENY saying the trail is unavailable.
         """
         event = self._event(decision_id, at, request, result, meta, cached=cached, started=started)
+        return self._write(event, result)
+
+    def _write(self, event: dict[str, Any], result: Result) -> Result:
         try:
             self._sink.write(event)
         except AuditError as exc:

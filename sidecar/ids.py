@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
 
 class DecisionIds:
@@ -34,4 +33,5 @@ class DecisionIds:
             seq = self._seq
         rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
         value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
-        return str(uuid.UUID(int=value))
+        h = f"{value:032x}"  # uuid.UUID's text form, without building a UUID per decision
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -8,6 +8,7 @@ the sink that orders events; the sink also writes the other kinds of record
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,45 @@ def build_event(
     for name in ("workflow_id", "run_id", "step_id"):
         value = ctx.get(name, "")
         event[name] = value if isinstance(value, str) else ""
+    return event
+
+
+# The fields of a decision event that differ between calls answered the same way.
+PER_CALL = frozenset({"id", "time", "caller", "cached", "latency_us", "trace_id"})
+
+
+def template(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A (redacted) decision event without its per-call fields, to stamp cache hits from."""
+    return {k: v for k, v in event.items() if k not in PER_CALL}
+
+
+def stamp(
+    template: Mapping[str, Any],
+    decision_id: str,
+    at: datetime,
+    meta: CallMeta,
+    *,
+    latency_s: float,
+    now: Any = None,
+) -> dict[str, Any]:
+    """A cache hit's event: the template of the decision it repeats plus this call's facts.
+
+    Equal to what `build_event` would build for the hit (tests/test_audit_event.py),
+    without walking the request again: hits are the hot path. `now`, when
+    given, replaces `context.now` (a server-side `now` the policies do not read).
+    Only valid when no redaction path names a per-call field, or `context`
+    when `now` is replaced (Redactor.touches).
+    """
+    event = dict(template)
+    event["id"] = decision_id
+    event["time"] = timestamp(at)
+    event["caller"] = {"peer": meta.peer, "identity": meta.identity}
+    event["cached"] = True
+    event["latency_us"] = round(latency_s * 1e6)
+    if meta.trace_id:
+        event["trace_id"] = meta.trace_id
+    if now is not None:
+        event["context"] = {**event["context"], "now": now}
     return event
 
 

@@ -38,6 +38,8 @@ SECRET_NAMES = re.compile(
 MODES = ("hash", "remove")
 _PATH = re.compile(r"[^.\s]+(?:\.[^.\s]+)*")
 _PROTECTED = {"schema", "kind", "id", "time", "decision"}
+_MAX_NAMES = 4096
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 class Redactor:
@@ -57,6 +59,12 @@ class Redactor:
         self.paths = tuple(parsed)
         self.mode = mode
         self._key = key if key else os.urandom(32)
+        self._secret: dict[str, bool] = {}  # key name -> whether rule 1 replaces it
+
+    def touches(self, fields: Iterable[str]) -> bool:
+        """Whether a configured path can reach one of these top-level event fields."""
+        wanted = set(fields)
+        return any(parts[0] == "*" or parts[0] in wanted for parts in self.paths)
 
     def mask(self, value: Any) -> str:
         data = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -76,23 +84,59 @@ class Redactor:
 
     def _entity(self, entity: Any) -> Any:
         if isinstance(entity, Mapping) and "attrs" in entity:
-            copy = dict(entity)
-            copy["attrs"] = self._by_name(entity["attrs"])
-            return copy
+            attrs = self._by_name(entity["attrs"])
+            if attrs is not entity["attrs"]:
+                entity = {**entity, "attrs": attrs}
         return entity
 
+    def _is_secret(self, name: str) -> bool:
+        known = self._secret.get(name)
+        if known is None:
+            known = not name.startswith("__") and SECRET_NAMES.search(name) is not None
+            if len(self._secret) < _MAX_NAMES:  # names come from callers: stay bounded
+                self._secret[name] = known
+        return known
+
     def _by_name(self, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            out: dict[str, Any] = {}
+        """`value` with secret-named keys replaced; the same object when there are none.
+
+        Runs on every decision: unchanged parts are shared, not copied.
+        """
+        kind = type(value)
+        if kind is str or kind is int or kind is bool or kind is float or value is None:
+            return value
+        if kind is dict or isinstance(value, Mapping):
+            out: dict[str, Any] | None = None
+            names = self._secret
             for k, v in value.items():
-                if not k.startswith("__") and SECRET_NAMES.search(k):
+                secret = names.get(k)
+                if secret is None:
+                    secret = self._is_secret(k)
+                if secret:
+                    if out is None:
+                        out = dict(value)
                     if self.mode == "hash":
                         out[k] = self.mask(v)
-                else:
-                    out[k] = self._by_name(v)
-            return out
-        if isinstance(value, list):
-            return [self._by_name(v) for v in value]
+                    else:
+                        del out[k]
+                    continue
+                if type(v) in _SCALARS:
+                    continue
+                new = self._by_name(v)
+                if new is not v:
+                    if out is None:
+                        out = dict(value)
+                    out[k] = new
+            return value if out is None else out
+        if kind is list or isinstance(value, list):
+            items: list[Any] | None = None
+            for i, v in enumerate(value):
+                new = self._by_name(v)
+                if new is not v:
+                    if items is None:
+                        items = list(value)
+                    items[i] = new
+            return value if items is None else items
         return value
 
     def _by_path(self, value: Any, parts: tuple[str, ...]) -> Any:
