@@ -35,7 +35,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from sidecar.model import AuthzRequest, Result
+from sidecar.model import AuthzRequest, Result, datetime_text
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -70,9 +70,7 @@ def effective_now_ms(
 
 def cedar_datetime(ms: int) -> dict[str, Any]:
     """A Cedar `datetime` value for an instant (as validate.py writes `context.now`)."""
-    value = from_ms(ms)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
-    return {"__extn": {"fn": "datetime", "arg": text}}
+    return {"__extn": {"fn": "datetime", "arg": datetime_text(from_ms(ms))}}
 
 
 def parse_cedar_datetime(value: Any) -> int | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 # A Cedar value in Cedar's JSON entity/context format.
@@ -105,3 +105,15 @@ class Result:
         if self.errors:
             return "denied: " + "; ".join(e.message for e in self.errors)
         return "denied: no policy permits this request"
+
+
+def datetime_text(value: datetime) -> str:
+    """`YYYY-MM-DDThh:mm:ss.sssZ` in UTC, the form Cedar's `datetime` parses.
+
+    Formatted by hand: strftime is slower, and pads no year before 1000.
+    """
+    u = value.astimezone(UTC)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+        f".{u.microsecond // 1000:03d}Z"
+    )

@@ -18,7 +18,7 @@ from typing import Any
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.bundle import Bundle
 from sidecar.errors import InvalidRequest
-from sidecar.model import AuthzRequest, CedarJson, EntityData, EntityUid
+from sidecar.model import AuthzRequest, CedarJson, EntityData, EntityUid, datetime_text
 
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*")
 EXTENSION_FUNCTIONS = frozenset({"ip", "decimal", "datetime", "duration", "offset"})
@@ -92,19 +92,20 @@ def request_from_proto(
     return AuthzRequest(principal.uid, action, resource.uid, context, supplied)
 
 
-def _uid(ref: pb.EntityRef, field: str, bundle: Bundle | None) -> EntityUid:
-    if not ref.type:
+def _uid(ref: pb.EntityRef | pb.Entity, field: str, bundle: Bundle | None) -> EntityUid:
+    """The reference's uid; `ref` is an EntityRef or an Entity (its type and id)."""
+    type_ = ref.type
+    if not type_:
         raise InvalidRequest(f"{field}.type", "is required")
-    if not _TYPE_NAME.fullmatch(ref.type):
-        raise InvalidRequest(f"{field}.type", f"{ref.type!r} is not a Cedar entity type name")
-    uid = EntityUid(ref.type, ref.id)
-    if bundle is not None and field != "action" and ref.type not in bundle.entity_types:
-        raise InvalidRequest(f"{field}.type", f"{ref.type!r} is not an entity type of the schema")
-    return uid
+    if not _TYPE_NAME.fullmatch(type_):
+        raise InvalidRequest(f"{field}.type", f"{type_!r} is not a Cedar entity type name")
+    if bundle is not None and field != "action" and type_ not in bundle.entity_types:
+        raise InvalidRequest(f"{field}.type", f"{type_!r} is not an entity type of the schema")
+    return EntityUid(type_, ref.id)
 
 
 def _entity(msg: pb.Entity, field: str, bundle: Bundle, limits: Limits) -> EntityData:
-    uid = _uid(pb.EntityRef(type=msg.type, id=msg.id), field, bundle)
+    uid = _uid(msg, field, bundle)
     attrs = {
         name: _value(value, f"{field}.attributes[{name!r}]", limits.max_attribute_depth)
         for name, value in sorted(msg.attributes.items())
@@ -257,6 +258,4 @@ def _timestamp(ts: Any, field: str) -> datetime:
 
 def _datetime_json(value: datetime) -> dict[str, Any]:
     """A Cedar `datetime` at millisecond precision (Cedar's resolution)."""
-    utc = value.astimezone(UTC)
-    text = utc.strftime("%Y-%m-%dT%H:%M:%S") + f".{utc.microsecond // 1000:03d}Z"
-    return {"__extn": {"fn": "datetime", "arg": text}}
+    return {"__extn": {"fn": "datetime", "arg": datetime_text(value)}}
