@@ -33,16 +33,3 @@ def test_ids_from_many_threads_are_unique() -> None:
     every = [i for mine in out for i in mine]
     assert len(set(every)) == len(every) == 20_000
     assert all(mine == sorted(mine) for mine in out)
-
-
-def test_cedar_datetime_text_pads_every_field() -> None:
-    from datetime import UTC, datetime, timedelta, timezone
-
-    from sidecar.model import datetime_text
-
-    assert datetime_text(datetime(2026, 11, 25, 16, 5, 3, 123456, tzinfo=UTC)) == (
-        "2026-11-25T16:05:03.123Z"
-    )
-    assert datetime_text(datetime(5, 1, 1, tzinfo=UTC)) == "0005-01-01T00:00:00.000Z"
-    plus_two = timezone(timedelta(hours=2))
-    assert datetime_text(datetime(2026, 1, 1, 1, 0, tzinfo=plus_two)) == "2025-12-31T23:00:00.000Z"
