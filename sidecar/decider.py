@@ -91,6 +91,7 @@ class Decider:
         self._stamp_now = redactor is None or not redactor.touches(("context",))
         self._hits = metrics.cache_lookups.labels(result="hit")
         self._counters: dict[tuple[Decision, bool], Any] = {}
+        self._trail_ok = False  # whether the last write succeeded (the gauge says so)
         self._misses = metrics.cache_lookups.labels(result="miss")
         if cache is not None:
             metrics.cache_entries.set_function(lambda: cache.stats().entries)
@@ -292,11 +293,12 @@ class Decider:
                 result = refusal = self._audit_failed(result, error)
             self._count(result, p.cached, p.started)
         if pending and not error:
-            self._metrics.audit_healthy.set(1)
+            self._written()
         return refusal
 
     def _audit_failed(self, result: Result, error: str) -> Result:
         self._metrics.audit_failures.inc()
+        self._trail_ok = False
         self._metrics.audit_healthy.set(0)
         return deny(result.revision, f"audit trail unavailable, failing closed: {error}")
 
@@ -324,8 +326,13 @@ class Decider:
             self._sink.write(event)
         except AuditError as exc:
             return self._audit_failed(result, str(exc))
-        self._metrics.audit_healthy.set(1)
+        self._written()
         return result
+
+    def _written(self) -> None:
+        if not self._trail_ok:  # the gauge's lock is taken only when it changes
+            self._trail_ok = True
+            self._metrics.audit_healthy.set(1)
 
     def _event(
         self,

@@ -317,10 +317,13 @@ def aio_generic_handler(
     becomes a DENY saying so.
     """
     decider = servicer._decider
+    wakeups: list[_Wakeups] = []  # made on the server's loop, at its first deferred call
 
     async def run(fn: Callable[..., M], *args: Any) -> M:
         if not defer_audit:
             return fn(*args)
+        if not wakeups:
+            wakeups.append(_Wakeups(asyncio.get_running_loop()))
         with decider.deferring() as pending:
             try:
                 out = fn(*args)
@@ -330,11 +333,8 @@ def aio_generic_handler(
                 raise
         if not pending:
             return out
-        loop = asyncio.get_running_loop()
-        written: asyncio.Future[str] = loop.create_future()
-        decider.tickets_done(
-            pending, lambda error: loop.call_soon_threadsafe(_resolve, written, error)
-        )
+        written: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        decider.tickets_done(pending, lambda error: wakeups[0].resolve(written, error))
         try:
             error = await written
         except asyncio.CancelledError:  # the caller left; the events are still written
@@ -402,9 +402,32 @@ def aio_generic_handler(
     return grpc.method_handlers_generic_handler(service, handlers)
 
 
-def _resolve(future: asyncio.Future[str], error: str) -> None:
-    if not future.done():
-        future.set_result(error)
+class _Wakeups:
+    """Hands commit outcomes from the trail's committer to the loop, one wake-up per batch.
+
+    Waking the loop costs a syscall and a loop pass; a commit finishes many
+    calls at once, so their futures are resolved together.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future[str], str]] = []
+
+    def resolve(self, future: asyncio.Future[str], error: str) -> None:
+        """From any thread: set `future` to `error` on the loop, soon."""
+        with self._lock:
+            self._ready.append((future, error))
+            if len(self._ready) > 1:  # a wake-up is on its way already
+                return
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for future, error in ready:
+            if not future.done():
+                future.set_result(error)
 
 
 def _refused(out: M, refusal: Result) -> M:

@@ -68,10 +68,10 @@ class Hasher:
         return hmac.new(self.key, b"stepguard-audit key id", hashlib.sha256).hexdigest()[:16]
 
     def record_hash(self, seq: int, prev: str, body: bytes) -> str:
-        data = b"%s%d\n%s\n%s" % (DOMAIN, seq, prev.encode(), body)
-        if self.key:
-            return hmac.new(self.key, data, hashlib.sha256).hexdigest()
-        return hashlib.sha256(data).hexdigest()
+        head = b"%s%d\n%s\n" % (DOMAIN, seq, prev.encode())
+        h = hmac.new(self.key, head, hashlib.sha256) if self.key else hashlib.sha256(head)
+        h.update(body)  # the body is not copied to be hashed
+        return h.hexdigest()
 
     def mac(self, data: bytes) -> str:
         """A tag over small side data (the head anchor)."""
@@ -104,9 +104,9 @@ def record_line(hasher: Hasher, seq: int, prev: str, body: bytes) -> tuple[bytes
     """The line for one record (newline-terminated) and its hash."""
     digest = hasher.record_hash(seq, prev, body)
     head = b'{"seq":%d,"prev":"%s","hash":"%s"' % (seq, prev.encode(), digest.encode())
-    rest = body[1:]
-    line = head + (b"," + rest if rest != b"}" else rest) + b"\n"
-    return line, digest
+    if body == b"{}":
+        return head + b"}\n", digest
+    return b"".join((head, b",", memoryview(body)[1:], b"\n")), digest
 
 
 @dataclass(frozen=True, slots=True)

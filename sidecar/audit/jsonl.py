@@ -69,11 +69,12 @@ class _Batch:
     """Events committed together. Its members wait on its own condition, so finishing
     a batch wakes only them (and one caller of the next batch, to lead it)."""
 
-    __slots__ = ("bodies", "callbacks", "cond", "done", "error")
+    __slots__ = ("bodies", "callbacks", "cond", "done", "error", "waiting")
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
         self.cond: threading.Condition | None = None  # made by its first waiter
+        self.waiting = 0  # threads in wait(): wake() costs nothing without them
         self.done = False
         self.error = ""
         # Deferred writers' callbacks (`when_done`), called with `error` once done.
@@ -82,10 +83,14 @@ class _Batch:
     def wait(self, lock: threading.Lock) -> None:
         if self.cond is None:
             self.cond = threading.Condition(lock)
-        self.cond.wait()
+        self.waiting += 1
+        try:
+            self.cond.wait()
+        finally:
+            self.waiting -= 1
 
     def wake(self, everyone: bool) -> None:
-        if self.cond is not None:
+        if self.waiting and self.cond is not None:
             if everyone:
                 self.cond.notify_all()
             else:
@@ -134,7 +139,43 @@ class _ChainSink:
             body = canonical(event)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"event cannot be encoded: {exc}") from exc
-        self._submit(body)
+        with self._lock:
+            if self._closed:
+                raise AuditError("audit trail is closed")
+            alone = not self._writing and not self._open.bodies
+            if alone:
+                self._writing = True
+        if alone:
+            self._commit_alone(body)
+        else:
+            self._submit(body)
+
+    def _commit_alone(self, body: bytes) -> None:
+        """The uncontended case of `_submit`: nobody writing, nothing queued.
+
+        The usual case on the asyncio server, which decides one call at a time:
+        commit this one event with no batch to build and nobody to wake.
+        """
+        error = ""
+        try:
+            self._commit([body])
+        except AuditError as exc:
+            error = str(exc)
+        except Exception as exc:  # whatever happened, nobody gets an ALLOW
+            log.exception("audit commit failed unexpectedly")
+            error = f"audit trail failed: {type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._writing = False
+                self._open.wake(everyone=False)  # one caller queued meanwhile leads the next
+                if self._open.bodies:
+                    self._work.notify()
+                if self._closing:
+                    self._idle.notify_all()
+        if error or not self._healthy:
+            self._set_health(not error, error)
+        if error:
+            raise AuditError(error)
 
     def close(self) -> None:
         """Commit what is queued plus a shutdown record, then refuse further writes."""
@@ -627,7 +668,9 @@ class FileSink(_ChainSink):
 
     def _append(self, data: bytes) -> None:
         assert self._fd is not None
-        _write_all(self._fd, data)
+        written = os.write(self._fd, data)  # all of it, but for a signal or a full disk
+        if written < len(data):
+            _write_all(self._fd, data[written:])
         self._size += len(data)
 
     def _sync(self) -> None:
