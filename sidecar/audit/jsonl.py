@@ -61,8 +61,6 @@ HEAD_SIZE = 512
 ANCHOR_DELAY_S = 0.01  # under load, the head anchor is rewritten at most this often
 ANCHOR_IDLE_S = 0.1  # when commits stop, the last one is anchored within about this
 PROBE_INTERVAL_S = 1.0
-GATHER_S = 0.0002  # the committer's wait for company while commits run back to back
-BUSY_S = 0.002  # "back to back": the last commit ended less than this ago
 ROTATED = re.compile(r"\.(\d{6,})$")
 HealthWatcher = Callable[[bool, str], None]
 
@@ -236,21 +234,14 @@ class _ChainSink:
         _notify([callback], batch.error)
 
     def _commit_loop(self) -> None:
-        ended = 0.0
         while True:
             with self._lock:
                 while not self._open.bodies and not self._closed:
                     self._work.wait()
                 if self._closed:
                     return
-            # Under load (the last commit ended moments ago), gather a little
-            # before committing: events decided meanwhile share the fsync. A
-            # caller arriving at an idle trail waits for nothing.
-            if time.monotonic() - ended < BUSY_S:
-                time.sleep(GATHER_S)
             with contextlib.suppress(AuditError):  # the batch's callbacks carry the error
                 self._submit(None)
-            ended = time.monotonic()
 
     # -- group commit -------------------------------------------------------------
 
