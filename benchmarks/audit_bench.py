@@ -2,10 +2,12 @@
 
     .venv/bin/python -m benchmarks.audit_bench [--seconds 5] [--rounds 3] [--clients 8]
 
-Same run, same load: for each round, three fresh sidecars in turn (the order
-rotates between rounds), each in its own process on TCP loopback, serving
-policies/ and answering the same ALLOW request from N concurrent asyncio
-clients on one channel (in this process). Modes:
+Same run, same load: three sidecars, one per mode, each in its own process
+on TCP loopback, serving policies/ and answering the same ALLOW request,
+started once; each round drives every one of them in turn (the order rotates
+between rounds) with N concurrent asyncio clients on one channel (in this
+process). Keeping them running puts the two halves of each paired ratio
+seconds apart, with no process start between them. Modes:
 
     off    the decider builds every event and hands it to a sink that drops it
            (a NullSink injected here; no setting can select it)
@@ -15,7 +17,8 @@ clients on one channel (in this process). Modes:
 The figure per mode is the median over rounds. A mode's ratio is the median
 over rounds of (its rate / the `off` rate of the same round): pairing within a
 round cancels most of the drift of a shared machine.
-Each trail is verified after its run, and must hold an event for every answer.
+Each trail is verified once its server stopped, and must hold an event for
+every answer its server gave in any round.
 Targets (issue 3): flush >= 0.9x, fsync >= 0.6x. `--write` records the table in
 benchmarks/RESULTS.md under "Audit trail" (only that section is touched).
 """
@@ -33,6 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -119,8 +125,20 @@ async def _load(target: str, clients: int, warmup: float, seconds: float) -> tup
     return counted, ids
 
 
-def measure(mode: str, work: Path, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
-    audit = work / f"{mode}-{time.monotonic_ns()}" / "audit.jsonl"
+@dataclass
+class Server:
+    """One sidecar child in `mode`, serving until its stdin closes."""
+
+    mode: str
+    audit: Path
+    proc: subprocess.Popen[str]
+    target: str
+    ids: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def server(mode: str, work: Path) -> Iterator[Server]:
+    audit = work / mode / "audit.jsonl"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -137,26 +155,31 @@ def measure(mode: str, work: Path, clients: int, warmup: float, seconds: float) 
         text=True,
     )
     assert proc.stdout is not None and proc.stdin is not None
-    line = proc.stdout.readline()
-    if not line.startswith("READY "):
-        proc.kill()
-        raise RuntimeError(f"server ({mode}) did not start: {line!r}")
-    target = line.split()[1]
-    cpu0 = _cpu_seconds(proc.pid)
     try:
-        counted, ids = asyncio.run(_load(target, clients, warmup, seconds))
+        line = proc.stdout.readline()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"server ({mode}) did not start: {line!r}")
+        yield Server(mode, audit, proc, line.split()[1])
     finally:
-        cpu1 = _cpu_seconds(proc.pid)
         proc.stdin.close()
-        proc.wait(timeout=30)
-    result: dict[str, Any] = {
-        "mode": mode,
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure(srv: Server, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
+    """One measurement on a running server; its answered ids are kept for the trail check."""
+    cpu0 = _cpu_seconds(srv.proc.pid)
+    counted, ids = asyncio.run(_load(srv.target, clients, warmup, seconds))
+    cpu1 = _cpu_seconds(srv.proc.pid)
+    srv.ids.extend(ids)
+    return {
+        "mode": srv.mode,
         "decisions_per_s": counted / seconds,
         "server_cpu_us": (cpu1 - cpu0) / max(len(ids), 1) * 1e6,
     }
-    if mode != "off":
-        result["trail_ok"] = _check_trail(audit, ids)
-    return result
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -184,18 +207,22 @@ def _check_trail(audit: Path, ids: list[str]) -> bool:
 def run(rounds: int, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
     by_mode: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     load = os.getloadavg()[0]
+    trail_ok: dict[str, bool] = {}
     with tempfile.TemporaryDirectory(prefix="audit-bench-", dir=ROOT / "benchmarks") as tmp:
-        for r in range(rounds):
-            order = MODES[r % 3 :] + MODES[: r % 3]
-            for mode in order:
-                res = measure(mode, Path(tmp), clients, warmup, seconds)
-                by_mode[mode].append(res)
-                print(
-                    f"round {r + 1} {mode:>5}: {res['decisions_per_s']:8.1f} decisions/s, "
-                    f"server CPU {res['server_cpu_us']:.0f} us/decision"
-                    + (f", trail ok: {res['trail_ok']}" if "trail_ok" in res else ""),
-                    flush=True,
-                )
+        with ExitStack() as stack:
+            servers = {m: stack.enter_context(server(m, Path(tmp))) for m in MODES}
+            for r in range(rounds):
+                for mode in MODES[r % 3 :] + MODES[: r % 3]:
+                    res = measure(servers[mode], clients, warmup, seconds)
+                    by_mode[mode].append(res)
+                    print(
+                        f"round {r + 1} {mode:>5}: {res['decisions_per_s']:8.1f} decisions/s, "
+                        f"server CPU {res['server_cpu_us']:.0f} us/decision",
+                        flush=True,
+                    )
+        # The servers have stopped (trails closed): every answer must be in its trail.
+        for mode, srv in servers.items():
+            trail_ok[mode] = mode == "off" or _check_trail(srv.audit, srv.ids)
     summary: dict[str, Any] = {
         "rounds": rounds,
         "clients": clients,
@@ -212,7 +239,7 @@ def run(rounds: int, clients: int, warmup: float, seconds: float) -> dict[str, A
             "all": rates,
             "ratio": statistics.median(r / b for r, b in zip(rates, base, strict=True)),
             "server_cpu_us": statistics.median(x["server_cpu_us"] for x in by_mode[mode]),
-            "trail_ok": all(x.get("trail_ok", True) for x in by_mode[mode]),
+            "trail_ok": trail_ok[mode],
         }
     return summary
 
@@ -250,8 +277,10 @@ def render(summary: dict[str, Any], command: str) -> str:
             f"Machine: {cpu} CPUs, {platform.platform()}; Python {platform.python_version()}. "
             "Each sidecar runs in its own process on TCP loopback, serving policies/ and "
             "answering an ALLOW (`notify` by the notifier workload). `off` hands every event "
-            "to a sink that drops it (benchmark only; no setting selects it). Each file trail "
-            "is verified after its run and must hold an event for every answered decision.",
+            "to a sink that drops it (benchmark only; no setting selects it). The three "
+            "servers start once and each round drives them in turn. Each file trail is "
+            "verified once its server stopped and must hold an event for every decision "
+            "it answered.",
             "",
             "| trail | decisions/s median (each round) | vs off (paired) | target | server CPU "
             "us/decision | trail verified, every answer in it |",
