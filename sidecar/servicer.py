@@ -205,7 +205,6 @@ def generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any,
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
-T = TypeVar("T")
 
 
 def _parsing(
@@ -324,12 +323,16 @@ def aio_generic_handler(
             return fn(*args)
         if not wakeups:
             wakeups.append(_Wakeups(asyncio.get_running_loop()))
+
+        def settle_unanswered() -> None:  # count them once written; nobody gets the answer
+            if pending:
+                decider.tickets_done(pending, lambda error: decider.settle(pending, error))
+
         with decider.deferring() as pending:
             try:
                 out = fn(*args)
             except BaseException:
-                if pending:  # decided, never answered: count them once written
-                    decider.tickets_done(pending, lambda error: decider.settle(pending, error))
+                settle_unanswered()
                 raise
         if not pending:
             return out
@@ -338,7 +341,7 @@ def aio_generic_handler(
         try:
             error = await written
         except asyncio.CancelledError:  # the caller left; the events are still written
-            decider.tickets_done(pending, lambda error: decider.settle(pending, error))
+            settle_unanswered()
             raise
         refusal = decider.settle(pending, error)
         return out if refusal is None else _refused(out, refusal)

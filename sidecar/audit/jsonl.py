@@ -166,12 +166,7 @@ class _ChainSink:
             error = f"audit trail failed: {type(exc).__name__}: {exc}"
         finally:
             with self._lock:
-                self._writing = False
-                self._open.wake(everyone=False)  # one caller queued meanwhile leads the next
-                if self._open.bodies:
-                    self._work.notify()
-                if self._closing:
-                    self._idle.notify_all()
+                self._hand_over()
         if error or not self._healthy:
             self._set_health(not error, error)
         if error:
@@ -279,17 +274,21 @@ class _ChainSink:
         finally:
             with self._lock:
                 batch.done = True
-                self._writing = False
                 batch.wake(everyone=True)  # its members return
-                self._open.wake(everyone=False)  # one caller queued meanwhile leads the next
-                if self._open.bodies:  # deferred events queued meanwhile
-                    self._work.notify()
-                if self._closing:
-                    self._idle.notify_all()
+                self._hand_over()
                 callbacks, batch.callbacks = batch.callbacks, []
             _notify(callbacks, batch.error)
         if batch.error:
             raise AuditError(batch.error)
+
+    def _hand_over(self) -> None:
+        """A commit is over (lock held): the next one may start, whoever leads it."""
+        self._writing = False
+        self._open.wake(everyone=False)  # one caller queued meanwhile leads the next
+        if self._open.bodies:  # or the committer, for deferred events queued meanwhile
+            self._work.notify()
+        if self._closing:
+            self._idle.notify_all()
 
     def _commit(self, bodies: list[bytes]) -> None:
         """Write one batch: pending system records first, then the events. Leader only."""
