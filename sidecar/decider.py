@@ -8,8 +8,7 @@ unaudited.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -60,6 +59,20 @@ class Pending:
 
 # The decisions made inside `Decider.deferring()` on this thread/task, else None.
 _PENDING: ContextVar[list[Pending] | None] = ContextVar("stepguard_pending", default=None)
+
+
+class _Deferring:
+    """The context of `Decider.deferring()` (a class: it runs once per call)."""
+
+    __slots__ = ("pending", "token")
+
+    def __enter__(self) -> list[Pending]:
+        self.pending: list[Pending] = []
+        self.token = _PENDING.set(self.pending)
+        return self.pending
+
+    def __exit__(self, *exc: object) -> None:
+        _PENDING.reset(self.token)
 
 
 class Decider:
@@ -246,9 +259,8 @@ class Decider:
         counter.inc()
         self._metrics.decision_seconds.observe(time.perf_counter() - started)
 
-    @contextmanager
-    def deferring(self) -> Iterator[list[Pending]]:
-        """Decisions made inside the block queue their events instead of writing them.
+    def deferring(self) -> _Deferring:
+        """`with decider.deferring() as pending:` decisions made inside queue their events.
 
         For the asyncio server with durability fsync: the event loop must not
         wait for a disk. The caller holds every answer made inside the block
@@ -256,17 +268,15 @@ class Decider:
         an answer whose event failed is replaced by a DENY (servicer.py).
         Without a sink that can queue, decisions are written as usual.
         """
-        pending: list[Pending] = []
-        token = _PENDING.set(pending)
-        try:
-            yield pending
-        finally:
-            _PENDING.reset(token)
+        return _Deferring()
 
     def tickets_done(self, pending: list[Pending], callback: Callable[[str], object]) -> None:
         """Call `callback(error)` once every pending event is written ("" then) or failed."""
         sink = self._deferring
         assert sink is not None, "pending decisions come only from a deferring sink"
+        if len(pending) == 1:  # a unary call: the usual case
+            sink.when_done(pending[0].ticket, callback)
+            return
         tickets = list({id(p.ticket): p.ticket for p in pending}.values())
         remaining = [len(tickets)]
         errors: list[str] = []

@@ -78,7 +78,7 @@ class _Batch:
         self.done = False
         self.error = ""
         # Deferred writers' callbacks (`when_done`), called with `error` once done.
-        self.callbacks: list[Callable[[str], None]] = []
+        self.callbacks: list[Callable[[str], object]] = []
 
     def wait(self, lock: threading.Lock) -> None:
         if self.cond is None:
@@ -217,7 +217,7 @@ class _ChainSink:
             self._work.notify()
         return batch
 
-    def when_done(self, batch: _Batch, callback: Callable[[str], None]) -> None:
+    def when_done(self, batch: _Batch, callback: Callable[[str], object]) -> None:
         """Call `callback(error)` ("" when written) once `batch` is committed, maybe at once.
 
         It runs on the committing thread: it should only hand the news over.
@@ -823,7 +823,7 @@ def _last_line(f: IO[bytes], size: int) -> tuple[bytes | None, int]:
     return None, 0
 
 
-def _notify(callbacks: list[Callable[[str], None]], error: str) -> None:
+def _notify(callbacks: list[Callable[[str], object]], error: str) -> None:
     for callback in callbacks:
         try:
             callback(error)

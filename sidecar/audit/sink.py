@@ -46,7 +46,7 @@ class DeferringSink(AuditSink, Protocol):
     def enqueue(self, event: Mapping[str, Any]) -> Any:
         """Queue one event; raise AuditError if the trail is closed or it cannot be encoded."""
 
-    def when_done(self, ticket: Any, callback: Callable[[str], None]) -> None:
+    def when_done(self, ticket: Any, callback: Callable[[str], object]) -> None:
         """Call `callback(error)` once the ticket's batch is committed (maybe right away)."""
 
 
