@@ -185,18 +185,26 @@ def generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any,
     API promises INVALID_ARGUMENT for any malformed input, so handlers receive
     raw bytes and parse them here.
     """
+    return _method_handlers(
+        _parsing(servicer.Authorize, pb.AuthorizeRequest),
+        _parsing(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest),
+        servicer.authorize_stream,
+    )
+
+
+def _method_handlers(
+    authorize: Callable[..., Any], batch: Callable[..., Any], stream: Callable[..., Any]
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The Authorizer's methods, taking raw request bytes (sync or asyncio handlers)."""
     handlers = {
         "Authorize": grpc.unary_unary_rpc_method_handler(
-            _parsing(servicer.Authorize, pb.AuthorizeRequest),
-            response_serializer=pb.AuthorizeResponse.SerializeToString,
+            authorize, response_serializer=pb.AuthorizeResponse.SerializeToString
         ),
         "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
-            _parsing(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest),
-            response_serializer=pb.AuthorizeBatchResponse.SerializeToString,
+            batch, response_serializer=pb.AuthorizeBatchResponse.SerializeToString
         ),
         "AuthorizeStream": grpc.stream_stream_rpc_method_handler(
-            servicer.authorize_stream,
-            response_serializer=pb.AuthorizeStreamResponse.SerializeToString,
+            stream, response_serializer=pb.AuthorizeStreamResponse.SerializeToString
         ),
     }
     service = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
@@ -387,22 +395,11 @@ def aio_generic_handler(
         finally:
             servicer._streams.release()
 
-    handlers = {
-        "Authorize": grpc.unary_unary_rpc_method_handler(
-            unary(servicer.Authorize, pb.AuthorizeRequest),
-            response_serializer=pb.AuthorizeResponse.SerializeToString,
-        ),
-        "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
-            unary(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest),
-            response_serializer=pb.AuthorizeBatchResponse.SerializeToString,
-        ),
-        "AuthorizeStream": grpc.stream_stream_rpc_method_handler(
-            stream,
-            response_serializer=pb.AuthorizeStreamResponse.SerializeToString,
-        ),
-    }
-    service = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
-    return grpc.method_handlers_generic_handler(service, handlers)
+    return _method_handlers(
+        unary(servicer.Authorize, pb.AuthorizeRequest),
+        unary(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest),
+        stream,
+    )
 
 
 class _Wakeups:

@@ -135,10 +135,7 @@ class _ChainSink:
         self._watchers.append(watcher)
 
     def write(self, event: Mapping[str, Any]) -> None:
-        try:
-            body = canonical(event)
-        except (TypeError, ValueError) as exc:
-            raise AuditError(f"event cannot be encoded: {exc}") from exc
+        body = _encode(event)
         with self._lock:
             if self._closed:
                 raise AuditError("audit trail is closed")
@@ -156,19 +153,11 @@ class _ChainSink:
         The usual case on the asyncio server, which decides one call at a time:
         commit this one event with no batch to build and nobody to wake.
         """
-        error = ""
         try:
-            self._commit([body])
-        except AuditError as exc:
-            error = str(exc)
-        except Exception as exc:  # whatever happened, nobody gets an ALLOW
-            log.exception("audit commit failed unexpectedly")
-            error = f"audit trail failed: {type(exc).__name__}: {exc}"
+            error = self._try_commit([body])
         finally:
             with self._lock:
                 self._hand_over()
-        if error or not self._healthy:
-            self._set_health(not error, error)
         if error:
             raise AuditError(error)
 
@@ -200,10 +189,7 @@ class _ChainSink:
         it queues meanwhile shares the next commit. The caller must not answer
         before `when_done` reports the batch committed.
         """
-        try:
-            body = canonical(event)
-        except (TypeError, ValueError) as exc:
-            raise AuditError(f"event cannot be encoded: {exc}") from exc
+        body = _encode(event)
         with self._lock:
             if self._closed:
                 raise AuditError("audit trail is closed")
@@ -262,15 +248,7 @@ class _ChainSink:
         # This thread leads `batch`: commit it with the lock released.
         batch.error = "audit commit was interrupted"  # until it completes
         try:
-            try:
-                self._commit(batch.bodies)
-                batch.error = ""
-            except AuditError as exc:
-                batch.error = str(exc)
-            except Exception as exc:  # whatever happened, nobody gets an ALLOW
-                log.exception("audit commit failed unexpectedly")
-                batch.error = f"audit trail failed: {type(exc).__name__}: {exc}"
-            self._set_health(not batch.error, batch.error)
+            batch.error = self._try_commit(batch.bodies)
         finally:
             with self._lock:
                 batch.done = True
@@ -280,6 +258,19 @@ class _ChainSink:
             _notify(callbacks, batch.error)
         if batch.error:
             raise AuditError(batch.error)
+
+    def _try_commit(self, bodies: list[bytes]) -> str:
+        """`_commit` as leader, health updated: "" when written, else what went wrong."""
+        error = ""
+        try:
+            self._commit(bodies)
+        except AuditError as exc:
+            error = str(exc)
+        except Exception as exc:  # whatever happened, nobody gets an ALLOW
+            log.exception("audit commit failed unexpectedly")
+            error = f"audit trail failed: {type(exc).__name__}: {exc}"
+        self._set_health(not error, error)
+        return error
 
     def _hand_over(self) -> None:
         """A commit is over (lock held): the next one may start, whoever leads it."""
@@ -821,6 +812,13 @@ def _last_line(f: IO[bytes], size: int) -> tuple[bytes | None, int]:
         if pos == 0:
             return buf[:end], cut
     return None, 0
+
+
+def _encode(event: Mapping[str, Any]) -> bytes:
+    try:
+        return canonical(event)
+    except (TypeError, ValueError) as exc:
+        raise AuditError(f"event cannot be encoded: {exc}") from exc
 
 
 def _notify(callbacks: list[Callable[[str], object]], error: str) -> None:
