@@ -706,7 +706,7 @@ class FileSink(_ChainSink):
         return self._rotate_age_s > 0 and age >= self._rotate_age_s
 
     def _maintain(self) -> None:
-        if self._fd is None:
+        if self._fd is None or not (self._rotate_bytes or self._rotate_age_s):
             return
         size_due = self._rotate_bytes > 0 and self._size >= self._rotate_bytes
         if not (size_due or self._age_due()) or time.monotonic() < self._rotate_retry_at:
