@@ -16,7 +16,9 @@ seconds apart, with no process start between them. Modes:
 
 The figure per mode is the median over rounds. A mode's ratio is the median
 over rounds of (its rate / the `off` rate of the same round): pairing within a
-round cancels most of the drift of a shared machine.
+round cancels most of the drift of a shared machine. Beside it, a 95% bootstrap
+interval of that median (resampling the rounds) says how far one run's figure
+can be trusted on a noisy machine.
 Each trail is verified once its server stopped, and must hold an event for
 every answer its server gave in any round.
 Targets (issue 3): flush >= 0.9x, fsync >= 0.6x. `--write` records the table in
@@ -30,6 +32,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import re
 import statistics
 import subprocess
@@ -234,14 +237,27 @@ def run(rounds: int, clients: int, warmup: float, seconds: float) -> dict[str, A
     for mode in MODES:
         rates = [x["decisions_per_s"] for x in by_mode[mode]]
         median = statistics.median(rates)
+        ratios = [r / b for r, b in zip(rates, base, strict=True)]
         summary["modes"][mode] = {
             "decisions_per_s": median,
             "all": rates,
-            "ratio": statistics.median(r / b for r, b in zip(rates, base, strict=True)),
+            "ratio": statistics.median(ratios),
+            "ratio_interval": bootstrap_median_interval(ratios),
             "server_cpu_us": statistics.median(x["server_cpu_us"] for x in by_mode[mode]),
             "trail_ok": trail_ok[mode],
         }
     return summary
+
+
+def bootstrap_median_interval(
+    values: list[float], *, resamples: int = 4000, seed: int = 1
+) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of the median of `values` (seeded: reproducible)."""
+    rng = random.Random(seed)
+    medians = sorted(
+        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def render(summary: dict[str, Any], command: str) -> str:
@@ -256,8 +272,11 @@ def render(summary: dict[str, Any], command: str) -> str:
             else (f">= {target}x: {'met' if m['ratio'] >= target else 'NOT met'}")
         )
         runs = ", ".join(f"{r:.0f}" for r in m["all"])
+        low, high = m["ratio_interval"]
+        interval = "" if target is None else f" ({low:.3f} to {high:.3f})"
         rows.append(
-            f"| {mode} | {m['decisions_per_s']:.0f} ({runs}) | {m['ratio']:.3f}x | {verdict} "
+            f"| {mode} | {m['decisions_per_s']:.0f} ({runs}) | {m['ratio']:.3f}x{interval} "
+            f"| {verdict} "
             f"| {m['server_cpu_us']:.0f} | {'yes' if m['trail_ok'] else 'NO'} |"
         )
     cpu = os.cpu_count()
@@ -270,7 +289,8 @@ def render(summary: dict[str, Any], command: str) -> str:
             f"{summary['clients']} concurrent clients (asyncio, one channel), "
             f"{summary['seconds']:g} s per measurement after a warm-up, {summary['rounds']} "
             "rounds, modes in rotating order; rates are medians, a ratio is the median of "
-            "the per-round ratios to `off`. 1-minute load average "
+            "the per-round ratios to `off`, with a 95% bootstrap interval of that median "
+            "(rounds resampled). 1-minute load average "
             f"{summary['load_average'][0]:.1f} at start, {summary['load_average'][1]:.1f} at end "
             "(the machine is shared with other work; 2 CPUs).",
             "",
@@ -282,7 +302,8 @@ def render(summary: dict[str, Any], command: str) -> str:
             "verified once its server stopped and must hold an event for every decision "
             "it answered.",
             "",
-            "| trail | decisions/s median (each round) | vs off (paired) | target | server CPU "
+            "| trail | decisions/s median (each round) | vs off (paired; 95% interval) "
+            "| target | server CPU "
             "us/decision | trail verified, every answer in it |",
             "|---|---|---|---|---|---|",
             *rows,
