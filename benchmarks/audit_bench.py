@@ -81,7 +81,7 @@ def serve(mode: str, audit_file: str) -> int:
     """Child process: one sidecar in `mode`; prints READY <target>; serves until stdin closes."""
     from sidecar.audit.sink import NullSink
     from sidecar.config import Settings
-    from sidecar.server import Sidecar
+    from sidecar.server import Sidecar, tune_gc_for_serving
 
     settings = Settings(
         policies=ROOT / "policies",
@@ -92,6 +92,7 @@ def serve(mode: str, audit_file: str) -> int:
     )
     sidecar = Sidecar(settings, sink=NullSink() if mode == "off" else None)
     endpoints = sidecar.start()
+    tune_gc_for_serving()  # as `stepguard serve` does
     print(f"READY {endpoints.tcp}", flush=True)
     sys.stdin.read()
     sidecar.stop(1)

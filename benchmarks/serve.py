@@ -27,7 +27,7 @@ import grpc.aio
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.aioserver import AioServer
 from sidecar.config import Settings
-from sidecar.server import Sidecar
+from sidecar.server import Sidecar, tune_gc_for_serving
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
 EMPTY = pb.AuthorizeResponse()
@@ -140,6 +140,7 @@ def main() -> int:
         Path(args.socket).unlink(missing_ok=True)
     if args.kind == "empty":
         server, tcp, unix = _empty_server(args.mode, args.socket)
+        tune_gc_for_serving()  # the same stack as stepguard serve, GC settings included
         print(f"READY {tcp} {unix}", flush=True)
         sys.stdin.read()
         server.stop(1).wait()
@@ -158,6 +159,7 @@ def main() -> int:
     )
     sidecar = Sidecar(settings)
     endpoints = sidecar.start()
+    tune_gc_for_serving()
     unix = f"unix:{endpoints.socket}" if endpoints.socket else "-"
     print(f"READY {endpoints.tcp} {unix}", flush=True)
     sys.stdin.read()

@@ -151,7 +151,7 @@ def _extensions() -> list[Any]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sidecar.server import Sidecar
+    from sidecar.server import Sidecar, tune_gc_for_serving
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -164,6 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = build_settings(flags, os.environ, args.config)
     sidecar = Sidecar(settings)
     endpoints = sidecar.start()
+    tune_gc_for_serving()
     print(
         json.dumps(_endpoints(endpoints)),
         flush=True,

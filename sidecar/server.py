@@ -6,6 +6,7 @@ calls for the grace period, then close the audit trail and the metrics port.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -39,6 +40,26 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
 # gRPC health of the policy files under --watch: NOT_SERVING while a change is
 # refused (the last good bundle keeps serving; SERVICE_NAME stays SERVING).
 POLICY_HEALTH = "stepguard.policies"
+
+
+# Young-generation collections: the default (700 allocations) runs one every
+# few calls on the hot path. Measured at 8 clients (benchmarks, cache hits):
+# ~5% less server CPU per decision with these.
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def tune_gc_for_serving() -> None:
+    """For a process whose only job is serving: call once, after start-up.
+
+    Start-up objects (modules, the bundle, the servers) are moved out of the
+    collector's sight for good (`gc.freeze`), and the young generation is
+    collected less often. Cyclic garbage is still collected; only later.
+    Process-wide, so the serving entry points call it, never the Sidecar
+    itself (tests run many sidecars in one process).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def utc_now() -> datetime:
