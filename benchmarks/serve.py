@@ -111,7 +111,7 @@ def _empty_server(mode: str, socket: str | None) -> tuple[grpc.Server, str, str]
     ]
     server: grpc.Server
     if mode == "asyncio":
-        server = AioServer(options=options, workers=s.workers)
+        server = AioServer(options=options, workers=s.workers, event_loop=s.event_loop)
     else:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="stepguard"),

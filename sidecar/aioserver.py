@@ -19,12 +19,34 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from sidecar.errors import ConfigError
+
 T = TypeVar("T")
 
 
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A loop of the kind the settings name: "uvloop" or "asyncio" (the stdlib's).
+
+    uvloop runs the loop's own work (callbacks, the selector, transports) in
+    compiled code; grpc.aio goes round its loop about a dozen times per call.
+    """
+    if kind == "asyncio":
+        return asyncio.new_event_loop()
+    try:
+        import uvloop
+    except ImportError as exc:
+        raise ConfigError(
+            "event_loop uvloop: the uvloop package is not installed "
+            f"({exc}); install stepguard's pinned dependencies or set event_loop: asyncio"
+        ) from exc
+    return uvloop.new_event_loop()
+
+
 class AioServer(grpc.Server):
-    def __init__(self, *, options: Sequence[tuple[str, Any]], workers: int) -> None:
-        self._loop = asyncio.new_event_loop()
+    def __init__(
+        self, *, options: Sequence[tuple[str, Any]], workers: int, event_loop: str
+    ) -> None:
+        self._loop = new_event_loop(event_loop)
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="stepguard-aio", daemon=True
         )

@@ -113,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--server-mode", choices=["asyncio", "sync"], help="gRPC server (default asyncio)"
     )
+    serve.add_argument(
+        "--event-loop",
+        choices=["uvloop", "asyncio"],
+        help="the asyncio server's event loop (default uvloop)",
+    )
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=_serve)

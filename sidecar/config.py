@@ -19,6 +19,7 @@ from sidecar.errors import ConfigError
 from sidecar.validate import Limits
 
 SERVER_MODES = ("sync", "asyncio")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,9 @@ class Settings:
     # "sync" (a thread pool); docs/performance.md measures both and says why
     # asyncio is the default.
     server_mode: str = "asyncio"
+    # The asyncio server's event loop: "uvloop" (libuv; about 10% less server CPU
+    # per decision, docs/performance.md) or "asyncio" (the standard library's).
+    event_loop: str = "uvloop"
 
     def __post_init__(self) -> None:
         if self.listen is None and self.socket is None:
@@ -105,6 +109,10 @@ class Settings:
         if self.server_mode not in SERVER_MODES:
             raise ConfigError(
                 f"server_mode must be one of {', '.join(SERVER_MODES)}, got {self.server_mode!r}"
+            )
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(
+                f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}"
             )
         if not 1 <= self.now_granularity_ms <= 60_000:
             raise ConfigError(

@@ -142,7 +142,7 @@ class Sidecar:
         options = [("grpc.max_receive_message_length", message_limit), ("grpc.so_reuseport", 0)]
         server: grpc.Server
         if s.server_mode == "asyncio":  # docs/performance.md: sync vs asyncio
-            server = AioServer(options=options, workers=s.workers)
+            server = AioServer(options=options, workers=s.workers, event_loop=s.event_loop)
         else:
             server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="stepguard"),

@@ -85,7 +85,9 @@ def test_cache_settings_from_flags_env_and_file(tmp_path: Path) -> None:
     from sidecar.cli import _parser
     from sidecar.config import build_settings
 
-    args = _parser().parse_args(["serve", "--cache-max-entries", "5", "--server-mode", "sync"])
+    args = _parser().parse_args(
+        ["serve", "--cache-max-entries", "5", "--server-mode", "sync", "--event-loop", "asyncio"]
+    )
     flags = {k: v for k, v in vars(args).items() if k not in ("run", "config", "log_level")}
     config = tmp_path / "stepguard.yaml"
     config.write_text("now-granularity-ms: 250\ncache_max_entries: 9\n")
@@ -101,6 +103,10 @@ def test_cache_settings_from_flags_env_and_file(tmp_path: Path) -> None:
     assert Settings().server_mode == "asyncio"
     with pytest.raises(ConfigError, match="server_mode"):
         Settings(server_mode="threads")
+    assert settings.event_loop == "asyncio"
+    assert Settings().event_loop == "uvloop"
+    with pytest.raises(ConfigError, match="event_loop must be one of uvloop, asyncio"):
+        Settings(event_loop="trio")
 
 
 # --- bounds -----------------------------------------------------------------

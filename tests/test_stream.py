@@ -17,14 +17,24 @@ from sidecar.jsonreq import request_from_json
 from tests.helpers import Running, grant_request, notify_request, running_sidecar
 
 
-@pytest.fixture(scope="module", params=["sync", "asyncio"])
+@pytest.fixture(scope="module", params=["sync", "asyncio", "asyncio-stdlib-loop"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
+    """The sync server, and the asyncio server on uvloop (default) and on the stdlib loop."""
+    mode, _, loop = request.param.partition("-")
+    event_loop = "asyncio" if loop else "uvloop"
     with running_sidecar(
-        tmp_path_factory.mktemp(f"stream-{request.param}"), server_mode=request.param, workers=4
+        tmp_path_factory.mktemp(f"stream-{request.param}"),
+        server_mode=mode,
+        event_loop=event_loop,
+        workers=4,
     ) as running:
-        assert running.sidecar.settings.server_mode == request.param
+        assert running.sidecar.settings.server_mode == mode
+        if mode == "asyncio":
+            aio: Any = running.sidecar._grpc
+            kind = type(aio._loop).__module__.split(".")[0]
+            assert kind == ("uvloop" if event_loop == "uvloop" else "asyncio")
         yield running
 
 
