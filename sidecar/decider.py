@@ -312,25 +312,6 @@ class Decider:
         self._metrics.audit_healthy.set(0)
         return deny(result.revision, f"audit trail unavailable, failing closed: {error}")
 
-    def audit(
-        self,
-        decision_id: str,
-        at: datetime,
-        request: AuthzRequest,
-        result: Result,
-        meta: CallMeta,
-        *,
-        cached: bool,
-        started: float,
-    ) -> Result:
-        """Record the decision (a cache hit too, with `cached`) before it is answered.
-
-        Returns the result to answer: the decision itself once its event is
-        written, else a DENY saying the trail is unavailable.
-        """
-        event = self._event(decision_id, at, request, result, meta, cached=cached, started=started)
-        return self._write(event, result)
-
     def _write(self, event: dict[str, Any], result: Result) -> Result:
         try:
             self._sink.write(event)

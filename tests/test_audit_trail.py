@@ -558,19 +558,33 @@ def test_configured_paths_hash_or_remove() -> None:
         Redactor(["context..x"])
 
 
-def test_cached_decisions_are_audited_as_such() -> None:
+def test_cached_decisions_are_audited_as_such(tmp_path: Path) -> None:
+    from sidecar.bundle import load_bundle
+    from sidecar.cache import DecisionCache
     from sidecar.decider import Decider
     from sidecar.metrics import Metrics
 
+    (tmp_path / "all.cedar").write_text("permit(principal, action, resource);\n")
+    (tmp_path / "schema.cedarschema").write_text(
+        "entity User { email: String, apiKey: String };\nentity Doc;\n"
+        "action read appliesTo { principal: User, resource: Doc, "
+        "context: { workflow_id: String, run_id: String, step_id: String } };\n"
+    )
+    bundle = load_bundle(tmp_path)
     sink = MemorySink()
-    decider = Decider(sink, Metrics(), lambda: AT, redactor=Redactor())
-    result = decider.audit("d-1", AT, request(), ALLOW, CallMeta(), cached=True, started=0.0)
-    assert result is ALLOW
-    assert sink.events[0]["cached"] is True and sink.events[0]["id"] == "d-1"
+    cache = DecisionCache(100, 1 << 20)
+    decider = Decider(sink, Metrics(), lambda: AT, redactor=Redactor(), cache=cache)
+    first = decider.decide(bundle, request(), CallMeta(), at=AT, started=0.0)
+    second = decider.decide(bundle, request(), CallMeta(), at=AT, started=0.0)
+    assert first.result.allowed and second.result.allowed
+    assert (first.cached, second.cached) == (False, True)
+    assert [e["cached"] for e in sink.events] == [False, True]
+    assert [e["id"] for e in sink.events] == [first.decision_id, second.decision_id]
     sink.fail_with = "disk full"
-    denied = decider.audit("d-2", AT, request(), ALLOW, CallMeta(), cached=True, started=0.0)
-    assert denied.decision is Decision.DENY
-    assert "audit trail unavailable" in denied.summary()
+    denied = decider.decide(bundle, request(), CallMeta(), at=AT, started=0.0)
+    assert denied.cached and denied.result.decision is Decision.DENY
+    assert "audit trail unavailable" in denied.result.summary()
+    assert "disk full" in denied.result.summary()
     assert not decider.audit_healthy
 
 
