@@ -20,21 +20,22 @@ from google.protobuf.message import DecodeError, Message
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.answer import Answers, to_response
 from sidecar.audit.event import CallMeta
 from sidecar.bundle import Bundle
 from sidecar.cache import from_ms
 from sidecar.decider import Decided, Decider
 from sidecar.errors import InvalidRequest
 from sidecar.explain import explain
-from sidecar.explain import to_proto as explanation_to_proto
 from sidecar.identity import CallerContext, caller_identity
 from sidecar.metrics import Metrics
-from sidecar.model import Decision, EntityUid, Result
+from sidecar.model import EntityUid, Result
 from sidecar.validate import Limits, request_from_proto
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
-_DECISION = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY}
 
 
 class AuthorizerServicer(pb_grpc.AuthorizerServicer):
@@ -57,13 +58,27 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         # Each open AuthorizeStream holds a worker: cap them so unary calls keep theirs.
         self.max_streams = max_streams
         self._streams = threading.BoundedSemaphore(max_streams)
+        self._answers = Answers()
 
     def Authorize(
         self, request: pb.AuthorizeRequest, context: grpc.ServicerContext
     ) -> pb.AuthorizeResponse:
+        """The generated base's entry (a message), for add_AuthorizerServicer_to_server."""
+        return self._authorize(request, context, to_response)
+
+    def authorize_wire(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> bytes:
+        """Authorize as the servers register it: the answer already serialized (answer.py)."""
+        return self._authorize(request, context, self._answers.encode)
+
+    def _authorize(
+        self,
+        request: pb.AuthorizeRequest,
+        context: grpc.ServicerContext,
+        answer: Callable[[Decided], T],
+    ) -> T:
         started = time.perf_counter()
         try:
-            return to_response(self._decide(request, _meta(context), started))
+            return answer(self._decide(request, _meta(context), started))
         except InvalidRequest as exc:
             self._count_invalid(exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -106,7 +121,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
 
     def authorize_stream(
         self, requests: Iterator[bytes], context: grpc.ServicerContext
-    ) -> Iterator[pb.AuthorizeStreamResponse]:
+    ) -> Iterator[bytes]:
         """AuthorizeStream: one response per request, in order (see the proto).
 
         Requests arrive as bytes so that an undecodable one is INVALID_ARGUMENT.
@@ -124,9 +139,8 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         finally:
             self._streams.release()
 
-    def stream_item(
-        self, raw: bytes, meta: CallMeta, context: grpc.ServicerContext
-    ) -> pb.AuthorizeStreamResponse:
+    def stream_item(self, raw: bytes, meta: CallMeta, context: grpc.ServicerContext) -> bytes:
+        """One AuthorizeStream answer, serialized (answer.py)."""
         started = time.perf_counter()
         try:
             item = pb.AuthorizeStreamRequest.FromString(raw)
@@ -137,7 +151,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
             )
         out = pb.AuthorizeStreamResponse(id=item.id)
         try:
-            out.response.CopyFrom(to_response(self._decide(item.request, meta, started)))
+            return self._answers.encode_stream(item.id, self._decide(item.request, meta, started))
         except InvalidRequest as exc:
             self._count_invalid(exc)
             out.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -146,11 +160,12 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
             log.exception("AuthorizeStream item %d failed", item.id)
             out.error.code = grpc.StatusCode.INTERNAL.value[0]
             out.error.message = "internal error; the step is not authorized"
-        return out
+        return out.SerializeToString()
 
     def AuthorizeStream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         """The generated base's entry (parsed requests), for add_AuthorizerServicer_to_server."""
-        return self.authorize_stream((r.SerializeToString() for r in request_iterator), context)
+        answers = self.authorize_stream((r.SerializeToString() for r in request_iterator), context)
+        return (pb.AuthorizeStreamResponse.FromString(raw) for raw in answers)
 
     def _decide(self, msg: pb.AuthorizeRequest, meta: CallMeta, started: float) -> Decided:
         bundle = self._bundle()
@@ -186,7 +201,7 @@ def generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any,
     raw bytes and parse them here.
     """
     return _method_handlers(
-        _parsing(servicer.Authorize, pb.AuthorizeRequest),
+        _parsing(servicer.authorize_wire, pb.AuthorizeRequest),
         _parsing(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest),
         servicer.authorize_stream,
     )
@@ -195,32 +210,36 @@ def generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any,
 def _method_handlers(
     authorize: Callable[..., Any], batch: Callable[..., Any], stream: Callable[..., Any]
 ) -> grpc.GenericRpcHandler[Any, Any]:
-    """The Authorizer's methods, taking raw request bytes (sync or asyncio handlers)."""
+    """The Authorizer's methods, taking raw request bytes (sync or asyncio handlers).
+
+    Authorize and AuthorizeStream answers are mostly bytes already (answer.py);
+    a message (a refusal made after the fact) is serialized here.
+    """
     handlers = {
         "Authorize": grpc.unary_unary_rpc_method_handler(
-            authorize, response_serializer=pb.AuthorizeResponse.SerializeToString
+            authorize, response_serializer=_serialized
         ),
         "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
             batch, response_serializer=pb.AuthorizeBatchResponse.SerializeToString
         ),
         "AuthorizeStream": grpc.stream_stream_rpc_method_handler(
-            stream, response_serializer=pb.AuthorizeStreamResponse.SerializeToString
+            stream, response_serializer=_serialized
         ),
     }
     service = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
     return grpc.method_handlers_generic_handler(service, handlers)
 
 
-M = TypeVar("M", bound=Message)
-R = TypeVar("R", bound=Message)
+def _serialized(answer: bytes | Message) -> bytes:
+    return answer if isinstance(answer, bytes) else answer.SerializeToString()
 
 
 def _parsing(
-    fn: Callable[[M, grpc.ServicerContext], R], request_type: type[M]
-) -> Callable[[bytes, grpc.ServicerContext], R]:
+    fn: Callable[[M, grpc.ServicerContext], T], request_type: type[M]
+) -> Callable[[bytes, grpc.ServicerContext], T]:
     name = request_type.DESCRIPTOR.full_name
 
-    def handler(raw: bytes, context: grpc.ServicerContext) -> R:
+    def handler(raw: bytes, context: grpc.ServicerContext) -> T:
         try:
             msg = request_type.FromString(raw)
         except DecodeError:
@@ -256,28 +275,6 @@ def _meta(context: grpc.ServicerContext) -> CallMeta:
                 trace = m["trace"]
     identity = caller_identity(context.auth_context())
     return CallMeta(peer=context.peer() or "", identity=identity, trace_id=trace)
-
-
-def to_response(decided: Decided) -> pb.AuthorizeResponse:
-    result = decided.result
-    out = pb.AuthorizeResponse(
-        decision=_DECISION[result.decision],
-        decision_id=decided.decision_id,
-        policy_revision=result.revision,
-        reason=result.summary(),
-    )
-    for ref in result.reasons:
-        out.determining_policies.add(
-            id=ref.id, annotations=dict(ref.annotations), source=ref.source
-        )
-    for err in result.errors:
-        out.errors.add(policy_id=err.policy_id, message=err.message)
-    ttl = result.obligations.max_credential_ttl
-    if ttl is not None:
-        out.obligations.max_credential_ttl.FromTimedelta(ttl)
-    if decided.explanation is not None:
-        out.explanation.CopyFrom(explanation_to_proto(decided.explanation))
-    return out
 
 
 # --- the asyncio server -------------------------------------------------------
@@ -326,7 +323,8 @@ def aio_generic_handler(
     decider = servicer._decider
     wakeups: list[_Wakeups] = []  # made on the server's loop, at its first deferred call
 
-    async def run(fn: Callable[..., M], *args: Any) -> M:
+    async def run(answer_type: type[Message], fn: Callable[..., T], *args: Any) -> Any:
+        """`fn(*args)`, an answer (bytes or an `answer_type` message), held as said above."""
         if not defer_audit:
             return fn(*args)
         if not wakeups:
@@ -352,14 +350,19 @@ def aio_generic_handler(
             settle_unanswered()
             raise
         refusal = decider.settle(pending, error)
-        return out if refusal is None else _refused(out, refusal)
+        if refusal is None:
+            return out
+        answer = answer_type.FromString(out) if isinstance(out, bytes) else out
+        return _refused(cast(Message, answer), refusal)
 
     def unary(
-        fn: Callable[[Any, grpc.ServicerContext], R], request_type: type[Message]
+        fn: Callable[[Any, grpc.ServicerContext], Any],
+        request_type: type[Message],
+        answer_type: type[Message],
     ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]:
         name = request_type.DESCRIPTOR.full_name
 
-        async def handler(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+        async def handler(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 msg = request_type.FromString(raw)
             except DecodeError:
@@ -367,7 +370,7 @@ def aio_generic_handler(
                     grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message"
                 )
             try:
-                return await run(fn, msg, _SyncView(context))
+                return await run(answer_type, fn, msg, _SyncView(context))
             except _Aborted as stop:
                 await context.abort(stop.code, stop.details)
             raise AssertionError("unreachable")  # pragma: no cover
@@ -376,7 +379,7 @@ def aio_generic_handler(
 
     async def stream(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.AuthorizeStreamResponse]:
+    ) -> AsyncIterator[bytes | pb.AuthorizeStreamResponse]:
         view = _SyncView(context)
         if not servicer._streams.acquire(blocking=False):
             await context.abort(
@@ -388,7 +391,9 @@ def aio_generic_handler(
             meta = _meta(view)  # type: ignore[arg-type]
             async for raw in requests:
                 try:
-                    out = await run(servicer.stream_item, raw, meta, view)
+                    out = await run(
+                        pb.AuthorizeStreamResponse, servicer.stream_item, raw, meta, view
+                    )
                 except _Aborted as stop:
                     await context.abort(stop.code, stop.details)
                 yield out
@@ -396,8 +401,8 @@ def aio_generic_handler(
             servicer._streams.release()
 
     return _method_handlers(
-        unary(servicer.Authorize, pb.AuthorizeRequest),
-        unary(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest),
+        unary(servicer.authorize_wire, pb.AuthorizeRequest, pb.AuthorizeResponse),
+        unary(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest, pb.AuthorizeBatchResponse),
         stream,
     )
 
