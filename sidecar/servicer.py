@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.answer import Answers, to_response
-from sidecar.audit.event import CallMeta
+from sidecar.audit.event import CallMeta, recorded_request_id
 from sidecar.bundle import Bundle
 from sidecar.cache import from_ms
 from sidecar.decider import Decided, Decider
@@ -267,14 +267,18 @@ def _timestamp_ms(ts: Any) -> int | None:
 
 
 def _meta(context: grpc.ServicerContext) -> CallMeta:
-    trace = ""
+    trace = correlation = ""
     for key, value in context.invocation_metadata() or ():
         if key == "traceparent" and isinstance(value, str):
             m = _TRACEPARENT.fullmatch(value.strip())
             if m and m["trace"] != "0" * 32:
                 trace = m["trace"]
+        elif key == "x-request-id":
+            correlation = recorded_request_id(value)
     identity = caller_identity(context.auth_context())
-    return CallMeta(peer=context.peer() or "", identity=identity, trace_id=trace)
+    return CallMeta(
+        peer=context.peer() or "", identity=identity, trace_id=trace, request_id=correlation
+    )
 
 
 # --- the asyncio server -------------------------------------------------------

@@ -53,6 +53,7 @@ metas = st.builds(
     peer=st.sampled_from(["", "ipv4:127.0.0.1:5000", "unix:/run/s.sock"]),
     identity=st.sampled_from(["", "spiffe://example.org/ns/a/sa/w"]),
     trace_id=st.sampled_from(["", "ab" * 16]),
+    request_id=st.sampled_from(["", "req-42", "x" * 128]),
 )
 AT = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 

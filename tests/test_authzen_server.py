@@ -94,6 +94,12 @@ def test_trace_ids_reach_the_audit_event(tmp_path: Path) -> None:
         headers = {"traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
         assert pdp.evaluation(ALICE_READS, headers=headers).json() == {"decision": True}
         assert decisions(run)[-1]["trace_id"] == trace
+        answer = pdp.evaluation(ALICE_READS, headers={"X-Request-ID": "req-1"})
+        assert answer.headers["x-request-id"] == "req-1"
+        assert decisions(run)[-1]["request_id"] == "req-1"
+        for malformed in ("y" * 200, "caf\u00e9"):  # too long; not ASCII
+            pdp.evaluation(ALICE_READS, headers={"X-Request-ID": malformed})
+            assert "request_id" not in decisions(run)[-1]
 
 
 @contextmanager

@@ -244,6 +244,26 @@ def test_every_decision_is_audited(server: Running) -> None:
     assert {r["policy"] for r in event["reasons"]} == {p.id for p in resp.determining_policies}
 
 
+def test_request_ids_reach_the_audit_event_misses_and_hits_alike(server: Running) -> None:
+    """A well-formed x-request-id is recorded; a malformed one is ignored, never refused."""
+    msg = request_from_json(notify_request())
+    sent = [
+        ("wf-7/run-3/notify", "wf-7/run-3/notify"),
+        ("wf-7/run-3/notify-again", "wf-7/run-3/notify-again"),  # a cache hit now
+        ("x" * 129, None),  # over 128 characters (gRPC itself refuses non-printable ones)
+    ]
+    with grpc.insecure_channel(server.tcp) as channel:
+        stub = pb_grpc.AuthorizerStub(channel)
+        answers = [
+            stub.Authorize(msg, metadata=(("x-request-id", value),), timeout=5) for value, _ in sent
+        ]
+    events = {e["id"]: e for e in server.audit_events()}
+    for resp, (_, recorded) in zip(answers, sent, strict=True):
+        assert resp.decision == pb.DECISION_ALLOW
+        assert events[resp.decision_id].get("request_id") == recorded
+    assert events[answers[1].decision_id]["cached"] is True
+
+
 def test_health_and_reflection(server: Running) -> None:
     with grpc.insecure_channel(server.tcp) as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -34,6 +34,15 @@ class CallMeta:
     peer: str = ""
     identity: str = ""  # authenticated identity (TLS), when there is one
     trace_id: str = ""  # from a W3C traceparent header
+    request_id: str = ""  # the caller's X-Request-ID / x-request-id, when well-formed
+
+
+def recorded_request_id(value: object) -> str:
+    """A caller's request id as the trail records it: 1 to 128 printable ASCII
+    characters, else nothing (like a malformed traceparent, it is ignored)."""
+    if isinstance(value, str) and 0 < len(value) <= 128 and value.isascii() and value.isprintable():
+        return value
+    return ""
 
 
 def build_event(
@@ -74,6 +83,8 @@ def build_event(
         event["obligations"]["max_credential_ttl_s"] = ttl.total_seconds()
     if meta.trace_id:
         event["trace_id"] = meta.trace_id
+    if meta.request_id:
+        event["request_id"] = meta.request_id
     if audit_note:
         event["note"] = audit_note
     if redactor is not None:
@@ -86,7 +97,7 @@ def build_event(
 
 
 # The fields of a decision event that differ between calls answered the same way.
-PER_CALL = frozenset({"id", "time", "caller", "cached", "latency_us", "trace_id"})
+PER_CALL = frozenset({"id", "time", "caller", "cached", "latency_us", "trace_id", "request_id"})
 
 
 def template(event: Mapping[str, Any]) -> dict[str, Any]:
@@ -119,6 +130,8 @@ def stamp(
     event["latency_us"] = round(latency_s * 1e6)
     if meta.trace_id:
         event["trace_id"] = meta.trace_id
+    if meta.request_id:
+        event["request_id"] = meta.request_id
     if now is not None:
         event["context"] = {**event["context"], "now": now}
     return event

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from cheroot import wsgi
 
-from sidecar.audit.event import CallMeta
+from sidecar.audit.event import CallMeta, recorded_request_id
 from sidecar.authzen.service import AuthzenService
 from sidecar.authzen.translate import SearchKind
 from sidecar.config import split_host_port
@@ -205,7 +205,9 @@ def _meta(environ: Environ) -> CallMeta:
     m = _TRACEPARENT.fullmatch(str(environ.get("HTTP_TRACEPARENT") or "").strip())
     if m and m["trace"] != "0" * 32:
         trace = m["trace"]
-    return CallMeta(peer=peer, trace_id=trace)
+    return CallMeta(
+        peer=peer, trace_id=trace, request_id=recorded_request_id(environ.get("HTTP_X_REQUEST_ID"))
+    )
 
 
 def _base_url(environ: Environ) -> str:
