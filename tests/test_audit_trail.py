@@ -7,6 +7,7 @@ verify` / `query` run through the real CLI entry point.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -136,6 +137,15 @@ def test_write_returns_only_once_the_line_is_in_the_file(tmp_path: Path) -> None
 def test_fsync_durability_and_unknown_durability(tmp_path: Path) -> None:
     make_trail(tmp_path, 5, durability="fsync")
     assert verify(collect([tmp_path])[0]).ok
+    # fsync: every segment write is synchronous (O_DSYNC), new segment or reopened; flush: not.
+    for durability, synchronous in (("fsync", True), ("flush", False)):
+        sink = FileSink(tmp_path / durability / "audit.jsonl", durability=durability)
+        for rotation in range(2):
+            sink.write(event(rotation))
+            assert sink._fd is not None
+            assert bool(fcntl.fcntl(sink._fd, fcntl.F_GETFL) & os.O_DSYNC) is synchronous
+            sink._close_medium()  # the next write opens the segment again
+        sink.close()
     with pytest.raises(ConfigError, match="does not offer it"):
         FileSink(tmp_path / "x.jsonl", durability="none")
     with pytest.raises(ConfigError, match="audit_durability 'none'"):

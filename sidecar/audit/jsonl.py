@@ -463,6 +463,10 @@ class FileSink(_ChainSink):
         self._rotate_bytes = rotate_bytes
         self._rotate_age_s = rotate_age_s
         self._clock = clock
+        # Segments are appended to; with fsync every write is also synchronous (`_sync`).
+        self._append_flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        if durability == "fsync":
+            self._append_flags |= os.O_DSYNC
         self._fd: int | None = None
         self._head_fd: int | None = None
         self._size = 0
@@ -519,7 +523,7 @@ class FileSink(_ChainSink):
         else:
             self._segment, self._segment_started, last = state
             self._seq, self._prev = last.seq + 1, last.hash
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._fd = os.open(self.path, self._append_flags)
             self._size = self._good = os.fstat(self._fd).st_size
         self._check_anchor(now)
         self._head_fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -605,7 +609,7 @@ class FileSink(_ChainSink):
                 raise AuditError(f"{path}: rotated segment is empty; run `stepguard audit verify`")
             last = self._read_record(line, "last line", path)
             follows, seq, previous_name, segment = last.hash, last.seq + 1, path.name, number + 1
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._fd = os.open(self.path, self._append_flags | os.O_CREAT, 0o640)
         self._size = self._good = os.fstat(self._fd).st_size
         if self.durability == "fsync":
             _fsync_dir(self.path.parent)
@@ -664,8 +668,9 @@ class FileSink(_ChainSink):
         self._size += len(data)
 
     def _sync(self) -> None:
-        assert self._fd is not None
-        os.fdatasync(self._fd)
+        """Nothing left to do: with durability fsync the segment is open with O_DSYNC,
+        so `_append`'s write returned only once its data was on disk (write and
+        fdatasync in one system call: one GIL hand-off per commit, not two)."""
 
     def _rollback(self) -> None:
         """Cut a partly written batch off; then close, so the next attempt re-reads the file."""
