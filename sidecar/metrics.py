@@ -42,8 +42,9 @@ class Metrics:
         )
         self.invalid_requests = Counter(
             "stepguard_invalid_requests_total",
-            "Requests answered INVALID_ARGUMENT, by the top-level field at fault.",
-            ["field"],
+            "Requests refused as malformed (gRPC INVALID_ARGUMENT, AuthZEN 400 or an invalid "
+            "batch item), by API and the top-level field at fault.",
+            ["api", "field"],
             registry=r,
         )
         self.evaluation_errors = Counter(

@@ -190,7 +190,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
 
     def _count_invalid(self, exc: InvalidRequest) -> None:
         top = re.split(r"[.\[]", exc.field, maxsplit=1)[0]
-        self._metrics.invalid_requests.labels(field=top).inc()
+        self._metrics.invalid_requests.labels(api="grpc", field=top).inc()
 
 
 def generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:

@@ -77,15 +77,21 @@ def test_stepguard_serve_answers_authzen_and_audits_it(tmp_path: Path) -> None:
 def test_bad_requests_are_counted_by_field(tmp_path: Path) -> None:
     with serving(tmp_path, CERT) as (run, pdp):
         registry = run.sidecar.metrics.registry
-        name = "stepguard_invalid_requests_total"
-        before = registry.get_sample_value(name, {"field": "subject"}) or 0.0
+
+        def count(field: str, api: str = "authzen") -> float:
+            labels = {"api": api, "field": field}
+            return registry.get_sample_value("stepguard_invalid_requests_total", labels) or 0.0
+
+        before = count("subject")
         assert pdp.evaluation({"action": {"name": "read"}}).status == 400
         body = {**ALICE_READS, "evaluations": [{"subject": "x"}]}
         assert pdp.evaluations(body).json()["evaluations"][0]["decision"] is False
-        assert registry.get_sample_value(name, {"field": "subject"}) == before + 1
-        assert (registry.get_sample_value(name, {"field": "evaluations"}) or 0) >= 1
+        assert count("subject") == before + 1
+        assert count("evaluations") >= 1
         assert pdp.post("/access/v1/evaluation", raw=b"{").status == 400
-        assert (registry.get_sample_value(name, {"field": "request"}) or 0) >= 1
+        assert count("request") >= 1
+        # Counted under the API that refused them, never under gRPC's.
+        assert count("subject", api="grpc") == count("evaluations", api="grpc") == 0
 
 
 def test_trace_ids_reach_the_audit_event(tmp_path: Path) -> None:

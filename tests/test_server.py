@@ -282,11 +282,13 @@ def test_health_and_reflection(server: Running) -> None:
 
 def test_metrics_endpoint(server: Running) -> None:
     with grpc.insecure_channel(server.tcp) as channel:
-        pb_grpc.AuthorizerStub(channel).Authorize(request_from_json(notify_request()), timeout=5)
+        stub = pb_grpc.AuthorizerStub(channel)
+        stub.Authorize(request_from_json(notify_request()), timeout=5)
+        _invalid(stub, _with(lambda m: m.ClearField("principal")))
     text = urllib.request.urlopen(f"http://{server.metrics}/metrics", timeout=5).read().decode()
     assert 'stepguard_decisions_total{cached="false",decision="ALLOW"}' in text
     assert "stepguard_decision_duration_seconds_bucket" in text
-    assert 'stepguard_invalid_requests_total{field="principal"}' in text
+    assert 'stepguard_invalid_requests_total{api="grpc",field="principal"}' in text
     revision = server.sidecar.holder.current().revision
     assert f'stepguard_policy_revision_info{{revision="{revision}"}} 1.0' in text
 

@@ -263,7 +263,7 @@ class AuthzenService:
 
     def count_invalid(self, field: str) -> None:
         top = field.split("[", 1)[0].split(".", 1)[0] or "request"
-        self._metrics.invalid_requests.labels(field=top).inc()
+        self._metrics.invalid_requests.labels(api="authzen", field=top).inc()
 
     def metadata(self, base: str) -> dict[str, Any]:
         """PDP metadata (`/.well-known/authzen-configuration`) for a PDP at `base`."""
