@@ -494,10 +494,12 @@ def test_fsync_answers_wait_for_the_disk_and_failures_reach_every_item(
     class FullDisk(FileSink):
         full = False
 
-        def _sync(self) -> None:  # the write reached the page cache; the fsync fails
+        def _append(self, data: bytes) -> None:
+            # The segment is open with O_DSYNC: a write whose bytes reached the file
+            # but not the disk reports the disk's EIO itself (the batch is cut off).
+            super()._append(data)
             if self.full:
                 raise OSError(errno.EIO, os.strerror(errno.EIO), str(self.path))
-            super()._sync()
 
     audit = tmp_path / "audit.jsonl"
     sink = FullDisk(audit, durability="fsync", probe_interval_s=0.05)
