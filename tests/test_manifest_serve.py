@@ -37,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.client import StepDecision, StepguardClient
 from sidecar.tls import channel_credentials
+from tests.pki import Authority
 from tests.test_helm_chart import (
     NAMESPACE,
     Manifest,
@@ -47,7 +48,6 @@ from tests.test_helm_chart import (
     sidecar_container_from_manifest,
     stepguard_pod,
 )
-from tests.test_tls import Authority
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -1,6 +1,6 @@
 """TLS, mutual TLS and workload identity against the real server.
 
-Certificates are made here with `cryptography`: a trust domain CA that signs
+Certificates come from tests/pki.py (made with `cryptography`): a trust domain CA that signs
 the server's certificate and SPIFFE client certificates (as SPIRE does), and
 a second, unrelated CA. Every call goes through the real `StepguardClient`
 over loopback, and every decision is read back from the real audit file.
@@ -8,24 +8,18 @@ over loopback, and every decision is read back from the real audit file.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
@@ -39,137 +33,16 @@ from sidecar.jsonreq import request_from_json
 from sidecar.model import EntityUid
 from sidecar.tls import CertificateReloader, TlsFiles, channel_credentials, read_material
 from tests.helpers import NOTIFIER, PROVISIONER, Running, notify_request, running_sidecar
+from tests.pki import NOW, Authority, Pair, Pki, make_pki, tls_settings
 
 TRUST_DOMAIN = "spiffe://example.org"
 NOTIFIER_ID = NOTIFIER["id"]
 WORKER_ID = f"{TRUST_DOMAIN}/ns/etl/sa/worker"
-NOW = datetime.now(UTC)
-
-
-# --- a small PKI ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pair:
-    cert: bytes
-    key: bytes
-
-    def write(self, directory: Path, name: str) -> tuple[Path, Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-        cert.write_bytes(self.cert)
-        key.write_bytes(self.key)
-        return cert, key
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-class Authority:
-    """A CA that issues server and SPIFFE client certificates."""
-
-    def __init__(self, name: str) -> None:
-        self.key = _key()
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - timedelta(days=1))
-            .not_valid_after(NOW + timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(
-        self,
-        *,
-        spiffe: str | None = None,
-        subject: str | None = None,
-        server: bool = False,
-        not_before: datetime = NOW - timedelta(hours=1),
-        not_after: datetime = NOW + timedelta(days=1),
-    ) -> Pair:
-        key = _key()
-        names: list[x509.NameAttribute[str]] = []
-        if subject is not None:
-            names = [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
-                x509.NameAttribute(NameOID.COMMON_NAME, subject),
-            ]
-        sans: list[x509.GeneralName] = []
-        if spiffe is not None:
-            sans.append(x509.UniformResourceIdentifier(spiffe))
-        if server:
-            sans += [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        usage = x509.oid.ExtendedKeyUsageOID
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(names))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([usage.SERVER_AUTH, usage.CLIENT_AUTH]), critical=False
-            )
-        )
-        if sans:
-            # An X.509 SVID has an empty subject, so its SAN extension is critical.
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=not names)
-        cert = builder.sign(self.key, hashes.SHA256())
-        return Pair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
-
-
-@dataclass(frozen=True)
-class Pki:
-    domain: Authority  # the trust domain: signs the server and its workloads
-    other: Authority  # an unrelated CA
-    server: Pair
 
 
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    domain = Authority("example.org trust domain")
-    return Pki(domain, Authority("someone else"), domain.issue(server=True))
-
-
-def _tls_settings(directory: Path, pki: Pki, *, mutual: bool = True) -> dict[str, Any]:
-    cert, key = pki.server.write(directory, "server")
-    out: dict[str, Any] = {"tls_cert": cert, "tls_key": key}
-    if mutual:
-        ca = directory / "client-ca.pem"
-        ca.write_bytes(pki.domain.pem)
-        out["tls_client_ca"] = ca
-    return out
+    return make_pki()
 
 
 def _client(
@@ -204,7 +77,7 @@ def _last_event(running: Running) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def mtls(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("mtls")
-    with running_sidecar(tmp, **_tls_settings(tmp / "tls", pki)) as running:
+    with running_sidecar(tmp, **tls_settings(tmp / "tls", pki)) as running:
         yield running
 
 
@@ -336,7 +209,7 @@ def caller_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_policies_decide_on_context_caller(tmp_path: Path, pki: Pki, caller_bundle: Path) -> None:
     with running_sidecar(
-        tmp_path / "srv", policies=caller_bundle, **_tls_settings(tmp_path / "tls", pki)
+        tmp_path / "srv", policies=caller_bundle, **tls_settings(tmp_path / "tls", pki)
     ) as running:
 
         def ask(pair: Pair, request: dict[str, Any]) -> tuple[StepDecision, dict[str, Any]]:
@@ -381,7 +254,7 @@ def test_policies_decide_on_context_caller(tmp_path: Path, pki: Pki, caller_bund
 
 
 def test_server_only_tls_encrypts_without_identity(tmp_path: Path, pki: Pki) -> None:
-    with running_sidecar(tmp_path / "srv", **_tls_settings(tmp_path, pki, mutual=False)) as running:
+    with running_sidecar(tmp_path / "srv", **tls_settings(tmp_path, pki, mutual=False)) as running:
         decision = _ask(_client(tmp_path, running, pki.domain.pem, None), notify_request())
         assert decision.allowed, decision.reason
         event = _last_event(running)
@@ -399,7 +272,7 @@ def test_server_only_tls_encrypts_without_identity(tmp_path: Path, pki: Pki) -> 
 def bound(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("bound")
     with running_sidecar(
-        tmp, bind_workload_identity=True, **_tls_settings(tmp / "tls", pki)
+        tmp, bind_workload_identity=True, **tls_settings(tmp / "tls", pki)
     ) as running:
         yield running
 
@@ -501,7 +374,7 @@ def test_certificates_rotate_under_load_without_a_failed_call(
 ) -> None:
     caplog.set_level(logging.INFO, logger="sidecar.tls")
     tls_dir = tmp_path / "tls"
-    settings = _tls_settings(tls_dir, pki)
+    settings = tls_settings(tls_dir, pki)
     rotated_ca = Authority("example.org trust domain, next")  # signs the new server cert
     new_client_ca = Authority("example.org workloads, next")
     new_server = rotated_ca.issue(server=True)
