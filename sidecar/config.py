@@ -81,11 +81,16 @@ class Settings:
             value = getattr(self, name)
             if value is not None:
                 split_host_port(value, name)
-        if self.authzen_listen is not None and not _loopback(self.authzen_listen):
+        if (
+            self.authzen_listen is not None
+            and self.tls_cert is None
+            and not _loopback(self.authzen_listen)
+        ):
             raise ConfigError(
-                f"authzen_listen: {self.authzen_listen!r} is not a loopback address; the "
-                "AuthZEN API has no TLS or caller authentication yet, so it serves "
-                "127.0.0.1, [::1] or localhost only"
+                f"authzen_listen: {self.authzen_listen!r} is not a loopback address; without "
+                "TLS the AuthZEN API serves 127.0.0.1, [::1] or localhost only: give "
+                "--tls-cert and --tls-key (and --tls-client-ca to authenticate callers) "
+                "to serve HTTPS on other addresses"
             )
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")

@@ -44,6 +44,65 @@ def caller_identity(auth_context: Mapping[str, Any] | None) -> str:
     return ""
 
 
+def certificate_identity(cert: Mapping[str, Any] | None) -> str:
+    """`caller_identity` for a peer certificate as Python's `ssl` decodes it (`getpeercert()`).
+
+    Same rules and form as gRPC's, so a workload has one identity on both
+    APIs: a sole URI SAN that is a SPIFFE ID (at most 2,048 characters, no
+    query or fragment), else the subject in RFC 2253 form (last RDN first,
+    short attribute names, specials escaped, non-ASCII bytes as `\\XX`).
+    """
+    if not cert:
+        return ""
+    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
+    if len(uris) == 1 and _spiffe_like(uris[0]):
+        return str(uris[0])
+    rdns = cert.get("subject", ())
+    return ",".join(
+        "+".join(f"{_SHORT_NAMES.get(name, name)}={_rfc2253(value)}" for name, value in rdn)
+        for rdn in reversed(rdns)
+    )
+
+
+def _spiffe_like(uri: str) -> bool:
+    """gRPC's test for `peer_spiffe_id`."""
+    return uri.startswith(SPIFFE_SCHEME) and len(uri) <= 2048 and not set(uri) & {"?", "#"}
+
+
+# OpenSSL's short names for the attributes Python's `ssl` gives by long name.
+_SHORT_NAMES = {
+    "commonName": "CN",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "streetAddress": "street",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "domainComponent": "DC",
+    "userId": "UID",
+    "givenName": "GN",
+    "surname": "SN",
+    "serialNumber": "serialNumber",
+    "emailAddress": "emailAddress",
+}
+
+
+def _rfc2253(value: str) -> str:
+    """An attribute value escaped as OpenSSL's XN_FLAG_RFC2253 prints it."""
+    out = []
+    data = value.encode("utf-8")
+    last = len(data) - 1
+    for i, byte in enumerate(data):
+        char = chr(byte)
+        if byte >= 0x80 or byte < 0x20 or byte == 0x7F:
+            out.append(f"\\{byte:02X}")
+        elif char in ',+"\\<>;' or (i == 0 and char in "# ") or (i == last and char == " "):
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def is_spiffe_id(identity: str) -> bool:
     return identity.startswith(SPIFFE_SCHEME)
 

@@ -204,6 +204,7 @@ class Sidecar:
                 limits=s.limits,
                 max_batch_bytes=s.max_batch_bytes,
                 workers=s.workers,
+                tls=self.tls,
             )
             authzen = self._authzen.start()
         server.start()
@@ -231,6 +232,7 @@ class Sidecar:
             self.watcher.start()
         self._sync_audit_health()
         self.endpoints = Endpoints(tcp, sock, metrics, authzen)
+        scheme = "http" if self.tls is None else "https"
         log.info(
             "stepguard serving policies %s (revision %s, %d policies) on %s",
             s.policies,
@@ -238,7 +240,11 @@ class Sidecar:
             self.holder.current().policy_count,
             ", ".join(
                 e
-                for e in (tcp, f"unix:{sock}" if sock else None, authzen and f"http://{authzen}")
+                for e in (
+                    tcp,
+                    f"unix:{sock}" if sock else None,
+                    authzen and f"{scheme}://{authzen}",
+                )
                 if e
             ),
         )

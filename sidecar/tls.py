@@ -1,9 +1,10 @@
-"""TLS for the gRPC server, with certificates that follow their files; TLS for clients.
+"""TLS for the servers, with certificates that follow their files; TLS for clients.
 
 SPIRE's helper and cert-manager rotate a workload's certificate, key and CA
-bundle by rewriting files. gRPC asks `CertificateReloader.fetch` before every
-TLS handshake whether to switch certificates: it answers from a cheap `stat`
-of the three files and reads them only when that changed. A new set replaces
+bundle by rewriting files. Before every TLS handshake the servers ask
+`CertificateReloader` for the set to use: gRPC through `fetch`, the AuthZEN
+HTTPS listener through `server_context`. It answers from a cheap `stat` of
+the three files and reads them only when that changed. A new set replaces
 the one in use only after Python's own TLS stack has accepted it (the key
 matches the certificate, the CA bundle parses), so a half-written rotation
 (new certificate, old key) keeps the previous set in service until the files
@@ -18,7 +19,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -47,11 +48,17 @@ class TlsFiles:
 
 @dataclass(frozen=True, slots=True)
 class TlsMaterial:
-    """One consistent set of PEM bytes, checked to work together."""
+    """One consistent set of PEM bytes, checked to work together.
+
+    `context` is the standard library's server context built from them
+    during the check (the HTTPS listener serves with it); it takes no part
+    in comparing two sets.
+    """
 
     cert: bytes
     key: bytes
     client_ca: bytes | None
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration(
@@ -69,6 +76,8 @@ def read_material(files: TlsFiles) -> TlsMaterial:
     """
     before = _read_all(files)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
     try:
         context.load_cert_chain(files.cert, files.key, password=_no_password)
     except (ssl.SSLError, OSError, TypeError) as exc:
@@ -83,11 +92,12 @@ def read_material(files: TlsFiles) -> TlsMaterial:
             raise ConfigError(
                 f"TLS client CA {files.client_ca} is not a PEM bundle of CA certificates: {exc}"
             ) from exc
+        context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: no certificate, no connection
     if _read_all(files) != before:
         raise ConfigError(
             f"TLS files changed while being read ({', '.join(map(str, files.paths()))})"
         )
-    return before
+    return replace(before, context=context)
 
 
 def _read_all(files: TlsFiles) -> TlsMaterial:
@@ -114,8 +124,10 @@ Signature = tuple[tuple[int, int, int, int], ...]
 class CertificateReloader:
     """The certificate set gRPC serves, swapped when its files change.
 
-    `fetch` runs on gRPC's handshake path for every new connection: it never
-    raises and never blocks on more than three small file reads.
+    `fetch` and `server_context` run on the handshake path of every new
+    connection: they never raise and never block on more than three small
+    file reads. Each server sees a new set at its next handshake, whichever
+    of them noticed the change first.
     """
 
     def __init__(
@@ -134,6 +146,7 @@ class CertificateReloader:
         self._checked = clock()
         self._warned: Signature | None = None
         self.generation = 1  # bumped on every swap; read by tests and logs
+        self._grpc_generation = 1  # the set gRPC was last given
 
     @property
     def material(self) -> TlsMaterial:
@@ -148,34 +161,49 @@ class CertificateReloader:
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """A new configuration when the files hold a new valid set, else None (keep)."""
-        try:
-            return self._fetch()
-        except Exception:  # gRPC's handshake path must not see an exception
-            log.exception("TLS reload check failed; keeping the certificates in use")
-            return None
+        """gRPC's question: a new configuration when a new valid set is in use, else None."""
+        self.refresh()
+        with self._lock:
+            if self._grpc_generation == self.generation:
+                return None
+            self._grpc_generation = self.generation
+            return self._material.configuration()
 
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+    def server_context(self) -> ssl.SSLContext:
+        """The context an HTTPS server should wrap its next connection with."""
+        self.refresh()
+        context = self._material.context
+        assert context is not None  # read_material always builds it
+        return context
+
+    def refresh(self) -> None:
+        """Switch to the files' set if they changed and hold a valid one; never raises."""
+        try:
+            self._refresh()
+        except Exception:  # the handshake path must not see an exception
+            log.exception("TLS reload check failed; keeping the certificates in use")
+
+    def _refresh(self) -> None:
         try:
             signature = self._signature()
         except OSError:
             signature = None  # a file is missing mid-rotation: read (and fail) below
         now = self._clock()
         if signature == self._seen and now - self._checked < self._recheck_s:
-            return None
+            return
         with self._lock:
             if signature == self._seen and now - self._checked < self._recheck_s:
-                return None  # another handshake did the work meanwhile
+                return  # another handshake did the work meanwhile
             try:
                 material = read_material(self.files)
             except ConfigError as exc:
                 if signature != self._warned:
                     self._warned = signature
                     log.warning("TLS files not reloaded, still serving the previous set: %s", exc)
-                return None
+                return
             self._seen, self._checked, self._warned = signature, now, None
             if material == self._material:
-                return None
+                return
             self._material = material
             self.generation += 1
             log.info(
@@ -183,7 +211,6 @@ class CertificateReloader:
                 ", ".join(map(str, self.files.paths())),
                 self.generation,
             )
-            return material.configuration()
 
     def _signature(self) -> Signature:
         out = []

@@ -84,6 +84,7 @@ class Authority:
         *,
         spiffe: str | None = None,
         subject: str | None = None,
+        name: x509.Name | None = None,
         server: bool = False,
         not_before: datetime = NOW - timedelta(hours=1),
         not_after: datetime = NOW + timedelta(days=1),
@@ -103,7 +104,7 @@ class Authority:
         usage = x509.oid.ExtendedKeyUsageOID
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name(names))
+            .subject_name(name if name is not None else x509.Name(names))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -116,7 +117,10 @@ class Authority:
         )
         if sans:
             # An X.509 SVID has an empty subject, so its SAN extension is critical.
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=not names)
+            empty_subject = not (names or name)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(sans), critical=empty_subject
+            )
         cert = builder.sign(self.key, hashes.SHA256())
         return Pair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 

@@ -39,8 +39,9 @@ from sidecar.authzen.translate import (
 from sidecar.bundle import Bundle
 from sidecar.decider import Decided, Decider
 from sidecar.errors import InvalidRequest
+from sidecar.identity import CallerContext
 from sidecar.metrics import Metrics
-from sidecar.model import AuthzRequest
+from sidecar.model import AuthzRequest, EntityUid
 from sidecar.validate import Limits
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class AuthzenService:
         self._limits = limits
         self._metrics = metrics
         self._index: _Index | None = None
+        self._caller = CallerContext()  # `context.caller` where the schema declares it
 
     # -- evaluation
     def evaluation(self, body: Mapping[str, Any], meta: CallMeta, started: float) -> dict[str, Any]:
@@ -258,7 +260,12 @@ class AuthzenService:
         def now_ms(not_before_ms: int | None, not_after_ms: int | None) -> int:
             return self._decider.context_now_ms(at, not_before_ms, not_after_ms)
 
-        mapper = Mapper(index.bundle, index.view, self._limits, now_ms)
+        bundle = index.bundle
+
+        def caller(action: EntityUid) -> Mapping[str, str] | None:
+            return self._caller.context_for(bundle, action, meta.identity)
+
+        mapper = Mapper(index.bundle, index.view, self._limits, now_ms, caller)
         return _Call(mapper, meta, at, started)
 
     def count_invalid(self, field: str) -> None:

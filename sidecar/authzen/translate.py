@@ -45,6 +45,9 @@ SearchKind = Literal["subject", "resource", "action"]
 # The request's time bound (ms, when it has one) -> `context.now` in ms: the
 # decider's rule (clock granularity, never across the bound), as on gRPC.
 NowMs = Callable[[int | None, int | None], int]
+# An action -> `{"caller": identity}` when its context takes the authenticated
+# caller (identity.CallerContext), as on gRPC; None otherwise.
+CallerFor = Callable[[EntityUid], Mapping[str, str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,12 +315,18 @@ class Mapper:
     """
 
     def __init__(
-        self, bundle: Bundle, view: SchemaView, limits: Limits, now_ms: NowMs | None = None
+        self,
+        bundle: Bundle,
+        view: SchemaView,
+        limits: Limits,
+        now_ms: NowMs | None = None,
+        caller: CallerFor | None = None,
     ) -> None:
         self.bundle = bundle
         self.view = view
         self._depth = limits.max_attribute_depth
         self._now_ms = now_ms
+        self._caller = caller
 
     def action_uid(self, name: str) -> EntityUid:
         """The schema's action of that name; otherwise `Action::"name"`, which Cedar refuses."""
@@ -350,7 +359,7 @@ class Mapper:
         return EntityData(uid)
 
     def context(self, context: Mapping[str, Any], action: Action, uid: EntityUid) -> dict[str, Any]:
-        """The Cedar context: declared keys of `context`, action properties, and `now`."""
+        """The Cedar context: declared keys of `context`, action properties, `now`, `caller`."""
         for name, why in RESERVED_CONTEXT.items():
             if name in context:
                 raise InvalidRequest(f"context.{name}", f"{why}; rename it")
@@ -364,6 +373,8 @@ class Mapper:
                 out[ACTION_PROPERTIES] = value
         if self._now_ms is not None and "now" in shape.attrs:
             out["now"] = cedar_datetime(self._now_ms(*_time_bound_ms(out)))
+        if self._caller is not None and (caller := self._caller(uid)):
+            out.update(caller)
         return out
 
     def request(self, ev: Evaluation) -> AuthzRequest:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,18 +30,22 @@ from email.message import Message
 from typing import Any, Final
 
 from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from sidecar.audit.event import CallMeta, recorded_request_id
 from sidecar.authzen.service import AuthzenService
 from sidecar.authzen.translate import SearchKind
 from sidecar.config import split_host_port
 from sidecar.errors import InvalidRequest
+from sidecar.identity import certificate_identity
+from sidecar.tls import CertificateReloader
 
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 Environ = Mapping[str, Any]
 WELL_KNOWN: Final = "/.well-known/authzen-configuration"
+CALLER_IDENTITY: Final = "stepguard.caller_identity"  # environ key, set by _ReloadingTls
 _TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _SEARCH: Final[dict[str, SearchKind]] = {
     "/access/v1/search/subject": "subject",
@@ -206,7 +211,10 @@ def _meta(environ: Environ) -> CallMeta:
     if m and m["trace"] != "0" * 32:
         trace = m["trace"]
     return CallMeta(
-        peer=peer, trace_id=trace, request_id=recorded_request_id(environ.get("HTTP_X_REQUEST_ID"))
+        peer=peer,
+        identity=str(environ.get(CALLER_IDENTITY) or ""),
+        trace_id=trace,
+        request_id=recorded_request_id(environ.get("HTTP_X_REQUEST_ID")),
     )
 
 
@@ -258,13 +266,59 @@ class _Server(wsgi.Server):
         log.log(level, "authzen http: %s", msg, exc_info=traceback)
 
 
-class AuthzenServer:
-    """The HTTP listener: started and stopped by `Sidecar`, beside the gRPC server."""
+class _ReloadingTls(BuiltinSSLAdapter):
+    """cheroot's standard-library TLS, serving the reloader's current certificates.
 
-    def __init__(self, app: AuthzenApp, listen: str, *, workers: int, max_body_bytes: int) -> None:
+    Each connection is wrapped with the context `CertificateReloader` holds at
+    that moment (rotated files take effect at the next handshake, as on
+    gRPC), and its environ carries the caller's identity as gRPC derives it.
+    """
+
+    def __init__(self, reloader: CertificateReloader) -> None:
+        # Not BuiltinSSLAdapter.__init__: it loads the files itself, once; the
+        # reloader has read and checked them already.
+        self._reloader = reloader
+        self.certificate = str(reloader.files.cert)
+        self.private_key = str(reloader.files.key)
+        self.certificate_chain = None
+        self.ciphers = None
+        self.private_key_password = None
+        self._server_env: dict[str, Any] = {}
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self._reloader.server_context()
+
+    @context.setter
+    def context(self, context: ssl.SSLContext) -> None:
+        raise AttributeError("the TLS context follows the certificate files; it is not set")
+
+    def get_environ(self, sock: ssl.SSLSocket) -> dict[str, Any]:  # type: ignore[override]
+        environ: dict[str, Any] = super().get_environ(sock)  # type: ignore[no-untyped-call]
+        environ[CALLER_IDENTITY] = certificate_identity(sock.getpeercert())
+        return environ
+
+
+class AuthzenServer:
+    """The HTTP listener: started and stopped by `Sidecar`, beside the gRPC server.
+
+    With `tls` it serves HTTPS (mutual TLS when the reloader has a client CA).
+    """
+
+    def __init__(
+        self,
+        app: AuthzenApp,
+        listen: str,
+        *,
+        workers: int,
+        max_body_bytes: int,
+        tls: CertificateReloader | None = None,
+    ) -> None:
         host, port = split_host_port(listen, "authzen_listen")
         self._server = _Server((host, port), app, numthreads=workers, server_name="stepguard")
         self._server.max_request_body_size = max_body_bytes
+        if tls is not None:
+            self._server.ssl_adapter = _ReloadingTls(tls)
         self._thread: threading.Thread | None = None
 
     def start(self) -> str:
