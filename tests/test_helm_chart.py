@@ -301,6 +301,7 @@ def test_the_validator_is_strict() -> None:
         ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor"),
         ({"polices": {"source": "values"}}, "polices"),
         ({"tls": {"enabled": True, "secretname": "x"}}, "secretname"),
+        ({"authzen": {"port": 70000}}, "/authzen/port"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else None,
 )
@@ -340,6 +341,12 @@ def test_schema_rejects_bad_values(overrides: dict[str, Any], where: str) -> Non
             "needs audit.file.volume.existingClaim",
         ),
         ({"tls": {"enabled": True}}, "needs tls.secretName"),
+        (
+            {"authzen": {"enabled": True, "bindAddress": "0.0.0.0"}},
+            "authzen.bindAddress 0.0.0.0 is not loopback",
+        ),
+        ({"authzen": {"enabled": True, "port": 9464}}, "authzen.port must differ"),
+        ({"mode": "standalone", "authzen": {"enabled": True}}, "set tls.enabled=true"),
         ({"tls": {"clientCA": {"enabled": True}}}, "needs tls.enabled=true"),
         ({"tls": {"bindWorkloadIdentity": True}}, "tls.clientCA.enabled=true"),
         (
@@ -561,6 +568,16 @@ def test_disabled_features_render_off() -> None:
     assert "sg-metrics" not in sidecar["ports"]
     for tls_flag in ("--tls-cert", "--tls-key", "--tls-client-ca", "--bind-workload-identity"):
         assert tls_flag not in sidecar["args"]
+    assert "--authzen-listen" not in sidecar["args"]  # off unless asked
+    assert "sg-authzen" not in sidecar["ports"]
+
+
+def test_authzen_on_loopback_in_the_worker_pod() -> None:
+    sidecar = sidecar_container_from_manifest(
+        render("example-worker-values.yaml", overrides={"authzen": {"enabled": True}}).manifest
+    )
+    assert flag(sidecar["args"], "--authzen-listen") == ["127.0.0.1:8181"]
+    assert sidecar["ports"]["sg-authzen"] == 8181
 
 
 def test_image_by_digest() -> None:
@@ -609,6 +626,12 @@ def test_tls_flags_and_secret() -> None:
     assert "--bind-workload-identity" in args
     assert volume(pod, "stepguard-tls")["secret"]["secretName"] == "stepguard-tls"
     assert mount(ctr, "stepguard-tls")["readOnly"] is True
+    # AuthZEN beside gRPC: HTTPS with the same files, so it may leave loopback.
+    assert flag(args, "--authzen-listen") == ["0.0.0.0:8181"]
+    assert {p["name"]: p["containerPort"] for p in ctr["ports"]}["sg-authzen"] == 8181
+    service = find(docs, "Service")
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["authzen"]["port"] == 8181 and ports["authzen"]["targetPort"] == "sg-authzen"
 
 
 def test_client_ca_from_its_own_secret() -> None:
@@ -897,3 +920,5 @@ def test_notes_say_how_to_check_it_works() -> None:
 
     tls = render("tls-values.yaml").notes
     assert "-plaintext" not in tls and "-cert client.crt" in tls
+    authzen = f"https://{RELEASE}-stepguard.{NAMESPACE}.svc:8181/access/v1/evaluation"
+    assert authzen in tls and "AuthZEN" not in standalone

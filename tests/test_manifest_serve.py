@@ -15,11 +15,13 @@ the worker is given.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -63,6 +65,29 @@ def run_step(sensitivity: str) -> dict[str, Any]:
         "resource": {"type": "Step", "id": "extract"},
         "context": {"workflow_id": "etl", "run_id": "r1", "sensitivity": sensitivity},
     }
+
+
+def evaluate_over_https(port: int, context: ssl.SSLContext, workload: str) -> Manifest:
+    """`run_step("low")` for `workload` as an AuthZEN evaluation, with its decision id."""
+    step = run_step("low")
+    body = {
+        "subject": {"type": "Workload", "id": workload},
+        "action": {"name": step["action"]["id"]},
+        "resource": step["resource"],
+        "context": step["context"],
+        "options": {"stepguard_explain": True},
+    }
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        conn.request(
+            "POST", "/access/v1/evaluation", json.dumps(body), {"Content-Type": "application/json"}
+        )
+        reply = conn.getresponse()
+        assert reply.status == 200, reply.read()
+        answer: Manifest = json.loads(reply.read())
+        return answer
+    finally:
+        conn.close()
 
 
 def image_entrypoint() -> list[str]:
@@ -341,6 +366,16 @@ def test_standalone_mtls_from_the_chart_binds_workloads_to_their_certificates() 
             unauthenticated = local.authorize(run_step("low"))
         with StepguardClient(f"127.0.0.1:{grpc_port}", timeout=5) as plaintext:
             refused = plaintext.authorize(run_step("low"))
+        # AuthZEN on its own port: HTTPS with the same certificate and client CA.
+        https = ssl.create_default_context(cafile=str(files / "roots.pem"))
+        https.load_cert_chain(files / "svid.crt", files / "svid.key")
+        authzen = started.port("sg-authzen")
+        own_http = evaluate_over_https(authzen, https, WORKLOAD_ID)
+        foreign_http = evaluate_over_https(authzen, https, "spiffe://example.org/ns/x/sa/y")
+        with pytest.raises((ssl.SSLError, ConnectionError)):  # no client certificate
+            evaluate_over_https(
+                authzen, ssl.create_default_context(cafile=str(files / "roots.pem")), WORKLOAD_ID
+            )
         stdout = stop_cleanly(started)
     assert own.allowed, own.reason
     assert audited(stdout, own)["caller"]["identity"] == WORKLOAD_ID
@@ -350,3 +385,9 @@ def test_standalone_mtls_from_the_chart_binds_workloads_to_their_certificates() 
     assert not unauthenticated.allowed
     assert "not authenticated" in unauthenticated.reason
     assert not refused.allowed and "UNAVAILABLE" in refused.reason
+    assert own_http["decision"] is True
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    events = {e.get("id"): e for e in lines}
+    assert events[own_http["context"]["decision_id"]]["caller"]["identity"] == WORKLOAD_ID
+    assert foreign_http["decision"] is False
+    assert "workload identity binding" in events[foreign_http["context"]["decision_id"]]["reason"]

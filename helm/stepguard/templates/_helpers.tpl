@@ -131,6 +131,17 @@ install with a message that says what to change.
 {{- if and $v.server.tcp.enabled $v.metrics.enabled (eq (int $v.server.tcp.port) (int $v.metrics.port)) -}}
 {{- fail "stepguard: server.tcp.port and metrics.port must differ" -}}
 {{- end -}}
+{{- if $v.authzen.enabled -}}
+{{- if or (and $v.server.tcp.enabled (eq (int $v.authzen.port) (int $v.server.tcp.port))) (and $v.metrics.enabled (eq (int $v.authzen.port) (int $v.metrics.port))) -}}
+{{- fail "stepguard: authzen.port must differ from server.tcp.port and metrics.port" -}}
+{{- end -}}
+{{- if and (eq $v.mode "standalone") (not $v.tls.enabled) -}}
+{{- fail "stepguard: in standalone mode AuthZEN clients come over the network, and without TLS it listens on loopback only; set tls.enabled=true (with authzen.bindAddress=0.0.0.0) or authzen.enabled=false" -}}
+{{- end -}}
+{{- if and (not $v.tls.enabled) (not (has $v.authzen.bindAddress (list "127.0.0.1" "localhost" "::1"))) -}}
+{{- fail (printf "stepguard: authzen.bindAddress %s is not loopback; plain HTTP authenticates no caller, so keep it on 127.0.0.1 or set tls.enabled=true (HTTPS, with tls.clientCA for mutual TLS)" $v.authzen.bindAddress) -}}
+{{- end -}}
+{{- end -}}
 {{- $probe := include "stepguard.probeType" . -}}
 {{- if and (eq $probe "grpc") (not $v.server.tcp.enabled) -}}
 {{- fail "stepguard: probes.type=grpc needs server.tcp.enabled=true (Kubernetes gRPC probes dial a TCP port); use probes.type=exec or auto" -}}
@@ -222,6 +233,10 @@ install with a message that says what to change.
 {{- end }}
 - --grace
 - {{ $v.server.gracePeriodSeconds | toString | quote }}
+{{- if $v.authzen.enabled }}
+- --authzen-listen
+- {{ include "stepguard.hostPort" (dict "host" $v.authzen.bindAddress "port" $v.authzen.port) | quote }}
+{{- end }}
 {{- if $v.server.config }}
 - --config
 - {{ printf "%s/stepguard.yaml" (include "stepguard.configMountPath" .) | quote }}
@@ -314,7 +329,7 @@ failureThreshold: {{ int $p.failureThreshold }}
       valueFrom:
         fieldRef:
           fieldPath: metadata.namespace
-  {{- if or $v.server.tcp.enabled $v.metrics.enabled }}
+  {{- if or $v.server.tcp.enabled $v.metrics.enabled $v.authzen.enabled }}
   ports:
     {{- if $v.server.tcp.enabled }}
     - name: sg-grpc
@@ -324,6 +339,11 @@ failureThreshold: {{ int $p.failureThreshold }}
     {{- if $v.metrics.enabled }}
     - name: sg-metrics
       containerPort: {{ int $v.metrics.port }}
+      protocol: TCP
+    {{- end }}
+    {{- if $v.authzen.enabled }}
+    - name: sg-authzen
+      containerPort: {{ int $v.authzen.port }}
       protocol: TCP
     {{- end }}
   {{- end }}
