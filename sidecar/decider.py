@@ -165,13 +165,14 @@ class Decider:
     ) -> Decided:
         self._hits.inc()
         decision_id = self._ids.next()
-        event = None
         if entry.event is not None and (now is None or self._stamp_now):
             latency = time.perf_counter() - started
             event = stamp(entry.event, decision_id, at, meta, latency_s=latency, now=now)
-        result = self._record(
-            decision_id, at, request, entry.result, meta, cached=True, started=started, event=event
-        )
+        else:  # no template to stamp from (redaction touches a per-call field)
+            event = self._event(
+                decision_id, at, request, entry.result, meta, cached=True, started=started
+            )
+        result = self._record(event, entry.result, cached=True, started=started)
         return Decided(decision_id, result, cached=True)
 
     def decide(
@@ -209,31 +210,13 @@ class Decider:
             size = entry_size(_encoded_len(key))
             hits_from = template(event) if self._stamp else None
             self.cache.put(key, bundle.revision, Entry(request, result, nb, na, size, hits_from))
-        result = self._record(
-            decision_id, at, request, result, meta, cached=False, started=started, event=event
-        )
+        result = self._record(event, result, cached=False, started=started)
         return Decided(decision_id, result, cached=False)
 
     def _record(
-        self,
-        decision_id: str,
-        at: datetime,
-        request: AuthzRequest,
-        result: Result,
-        meta: CallMeta,
-        *,
-        cached: bool,
-        started: float,
-        event: dict[str, Any] | None = None,
+        self, event: dict[str, Any], result: Result, *, cached: bool, started: float
     ) -> Result:
-        """Audit and count a decision; inside `deferring()`, queue its event and count later.
-
-        `event` is the decision's event when the caller built it already.
-        """
-        if event is None:
-            event = self._event(
-                decision_id, at, request, result, meta, cached=cached, started=started
-            )
+        """Audit and count a decision; inside `deferring()`, queue its event and count later."""
         pending = _PENDING.get()
         if pending is not None and self._deferring is not None:
             try:
