@@ -1,10 +1,10 @@
 """`stepguard` command line: serve, check, validate, and the policy authors' tools.
 
-Exit codes (sidecar/exitcodes.py): 0 success (check: ALLOW), 1 error (bad
-input; for serve, check and validate also invalid policies), 2 check: DENY;
-the authors' tools add 3 a check found problems (test failures, fmt --check,
-replay --fail-on-change), 4 invalid policies, 5 no tests ran
-(--fail-on-empty), 6 coverage below the minimum. `check` and `validate` reuse
+Exit codes (sidecar/exitcodes.py), the same in every command: 0 success
+(check: ALLOW), 1 error (bad input, flags or files), 2 check: DENY, 3 a check
+found problems (test failures, fmt --check, replay --fail-on-change), 4 the
+policies are invalid, 5 no tests ran (--fail-on-empty), 6 coverage below the
+minimum. `check` and `validate` reuse
 the server's loader, validation and engine, so what they say is what the
 sidecar would do.
 """
@@ -27,7 +27,8 @@ from typing import Any
 from sidecar.bundle import load_bundle
 from sidecar.config import build_settings
 from sidecar.engine import evaluate
-from sidecar.errors import StepguardError
+from sidecar.errors import BundleError, StepguardError
+from sidecar.exitcodes import EXIT_DENY, EXIT_ERROR, EXIT_INVALID, EXIT_OK
 from sidecar.explain import explain
 from sidecar.explain import render_text as render_explanation
 from sidecar.explain import to_json as explanation_json
@@ -35,7 +36,6 @@ from sidecar.jsonreq import request_from_json
 from sidecar.model import Result
 from sidecar.validate import Limits, request_from_proto
 
-EXIT_OK, EXIT_ERROR, EXIT_DENY = 0, 1, 2
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 
 
@@ -44,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
+    except BundleError as exc:  # any command: the policies do not load
+        print(f"stepguard: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except StepguardError as exc:
         print(f"stepguard: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -292,7 +295,7 @@ def render_result(result: Result) -> str:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """Every problem with file, line, column and snippet (sidecar/diagnose.py); 1 if invalid."""
+    """Every problem with file, line, column and snippet (sidecar/diagnose.py); 4 if invalid."""
     from sidecar.diagnose import validate_command
 
     return validate_command(args)

@@ -23,7 +23,7 @@ import cedarpy
 from sidecar.bundle import Bundle, load_bundle, visible_files
 from sidecar.cedartext import Span, locate_error, position, split_policies
 from sidecar.errors import BundleError
-from sidecar.exitcodes import EXIT_ERROR, EXIT_OK
+from sidecar.exitcodes import EXIT_INVALID, EXIT_OK
 
 _POLICY_REF = re.compile(r"policy(\d+)")
 
@@ -227,4 +227,4 @@ def validate_command(args: argparse.Namespace) -> int:
             f"{args.directory}: {len(problems)} problem(s); the sidecar refuses these policies",
             file=sys.stderr,
         )
-    return EXIT_OK if bundle is not None else EXIT_ERROR
+    return EXIT_OK if bundle is not None else EXIT_INVALID

@@ -3,12 +3,11 @@
 CI scripts branch on these, so each means one thing in every command:
 
     0  success (check: ALLOW)
-    1  error: bad input, unreadable files, bad flags; `serve`, `check` and
-       `validate` also exit 1 for invalid policies (their older contract)
+    1  error: bad input, unreadable files, bad flags
     2  check: DENY
     3  the check asked for found problems: failing test cases, unformatted
        files (fmt --check), changed decisions (replay --fail-on-change)
-    4  test, fmt, replay: the policies are invalid (do not load, do not parse)
+    4  the policies are invalid (do not load, do not parse), in every command
     5  test --fail-on-empty: no test case ran
     6  test --coverage-min / --clause-coverage-min: coverage below the minimum
 """

@@ -107,6 +107,20 @@ def test_check_errors_exit_1() -> None:
     )
 
 
+def test_check_and_serve_exit_4_for_invalid_policies(tmp_path: Path) -> None:
+    broken = tmp_path / "policies"
+    shutil.copytree(POLICIES, broken)
+    (broken / "read_only.cedar").write_text("permit (principal, action, resource) when { ;\n")
+    check = run(
+        "check", "--policies", str(broken), "--request", "-", stdin=json.dumps(notify_request())
+    )
+    assert check.returncode == 4 and "read_only.cedar" in check.stderr
+    serve = run(
+        "serve", "--policies", str(broken), "--listen", "127.0.0.1:0", "--metrics-listen", "off"
+    )
+    assert serve.returncode == 4 and "read_only.cedar" in serve.stderr
+
+
 def test_validate_ok_and_broken(tmp_path: Path) -> None:
     ok = run("validate", str(POLICIES))
     assert ok.returncode == 0 and ok.stdout.startswith("ok: ")
@@ -117,15 +131,15 @@ def test_validate_ok_and_broken(tmp_path: Path) -> None:
         target.read_text() + "\n\npermit (principal, action, resource) when { context.nope };\n"
     )
     out = run("validate", str(broken))
-    assert out.returncode == 1
+    assert out.returncode == 4
     line = len(target.read_text().splitlines())
     assert f"read_only.cedar:{line}: validation error" in out.stderr
     (broken / "read_only.cedar").write_text("permit (principal, action, resource) when { ;\n")
     out = run("validate", str(broken))
-    assert out.returncode == 1 and "read_only.cedar:1: syntax error" in out.stderr
+    assert out.returncode == 4 and "read_only.cedar:1: syntax error" in out.stderr
     (broken / "schema.cedarschema").unlink()
     out = run("validate", str(broken))
-    assert out.returncode == 1 and "expected exactly one schema" in out.stderr
+    assert out.returncode == 4 and "expected exactly one schema" in out.stderr
 
 
 def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

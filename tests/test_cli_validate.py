@@ -56,7 +56,7 @@ def test_every_problem_is_located_to_the_column(
     )
     (copy / "scope.cedar").write_text("permit (principa, action, resource);\n")
     code, out, err = validate(capsys, copy)
-    assert code == 1 and out == ""
+    assert code == 4 and out == ""
     text = "\n".join(_blocks(err))
     line = len((copy / "read_only.cedar").read_text().splitlines())
     # A context attribute missing for every action is one problem, not ten.
@@ -98,7 +98,7 @@ def test_schema_errors_point_into_the_schema(
     schema = copy / "schema.cedarschema"
     schema.write_text(schema.read_text().replace("kind: String,", "kind: Strin,"))
     code, _, err = validate(capsys, copy)
-    assert code == 1
+    assert code == 4  # invalid policies, as in every command
     line = next(
         n for n, text in enumerate(schema.read_text().splitlines(), 1) if "kind: Strin," in text
     )
@@ -113,7 +113,7 @@ def test_directory_level_problems_keep_the_loaders_message(
         '@id("step-runners-read-and-notify")\npermit (principal, action, resource);\n'
     )
     code, _, err = validate(capsys, copy)
-    assert code == 1
+    assert code == 4  # invalid policies, as in every command
     assert (
         "read_only.cedar:3: duplicate policy id 'step-runners-read-and-notify' "
         "(also at dup.cedar:1)" in err
@@ -122,19 +122,19 @@ def test_directory_level_problems_keep_the_loaders_message(
     entities = copy / "entities.json"
     entities.write_text(entities.read_text().replace('"sensitivity": "low"', '"sensitivity": 1'))
     code, _, err = validate(capsys, copy)
-    assert code == 1 and "entities.json: entities do not conform to the schema" in err
+    assert code == 4 and "entities.json: entities do not conform to the schema" in err
     (copy / "schema.cedarschema").unlink()
     code, _, err = validate(capsys, copy)
-    assert code == 1 and "expected exactly one schema" in err
+    assert code == 4 and "expected exactly one schema" in err
     code, _, err = validate(capsys, copy / "missing")
-    assert code == 1 and "does not exist" in err
+    assert code == 4 and "does not exist" in err
 
 
 def test_json_output(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (copy / "typo.cedar").write_text("permit (principal, action, resource) when { ;\n")
     code, out, _ = validate(capsys, copy, "--json")
     data = json.loads(out)
-    assert code == 1 and data["ok"] is False
+    assert code == 4 and data["ok"] is False
     (problem,) = data["problems"]
     assert problem["file"] == "typo.cedar" and problem["line"] == 1 and problem["column"] == 45
     assert problem["message"].startswith("syntax error: unexpected token")
