@@ -9,80 +9,44 @@ must agree with `shouldValidate`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from sidecar.bundle import Bundle, Source, build_bundle
 from sidecar.engine import evaluate
 from sidecar.errors import BundleError
-from sidecar.jsonreq import request_from_json
-from sidecar.validate import Limits, request_from_proto
 from tests.conftest import shared_dir
-
-EXPECTED_REQUESTS = 7890
-EXPECTED_FILES = 999
-
-
-def _corpus_files() -> list[Path]:
-    root = shared_dir("conformance", "cedar")
-    files = sorted((root / "tests").rglob("*.json"))
-    files += sorted(
-        p for p in (root / "corpus-tests").glob("*.json") if not p.name.endswith(".entities.json")
-    )
-    return files
-
-
-def _source(root: Path, rel: str) -> Source:
-    return Source(rel, (root / rel).read_text())
+from tests.corpus import EXPECTED_FILES, EXPECTED_REQUESTS, CorpusFile, corpus_files
 
 
 def _check_file(path: Path) -> tuple[int, list[str]]:
-    root = path.parent.parent if path.parent.name == "corpus-tests" else path.parents[2]
-    test = json.loads(path.read_text())
-    policies = [_source(root, test["policies"])]
-    schema = _source(root, test["schema"])
-    entities = [_source(root, test["entities"])]
+    case = CorpusFile(path)
     failures: list[str] = []
     try:
-        build_bundle(policies, schema, entities)
+        case.bundle(validate=True)
         validated = True
     except BundleError:
         validated = False
-    if validated != test["shouldValidate"]:
-        failures.append(f"{path.name}: validation {validated}, expected {test['shouldValidate']}")
-    bundle = build_bundle(policies, schema, entities, validate=False)
-    limits = Limits(max_request_bytes=1 << 20, max_attribute_depth=64)
-    for req in test["requests"]:
-        got = _decide(bundle, limits, req)
+    if validated != case.should_validate:
+        failures.append(f"{path.name}: validation {validated}, expected {case.should_validate}")
+    bundle = case.bundle()
+    count = 0
+    for req, request in case.requests(bundle):
+        result = evaluate(bundle, request)
+        got = (
+            result.decision.value,
+            {r.id for r in result.reasons},
+            {e.policy_id for e in result.errors if e.policy_id},
+        )
         want = (req["decision"].upper(), set(req["reason"]), set(req["errors"]))
         if got != want:
-            failures.append(f"{path.name} {req['description']!r}: got {got}, expected {want}")
-    return len(test["requests"]), failures
-
-
-def _decide(bundle: Bundle, limits: Limits, req: dict[str, Any]) -> tuple[str, set[str], set[str]]:
-    message = request_from_json(
-        {
-            "principal": req["principal"],
-            "action": req["action"],
-            "resource": req["resource"],
-            "context": {"attributes": req["context"]},
-        }
-    )
-    request = request_from_proto(message, bundle, limits, now=None)
-    result = evaluate(bundle, request)
-    return (
-        result.decision.value,
-        {r.id for r in result.reasons},
-        {e.policy_id for e in result.errors if e.policy_id},
-    )
+            failures.append(f"{case.where(req)}: got {got}, expected {want}")
+        count += 1
+    return count, failures
 
 
 def test_corpus_matches_cedar() -> None:
-    files = _corpus_files()
+    files = corpus_files()
     assert len(files) == EXPECTED_FILES
     total, failures = 0, []
     for path in files:

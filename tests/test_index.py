@@ -21,10 +21,8 @@ from hypothesis import strategies as st
 from sidecar.bundle import Bundle, Source, build_bundle, load_bundle
 from sidecar.engine import evaluate
 from sidecar.index import WHOLE_CONTEXT
-from sidecar.jsonreq import request_from_json
 from sidecar.model import AuthzRequest, EntityData, EntityUid, Result
-from sidecar.validate import Limits, request_from_proto
-from tests.test_cedar_conformance import EXPECTED_REQUESTS, _corpus_files
+from tests.corpus import EXPECTED_REQUESTS, CorpusFile, corpus_files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,26 +48,10 @@ def _same(bundle: Bundle, request: AuthzRequest) -> bool:
 
 def test_corpus_indexed_equals_full() -> None:
     total = narrowed = 0
-    limits = Limits(max_request_bytes=1 << 20, max_attribute_depth=64)
-    for path in _corpus_files():
-        root = path.parent.parent if path.parent.name == "corpus-tests" else path.parents[2]
-        test = json.loads(path.read_text())
-        bundle = build_bundle(
-            [Source(test["policies"], (root / test["policies"]).read_text())],
-            Source(test["schema"], (root / test["schema"]).read_text()),
-            [Source(test["entities"], (root / test["entities"]).read_text())],
-            validate=False,
-        )
-        for req in test["requests"]:
-            message = request_from_json(
-                {
-                    "principal": req["principal"],
-                    "action": req["action"],
-                    "resource": req["resource"],
-                    "context": {"attributes": req["context"]},
-                }
-            )
-            request = request_from_proto(message, bundle, limits, now=None)
+    for path in corpus_files():
+        case = CorpusFile(path)
+        bundle = case.bundle()
+        for _, request in case.requests(bundle):
             narrowed += _same(bundle, request)
             total += 1
     assert total == EXPECTED_REQUESTS

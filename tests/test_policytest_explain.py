@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -12,10 +11,8 @@ from sidecar.bundle import Bundle, Source, build_bundle
 from sidecar.coverage import Coverage
 from sidecar.engine import evaluate
 from sidecar.explain import Outcome, Value, explain
-from sidecar.jsonreq import request_from_json
 from sidecar.model import AuthzRequest, EntityUid
-from sidecar.validate import Limits, request_from_proto
-from tests.conftest import shared_dir
+from tests.corpus import EXPECTED_REQUESTS, CorpusFile, corpus_files
 
 SCHEMA = """
 entity User = { level: Long, tags?: Set<String> };
@@ -143,38 +140,18 @@ def test_explanations_agree_with_cedar_on_the_whole_corpus() -> None:
     """For every corpus request: the satisfied policies of the winning effect are exactly
     Cedar's reasons, the errored ones exactly Cedar's errors, and every policy that is not
     satisfied names the clause that decided it."""
-    root = shared_dir("conformance", "cedar")
-    files = sorted((root / "tests").rglob("*.json")) + sorted(
-        p for p in (root / "corpus-tests").glob("*.json") if not p.name.endswith("entities.json")
-    )
-    limits = Limits(max_request_bytes=1 << 20, max_attribute_depth=64)
     checked, outcomes, problems = 0, Counter[Outcome](), []
-    for path in files:
-        base = path.parent.parent if path.parent.name == "corpus-tests" else path.parents[2]
-        test = json.loads(path.read_text())
-        bundle = build_bundle(
-            [Source(test["policies"], (base / test["policies"]).read_text())],
-            Source(test["schema"], (base / test["schema"]).read_text()),
-            [Source(test["entities"], (base / test["entities"]).read_text())],
-            validate=False,
-        )
-        for req in test["requests"]:
-            message = request_from_json(
-                {
-                    "principal": req["principal"],
-                    "action": req["action"],
-                    "resource": req["resource"],
-                    "context": {"attributes": req["context"]},
-                }
-            )
-            model = request_from_proto(message, bundle, limits, now=None)
+    for path in corpus_files():
+        case = CorpusFile(path)
+        bundle = case.bundle()
+        for req, model in case.requests(bundle):
             result = evaluate(bundle, model)
             explained = explain(bundle, model, result)
             checked += 1
             outcomes.update(p.outcome for p in explained.policies)
             problems.extend(_disagreements(path, req, result, explained))
     assert not problems, f"{len(problems)} disagreements, first: {problems[:5]}"
-    assert checked == 7890
+    assert checked == EXPECTED_REQUESTS
     # The corpus exercises every outcome but NOT_EVALUATED (its requests all validate).
     assert all(outcomes[o] > 100 for o in Outcome if o is not Outcome.NOT_EVALUATED)
 
