@@ -8,6 +8,11 @@ opposite on purpose: it raises `StepDenied` so the guarded step does not run.
     client = StepguardClient("unix:///run/stepguard/grpc.sock")
     with client.guard({"principal": ..., "action": ..., "resource": ...}) as decision:
         issue_credential(ttl=decision.max_credential_ttl)
+
+Every call takes an optional `traceparent` (W3C trace context) and
+`request_id` (a correlation id); the sidecar records them in the decision's
+audit event as `trace_id` and `request_id`, so an auditor can join the trail
+with the orchestrator's traces and logs.
 """
 
 from __future__ import annotations
@@ -83,6 +88,48 @@ def _to_proto(request: RequestLike) -> pb.AuthorizeRequest:
     return request_from_json(dict(request))
 
 
+def _metadata(traceparent: str | None, request_id: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata the sidecar records in the audit event (and ignores when malformed)."""
+    out: list[tuple[str, str]] = []
+    if traceparent:
+        out.append(("traceparent", traceparent))
+    if request_id:
+        out.append(("x-request-id", request_id))
+    return tuple(out)
+
+
+class _Batch:
+    """A batch to send: the items that convert, and a DENY for each that does not.
+
+    An item the client cannot even build (not a request at all) is denied
+    here, on its own, like an item the sidecar finds invalid; the others go.
+    """
+
+    def __init__(self, requests: Sequence[RequestLike]) -> None:
+        self.size = len(requests)
+        self.local: dict[int, StepDecision] = {}
+        self.message = pb.AuthorizeBatchRequest()
+        for i, request in enumerate(requests):
+            try:
+                self.message.items.append(_to_proto(request))
+            except Exception as exc:  # noqa: BLE001 - this item fails closed, not the batch
+                self.local[i] = _failure(exc)
+
+    def decisions(self, resp: pb.AuthorizeBatchResponse) -> list[StepDecision]:
+        sent = iter(
+            from_response(r.response)
+            if r.HasField("response")
+            else denied(f"invalid request: {r.error.message}")
+            for r in resp.results
+        )
+        if len(resp.results) != self.size - len(self.local):
+            return [denied("stepguard answered a different number of results")] * self.size
+        return [self.local[i] if i in self.local else next(sent) for i in range(self.size)]
+
+    def failed(self, exc: Exception) -> list[StepDecision]:
+        return [_failure(exc)] * self.size
+
+
 def _failure(exc: Exception) -> StepDecision:
     """The DENY that stands for a call that went wrong, saying how."""
     if isinstance(exc, InvalidRequest):
@@ -120,39 +167,57 @@ class StepguardClient:
         )
         self._stub = pb_grpc.AuthorizerStub(self._channel)
 
-    def authorize(self, request: RequestLike, *, timeout: float | None = None) -> StepDecision:
+    def authorize(
+        self,
+        request: RequestLike,
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> StepDecision:
         try:
             msg = _to_proto(request)
-            resp = self._stub.Authorize(msg, timeout=timeout or self.timeout)
+            resp = self._stub.Authorize(
+                msg,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
+            )
         except Exception as exc:  # noqa: BLE001 - fail closed on anything
             return _failure(exc)
         return from_response(resp)
 
     def authorize_batch(
-        self, requests: Sequence[RequestLike], *, timeout: float | None = None
+        self,
+        requests: Sequence[RequestLike],
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
     ) -> list[StepDecision]:
         """One decision per request, in order; a failure denies the items it touches."""
+        batch = _Batch(requests)
+        if not batch.message.items:  # nothing to send: every item (if any) denied here
+            return batch.decisions(pb.AuthorizeBatchResponse())
         try:
-            msgs = [_to_proto(r) for r in requests]
             resp = self._stub.AuthorizeBatch(
-                pb.AuthorizeBatchRequest(items=msgs), timeout=timeout or self.timeout
+                batch.message,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
             )
         except Exception as exc:  # noqa: BLE001 - fail closed on anything
-            return [_failure(exc)] * len(requests)
-        out = [
-            from_response(r.response)
-            if r.HasField("response")
-            else denied(f"invalid request: {r.error.message}")
-            for r in resp.results
-        ]
-        if len(out) != len(requests):
-            return [denied("stepguard answered a different number of results")] * len(requests)
-        return out
+            return batch.failed(exc)
+        return batch.decisions(resp)
 
     @contextmanager
-    def guard(self, request: RequestLike) -> Iterator[StepDecision]:
+    def guard(
+        self,
+        request: RequestLike,
+        *,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[StepDecision]:
         """Run the block only if the step is allowed; raise StepDenied otherwise."""
-        decision = self.authorize(request)
+        decision = self.authorize(request, traceparent=traceparent, request_id=request_id)
         if not decision.allowed:
             raise StepDenied(decision)
         yield decision
@@ -200,21 +265,57 @@ class AsyncStepguardClient:
         self._stub = pb_grpc.AuthorizerStub(self._channel)
 
     async def authorize(
-        self, request: RequestLike, *, timeout: float | None = None
+        self,
+        request: RequestLike,
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
     ) -> StepDecision:
         try:
             msg = _to_proto(request)
             call: Awaitable[pb.AuthorizeResponse] = self._stub.Authorize(
-                msg, timeout=timeout or self.timeout
+                msg,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
             )
             resp = await call
         except Exception as exc:  # noqa: BLE001 - fail closed on anything
             return _failure(exc)
         return from_response(resp)
 
-    async def check(self, request: RequestLike) -> StepDecision:
+    async def authorize_batch(
+        self,
+        requests: Sequence[RequestLike],
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> list[StepDecision]:
+        """One decision per request, in order; a failure denies the items it touches."""
+        batch = _Batch(requests)
+        if not batch.message.items:  # nothing to send: every item (if any) denied here
+            return batch.decisions(pb.AuthorizeBatchResponse())
+        try:
+            call: Awaitable[pb.AuthorizeBatchResponse] = self._stub.AuthorizeBatch(
+                batch.message,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
+            )
+            resp = await call
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything
+            return batch.failed(exc)
+        return batch.decisions(resp)
+
+    async def check(
+        self,
+        request: RequestLike,
+        *,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> StepDecision:
         """Like `guard`: return the decision when allowed, raise StepDenied otherwise."""
-        decision = await self.authorize(request)
+        decision = await self.authorize(request, traceparent=traceparent, request_id=request_id)
         if not decision.allowed:
             raise StepDenied(decision)
         return decision

@@ -65,6 +65,18 @@ def test_batch(server: Running) -> None:
     assert "items[2].action" in out[2].reason
 
 
+def test_batch_item_the_client_cannot_build_is_denied_alone(server: Running) -> None:
+    with StepguardClient(server.tcp) as client:
+        out = client.authorize_batch([{"principal": "nonsense"}, notify_request()])
+    assert [d.allowed for d in out] == [False, True]
+    assert out[0].reason.startswith("invalid request: ") and not out[0].decision_id
+    assert out[1].decision_id
+    with StepguardClient(_closed_port(), timeout=0.5) as dead:  # never called: nothing to send
+        assert dead.authorize_batch([]) == []
+        (alone,) = dead.authorize_batch([{"principal": "nonsense"}])
+    assert alone.reason.startswith("invalid request: ")
+
+
 def test_batch_unreachable_denies_every_item() -> None:
     with StepguardClient(_closed_port(), timeout=0.5) as client:
         out = client.authorize_batch([notify_request(), notify_request()])
@@ -117,3 +129,62 @@ def test_async_client(server: Running) -> None:
         return ok.allowed, no.allowed, raised
 
     assert asyncio.run(run()) == (True, False, True)
+
+
+def test_async_batch(server: Running) -> None:
+    async def run() -> tuple[list[bool], list[bool]]:
+        async with AsyncStepguardClient(f"unix://{server.socket}") as client:
+            items = [notify_request(), grant_request(approver=None), {"principal": "nonsense"}]
+            answers = await client.authorize_batch(items)
+        async with AsyncStepguardClient(_closed_port(), timeout=0.5) as dead:
+            down = await dead.authorize_batch([notify_request(), notify_request()])
+        assert all("UNAVAILABLE" in d.reason for d in down)
+        return [a.allowed for a in answers], [d.allowed for d in down]
+
+    assert asyncio.run(run()) == ([True, False, False], [False, False])
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
+
+
+def test_trace_context_and_request_id_reach_the_audit_event(server: Running) -> None:
+    """Every call form carries them; the trail records them per decision."""
+    with StepguardClient(server.tcp) as client:
+        one = client.authorize(notify_request(), traceparent=TRACEPARENT, request_id="run-7/a")
+        batch = client.authorize_batch(
+            [notify_request(), grant_request()], traceparent=TRACEPARENT, request_id="run-7/b"
+        )
+        with client.guard(notify_request(), request_id="run-7/c") as guarded:
+            pass
+        plain = client.authorize(notify_request())
+
+    async def run() -> list[str]:
+        async with AsyncStepguardClient(server.tcp) as client:
+            a = await client.authorize(notify_request(), traceparent=TRACEPARENT)
+            b = await client.authorize_batch([notify_request()], request_id="run-7/e")
+            c = await client.check(notify_request(), request_id="run-7/f")
+        return [a.decision_id, b[0].decision_id, c.decision_id]
+
+    async_ids = asyncio.run(run())
+    events = {e["id"]: e for e in server.audit_events() if e.get("kind") == "decision"}
+
+    def recorded(decision_id: str) -> tuple[str | None, str | None]:
+        event = events[decision_id]
+        return event.get("trace_id"), event.get("request_id")
+
+    assert recorded(one.decision_id) == (TRACE, "run-7/a")
+    assert [recorded(d.decision_id) for d in batch] == [(TRACE, "run-7/b")] * 2
+    assert recorded(guarded.decision_id) == (None, "run-7/c")
+    assert recorded(plain.decision_id) == (None, None)
+    assert [recorded(i) for i in async_ids] == [
+        (TRACE, None),
+        (None, "run-7/e"),
+        (None, "run-7/f"),
+    ]
+
+
+def test_metadata_the_transport_refuses_fails_closed(server: Running) -> None:
+    with StepguardClient(server.tcp) as client:
+        decision = client.authorize(notify_request(), request_id="line\nbreak")
+    assert not decision.allowed and decision.reason
