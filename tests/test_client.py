@@ -188,3 +188,55 @@ def test_metadata_the_transport_refuses_fails_closed(server: Running) -> None:
     with StepguardClient(server.tcp) as client:
         decision = client.authorize(notify_request(), request_id="line\nbreak")
     assert not decision.allowed and decision.reason
+
+
+def test_stream_serves_many_threads_in_order_of_their_own_requests(server: Running) -> None:
+    import concurrent.futures
+
+    asks = [notify_request(), grant_request(approver=None), grant_request()] * 30
+    with StepguardClient(server.tcp) as client, client.stream(request_id="bulk-1") as stream:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(stream.authorize, asks))
+        invalid = stream.authorize({**notify_request(), "action": {"type": "Action", "id": "x"}})
+        after = stream.authorize(notify_request())  # the stream goes on after a bad item
+        assert stream.broken == ""
+    assert [a.allowed for a in answers] == [True, False, True] * 30
+    assert not invalid.allowed and invalid.reason.startswith("invalid request: ")
+    assert after.allowed
+    events = {e["id"]: e for e in server.audit_events() if e.get("kind") == "decision"}
+    assert len({a.decision_id for a in answers}) == len(answers)
+    for ask, answer in zip(asks, answers, strict=True):
+        event = events[answer.decision_id]  # each answer is its own request's decision
+        assert event["request_id"] == "bulk-1"
+        assert event["action"]["id"] == ask["action"]["id"]
+        assert ("approval" in event["context"]) == ("approval" in ask["context"])
+
+
+def test_stream_falls_back_to_unary_when_the_server_refuses_it(tmp_path: Path) -> None:
+    with (
+        running_sidecar(tmp_path, workers=2) as running,  # room for one open stream
+        StepguardClient(running.tcp) as client,
+        client.stream() as first,
+        client.stream() as second,
+    ):
+        assert first.authorize(notify_request()).allowed
+        decision = second.authorize(notify_request())
+        assert decision.allowed and decision.decision_id  # never decided on the stream: unary
+        assert "RESOURCE_EXHAUSTED" in second.broken and first.broken == ""
+        assert not second.authorize(grant_request(approver=None)).allowed
+    decided = [e["id"] for e in running.audit_events() if e.get("kind") == "decision"]
+    assert len(decided) == 3  # one decision per question: nothing was asked twice
+
+
+def test_stream_fails_closed_when_the_sidecar_goes(tmp_path: Path) -> None:
+    with running_sidecar(tmp_path) as running:
+        client = StepguardClient(running.tcp, timeout=1.0)
+        stream = client.stream()
+        assert stream.authorize(notify_request()).allowed
+        running.sidecar.stop(grace=0.5)
+        after = stream.authorize(notify_request())
+        # Denied, whether the break was seen before the call (unary: UNAVAILABLE) or after.
+        assert not after.allowed and after.reason.startswith("stepguard")
+        assert stream.broken
+        stream.close()
+        client.close()
