@@ -96,6 +96,13 @@ def _to_proto(request: RequestLike) -> pb.AuthorizeRequest:
     return request_from_json(dict(request))
 
 
+def _item_decision(item: pb.AuthorizeBatchResult | pb.AuthorizeStreamResponse) -> StepDecision:
+    """A batch result's or stream answer's outcome: its decision, or a DENY for its error."""
+    if item.HasField("response"):
+        return from_response(item.response)
+    return denied(f"invalid request: {item.error.message}")
+
+
 def _metadata(traceparent: str | None, request_id: str | None) -> tuple[tuple[str, str], ...]:
     """Call metadata the sidecar records in the audit event (and ignores when malformed)."""
     out: list[tuple[str, str]] = []
@@ -124,12 +131,7 @@ class _Batch:
                 self.local[i] = _failure(exc)
 
     def decisions(self, resp: pb.AuthorizeBatchResponse) -> list[StepDecision]:
-        sent = iter(
-            from_response(r.response)
-            if r.HasField("response")
-            else denied(f"invalid request: {r.error.message}")
-            for r in resp.results
-        )
+        sent = map(_item_decision, resp.results)
         if len(resp.results) != self.size - len(self.local):
             return [denied("stepguard answered a different number of results")] * self.size
         return [self.local[i] if i in self.local else next(sent) for i in range(self.size)]
@@ -254,7 +256,7 @@ class StepguardClient:
         `authorize` (decisions keep flowing, fail closed as ever) and `broken`
         says why.
         """
-        return DecisionStream(self, _metadata(traceparent, request_id))
+        return DecisionStream(self, traceparent, request_id)
 
     def close(self) -> None:
         self._channel.close()
@@ -280,16 +282,20 @@ class DecisionStream:
     threads share the stream without waiting for each other's decisions.
     """
 
-    def __init__(self, client: StepguardClient, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(
+        self, client: StepguardClient, traceparent: str | None, request_id: str | None
+    ) -> None:
         self._client = client
-        self._metadata = metadata
+        self._call_ids = {"traceparent": traceparent, "request_id": request_id}
         self._items: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._waiting: dict[int, Future[StepDecision]] = {}
         self._broken = ""
         self._closing = False
-        answers = client._stub.AuthorizeStream(self._requests(), metadata=metadata)
+        answers = client._stub.AuthorizeStream(
+            self._requests(), metadata=_metadata(traceparent, request_id)
+        )
         self._reader = threading.Thread(
             target=self._read, args=(answers,), name="stepguard-stream", daemon=True
         )
@@ -313,7 +319,7 @@ class DecisionStream:
                 item_id = next(self._ids)
                 self._waiting[item_id] = answer
         if self._broken:
-            return self._unary(msg, timeout)
+            return self._client.authorize(msg, timeout=timeout, **self._call_ids)
         self._items.put(pb.AuthorizeStreamRequest(id=item_id, request=msg))
         try:
             decision = answer.result(timeout=timeout)
@@ -321,7 +327,9 @@ class DecisionStream:
             with self._lock:
                 self._waiting.pop(item_id, None)
             return denied(f"stepguard call failed (DEADLINE_EXCEEDED): no answer in {timeout} s")
-        return self._unary(msg, timeout) if decision is _RETRY else decision
+        if decision is _RETRY:
+            return self._client.authorize(msg, timeout=timeout, **self._call_ids)
+        return decision
 
     def close(self) -> None:
         """End the stream; decisions still awaited are denied."""
@@ -347,12 +355,7 @@ class DecisionStream:
                 with self._lock:
                     waiter = self._waiting.pop(out.id, None)
                 if waiter is not None:  # else its caller gave up waiting
-                    decision = (
-                        from_response(out.response)
-                        if out.HasField("response")
-                        else denied(f"invalid request: {out.error.message}")
-                    )
-                    waiter.set_result(decision)
+                    waiter.set_result(_item_decision(out))
             reason = "the stream was closed" if self._closing else "the sidecar ended the stream"
             retry = False
         except Exception as exc:  # noqa: BLE001 - whatever broke it, fail closed
@@ -376,13 +379,6 @@ class DecisionStream:
         outcome = _RETRY if retry else denied(f"stepguard stream failed: {reason}")
         for waiter in waiting.values():
             waiter.set_result(outcome)
-
-    def _unary(self, msg: pb.AuthorizeRequest, timeout: float) -> StepDecision:
-        try:
-            resp = self._client._stub.Authorize(msg, timeout=timeout, metadata=self._metadata)
-        except Exception as exc:  # noqa: BLE001 - fail closed on anything
-            return _failure(exc)
-        return from_response(resp)
 
 
 class AsyncStepguardClient:
