@@ -156,17 +156,16 @@ def test_asyncio_server_stops_gracefully(tmp_path: Path) -> None:
 
 
 def _committing_threads(running: Running) -> list[str]:
-    """Names of the threads that commit the sink's batches from now on (the real commits)."""
+    """Names of the threads that write the sink's batches to the file from now on."""
     sink: Any = running.sidecar.sink
     names: list[str] = []
-    commit = sink._commit
+    append = sink._append
 
-    def spy(bodies: list[bytes]) -> None:
-        if bodies:
-            names.append(threading.current_thread().name)
-        commit(bodies)
+    def spy(data: bytes) -> None:
+        names.append(threading.current_thread().name)
+        append(data)
 
-    sink._commit = spy
+    sink._append = spy
     return names
 
 
