@@ -3,25 +3,33 @@
     .venv/bin/python -m benchmarks.audit_bench [--seconds 5] [--rounds 3] [--clients 8]
 
 Same run, same load: three sidecars, one per mode, each in its own process
-on TCP loopback, serving policies/ and answering the same ALLOW request,
-started once; each round drives every one of them in turn (the order rotates
-between rounds) with N concurrent asyncio clients on one channel (in this
-process). Keeping them running puts the two halves of each paired ratio
-seconds apart, with no process start between them. Modes:
+on TCP loopback, serving policies/, started once; each round drives every one
+of them in turn (the order rotates between rounds) with N concurrent asyncio
+clients on one channel (in this process), once per load. Keeping them running
+puts the two halves of each paired ratio seconds apart, with no process start
+between them. Loads (both ALLOW a `notify` step by the notifier workload):
+
+    steps  every call is a new step of a new run (a new `run_id`), as an
+           orchestrator sends them: each is evaluated (a cache miss)
+    hits   the same call over and over: each is answered from the cache, the
+           cheapest decision there is, so the trail's share of it is largest
+
+Modes:
 
     off    the decider builds every event and hands it to a sink that drops it
            (a NullSink injected here; no setting can select it)
     flush  the default file trail: each event written to the OS before its answer
     fsync  the file trail with durability fsync: on disk before its answer
 
-The figure per mode is the median over rounds. A mode's ratio is the median
-over rounds of (its rate / the `off` rate of the same round): pairing within a
+The figure per load and mode is the median over rounds. A mode's ratio is the
+median over rounds of (its rate / the `off` rate of the same round and load): pairing within a
 round cancels most of the drift of a shared machine. Beside it, a 95% bootstrap
 interval of that median (resampling the rounds) says how far one run's figure
 can be trusted on a noisy machine.
 Each trail is verified once its server stopped, and must hold an event for
 every answer its server gave in any round.
-Targets (issue 3): flush >= 0.9x, fsync >= 0.6x. `--write` records the table in
+Targets (issue 3): flush >= 0.9x, fsync >= 0.6x, reported for each load.
+`--load` measures one of them only. `--write` records the table in
 benchmarks/RESULTS.md under "Audit trail" (only that section is touched).
 """
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -55,13 +64,14 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 MODES = ("off", "flush", "fsync")
+LOADS = ("steps", "hits")
 BEGIN = "<!-- audit-bench:begin (written by `python -m benchmarks.audit_bench --write`) -->"
 END = "<!-- audit-bench:end -->"
 TARGETS = {"flush": 0.9, "fsync": 0.6}
 
 
 def request() -> pb.AuthorizeRequest:
-    """A read-only notify step the example policies allow at any hour."""
+    """A read-only notify step the example policies allow at any hour (the `hits` load)."""
     from sidecar.jsonreq import request_from_json
 
     return request_from_json(
@@ -102,8 +112,23 @@ def serve(mode: str, audit_file: str) -> int:
 # -- the load -------------------------------------------------------------------------
 
 
-async def _load(target: str, clients: int, warmup: float, seconds: float) -> tuple[int, list[str]]:
-    msg = request()
+def step_requests(runs: Iterator[int]) -> Iterator[pb.AuthorizeRequest]:
+    """The `steps` load: `request()` as a step of a new run each time, so none is cached."""
+    base = request()
+    for run in runs:
+        msg = pb.AuthorizeRequest()
+        msg.CopyFrom(base)
+        msg.context.run_id = f"bench-{run}"
+        yield msg
+
+
+async def _load(
+    target: str,
+    messages: Iterator[pb.AuthorizeRequest],
+    clients: int,
+    warmup: float,
+    seconds: float,
+) -> tuple[int, list[str]]:
     ids: list[str] = []
     counted = 0
     async with grpc.aio.insecure_channel(target) as channel:
@@ -115,7 +140,7 @@ async def _load(target: str, clients: int, warmup: float, seconds: float) -> tup
         async def client() -> None:
             nonlocal counted
             while True:
-                resp = await stub.Authorize(msg, timeout=10)
+                resp = await stub.Authorize(next(messages), timeout=10)
                 now = time.perf_counter()
                 if resp.decision != pb.DECISION_ALLOW:
                     raise RuntimeError(f"expected ALLOW, got {resp.reason}")
@@ -138,6 +163,7 @@ class Server:
     proc: subprocess.Popen[str]
     target: str
     ids: list[str] = field(default_factory=list)
+    runs: Iterator[int] = field(default_factory=itertools.count)  # run ids never reused
 
 
 @contextmanager
@@ -173,14 +199,16 @@ def server(mode: str, work: Path) -> Iterator[Server]:
             proc.wait()
 
 
-def measure(srv: Server, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
+def measure(srv: Server, load: str, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
     """One measurement on a running server; its answered ids are kept for the trail check."""
+    messages = step_requests(srv.runs) if load == "steps" else itertools.repeat(request())
     cpu0 = _cpu_seconds(srv.proc.pid)
-    counted, ids = asyncio.run(_load(srv.target, clients, warmup, seconds))
+    counted, ids = asyncio.run(_load(srv.target, messages, clients, warmup, seconds))
     cpu1 = _cpu_seconds(srv.proc.pid)
     srv.ids.extend(ids)
     return {
         "mode": srv.mode,
+        "load": load,
         "decisions_per_s": counted / seconds,
         "server_cpu_us": (cpu1 - cpu0) / max(len(ids), 1) * 1e6,
     }
@@ -208,22 +236,28 @@ def _check_trail(audit: Path, ids: list[str]) -> bool:
 # -- report ---------------------------------------------------------------------------
 
 
-def run(rounds: int, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
-    by_mode: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
-    load = os.getloadavg()[0]
+def run(
+    rounds: int, clients: int, warmup: float, seconds: float, loads: tuple[str, ...] = LOADS
+) -> dict[str, Any]:
+    by_load: dict[str, dict[str, list[dict[str, Any]]]] = {
+        load: {m: [] for m in MODES} for load in loads
+    }
+    start_load = os.getloadavg()[0]
     trail_ok: dict[str, bool] = {}
     with tempfile.TemporaryDirectory(prefix="audit-bench-", dir=ROOT / "benchmarks") as tmp:
         with ExitStack() as stack:
             servers = {m: stack.enter_context(server(m, Path(tmp))) for m in MODES}
             for r in range(rounds):
-                for mode in MODES[r % 3 :] + MODES[: r % 3]:
-                    res = measure(servers[mode], clients, warmup, seconds)
-                    by_mode[mode].append(res)
-                    print(
-                        f"round {r + 1} {mode:>5}: {res['decisions_per_s']:8.1f} decisions/s, "
-                        f"server CPU {res['server_cpu_us']:.0f} us/decision",
-                        flush=True,
-                    )
+                for load in loads:
+                    for mode in MODES[r % 3 :] + MODES[: r % 3]:
+                        res = measure(servers[mode], load, clients, warmup, seconds)
+                        by_load[load][mode].append(res)
+                        print(
+                            f"round {r + 1} {load:>5} {mode:>5}: "
+                            f"{res['decisions_per_s']:8.1f} decisions/s, "
+                            f"server CPU {res['server_cpu_us']:.0f} us/decision",
+                            flush=True,
+                        )
         # The servers have stopped (trails closed): every answer must be in its trail.
         for mode, srv in servers.items():
             trail_ok[mode] = mode == "off" or _check_trail(srv.audit, srv.ids)
@@ -231,23 +265,30 @@ def run(rounds: int, clients: int, warmup: float, seconds: float) -> dict[str, A
         "rounds": rounds,
         "clients": clients,
         "seconds": seconds,
-        "load_average": (load, os.getloadavg()[0]),
-        "modes": {},
+        "load_average": (start_load, os.getloadavg()[0]),
+        "loads": {load: summarize(by_mode, trail_ok) for load, by_mode in by_load.items()},
     }
+    return summary
+
+
+def summarize(
+    by_mode: dict[str, list[dict[str, Any]]], trail_ok: dict[str, bool]
+) -> dict[str, dict[str, Any]]:
+    """Per mode: median rate, the median paired ratio to `off` with its interval, CPU."""
     base = [x["decisions_per_s"] for x in by_mode["off"]]
+    modes: dict[str, dict[str, Any]] = {}
     for mode in MODES:
         rates = [x["decisions_per_s"] for x in by_mode[mode]]
-        median = statistics.median(rates)
         ratios = [r / b for r, b in zip(rates, base, strict=True)]
-        summary["modes"][mode] = {
-            "decisions_per_s": median,
+        modes[mode] = {
+            "decisions_per_s": statistics.median(rates),
             "all": rates,
             "ratio": statistics.median(ratios),
             "ratio_interval": bootstrap_median_interval(ratios),
             "server_cpu_us": statistics.median(x["server_cpu_us"] for x in by_mode[mode]),
             "trail_ok": trail_ok[mode],
         }
-    return summary
+    return modes
 
 
 def bootstrap_median_interval(
@@ -261,25 +302,31 @@ def bootstrap_median_interval(
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
+LOAD_NAMES = {
+    "steps": "steps (a new run each call: evaluated)",
+    "hits": "hits (one call repeated: from the cache)",
+}
+
+
 def render(summary: dict[str, Any], command: str) -> str:
-    modes = summary["modes"]
     rows = []
-    for mode in MODES:
-        m = modes[mode]
-        target = TARGETS.get(mode)
-        verdict = (
-            "baseline"
-            if target is None
-            else (f">= {target}x: {'met' if m['ratio'] >= target else 'NOT met'}")
-        )
-        runs = ", ".join(f"{r:.0f}" for r in m["all"])
-        low, high = m["ratio_interval"]
-        interval = "" if target is None else f" ({low:.3f} to {high:.3f})"
-        rows.append(
-            f"| {mode} | {m['decisions_per_s']:.0f} ({runs}) | {m['ratio']:.3f}x{interval} "
-            f"| {verdict} "
-            f"| {m['server_cpu_us']:.0f} | {'yes' if m['trail_ok'] else 'NO'} |"
-        )
+    for load, modes in summary["loads"].items():
+        for mode in MODES:
+            m = modes[mode]
+            target = TARGETS.get(mode)
+            verdict = (
+                "baseline"
+                if target is None
+                else (f">= {target}x: {'met' if m['ratio'] >= target else 'NOT met'}")
+            )
+            runs = ", ".join(f"{r:.0f}" for r in m["all"])
+            low, high = m["ratio_interval"]
+            interval = "" if target is None else f" ({low:.3f} to {high:.3f})"
+            rows.append(
+                f"| {LOAD_NAMES[load]} | {mode} | {m['decisions_per_s']:.0f} ({runs}) "
+                f"| {m['ratio']:.3f}x{interval} | {verdict} "
+                f"| {m['server_cpu_us']:.0f} | {'yes' if m['trail_ok'] else 'NO'} |"
+            )
     cpu = os.cpu_count()
     return "\n".join(
         [
@@ -289,24 +336,26 @@ def render(summary: dict[str, Any], command: str) -> str:
             f"Command: `{command}`, run {datetime.now(UTC).isoformat(timespec='seconds')}; "
             f"{summary['clients']} concurrent clients (asyncio, one channel), "
             f"{summary['seconds']:g} s per measurement after a warm-up, {summary['rounds']} "
-            "rounds, modes in rotating order; rates are medians, a ratio is the median of "
-            "the per-round ratios to `off`, with a 95% bootstrap interval of that median "
-            "(rounds resampled). 1-minute load average "
+            "rounds, each load in turn, modes in rotating order; rates are medians, a ratio "
+            "is the median of the per-round ratios to `off` under the same load, with a 95% "
+            "bootstrap interval of that median (rounds resampled). 1-minute load average "
             f"{summary['load_average'][0]:.1f} at start, {summary['load_average'][1]:.1f} at end "
             "(the machine is shared with other work; 2 CPUs).",
             "",
             f"Machine: {cpu} CPUs, {platform.platform()}; Python {platform.python_version()}. "
-            "Each sidecar runs in its own process on TCP loopback, serving policies/ and "
-            "answering an ALLOW (`notify` by the notifier workload). `off` hands every event "
-            "to a sink that drops it (benchmark only; no setting selects it). The three "
-            "servers start once and each round drives them in turn. Each file trail is "
-            "verified once its server stopped and must hold an event for every decision "
-            "it answered.",
+            "Each sidecar runs in its own process on TCP loopback, serving policies/; every "
+            "call is an ALLOW (`notify` by the notifier workload). Under *steps* each call is "
+            "a step of a new run (a new `run_id`), as an orchestrator sends them, so each is "
+            "evaluated; under *hits* the same call repeats and each is answered from the "
+            "cache, the cheapest decision, where the trail's share is largest. `off` hands "
+            "every event to a sink that drops it (benchmark only; no setting selects it). The "
+            "three servers start once and each round drives them in turn. Each file trail is "
+            "verified once its server stopped and must hold an event for every decision it "
+            "answered.",
             "",
-            "| trail | decisions/s median (each round) | vs off (paired; 95% interval) "
-            "| target | server CPU "
-            "us/decision | trail verified, every answer in it |",
-            "|---|---|---|---|---|---|",
+            "| load | trail | decisions/s median (each round) | vs off (paired; 95% interval) "
+            "| target | server CPU us/decision | trail verified, every answer in it |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             END,
         ]
@@ -331,12 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--load", choices=LOADS, help="measure this load only (default: both)")
     parser.add_argument("--write", action="store_true", help="record in benchmarks/RESULTS.md")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     if args.serve:
         return serve(args.serve, args.audit_file)
-    summary = run(args.rounds, args.clients, args.warmup, args.seconds)
+    loads = (args.load,) if args.load else LOADS
+    summary = run(args.rounds, args.clients, args.warmup, args.seconds, loads)
     command = ".venv/bin/python -m benchmarks.audit_bench " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"
     )
@@ -344,8 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=2) if args.json else section)
     if args.write:
         write_results(section)
-    ok = all(summary["modes"][m]["trail_ok"] for m in MODES)
-    met = all(summary["modes"][m]["ratio"] >= t for m, t in TARGETS.items())
+    results = [modes[m] for modes in summary["loads"].values() for m in MODES]
+    ok = all(r["trail_ok"] for r in results)
+    met = all(
+        modes[m]["ratio"] >= t for modes in summary["loads"].values() for m, t in TARGETS.items()
+    )
     return 0 if ok and met else 1
 
 
