@@ -318,6 +318,38 @@ def test_write_failure_denies_rolls_back_and_recovers_by_itself(tmp_path: Path) 
     assert [r["id"] for r in records if r["kind"] == "decision"] == ["ev-00001", "ev-00005"]
 
 
+class BuggyMedium(FileSink):
+    """A real file sink whose writes raise what no medium should (a bug) while `bug` is set."""
+
+    bug = False
+
+    def _append(self, data: bytes) -> None:
+        if self.bug:
+            raise RuntimeError("a bug in the medium")
+        super()._append(data)
+
+
+def test_an_unexpected_failure_denies_too_and_recovers_by_itself(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = BuggyMedium(path, probe_interval_s=0.05)
+    sink.write(event(1))
+    sink.bug = True
+    with pytest.raises(AuditError, match="audit trail failed: RuntimeError: a bug in the medium"):
+        sink.write(event(2))
+    assert not sink.healthy
+    sink.bug = False
+    deadline = time.monotonic() + 10
+    while not sink.healthy and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sink.healthy, "the probe did not bring the trail back"
+    sink.write(event(3))
+    sink.close()
+    report = verify(collect([path])[0])
+    assert report.ok, report.problem
+    decided = [json.loads(x)["id"] for x in lines_of(path) if b'"decision"' in x]
+    assert decided == ["ev-00001", "ev-00003"]
+
+
 def test_closed_sink_refuses(tmp_path: Path) -> None:
     sink = FileSink(tmp_path / "audit.jsonl")
     sink.close()

@@ -267,9 +267,8 @@ class _ChainSink:
             self._commit(bodies)
         except AuditError as exc:
             error = str(exc)
-        except Exception as exc:  # whatever happened, nobody gets an ALLOW
-            log.exception("audit commit failed unexpectedly")
-            error = f"audit trail failed: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - logged there; nobody gets an ALLOW
+            error = _unexpected(exc)
         self._set_health(not error, error)
         return error
 
@@ -695,9 +694,8 @@ class FileSink(_ChainSink):
                 self._maintain()
         except OSError as exc:
             error = str(self._write_failed(exc, 1))
-        except Exception as exc:  # whatever happened, nobody gets an ALLOW
-            log.exception("audit commit failed unexpectedly")
-            error = f"audit trail failed: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - as in `_try_commit`
+            error = _unexpected(exc)
         finally:
             if error or not self._healthy:
                 self._set_health(not error, error)
@@ -863,6 +861,12 @@ def _encode(event: Mapping[str, Any]) -> bytes:
         return canonical_bytes(event)
     except (TypeError, ValueError) as exc:
         raise AuditError(f"event cannot be encoded: {exc}") from exc
+
+
+def _unexpected(exc: Exception) -> str:
+    """A commit failed in a way no medium should (a bug): log it; the error the callers get."""
+    log.exception("audit commit failed unexpectedly")
+    return f"audit trail failed: {type(exc).__name__}: {exc}"
 
 
 def _notify(callbacks: list[Callable[[str], object]], error: str) -> None:
