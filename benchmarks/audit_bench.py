@@ -22,8 +22,8 @@ Modes:
     fsync  the file trail with durability fsync: on disk before its answer
 
 The figure per load and mode is the median over rounds. A mode's ratio is the
-median over rounds of (its rate / the `off` rate of the same round and load): pairing within a
-round cancels most of the drift of a shared machine. Beside it, a 95% bootstrap
+median over rounds of (its rate / the `off` rate of the same round and load):
+pairing within a round cancels most of the drift of a shared machine. Beside it, a 95% bootstrap
 interval of that median (resampling the rounds) says how far one run's figure
 can be trusted on a noisy machine.
 Each trail is verified once its server stopped, and must hold an event for
@@ -261,14 +261,13 @@ def run(
         # The servers have stopped (trails closed): every answer must be in its trail.
         for mode, srv in servers.items():
             trail_ok[mode] = mode == "off" or _check_trail(srv.audit, srv.ids)
-    summary: dict[str, Any] = {
+    return {
         "rounds": rounds,
         "clients": clients,
         "seconds": seconds,
         "load_average": (start_load, os.getloadavg()[0]),
         "loads": {load: summarize(by_mode, trail_ok) for load, by_mode in by_load.items()},
     }
-    return summary
 
 
 def summarize(
