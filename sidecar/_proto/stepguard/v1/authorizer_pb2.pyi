@@ -127,9 +127,11 @@ class _PolicyOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyO
     POLICY_OUTCOME_NOT_SATISFIED: _PolicyOutcome.ValueType  # 3
     """a `when` was false or an `unless` true"""
     POLICY_OUTCOME_ERRORED: _PolicyOutcome.ValueType  # 4
-    """evaluating it failed; Cedar skipped it"""
+    """evaluating it failed: Cedar skips it, and under"""
     POLICY_OUTCOME_NOT_EVALUATED: _PolicyOutcome.ValueType  # 5
-    """Cedar refused the request before any policy ran"""
+    """POLICY_ERRORS_DENY the decision is DENY
+    Cedar refused the request before any policy ran
+    """
 
 class PolicyOutcome(_PolicyOutcome, metaclass=_PolicyOutcomeEnumTypeWrapper):
     """How one policy fared for one request."""
@@ -142,9 +144,11 @@ POLICY_OUTCOME_SATISFIED: PolicyOutcome.ValueType  # 2
 POLICY_OUTCOME_NOT_SATISFIED: PolicyOutcome.ValueType  # 3
 """a `when` was false or an `unless` true"""
 POLICY_OUTCOME_ERRORED: PolicyOutcome.ValueType  # 4
-"""evaluating it failed; Cedar skipped it"""
+"""evaluating it failed: Cedar skips it, and under"""
 POLICY_OUTCOME_NOT_EVALUATED: PolicyOutcome.ValueType  # 5
-"""Cedar refused the request before any policy ran"""
+"""POLICY_ERRORS_DENY the decision is DENY
+Cedar refused the request before any policy ran
+"""
 Global___PolicyOutcome: _TypeAlias = PolicyOutcome  # noqa: Y015
 
 class _ClauseValue:
