@@ -129,6 +129,11 @@ def test_a_forbid_that_errors_denies_over_grpc_with_the_error_and_the_audit_even
         assert clean.decision == pb.DECISION_ALLOW and not clean.errors
         assert clean.policy_errors == pb.POLICY_ERRORS_DENY
         events = running.audit_events()
+        registry = running.sidecar.metrics.registry
+        # The error counter rises, and no decision with errors was an ALLOW.
+        assert registry.get_sample_value("stepguard_evaluation_errors_total") == 4
+        allowed = {"decision": "ALLOW", "cached": "false"}
+        assert registry.get_sample_value("stepguard_decisions_total", allowed) == 1
     decisions = [e for e in events if e["kind"] == "decision"]
     assert [(e["decision"], e["cached"]) for e in decisions] == [
         ("DENY", False),
