@@ -16,9 +16,13 @@ from dataclasses import replace
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.decider import Decided
 from sidecar.explain import to_proto as explanation_to_proto
-from sidecar.model import Decision, Result
+from sidecar.model import Decision, PolicyErrors, Result
 
 _DECISION = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY}
+_POLICY_ERRORS = {
+    PolicyErrors.DENY: pb.POLICY_ERRORS_DENY,
+    PolicyErrors.CEDAR: pb.POLICY_ERRORS_CEDAR,
+}
 _DECISION_ID = pb.AuthorizeResponse.DESCRIPTOR.fields_by_name["decision_id"].number
 _STREAM_ID = pb.AuthorizeStreamResponse.DESCRIPTOR.fields_by_name["id"].number
 _STREAM_RESPONSE = pb.AuthorizeStreamResponse.DESCRIPTOR.fields_by_name["response"].number
@@ -32,6 +36,7 @@ def to_response(decided: Decided) -> pb.AuthorizeResponse:
         decision_id=decided.decision_id,
         policy_revision=result.revision,
         reason=result.summary(),
+        policy_errors=_POLICY_ERRORS[result.policy_errors],
     )
     for ref in result.reasons:
         out.determining_policies.add(

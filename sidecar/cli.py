@@ -33,7 +33,7 @@ from sidecar.explain import explain
 from sidecar.explain import render_text as render_explanation
 from sidecar.explain import to_json as explanation_json
 from sidecar.jsonreq import request_from_json
-from sidecar.model import Result
+from sidecar.model import PolicyErrors, Result
 from sidecar.validate import Limits, request_from_proto
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
@@ -121,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["uvloop", "asyncio"],
         help="the asyncio server's event loop (default uvloop)",
     )
+    serve.add_argument(
+        "--policy-errors",
+        choices=[m.value for m in PolicyErrors],
+        help="what a policy that errors does: deny (default: any error of a policy that "
+        "could apply makes the answer DENY) or cedar (Cedar's semantics: it is skipped)",
+    )
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=_serve)
@@ -135,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--now", help="evaluate as if at this RFC 3339 time (default: now)")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.add_argument(
+        "--policy-errors",
+        choices=[m.value for m in PolicyErrors],
+        default=PolicyErrors.DENY.value,
+        help="what a policy that errors does: deny (default, as the server) or cedar",
+    )
+    check.add_argument(
         "--explain",
         action="store_true",
         help="also show every policy: applied, satisfied, not, errored, and the deciding clause",
@@ -144,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="load and strictly validate a policy directory")
     validate.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
     validate.add_argument("--json", action="store_true", help="print the problems as JSON")
+    validate.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat warnings (policies that can error at run time) as errors: exit 4",
+    )
     validate.set_defaults(run=_validate)
     for register in _extensions():
         register(sub)
@@ -206,7 +223,7 @@ def _check(args: argparse.Namespace) -> int:
     raw = _request_json(args)
     now = _parse_now(args.now)
     request = request_from_proto(request_from_json(raw), bundle, Limits(), now=now)
-    result = evaluate(bundle, request)
+    result = evaluate(bundle, request, policy_errors=PolicyErrors(args.policy_errors))
     explanation = explain(bundle, request, result) if args.explain else None
     if args.json:
         out = result_json(result)
@@ -278,6 +295,7 @@ def result_json(result: Result) -> dict[str, Any]:
         "errors": [{"policy": e.policy_id, "message": e.message} for e in result.errors],
         "obligations": {"max_credential_ttl_s": ttl.total_seconds()} if ttl else {},
         "policy_revision": result.revision,
+        "policy_errors": result.policy_errors.value,
     }
 
 
@@ -291,6 +309,7 @@ def render_result(result: Result) -> str:
     if ttl is not None:
         lines.append(f"obligation: max_credential_ttl = {int(ttl.total_seconds())}s")
     lines.append(f"revision: {result.revision}")
+    lines.append(f"policy errors: {result.policy_errors.value}")
     return "\n".join(lines)
 
 

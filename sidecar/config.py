@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from sidecar.errors import ConfigError
+from sidecar.model import PolicyErrors
 from sidecar.validate import Limits
 
 SERVER_MODES = ("sync", "asyncio")
@@ -73,6 +74,11 @@ class Settings:
     # The asyncio server's event loop: "uvloop" (libuv; about 10% less server CPU
     # per decision, docs/performance.md) or "asyncio" (the standard library's).
     event_loop: str = "uvloop"
+    # What a policy that errors does (docs/api.md, "Policies that error"):
+    # "deny" (default) answers DENY when any policy that could apply errored;
+    # "cedar" keeps Cedar's semantics, where the erroring policy is skipped
+    # (so a forbid that errors lets a permit through).
+    policy_errors: PolicyErrors = PolicyErrors.DENY
 
     def __post_init__(self) -> None:
         if self.listen is None and self.socket is None:
@@ -233,6 +239,10 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
             elif key == "audit_redact":
                 items = value.split(",") if isinstance(value, str) else list(value)
                 kwargs[key] = tuple(str(v).strip() for v in items if str(v).strip())
+            elif key == "policy_errors":
+                kwargs[key] = (
+                    value if isinstance(value, PolicyErrors) else PolicyErrors.parse(str(value))
+                )
             elif key in ("audit_durability", "audit_redact_mode"):
                 kwargs[key] = str(value).strip().lower()
             elif key == "audit_rotate_age_s":

@@ -35,7 +35,7 @@ from sidecar.identity import binding_refusal
 from sidecar.ids import DecisionIds
 from sidecar.index import WHOLE_CONTEXT
 from sidecar.metrics import Metrics
-from sidecar.model import AuthzRequest, Decision, Result
+from sidecar.model import AuthzRequest, Decision, PolicyErrors, Result
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +86,12 @@ class Decider:
         redactor: Redactor | None = None,
         cache: DecisionCache | None = None,
         now_granularity_ms: int = 1,
+        policy_errors: PolicyErrors = PolicyErrors.DENY,
     ) -> None:
         self._sink = sink
+        # What an erroring policy does (engine.evaluate). Fixed for the life of
+        # the decider, like its cache: a cached decision was made under it.
+        self._policy_errors = policy_errors
         self._redactor = redactor
         self._metrics = metrics
         self._clock = clock
@@ -109,6 +113,11 @@ class Decider:
         if cache is not None:
             metrics.cache_entries.set_function(lambda: cache.stats().entries)
             metrics.cache_bytes.set_function(lambda: cache.stats().bytes)
+
+    @property
+    def policy_errors(self) -> PolicyErrors:
+        """The semantics every decision of this decider is made under."""
+        return self._policy_errors
 
     def now(self) -> datetime:
         return self._clock()
@@ -202,7 +211,10 @@ class Decider:
                 return self._answer_cached(entry, request, meta, at=at, started=started)
             self._misses.inc()
         refusal = binding_refusal(request.principal, meta.identity) if self._bind else None
-        result = deny(bundle.revision, refusal) if refusal else evaluate(bundle, request)
+        if refusal:
+            result = deny(bundle.revision, refusal, self._policy_errors)
+        else:
+            result = evaluate(bundle, request, policy_errors=self._policy_errors)
         decision_id = self._ids.next()
         event = self._event(decision_id, at, request, result, meta, cached=False, started=started)
         if key is not None and self.cache is not None:
@@ -293,7 +305,11 @@ class Decider:
         self._metrics.audit_failures.inc()
         self._trail_ok = False
         self._metrics.audit_healthy.set(0)
-        return deny(result.revision, f"audit trail unavailable, failing closed: {error}")
+        return deny(
+            result.revision,
+            f"audit trail unavailable, failing closed: {error}",
+            result.policy_errors,
+        )
 
     def _write(self, event: dict[str, Any], result: Result) -> Result:
         try:

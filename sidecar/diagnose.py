@@ -1,5 +1,9 @@
 """`stepguard validate`: every problem in a policy directory, with file, line, column and snippet.
 
+Problems are errors (the sidecar refuses the directory) or warnings: policies
+that load but can error at run time in a way that fails open
+(sidecar/failopen.py). `--strict` refuses warnings too.
+
 The loader (`bundle.load_bundle`) is the verdict: what it accepts, the server
 accepts. It stops at the first problem and knows only the line where a policy
 starts, so when it refuses a directory this module looks again, file by file
@@ -24,6 +28,7 @@ from sidecar.bundle import Bundle, load_bundle, visible_files
 from sidecar.cedartext import Span, locate_error, position, split_policies
 from sidecar.errors import BundleError
 from sidecar.exitcodes import EXIT_INVALID, EXIT_OK
+from sidecar.failopen import file_warnings, schema_types
 
 _POLICY_REF = re.compile(r"policy(\d+)")
 
@@ -35,6 +40,7 @@ class Problem:
     column: int  # 0 when unknown
     message: str
     source_line: str = ""  # the text of `line`, for the snippet
+    level: str = "error"  # or "warning" (the directory loads; --strict refuses it)
 
     @property
     def where(self) -> str:
@@ -44,7 +50,8 @@ class Problem:
     def render(self) -> str:
         """`file:line: message`, then where exactly and the offending line, rustc-style."""
         head = f"{self.file}:{self.line}" if self.line else self.file
-        lines = [f"{head}: {self.message}"]
+        label = "warning: " if self.level == "warning" else ""
+        lines = [f"{head}: {label}{self.message}"]
         if self.source_line and self.line:
             gutter = " " * len(str(self.line))
             lines.append(f"{gutter}--> {self.where}")
@@ -63,6 +70,7 @@ class Problem:
             "column": self.column,
             "message": self.message,
             "snippet": self.source_line.rstrip(),
+            "level": self.level,
         }
 
 
@@ -77,6 +85,27 @@ def check_directory(directory: Path) -> tuple[Bundle | None, list[Problem]]:
     if not (verdict.file and any(p.file == verdict.file for p in problems)):
         problems.insert(0, _from_bundle_error(directory, verdict))
     return None, problems
+
+
+def check_warnings(directory: Path, bundle: Bundle) -> list[Problem]:
+    """Warnings for a directory that loads: reads that can error and fail open."""
+    types = schema_types(bundle.schema)
+    stored = frozenset((uid.type, uid.id) for uid in bundle.entity_json)
+    found: list[Problem] = []
+    for path in visible_files(directory):
+        if path.suffix != ".cedar":
+            continue
+        text = _read(path)
+        if text is None:
+            continue
+        name = str(path.relative_to(directory))
+        for risk in file_warnings(name, text, types, stored):
+            found.append(
+                Problem(
+                    risk.file, risk.line, risk.column, risk.message, risk.source_line, "warning"
+                )
+            )
+    return found
 
 
 def _look_closer(directory: Path) -> list[Problem]:
@@ -201,12 +230,21 @@ def _from_bundle_error(directory: Path, exc: BundleError) -> Problem:
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    """Print every problem (stderr), or a one-line summary of a valid directory; 1 if invalid."""
+    """Print every problem (stderr), or a one-line summary of a valid directory; 4 if invalid.
+
+    Warnings are printed for a directory that loads; with `--strict` they
+    make it invalid (exit 4) too.
+    """
     bundle, problems = check_directory(args.directory)
+    warnings = check_warnings(args.directory, bundle) if bundle is not None else []
+    strict = bool(getattr(args, "strict", False))
+    ok = bundle is not None and not (strict and warnings)
     if getattr(args, "json", False):
         out: dict[str, Any] = {
-            "ok": bundle is not None,
+            "ok": ok,
             "problems": [p.to_json() for p in problems],
+            "warnings": [w.to_json() for w in warnings],
+            "strict": strict,
         }
         if bundle is not None:
             out.update(
@@ -215,11 +253,22 @@ def validate_command(args: argparse.Namespace) -> int:
                 revision=bundle.revision,
             )
         print(json.dumps(out, indent=2))
-    elif bundle is not None:
-        print(
-            f"ok: {bundle.policy_count} policies, {len(bundle.entity_json)} entities, "
-            f"revision {bundle.revision}"
-        )
+        return EXIT_OK if ok else EXIT_INVALID
+    for warning in warnings:
+        print(warning.render(), file=sys.stderr)
+    if bundle is not None:
+        if warnings:
+            verdict = (
+                "--strict: the policies are refused"
+                if strict
+                else "they can error at run time (--strict refuses them)"
+            )
+            print(f"{args.directory}: {len(warnings)} warning(s); {verdict}", file=sys.stderr)
+        if ok:
+            print(
+                f"ok: {bundle.policy_count} policies, {len(bundle.entity_json)} entities, "
+                f"revision {bundle.revision}"
+            )
     else:
         for problem in problems:
             print(problem.render(), file=sys.stderr)
@@ -227,4 +276,4 @@ def validate_command(args: argparse.Namespace) -> int:
             f"{args.directory}: {len(problems)} problem(s); the sidecar refuses these policies",
             file=sys.stderr,
         )
-    return EXIT_OK if bundle is not None else EXIT_INVALID
+    return EXIT_OK if ok else EXIT_INVALID

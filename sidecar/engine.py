@@ -1,7 +1,10 @@
 """Pure evaluation: (bundle, request) -> Result. No I/O, no clock, never raises.
 
 Anything that goes wrong while deciding, in cedarpy or here, becomes a DENY
-whose diagnostics say what happened. Only a Cedar `Allow` is ever an ALLOW.
+whose diagnostics say what happened. Only a Cedar `Allow` is ever an ALLOW,
+and under the default `PolicyErrors.DENY` only one with no policy errors:
+Cedar skips a policy whose evaluation errors, so a `forbid` that errors would
+otherwise let a permit through (docs/api.md, "Policies that error").
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sidecar.model import (
     EntityData,
     EvalError,
     Obligations,
+    PolicyErrors,
     PolicyRef,
     Result,
 )
@@ -28,24 +32,41 @@ from sidecar.model import (
 _POLICY_ERROR = re.compile(r"error while evaluating policy `(?P<id>[^`]*)`: (?P<msg>.*)", re.DOTALL)
 
 
-def evaluate(bundle: Bundle, request: AuthzRequest, *, indexed: bool = True) -> Result:
-    """Decide `request`. `indexed=False` evaluates every policy (the index's reference)."""
+def evaluate(
+    bundle: Bundle,
+    request: AuthzRequest,
+    *,
+    indexed: bool = True,
+    policy_errors: PolicyErrors = PolicyErrors.DENY,
+) -> Result:
+    """Decide `request`. `indexed=False` evaluates every policy (the index's reference).
+
+    `policy_errors` says what an erroring policy does: under `DENY` (the
+    default) Cedar's ALLOW stands only when no evaluated policy errored. The
+    index leaves out only policies whose scope cannot match, and Cedar never
+    evaluates the conditions of those, so the errors are the same either way.
+    """
     try:
-        return _evaluate(bundle, request, indexed)
+        return _evaluate(bundle, request, indexed, policy_errors)
     except Exception as exc:  # noqa: BLE001 - fail closed on anything
-        return deny(bundle.revision, f"evaluation failed: {type(exc).__name__}: {exc}")
+        message = f"evaluation failed: {type(exc).__name__}: {exc}"
+        return deny(bundle.revision, message, policy_errors)
 
 
-def deny(revision: str, message: str) -> Result:
+def deny(revision: str, message: str, policy_errors: PolicyErrors = PolicyErrors.DENY) -> Result:
     """A DENY carrying one diagnostic and no determining policy."""
-    return Result(Decision.DENY, (), (EvalError("", message),), Obligations(), revision)
+    return Result(
+        Decision.DENY, (), (EvalError("", message),), Obligations(), revision, policy_errors
+    )
 
 
-def _evaluate(bundle: Bundle, request: AuthzRequest, indexed: bool = True) -> Result:
+def _evaluate(
+    bundle: Bundle, request: AuthzRequest, indexed: bool, policy_errors: PolicyErrors
+) -> Result:
     try:
         entities = _entities_for(bundle, request.entities)
     except ValueError as exc:
-        return deny(bundle.revision, f"request entities rejected: {exc}")
+        return deny(bundle.revision, f"request entities rejected: {exc}", policy_errors)
     cedar_request = {
         "principal": request.principal.to_json(),
         "action": request.action.to_json(),
@@ -60,12 +81,22 @@ def _evaluate(bundle: Bundle, request: AuthzRequest, indexed: bool = True) -> Re
     errors = tuple(_eval_error(e) for e in diagnostics.errors)
     reasons = tuple(_policy_ref(bundle, pid) for pid in diagnostics.reasons)
     if answer.decision is cedarpy.Decision.Allow:
+        if errors and policy_errors is PolicyErrors.DENY:
+            # A policy that could apply errored (a forbid, or another permit):
+            # the permits alone do not make this an ALLOW. No policy determined
+            # the DENY, so none is named; the errors say why.
+            return Result(Decision.DENY, (), errors, Obligations(), bundle.revision, policy_errors)
         return Result(
-            Decision.ALLOW, reasons, errors, _obligations(bundle, reasons), bundle.revision
+            Decision.ALLOW,
+            reasons,
+            errors,
+            _obligations(bundle, reasons),
+            bundle.revision,
+            policy_errors,
         )
     if answer.decision is not cedarpy.Decision.Deny and not errors:
         errors = (EvalError("", f"no decision from Cedar ({answer.decision.value})"),)
-    return Result(Decision.DENY, reasons, errors, Obligations(), bundle.revision)
+    return Result(Decision.DENY, reasons, errors, Obligations(), bundle.revision, policy_errors)
 
 
 def _is_authorized(

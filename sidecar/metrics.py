@@ -49,7 +49,8 @@ class Metrics:
         )
         self.evaluation_errors = Counter(
             "stepguard_evaluation_errors_total",
-            "Decisions whose evaluation reported at least one error (always DENY-safe).",
+            "Decisions whose evaluation reported at least one error "
+            "(DENY under policy_errors: deny).",
             registry=r,
         )
         self.audit_failures = Counter(

@@ -61,6 +61,28 @@ class Decision(enum.Enum):
     DENY = "DENY"
 
 
+class PolicyErrors(enum.Enum):
+    """What a policy that errors does to a decision (docs/api.md, "Policies that error").
+
+    Cedar skips a policy whose evaluation errors, so a `forbid` that cannot be
+    evaluated lets a permit through. stepguard's default refuses that: an
+    ALLOW stands only when no evaluated policy errored. `CEDAR` keeps Cedar's
+    own semantics (the Cedar conformance corpus runs with it).
+    """
+
+    DENY = "deny"  # any error in a policy that could apply: DENY (the default)
+    CEDAR = "cedar"  # Cedar's semantics: the erroring policy is skipped
+
+    @classmethod
+    def parse(cls, text: str) -> PolicyErrors:
+        """From a setting or flag (`deny` or `cedar`); ValueError names the choices."""
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise ValueError(f"policy_errors must be one of {choices}, got {text!r}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyRef:
     """A policy that determined a decision."""
@@ -90,6 +112,8 @@ class Result:
     errors: tuple[EvalError, ...]
     obligations: Obligations
     revision: str
+    # The semantics this decision was made under (fixed per server process).
+    policy_errors: PolicyErrors = PolicyErrors.DENY
 
     @property
     def allowed(self) -> bool:
@@ -103,7 +127,10 @@ class Result:
         if self.reasons:
             return f"forbidden by {ids}"
         if self.errors:
-            return "denied: " + "; ".join(e.message for e in self.errors)
+            return "denied: " + "; ".join(
+                f"policy {e.policy_id} errored: {e.message}" if e.policy_id else e.message
+                for e in self.errors
+            )
         return "denied: no policy permits this request"
 
 

@@ -22,7 +22,7 @@ import re
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,13 @@ from sidecar.bundle import (
 )
 from sidecar.coverage import Coverage
 from sidecar.coverage import render as render_coverage
+from sidecar.diagnose import Problem, check_warnings
 from sidecar.engine import evaluate
 from sidecar.errors import BundleError, InvalidRequest, StepguardError
 from sidecar.exitcodes import EXIT_COVERAGE, EXIT_EMPTY, EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.explain import explain
 from sidecar.jsonreq import request_from_json
-from sidecar.model import AuthzRequest, Decision, Result
+from sidecar.model import AuthzRequest, Decision, PolicyErrors, Result
 from sidecar.validate import Limits, request_from_proto
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
@@ -152,6 +153,10 @@ class SuiteResult:
 class Report:
     suites: list[SuiteResult]
     coverage: list[Coverage]
+    # What a policy that errors did to every case (`--policy-errors`).
+    policy_errors: PolicyErrors = PolicyErrors.DENY
+    # With coverage: reads that can error at run time (sidecar/failopen.py), as validate warns.
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def cases(self) -> int:
@@ -181,6 +186,8 @@ class Runner:
     case_filter: re.Pattern[str] | None = None
     coverage: bool = False
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # The server's default unless asked (`--policy-errors cedar`): cases pass as it would answer.
+    policy_errors: PolicyErrors = PolicyErrors.DENY
     _bundles: dict[tuple[Path, Source | None], Bundle | BundleError] = field(default_factory=dict)
     _coverage: dict[str, Coverage] = field(default_factory=dict)
 
@@ -190,7 +197,20 @@ class Runner:
             suite = self._run_yaml(path) if kind == "yaml" else self._run_cedar(path)
             if suite is not None:
                 suites.append(suite)
-        return Report(suites, [self._coverage[k] for k in sorted(self._coverage)])
+        coverage = [self._coverage[k] for k in sorted(self._coverage)]
+        return Report(suites, coverage, self.policy_errors, self._warnings())
+
+    def _warnings(self) -> list[Problem]:
+        """validate's warnings for every policy directory that loaded (with coverage only)."""
+        if not self.coverage:
+            return []
+        found: list[Problem] = []
+        for (directory, fixtures), bundle in sorted(self._bundles.items(), key=lambda kv: kv[0][0]):
+            if fixtures is not None or isinstance(bundle, BundleError):
+                continue
+            for warning in check_warnings(directory, bundle):
+                found.append(replace(warning, file=_display(directory / warning.file)))
+        return found
 
     def selected(self, suite: str, case: str) -> bool:
         return self.case_filter is None or bool(self.case_filter.search(f"{suite}: {case}"))
@@ -262,7 +282,7 @@ class Runner:
         except InvalidRequest as exc:
             problem = f"the server would refuse this request (INVALID_ARGUMENT): {exc}"
             return CaseResult(case.name, ERROR, case.line, (problem,), case.expect, None, described)
-        result = evaluate(bundle, request)
+        result = evaluate(bundle, request, policy_errors=self.policy_errors)
         self._record(label, bundle, request, result)
         assert case.expect is not None
         problems = compare(case.expect, result)
@@ -337,7 +357,7 @@ class Runner:
         except InvalidRequest as exc:
             problem = f"refused as INVALID_ARGUMENT: {exc}"
             return CaseResult(name, FAIL, 0, (problem,), expect, None, described)
-        result = evaluate(bundle, request)
+        result = evaluate(bundle, request, policy_errors=self.policy_errors)
         self._record(label, bundle, request, result)
         problems = compare(expect, result)
         return CaseResult(name, FAIL if problems else PASS, 0, problems, expect, result, described)
@@ -903,7 +923,11 @@ def summary_line(report: Report) -> str:
     verdict = "OK" if all(s.ok for s in report.suites) else "FAILED"
     if verdict == "OK" and report.cases == 0:
         verdict = "NO TESTS"
-    return f"{verdict}: {len(report.suites):,} suites, {report.cases:,} cases: " + ", ".join(parts)
+    return (
+        f"{verdict}: {len(report.suites):,} suites, {report.cases:,} cases: "
+        + ", ".join(parts)
+        + f" (policy errors: {report.policy_errors.value})"
+    )
 
 
 def _suite_lines(suite: SuiteResult, width: int, verbose: bool) -> list[str]:
@@ -970,6 +994,7 @@ def render_json(report: Report) -> str:
     return json.dumps(
         {
             "ok": all(s.ok for s in report.suites),
+            "policy_errors": report.policy_errors.value,
             "summary": {
                 "suites": len(report.suites),
                 "cases": report.cases,
@@ -1008,6 +1033,7 @@ def render_json(report: Report) -> str:
                 for s in report.suites
             ],
             "coverage": [c.to_json() for c in report.coverage],
+            "warnings": [w.to_json() for w in report.warnings],
         },
         indent=2,
     )
@@ -1092,6 +1118,14 @@ def register(sub: Any) -> None:
         metavar="N",
         help="exit 6 when when/unless clause coverage is below N percent",
     )
+    cmd.add_argument(
+        "--policy-errors",
+        choices=[m.value for m in PolicyErrors],
+        default=PolicyErrors.DENY.value,
+        help="what a policy that errors does: deny (default, as the server: any error "
+        "of a policy that could apply makes the case a DENY) or cedar (Cedar's "
+        "semantics: the erroring policy is skipped)",
+    )
     cmd.add_argument("-v", "--verbose", action="store_true", help="list every suite and case")
     cmd.set_defaults(run=run_command)
 
@@ -1106,7 +1140,12 @@ def run_command(args: argparse.Namespace) -> int:
     wants_coverage = bool(
         args.coverage or args.coverage_min is not None or args.clause_coverage_min is not None
     )
-    runner = Runner(policies_override=args.policies, case_filter=pattern, coverage=wants_coverage)
+    runner = Runner(
+        policies_override=args.policies,
+        case_filter=pattern,
+        coverage=wants_coverage,
+        policy_errors=PolicyErrors(args.policy_errors),
+    )
     report = runner.run(args.paths or [Path("policies")])
     if args.format == "json":
         text = render_json(report)
@@ -1116,6 +1155,9 @@ def run_command(args: argparse.Namespace) -> int:
         text = render_text(report, verbose=args.verbose)
         if wants_coverage:
             text += "\n" + render_coverage(report.coverage, detail=args.coverage)
+        if report.warnings:
+            text += "\n" + "\n".join(w.render() for w in report.warnings)
+            text += f"\n{len(report.warnings)} warning(s): policies that can error at run time"
     if args.output:
         args.output.write_text(text + "\n", encoding="utf-8")
         print(summary_line(report), file=sys.stderr)
@@ -1146,6 +1188,14 @@ def exit_code(
     ):
         return EXIT_COVERAGE
     return EXIT_OK
+
+
+def _display(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _below(values: Iterable[float], minimum: float) -> bool:

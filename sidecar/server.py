@@ -120,6 +120,7 @@ class Sidecar:
             redactor=redactor,
             cache=decision_cache(settings),
             now_granularity_ms=settings.now_granularity_ms,
+            policy_errors=settings.policy_errors,
         )
         # Read (and checked) now, so unusable certificate files fail startup, not a handshake.
         self.tls: CertificateReloader | None = None

@@ -13,7 +13,7 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.answer import Answers, to_response
 from sidecar.decider import Decided
 from sidecar.ids import DecisionIds
-from sidecar.model import Decision, EvalError, Obligations, PolicyRef, Result
+from sidecar.model import Decision, EvalError, Obligations, PolicyErrors, PolicyRef, Result
 
 text = st.text(max_size=40)
 results = st.builds(
@@ -35,6 +35,7 @@ results = st.builds(
         | st.integers(min_value=0, max_value=10**9).map(lambda ms: timedelta(milliseconds=ms)),
     ),
     revision=text,
+    policy_errors=st.sampled_from(list(PolicyErrors)),
 )
 ids = DecisionIds()
 
@@ -69,5 +70,6 @@ def test_the_memo_is_bounded_and_never_mixes_decisions(monkeypatch: pytest.Monke
             decided = Decided(ids.next(), result, cached=True)
             parsed = pb.AuthorizeResponse.FromString(answers.encode(decided))
             assert parsed.policy_revision == result.revision
+            assert parsed.policy_errors == pb.POLICY_ERRORS_DENY  # the Result's default
             assert parsed.decision_id == decided.decision_id
     assert len(answers._memo) <= 3

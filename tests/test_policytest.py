@@ -152,7 +152,9 @@ cases:
     assert "approved grant passes" not in out  # passing cases only with -v
     code, verbose, _ = stepguard(capsys, "test", str(path), "-v")
     assert code == EXIT_FAILED and "  pass  approved grant passes" in verbose
-    assert out.rstrip().endswith("FAILED: 1 suites, 2 cases: 1 passed, 1 failed")
+    assert out.rstrip().endswith(
+        "FAILED: 1 suites, 2 cases: 1 passed, 1 failed (policy errors: deny)"
+    )
 
 
 def test_unexpected_errors_and_obligations_fail_a_case(
@@ -281,7 +283,7 @@ def test_fail_on_empty_and_filter(tmp_path: Path, capsys: pytest.CaptureFixture[
     code, out, _ = stepguard(capsys, "test", str(POLICIES), "--filter", "HOLIDAY", "-v")
     assert code == EXIT_OK
     assert "pass  out of hours: a holiday (a Friday)" in out
-    assert out.rstrip().endswith("OK: 1 suites, 1 cases: 1 passed")
+    assert out.rstrip().endswith("OK: 1 suites, 1 cases: 1 passed (policy errors: deny)")
     code, _, err = stepguard(capsys, "test", str(POLICIES), "--filter", "(")
     assert code == 1 and "--filter: not a regular expression" in err
 
@@ -461,6 +463,7 @@ def test_cedar_corpus_reports_7890_passed() -> None:
     assert out.returncode == EXIT_OK, out.stdout[-2000:] + out.stderr
     assert out.stdout.rstrip().endswith(
         "OK: 999 suites, 7,890 cases: 7,890 passed, 999/999 validation checks agree"
+        " (policy errors: deny)"
     )
 
 

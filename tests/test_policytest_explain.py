@@ -11,7 +11,7 @@ from sidecar.bundle import Bundle, Source, build_bundle
 from sidecar.coverage import Coverage
 from sidecar.engine import evaluate
 from sidecar.explain import Outcome, Value, explain
-from sidecar.model import AuthzRequest, EntityUid
+from sidecar.model import AuthzRequest, EntityUid, PolicyErrors
 from tests.corpus import EXPECTED_REQUESTS, CorpusFile, corpus_files
 
 SCHEMA = """
@@ -91,12 +91,19 @@ def test_unless_true_decides_and_satisfied_policies_have_no_deciding_clause() ->
     assert by_id["readers"].deciding.kind == "unless"
     assert by_id["readers"].deciding.value is Value.TRUE
     req = request(level=5, n=1)
-    result = evaluate(bundle, req)
+    # `fragile` errors on every request: under Cedar's semantics it is skipped and
+    # `readers` decides; under the default the error makes it a DENY nobody determined.
+    result = evaluate(bundle, req, policy_errors=PolicyErrors.CEDAR)
     explained = explain(bundle, req, result)
     readers = next(p for p in explained.policies if p.id == "readers")
     assert result.allowed and readers.outcome is Outcome.SATISFIED
     assert readers.deciding is None and readers.determining
     assert explained.policies[0].id in {r.id for r in result.reasons}
+    strict = evaluate(bundle, req)
+    explained = explain(bundle, req, strict)
+    readers = next(p for p in explained.policies if p.id == "readers")
+    assert not strict.allowed and readers.outcome is Outcome.SATISFIED
+    assert not readers.determining and strict.reasons == ()
 
 
 def test_a_request_cedar_refuses_is_not_evaluated_by_any_policy() -> None:
@@ -120,7 +127,9 @@ def test_coverage_counts_determining_policies_and_both_clause_outcomes() -> None
     assert cov.policy_total == 3 and cov.clause_outcomes_total == 2 * 3
     assert cov.policy_percent == 0.0
     for req in (request(1), request(5), request(5, n=7), request(5, action="write")):
-        cov.record(explain(bundle, req, evaluate(bundle, req)))
+        # Under Cedar's semantics, so the permit beside the erroring one determines an ALLOW.
+        result = evaluate(bundle, req, policy_errors=PolicyErrors.CEDAR)
+        cov.record(explain(bundle, req, result))
     readers, writes, fragile = (cov.policies[k] for k in ("readers", "no-writes", "fragile"))
     assert readers.determining == 1 and writes.determining == 1 and fragile.determining == 0
     when, unless = readers.clauses

@@ -75,6 +75,7 @@ def build_event(
         "errors": [{"policy": e.policy_id, "message": e.message} for e in result.errors],
         "obligations": {},
         "policy_revision": result.revision,
+        "policy_errors": result.policy_errors.value,
         "cached": cached,
         "latency_us": round(latency_s * 1e6),
     }

@@ -292,6 +292,7 @@ def _answer(decided: Decided, explain: bool) -> dict[str, Any]:
         context: dict[str, Any] = {
             "decision_id": decided.decision_id,
             "policy_revision": result.revision,
+            "policy_errors": result.policy_errors.value,
             "reason": result.summary(),
             "determining_policies": [{"id": r.id, "source": r.source} for r in result.reasons],
         }

@@ -79,6 +79,40 @@ DECISION_ALLOW: Decision.ValueType  # 1
 DECISION_DENY: Decision.ValueType  # 2
 Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
+class _PolicyErrors:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PolicyErrorsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyErrors.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POLICY_ERRORS_UNSPECIFIED: _PolicyErrors.ValueType  # 0
+    """never sent by this version"""
+    POLICY_ERRORS_DENY: _PolicyErrors.ValueType  # 1
+    """The default: an ALLOW is answered only when no policy that could apply
+    errored; otherwise DENY, with the errors in `errors`.
+    """
+    POLICY_ERRORS_CEDAR: _PolicyErrors.ValueType  # 2
+    """Cedar's own semantics: a policy that errors is skipped, so a `forbid`
+    that errors lets a permit through (the error is still in `errors`).
+    """
+
+class PolicyErrors(_PolicyErrors, metaclass=_PolicyErrorsEnumTypeWrapper):
+    """What a policy whose evaluation errors does to the decision (docs/api.md,
+    "Policies that error"). Fixed per server process (setting `policy_errors`).
+    """
+
+POLICY_ERRORS_UNSPECIFIED: PolicyErrors.ValueType  # 0
+"""never sent by this version"""
+POLICY_ERRORS_DENY: PolicyErrors.ValueType  # 1
+"""The default: an ALLOW is answered only when no policy that could apply
+errored; otherwise DENY, with the errors in `errors`.
+"""
+POLICY_ERRORS_CEDAR: PolicyErrors.ValueType  # 2
+"""Cedar's own semantics: a policy that errors is skipped, so a `forbid`
+that errors lets a permit through (the error is still in `errors`).
+"""
+Global___PolicyErrors: _TypeAlias = PolicyErrors  # noqa: Y015
+
 class _PolicyOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -93,9 +127,11 @@ class _PolicyOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyO
     POLICY_OUTCOME_NOT_SATISFIED: _PolicyOutcome.ValueType  # 3
     """a `when` was false or an `unless` true"""
     POLICY_OUTCOME_ERRORED: _PolicyOutcome.ValueType  # 4
-    """evaluating it failed; Cedar skipped it"""
+    """evaluating it failed: Cedar skips it, and under"""
     POLICY_OUTCOME_NOT_EVALUATED: _PolicyOutcome.ValueType  # 5
-    """Cedar refused the request before any policy ran"""
+    """POLICY_ERRORS_DENY the decision is DENY
+    Cedar refused the request before any policy ran
+    """
 
 class PolicyOutcome(_PolicyOutcome, metaclass=_PolicyOutcomeEnumTypeWrapper):
     """How one policy fared for one request."""
@@ -108,9 +144,11 @@ POLICY_OUTCOME_SATISFIED: PolicyOutcome.ValueType  # 2
 POLICY_OUTCOME_NOT_SATISFIED: PolicyOutcome.ValueType  # 3
 """a `when` was false or an `unless` true"""
 POLICY_OUTCOME_ERRORED: PolicyOutcome.ValueType  # 4
-"""evaluating it failed; Cedar skipped it"""
+"""evaluating it failed: Cedar skips it, and under"""
 POLICY_OUTCOME_NOT_EVALUATED: PolicyOutcome.ValueType  # 5
-"""Cedar refused the request before any policy ran"""
+"""POLICY_ERRORS_DENY the decision is DENY
+Cedar refused the request before any policy ran
+"""
 Global___PolicyOutcome: _TypeAlias = PolicyOutcome  # noqa: Y015
 
 class _ClauseValue:
@@ -689,6 +727,7 @@ class AuthorizeResponse(_message.Message):
     OBLIGATIONS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
+    POLICY_ERRORS_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     decision_id: _builtins.str
     """Unique and sortable (a UUIDv7); also the audit event id."""
@@ -696,6 +735,8 @@ class AuthorizeResponse(_message.Message):
     """Content hash of the policy bundle that decided."""
     reason: _builtins.str
     """Why, in one line, for logs and humans."""
+    policy_errors: Global___PolicyErrors.ValueType
+    """The semantics this decision was made under; in every response."""
     @_builtins.property
     def determining_policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeterminingPolicy]: ...
     @_builtins.property
@@ -717,10 +758,11 @@ class AuthorizeResponse(_message.Message):
         obligations: Global___Obligations | None = ...,
         reason: _builtins.str = ...,
         explanation: Global___Explanation | None = ...,
+        policy_errors: Global___PolicyErrors.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "obligations", b"obligations"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "decision_id", b"decision_id", "determining_policies", b"determining_policies", "errors", b"errors", "explanation", b"explanation", "obligations", b"obligations", "policy_revision", b"policy_revision", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "decision_id", b"decision_id", "determining_policies", b"determining_policies", "errors", b"errors", "explanation", b"explanation", "obligations", b"obligations", "policy_errors", b"policy_errors", "policy_revision", b"policy_revision", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
