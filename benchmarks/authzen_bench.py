@@ -7,8 +7,10 @@
 One `stepguard serve` child process serves policies/ on gRPC and AuthZEN
 (loopback TCP), with its audit trail written to a real file. Both APIs are
 sent the same Cedar request: the harness's example (an approved `grant_access`
-on `jira`, ALLOW, every example policy evaluated), as an `AuthorizeRequest`
-and as an AuthZEN evaluation; the run checks that both decide it alike first.
+on `jira`, ALLOW), as an `AuthorizeRequest` and as an AuthZEN evaluation; the
+run checks that both decide it alike first. Every load is measured as misses
+(a new `run_id` per decision: evaluated, as orchestrators' steps are) and as
+hits (one request repeated: answered by the decision cache), labelled so.
 gRPC Authorize is the baseline of every ratio. Each figure is measured in two
 halves in A-B-B-A order, so drift over the run does not favour either API.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import shlex
@@ -233,17 +236,40 @@ def main(argv: list[str] | None = None) -> int:
 
     request = example_json()
     grpc_one = request_from_json(request)
-    grpc_batch = pb.AuthorizeBatchRequest(items=[grpc_one] * BATCH)
     one = authzen_form(request)
-    az_one = json.dumps(one).encode()
-    az_batch = json.dumps(
-        {
-            "subject": one["subject"],
-            "action": one["action"],
-            "context": one["context"],
-            "evaluations": [{"resource": one["resource"]}] * BATCH,
-        }
-    ).encode()
+    # A miss names a new run each call, as each step of each run does: the
+    # server evaluates it. A hit repeats one request: the cache answers it.
+    grpc_runs, az_runs = _RunIds("g"), _RunIds("a")
+
+    def grpc_item(kind: str) -> pb.AuthorizeRequest:
+        if kind == "hit":
+            return grpc_one
+        item = pb.AuthorizeRequest()
+        item.CopyFrom(grpc_one)
+        item.context.run_id = grpc_runs.next()
+        return item
+
+    def az_body(kind: str, batch: bool) -> bytes:
+        def ctx() -> dict[str, Any]:
+            return one["context"] if kind == "hit" else {**one["context"], "run_id": az_runs.next()}
+
+        if not batch:
+            return json.dumps({**one, "context": ctx()}).encode()
+        return json.dumps(
+            {
+                "subject": one["subject"],
+                "action": one["action"],
+                "evaluations": [{"resource": one["resource"], "context": ctx()}] * BATCH,
+            }
+            if kind == "hit"
+            else {
+                "subject": one["subject"],
+                "action": one["action"],
+                "evaluations": [
+                    {"resource": one["resource"], "context": ctx()} for _ in range(BATCH)
+                ],
+            }
+        ).encode()
 
     results: dict[str, dict[str, Any]] = {}
     with stepguard(audit) as server:
@@ -252,43 +278,63 @@ def main(argv: list[str] | None = None) -> int:
         _check_alike(stub, grpc_one, Http(server.authzen), one)
         clients: list[Http] = []
 
-        def http_call(path: str, body: bytes) -> Callable[[], Call]:
+        def http_call(path: str, kind: str, batch: bool) -> Callable[[], Call]:
             def make() -> Call:
                 client = Http(server.authzen)
                 clients.append(client)
-                return lambda: client.post(path, body)
+                if kind == "hit":
+                    body = az_body(kind, batch)
+                    return lambda: client.post(path, body)
+                return lambda: client.post(path, az_body(kind, batch))
 
             return make
 
-        scenarios: list[tuple[str, int, int, dict[str, Callable[[], Call]]]] = [
-            (
-                "sequential, 1 decision per call",
-                1,
-                1,
-                {
-                    "grpc": lambda: lambda: stub.Authorize(grpc_one),
-                    "authzen": http_call("/access/v1/evaluation", az_one),
-                },
-            ),
-            (
-                f"sequential, batches of {BATCH}",
-                1,
-                BATCH,
-                {
-                    "grpc": lambda: lambda: stub.AuthorizeBatch(grpc_batch),
-                    "authzen": http_call("/access/v1/evaluations", az_batch),
-                },
-            ),
-            (
-                f"{THREADS} client threads, 1 decision per call",
-                THREADS,
-                1,
-                {
-                    "grpc": lambda: lambda: stub.Authorize(grpc_one),
-                    "authzen": http_call("/access/v1/evaluation", az_one),
-                },
-            ),
-        ]
+        def grpc_call(kind: str, batch: bool) -> Callable[[], Call]:
+            def make() -> Call:
+                if batch:
+                    if kind == "hit":
+                        msg = pb.AuthorizeBatchRequest(items=[grpc_one] * BATCH)
+                        return lambda: stub.AuthorizeBatch(msg)
+                    return lambda: stub.AuthorizeBatch(
+                        pb.AuthorizeBatchRequest(items=[grpc_item(kind) for _ in range(BATCH)])
+                    )
+                if kind == "hit":
+                    return lambda: stub.Authorize(grpc_one)
+                return lambda: stub.Authorize(grpc_item(kind))
+
+            return make
+
+        scenarios: list[tuple[str, int, int, dict[str, Callable[[], Call]]]] = []
+        for kind in KINDS:
+            scenarios += [
+                (
+                    f"{LABELS[kind]}: sequential, 1 decision per call",
+                    1,
+                    1,
+                    {
+                        "grpc": grpc_call(kind, False),
+                        "authzen": http_call("/access/v1/evaluation", kind, False),
+                    },
+                ),
+                (
+                    f"{LABELS[kind]}: sequential, batches of {BATCH}",
+                    1,
+                    BATCH,
+                    {
+                        "grpc": grpc_call(kind, True),
+                        "authzen": http_call("/access/v1/evaluations", kind, True),
+                    },
+                ),
+                (
+                    f"{LABELS[kind]}: {THREADS} client threads, 1 decision per call",
+                    THREADS,
+                    1,
+                    {
+                        "grpc": grpc_call(kind, False),
+                        "authzen": http_call("/access/v1/evaluation", kind, False),
+                    },
+                ),
+            ]
         for label, threads, per_call, apis in scenarios:
             runs = measure(apis, server.pid, threads, duration)
             results[label] = {name: run.summary(per_call) for name, run in runs.items()}
@@ -301,10 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         for client in clients:
             client.close()
         channel.close()
-    audited = sum(1 for line in audit.open("rb") if b'"decision"' in line)
+    audited, cached = _audited(audit)
     record = {
         "command": command,
+        "commit": machine.commit(),
         "started": started.isoformat(timespec="seconds"),
+        "cached_decisions": cached,
         "duration_s": duration,
         "machine": machine.describe(),
         "audited_decisions": audited,
@@ -318,6 +366,33 @@ def main(argv: list[str] | None = None) -> int:
         write_section(args.out, body)
         print(f"wrote {args.out}")
     return 0
+
+
+KINDS = ("miss", "hit")
+LABELS = {"miss": "misses (evaluated)", "hit": "hits (cached)"}
+
+
+class _RunIds:
+    """A new run id per call (thread-safe enough: itertools.count is atomic in CPython)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"bench-{self._prefix}-{next(self._count)}"
+
+
+def _audited(audit: Path) -> tuple[int, int]:
+    """Decision events in the trail, and how many of them the cache answered."""
+    total = cached = 0
+    with audit.open("rb") as f:
+        for line in f:
+            event = json.loads(line)
+            if event.get("kind") == "decision":
+                total += 1
+                cached += bool(event.get("cached"))
+    return total, cached
 
 
 def _check_alike(
@@ -380,10 +455,17 @@ def render(record: dict[str, Any]) -> str:
             "AuthZEN evaluation (HTTP/1.1 JSON, cheroot WSGI server) beside gRPC Authorize, "
             "measured in the same run against the same `stepguard serve` process, which "
             "serves policies/ with its audit trail in a real file "
-            f"({record['audited_decisions']} decisions audited in this run).",
+            f"({record['audited_decisions']} decisions audited in this run, "
+            f"{record['cached_decisions']} of them answered from the cache).",
+            "",
+            "Each load is measured twice: *misses* send a new `run_id` with every decision, "
+            "as every step of every run does, so each one is evaluated against every "
+            "example policy; *hits* repeat one request, which the decision cache answers "
+            "without evaluating. Misses are the figure an orchestrator sees.",
             "",
             f"Command: `{record['command']}` ({record['duration_s']:g} s per API per load, "
-            f"in A-B-B-A halves after 0.3 s warm-ups), run {record['started']}.",
+            f"in A-B-B-A halves after 0.3 s warm-ups), run {record['started']} on commit "
+            f"{record.get('commit', 'unknown')}.",
             "",
             f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python "
             f"{m['python']}, grpcio {m['grpcio']}, cedarpy {m['cedarpy']}. 1-minute load "
@@ -392,10 +474,11 @@ def render(record: dict[str, Any]) -> str:
             "not absolute figures, across runs).",
             "",
             "The request is the harness's example (an approved `grant_access` on `jira`, "
-            "ALLOW, every example policy evaluated), sent as an AuthorizeRequest and as the "
+            "ALLOW), sent as an AuthorizeRequest and as the "
             "equivalent AuthZEN evaluation; the run first checks both are ALLOWed by the "
             "same policy. Ratios are AuthZEN over gRPC. Batches: AuthorizeBatch vs "
-            "/access/v1/evaluations with subject, action and context as top-level defaults. "
+            "/access/v1/evaluations with subject and action as top-level defaults and each "
+            "evaluation's context its own. "
             "Threads: one shared gRPC channel vs one keep-alive HTTP connection per thread. "
             "Clients are Python (grpcio, http.client) in one process.",
             "",

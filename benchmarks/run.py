@@ -36,7 +36,7 @@ from typing import Any
 import cedarpy
 import grpc
 
-from benchmarks import cerbos, load, machine, memory, plot
+from benchmarks import cerbos, load, machine, memory
 from benchmarks.load import Load, Stats, Subject
 from benchmarks.policies import bundle_dir
 from benchmarks.procs import ROOT, WORK, Running, python_server
@@ -67,15 +67,30 @@ class Timing:
     warmup: float
 
 
+# Defaults, stated once: the help texts below are built from them.
+SECONDS, QUICK_SECONDS = 2.0, 0.5
+ROUNDS, QUICK_ROUNDS = 3, 1
+WARMUP, QUICK_WARMUP = 0.2, 0.15
+MEMORY_REQUESTS, QUICK_MEMORY_REQUESTS = 20_000, 3_000
+
+
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="./dev bench", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="short run: 0.6 s per measurement")
-    p.add_argument("--duration", type=float, help="seconds per measurement (default 2.5)")
-    p.add_argument("--rounds", type=int, help="interleaved rounds per measurement (default 3)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"short run: {QUICK_SECONDS:g} s per measurement, {QUICK_ROUNDS} round, "
+        f"{QUICK_MEMORY_REQUESTS} requests for the memory figure",
+    )
+    p.add_argument("--duration", type=float, help=f"seconds per measurement (default {SECONDS:g})")
+    p.add_argument(
+        "--rounds", type=int, help=f"interleaved rounds per measurement (default {ROUNDS})"
+    )
     p.add_argument(
         "--memory-requests",
         type=int,
-        help="distinct requests for the memory figure (default 30000; the issue's is 1000000)",
+        help=f"distinct requests for the memory figure (default {MEMORY_REQUESTS}; "
+        "the issue's is 1000000)",
     )
     p.add_argument("--no-cerbos", action="store_true", help="skip the Cerbos peer")
     p.add_argument(
@@ -91,14 +106,21 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def timing_for(args: argparse.Namespace) -> tuple[Timing, int]:
+    """The measurement timing and the memory figure's request count the flags ask for."""
+    timing = Timing(
+        seconds=args.duration or (QUICK_SECONDS if args.quick else SECONDS),
+        rounds=args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS),
+        warmup=QUICK_WARMUP if args.quick else WARMUP,
+    )
+    return timing, args.memory_requests or (
+        QUICK_MEMORY_REQUESTS if args.quick else MEMORY_REQUESTS
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    timing = Timing(
-        seconds=args.duration or (0.5 if args.quick else 2.0),
-        rounds=args.rounds or (1 if args.quick else 3),
-        warmup=0.15 if args.quick else 0.2,
-    )
-    memory_requests = args.memory_requests or (3000 if args.quick else 20000)
+    timing, memory_requests = timing_for(args)
     if args.only:
         return _only(args, timing, memory_requests)
     command = "./dev bench" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
@@ -128,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     body = render(record, PLOT.name)
     print(body)
     if not args.no_write:
+        from benchmarks import plot  # matplotlib: the bench extra, not needed to test
+
         plot.draw(record, PLOT)
         write_section(args.out, body)
         print(f"wrote {args.out} and {PLOT}")

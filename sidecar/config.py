@@ -174,6 +174,10 @@ def _loopback(value: str) -> bool:
 
 
 _OFF = {"", "none", "off", "false"}
+# Variables meant for the sidecar's clients, not for `serve`: the integrations
+# read STEPGUARD_ADDRESS (the chart sets it in worker containers, which may run
+# the sidecar's image too), so the server leaves it alone instead of refusing it.
+CLIENT_ENV = frozenset({"STEPGUARD_ADDRESS"})
 _LIMIT_KEYS = {f.name for f in dataclasses.fields(Limits)}
 
 
@@ -193,7 +197,7 @@ def build_settings(
             raise ConfigError(f"config file {config_file} must be a mapping of settings")
         merged.update({k.replace("-", "_"): v for k, v in loaded.items()})
     for key, value in (environ or {}).items():
-        if key.startswith("STEPGUARD_"):
+        if key.startswith("STEPGUARD_") and key not in CLIENT_ENV:
             merged[key.removeprefix("STEPGUARD_").lower()] = value
     merged.update({k: v for k, v in flags.items() if v is not None})
     return _typed(merged)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+from sidecar.audit.verify import collect
 from sidecar.bundle import Bundle, load_bundle
 from sidecar.engine import deny, evaluate
 from sidecar.errors import BundleError, StepguardError
@@ -83,6 +84,8 @@ class ReplayReport:
     baseline: str  # "recorded" or the baseline policy directory
     files: list[str]
     decisions: int = 0
+    # decisions read from each file, in the order the files were read
+    read_from: Counter[str] = field(default_factory=Counter)
     unchanged: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     redacted: int = 0
@@ -122,6 +125,7 @@ def replay(
             report.skipped[skip] += 1
             continue
         report.decisions += 1
+        report.read_from[name] += 1
         report.redacted += recorded.redacted
         if baseline is not None:
             old, _ = _decide(baseline, recorded.request)
@@ -238,6 +242,28 @@ def _has_redaction(value: Any) -> bool:
     return False
 
 
+def trail_files(names: list[str]) -> list[str]:
+    """Every file to read, in order: a trail (its directory, or any of its files) is all
+    of its segments, oldest first, then the active file; `-` and other files as given.
+
+    Reading only the active file would replay the newest segment and silently
+    leave out everything rotated before it.
+    """
+    out: dict[str, None] = {}
+    for name in names:
+        if name == "-" or name.endswith(".gz"):
+            out[name] = None
+            continue
+        try:
+            trails = collect([Path(name)])
+        except (StepguardError, OSError) as exc:
+            raise StepguardError(f"cannot read audit file {name}: {exc}") from exc
+        for trail in trails:
+            for segment in trail.segments:
+                out[str(segment)] = None
+    return list(out)
+
+
 def read_lines(paths: list[str]) -> Iterator[tuple[str, int, str]]:
     """(file, line number, line) over every file; `-` is stdin, `*.gz` is decompressed."""
     for name in paths:
@@ -288,6 +314,8 @@ def render_text(report: ReplayReport, bundle: Bundle, show: int) -> str:
     ]
     for reason, n in sorted(report.skipped.items()):
         lines.append(f"  skipped:   {n} {reason}")
+    for name in report.files:
+        lines.append(f"  read:      {report.read_from[name]} decisions from {name}")
     if report.redacted:
         lines.append(
             f"  note: {report.redacted} recorded request(s) hold redacted values; "
@@ -338,6 +366,7 @@ def render_json(report: ReplayReport, bundle: Bundle) -> str:
             "revision": report.revision,
             "compared_with": report.baseline,
             "files": report.files,
+            "read_from": [{"file": f, "decisions": report.read_from[f]} for f in report.files],
             "decisions": report.decisions,
             "unchanged": report.unchanged,
             "changed": len(report.changes),
@@ -384,7 +413,11 @@ def register(sub: Any) -> None:
         "4 the candidate (or baseline) policies do not load.",
     )
     cmd.add_argument(
-        "audit_files", nargs="+", metavar="AUDIT_FILE", help="JSON lines (- stdin, *.gz)"
+        "audit_files",
+        nargs="+",
+        metavar="AUDIT",
+        help="a trail's directory or its active file (every rotated segment is read, oldest "
+        "first), or JSON lines files (- stdin, *.gz)",
     )
     cmd.add_argument("--policies", type=Path, required=True, help="the candidate policy directory")
     cmd.add_argument(
@@ -405,10 +438,11 @@ def run_command(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"stepguard: invalid policies: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    files = trail_files(list(args.audit_files))  # StepguardError: exit 1 with the message
     report = replay(
         bundle,
-        read_lines(args.audit_files),
-        files=list(args.audit_files),
+        read_lines(files),
+        files=files,
         label=str(args.policies),
         baseline=baseline,
         baseline_label=str(args.baseline) if args.baseline else "recorded",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -11,9 +13,25 @@ POLICIES = ROOT / "policies"
 SHARED = ROOT.parent / "shared"
 
 
+def in_ci() -> bool:
+    """Whether this run is CI's (CI=true), where everything the suite exercises must run."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing(reason: str) -> NoReturn:
+    """Something a test needs is absent: a skip that says how to get it, a failure in CI.
+
+    Locally a developer may lack a piece (the shared corpus, a registry that
+    refused a package); in CI a skip would hide exactly what CI is for.
+    """
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a test CI is meant to run may not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
 def shared_dir(*parts: str) -> Path:
-    """A directory under ../shared, or a skip that says it is absent."""
+    """A directory under ../shared; absent, a skip locally and a failure in CI."""
     path = SHARED.joinpath(*parts)
     if not path.is_dir():
-        pytest.skip(f"{path} is absent: the shared conformance material is needed for this test")
+        missing(f"{path} is absent: the shared conformance material is needed for this test")
     return path

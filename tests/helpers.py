@@ -118,10 +118,13 @@ class ServeProcess:
 
 
 @contextmanager
-def serve_process(*args: str) -> Iterator[ServeProcess]:
+def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
     """Start `stepguard serve ARGS`, wait for its `serving` line, kill it if still up at the end."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cli", "serve", *args], stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "sidecar.cli", "serve", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stderr is not None

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import missing
 from tests.helpers import ROOT, Running, running_sidecar
 
 # A Wednesday morning (business hours) and a Sunday night (closed) in the
@@ -142,7 +143,7 @@ def orchestrator_python(name: str) -> Path:
     venv = ROOT / f".venv-{name}"
     refused = venv / ".stepguard-refused"
     if proc.returncode == 0 and refused.exists():
-        pytest.skip(
+        missing(
             f"{venv.name} could not be built because the package registry refused: "
             f"{refused.read_text().strip()}"
         )

@@ -31,6 +31,7 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.audit.verify import collect, verify
 from sidecar.jsonreq import request_from_json
+from tests.conftest import missing
 
 STEPGUARD = [sys.executable, "-m", "sidecar.cli"]
 SERVICE = "stepguard.v1.Authorizer"
@@ -366,7 +367,7 @@ def test_full_filesystem_denies_then_recovers(tmp_path: Path, policies: Path) ->
     disk = tmp_path / "disk"
     disk.mkdir()
     if not _mount_tmpfs(disk, "256k"):
-        pytest.skip("cannot mount a tmpfs here (needs root with mount rights)")
+        missing("cannot mount a tmpfs here (needs root with mount rights)")
     try:
         audit = disk / "audit.jsonl"
         sidecar = Sidecar(

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -631,7 +632,6 @@ def test_cached_decisions_are_audited_as_such(tmp_path: Path) -> None:
 
 
 def test_every_kind_of_record_matches_the_published_schema(tmp_path: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     schema_path = Path(__file__).resolve().parent.parent / "sidecar/audit/event.schema.json"
     validator = jsonschema.Draft202012Validator(json.loads(schema_path.read_text()))
     path = tmp_path / "audit.jsonl"

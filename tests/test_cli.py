@@ -169,3 +169,40 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     ]
     assert decision.decision_id in ids
     assert not (tmp_path / "sg.sock").exists()
+
+
+def test_serve_starts_beside_the_clients_address_variable(tmp_path: Path) -> None:
+    """STEPGUARD_ADDRESS is the integrations' (the chart sets it for workers); serve ignores it
+    and still refuses a real unknown STEPGUARD_ setting."""
+    import os
+    import subprocess
+    import sys
+
+    from sidecar.client import StepguardClient
+
+    args = (
+        "--policies",
+        str(POLICIES),
+        "--listen",
+        "127.0.0.1:0",
+        "--socket",
+        "off",
+        "--metrics-listen",
+        "off",
+        "--audit-file",
+        str(tmp_path / "audit.jsonl"),
+    )
+    env = {**os.environ, "STEPGUARD_ADDRESS": "unix:///run/stepguard/grpc.sock"}
+    with serve_process(*args, env=env) as server:
+        with StepguardClient(server.serving["grpc"]) as client:
+            assert client.authorize(notify_request()).allowed
+        assert server.terminate() == 0
+    env["STEPGUARD_ADRESS"] = "typo"
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "serve", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "unknown setting(s): adress" in done.stderr

@@ -197,3 +197,35 @@ def test_invalid_candidate_and_unreadable_trail(
     assert code == EXIT_INVALID and "read_only.cedar:1: syntax error" in err
     code, _, err = replay(capsys, "--policies", str(POLICIES), str(tmp_path / "nope.jsonl"))
     assert code == 1 and "cannot read audit file" in err
+
+
+def test_a_rotated_trail_is_replayed_whole_from_its_directory_or_its_active_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every segment, oldest first; the report says how many decisions came from where."""
+    trail_dir = tmp_path / "trail"
+    trail_dir.mkdir()
+    with running_sidecar(trail_dir, audit_rotate_bytes=2048) as running:
+        client = StepguardClient(running.tcp)
+        try:
+            for i in range(40):
+                request = notify_request()
+                request["context"]["run_id"] = f"run-{i}"  # each one decided, none cached
+                assert client.authorize(request).allowed
+        finally:
+            client.close()
+        active = running.audit
+    segments = sorted(p for p in trail_dir.iterdir() if p.name.startswith("audit.jsonl."))
+    segments = [p for p in segments if p.suffix != ".head"]
+    assert len(segments) >= 3, "the trail should have rotated several times"
+    for target in (trail_dir, active):
+        code, out, _ = replay(capsys, "--policies", str(POLICIES), "--format", "json", str(target))
+        data = json.loads(out)
+        assert code == EXIT_OK
+        assert data["decisions"] == 40 and data["unchanged"] == 40
+        assert data["files"] == [*map(str, segments), str(active)]
+        assert sum(r["decisions"] for r in data["read_from"]) == 40
+        assert all(r["decisions"] > 0 for r in data["read_from"][:-1])
+    code, out, _ = replay(capsys, "--policies", str(POLICIES), str(trail_dir))
+    assert "replayed 40 decisions from" in out
+    assert f"decisions from {segments[0]}" in out and f"decisions from {active}" in out
