@@ -188,6 +188,16 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = build_settings(flags, os.environ, args.config)
     sidecar = Sidecar(settings)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("stepguard").info("signal %d: shutting down", signum)
+        done.set()
+
+    # Before anyone can know the address: a SIGTERM right after the serving
+    # line must drain and exit 0, not kill the process half-way.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     endpoints = sidecar.start()
     tune_gc_for_serving()
     print(
@@ -195,14 +205,6 @@ def _serve(args: argparse.Namespace) -> int:
         flush=True,
         file=sys.stderr,
     )
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        logging.getLogger("stepguard").info("signal %d: shutting down", signum)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     done.wait()
     sidecar.stop()
     return EXIT_OK
