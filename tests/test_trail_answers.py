@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ import pytest
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.audit.event import timestamp
 from sidecar.audit.jsonl import FileSink
 from sidecar.audit.verify import collect, verify
 from sidecar.config import Settings
 from sidecar.jsonreq import request_from_json
 from sidecar.server import Sidecar
+from tests.authzen_client import decisions, serving
 from tests.helpers import POLICIES, notify_request
 from tests.test_audit_server import serve, verify_cli
 
@@ -375,3 +378,41 @@ def test_the_issue_reproduction_a_300_item_batch_over_a_file_size_limit(tmp_path
     check_trail_matches(audit, answers)
     result = verify_cli(audit)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_cache_hit_records_the_now_of_its_own_decision(tmp_path: Path, policies: Path) -> None:
+    """Issue 25 point 8: the schema declares `now`, no policy reads it, so `now` is not
+    in the cache key. A hit at 15:00 of a decision first made at 10:00 must record
+    15:00, in `time` and in `context.now`, over AuthZEN and over gRPC with `explain`."""
+    morning = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    afternoon = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+    clock = [morning]
+    body = {
+        "subject": {"type": "User", "id": "alice"},
+        "action": {"name": "read"},
+        "resource": {"type": "Doc", "id": "d1"},
+        "context": {"workflow_id": "wf", "run_id": "r", "step_id": "s"},
+        "options": {"stepguard_explain": True},
+    }
+    explained = ask("explained")
+    explained.explain = True
+    ids: dict[str, list[str]] = {"authzen": [], "grpc": []}
+    with serving(tmp_path, policies, clock=lambda: clock[0]) as (run, pdp):
+        with grpc.insecure_channel(run.tcp) as channel:
+            stub = pb_grpc.AuthorizerStub(channel)
+            for at in (morning, afternoon):
+                clock[0] = at
+                answer = pdp.evaluation(body).json()
+                assert answer["decision"] is True
+                ids["authzen"].append(answer["context"]["decision_id"])
+                reply = stub.Authorize(explained, timeout=10)
+                assert reply.decision == pb.DECISION_ALLOW
+                ids["grpc"].append(reply.decision_id)
+        events = {e["id"]: e for e in decisions(run)}
+    for api, (first, hit) in ids.items():
+        assert not events[first]["cached"] and events[hit]["cached"], api
+        for decision_id, at in ((first, morning), (hit, afternoon)):
+            event = events[decision_id]
+            assert event["time"] == timestamp(at), api
+            now = event["context"]["now"]["__extn"]["arg"]
+            assert now == f"2026-11-25T{at.hour:02d}:00:00.000Z", (api, now)
