@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,11 @@ from sidecar.audit.event import timestamp
 from sidecar.audit.jsonl import FileSink
 from sidecar.audit.verify import collect, verify
 from sidecar.config import Settings
+from sidecar.errors import InvalidRequest
 from sidecar.jsonreq import request_from_json
 from sidecar.server import Sidecar
 from tests.authzen_client import decisions, serving
-from tests.helpers import POLICIES, notify_request
+from tests.helpers import POLICIES, notify_request, running_sidecar
 from tests.test_audit_server import serve, verify_cli
 
 NOT_RECORDED = "not recorded"
@@ -46,6 +47,8 @@ type Ctx = {
   workflow_id?: String,
   run_id?: String,
   step_id?: String,
+  attempt?: Long,
+  labels?: Set<String>,
 };
 action read appliesTo { principal: [User], resource: [Doc], context: Ctx };
 """
@@ -416,3 +419,129 @@ def test_a_cache_hit_records_the_now_of_its_own_decision(tmp_path: Path, policie
             assert event["time"] == timestamp(at), api
             now = event["context"]["now"]["__extn"]["arg"]
             assert now == f"2026-11-25T{at.hour:02d}:00:00.000Z", (api, now)
+
+
+LONE = "x\ud800"  # a lone surrogate: valid in a JSON escape, not in UTF-8
+HUGE = 123456789012345678901234567890  # beyond 64 bits
+ALICE_READS = {
+    "subject": {"type": "User", "id": "alice"},
+    "action": {"name": "read"},
+    "resource": {"type": "Doc", "id": "d1"},
+    "context": {"workflow_id": "wf", "run_id": "r", "step_id": "s"},
+}
+
+
+def with_context(**values: Any) -> dict[str, Any]:
+    return {**ALICE_READS, "context": {**ALICE_READS["context"], **values}}
+
+
+def metric(run: Any, name: str) -> float:
+    value = run.sidecar.metrics.registry.get_sample_value(name)
+    assert value is not None, name
+    return float(value)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (with_context(workflow_id=LONE), "context.workflow_id"),
+        (with_context(attempt=HUGE), "context.attempt"),
+        (with_context(attempt=-HUGE), "context.attempt"),
+        (with_context(labels=["ok", LONE]), "context.labels[1]"),
+        ({**ALICE_READS, "subject": {"type": "User", "id": LONE}}, "subject.id"),
+        ({**ALICE_READS, "action": {"name": LONE}}, "action.name"),
+    ],
+)
+def test_authzen_refuses_what_the_trail_cannot_record_before_deciding(
+    tmp_path: Path, policies: Path, body: dict[str, Any], field: str
+) -> None:
+    """Issue 25 point 2: 400 naming the field, no decision, nothing counted against the
+    trail, which stays healthy; the same request made recordable is decided and recorded."""
+    with serving(tmp_path, policies) as (run, pdp):
+        before = len(decisions(run))
+        reply = pdp.evaluation(body)
+        assert reply.status == 400, reply.text
+        assert reply.text.startswith(field), reply.text
+        batch = pdp.evaluations({**ALICE_READS, "evaluations": [body, {}]}).json()["evaluations"]
+        assert batch[0]["context"]["error"]["status"] == 400
+        assert field in batch[0]["context"]["error"]["message"]
+        assert batch[1] == {"decision": True}
+        assert len(decisions(run)) == before + 1  # the valid item only
+        assert metric(run, "stepguard_audit_write_failures_total") == 0
+        assert metric(run, "stepguard_audit_healthy") == 1
+        assert run.sidecar.sink.healthy
+        assert pdp.evaluation(ALICE_READS).json() == {"decision": True}
+        assert len(decisions(run)) == before + 2
+        search = {**body, "subject": {"type": "User"}}
+        if field.startswith("context."):  # a search maps its context before any decision
+            reply = pdp.search("subject", search)
+            assert reply.status == 400 and reply.text.startswith(field), reply.text
+            assert len(decisions(run)) == before + 2
+
+
+def test_json_requests_refuse_what_the_trail_cannot_record(tmp_path: Path) -> None:
+    """The JSON request form (CLI, client, policy tests) names the field too; gRPC's
+    wire form cannot carry such values (protobuf refuses bad UTF-8 and >64-bit varints)."""
+    cases = [
+        ({"workflow_id": LONE}, "context.workflow_id"),
+        ({"attempt": HUGE}, "context.attempt"),
+        ({"attributes": {"labels": [LONE]}}, "context.attributes.labels[0]"),
+        ({"attributes": {LONE: "v"}}, "context.attributes"),
+    ]
+    for context, field in cases:
+        with pytest.raises(InvalidRequest) as caught:
+            request_from_json({**ALICE_AS_JSON, "context": context})
+        assert caught.value.field.startswith(field), (caught.value.field, field)
+    with pytest.raises(InvalidRequest, match=r"principal\.id"):
+        request_from_json({**ALICE_AS_JSON, "principal": {"type": "User", "id": LONE}})
+    raw = ask("s").SerializeToString().replace(b"User", b"U\xed\xa0\x80")  # same length
+    with running_sidecar(tmp_path, policies=POLICIES) as run, grpc.insecure_channel(run.tcp) as ch:
+        with pytest.raises(grpc.RpcError) as refused:
+            call = ch.unary_unary(
+                "/stepguard.v1.Authorizer/Authorize",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            call(raw, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert run.sidecar.sink.healthy
+
+
+ALICE_AS_JSON = {
+    "principal": {"type": "User", "id": "alice"},
+    "action": {"type": "Action", "id": "read"},
+    "resource": {"type": "Doc", "id": "d1"},
+}
+
+
+def test_an_event_that_cannot_be_encoded_is_not_a_failure_of_the_trail(tmp_path: Path) -> None:
+    """Defence in depth, should a value get past validation: the decision is a DENY
+    saying it was not recorded, under an id no trail holds; the trail stays healthy and
+    no audit write failure is counted."""
+    from sidecar.audit.event import CallMeta
+    from sidecar.bundle import load_bundle
+    from sidecar.decider import Decider
+    from sidecar.metrics import Metrics
+    from sidecar.validate import Limits, request_from_proto
+
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    (directory / "schema.cedarschema").write_text(SCHEMA)
+    (directory / "read.cedar").write_text(POLICY)
+    bundle = load_bundle(directory)
+    at = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    request = request_from_proto(ask("s"), bundle, Limits(), now=at)
+    broken = replace(request, context={**request.context, "workflow_id": LONE})
+    audit = tmp_path / "audit.jsonl"
+    sink = FileSink(audit)
+    metrics = Metrics()
+    decider = Decider(sink, metrics, lambda: at)
+    decided = decider.decide(bundle, broken, CallMeta(), at=at, started=time.perf_counter())
+    fine = decider.decide(bundle, request, CallMeta(), at=at, started=time.perf_counter())
+    sink.close()
+    assert decided.result.decision.value == "DENY" and NOT_RECORDED in decided.result.summary()
+    assert fine.result.decision.value == "ALLOW"
+    assert sink.healthy
+    assert metrics.registry.get_sample_value("stepguard_audit_write_failures_total") == 0
+    assert metrics.registry.get_sample_value("stepguard_audit_healthy") == 1
+    assert [e["id"] for e in decision_events(audit)] == [fine.decision_id]
