@@ -1,12 +1,16 @@
 """The one place a decision is made: engine, then audit, then metrics.
 
 No decision leaves without its audit event. When the trail cannot record
-one, the answer becomes a DENY that says so; an ALLOW is never returned
-unaudited.
+one, the answer becomes a DENY that says the decision was not recorded,
+under a decision id of its own that no trail holds; an ALLOW is never
+returned unaudited. So for every decision id a caller receives, the trail
+holds exactly one event with the same decision, or none and the answer says
+so (docs/audit.md).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Hashable
 from contextvars import ContextVar
@@ -29,13 +33,17 @@ from sidecar.cache import (
     to_ms,
 )
 from sidecar.engine import deny, evaluate
-from sidecar.errors import AuditError
+from sidecar.errors import AuditError, UnencodableEvent
 from sidecar.explain import Explanation
 from sidecar.identity import binding_refusal
 from sidecar.ids import DecisionIds
 from sidecar.index import WHOLE_CONTEXT
 from sidecar.metrics import Metrics
 from sidecar.model import AuthzRequest, Decision, PolicyErrors, Result
+
+log = logging.getLogger(__name__)
+# In the reason of every DENY whose decision the trail does not hold.
+NOT_RECORDED = " (this decision was not recorded)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,7 @@ class Pending:
     """A decision whose event is queued, not yet written: it is not answered before `settle`."""
 
     ticket: Any
+    decision_id: str
     result: Result
     cached: bool
     started: float
@@ -108,7 +117,6 @@ class Decider:
         self._stamp_now = redactor is None or not redactor.touches(("context",))
         self._hits = metrics.cache_lookups.labels(result="hit")
         self._counters: dict[tuple[Decision, bool], Any] = {}
-        self._trail_ok = False  # whether the last write succeeded (the gauge says so)
         self._misses = metrics.cache_lookups.labels(result="miss")
         if cache is not None:
             metrics.cache_entries.set_function(lambda: cache.stats().entries)
@@ -181,7 +189,9 @@ class Decider:
             event = self._event(
                 decision_id, at, request, entry.result, meta, cached=True, started=started
             )
-        result = self._record(event, entry.result, cached=True, started=started)
+        result = self._record(event, entry.result, decision_id, cached=True, started=started)
+        if result is not entry.result:  # refused: not recorded, so not under the event's id
+            decision_id = self._ids.next()
         return Decided(decision_id, result, cached=True)
 
     def decide(
@@ -204,11 +214,14 @@ class Decider:
         """
         key = cache_key
         if key is None and self.cache is not None:
-            key = ("request", bundle.revision, canonical(request, with_now=_reads_now(bundle)))
+            reads_now = _reads_now(bundle)
+            key = ("request", bundle.revision, canonical(request, with_now=reads_now))
             key = (*key, meta.identity)
             entry = self.cache.get(key)
             if entry is not None and entry.servable(to_ms(at)):
-                return self._answer_cached(entry, request, meta, at=at, started=started)
+                # `now` left out of the key: the hit still records this call's `now`.
+                now = request.context.get("now") if not reads_now else None
+                return self._answer_cached(entry, request, meta, at=at, started=started, now=now)
             self._misses.inc()
         refusal = binding_refusal(request.principal, meta.identity) if self._bind else None
         if refusal:
@@ -222,21 +235,33 @@ class Decider:
             size = entry_size(_encoded_len(key))
             hits_from = template(event) if self._stamp else None
             self.cache.put(key, bundle.revision, Entry(request, result, nb, na, size, hits_from))
-        result = self._record(event, result, cached=False, started=started)
-        return Decided(decision_id, result, cached=False)
+        recorded = self._record(event, result, decision_id, cached=False, started=started)
+        if recorded is not result:  # refused: not recorded, so not under the event's id
+            decision_id = self._ids.next()
+        return Decided(decision_id, recorded, cached=False)
 
     def _record(
-        self, event: dict[str, Any], result: Result, *, cached: bool, started: float
+        self,
+        event: dict[str, Any],
+        result: Result,
+        decision_id: str,
+        *,
+        cached: bool,
+        started: float,
     ) -> Result:
-        """Audit and count a decision; inside `deferring()`, queue its event and count later."""
+        """Audit and count a decision; inside `deferring()`, queue its event and count later.
+
+        Returns `result` itself when its event is written (or queued), else the
+        DENY that replaces it (the caller then answers under a new id).
+        """
         pending = _PENDING.get()
         if pending is not None and self._deferring is not None:
             try:
                 ticket = self._deferring.enqueue(event)
             except AuditError as exc:
-                result = self._audit_failed(result, str(exc))
+                result = self._audit_failed(result, exc)
             else:
-                pending.append(Pending(ticket, result, cached, started))
+                pending.append(Pending(ticket, decision_id, result, cached, started))
                 return result
         else:
             result = self._write(event, result)
@@ -286,43 +311,53 @@ class Decider:
         for ticket in tickets:
             sink.when_done(ticket, one)
 
-    def settle(self, pending: list[Pending], error: str) -> Result | None:
+    def settle(self, pending: list[Pending], error: str) -> dict[str, Decided]:
         """Count the pending decisions once their events are written (or not: `error`).
 
-        Returns the DENY that replaces their answers when the trail failed.
+        `error` is what `tickets_done` reported (the first failure, "" when
+        every event was written). A commit that fails refuses only its own
+        events: each pending decision is judged by its own ticket, so an
+        answer whose event is in the trail stands. Returns, by original
+        decision id, the refusals that replace the others: DENYs saying the
+        decision was not recorded, each under a new id.
         """
-        refusal = None
+        refusals: dict[str, Decided] = {}
         for p in pending:
             result = p.result
-            if error:
-                result = refusal = self._audit_failed(result, error)
+            failed = error and self._failed(p.ticket)
+            if failed:
+                result = self._audit_failed(result, AuditError(failed))
+                refusals[p.decision_id] = Decided(self._ids.next(), result, cached=False)
             self._count(result, p.cached, p.started)
-        if pending and not error:
-            self._written()
-        return refusal
+        return refusals
 
-    def _audit_failed(self, result: Result, error: str) -> Result:
-        self._metrics.audit_failures.inc()
-        self._trail_ok = False
-        self._metrics.audit_healthy.set(0)
-        return deny(
-            result.revision,
-            f"audit trail unavailable, failing closed: {error}",
-            result.policy_errors,
-        )
+    def _failed(self, ticket: Any) -> str:
+        """Why the ticket's event was not written; "" when it was."""
+        assert self._deferring is not None
+        return self._deferring.outcome(ticket)
+
+    def _audit_failed(self, result: Result, error: AuditError) -> Result:
+        """The DENY for a decision whose event the trail did not record.
+
+        Only a failure of the trail counts as an audit write failure; the
+        health gauge follows the sink's own health (server.py), never one
+        event: an event that cannot be encoded (a value validation should
+        have refused) says nothing about the sink.
+        """
+        if isinstance(error, UnencodableEvent):
+            log.error("decision refused: %s", error)  # a bug: validation lets no such value in
+            why = f"failing closed{NOT_RECORDED}: {error}"
+        else:
+            self._metrics.audit_failures.inc()
+            why = f"audit trail unavailable, failing closed{NOT_RECORDED}: {error}"
+        return deny(result.revision, why, result.policy_errors)
 
     def _write(self, event: dict[str, Any], result: Result) -> Result:
         try:
             self._sink.write(event)
         except AuditError as exc:
-            return self._audit_failed(result, str(exc))
-        self._written()
+            return self._audit_failed(result, exc)
         return result
-
-    def _written(self) -> None:
-        if not self._trail_ok:  # the gauge's lock is taken only when it changes
-            self._trail_ok = True
-            self._metrics.audit_healthy.set(1)
 
     def _event(
         self,

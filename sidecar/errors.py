@@ -5,6 +5,7 @@
     ├── BundleError            a policy directory that cannot be loaded
     ├── InvalidRequest         a request that is not well formed (-> INVALID_ARGUMENT)
     └── AuditError             the audit trail cannot be written (-> DENY)
+        └── UnencodableEvent   one event holds a value JSON cannot carry (-> DENY)
 
 Each message says what to fix. Evaluation never raises: a Cedar error is a
 DENY with diagnostics, not an exception.
@@ -43,3 +44,9 @@ class InvalidRequest(StepguardError):
 
 class AuditError(StepguardError):
     """The audit trail could not record an event; decisions must fail closed."""
+
+
+class UnencodableEvent(AuditError):
+    """One event holds a value the trail cannot encode (a lone surrogate, an
+    integer beyond 64 bits): validation should have refused the request. Not
+    a failure of the trail, which stays healthy."""

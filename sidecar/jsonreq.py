@@ -24,6 +24,7 @@ from google.protobuf import timestamp_pb2
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.errors import InvalidRequest
+from sidecar.validate import check_long, check_text
 
 _SENSITIVITY = {
     "low": pb.SENSITIVITY_LOW,
@@ -31,7 +32,6 @@ _SENSITIVITY = {
     "high": pb.SENSITIVITY_HIGH,
     "critical": pb.SENSITIVITY_CRITICAL,
 }
-_INT64 = (-(2**63), 2**63 - 1)
 
 
 def request_from_json(data: Any) -> pb.AuthorizeRequest:
@@ -54,10 +54,10 @@ def value_to_proto(value: Any, field: str) -> pb.Value:
     if isinstance(value, bool):
         out.bool_value = value
     elif isinstance(value, int):
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise InvalidRequest(field, f"{value} does not fit a Cedar Long (64-bit)")
+        check_long(value, field)
         out.long_value = value
     elif isinstance(value, str):
+        check_text(value, field)
         out.string_value = value
     elif isinstance(value, list):
         out.set_value.SetInParent()
@@ -80,6 +80,7 @@ def value_to_proto(value: Any, field: str) -> pb.Value:
     elif isinstance(value, dict):
         out.record_value.SetInParent()
         for name, item in value.items():
+            check_text(name, field)
             out.record_value.fields[name].CopyFrom(value_to_proto(item, f"{field}.{name}"))
     else:
         raise InvalidRequest(field, f"{type(value).__name__} is not a Cedar value")
@@ -100,6 +101,7 @@ def _fill_entity(out: pb.Entity, data: Any, field: str) -> None:
     _fill_ref(ref, obj, field)
     out.type, out.id = ref.type, ref.id
     for name, value in _object(obj.get("attributes", {}), f"{field}.attributes").items():
+        check_text(name, f"{field}.attributes")
         out.attributes[name].CopyFrom(value_to_proto(value, f"{field}.attributes.{name}"))
     parents = obj.get("parents", [])
     if not isinstance(parents, list):
@@ -120,6 +122,7 @@ def _fill_context(out: pb.StepContext, data: Any) -> None:
         attempt = obj["attempt"]
         if not isinstance(attempt, int) or isinstance(attempt, bool):
             raise InvalidRequest("context.attempt", "must be an integer")
+        check_long(attempt, "context.attempt")
         out.attempt = attempt
     if "sensitivity" in obj:
         level = obj["sensitivity"]
@@ -147,6 +150,7 @@ def _fill_context(out: pb.StepContext, data: Any) -> None:
             out.approval.ticket = _string(approval["ticket"], "context.approval.ticket")
     attrs = _object(obj.get("attributes", {}), "context.attributes")
     for name, value in attrs.items():
+        check_text(name, "context.attributes")
         out.attributes[name].CopyFrom(value_to_proto(value, f"context.attributes.{name}"))
 
 
@@ -167,4 +171,5 @@ def _object(value: Any, field: str) -> Mapping[str, Any]:
 def _string(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise InvalidRequest(field, "is required and must be a string")
+    check_text(value, field)
     return value

@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar, cast
 
@@ -29,7 +29,7 @@ from sidecar.errors import InvalidRequest
 from sidecar.explain import explain
 from sidecar.identity import CallerContext, caller_identity
 from sidecar.metrics import Metrics
-from sidecar.model import EntityUid, Result
+from sidecar.model import EntityUid
 from sidecar.validate import Limits, request_from_proto
 
 log = logging.getLogger(__name__)
@@ -321,8 +321,9 @@ def aio_generic_handler(
     sets it for durability fsync) the loop does not wait for the disk: events
     are queued for the trail's committer thread, the loop goes on deciding
     other calls (whose events share the next fsync), and each answer is held
-    until its events are on disk; an answer whose event could not be written
-    becomes a DENY saying so.
+    until its events are on disk. A decision whose event could not be written
+    becomes a DENY saying it was not recorded, under an id of its own; the
+    others stand, even in the same batch (their events are in the trail).
     """
     decider = servicer._decider
     wakeups: list[_Wakeups] = []  # made on the server's loop, at its first deferred call
@@ -353,11 +354,11 @@ def aio_generic_handler(
         except asyncio.CancelledError:  # the caller left; the events are still written
             settle_unanswered()
             raise
-        refusal = decider.settle(pending, error)
-        if refusal is None:
+        refusals = decider.settle(pending, error)
+        if not refusals:
             return out
         answer = answer_type.FromString(out) if isinstance(out, bytes) else out
-        return _refused(cast(Message, answer), refusal)
+        return _refused(cast(Message, answer), refusals)
 
     def unary(
         fn: Callable[[Any, grpc.ServicerContext], Any],
@@ -439,16 +440,23 @@ class _Wakeups:
                 future.set_result(error)
 
 
-def _refused(out: M, refusal: Result) -> M:
-    """`out` with every decision in it replaced by `refusal` (a DENY: the trail failed)."""
+def _refused(out: M, refusals: Mapping[str, Decided]) -> M:
+    """`out` with each decision whose event was not written replaced by its refusal.
+
+    `refusals` maps an answered decision id to the DENY (with a new id) that
+    replaces it; decisions not in it were recorded and stand.
+    """
     if isinstance(out, pb.AuthorizeResponse):
-        refused = to_response(Decided(out.decision_id, refusal, cached=False))
+        refusal = refusals.get(out.decision_id)
+        if refusal is None:
+            return out
+        refused = to_response(refusal)
         refused.policy_revision = out.policy_revision
         return cast(M, refused)
     if isinstance(out, pb.AuthorizeBatchResponse):
         for slot in out.results:
             if slot.HasField("response"):
-                slot.response.CopyFrom(_refused(slot.response, refusal))
+                slot.response.CopyFrom(_refused(slot.response, refusals))
     elif isinstance(out, pb.AuthorizeStreamResponse) and out.HasField("response"):
-        out.response.CopyFrom(_refused(out.response, refusal))
+        out.response.CopyFrom(_refused(out.response, refusals))
     return out

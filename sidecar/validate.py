@@ -259,3 +259,30 @@ def _timestamp(ts: Any, field: str) -> datetime:
 def _datetime_json(value: datetime) -> dict[str, Any]:
     """A Cedar `datetime` at millisecond precision (Cedar's resolution)."""
     return {"__extn": {"fn": "datetime", "arg": datetime_text(value)}}
+
+
+# Cedar's Long; also what the audit trail's encoder can write (docs/audit.md).
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
+
+
+def check_text(value: str, field: str) -> None:
+    """Refuse text the audit trail could not record: a lone surrogate (JSON's `\\u`
+    escapes can carry one; UTF-8 cannot). Checked before any decision is made."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest(
+                field,
+                f"is not valid Unicode text (a lone surrogate at position {exc.start}); "
+                "the audit trail could not record it",
+            ) from None
+
+
+def check_long(value: int, field: str) -> None:
+    """Refuse an integer outside Cedar's 64-bit Long, which the trail could not record."""
+    if not LONG_MIN <= value <= LONG_MAX:
+        raise InvalidRequest(
+            field,
+            "is an integer outside Cedar's 64-bit Long range; the audit trail could not record it",
+        )

@@ -20,7 +20,8 @@ File layout for `--audit-file /var/log/stepguard/audit.jsonl`:
     audit.jsonl             the active segment (first line: a segment header)
     audit.jsonl.000001 ...  rotated segments, by segment number
     audit.jsonl.head        anchor: seq and hash of the last committed record
-    audit.jsonl.torn-<utc>  bytes of a torn last line found at start, kept aside
+    audit.jsonl.torn-<utc>  bytes of a torn last line found at start, or of a failed
+                            commit that could not be cut off at once, kept aside
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from sidecar.audit.chain import (
     record_line,
 )
 from sidecar.audit.event import system_event
-from sidecar.errors import AuditError, ConfigError
+from sidecar.errors import AuditError, ConfigError, UnencodableEvent
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,11 @@ class _ChainSink:
                 return
         _notify([callback], batch.error)
 
+    def outcome(self, batch: _Batch) -> str:
+        """ "" when `batch` was committed, else why not (its events are not in the trail)."""
+        with self._lock:
+            return batch.error if batch.done else "audit commit has not finished"
+
     def _commit_loop(self) -> None:
         while True:
             with self._lock:
@@ -261,14 +267,16 @@ class _ChainSink:
             raise AuditError(batch.error)
 
     def _try_commit(self, bodies: list[bytes]) -> str:
-        """`_commit` as leader, health updated: "" when written, else what went wrong."""
+        """`_commit` as leader, health updated: "" when written, else what went wrong.
+
+        An error means none of `bodies` is in the trail (`_commit` cut them off),
+        so their callers may be told their decisions were not recorded.
+        """
         error = ""
         try:
             self._commit(bodies)
         except AuditError as exc:
             error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - logged there; nobody gets an ALLOW
-            error = _unexpected(exc)
         self._set_health(not error, error)
         return error
 
@@ -301,26 +309,37 @@ class _ChainSink:
                 self._append(b"".join(lines))
                 if self.durability == "fsync":
                     self._sync()
-        except OSError as exc:
+        except Exception as exc:  # whatever it was (a bug too), the batch is cut off
             raise self._write_failed(exc, len(bodies)) from exc
-        except AuditError as exc:
-            self._note_failure(str(exc), len(bodies))
-            self._rollback()
-            raise
         self._seq, self._prev = seq, prev
         self._pending.clear()
         self._outage = None
-        if lines:
-            self._committed(seq - 1, prev)
-        elif not bodies:  # an empty commit (probe, ticker): catch up on side work
-            self._catch_up()
-        self._maintain()
+        try:  # the batch is written: nothing after this may call it failed
+            if lines:
+                self._committed(seq - 1, prev)
+            elif not bodies:  # an empty commit (probe, ticker): catch up on side work
+                self._catch_up()
+            self._maintain()
+        except Exception:  # a bug in the bookkeeping; the records stand
+            log.exception("audit trail: bookkeeping after a commit failed")
 
-    def _write_failed(self, exc: OSError, refused: int) -> AuditError:
-        """Account for a failed write of `refused` events and cut it off; the error to raise."""
-        self._note_failure(_describe(exc), refused)
+    def _write_failed(self, exc: Exception, refused: int) -> AuditError:
+        """Account for a failed write of `refused` events and cut it off; the error to raise.
+
+        Whatever failed (the medium, or a bug: `_unexpected`), the batch is
+        rolled back, so none of its events stays in the trail: the callers are
+        told their decisions were not recorded, and that must be true.
+        """
+        if isinstance(exc, OSError):
+            error = f"audit trail cannot be written: {_describe(exc)}"
+            note = _describe(exc)
+        elif isinstance(exc, AuditError):
+            error = note = str(exc)
+        else:
+            error = note = _unexpected(exc)
+        self._note_failure(note, refused)
         self._rollback()
-        return AuditError(f"audit trail cannot be written: {_describe(exc)}")
+        return AuditError(error)
 
     def _note_failure(self, error: str, refused: int) -> None:
         now = system_event("outage", _now())["time"]
@@ -478,6 +497,7 @@ class FileSink(_ChainSink):
         self._segment_started = 0.0
         self._head_failed = False
         self._good = 0  # bytes of the active segment known committed
+        self._refused_from: int | None = None  # a failed batch not yet cut off starts here
         self._rotate_retry_at = 0.0
         self._anchor: tuple[int, int, str] | None = None  # (segment, seq, hash) to record
         self._anchored_at = 0.0  # monotonic time of the last anchor write
@@ -521,6 +541,7 @@ class FileSink(_ChainSink):
         self._pending = [r for r in self._pending if r.get("kind") != "segment"]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         now = _now()
+        self._cut_refused(now)
         state = self._scan_active(now)
         if state is None:  # no usable active segment: start the next one
             self._start_segment(now)
@@ -688,14 +709,16 @@ class FileSink(_ChainSink):
             seq = self._seq
             line, digest = record_line(self.hasher, seq, self._prev, body)
             self._append(line)
-            self._seq, self._prev = seq + 1, digest
-            self._committed(seq, digest)
-            if self._rotate_bytes or self._rotate_age_s:
-                self._maintain()
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - as in `_commit`: cut off, then refused
             error = str(self._write_failed(exc, 1))
-        except Exception as exc:  # noqa: BLE001 - as in `_try_commit`
-            error = _unexpected(exc)
+        else:
+            self._seq, self._prev = seq + 1, digest
+            try:  # written: nothing after this may call it failed
+                self._committed(seq, digest)
+                if self._rotate_bytes or self._rotate_age_s:
+                    self._maintain()
+            except Exception:  # a bug in the bookkeeping; the record stands
+                log.exception("audit trail: bookkeeping after a commit failed")
         finally:
             if error or not self._healthy:
                 self._set_health(not error, error)
@@ -710,14 +733,76 @@ class FileSink(_ChainSink):
         fdatasync in one system call: one GIL hand-off per commit, not two)."""
 
     def _rollback(self) -> None:
-        """Cut a partly written batch off; then close, so the next attempt re-reads the file."""
+        """Cut a partly written batch off; then close, so the next attempt re-reads the file.
+
+        If it cannot be cut now, the next open cuts it before writing anything
+        (`_cut_refused`): complete lines of a refused batch must not become
+        part of the chain, whose next record would otherwise follow them.
+        """
         if self._fd is not None:
             try:
                 if os.fstat(self._fd).st_size != self._good:
                     os.ftruncate(self._fd, self._good)
-            except OSError as exc:  # the next open sets the torn tail aside
-                log.error("audit trail %s: cannot cut a partial batch: %s", self.path, exc)
+            except OSError as exc:
+                log.error("audit trail %s: cannot cut a failed batch off yet: %s", self.path, exc)
+                self._refused_from = self._good
         self._close_medium()
+
+    def _cut_refused(self, now: datetime) -> None:
+        """Cut off what a failed batch left after `_refused_from`, keeping the bytes aside.
+
+        Runs at the next open, before the file is read; until it succeeds the
+        trail stays down (every decision DENY), so no record follows them.
+        """
+        keep = self._refused_from
+        if keep is None:
+            return
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
+            self._refused_from = None
+            return
+        with f:
+            f.seek(keep)
+            cut = f.read()
+        if cut:
+            stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
+            aside = self.path.with_name(f"{self.path.name}.torn-{stamp}")  # as verify skips
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            try:
+                _write_all(fd, cut)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, keep)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                aside.unlink(missing_ok=True)  # the next attempt keeps them again
+                raise
+            log.warning(
+                "audit trail %s: a refused batch (%d bytes) cut off, kept in %s",
+                self.path,
+                len(cut),
+                aside.name,
+            )
+            self._note(
+                system_event(
+                    "recovery",
+                    now,
+                    reason="refused_batch",
+                    file=self.path.name,
+                    offset=keep,
+                    bytes=len(cut),
+                    sha256=hashlib.sha256(cut).hexdigest(),
+                    moved_to=aside.name,
+                )
+            )
+        self._refused_from = None
 
     def _committed(self, seq: int, digest: str) -> None:
         self._good = self._size
@@ -860,7 +945,7 @@ def _encode(event: Mapping[str, Any]) -> bytes:
     try:
         return canonical_bytes(event)
     except (TypeError, ValueError) as exc:
-        raise AuditError(f"event cannot be encoded: {exc}") from exc
+        raise UnencodableEvent(f"the audit event cannot be encoded: {exc}") from exc
 
 
 def _unexpected(exc: Exception) -> str:

@@ -40,7 +40,8 @@ class DeferringSink(AuditSink, Protocol):
     For callers that must not block while an event is written (the asyncio
     server's event loop with durability fsync): `enqueue` returns a ticket at
     once, and `when_done(ticket, callback)` calls `callback(error)` ("" when
-    written) once it is committed. The decision is answered only after that.
+    written) once it is committed. The decision is answered only after that,
+    as `outcome(ticket)` says: as made, or as not recorded.
     """
 
     def enqueue(self, event: Mapping[str, Any]) -> Any:
@@ -48,6 +49,13 @@ class DeferringSink(AuditSink, Protocol):
 
     def when_done(self, ticket: Any, callback: Callable[[str], object]) -> None:
         """Call `callback(error)` once the ticket's batch is committed (maybe right away)."""
+
+    def outcome(self, ticket: Any) -> str:
+        """Once `when_done` reported: "" if the ticket's event is in the trail, else why not.
+
+        A failed commit leaves none of its events in the trail, and fails only
+        its own tickets: events queued before or after it stand.
+        """
 
 
 class MemorySink:
