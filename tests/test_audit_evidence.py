@@ -28,7 +28,7 @@ from sidecar.audit.setup import open_trail
 from sidecar.audit.verify import EXIT_CODES
 from sidecar.cli import main
 from sidecar.config import Settings
-from sidecar.errors import ConfigError
+from sidecar.errors import AuditError, ConfigError
 from tests.test_audit_server import POLICY, SCHEMA, ask, audit_gauge, health_of, serve
 
 STEPGUARD = [sys.executable, "-m", "sidecar.cli"]
@@ -357,3 +357,57 @@ def test_trail_directories_are_0750_whatever_the_umask(tmp_path: Path) -> None:
         assert (tmp_path / directory).stat().st_mode & 0o777 == 0o750, directory
     for file in (path, path.with_name("audit.jsonl.head"), tmp_path / "c" / "d" / "cp.jsonl"):
         assert file.stat().st_mode & 0o777 == 0o640, file
+
+
+def test_the_sidecar_refuses_a_trail_rewritten_or_replaced_after_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """The monotonic sequence, in-process: no key, so the forger can re-hash everything."""
+    pins = tmp_path / "pinned" / "cp.jsonl"
+    path = make_trail(tmp_path / "trail", 6, checkpoints=pins)
+    last = list(read_checkpoints(pins, Hasher()))[-1]
+    # A rewrite that keeps the length (one decision flipped, every hash recomputed).
+    records = [parse_line(raw) for raw in path.read_bytes().splitlines()]
+    out, prev = [], GENESIS
+    for rec in records:
+        body = dict(rec.body)
+        if body.get("id") == "ev-00002":
+            body["decision"] = "DENY"
+        line, prev = record_line(Hasher(), rec.seq, prev, canonical(body))
+        out.append(line)
+    path.write_bytes(b"".join(out))
+    sink = FileSink(path, checkpoints=pins)
+    assert not sink.healthy
+    with pytest.raises(AuditError, match=f"pins another record at seq {last.seq}"):
+        sink.write({"schema": 1, "kind": "decision", "id": "after", "decision": "ALLOW"})
+    sink.close()
+    assert b'"id":"after"' not in path.read_bytes()
+    assert list(read_checkpoints(pins, Hasher()))[-1] == last  # the forgery was never pinned
+    # Starting over with an empty directory is refused too: the sequence never goes back.
+    for leftover in path.parent.iterdir():
+        leftover.unlink()
+    sink = FileSink(path, checkpoints=pins)
+    assert not sink.healthy
+    with pytest.raises(AuditError, match=f"the trail holds no records, .* pins seq {last.seq}"):
+        sink.write({"schema": 1, "kind": "decision", "id": "fresh", "decision": "ALLOW"})
+    sink.close()
+
+
+def test_checkpoints_that_go_back_are_a_modification(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pins = tmp_path / "pinned" / "cp.jsonl"
+    path = make_trail(tmp_path / "trail", 3, checkpoints=pins)
+    make_trail(tmp_path / "trail", 3, checkpoints=pins)  # a restart: pins go forward
+    lines = pins.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 2
+    code, out, _ = cli("audit", "verify", "--checkpoints", pins, path, capsys=capsys)
+    assert code == 0 and "not checked: no --checkpoints" not in out, out
+    pins.write_bytes(b"".join(reversed(lines)))
+    code, out, _ = cli("audit", "verify", "--checkpoints", pins, path, capsys=capsys)
+    assert code == EXIT_CODES["modified"] and "never goes back" in out, out
+
+
+def test_checkpoints_need_a_file_trail() -> None:
+    with pytest.raises(ConfigError, match="file trail"):
+        Settings(audit_file="-", audit_checkpoints=Path("/tmp/cp.jsonl"))

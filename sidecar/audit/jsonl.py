@@ -21,6 +21,10 @@ File layout for `--audit-file /var/log/stepguard/audit.jsonl`:
     audit.jsonl.000001 ...  rotated segments, by segment number
     audit.jsonl.head        anchor: seq and hash of the last committed record
     audit.jsonl.torn-<utc>  bytes of a torn last line found at start, kept aside
+
+With `checkpoints`, signed checkpoints go to a separate file (checkpoint.py),
+and a trail behind the last one is refused at open. Every file is opened
+through files.py: regular files only, never a blocking open.
 """
 
 from __future__ import annotations
@@ -637,8 +641,9 @@ class FileSink(_ChainSink):
             "not written until an operator has looked (docs/audit.md, checkpoints)"
         )
         if cp.seq > last:
+            ends = f"ends at seq {last}" if last >= 0 else "holds no records"
             raise AuditError(
-                f"{self.path}: the trail ends at seq {last}, but the checkpoint in {where} "
+                f"{self.path}: the trail {ends}, but the checkpoint in {where} "
                 f"(written {cp.time}) pins seq {cp.seq}: records {last + 1}..{cp.seq} were cut "
                 f"off or the trail was rolled back; {rolled_back}"
             )
