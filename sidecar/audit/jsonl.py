@@ -621,7 +621,8 @@ class FileSink(_ChainSink):
         self._cp_trusted = False
         where = self._checkpoints.path
         try:
-            cp = self._checkpoints.last()
+            with self._cp_lock:  # never read the tail while a checkpoint is being appended
+                cp = self._checkpoints.last()
         except BadCheckpoint as exc:
             raise AuditError(
                 f"audit checkpoint file {exc}; the trail is not written until an operator "
@@ -661,6 +662,8 @@ class FileSink(_ChainSink):
         there, or another seq); None when that segment is no longer here (archived)."""
         if segment == self._segment and seq == self._seq - 1:
             return self._prev
+        if segment > self._segment:  # pinned in a segment this trail has not reached
+            return ""
         if segment == self._segment:
             path = self.path
         else:
