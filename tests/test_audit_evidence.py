@@ -411,3 +411,19 @@ def test_checkpoints_that_go_back_are_a_modification(
 def test_checkpoints_need_a_file_trail() -> None:
     with pytest.raises(ConfigError, match="file trail"):
         Settings(audit_file="-", audit_checkpoints=Path("/tmp/cp.jsonl"))
+
+
+def test_a_restart_without_the_head_anchor_says_so_in_the_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Delete the anchor, cut the tail, restart: the new anchor cannot vouch for the cut,
+    so the chain records that the anchor was missing, and verify lists it."""
+    path = make_trail(tmp_path, 6)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-2]))
+    path.with_name("audit.jsonl.head").unlink()
+    make_trail(tmp_path, 1)  # the restarted sidecar
+    recoveries = [json.loads(raw) for raw in path.read_bytes().splitlines() if b'"recovery"' in raw]
+    assert [r["reason"] for r in recoveries] == ["anchor_missing"]
+    code, out, _ = cli("audit", "verify", path, capsys=capsys)
+    assert code == 0 and "anchor_missing" in out, out

@@ -828,11 +828,19 @@ class FileSink(_ChainSink):
     def _check_anchor(self, now: datetime) -> None:
         """A head anchor ahead of the trail means records were lost: say so in the chain."""
         anchor = read_anchor(self.head_path, self.hasher)
-        if anchor is None:
-            return
         last = self._seq - 1
-        if isinstance(anchor, str):
-            note: dict[str, Any] = {"reason": "anchor_unreadable", "detail": anchor}
+        if anchor is None:
+            if last < 0:  # a new trail: no anchor yet
+                return
+            # Records exist but their anchor is gone: a cut at the end before this start
+            # cannot be seen any more. Say so in the chain before anchoring anew.
+            note: dict[str, Any] = {
+                "reason": "anchor_missing",
+                "detail": f"no head anchor at start with the trail at seq {last}: records "
+                "cut off the end before this start cannot be detected",
+            }
+        elif isinstance(anchor, str):
+            note = {"reason": "anchor_unreadable", "detail": anchor}
         elif anchor["seq"] > last:
             note = {
                 "reason": "records_missing",
