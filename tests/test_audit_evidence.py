@@ -29,7 +29,7 @@ from sidecar.audit.verify import EXIT_CODES
 from sidecar.cli import main
 from sidecar.config import Settings
 from sidecar.errors import AuditError, ConfigError
-from tests.test_audit_server import POLICY, SCHEMA, ask, audit_gauge, health_of, serve
+from tests.test_audit_server import POLICY, SCHEMA, ask, audit_gauge, health_of, serve, wait_for
 
 STEPGUARD = [sys.executable, "-m", "sidecar.cli"]
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -427,3 +427,37 @@ def test_a_restart_without_the_head_anchor_says_so_in_the_chain(
     assert [r["reason"] for r in recoveries] == ["anchor_missing"]
     code, out, _ = cli("audit", "verify", path, capsys=capsys)
     assert code == 0 and "anchor_missing" in out, out
+
+
+@pytest.mark.parametrize("durability", ["flush", "fsync"])
+def test_periodic_checkpoints_catch_a_rollback_after_sigkill(
+    tmp_path: Path, policies: Path, durability: str
+) -> None:
+    """No clean close (SIGKILL): the checkpoints written while serving are what pin the trail."""
+    audit = tmp_path / "trail" / "audit.jsonl"
+    pins = tmp_path / "pinned" / "cp.jsonl"
+    flags = ["--audit-checkpoints", str(pins), "--audit-checkpoint-every", "2"]
+    flags += ["--audit-durability", durability, "--metrics-listen", "off"]
+    with serve(tmp_path, policies, audit, *flags, name="first") as server:
+        with grpc.insecure_channel(server.grpc) as channel:
+            stub = pb_grpc.AuthorizerStub(channel)
+            stub.Authorize(ask("alice", step="a"), timeout=10)
+            noted = audit.stat().st_size
+            head = audit.with_name("audit.jsonl.head").read_bytes()
+            for i in range(4):
+                stub.Authorize(ask("alice", step=f"b{i}"), timeout=10)
+        last_seq = len(audit.read_bytes().splitlines()) - 1
+
+        def pinned_to_the_end() -> bool:
+            return any(cp.seq == last_seq for cp in read_checkpoints(pins, Hasher()))
+
+        wait_for(pinned_to_the_end, "a checkpoint of the last decision")
+        server.proc.kill()
+    os.truncate(audit, noted)
+    audit.with_name("audit.jsonl.head").write_bytes(head)
+    caught = run("audit", "verify", "--checkpoints", pins, audit)
+    assert caught.returncode == EXIT_CODES["truncated"], caught.stdout + caught.stderr
+    with serve(tmp_path, policies, audit, *flags, name="restart") as server:
+        with grpc.insecure_channel(server.grpc) as channel:
+            resp = pb_grpc.AuthorizerStub(channel).Authorize(ask("alice"), timeout=10)
+        assert resp.decision == pb.DECISION_DENY and "rolled back" in resp.reason
