@@ -974,6 +974,10 @@ class FileSink(_ChainSink):
             else:
                 self._emit_checkpoint(self._segment, self._good, self._seq - 1, self._prev)
             if self._closed:
+                with self._cp_snap_lock:
+                    pending, self._cp_snapshot = self._cp_snapshot, None
+                if pending is not None:
+                    os.close(pending[4])
                 self._checkpoints.close()
         for name in ("_fd", "_head_fd"):
             fd = getattr(self, name)
