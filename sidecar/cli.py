@@ -83,6 +83,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--audit-redact", help="comma-separated event paths to redact (context.approval.ticket)"
     )
+    serve.add_argument(
+        "--audit-checkpoints",
+        help="append signed checkpoints of the trail to this file, kept where the trail's "
+        "writer cannot roll it back (docs/audit.md)",
+    )
+    serve.add_argument(
+        "--audit-checkpoint-every", type=int, help="checkpoint every N events (default 1000)"
+    )
+    serve.add_argument(
+        "--audit-checkpoint-interval",
+        dest="audit_checkpoint_interval_s",
+        type=float,
+        help="checkpoint at least every T seconds while records are written (default 10)",
+    )
     serve.add_argument("--grace", dest="grace_s", type=float, help="drain time on shutdown (s)")
     serve.add_argument("--workers", type=int, help="gRPC worker threads")
     serve.add_argument("--max-request-bytes", type=int)

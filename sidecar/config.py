@@ -52,6 +52,12 @@ class Settings:
     audit_hmac_key_file: Path | None = None  # keys the hash chain and redaction hashes
     audit_redact: tuple[str, ...] = ()  # extra dotted paths, e.g. context.approval.ticket
     audit_redact_mode: str = "hash"  # or "remove"
+    # Signed checkpoints of the file trail, appended to a file the trail's writer
+    # cannot roll back (docs/audit.md): every N events or T seconds, at rotation and
+    # close. The sidecar refuses to write a trail behind the last one.
+    audit_checkpoints: Path | None = None
+    audit_checkpoint_every: int = 1000
+    audit_checkpoint_interval_s: float = 10.0
     # TLS on the TCP listener (the Unix socket stays local and plaintext); with
     # a client CA, mutual TLS. Files are re-read when they change (sidecar/tls.py).
     tls_cert: Path | None = None
@@ -154,6 +160,14 @@ class Settings:
             raise ConfigError(f"audit_redact_mode must be one of {', '.join(MODES)}")
         if self.audit_rotate_bytes < 0 or self.audit_rotate_age_s < 0:
             raise ConfigError("audit_rotate_bytes and audit_rotate_age_s must not be negative")
+        if self.audit_checkpoint_every < 1 or self.audit_checkpoint_interval_s <= 0:
+            raise ConfigError(
+                "audit_checkpoint_every must be at least 1 and audit_checkpoint_interval_s positive"
+            )
+        if self.audit_checkpoints is not None and self.audit_file == "-":
+            raise ConfigError(
+                "audit_checkpoints pin a file trail: give audit_file a path (not -) with them"
+            )
 
 
 def split_host_port(value: str, name: str = "address") -> tuple[str, int]:
@@ -238,7 +252,7 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 kwargs[key] = _flag(key, value)
             elif key == "watch_interval_s":
                 kwargs[key] = float(value)
-            elif key == "audit_hmac_key_file":
+            elif key in ("audit_hmac_key_file", "audit_checkpoints"):
                 kwargs[key] = None if str(value).lower() in _OFF else Path(value)
             elif key == "audit_redact":
                 items = value.split(",") if isinstance(value, str) else list(value)
@@ -249,9 +263,9 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 )
             elif key in ("audit_durability", "audit_redact_mode"):
                 kwargs[key] = str(value).strip().lower()
-            elif key == "audit_rotate_age_s":
+            elif key in ("audit_rotate_age_s", "audit_checkpoint_interval_s"):
                 kwargs[key] = float(value)
-            elif key == "audit_rotate_bytes":
+            elif key in ("audit_rotate_bytes", "audit_checkpoint_every"):
                 kwargs[key] = int(value)
             elif key in ("grace_s",):
                 kwargs[key] = float(value)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +99,19 @@ class Hasher:
 
 
 def load_key(path: Path) -> bytes:
-    """Read an HMAC key file: raw bytes, surrounding whitespace ignored, at least 16 bytes."""
+    """Read an HMAC key file: raw bytes, surrounding whitespace ignored, at least 16 bytes.
+
+    Only a regular file (a FIFO would hang the reader), and only one nobody
+    else can read or change: whoever reads the key can forge the whole trail.
+    """
+    from sidecar.audit.files import open_read
+
     try:
-        key = path.read_bytes().strip()
+        with open_read(path) as f:
+            problem = key_mode_problem(os.fstat(f.fileno()))
+            if problem:
+                raise ConfigError(f"audit HMAC key file {path}: {problem}")
+            key = f.read().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read audit HMAC key file {path}: {exc}") from exc
     if len(key) < MIN_KEY_BYTES:
@@ -108,6 +120,32 @@ def load_key(path: Path) -> bytes:
             "random bytes (for example: head -c 32 /dev/urandom | base64 > key)"
         )
     return key
+
+
+def key_mode_problem(st: os.stat_result) -> str:
+    """Why a key file's permissions are too open, or "" (ssh's rule, PostgreSQL's exception).
+
+    Any access by group or others is refused, as ssh refuses a private key.
+    One exception, PostgreSQL's for its server key: a file owned by root may
+    also be readable (not writable) by its group. That is what Kubernetes makes
+    of a Secret mounted 0400 in a pod with `fsGroup` (root:fsGroup 0440).
+    """
+    mode = stat.S_IMODE(st.st_mode)
+    loose = mode & 0o077
+    if st.st_uid == 0:
+        loose &= ~0o040
+    if not loose:
+        return ""
+    who = []
+    if loose & 0o070:
+        who.append("its group")
+    if loose & 0o007:
+        who.append("others")
+    return (
+        f"permissions {mode:04o} are too open: the key can be read or changed by "
+        f"{' and '.join(who)}, and whoever holds it can forge the trail; "
+        "run chmod 600 on it (a key owned by root may be 0640)"
+    )
 
 
 def record_line(hasher: Hasher, seq: int, prev: str, body: bytes) -> tuple[bytes, str]:

@@ -10,7 +10,8 @@ from typing import Any
 
 from sidecar.audit.chain import load_key
 from sidecar.audit.query import EntityFilter, Query, parse_time, row, run_query, table
-from sidecar.audit.verify import EXIT_OK, Report, collect, verify
+from sidecar.audit.verify import EXIT_ERROR, EXIT_OK, Report, collect, verify
+from sidecar.errors import StepguardError
 
 
 def register(subparsers: Any) -> None:
@@ -20,8 +21,10 @@ def register(subparsers: Any) -> None:
     v = sub.add_parser(
         "verify",
         help="check the hash chain of a whole trail",
-        description="Exit codes: 0 intact, 1 cannot verify, 3 modified, 4 deleted, "
-        "5 inserted, 6 reordered, 7 truncated.",
+        description="Exit codes: 0 intact, 1 cannot verify (nothing to verify, unreadable "
+        "or missing files, missing head anchor, missing key), 3 modified (also: a key was "
+        "given and the trail claims no key or another one), 4 deleted, 5 inserted, "
+        "6 reordered, 7 truncated (also: the trail ends before a checkpoint).",
     )
     v.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trail file or directory")
     v.add_argument("--key-file", type=Path, help="the HMAC key file the sidecar used")
@@ -30,6 +33,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="the first segments were archived on purpose: start at the first one given",
     )
+    _trust_flags(v)
     v.add_argument("--json", action="store_true", help="print one JSON report per trail")
     v.set_defaults(run=_verify)
 
@@ -53,14 +57,47 @@ def register(subparsers: Any) -> None:
     q.add_argument("--format", choices=("table", "json"), default="table")
     q.add_argument("--verify", action="store_true", help="refuse to answer from a broken trail")
     q.add_argument("--key-file", type=Path, help="HMAC key for --verify")
+    _trust_flags(q)
     q.set_defaults(run=_query)
+
+
+def _trust_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        metavar="FILE",
+        help="the sidecar's --audit-checkpoints file: every checkpointed record must be "
+        "in the trail (catches a trail cut and rolled back with its head anchor)",
+    )
+    parser.add_argument(
+        "--accept-missing-anchor",
+        action="store_true",
+        help="verify a trail whose head anchor is missing (a trail from stdout, or a copy): "
+        "a cut at the end then goes unnoticed, and the report says so",
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:
     key = load_key(args.key_file) if args.key_file else None
     code = EXIT_OK
-    for trail in collect(args.paths):
-        report = verify(trail, key, partial=args.partial)
+    trails = collect(args.paths)
+    if not trails:
+        where = ", ".join(str(p) for p in args.paths)
+        _cannot_verify(args, where, f"nothing to verify: no trail in {where}")
+        return EXIT_ERROR
+    for trail in trails:
+        try:
+            report = verify(
+                trail,
+                key,
+                partial=args.partial,
+                accept_missing_anchor=args.accept_missing_anchor,
+                checkpoints=args.checkpoints,
+            )
+        except StepguardError as exc:
+            _cannot_verify(args, trail.name, str(exc))
+            code = code or EXIT_ERROR
+            continue
         if args.json:
             print(json.dumps(report.to_json(), sort_keys=True))
         else:
@@ -68,6 +105,15 @@ def _verify(args: argparse.Namespace) -> int:
         if report.problem is not None and code == EXIT_OK:
             code = report.problem.exit_code
     return code
+
+
+def _cannot_verify(args: argparse.Namespace, trail: str, error: str) -> None:
+    """A trail that could not be verified at all (exit 1), in the output format asked for."""
+    if args.json:
+        out = {"trail": trail, "ok": False, "exit": EXIT_ERROR, "error": error}
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(f"stepguard: error: {error}", file=sys.stderr)
 
 
 def _render(report: Report) -> str:
@@ -81,6 +127,7 @@ def _render(report: Report) -> str:
         lines.append(f"FAILED: {report.trail}: {report.problem}")
         lines.append(f"  {report.records} records verified before it")
     lines.extend(f"  note: {n}" for n in report.notes)
+    lines.extend(f"  not checked: {n}" for n in report.unchecked)
     return "\n".join(lines)
 
 
@@ -89,7 +136,12 @@ def _query(args: argparse.Namespace) -> int:
     if args.verify:
         key = load_key(args.key_file) if args.key_file else None
         for trail in trails:
-            report = verify(trail, key)
+            report = verify(
+                trail,
+                key,
+                accept_missing_anchor=args.accept_missing_anchor,
+                checkpoints=args.checkpoints,
+            )
             if report.problem is not None:
                 print(f"stepguard: refusing to query: {report.problem}", file=sys.stderr)
                 return report.problem.exit_code

@@ -22,6 +22,10 @@ File layout for `--audit-file /var/log/stepguard/audit.jsonl`:
     audit.jsonl.head        anchor: seq and hash of the last committed record
     audit.jsonl.torn-<utc>  bytes of a torn last line found at start, or of a failed
                             commit that could not be cut off at once, kept aside
+
+With `checkpoints`, signed checkpoints go to a separate file (checkpoint.py),
+and a trail behind the last one is refused at open. Every file is opened
+through files.py: regular files only, never a blocking open.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ from sidecar.audit.chain import (
     parse_line,
     record_line,
 )
-from sidecar.audit.event import system_event
+from sidecar.audit.checkpoint import BadCheckpoint, CheckpointFile, checkpoint_line
+from sidecar.audit.event import system_event, timestamp
+from sidecar.audit.files import make_dirs, open_read, open_regular
 from sidecar.errors import AuditError, ConfigError, UnencodableEvent
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,8 @@ HEAD_SIZE = 512
 ANCHOR_DELAY_S = 0.01  # under load, the head anchor is rewritten at most this often
 ANCHOR_IDLE_S = 0.1  # when commits stop, the last one is anchored within about this
 PROBE_INTERVAL_S = 1.0
+CHECKPOINT_EVERY = 1000  # events between checkpoints, at most (checked every ANCHOR_IDLE_S)
+CHECKPOINT_INTERVAL_S = 10.0  # a checkpoint at least this often while records are written
 ROTATED = re.compile(r"\.(\d{6,})$")
 HealthWatcher = Callable[[bool, str], None]
 
@@ -479,10 +487,28 @@ class FileSink(_ChainSink):
         rotate_age_s: float = 0.0,
         probe_interval_s: float = PROBE_INTERVAL_S,
         clock: Callable[[], float] = time.time,
+        checkpoints: Path | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
     ) -> None:
         super().__init__(hasher or Hasher(), durability, probe_interval_s)
         self.path = path
         self.head_path = path.with_name(path.name + ".head")
+        # Checkpoints (sidecar/audit/checkpoint.py): written by the head thread, off
+        # the decision path; `_cp_seq` is the highest seq pinned so far.
+        self._checkpoints = CheckpointFile(checkpoints, self.hasher) if checkpoints else None
+        self._cp_every = max(1, checkpoint_every)
+        self._cp_interval = checkpoint_interval_s
+        self._cp_seq = -1
+        self._cp_at = time.monotonic()
+        self._cp_want = False
+        self._cp_snapshot: tuple[int, int, int, str, int] | None = None
+        self._cp_lock = threading.Lock()  # one checkpoint appended at a time, in seq order
+        self._cp_snap_lock = threading.Lock()  # hands the snapshot from leader to head thread
+        self._cp_failed = False
+        # False until the open trail is known to hold what the last checkpoint pinned:
+        # a refused (rolled-back) trail must never be pinned, or the next start would accept it.
+        self._cp_trusted = False
         self._rotate_bytes = rotate_bytes
         self._rotate_age_s = rotate_age_s
         self._clock = clock
@@ -516,9 +542,167 @@ class FileSink(_ChainSink):
         (GIL hand-offs), so this one just polls every ANCHOR_IDLE_S.
         """
         while not self._stop.wait(ANCHOR_IDLE_S):
-            if self._anchor is not None:
+            due = self._checkpoint_due()
+            if self._anchor is not None or due:
+                self._cp_want = due
                 with contextlib.suppress(AuditError):
-                    self._submit(None)
+                    self._submit(None)  # as leader, `_catch_up` takes the checkpoint's snapshot
+                self._cp_want = False
+                self._flush_checkpoint()
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def _checkpoint_due(self) -> bool:
+        if self._checkpoints is None or self._fd is None:
+            return False
+        behind = self._seq - 1 - self._cp_seq
+        return behind > 0 and (
+            behind >= self._cp_every or time.monotonic() - self._cp_at >= self._cp_interval
+        )
+
+    def _snapshot_checkpoint(self) -> None:
+        """As leader: what the next checkpoint names, and a descriptor to fsync it with."""
+        if self._fd is None or self._seq - 1 <= self._cp_seq:
+            return
+        snapshot = (self._segment, self._good, self._seq - 1, self._prev, os.dup(self._fd))
+        with self._cp_snap_lock:
+            old, self._cp_snapshot = self._cp_snapshot, snapshot
+        if old is not None:
+            os.close(old[4])
+
+    def _flush_checkpoint(self) -> None:
+        """Off the leader: make the snapshot's records durable, then append its checkpoint."""
+        with self._cp_snap_lock:
+            snapshot, self._cp_snapshot = self._cp_snapshot, None
+        if snapshot is None:
+            return
+        segment, size, seq, digest, fd = snapshot
+        try:
+            if self.durability != "fsync":  # with fsync (O_DSYNC) they are on disk already
+                os.fsync(fd)
+        except OSError as exc:
+            self._checkpoint_failed(exc)
+            return
+        finally:
+            os.close(fd)
+        self._emit_checkpoint(segment, size, seq, digest)
+
+    def _emit_checkpoint(self, segment: int, size: int, seq: int, digest: str) -> None:
+        """Append one checkpoint (records up to `seq` are durable); a failure is logged."""
+        if self._checkpoints is None:
+            return
+        with self._cp_lock:
+            if seq <= self._cp_seq or not self._cp_trusted:
+                return
+            line = checkpoint_line(
+                self.hasher,
+                trail=self.path.name,
+                segment=segment,
+                size=size,
+                seq=seq,
+                digest=digest,
+                time=timestamp(_now()),
+            )
+            try:
+                self._checkpoints.append(line)
+            except OSError as exc:
+                self._checkpoint_failed(exc)
+                return
+            self._cp_seq, self._cp_at = seq, time.monotonic()
+            if self._cp_failed:
+                log.warning("audit checkpoints are written again to %s", self._checkpoints.path)
+            self._cp_failed = False
+
+    def _checkpoint_failed(self, exc: OSError) -> None:
+        self._cp_at = time.monotonic()  # retried at the next interval
+        if not self._cp_failed:
+            assert self._checkpoints is not None
+            log.error(
+                "audit trail %s: cannot write a checkpoint to %s (retrying every %.0f s; "
+                "records after seq %d are not pinned): %s",
+                self.path,
+                self._checkpoints.path,
+                self._cp_interval,
+                self._cp_seq,
+                exc,
+            )
+        self._cp_failed = True
+
+    def _check_checkpoints(self) -> None:
+        """Refuse a trail that is behind (or not the same as) what the last checkpoint pinned.
+
+        The sequence only ever goes forward: a trail that ends before the last
+        checkpointed record, or holds another record in its place, was cut or
+        rolled back (with its head anchor). It is not written (every decision
+        is DENY) until an operator has looked: docs/audit.md says how.
+        """
+        if self._checkpoints is None:
+            return
+        self._cp_trusted = False
+        where = self._checkpoints.path
+        try:
+            with self._cp_lock:  # never read the tail while a checkpoint is being appended
+                cp = self._checkpoints.last()
+        except BadCheckpoint as exc:
+            raise AuditError(
+                f"audit checkpoint file {exc}; the trail is not written until an operator "
+                f"runs `stepguard audit verify --checkpoints {where}`"
+            ) from exc
+        if cp is None:
+            self._cp_trusted = True
+            return
+        if cp.trail != self.path.name:
+            raise AuditError(
+                f"audit checkpoint file {where} pins trail {cp.trail!r}, not {self.path.name!r}: "
+                "give each trail a checkpoint file of its own"
+            )
+        last = self._seq - 1
+        rolled_back = (
+            f"run `stepguard audit verify --checkpoints {where} {self.path}`; the trail is "
+            "not written until an operator has looked (docs/audit.md, checkpoints)"
+        )
+        if cp.seq > last:
+            ends = f"ends at seq {last}" if last >= 0 else "holds no records"
+            raise AuditError(
+                f"{self.path}: the trail {ends}, but the checkpoint in {where} "
+                f"(written {cp.time}) pins seq {cp.seq}: records {last + 1}..{cp.seq} were cut "
+                f"off or the trail was rolled back; {rolled_back}"
+            )
+        found = self._record_at(cp.segment, cp.size, cp.seq)
+        if found is not None and found != cp.hash:
+            raise AuditError(
+                f"{self.path}: the checkpoint in {where} (written {cp.time}) pins another "
+                f"record at seq {cp.seq}: the trail was rewritten after it; {rolled_back}"
+            )
+        self._cp_seq = max(self._cp_seq, cp.seq)
+        self._cp_trusted = True
+
+    def _record_at(self, segment: int, size: int, seq: int) -> str | None:
+        """The hash of the record ending at byte `size` of `segment` ("" if none is
+        there, or another seq); None when that segment is no longer here (archived)."""
+        if segment == self._segment and seq == self._seq - 1:
+            return self._prev
+        if segment > self._segment:  # pinned in a segment this trail has not reached
+            return ""
+        if segment == self._segment:
+            path = self.path
+        else:
+            path = self.path.with_name(f"{self.path.name}.{segment:06d}")
+            if not path.exists():
+                return None
+        with open_read(path) as f:
+            if size > os.fstat(f.fileno()).st_size:
+                return ""
+            line, cut = _last_line(f, size)
+        if line is None or cut != size:
+            return ""
+        try:
+            record = parse_line(line)
+        except BadRecord:
+            return ""
+        if record.seq != seq or not check_hash(self.hasher, record):
+            return ""
+        return record.hash
 
     def _start_ticker(self) -> None:
         """Age-based rotation must also happen when no decisions arrive."""
@@ -539,7 +723,7 @@ class FileSink(_ChainSink):
             return
         # A header queued by a failed attempt is rebuilt from what is on disk now.
         self._pending = [r for r in self._pending if r.get("kind") != "segment"]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         now = _now()
         self._cut_refused(now)
         state = self._scan_active(now)
@@ -548,15 +732,16 @@ class FileSink(_ChainSink):
         else:
             self._segment, self._segment_started, last = state
             self._seq, self._prev = last.seq + 1, last.hash
-            self._fd = os.open(self.path, self._append_flags)
+            self._fd = open_regular(self.path, self._append_flags)
             self._size = self._good = os.fstat(self._fd).st_size
+        self._check_checkpoints()
         self._check_anchor(now)
-        self._head_fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._head_fd = open_regular(self.head_path, os.O_RDWR | os.O_CREAT, 0o640)
 
     def _scan_active(self, now: datetime) -> tuple[int, float, Record] | None:
         """Segment number, start time and last record of the active file; None if empty."""
         try:
-            f = self.path.open("rb")
+            f = open_read(self.path)
         except FileNotFoundError:
             return None
         with f:
@@ -628,13 +813,13 @@ class FileSink(_ChainSink):
         follows, seq, previous_name, segment = GENESIS, 0, "", 1
         if previous is not None:
             number, path = previous
-            with path.open("rb") as f:
+            with open_read(path) as f:
                 line, _ = _last_line(f, os.fstat(f.fileno()).st_size)
             if line is None:
                 raise AuditError(f"{path}: rotated segment is empty; run `stepguard audit verify`")
             last = self._read_record(line, "last line", path)
             follows, seq, previous_name, segment = last.hash, last.seq + 1, path.name, number + 1
-        self._fd = os.open(self.path, self._append_flags | os.O_CREAT, 0o640)
+        self._fd = open_regular(self.path, self._append_flags | os.O_CREAT, 0o640)
         self._size = self._good = os.fstat(self._fd).st_size
         if self.durability == "fsync":
             _fsync_dir(self.path.parent)
@@ -664,11 +849,19 @@ class FileSink(_ChainSink):
     def _check_anchor(self, now: datetime) -> None:
         """A head anchor ahead of the trail means records were lost: say so in the chain."""
         anchor = read_anchor(self.head_path, self.hasher)
-        if anchor is None:
-            return
         last = self._seq - 1
-        if isinstance(anchor, str):
-            note: dict[str, Any] = {"reason": "anchor_unreadable", "detail": anchor}
+        if anchor is None:
+            if last < 0:  # a new trail: no anchor yet
+                return
+            # Records exist but their anchor is gone: a cut at the end before this start
+            # cannot be seen any more. Say so in the chain before anchoring anew.
+            note: dict[str, Any] = {
+                "reason": "anchor_missing",
+                "detail": f"no head anchor at start with the trail at seq {last}: records "
+                "cut off the end before this start cannot be detected",
+            }
+        elif isinstance(anchor, str):
+            note = {"reason": "anchor_unreadable", "detail": anchor}
         elif anchor["seq"] > last:
             note = {
                 "reason": "records_missing",
@@ -758,7 +951,7 @@ class FileSink(_ChainSink):
         if keep is None:
             return
         try:
-            f = self.path.open("rb")
+            f = open_read(self.path)
         except FileNotFoundError:
             self._refused_from = None
             return
@@ -775,7 +968,7 @@ class FileSink(_ChainSink):
             finally:
                 os.close(fd)
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+                fd = open_regular(self.path, os.O_WRONLY)
                 try:
                     os.ftruncate(fd, keep)
                     os.fsync(fd)
@@ -812,6 +1005,8 @@ class FileSink(_ChainSink):
 
     def _catch_up(self) -> None:
         self._write_anchor()
+        if self._cp_want:
+            self._snapshot_checkpoint()
 
     def _write_anchor(self) -> None:
         if self._anchor is None or self._head_fd is None:
@@ -854,6 +1049,21 @@ class FileSink(_ChainSink):
 
     def _close_medium(self) -> None:
         self._write_anchor()
+        if self._checkpoints is not None and self._fd is not None:
+            # Rotation, close, rollback: pin what is committed (`_good`, `_seq`, `_prev`).
+            try:
+                if self.durability != "fsync":
+                    os.fsync(self._fd)
+            except OSError as exc:
+                self._checkpoint_failed(exc)
+            else:
+                self._emit_checkpoint(self._segment, self._good, self._seq - 1, self._prev)
+            if self._closed:
+                with self._cp_snap_lock:
+                    pending, self._cp_snapshot = self._cp_snapshot, None
+                if pending is not None:
+                    os.close(pending[4])
+                self._checkpoints.close()
         for name in ("_fd", "_head_fd"):
             fd = getattr(self, name)
             if fd is not None:
@@ -894,7 +1104,8 @@ def _json_string(text: str) -> bytes:
 def read_anchor(path: Path, hasher: Hasher) -> dict[str, Any] | str | None:
     """The anchor's fields; a string saying what is wrong with it; None when absent or empty."""
     try:
-        data = path.read_bytes().strip()
+        with open_read(path) as f:  # NotRegularFile for a FIFO: never a hang
+            data = f.read(HEAD_SIZE * 2).strip()
     except FileNotFoundError:
         return None
     if not data:
@@ -1005,9 +1216,16 @@ def open_sink(
     durability: str = "flush",
     rotate_bytes: int = 0,
     rotate_age_s: float = 0.0,
+    checkpoints: Path | None = None,
+    checkpoint_every: int = 0,
+    checkpoint_interval_s: float = 0.0,
 ) -> FileSink | StreamSink:
     """`-` is stdout; anything else the path of the active file segment."""
     if target == "-":
+        if checkpoints is not None:
+            raise ConfigError(
+                "audit checkpoints pin a file trail: give --audit-file PATH (not -) with them"
+            )
         return StreamSink(sys.stdout.buffer, hasher=hasher, durability=durability)
     return FileSink(
         Path(target),
@@ -1015,4 +1233,7 @@ def open_sink(
         durability=durability,
         rotate_bytes=rotate_bytes,
         rotate_age_s=rotate_age_s,
+        checkpoints=checkpoints,
+        checkpoint_every=checkpoint_every or CHECKPOINT_EVERY,
+        checkpoint_interval_s=checkpoint_interval_s or CHECKPOINT_INTERVAL_S,
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sidecar.audit.files import open_read
 from sidecar.audit.verify import Trail
 from sidecar.errors import StepguardError
 
@@ -112,7 +113,7 @@ def events(trails: Sequence[Trail]) -> Iterator[dict[str, Any]]:
     for trail in trails:
         for path in trail.segments:
             try:
-                with path.open("rb") as f:
+                with open_read(path) as f:  # a FIFO is refused, never waited on
                     for lineno, raw in enumerate(f, 1):
                         try:
                             record = json.loads(raw)

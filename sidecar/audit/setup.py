@@ -31,5 +31,8 @@ def open_trail(settings: Settings, sink: AuditSink | None = None) -> tuple[Audit
             durability=settings.audit_durability,
             rotate_bytes=settings.audit_rotate_bytes,
             rotate_age_s=settings.audit_rotate_age_s,
+            checkpoints=settings.audit_checkpoints,
+            checkpoint_every=settings.audit_checkpoint_every,
+            checkpoint_interval_s=settings.audit_checkpoint_interval_s,
         )
     return sink, redactor

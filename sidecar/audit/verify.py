@@ -17,8 +17,14 @@ files. The first break is classified, with file and 1-based line:
                the record the head anchor names
 
 Exit codes (for scripts): 0 intact, 1 cannot verify (unreadable file, missing
-or wrong HMAC key, nothing to verify), 3 modified, 4 deleted, 5 inserted,
-6 reordered, 7 truncated.
+or wrong HMAC key, missing head anchor, nothing to verify), 3 modified,
+4 deleted, 5 inserted, 6 reordered, 7 truncated.
+
+With a key, a trail that claims to be unkeyed or keyed with another key is
+*modified*: that is what a keyed trail rewritten without its key looks like.
+With checkpoints (sidecar/audit/checkpoint.py), every checkpointed record must
+be in the trail with its hash: a trail cut and rolled back together with its
+head anchor is *truncated*. What could not be checked is listed in the report.
 """
 
 from __future__ import annotations
@@ -31,10 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.audit.chain import GENESIS, BadRecord, Hasher, Record, check_hash, parse_line
+from sidecar.audit.checkpoint import BadCheckpoint, Checkpoint, read_checkpoints
+from sidecar.audit.files import open_read
 from sidecar.audit.jsonl import read_anchor
 from sidecar.errors import StepguardError
 
 EXIT_OK, EXIT_ERROR = 0, 1
+UNVERIFIABLE = "cannot verify"  # a Problem kind: exit 1
 EXIT_CODES = {"modified": 3, "deleted": 4, "inserted": 5, "reordered": 6, "truncated": 7}
 _ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d{6,})$")
 
@@ -57,10 +66,11 @@ class Problem:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.kind]
+        return EXIT_CODES.get(self.kind, EXIT_ERROR)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.kind}: {self.message}"
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.kind}: {self.message}"
 
 
 @dataclass(slots=True)
@@ -73,6 +83,9 @@ class Report:
     last_seq: int = -1
     last_hash: str = ""
     notes: list[str] = field(default_factory=list)
+    # What this verification could not establish (no anchor, no checkpoints...).
+    unchecked: list[str] = field(default_factory=list)
+    checkpoints_checked: int = 0
     problem: Problem | None = None
 
     @property
@@ -90,6 +103,8 @@ class Report:
             "last_seq": self.last_seq,
             "last_hash": self.last_hash,
             "notes": self.notes,
+            "unchecked": self.unchecked,
+            "checkpoints_checked": self.checkpoints_checked,
         }
         if self.problem is not None:
             p = self.problem
@@ -118,7 +133,7 @@ def collect(paths: Iterable[Path]) -> list[Trail]:
     for path in paths:
         if path.is_dir():
             for entry in sorted(path.iterdir()):
-                if entry.is_file():
+                if not entry.is_dir():  # FIFOs too: opening them is refused, by name
                     base = _base_of(entry)
                     if base is not None:
                         bases[base] = None
@@ -158,27 +173,133 @@ def _trail(base: Path) -> Trail:
     return Trail(str(base), tuple(segments), head if head.exists() else None)
 
 
-def verify(trail: Trail, key: bytes | None = None, *, partial: bool = False) -> Report:
+def verify(
+    trail: Trail,
+    key: bytes | None = None,
+    *,
+    partial: bool = False,
+    accept_missing_anchor: bool = False,
+    checkpoints: Path | None = None,
+) -> Report:
     """Check one trail; the report names the first problem, if any.
 
     Streams: memory stays bounded whatever the trail's size. Only when the chain
     breaks are later (or earlier) lines read again, to say what happened.
+    Raises StepguardError when there is nothing to verify or a file cannot be read.
     """
     report = Report(trail.name, files=[str(p) for p in trail.segments])
     # The anchor first: it is written after the records it names, so a trail read
     # after it holds at least those records even while the sidecar is writing.
     hasher = Hasher(key)
-    anchor = read_anchor(trail.head, hasher) if trail.head is not None else None
+    try:
+        anchor = read_anchor(trail.head, hasher) if trail.head is not None else None
+    except OSError as exc:
+        raise StepguardError(f"cannot read the head anchor: {exc}") from exc
     first = next(_lines(trail.segments), None)
     if first is None:
-        raise StepguardError(f"{trail.name}: the trail has no records")
-    _check_key(first, key, hasher)
+        raise StepguardError(f"nothing to verify: {trail.name}: the trail has no records")
     report.algorithm = hasher.algorithm
+    report.problem = _check_key(first, key, hasher)
+    if report.problem is not None:
+        return report
     anchored = anchor["seq"] if isinstance(anchor, dict) else -1
-    report.problem, last, at_anchor = _walk(trail, hasher, report, partial, anchored)
+    pins = None
+    try:
+        pins = _Pins(checkpoints, hasher, trail) if checkpoints is not None else None
+        report.problem, last, at_anchor = _walk(trail, hasher, report, partial, anchored, pins=pins)
+        if report.problem is None and last is not None and pins is not None:
+            report.problem = pins.finish(last, report)
+    except BadCheckpoint as exc:
+        report.problem = Problem("modified", str(checkpoints), 0, f"checkpoint file: {exc}")
+        return report
+    if pins is None:
+        report.unchecked.append(
+            "no --checkpoints given: a trail cut at the end and rolled back together with "
+            "its head anchor verifies as intact, keyed or not (docs/audit.md)"
+        )
     if report.problem is None and last is not None:
-        report.problem = _check_anchor(trail, anchor, last, at_anchor, report)
+        report.problem = _check_anchor(
+            trail, anchor, last, at_anchor, report, accept_missing=accept_missing_anchor
+        )
     return report
+
+
+class _Pins:
+    """The checkpoints of one trail, read in step with the walk (memory stays bounded)."""
+
+    def __init__(self, path: Path, hasher: Hasher, trail: Trail) -> None:
+        self.path = path
+        self.name = Path(trail.name).name
+        try:
+            self._all = read_checkpoints(path, hasher)
+            self.next = self._advance()
+        except OSError as exc:
+            raise StepguardError(f"cannot read the checkpoint file: {exc}") from exc
+        self.before_start = 0
+        self.last: Checkpoint | None = None
+
+    def _advance(self) -> Checkpoint | None:
+        previous = getattr(self, "next", None)
+        for cp in self._all:
+            if cp.trail != self.name:
+                continue
+            if previous is not None and cp.seq <= previous.seq:
+                raise BadCheckpoint(
+                    f"{self.path}:{cp.line}: seq {cp.seq} after seq {previous.seq} at line "
+                    f"{previous.line}: the sidecar never goes back; the trail was rolled back "
+                    "and the sidecar made to continue it"
+                )
+            return cp
+        return None
+
+    def at(self, rec: Record, ln: _Line, checked: Report) -> Problem | None:
+        """Called for each record in order: compare it with the checkpoints naming its seq."""
+        while self.next is not None and self.next.seq <= rec.seq:
+            cp = self.next
+            if cp.seq < rec.seq:  # before the first record read (--partial)
+                self.before_start += 1
+            elif cp.hash != rec.hash:
+                return Problem(
+                    "modified",
+                    ln.file,
+                    ln.line,
+                    f"the checkpoint at {self.path}:{cp.line} (written {cp.time}) pins another "
+                    f"record at seq {cp.seq}: this part of the trail was rewritten after it",
+                )
+            else:
+                checked.checkpoints_checked += 1
+            self.last = cp
+            self.next = self._advance()
+        return None
+
+    def finish(self, last: _Line, report: Report) -> Problem | None:
+        """After the walk: a checkpoint beyond the trail's end means records were cut off."""
+        cp = self.next
+        if cp is not None:
+            return Problem(
+                "truncated",
+                last.file,
+                last.line + 1,
+                f"the trail ends at seq {report.last_seq}, but the checkpoint at "
+                f"{self.path}:{cp.line} (written {cp.time}) pins seq {cp.seq}: records "
+                f"{report.last_seq + 1}..{cp.seq} are missing at the end (cut off, or the "
+                "trail was rolled back with its head anchor)",
+            )
+        if self.before_start:
+            report.unchecked.append(
+                f"{self.before_start} checkpoint(s) pin records before the first one read "
+                "(archived segments)"
+            )
+        if self.last is None:
+            report.unchecked.append(
+                f"{self.path} holds no checkpoint for this trail: nothing pins its length"
+            )
+        elif self.last.seq < report.last_seq:
+            report.unchecked.append(
+                f"records after seq {self.last.seq} (the last checkpoint, {self.last.time}) "
+                "are not pinned by a checkpoint: only the head anchor covers them"
+            )
+        return None
 
 
 def _lines(segments: Sequence[Path], start: tuple[int, int] = (0, 0)) -> Iterator[_Line]:
@@ -186,7 +307,7 @@ def _lines(segments: Sequence[Path], start: tuple[int, int] = (0, 0)) -> Iterato
     for index in range(start[0], len(segments)):
         path = segments[index]
         try:
-            f = path.open("rb")
+            f = open_read(path)  # a FIFO is refused, never waited on
         except OSError as exc:
             raise StepguardError(f"cannot read {path}: {exc}") from exc
         with f:
@@ -203,24 +324,51 @@ def _lines(segments: Sequence[Path], start: tuple[int, int] = (0, 0)) -> Iterato
                 yield _Line(str(path), lineno, record, error, newline, lineno == 1, index)
 
 
-def _check_key(first: _Line, key: bytes | None, hasher: Hasher) -> None:
+def _check_key(first: _Line, key: bytes | None, hasher: Hasher) -> Problem | None:
+    """The header's claim about its key, against the key given.
+
+    Without a key, a keyed trail cannot be checked (exit 1: pass the key). With a
+    key, a header claiming no key or another key is a *modified* trail: a keyed
+    trail rewritten without the key (a downgrade) looks exactly like that, so
+    the key is never to be dropped to make it verify.
+    """
     header = first.record
     if header is None or header.kind != "segment":
-        return
+        return None
     algorithm = header.body.get("algorithm", "sha256")
     if algorithm == "hmac-sha256" and not key:
         raise StepguardError("this trail is keyed (hmac-sha256): pass the same key with --key-file")
-    if algorithm == "sha256" and key:
-        raise StepguardError("this trail is not keyed (sha256): drop --key-file")
-    key_id = str(header.body.get("key_id", ""))
-    if key and key_id and not hmac.compare_digest(key_id, hasher.key_id):
-        raise StepguardError(
-            f"--key-file holds another key (key id {hasher.key_id}, the trail names {key_id})"
+    if not key:
+        return None
+    here = first.file, first.line
+    if algorithm != "hmac-sha256":
+        return Problem(
+            "modified",
+            *here,
+            f"a key was given, but the header claims the trail is not keyed ({algorithm}): "
+            "a keyed trail rewritten by someone without the key looks like this; nothing "
+            "in it can be trusted until its origin is known",
         )
+    key_id = str(header.body.get("key_id", ""))
+    if not hmac.compare_digest(key_id, hasher.key_id):
+        return Problem(
+            "modified",
+            *here,
+            f"the header names key id {key_id or '(none)'}, but --key-file holds key id "
+            f"{hasher.key_id}: the trail was rewritten under another key, or this is not the "
+            "key the sidecar used",
+        )
+    return None
 
 
 def _walk(
-    trail: Trail, hasher: Hasher, report: Report, partial: bool, anchored: int
+    trail: Trail,
+    hasher: Hasher,
+    report: Report,
+    partial: bool,
+    anchored: int,
+    *,
+    pins: _Pins | None = None,
 ) -> tuple[Problem | None, _Line | None, str | None]:
     """The chain walk: (first problem, last line, hash of the record at the anchor's seq)."""
     segments = trail.segments
@@ -267,6 +415,10 @@ def _walk(
             segment = rec.body.get("segment")
         if rec.seq == anchored:
             at_anchor = rec.hash
+        if pins is not None:
+            pinned = pins.at(rec, ln, report)
+            if pinned is not None:
+                return pinned, ln, at_anchor
         exp_seq, exp_prev = rec.seq + 1, rec.hash
         report.records += 1
         report.last_seq, report.last_hash = rec.seq, rec.hash
@@ -395,10 +547,25 @@ def _check_anchor(
     last: _Line,
     at_anchor: str | None,
     report: Report,
+    *,
+    accept_missing: bool = False,
 ) -> Problem | None:
     if trail.head is None or anchor is None:
-        report.notes.append("no head anchor: a cut at a line boundary at the end is undetectable")
-        return None
+        head = trail.head or Path(trail.name + ".head")
+        what = (
+            f"the end of the trail: the head anchor {head} is missing or empty, so records "
+            "cut off at a line boundary at the end cannot be detected"
+        )
+        if accept_missing:
+            report.unchecked.append(what)
+            return None
+        return Problem(
+            UNVERIFIABLE,
+            str(head),
+            0,
+            f"{what} (a trail written to stdout never has one); pass --accept-missing-anchor "
+            "to verify the rest and accept that",
+        )
     if isinstance(anchor, str):
         return Problem("modified", str(trail.head), 1, anchor)
     if anchor["seq"] > report.last_seq:
