@@ -70,6 +70,11 @@ class Settings:
     # "sync" (a thread pool); docs/performance.md measures both and says why
     # asyncio is the default.
     server_mode: str = "asyncio"
+    # AuthorizeStream slots (sidecar/streams.py, docs/api.md): at most workers / 2
+    # open, at most stream_max_per_caller per caller (0: half of the limit, at
+    # least 1), and a stream with no request for stream_idle_timeout_s is closed.
+    stream_max_per_caller: int = 0
+    stream_idle_timeout_s: float = 60.0
     # The asyncio server's event loop: "uvloop" (libuv; about 10% less server CPU
     # per decision, docs/performance.md) or "asyncio" (the standard library's).
     event_loop: str = "uvloop"
@@ -96,6 +101,15 @@ class Settings:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.watch_interval_s <= 0:
             raise ConfigError(f"watch_interval_s must be positive, got {self.watch_interval_s}")
+        if self.stream_max_per_caller < 0:
+            raise ConfigError(
+                "stream_max_per_caller must not be negative (0: half of the stream limit), "
+                f"got {self.stream_max_per_caller}"
+            )
+        if not self.stream_idle_timeout_s > 0:
+            raise ConfigError(
+                f"stream_idle_timeout_s must be positive, got {self.stream_idle_timeout_s}"
+            )
         if self.grace_s < 0:
             raise ConfigError(f"grace must not be negative, got {self.grace_s}")
         for name in ("max_request_bytes", "max_attribute_depth", "max_batch_items"):
@@ -226,7 +240,7 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 kwargs[key] = None if str(value).lower() in _OFF else Path(value)
             elif key in ("bind_workload_identity", "watch"):
                 kwargs[key] = _flag(key, value)
-            elif key == "watch_interval_s":
+            elif key in ("watch_interval_s", "stream_idle_timeout_s"):
                 kwargs[key] = float(value)
             elif key == "audit_hmac_key_file":
                 kwargs[key] = None if str(value).lower() in _OFF else Path(value)
@@ -247,6 +261,7 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 "cache_max_entries",
                 "cache_max_bytes",
                 "now_granularity_ms",
+                "stream_max_per_caller",
             ):
                 kwargs[key] = int(value)
             else:

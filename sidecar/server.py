@@ -157,6 +157,8 @@ class Sidecar:
             self.metrics,
             s.max_batch_bytes,
             max_streams=max(1, s.workers // 2),
+            max_streams_per_caller=s.stream_max_per_caller,
+            stream_idle_timeout_s=s.stream_idle_timeout_s,
         )
         if isinstance(server, AioServer):
             # With fsync durability the loop must not wait for the disk (servicer.py).
