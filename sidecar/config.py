@@ -51,6 +51,11 @@ class Settings:
     audit_hmac_key_file: Path | None = None  # keys the hash chain and redaction hashes
     audit_redact: tuple[str, ...] = ()  # extra dotted paths, e.g. context.approval.ticket
     audit_redact_mode: str = "hash"  # or "remove"
+    # Extra regular expressions (docs/audit.md "Redaction"): key names whose
+    # values are replaced (searched, case-insensitive), and string values that
+    # are replaced wherever they appear (searched).
+    audit_redact_keys: tuple[str, ...] = ()
+    audit_redact_values: tuple[str, ...] = ()
     # TLS on the TCP listener (the Unix socket stays local and plaintext); with
     # a client CA, mutual TLS. Files are re-read when they change (sidecar/tls.py).
     tls_cert: Path | None = None
@@ -154,12 +159,13 @@ class Settings:
 
     def _check_audit(self) -> None:
         from sidecar.audit.jsonl import DURABILITIES, durability_problem
-        from sidecar.audit.redact import MODES
+        from sidecar.audit.redact import MODES, Redactor
 
         if self.audit_durability not in DURABILITIES:
             raise ConfigError(durability_problem(self.audit_durability))
         if self.audit_redact_mode not in MODES:
             raise ConfigError(f"audit_redact_mode must be one of {', '.join(MODES)}")
+        Redactor(keys=self.audit_redact_keys, values=self.audit_redact_values)  # compiles them
         if self.audit_rotate_bytes < 0 or self.audit_rotate_age_s < 0:
             raise ConfigError("audit_rotate_bytes and audit_rotate_age_s must not be negative")
 
@@ -247,6 +253,10 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
             elif key == "audit_redact":
                 items = value.split(",") if isinstance(value, str) else list(value)
                 kwargs[key] = tuple(str(v).strip() for v in items if str(v).strip())
+            elif key in ("audit_redact_keys", "audit_redact_values"):
+                # Regular expressions may hold commas: one per line from the environment.
+                items = value.splitlines() if isinstance(value, str) else list(value)
+                kwargs[key] = tuple(str(v) for v in items if str(v).strip())
             elif key in ("audit_durability", "audit_redact_mode"):
                 kwargs[key] = str(value).strip().lower()
             elif key == "audit_rotate_age_s":
