@@ -147,18 +147,25 @@ class StatusServer:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
-            now = time.monotonic()
-            timeout = min((c.deadline for c in self._pending.values()), default=now + 1.0) - now
-            for key, _ in self._selector.select(max(0.0, min(timeout, 1.0))):
-                if key.fileobj is self._listener:
-                    self._accept()
-                elif key.fileobj is self._wake_r:
-                    self._wake_r.recv(64)
-                elif key.data.sock in self._pending:  # not dropped earlier in this round
-                    self._read(key.data)
-            now = time.monotonic()
-            for conn in [c for c in self._pending.values() if c.deadline <= now]:
-                self._drop(conn, "408 Request Timeout", "request head not received in time")
+            try:
+                self._round()
+            except Exception:  # the port must outlive any one connection's surprise
+                log.exception("metrics port: serving round failed")
+                time.sleep(0.1)
+
+    def _round(self) -> None:
+        now = time.monotonic()
+        timeout = min((c.deadline for c in self._pending.values()), default=now + 1.0) - now
+        for key, _ in self._selector.select(max(0.0, min(timeout, 1.0))):
+            if key.fileobj is self._listener:
+                self._accept()
+            elif key.fileobj is self._wake_r:
+                self._wake_r.recv(64)
+            elif key.data.sock in self._pending:  # not dropped earlier in this round
+                self._read(key.data)
+        now = time.monotonic()
+        for conn in [c for c in self._pending.values() if c.deadline <= now]:
+            self._drop(conn, "408 Request Timeout", "request head not received in time")
 
     def _accept(self) -> None:
         while True:

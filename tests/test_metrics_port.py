@@ -157,3 +157,24 @@ def test_healthz_shows_paths_and_policy_errors_only_to_loopback_callers_who_ask(
         local = _json(running.metrics, "/healthz?verbose=1")
         assert local["reload"]["directory"] == str(policies)
         assert local["reload"]["error"].startswith(broken)
+
+
+def test_requests_the_port_does_not_serve_get_a_clear_status() -> None:
+    registry = CollectorRegistry()
+    server = start_status_server("127.0.0.1", 0, registry, lambda verbose: {"ok": True})
+    address = ("127.0.0.1", server.server_port)
+
+    def ask(raw: bytes) -> bytes:
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(raw)
+            return sock.recv(4096).split(b"\r\n", 1)[0]
+
+    try:
+        assert ask(b"POST /metrics HTTP/1.1\r\n\r\n") == b"HTTP/1.1 405 Method Not Allowed"
+        assert ask(b"nonsense\r\n\r\n") == b"HTTP/1.1 400 Bad Request"
+        big = b"GET / HTTP/1.1\r\nX: " + b"a" * 9000
+        assert ask(big) == b"HTTP/1.1 431 Request Header Fields Too Large"
+        assert ask(b"HEAD /healthz HTTP/1.1\r\n\r\n") == b"HTTP/1.1 200 OK"
+    finally:
+        server.shutdown()
+        server.server_close()
