@@ -99,6 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--grace", dest="grace_s", type=float, help="drain time on shutdown (s)")
     serve.add_argument("--workers", type=int, help="gRPC worker threads")
+    serve.add_argument(
+        "--stream-idle-timeout",
+        dest="stream_idle_timeout_s",
+        type=float,
+        help="close an AuthorizeStream idle this long (s, default 60)",
+    )
+    serve.add_argument(
+        "--stream-max-per-caller",
+        type=int,
+        help="open AuthorizeStreams per caller (default 0: half of workers / 2)",
+    )
     serve.add_argument("--max-request-bytes", type=int)
     serve.add_argument("--max-attribute-depth", type=int)
     serve.add_argument("--max-batch-items", type=int)

@@ -58,6 +58,11 @@ class Settings:
     audit_checkpoints: Path | None = None
     audit_checkpoint_every: int = 1000
     audit_checkpoint_interval_s: float = 10.0
+    # Extra regular expressions (docs/audit.md "Redaction"): key names whose
+    # values are replaced (searched, case-insensitive), and string values that
+    # are replaced wherever they appear (searched).
+    audit_redact_keys: tuple[str, ...] = ()
+    audit_redact_values: tuple[str, ...] = ()
     # TLS on the TCP listener (the Unix socket stays local and plaintext); with
     # a client CA, mutual TLS. Files are re-read when they change (sidecar/tls.py).
     tls_cert: Path | None = None
@@ -77,6 +82,11 @@ class Settings:
     # "sync" (a thread pool); docs/performance.md measures both and says why
     # asyncio is the default.
     server_mode: str = "asyncio"
+    # AuthorizeStream slots (sidecar/streams.py, docs/api.md): at most workers / 2
+    # open, at most stream_max_per_caller per caller (0: half of the limit, at
+    # least 1), and a stream with no request for stream_idle_timeout_s is closed.
+    stream_max_per_caller: int = 0
+    stream_idle_timeout_s: float = 60.0
     # The asyncio server's event loop: "uvloop" (libuv; about 10% less server CPU
     # per decision, docs/performance.md) or "asyncio" (the standard library's).
     event_loop: str = "uvloop"
@@ -108,6 +118,15 @@ class Settings:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.watch_interval_s <= 0:
             raise ConfigError(f"watch_interval_s must be positive, got {self.watch_interval_s}")
+        if self.stream_max_per_caller < 0:
+            raise ConfigError(
+                "stream_max_per_caller must not be negative (0: half of the stream limit), "
+                f"got {self.stream_max_per_caller}"
+            )
+        if not self.stream_idle_timeout_s > 0:
+            raise ConfigError(
+                f"stream_idle_timeout_s must be positive, got {self.stream_idle_timeout_s}"
+            )
         if self.grace_s < 0:
             raise ConfigError(f"grace must not be negative, got {self.grace_s}")
         for name in ("max_request_bytes", "max_attribute_depth", "max_batch_items"):
@@ -152,12 +171,13 @@ class Settings:
 
     def _check_audit(self) -> None:
         from sidecar.audit.jsonl import DURABILITIES, durability_problem
-        from sidecar.audit.redact import MODES
+        from sidecar.audit.redact import MODES, Redactor
 
         if self.audit_durability not in DURABILITIES:
             raise ConfigError(durability_problem(self.audit_durability))
         if self.audit_redact_mode not in MODES:
             raise ConfigError(f"audit_redact_mode must be one of {', '.join(MODES)}")
+        Redactor(keys=self.audit_redact_keys, values=self.audit_redact_values)  # compiles them
         if self.audit_rotate_bytes < 0 or self.audit_rotate_age_s < 0:
             raise ConfigError("audit_rotate_bytes and audit_rotate_age_s must not be negative")
         if self.audit_checkpoint_every < 1 or self.audit_checkpoint_interval_s <= 0:
@@ -250,7 +270,7 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 kwargs[key] = None if str(value).lower() in _OFF else Path(value)
             elif key in ("bind_workload_identity", "watch"):
                 kwargs[key] = _flag(key, value)
-            elif key == "watch_interval_s":
+            elif key in ("watch_interval_s", "stream_idle_timeout_s"):
                 kwargs[key] = float(value)
             elif key in ("audit_hmac_key_file", "audit_checkpoints"):
                 kwargs[key] = None if str(value).lower() in _OFF else Path(value)
@@ -261,6 +281,10 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 kwargs[key] = (
                     value if isinstance(value, PolicyErrors) else PolicyErrors.parse(str(value))
                 )
+            elif key in ("audit_redact_keys", "audit_redact_values"):
+                # Regular expressions may hold commas: one per line from the environment.
+                items = value.splitlines() if isinstance(value, str) else list(value)
+                kwargs[key] = tuple(str(v) for v in items if str(v).strip())
             elif key in ("audit_durability", "audit_redact_mode"):
                 kwargs[key] = str(value).strip().lower()
             elif key in ("audit_rotate_age_s", "audit_checkpoint_interval_s"):
@@ -275,6 +299,7 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 "cache_max_entries",
                 "cache_max_bytes",
                 "now_granularity_ms",
+                "stream_max_per_caller",
             ):
                 kwargs[key] = int(value)
             else:

@@ -182,10 +182,14 @@ class Decider:
     ) -> Decided:
         self._hits.inc()
         decision_id = self._ids.next()
-        if entry.event is not None and (now is None or self._stamp_now):
+        if (
+            entry.event is not None
+            and (now is None or self._stamp_now)
+            and (self._redactor is None or self._redactor.stampable(meta.request_id))
+        ):
             latency = time.perf_counter() - started
             event = stamp(entry.event, decision_id, at, meta, latency_s=latency, now=now)
-        else:  # no template to stamp from (redaction touches a per-call field)
+        else:  # no template, or redaction changes a per-call field (a secret-looking request id)
             event = self._event(
                 decision_id, at, request, entry.result, meta, cached=True, started=started
             )

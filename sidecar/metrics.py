@@ -102,6 +102,24 @@ class Metrics:
             "Estimated bytes held by the decision cache (bounded by its max_bytes).",
             registry=r,
         )
+        self.streams_open = Gauge(
+            "stepguard_streams_open",
+            "AuthorizeStream calls open now (at most workers / 2).",
+            registry=r,
+        )
+        self.streams_refused = Counter(
+            "stepguard_streams_refused_total",
+            "AuthorizeStream calls refused with RESOURCE_EXHAUSTED, by the limit reached "
+            "(total, per_caller).",
+            ["reason"],
+            registry=r,
+        )
+        self.streams_idle_closed = Counter(
+            "stepguard_streams_idle_closed_total",
+            "AuthorizeStream calls the server closed after stream_idle_timeout_s without a "
+            "request.",
+            registry=r,
+        )
         self.audit_healthy.set(1)
 
     def set_bundle(self, revision: str, policy_count: int) -> None:

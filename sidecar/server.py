@@ -40,6 +40,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
 # gRPC health of the policy files under --watch: NOT_SERVING while a change is
 # refused (the last good bundle keeps serving; SERVICE_NAME stays SERVING).
 POLICY_HEALTH = "stepguard.policies"
+# The reload fields /healthz shows to anyone (no directory, no error text).
+_TERSE_RELOAD = ("watching", "revision", "ok", "error", "reloads", "failures", "last_change")
 
 
 # Young-generation collections: the default (700 allocations) runs one every
@@ -156,6 +158,8 @@ class Sidecar:
             self.metrics,
             s.max_batch_bytes,
             max_streams=max(1, s.workers // 2),
+            max_streams_per_caller=s.stream_max_per_caller,
+            stream_idle_timeout_s=s.stream_idle_timeout_s,
         )
         if isinstance(server, AioServer):
             # With fsync durability the loop must not wait for the disk (servicer.py).
@@ -275,15 +279,34 @@ class Sidecar:
             POLICY_HEALTH, serving if status.ok else health_pb2.HealthCheckResponse.NOT_SERVING
         )
 
-    def health_detail(self) -> dict[str, Any]:
-        """What /healthz shows: the bundle in use and, under --watch, the reload state."""
+    def health_detail(self, verbose: bool = False) -> dict[str, Any]:
+        """What /healthz shows: the bundle in use, the trail and, under --watch, the reload state.
+
+        `ok` is false while something is wrong (trail failing, policy files on
+        disk refused). The policy directory and the refusal's text (paths,
+        policy source) are only in the verbose form, which the metrics port
+        gives to loopback peers that ask (sidecar/httpstatus.py).
+        """
         bundle = self.holder.current()
         watcher = self.watcher
+        audit_healthy = bool(getattr(self.sink, "healthy", True))
+        reload: dict[str, Any] = {"watching": False}
+        if watcher is not None:
+            reload = watcher.status().to_json()
+            if not verbose:  # a fixed set of fields: none carries a path or policy text
+                terse = {k: reload.get(k) for k in _TERSE_RELOAD}
+                if reload.get("error"):
+                    terse["error"] = (
+                        "the policy files on disk were refused; the last good bundle serves "
+                        "(the log, or /healthz?verbose=1 from loopback, says why)"
+                    )
+                reload = terse
         return {
+            "ok": audit_healthy and reload.get("ok", True) is not False,
             "policy_revision": bundle.revision,
             "policies": bundle.policy_count,
-            "audit_healthy": bool(getattr(self.sink, "healthy", True)),
-            "reload": watcher.status().to_json() if watcher is not None else {"watching": False},
+            "audit_healthy": audit_healthy,
+            "reload": reload,
         }
 
     def stop(self, grace: float | None = None) -> None:

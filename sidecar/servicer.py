@@ -30,6 +30,7 @@ from sidecar.explain import explain
 from sidecar.identity import CallerContext, caller_identity
 from sidecar.metrics import Metrics
 from sidecar.model import EntityUid
+from sidecar.streams import Slot, StreamSlots, caller_key
 from sidecar.validate import Limits, request_from_proto
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         max_batch_bytes: int,
         *,
         max_streams: int = 8,
+        max_streams_per_caller: int = 0,
+        stream_idle_timeout_s: float = 60.0,
     ) -> None:
         self._bundle = bundle
         self._decider = decider
@@ -55,9 +58,11 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         self._metrics = metrics
         self._max_batch_bytes = max_batch_bytes
         self._caller = CallerContext()
-        # Each open AuthorizeStream holds a worker: cap them so unary calls keep theirs.
+        # Each open AuthorizeStream holds a worker: cap them so unary calls keep
+        # theirs, per caller too, and close idle ones (sidecar/streams.py).
         self.max_streams = max_streams
-        self._streams = threading.BoundedSemaphore(max_streams)
+        per_caller = max_streams_per_caller or max(1, max_streams // 2)
+        self.streams = StreamSlots(max_streams, per_caller, stream_idle_timeout_s, metrics)
         self._answers = Answers()
 
     def Authorize(
@@ -126,18 +131,27 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
 
         Requests arrive as bytes so that an undecodable one is INVALID_ARGUMENT.
         """
-        if not self._streams.acquire(blocking=False):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.max_streams} AuthorizeStream calls are open already, the limit; "
-                "retry later or use Authorize",
-            )
+        meta = _meta(context)
+        slot = self.streams.open(
+            caller_key(meta.peer, meta.identity), lambda why: _end_sync_call(context, why)
+        )
+        if isinstance(slot, str):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slot)
+        assert isinstance(slot, Slot)
         try:
-            meta = _meta(context)
             for raw in requests:
-                yield self.stream_item(raw, meta, context)
+                if not slot.begin():  # closed as idle as it arrived: never decided
+                    return
+                try:
+                    answer = self.stream_item(raw, meta, context)
+                finally:
+                    slot.end()
+                yield answer
+        except grpc.RpcError:
+            if not slot.closed_idle:  # the reaper ended the call (RESOURCE_EXHAUSTED)
+                raise
         finally:
-            self._streams.release()
+            slot.release()
 
     def stream_item(self, raw: bytes, meta: CallMeta, context: grpc.ServicerContext) -> bytes:
         """One AuthorizeStream answer, serialized (answer.py)."""
@@ -386,30 +400,67 @@ def aio_generic_handler(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes | pb.AuthorizeStreamResponse]:
         view = _SyncView(context)
-        if not servicer._streams.acquire(blocking=False):
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{servicer.max_streams} AuthorizeStream calls are open already, the limit; "
-                "retry later or use Authorize",
-            )
+        meta = _meta(view)  # type: ignore[arg-type]
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        reading = [False]  # awaiting the next request: the only place the reaper cancels
+
+        def end_if_reading() -> None:  # on the loop
+            if reading[0] and task is not None:
+                task.cancel()
+
+        slot = servicer.streams.open(
+            caller_key(meta.peer, meta.identity),
+            lambda why: loop.call_soon_threadsafe(end_if_reading),
+        )
+        if isinstance(slot, str):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slot)
+        assert isinstance(slot, Slot)
         try:
-            meta = _meta(view)  # type: ignore[arg-type]
-            async for raw in requests:
+            items = aiter(requests)
+            while True:
+                reading[0] = True
+                try:
+                    raw = await anext(items)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not slot.closed_idle:
+                        raise
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slot.closed_idle)
+                finally:
+                    reading[0] = False
+                if not slot.begin():  # closed as idle as it arrived: never decided
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slot.closed_idle)
                 try:
                     out = await run(
                         pb.AuthorizeStreamResponse, servicer.stream_item, raw, meta, view
                     )
                 except _Aborted as stop:
                     await context.abort(stop.code, stop.details)
+                finally:
+                    slot.end()
                 yield out
         finally:
-            servicer._streams.release()
+            slot.release()
 
     return _method_handlers(
         unary(servicer.authorize_wire, pb.AuthorizeRequest, pb.AuthorizeResponse),
         unary(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest, pb.AuthorizeBatchResponse),
         stream,
     )
+
+
+def _end_sync_call(context: grpc.ServicerContext, details: str) -> None:
+    """End a sync server call from another thread, with RESOURCE_EXHAUSTED and `details`.
+
+    grpcio's public `cancel()` sends a bare CANCELLED (RST_STREAM), which tells
+    the caller nothing; the call object underneath can end it with a status.
+    """
+    call: Any = getattr(getattr(context, "_rpc_event", None), "call", None)
+    if call is not None:
+        call.cancel(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], details)
+    else:  # pragma: no cover - another grpcio layout: still ended, as CANCELLED
+        context.cancel()  # type: ignore[no-untyped-call]
 
 
 class _Wakeups:

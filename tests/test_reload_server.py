@@ -154,7 +154,7 @@ def test_reload_under_concurrent_load(tmp_path: Path) -> None:
             served = load.count(new.revision)
             wait_for(lambda: load.count(new.revision) >= served + 200, "traffic after it")
         health = _health(running.tcp)
-        detail = _get_json(f"http://{running.metrics}/healthz")
+        detail = _get_json(f"http://{running.metrics}/healthz?verbose=1")
         metrics = _get(f"http://{running.metrics}/metrics")
         events = running.audit_events()
 

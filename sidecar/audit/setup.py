@@ -22,7 +22,11 @@ def open_trail(settings: Settings, sink: AuditSink | None = None) -> tuple[Audit
     key = load_key(settings.audit_hmac_key_file) if settings.audit_hmac_key_file else None
     hasher = Hasher(key)
     redactor = Redactor(
-        settings.audit_redact, mode=settings.audit_redact_mode, key=hasher.subkey("redaction")
+        settings.audit_redact,
+        mode=settings.audit_redact_mode,
+        key=hasher.subkey("redaction"),
+        keys=settings.audit_redact_keys,
+        values=settings.audit_redact_values,
     )
     if sink is None:
         sink = open_sink(
