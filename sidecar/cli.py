@@ -1,7 +1,7 @@
 """`stepguard` command line: serve, check, validate, and the policy authors' tools.
 
 Exit codes (sidecar/exitcodes.py), the same in every command: 0 success
-(check: ALLOW), 1 error (bad input, flags or files), 2 check: DENY, 3 a check
+(check: ALLOW), 1 error (bad input, flags, usage or files), 2 check: DENY, 3 a check
 found problems (test failures, fmt --check, replay --fail-on-change), 4 the
 policies are invalid, 5 no tests ran (--fail-on-empty), 6 coverage below the
 minimum. `check` and `validate` reuse
@@ -28,12 +28,13 @@ from sidecar.bundle import load_bundle
 from sidecar.config import build_settings
 from sidecar.engine import evaluate
 from sidecar.errors import BundleError, StepguardError
-from sidecar.exitcodes import EXIT_DENY, EXIT_ERROR, EXIT_INVALID, EXIT_OK
+from sidecar.exitcodes import EXIT_DENY, EXIT_ERROR, EXIT_INVALID, EXIT_OK, epilog
 from sidecar.explain import explain
 from sidecar.explain import render_text as render_explanation
 from sidecar.explain import to_json as explanation_json
 from sidecar.jsonreq import request_from_json
 from sidecar.model import Result
+from sidecar.textsafe import escape
 from sidecar.validate import Limits, request_from_proto
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
@@ -45,10 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except BundleError as exc:  # any command: the policies do not load
-        print(f"stepguard: error: {exc}", file=sys.stderr)
+        print(f"stepguard: error: {escape(exc)}", file=sys.stderr)
         return EXIT_INVALID
     except StepguardError as exc:
-        print(f"stepguard: error: {exc}", file=sys.stderr)
+        print(f"stepguard: error: {escape(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (`stepguard test | head`): stop quietly, like other CLIs.
@@ -58,8 +59,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 1 (EXIT_ERROR): 2 means DENY to scripts.
+
+    Subcommand parsers are of this class too (add_subparsers uses the
+    parent's class), so each prints its own usage.
+    """
+
+    def error(self, message: str) -> Any:  # argparse declares NoReturn
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {escape(message)}\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """A command (a parser without subcommands) reports its own unknown flags."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual; keeps the exit-code table of the epilog as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("exit codes:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stepguard")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stepguard", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="stepguard",
+        description=__doc__.splitlines()[0],
+        formatter_class=_HelpFormatter,
+        epilog=_general_epilog(),
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"stepguard {_version()}", help="print the version"
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the decision sidecar")
@@ -85,9 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--grace", dest="grace_s", type=float, help="drain time on shutdown (s)")
     serve.add_argument("--workers", type=int, help="gRPC worker threads")
-    serve.add_argument("--max-request-bytes", type=int)
-    serve.add_argument("--max-attribute-depth", type=int)
-    serve.add_argument("--max-batch-items", type=int)
+    serve.add_argument(
+        "--max-request-bytes", type=int, help="refuse larger requests (INVALID_ARGUMENT)"
+    )
+    serve.add_argument(
+        "--max-attribute-depth", type=int, help="refuse attributes nested deeper than this"
+    )
+    serve.add_argument("--max-batch-items", type=int, help="refuse batches with more items")
     serve.add_argument("--tls-cert", help="PEM certificate chain: TLS on the TCP listener")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates (mTLS)")
@@ -122,11 +174,18 @@ def _parser() -> argparse.ArgumentParser:
         help="the asyncio server's event loop (default uvloop)",
     )
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR"
+    )
     serve.set_defaults(run=_serve)
 
     check = sub.add_parser("check", help="decide one request locally, as the sidecar would")
-    check.add_argument("--policies", type=Path, default=Path("policies"))
+    check.add_argument(
+        "--policies",
+        type=Path,
+        default=Path("policies"),
+        help="policy directory (default: policies)",
+    )
     check.add_argument("--request", type=Path, help="JSON request file (- for stdin)")
     check.add_argument("--principal", help='e.g. Workload::"spiffe://example.org/ns/etl/sa/w"')
     check.add_argument("--action", help='e.g. Action::"grant_access"')
@@ -142,20 +201,61 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check)
 
     validate = sub.add_parser("validate", help="load and strictly validate a policy directory")
-    validate.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+    validate.add_argument(
+        "directory",
+        type=Path,
+        nargs="?",
+        default=Path("policies"),
+        help="the policy directory (default: policies)",
+    )
     validate.add_argument("--json", action="store_true", help="print the problems as JSON")
     validate.set_defaults(run=_validate)
     for register in _extensions():
         register(sub)
+    _add_exit_codes(parser)
     return parser
+
+
+def _general_epilog() -> str:
+    from sidecar import exitcodes
+
+    body = exitcodes.__doc__.split("\n\n")[2] if exitcodes.__doc__ else ""
+    return "exit codes:\n" + body
+
+
+def subcommands(
+    parser: argparse.ArgumentParser, path: str = ""
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every (command words, parser) under `parser`, depth first (for help and its test)."""
+    found: list[tuple[str, argparse.ArgumentParser]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                words = f"{path} {name}".strip()
+                found.append((words, child))
+                found.extend(subcommands(child, words))
+    return found
+
+
+def _add_exit_codes(parser: argparse.ArgumentParser) -> None:
+    """Each command's --help ends with the exit codes it can return (sidecar/exitcodes.py)."""
+    for words, child in subcommands(parser):
+        child.epilog = epilog(words) or child.epilog
+        child.formatter_class = _HelpFormatter
 
 
 def _extensions() -> list[Any]:
     """Subcommands that live beside the feature they drive (each `register(subparsers)`)."""
-    from sidecar import fmt, policytest, replay
+    from sidecar import fmt, healthcheck, policytest, replay
     from sidecar.audit import cli as audit_cli
 
-    return [audit_cli.register, policytest.register, fmt.register, replay.register]
+    return [
+        audit_cli.register,
+        policytest.register,
+        fmt.register,
+        replay.register,
+        healthcheck.register,
+    ]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -282,15 +382,16 @@ def result_json(result: Result) -> dict[str, Any]:
 
 
 def render_result(result: Result) -> str:
-    lines = [f"decision: {result.decision.value}", f"reason:   {result.summary()}"]
+    """The text of `check`: policy ids, sources and errors come from files, so escaped."""
+    lines = [f"decision: {result.decision.value}", f"reason:   {escape(result.summary())}"]
     for ref in result.reasons:
-        lines.append(f"  policy {ref.id} ({ref.source})")
+        lines.append(f"  policy {escape(ref.id)} ({escape(ref.source)})")
     for err in result.errors:
-        lines.append(f"  error {err.policy_id or '-'}: {err.message}")
+        lines.append(f"  error {escape(err.policy_id or '-')}: {escape(err.message)}")
     ttl = result.obligations.max_credential_ttl
     if ttl is not None:
         lines.append(f"obligation: max_credential_ttl = {int(ttl.total_seconds())}s")
-    lines.append(f"revision: {result.revision}")
+    lines.append(f"revision: {escape(result.revision)}")
     return "\n".join(lines)
 
 

@@ -112,8 +112,8 @@ def register(sub: Any) -> None:
     cmd.add_argument("paths", nargs="*", type=Path, help="files or directories (policies)")
     cmd.add_argument("--check", action="store_true", help="change nothing; exit 3 if unformatted")
     cmd.add_argument("--diff", action="store_true", help="print what would change")
-    cmd.add_argument("--line-width", type=int, default=80)
-    cmd.add_argument("--indent-width", type=int, default=2)
+    cmd.add_argument("--line-width", type=int, default=80, help="wrap at (default 80)")
+    cmd.add_argument("--indent-width", type=int, default=2, help="indent by (default 2)")
     cmd.set_defaults(run=run_command)
 
 

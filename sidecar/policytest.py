@@ -1075,7 +1075,9 @@ def register(sub: Any) -> None:
     cmd.add_argument(
         "--policies", type=Path, help="run every YAML suite against this directory instead"
     )
-    cmd.add_argument("--format", choices=("text", "json", "junit"), default="text")
+    cmd.add_argument(
+        "--format", choices=("text", "json", "junit"), default="text", help="report format"
+    )
     cmd.add_argument("--output", "-o", type=Path, help="write the report here (default stdout)")
     cmd.add_argument("--filter", help="only cases whose 'suite-file: case name' matches this regex")
     cmd.add_argument("--fail-on-empty", action="store_true", help="exit 5 when no case ran")

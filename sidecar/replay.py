@@ -392,7 +392,7 @@ def register(sub: Any) -> None:
         type=Path,
         help="compare with this policy directory's decisions instead of the recorded ones",
     )
-    cmd.add_argument("--format", choices=("text", "json"), default="text")
+    cmd.add_argument("--format", choices=("text", "json"), default="text", help="report format")
     cmd.add_argument("--show", type=int, default=20, help="changes to list in text (-1: all)")
     cmd.add_argument("--fail-on-change", action="store_true", help="exit 3 if any decision changes")
     cmd.set_defaults(run=run_command)

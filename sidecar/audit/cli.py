@@ -41,7 +41,9 @@ def register(subparsers: Any) -> None:
     q.add_argument("--workflow", help="workflow_id")
     q.add_argument("--run", dest="run_id", help="run_id")
     q.add_argument("--step", help="step_id")
-    q.add_argument("--decision", choices=("ALLOW", "DENY"), type=str.upper)
+    q.add_argument(
+        "--decision", choices=("ALLOW", "DENY"), type=str.upper, help="only ALLOW or only DENY"
+    )
     q.add_argument("--since", help="RFC 3339 time (inclusive)")
     q.add_argument("--until", help="RFC 3339 time (exclusive)")
     q.add_argument("--id", action="append", default=[], help="decision id")
@@ -50,7 +52,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="also show segment, recovery, outage and shutdown records",
     )
-    q.add_argument("--format", choices=("table", "json"), default="table")
+    q.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table (default; data escaped for the terminal) or json (one record a line, exact)",
+    )
     q.add_argument("--verify", action="store_true", help="refuse to answer from a broken trail")
     q.add_argument("--key-file", type=Path, help="HMAC key for --verify")
     q.set_defaults(run=_query)
