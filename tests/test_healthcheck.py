@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from grpc_health.v1 import health_pb2
 
 from sidecar.exitcodes import EXIT_ERROR, EXIT_OK
 from tests.helpers import running_sidecar
@@ -39,7 +40,7 @@ def test_serving_over_tcp_and_the_socket_then_unavailable(tmp_path: Path) -> Non
         unknown = healthcheck("--socket", str(running.socket), "--service", "no.such.Service")
         assert unknown.returncode == EXIT_ERROR
         assert "SERVICE_UNKNOWN" in unknown.stderr
-        running.sidecar.health.set(AUTHORIZER, 2)  # NOT_SERVING, as when the trail fails
+        running.sidecar.health.set(AUTHORIZER, health_pb2.HealthCheckResponse.NOT_SERVING)
         down = healthcheck("--socket", str(running.socket), "--service", AUTHORIZER)
         assert down.returncode == EXIT_ERROR
         assert down.stderr.strip().endswith(": NOT_SERVING")
