@@ -45,6 +45,7 @@ from sidecar.exitcodes import EXIT_COVERAGE, EXIT_EMPTY, EXIT_FAILED, EXIT_INVAL
 from sidecar.explain import explain
 from sidecar.jsonreq import request_from_json
 from sidecar.model import AuthzRequest, Decision, Result
+from sidecar.textsafe import escape, escape_lines
 from sidecar.validate import Limits, request_from_proto
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
@@ -872,10 +873,12 @@ def _describe(request: Mapping[str, Any], now: datetime | None) -> str:
 
 
 def render_text(report: Report, *, verbose: bool = False, collapse_after: int = 20) -> str:
+    """The text report. Names, requests and messages come from suites and policy files,
+    so each is escaped (sidecar/textsafe.py): a case name cannot forge a PASS line."""
     lines: list[str] = []
     passing = [s for s in report.suites if s.ok]
     show_passing = verbose or len(passing) <= collapse_after
-    width = min(60, max((len(s.file) for s in report.suites), default=0))
+    width = min(60, max((len(escape(s.file)) for s in report.suites), default=0))
     for suite in report.suites:
         if suite.ok and not show_passing:
             continue
@@ -885,7 +888,7 @@ def render_text(report: Report, *, verbose: bool = False, collapse_after: int = 
         lines.append(f"PASS  {len(passing):,} suites ({cases:,} cases; -v lists them)")
     lines.append("")
     lines.append(summary_line(report))
-    return "\n".join(lines)
+    return escape_lines("\n".join(lines))
 
 
 def summary_line(report: Report) -> str:
@@ -907,36 +910,37 @@ def summary_line(report: Report) -> str:
 
 
 def _suite_lines(suite: SuiteResult, width: int, verbose: bool) -> list[str]:
+    file = escape(suite.file)
     if suite.invalid_policies:
-        return [f"INVALID  {suite.file}", f"         {suite.error}"]
+        return [f"INVALID  {file}", f"         {escape_lines(suite.error)}"]
     if suite.error:
-        return [f"ERROR {suite.file}: {suite.error}"]
+        return [f"ERROR {file}: {escape_lines(suite.error)}"]
     counts = [f"{suite.passed} passed"]
     if suite.failed:
         counts.append(f"{suite.failed} failed")
     if suite.errored:
         counts.append(f"{suite.errored} errors")
     head = "PASS " if suite.ok else "FAIL "
-    title = f" ({suite.name})" if suite.name != suite.file else ""
-    lines = [f"{head} {suite.file:<{width}}  {', '.join(counts)}{title}"]
+    title = f" ({escape(suite.name)})" if suite.name != suite.file else ""
+    lines = [f"{head} {file:<{width}}  {', '.join(counts)}{title}"]
     for name, ok in suite.checks:
         if not ok or verbose:
-            lines.append(f"  {'ok  ' if ok else 'FAIL'}  {name}")
+            lines.append(f"  {'ok  ' if ok else 'FAIL'}  {escape(name)}")
     for case in suite.cases:
         if case.status == PASS:
             if verbose:
-                lines.append(f"  pass  {case.name}")
+                lines.append(f"  pass  {escape(case.name)}")
             continue
-        where = f"  ({Path(suite.file).name}:{case.line})" if case.line else ""
-        lines.append(f"  {case.status.upper():<4}  {case.name}{where}")
+        where = f"  ({escape(Path(suite.file).name)}:{case.line})" if case.line else ""
+        lines.append(f"  {case.status.upper():<4}  {escape(case.name)}{where}")
         if case.request:
-            lines.append(f"        request:  {case.request}")
+            lines.append(f"        request:  {escape(case.request)}")
         if case.expected is not None:
-            lines.append(f"        expected: {_expected_text(case.expected)}")
+            lines.append(f"        expected: {escape(_expected_text(case.expected))}")
         if case.actual is not None:
             lines.extend(_actual_lines(case.actual))
         for problem in case.problems:
-            lines.append(f"        - {problem}")
+            lines.append(f"        - {escape_lines(problem)}")
     return lines
 
 
@@ -957,9 +961,9 @@ def _actual_lines(result: Result) -> list[str]:
     ttl = result.obligations.max_credential_ttl
     if ttl is not None:
         text += f", max_credential_ttl {_ttl_text(ttl)}"
-    lines = [f"        actual:   {text}"]
+    lines = [f"        actual:   {escape(text)}"]
     for err in result.errors:
-        lines.append(f"        error:    {_error_text(err)}")
+        lines.append(f"        error:    {escape(_error_text(err))}")
     return lines
 
 
@@ -1117,7 +1121,7 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         text = render_text(report, verbose=args.verbose)
         if wants_coverage:
-            text += "\n" + render_coverage(report.coverage, detail=args.coverage)
+            text += "\n" + escape_lines(render_coverage(report.coverage, detail=args.coverage))
     if args.output:
         args.output.write_text(text + "\n", encoding="utf-8")
         print(summary_line(report), file=sys.stderr)

@@ -11,6 +11,7 @@ from typing import Any
 from sidecar.audit.chain import load_key
 from sidecar.audit.query import EntityFilter, Query, parse_time, row, run_query, table
 from sidecar.audit.verify import EXIT_OK, Report, collect, verify
+from sidecar.textsafe import escape, json_text
 
 
 def register(subparsers: Any) -> None:
@@ -78,6 +79,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _render(report: Report) -> str:
+    """The text report; paths and messages may quote the trail, so escaped (textsafe)."""
     lines = []
     if report.problem is None:
         lines.append(
@@ -88,7 +90,7 @@ def _render(report: Report) -> str:
         lines.append(f"FAILED: {report.trail}: {report.problem}")
         lines.append(f"  {report.records} records verified before it")
     lines.extend(f"  note: {n}" for n in report.notes)
-    return "\n".join(lines)
+    return "\n".join(escape(line) for line in lines)
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -98,7 +100,7 @@ def _query(args: argparse.Namespace) -> int:
         for trail in trails:
             report = verify(trail, key)
             if report.problem is not None:
-                print(f"stepguard: refusing to query: {report.problem}", file=sys.stderr)
+                print(f"stepguard: refusing to query: {escape(report.problem)}", file=sys.stderr)
                 return report.problem.exit_code
     query = Query(
         principals=tuple(EntityFilter.parse(p) for p in args.principal),
@@ -117,7 +119,8 @@ def _query(args: argparse.Namespace) -> int:
     if args.format == "json":
         for event in found:
             event.pop("_at", None)
-            print(json.dumps(event, sort_keys=True, ensure_ascii=False))
+            # ensure_ascii=False leaves C1 controls and bidi overrides raw: escape them too.
+            print(json_text(json.dumps(event, sort_keys=True, ensure_ascii=False)))
         return EXIT_OK
     rows = [row(e) for e in found]
     print(table(rows) if rows else "no matching records")
