@@ -24,6 +24,7 @@ from sidecar.bundle import visible_files
 from sidecar.cedartext import comments, locate_error, position, split_policies
 from sidecar.errors import StepguardError
 from sidecar.exitcodes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
+from sidecar.textsafe import escape, escape_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,7 @@ def run_command(args: argparse.Namespace) -> int:
     broken = [r for r in results if r.error]
     changed = [r for r in results if r.changed]
     for r in broken:
-        print(r.error, file=sys.stderr)
+        print(escape_lines(r.error), file=sys.stderr)
     for r in changed:
         if args.diff:
             sys.stdout.writelines(
@@ -135,10 +136,10 @@ def run_command(args: argparse.Namespace) -> int:
                 )
             )
         if args.check:
-            print(f"would reformat {r.path}")
+            print(f"would reformat {escape(r.path)}")
         else:
             write_atomically(r.path, r.formatted)
-            print(f"reformatted {r.path}")
+            print(f"reformatted {escape(r.path)}")
     verb = "would be left" if args.check else "left"
     print(
         f"{len(files)} file(s): {len(changed)} {'unformatted' if args.check else 'reformatted'}, "

@@ -255,3 +255,13 @@ def test_validate_escapes_the_snippet_and_keeps_the_caret_on_the_fault(tmp_path:
     assert '"\\u202e\\x1b[2K"' in snippet
     caret = next(line for line in lines if line.rstrip().endswith("^"))
     assert snippet[len(caret.rstrip()) - 1] in "!}"
+
+
+def test_fmt_escapes_file_names(tmp_path: Path) -> None:
+    name = "EVIL[" + "".join(c for c in KINDS if c not in "\x00") + "].cedar"
+    (tmp_path / name).write_text("permit(principal,action,resource);\n")
+    out = stepguard("fmt", "--check", str(tmp_path))
+    assert out.returncode == 3, out.stderr
+    assert out.stdout.count("\n") == 1  # one file, one line
+    assert all(is_safe(line) for line in out.stdout.splitlines())
+    assert "\\u202e" in out.stdout
