@@ -15,6 +15,7 @@ audit trail is writable (docs/deployment.md).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from sidecar.errors import StepguardError
 from sidecar.exitcodes import EXIT_ERROR, EXIT_OK
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# Where a worker finds its sidecar (the chart's `stepguard.sidecar.workerEnv` sets it).
+ADDRESS_ENV = "STEPGUARD_ADDRESS"
 
 
 def register(sub: Any) -> None:
@@ -35,7 +38,8 @@ def register(sub: Any) -> None:
     where = cmd.add_mutually_exclusive_group()
     where.add_argument(
         "--address",
-        help=f"HOST:PORT of the gRPC listener, or unix:///PATH (default {DEFAULT_ADDRESS})",
+        help=f"gRPC target: HOST:PORT, or unix:///PATH (default: ${ADDRESS_ENV}, "
+        f"else {DEFAULT_ADDRESS})",
     )
     where.add_argument("--socket", type=Path, help="path of the sidecar's Unix socket (--socket)")
     cmd.add_argument(
@@ -69,7 +73,7 @@ def target_of(args: argparse.Namespace) -> str:
     """The gRPC target to dial: the socket as unix:// (absolute), or the address."""
     if args.socket is not None:
         return f"unix://{Path(args.socket).absolute()}"
-    return str(args.address or DEFAULT_ADDRESS)
+    return str(args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS)
 
 
 def check(

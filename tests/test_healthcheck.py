@@ -6,6 +6,7 @@ The chart's exec probes run this command, so its exit code is the contract:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +21,15 @@ from tests.pki import make_pki, tls_settings
 AUTHORIZER = "stepguard.v1.Authorizer"
 
 
-def healthcheck(*args: str) -> subprocess.CompletedProcess[str]:
+def healthcheck(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "STEPGUARD_ADDRESS"}
     return subprocess.run(
         [sys.executable, "-m", "sidecar.cli", "healthcheck", "--timeout", "10", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env=environ | (env or {}),
     )
 
 
@@ -48,6 +51,14 @@ def test_serving_over_tcp_and_the_socket_then_unavailable(tmp_path: Path) -> Non
     gone = healthcheck("--socket", socket, "--timeout", "2")
     assert gone.returncode == EXIT_ERROR
     assert "UNAVAILABLE" in gone.stderr or "DEADLINE_EXCEEDED" in gone.stderr
+
+
+def test_the_workers_address_is_the_default(tmp_path: Path) -> None:
+    """In a worker container STEPGUARD_ADDRESS (set by the chart) names its sidecar."""
+    with running_sidecar(tmp_path) as running:
+        out = healthcheck(env={"STEPGUARD_ADDRESS": f"unix://{running.socket}"})
+    assert out.returncode == EXIT_OK, out.stderr
+    assert out.stdout.startswith(f"unix://{running.socket} ")
 
 
 def test_quiet_prints_nothing(tmp_path: Path) -> None:
