@@ -1060,7 +1060,9 @@ def render_junit(report: Report) -> str:
             message = c.problems[0] if c.problems else c.status
             ET.SubElement(case, tag, message=message).text = "\n".join(detail)
     ET.indent(root)
-    return ET.tostring(root, encoding="unicode", xml_declaration=True)
+    # XML 1.0 cannot hold most control characters at all (names and messages come
+    # from suites): shown escaped, as in the text report, so the document parses.
+    return escape_lines(ET.tostring(root, encoding="unicode", xml_declaration=True))
 
 
 # --- the command ---------------------------------------------------------------

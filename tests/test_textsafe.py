@@ -241,6 +241,30 @@ def test_test_report_escapes_case_names(tmp_path: Path) -> None:
     assert not any(line.startswith("PASS  everything") for line in out.stdout.splitlines())
 
 
+def test_junit_report_stays_well_formed_xml(tmp_path: Path) -> None:
+    """XML 1.0 cannot carry ESC, NUL or most C0 characters: escaped, the report parses."""
+    import xml.etree.ElementTree as ET
+
+    suite = tmp_path / "evil.test.yaml"
+    case = {
+        "name": EVIL,
+        "principal": {"type": "Workload", "id": NOTIFIER["id"]},
+        "action": "notify",
+        "resource": {"type": "TargetSystem", "id": "slack"},
+        "context": {"workflow_id": "w", "run_id": "r", "step_id": "s"},
+        "now": "2026-11-25T10:00:00Z",
+        "expect": {"decision": "DENY"},
+    }
+    suite.write_text(json.dumps({"policies": str(POLICIES), "cases": [case]}))
+    out = stepguard("test", str(suite), "--format", "junit")
+    assert out.returncode == 3, out.stderr
+    root = ET.fromstring(out.stdout.split("\n", 1)[1])  # after the XML declaration
+    [testcase] = root.iter("testcase")
+    # Newlines and CRs XML carries exactly (as &#10; and &#13;); the rest, escaped.
+    shown = {c: c if c in "\n\r" else v for c, v in KINDS.items()}
+    assert testcase.get("name") == "EVIL[" + "".join(shown.values()) + "]"
+
+
 def test_validate_escapes_the_snippet_and_keeps_the_caret_on_the_fault(tmp_path: Path) -> None:
     directory = tmp_path / "policies"
     shutil.copytree(POLICIES, directory)
