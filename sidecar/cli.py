@@ -22,27 +22,25 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sidecar.bundle import load_bundle
-from sidecar.config import build_settings
-from sidecar.engine import evaluate
 from sidecar.errors import BundleError, StepguardError
 from sidecar.exitcodes import EXIT_DENY, EXIT_ERROR, EXIT_INVALID, EXIT_OK, epilog
-from sidecar.explain import explain
-from sidecar.explain import render_text as render_explanation
-from sidecar.explain import to_json as explanation_json
-from sidecar.jsonreq import request_from_json
-from sidecar.model import Result
 from sidecar.textsafe import escape
-from sidecar.validate import Limits, request_from_proto
+
+if TYPE_CHECKING:
+    from sidecar.model import Result
+
+# The engine, bundle loader and tools are imported by the commands that use them:
+# `stepguard healthcheck` runs as a Kubernetes probe every few seconds and needs none.
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(probe_only=words[:1] == ["healthcheck"])
+    args = parser.parse_args(words)
     try:
         code: int = args.run(args)
     except BundleError as exc:  # any command: the policies do not load
@@ -98,7 +96,8 @@ def _version() -> str:
         return "unknown"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, probe_only: bool = False) -> argparse.ArgumentParser:
+    """Every command; with `probe_only`, just `healthcheck` (light to import, for probes)."""
     parser = _Parser(
         prog="stepguard",
         description=__doc__.splitlines()[0],
@@ -109,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"stepguard {_version()}", help="print the version"
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    if probe_only:
+        from sidecar import healthcheck
+
+        healthcheck.register(sub)
+        _add_exit_codes(parser)
+        return parser
 
     serve = sub.add_parser("serve", help="run the decision sidecar")
     serve.add_argument("--policies", help="policy directory (default: policies)")
@@ -259,6 +264,7 @@ def _extensions() -> list[Any]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from sidecar.config import build_settings
     from sidecar.server import Sidecar, tune_gc_for_serving
 
     logging.basicConfig(
@@ -302,6 +308,14 @@ def _endpoints(endpoints: Any) -> dict[str, Any]:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from sidecar.bundle import load_bundle
+    from sidecar.engine import evaluate
+    from sidecar.explain import explain
+    from sidecar.explain import render_text as render_explanation
+    from sidecar.explain import to_json as explanation_json
+    from sidecar.jsonreq import request_from_json
+    from sidecar.validate import Limits, request_from_proto
+
     bundle = load_bundle(args.policies)
     raw = _request_json(args)
     now = _parse_now(args.now)
