@@ -127,8 +127,10 @@ def run_command(args: argparse.Namespace) -> int:
         print(escape_lines(r.error), file=sys.stderr)
     for r in changed:
         if args.diff:
+            # A bidi override in a policy (Trojan Source) shows as \u202e, not reordered text.
             sys.stdout.writelines(
-                difflib.unified_diff(
+                escape_lines(line)
+                for line in difflib.unified_diff(
                     r.original.splitlines(keepends=True),
                     r.formatted.splitlines(keepends=True),
                     f"{r.path} (current)",

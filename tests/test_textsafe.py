@@ -285,9 +285,14 @@ def test_validate_escapes_the_snippet_and_keeps_the_caret_on_the_fault(tmp_path:
 
 def test_fmt_escapes_file_names(tmp_path: Path) -> None:
     name = "EVIL[" + "".join(c for c in KINDS if c not in "\x00") + "].cedar"
-    (tmp_path / name).write_text("permit(principal,action,resource);\n")
+    (tmp_path / name).write_text(
+        'permit(principal,action,resource) when { "\u202e\x1b[2K" == "x" };\n'
+    )
     out = stepguard("fmt", "--check", str(tmp_path))
     assert out.returncode == 3, out.stderr
     assert out.stdout.count("\n") == 1  # one file, one line
     assert all(is_safe(line) for line in out.stdout.splitlines())
     assert "\\u202e" in out.stdout
+    diff = stepguard("fmt", "--check", "--diff", str(tmp_path))
+    assert all(is_safe(line) for line in diff.stdout.split("\n"))
+    assert '"\\u202e\\x1b[2K"' in diff.stdout
