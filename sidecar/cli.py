@@ -1,7 +1,7 @@
 """`stepguard` command line: serve, check, validate, and the policy authors' tools.
 
 Exit codes (sidecar/exitcodes.py), the same in every command: 0 success
-(check: ALLOW), 1 error (bad input, flags or files), 2 check: DENY, 3 a check
+(check: ALLOW), 1 error (bad input, flags, usage or files), 2 check: DENY, 3 a check
 found problems (test failures, fmt --check, replay --fail-on-change), 4 the
 policies are invalid, 5 no tests ran (--fail-on-empty), 6 coverage below the
 minimum. `check` and `validate` reuse
@@ -22,33 +22,33 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sidecar.bundle import load_bundle
-from sidecar.config import build_settings
-from sidecar.engine import evaluate
 from sidecar.errors import BundleError, StepguardError
-from sidecar.exitcodes import EXIT_DENY, EXIT_ERROR, EXIT_INVALID, EXIT_OK
-from sidecar.explain import explain
-from sidecar.explain import render_text as render_explanation
-from sidecar.explain import to_json as explanation_json
-from sidecar.jsonreq import request_from_json
-from sidecar.model import PolicyErrors, Result
-from sidecar.validate import Limits, request_from_proto
+from sidecar.exitcodes import EXIT_DENY, EXIT_ERROR, EXIT_INVALID, EXIT_OK, epilog
+from sidecar.model import PolicyErrors  # light: the standard library only
+from sidecar.textsafe import escape
+
+if TYPE_CHECKING:
+    from sidecar.model import Result
+
+# The engine, bundle loader and tools are imported by the commands that use them:
+# `stepguard healthcheck` runs as a Kubernetes probe every few seconds and needs none.
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(probe_only=words[:1] == ["healthcheck"])
+    args = parser.parse_args(words)
     try:
         code: int = args.run(args)
     except BundleError as exc:  # any command: the policies do not load
-        print(f"stepguard: error: {exc}", file=sys.stderr)
+        print(f"stepguard: error: {escape(exc)}", file=sys.stderr)
         return EXIT_INVALID
     except StepguardError as exc:
-        print(f"stepguard: error: {exc}", file=sys.stderr)
+        print(f"stepguard: error: {escape(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (`stepguard test | head`): stop quietly, like other CLIs.
@@ -58,9 +58,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stepguard", description=__doc__.splitlines()[0])
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 1 (EXIT_ERROR): 2 means DENY to scripts.
+
+    Subcommand parsers are of this class too (add_subparsers uses the
+    parent's class), so each prints its own usage.
+    """
+
+    def error(self, message: str) -> Any:  # argparse declares NoReturn
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {escape(message)}\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """A command (a parser without subcommands) reports its own unknown flags."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual; keeps the exit-code table of the epilog as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("exit codes:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stepguard")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _parser(*, probe_only: bool = False) -> argparse.ArgumentParser:
+    """Every command; with `probe_only`, just `healthcheck` (light to import, for probes)."""
+    parser = _Parser(
+        prog="stepguard",
+        description=__doc__.splitlines()[0],
+        formatter_class=_HelpFormatter,
+        epilog=_general_epilog(),
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"stepguard {_version()}", help="print the version"
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    if probe_only:
+        from sidecar import healthcheck
+
+        healthcheck.register(sub)
+        _add_exit_codes(parser)
+        return parser
 
     serve = sub.add_parser("serve", help="run the decision sidecar")
     serve.add_argument("--policies", help="policy directory (default: policies)")
@@ -110,9 +164,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="open AuthorizeStreams per caller (default 0: half of workers / 2)",
     )
-    serve.add_argument("--max-request-bytes", type=int)
-    serve.add_argument("--max-attribute-depth", type=int)
-    serve.add_argument("--max-batch-items", type=int)
+    serve.add_argument(
+        "--max-request-bytes", type=int, help="refuse larger requests (INVALID_ARGUMENT)"
+    )
+    serve.add_argument(
+        "--max-attribute-depth", type=int, help="refuse attributes nested deeper than this"
+    )
+    serve.add_argument("--max-batch-items", type=int, help="refuse batches with more items")
     serve.add_argument("--tls-cert", help="PEM certificate chain: TLS on the TCP listener")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates (mTLS)")
@@ -153,11 +211,18 @@ def _parser() -> argparse.ArgumentParser:
         "could apply makes the answer DENY) or cedar (Cedar's semantics: it is skipped)",
     )
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR"
+    )
     serve.set_defaults(run=_serve)
 
     check = sub.add_parser("check", help="decide one request locally, as the sidecar would")
-    check.add_argument("--policies", type=Path, default=Path("policies"))
+    check.add_argument(
+        "--policies",
+        type=Path,
+        default=Path("policies"),
+        help="policy directory (default: policies)",
+    )
     check.add_argument("--request", type=Path, help="JSON request file (- for stdin)")
     check.add_argument("--principal", help='e.g. Workload::"spiffe://example.org/ns/etl/sa/w"')
     check.add_argument("--action", help='e.g. Action::"grant_access"')
@@ -179,7 +244,13 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check)
 
     validate = sub.add_parser("validate", help="load and strictly validate a policy directory")
-    validate.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+    validate.add_argument(
+        "directory",
+        type=Path,
+        nargs="?",
+        default=Path("policies"),
+        help="the policy directory (default: policies)",
+    )
     validate.add_argument("--json", action="store_true", help="print the problems as JSON")
     validate.add_argument(
         "--strict",
@@ -189,18 +260,54 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(run=_validate)
     for register in _extensions():
         register(sub)
+    _add_exit_codes(parser)
     return parser
+
+
+def _general_epilog() -> str:
+    from sidecar import exitcodes
+
+    body = exitcodes.__doc__.split("\n\n")[2] if exitcodes.__doc__ else ""
+    return "exit codes:\n" + body
+
+
+def subcommands(
+    parser: argparse.ArgumentParser, path: str = ""
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every (command words, parser) under `parser`, depth first (for help and its test)."""
+    found: list[tuple[str, argparse.ArgumentParser]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                words = f"{path} {name}".strip()
+                found.append((words, child))
+                found.extend(subcommands(child, words))
+    return found
+
+
+def _add_exit_codes(parser: argparse.ArgumentParser) -> None:
+    """Each command's --help ends with the exit codes it can return (sidecar/exitcodes.py)."""
+    for words, child in subcommands(parser):
+        child.epilog = epilog(words) or child.epilog
+        child.formatter_class = _HelpFormatter
 
 
 def _extensions() -> list[Any]:
     """Subcommands that live beside the feature they drive (each `register(subparsers)`)."""
-    from sidecar import fmt, policytest, replay
+    from sidecar import fmt, healthcheck, policytest, replay
     from sidecar.audit import cli as audit_cli
 
-    return [audit_cli.register, policytest.register, fmt.register, replay.register]
+    return [
+        audit_cli.register,
+        policytest.register,
+        fmt.register,
+        replay.register,
+        healthcheck.register,
+    ]
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from sidecar.config import build_settings
     from sidecar.server import Sidecar, tune_gc_for_serving
 
     logging.basicConfig(
@@ -246,6 +353,14 @@ def _endpoints(endpoints: Any) -> dict[str, Any]:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from sidecar.bundle import load_bundle
+    from sidecar.engine import evaluate
+    from sidecar.explain import explain
+    from sidecar.explain import render_text as render_explanation
+    from sidecar.explain import to_json as explanation_json
+    from sidecar.jsonreq import request_from_json
+    from sidecar.validate import Limits, request_from_proto
+
     bundle = load_bundle(args.policies)
     raw = _request_json(args)
     now = _parse_now(args.now)
@@ -327,15 +442,16 @@ def result_json(result: Result) -> dict[str, Any]:
 
 
 def render_result(result: Result) -> str:
-    lines = [f"decision: {result.decision.value}", f"reason:   {result.summary()}"]
+    """The text of `check`: policy ids, sources and errors come from files, so escaped."""
+    lines = [f"decision: {result.decision.value}", f"reason:   {escape(result.summary())}"]
     for ref in result.reasons:
-        lines.append(f"  policy {ref.id} ({ref.source})")
+        lines.append(f"  policy {escape(ref.id)} ({escape(ref.source)})")
     for err in result.errors:
-        lines.append(f"  error {err.policy_id or '-'}: {err.message}")
+        lines.append(f"  error {escape(err.policy_id or '-')}: {escape(err.message)}")
     ttl = result.obligations.max_credential_ttl
     if ttl is not None:
         lines.append(f"obligation: max_credential_ttl = {int(ttl.total_seconds())}s")
-    lines.append(f"revision: {result.revision}")
+    lines.append(f"revision: {escape(result.revision)}")
     lines.append(f"policy errors: {result.policy_errors.value}")
     return "\n".join(lines)
 

@@ -9,6 +9,18 @@ opposite on purpose: it raises `StepDenied` so the guarded step does not run.
     with client.guard({"principal": ..., "action": ..., "resource": ...}) as decision:
         issue_credential(ttl=decision.max_credential_ttl)
 
+Every decision says what it is in `kind` (a `DecisionKind`) and `code` (the
+gRPC status the call ended with), so a worker can tell a DENY by policy from a
+bug in its own request (INVALID_REQUEST: fix the caller, do not retry) and
+from an outage (UNAVAILABLE, DEADLINE, OVERLOADED: asking again may help),
+without parsing `reason` and still without an exception:
+
+    decision = client.authorize(request)
+    if decision.kind is DecisionKind.INVALID_REQUEST:
+        raise BugInMyRequest(decision.reason)
+    if decision.kind.retryable:
+        schedule_retry()
+
 Every call takes an optional `traceparent` (W3C trace context) and
 `request_id` (a correlation id); the sidecar records them in the decision's
 audit event as `trace_id` and `request_id`, so an auditor can join the trail
@@ -17,6 +29,7 @@ with the orchestrator's traces and logs.
 
 from __future__ import annotations
 
+import enum
 import functools
 import itertools
 import logging
@@ -48,8 +61,56 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class DecisionKind(enum.Enum):
+    """What a `StepDecision` stands for; only ALLOW lets a step run."""
+
+    ALLOW = "allow"  # the sidecar decided ALLOW
+    DENY = "deny"  # the sidecar decided DENY (its policies, or its own fail-closed rules)
+    INVALID_REQUEST = "invalid_request"  # the request is wrong: a bug in the caller
+    UNAVAILABLE = "unavailable"  # no sidecar answered: down, restarting, the stream broke
+    DEADLINE = "deadline"  # no answer within the timeout
+    OVERLOADED = "overloaded"  # the sidecar refused the call for load (RESOURCE_EXHAUSTED)
+    UNAUTHENTICATED = "unauthenticated"  # the caller's TLS identity was refused
+    ERROR = "error"  # anything else (INTERNAL, UNIMPLEMENTED, a failure in the client)
+
+    @property
+    def decided(self) -> bool:
+        """The sidecar made (and recorded) a decision: ALLOW or DENY."""
+        return self in (DecisionKind.ALLOW, DecisionKind.DENY)
+
+    @property
+    def retryable(self) -> bool:
+        """No decision was had for a reason that may pass: asking again may succeed."""
+        return self in (DecisionKind.UNAVAILABLE, DecisionKind.DEADLINE, DecisionKind.OVERLOADED)
+
+
+_KIND_OF_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: DecisionKind.INVALID_REQUEST,
+    grpc.StatusCode.UNAVAILABLE: DecisionKind.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED: DecisionKind.UNAVAILABLE,
+    grpc.StatusCode.ABORTED: DecisionKind.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DecisionKind.DEADLINE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: DecisionKind.OVERLOADED,
+    grpc.StatusCode.UNAUTHENTICATED: DecisionKind.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED: DecisionKind.UNAUTHENTICATED,
+}
+_CODE_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def kind_of(code: grpc.StatusCode | None) -> DecisionKind:
+    """The kind of a call that ended with `code` and no decision."""
+    if code is None:
+        return DecisionKind.ERROR
+    return _KIND_OF_CODE.get(code, DecisionKind.ERROR)
+
+
 @dataclass(frozen=True, slots=True)
 class StepDecision:
+    """One answer. `kind` says what it is, `code` the gRPC status the call ended with
+    (OK for a decision; for a request the client could not even build, the
+    INVALID_ARGUMENT the sidecar would have given; None when no call was made for
+    another reason). A DENY is never of kind ALLOW, whatever was passed."""
+
     allowed: bool
     reason: str
     decision_id: str = ""
@@ -58,6 +119,14 @@ class StepDecision:
     errors: tuple[str, ...] = ()
     max_credential_ttl: timedelta | None = None
     response: pb.AuthorizeResponse | None = field(default=None, repr=False)
+    kind: DecisionKind = DecisionKind.DENY
+    code: grpc.StatusCode | None = None
+
+    def __post_init__(self) -> None:
+        if self.allowed and self.kind is not DecisionKind.ALLOW:
+            object.__setattr__(self, "kind", DecisionKind.ALLOW)
+        elif not self.allowed and self.kind is DecisionKind.ALLOW:
+            object.__setattr__(self, "kind", DecisionKind.DENY)
 
 
 class StepDenied(StepguardError):
@@ -68,8 +137,13 @@ class StepDenied(StepguardError):
         super().__init__(f"step denied by stepguard: {decision.reason}")
 
 
-def denied(reason: str) -> StepDecision:
-    return StepDecision(allowed=False, reason=reason)
+def denied(
+    reason: str,
+    kind: DecisionKind = DecisionKind.DENY,
+    code: grpc.StatusCode | None = None,
+) -> StepDecision:
+    """A DENY not decided by the sidecar; `kind` says why (DENY: the caller's own rule)."""
+    return StepDecision(allowed=False, reason=reason, kind=kind, code=code)
 
 
 def from_response(resp: pb.AuthorizeResponse) -> StepDecision:
@@ -87,6 +161,8 @@ def from_response(resp: pb.AuthorizeResponse) -> StepDecision:
         errors=tuple(e.message for e in resp.errors),
         max_credential_ttl=ttl,
         response=resp,
+        kind=DecisionKind.ALLOW if resp.decision == pb.DECISION_ALLOW else DecisionKind.DENY,
+        code=grpc.StatusCode.OK,
     )
 
 
@@ -100,7 +176,13 @@ def _item_decision(item: pb.AuthorizeBatchResult | pb.AuthorizeStreamResponse) -
     """A batch result's or stream answer's outcome: its decision, or a DENY for its error."""
     if item.HasField("response"):
         return from_response(item.response)
-    return denied(f"invalid request: {item.error.message}")
+    code = _CODE_BY_VALUE.get(item.error.code, grpc.StatusCode.INVALID_ARGUMENT)
+    if code is grpc.StatusCode.OK:  # an error without a code: the item was refused
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    kind = kind_of(code)
+    if kind is DecisionKind.INVALID_REQUEST:
+        return denied(f"invalid request: {item.error.message}", kind, code)
+    return denied(f"stepguard refused the item ({code.name}): {item.error.message}", kind, code)
 
 
 def _metadata(traceparent: str | None, request_id: str | None) -> tuple[tuple[str, str], ...]:
@@ -133,23 +215,37 @@ class _Batch:
     def decisions(self, resp: pb.AuthorizeBatchResponse) -> list[StepDecision]:
         sent = map(_item_decision, resp.results)
         if len(resp.results) != self.size - len(self.local):
-            return [denied("stepguard answered a different number of results")] * self.size
+            mismatch = denied(
+                "stepguard answered a different number of results",
+                DecisionKind.ERROR,
+                grpc.StatusCode.INTERNAL,
+            )
+            return [mismatch] * self.size
         return [self.local[i] if i in self.local else next(sent) for i in range(self.size)]
 
     def failed(self, exc: Exception) -> list[StepDecision]:
-        return [_failure(exc)] * self.size
+        """The call failed: each item sent gets the failure; an item never sent keeps its own."""
+        failure = _failure(exc)
+        return [self.local.get(i, failure) for i in range(self.size)]
 
 
 def _failure(exc: Exception) -> StepDecision:
-    """The DENY that stands for a call that went wrong, saying how."""
-    if isinstance(exc, InvalidRequest):
-        return denied(f"invalid request: {exc}")
+    """The DENY that stands for a call that went wrong, saying how (and of which kind)."""
+    if isinstance(exc, InvalidRequest):  # the client could not build it: never sent
+        return denied(
+            f"invalid request: {exc}",
+            DecisionKind.INVALID_REQUEST,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
     if isinstance(exc, grpc.RpcError):
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
+        kind = kind_of(code)
+        if kind is DecisionKind.INVALID_REQUEST:  # the sidecar refused the request itself
+            return denied(f"invalid request: {details}", kind, code)
         name = code.name if code is not None else "UNKNOWN"
-        return denied(f"stepguard call failed ({name}): {details}")
-    return denied(f"stepguard client error: {type(exc).__name__}: {exc}")
+        return denied(f"stepguard call failed ({name}): {details}", kind, code)
+    return denied(f"stepguard client error: {type(exc).__name__}: {exc}", DecisionKind.ERROR)
 
 
 class StepguardClient:
@@ -326,7 +422,11 @@ class DecisionStream:
         except FutureTimeout:
             with self._lock:
                 self._waiting.pop(item_id, None)
-            return denied(f"stepguard call failed (DEADLINE_EXCEEDED): no answer in {timeout} s")
+            return denied(
+                f"stepguard call failed (DEADLINE_EXCEEDED): no answer in {timeout} s",
+                DecisionKind.DEADLINE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
         if decision is _RETRY:
             return self._client.authorize(msg, timeout=timeout, **self._call_ids)
         return decision
@@ -356,14 +456,21 @@ class DecisionStream:
                     waiter = self._waiting.pop(out.id, None)
                 if waiter is not None:  # else its caller gave up waiting
                     waiter.set_result(_item_decision(out))
-            reason = "the stream was closed" if self._closing else "the sidecar ended the stream"
-            retry = False
         except Exception as exc:  # noqa: BLE001 - whatever broke it, fail closed
-            reason = _failure(exc).reason
+            failure = _failure(exc)
             retry = isinstance(exc, grpc.RpcError) and exc.code() in _REFUSED_AT_OPEN
-        self._fail(reason, retry=retry)
+            self._fail(failure.reason, retry=retry, kind=failure.kind, code=failure.code)
+            return
+        self._fail("the stream was closed" if self._closing else "the sidecar ended the stream")
 
-    def _fail(self, reason: str, *, retry: bool = False) -> None:
+    def _fail(
+        self,
+        reason: str,
+        *,
+        retry: bool = False,
+        kind: DecisionKind = DecisionKind.UNAVAILABLE,
+        code: grpc.StatusCode | None = None,
+    ) -> None:
         """Later calls go unary; what is awaited is retried so if never decided, else denied.
 
         A break mid-stream may come after the sidecar decided (and audited) an
@@ -376,7 +483,9 @@ class DecisionStream:
                     log.warning("stepguard stream stopped, using unary calls: %s", reason)
             waiting, self._waiting = self._waiting, {}
         self._items.put(_CLOSE)  # the request iterator, if gRPC still reads it, ends
-        outcome = _RETRY if retry else denied(f"stepguard stream failed: {reason}")
+        if kind is DecisionKind.INVALID_REQUEST:  # the stream ended, not this item's fault
+            kind = DecisionKind.ERROR
+        outcome = _RETRY if retry else denied(f"stepguard stream failed: {reason}", kind, code)
         for waiter in waiting.values():
             waiter.set_result(outcome)
 

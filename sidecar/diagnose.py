@@ -29,6 +29,7 @@ from sidecar.cedartext import Span, locate_error, position, split_policies
 from sidecar.errors import BundleError
 from sidecar.exitcodes import EXIT_INVALID, EXIT_OK
 from sidecar.failopen import file_warnings, schema_types
+from sidecar.textsafe import escape, escape_lines
 
 _POLICY_REF = re.compile(r"policy(\d+)")
 
@@ -48,18 +49,21 @@ class Problem:
         return ":".join(parts)
 
     def render(self) -> str:
-        """`file:line: message`, then where exactly and the offending line, rustc-style."""
+        """`file:line: message`, then where exactly and the offending line, rustc-style.
+
+        Names, messages and the snippet are escaped (sidecar/textsafe.py): a
+        bidi override or escape sequence in a policy file shows as `\u202e`,
+        and the caret still points at the right character.
+        """
         head = f"{self.file}:{self.line}" if self.line else self.file
         label = "warning: " if self.level == "warning" else ""
-        lines = [f"{head}: {label}{self.message}"]
+        lines = [f"{escape(head)}: {label}{escape_lines(self.message)}"]
         if self.source_line and self.line:
             gutter = " " * len(str(self.line))
-            lines.append(f"{gutter}--> {self.where}")
-            lines.append(f"{self.line} | {self.source_line.rstrip()}")
+            lines.append(f"{gutter}--> {escape(self.where)}")
+            lines.append(f"{self.line} | {escape(self.source_line.rstrip())}")
             if self.column:
-                pad = "".join(
-                    ch if ch == "\t" else " " for ch in self.source_line[: self.column - 1]
-                )
+                pad = " " * len(escape(self.source_line[: self.column - 1]))
                 lines.append(f"{gutter} | {pad}^")
         return "\n".join(lines)
 
@@ -263,17 +267,20 @@ def validate_command(args: argparse.Namespace) -> int:
                 if strict
                 else "they can error at run time (--strict refuses them)"
             )
-            print(f"{args.directory}: {len(warnings)} warning(s); {verdict}", file=sys.stderr)
+            print(
+                f"{escape(args.directory)}: {len(warnings)} warning(s); {verdict}", file=sys.stderr
+            )
         if ok:
             print(
                 f"ok: {bundle.policy_count} policies, {len(bundle.entity_json)} entities, "
-                f"revision {bundle.revision}"
+                f"revision {escape(bundle.revision)}"
             )
     else:
         for problem in problems:
             print(problem.render(), file=sys.stderr)
         print(
-            f"{args.directory}: {len(problems)} problem(s); the sidecar refuses these policies",
+            f"{escape(args.directory)}: {len(problems)} problem(s); "
+            "the sidecar refuses these policies",
             file=sys.stderr,
         )
     return EXIT_OK if ok else EXIT_INVALID

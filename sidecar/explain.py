@@ -38,6 +38,7 @@ from sidecar.bundle import Bundle, PolicyInfo
 from sidecar.cedartext import SCOPE_KINDS, Part, one_line, policy_parts, position
 from sidecar.engine import request_entities
 from sidecar.model import AuthzRequest, Result
+from sidecar.textsafe import escape
 
 _MEMO_SIZE = 8
 
@@ -379,24 +380,26 @@ def deciding_text(policy: PolicyExplanation) -> str:
 
 
 def render_text(explanation: Explanation) -> str:
+    """The explanation as text; ids, sources, clauses and errors escaped (sidecar/textsafe.py)."""
     lines = [f"policies ({len(explanation.policies)}):"]
     for pol in ordered(explanation):
         flag = "  DETERMINING" if pol.determining else ""
         lines.append(
-            f"  {pol.outcome.value.upper():<15}{pol.effect:<7}{pol.id}  ({pol.source}){flag}"
+            f"  {pol.outcome.value.upper():<15}{pol.effect:<7}{escape(pol.id)}  "
+            f"({escape(pol.source)}){flag}"
         )
-        why = deciding_text(pol)
+        why = escape(deciding_text(pol))
         if pol.outcome is Outcome.SATISFIED and not pol.determining and pol.effect == "permit":
             why += "; overridden: a forbid was satisfied too, and forbid wins"
         lines.append(f"  {'':<15}{why}")
         if pol.outcome is Outcome.ERRORED:
             for err in pol.errors:
-                lines.append(f"  {'':<15}error: {err}")
+                lines.append(f"  {'':<15}error: {escape(err)}")
         if pol.max_credential_ttl is not None and pol.outcome is Outcome.SATISFIED:
             ttl = int(pol.max_credential_ttl.total_seconds())
             lines.append(f"  {'':<15}obligation: max_credential_ttl {ttl}s")
     for err in explanation.request_errors:
-        lines.append(f"request error: {err}")
+        lines.append(f"request error: {escape(err)}")
     return "\n".join(lines)
 
 

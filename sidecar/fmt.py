@@ -24,6 +24,7 @@ from sidecar.bundle import visible_files
 from sidecar.cedartext import comments, locate_error, position, split_policies
 from sidecar.errors import StepguardError
 from sidecar.exitcodes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
+from sidecar.textsafe import escape, escape_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +113,8 @@ def register(sub: Any) -> None:
     cmd.add_argument("paths", nargs="*", type=Path, help="files or directories (policies)")
     cmd.add_argument("--check", action="store_true", help="change nothing; exit 3 if unformatted")
     cmd.add_argument("--diff", action="store_true", help="print what would change")
-    cmd.add_argument("--line-width", type=int, default=80)
-    cmd.add_argument("--indent-width", type=int, default=2)
+    cmd.add_argument("--line-width", type=int, default=80, help="wrap at (default 80)")
+    cmd.add_argument("--indent-width", type=int, default=2, help="indent by (default 2)")
     cmd.set_defaults(run=run_command)
 
 
@@ -123,11 +124,13 @@ def run_command(args: argparse.Namespace) -> int:
     broken = [r for r in results if r.error]
     changed = [r for r in results if r.changed]
     for r in broken:
-        print(r.error, file=sys.stderr)
+        print(escape_lines(r.error), file=sys.stderr)
     for r in changed:
         if args.diff:
+            # A bidi override in a policy (Trojan Source) shows as \u202e, not reordered text.
             sys.stdout.writelines(
-                difflib.unified_diff(
+                escape_lines(line)
+                for line in difflib.unified_diff(
                     r.original.splitlines(keepends=True),
                     r.formatted.splitlines(keepends=True),
                     f"{r.path} (current)",
@@ -135,10 +138,10 @@ def run_command(args: argparse.Namespace) -> int:
                 )
             )
         if args.check:
-            print(f"would reformat {r.path}")
+            print(f"would reformat {escape(r.path)}")
         else:
             write_atomically(r.path, r.formatted)
-            print(f"reformatted {r.path}")
+            print(f"reformatted {escape(r.path)}")
     verb = "would be left" if args.check else "left"
     print(
         f"{len(files)} file(s): {len(changed)} {'unformatted' if args.check else 'reformatted'}, "

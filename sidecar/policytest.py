@@ -46,6 +46,7 @@ from sidecar.exitcodes import EXIT_COVERAGE, EXIT_EMPTY, EXIT_FAILED, EXIT_INVAL
 from sidecar.explain import explain
 from sidecar.jsonreq import request_from_json
 from sidecar.model import AuthzRequest, Decision, PolicyErrors, Result
+from sidecar.textsafe import escape, escape_lines
 from sidecar.validate import Limits, request_from_proto
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
@@ -892,10 +893,12 @@ def _describe(request: Mapping[str, Any], now: datetime | None) -> str:
 
 
 def render_text(report: Report, *, verbose: bool = False, collapse_after: int = 20) -> str:
+    """The text report. Names, requests and messages come from suites and policy files,
+    so each is escaped (sidecar/textsafe.py): a case name cannot forge a PASS line."""
     lines: list[str] = []
     passing = [s for s in report.suites if s.ok]
     show_passing = verbose or len(passing) <= collapse_after
-    width = min(60, max((len(s.file) for s in report.suites), default=0))
+    width = min(60, max((len(escape(s.file)) for s in report.suites), default=0))
     for suite in report.suites:
         if suite.ok and not show_passing:
             continue
@@ -905,7 +908,7 @@ def render_text(report: Report, *, verbose: bool = False, collapse_after: int = 
         lines.append(f"PASS  {len(passing):,} suites ({cases:,} cases; -v lists them)")
     lines.append("")
     lines.append(summary_line(report))
-    return "\n".join(lines)
+    return escape_lines("\n".join(lines))
 
 
 def summary_line(report: Report) -> str:
@@ -931,36 +934,37 @@ def summary_line(report: Report) -> str:
 
 
 def _suite_lines(suite: SuiteResult, width: int, verbose: bool) -> list[str]:
+    file = escape(suite.file)
     if suite.invalid_policies:
-        return [f"INVALID  {suite.file}", f"         {suite.error}"]
+        return [f"INVALID  {file}", f"         {escape_lines(suite.error)}"]
     if suite.error:
-        return [f"ERROR {suite.file}: {suite.error}"]
+        return [f"ERROR {file}: {escape_lines(suite.error)}"]
     counts = [f"{suite.passed} passed"]
     if suite.failed:
         counts.append(f"{suite.failed} failed")
     if suite.errored:
         counts.append(f"{suite.errored} errors")
     head = "PASS " if suite.ok else "FAIL "
-    title = f" ({suite.name})" if suite.name != suite.file else ""
-    lines = [f"{head} {suite.file:<{width}}  {', '.join(counts)}{title}"]
+    title = f" ({escape(suite.name)})" if suite.name != suite.file else ""
+    lines = [f"{head} {file:<{width}}  {', '.join(counts)}{title}"]
     for name, ok in suite.checks:
         if not ok or verbose:
-            lines.append(f"  {'ok  ' if ok else 'FAIL'}  {name}")
+            lines.append(f"  {'ok  ' if ok else 'FAIL'}  {escape(name)}")
     for case in suite.cases:
         if case.status == PASS:
             if verbose:
-                lines.append(f"  pass  {case.name}")
+                lines.append(f"  pass  {escape(case.name)}")
             continue
-        where = f"  ({Path(suite.file).name}:{case.line})" if case.line else ""
-        lines.append(f"  {case.status.upper():<4}  {case.name}{where}")
+        where = f"  ({escape(Path(suite.file).name)}:{case.line})" if case.line else ""
+        lines.append(f"  {case.status.upper():<4}  {escape(case.name)}{where}")
         if case.request:
-            lines.append(f"        request:  {case.request}")
+            lines.append(f"        request:  {escape(case.request)}")
         if case.expected is not None:
-            lines.append(f"        expected: {_expected_text(case.expected)}")
+            lines.append(f"        expected: {escape(_expected_text(case.expected))}")
         if case.actual is not None:
             lines.extend(_actual_lines(case.actual))
         for problem in case.problems:
-            lines.append(f"        - {problem}")
+            lines.append(f"        - {escape_lines(problem)}")
     return lines
 
 
@@ -981,9 +985,9 @@ def _actual_lines(result: Result) -> list[str]:
     ttl = result.obligations.max_credential_ttl
     if ttl is not None:
         text += f", max_credential_ttl {_ttl_text(ttl)}"
-    lines = [f"        actual:   {text}"]
+    lines = [f"        actual:   {escape(text)}"]
     for err in result.errors:
-        lines.append(f"        error:    {_error_text(err)}")
+        lines.append(f"        error:    {escape(_error_text(err))}")
     return lines
 
 
@@ -1082,7 +1086,9 @@ def render_junit(report: Report) -> str:
             message = c.problems[0] if c.problems else c.status
             ET.SubElement(case, tag, message=message).text = "\n".join(detail)
     ET.indent(root)
-    return ET.tostring(root, encoding="unicode", xml_declaration=True)
+    # XML 1.0 cannot hold most control characters at all (names and messages come
+    # from suites): shown escaped, as in the text report, so the document parses.
+    return escape_lines(ET.tostring(root, encoding="unicode", xml_declaration=True))
 
 
 # --- the command ---------------------------------------------------------------
@@ -1101,7 +1107,9 @@ def register(sub: Any) -> None:
     cmd.add_argument(
         "--policies", type=Path, help="run every YAML suite against this directory instead"
     )
-    cmd.add_argument("--format", choices=("text", "json", "junit"), default="text")
+    cmd.add_argument(
+        "--format", choices=("text", "json", "junit"), default="text", help="report format"
+    )
     cmd.add_argument("--output", "-o", type=Path, help="write the report here (default stdout)")
     cmd.add_argument("--filter", help="only cases whose 'suite-file: case name' matches this regex")
     cmd.add_argument("--fail-on-empty", action="store_true", help="exit 5 when no case ran")
@@ -1154,7 +1162,7 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         text = render_text(report, verbose=args.verbose)
         if wants_coverage:
-            text += "\n" + render_coverage(report.coverage, detail=args.coverage)
+            text += "\n" + escape_lines(render_coverage(report.coverage, detail=args.coverage))
         if report.warnings:
             text += "\n" + "\n".join(w.render() for w in report.warnings)
             text += f"\n{len(report.warnings)} warning(s): policies that can error at run time"

@@ -32,6 +32,7 @@ from sidecar.engine import deny, evaluate
 from sidecar.errors import BundleError, StepguardError
 from sidecar.exitcodes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.model import AuthzRequest, Decision, EntityData, EntityUid, Result
+from sidecar.textsafe import escape, escape_lines
 
 ALLOW_TO_DENY, DENY_TO_ALLOW = "allow->deny", "deny->allow"
 _REDACTED = "redacted"
@@ -304,18 +305,21 @@ def _direction_text(before: Decision, after: Decision) -> str:
 
 
 def render_text(report: ReplayReport, bundle: Bundle, show: int) -> str:
+    """The text report; recorded ids, times and messages come from the trail, so each is
+    escaped (sidecar/textsafe.py) and cannot forge a line."""
     counts = report.counts()
     lines = [
         f"replayed {report.decisions} decisions from {len(report.files)} file(s) against "
-        f"{report.policies} (revision {report.revision[:12]}), compared with {report.baseline}",
+        f"{escape(report.policies)} (revision {escape(report.revision[:12])}), "
+        f"compared with {escape(report.baseline)}",
         f"  unchanged: {report.unchanged}",
         f"  changed:   {len(report.changes)} "
         f"(allow->deny {counts[ALLOW_TO_DENY]}, deny->allow {counts[DENY_TO_ALLOW]})",
     ]
     for reason, n in sorted(report.skipped.items()):
-        lines.append(f"  skipped:   {n} {reason}")
+        lines.append(f"  skipped:   {n} {escape(reason)}")
     for name in report.files:
-        lines.append(f"  read:      {report.read_from[name]} decisions from {name}")
+        lines.append(f"  read:      {report.read_from[name]} decisions from {escape(name)}")
     if report.redacted:
         lines.append(
             f"  note: {report.redacted} recorded request(s) hold redacted values; "
@@ -323,13 +327,13 @@ def render_text(report: ReplayReport, bundle: Bundle, show: int) -> str:
         )
     if not report.changes:
         lines.append("no decision would change")
-        return "\n".join(lines)
+        return escape_lines("\n".join(lines))
     for title, key in (("by policy", "policy"), ("by action", "action")):
         lines.append("")
         lines.append(f"{title}:")
         lines.append(f"  {'allow->deny':>11}  {'deny->allow':>11}  {key}")
         for name, c in report.grouped(bundle, key):
-            lines.append(f"  {c[ALLOW_TO_DENY]:>11}  {c[DENY_TO_ALLOW]:>11}  {name}")
+            lines.append(f"  {c[ALLOW_TO_DENY]:>11}  {c[DENY_TO_ALLOW]:>11}  {escape(name)}")
     lines.append("")
     shown = report.changes[:show] if show >= 0 else report.changes
     more = len(report.changes) - len(shown)
@@ -341,15 +345,17 @@ def render_text(report: ReplayReport, bundle: Bundle, show: int) -> str:
     for ch in shown:
         r = ch.recorded
         lines.append(
-            f"  {r.time}  {_direction_text(ch.before, ch.after.decision)}  "
-            f"{r.request.principal} {r.request.action} {r.request.resource}"
+            f"  {escape(r.time)}  {_direction_text(ch.before, ch.after.decision)}  "
+            f"{escape(r.request.principal)} {escape(r.request.action)} "
+            f"{escape(r.request.resource)}"
         )
-        lines.append(f"      now: {ch.invalid or ch.after.summary()}   [{r.source} id {r.id}]")
+        now = escape(ch.invalid or ch.after.summary())
+        lines.append(f"      now: {now}   [{escape(r.source)} id {escape(r.id)}]")
         if r.redacted:
             lines.append("      note: the recorded request holds redacted values")
         if r.errors and report.baseline == "recorded":
-            lines.append(f"      recorded with server errors: {'; '.join(r.errors)}")
-    return "\n".join(lines)
+            lines.append(f"      recorded with server errors: {escape('; '.join(r.errors))}")
+    return escape_lines("\n".join(lines))
 
 
 def render_json(report: ReplayReport, bundle: Bundle) -> str:
@@ -425,7 +431,7 @@ def register(sub: Any) -> None:
         type=Path,
         help="compare with this policy directory's decisions instead of the recorded ones",
     )
-    cmd.add_argument("--format", choices=("text", "json"), default="text")
+    cmd.add_argument("--format", choices=("text", "json"), default="text", help="report format")
     cmd.add_argument("--show", type=int, default=20, help="changes to list in text (-1: all)")
     cmd.add_argument("--fail-on-change", action="store_true", help="exit 3 if any decision changes")
     cmd.set_defaults(run=run_command)
@@ -436,7 +442,7 @@ def run_command(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.policies)
         baseline = load_bundle(args.baseline) if args.baseline else None
     except BundleError as exc:
-        print(f"stepguard: invalid policies: {exc}", file=sys.stderr)
+        print(f"stepguard: invalid policies: {escape_lines(str(exc))}", file=sys.stderr)
         return EXIT_INVALID
     files = trail_files(list(args.audit_files))  # StepguardError: exit 1 with the message
     report = replay(

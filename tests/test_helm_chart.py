@@ -22,7 +22,6 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping
-from concurrent import futures
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple, TypedDict
 
@@ -289,6 +288,12 @@ def test_the_validator_is_strict() -> None:
         ({"policies": {"mountPath": "policies"}}, "/policies/mountPath"),
         ({"audit": {"file": {"volume": {"type": "hostPath"}}}}, "/audit/file/volume/type"),
         ({"audit": {"sink": "syslog"}}, "/audit/sink"),
+        ({"audit": {"persistent": "yes"}}, "/audit/persistent"),
+        ({"audit": {"hmacKeySecret": {"key": "../etc/passwd"}}}, "/audit/hmacKeySecret/key"),
+        ({"audit": {"hmacKeySecret": {"defaultMode": 1000}}}, "/audit/hmacKeySecret/defaultMode"),
+        ({"tls": {"defaultMode": -1}}, "/tls/defaultMode"),
+        ({"networkPolicy": {"enabled": "on"}}, "/networkPolicy/enabled"),
+        ({"networkPolicy": {"allowAll": True}}, "allowAll"),
         ({"audit": {"stdout": True}}, "stdout"),
         ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
         ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor"),
@@ -309,10 +314,22 @@ def test_schema_rejects_bad_values(overrides: dict[str, Any], where: str) -> Non
     [
         (
             {"mode": "standalone", "server": {"tcp": {"enabled": False}}},
-            "set server.tcp.enabled=true",
+            "set server.tcp.enabled=auto",
         ),
         ({"server": {"tcp": {"enabled": False}, "socket": {"enabled": False}}}, "no listener"),
-        ({"metrics": {"port": 50051}}, "server.tcp.port and metrics.port must differ"),
+        (
+            {"metrics": {"port": 50051}, "server": {"tcp": {"enabled": True}}},
+            "server.tcp.port and metrics.port must differ",
+        ),
+        ({"audit": {"hmacKeySecret": {"name": "k"}}}, "set audit.persistent=true"),
+        (
+            {"networkPolicy": {"enabled": True}},
+            "set networkPolicy.podSelector to their labels",
+        ),
+        (
+            {"mode": "standalone", "networkPolicy": {"enabled": True}},
+            "set networkPolicy.clientsFrom",
+        ),
         (
             {"probes": {"type": "grpc"}, "server": {"tcp": {"enabled": False}}},
             "probes.type=grpc needs server.tcp.enabled=true",
@@ -396,8 +413,26 @@ def test_every_container_is_locked_down(files: tuple[str, ...]) -> None:
 # --------------------------------------------------------------------------- probes
 
 
-def test_probes_use_the_native_grpc_health_check_by_default() -> None:
+def test_a_sidecar_listens_on_no_tcp_port_by_default() -> None:
+    """Issue 22 point 10: nothing unauthenticated on the pod network; probes use the socket."""
     sidecar = sidecar_container_from_manifest(render("example-worker-values.yaml").manifest)
+    assert flag(sidecar["args"], "--listen") == ["none"]
+    assert "sg-grpc" not in sidecar["ports"]
+    for kind, probe in sidecar["probes"].items():
+        assert probe["exec"]["command"][:2] == ["stepguard", "healthcheck"], kind
+    # Standalone serves its clients over TCP; TLS turns the listener on (TLS only).
+    standalone = sidecar_container_from_manifest(render("standalone-values.yaml").manifest)
+    assert flag(standalone["args"], "--listen") == ["0.0.0.0:50051"]
+    tls = sidecar_container_from_manifest(render("tls-values.yaml").manifest)
+    assert "--tls-cert" in tls["args"] and flag(tls["args"], "--listen") == ["0.0.0.0:50051"]
+
+
+def test_probes_use_the_native_grpc_health_check_on_plaintext_tcp() -> None:
+    sidecar = sidecar_container_from_manifest(
+        render(
+            "example-worker-values.yaml", overrides={"server": {"tcp": {"enabled": True}}}
+        ).manifest
+    )
     port = sidecar["ports"]["sg-grpc"]
     assert flag(sidecar["args"], "--listen") == [f"0.0.0.0:{port}"]
     assert sidecar["probes"]["startup"]["grpc"] == {"port": port, "service": AUTHORIZER}
@@ -415,10 +450,10 @@ def test_probes_run_over_the_socket_when_grpc_probes_cannot(files: tuple[str, ..
     for kind, probe in sidecar["probes"].items():
         assert "grpc" not in probe, kind
         command = probe["exec"]["command"]
-        assert command[:2] == ["python", "-c"], kind
-        target, service, timeout = command[3:]
-        assert target == f"unix://{socket_path}"
-        assert service == ("" if kind == "liveness" else AUTHORIZER)
+        assert command[:2] == ["stepguard", "healthcheck"], kind
+        assert flag(command, "--socket") == [socket_path]
+        assert flag(command, "--service") == ["" if kind == "liveness" else AUTHORIZER]
+        (timeout,) = flag(command, "--timeout")
         assert 0 < float(timeout) < probe["timeoutSeconds"]
 
 
@@ -428,39 +463,39 @@ def test_socket_only_mode_listens_on_no_port() -> None:
     assert "sg-grpc" not in sidecar["ports"]
 
 
-def test_the_exec_probe_command_checks_grpc_health() -> None:
-    """Run the probe's command for real against a gRPC health server on a Unix socket."""
-    import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+def test_the_exec_probe_command_checks_grpc_health(tmp_path: Path) -> None:
+    """Run each probe's command for real against a real sidecar on a Unix socket."""
+    from grpc_health.v1 import health_pb2
+
+    from tests.helpers import running_sidecar
 
     sidecar = sidecar_container_from_manifest(render("socket-only-values.yaml").manifest)
-    command: list[str] = sidecar["probes"]["readiness"]["exec"]["command"]
-
     # A short directory: Unix socket paths are limited to about 100 bytes.
     with tempfile.TemporaryDirectory(prefix="sg-") as tmp:
-        target = f"unix://{tmp}/stepguard.sock"
-        probe = [sys.executable, *command[1:3], target, *command[4:]]
+        with running_sidecar(Path(tmp)) as running:
 
-        def run_probe() -> subprocess.CompletedProcess[str]:
-            return subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
+            def run_probe(kind: str) -> subprocess.CompletedProcess[str]:
+                command: list[str] = sidecar["probes"][kind]["exec"]["command"]
+                assert command[:2] == ["stepguard", "healthcheck"]
+                args = [running.socket if a == flag(command, "--socket")[0] else a for a in command]
+                return subprocess.run(
+                    [sys.executable, "-m", "sidecar.cli", *args[1:]],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
 
-        servicer = health.HealthServicer()
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-        server.add_insecure_port(target)
-        server.start()
-        try:
-            servicer.set(AUTHORIZER, health_pb2.HealthCheckResponse.SERVING)
-            serving = run_probe()
-            assert serving.returncode == 0, serving.stderr
-            servicer.set(AUTHORIZER, health_pb2.HealthCheckResponse.NOT_SERVING)
-            not_serving = run_probe()
-            assert not_serving.returncode != 0
+            for kind in ("startup", "readiness", "liveness"):
+                serving = run_probe(kind)
+                assert serving.returncode == 0, serving.stderr
+            running.sidecar.health.set(AUTHORIZER, health_pb2.HealthCheckResponse.NOT_SERVING)
+            not_serving = run_probe("readiness")
+            assert not_serving.returncode == 1
             assert "NOT_SERVING" in not_serving.stderr
-        finally:
-            server.stop(None).wait()
-        gone = run_probe()
-        assert gone.returncode != 0
+            assert run_probe("liveness").returncode == 0  # the server itself still runs
+        gone = run_probe("liveness")
+        assert gone.returncode == 1
         assert "UNAVAILABLE" in gone.stderr
 
 
@@ -537,13 +572,13 @@ def test_default_flags() -> None:
     assert sidecar["args"] == [
         "--policies", "/etc/stepguard/policies",
         "--watch",
-        "--listen", "0.0.0.0:50051",
+        "--listen", "none",
         "--socket", "/run/stepguard/grpc.sock",
         "--metrics-listen", "0.0.0.0:9464",
         "--audit-file", "-",
         "--grace", "10",
     ]  # fmt: skip
-    assert sidecar["ports"] == {"sg-grpc": 50051, "sg-metrics": 9464}
+    assert sidecar["ports"] == {"sg-metrics": 9464}
     assert sidecar["image"] == f"stepguard:{chart_meta()['appVersion']}"
     assert sidecar["native_sidecar"] is True
     assert sidecar["volume_mounts"]["/tmp"] == "stepguard-tmp"
@@ -913,3 +948,126 @@ def test_notes_say_how_to_check_it_works() -> None:
     assert "-plaintext" not in tls and "-cert client.crt" in tls
     authzen = f"https://{RELEASE}-stepguard.{NAMESPACE}.svc:8181/access/v1/evaluation"
     assert authzen in tls and "AuthZEN" not in standalone
+
+
+# --------------------------------------------------------------------------- evidence and network
+
+
+def test_the_default_trail_is_not_persistent_and_the_notes_say_so() -> None:
+    """Issue 27 point 10: stdout and emptyDir lose the evidence with the pod; NOTES warn."""
+    worker = render("example-worker-values.yaml")
+    assert "PersistentVolumeClaim" not in kinds(worker.documents)
+    assert "WARNING: the audit trail is not persistent" in worker.notes
+    assert "audit.persistent=true" in worker.notes
+    production = render("production-values.yaml")
+    assert "not persistent" not in production.notes
+
+
+def test_one_switch_keeps_the_trail_on_a_claim() -> None:
+    docs = render("example-worker-values.yaml", overrides={"audit": {"persistent": True}}).documents
+    pvc = find(docs, "PersistentVolumeClaim")
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    pod = stepguard_pod(docs)
+    claim = volume(pod, "stepguard-audit")["persistentVolumeClaim"]["claimName"]
+    assert claim == pvc["metadata"]["name"]
+    ctr = container(pod, "stepguard")
+    (audit_file,) = flag(ctr["args"], "--audit-file")
+    assert audit_file.startswith(mount(ctr, "stepguard-audit")["mountPath"] + "/")
+    # An existing claim stays what it is.
+    existing = render(
+        "example-worker-values.yaml",
+        overrides={
+            "audit": {
+                "persistent": True,
+                "file": {"volume": {"type": "existingClaim", "existingClaim": "trails"}},
+            }
+        },
+    ).documents
+    assert "PersistentVolumeClaim" not in kinds(existing)
+    existing_pod = stepguard_pod(existing)
+    assert volume(existing_pod, "stepguard-audit")["persistentVolumeClaim"] == {
+        "claimName": "trails"
+    }
+
+
+def test_the_hmac_key_comes_from_a_secret_mounted_0400() -> None:
+    docs = render("production-values.yaml").documents
+    pod = stepguard_pod(docs)
+    key_volume = volume(pod, "stepguard-audit-key")["secret"]
+    assert key_volume["secretName"] == "stepguard-audit-key"
+    assert key_volume["defaultMode"] == 0o400
+    assert key_volume["items"] == [{"key": "hmac.key", "path": "hmac.key"}]
+    ctr = container(pod, "stepguard")
+    key_mount = mount(ctr, "stepguard-audit-key")
+    assert key_mount["readOnly"] is True
+    assert flag(ctr["args"], "--audit-hmac-key-file") == [f"{key_mount['mountPath']}/hmac.key"]
+    # Only the stepguard container sees the key.
+    for other in containers(pod):
+        if other["name"] != "stepguard":
+            names = {m["name"] for m in other.get("volumeMounts", [])}
+            assert "stepguard-audit-key" not in names
+    unkeyed = container(stepguard_pod(render("audit-pvc-values.yaml").documents), "stepguard")
+    assert "--audit-hmac-key-file" not in unkeyed["args"]
+
+
+@pytest.mark.parametrize("files", POD_SETS)
+def test_every_secret_volume_has_a_default_mode_no_one_else_can_read(
+    files: tuple[str, ...],
+) -> None:
+    for workload, template in pod_templates(render(*files).documents):
+        for vol in template["spec"].get("volumes", []):
+            if "secret" in vol:
+                mode = vol["secret"].get("defaultMode")
+                where = f"{workload['metadata']['name']}/{vol['name']}"
+                assert mode is not None, where
+                assert mode & 0o007 == 0 and mode & 0o222 == 0, (where, oct(mode))
+
+
+def _network_policy(docs: list[Manifest]) -> Manifest:
+    [policy] = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    return policy
+
+
+def test_network_policy_admits_only_the_metrics_scraper_to_a_worker_pod() -> None:
+    assert "NetworkPolicy" not in kinds(render("example-worker-values.yaml").documents)
+    docs = render("production-values.yaml").documents
+    policy = _network_policy(docs)
+    worker_labels = stepguard_pod_labels(docs)
+    assert is_subset(policy["spec"]["podSelector"]["matchLabels"], worker_labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 9464, "protocol": "TCP"}]
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+    # No metrics, no scraper: nothing at all is admitted from the network.
+    closed = _network_policy(
+        render("production-values.yaml", overrides={"metrics": {"enabled": False}}).documents
+    )
+    assert closed["spec"]["ingress"] == []
+
+
+def test_network_policy_of_a_standalone_decision_point_admits_its_clients() -> None:
+    clients = [{"namespaceSelector": {"matchLabels": {"team": "workflows"}}}]
+    docs = render(
+        "standalone-values.yaml",
+        overrides={"networkPolicy": {"enabled": True, "clientsFrom": clients}},
+    ).documents
+    policy = _network_policy(docs)
+    assert is_subset(policy["spec"]["podSelector"]["matchLabels"], stepguard_pod_labels(docs))
+    rules = policy["spec"]["ingress"]
+    assert all(rule.get("from") for rule in rules)  # a rule without peers admits everyone
+    ports = {tuple(p["port"] for p in rule["ports"]): rule["from"] for rule in rules}
+    assert ports[(50051,)] == clients
+    assert (9464,) in ports
+
+
+def stepguard_pod_labels(docs: list[Manifest]) -> dict[str, str]:
+    for _workload, template in pod_templates(docs):
+        if any(c["name"] == "stepguard" for c in containers(template["spec"])):
+            labels: dict[str, str] = template["metadata"]["labels"]
+            return labels
+    raise AssertionError("no pod runs stepguard")

@@ -12,12 +12,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.bundle import Bundle, load_bundle
-from sidecar.client import StepDecision, StepDenied, denied
+from sidecar.client import DecisionKind, StepDecision, StepDenied, denied
 from sidecar.engine import evaluate
 from sidecar.errors import ConfigError
 from sidecar.integrations.gate import (
@@ -207,11 +208,15 @@ def test_verdicts_split_policy_answers_from_unavailability() -> None:
     assert verdict(StepDecision(allowed=True, reason="ok", decision_id="d")) is Verdict.ALLOW
     policy = StepDecision(allowed=False, reason="forbidden by x", decision_id="d")
     assert verdict(policy) is Verdict.DENY
-    down = denied("stepguard call failed (UNAVAILABLE): connection refused")
+    down = denied("stepguard call failed (UNAVAILABLE): refused", DecisionKind.UNAVAILABLE)
     assert verdict(down) is Verdict.UNAVAILABLE
-    assert verdict(denied("stepguard call failed (DEADLINE_EXCEEDED): slow")) is Verdict.UNAVAILABLE
-    assert verdict(denied("stepguard call failed (INVALID_ARGUMENT): action")) is Verdict.DENY
-    assert verdict(denied("invalid request: context.attempt: must be an integer")) is Verdict.DENY
+    assert verdict(denied("no answer in 2 s", DecisionKind.DEADLINE)) is Verdict.UNAVAILABLE
+    assert verdict(denied("too many streams", DecisionKind.OVERLOADED)) is Verdict.UNAVAILABLE
+    # A bug in the request: asking again sends the same request, so it is final.
+    assert verdict(denied("invalid request: action", DecisionKind.INVALID_REQUEST)) is Verdict.DENY
+    assert verdict(denied("stepguard client error: x", DecisionKind.ERROR)) is Verdict.DENY
+    # The kind decides, not the wording of the reason.
+    assert verdict(denied("stepguard call failed (UNAVAILABLE): x")) is Verdict.DENY
     assert type(refusal(policy)) is StepDenied
     assert isinstance(refusal(down), StepguardUnavailable)
     assert "not run" in str(refusal(down))
@@ -236,6 +241,11 @@ def test_gate_against_a_real_sidecar(tmp_path: Path) -> None:
         bad = gate.check(notify, facts(approval="yes"))
         assert verdict(bad) is Verdict.DENY
         assert "must be a mapping" in bad.reason
+        assert bad.kind is DecisionKind.INVALID_REQUEST
+        # The sidecar refuses the request itself: a bug in the declaration, never retried.
+        refused = gate.check(Step("no_such_action", "slack", workload=PROVISIONER), facts())
+        assert (refused.kind, verdict(refused)) == (DecisionKind.INVALID_REQUEST, Verdict.DENY)
+        assert refused.code is grpc.StatusCode.INVALID_ARGUMENT
 
         def broken() -> GuardConfig:
             raise ConfigError("stepguard timeout must be seconds")
@@ -250,6 +260,7 @@ def test_gate_against_a_real_sidecar(tmp_path: Path) -> None:
         assert {e["run_id"] for e in events} == {"run-1"}
     stopped = Gate(GuardConfig(target=running.tcp, timeout_s=1.0)).check(notify, facts())
     assert verdict(stopped) is Verdict.UNAVAILABLE
+    assert stopped.kind in (DecisionKind.UNAVAILABLE, DecisionKind.DEADLINE)
     assert "(none: not decided by the sidecar)" in describe(stopped, facts())
 
 

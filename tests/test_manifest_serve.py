@@ -9,7 +9,7 @@ as the kubelet would project it, a TLS Secret made here, emptyDirs), remaps
 container paths into it and container ports to free loopback ports, and
 starts the real `stepguard serve`. Then it runs the startup, readiness and
 liveness probes as the kubelet would (native gRPC health checks, or the exec
-command with the image's python) and asks for decisions over the Unix socket
+command, `stepguard healthcheck`) and asks for decisions over the Unix socket
 the worker is given.
 """
 
@@ -54,6 +54,7 @@ from tests.test_helm_chart import (
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 POD_NAME = "sg-stepguard-worker-0"
+STEPGUARD_BIN = str(Path(sys.executable).with_name("stepguard"))
 WORKLOAD_ID = "spiffe://example.org/ns/workflows/sa/etl-worker"
 
 
@@ -157,14 +158,22 @@ def lay_out_volumes(
         elif "secret" in spec:
             name = spec["secret"]["secretName"]
             assert name in secrets, f"the test provides no Secret {name!r}"
-            _project(directory, secrets[name], spec["secret"].get("items"))
+            mode = spec["secret"].get("defaultMode")
+            _project(directory, secrets[name], spec["secret"].get("items"), mode)
+        elif "persistentVolumeClaim" in spec:
+            pass  # a claim: an empty directory the first time, kept across pods
         else:
             assert "emptyDir" in spec, f"volume {mount['name']}: unexpected source {spec}"
         mounts[mount["mountPath"]] = directory
     return mounts
 
 
-def _project(directory: Path, data: Mapping[str, Any], items: list[Manifest] | None) -> None:
+def _project(
+    directory: Path,
+    data: Mapping[str, Any],
+    items: list[Manifest] | None,
+    default_mode: int | None = None,
+) -> None:
     """Lay out ConfigMap or Secret data as the kubelet's atomic writer does.
 
     The files live in a timestamped dot-directory, `..data` links to it, and
@@ -177,6 +186,8 @@ def _project(directory: Path, data: Mapping[str, Any], items: list[Manifest] | N
         target = payload / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(value if isinstance(value, bytes) else str(value).encode())
+        if default_mode is not None:  # the kubelet applies the Secret volume's defaultMode
+            target.chmod(default_mode)
     (directory / "..data").symlink_to(payload.name)
     for rel in {PurePosixPath(r).parts[0] for r in chosen.values()}:
         (directory / rel).symlink_to(f"..data/{rel}")
@@ -195,8 +206,9 @@ def probe_once(pod: Pod, probe: Manifest, env: Mapping[str, str]) -> tuple[bool,
             return False, f"{exc.code().name}: {exc.details()}"
         return reply.status == health_pb2.HealthCheckResponse.SERVING, str(reply.status)
     command = [str(c) for c in probe["exec"]["command"]]
-    assert command[0] == "python", f"exec probe runs {command[0]!r}, not the image's python"
-    argv = [sys.executable, *(pod.path(c) for c in command[1:])]
+    assert command[:2] == ["stepguard", "healthcheck"], f"exec probe runs {command[:2]!r}"
+    argv = [str(Path(sys.executable).with_name("stepguard"))]
+    argv += [pod.path(c) for c in command[1:]]
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, env=dict(env), check=False
@@ -340,6 +352,43 @@ def test_sidecar_from_the_chart_serves_the_worker_over_its_socket(values_file: s
         stdout = stop_cleanly(started)
     assert audited(stdout, allowed)["decision"] == "ALLOW"
     assert audited(stdout, denied)["decision"] == "DENY"
+
+
+def test_production_values_keep_a_keyed_trail_on_the_claim() -> None:
+    """production-values.yaml: the trail on the claim, keyed from the Secret (mode 0400)."""
+    key = os.urandom(32)
+    secrets = {"stepguard-audit-key": {"hmac.key": key}}
+    with serve_from_chart("production-values.yaml", secrets) as started:
+        check_probes(started)
+        with StepguardClient(started.socket, timeout=5) as worker:
+            allowed = worker.authorize(run_step("low"))
+        assert allowed.allowed, allowed.reason
+        args = started.argv
+        key_file = Path(args[args.index("--audit-hmac-key-file") + 1])
+        trail = Path(args[args.index("--audit-file") + 1])
+        assert key_file.stat().st_mode & 0o777 == 0o400
+        assert allowed.decision_id not in stop_cleanly(started)  # not on stdout: in the file
+        assert allowed.decision_id in trail.read_text()
+        verify = subprocess.run(
+            [STEPGUARD_BIN, "audit", "verify", str(trail), "--key-file", str(key_file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert "hmac" in verify.stdout.lower()
+        wrong = started.pod.root / "wrong.key"
+        wrong.write_bytes(os.urandom(32))
+        wrong.chmod(0o400)
+        refused = subprocess.run(
+            [STEPGUARD_BIN, "audit", "verify", str(trail), "--key-file", str(wrong)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode != 0
 
 
 def test_standalone_mtls_from_the_chart_binds_workloads_to_their_certificates() -> None:

@@ -12,6 +12,7 @@ from sidecar.audit.chain import load_key
 from sidecar.audit.query import EntityFilter, Query, parse_time, row, run_query, table
 from sidecar.audit.verify import EXIT_ERROR, EXIT_OK, Report, collect, verify
 from sidecar.errors import StepguardError
+from sidecar.textsafe import escape, json_text
 
 
 def register(subparsers: Any) -> None:
@@ -45,7 +46,9 @@ def register(subparsers: Any) -> None:
     q.add_argument("--workflow", help="workflow_id")
     q.add_argument("--run", dest="run_id", help="run_id")
     q.add_argument("--step", help="step_id")
-    q.add_argument("--decision", choices=("ALLOW", "DENY"), type=str.upper)
+    q.add_argument(
+        "--decision", choices=("ALLOW", "DENY"), type=str.upper, help="only ALLOW or only DENY"
+    )
     q.add_argument("--since", help="RFC 3339 time (inclusive)")
     q.add_argument("--until", help="RFC 3339 time (exclusive)")
     q.add_argument("--id", action="append", default=[], help="decision id")
@@ -54,7 +57,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="also show segment, recovery, outage and shutdown records",
     )
-    q.add_argument("--format", choices=("table", "json"), default="table")
+    q.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table (default; data escaped for the terminal) or json (one record a line, exact)",
+    )
     q.add_argument("--verify", action="store_true", help="refuse to answer from a broken trail")
     q.add_argument("--key-file", type=Path, help="HMAC key for --verify")
     _trust_flags(q)
@@ -117,6 +125,7 @@ def _cannot_verify(args: argparse.Namespace, trail: str, error: str) -> None:
 
 
 def _render(report: Report) -> str:
+    """The text report; paths and messages may quote the trail, so escaped (textsafe)."""
     lines = []
     if report.problem is None:
         lines.append(
@@ -128,7 +137,7 @@ def _render(report: Report) -> str:
         lines.append(f"  {report.records} records verified before it")
     lines.extend(f"  note: {n}" for n in report.notes)
     lines.extend(f"  not checked: {n}" for n in report.unchecked)
-    return "\n".join(lines)
+    return "\n".join(escape(line) for line in lines)
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -143,7 +152,7 @@ def _query(args: argparse.Namespace) -> int:
                 checkpoints=args.checkpoints,
             )
             if report.problem is not None:
-                print(f"stepguard: refusing to query: {report.problem}", file=sys.stderr)
+                print(f"stepguard: refusing to query: {escape(report.problem)}", file=sys.stderr)
                 return report.problem.exit_code
     query = Query(
         principals=tuple(EntityFilter.parse(p) for p in args.principal),
@@ -162,7 +171,8 @@ def _query(args: argparse.Namespace) -> int:
     if args.format == "json":
         for event in found:
             event.pop("_at", None)
-            print(json.dumps(event, sort_keys=True, ensure_ascii=False))
+            # ensure_ascii=False leaves C1 controls and bidi overrides raw: escape them too.
+            print(json_text(json.dumps(event, sort_keys=True, ensure_ascii=False)))
         return EXIT_OK
     rows = [row(e) for e in found]
     print(table(rows) if rows else "no matching records")

@@ -24,6 +24,7 @@ from typing import Any
 from sidecar.audit.files import open_read
 from sidecar.audit.verify import Trail
 from sidecar.errors import StepguardError
+from sidecar.textsafe import escape
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 COLUMNS = ("time", "decision", "principal", "action", "resource", "why", "workflow/run/step", "id")
@@ -172,6 +173,9 @@ def row(event: dict[str, Any]) -> tuple[str, ...]:
 
 
 def table(rows: Sequence[tuple[str, ...]]) -> str:
+    """The rows as aligned text. Every cell is trail data a caller chose (ids, run ids,
+    reasons), so each is escaped (sidecar/textsafe.py): one record is one line."""
+    rows = [tuple(escape(c) for c in r) for r in rows]
     widths = [len(c) for c in COLUMNS]
     for r in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, r, strict=True)]

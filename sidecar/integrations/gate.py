@@ -9,15 +9,17 @@ misconfigured integration, an unreachable sidecar, all give a DENY
 them differently:
 
 - DENY: the policy (or the request itself) says no. Retrying cannot change
-  that, so the task fails for good.
+  that, so the task fails for good. An invalid request (the client's
+  `DecisionKind.INVALID_REQUEST`: a bug in the step declaration or its run
+  input) is a DENY too: asking again would send the same request.
 - UNAVAILABLE: no decision could be had (the sidecar is down, restarting, or
-  too slow). The task still does not run; a retry asks again.
+  too slow: `DecisionKind.retryable`). The task still does not run; a retry
+  asks again.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from sidecar.client import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
+    DecisionKind,
     StepDecision,
     StepDenied,
     StepguardClient,
@@ -33,11 +36,6 @@ from sidecar.client import (
 from sidecar.errors import ConfigError, StepguardError
 from sidecar.integrations.steps import EntityTypes, RunFacts, Step, build_request
 
-# gRPC codes after which asking again may succeed (see sidecar.client._failure).
-_TRANSIENT = frozenset(
-    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED"}
-)
-_RPC_FAILURE = re.compile(r"^stepguard call failed \((?P<code>[A-Z_]+)\)")
 # What the Helm chart's `stepguard.sidecar.workerEnv` sets in a worker container
 # (docs/deployment.md); the integrations fall back to it when not told otherwise.
 ADDRESS_ENV = "STEPGUARD_ADDRESS"
@@ -83,10 +81,10 @@ class Verdict(enum.Enum):
 
 
 def verdict(decision: StepDecision) -> Verdict:
+    """ALLOW; UNAVAILABLE when no decision was had for a passing reason; else DENY."""
     if decision.allowed:
         return Verdict.ALLOW
-    failure = _RPC_FAILURE.match(decision.reason)
-    if not decision.decision_id and failure and failure["code"] in _TRANSIENT:
+    if decision.kind.retryable and not decision.decision_id:
         return Verdict.UNAVAILABLE
     return Verdict.DENY
 
@@ -145,15 +143,18 @@ class Gate:
         if step is None:
             return denied(
                 f"task {facts.step_id!r} declares no stepguard step (action and target system), "
-                "so it cannot be authorized"
+                "so it cannot be authorized",
+                DecisionKind.INVALID_REQUEST,
             )
         try:
             config = self.config()
             request = build_request(step, facts, workload=config.workload, types=config.types)
         except StepguardError as exc:
-            return denied(f"cannot ask stepguard: {exc}")
+            return denied(f"cannot ask stepguard: {exc}", DecisionKind.INVALID_REQUEST)
         except Exception as exc:  # noqa: BLE001 - fail closed on anything else
-            return denied(f"stepguard integration error: {type(exc).__name__}: {exc}")
+            return denied(
+                f"stepguard integration error: {type(exc).__name__}: {exc}", DecisionKind.ERROR
+            )
         return self._client_for(config).authorize(request)
 
     def _client_for(self, config: GuardConfig) -> StepguardClient:

@@ -97,6 +97,30 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- define "stepguard.tlsMountPath" -}}/etc/stepguard/tls{{- end }}
 {{- define "stepguard.clientCAMountPath" -}}/etc/stepguard/client-ca{{- end }}
 {{- define "stepguard.configMountPath" -}}/etc/stepguard/config{{- end }}
+{{- define "stepguard.auditKeyMountPath" -}}/etc/stepguard/audit-key{{- end }}
+
+{{/*
+"true" when the gRPC TCP listener is on. server.tcp.enabled=auto (the default):
+on in standalone mode (clients come over the network) and with TLS (TLS-only);
+off for a sidecar without TLS, whose worker and probes use the Unix socket.
+*/}}
+{{- define "stepguard.tcpEnabled" -}}
+{{- $tcp := .Values.server.tcp.enabled -}}
+{{- if eq (toString $tcp) "auto" -}}
+{{- if or (eq .Values.mode "standalone") .Values.tls.enabled -}}true{{- end -}}
+{{- else if $tcp -}}true{{- end -}}
+{{- end }}
+
+{{/* The audit sink in force: audit.persistent=true means a file. */}}
+{{- define "stepguard.auditSink" -}}
+{{- if .Values.audit.persistent -}}file{{- else -}}{{ .Values.audit.sink }}{{- end -}}
+{{- end }}
+
+{{/* The audit volume type in force: audit.persistent=true turns emptyDir into a claim. */}}
+{{- define "stepguard.auditVolumeType" -}}
+{{- $type := .Values.audit.file.volume.type -}}
+{{- if and .Values.audit.persistent (eq $type "emptyDir") -}}persistentVolumeClaim{{- else -}}{{ $type }}{{- end -}}
+{{- end }}
 
 {{/* The client CA comes from its own Secret only when one is named that is not tls.secretName. */}}
 {{- define "stepguard.separateClientCA" -}}
@@ -110,7 +134,7 @@ true
 {{- define "stepguard.probeType" -}}
 {{- $v := .Values -}}
 {{- if eq $v.probes.type "auto" -}}
-{{- if and $v.server.tcp.enabled (not $v.tls.enabled) -}}grpc{{- else -}}exec{{- end -}}
+{{- if and (include "stepguard.tcpEnabled" .) (not $v.tls.enabled) -}}grpc{{- else -}}exec{{- end -}}
 {{- else -}}
 {{- $v.probes.type -}}
 {{- end -}}
@@ -122,17 +146,19 @@ install with a message that says what to change.
 */}}
 {{- define "stepguard.validate" -}}
 {{- $v := .Values -}}
-{{- if and (eq $v.mode "standalone") (not $v.server.tcp.enabled) -}}
-{{- fail "stepguard: mode=standalone serves its clients over TCP; set server.tcp.enabled=true" -}}
+{{- $tcp := include "stepguard.tcpEnabled" . -}}
+{{- $sink := include "stepguard.auditSink" . -}}
+{{- if and (eq $v.mode "standalone") (not $tcp) -}}
+{{- fail "stepguard: mode=standalone serves its clients over TCP; set server.tcp.enabled=auto (or true)" -}}
 {{- end -}}
-{{- if not (or $v.server.tcp.enabled $v.server.socket.enabled) -}}
+{{- if not (or $tcp $v.server.socket.enabled) -}}
 {{- fail "stepguard: no listener; set server.socket.enabled=true or server.tcp.enabled=true" -}}
 {{- end -}}
-{{- if and $v.server.tcp.enabled $v.metrics.enabled (eq (int $v.server.tcp.port) (int $v.metrics.port)) -}}
+{{- if and $tcp $v.metrics.enabled (eq (int $v.server.tcp.port) (int $v.metrics.port)) -}}
 {{- fail "stepguard: server.tcp.port and metrics.port must differ" -}}
 {{- end -}}
 {{- if $v.authzen.enabled -}}
-{{- if or (and $v.server.tcp.enabled (eq (int $v.authzen.port) (int $v.server.tcp.port))) (and $v.metrics.enabled (eq (int $v.authzen.port) (int $v.metrics.port))) -}}
+{{- if or (and $tcp (eq (int $v.authzen.port) (int $v.server.tcp.port))) (and $v.metrics.enabled (eq (int $v.authzen.port) (int $v.metrics.port))) -}}
 {{- fail "stepguard: authzen.port must differ from server.tcp.port and metrics.port" -}}
 {{- end -}}
 {{- if and (eq $v.mode "standalone") (not $v.tls.enabled) -}}
@@ -143,7 +169,7 @@ install with a message that says what to change.
 {{- end -}}
 {{- end -}}
 {{- $probe := include "stepguard.probeType" . -}}
-{{- if and (eq $probe "grpc") (not $v.server.tcp.enabled) -}}
+{{- if and (eq $probe "grpc") (not $tcp) -}}
 {{- fail "stepguard: probes.type=grpc needs server.tcp.enabled=true (Kubernetes gRPC probes dial a TCP port); use probes.type=exec or auto" -}}
 {{- end -}}
 {{- if and (eq $probe "grpc") $v.tls.enabled -}}
@@ -172,14 +198,23 @@ install with a message that says what to change.
 {{- fail (printf "stepguard: policies.files needs exactly one schema (*.cedarschema or *.cedarschema.json), found %d: %s" (len $schemas) (join ", " $schemas)) -}}
 {{- end -}}
 {{- end -}}
-{{- if and (eq $v.audit.sink "file") (eq $v.audit.file.volume.type "existingClaim") (not $v.audit.file.volume.existingClaim) -}}
+{{- if and (eq $sink "file") (eq $v.audit.file.volume.type "existingClaim") (not $v.audit.file.volume.existingClaim) -}}
 {{- fail "stepguard: audit.file.volume.type=existingClaim needs audit.file.volume.existingClaim, the claim's name" -}}
 {{- end -}}
 {{- if and $v.tls.enabled (not $v.tls.secretName) -}}
 {{- fail "stepguard: tls.enabled=true needs tls.secretName, a kubernetes.io/tls Secret" -}}
 {{- end -}}
-{{- if and $v.tls.enabled (not $v.server.tcp.enabled) -}}
-{{- fail "stepguard: TLS applies to the TCP listener; set server.tcp.enabled=true or tls.enabled=false" -}}
+{{- if and $v.tls.enabled (not $tcp) -}}
+{{- fail "stepguard: TLS applies to the TCP listener; set server.tcp.enabled=auto (or true) or tls.enabled=false" -}}
+{{- end -}}
+{{- if and $v.audit.hmacKeySecret.name (ne $sink "file") -}}
+{{- fail "stepguard: audit.hmacKeySecret keys the hash chain of a file trail; set audit.persistent=true (or audit.sink=file), or drop audit.hmacKeySecret" -}}
+{{- end -}}
+{{- if and $v.networkPolicy.enabled (eq $v.mode "sidecar") (not $v.networkPolicy.podSelector) (not $v.metrics.serviceMonitor.podSelector) (not $v.exampleWorker.enabled) -}}
+{{- fail "stepguard: in sidecar mode the NetworkPolicy applies to your worker pods; set networkPolicy.podSelector to their labels" -}}
+{{- end -}}
+{{- if and $v.networkPolicy.enabled (eq $v.mode "standalone") (not $v.networkPolicy.clientsFrom) (not $v.networkPolicy.extraIngress) -}}
+{{- fail "stepguard: the NetworkPolicy would admit no client of the decision point; set networkPolicy.clientsFrom to the pods or namespaces that ask (NetworkPolicyPeers)" -}}
 {{- end -}}
 {{- if and $v.tls.clientCA.enabled (not $v.tls.enabled) -}}
 {{- fail "stepguard: tls.clientCA.enabled=true needs tls.enabled=true" -}}
@@ -210,7 +245,7 @@ install with a message that says what to change.
 - --watch
 {{- end }}
 - --listen
-{{- if $v.server.tcp.enabled }}
+{{- if include "stepguard.tcpEnabled" . }}
 - {{ include "stepguard.hostPort" (dict "host" $v.server.tcp.bindAddress "port" $v.server.tcp.port) | quote }}
 {{- else }}
 - none
@@ -226,10 +261,14 @@ install with a message that says what to change.
 - "off"
 {{- end }}
 - --audit-file
-{{- if eq $v.audit.sink "file" }}
+{{- if eq (include "stepguard.auditSink" .) "file" }}
 - {{ include "stepguard.auditFilePath" . | quote }}
 {{- else }}
 - "-"
+{{- end }}
+{{- if $v.audit.hmacKeySecret.name }}
+- --audit-hmac-key-file
+- {{ printf "%s/%s" (include "stepguard.auditKeyMountPath" .) $v.audit.hmacKeySecret.key | quote }}
 {{- end }}
 - --grace
 - {{ $v.server.gracePeriodSeconds | toString | quote }}
@@ -263,25 +302,6 @@ install with a message that says what to change.
 {{- end }}
 {{- end }}
 
-{{/*
-The health check the exec probe runs inside the stepguard image:
-python -c SCRIPT TARGET SERVICE TIMEOUT. Exit 0 only for SERVING.
-*/}}
-{{- define "stepguard.healthcheckScript" -}}
-import sys
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-target, service, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
-request = health_pb2.HealthCheckRequest(service=service)
-try:
-    with grpc.insecure_channel(target) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
-except grpc.RpcError as exc:
-    sys.exit(f"stepguard health {service!r} at {target}: {exc.code().name}: {exc.details()}")
-status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-sys.exit(0 if status == "SERVING" else f"stepguard health {service!r} at {target}: {status}")
-{{- end }}
-
 {{/* One probe: (dict "ctx" . "kind" "readiness" "service" "stepguard.v1.Authorizer") */}}
 {{- define "stepguard.probe" -}}
 {{- $v := .ctx.Values -}}
@@ -294,13 +314,15 @@ grpc:
   {{- end }}
 {{- else -}}
 exec:
+  {{- /* `stepguard healthcheck` over the Unix socket: exit 0 only for SERVING. */}}
   command:
-    - python
-    - -c
-    - |
-      {{- include "stepguard.healthcheckScript" . | nindent 6 }}
-    - {{ printf "unix://%s" (include "stepguard.socketPath" .ctx) | quote }}
+    - stepguard
+    - healthcheck
+    - --socket
+    - {{ include "stepguard.socketPath" .ctx | quote }}
+    - --service
     - {{ .service | quote }}
+    - --timeout
     - {{ max 1 (sub (int $p.timeoutSeconds) 1) | toString | quote }}
 {{- end }}
 periodSeconds: {{ int $p.periodSeconds }}
@@ -329,9 +351,10 @@ failureThreshold: {{ int $p.failureThreshold }}
       valueFrom:
         fieldRef:
           fieldPath: metadata.namespace
-  {{- if or $v.server.tcp.enabled $v.metrics.enabled $v.authzen.enabled }}
+  {{- $tcp := include "stepguard.tcpEnabled" $ctx }}
+  {{- if or $tcp $v.metrics.enabled $v.authzen.enabled }}
   ports:
-    {{- if $v.server.tcp.enabled }}
+    {{- if $tcp }}
     - name: sg-grpc
       containerPort: {{ int $v.server.tcp.port }}
       protocol: TCP
@@ -369,9 +392,14 @@ failureThreshold: {{ int $p.failureThreshold }}
     - name: stepguard-socket
       mountPath: {{ $v.server.socket.mountPath | quote }}
     {{- end }}
-    {{- if eq $v.audit.sink "file" }}
+    {{- if eq (include "stepguard.auditSink" $ctx) "file" }}
     - name: stepguard-audit
       mountPath: {{ $v.audit.file.mountPath | quote }}
+    {{- end }}
+    {{- if $v.audit.hmacKeySecret.name }}
+    - name: stepguard-audit-key
+      mountPath: {{ include "stepguard.auditKeyMountPath" $ctx | quote }}
+      readOnly: true
     {{- end }}
     {{- if $v.server.config }}
     - name: stepguard-config
@@ -420,13 +448,14 @@ otherwise under containers.
   emptyDir:
     sizeLimit: 1Mi
 {{- end }}
-{{- if eq $v.audit.sink "file" }}
+{{- if eq (include "stepguard.auditSink" .) "file" }}
 - name: stepguard-audit
   {{- $vol := $v.audit.file.volume }}
-  {{- if eq $vol.type "emptyDir" }}
+  {{- $type := include "stepguard.auditVolumeType" . }}
+  {{- if eq $type "emptyDir" }}
   emptyDir:
     {{- toYaml $vol.emptyDir | nindent 4 }}
-  {{- else if eq $vol.type "persistentVolumeClaim" }}
+  {{- else if eq $type "persistentVolumeClaim" }}
   persistentVolumeClaim:
     claimName: {{ include "stepguard.suffixedName" (dict "ctx" . "suffix" "audit") }}
   {{- else }}
@@ -443,11 +472,22 @@ otherwise under containers.
 - name: stepguard-tls
   secret:
     secretName: {{ $v.tls.secretName }}
+    defaultMode: {{ int $v.tls.defaultMode }}
 {{- if include "stepguard.separateClientCA" . }}
 - name: stepguard-client-ca
   secret:
     secretName: {{ $v.tls.clientCA.secretName }}
+    defaultMode: {{ int $v.tls.defaultMode }}
 {{- end }}
+{{- end }}
+{{- if $v.audit.hmacKeySecret.name }}
+- name: stepguard-audit-key
+  secret:
+    secretName: {{ $v.audit.hmacKeySecret.name }}
+    defaultMode: {{ int $v.audit.hmacKeySecret.defaultMode }}
+    items:
+      - key: {{ $v.audit.hmacKeySecret.key | quote }}
+        path: {{ $v.audit.hmacKeySecret.key | quote }}
 {{- end }}
 {{- end }}
 
