@@ -90,7 +90,7 @@ class AioServer(grpc.Server):
 
     def stop(self, grace: float | None = None) -> threading.Event:
         """Stop accepting now; the event is set once calls drained (up to `grace`)."""
-        stopping = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
+        stopping = asyncio.run_coroutine_threadsafe(self._shutdown(grace), self._loop)
         stopped = threading.Event()
 
         def finish() -> None:
@@ -106,6 +106,21 @@ class AioServer(grpc.Server):
 
         threading.Thread(target=finish, name="stepguard-aio-stop", daemon=True).start()
         return stopped
+
+    async def _shutdown(self, grace: float | None) -> None:
+        """Stop the server, then end what it leaves on the loop.
+
+        grpc.aio cancels the calls still running at the end of the grace, but
+        their tasks may not have finished when the loop stops; a task destroyed
+        while pending is reported by asyncio whenever the garbage collector
+        gets to it, in whatever code then runs.
+        """
+        await self._server.stop(grace)
+        current = asyncio.current_task()
+        left = [t for t in asyncio.all_tasks() if t is not current]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until the server stopped (True) or `timeout` passed (False)."""
