@@ -261,7 +261,8 @@ def test_search_pages_under_the_evaluation_budget(tmp_path: Path, limit: int | N
     assert evaluated == 25  # every candidate decided exactly once over the whole walk
 
 
-def test_a_zero_limit_evaluates_nothing_and_says_more_exist(tmp_path: Path) -> None:
+def test_a_zero_limit_is_refused_rather_than_looping(tmp_path: Path) -> None:
+    """`page.limit: 0` once answered an empty page whose `next_token` never advanced."""
     _crowd(tmp_path / "crowd", 5)
     body = {
         "subject": {"type": "user"},
@@ -271,10 +272,9 @@ def test_a_zero_limit_evaluates_nothing_and_says_more_exist(tmp_path: Path) -> N
     }
     with serving(tmp_path, tmp_path / "crowd") as (run, pdp):
         before = len(decisions(run))
-        answer = pdp.search("subject", body).json()
+        reply = pdp.search("subject", body)
         assert len(decisions(run)) == before
-    assert answer["results"] == [] and answer["page"]["count"] == 0
-    assert answer["page"]["next_token"]
+    assert reply.status == 400 and reply.text.startswith("page.limit: must be a positive")
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/json"])

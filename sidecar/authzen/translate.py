@@ -295,8 +295,10 @@ def _page(value: Any) -> Page | None:
     if token is not None and not isinstance(token, str):
         raise InvalidRequest("page.token", f"must be a string, got {_kind(token)}")
     limit = obj.get("limit")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise InvalidRequest("page.limit", "must be a non-negative integer")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        # 0 would answer an empty page whose next_token resumes where it started:
+        # a PEP following the tokens would loop forever.
+        raise InvalidRequest("page.limit", "must be a positive integer (1 or more)")
     if "properties" in obj:
         _optional_object(obj, "properties", "page")
     return Page(token or None, limit)
