@@ -38,7 +38,7 @@ from sidecar.authzen.service import AuthzenService
 from sidecar.authzen.translate import SearchKind
 from sidecar.config import split_host_port
 from sidecar.errors import InvalidRequest
-from sidecar.identity import certificate_identity
+from sidecar.identity import IdentityRefused, certificate_identity
 from sidecar.tls import CertificateReloader
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ StartResponse = Callable[..., Any]
 Environ = Mapping[str, Any]
 WELL_KNOWN: Final = "/.well-known/authzen-configuration"
 CALLER_IDENTITY: Final = "stepguard.caller_identity"  # environ key, set by _ReloadingTls
+CALLER_REFUSED: Final = "stepguard.caller_refused"  # why its certificate gives no identity
 _TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _SEARCH: Final[dict[str, SearchKind]] = {
     "/access/v1/search/subject": "subject",
@@ -219,7 +220,14 @@ def _no_constant(name: str) -> Any:
 
 
 def _meta(environ: Environ) -> CallMeta:
-    """Caller facts for the audit event, in the form the gRPC API records them."""
+    """Caller facts for the audit event, in the form the gRPC API records them.
+
+    A client certificate whose identity breaks a rule (sidecar/identity.py) gets
+    no decision: 403 naming the rule, as gRPC answers UNAUTHENTICATED.
+    """
+    refused = environ.get(CALLER_REFUSED)
+    if refused:
+        raise _HttpError("403 Forbidden", f"caller: {refused}")
     addr = str(environ.get("REMOTE_ADDR") or "")
     port = str(environ.get("REMOTE_PORT") or "")
     peer = ""
@@ -324,7 +332,10 @@ class _ReloadingTls(BuiltinSSLAdapter):
 
     def get_environ(self, sock: ssl.SSLSocket) -> dict[str, Any]:  # type: ignore[override]
         environ: dict[str, Any] = super().get_environ(sock)  # type: ignore[no-untyped-call]
-        environ[CALLER_IDENTITY] = certificate_identity(sock.getpeercert())
+        try:
+            environ[CALLER_IDENTITY] = certificate_identity(sock.getpeercert(binary_form=True))
+        except IdentityRefused as exc:
+            environ[CALLER_REFUSED] = str(exc)
         return environ
 
 
