@@ -302,3 +302,23 @@ def test_a_refused_chunked_body_does_not_poison_the_connection(
                 chunks = iter([b"{}"])
         finally:
             conn.close()
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example/phish?", "a b", "user@evil.example", "evil.example:80/x", ""]
+)
+def test_metadata_never_echoes_a_host_that_is_not_host_port(tmp_path: Path, host: str) -> None:
+    """The metadata's URLs are followed by PEPs: a Host with a path, userinfo or spaces
+    is not copied into them; the listener's own address is used instead."""
+    with serving(tmp_path, CERT) as (_, pdp):
+        reply = pdp.get("/.well-known/authzen-configuration", headers={"Host": host})
+        meta = reply.json()
+    base = f"http://{pdp.address}"
+    assert meta["policy_decision_point"] == base
+    assert meta["access_evaluation_endpoint"] == f"{base}/access/v1/evaluation"
+
+
+def test_metadata_keeps_a_plain_host_and_port(tmp_path: Path) -> None:
+    with serving(tmp_path, CERT) as (_, pdp):
+        meta = pdp.get("/.well-known/authzen-configuration", headers={"Host": "pdp.example:8443"})
+    assert meta.json()["policy_decision_point"] == "http://pdp.example:8443"
