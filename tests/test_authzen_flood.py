@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from sidecar.client import StepguardClient
+from sidecar.config import Settings, build_settings
+from sidecar.errors import ConfigError
 from tests.helpers import NOTIFIER, Running, notify_request, running_sidecar
 from tests.pki import make_pki, tls_settings
 
@@ -235,3 +237,25 @@ def test_a_stalled_tls_handshake_does_not_hold_up_new_connections(tmp_path: Path
                 reply = conn.getresponse()
                 assert (reply.status, json.loads(reply.read())) == (200, {"decision": True})
                 conn.close()
+
+
+def test_connection_settings_are_typed_and_checked(tmp_path: Path) -> None:
+    env = {
+        "STEPGUARD_AUTHZEN_MAX_CONNECTIONS": "64",
+        "STEPGUARD_AUTHZEN_HEADER_TIMEOUT_S": "2.5",
+        "STEPGUARD_AUTHZEN_BODY_TIMEOUT_S": "4",
+        "STEPGUARD_AUTHZEN_IDLE_TIMEOUT_S": "30",
+    }
+    limits = build_settings({}, env).authzen_http
+    assert (limits.max_connections, limits.header_timeout_s) == (64, 2.5)
+    assert (limits.body_timeout_s, limits.idle_timeout_s) == (4.0, 30.0)
+    config = tmp_path / "stepguard.yaml"
+    config.write_text("authzen-max-connections: 7\n")
+    assert build_settings({}, {}, config).authzen_max_connections == 7
+    for bad in (
+        {"authzen_max_connections": 0},
+        {"authzen_header_timeout_s": 0},
+        {"authzen_idle_timeout_s": -1},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            Settings(**bad)
