@@ -213,12 +213,13 @@ def test_an_undeclared_context_attribute_is_denied_on_both(
     both: tuple[Running, Pdp, Clock], channel: grpc.Channel
 ) -> None:
     """Measured in issue 16: DENY over gRPC, ALLOW over AuthZEN."""
+    context: dict[str, Any] = {"workflow_id": "onboarding", "attributes": {"undeclared": "x"}}
     request = {
         "principal": NOTIFIER,
         "action": {"type": "Action", "id": "notify"},
         "resource": {"type": "TargetSystem", "id": "slack"},
-        "context": {"workflow_id": "onboarding", "attributes": {"undeclared": "x"}},
+        "context": context,
     }
     assert _same(channel, both[1], request) is False
-    del request["context"]["attributes"]
+    del context["attributes"]
     assert _same(channel, both[1], request) is True

@@ -252,10 +252,9 @@ def test_connection_settings_are_typed_and_checked(tmp_path: Path) -> None:
     config = tmp_path / "stepguard.yaml"
     config.write_text("authzen-max-connections: 7\n")
     assert build_settings({}, {}, config).authzen_max_connections == 7
-    for bad in (
-        {"authzen_max_connections": 0},
-        {"authzen_header_timeout_s": 0},
-        {"authzen_idle_timeout_s": -1},
-    ):
-        with pytest.raises(ConfigError, match=next(iter(bad))):
-            Settings(**bad)
+    with pytest.raises(ConfigError, match="authzen_max_connections"):
+        Settings(authzen_max_connections=0)
+    with pytest.raises(ConfigError, match="authzen_header_timeout_s"):
+        Settings(authzen_header_timeout_s=0)
+    with pytest.raises(ConfigError, match="authzen_idle_timeout_s"):
+        Settings(authzen_idle_timeout_s=-1)
