@@ -258,3 +258,10 @@ def test_connection_settings_are_typed_and_checked(tmp_path: Path) -> None:
         Settings(authzen_header_timeout_s=0)
     with pytest.raises(ConfigError, match="authzen_idle_timeout_s"):
         Settings(authzen_idle_timeout_s=-1)
+
+
+def test_a_connection_that_never_sends_is_closed_at_the_header_deadline(guarded: Running) -> None:
+    """Idle before its first request, a connection holds a slot only for the header deadline."""
+    with socket.create_connection(_address(guarded), timeout=DEADLINE_S) as sock:
+        assert sock.recv(1) == b""  # closed by the server, not by this timeout
+    assert _refused(guarded, "header_timeout") >= 1

@@ -15,7 +15,8 @@ handshake held up every new connection. Here:
   accepting thread;
 - deadlines: the header block within `header_timeout_s` of its first byte
   (with TLS: of the connection first becoming readable, handshake included),
-  the body within `body_timeout_s` of the headers, and an idle keep-alive
+  the first request started within `header_timeout_s` of the connection, the
+  body within `body_timeout_s` of the headers, and an idle keep-alive
   connection is closed after `idle_timeout_s`. A reaper thread shuts down
   the socket of a connection past its deadline, which frees the worker
   blocked on it;
@@ -216,6 +217,7 @@ class Connection(server.HTTPConnection):
         self.tls_pending = self.tls
         self.header_since: float | None = None
         self.admitted = False
+        self.served = False  # a worker has served (part of) a request on it
 
     @property
     def peer(self) -> str:
@@ -255,6 +257,7 @@ class Connection(server.HTTPConnection):
     def communicate(self) -> bool:
         guard = self.server.guard
         _local.conn = self
+        self.served = True
         try:
             guard.watch(self, guard.limits.header_timeout_s, "header_timeout")
             if self.tls_pending and not self._handshake():
@@ -296,6 +299,24 @@ class _Connections(connections.ConnectionManager):
     """cheroot's selector loop, admitting at most `max_connections`."""
 
     server: Server
+
+    def _expire(self, threshold: float) -> None:
+        """cheroot's idle expiry, plus: a connection that has not started its first
+        request within the header deadline of being accepted is closed (runs on the
+        selector thread, which owns the connections waiting in the selector)."""
+        super()._expire(threshold)  # type: ignore[misc]
+        guard = self.server.guard
+        unstarted = time.time() - guard.limits.header_timeout_s
+        selector: Any = self.__dict__["_selector"]  # not in cheroot's stubs
+        stale = [
+            (fd, conn)
+            for fd, conn in selector.connections
+            if isinstance(conn, Connection) and not conn.served and conn.last_used < unstarted
+        ]
+        for fd, conn in stale:
+            selector.unregister(fd)
+            guard.count("header_timeout", f"{conn.peer} sent no request; closed")
+            conn.close()
 
     def _from_server_socket(self, server_socket: socket.socket) -> Connection | None:
         guard = self.server.guard
