@@ -27,6 +27,7 @@ a new revision is first stored.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -73,15 +74,93 @@ def cedar_datetime(ms: int) -> dict[str, Any]:
     return {"__extn": {"fn": "datetime", "arg": datetime_text(from_ms(ms))}}
 
 
-def parse_cedar_datetime(value: Any) -> int | None:
-    """Milliseconds of a `{"__extn": {"fn": "datetime", "arg": ...}}` value, else None."""
-    try:
-        ext = value["__extn"]
-        if ext["fn"] != "datetime":
-            return None
-        return to_ms(datetime.fromisoformat(ext["arg"]))
-    except (KeyError, TypeError, ValueError):
+_DATETIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})"
+    r"(?:T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{3}))?(?:(Z)|([+-])(\d{2})(\d{2})))?"
+)
+_DURATION = re.compile(r"(-)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?")
+_DURATION_MS = (86_400_000, 3_600_000, 60_000, 1000, 1)
+_I64 = 2**63
+
+
+def datetime_text_ms(text: str) -> int | None:
+    """Milliseconds of a string in Cedar's `datetime` grammar, else None.
+
+    Exactly the five forms Cedar accepts: `YYYY-MM-DD`, then optionally
+    `Thh:mm:ss`, `.SSS` and `Z` or `+hhmm`/`-hhmm` (offset under 24 hours).
+    """
+    m = _DATETIME.fullmatch(text)
+    if m is None:
         return None
+    year, month, day, hour, minute, second, milli, _zulu, sign, oh, om = m.groups()
+    if hour is not None and not (int(hour) < 24 and int(minute) < 60 and int(second) < 60):
+        return None
+    if sign is not None and not (int(oh) < 24 and int(om) < 60):
+        return None
+    try:
+        date = datetime(int(year), int(month), int(day), tzinfo=UTC)
+    except ValueError:
+        return None
+    ms = to_ms(date)
+    if hour is not None:
+        ms += ((int(hour) * 60 + int(minute)) * 60 + int(second)) * 1000 + int(milli or 0)
+    if sign is not None:
+        offset = (int(oh) * 60 + int(om)) * 60_000
+        ms += -offset if sign == "+" else offset
+    return ms
+
+
+def duration_text_ms(text: str) -> int | None:
+    """Milliseconds of a string in Cedar's `duration` grammar (`-1d2h3m4s5ms`), else None."""
+    m = _DURATION.fullmatch(text)
+    if m is None or not any(m.groups()[1:]):
+        return None
+    ms = sum(int(n) * unit for n, unit in zip(m.groups()[1:], _DURATION_MS, strict=True) if n)
+    ms = -ms if m.group(1) else ms
+    return ms if -_I64 <= ms < _I64 else None
+
+
+def _extension(value: Any, fn: str) -> str | list[Any] | None:
+    """The argument(s) of a call to extension `fn`, written either way Cedar's JSON
+    allows (`{"__extn": {...}}`, or `{"fn": ...}` where the schema expects it), with
+    exactly one of `arg` (a string) and `args` (a list); else None."""
+    if isinstance(value, Mapping) and set(value) == {"__extn"}:
+        value = value["__extn"]
+    if not isinstance(value, Mapping) or value.get("fn") != fn or len(value) != 2:
+        return None
+    if isinstance(value.get("arg"), str):
+        return str(value["arg"])
+    args = value.get("args")
+    return list(args) if isinstance(args, list) else None
+
+
+def parse_cedar_datetime(value: Any) -> int | None:
+    """Milliseconds of the instant Cedar would read from a `datetime` value, else None.
+
+    Every form Cedar accepts where the schema expects a datetime: a string in
+    Cedar's grammar; `datetime("...")` as `{"__extn": {"fn": "datetime", "arg"
+    (or "args"): ...}}` or without `__extn`; and `offset(datetime, duration)`.
+    Anything else, including forms Cedar reads ambiguously (both `arg` and
+    `args`, extra keys), is None: callers refuse it or treat it as no bound.
+    """
+    if isinstance(value, str):
+        return datetime_text_ms(value)
+    arg = _extension(value, "datetime")
+    if isinstance(arg, list):
+        arg = arg[0] if len(arg) == 1 and isinstance(arg[0], str) else None
+    if isinstance(arg, str):
+        return datetime_text_ms(arg)
+    args = _extension(value, "offset")
+    if not isinstance(args, list) or len(args) != 2:
+        return None
+    start = parse_cedar_datetime(args[0]) if not isinstance(args[0], str) else None
+    span = _extension(args[1], "duration")
+    if isinstance(span, list):
+        span = span[0] if len(span) == 1 and isinstance(span[0], str) else None
+    delta = duration_text_ms(span) if isinstance(span, str) else None
+    if start is None or delta is None or not -_I64 <= start + delta < _I64:
+        return None
+    return start + delta
 
 
 def time_bound_ms(context: Mapping[str, Any]) -> tuple[int | None, int | None]:

@@ -11,13 +11,16 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sidecar.errors import ConfigError
 from sidecar.model import PolicyErrors
 from sidecar.validate import Limits
+
+if TYPE_CHECKING:
+    from sidecar.authzen.guard import HttpLimits
 
 SERVER_MODES = ("sync", "asyncio")
 EVENT_LOOPS = ("uvloop", "asyncio")
@@ -34,6 +37,15 @@ class Settings:
     # host:port of the OpenID AuthZEN HTTP API (docs/authzen.md); off by default.
     # Plain HTTP with no caller authentication, so loopback only.
     authzen_listen: str | None = None
+    # Bounds on AuthZEN HTTP connections (sidecar/authzen/guard.py, docs/authzen.md):
+    # at most this many open (one more is answered 503 with Retry-After), the
+    # header block within header_timeout_s of its first byte (TLS handshake
+    # included), the body within body_timeout_s of the headers, idle keep-alive
+    # connections closed after idle_timeout_s.
+    authzen_max_connections: int = 1024
+    authzen_header_timeout_s: float = 10.0
+    authzen_body_timeout_s: float = 30.0
+    authzen_idle_timeout_s: float = 60.0
     audit_file: str = "-"
     grace_s: float = 10.0
     workers: int = 16
@@ -114,6 +126,17 @@ class Settings:
                 "--tls-cert and --tls-key (and --tls-client-ca to authenticate callers) "
                 "to serve HTTPS on other addresses"
             )
+        if self.authzen_max_connections < 1:
+            raise ConfigError(
+                f"authzen_max_connections must be at least 1, got {self.authzen_max_connections}"
+            )
+        for name in (
+            "authzen_header_timeout_s",
+            "authzen_body_timeout_s",
+            "authzen_idle_timeout_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.watch_interval_s <= 0:
@@ -135,6 +158,18 @@ class Settings:
         self._check_audit()
         self._check_tls()
         self._check_cache()
+
+    @property
+    def authzen_http(self) -> HttpLimits:
+        """The AuthZEN listener's connection bounds."""
+        from sidecar.authzen.guard import HttpLimits
+
+        return HttpLimits(
+            max_connections=self.authzen_max_connections,
+            header_timeout_s=self.authzen_header_timeout_s,
+            body_timeout_s=self.authzen_body_timeout_s,
+            idle_timeout_s=self.authzen_idle_timeout_s,
+        )
 
     def _check_cache(self) -> None:
         if self.cache_max_entries < 0 or self.cache_max_bytes < 1:
@@ -291,7 +326,12 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 kwargs[key] = float(value)
             elif key in ("audit_rotate_bytes", "audit_checkpoint_every"):
                 kwargs[key] = int(value)
-            elif key in ("grace_s",):
+            elif key in (
+                "grace_s",
+                "authzen_header_timeout_s",
+                "authzen_body_timeout_s",
+                "authzen_idle_timeout_s",
+            ):
                 kwargs[key] = float(value)
             elif key in (
                 "workers",
@@ -300,6 +340,7 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 "cache_max_bytes",
                 "now_granularity_ms",
                 "stream_max_per_caller",
+                "authzen_max_connections",
             ):
                 kwargs[key] = int(value)
             else:

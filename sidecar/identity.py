@@ -1,9 +1,23 @@
 """Who is calling: the authenticated identity from the TLS handshake, and what it may ask.
 
-The identity is the peer certificate's SPIFFE ID (gRPC sets `peer_spiffe_id`
-only for a certificate with exactly one URI SAN that is a well-formed SPIFFE
-ID), else its subject distinguished name (`CN=...,O=...`), else nothing. A
-subject always has the `attribute=value` form, so it can never be mistaken
+One function, `identity_of_certificate`, derives the caller's identity from
+the DER bytes of its verified client certificate, for every transport: gRPC
+hands over the peer certificate (`x509_pem_cert` of its auth context), the
+AuthZEN HTTPS listener reads it from its TLS socket. Neither transport's own
+reading (gRPC's `peer_spiffe_id` and `x509_subject`, Python's `getpeercert`)
+is used, so the two APIs cannot disagree. The rules (docs/tls.md):
+
+- a certificate whose URI SANs claim a SPIFFE ID (scheme `spiffe`, in any
+  case, after any whitespace) must have exactly one URI SAN, and it must be a
+  valid SPIFFE ID (`spiffe_id_problem`), compared exactly as written: nothing
+  is stripped or normalized. Otherwise the caller is refused
+  (`IdentityRefused`, gRPC UNAUTHENTICATED, AuthZEN 403) with the rule it broke;
+- without a SPIFFE claim, the identity is the subject distinguished name in
+  RFC 4514 form (`CN=legacy-batch,O=Example`, last RDN first, multi-valued
+  RDNs joined by `+`, unknown attributes by dotted OID);
+- otherwise (no SPIFFE ID, empty subject) there is none: `""`.
+
+A subject always has the `attribute=value` form, so it can never be mistaken
 for a SPIFFE ID.
 
 Policies see the identity as `context.caller`, for the actions whose schema
@@ -13,94 +27,150 @@ decision. With workload binding on, a request must be about the caller itself.
 
 from __future__ import annotations
 
+import functools
+import re
+import ssl
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import cedarpy
+from cryptography import x509
 
 from sidecar.bundle import Bundle
+from sidecar.errors import StepguardError
 from sidecar.model import EntityUid
 
 SPIFFE_SCHEME = "spiffe://"
 CALLER = "caller"
 WORKLOAD_TYPE = "Workload"
+MAX_SPIFFE_ID = 2048  # bytes, as the SPIFFE ID specification bounds it
+MAX_TRUST_DOMAIN = 255
+_TRUST_DOMAIN: Final = re.compile(r"[a-z0-9._-]+")
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class IdentityRefused(StepguardError):
+    """A verified client certificate whose identity breaks a rule; says which."""
+
+
+def spiffe_id_problem(uri: str) -> str | None:
+    """Why `uri` is not a valid workload SPIFFE ID (SPIFFE ID specification), or None.
+
+    `spiffe://<trust domain>/<path>`: the scheme in lower case; a trust domain
+    of `[a-z0-9._-]` (no port, no userinfo, at most 255 characters); a path
+    of one or more `/`-separated segments of `[A-Za-z0-9._-]`, none empty, `.`
+    or `..` (so no trailing slash); no query or fragment; at most 2,048 bytes.
+    A workload's ID has a path: the trust domain's own ID is not a caller.
+    """
+    if len(uri.encode("utf-8")) > MAX_SPIFFE_ID:
+        return f"is over {MAX_SPIFFE_ID} bytes"
+    if not uri.startswith(SPIFFE_SCHEME):
+        return "does not start with spiffe:// (the scheme is lower case)"
+    rest = uri[len(SPIFFE_SCHEME) :]
+    for char, what in (("?", "a query"), ("#", "a fragment")):
+        if char in rest:
+            return f"has {what}"
+    domain, slash, path = rest.partition("/")
+    if not domain:
+        return "has no trust domain"
+    if "@" in domain:
+        return "has userinfo in its trust domain"
+    if ":" in domain:
+        return "has a port in its trust domain"
+    if len(domain) > MAX_TRUST_DOMAIN:
+        return f"has a trust domain over {MAX_TRUST_DOMAIN} characters"
+    if not _TRUST_DOMAIN.fullmatch(domain):
+        return f"has a trust domain {domain!r} with characters other than a-z 0-9 . - _"
+    if not slash or not path:
+        return (
+            "has no path (" + ("a trailing slash" if slash else "the trust domain's own ID") + ")"
+        )
+    for segment in path.split("/"):
+        if not segment:
+            return "has an empty path segment (a trailing slash or //)"
+        if segment in (".", ".."):
+            return f"has a {segment!r} path segment"
+        if not _SEGMENT.fullmatch(segment):
+            return f"has a path segment {segment!r} with characters other than A-Z a-z 0-9 . - _"
+    return None
+
+
+def _claims_spiffe(uri: str) -> bool:
+    """Lenient on purpose: anything that looks like a SPIFFE claim is then checked exactly."""
+    return uri.lstrip().lower().startswith("spiffe:")
+
+
+def identity_of_certificate(der: bytes) -> str:
+    """The caller's identity for a verified client certificate (DER), by the rules above.
+
+    Raises IdentityRefused naming the rule a certificate breaks.
+    """
+    identity, problem = _derive(bytes(der))
+    if problem:
+        raise IdentityRefused(problem)
+    return identity
+
+
+@functools.lru_cache(maxsize=512)
+def _derive(der: bytes) -> tuple[str, str]:
+    """(identity, "") or ("", why refused); cached: a caller presents one certificate often."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        return "", f"the client certificate cannot be read: {exc}"
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = [str(u) for u in sans.get_values_for_type(x509.UniformResourceIdentifier)]
+    except x509.ExtensionNotFound:
+        uris = []
+    except ValueError as exc:
+        return "", f"the client certificate's subject alternative names cannot be read: {exc}"
+    claims = [u for u in uris if _claims_spiffe(u)]
+    if claims:
+        if len(uris) != 1:
+            listed = ", ".join(repr(u) for u in uris)
+            return "", (
+                f"the client certificate has {len(uris)} URI SANs ({listed}); a certificate "
+                "that carries a SPIFFE ID must have exactly one URI SAN (X.509 SVID)"
+            )
+        problem = spiffe_id_problem(uris[0])
+        if problem:
+            return "", f"the client certificate's SPIFFE ID {uris[0]!r} {problem}"
+        return uris[0], ""
+    try:
+        return cert.subject.rfc4514_string(), ""
+    except ValueError as exc:
+        return "", f"the client certificate's subject cannot be read: {exc}"
 
 
 def caller_identity(auth_context: Mapping[str, Any] | None) -> str:
-    """The peer's SPIFFE ID, else its certificate subject, else ''.
+    """The gRPC caller's identity: `identity_of_certificate` of its peer certificate.
 
-    `auth_context` is gRPC's `ServicerContext.auth_context()`: each property
-    maps to a list of byte strings.
+    `auth_context` is gRPC's `ServicerContext.auth_context()` (each property a
+    list of byte strings); without `x509_pem_cert` (no TLS, no client
+    certificate, the Unix socket) there is no identity.
     """
     if not auth_context:
         return ""
-    for key in ("peer_spiffe_id", "x509_subject"):
-        values = auth_context.get(key) or ()
-        for value in [values] if isinstance(values, bytes) else values:
-            text = value.decode("utf-8", "replace").strip()
-            if text:
-                return str(text)
+    values = auth_context.get("x509_pem_cert") or ()
+    for value in [values] if isinstance(values, bytes) else values:
+        if value:
+            return identity_of_certificate(_pem_to_der(bytes(value)))
     return ""
 
 
-def certificate_identity(cert: Mapping[str, Any] | None) -> str:
-    """`caller_identity` for a peer certificate as Python's `ssl` decodes it (`getpeercert()`).
-
-    Same rules and form as gRPC's, so a workload has one identity on both
-    APIs: a sole URI SAN that is a SPIFFE ID (at most 2,048 characters, no
-    query or fragment), else the subject in RFC 2253 form (last RDN first,
-    short attribute names, specials escaped, non-ASCII bytes as `\\XX`).
-    """
-    if not cert:
-        return ""
-    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
-    if len(uris) == 1 and _spiffe_like(uris[0]):
-        return str(uris[0])
-    rdns = cert.get("subject", ())
-    return ",".join(
-        "+".join(f"{_SHORT_NAMES.get(name, name)}={_rfc2253(value)}" for name, value in rdn)
-        for rdn in reversed(rdns)
-    )
+@functools.lru_cache(maxsize=512)
+def _pem_to_der(pem: bytes) -> bytes:
+    try:
+        return ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IdentityRefused(f"the client certificate cannot be read: {exc}") from exc
 
 
-def _spiffe_like(uri: str) -> bool:
-    """gRPC's test for `peer_spiffe_id`."""
-    return uri.startswith(SPIFFE_SCHEME) and len(uri) <= 2048 and not set(uri) & {"?", "#"}
-
-
-# OpenSSL's short names for the attributes Python's `ssl` gives by long name.
-_SHORT_NAMES = {
-    "commonName": "CN",
-    "countryName": "C",
-    "localityName": "L",
-    "stateOrProvinceName": "ST",
-    "streetAddress": "street",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "domainComponent": "DC",
-    "userId": "UID",
-    "givenName": "GN",
-    "surname": "SN",
-    "serialNumber": "serialNumber",
-    "emailAddress": "emailAddress",
-}
-
-
-def _rfc2253(value: str) -> str:
-    """An attribute value escaped as OpenSSL's XN_FLAG_RFC2253 prints it."""
-    out = []
-    data = value.encode("utf-8")
-    last = len(data) - 1
-    for i, byte in enumerate(data):
-        char = chr(byte)
-        if byte >= 0x80 or byte < 0x20 or byte == 0x7F:
-            out.append(f"\\{byte:02X}")
-        elif char in ',+"\\<>;' or (i == 0 and char in "# ") or (i == last and char == " "):
-            out.append("\\" + char)
-        else:
-            out.append(char)
-    return "".join(out)
+def certificate_identity(der: bytes | None) -> str:
+    """`identity_of_certificate`, or "" without a certificate (as the HTTPS listener asks)."""
+    return identity_of_certificate(der) if der else ""
 
 
 def is_spiffe_id(identity: str) -> bool:

@@ -210,6 +210,7 @@ class Sidecar:
                 max_batch_bytes=s.max_batch_bytes,
                 workers=s.workers,
                 tls=self.tls,
+                http=s.authzen_http,
             )
             authzen = self._authzen.start()
         server.start()

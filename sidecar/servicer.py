@@ -27,7 +27,7 @@ from sidecar.cache import from_ms
 from sidecar.decider import Decided, Decider
 from sidecar.errors import InvalidRequest
 from sidecar.explain import explain
-from sidecar.identity import CallerContext, caller_identity
+from sidecar.identity import CallerContext, IdentityRefused, caller_identity
 from sidecar.metrics import Metrics
 from sidecar.model import EntityUid
 from sidecar.streams import Slot, StreamSlots, caller_key
@@ -82,8 +82,9 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         answer: Callable[[Decided], T],
     ) -> T:
         started = time.perf_counter()
+        meta = _meta(context)  # outside the try: a refused caller keeps its own status
         try:
-            return answer(self._decide(request, _meta(context), started))
+            return answer(self._decide(request, meta, started))
         except InvalidRequest as exc:
             self._count_invalid(exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -289,7 +290,10 @@ def _meta(context: grpc.ServicerContext) -> CallMeta:
                 trace = m["trace"]
         elif key == "x-request-id":
             correlation = recorded_request_id(value)
-    identity = caller_identity(context.auth_context())
+    try:
+        identity = caller_identity(context.auth_context())
+    except IdentityRefused as exc:  # a certificate breaking an identity rule gets no decision
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, f"caller: {exc}")
     return CallMeta(
         peer=context.peer() or "", identity=identity, trace_id=trace, request_id=correlation
     )

@@ -83,6 +83,7 @@ class Authority:
         self,
         *,
         spiffe: str | None = None,
+        uris: tuple[str, ...] = (),
         subject: str | None = None,
         name: x509.Name | None = None,
         server: bool = False,
@@ -99,6 +100,7 @@ class Authority:
         sans: list[x509.GeneralName] = []
         if spiffe is not None:
             sans.append(x509.UniformResourceIdentifier(spiffe))
+        sans += [x509.UniformResourceIdentifier(uri) for uri in uris]
         if server:
             sans += [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         usage = x509.oid.ExtendedKeyUsageOID

@@ -114,16 +114,18 @@ def _eval(**parts: Any) -> Any:
     return parse_evaluation({**body, **parts})
 
 
-def test_declared_properties_of_an_entity_the_store_lacks_become_its_attributes(
-    cert: Mapper,
-) -> None:
+def test_properties_of_an_entity_the_store_lacks_become_its_attributes(cert: Mapper) -> None:
+    """All of them, as gRPC's `attributes`: an undeclared one is Cedar's to refuse (a deny)."""
     ev = _eval(
         subject={"type": "user", "id": "carol", "properties": {"role": "admin", "shoe": 42}},
         resource={"type": "record", "id": "record-9", "properties": {"status": None, "x": 1}},
     )
     request = cert.request(ev)
-    assert request.entities == (EntityData(EntityUid("user", "carol"), {"role": "admin"}),)
-    assert request.context == {}  # `read` declares no context; nothing is sent
+    assert request.entities == (
+        EntityData(EntityUid("user", "carol"), {"role": "admin", "shoe": 42}),
+        EntityData(EntityUid("record", "record-9"), {"x": 1}),
+    )
+    assert request.context == {}
 
 
 def test_the_store_is_authoritative_for_the_entities_it_holds(cert: Mapper) -> None:
@@ -170,7 +172,8 @@ def test_now_follows_the_deciders_rule_where_the_schema_declares_it() -> None:
         }
     )
     now = {"__extn": {"fn": "datetime", "arg": "2026-11-25T10:00:00.000Z"}}
-    assert mapper.request(ev).context == {"now": now}
+    # Undeclared context keys reach Cedar (which refuses them), as on gRPC.
+    assert mapper.request(ev).context == {"time": "later", "mood": "fine", "now": now}
     assert asked == [(None, None)]
     example = load_bundle(POLICIES)
     mapper = Mapper(example, view_of(example.schema), Limits(), now_ms)
@@ -187,11 +190,21 @@ def test_now_follows_the_deciders_rule_where_the_schema_declares_it() -> None:
         }
     )
     context = mapper.request(ev).context
-    assert context == {"time_bound": bound, "workflow_id": "onboarding", "now": now}
+    canonical = {  # the bounds as Cedar gets them: one form, whatever was sent
+        "not_before": {"__extn": {"fn": "datetime", "arg": "2026-11-25T09:00:00.000Z"}},
+        "not_after": {"__extn": {"fn": "datetime", "arg": "2026-11-25T11:00:00.000Z"}},
+    }
+    assert context == {
+        "time_bound": canonical,
+        "workflow_id": "onboarding",
+        "ip": "1.2.3.4",
+        "now": now,
+    }
     assert asked[-1] == (to_ms(AT) - 3_600_000, to_ms(AT) + 3_600_000)
     assert Mapper(example, view_of(example.schema), Limits()).request(ev).context.keys() == {
         "time_bound",
         "workflow_id",
+        "ip",
     }
 
 
@@ -271,12 +284,6 @@ _BUNDLE = build_bundle(
     [Source("p.cedar", "permit(principal, action, resource);")], Source("s.cedarschema", SCHEMA)
 )
 _MAPPER = Mapper(_BUNDLE, view_of(_BUNDLE.schema), Limits())
-_DECLARED: dict[str, Any] = {
-    "s": None,
-    "n": None,
-    "flags": None,
-    "rec": {"a": None, "b": {"c": None}},
-}
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=5),
@@ -293,28 +300,20 @@ _props = st.recursive(
 )
 
 
-def _expected(props: dict[str, Any], declared: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        if key not in declared or value is None:
-            continue
-        shape = declared[key]
-        if (
-            isinstance(shape, dict)
-            and isinstance(value, dict)
-            and not (len(value) == 1 and next(iter(value)) in ("__entity", "__extn"))
-        ):
-            out[key] = _expected(value, shape)
-        elif key == "flags" and isinstance(value, list):
-            out[key] = [v for v in value if v is not None]
-        else:
-            out[key] = value
-    return out
+def _non_null(value: Any) -> Any:
+    """What reaches Cedar: the value as sent, null members and elements left out."""
+    if isinstance(value, dict) and not (
+        len(value) == 1 and next(iter(value)) in ("__entity", "__extn")
+    ):
+        return {k: _non_null(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_non_null(v) for v in value if v is not None]
+    return value
 
 
 @settings(max_examples=200, deadline=None)
 @given(_props)
-def test_mapping_keeps_exactly_the_declared_non_null_properties(props: dict[str, Any]) -> None:
+def test_mapping_keeps_exactly_the_non_null_properties(props: dict[str, Any]) -> None:
     ev = parse_evaluation(
         {
             "subject": {"type": "T", "id": "new", "properties": props},
@@ -324,4 +323,4 @@ def test_mapping_keeps_exactly_the_declared_non_null_properties(props: dict[str,
     )
     request = _MAPPER.request(ev)
     kept = request.entities[0].attrs if request.entities else {}
-    assert kept == _expected(props, _DECLARED)
+    assert kept == _non_null(props)

@@ -261,7 +261,8 @@ def test_search_pages_under_the_evaluation_budget(tmp_path: Path, limit: int | N
     assert evaluated == 25  # every candidate decided exactly once over the whole walk
 
 
-def test_a_zero_limit_evaluates_nothing_and_says_more_exist(tmp_path: Path) -> None:
+def test_a_zero_limit_is_refused_rather_than_looping(tmp_path: Path) -> None:
+    """`page.limit: 0` once answered an empty page whose `next_token` never advanced."""
     _crowd(tmp_path / "crowd", 5)
     body = {
         "subject": {"type": "user"},
@@ -271,10 +272,9 @@ def test_a_zero_limit_evaluates_nothing_and_says_more_exist(tmp_path: Path) -> N
     }
     with serving(tmp_path, tmp_path / "crowd") as (run, pdp):
         before = len(decisions(run))
-        answer = pdp.search("subject", body).json()
+        reply = pdp.search("subject", body)
         assert len(decisions(run)) == before
-    assert answer["results"] == [] and answer["page"]["count"] == 0
-    assert answer["page"]["next_token"]
+    assert reply.status == 400 and reply.text.startswith("page.limit: must be a positive")
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/json"])
@@ -302,3 +302,23 @@ def test_a_refused_chunked_body_does_not_poison_the_connection(
                 chunks = iter([b"{}"])
         finally:
             conn.close()
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example/phish?", "a b", "user@evil.example", "evil.example:80/x", ""]
+)
+def test_metadata_never_echoes_a_host_that_is_not_host_port(tmp_path: Path, host: str) -> None:
+    """The metadata's URLs are followed by PEPs: a Host with a path, userinfo or spaces
+    is not copied into them; the listener's own address is used instead."""
+    with serving(tmp_path, CERT) as (_, pdp):
+        reply = pdp.get("/.well-known/authzen-configuration", headers={"Host": host})
+        meta = reply.json()
+    base = f"http://{pdp.address}"
+    assert meta["policy_decision_point"] == base
+    assert meta["access_evaluation_endpoint"] == f"{base}/access/v1/evaluation"
+
+
+def test_metadata_keeps_a_plain_host_and_port(tmp_path: Path) -> None:
+    with serving(tmp_path, CERT) as (_, pdp):
+        meta = pdp.get("/.well-known/authzen-configuration", headers={"Host": "pdp.example:8443"})
+    assert meta.json()["policy_decision_point"] == "http://pdp.example:8443"

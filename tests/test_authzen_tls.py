@@ -23,7 +23,6 @@ from cryptography.x509.oid import NameOID
 from sidecar.client import StepguardClient
 from sidecar.config import Settings
 from sidecar.errors import ConfigError
-from sidecar.identity import certificate_identity
 from sidecar.tls import channel_credentials
 from tests.helpers import NOTIFIER, PROVISIONER, Running, notify_request, running_sidecar
 from tests.pki import Pair, Pki, make_pki, tls_settings
@@ -168,25 +167,6 @@ def test_both_apis_record_the_same_identity_for_a_certificate(
     via_grpc = _event(bound, decision.decision_id)["caller"]["identity"]
     assert via_http == via_grpc
     assert via_http.startswith("CN=") and not via_http.startswith("spiffe://")
-
-
-def test_certificate_identity_rules() -> None:
-    spiffe = "spiffe://example.org/ns/a/sa/b"
-    subject = ((("organizationName", "Example"),), (("commonName", "w"),))
-    assert (
-        certificate_identity({"subjectAltName": (("URI", spiffe),), "subject": subject}) == spiffe
-    )
-    # Two URI SANs, a query, or another scheme: no SPIFFE ID, the subject instead.
-    for sans in (
-        (("URI", spiffe), ("URI", spiffe + "2")),
-        (("URI", spiffe + "?x=1"),),
-        (("URI", "https://example.org/w"),),
-    ):
-        assert (
-            certificate_identity({"subjectAltName": sans, "subject": subject}) == "CN=w,O=Example"
-        )
-    assert certificate_identity({"subjectAltName": (("DNS", "w"), ("URI", spiffe))}) == spiffe
-    assert certificate_identity({}) == certificate_identity(None) == ""
 
 
 def test_https_follows_rotated_certificates(tmp_path: Path, pki: Pki) -> None:

@@ -620,13 +620,17 @@ def test_tls_flags_env_and_file(tmp_path: Path) -> None:
 # --- identity rules -----------------------------------------------------------------------
 
 
-def test_caller_identity_prefers_spiffe_then_subject() -> None:
+def test_caller_identity_comes_from_the_peer_certificate_only(pki: Pki) -> None:
+    """gRPC's own readings (peer_spiffe_id, x509_subject) are not used: only the certificate."""
     assert caller_identity(None) == ""
     assert caller_identity({"transport_security_type": [b"insecure"]}) == ""
-    spiffe = {"peer_spiffe_id": [WORKER_ID.encode()], "x509_subject": [b"CN=w"]}
-    assert caller_identity(spiffe) == WORKER_ID
-    assert caller_identity({"x509_subject": [b""], "peer_spiffe_id": []}) == ""
-    assert caller_identity({"x509_subject": [b"CN=legacy,O=Example"]}) == "CN=legacy,O=Example"
+    assert caller_identity({"peer_spiffe_id": [WORKER_ID.encode()]}) == ""
+    pem = pki.domain.issue(spiffe=WORKER_ID).cert
+    assert caller_identity({"x509_pem_cert": [pem], "peer_spiffe_id": [b"spiffe://x/y"]}) == (
+        WORKER_ID
+    )
+    legacy = pki.domain.issue(subject="legacy").cert
+    assert caller_identity({"x509_pem_cert": [legacy]}) == "CN=legacy,O=Example"
 
 
 def test_binding_rule() -> None:

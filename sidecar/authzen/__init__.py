@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from prometheus_client import Counter
+
+from sidecar.authzen.guard import REASONS, HttpLimits
 from sidecar.authzen.service import AuthzenService
 from sidecar.authzen.wsgi import AuthzenApp, AuthzenServer
 from sidecar.bundle import Bundle
@@ -20,7 +23,7 @@ from sidecar.metrics import Metrics
 from sidecar.tls import CertificateReloader
 from sidecar.validate import Limits
 
-__all__ = ["AuthzenApp", "AuthzenServer", "AuthzenService", "build_server"]
+__all__ = ["AuthzenApp", "AuthzenServer", "AuthzenService", "HttpLimits", "build_server"]
 
 
 def build_server(
@@ -33,10 +36,32 @@ def build_server(
     max_batch_bytes: int,
     workers: int,
     tls: CertificateReloader | None = None,
+    http: HttpLimits | None = None,
 ) -> AuthzenServer:
     """The AuthZEN HTTP server for a sidecar: same bundle holder, decider and metrics."""
     service = AuthzenService(bundle, decider, limits, metrics)
     app = AuthzenApp(
-        service, max_request_bytes=limits.max_request_bytes, max_batch_bytes=max_batch_bytes
+        service,
+        max_request_bytes=limits.max_request_bytes,
+        max_batch_bytes=max_batch_bytes,
+        tls=tls is not None,
     )
-    return AuthzenServer(app, listen, workers=workers, max_body_bytes=max_batch_bytes, tls=tls)
+    # Declared here, not in metrics.py: it exists only where the AuthZEN listener runs.
+    refused = Counter(
+        "stepguard_authzen_connections_refused_total",
+        "AuthZEN connections refused (over authzen_max_connections) or closed for missing "
+        "a deadline (headers, body, TLS handshake), by reason.",
+        ["reason"],
+        registry=metrics.registry,
+    )
+    for reason in REASONS:
+        refused.labels(reason=reason)
+    return AuthzenServer(
+        app,
+        listen,
+        workers=workers,
+        max_body_bytes=max_batch_bytes,
+        tls=tls,
+        http=http,
+        refused=lambda reason: refused.labels(reason=reason).inc(),
+    )

@@ -297,8 +297,10 @@ def _page(value: Any) -> Page | None:
     if token is not None and not isinstance(token, str):
         raise InvalidRequest("page.token", f"must be a string, got {_kind(token)}")
     limit = obj.get("limit")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise InvalidRequest("page.limit", "must be a non-negative integer")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        # 0 would answer an empty page whose next_token resumes where it started:
+        # a PEP following the tokens would loop forever.
+        raise InvalidRequest("page.limit", "must be a positive integer (1 or more)")
     if "properties" in obj:
         _optional_object(obj, "properties", "page")
     return Page(token or None, limit)
@@ -337,20 +339,22 @@ class Mapper:
     def entity(self, entity: Entity, field: str) -> EntityData:
         """The entity as Cedar sees it for this call.
 
-        An entity the store does not hold gets its declared properties as
-        attributes. For one it holds, the store is the source of truth, as on
-        the gRPC API: properties may restate it, one that contradicts it is
-        refused, and one it does not give the entity is ignored (AuthZEN
-        requires extra properties to be accepted; adding them would let a PEP
-        grant a stored subject a role).
+        An entity the store does not hold gets its properties as attributes,
+        all of them, as the gRPC API gives it its `attributes`: one the schema
+        does not declare makes Cedar refuse the request (a deny) on both APIs.
+        For one it holds, the store is the source of truth, as on the gRPC
+        API: properties may restate it and one that contradicts it is refused;
+        one it does not give the entity is ignored (AuthZEN requires extra
+        properties to be accepted; adding them would let a PEP grant a stored
+        subject a role), where gRPC refuses it.
         """
         uid = EntityUid(entity.type, entity.id)
+        stored = self.bundle.entity_json.get(uid)
+        if stored is None:
+            return EntityData(uid, self._plain(entity.properties, f"{field}.properties", 0))
         attrs = self._record(
             entity.properties, self.view.shape(entity.type), f"{field}.properties", 0
         )
-        stored = self.bundle.entity_json.get(uid)
-        if stored is None:
-            return EntityData(uid, attrs)
         known = stored.get("attrs") or {}
         for name, value in attrs.items():
             if name in known and known[name] != value:
@@ -361,20 +365,28 @@ class Mapper:
         return EntityData(uid)
 
     def context(self, context: Mapping[str, Any], action: Action, uid: EntityUid) -> dict[str, Any]:
-        """The Cedar context: declared keys of `context`, action properties, `now`, `caller`."""
+        """The Cedar context: `context` as sent, action properties, `now`, `caller`.
+
+        Every context key reaches Cedar, as the gRPC API's attributes do: one the
+        action's schema context does not declare makes Cedar refuse the request,
+        a deny on both APIs (issue 16: AuthZEN used to drop it and allow).
+        Only `action.properties`, which gRPC cannot send, keep just what the
+        schema declares under `context.action_properties`.
+        """
         for name, why in RESERVED_CONTEXT.items():
             if name in context:
                 raise InvalidRequest(f"context.{name}", f"{why}; rename it")
         sig = self.view.actions.get(uid)
         shape = sig.context if sig is not None else EMPTY
-        out = self._record(context, shape, "context", 0)
+        out = self._plain(context, "context", 0)
         declared = shape.attrs.get(ACTION_PROPERTIES)
         if declared is not None and action.properties:
             value = self._keep(action.properties, declared, "action.properties", 0)
             if value is not _DROP:
                 out[ACTION_PROPERTIES] = value
+        bounds = _time_bound_ms(out)
         if self._now_ms is not None and "now" in shape.attrs:
-            out["now"] = cedar_datetime(self._now_ms(*_time_bound_ms(out)))
+            out["now"] = cedar_datetime(self._now_ms(*bounds))
         if self._caller is not None and (caller := self._caller(uid)):
             out.update(caller)
         return out
@@ -394,6 +406,28 @@ class Mapper:
         return AuthzRequest(principal.uid, action, resource.uid, context, supplied)
 
     # -- values
+    def _plain(self, obj: Mapping[str, Any], field: str, depth: int) -> dict[str, Any]:
+        """A record as sent, but for null members and elements (absent); depth-checked."""
+        return {
+            name: self._plain_value(value, f"{field}.{name}", depth + 1)
+            for name, value in obj.items()
+            if value is not None
+        }
+
+    def _plain_value(self, value: Any, field: str, depth: int) -> Any:
+        if depth > self._depth:
+            raise InvalidRequest(field, "nests deeper than the attribute depth limit")
+        if isinstance(value, dict) and not _is_escape(value):
+            return self._plain(value, field, depth)
+        if isinstance(value, list):
+            return [
+                self._plain_value(item, f"{field}[{i}]", depth + 1)
+                for i, item in enumerate(value)
+                if item is not None
+            ]
+        self._check_depth(value, field, depth)
+        return value
+
     def _record(
         self, obj: Mapping[str, Any], record: Record, field: str, depth: int
     ) -> dict[str, CedarJson]:
@@ -442,22 +476,40 @@ class Mapper:
                 self._check_depth(item, f"{field}[{i}]", depth + 1)
 
 
-def _time_bound_ms(context: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """`context.time_bound` in ms, written as Cedar datetimes or RFC 3339 strings."""
+def _time_bound_ms(context: dict[str, Any]) -> tuple[int | None, int | None]:
+    """`context.time_bound` in ms, its bounds rewritten in the one form Cedar then reads.
+
+    The `now` clamp (cache.effective_now_ms) must see the instant Cedar will
+    compare with `now`, whatever form the PEP wrote it in: a string, a
+    `datetime` call with `arg` or `args`, an `offset(datetime, duration)`
+    (cache.parse_cedar_datetime). So each bound is parsed here, refused (400)
+    when it cannot be, and replaced by the canonical `datetime("...Z")` of the
+    same instant, which is all Cedar gets.
+    """
     bound = context.get("time_bound")
-    if not isinstance(bound, Mapping):
-        return None, None
-    return _instant_ms(bound.get("not_before")), _instant_ms(bound.get("not_after"))
+    if not isinstance(bound, dict) or _is_escape(bound):
+        return None, None  # absent, or not a record: Cedar refuses it (a deny)
+    bound = context["time_bound"] = dict(bound)
+    out: list[int | None] = []
+    for name in ("not_before", "not_after"):
+        value = bound.get(name)
+        if value is None:
+            out.append(None)
+            continue
+        ms = parse_cedar_datetime(value)
+        if ms is None or not _MIN_MS <= ms <= _MAX_MS:
+            raise InvalidRequest(
+                f"context.time_bound.{name}",
+                "is not a datetime stepguard can read: send an RFC 3339 instant in Cedar's "
+                'form, such as "2026-11-25T18:00:00Z" or "2026-11-25T18:00:00.000+0100"',
+            )
+        bound[name] = cedar_datetime(ms)
+        out.append(ms)
+    return out[0], out[1]
 
 
-def _instant_ms(value: Any) -> int | None:
-    if not isinstance(value, str):
-        return parse_cedar_datetime(value)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None  # Cedar refuses it too: the request is denied
-    return to_ms(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+_MIN_MS: Final = to_ms(datetime(1, 1, 1, tzinfo=UTC))
+_MAX_MS: Final = to_ms(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC))
 
 
 def _is_escape(value: Mapping[str, Any]) -> bool:

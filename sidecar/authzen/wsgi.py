@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
 import time
@@ -29,15 +30,15 @@ from collections.abc import Callable, Iterable, Mapping
 from email.message import Message
 from typing import Any, Final
 
-from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from sidecar.audit.event import CallMeta, recorded_request_id
+from sidecar.authzen.guard import HttpLimits, Server, body_read
 from sidecar.authzen.service import AuthzenService
 from sidecar.authzen.translate import SearchKind
 from sidecar.config import split_host_port
 from sidecar.errors import InvalidRequest
-from sidecar.identity import certificate_identity
+from sidecar.identity import IdentityRefused, certificate_identity
 from sidecar.tls import CertificateReloader
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ StartResponse = Callable[..., Any]
 Environ = Mapping[str, Any]
 WELL_KNOWN: Final = "/.well-known/authzen-configuration"
 CALLER_IDENTITY: Final = "stepguard.caller_identity"  # environ key, set by _ReloadingTls
+CALLER_REFUSED: Final = "stepguard.caller_refused"  # why its certificate gives no identity
 _TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _SEARCH: Final[dict[str, SearchKind]] = {
     "/access/v1/search/subject": "subject",
@@ -65,8 +67,17 @@ class _HttpError(Exception):
 class AuthzenApp:
     """The WSGI application: routes, media type, body limits, JSON, status codes."""
 
-    def __init__(self, service: AuthzenService, *, max_request_bytes: int, max_batch_bytes: int):
+    def __init__(
+        self,
+        service: AuthzenService,
+        *,
+        max_request_bytes: int,
+        max_batch_bytes: int,
+        tls: bool = False,
+    ):
         self._service = service
+        self._scheme = "https" if tls else "http"
+        self.listening = ""  # HOST:PORT once bound (AuthzenServer.start)
         self._max_request = max_request_bytes
         self._max_batch = max_batch_bytes
 
@@ -111,7 +122,11 @@ class AuthzenApp:
             if method not in ("GET", "HEAD"):
                 raise _HttpError("405 Method Not Allowed", f"{path} takes GET", [("Allow", "GET")])
             caching = (("Cache-Control", "max-age=300"), ("Vary", "Host"))
-            return "200 OK", self._service.metadata(_base_url(environ)), caching
+            return (
+                "200 OK",
+                self._service.metadata(_base_url(environ, self._scheme, self.listening)),
+                caching,
+            )
         service = self._service
         handler: Callable[[Mapping[str, Any], CallMeta, float], dict[str, Any]]
         if path == "/access/v1/evaluation":
@@ -148,7 +163,12 @@ def _read_body(environ: Environ, limit: int) -> bytes:
         raw = stream.read(limit + 1)
         if len(raw) > limit:
             raise _HttpError("413 Content Too Large", f"request: body over {limit} bytes")
+    body_read()
     data: bytes = raw
+    if length_text and len(data) < int(length_text):
+        # Cut off (the peer stalled past the body deadline, or hung up): never decide
+        # on part of a body, even one that happens to parse.
+        raise _HttpError("400 Bad Request", "request: the body ended before Content-Length")
     return data
 
 
@@ -200,7 +220,14 @@ def _no_constant(name: str) -> Any:
 
 
 def _meta(environ: Environ) -> CallMeta:
-    """Caller facts for the audit event, in the form the gRPC API records them."""
+    """Caller facts for the audit event, in the form the gRPC API records them.
+
+    A client certificate whose identity breaks a rule (sidecar/identity.py) gets
+    no decision: 403 naming the rule, as gRPC answers UNAUTHENTICATED.
+    """
+    refused = environ.get(CALLER_REFUSED)
+    if refused:
+        raise _HttpError("403 Forbidden", f"caller: {refused}")
     addr = str(environ.get("REMOTE_ADDR") or "")
     port = str(environ.get("REMOTE_PORT") or "")
     peer = ""
@@ -218,10 +245,22 @@ def _meta(environ: Environ) -> CallMeta:
     )
 
 
-def _base_url(environ: Environ) -> str:
-    """The PDP's base URL as the caller reached it (scheme and Host of this request)."""
-    scheme = environ.get("wsgi.url_scheme", "http")
-    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME')}:{environ.get('SERVER_PORT')}"
+_HOST: Final = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+)
+
+
+def _base_url(environ: Environ, scheme: str, listening: str) -> str:
+    """The PDP's base URL as the caller reached it.
+
+    The scheme is the listener's own (`https` whenever it serves TLS), never
+    taken from the request. The host is the request's `Host` when it is a
+    plain host[:port]; anything else (paths, userinfo, spaces) is not echoed
+    into URLs a PEP will follow: the listener's own address is used instead.
+    """
+    host = str(environ.get("HTTP_HOST") or "")
+    if not _HOST.fullmatch(host):
+        host = listening or f"localhost:{environ.get('SERVER_PORT')}"
     return f"{scheme}://{host}"
 
 
@@ -259,13 +298,6 @@ def _text(
     )
 
 
-class _Server(wsgi.Server):
-    """cheroot's server, logging through `logging` instead of writing to stderr."""
-
-    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
-        log.log(level, "authzen http: %s", msg, exc_info=traceback)
-
-
 class _ReloadingTls(BuiltinSSLAdapter):
     """cheroot's standard-library TLS, serving the reloader's current certificates.
 
@@ -293,9 +325,17 @@ class _ReloadingTls(BuiltinSSLAdapter):
     def context(self, context: ssl.SSLContext) -> None:
         raise AttributeError("the TLS context follows the certificate files; it is not set")
 
+    def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, dict[str, Any]]:
+        """Wrap without the handshake: it runs on a worker (guard.py), not on the acceptor."""
+        wrapped = self.context.wrap_socket(sock, do_handshake_on_connect=False, server_side=True)
+        return wrapped, {}
+
     def get_environ(self, sock: ssl.SSLSocket) -> dict[str, Any]:  # type: ignore[override]
         environ: dict[str, Any] = super().get_environ(sock)  # type: ignore[no-untyped-call]
-        environ[CALLER_IDENTITY] = certificate_identity(sock.getpeercert())
+        try:
+            environ[CALLER_IDENTITY] = certificate_identity(sock.getpeercert(binary_form=True))
+        except IdentityRefused as exc:
+            environ[CALLER_REFUSED] = str(exc)
         return environ
 
 
@@ -303,6 +343,8 @@ class AuthzenServer:
     """The HTTP listener: started and stopped by `Sidecar`, beside the gRPC server.
 
     With `tls` it serves HTTPS (mutual TLS when the reloader has a client CA).
+    Connections are bounded in number and in time (`HttpLimits`, guard.py);
+    `refused(reason)` counts each one refused or cut.
     """
 
     def __init__(
@@ -313,13 +355,27 @@ class AuthzenServer:
         workers: int,
         max_body_bytes: int,
         tls: CertificateReloader | None = None,
+        http: HttpLimits | None = None,
+        refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         host, port = split_host_port(listen, "authzen_listen")
-        self._server = _Server((host, port), app, numthreads=workers, server_name="stepguard")
+        self._app = app
+        self._server = Server(
+            (host, port),
+            app,
+            numthreads=workers,
+            server_name="stepguard",
+            limits=http or HttpLimits(),
+            refused=refused,
+        )
         self._server.max_request_body_size = max_body_bytes
         if tls is not None:
             self._server.ssl_adapter = _ReloadingTls(tls)
         self._thread: threading.Thread | None = None
+
+    @property
+    def open_connections(self) -> int:
+        return self._server.guard.open_connections
 
     def start(self) -> str:
         """Bind (raising OSError when the address is taken) and serve; return HOST:PORT."""
@@ -329,7 +385,8 @@ class AuthzenServer:
             target=self._server.serve, name="stepguard-authzen", daemon=True
         )
         self._thread.start()
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._app.listening = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return self._app.listening
 
     def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace` seconds."""
