@@ -42,6 +42,8 @@ def deny(revision: str, message: str) -> Result:
 
 
 def _evaluate(bundle: Bundle, request: AuthzRequest, indexed: bool = True) -> Result:
+    if request.denial:  # validation's verdict (an unknown resource): no policy is asked
+        return deny(bundle.revision, request.denial)
     try:
         entities = _entities_for(bundle, request.entities)
     except ValueError as exc:

@@ -13,6 +13,13 @@ policy authors already write in entity files:
                  "attributes": {"free": "form"}}}
 
 Everything then goes through the same validation as a gRPC request.
+
+Typed values: a JSON object that is exactly `{"__entity": {"type", "id"}}` becomes
+`Value.entity_value` and exactly `{"__extn": {"fn", "arg" | "args"}}` becomes
+`Value.extension_value`, the forms Cedar's own JSON (and the Cedar corpus) uses.
+Any other object is a record, and a record with one of those keys (or `__expr`)
+among others is refused by validation, naming the field: free-form values are
+data, and only the typed fields carry entity references and extension values.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ _SENSITIVITY = {
     "critical": pb.SENSITIVITY_CRITICAL,
 }
 _INT64 = (-(2**63), 2**63 - 1)
+# Far beyond any attribute depth limit; stops runaway recursion on hostile JSON.
+MAX_JSON_DEPTH = 256
 
 
 def request_from_json(data: Any) -> pb.AuthorizeRequest:
@@ -48,8 +57,10 @@ def request_from_json(data: Any) -> pb.AuthorizeRequest:
     return msg
 
 
-def value_to_proto(value: Any, field: str) -> pb.Value:
+def value_to_proto(value: Any, field: str, depth: int = 0) -> pb.Value:
     """Cedar JSON -> Value. `{"__extn": ...}` and `{"__entity": ...}` keep their meaning."""
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidRequest(field, f"nests deeper than {MAX_JSON_DEPTH} levels")
     out = pb.Value()
     if isinstance(value, bool):
         out.bool_value = value
@@ -62,7 +73,7 @@ def value_to_proto(value: Any, field: str) -> pb.Value:
     elif isinstance(value, list):
         out.set_value.SetInParent()
         for i, item in enumerate(value):
-            out.set_value.values.append(value_to_proto(item, f"{field}[{i}]"))
+            out.set_value.values.append(value_to_proto(item, f"{field}[{i}]", depth + 1))
     elif isinstance(value, dict) and set(value) == {"__extn"}:
         ext = _object(value["__extn"], f"{field}.__extn")
         out.extension_value.function = _string(ext.get("fn"), f"{field}.__extn.fn")
@@ -71,7 +82,7 @@ def value_to_proto(value: Any, field: str) -> pb.Value:
             if not isinstance(args, list):
                 raise InvalidRequest(f"{field}.__extn.args", "must be a list of values")
             for i, arg in enumerate(args):
-                item = value_to_proto(arg, f"{field}.__extn.args[{i}]")
+                item = value_to_proto(arg, f"{field}.__extn.args[{i}]", depth + 1)
                 out.extension_value.arguments.append(item)
         else:
             out.extension_value.argument = _string(ext.get("arg"), f"{field}.__extn.arg")
@@ -80,7 +91,9 @@ def value_to_proto(value: Any, field: str) -> pb.Value:
     elif isinstance(value, dict):
         out.record_value.SetInParent()
         for name, item in value.items():
-            out.record_value.fields[name].CopyFrom(value_to_proto(item, f"{field}.{name}"))
+            out.record_value.fields[name].CopyFrom(
+                value_to_proto(item, f"{field}.{name}", depth + 1)
+            )
     else:
         raise InvalidRequest(field, f"{type(value).__name__} is not a Cedar value")
     return out
