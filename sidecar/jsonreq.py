@@ -24,6 +24,7 @@ data, and only the typed fields carry entity references and extension values.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -181,3 +182,55 @@ def _string(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise InvalidRequest(field, "is required and must be a string")
     return value
+
+
+def nesting_path(text: str, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """The path of the first JSON container nested more than `limit` levels deep, else None.
+
+    Without recursion, so that it works where `json.loads` gives up (its RecursionError
+    names no field): `subject.properties.a[0].b`. Only called on a refused body.
+    """
+    frames: list[tuple[str, str | int | None]] = []  # open containers: kind, name in parent
+    indices: list[int] = []  # the current element of each open array
+    key: str | None = None  # the last key read in the innermost object
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            end = i + 1
+            while end < n and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            raw, i = text[i : end + 1], end + 1
+            if frames and frames[-1][0] == "{" and text[i:].lstrip().startswith(":"):
+                try:
+                    key = str(json.loads(raw))
+                except ValueError:
+                    key = raw.strip('"')
+            continue
+        if ch in "{[":
+            segment: str | int | None = None
+            if frames:
+                segment = (key or "") if frames[-1][0] == "{" else indices[-1]
+            frames.append((ch, segment))
+            if ch == "[":
+                indices.append(0)
+            if len(frames) > limit:
+                return _render([s for _, s in frames if s is not None]) or "request"
+            key = None
+        elif ch in "}]" and frames:
+            if frames.pop()[0] == "[":
+                indices.pop()
+        elif ch == "," and frames and frames[-1][0] == "[":
+            indices[-1] += 1
+        i += 1
+    return None
+
+
+def _render(segments: list[str | int]) -> str:
+    out = ""
+    for segment in segments:
+        if isinstance(segment, int):
+            out += f"[{segment}]"
+        else:
+            out += f".{segment}" if out else segment
+    return out

@@ -114,18 +114,9 @@ def request_from_proto(
     action = _uid(msg.action, "action", bundle, need_id=need_id)
     denial = ""
     if not cedar_entities:
-        if _unknown(principal, bundle) and not principal_bound:
-            raise InvalidRequest(
-                "principal",
-                f"{principal.uid} is not in the entity store, and the bundle's "
-                f"{REQUEST_ENTITIES_FILE} does not admit {principal.uid.type} principals the "
-                "store lacks; add it to the store",
-            )
-        if _unknown(resource, bundle):
-            denial = (
-                f"resource {resource.uid} is not in the entity store (unknown entity); "
-                "add it to the store"
-            )
+        if not principal_bound:
+            check_principal_known("principal", principal.uid, bundle)
+        denial = unknown_resource_denial(resource.uid, bundle)
     if action not in bundle.actions:
         raise InvalidRequest("action", f"{action} is not an action declared by the schema")
     context = _context(msg.context, bundle, limits) if msg.HasField("context") else {}
@@ -137,10 +128,26 @@ def request_from_proto(
     return AuthzRequest(principal.uid, action, resource.uid, context, supplied, denial)
 
 
-def _unknown(entity: EntityData, bundle: Bundle) -> bool:
+def _unknown(uid: EntityUid, bundle: Bundle) -> bool:
     """Neither in the store nor of a type the bundle lets requests name without it."""
-    uid = entity.uid
     return uid not in bundle.entity_json and bundle.request_entities.admits(uid.type) is None
+
+
+def check_principal_known(field: str, uid: EntityUid, bundle: Bundle) -> None:
+    """A principal must be one the store holds, or of a type the bundle admits without it."""
+    if _unknown(uid, bundle):
+        raise InvalidRequest(
+            field,
+            f"{uid} is not in the entity store, and the bundle's {REQUEST_ENTITIES_FILE} "
+            f"does not admit {uid.type} principals the store lacks; add it to the store",
+        )
+
+
+def unknown_resource_denial(uid: EntityUid, bundle: Bundle) -> str:
+    """The DENY reason for a resource the store lacks (of a type not admitted), else ''."""
+    if not _unknown(uid, bundle):
+        return ""
+    return f"resource {uid} is not in the entity store (unknown entity); add it to the store"
 
 
 def _uid(
@@ -174,16 +181,17 @@ def _entity(
     if stored is not None:
         _check_agrees_with_store(field, uid, stored, attrs, parents)
         return EntityData(uid)
-    _check_declared(field, uid, bundle, attrs, parents)
+    _check_declared(uid, bundle, attrs, parents, field=field)
     return EntityData(uid, attrs, parents)
 
 
 def _check_declared(
-    field: str,
     uid: EntityUid,
     bundle: Bundle,
     attrs: Mapping[str, CedarJson],
     parents: tuple[EntityUid, ...],
+    *,
+    field: str,
 ) -> None:
     """An entity the store lacks carries only what `request-entities.yaml` lets it carry.
 
@@ -209,13 +217,6 @@ def _check_declared(
                 f"does not let a request give a {uid.type} the attribute {name!r}; "
                 "put the entity in the store",
             )
-
-
-def check_supplied(
-    field: str, uid: EntityUid, bundle: Bundle, attrs: Mapping[str, CedarJson]
-) -> None:
-    """`_check_declared` for other front ends (AuthZEN properties); `field` prefixes names."""
-    _check_declared(field, uid, bundle, attrs, ())
 
 
 def _check_agrees_with_store(

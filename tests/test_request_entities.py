@@ -478,3 +478,19 @@ def test_with_binding_the_callers_own_unregistered_workload_is_decided(tmp_path:
         }
         decision = _ask(_client(tmp_path, running, pki.domain.pem, me), request)
         assert not decision.allowed and "principal.parents[0]" in decision.reason
+
+
+def test_authzen_json_too_deep_for_the_parser_names_the_field(tmp_path: Path) -> None:
+    """AuthZEN: Python's JSON parser gives up on deep nesting (RecursionError, no field);
+    the 400 names the path where the body nests too deep."""
+    from tests.authzen_client import CERT, serving
+
+    deep = "[" * 5000 + "]" * 5000
+    body = '{"subject": {"type": "user", "id": "alice", "properties": {"role": ' + deep + "}}}"
+    with serving(tmp_path, CERT) as (_, pdp):
+        reply = pdp.post("/access/v1/evaluation", raw=body.encode())
+        pdp.close()
+    assert reply.status == 400, reply.text
+    text = reply.text
+    assert "subject.properties.role[0][0]" in text, text
+    assert "nests more than 256 levels deep" in text
