@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
@@ -123,6 +125,20 @@ def test_unknown_resource_is_a_deny_that_says_it_is_unknown(
     event = day.audit_events()[-1]
     assert event["id"] == resp.decision_id and event["decision"] == "DENY"
     assert "not in the entity store" in json.dumps(event)
+
+
+def test_an_unknown_resource_is_explained_as_evaluating_no_policy(
+    stub: pb_grpc.AuthorizerStub,
+) -> None:
+    """No policy ran, so none is shown satisfied or overridden in the explanation."""
+    req = request_from_json(grant_request())
+    req.resource.id = "payroll-new"
+    req.explain = True
+    resp = stub.Authorize(req, timeout=10)
+    assert resp.decision == pb.DECISION_DENY
+    outcomes = {p.outcome for p in resp.explanation.policies}
+    assert outcomes == {pb.POLICY_OUTCOME_NOT_EVALUATED}
+    assert "not in the entity store" in resp.explanation.request_errors[0]
 
 
 def test_unknown_workload_is_denied_by_a_policy_that_says_so(
@@ -494,3 +510,79 @@ def test_authzen_json_too_deep_for_the_parser_names_the_field(tmp_path: Path) ->
     text = reply.text
     assert "subject.properties.role[0][0]" in text, text
     assert "nests more than 256 levels deep" in text
+
+
+# -- the byte walker names the same field as validation ----------------------------------------
+
+_KEYS = st.sampled_from(["a", "b", "c", "zz"])
+
+
+def _values() -> st.SearchStrategy[pb.Value]:
+    leaf = st.builds(lambda s: pb.Value(string_value=s), st.sampled_from(["x", "y"]))
+
+    def record(fields: dict[str, pb.Value]) -> pb.Value:
+        value = pb.Value()
+        value.record_value.SetInParent()
+        for name, item in fields.items():
+            value.record_value.fields[name].CopyFrom(item)
+        return value
+
+    def values(items: list[pb.Value]) -> pb.Value:
+        value = pb.Value()
+        value.set_value.SetInParent()
+        value.set_value.values.extend(items)
+        return value
+
+    def extension(items: list[pb.Value]) -> pb.Value:
+        value = pb.Value()
+        value.extension_value.function = "decimal"
+        value.extension_value.arguments.extend(items)
+        return value
+
+    return st.recursive(
+        leaf,
+        lambda inner: st.one_of(
+            st.builds(record, st.dictionaries(_KEYS, inner, min_size=1, max_size=2)),
+            st.builds(values, st.lists(inner, min_size=1, max_size=2)),
+            st.builds(extension, st.lists(inner, min_size=1, max_size=2)),
+        ),
+        max_leaves=12,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(attributes=st.dictionaries(_KEYS, _values(), min_size=1, max_size=2))
+def test_the_byte_walker_names_the_field_validation_names(attributes: dict[str, pb.Value]) -> None:
+    """Property: for any nesting, `decode_refusal` on the request's bytes refuses the same
+    field, with the same message, as validation's depth check on the parsed message."""
+    from sidecar.errors import InvalidRequest
+    from sidecar.validate import Limits, decode_refusal, request_from_proto
+
+    bundle = _example_bundle()
+    limits = Limits(max_attribute_depth=3)
+    msg = request_from_json(grant_request())
+    for name, value in attributes.items():
+        msg.context.attributes[name].CopyFrom(value)
+    try:
+        request_from_proto(msg, bundle, limits, now=None)
+        expected = None
+    except InvalidRequest as exc:
+        expected = str(exc) if "attribute depth limit" in exc.detail else None
+    event("over the depth limit" if expected else "within the depth limit")
+    raw = msg.SerializeToString(deterministic=True)
+    got = decode_refusal(raw, pb.AuthorizeRequest.DESCRIPTOR, limits, ValueError("MaxDepth"))
+    if expected is not None:
+        assert got is not None and str(got) == expected
+    else:
+        assert got is None or "attribute depth limit" not in got.detail.split("(")[0]
+
+
+_BUNDLE: list[Any] = []
+
+
+def _example_bundle() -> Any:
+    from sidecar.bundle import load_bundle
+
+    if not _BUNDLE:
+        _BUNDLE.append(load_bundle(POLICIES))
+    return _BUNDLE[0]
