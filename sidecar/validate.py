@@ -145,9 +145,27 @@ def check_principal_known(field: str, uid: EntityUid, bundle: Bundle) -> None:
 
 def unknown_resource_denial(uid: EntityUid, bundle: Bundle) -> str:
     """The DENY reason for a resource the store lacks (of a type not admitted), else ''."""
+    return unknown_entity_denial("resource", uid, bundle)
+
+
+def unknown_entity_denial(role: str, uid: EntityUid, bundle: Bundle) -> str:
+    """The DENY reason for a `role` entity the store lacks (of a type not admitted), else ''."""
     if not _unknown(uid, bundle):
         return ""
-    return f"resource {uid} is not in the entity store (unknown entity); add it to the store"
+    return f"{role} {uid} is not in the entity store (unknown entity); add it to the store"
+
+
+def admitted_attributes(
+    uid: EntityUid, bundle: Bundle, attrs: Mapping[str, CedarJson]
+) -> dict[str, CedarJson]:
+    """The attributes of an entity the store lacks that `request-entities.yaml` admits.
+
+    For AuthZEN, which must accept any properties and ignore those it does not
+    use (as it ignores properties of stored entities): the rest never reach Cedar.
+    """
+    declared = bundle.request_entities.admits(uid.type)
+    allowed = declared.attributes if declared else frozenset()
+    return {name: value for name, value in attrs.items() if name in allowed}
 
 
 def _uid(

@@ -586,3 +586,51 @@ def _example_bundle() -> Any:
     if not _BUNDLE:
         _BUNDLE.append(load_bundle(POLICIES))
     return _BUNDLE[0]
+
+
+# -- the same rules over AuthZEN ---------------------------------------------------------------
+
+
+def _authzen_grant(resource: dict[str, Any], subject: str = PROVISIONER["id"]) -> dict[str, Any]:
+    def user(name: str) -> dict[str, Any]:
+        return {"__entity": {"type": "User", "id": name}}
+
+    return {
+        "subject": {"type": "Workload", "id": subject},
+        "action": {"name": "grant_access"},
+        "resource": resource,
+        "context": {
+            "requester": user("maria"),
+            "approval": {
+                "approver": user("ines"),
+                "approved_at": {"__extn": {"fn": "datetime", "arg": "2026-11-28T09:00:00Z"}},
+                "ticket": "CHG-1",
+            },
+            "workflow": {"__entity": {"type": "Workflow", "id": "onboarding"}},
+        },
+        "options": {"stepguard_explain": True},
+    }
+
+
+def test_authzen_cannot_describe_an_unknown_target_as_low(tmp_path: Path) -> None:
+    """Measured case 2 over AuthZEN: the properties of an entity the store lacks count only
+    as far as request-entities.yaml admits them; an unknown target is a DENY saying so."""
+    from tests.authzen_client import serving
+
+    with serving(tmp_path, POLICIES, clock=lambda: SUNDAY_NIGHT) as (_, pdp):
+        known = pdp.evaluation(_authzen_grant({"type": "TargetSystem", "id": "jira"})).json()
+        assert known["decision"] is True, known  # the request itself is one the policies allow
+        unknown = {
+            "type": "TargetSystem",
+            "id": "payroll-new",
+            "properties": {"sensitivity": "low"},
+        }
+        answer = pdp.evaluation(_authzen_grant(unknown)).json()
+        assert answer["decision"] is False, answer
+        assert 'TargetSystem::"payroll-new" is not in the entity store' in str(answer)
+        # An unknown workload's `shared: false` is not admitted: it is denied as unregistered.
+        stranger = _authzen_grant({"type": "TargetSystem", "id": "jira"}, ONBOARDING_WORKLOAD)
+        stranger["subject"]["properties"] = {"shared": False}
+        answer = pdp.evaluation(stranger).json()
+        assert answer["decision"] is False
+        assert "unregistered-workloads-never-act" in json.dumps(answer)

@@ -6,8 +6,10 @@ Two steps, both pure (no I/O, no clock):
    (objects, strings, required keys) and ignore every key it does not define.
 2. *Mapping* (`Mapper`): subject and resource become Cedar entities
    `type::"id"`; their `properties` become the attributes of entities the
-   entity store does not hold (for those it holds, the store is the source of
-   truth: see `Mapper.entity`); `action.name` names an action of the schema;
+   entity store does not hold, as far as the bundle's `request-entities.yaml`
+   admits them (for those it holds, the store is the source of truth: see
+   `Mapper.entity`); a subject or resource the store lacks, of a type not
+   admitted, is a DENY saying so; `action.name` names an action of the schema;
    `context` becomes the Cedar context, with `action.properties` under
    `context.action_properties` and the server's clock under `context.now`.
    Only what the schema declares is kept (see `schema.py` for why).
@@ -31,7 +33,7 @@ from sidecar.bundle import Bundle
 from sidecar.cache import cedar_datetime, parse_cedar_datetime, to_ms
 from sidecar.errors import InvalidRequest
 from sidecar.model import AuthzRequest, CedarJson, EntityData, EntityUid
-from sidecar.validate import Limits
+from sidecar.validate import Limits, admitted_attributes, unknown_entity_denial
 
 ACTION_PROPERTIES: Final = "action_properties"
 # Context names the server sets; a PEP may not send them.
@@ -347,8 +349,8 @@ class Mapper:
             entity.properties, self.view.shape(entity.type), f"{field}.properties", 0
         )
         stored = self.bundle.entity_json.get(uid)
-        if stored is None:
-            return EntityData(uid, attrs)
+        if stored is None:  # as on gRPC, only what request-entities.yaml admits (issue 16)
+            return EntityData(uid, admitted_attributes(uid, self.bundle, attrs))
         known = stored.get("attrs") or {}
         for name, value in attrs.items():
             if name in known and known[name] != value:
@@ -384,12 +386,20 @@ class Mapper:
         context = self.context(ev.context, ev.action, action)
         return self.assemble(principal, action, resource, context)
 
-    @staticmethod
     def assemble(
-        principal: EntityData, action: EntityUid, resource: EntityData, context: dict[str, Any]
+        self,
+        principal: EntityData,
+        action: EntityUid,
+        resource: EntityData,
+        context: dict[str, Any],
     ) -> AuthzRequest:
+        """The Cedar request. A subject or resource the store lacks, of a type its
+        request-entities.yaml does not admit, is a DENY saying so (AuthZEN answers an
+        unknown subject with a decision, not an error; gRPC refuses such a principal)."""
+        denial = unknown_entity_denial("subject", principal.uid, self.bundle)
+        denial = denial or unknown_entity_denial("resource", resource.uid, self.bundle)
         supplied = tuple(e for e in (principal, resource) if e.attrs)
-        return AuthzRequest(principal.uid, action, resource.uid, context, supplied)
+        return AuthzRequest(principal.uid, action, resource.uid, context, supplied, denial)
 
     # -- values
     def _record(
