@@ -192,7 +192,7 @@ def _entity(
     for name, value in sorted(msg.attributes.items()):
         where = f"{field}.attributes[{name!r}]"
         if name in RESERVED_KEYS:
-            raise InvalidRequest(where, _reserved_message(name))
+            raise InvalidRequest(where, reserved_message(name))
         attrs[name] = _value(value, where, limits.max_attribute_depth)
     parents = tuple(_uid(p, f"{field}.parents[{i}]", bundle) for i, p in enumerate(msg.parents))
     stored = bundle.entity_json.get(uid)
@@ -295,7 +295,7 @@ def _value(msg: pb.Value, field: str, depth: int, limit: int | None = None) -> C
         record: dict[str, CedarJson] = {}
         for name, v in sorted(fields.items()):
             if name in RESERVED_KEYS:
-                raise InvalidRequest(f"{field}.{name}", _reserved_message(name))
+                raise InvalidRequest(f"{field}.{name}", reserved_message(name))
             record[name] = _value(v, f"{field}.{name}", depth - 1, limit)
         return record
     if kind == "entity_value":
@@ -320,11 +320,12 @@ def depth_message(limit: int) -> str:
     return f"nests deeper than the attribute depth limit ({limit})"
 
 
-def _reserved_message(name: str) -> str:
+def reserved_message(name: str) -> str:
     return (
         f"{name!r} is reserved: Cedar would read this record as an escape, not as data; "
-        "send entity references as Value.entity_value and extension values "
-        "(decimal, ip, datetime, ...) as Value.extension_value"
+        "send entity references and extension values (decimal, ip, datetime, ...) as typed "
+        "values: Value.entity_value / Value.extension_value, or in JSON exactly "
+        '{"__entity": {...}} / {"__extn": {...}}'
     )
 
 
@@ -353,7 +354,7 @@ def _context(msg: pb.StepContext, bundle: Bundle, limits: Limits) -> dict[str, A
         if name in RESERVED_CONTEXT:
             raise InvalidRequest(field, "is reserved for a typed field or the server; rename it")
         if name in RESERVED_KEYS:
-            raise InvalidRequest(field, _reserved_message(name))
+            raise InvalidRequest(field, reserved_message(name))
         ctx[name] = _value(value, field, limits.max_attribute_depth)
     return ctx
 

@@ -634,3 +634,23 @@ def test_authzen_cannot_describe_an_unknown_target_as_low(tmp_path: Path) -> Non
         answer = pdp.evaluation(stranger).json()
         assert answer["decision"] is False
         assert "unregistered-workloads-never-act" in json.dumps(answer)
+
+
+def test_authzen_refuses_smuggled_markers_and_keeps_the_exact_escapes(tmp_path: Path) -> None:
+    """Point 10 over AuthZEN: an object with `__entity` beside other keys (or `__expr`) is a
+    400 naming the field; the exact `{"__entity": ...}` form is an entity reference."""
+    from tests.authzen_client import serving
+
+    with serving(tmp_path, POLICIES) as (_, pdp):
+        body = _authzen_grant({"type": "TargetSystem", "id": "jira"})
+        assert pdp.evaluation(body).json()["decision"] is True
+        body["context"]["workflow"] = {
+            "__entity": {"type": "Workflow", "id": "onboarding"},
+            "kind": "leaver",
+        }
+        reply = pdp.evaluation(body)
+        assert reply.status == 400, reply.text
+        assert "context.workflow.__entity" in reply.text and "reserved" in reply.text
+        body["context"]["workflow"] = {"__expr": 'Workflow::"onboarding"'}
+        reply = pdp.evaluation(body)
+        assert reply.status == 400 and "context.workflow.__expr" in reply.text, reply.text

@@ -33,7 +33,13 @@ from sidecar.bundle import Bundle
 from sidecar.cache import cedar_datetime, parse_cedar_datetime, to_ms
 from sidecar.errors import InvalidRequest
 from sidecar.model import AuthzRequest, CedarJson, EntityData, EntityUid
-from sidecar.validate import Limits, admitted_attributes, unknown_entity_denial
+from sidecar.validate import (
+    RESERVED_KEYS,
+    Limits,
+    admitted_attributes,
+    reserved_message,
+    unknown_entity_denial,
+)
 
 ACTION_PROPERTIES: Final = "action_properties"
 # Context names the server sets; a PEP may not send them.
@@ -437,7 +443,10 @@ class Mapper:
         if depth > self._depth:
             raise InvalidRequest(field, "nests deeper than the attribute depth limit")
         if isinstance(value, dict):
+            escape = _is_escape(value)
             for name, item in value.items():
+                if name in RESERVED_KEYS and not escape:  # data, never an escape (issue 16)
+                    raise InvalidRequest(f"{field}.{name}", reserved_message(name))
                 self._check_depth(item, f"{field}.{name}", depth + 1)
         elif isinstance(value, list):
             for i, item in enumerate(value):
