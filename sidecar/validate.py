@@ -419,53 +419,71 @@ def decode_refusal(
 ) -> InvalidRequest | None:
     """The field path that made protobuf refuse `raw`, when it refused it for nesting.
 
-    None when the bytes are malformed in another way (the caller keeps its own
-    message). Only called for bytes the decoder refused, never per decision.
+    None when the decoder refused the bytes for another reason (the caller keeps
+    its own message). Only called for bytes the decoder refused, never per
+    decision; subtrees too small to nest that deep are skipped, so even a
+    batch at the size limit is walked quickly.
     """
-    walker = _Walker(limits.max_attribute_depth)
+    text = str(error).lower()
+    if "depth" not in text and "recursion" not in text:
+        return None
+    limit = limits.max_attribute_depth
+    walker = _Walker(min(limit, _DECODER_LEVELS))
     try:
-        over = walker.walk(bytes(raw), descriptor, "", 0)
+        found = walker.walk(bytes(raw), descriptor, "", 0)
     except _Malformed:
         return None
-    if over is not None:
-        return over
-    text = str(error).lower()
-    if walker.deepest and ("depth" in text or "recursion" in text):
-        return InvalidRequest(
-            walker.deepest_path,
-            f"nests {walker.deepest} levels deep, deeper than the protobuf decoder accepts "
-            f"(the attribute depth limit is {limits.max_attribute_depth})",
-        )
-    return None
+    except _OverBudget:  # a hostile message of many tiny fields: name no deeper than this
+        found = ("request", 0)
+    if found is None:
+        return None
+    path, level = found
+    if level > limit:
+        return InvalidRequest(path, depth_message(limit))
+    return InvalidRequest(
+        path,
+        f"nests more than {_DECODER_LEVELS} levels deep, deeper than the protobuf decoder "
+        f"accepts (the attribute depth limit is {limit})",
+    )
 
 
+# upb refuses messages nested about 100 deep: about 32 attribute levels.
+_DECODER_LEVELS = 30
 _VALUE = pb.Value.DESCRIPTOR
 _VALUE_MAP = pb.ValueMap.DESCRIPTOR
 _VALUE_LIST = pb.ValueList.DESCRIPTOR
 
 
+class _OverBudget(Exception):
+    """The walk visited `_FIELD_BUDGET` fields without finding the deep one."""
+
+
+# Bounds the walk (about 0.2 s) however a refused message is built.
+_FIELD_BUDGET = 200_000
+
+
 class _Walker:
     """Depth-first over the message fields of raw bytes, counting the Values on the path.
 
-    The Value that exceeds `limit` is refused with the path validation would
-    name (`context.attributes['a'].b[0]`); the deepest one is remembered.
+    `walk` gives the path (as validation names it: `context.attributes['a'].b[0]`)
+    and level of the first Value more than `threshold` Values deep, else None.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.deepest = 0
-        self.deepest_path = ""
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.budget = _FIELD_BUDGET
 
-    def walk(self, data: bytes, desc: Descriptor, path: str, level: int) -> InvalidRequest | None:
+    def walk(self, data: bytes, desc: Descriptor, path: str, level: int) -> tuple[str, int] | None:
         if desc is _VALUE:
             level += 1
-            if level > self.deepest:
-                self.deepest, self.deepest_path = level, path
-            if level > self.limit:
-                return InvalidRequest(path, depth_message(self.limit))
+            if level > self.threshold:
+                return path, level
         counts: dict[int, int] = {}
         pos, end = 0, len(data)
         while pos < end:
+            self.budget -= 1
+            if self.budget < 0:
+                raise _OverBudget
             key, pos = _varint(data, pos)
             number, wire = key >> 3, key & 7
             if wire == 0:
@@ -484,6 +502,9 @@ class _Walker:
                     continue
                 index = counts.get(number, 0)
                 counts[number] = index + 1
+                # Each Value level takes at least two bytes: a small subtree cannot be deep.
+                if level + size // 2 + 1 <= self.threshold:
+                    continue
                 found = self.field(body, desc, fd, path, index=index, level=level)
                 if found is not None:
                     return found
@@ -502,7 +523,7 @@ class _Walker:
         *,
         index: int,
         level: int,
-    ) -> InvalidRequest | None:
+    ) -> tuple[str, int] | None:
         child = fd.message_type
         if child is None:  # pragma: no cover - the caller passes message fields only
             return None

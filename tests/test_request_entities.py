@@ -654,3 +654,28 @@ def test_authzen_refuses_smuggled_markers_and_keeps_the_exact_escapes(tmp_path: 
         body["context"]["workflow"] = {"__expr": 'Workflow::"onboarding"'}
         reply = pdp.evaluation(body)
         assert reply.status == 400 and "context.workflow.__expr" in reply.text, reply.text
+
+
+def test_the_byte_walk_is_bounded_for_messages_of_many_tiny_fields() -> None:
+    """A refused message built of very many tiny fields is not walked to the end: the
+    refusal then names the whole request (still INVALID_ARGUMENT, still saying why)."""
+    from sidecar.validate import Limits, decode_refusal
+
+    msg = request_from_json(grant_request())
+    crowd = msg.context.attributes["crowd"]
+    crowd.set_value.SetInParent()
+    for _ in range(210_000):
+        crowd.set_value.values.add().bool_value = True
+    crowd.set_value.values.add().CopyFrom(_nested(40))
+    raw = msg.SerializeToString()
+    got = decode_refusal(raw, pb.AuthorizeRequest.DESCRIPTOR, Limits(), ValueError("MaxDepth"))
+    assert got is not None
+    assert str(got).startswith("request: nests more than 30 levels deep")
+    # A small crowd is walked through: the deep value is named.
+    del crowd.set_value.values[1000:210_000]
+    got = decode_refusal(
+        msg.SerializeToString(), pb.AuthorizeRequest.DESCRIPTOR, Limits(), ValueError("MaxDepth")
+    )
+    assert str(got).startswith("context.attributes['crowd'][1000].a.a")
+    # A refusal for another reason is not this walk's to explain.
+    assert decode_refusal(raw, pb.AuthorizeRequest.DESCRIPTOR, Limits(), ValueError("bad")) is None
