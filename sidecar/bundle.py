@@ -8,7 +8,9 @@ and swaps one reference; nothing is ever mutated in place.
 Directory layout: `*.cedar` policy files (found recursively, in path order,
 skipping dot-directories such as a ConfigMap's `..data`), exactly one schema
 (`*.cedarschema`, or `*.cedarschema.json` in Cedar's JSON schema format) and
-optionally entity data (`*.entities.json` or `entities.json`).
+optionally entity data (`*.entities.json` or `entities.json`) and the
+declaration of what requests may say about entities the store lacks
+(`request-entities.yaml`, see `RequestEntities`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 import cedarpy
+import yaml
 
 from sidecar.cedartext import Span, schema_entity_types, split_policies
 from sidecar.errors import BundleError
@@ -31,6 +34,7 @@ from sidecar.index import WHOLE_CONTEXT, PolicyIndex, context_reads
 from sidecar.model import EntityUid
 
 TTL_ANNOTATION = "max_credential_ttl"
+REQUEST_ENTITIES_FILE = "request-entities.yaml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,29 @@ class Source:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Describable:
+    """What a request may say about an entity of one type that the store lacks."""
+
+    attributes: frozenset[str] = frozenset()
+    parents: frozenset[str] = frozenset()  # entity types
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEntities:
+    """The bundle's `request-entities.yaml`: which entity types a request may name
+    although the store lacks the entity, and which attributes and parent types it may
+    give them. A type not listed may not be described at all: the store is the only
+    source of who a principal is and what a target is (issue 16: a workload declaring
+    its own group gained its rights). Empty (no file) admits nothing.
+    """
+
+    types: Mapping[str, Describable] = field(default_factory=lambda: MappingProxyType({}))
+
+    def admits(self, entity_type: str) -> Describable | None:
+        return self.types.get(entity_type)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Bundle:
     revision: str
@@ -73,6 +100,8 @@ class Bundle:
     # The `context` attributes the policies read (WHOLE_CONTEXT: all of them);
     # the decision cache keys on `context.now` only when it is read.
     context_reads: frozenset[str] = frozenset({WHOLE_CONTEXT})
+    # What requests may say about entities the store lacks (request-entities.yaml).
+    request_entities: RequestEntities = field(default_factory=RequestEntities)
 
     @property
     def policy_count(self) -> int:
@@ -97,6 +126,7 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
     policies = [read(p) for p in files if p.suffix == ".cedar"]
     schemas = [read(p) for p in files if p.name.endswith((".cedarschema", ".cedarschema.json"))]
     entities = [read(p) for p in files if p.name.endswith("entities.json")]
+    declared = [read(p) for p in files if p.name == REQUEST_ENTITIES_FILE]
     if not policies:
         raise BundleError(f"no *.cedar policy files in {directory}")
     if len(schemas) != 1:
@@ -104,7 +134,15 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
         raise BundleError(
             f"expected exactly one schema (*.cedarschema) in {directory}, found {found}"
         )
-    return build_bundle(policies, schemas[0], [*entities, *extra_entities])
+    if len(declared) > 1:
+        found = ", ".join(s.name for s in declared)
+        raise BundleError(f"expected at most one {REQUEST_ENTITIES_FILE}, found {found}")
+    return build_bundle(
+        policies,
+        schemas[0],
+        [*entities, *extra_entities],
+        request_entities=declared[0] if declared else None,
+    )
 
 
 def visible_files(directory: Path) -> list[Path]:
@@ -125,6 +163,7 @@ def build_bundle(
     entities: Sequence[Source] = (),
     *,
     validate: bool = True,
+    request_entities: Source | None = None,
 ) -> Bundle:
     """Build a bundle from sources already in memory (the loader's and tests' entry).
 
@@ -176,8 +215,13 @@ def build_bundle(
         entity_json[EntityUid(str(uid.get("type")), str(uid.get("id")))] = ent
 
     actions = frozenset(_action_uids(schema_handle))
+    entity_types = schema_entity_types(rendered)
+    declaration = RequestEntities()
+    if request_entities is not None:
+        declaration = _request_entities(request_entities, schema_handle, entity_types)
+    inputs = (*policies, schema, *entities, *([request_entities] if request_entities else []))
     digest = hashlib.sha256()
-    for src in (*policies, schema, *entities):
+    for src in inputs:
         for part in (src.name, src.text):
             data = part.encode()
             digest.update(len(data).to_bytes(8, "big"))
@@ -188,13 +232,118 @@ def build_bundle(
         schema=schema_handle,
         entities=entities_handle,
         policies=MappingProxyType(infos),
-        entity_types=schema_entity_types(rendered),
+        entity_types=entity_types,
         actions=actions,
         entity_json=MappingProxyType(entity_json),
-        sources=tuple(s.name for s in (*policies, schema, *entities)),
+        sources=tuple(s.name for s in inputs),
         index=PolicyIndex(static, json.loads(str(entities_handle)), policy_set),
         context_reads=context_reads(static.values()),
+        request_entities=declaration,
     )
+
+
+def _request_entities(
+    src: Source, schema: cedarpy.Schema, entity_types: frozenset[str]
+) -> RequestEntities:
+    """Parse `request-entities.yaml` and check every name in it against the schema."""
+    try:
+        data = yaml.safe_load(src.text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        raise BundleError(f"invalid YAML: {exc}", file=src.name, line=line) from exc
+    data = {} if data is None else data
+    if not isinstance(data, dict) or set(data) - {"entity_types"}:
+        raise BundleError(
+            "expected a mapping with one key, entity_types (entity type -> "
+            "{attributes: [...], parents: [...]})",
+            file=src.name,
+        )
+    declared = data.get("entity_types") or {}
+    if not isinstance(declared, dict):
+        raise BundleError("entity_types must map entity types to declarations", file=src.name)
+    member_of = schema_member_of(str(schema))
+    types: dict[str, Describable] = {}
+    for type_, given in declared.items():
+        where = f"entity_types.{type_}"
+        if type_ not in entity_types:
+            raise BundleError(f"{where}: not an entity type of the schema", file=src.name)
+        spec = {} if given is None else given
+        if not isinstance(spec, dict) or set(spec) - {"attributes", "parents"}:
+            raise BundleError(
+                f"{where}: expected a mapping with attributes and/or parents", file=src.name
+            )
+        attributes = _names(spec.get("attributes"), f"{where}.attributes", src)
+        parents = _names(spec.get("parents"), f"{where}.parents", src)
+        for attr in sorted(attributes):
+            if not _declares_attribute(schema, type_, attr):
+                raise BundleError(
+                    f"{where}.attributes: the schema gives {type_} no attribute {attr!r}",
+                    file=src.name,
+                )
+        for parent in sorted(parents):
+            if parent not in member_of.get(type_, frozenset()):
+                raise BundleError(
+                    f"{where}.parents: the schema does not let a {type_} be in a {parent}",
+                    file=src.name,
+                )
+        types[str(type_)] = Describable(attributes, parents)
+    return RequestEntities(MappingProxyType(types))
+
+
+def _names(value: Any, where: str, src: Source) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise BundleError(f"{where}: expected a list of names", file=src.name)
+    return frozenset(value)
+
+
+def _declares_attribute(schema: cedarpy.Schema, entity_type: str, attr: str) -> bool:
+    """Whether the schema declares `attr` (required or optional) for `entity_type`.
+
+    cedarpy has no schema introspection; Cedar's validator answers: reading an
+    undeclared attribute is "not found", reading an optional one only unsafe.
+    """
+    probe = f'{entity_type}::"probe"'
+    quoted = json.dumps(attr)
+    read = f"{probe}[{quoted}]"
+    text = f"permit (principal, action, resource) when {{ {read} == {read} }};"
+    result = cedarpy.validate_policies(text, schema)
+    return not any("not found" in str(e.error) for e in result.errors)
+
+
+_MEMBER_OF = re.compile(r"^\s*entity\s+([A-Za-z_]\w*)\s+in\s+\[([^\]]*)\]")
+_NAMESPACE_LINE = re.compile(r"^namespace\s+([A-Za-z_][\w:]*)\s*\{\s*$")
+
+
+def schema_member_of(rendered_schema: str) -> dict[str, frozenset[str]]:
+    """Entity type -> the types its entities may be in, from cedarpy's normalized rendering
+    (one `entity Name in [A, B] ...` per line, names qualified within a namespace)."""
+    types = schema_entity_types(rendered_schema)
+    out: dict[str, frozenset[str]] = {}
+    namespace = ""
+    for line in rendered_schema.splitlines():
+        m = _NAMESPACE_LINE.match(line)
+        if m:
+            namespace = m.group(1)
+            continue
+        if line.startswith("}"):
+            namespace = ""
+            continue
+        m = _MEMBER_OF.match(line)
+        if not m:
+            continue
+        names = [p.strip() for p in m.group(2).split(",") if p.strip()]
+        parents = frozenset(_qualified(namespace, n, types) for n in names)
+        out[_qualified(namespace, m.group(1), types)] = parents
+    return out
+
+
+def _qualified(namespace: str, name: str, types: frozenset[str]) -> str:
+    """`name` as written inside `namespace`: the namespace's own type if it declares it."""
+    local = f"{namespace}::{name}" if namespace else name
+    return local if local in types else name
 
 
 def _parse_schema(src: Source) -> cedarpy.Schema:

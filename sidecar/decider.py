@@ -130,6 +130,11 @@ class Decider:
     def now(self) -> datetime:
         return self._clock()
 
+    @property
+    def binds_workload_identity(self) -> bool:
+        """Whether a request must be about its authenticated caller (--bind-workload-identity)."""
+        return self._bind
+
     def context_now_ms(
         self, at: datetime, not_before_ms: int | None, not_after_ms: int | None
     ) -> int:

@@ -63,6 +63,8 @@ def deny(revision: str, message: str, policy_errors: PolicyErrors = PolicyErrors
 def _evaluate(
     bundle: Bundle, request: AuthzRequest, indexed: bool, policy_errors: PolicyErrors
 ) -> Result:
+    if request.denial:  # validation's verdict (an unknown resource): no policy is asked
+        return deny(bundle.revision, request.denial, policy_errors)
     try:
         entities = _entities_for(bundle, request.entities)
     except ValueError as exc:

@@ -128,7 +128,7 @@ def explain(bundle: Bundle, request: AuthzRequest, result: Result) -> Explanatio
     satisfied: set[str] = set()
     errored: dict[str, list[str]] = {}
     request_errors: list[str] = [e.message for e in result.errors if not e.policy_id]
-    if probes.policy_set is not None:
+    if probes.policy_set is not None and not request.denial:  # denied before Cedar: none ran
         try:
             satisfied, errored, unbound = _run(bundle, probes.policy_set, request)
         except Exception as exc:  # noqa: BLE001 - an explanation must never fail a decision

@@ -13,10 +13,18 @@ policy authors already write in entity files:
                  "attributes": {"free": "form"}}}
 
 Everything then goes through the same validation as a gRPC request.
+
+Typed values: a JSON object that is exactly `{"__entity": {"type", "id"}}` becomes
+`Value.entity_value` and exactly `{"__extn": {"fn", "arg" | "args"}}` becomes
+`Value.extension_value`, the forms Cedar's own JSON (and the Cedar corpus) uses.
+Any other object is a record, and a record with one of those keys (or `__expr`)
+among others is refused by validation, naming the field: free-form values are
+data, and only the typed fields carry entity references and extension values.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +40,8 @@ _SENSITIVITY = {
     "high": pb.SENSITIVITY_HIGH,
     "critical": pb.SENSITIVITY_CRITICAL,
 }
+# Far beyond any attribute depth limit; stops runaway recursion on hostile JSON.
+MAX_JSON_DEPTH = 256
 
 
 def request_from_json(data: Any) -> pb.AuthorizeRequest:
@@ -48,8 +58,10 @@ def request_from_json(data: Any) -> pb.AuthorizeRequest:
     return msg
 
 
-def value_to_proto(value: Any, field: str) -> pb.Value:
+def value_to_proto(value: Any, field: str, depth: int = 0) -> pb.Value:
     """Cedar JSON -> Value. `{"__extn": ...}` and `{"__entity": ...}` keep their meaning."""
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidRequest(field, f"nests deeper than {MAX_JSON_DEPTH} levels")
     out = pb.Value()
     if isinstance(value, bool):
         out.bool_value = value
@@ -62,7 +74,7 @@ def value_to_proto(value: Any, field: str) -> pb.Value:
     elif isinstance(value, list):
         out.set_value.SetInParent()
         for i, item in enumerate(value):
-            out.set_value.values.append(value_to_proto(item, f"{field}[{i}]"))
+            out.set_value.values.append(value_to_proto(item, f"{field}[{i}]", depth + 1))
     elif isinstance(value, dict) and set(value) == {"__extn"}:
         ext = _object(value["__extn"], f"{field}.__extn")
         out.extension_value.function = _string(ext.get("fn"), f"{field}.__extn.fn")
@@ -71,7 +83,7 @@ def value_to_proto(value: Any, field: str) -> pb.Value:
             if not isinstance(args, list):
                 raise InvalidRequest(f"{field}.__extn.args", "must be a list of values")
             for i, arg in enumerate(args):
-                item = value_to_proto(arg, f"{field}.__extn.args[{i}]")
+                item = value_to_proto(arg, f"{field}.__extn.args[{i}]", depth + 1)
                 out.extension_value.arguments.append(item)
         else:
             out.extension_value.argument = _string(ext.get("arg"), f"{field}.__extn.arg")
@@ -81,7 +93,9 @@ def value_to_proto(value: Any, field: str) -> pb.Value:
         out.record_value.SetInParent()
         for name, item in value.items():
             check_text(name, field)
-            out.record_value.fields[name].CopyFrom(value_to_proto(item, f"{field}.{name}"))
+            out.record_value.fields[name].CopyFrom(
+                value_to_proto(item, f"{field}.{name}", depth + 1)
+            )
     else:
         raise InvalidRequest(field, f"{type(value).__name__} is not a Cedar value")
     return out
@@ -173,3 +187,55 @@ def _string(value: Any, field: str) -> str:
         raise InvalidRequest(field, "is required and must be a string")
     check_text(value, field)
     return value
+
+
+def nesting_path(text: str, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """The path of the first JSON container nested more than `limit` levels deep, else None.
+
+    Without recursion, so that it works where `json.loads` gives up (its RecursionError
+    names no field): `subject.properties.a[0].b`. Only called on a refused body.
+    """
+    frames: list[tuple[str, str | int | None]] = []  # open containers: kind, name in parent
+    indices: list[int] = []  # the current element of each open array
+    key: str | None = None  # the last key read in the innermost object
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            end = i + 1
+            while end < n and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            raw, i = text[i : end + 1], end + 1
+            if frames and frames[-1][0] == "{" and text[i:].lstrip().startswith(":"):
+                try:
+                    key = str(json.loads(raw))
+                except ValueError:
+                    key = raw.strip('"')
+            continue
+        if ch in "{[":
+            segment: str | int | None = None
+            if frames:
+                segment = (key or "") if frames[-1][0] == "{" else indices[-1]
+            frames.append((ch, segment))
+            if ch == "[":
+                indices.append(0)
+            if len(frames) > limit:
+                return _render([s for _, s in frames if s is not None]) or "request"
+            key = None
+        elif ch in "}]" and frames:
+            if frames.pop()[0] == "[":
+                indices.pop()
+        elif ch == "," and frames and frames[-1][0] == "[":
+            indices[-1] += 1
+        i += 1
+    return None
+
+
+def _render(segments: list[str | int]) -> str:
+    out = ""
+    for segment in segments:
+        if isinstance(segment, int):
+            out += f"[{segment}]"
+        else:
+            out += f".{segment}" if out else segment
+    return out

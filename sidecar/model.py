@@ -47,13 +47,19 @@ class EntityData:
 
 @dataclass(frozen=True, slots=True)
 class AuthzRequest:
-    """One Cedar request, ready for the engine."""
+    """One Cedar request, ready for the engine.
+
+    `denial` is set by validation for a request that is well formed but must be
+    denied without asking Cedar (a resource the entity store lacks): the engine
+    answers DENY with it as the diagnostic, and the decision is audited as usual.
+    """
 
     principal: EntityUid
     action: EntityUid
     resource: EntityUid
     context: Mapping[str, CedarJson]
     entities: tuple[EntityData, ...] = ()
+    denial: str = ""
 
 
 class Decision(enum.Enum):

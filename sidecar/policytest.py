@@ -354,7 +354,9 @@ class Runner:
             return CaseResult(name, ERROR, 0, (f"malformed request: {exc}",))
         described = _describe(data, None)
         try:
-            request = request_from_proto(request_from_json(data), bundle, CEDAR_LIMITS, now=None)
+            request = request_from_proto(
+                request_from_json(data), bundle, CEDAR_LIMITS, now=None, cedar_entities=True
+            )
         except InvalidRequest as exc:
             problem = f"refused as INVALID_ARGUMENT: {exc}"
             return CaseResult(name, FAIL, 0, (problem,), expect, None, described)

@@ -31,7 +31,7 @@ from sidecar.identity import CallerContext, IdentityRefused, caller_identity
 from sidecar.metrics import Metrics
 from sidecar.model import EntityUid
 from sidecar.streams import Slot, StreamSlots, caller_key
-from sidecar.validate import Limits, request_from_proto
+from sidecar.validate import Limits, decode_refusal, request_from_proto
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -159,10 +159,10 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         started = time.perf_counter()
         try:
             item = pb.AuthorizeStreamRequest.FromString(raw)
-        except DecodeError:
+        except DecodeError as exc:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "request: not a valid stepguard.v1.AuthorizeStreamRequest message",
+                _undecodable(raw, pb.AuthorizeStreamRequest, self._limits, exc),
             )
         out = pb.AuthorizeStreamResponse(id=item.id)
         try:
@@ -197,7 +197,14 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         action = EntityUid(msg.action.type, msg.action.id)
         extra = self._caller.context_for(bundle, action, meta.identity)
         now = from_ms(now_ms)
-        request = request_from_proto(msg, bundle, self._limits, now=now, extra_context=extra)
+        request = request_from_proto(
+            msg,
+            bundle,
+            self._limits,
+            now=now,
+            extra_context=extra,
+            principal_bound=self._decider.binds_workload_identity,
+        )
         decided = self._decider.decide(bundle, request, meta, at=at, started=started, cache_key=key)
         if msg.explain:  # beside the decision, from the same bundle and request
             decided = replace(decided, explanation=explain(bundle, request, decided.result))
@@ -216,8 +223,8 @@ def generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any,
     raw bytes and parse them here.
     """
     return _method_handlers(
-        _parsing(servicer.authorize_wire, pb.AuthorizeRequest),
-        _parsing(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest),
+        _parsing(servicer.authorize_wire, pb.AuthorizeRequest, servicer._limits),
+        _parsing(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest, servicer._limits),
         servicer.authorize_stream,
     )
 
@@ -250,18 +257,30 @@ def _serialized(answer: bytes | Message) -> bytes:
 
 
 def _parsing(
-    fn: Callable[[M, grpc.ServicerContext], T], request_type: type[M]
+    fn: Callable[[M, grpc.ServicerContext], T], request_type: type[M], limits: Limits
 ) -> Callable[[bytes, grpc.ServicerContext], T]:
-    name = request_type.DESCRIPTOR.full_name
-
     def handler(raw: bytes, context: grpc.ServicerContext) -> T:
         try:
             msg = request_type.FromString(raw)
-        except DecodeError:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message")
+        except DecodeError as exc:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, _undecodable(raw, request_type, limits, exc)
+            )
         return fn(msg, context)
 
     return handler
+
+
+def _undecodable(raw: bytes, request_type: type[Message], limits: Limits, exc: Exception) -> str:
+    """Why bytes the decoder refused are INVALID_ARGUMENT, naming the field when it can.
+
+    protobuf refuses deep nesting itself, before validation's depth check;
+    `decode_refusal` finds the field so that this refusal names it too.
+    """
+    refusal = decode_refusal(raw, request_type.DESCRIPTOR, limits, exc)
+    if refusal is not None:
+        return str(refusal)
+    return f"request: not a valid {request_type.DESCRIPTOR.full_name} message"
 
 
 def _time_bound_ms(msg: pb.AuthorizeRequest) -> tuple[int | None, int | None]:
@@ -383,14 +402,13 @@ def aio_generic_handler(
         request_type: type[Message],
         answer_type: type[Message],
     ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]:
-        name = request_type.DESCRIPTOR.full_name
-
         async def handler(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 msg = request_type.FromString(raw)
-            except DecodeError:
+            except DecodeError as exc:
                 await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    _undecodable(raw, request_type, servicer._limits, exc),
                 )
             try:
                 return await run(answer_type, fn, msg, _SyncView(context))

@@ -77,7 +77,7 @@ class CorpusFile:
                     "context": {"attributes": req["context"]},
                 }
             )
-            yield req, request_from_proto(message, bundle, LIMITS, now=None)
+            yield req, request_from_proto(message, bundle, LIMITS, now=None, cedar_entities=True)
 
     def where(self, req: dict[str, Any]) -> str:
         return f"{self.path.name} {req['description']!r}"

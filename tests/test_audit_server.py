@@ -55,12 +55,19 @@ permit (principal == User::"alice", action == Action::"read", resource);
 """
 
 
+USERS = ("alice", "bob", "carol")
+
+
 @pytest.fixture
 def policies(tmp_path: Path) -> Path:
     directory = tmp_path / "policies"
     directory.mkdir()
     (directory / "schema.cedarschema").write_text(SCHEMA)
     (directory / "read.cedar").write_text(POLICY)
+    # The store says who the principals and resources are (request-entities.yaml: none).
+    users = [{"uid": {"type": "User", "id": u}, "attrs": {}, "parents": []} for u in USERS]
+    doc = {"uid": {"type": "Doc", "id": "d1"}, "attrs": {}, "parents": []}
+    (directory / "entities.json").write_text(json.dumps([*users, doc]))
     return directory
 
 

@@ -226,6 +226,7 @@ def _crowd(directory: Path, size: int) -> list[str]:
         {"uid": {"type": "user", "id": u}, "attrs": {"ok": i % 3 == 0}, "parents": []}
         for i, u in enumerate(users)
     ]
+    entities.append({"uid": {"type": "doc", "id": "d"}, "attrs": {}, "parents": []})
     (directory / "entities.json").write_text(json.dumps(entities))
     return [u for i, u in enumerate(users) if i % 3 == 0]
 

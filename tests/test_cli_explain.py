@@ -39,9 +39,9 @@ def test_check_explain_text_names_every_policy_and_the_deciding_clause(
     code, out = run_check(capsys, monkeypatch, request, "--now", NIGHT, "--explain")
     assert code == 2  # DENY
     assert out.startswith("decision: DENY\n")
-    assert "policies (11):" in out
+    assert "policies (12):" in out
     lines = out.splitlines()
-    start = lines.index("policies (11):")
+    start = lines.index("policies (12):")
     first, why = lines[start + 1], lines[start + 2]
     assert first.split() == [
         "SATISFIED",
@@ -85,7 +85,7 @@ def test_check_explain_json_and_allow_exit_code(
     data = json.loads(out)
     assert data["decision"] == "ALLOW"
     policies = data["explanation"]["policies"]
-    assert len(policies) == 11
+    assert len(policies) == 12
     top = policies[0]
     assert top["id"] == "issue-credential-high-sensitivity" and top["determining"]
     assert top["outcome"] == "satisfied" and top["deciding_clause"] is None
@@ -140,7 +140,7 @@ def test_server_explanation_content(tmp_path: Path) -> None:
             resp = stub.Authorize(msg, timeout=10)
     assert resp.decision == pb.DECISION_DENY
     policies = {p.id: p for p in resp.explanation.policies}
-    assert len(policies) == 11
+    assert len(policies) == 12
     approval = policies["identity-change-requires-independent-approval"]
     assert approval.determining and approval.outcome == pb.POLICY_OUTCOME_SATISFIED
     assert approval.source == "identity_changes.cedar:18"

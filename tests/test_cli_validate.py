@@ -38,10 +38,10 @@ def caret_column(block: str) -> int:
 def test_valid_directory(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = validate(capsys, POLICIES)
     assert code == 0 and err == ""
-    assert out.startswith("ok: 11 policies, ")
+    assert out.startswith("ok: 12 policies, ")
     code, out, _ = validate(capsys, POLICIES, "--json")
     data = json.loads(out)
-    assert code == 0 and data["ok"] is True and data["policies"] == 11 and data["problems"] == []
+    assert code == 0 and data["ok"] is True and data["policies"] == 12 and data["problems"] == []
 
 
 def test_every_problem_is_located_to_the_column(

@@ -43,6 +43,7 @@ TIME_BOUND = "step-outside-time-bound"
 TTL_HIGH = "issue-credential-high-sensitivity"
 TTL_STANDARD = "issue-credential-standard-sensitivity"
 SHARED = "shared-accounts-never-act"
+UNREGISTERED = "unregistered-workloads-never-act"
 DEPROVISION = "deprovisioning-workloads-remove-access"
 LEAVER = "leaver-deprovisioning-any-time"
 BREAK_GLASS = "sensitive-target-after-hours-requires-break-glass"
@@ -146,6 +147,7 @@ def test_every_policy_has_a_stable_id_and_a_description(bundle: Bundle) -> None:
         TTL_HIGH,
         TTL_STANDARD,
         SHARED,
+        UNREGISTERED,
         DEPROVISION,
         LEAVER,
         BREAK_GLASS,
@@ -312,6 +314,8 @@ def test_caller_cannot_lower_sensitivity(bundle: Bundle) -> None:
 
 
 def test_unknown_target_counts_as_high(bundle: Bundle) -> None:
+    # Requests never reach Cedar with an unknown target (validation denies it as unknown,
+    # tests/test_request_entities.py); the policies still fail closed on their own.
     result = decide(bundle, "issue_credential", "new-saas", step_context())
     assert_allowed(result, TTL_HIGH)
     assert result.obligations.max_credential_ttl == timedelta(minutes=15)
@@ -336,9 +340,11 @@ def test_service_account_is_denied(bundle: Bundle) -> None:
     assert_denied(result, SHARED)
 
 
-def test_unregistered_workload_is_denied(bundle: Bundle) -> None:
+def test_unregistered_workload_is_denied_as_unregistered(bundle: Bundle) -> None:
+    """Not as shared: the reason must point the reader to the store (issue 16)."""
     stranger = EntityUid("Workload", "spiffe://example.org/ns/etl/sa/stranger")
-    assert_denied(decide(bundle, "notify", "slack", step_context(), principal=stranger), SHARED)
+    result = decide(bundle, "notify", "slack", step_context(), principal=stranger)
+    assert_denied(result, UNREGISTERED)
 
 
 def test_workload_outside_the_granting_group_gets_no_permit(bundle: Bundle) -> None:

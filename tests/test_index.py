@@ -72,11 +72,12 @@ def test_example_policies_are_narrowed() -> None:
     chosen = bundle.index.candidates(request)
     assert chosen is not None
     names = {bundle.index.ids[i] for i in chosen}
-    # Only the read-only permit and the two forbids on every action can apply.
+    # Only the read-only permit and the three forbids on every action can apply.
     assert names == {
         "step-runners-read-and-notify",
         "step-outside-time-bound",
         "shared-accounts-never-act",
+        "unregistered-workloads-never-act",
     }
     assert _same(bundle, request)
     assert evaluate(bundle, request).allowed

@@ -222,4 +222,4 @@ def test_healthz_without_watch(tmp_path: Path) -> None:
         detail = _get_json(f"http://{running.metrics}/healthz")
         assert "stepguard_decisions_total" in _get(f"http://{running.metrics}/metrics")
     assert detail["reload"] == {"watching": False}
-    assert detail["policies"] == 11 and len(detail["policy_revision"]) == 64
+    assert detail["policies"] == 12 and len(detail["policy_revision"]) == 64

@@ -188,7 +188,9 @@ def test_request_attributes_conflicting_with_store_are_rejected(
     assert "principal.attributes['shared']: conflicts with the value" in _invalid(stub, msg)
 
 
-def test_request_entities_are_merged_for_that_call_only(stub: pb_grpc.AuthorizerStub) -> None:
+def test_request_entities_cannot_declare_their_own_groups(stub: pb_grpc.AuthorizerStub) -> None:
+    """The example's request-entities.yaml admits bare workloads only (issue 16); what an
+    admitted description adds lasts one call (tests/test_request_entities.py)."""
     unknown = {"type": "Workload", "id": "spiffe://example.org/ns/new/sa/job"}
     req = notify_request()
     req["principal"] = {
@@ -196,8 +198,8 @@ def test_request_entities_are_merged_for_that_call_only(stub: pb_grpc.Authorizer
         "attributes": {"shared": False},
         "parents": [{"type": "WorkloadGroup", "id": "step-runners"}],
     }
-    assert stub.Authorize(request_from_json(req), timeout=5).decision == pb.DECISION_ALLOW
-    req["principal"] = unknown  # the parent link is gone with the call
+    assert _invalid(stub, request_from_json(req)).startswith("principal.parents[0]: ")
+    req["principal"] = unknown
     assert stub.Authorize(request_from_json(req), timeout=5).decision == pb.DECISION_DENY
 
 

@@ -8,6 +8,7 @@ over loopback, and every decision is read back from the real audit file.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -204,6 +205,10 @@ def caller_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("caller-policies")
     (directory / "schema.cedarschema").write_text(CALLER_SCHEMA)
     (directory / "jobs.cedar").write_text(CALLER_POLICIES)
+    # The principal and resource the tests name are in the store (docs/api.md).
+    stored = [("Workload", WORKER_ID), ("Job", "nightly")]
+    entities = [{"uid": {"type": t, "id": i}, "attrs": {}, "parents": []} for t, i in stored]
+    (directory / "entities.json").write_text(json.dumps(entities))
     return directory
 
 

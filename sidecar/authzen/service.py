@@ -203,7 +203,7 @@ class AuthzenService:
             def action_permitted(name: str) -> bool:
                 uid = mapper.action_uid(name)
                 context = mapper.context(query.context, Action(name, {}), uid)
-                return decide(Mapper.assemble(subject, uid, resource, context))
+                return decide(mapper.assemble(subject, uid, resource, context))
 
             return tuple(names), action_permitted, lambda name: {"name": name}
 
@@ -224,8 +224,8 @@ class AuthzenService:
             except InvalidRequest:
                 return False  # the store contradicts the searched-for properties: no match
             if query.kind == "subject":
-                return decide(Mapper.assemble(candidate, action, fixed, context))
-            return decide(Mapper.assemble(fixed, action, candidate, context))
+                return decide(mapper.assemble(candidate, action, fixed, context))
+            return decide(mapper.assemble(fixed, action, candidate, context))
 
         type_ = searched.type
         return keys, entity_permitted, lambda key: {"type": type_, "id": key}

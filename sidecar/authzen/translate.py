@@ -6,8 +6,10 @@ Two steps, both pure (no I/O, no clock):
    (objects, strings, required keys) and ignore every key it does not define.
 2. *Mapping* (`Mapper`): subject and resource become Cedar entities
    `type::"id"`; their `properties` become the attributes of entities the
-   entity store does not hold (for those it holds, the store is the source of
-   truth: see `Mapper.entity`); `action.name` names an action of the schema;
+   entity store does not hold, as far as the bundle's `request-entities.yaml`
+   admits them (for those it holds, the store is the source of truth: see
+   `Mapper.entity`); a subject or resource the store lacks, of a type not
+   admitted, is a DENY saying so; `action.name` names an action of the schema;
    `context` becomes the Cedar context, with `action.properties` under
    `context.action_properties` and the server's clock under `context.now`.
    Only what the schema declares is kept (see `schema.py` for why).
@@ -31,7 +33,15 @@ from sidecar.bundle import Bundle
 from sidecar.cache import cedar_datetime, parse_cedar_datetime, to_ms
 from sidecar.errors import InvalidRequest
 from sidecar.model import AuthzRequest, CedarJson, EntityData, EntityUid
-from sidecar.validate import Limits, check_long, check_text
+from sidecar.validate import (
+    RESERVED_KEYS,
+    Limits,
+    admitted_attributes,
+    check_long,
+    check_text,
+    reserved_message,
+    unknown_entity_denial,
+)
 
 ACTION_PROPERTIES: Final = "action_properties"
 # Context names the server sets; a PEP may not send them.
@@ -339,19 +349,20 @@ class Mapper:
     def entity(self, entity: Entity, field: str) -> EntityData:
         """The entity as Cedar sees it for this call.
 
-        An entity the store does not hold gets its properties as attributes,
-        all of them, as the gRPC API gives it its `attributes`: one the schema
-        does not declare makes Cedar refuse the request (a deny) on both APIs.
-        For one it holds, the store is the source of truth, as on the gRPC
-        API: properties may restate it and one that contradicts it is refused;
-        one it does not give the entity is ignored (AuthZEN requires extra
-        properties to be accepted; adding them would let a PEP grant a stored
-        subject a role), where gRPC refuses it.
+        An entity the store does not hold gets, as attributes, the properties
+        `request-entities.yaml` admits for its type, as the gRPC API admits its
+        `attributes` (issue 16: a request never grants itself rights); AuthZEN
+        must accept any properties, so the others are ignored where gRPC
+        refuses them. For one it holds, the store is the source of truth, as
+        on the gRPC API: properties may restate it and one that contradicts it
+        is refused; one it does not give the entity is ignored (adding it
+        would let a PEP grant a stored subject a role), where gRPC refuses it.
         """
         uid = EntityUid(entity.type, entity.id)
         stored = self.bundle.entity_json.get(uid)
         if stored is None:
-            return EntityData(uid, self._plain(entity.properties, f"{field}.properties", 0))
+            plain = self._plain(entity.properties, f"{field}.properties", 0)
+            return EntityData(uid, admitted_attributes(uid, self.bundle, plain))
         attrs = self._record(
             entity.properties, self.view.shape(entity.type), f"{field}.properties", 0
         )
@@ -398,12 +409,20 @@ class Mapper:
         context = self.context(ev.context, ev.action, action)
         return self.assemble(principal, action, resource, context)
 
-    @staticmethod
     def assemble(
-        principal: EntityData, action: EntityUid, resource: EntityData, context: dict[str, Any]
+        self,
+        principal: EntityData,
+        action: EntityUid,
+        resource: EntityData,
+        context: dict[str, Any],
     ) -> AuthzRequest:
+        """The Cedar request. A subject or resource the store lacks, of a type its
+        request-entities.yaml does not admit, is a DENY saying so (AuthZEN answers an
+        unknown subject with a decision, not an error; gRPC refuses such a principal)."""
+        denial = unknown_entity_denial("subject", principal.uid, self.bundle)
+        denial = denial or unknown_entity_denial("resource", resource.uid, self.bundle)
         supplied = tuple(e for e in (principal, resource) if e.attrs)
-        return AuthzRequest(principal.uid, action, resource.uid, context, supplied)
+        return AuthzRequest(principal.uid, action, resource.uid, context, supplied, denial)
 
     # -- values
     def _plain(self, obj: Mapping[str, Any], field: str, depth: int) -> dict[str, Any]:
@@ -468,8 +487,11 @@ class Mapper:
         elif isinstance(value, int) and not isinstance(value, bool):
             check_long(value, field)
         elif isinstance(value, dict):
+            escape = _is_escape(value)
             for name, item in value.items():
                 check_text(name, field)
+                if name in RESERVED_KEYS and not escape:  # data, never an escape (issue 16)
+                    raise InvalidRequest(f"{field}.{name}", reserved_message(name))
                 self._check_depth(item, f"{field}.{name}", depth + 1)
         elif isinstance(value, list):
             for i, item in enumerate(value):

@@ -39,6 +39,7 @@ from sidecar.authzen.translate import SearchKind
 from sidecar.config import split_host_port
 from sidecar.errors import InvalidRequest
 from sidecar.identity import IdentityRefused, certificate_identity
+from sidecar.jsonreq import MAX_JSON_DEPTH, nesting_path
 from sidecar.tls import CertificateReloader
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,10 @@ def _json_body(environ: Environ, raw: bytes) -> dict[str, Any]:
         )
     except UnicodeDecodeError as exc:
         raise InvalidRequest("request", "the body is not UTF-8") from exc
-    except (ValueError, RecursionError) as exc:
+    except RecursionError as exc:  # name the field, as every refusal does (issue 16, point 6)
+        where = nesting_path(raw.decode("utf-8")) or "request"
+        raise InvalidRequest(where, f"nests more than {MAX_JSON_DEPTH} levels deep") from exc
+    except ValueError as exc:
         raise InvalidRequest("request", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("request", "the body must be a JSON object")
