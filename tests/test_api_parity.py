@@ -18,6 +18,7 @@ them), free-form attributes named like a typed field, and a negative
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +36,20 @@ from tests.authzen_client import Pdp
 from tests.helpers import BUSINESS_HOURS, NOTIFIER, POLICIES, Running, running_sidecar
 from tests.test_fuzz_servicer import ENTITIES, requests
 
-STORE = {(e["uid"]["type"], e["uid"]["id"]) for e in ENTITIES}
+
+def _suite_specs() -> list[tuple[str, SuiteSpec]]:
+    out = []
+    for path in sorted((POLICIES / "tests").glob("*.yaml")):
+        doc = _load_yaml(path)
+        if "cases" in doc or "matrix" in doc:  # not a fixtures-only file
+            out.append((path.name, SuiteSpec.parse(doc, path)))
+    return out
+
+
+# The suites' own fixture entities (a target only their cases know) join the store
+# of the one bundle both APIs serve here, as `stepguard test` adds them per suite.
+SUITE_ENTITIES = [dict(e) for _, spec in _suite_specs() for e in spec.entities]
+STORE = {(e["uid"]["type"], e["uid"]["id"]) for e in [*ENTITIES, *SUITE_ENTITIES]}
 
 
 class Untranslatable(Exception):
@@ -116,7 +130,12 @@ class Clock:
 def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, Pdp, Clock]]:
     clock = Clock()
     tmp = tmp_path_factory.mktemp("parity")
-    with running_sidecar(tmp, clock=clock, authzen_listen="127.0.0.1:0") as running:
+    bundle = tmp / "policies"
+    shutil.copytree(POLICIES, bundle, ignore=shutil.ignore_patterns("tests"))
+    (bundle / "entities.json").write_text(json.dumps([*ENTITIES, *SUITE_ENTITIES], indent=1))
+    with running_sidecar(
+        tmp, policies=bundle, clock=clock, authzen_listen="127.0.0.1:0"
+    ) as running:
         pdp = Pdp(str(running.sidecar.endpoints.authzen))
         try:
             yield running, pdp, clock
@@ -164,16 +183,11 @@ def _same(channel: grpc.Channel, pdp: Pdp, req: dict[str, Any]) -> bool:
 
 
 def _suite_cases() -> list[tuple[str, datetime | None, dict[str, Any]]]:
-    out = []
-    for path in sorted((POLICIES / "tests").glob("*.yaml")):
-        doc = _load_yaml(path)
-        if "cases" not in doc and "matrix" not in doc:
-            continue  # fixtures only
-        spec = SuiteSpec.parse(doc, path)
-        assert not spec.entities, "suite entities would need a bundle of their own"
-        for case in spec.cases:
-            out.append((f"{path.name}: {case.name}", case.now or spec.now, dict(case.request)))
-    return out
+    return [
+        (f"{name}: {case.name}", case.now or spec.now, dict(case.request))
+        for name, spec in _suite_specs()
+        for case in spec.cases
+    ]
 
 
 def test_example_suites_decide_alike_on_both_apis(

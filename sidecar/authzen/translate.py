@@ -426,12 +426,19 @@ class Mapper:
 
     # -- values
     def _plain(self, obj: Mapping[str, Any], field: str, depth: int) -> dict[str, Any]:
-        """A record as sent, but for null members and elements (absent); depth-checked."""
-        return {
-            name: self._plain_value(value, f"{field}.{name}", depth + 1)
-            for name, value in obj.items()
-            if value is not None
-        }
+        """A record as sent, but for null members and elements (absent); depth-checked.
+
+        Its keys are data: Cedar's escape keys (`__entity`, `__extn`, `__expr`)
+        are refused here, where they are not the one key of an exact escape.
+        """
+        out: dict[str, Any] = {}
+        for name, value in obj.items():
+            check_text(name, field)
+            if name in RESERVED_KEYS:  # data, never an escape (issue 16)
+                raise InvalidRequest(f"{field}.{name}", reserved_message(name))
+            if value is not None:
+                out[name] = self._plain_value(value, f"{field}.{name}", depth + 1)
+        return out
 
     def _plain_value(self, value: Any, field: str, depth: int) -> Any:
         if depth > self._depth:
