@@ -30,7 +30,14 @@ from sidecar.cli import main
 from sidecar.config import Settings
 from sidecar.errors import AuditError, ConfigError
 from tests.conftest import missing
-from tests.test_audit_server import POLICY, SCHEMA, ask, audit_gauge, health_of, serve, wait_for
+from tests.test_audit_server import (
+    ask,
+    audit_gauge,
+    health_of,
+    serve,
+    wait_for,
+    write_policies,
+)
 
 STEPGUARD = [sys.executable, "-m", "sidecar.cli"]
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -39,11 +46,7 @@ HANG_GUARD_S = 60  # only a guard against a hang, never a timing assertion
 
 @pytest.fixture
 def policies(tmp_path: Path) -> Path:
-    directory = tmp_path / "policies"
-    directory.mkdir()
-    (directory / "schema.cedarschema").write_text(SCHEMA)
-    (directory / "read.cedar").write_text(POLICY)
-    return directory
+    return write_policies(tmp_path / "policies")
 
 
 def key_file(directory: Path, key: bytes = KEY, mode: int = 0o600) -> Path:

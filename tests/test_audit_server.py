@@ -60,7 +60,11 @@ USERS = ("alice", "bob", "carol")
 
 @pytest.fixture
 def policies(tmp_path: Path) -> Path:
-    directory = tmp_path / "policies"
+    return write_policies(tmp_path / "policies")
+
+
+def write_policies(directory: Path) -> Path:
+    """The toy bundle these tests serve: alice reads, bob and carol are known."""
     directory.mkdir()
     (directory / "schema.cedarschema").write_text(SCHEMA)
     (directory / "read.cedar").write_text(POLICY)

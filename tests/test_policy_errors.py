@@ -64,6 +64,7 @@ ENTITIES = [
 ]
 
 CI = {"type": "Workload", "id": "ci"}
+ADMIT_TARGETS = "entity_types:\n  TargetSystem:\n    attributes: []\n    parents: []\n"
 
 
 def _request(action: str, target: str) -> dict[str, object]:
@@ -90,6 +91,9 @@ def policy_dir(tmp_path: Path) -> Path:
     (directory / "schema.cedarschema").write_text(SCHEMA)
     (directory / "release.cedar").write_text(POLICIES)
     (directory / "entities.json").write_text(json.dumps(ENTITIES))
+    # The case needs a target the store lacks to reach Cedar: admitted bare
+    # (no attributes), so the forbid that reads its sensitivity errors.
+    (directory / "request-entities.yaml").write_text(ADMIT_TARGETS)
     return directory
 
 
@@ -204,6 +208,7 @@ def test_a_permit_that_errors_beside_one_that_allows_denies_too(tmp_path: Path) 
     directory.mkdir()
     (directory / "schema.cedarschema").write_text(SCHEMA)
     (directory / "entities.json").write_text(json.dumps(ENTITIES))
+    (directory / "request-entities.yaml").write_text(ADMIT_TARGETS)
     (directory / "p.cedar").write_text(
         '@id("ci") permit (principal == Workload::"ci", action, resource);\n'
         '@id("critical-only") permit (principal, action, resource)\n'

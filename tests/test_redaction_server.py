@@ -55,6 +55,11 @@ action read appliesTo { principal: [User], resource: [Doc], context: Ctx };
 )
 POLICY = '@id("alice-reads")\npermit (principal == User::"alice", action, resource);\n'
 
+# These tests are about the trail, not about entities: any user may ask about any doc
+# (request-entities.yaml admits both bare when the store lacks them).
+ADMIT_USERS_AND_DOCS = "entity_types:\n  User:\n    attributes: []\n  Doc:\n    attributes: []\n"
+
+
 # One fake but well-formed secret per value pattern.
 SECRETS = {
     "bearer": "Bearer abcDEF0123456789ghiJKLmno",
@@ -90,6 +95,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     policies.mkdir()
     (policies / "schema.cedarschema").write_text(SCHEMA)
     (policies / "read.cedar").write_text(POLICY)
+    (policies / "request-entities.yaml").write_text(ADMIT_USERS_AND_DOCS)
     config = tmp / "stepguard.yaml"
     config.write_text(
         "audit_redact_keys: ['^employee_number$']\naudit_redact_values: ['EMP-[0-9]{6}']\n"

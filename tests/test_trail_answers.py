@@ -57,6 +57,10 @@ POLICY = """
 permit (principal == User::"alice", action == Action::"read", resource);
 """
 
+# These tests are about the trail, not about entities: any user may ask about any doc
+# (request-entities.yaml admits both bare when the store lacks them).
+ADMIT_USERS_AND_DOCS = "entity_types:\n  User:\n    attributes: []\n  Doc:\n    attributes: []\n"
+
 
 @pytest.fixture
 def policies(tmp_path: Path) -> Path:
@@ -64,6 +68,7 @@ def policies(tmp_path: Path) -> Path:
     directory.mkdir()
     (directory / "schema.cedarschema").write_text(SCHEMA)
     (directory / "read.cedar").write_text(POLICY)
+    (directory / "request-entities.yaml").write_text(ADMIT_USERS_AND_DOCS)
     return directory
 
 
@@ -528,6 +533,7 @@ def test_an_event_that_cannot_be_encoded_is_not_a_failure_of_the_trail(tmp_path:
     directory.mkdir()
     (directory / "schema.cedarschema").write_text(SCHEMA)
     (directory / "read.cedar").write_text(POLICY)
+    (directory / "request-entities.yaml").write_text(ADMIT_USERS_AND_DOCS)
     bundle = load_bundle(directory)
     at = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
     request = request_from_proto(ask("s"), bundle, Limits(), now=at)
