@@ -22,40 +22,41 @@ class Span:
     column: int
 
 
+_PIECE = re.compile(r'//[^\n]*|"(?:[^"\\]|\\.)*"?|;|[^\s"/;]+|/', re.DOTALL)
+
+
 def split_policies(text: str) -> list[Span]:
+    """Each policy's text and where it starts: policies end at a `;` outside strings and comments.
+
+    Linear in the text (a regular expression walks it, and line numbers are
+    counted on from the previous policy): counting from the top of the file
+    for every policy made a 2.7 MB file take seconds.
+    """
     spans: list[Span] = []
     start: int | None = None
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "/" and text.startswith("//", i):
-            nl = text.find("\n", i)
-            i = n if nl < 0 else nl
-            continue
-        if ch.isspace():
-            i += 1
+    line, line_start, counted = 1, 0, 0
+
+    def span(begin: int, end: int) -> Span:
+        nonlocal line, line_start, counted
+        newlines = text.count("\n", counted, begin)
+        if newlines:
+            line += newlines
+            line_start = text.rfind("\n", counted, begin) + 1
+        counted = begin
+        return Span(text[begin:end], line, begin - line_start + 1)
+
+    for m in _PIECE.finditer(text):
+        piece = m.group()
+        if piece.startswith("//"):
             continue
         if start is None:
-            start = i
-        if ch == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-            i += 1
-            continue
-        if ch == ";":
-            spans.append(_span(text, start, i + 1))
+            start = m.start()
+        if piece == ";":
+            spans.append(span(start, m.end()))
             start = None
-        i += 1
     if start is not None:
-        spans.append(_span(text, start, n))
+        spans.append(span(start, len(text)))
     return spans
-
-
-def _span(text: str, start: int, end: int) -> Span:
-    line = text.count("\n", 0, start) + 1
-    column = start - (text.rfind("\n", 0, start) + 1) + 1
-    return Span(text[start:end], line, column)
 
 
 _NAMESPACE = re.compile(r"^namespace\s+([A-Za-z_][\w:]*)\s*\{\s*$")
