@@ -148,6 +148,21 @@ def test_validate_reports_each_shape_with_file_and_line(tmp_path: Path, name: st
     assert "nests more than" in done.stderr
 
 
+@pytest.mark.parametrize("name", ["parens", "or_chain"])
+def test_fmt_check_reports_each_shape_instead_of_crashing(tmp_path: Path, name: str) -> None:
+    """`stepguard fmt --check` in CI died with SIGSEGV on the same shapes."""
+    path = tmp_path / "deep.cedar"
+    path.write_text(CRASHING[name])
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "fmt", "--check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == EXIT_INVALID, (done.returncode, done.stderr[-300:])
+    assert f"{path}:2:" in done.stdout + done.stderr
+
+
 def test_deep_entities_and_schema_are_located(tmp_path: Path) -> None:
     root = bundle_copy(tmp_path)
     (root / "entities.json").write_text('[\n  {"uid": ' + "[" * 100 + "]" * 100 + "}\n]\n")
