@@ -33,6 +33,7 @@ from pathlib import Path
 from sidecar.errors import BundleError
 
 MANIFEST = "bundle.sha256"
+MAX_DIR_DEPTH = 32  # the walk recurses per level
 SCHEMA_SUFFIXES = (".cedarschema", ".cedarschema.json")
 
 
@@ -98,6 +99,10 @@ def _walk(
                         "only links within the bundle are followed",
                         file=child_rel,
                     )
+                )
+            elif len(ancestors) > MAX_DIR_DEPTH:
+                listing.problems.append(
+                    BundleError(f"directories nest more than {MAX_DIR_DEPTH} deep", file=child_rel)
                 )
             elif real in ancestors:
                 listing.problems.append(

@@ -89,8 +89,8 @@ def fingerprint(directory: Path) -> str:
     digest = hashlib.sha256()
     try:
         listing = list_bundle(directory)
-    except OSError as exc:  # the tree changed while it was listed
-        return f"unlistable: {exc}"
+    except Exception as exc:  # noqa: BLE001 - e.g. the tree changed while it was listed;
+        return f"unlistable: {exc}"  # the load that follows reports it
     for path in listing.files:
         name = str(path.relative_to(directory)).encode()
         try:

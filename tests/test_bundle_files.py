@@ -218,3 +218,12 @@ def test_watcher_refuses_a_fifo_without_hanging(tmp_path: Path) -> None:
     status = watcher.poll()
     assert status is not None and not status.ok
     assert status.error.startswith("deny.cedar") and "FIFO" in status.error
+
+
+def test_directories_nested_too_deep_are_refused(tmp_path: Path) -> None:
+    root = copy(tmp_path)
+    deep = root.joinpath(*["d"] * 40)
+    deep.mkdir(parents=True)
+    (deep / "x.cedar").write_text(DENY_NOTIFY)
+    with pytest.raises(BundleError, match="nest more than 32 deep"):
+        load_bundle(root)
