@@ -9,7 +9,6 @@ only appear inside string literals and comments.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 
 
@@ -270,9 +269,10 @@ def _first_bad_prefix(text: str, message: str) -> int | None:
     is parsed with a probe appended (` ; ;`: tokens that fail wherever they
     come): a prefix before the bad token fails at the probe, one that holds
     the bad token fails with `message`. That is monotone, so the boundary is
-    found by bisection: about log2(tokens) parser calls, each giving other
-    threads the interpreter lock afterwards, instead of one call per character
-    (quadratic: a 28 KB policy took 26 s).
+    found by bisection: about log2(tokens) parser calls of one policy each
+    (between calls the interpreter hands its lock to the decision threads at
+    its switch interval), instead of one call per character (quadratic: a
+    28 KB policy held the watcher, and the lock, for 26 s).
     """
     import cedarpy  # local: the rest of this module is plain text handling
 
@@ -284,8 +284,6 @@ def _first_bad_prefix(text: str, message: str) -> int | None:
             cedarpy.policies_to_json_str(text[: ends[k]] + probe)
         except ValueError as exc:
             return str(exc) == message
-        finally:
-            time.sleep(0)  # let the decision threads run between parses
         return False
 
     if not ends or not holds_error(len(ends) - 1):
