@@ -163,6 +163,56 @@ def test_fmt_check_reports_each_shape_instead_of_crashing(tmp_path: Path, name: 
     assert f"{path}:2:" in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("where", ["cedar-test", "yaml-suite"])
+def test_policy_tests_report_a_crashing_shape(tmp_path: Path, where: str) -> None:
+    """`stepguard test` reaches cedarpy through the loader: a Cedar JSON test's
+    policies and a YAML suite's policy directory are refused, not a SIGSEGV."""
+    if where == "cedar-test":
+        (tmp_path / "p.cedar").write_text(CRASHING["parens"])
+        (tmp_path / "s.cedarschema").write_text(
+            "entity U; action lookup_identity appliesTo { principal: U, resource: U };"
+        )
+        (tmp_path / "e.entities.json").write_text("[]")
+        suite = tmp_path / "t.json"
+        request = {
+            "description": "one",
+            "principal": {"type": "U", "id": "a"},
+            "action": {"type": "Action", "id": "lookup_identity"},
+            "resource": {"type": "U", "id": "b"},
+            "context": {},
+            "decision": "allow",
+            "reason": [],
+            "errors": [],
+        }
+        suite.write_text(
+            json.dumps(
+                {
+                    "policies": "p.cedar",
+                    "schema": "s.cedarschema",
+                    "entities": "e.entities.json",
+                    "shouldValidate": True,
+                    "requests": [request],
+                }
+            )
+        )
+    else:
+        root = bundle_copy(tmp_path)
+        (root / "deep.cedar").write_text(CRASHING["or_chain"])
+        suite = tmp_path / "s_test.yaml"
+        suite.write_text(
+            f"policies: {root}\ncases:\n  - principal: 'Workload::\"w\"'\n"
+            "    action: notify\n    resource: 'TargetSystem::\"slack\"'\n    expect: DENY\n"
+        )
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "test", str(suite)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode > 0, (done.returncode, done.stderr[-300:])
+    assert "nests more than" in done.stdout + done.stderr
+
+
 def test_deep_entities_and_schema_are_located(tmp_path: Path) -> None:
     root = bundle_copy(tmp_path)
     (root / "entities.json").write_text('[\n  {"uid": ' + "[" * 100 + "]" * 100 + "}\n]\n")
