@@ -185,13 +185,17 @@ def build_bundle(
             json.dumps({"staticPolicies": static, "templates": {}, "templateLinks": []})
         )
     except ValueError as exc:  # Cedar's JSON reader stops at 128 levels
-        deepest = max(infos.values(), key=lambda i: _json_levels(static[i.id]))
+        levels = {pid: _json_levels(est) for pid, est in static.items()}
+        deepest = max(levels, key=levels.__getitem__, default="")
+        if not deepest or levels[deepest] < 120:  # pragma: no cover - not the depth, then
+            raise BundleError(f"policy set rejected: {exc}") from exc
+        info = infos[deepest]
         raise BundleError(
-            f"policy set rejected: {exc}; the deepest policy is {deepest.id} "
-            f"({_json_levels(static[deepest.id])} levels in Cedar's JSON form, which "
-            "Cedar reads up to 128): split long chains of operators",
-            file=deepest.file,
-            line=deepest.line,
+            f"policy set rejected: {exc}; policy {deepest} nests {levels[deepest]} levels "
+            "deep in Cedar's JSON form, which Cedar reads up to 128: split long chains "
+            "of operators",
+            file=info.file,
+            line=info.line,
         ) from exc
 
     entity_list: list[dict[str, Any]] = []

@@ -233,7 +233,7 @@ def test_a_chain_cedar_refuses_is_located_to_its_policy(tmp_path: Path) -> None:
     """Between Cedar's JSON limit (128 levels) and ours, the refusal names file:line."""
     root = bundle_copy(tmp_path)
     (root / "chain.cedar").write_text("\n\n" + FORBID + " || ".join(["true"] * 150) + " };\n")
-    with pytest.raises(BundleError, match="levels in Cedar's JSON form") as caught:
+    with pytest.raises(BundleError, match="levels deep in Cedar's JSON form") as caught:
         load_bundle(root)
     assert (caught.value.file, caught.value.line) == ("chain.cedar", 3)
 
