@@ -68,6 +68,7 @@ class LoadRun:
     policies: int
     policy_bytes: int
     seconds: float | None  # None: did not finish
+    cpu_seconds: float | None  # user + system time of the load (robust on a busy machine)
     rss_before: int  # bytes, after imports
     rss_peak: int  # bytes, ru_maxrss of the child
     error: str = ""
@@ -78,6 +79,7 @@ class LoadRun:
             "policies": self.policies,
             "policy_bytes": self.policy_bytes,
             "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
             "rss_before_mib": round(self.rss_before / 2**20, 1),
             "rss_peak_mib": round(self.rss_peak / 2**20, 1),
             "error": self.error or None,
@@ -89,14 +91,18 @@ def child(directory: Path) -> None:
     from sidecar.bundle import load_bundle
 
     before = _rss_now()
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     bundle = load_bundle(directory)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(
         json.dumps(
             {
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
                 "rss_before": before,
                 "rss_peak": peak,
                 "policies": bundle.policy_count,
@@ -125,14 +131,20 @@ def measure(size_mb: float, timeout: float) -> LoadRun:
                 cwd=ROOT,
             )
         except subprocess.TimeoutExpired:
-            return LoadRun(size_mb, policies, written, None, 0, 0, f"over {timeout:.0f} s")
+            return LoadRun(size_mb, policies, written, None, None, 0, 0, f"over {timeout:.0f} s")
         if done.returncode != 0:
             tail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-            return LoadRun(size_mb, policies, written, None, 0, 0, tail[0])
+            return LoadRun(size_mb, policies, written, None, None, 0, 0, tail[0])
         out = json.loads(done.stdout.strip().splitlines()[-1])
         assert out["policies"] == policies, (out["policies"], policies)
         return LoadRun(
-            size_mb, policies, written, out["seconds"], out["rss_before"], out["rss_peak"]
+            size_mb,
+            policies,
+            written,
+            out["seconds"],
+            out["cpu_seconds"],
+            out["rss_before"],
+            out["rss_peak"],
         )
 
 
@@ -211,16 +223,16 @@ def measure_serve(size_mb: float, timeout: float) -> ServeRun:
 
 def table(runs: list[LoadRun]) -> str:
     lines = [
-        "| Policy text | Policies | Load time | Peak RSS | RSS before load |",
-        "|---:|---:|---:|---:|---:|",
+        "| Policy text | Policies | Load time (wall) | CPU time | Peak RSS | RSS before load |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         size = f"{r.policy_bytes / 2**20:.1f} MiB"
         if r.seconds is None:
-            lines.append(f"| {size} | {r.policies:,} | {r.error} | | |")
+            lines.append(f"| {size} | {r.policies:,} | {r.error} | | | |")
             continue
         lines.append(
-            f"| {size} | {r.policies:,} | {r.seconds:.1f} s | "
+            f"| {size} | {r.policies:,} | {r.seconds:.1f} s | {r.cpu_seconds or 0:.1f} s | "
             f"{r.rss_peak / 2**20:.0f} MiB | {r.rss_before / 2**20:.0f} MiB |"
         )
     return "\n".join(lines)
