@@ -28,13 +28,41 @@ from typing import Any
 import cedarpy
 import yaml
 
+from sidecar import safeyaml
+from sidecar.bundlefiles import (
+    MANIFEST,
+    REQUEST_ENTITIES_FILE,
+    SCHEMA_SUFFIXES,
+    check_manifest,
+    list_bundle,
+    read_bytes,
+    read_text,
+    sha256,
+    visible_files,
+)
 from sidecar.cedartext import Span, schema_entity_types, split_policies
 from sidecar.errors import BundleError
 from sidecar.index import WHOLE_CONTEXT, PolicyIndex, context_reads
+from sidecar.limits import (
+    DuplicateKey,
+    LimitError,
+    check_cedar_text,
+    check_json_text,
+    loads_unique,
+)
 from sidecar.model import EntityUid
 
+__all__ = [
+    "REQUEST_ENTITIES_FILE",
+    "Bundle",
+    "PolicyInfo",
+    "Source",
+    "build_bundle",
+    "load_bundle",
+    "visible_files",
+]
+
 TTL_ANNOTATION = "max_credential_ttl"
-REQUEST_ENTITIES_FILE = "request-entities.yaml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +140,42 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
     """Read and validate a policy directory; raise BundleError naming file and line.
 
     `extra_entities` adds entity data to the directory's (a test suite's fixtures).
+    Which files are read, and how, is `sidecar.bundlefiles`. Any other failure
+    while building (cedarpy or the standard library raising something
+    unexpected) is a BundleError too: a directory either loads or is refused.
     """
     if not directory.is_dir():
         raise BundleError(f"policy directory {directory} does not exist or is not a directory")
-    files = visible_files(directory)
+    listing = list_bundle(directory)
+    if listing.problems:
+        raise listing.problems[0]
+    files = listing.files
+    names = {p: p.relative_to(directory).as_posix() for p in files}
+    manifest = next((p for p in files if names[p] == MANIFEST), None)
+    digests: dict[str, str] = {}
 
     def read(p: Path) -> Source:
+        data = read_bytes(p, names[p])
+        if manifest is not None:
+            digests[names[p]] = sha256(data)
         try:
-            return Source(str(p.relative_to(directory)), p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BundleError(f"cannot read: {exc}", file=str(p)) from exc
+            return Source(names[p], data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise BundleError(
+                f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})", file=names[p]
+            ) from exc
 
     policies = [read(p) for p in files if p.suffix == ".cedar"]
-    schemas = [read(p) for p in files if p.name.endswith((".cedarschema", ".cedarschema.json"))]
+    schemas = [read(p) for p in files if p.name.endswith(SCHEMA_SUFFIXES)]
     entities = [read(p) for p in files if p.name.endswith("entities.json")]
     declared = [read(p) for p in files if p.name == REQUEST_ENTITIES_FILE]
+    if manifest is not None:
+        by_name = {n: p for p, n in names.items()}
+        check_manifest(
+            read_text(manifest, MANIFEST),
+            digests,
+            lambda n: read_bytes(by_name[n], n) if n in by_name else None,
+        )
     if not policies:
         raise BundleError(f"no *.cedar policy files in {directory}")
     if len(schemas) != 1:
@@ -137,24 +186,17 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
     if len(declared) > 1:
         found = ", ".join(s.name for s in declared)
         raise BundleError(f"expected at most one {REQUEST_ENTITIES_FILE}, found {found}")
-    return build_bundle(
-        policies,
-        schemas[0],
-        [*entities, *extra_entities],
-        request_entities=declared[0] if declared else None,
-    )
-
-
-def visible_files(directory: Path) -> list[Path]:
-    """The files the loader considers, in path order: dot-directories (`..data`) are skipped.
-
-    The watcher, `validate`, `fmt` and `test` use the same rule, so they see what loads.
-    """
-    return sorted(
-        p
-        for p in directory.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
-    )
+    try:
+        return build_bundle(
+            policies,
+            schemas[0],
+            [*entities, *extra_entities],
+            request_entities=declared[0] if declared else None,
+        )
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
 
 def build_bundle(
@@ -190,15 +232,23 @@ def build_bundle(
         policy_set = cedarpy.PolicySet.from_json_str(
             json.dumps({"staticPolicies": static, "templates": {}, "templateLinks": []})
         )
-    except ValueError as exc:  # pragma: no cover - every policy parsed on its own above
-        raise BundleError(f"policy set rejected: {exc}") from exc
+    except ValueError as exc:  # Cedar's JSON reader stops at 128 levels
+        levels = {pid: _json_levels(est) for pid, est in static.items()}
+        deepest = max(levels, key=levels.__getitem__, default="")
+        if not deepest or levels[deepest] < 120:  # pragma: no cover - not the depth, then
+            raise BundleError(f"policy set rejected: {exc}") from exc
+        info = infos[deepest]
+        raise BundleError(
+            f"policy set rejected: {exc}; policy {deepest} nests {levels[deepest]} levels "
+            "deep in Cedar's JSON form, which Cedar reads up to 128: split long chains "
+            "of operators",
+            file=info.file,
+            line=info.line,
+        ) from exc
 
     entity_list: list[dict[str, Any]] = []
     for src in entities:
-        try:
-            data = json.loads(src.text)
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"invalid JSON: {exc.msg}", file=src.name, line=exc.lineno) from exc
+        data = _json_document(src)
         if not isinstance(data, list):
             raise BundleError("entity data must be a JSON array of entities", file=src.name)
         entity_list.extend(data)
@@ -247,7 +297,7 @@ def _request_entities(
 ) -> RequestEntities:
     """Parse `request-entities.yaml` and check every name in it against the schema."""
     try:
-        data = yaml.safe_load(src.text)
+        data = safeyaml.loads(src.text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
@@ -346,7 +396,48 @@ def _qualified(namespace: str, name: str, types: frozenset[str]) -> str:
     return local if local in types else name
 
 
+def _json_document(src: Source) -> Any:
+    """Parse JSON input: nesting bounded, duplicate keys refused, errors with line:column."""
+    try:
+        check_json_text(src.text)
+        return loads_unique(src.text)
+    except LimitError as exc:
+        raise BundleError(f"column {exc.column}: {exc}", file=src.name, line=exc.line) from exc
+    except DuplicateKey as exc:
+        raise BundleError(
+            f"column {exc.column}: duplicate key {exc.key!r} in one object "
+            "(JSON parsers disagree on which value wins, so it is refused)",
+            file=src.name,
+            line=exc.line,
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"invalid JSON: {exc.msg}", file=src.name, line=exc.lineno) from exc
+    except RecursionError as exc:  # pragma: no cover - check_json_text bounds the depth
+        raise BundleError("JSON nests too deeply", file=src.name) from exc
+
+
+def _json_levels(value: Any) -> int:
+    """How deep a JSON value nests (iterative: the value may be deep)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(node, dict):
+            stack.extend((v, level + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, level + 1) for v in node)
+    return deepest
+
+
 def _parse_schema(src: Source) -> cedarpy.Schema:
+    try:
+        if src.name.endswith(".json"):
+            _json_document(src)
+        else:
+            check_cedar_text(src.text, schema=True)
+    except LimitError as exc:
+        raise BundleError(f"column {exc.column}: {exc}", file=src.name, line=exc.line) from exc
     try:
         if src.name.endswith(".json"):
             return cedarpy.Schema.from_json_str(src.text)
@@ -366,7 +457,23 @@ _POLICY_REF = re.compile(r"policy(\d+)")
 def _parse_policy_file(
     src: Source, schema: cedarpy.Schema, start: int, validate: bool
 ) -> list[tuple[PolicyInfo, Any]]:
+    """Parse and strictly validate one file; whatever fails names the file."""
+    try:
+        return _parse_policies(src, schema, start, validate)
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"cannot be loaded: {type(exc).__name__}: {exc}", file=src.name) from exc
+
+
+def _parse_policies(
+    src: Source, schema: cedarpy.Schema, start: int, validate: bool
+) -> list[tuple[PolicyInfo, Any]]:
     """Parse and strictly validate one file; ids are `@id` or positional `policyN`."""
+    try:
+        check_cedar_text(src.text)
+    except LimitError as exc:
+        raise BundleError(f"column {exc.column}: {exc}", file=src.name, line=exc.line) from exc
     spans = split_policies(src.text)
     try:
         est = json.loads(cedarpy.policies_to_json_str(src.text))

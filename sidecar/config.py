@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sidecar import safeyaml
 from sidecar.errors import ConfigError
 from sidecar.model import PolicyErrors
 from sidecar.validate import Limits
@@ -259,8 +260,8 @@ def build_settings(
     merged: dict[str, Any] = {}
     if config_file is not None:
         try:
-            loaded = yaml.safe_load(config_file.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            loaded = safeyaml.load_file(config_file) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {config_file} must be a mapping of settings")

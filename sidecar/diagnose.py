@@ -25,10 +25,12 @@ from typing import Any
 import cedarpy
 
 from sidecar.bundle import Bundle, load_bundle, visible_files
+from sidecar.bundlefiles import read_text
 from sidecar.cedartext import Span, locate_error, position, split_policies
 from sidecar.errors import BundleError
 from sidecar.exitcodes import EXIT_INVALID, EXIT_OK
 from sidecar.failopen import file_warnings, schema_types
+from sidecar.limits import LimitError, check_cedar_text, check_json_text
 from sidecar.textsafe import escape, escape_lines
 
 _POLICY_REF = re.compile(r"policy(\d+)")
@@ -151,8 +153,8 @@ def _merge_per_action(problems: list[Problem]) -> list[Problem]:
 
 def _read(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return read_text(path, path.name)  # non-blocking, regular files only
+    except BundleError:
         return None
 
 
@@ -161,6 +163,13 @@ def _check_schema(directory: Path, path: Path) -> tuple[cedarpy.Schema | None, l
     if text is None:
         return None, []  # the loader's own message covers unreadable files
     name = str(path.relative_to(directory))
+    try:
+        if path.name.endswith(".json"):
+            check_json_text(text)
+        else:
+            check_cedar_text(text, schema=True)
+    except LimitError as exc:
+        return None, [_at_line(name, text, exc.line, exc.column, f"invalid schema: {exc}")]
     try:
         if path.name.endswith(".json"):
             return cedarpy.Schema.from_json_str(text), []
@@ -175,6 +184,10 @@ def _check_policy_file(directory: Path, path: Path, schema: cedarpy.Schema | Non
     if text is None:
         return []
     name = str(path.relative_to(directory))
+    try:
+        check_cedar_text(text)  # cedarpy crashes on what this refuses
+    except LimitError as exc:
+        return [_at_line(name, text, exc.line, exc.column, str(exc))]
     spans = split_policies(text)
     offsets = _span_offsets(text, spans)
     problems: list[Problem] = []
@@ -215,6 +228,10 @@ def _at(name: str, text: str, offset: int | None, message: str) -> Problem:
     return Problem(name, line, column, message, _line_text(text, line))
 
 
+def _at_line(name: str, text: str, line: int, column: int, message: str) -> Problem:
+    return Problem(name, line, column, message, _line_text(text, line))
+
+
 def _line_text(text: str, line: int) -> str:
     lines = text.split("\n")
     return lines[line - 1] if 0 < line <= len(lines) else ""
@@ -225,7 +242,11 @@ def _from_bundle_error(directory: Path, exc: BundleError) -> Problem:
     if not exc.file:
         return Problem(str(directory), 0, 0, exc.detail)
     path = directory / exc.file
-    text = _read(path) if path.is_file() else None
+    text = (
+        _read(path)
+        if exc.file in {p.relative_to(directory).as_posix() for p in visible_files(directory)}
+        else None
+    )
     if text is None or not exc.line:
         return Problem(exc.file, exc.line, 0, exc.detail)
     line_text = _line_text(text, exc.line)

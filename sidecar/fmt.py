@@ -24,6 +24,7 @@ from sidecar.bundle import visible_files
 from sidecar.cedartext import comments, locate_error, position, split_policies
 from sidecar.errors import StepguardError
 from sidecar.exitcodes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
+from sidecar.limits import LimitError, check_cedar_text
 from sidecar.textsafe import escape, escape_lines
 
 
@@ -70,6 +71,10 @@ def _meaning(text: str) -> Any:
 
 def format_file(path: Path, line_width: int = 80, indent_width: int = 2) -> Formatted:
     text = path.read_text(encoding="utf-8")
+    try:
+        check_cedar_text(text)  # cedarpy's parser crashes on what this refuses
+    except LimitError as exc:
+        return Formatted(path, text, text, f"{path}:{exc.line}:{exc.column}: {exc}")
     try:
         return Formatted(path, text, format_text(text, line_width, indent_width))
     except ValueError as exc:

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from sidecar import safeyaml
 from sidecar.bundle import (
     Bundle,
     Source,
@@ -460,7 +461,7 @@ def _suite_kind(path: Path, *, explicit: bool) -> str:
         if explicit:
             return "yaml"
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            doc = safeyaml.load_file(path)
         except (yaml.YAMLError, OSError, UnicodeDecodeError):
             # A broken file that looks like a suite is reported, not skipped.
             return "yaml" if _looks_like_suite(path) else ""
@@ -513,11 +514,11 @@ class _Map(dict[str, Any]):
     line = 0
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+class _Loader(safeyaml.SafeLoader):
+    """Refuses aliases (sidecar/safeyaml.py); mappings remember their line."""
 
 
-def _construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Map:
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
     loader.flatten_mapping(node)
     out = _Map({str(k): v for k, v in loader.construct_mapping(node).items()})
     out.line = node.start_mark.line + 1
@@ -528,7 +529,7 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 
 
 def _load_yaml(path: Path) -> Any:
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader
+    return safeyaml.load_file(path, _Loader)
 
 
 def _yaml_error(exc: BaseException) -> str:
@@ -696,11 +697,12 @@ class _Builder:
         plain: dict[str, Any] = _plain(request)
         return plain
 
-    def _entity(self, value: Any, kind: str, where: str) -> Any:
+    def _entity(self, value: Any, kind: str, where: str, seen: tuple[str, ...] = ()) -> Any:
         if isinstance(value, str):
             m = _UID.fullmatch(value)
             if m:
                 return {"type": m["type"], "id": re.sub(r"\\(.)", r"\1", m["id"])}
+            _no_cycle(kind, value, seen, where)
             found = self.fixtures[kind].get(value)
             if found is None:
                 known = ", ".join(sorted(self.fixtures[kind])) or "none"
@@ -709,15 +711,16 @@ class _Builder:
                     'nor an entity reference like Type::"id"',
                     _line(value),
                 )
-            return self._entity(found, kind, where)
+            return self._entity(found, kind, where, (*seen, value))
         if isinstance(value, dict):
             return value
         raise SuiteError(f'{where}: expected a fixture name, Type::"id" or a mapping')
 
-    def _action(self, value: Any, where: str) -> Any:
+    def _action(self, value: Any, where: str, seen: tuple[str, ...] = ()) -> Any:
         if isinstance(value, str):
             if value in self.fixtures["actions"]:
-                return self._action(self.fixtures["actions"][value], where)
+                _no_cycle("actions", value, seen, where)
+                return self._action(self.fixtures["actions"][value], where, (*seen, value))
             m = _UID.fullmatch(value)
             if m:
                 return {"type": m["type"], "id": re.sub(r"\\(.)", r"\1", m["id"])}
@@ -726,23 +729,31 @@ class _Builder:
             return value
         raise SuiteError(f'{where}: expected an action name, Type::"id" or a mapping')
 
-    def _context(self, value: Any, where: str) -> dict[str, Any]:
+    def _context(self, value: Any, where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         if isinstance(value, str):
+            _no_cycle("contexts", value, seen, where)
             found = self.fixtures["contexts"].get(value)
             if found is None:
                 known = ", ".join(sorted(self.fixtures["contexts"])) or "none"
                 raise SuiteError(
                     f"{where}: no context fixture {value!r} (known: {known})", _line(value)
                 )
-            return self._context(found, where)
+            return self._context(found, where, (*seen, value))
         if isinstance(value, dict):
             return dict(value)
         if isinstance(value, list):
             merged: dict[str, Any] = {}
             for i, item in enumerate(value):
-                merged = _merge(merged, self._context(item, f"{where}[{i}]"))
+                merged = _merge(merged, self._context(item, f"{where}[{i}]", seen))
             return merged
         raise SuiteError(f"{where}: expected a fixture name, a mapping or a list of them")
+
+
+def _no_cycle(kind: str, name: str, seen: tuple[str, ...], where: str) -> None:
+    """Fixtures may name other fixtures, but not in a circle (that recursed until it crashed)."""
+    if name in seen:
+        chain = " -> ".join((*seen[seen.index(name) :], name))
+        raise SuiteError(f"{where}: fixtures.{kind} refer to each other in a cycle: {chain}")
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

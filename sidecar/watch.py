@@ -19,7 +19,9 @@ old bundle or the new one, never a mix. A broken change is refused: the last
 good bundle keeps serving, the error is logged with file and line, counted in
 `stepguard_policy_reloads_total{result="failure"}`, flagged by
 `stepguard_policy_reload_error` and reported by `status()` (health detail).
-The same broken content is reported once, not on every poll.
+The same broken content is reported once, not on every poll. Any exception
+from the loader is a refusal (not only `BundleError`): a forbid that fails to
+load in an unexpected way must never leave health and metrics saying "ok".
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sidecar.bundle import Bundle, load_bundle, visible_files
+from sidecar.bundle import Bundle, load_bundle
+from sidecar.bundlefiles import list_bundle, read_bytes
 from sidecar.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -85,18 +88,20 @@ def fingerprint(directory: Path) -> str:
         return "absent"
     digest = hashlib.sha256()
     try:
-        files = visible_files(directory)
-    except OSError as exc:  # the tree changed while it was listed
-        return f"unlistable: {exc}"
-    for path in files:
+        listing = list_bundle(directory)
+    except Exception as exc:  # noqa: BLE001 - e.g. the tree changed while it was listed;
+        return f"unlistable: {exc}"  # the load that follows reports it
+    for path in listing.files:
         name = str(path.relative_to(directory)).encode()
         try:
-            data = path.read_bytes()
-        except OSError:
+            data = read_bytes(path, path.name)  # non-blocking: a FIFO swapped in cannot hang
+        except BundleError:
             data = b"\0unreadable"
         for part in (name, data):
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
+    for problem in listing.problems:  # a refused entry appearing or going away is a change
+        digest.update(str(problem).encode())
     return digest.hexdigest()
 
 
@@ -164,7 +169,7 @@ class PolicyWatcher:
         self._pending = None
         try:
             bundle = self._loader(self._dir)
-        except BundleError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the reload is refused
             if fingerprint(self._dir) != seen:
                 return None  # changed while loading: look again next time
             self._applied = seen
@@ -201,7 +206,9 @@ class PolicyWatcher:
             )
         return self._notify()
 
-    def _refused(self, exc: BundleError) -> ReloadStatus:
+    def _refused(self, exc: Exception) -> ReloadStatus:
+        if not isinstance(exc, BundleError):  # a loader bug or a library's surprise
+            exc = BundleError(f"cannot be loaded: {type(exc).__name__}: {exc}")
         where = _located(self._dir, exc)
         log.error(
             "policy reload refused, still serving revision %s: %s",
