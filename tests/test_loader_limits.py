@@ -69,7 +69,8 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) ->
 
 
 def healthz(metrics: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{metrics}/healthz", timeout=10) as reply:
+    # verbose (from loopback): the refusal with its file and line
+    with urllib.request.urlopen(f"http://{metrics}/healthz?verbose=1", timeout=10) as reply:
         body: dict[str, Any] = json.loads(reply.read())
     return body
 
