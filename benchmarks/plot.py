@@ -53,7 +53,10 @@ def draw(record: dict[str, Any], out: Path) -> None:
     right.set_ylabel("p50 latency (us)")
     right.set_title("Latency against concurrency (Authorize)")
     right.legend(fontsize=8)
-    fig.suptitle(f"stepguard benchmarks, {record['machine']['nproc']} CPUs, {record['started']}")
+    fig.suptitle(
+        f"stepguard benchmarks, {record['machine']['nproc']} CPUs, {record['started']}, "
+        f"commit {record.get('commit', 'unknown')}"
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

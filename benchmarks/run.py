@@ -1,7 +1,7 @@
 """`./dev bench`: start the servers, drive them with one load generator, report.
 
-    ./dev bench                  # the default run (about 3 minutes)
-    ./dev bench --quick          # a short smoke run (about a minute)
+    ./dev bench                  # the default run (about 4 to 5 minutes)
+    ./dev bench --quick          # a short smoke run (about a minute and a half)
     ./dev bench --memory-requests 1000000   # the full memory figure (about 30 min)
     ./dev bench --only transport,transport8 --rounds 6   # a focused comparison
 

@@ -37,7 +37,7 @@ def _row(p50: float | list[float], p99: float = 0, rate: float | list[float] = 0
 
 # Per-round ratios around 1.15 that straddle it: the median is under the target
 # (1.14) but the interval is not, so the verdict cannot be "met".
-STRADDLING = [110, 112, 114, 114, 116, 116, 118, 120]
+STRADDLING = [110.0, 112.0, 114.0, 114.0, 116.0, 116.0, 118.0, 120.0]
 
 
 def _record() -> dict[str, Any]:
@@ -59,7 +59,7 @@ def _record() -> dict[str, Any]:
     }
     tp = {
         CERBOS: _row(0, 0, 1000),
-        f"stepguard stream {MISS}": _row(0, 0, [1900, 2100] * (ROUNDS // 2)),  # undecided
+        f"stepguard stream {MISS}": _row(0, 0, [1900.0, 2100.0] * (ROUNDS // 2)),  # undecided
         CERBOS_B50: _row(0, 0, 1000),
         f"stepguard batch 50 {MISS}": _row(0, 0, 300),
     }
