@@ -28,7 +28,7 @@ FIGURE = re.compile(
 DOC_FIGURE = re.compile(FIGURE.pattern.rsplit("|", 1)[0])
 # What a doc may state with such a unit: a target, a bucket boundary, a setting's default.
 NOT_MEASURED = re.compile(r"(?:at most|at least|buckets|default) $")
-COMMIT = re.compile(r"\bcommit ([0-9a-f]{7,40})\b")
+COMMIT = re.compile(r"\bcommit\s+([0-9a-f]{7,40})\b")
 
 
 def _outside_blocks(text: str) -> str:
