@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from sidecar.jsonreq import request_from_json
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
+DATA = ROOT / "benchmarks" / "data"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN = "<!-- authzen-bench:begin (written by `python -m benchmarks.authzen_bench`) -->"
 END = "<!-- authzen-bench:end -->"
@@ -158,10 +159,14 @@ class Run:
     samples: list[int]
     seconds: float = 0.0
     cpu_s: float = 0.0
+    halves: list[dict[str, float]] = field(default_factory=list)  # each half's own figures
 
-    def summary(self, per_call: int) -> dict[str, float]:
+    def summary(self, per_call: int) -> dict[str, Any]:
         s = sorted(self.samples)
         return {
+            "halves": [
+                {**h, "decisions_per_s": round(h["calls_per_s"] * per_call, 1)} for h in self.halves
+            ],
             "calls": len(s),
             "p50_us": round(_percentile(s, 0.50), 1),
             "p99_us": round(_percentile(s, 0.99), 1),
@@ -212,6 +217,14 @@ def measure(
         cpu0 = _cpu_s(pid)
         samples = _loop(apis[name], threads, duration / 2, warmup=0.3)
         runs[name].cpu_s += _cpu_s(pid) - cpu0
+        half = sorted(samples)
+        runs[name].halves.append(
+            {
+                "p50_us": round(_percentile(half, 0.50), 1),
+                "p99_us": round(_percentile(half, 0.99), 1),
+                "calls_per_s": round(len(half) / (duration / 2), 1),
+            }
+        )
         runs[name].samples += samples
         runs[name].seconds += duration / 2
     return runs
@@ -232,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     audit = WORK / "authzen-bench-audit.jsonl"
     WORK.mkdir(parents=True, exist_ok=True)
-    audit.unlink(missing_ok=True)
+    for old in WORK.glob(audit.name + "*"):
+        old.unlink()
 
     request = example_json()
     grpc_one = request_from_json(request)
@@ -359,12 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "results": results,
     }
+    data = DATA / f"authzen-{started.strftime('%Y-%m-%dT%H%M')}.json"
+    record["data_file"] = "not written" if args.no_write else data.relative_to(ROOT).as_posix()
     (WORK / "authzen.json").write_text(json.dumps(record, indent=2))
     body = render(record)
     print(body)
     if not args.no_write:
+        DATA.mkdir(parents=True, exist_ok=True)
+        data.write_text(json.dumps(record, separators=(",", ":")) + "\n")
         write_section(args.out, body)
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out} and {data.relative_to(ROOT)}")
     return 0
 
 
@@ -384,14 +402,16 @@ class _RunIds:
 
 
 def _audited(audit: Path) -> tuple[int, int]:
-    """Decision events in the trail, and how many of them the cache answered."""
+    """Decision events in the trail (every segment: it rotates at 64 MiB), and how many of
+    them the cache answered."""
     total = cached = 0
-    with audit.open("rb") as f:
-        for line in f:
-            event = json.loads(line)
-            if event.get("kind") == "decision":
-                total += 1
-                cached += bool(event.get("cached"))
+    for segment in sorted(audit.parent.glob(audit.name + "*")):
+        with segment.open("rb") as f:
+            for line in f:
+                event = json.loads(line)
+                if event.get("kind") == "decision":
+                    total += 1
+                    cached += bool(event.get("cached"))
     return total, cached
 
 
@@ -465,13 +485,15 @@ def render(record: dict[str, Any]) -> str:
             "",
             f"Command: `{record['command']}` ({record['duration_s']:g} s per API per load, "
             f"in A-B-B-A halves after 0.3 s warm-ups), run {record['started']} on commit "
-            f"{record.get('commit', 'unknown')}.",
+            f"{record.get('commit', 'unknown')}; each half's figures: "
+            f"`{record.get('data_file', 'not written')}`.",
             "",
             f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python "
             f"{m['python']}, grpcio {m['grpcio']}, cedarpy {m['cedarpy']}. 1-minute load "
             f"average {record['load_average'][0]} at the start, {record['load_average'][1]} "
-            "at the end (anything above 0 is other work sharing the CPUs: compare ratios, "
-            "not absolute figures, across runs).",
+            "at the end (anything above 0 is other work sharing the CPUs: the machine is "
+            "shared with other engineers running tests, so every figure is noisy; compare "
+            "ratios, not absolute figures, across runs).",
             "",
             "The request is the harness's example (an approved `grant_access` on `jira`, "
             "ALLOW), sent as an AuthorizeRequest and as the "

@@ -14,6 +14,7 @@ attribute lists, the way Cerbos users model it.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import socket
 import subprocess
@@ -178,10 +179,16 @@ def _value(v: Any) -> struct_pb2.Value:
     return out
 
 
+def _stubs(name: str) -> Any:
+    """`cerbos.<name>.v1.<name>_pb2` from the bench extra, untyped alike whether mypy can see
+    the package or not (its generated modules carry no type information)."""
+    return importlib.import_module(f"cerbos.{name}.v1.{name}_pb2")
+
+
 def check_request(resources: int, *, run: int = 0, now: datetime | None = None) -> bytes:
     """CheckResources for the example step (grant_access on jira), `resources` times."""
-    from cerbos.engine.v1 import engine_pb2
-    from cerbos.request.v1 import request_pb2
+    engine_pb2 = _stubs("engine")
+    request_pb2 = _stubs("request")
 
     now = now or datetime.now(UTC)
     attrs = {
@@ -223,8 +230,8 @@ class Checked:
 
 def decode(raw: bytes) -> Checked:
     """The effect of each resource's action in a CheckResources answer."""
-    from cerbos.effect.v1 import effect_pb2
-    from cerbos.response.v1 import response_pb2
+    effect_pb2 = _stubs("effect")
+    response_pb2 = _stubs("response")
 
     resp = response_pb2.CheckResourcesResponse.FromString(raw)
     return Checked(tuple(effect_pb2.Effect.Name(r.actions["grant_access"]) for r in resp.results))

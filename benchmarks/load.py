@@ -9,9 +9,12 @@ concurrent load is N asyncio tasks sharing one channel (HTTP/2 multiplexing,
 how an orchestrator's worker pool shares a sidecar connection); a stream is
 one bidirectional call with up to `window` requests in flight.
 
-Measurements of one comparison are interleaved in rounds (A B C A B C ...)
-so that drift in a shared machine's load hits every subject alike; the
-samples of a subject's rounds are merged.
+Measurements of one comparison are interleaved in rounds, the order rotated
+from one round to the next (A B C, B C A, C A B, ...), so that drift in a
+shared machine's load hits every subject alike and no subject always goes
+first. Each round's figures are kept (the paired ratios and their intervals
+in benchmarks/stats.py are computed from them); the tables show the samples
+of all rounds merged.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -74,6 +77,11 @@ class Stats:
     p99_us: float
     per_call: int = 1
     server_cpu_us: float | None = None  # server CPU time per decision
+    rounds: tuple[Stats, ...] = ()  # the same figures, round by round
+
+    def per_round(self, key: str) -> list[float]:
+        """One figure (`p50_us`, `p99_us`, `decisions_per_s`) of every round, in order."""
+        return [float(getattr(r, key)) for r in self.rounds]
 
     @property
     def calls_per_s(self) -> float:
@@ -93,6 +101,17 @@ class Stats:
             "calls_per_s": round(self.calls_per_s, 1),
             "decisions_per_s": round(self.decisions_per_s, 1),
             "server_cpu_us": None if self.server_cpu_us is None else round(self.server_cpu_us, 1),
+            **({"rounds": [r.round_json() for r in self.rounds]} if self.rounds else {}),
+        }
+
+    def round_json(self) -> dict[str, Any]:
+        """One round's figures, for the raw data file (benchmarks/data/)."""
+        return {
+            "calls": self.calls,
+            "seconds": round(self.seconds, 3),
+            "p50_us": round(self.p50_us, 1),
+            "p99_us": round(self.p99_us, 1),
+            "decisions_per_s": round(self.decisions_per_s, 1),
         }
 
     @staticmethod
@@ -275,6 +294,12 @@ class Load:
         return concurrent(subject, self.clients, seconds, counter, warmup)
 
 
+def rotation(count: int, round_no: int) -> list[int]:
+    """The order of `count` subjects in round `round_no`: rotated by one each round."""
+    shift = round_no % count if count else 0
+    return [*range(shift, count), *range(shift)]
+
+
 def interleaved(
     runs: Sequence[tuple[Subject, Load]],
     seconds: float,
@@ -283,15 +308,23 @@ def interleaved(
     warmup: float,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Stats]:
-    """Measure each (subject, load) for `seconds` in total, in `rounds` interleaved slices."""
+    """Measure each (subject, load) for `seconds` in total, in `rounds` interleaved slices,
+    the order rotated each round; each result keeps its per-round figures."""
+    per_round: list[list[Stats]] = [[] for _ in runs]
     merged = [Samples() for _ in runs]
     counters = [Counter() for _ in runs]
-    for _ in range(rounds):
-        for i, (subject, load) in enumerate(runs):
-            merged[i].add(load.run(subject, seconds / rounds, counters[i], warmup))
-    stats = [Stats.from_samples(m, s.per_call) for m, (s, _) in zip(merged, runs, strict=True)]
+    for r in range(rounds):
+        for i in rotation(len(runs), r):
+            subject, load = runs[i]
+            got = load.run(subject, seconds / rounds, counters[i], warmup)
+            per_round[i].append(Stats.from_samples(got, subject.per_call))
+            merged[i].add(got)
+    stats = [
+        replace(Stats.from_samples(m, s.per_call), rounds=tuple(rs))
+        for m, (s, _), rs in zip(merged, runs, per_round, strict=True)
+    ]
     for (subject, load), st in zip(runs, stats, strict=True):
-        progress(f"{subject.label:28s} {_describe(load, subject):10s} {line(st)}")
+        progress(f"{subject.label:36s} {_describe(load, subject):10s} {line(st)}")
     return stats
 
 

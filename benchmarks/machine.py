@@ -46,8 +46,14 @@ def loadavg() -> str:
         return "unknown"
 
 
+# What the benchmarks write: not code, so a change there does not make a run "dirty".
+OUTPUTS = ("benchmarks/RESULTS.md", "benchmarks/latency.png", "benchmarks/data")
+
+
 def commit() -> str:
-    """The commit the figures were measured on (`+dirty` when the tree had changes)."""
+    """The commit the figures were measured on (`+dirty` when the code had changes: the
+    benchmarks' own outputs, written by an earlier command of the same session, do not
+    count)."""
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +66,15 @@ def commit() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                *(f":(exclude){path}" for path in OUTPUTS),
+            ],
             cwd=root,
             capture_output=True,
             text=True,

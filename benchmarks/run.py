@@ -1,7 +1,7 @@
 """`./dev bench`: start the servers, drive them with one load generator, report.
 
-    ./dev bench                  # the default run (about 3 minutes)
-    ./dev bench --quick          # a short smoke run (about a minute)
+    ./dev bench                  # the default run (about 4 to 5 minutes)
+    ./dev bench --quick          # a short smoke run (about a minute and a half)
     ./dev bench --memory-requests 1000000   # the full memory figure (about 30 min)
     ./dev bench --only transport,transport8 --rounds 6   # a focused comparison
 
@@ -10,12 +10,20 @@ Every server runs in its own process, started by this run:
   AuthorizeResponse) on the same gRPC stack, options and transport;
 - stepguard on policies/ (cache on, audit trail to a real file), on TCP
   loopback and a Unix socket, on the default (asyncio) and the other (sync) gRPC server;
-- stepguard on bundles of 20, 200 and 2,000 policies;
+- stepguard on bundles of 20, 200 and 2,000 policies, twice: *pinned*
+  (no generated policy applies to the request: the index's best case) and
+  *spread* over the schema (1, 10 and 100 of them apply: a realistic share);
 - Cerbos 0.55 (installed from npm into benchmarks/.work/cerbos) with an
   equivalent resource policy and its file audit log on.
 Baseline B, in-process cedarpy with parsed handles, is timed in this process.
-Every figure is reported with its ratio to a baseline measured in this run,
-and the targets of issue 4 are checked in RESULTS.md.
+Every figure is reported with its ratio to a baseline measured in this run.
+The targets of issue 4 are checked in RESULTS.md from paired rounds: each
+round measures every subject of a group once (order rotated between rounds),
+a target's ratio is the median of its per-round ratios, with a 95% bootstrap
+interval, and its verdict is met, not met or undecided (benchmarks/stats.py).
+*hit* (cached) and *miss* (evaluated) are labelled everywhere: Cerbos has no
+decision cache, so it evaluates every request. Every round's figures go to
+benchmarks/data/bench-<date>.json, with the commit they were measured on.
 """
 
 from __future__ import annotations
@@ -38,9 +46,18 @@ import grpc
 
 from benchmarks import cerbos, load, machine, memory
 from benchmarks.load import Load, Stats, Subject
-from benchmarks.policies import bundle_dir
+from benchmarks.policies import POLICY_COUNTS, SPREAD, bundle_dir, spread_bundle_dir
 from benchmarks.procs import ROOT, WORK, Running, python_server
-from benchmarks.report import render, render_memory
+from benchmarks.report import (
+    CERBOS,
+    CERBOS_B50,
+    HIT,
+    MISS,
+    pinned,
+    render,
+    render_memory,
+    spread,
+)
 from benchmarks.results import write_section
 from benchmarks.workload import METHOD, batch, distinct, example_request, same, stream_items
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
@@ -56,7 +73,7 @@ OTHER_MODE = "sync" if DEFAULT_MODE == "asyncio" else "asyncio"
 ALT = f", {OTHER_MODE} server"
 ALT_UNIX = f", {OTHER_MODE} + unix"
 PLOT = ROOT / "benchmarks" / "latency.png"
-POLICY_COUNTS = (20, 200, 2000)
+DATA = ROOT / "benchmarks" / "data"
 CONCURRENCY = (1, 8, 32)
 
 
@@ -67,10 +84,12 @@ class Timing:
     warmup: float
 
 
-# Defaults, stated once: the help texts below are built from them.
-SECONDS, QUICK_SECONDS = 2.0, 0.5
-ROUNDS, QUICK_ROUNDS = 3, 1
-WARMUP, QUICK_WARMUP = 0.2, 0.15
+# Defaults, stated once: the help texts below are built from them. Many short
+# rounds rather than a few long ones: the interval of a paired ratio comes from
+# its rounds.
+SECONDS, QUICK_SECONDS = 2.4, 0.6
+ROUNDS, QUICK_ROUNDS = 8, 3
+WARMUP, QUICK_WARMUP = 0.1, 0.1
 MEMORY_REQUESTS, QUICK_MEMORY_REQUESTS = 20_000, 3_000
 
 
@@ -79,7 +98,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"short run: {QUICK_SECONDS:g} s per measurement, {QUICK_ROUNDS} round, "
+        help=f"short run: {QUICK_SECONDS:g} s per measurement, {QUICK_ROUNDS} rounds, "
         f"{QUICK_MEMORY_REQUESTS} requests for the memory figure",
     )
     p.add_argument("--duration", type=float, help=f"seconds per measurement (default {SECONDS:g})")
@@ -100,7 +119,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         + ", ".join([*GROUPS, "memory"]),
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="results file to update")
-    p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    p.add_argument(
+        "--no-write",
+        action="store_true",
+        help="print only; leave RESULTS.md and benchmarks/data/",
+    )
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     return args
@@ -129,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "command": command,
+        "commit": machine.commit(),
         "started": started.isoformat(timespec="seconds"),
         "timing": {"seconds": timing.seconds, "rounds": timing.rounds, "warmup": timing.warmup},
         "machine": machine.describe(),
@@ -146,16 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     record["memory"] = memory.run(memory_requests).to_json()
     record["load_after"] = machine.loadavg()
     record["wall_s"] = round(time.monotonic() - t0, 1)
+    data = DATA / f"bench-{started.strftime('%Y-%m-%dT%H%M')}.json"
+    record["data_file"] = "not written" if args.no_write else data.relative_to(ROOT).as_posix()
     (WORK / "results.json").write_text(json.dumps(record, indent=1))
     body = render(record, PLOT.name)
     print(body)
     if not args.no_write:
         from benchmarks import plot  # matplotlib: the bench extra, not needed to test
 
+        write_data(data, record)
         plot.draw(record, PLOT)
         write_section(args.out, body)
-        print(f"wrote {args.out} and {PLOT}")
+        print(f"wrote {args.out}, {data.relative_to(ROOT)} and {PLOT}")
     return 0
+
+
+def write_data(path: Path, record: dict[str, Any]) -> None:
+    """The run's raw figures (every round of every subject), small enough to commit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=None, separators=(",", ":")) + "\n")
 
 
 def _only(args: argparse.Namespace, timing: Timing, memory_requests: int) -> int:
@@ -164,7 +197,7 @@ def _only(args: argparse.Namespace, timing: Timing, memory_requests: int) -> int
     unknown = sorted(set(wanted) - {*GROUPS, "memory"})
     if unknown:
         raise SystemExit(f"unknown group(s): {', '.join(unknown)}")
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    started = datetime.now(UTC)
     out: dict[str, Any] = {"machine": machine.describe(), "load_before": machine.loadavg()}
     groups = [g for g in wanted if g in GROUPS]
     if groups:
@@ -177,10 +210,14 @@ def _only(args: argparse.Namespace, timing: Timing, memory_requests: int) -> int
         out["memory"] = memory.run(memory_requests).to_json()
         print(json.dumps({k: v for k, v in out["memory"].items() if k != "samples"}))
         out["command"] = "./dev bench" + "".join(f" {shlex.quote(a)}" for a in args.argv)
-        out["started"] = started
+        out["commit"] = machine.commit()
+        out["started"] = started.isoformat(timespec="seconds")
+        data = DATA / f"memory-{started.strftime('%Y-%m-%dT%H%M')}.json"
+        out["data_file"] = "not written" if args.no_write else data.relative_to(ROOT).as_posix()
         if not args.no_write:
+            write_data(data, out)
             write_section(args.out, render_memory(out), name="memory")
-            print(f"wrote the memory block of {args.out}")
+            print(f"wrote the memory block of {args.out} and {data.relative_to(ROOT)}")
     out["load_after"] = machine.loadavg()
     (WORK / "only.json").write_text(json.dumps(out, indent=1))
     return 0
@@ -238,6 +275,15 @@ def _start(stack: ExitStack, *, cerbos_on: bool) -> dict[str, Running]:
             "--audit-file",
             str(WORK / f"audit-{n}.jsonl"),
         )
+    for n, k in SPREAD:
+        servers[f"stepguard-{n}-spread"] = serve(
+            f"stepguard-{n}-spread",
+            "stepguard",
+            "--policies",
+            str(spread_bundle_dir(n, k, WORK)),
+            "--audit-file",
+            str(WORK / f"audit-{n}-spread.jsonl"),
+        )
     if cerbos_on:
         print("starting cerbos", flush=True)
         servers["cerbos"] = stack.enter_context(cerbos.server())
@@ -246,7 +292,13 @@ def _start(stack: ExitStack, *, cerbos_on: bool) -> dict[str, Running]:
 
 def _sanity(servers: dict[str, Running]) -> None:
     """Every server answers what the benchmark claims before anything is timed."""
-    for name in ("stepguard", "stepguard-alt", *(f"stepguard-{n}" for n in POLICY_COUNTS)):
+    names = [
+        "stepguard",
+        "stepguard-alt",
+        *(f"stepguard-{n}" for n in POLICY_COUNTS),
+        *(f"stepguard-{n}-spread" for n, _ in SPREAD),
+    ]
+    for name in names:
         target = "sys-1" if name[-1].isdigit() else "jira"
         with grpc.insecure_channel(servers[name].target) as ch:
             stub = ch.unary_unary(
@@ -284,101 +336,119 @@ def _subjects(servers: dict[str, Running]) -> dict[str, Subject]:
 
     auth, bat, stream = METHOD + "Authorize", METHOD + "AuthorizeBatch", METHOD + "AuthorizeStream"
     add("empty servicer", "empty", auth, same(example))
-    add("stepguard hit", "stepguard", auth, same(example))
-    add("stepguard miss", "stepguard", auth, distinct(example))
+    add(f"stepguard {HIT}", "stepguard", auth, same(example))
+    add(f"stepguard {MISS}", "stepguard", auth, distinct(example))
     for n in POLICY_COUNTS:
-        add(f"stepguard miss, {n} policies", f"stepguard-{n}", auth, distinct(sys1))
+        add(pinned(n), f"stepguard-{n}", auth, distinct(sys1))
+    for n, k in SPREAD:
+        add(spread(n, k), f"stepguard-{n}-spread", auth, distinct(example))
     add("empty batch 100", "empty", bat, batch(example, 100, hit=True), per_call=100)
-    add("stepguard batch 100 hit", "stepguard", bat, batch(example, 100, hit=True), per_call=100)
-    add("stepguard batch 100 miss", "stepguard", bat, batch(example, 100, hit=False), per_call=100)
-    add("stepguard batch 50 hit", "stepguard", bat, batch(example, 50, hit=True), per_call=50)
-    add("stepguard batch 50 miss", "stepguard", bat, batch(example, 50, hit=False), per_call=50)
+    add(f"stepguard batch 100 {HIT}", "stepguard", bat, batch(example, 100, hit=True), per_call=100)
+    add(
+        f"stepguard batch 100 {MISS}",
+        "stepguard",
+        bat,
+        batch(example, 100, hit=False),
+        per_call=100,
+    )
+    add(f"stepguard batch 50 {HIT}", "stepguard", bat, batch(example, 50, hit=True), per_call=50)
+    add(f"stepguard batch 50 {MISS}", "stepguard", bat, batch(example, 50, hit=False), per_call=50)
     add("empty, unix socket", "empty", auth, same(example), unix=True)
-    add("stepguard hit, unix socket", "stepguard", auth, same(example), unix=True)
-    add("stepguard miss, unix socket", "stepguard", auth, distinct(example, "u"), unix=True)
+    add(f"stepguard {HIT}, unix socket", "stepguard", auth, same(example), unix=True)
+    add(f"stepguard {MISS}, unix socket", "stepguard", auth, distinct(example, "u"), unix=True)
     add(f"empty{ALT}", "empty-alt", auth, same(example))
-    add(f"stepguard hit{ALT}", "stepguard-alt", auth, same(example))
-    add(f"stepguard miss{ALT}", "stepguard-alt", auth, distinct(example))
+    add(f"stepguard {HIT}{ALT}", "stepguard-alt", auth, same(example))
+    add(f"stepguard {MISS}{ALT}", "stepguard-alt", auth, distinct(example))
     add(f"empty{ALT_UNIX}", "empty-alt", auth, same(example), unix=True)
-    add(f"stepguard hit{ALT_UNIX}", "stepguard-alt", auth, same(example), unix=True)
-    add(f"stepguard miss{ALT_UNIX}", "stepguard-alt", auth, distinct(example, "u"), unix=True)
+    add(f"stepguard {HIT}{ALT_UNIX}", "stepguard-alt", auth, same(example), unix=True)
+    add(f"stepguard {MISS}{ALT_UNIX}", "stepguard-alt", auth, distinct(example, "u"), unix=True)
     add("empty stream", "empty", stream, stream_items(example, hit=True), stream=True)
-    add("stepguard stream hit", "stepguard", stream, stream_items(example, hit=True), stream=True)
-    add("stepguard stream miss", "stepguard", stream, stream_items(example, hit=False), stream=True)
+    add(
+        f"stepguard stream {HIT}", "stepguard", stream, stream_items(example, hit=True), stream=True
+    )
+    add(
+        f"stepguard stream {MISS}",
+        "stepguard",
+        stream,
+        stream_items(example, hit=False),
+        stream=True,
+    )
     if "cerbos" in servers:
         pool = [cerbos.check_request(1, run=i) for i in range(1000)]
         pool50 = [cerbos.check_request(50, run=i) for i in range(50)]
-        add("Cerbos", "cerbos", cerbos.CHECK, lambda i: pool[i % len(pool)])
-        add("Cerbos batch 50", "cerbos", cerbos.CHECK, lambda i: pool50[i % 50], per_call=50)
+        add(CERBOS, "cerbos", cerbos.CHECK, lambda i: pool[i % len(pool)])
+        add(CERBOS_B50, "cerbos", cerbos.CHECK, lambda i: pool50[i % 50], per_call=50)
     return s
 
 
+SG_HIT, SG_MISS = f"stepguard {HIT}", f"stepguard {MISS}"
 GROUPS: dict[str, list[tuple[str, Load]]] = {
     "seq": [
         (name, Load())
         for name in (
             "empty servicer",
-            "stepguard hit",
-            "stepguard miss",
-            "Cerbos",
-            *(f"stepguard miss, {n} policies" for n in POLICY_COUNTS),
+            SG_MISS,
+            SG_HIT,
+            CERBOS,
+            *(pinned(n) for n in POLICY_COUNTS),
+            *(spread(n, k) for n, k in SPREAD),
             "empty batch 100",
-            "stepguard batch 100 hit",
-            "stepguard batch 100 miss",
+            f"stepguard batch 100 {MISS}",
+            f"stepguard batch 100 {HIT}",
         )
     ],
-    "c8": [(n, Load(8)) for n in ("empty servicer", "stepguard hit", "stepguard miss", "Cerbos")],
-    "c32": [(n, Load(32)) for n in ("empty servicer", "stepguard hit", "stepguard miss", "Cerbos")],
+    "c8": [(n, Load(8)) for n in ("empty servicer", SG_MISS, SG_HIT, CERBOS)],
+    "c32": [(n, Load(32)) for n in ("empty servicer", SG_MISS, SG_HIT, CERBOS)],
     "transport": [
         ("empty servicer", Load()),
-        ("stepguard hit", Load()),
-        ("stepguard miss", Load()),
+        (SG_HIT, Load()),
+        (SG_MISS, Load()),
         ("empty, unix socket", Load()),
-        ("stepguard hit, unix socket", Load()),
-        ("stepguard miss, unix socket", Load()),
+        (f"{SG_HIT}, unix socket", Load()),
+        (f"{SG_MISS}, unix socket", Load()),
         (f"empty{ALT}", Load()),
-        (f"stepguard hit{ALT}", Load()),
-        (f"stepguard miss{ALT}", Load()),
+        (f"{SG_HIT}{ALT}", Load()),
+        (f"{SG_MISS}{ALT}", Load()),
         (f"empty{ALT_UNIX}", Load()),
-        (f"stepguard hit{ALT_UNIX}", Load()),
-        (f"stepguard miss{ALT_UNIX}", Load()),
+        (f"{SG_HIT}{ALT_UNIX}", Load()),
+        (f"{SG_MISS}{ALT_UNIX}", Load()),
         ("empty stream", Load(window=1)),
-        ("stepguard stream hit", Load(window=1)),
-        ("stepguard stream miss", Load(window=1)),
+        (f"stepguard stream {HIT}", Load(window=1)),
+        (f"stepguard stream {MISS}", Load(window=1)),
     ],
     "transport8": [
         ("empty servicer", Load(8)),
-        ("stepguard hit", Load(8)),
-        ("stepguard miss", Load(8)),
-        ("stepguard hit, unix socket", Load(8)),
-        ("stepguard miss, unix socket", Load(8)),
+        (SG_HIT, Load(8)),
+        (SG_MISS, Load(8)),
+        (f"{SG_HIT}, unix socket", Load(8)),
+        (f"{SG_MISS}, unix socket", Load(8)),
         (f"empty{ALT}", Load(8)),
-        (f"stepguard hit{ALT}", Load(8)),
-        (f"stepguard miss{ALT}", Load(8)),
-        (f"stepguard hit{ALT_UNIX}", Load(8)),
-        (f"stepguard miss{ALT_UNIX}", Load(8)),
+        (f"{SG_HIT}{ALT}", Load(8)),
+        (f"{SG_MISS}{ALT}", Load(8)),
+        (f"{SG_HIT}{ALT_UNIX}", Load(8)),
+        (f"{SG_MISS}{ALT_UNIX}", Load(8)),
     ],
     "transport32": [
-        ("stepguard hit", Load(32)),
-        ("stepguard miss", Load(32)),
-        (f"stepguard hit{ALT}", Load(32)),
-        (f"stepguard miss{ALT}", Load(32)),
+        (SG_HIT, Load(32)),
+        (SG_MISS, Load(32)),
+        (f"{SG_HIT}{ALT}", Load(32)),
+        (f"{SG_MISS}{ALT}", Load(32)),
     ],
     # Only with --only: the two server modes, every load in one interleaved group.
     "x-servermode": [
         (f"stepguard {kind}{mode}", Load(clients))
         for clients in (0, 8, 32)
-        for kind in ("hit", "miss")
+        for kind in (HIT, MISS)
         for mode in ("", ALT)
     ],
     "throughput": [
-        ("Cerbos", Load(8)),
+        (CERBOS, Load(8)),
         ("empty stream", Load(window=64)),
-        ("stepguard stream hit", Load(window=64)),
-        ("stepguard stream miss", Load(window=64)),
-        ("Cerbos batch 50", Load(8)),
-        ("stepguard batch 50 hit", Load(8)),
-        ("stepguard batch 50 miss", Load(8)),
+        (f"stepguard stream {MISS}", Load(window=64)),
+        (f"stepguard stream {HIT}", Load(window=64)),
+        (CERBOS_B50, Load(8)),
+        (f"stepguard batch 50 {MISS}", Load(8)),
+        (f"stepguard batch 50 {HIT}", Load(8)),
     ],
 }
 
@@ -439,8 +509,10 @@ def _baseline_b(timing: Timing) -> dict[str, Any]:
     bundles: dict[str, tuple[Bundle, str]] = {"example": (load_bundle(ROOT / "policies"), "jira")}
     for n in POLICY_COUNTS:
         bundles[str(n)] = (load_bundle(WORK / f"policies-{n}"), "sys-1")
-    rounds = max(1, timing.rounds)
-    seconds = max(0.2, timing.seconds / 2 / rounds)
+    for n, k in SPREAD:
+        bundles[f"{n} spread"] = (load_bundle(WORK / f"policies-{n}-spread-{k}"), "jira")
+    rounds = max(1, min(3, timing.rounds))  # not a target: a few rounds keep it short
+    seconds = max(0.15, timing.seconds / 8 / rounds)
     calls: dict[str, tuple[Callable[[], Any], Callable[[], Any], int]] = {}
     for name, (bundle, target) in bundles.items():
         request = request_from_proto(
