@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import shutil
@@ -24,11 +25,16 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks import machine
+from benchmarks.results import save_data, write_block
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "policies"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 FILE_BYTES = 256 * 1024
 _ID = re.compile(r'@id\("([^"]*)"\)')
 
@@ -250,28 +256,93 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="also run the real `serve --watch` on bundles of these sizes and reload once",
     )
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="record the tables in benchmarks/RESULTS.md and the figures in benchmarks/data/",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
         child(args.child)
         return 0
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    load_before = os.getloadavg()[0]
     runs = []
     for size in args.sizes_mb:
         run = measure(size, args.timeout)
         runs.append(run)
         print(json.dumps(run.to_json()), file=sys.stderr, flush=True)
     print(json.dumps([r.to_json() for r in runs], indent=2) if args.json else table(runs))
+    served: list[tuple[float, ServeRun]] = []
     if args.serve_mb:
-        print("\n| Policy text | `serve --watch` RSS, serving | Peak RSS after one reload |")
-        print("|---:|---:|---:|")
         for size in args.serve_mb:
-            served = measure_serve(size, args.timeout)
-            print(
-                f"| {size:g} MiB | {served.rss_serving / 2**20:.0f} MiB | "
-                f"{served.peak_after_reload / 2**20:.0f} MiB |",
-                flush=True,
-            )
+            served.append((size, measure_serve(size, args.timeout)))
+        print("\n" + serve_table(served), flush=True)
+    if args.write:
+        command = "python -m benchmarks.bundle_load " + " ".join(
+            a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write"
+        )
+        record: dict[str, Any] = {
+            "command": command.strip(),
+            "started": started,
+            "commit": machine.commit(),
+            "machine": machine.describe(),
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "loads": [r.to_json() for r in runs],
+            "serve": [
+                {"size_mb": size, "rss_serving": s.rss_serving, "peak": s.peak_after_reload}
+                for size, s in served
+            ],
+        }
+        data = save_data("bundle-load", started, record)
+        write_block(RESULTS, "bundle-load", record["command"], render(record, runs, served, data))
     return 0
+
+
+def serve_table(served: list[tuple[float, ServeRun]]) -> str:
+    lines = [
+        "| Policy text | `serve --watch` RSS, serving | Peak RSS after one reload |",
+        "|---:|---:|---:|",
+    ]
+    for size, s in served:
+        lines.append(
+            f"| {size:g} MiB | {s.rss_serving / 2**20:.0f} MiB | "
+            f"{s.peak_after_reload / 2**20:.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
+def render(
+    record: dict[str, Any], runs: list[LoadRun], served: list[tuple[float, ServeRun]], data: Path
+) -> str:
+    m = record["machine"]
+    parts = [
+        "## Bundle load time and memory against bundle size (issue 27)",
+        "",
+        f"Command: `{record['command']}`, run {record['started']} on commit "
+        f"{record['commit']}; data: `{data.relative_to(ROOT)}`. Machine: {m['nproc']} CPUs, "
+        f"{m['cpu']}, Python {m['python']}, cedarpy {m['cedarpy']}; 1-minute load average "
+        f"{record['load_average'][0]} at the start, {record['load_average'][1]} at the end "
+        "(other work on the machine stretches wall times; CPU time is the robust figure).",
+        "",
+        "Each bundle is the example schema and entities plus copies of the example policies, "
+        "each with a fresh `@id`, in files of about 256 KiB; each size is loaded by "
+        "`load_bundle` in a fresh child process, which reports the load's wall and CPU time "
+        "and its peak RSS (`ru_maxrss`), beside its RSS after imports, before the load.",
+        "",
+        table(runs),
+    ]
+    if served:
+        parts += [
+            "",
+            "The real `serve --watch` on the same bundles (no traffic, so the decision cache "
+            "is empty): RSS once serving, and the process's peak (`VmHWM`) after one policy "
+            "file changed and the reload swapped.",
+            "",
+            serve_table(served),
+        ]
+    return "\n".join(parts)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ import cedarpy
 import grpc
 import grpc.aio
 
+from benchmarks.results import save_data, write_block
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -734,6 +735,7 @@ def _trail(audit: Path) -> tuple[Counter[str], dict[str, str]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     oracle = Oracle(Path(args.policies))
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory(prefix="stepguard-fuzz-") as tmp:
         server = Server(Path(tmp) / "audit.jsonl", Path(args.policies))
         server.start()
@@ -763,6 +765,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mismatched = [d for d, v in received.items() if d in recorded and recorded[d] != names.get(v)]
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "started": started_at,
         "commit": _commit(),
         "seed": args.seed,
         "clients": args.clients,
@@ -875,16 +878,14 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str, command: str) -> None:
-    heading = "## Fuzz at scale"
-    body = f"{heading}\n\nCommand: `{command}`\n\n{text}\n"
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        current = pattern.sub(lambda _: body + "\n", current)
-    else:
-        current = current.rstrip("\n") + "\n\n" + body
-    RESULTS.write_text(current)
+def write_results(summary: dict[str, Any], command: str) -> None:
+    """The "Fuzz at scale" block of RESULTS.md, and the run's summary under benchmarks/data/."""
+    data = save_data("fuzz", summary["started"], summary)
+    body = (
+        f"## Fuzz at scale\n\nCommand: `{command}`, run {summary['started']} on commit "
+        f"{summary['commit']}; data: `{data.relative_to(ROOT)}`.\n\n{render(summary)}\n"
+    )
+    write_block(RESULTS, "fuzz", command, body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -921,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m benchmarks.fuzz " + " ".join(
             a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write"
         )
-        write_results(render(summary), command.strip())
+        write_results(summary, command.strip())
     return 1 if verdict(summary) else 0
 
 

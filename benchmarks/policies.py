@@ -1,13 +1,13 @@
 """Policy bundles of a given size, for the policy-count benchmarks.
 
-Each bundle is the example bundle (policies/, 11 policies) plus generated
+Each bundle is the example bundle (policies/) plus generated
 policies in the same style, up to the requested total. Two workloads:
 
 - *pinned* (`bundle_dir`): per-target-system permits for team workload
   groups, approval-guarded identity changes and conditional forbids, each
   pinned to one `sys-<k>` target system (four policies per system). None of
   them applies to the benchmarked request (a `grant_access` on `jira`), so
-  the index leaves the same 6 example policies to evaluate at any size: the
+  the index leaves the same example policies to evaluate at any size: the
   best case for the index, flat by construction.
 - *spread* (`spread_bundle_dir`): policies spread over the schema's actions,
   the workload groups and the target systems (the example ones and
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.procs import ROOT
+from sidecar.cedartext import split_policies
 
 EXAMPLE = ROOT / "policies"
 SENSITIVITY = ("low", "medium", "high", "critical")
@@ -69,7 +70,8 @@ def _generated(i: int) -> str:
     )
 
 
-EXAMPLE_COUNT = 11
+# How many policies the example bundle holds (counted, so the totals stay exact as it grows).
+EXAMPLE_COUNT = sum(len(split_policies(p.read_text())) for p in EXAMPLE.glob("*.cedar"))
 ACTIONS = (
     "create_account",
     "grant_access",
@@ -160,7 +162,7 @@ def spread_bundle_dir(total: int, applicable: int, work: Path) -> Path:
 
 
 def bundle_dir(total: int, work: Path) -> Path:
-    """A policy directory holding `total` policies (the 11 example ones included), every
+    """A policy directory holding `total` policies (the example ones included), every
     generated one pinned to a target system the benchmarked request does not name."""
     extra = max(0, total - EXAMPLE_COUNT)
     return _write(
