@@ -18,6 +18,7 @@ from sidecar.bundle import Bundle, load_bundle
 from sidecar.validate import Limits, request_from_proto
 from tests.helpers import BUSINESS_HOURS, POLICIES, running_sidecar
 
+
 def _candidates(bundle: Bundle, target: str) -> set[str]:
     request = request_from_proto(
         example_request(target=target, now=BUSINESS_HOURS), bundle, Limits(), now=BUSINESS_HOURS
