@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child)
         return 0
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    commit = machine.commit()  # the code measured: taken before the run, not after it
     load_before = os.getloadavg()[0]
     runs = []
     for size in args.sizes_mb:
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         record: dict[str, Any] = {
             "command": command.strip(),
             "started": started,
-            "commit": machine.commit(),
+            "commit": commit,
             "machine": machine.describe(),
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "loads": [r.to_json() for r in runs],

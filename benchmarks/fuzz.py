@@ -58,6 +58,7 @@ import cedarpy
 import grpc
 import grpc.aio
 
+from benchmarks import machine
 from benchmarks.results import save_data, write_block
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 
@@ -736,6 +737,7 @@ def _trail(audit: Path) -> tuple[Counter[str], dict[str, str]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     oracle = Oracle(Path(args.policies))
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    commit = machine.commit()  # the code measured: taken before the run
     with tempfile.TemporaryDirectory(prefix="stepguard-fuzz-") as tmp:
         server = Server(Path(tmp) / "audit.jsonl", Path(args.policies))
         server.start()
@@ -766,7 +768,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "started": started_at,
-        "commit": _commit(),
+        "commit": commit,
         "seed": args.seed,
         "clients": args.clients,
         "seconds": round(elapsed, 1),
@@ -796,22 +798,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_mib_before": round(rss_before / 1024, 1),
         "rss_mib_after": round(rss_after / 1024, 1),
     }
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
 
 
 def verdict(summary: dict[str, Any]) -> list[str]:
