@@ -32,7 +32,7 @@ from google.protobuf import timestamp_pb2
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.errors import InvalidRequest
-from sidecar.validate import check_long, check_text
+from sidecar.validate import check_long, check_text, member
 
 _SENSITIVITY = {
     "low": pb.SENSITIVITY_LOW,
@@ -94,7 +94,7 @@ def value_to_proto(value: Any, field: str, depth: int = 0) -> pb.Value:
         for name, item in value.items():
             check_text(name, field)
             out.record_value.fields[name].CopyFrom(
-                value_to_proto(item, f"{field}.{name}", depth + 1)
+                value_to_proto(item, member(field, name), depth + 1)
             )
     else:
         raise InvalidRequest(field, f"{type(value).__name__} is not a Cedar value")

@@ -274,6 +274,16 @@ def _check_agrees_with_store(
             )
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def member(field: str, name: str) -> str:
+    """The path of record member `name` under `field`: `.name` for a plain name, else
+    `[repr]`, so that a refusal names its field unambiguously and carries no control
+    character (a key may hold a newline; the message is printed and logged)."""
+    return f"{field}.{name}" if _PLAIN_NAME.fullmatch(name) else f"{field}[{name!r}]"
+
+
 def _value(msg: pb.Value, field: str, depth: int, limit: int | None = None) -> CedarJson:
     limit = depth if limit is None else limit
     if depth <= 0:
@@ -295,8 +305,8 @@ def _value(msg: pb.Value, field: str, depth: int, limit: int | None = None) -> C
         record: dict[str, CedarJson] = {}
         for name, v in sorted(fields.items()):
             if name in RESERVED_KEYS:
-                raise InvalidRequest(f"{field}.{name}", reserved_message(name))
-            record[name] = _value(v, f"{field}.{name}", depth - 1, limit)
+                raise InvalidRequest(member(field, name), reserved_message(name))
+            record[name] = _value(v, member(field, name), depth - 1, limit)
         return record
     if kind == "entity_value":
         return {"__entity": _uid(msg.entity_value, f"{field}.entity_value", None).to_json()}
@@ -559,7 +569,11 @@ class _Walker:
             target = child.fields_by_name["value"].message_type
             if value is None or target is None:
                 return None
-            segment = f".{key}" if desc is _VALUE_MAP else f"{_dot(path)}{fd.name}[{key!r}]"
+            segment = (
+                member(path, key)[len(path) :]
+                if desc is _VALUE_MAP
+                else f"{_dot(path)}{fd.name}[{key!r}]"
+            )
             return self.walk(value, target, path + segment, level)
         if desc is _VALUE and fd.name in ("record_value", "set_value"):
             segment = ""  # validation names the values inside, not these wrappers

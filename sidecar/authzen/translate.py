@@ -39,6 +39,7 @@ from sidecar.validate import (
     admitted_attributes,
     check_long,
     check_text,
+    member,
     reserved_message,
     unknown_entity_denial,
 )
@@ -435,9 +436,9 @@ class Mapper:
         for name, value in obj.items():
             check_text(name, field)
             if name in RESERVED_KEYS:  # data, never an escape (issue 16)
-                raise InvalidRequest(f"{field}.{name}", reserved_message(name))
+                raise InvalidRequest(member(field, name), reserved_message(name))
             if value is not None:
-                out[name] = self._plain_value(value, f"{field}.{name}", depth + 1)
+                out[name] = self._plain_value(value, member(field, name), depth + 1)
         return out
 
     def _plain_value(self, value: Any, field: str, depth: int) -> Any:
@@ -462,7 +463,7 @@ class Mapper:
             declared = record.attrs.get(name)
             if declared is None:
                 continue  # not in the schema: no policy can read it
-            kept = self._keep(value, declared, f"{field}.{name}", depth + 1)
+            kept = self._keep(value, declared, member(field, name), depth + 1)
             if kept is not _DROP:
                 out[name] = kept
         return out
@@ -498,8 +499,8 @@ class Mapper:
             for name, item in value.items():
                 check_text(name, field)
                 if name in RESERVED_KEYS and not escape:  # data, never an escape (issue 16)
-                    raise InvalidRequest(f"{field}.{name}", reserved_message(name))
-                self._check_depth(item, f"{field}.{name}", depth + 1)
+                    raise InvalidRequest(member(field, name), reserved_message(name))
+                self._check_depth(item, member(field, name), depth + 1)
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 self._check_depth(item, f"{field}[{i}]", depth + 1)
