@@ -332,11 +332,12 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     endpoints = sidecar.start()
     tune_gc_for_serving()
-    print(
-        json.dumps(_endpoints(endpoints)),
-        flush=True,
-        file=sys.stderr,
-    )
+    # The serving line: one JSON object on stdout, for scripts and harnesses (the
+    # ports asked as 0 are resolved in it). Logs stay on stderr. A trail on stdout
+    # (--audit-file -) owns stdout: every line there is a record, so the line goes
+    # to stderr then.
+    out = sys.stderr if settings.audit_file == "-" else sys.stdout
+    print(json.dumps(_endpoints(endpoints)), flush=True, file=out)
     done.wait()
     sidecar.stop()
     return EXIT_OK
