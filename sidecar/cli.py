@@ -210,6 +210,18 @@ def _parser(*, probe_only: bool = False) -> argparse.ArgumentParser:
         help="what a policy that errors does: deny (default: any error of a policy that "
         "could apply makes the answer DENY) or cedar (Cedar's semantics: it is skipped)",
     )
+    serve.add_argument(
+        "--fixed-clock",
+        metavar="RFC3339",
+        help="decide as if at this time, e.g. 2026-11-25T10:00:00Z (demonstrations and "
+        "tests only: needs --non-production; every decision event records it)",
+    )
+    serve.add_argument(
+        "--non-production",
+        action="store_true",
+        default=None,
+        help="allow settings no production sidecar may use (--fixed-clock)",
+    )
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
     serve.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR"
