@@ -82,8 +82,8 @@ def stepguard(audit: Path) -> Iterator[Server]:
         *("--listen", "127.0.0.1:0", "--authzen-listen", "127.0.0.1:0"),
         *("--metrics-listen", "off", "--audit-file", str(audit), "--log-level", "WARNING"),
     ]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stderr=log)
+    with log_path.open("w") as log:  # the serving line is on stdout, the log on stderr
+        proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         serving = _serving_line(log_path, proc)
         yield Server(proc.pid, serving["grpc"], serving["authzen"])

@@ -210,6 +210,18 @@ def _parser(*, probe_only: bool = False) -> argparse.ArgumentParser:
         help="what a policy that errors does: deny (default: any error of a policy that "
         "could apply makes the answer DENY) or cedar (Cedar's semantics: it is skipped)",
     )
+    serve.add_argument(
+        "--fixed-clock",
+        metavar="RFC3339",
+        help="decide as if at this time, e.g. 2026-11-25T10:00:00Z (demonstrations and "
+        "tests only: needs --non-production; every decision event records it)",
+    )
+    serve.add_argument(
+        "--non-production",
+        action="store_true",
+        default=None,
+        help="allow settings no production sidecar may use (--fixed-clock)",
+    )
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
     serve.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR"
@@ -332,11 +344,12 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     endpoints = sidecar.start()
     tune_gc_for_serving()
-    print(
-        json.dumps(_endpoints(endpoints)),
-        flush=True,
-        file=sys.stderr,
-    )
+    # The serving line: one JSON object on stdout, for scripts and harnesses (the
+    # ports asked as 0 are resolved in it). Logs stay on stderr. A trail on stdout
+    # (--audit-file -) owns stdout: every line there is a record, so the line goes
+    # to stderr then.
+    out = sys.stderr if settings.audit_file == "-" else sys.stdout
+    print(json.dumps(_endpoints(endpoints)), flush=True, file=out)
     done.wait()
     sidecar.stop()
     return EXIT_OK

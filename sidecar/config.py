@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,12 @@ class Settings:
     # "cedar" keeps Cedar's semantics, where the erroring policy is skipped
     # (so a forbid that errors lets a permit through).
     policy_errors: PolicyErrors = PolicyErrors.DENY
+    # For demonstrations and tests outside Python only (docs/deployment.md, "A
+    # fixed clock"): every request is decided as if at this time, whatever the
+    # real one. Refused unless non_production is true; while on, the start-up
+    # log warns and every decision event says so in its `note` (docs/audit.md).
+    fixed_clock: datetime | None = None
+    non_production: bool = False
 
     def __post_init__(self) -> None:
         if self.listen is None and self.socket is None:
@@ -159,6 +166,15 @@ class Settings:
         self._check_audit()
         self._check_tls()
         self._check_cache()
+        if self.fixed_clock is not None and not self.non_production:
+            raise ConfigError(
+                "fixed_clock: a fixed clock decides every request as if at one time (business "
+                "hours, approval ages and expiries stop moving), which no production sidecar "
+                "may do; for a demonstration or a test, also give --non-production "
+                "(non_production: true, STEPGUARD_NON_PRODUCTION=true)"
+            )
+        if self.fixed_clock is not None and self.fixed_clock.tzinfo is None:
+            raise ConfigError("fixed_clock: give a time with its UTC offset, e.g. ...Z")
 
     @property
     def authzen_http(self) -> HttpLimits:
@@ -285,6 +301,23 @@ def _flag(name: str, value: Any) -> bool:
     raise ConfigError(f"{name}: {value!r} is not a boolean (true or false)")
 
 
+def _rfc3339(name: str, value: Any) -> datetime:
+    """An RFC 3339 time with its offset (YAML may have parsed it already: naive means UTC)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    text = str(value).strip()
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        parsed = None
+    if parsed is None or "T" not in text.upper() or parsed.tzinfo is None:
+        raise ConfigError(
+            f"{name}: {text!r} is not an RFC 3339 time with an offset "
+            "(for example 2026-11-25T10:00:00Z)"
+        )
+    return parsed
+
+
 def _typed(raw: Mapping[str, Any]) -> Settings:
     known = {f.name for f in dataclasses.fields(Settings)} | _LIMIT_KEYS
     unknown = sorted(set(raw) - known)
@@ -313,6 +346,10 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
             elif key == "audit_redact":
                 items = value.split(",") if isinstance(value, str) else list(value)
                 kwargs[key] = tuple(str(v).strip() for v in items if str(v).strip())
+            elif key == "fixed_clock":
+                kwargs[key] = None if str(value).lower() in _OFF else _rfc3339(key, value)
+            elif key == "non_production":
+                kwargs[key] = _flag(key, value)
             elif key == "policy_errors":
                 kwargs[key] = (
                     value if isinstance(value, PolicyErrors) else PolicyErrors.parse(str(value))

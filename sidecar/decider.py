@@ -96,8 +96,12 @@ class Decider:
         cache: DecisionCache | None = None,
         now_granularity_ms: int = 1,
         policy_errors: PolicyErrors = PolicyErrors.DENY,
+        audit_note: str = "",
     ) -> None:
         self._sink = sink
+        # In every decision event's `note` (a fixed clock says so); cache hits
+        # carry it through the template they are stamped from.
+        self._audit_note = audit_note
         # What an erroring policy does (engine.evaluate). Fixed for the life of
         # the decider, like its cache: a cached decision was made under it.
         self._policy_errors = policy_errors
@@ -387,6 +391,7 @@ class Decider:
             meta,
             cached=cached,
             latency_s=time.perf_counter() - started,
+            audit_note=self._audit_note,
             redactor=self._redactor,
         )
 

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.aioserver import AioServer
+from sidecar.audit.event import timestamp
 from sidecar.audit.setup import open_trail
 from sidecar.audit.sink import AuditSink
 from sidecar.authzen import AuthzenServer, build_server
@@ -36,6 +37,8 @@ from sidecar.tls import CertificateReloader, TlsFiles
 from sidecar.watch import PolicyWatcher, ReloadStatus
 
 log = logging.getLogger(__name__)
+# The start of the `note` of every decision event made under --fixed-clock.
+FIXED_CLOCK_NOTE = "non-production: fixed clock"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
 # gRPC health of the policy files under --watch: NOT_SERVING while a change is
 # refused (the last good bundle keeps serving; SERVICE_NAME stays SERVING).
@@ -66,6 +69,12 @@ def tune_gc_for_serving() -> None:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def fixed_clock(at: datetime) -> tuple[Callable[[], datetime], str]:
+    """A clock that always reads `at`, and the note every decision event then carries."""
+    at = at.astimezone(UTC)
+    return (lambda: at), f"{FIXED_CLOCK_NOTE} {timestamp(at)}"
 
 
 def decision_cache(settings: Settings) -> DecisionCache | None:
@@ -114,10 +123,20 @@ class Sidecar:
         bundle = self.holder.current()
         self.metrics.set_bundle(bundle.revision, bundle.policy_count)
         self.sink, redactor = open_trail(settings, sink)
+        note = ""
+        if settings.fixed_clock is not None:  # non-production only (config.py refuses it else)
+            clock, note = fixed_clock(settings.fixed_clock)
+            log.warning(
+                "NON-PRODUCTION: the clock is fixed at %s: every request is decided as if "
+                "then, and every decision event records it (note: %r)",
+                settings.fixed_clock.isoformat(),
+                note,
+            )
         self.decider = Decider(
             self.sink,
             self.metrics,
             clock,
+            audit_note=note,
             bind_workload_identity=settings.bind_workload_identity,
             redactor=redactor,
             cache=decision_cache(settings),

@@ -117,29 +117,41 @@ class ServeProcess:
         return self.proc.wait(timeout=30)
 
 
+def first_line(stream: IO[str], timeout_s: float = 60.0) -> str:
+    """The first line from a child's pipe; "" when none comes in time (a test must not hang)."""
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        return stream.readline() if sel.select(timeout_s) else ""
+
+
 @contextmanager
 def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
-    """Start `stepguard serve ARGS`, wait for its `serving` line, kill it if still up at the end."""
+    """Start `stepguard serve ARGS`, wait for its `serving` line, kill it if still up at the end.
+
+    The serving line is the first line on stdout (logs are on stderr), unless the
+    trail is on stdout (`--audit-file -`): not supported here.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar.cli", "serve", *args],
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
     try:
-        assert proc.stderr is not None
-        serving: dict[str, Any] = {}
-        for line in proc.stderr:
-            if line.startswith("{"):
-                serving = json.loads(line)
-                break
+        assert proc.stdout is not None
+        first = first_line(proc.stdout)
+        serving: dict[str, Any] = json.loads(first) if first.startswith("{") else {}
         assert serving.get("event") == "serving", (
-            f"stepguard serve did not start (exit {proc.poll()})"
+            f"stepguard serve did not start (exit {proc.poll()}): stdout {first!r}"
         )
         yield ServeProcess(proc, serving)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

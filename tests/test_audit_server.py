@@ -108,7 +108,8 @@ def serve(
 ) -> Iterator[Served]:
     """`stepguard serve` on 127.0.0.1:0; its log goes to a file (no pipe to fill up)."""
     log = tmp / f"{name}.log"
-    with log.open("wb") as out:
+    said = tmp / f"{name}.stdout"  # the serving line (logs are on stderr)
+    with log.open("wb") as out, said.open("wb") as stdout:
         proc = subprocess.Popen(
             [
                 *STEPGUARD,
@@ -122,11 +123,11 @@ def serve(
                 *extra,
             ],
             stderr=out,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             preexec_fn=preexec_fn,  # only setrlimit and signal, before exec
         )
     try:
-        serving = wait_serving(proc, log)
+        serving = wait_serving(proc, said, log)
         yield Served(proc, serving["grpc"], serving.get("metrics"), log)
     finally:
         if proc.poll() is None:
@@ -134,10 +135,11 @@ def serve(
         proc.wait(timeout=30)
 
 
-def wait_serving(proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
+def wait_serving(proc: subprocess.Popen[bytes], stdout: Path, log: Path) -> dict[str, Any]:
+    """The serving line `stepguard serve` prints on stdout once it listens."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        for line in log.read_text(errors="replace").splitlines():
+        for line in stdout.read_text(errors="replace").splitlines():
             if line.startswith('{"event": "serving"'):
                 loaded: dict[str, Any] = json.loads(line)
                 return loaded

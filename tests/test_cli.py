@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import POLICIES, grant_request, notify_request, serve_process
+from tests.helpers import POLICIES, first_line, grant_request, notify_request, serve_process
 
 STEPGUARD = [sys.executable, "-m", "sidecar.cli"]
 
@@ -206,3 +207,67 @@ def test_serve_starts_beside_the_clients_address_variable(tmp_path: Path) -> Non
         timeout=60,
     )
     assert done.returncode == 1 and "unknown setting(s): adress" in done.stderr
+
+
+def test_serve_says_where_it_serves_on_stdout_and_logs_on_stderr(tmp_path: Path) -> None:
+    """Issue 22 point 12: one JSON line on stdout (ports asked as 0 resolved), logs on stderr."""
+    from sidecar.client import StepguardClient
+
+    with subprocess.Popen(
+        [
+            *STEPGUARD,
+            *("serve", "--policies", str(POLICIES), "--listen", "127.0.0.1:0"),
+            *("--socket", "off", "--metrics-listen", "127.0.0.1:0"),
+            *("--audit-file", str(tmp_path / "audit.jsonl")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = first_line(proc.stdout)
+            assert line, "no serving line on stdout"
+            serving = json.loads(line)
+            assert serving["event"] == "serving"
+            host, port = serving["grpc"].rsplit(":", 1)
+            assert host == "127.0.0.1" and int(port) > 0
+            assert int(serving["metrics"].rsplit(":", 1)[1]) > 0
+            with StepguardClient(serving["grpc"]) as client:
+                assert client.authorize(notify_request()).allowed
+            proc.send_signal(signal.SIGTERM)
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0
+    assert stdout == ""  # nothing but the one line
+    assert "stepguard serving policies" in stderr and '"event"' not in stderr
+
+
+def test_serve_with_the_trail_on_stdout_says_it_on_stderr(tmp_path: Path) -> None:
+    """With --audit-file - every stdout line is a trail record: the serving line goes to stderr."""
+    with subprocess.Popen(
+        [
+            *STEPGUARD,
+            *("serve", "--policies", str(POLICIES), "--listen", "127.0.0.1:0"),
+            *("--socket", "off", "--metrics-listen", "off", "--audit-file", "-"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            serving = next(json.loads(x) for x in proc.stderr if x.startswith("{"))
+            assert serving["event"] == "serving" and serving["grpc"].startswith("127.0.0.1:")
+            proc.send_signal(signal.SIGTERM)
+            stdout, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0
+    records = [json.loads(x) for x in stdout.splitlines()]
+    assert records and all("kind" in r for r in records)

@@ -30,14 +30,14 @@ def test_serve_takes_paths_relative_to_the_callers_directory(tmp_path: Path) -> 
             "off",
         ],
         cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
-        assert proc.stderr is not None
+        assert proc.stdout is not None
         serving: dict[str, str] = {}
-        for line in proc.stderr:
+        for line in proc.stdout:  # the serving line is on stdout, logs on stderr
             if line.startswith("{") and json.loads(line).get("event") == "serving":
                 serving = json.loads(line)
                 break
@@ -51,8 +51,8 @@ def test_serve_takes_paths_relative_to_the_callers_directory(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
     # the trail went where the caller said, not into the repository
     trail = tmp_path / "trail" / "audit.jsonl"
     assert decision.decision_id in trail.read_text()

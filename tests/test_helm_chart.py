@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def render(
     values = values_for(*files, overrides=overrides)
     with helm_python.Config(storage_driver="memory", namespace=NAMESPACE) as cfg:
         release: dict[str, Any] = cfg.install(chart, RELEASE, values, dry_run="client")
-    manifest = str(release["manifest"])
+    manifest = str(release.get("manifest", ""))  # absent when nothing renders
     documents = [doc for doc in yaml.safe_load_all(manifest) if doc]
     return Rendered(manifest, str(release.get("notes", "")), documents)
 
@@ -1071,3 +1072,80 @@ def stepguard_pod_labels(docs: list[Manifest]) -> dict[str, str]:
             labels: dict[str, str] = template["metadata"]["labels"]
             return labels
     raise AssertionError("no pod runs stepguard")
+
+
+# --------------------------------------------------------------------------- documented install
+
+
+def _install_commands() -> tuple[str, list[list[str]]]:
+    """docs/deployment.md's "Installing the chart": its text and its shell commands, split."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    section = text.split("\n## Installing the chart\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip():
+                commands.append(shlex.split(line))
+    return section, commands
+
+
+def _helm_set(values: dict[str, Any], key: str, value: str) -> None:
+    """`helm --set key=value`: dots nest (an escaped dot does not)."""
+    *parents, last = [k.replace("\\.", ".") for k in re.split(r"(?<!\\)\.", key)]
+    for name in parents:
+        values = values.setdefault(name, {})
+    values[last] = value
+
+
+def test_the_documented_install_ships_the_policy_directory_as_a_configmap(
+    tmp_path: Path,
+) -> None:
+    """Issue 22 point 9: the commands in docs/deployment.md, as printed, give the sidecar the
+    repository's policy directory (kubectl emulated: one key per regular file at its top)."""
+    from sidecar.bundle import load_bundle
+
+    section, commands = _install_commands()
+    assert "`helm` command line" in section and "installed" in section  # helm is a prerequisite
+    create = next(c for c in commands if c[:3] == ["kubectl", "create", "configmap"])
+    helm = next(c for c in commands if c[:2] == ["helm", "install"])
+    name = create[3]
+    assert create[create.index("-n") + 1] == helm[helm.index("-n") + 1] == NAMESPACE
+    (source,) = [a.split("=", 1)[1] for a in create if a.startswith("--from-file=")]
+    directory = ROOT / source
+    assert directory.is_dir(), f"{source} does not exist"
+
+    # What `kubectl create configmap --from-file=DIR` puts in the ConfigMap, and the pod sees.
+    data = {p.name: p.read_text() for p in sorted(directory.iterdir()) if p.is_file()}
+    assert all(re.fullmatch(r"[-._a-zA-Z0-9]+", key) for key in data), sorted(data)
+    assert sum(len(v.encode()) for v in data.values()) < 1024 * 1024  # a ConfigMap's limit
+    mounted = tmp_path / "policies"
+    mounted.mkdir()
+    for key, text in data.items():
+        (mounted / key).write_text(text)
+    assert load_bundle(mounted).revision == load_bundle(directory).revision
+
+    # The helm command, with its --set values, through Helm's engine.
+    assert (ROOT / helm[3]).resolve() == CHART
+    assert not any(a.startswith("--set-file") for a in helm)
+    overrides: dict[str, Any] = {}
+    for i, arg in enumerate(helm):
+        if arg == "--set":
+            _helm_set(overrides, *helm[i + 1].split("=", 1))
+    assert overrides["policies"] == {"source": "existingConfigMap", "existingConfigMap": name}
+    docs = render(overrides=overrides).documents
+    assert all(d["kind"] != "ConfigMap" for d in docs)  # the chart makes no policies of its own
+    shown = render(overrides=merge_values(overrides, {"exampleWorker": {"enabled": True}}))
+    pod = stepguard_pod(shown.documents)
+    assert volume(pod, "stepguard-policies")["configMap"]["name"] == name
+    ctr = container(pod, "stepguard")
+    assert ctr["image"].startswith(overrides["image"]["repository"] + ":")
+    assert flag(ctr["args"], "--policies") == [mount(ctr, "stepguard-policies")["mountPath"]]
+
+
+def test_every_file_the_deployment_docs_hand_to_helm_or_kubectl_exists() -> None:
+    """A documented `--set-file key=PATH` or `--from-file=PATH` names a file in the repository."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    paths = re.findall(r"--(?:set-file [^=\s]+=|from-file[= ](?:[^=\s]+=)?)([^\s`\\]+)", text)
+    assert paths, "the docs hand no file to helm or kubectl"
+    missing = [p for p in paths if not (ROOT / p).exists() and not p.startswith("<")]
+    assert missing == []

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.audit.chain import load_key
-from sidecar.audit.query import EntityFilter, Query, parse_time, row, run_query, table
+from sidecar.audit.query import (
+    EntityFilter,
+    Query,
+    csv_text,
+    parse_time,
+    row,
+    run_query,
+    table,
+)
 from sidecar.audit.verify import EXIT_ERROR, EXIT_OK, Report, collect, verify
 from sidecar.errors import StepguardError
 from sidecar.textsafe import escape, json_text
@@ -53,15 +61,34 @@ def register(subparsers: Any) -> None:
     q.add_argument("--until", help="RFC 3339 time (exclusive)")
     q.add_argument("--id", action="append", default=[], help="decision id")
     q.add_argument(
+        "--requester",
+        action="append",
+        default=[],
+        help='context.requester: Type::"id" or id pattern',
+    )
+    q.add_argument(
+        "--approver",
+        action="append",
+        default=[],
+        help='context.approval.approver: Type::"id" or id pattern',
+    )
+    q.add_argument(
+        "--ticket", action="append", default=[], help="context.approval.ticket (pattern)"
+    )
+    q.add_argument(
         "--all-kinds",
         action="store_true",
         help="also show segment, recovery, outage and shutdown records",
     )
     q.add_argument(
         "--format",
-        choices=("table", "json"),
+        choices=("table", "json", "csv"),
         default="table",
-        help="table (default; data escaped for the terminal) or json (one record a line, exact)",
+        help="table (default; data escaped for the terminal), json (one record a line, "
+        "exact) or csv (RFC 4180, escaped like the table, formulas made inert)",
+    )
+    q.add_argument(
+        "--csv", dest="format", action="store_const", const="csv", help="same as --format csv"
     )
     q.add_argument("--verify", action="store_true", help="refuse to answer from a broken trail")
     q.add_argument("--key-file", type=Path, help="HMAC key for --verify")
@@ -166,8 +193,16 @@ def _query(args: argparse.Namespace) -> int:
         until=parse_time(args.until, "--until") if args.until else None,
         ids=tuple(args.id),
         kinds=() if args.all_kinds else ("decision",),
+        requesters=tuple(EntityFilter.parse(r) for r in args.requester),
+        approvers=tuple(EntityFilter.parse(a) for a in args.approver),
+        tickets=tuple(args.ticket),
     )
     found = run_query(trails, query)
+    if args.format == "csv":
+        for chunk in csv_text(found):
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
+        return EXIT_OK
     if args.format == "json":
         for event in found:
             event.pop("_at", None)

@@ -9,14 +9,22 @@ order, which is decision order. Typical questions:
         --decision ALLOW --action grant_access --action revoke_access
     # everything run 42 of the onboarding workflow asked, as JSON lines
     stepguard audit query audit.jsonl --workflow onboarding --run 42 --format json
+    # what did ines approve, under which tickets, for a spreadsheet?
+    stepguard audit query audit.jsonl --approver 'User::"ines"' --csv > approved.csv
+
+Requester, approver and ticket are read from the decision's recorded context
+(`context.requester`, `context.approval.approver`, `context.approval.ticket`):
+what the caller sent, after redaction.
 """
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import io
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +35,23 @@ from sidecar.errors import StepguardError
 from sidecar.textsafe import escape
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
-COLUMNS = ("time", "decision", "principal", "action", "resource", "why", "workflow/run/step", "id")
+# The table's columns; CSV splits workflow/run/step into three (CSV_COLUMNS).
+COLUMNS = (
+    "time",
+    "decision",
+    "principal",
+    "action",
+    "resource",
+    "requester",
+    "approver",
+    "ticket",
+    "why",
+    "workflow/run/step",
+    "id",
+)
+CSV_COLUMNS = (*COLUMNS[:-2], "workflow", "run", "step", "id")
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +67,9 @@ class EntityFilter:
         return cls(None, text)
 
     def matches(self, uid: Any) -> bool:
+        uid = _entity(uid)
+        if isinstance(uid, str):  # a context value recorded as a plain string
+            return self.type is None and fnmatch.fnmatchcase(uid, self.pattern)
         if not isinstance(uid, dict):
             return False
         if self.type is not None:
@@ -63,6 +90,9 @@ class Query:
     until: datetime | None = None
     ids: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ("decision",)
+    requesters: tuple[EntityFilter, ...] = ()
+    approvers: tuple[EntityFilter, ...] = ()
+    tickets: tuple[str, ...] = ()  # exact, or patterns with shell wildcards
 
     def matches(self, event: dict[str, Any]) -> bool:
         if self.kinds and event.get("kind") not in self.kinds:
@@ -83,6 +113,24 @@ class Query:
         if self.actions:
             action = event.get("action") or {}
             if not any(_action_matches(action, a) for a in self.actions):
+                return False
+        if self.requesters or self.approvers or self.tickets:
+            ctx = event.get("context")
+            ctx = ctx if isinstance(ctx, dict) else {}
+            approval = ctx.get("approval")
+            approval = approval if isinstance(approval, dict) else {}
+            if self.requesters and not any(
+                f.matches(ctx.get("requester")) for f in self.requesters
+            ):
+                return False
+            approver = approval.get("approver")
+            if self.approvers and not any(f.matches(approver) for f in self.approvers):
+                return False
+            ticket = approval.get("ticket")
+            if self.tickets and not (
+                isinstance(ticket, str)
+                and any(fnmatch.fnmatchcase(ticket, t) for t in self.tickets)
+            ):
                 return False
         if self.since or self.until:
             at = parse_time(str(event.get("time", "")), "time")
@@ -131,6 +179,13 @@ def run_query(trails: Sequence[Trail], query: Query) -> Iterator[dict[str, Any]]
     return (e for e in events(trails) if query.matches(e))
 
 
+def _entity(value: Any) -> Any:
+    """A Cedar JSON entity reference (`{"__entity": {...}}`) as its uid; else the value."""
+    if isinstance(value, dict) and isinstance(value.get("__entity"), dict):
+        return value["__entity"]
+    return value
+
+
 def _uid(value: Any) -> str:
     if isinstance(value, dict) and "type" in value:
         escaped = str(value.get("id", "")).replace("\\", "\\\\").replace('"', '\\"')
@@ -138,20 +193,34 @@ def _uid(value: Any) -> str:
     return ""
 
 
-def row(event: dict[str, Any]) -> tuple[str, ...]:
+def _context_cell(value: Any) -> str:
+    """A context value as a cell: an entity as `Type::"id"`, a string as itself, else JSON."""
+    value = _entity(value)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "type" in value and "id" in value:
+        return _uid(value)
+    return json.dumps(value, sort_keys=True)
+
+
+def fields(event: dict[str, Any]) -> tuple[str, ...]:
+    """One record's cells, in CSV_COLUMNS order (raw: the outputs escape them)."""
     if event.get("kind") != "decision":
         detail = {
             k: v
             for k, v in event.items()
             if k not in ("schema", "kind", "id", "time", "seq", "prev", "hash", "_at")
         }
+        blank = ("",) * 6
         return (
             str(event.get("time", "")),
             str(event.get("kind", "")).upper(),
-            "",
-            "",
-            "",
+            *blank,
             json.dumps(detail, sort_keys=True),
+            "",
+            "",
             "",
             str(event.get("id", "")),
         )
@@ -159,17 +228,53 @@ def row(event: dict[str, Any]) -> tuple[str, ...]:
     why = policies or str(event.get("reason", ""))
     if event.get("cached"):
         why += " (cached)"
-    where = "/".join(str(event.get(k) or "-") for k in ("workflow_id", "run_id", "step_id"))
+    ctx = event.get("context")
+    ctx = ctx if isinstance(ctx, dict) else {}
+    approval = ctx.get("approval")
+    approval = approval if isinstance(approval, dict) else {}
     return (
         str(event.get("time", "")),
         str(event.get("decision", "")),
         _uid(event.get("principal")),
         str((event.get("action") or {}).get("id", "")),
         _uid(event.get("resource")),
+        _context_cell(ctx.get("requester")),
+        _context_cell(approval.get("approver")),
+        _context_cell(approval.get("ticket")),
         why,
-        where,
+        *(str(event.get(k) or "") for k in ("workflow_id", "run_id", "step_id")),
         str(event.get("id", "")),
     )
+
+
+def row(event: dict[str, Any]) -> tuple[str, ...]:
+    """One record's table cells (COLUMNS): workflow, run and step in one, `-` for none."""
+    cells = fields(event)
+    if event.get("kind") != "decision":
+        return (*cells[:9], "", cells[-1])
+    where = "/".join(c or "-" for c in cells[9:12])
+    return (*cells[:9], where, cells[-1])
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text: escaped (textsafe) like the table, and a
+    leading = + - @ made inert with a `'`, as OWASP advises against CSV injection."""
+    cell = escape(cell)
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+
+
+def csv_text(records: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """RFC 4180 CSV (CRLF line ends, quoting as needed): a header, then one line a record."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for event in records:
+        writer.writerow([spreadsheet_safe(c) for c in fields(event)])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.tell():  # no records: the header alone
+        yield buffer.getvalue()
 
 
 def table(rows: Sequence[tuple[str, ...]]) -> str:
