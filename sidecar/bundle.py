@@ -40,7 +40,7 @@ from sidecar.bundlefiles import (
     sha256,
     visible_files,
 )
-from sidecar.cedartext import Span, schema_entity_types, split_policies
+from sidecar.cedartext import Span, schema_entity_types, schema_member_of, split_policies
 from sidecar.errors import BundleError
 from sidecar.index import WHOLE_CONTEXT, PolicyIndex, context_reads
 from sidecar.limits import (
@@ -361,39 +361,6 @@ def _declares_attribute(schema: cedarpy.Schema, entity_type: str, attr: str) -> 
     text = f"permit (principal, action, resource) when {{ {read} == {read} }};"
     result = cedarpy.validate_policies(text, schema)
     return not any("not found" in str(e.error) for e in result.errors)
-
-
-_MEMBER_OF = re.compile(r"^\s*entity\s+([A-Za-z_]\w*)\s+in\s+\[([^\]]*)\]")
-_NAMESPACE_LINE = re.compile(r"^namespace\s+([A-Za-z_][\w:]*)\s*\{\s*$")
-
-
-def schema_member_of(rendered_schema: str) -> dict[str, frozenset[str]]:
-    """Entity type -> the types its entities may be in, from cedarpy's normalized rendering
-    (one `entity Name in [A, B] ...` per line, names qualified within a namespace)."""
-    types = schema_entity_types(rendered_schema)
-    out: dict[str, frozenset[str]] = {}
-    namespace = ""
-    for line in rendered_schema.splitlines():
-        m = _NAMESPACE_LINE.match(line)
-        if m:
-            namespace = m.group(1)
-            continue
-        if line.startswith("}"):
-            namespace = ""
-            continue
-        m = _MEMBER_OF.match(line)
-        if not m:
-            continue
-        names = [p.strip() for p in m.group(2).split(",") if p.strip()]
-        parents = frozenset(_qualified(namespace, n, types) for n in names)
-        out[_qualified(namespace, m.group(1), types)] = parents
-    return out
-
-
-def _qualified(namespace: str, name: str, types: frozenset[str]) -> str:
-    """`name` as written inside `namespace`: the namespace's own type if it declares it."""
-    local = f"{namespace}::{name}" if namespace else name
-    return local if local in types else name
 
 
 def _json_document(src: Source) -> Any:

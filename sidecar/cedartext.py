@@ -9,6 +9,7 @@ only appear inside string literals and comments.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -60,28 +61,53 @@ def split_policies(text: str) -> list[Span]:
 
 _NAMESPACE = re.compile(r"^namespace\s+([A-Za-z_][\w:]*)\s*\{\s*$")
 _ENTITY = re.compile(r"^\s*entity\s+([A-Za-z_]\w*)\b")
+_MEMBER_OF = re.compile(r"^\s*entity\s+([A-Za-z_]\w*)\s+in\s+\[([^\]]*)\]")
 
 
-def schema_entity_types(rendered_schema: str) -> frozenset[str]:
-    """Entity type names declared by a schema in cedarpy's normalized rendering.
+def _schema_lines(rendered_schema: str) -> Iterator[tuple[str, str]]:
+    """(namespace, line) for each declaration line of cedarpy's normalized rendering.
 
-    `str(cedarpy.Schema)` prints one `entity Name ...` declaration per line
-    inside `namespace X { ... }` blocks, which makes a line scan reliable.
+    `str(cedarpy.Schema)` prints one declaration per line inside
+    `namespace X { ... }` blocks, which makes a line scan reliable.
     """
-    types: set[str] = set()
     namespace = ""
     for line in rendered_schema.splitlines():
         m = _NAMESPACE.match(line)
         if m:
             namespace = m.group(1)
-            continue
-        if line.startswith("}"):
+        elif line.startswith("}"):
             namespace = ""
-            continue
-        m = _ENTITY.match(line)
+        else:
+            yield namespace, line
+
+
+def schema_entity_types(rendered_schema: str) -> frozenset[str]:
+    """Entity type names declared by a schema in cedarpy's normalized rendering."""
+    return frozenset(
+        f"{namespace}::{m.group(1)}" if namespace else m.group(1)
+        for namespace, line in _schema_lines(rendered_schema)
+        if (m := _ENTITY.match(line))
+    )
+
+
+def schema_member_of(rendered_schema: str) -> dict[str, frozenset[str]]:
+    """Entity type -> the types its entities may be in (`entity Name in [A, B] ...`),
+    names qualified within their namespace."""
+    types = schema_entity_types(rendered_schema)
+
+    def qualified(namespace: str, name: str) -> str:
+        local = f"{namespace}::{name}" if namespace else name
+        return local if local in types else name
+
+    out: dict[str, frozenset[str]] = {}
+    for namespace, line in _schema_lines(rendered_schema):
+        m = _MEMBER_OF.match(line)
         if m:
-            types.add(f"{namespace}::{m.group(1)}" if namespace else m.group(1))
-    return frozenset(types)
+            names = [p.strip() for p in m.group(2).split(",") if p.strip()]
+            out[qualified(namespace, m.group(1))] = frozenset(
+                qualified(namespace, n) for n in names
+            )
+    return out
 
 
 # --- where things are inside one policy ---------------------------------------
