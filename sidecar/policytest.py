@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,7 @@ from sidecar.exitcodes import EXIT_COVERAGE, EXIT_EMPTY, EXIT_FAILED, EXIT_INVAL
 from sidecar.explain import explain
 from sidecar.jsonreq import request_from_json
 from sidecar.model import AuthzRequest, Decision, PolicyErrors, Result
+from sidecar.progress import Progress
 from sidecar.textsafe import escape, escape_lines
 from sidecar.validate import Limits, request_from_proto
 
@@ -194,10 +196,13 @@ class Runner:
 
     def run(self, paths: Sequence[Path]) -> Report:
         suites: list[SuiteResult] = []
-        for path, kind in discover(paths):
-            suite = self._run_yaml(path) if kind == "yaml" else self._run_cedar(path)
-            if suite is not None:
-                suites.append(suite)
+        found = list(discover(paths))
+        with Progress("test", total=len(found), unit="suites") as progress:  # a terminal only
+            for path, kind in found:
+                suite = self._run_yaml(path) if kind == "yaml" else self._run_cedar(path)
+                if suite is not None:
+                    suites.append(suite)
+                progress.advance()
         coverage = [self._coverage[k] for k in sorted(self._coverage)]
         return Report(suites, coverage, self.policy_errors, self._warnings())
 
@@ -212,6 +217,10 @@ class Runner:
             for warning in check_warnings(directory, bundle):
                 found.append(replace(warning, file=_display(directory / warning.file)))
         return found
+
+    def directories(self) -> list[Path]:
+        """The policy directories the suites ran against (what `--watch` watches)."""
+        return sorted({directory for directory, _ in self._bundles})
 
     def selected(self, suite: str, case: str) -> bool:
         return self.case_filter is None or bool(self.case_filter.search(f"{suite}: {case}"))
@@ -1135,10 +1144,93 @@ def register(sub: Any) -> None:
         "semantics: the erroring policy is skipped)",
     )
     cmd.add_argument("-v", "--verbose", action="store_true", help="list every suite and case")
+    cmd.add_argument(
+        "--watch",
+        action="store_true",
+        help="run again whenever the policies, entities or suites change (Ctrl-C stops: exit 0)",
+    )
+    cmd.add_argument(
+        "--watch-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="--watch: poll period in seconds (default 1)",
+    )
+    cmd.add_argument(
+        "--watch-rounds",
+        type=int,
+        metavar="N",
+        help="--watch: stop after N runs with the last run's exit code (for scripts and tests)",
+    )
     cmd.set_defaults(run=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if getattr(args, "watch", False):
+        return watch_command(args)
+    return _run_once(args)[0]
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    """Run, then run again each time the watched files change; Ctrl-C ends it with 0.
+
+    Watched: the directories of the given paths (suites and their fixtures) and
+    every policy directory a suite ran against, fingerprinted as the sidecar's
+    hot reload does (`watch.fingerprint`: names and contents, through symlinks).
+    Like hot reload, a change is acted on once it has held still for one
+    interval, so a half-saved file is not run.
+    """
+    from sidecar.watch import fingerprint
+
+    interval = max(0.01, float(args.watch_interval))
+    rounds: int | None = args.watch_rounds
+    runs = 0
+
+    def snapshot(directories: Sequence[Path]) -> dict[Path, str]:
+        return {d: fingerprint(d) for d in directories}
+
+    directories = _watched(args, None)
+    try:
+        while True:
+            # Taken before the run, so a change made while it runs is seen afterwards.
+            before = snapshot(directories)
+            code, runner = _run_once(args)
+            runs += 1
+            directories = _watched(args, runner)
+            seen = {d: before.get(d) or fingerprint(d) for d in directories}
+            if rounds is not None and runs >= rounds:
+                return code
+            print(
+                f"watching {len(directories)} director{'y' if len(directories) == 1 else 'ies'} "
+                "for changes (Ctrl-C stops)",
+                file=sys.stderr,
+                flush=True,
+            )
+            while True:
+                time.sleep(interval)
+                changed = snapshot(directories)
+                if changed == seen:
+                    continue
+                time.sleep(interval)
+                if snapshot(directories) == changed:  # held still: run it
+                    break
+            print("\nchanged: running the suites again\n", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _watched(args: argparse.Namespace, runner: Runner | None) -> list[Path]:
+    """The given paths' directories, and the policy directories the suites ran against."""
+    paths: list[Path] = list(args.paths or [Path("policies")])
+    found = {(p if p.is_dir() else p.parent).resolve() for p in paths}
+    if runner is not None:
+        found.update(runner.directories())
+    if args.policies is not None:
+        found.add(args.policies.resolve())
+    return sorted(found)
+
+
+def _run_once(args: argparse.Namespace) -> tuple[int, Runner]:
     pattern = None
     if args.filter:
         try:
@@ -1170,8 +1262,9 @@ def run_command(args: argparse.Namespace) -> int:
         args.output.write_text(text + "\n", encoding="utf-8")
         print(summary_line(report), file=sys.stderr)
     else:
-        print(text)
-    return exit_code(report, args.fail_on_empty, args.coverage_min, args.clause_coverage_min)
+        print(text, flush=True)
+    code = exit_code(report, args.fail_on_empty, args.coverage_min, args.clause_coverage_min)
+    return code, runner
 
 
 def exit_code(
