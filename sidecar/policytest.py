@@ -152,6 +152,21 @@ class SuiteResult:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class InvalidPolicies:
+    """A policy directory that does not load, and why (reported once, not per suite)."""
+
+    directory: str
+    problems: tuple[Problem, ...]
+
+    def render(self) -> str:
+        head = f"policies in {escape(self.directory)} do not load:"
+        return "\n".join([head, *(p.render() for p in self.problems)])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"directory": self.directory, "problems": [p.to_json() for p in self.problems]}
+
+
 @dataclass(slots=True)
 class Report:
     suites: list[SuiteResult]
@@ -160,6 +175,8 @@ class Report:
     policy_errors: PolicyErrors = PolicyErrors.DENY
     # With coverage: reads that can error at run time (sidecar/failopen.py), as validate warns.
     warnings: list[Problem] = field(default_factory=list)
+    # Policy directories that do not load: each once, with validate's located problems.
+    invalid: list[InvalidPolicies] = field(default_factory=list)
 
     @property
     def cases(self) -> int:
@@ -193,6 +210,7 @@ class Runner:
     policy_errors: PolicyErrors = PolicyErrors.DENY
     _bundles: dict[tuple[Path, Source | None], Bundle | BundleError] = field(default_factory=dict)
     _coverage: dict[str, Coverage] = field(default_factory=dict)
+    _invalid: dict[str, InvalidPolicies] = field(default_factory=dict)
 
     def run(self, paths: Sequence[Path]) -> Report:
         suites: list[SuiteResult] = []
@@ -204,7 +222,21 @@ class Runner:
                     suites.append(suite)
                 progress.advance()
         coverage = [self._coverage[k] for k in sorted(self._coverage)]
-        return Report(suites, coverage, self.policy_errors, self._warnings())
+        report = Report(suites, coverage, self.policy_errors, self._warnings())
+        report.invalid = [self._invalid[k] for k in sorted(self._invalid)]
+        return report
+
+    def _invalid_policies(self, directory: Path) -> InvalidPolicies:
+        """Where `directory` fails to load, located as `validate` locates it (once per run)."""
+        from sidecar.diagnose import check_directory
+
+        key = str(directory)
+        if key not in self._invalid:
+            _, problems = check_directory(directory)
+            self._invalid[key] = InvalidPolicies(
+                _display(directory), tuple(_shown_from(directory, p) for p in problems)
+            )
+        return self._invalid[key]
 
     def _warnings(self) -> list[Problem]:
         """validate's warnings for every policy directory that loaded (with coverage only)."""
@@ -265,7 +297,8 @@ class Runner:
         base = self._bundle(directory)
         if isinstance(base, BundleError):
             suite.invalid_policies = True
-            suite.error = f"policies in {directory} do not load: {base}"
+            invalid = self._invalid_policies(directory)
+            suite.error = f"policies in {invalid.directory} do not load (the problems are below)"
             return suite
         bundle = base
         if spec.entities:
@@ -915,6 +948,9 @@ def render_text(report: Report, *, verbose: bool = False, collapse_after: int = 
     if not show_passing:
         cases = sum(len(s.cases) for s in passing)
         lines.append(f"PASS  {len(passing):,} suites ({cases:,} cases; -v lists them)")
+    for invalid in report.invalid:  # once per directory, however many suites use it
+        lines.append("")
+        lines.append(invalid.render())
     lines.append("")
     lines.append(summary_line(report))
     return escape_lines("\n".join(lines))
@@ -945,7 +981,7 @@ def summary_line(report: Report) -> str:
 def _suite_lines(suite: SuiteResult, width: int, verbose: bool) -> list[str]:
     file = escape(suite.file)
     if suite.invalid_policies:
-        return [f"INVALID  {file}", f"         {escape_lines(suite.error)}"]
+        return [f"INVALID  {file}: {escape_lines(suite.error)}"]
     if suite.error:
         return [f"ERROR {file}: {escape_lines(suite.error)}"]
     counts = [f"{suite.passed} passed"]
@@ -1047,6 +1083,7 @@ def render_json(report: Report) -> str:
             ],
             "coverage": [c.to_json() for c in report.coverage],
             "warnings": [w.to_json() for w in report.warnings],
+            "invalid_policies": [i.to_json() for i in report.invalid],
         },
         indent=2,
     )
@@ -1297,6 +1334,13 @@ def _display(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _shown_from(directory: Path, problem: Problem) -> Problem:
+    """A problem of `directory` with its file as the user would type it."""
+    if problem.file in ("", str(directory)):
+        return replace(problem, file=_display(directory))
+    return replace(problem, file=_display(directory / problem.file))
 
 
 def _below(values: Iterable[float], minimum: float) -> bool:
