@@ -88,7 +88,12 @@ def check_directory(directory: Path) -> tuple[Bundle | None, list[Problem]]:
     # The loader's verdict stays, unless a closer look located it in its file already.
     if not (verdict.file and any(p.file == verdict.file for p in problems)):
         problems.insert(0, _from_bundle_error(directory, verdict))
-    return None, problems
+    return None, in_reading_order(problems)
+
+
+def in_reading_order(problems: list[Problem]) -> list[Problem]:
+    """By file, line and column (directory-wide ones first): how `--json` and text list them."""
+    return sorted(problems, key=lambda p: (p.line > 0, p.file, p.line, p.column))
 
 
 def check_warnings(directory: Path, bundle: Bundle) -> list[Problem]:
@@ -194,10 +199,34 @@ def _check_policy_file(directory: Path, path: Path, schema: cedarpy.Schema | Non
         if 0 <= index < len(spans):
             local = locate_error(spans[index].text, err.error, parse=False)
             offset = offsets[index] + (local if local is not None else 0)
-            problems.append(_at(name, text, offset, f"validation error: {err.error}"))
+            message = _named(err.error, err.policy_id, spans[index].text)
+            problems.append(_at(name, text, offset, f"validation error: {message}"))
         else:
             problems.append(Problem(name, 0, 0, f"validation error: {err.error}"))
     return problems
+
+
+def _named(message: str, positional: str, policy_text: str) -> str:
+    """Cedar's message with the policy's `@id` for the positional `policyN` it uses.
+
+    Cedar numbers the policies of the text it validates (`policy0` is the file's
+    first), which names nothing the author wrote. Without an `@id`, the
+    position is said in words.
+    """
+    try:
+        doc = json.loads(cedarpy.policies_to_json_str(policy_text))
+        annotations = next(iter(doc["staticPolicies"].values())).get("annotations") or {}
+    except (ValueError, KeyError, StopIteration, AttributeError):
+        annotations = {}
+    policy_id = annotations.get("id")
+    if isinstance(policy_id, str):
+        named = f"policy {json.dumps(policy_id)}"
+    else:
+        m = _POLICY_REF.fullmatch(positional)
+        named = f"the policy without an @id (number {int(m.group(1)) + 1} in its file)" if m else ""
+    if not named:
+        return message
+    return message.replace(f"for policy `{positional}`", f"for {named}", 1)
 
 
 def _span_offsets(text: str, spans: list[Span]) -> list[int]:
