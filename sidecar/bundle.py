@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from sidecar.cedartext import Span, schema_entity_types, split_policies
 from sidecar.errors import BundleError
 from sidecar.index import WHOLE_CONTEXT, PolicyIndex, context_reads
 from sidecar.model import EntityUid
+
+log = logging.getLogger(__name__)
 
 TTL_ANNOTATION = "max_credential_ttl"
 
@@ -96,7 +99,7 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
 
     policies = [read(p) for p in files if p.suffix == ".cedar"]
     schemas = [read(p) for p in files if p.name.endswith((".cedarschema", ".cedarschema.json"))]
-    entities = [read(p) for p in files if p.name.endswith("entities.json")]
+    entities = [read(p) for p in files if is_entity_file(p)]
     if not policies:
         raise BundleError(f"no *.cedar policy files in {directory}")
     if len(schemas) != 1:
@@ -104,7 +107,19 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
         raise BundleError(
             f"expected exactly one schema (*.cedarschema) in {directory}, found {found}"
         )
-    return build_bundle(policies, schemas[0], [*entities, *extra_entities])
+    bundle = build_bundle(policies, schemas[0], [*entities, *extra_entities])
+    _log_read(directory, bundle)
+    return bundle
+
+
+def is_entity_file(path: Path) -> bool:
+    """Entity data: `entities.json` or `<anything>.entities.json` (docs/policy-testing.md)."""
+    return path.name == "entities.json" or path.name.endswith(".entities.json")
+
+
+def _log_read(directory: Path, bundle: Bundle) -> None:
+    """Which files made the bundle: `serve` logs it at start and on every reload."""
+    log.info("policy directory %s: read %s", directory, ", ".join(bundle.sources))
 
 
 def visible_files(directory: Path) -> list[Path]:

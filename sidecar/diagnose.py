@@ -24,7 +24,7 @@ from typing import Any
 
 import cedarpy
 
-from sidecar.bundle import Bundle, load_bundle, visible_files
+from sidecar.bundle import Bundle, is_entity_file, load_bundle, visible_files
 from sidecar.cedartext import Span, locate_error, position, split_policies
 from sidecar.errors import BundleError
 from sidecar.exitcodes import EXIT_INVALID, EXIT_OK
@@ -262,6 +262,29 @@ def _from_bundle_error(directory: Path, exc: BundleError) -> Problem:
     return Problem(exc.file, exc.line, column, exc.detail, line_text)
 
 
+def unread_data(directory: Path) -> list[str]:
+    """JSON files the loader does not read: a misnamed entity file would be silently lost."""
+    return [
+        str(p.relative_to(directory))
+        for p in visible_files(directory)
+        if p.suffix == ".json"
+        and not is_entity_file(p)
+        and not p.name.endswith(".cedarschema.json")
+    ]
+
+
+def read_lines(directory: Path, bundle: Bundle) -> str:
+    """`read: <files>`, and `not read:` for JSON that is neither schema nor entities."""
+    lines = [f"read: {', '.join(escape(name) for name in bundle.sources)}"]
+    unread = unread_data(directory)
+    if unread:
+        lines.append(
+            f"not read: {', '.join(escape(name) for name in unread)} "
+            "(entity data is entities.json or *.entities.json)"
+        )
+    return "\n".join(lines)
+
+
 def validate_command(args: argparse.Namespace) -> int:
     """Print every problem (stderr), or a one-line summary of a valid directory; 4 if invalid.
 
@@ -284,6 +307,8 @@ def validate_command(args: argparse.Namespace) -> int:
                 policies=bundle.policy_count,
                 entities=len(bundle.entity_json),
                 revision=bundle.revision,
+                files=list(bundle.sources),
+                not_read=unread_data(args.directory),
             )
         print(json.dumps(out, indent=2))
         return EXIT_OK if ok else EXIT_INVALID
@@ -304,6 +329,7 @@ def validate_command(args: argparse.Namespace) -> int:
                 f"ok: {bundle.policy_count} policies, {len(bundle.entity_json)} entities, "
                 f"revision {escape(bundle.revision)}"
             )
+        print(read_lines(args.directory, bundle))
     else:
         for problem in problems:
             print(problem.render(), file=sys.stderr)
