@@ -329,7 +329,7 @@ def validate_command(args: argparse.Namespace) -> int:
                 f"ok: {bundle.policy_count} policies, {len(bundle.entity_json)} entities, "
                 f"revision {escape(bundle.revision)}"
             )
-        print(read_lines(args.directory, bundle))
+            print(read_lines(args.directory, bundle))
     else:
         for problem in problems:
             print(problem.render(), file=sys.stderr)

@@ -28,7 +28,7 @@ STEPGUARD = [sys.executable, "-m", "sidecar.cli"]
 HANG_GUARD_S = 120  # only so a broken build fails instead of hanging; never asserted on
 
 
-def _lines(stream: IO[str] | IO[bytes]) -> queue.Queue[str | None]:
+def _lines(stream: IO[str]) -> queue.Queue[str | None]:
     """Lines of `stream` as they come (None at the end), read by a thread."""
     out: queue.Queue[str | None] = queue.Queue()
 
