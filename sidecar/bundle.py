@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from sidecar.bundlefiles import (
     REQUEST_ENTITIES_FILE,
     SCHEMA_SUFFIXES,
     check_manifest,
+    is_entity_name,
     list_bundle,
     read_bytes,
     read_text,
@@ -58,9 +60,12 @@ __all__ = [
     "PolicyInfo",
     "Source",
     "build_bundle",
+    "is_entity_file",
     "load_bundle",
     "visible_files",
 ]
+
+log = logging.getLogger(__name__)
 
 TTL_ANNOTATION = "max_credential_ttl"
 
@@ -167,7 +172,7 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
 
     policies = [read(p) for p in files if p.suffix == ".cedar"]
     schemas = [read(p) for p in files if p.name.endswith(SCHEMA_SUFFIXES)]
-    entities = [read(p) for p in files if p.name.endswith("entities.json")]
+    entities = [read(p) for p in files if is_entity_file(p)]
     declared = [read(p) for p in files if p.name == REQUEST_ENTITIES_FILE]
     if manifest is not None:
         by_name = {n: p for p, n in names.items()}
@@ -187,7 +192,7 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
         found = ", ".join(s.name for s in declared)
         raise BundleError(f"expected at most one {REQUEST_ENTITIES_FILE}, found {found}")
     try:
-        return build_bundle(
+        bundle = build_bundle(
             policies,
             schemas[0],
             [*entities, *extra_entities],
@@ -197,6 +202,18 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
         raise
     except Exception as exc:
         raise BundleError(f"cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    _log_read(directory, bundle)
+    return bundle
+
+
+def is_entity_file(path: Path) -> bool:
+    """Entity data: `entities.json` or `<anything>.entities.json` (docs/policy-testing.md)."""
+    return is_entity_name(path.name)
+
+
+def _log_read(directory: Path, bundle: Bundle) -> None:
+    """Which files made the bundle: `serve` logs it at start and on every reload."""
+    log.info("policy directory %s: read %s", directory, ", ".join(bundle.sources))
 
 
 def build_bundle(

@@ -41,12 +41,18 @@ SCHEMA_SUFFIXES = (".cedarschema", ".cedarschema.json")
 REQUEST_ENTITIES_FILE = "request-entities.yaml"
 
 
+def is_entity_name(name: str) -> bool:
+    """Entity data: `entities.json` or `<anything>.entities.json`."""
+    return name == "entities.json" or name.endswith(".entities.json")
+
+
 def is_bundle_file(name: str) -> bool:
     """Is a file of this name read by the loader (policies, schema, entities,
     request-entities.yaml, manifest)?"""
-    return name.endswith((".cedar", *SCHEMA_SUFFIXES, "entities.json")) or name in (
-        MANIFEST,
-        REQUEST_ENTITIES_FILE,
+    return (
+        name.endswith((".cedar", *SCHEMA_SUFFIXES))
+        or is_entity_name(name)
+        or name in (MANIFEST, REQUEST_ENTITIES_FILE)
     )
 
 

@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -30,12 +29,12 @@ from sidecar.model import PolicyErrors  # light: the standard library only
 from sidecar.textsafe import escape
 
 if TYPE_CHECKING:
+    from sidecar.bundle import Bundle
+    from sidecar.failopen import Types
     from sidecar.model import Result
 
 # The engine, bundle loader and tools are imported by the commands that use them:
 # `stepguard healthcheck` runs as a Kubernetes probe every few seconds and needs none.
-
-_UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,9 +235,13 @@ def _parser(*, probe_only: bool = False) -> argparse.ArgumentParser:
         help="policy directory (default: policies)",
     )
     check.add_argument("--request", type=Path, help="JSON request file (- for stdin)")
-    check.add_argument("--principal", help='e.g. Workload::"spiffe://example.org/ns/etl/sa/w"')
-    check.add_argument("--action", help='e.g. Action::"grant_access"')
-    check.add_argument("--resource", help='e.g. System::"payroll"')
+    check.add_argument(
+        "--principal",
+        help='Type::"id" or, when the schema and entities make it unambiguous, the bare id: '
+        'Workload::"spiffe://example.org/ns/etl/sa/worker"',
+    )
+    check.add_argument("--action", help='Action::"grant_access" or grant_access')
+    check.add_argument("--resource", help='TargetSystem::"okta" or okta')
     check.add_argument("--context", help="context as JSON (the request file's context form)")
     check.add_argument("--now", help="evaluate as if at this RFC 3339 time (default: now)")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -366,6 +369,7 @@ def _endpoints(endpoints: Any) -> dict[str, Any]:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from sidecar import refs
     from sidecar.bundle import load_bundle
     from sidecar.engine import evaluate
     from sidecar.explain import explain
@@ -375,7 +379,11 @@ def _check(args: argparse.Namespace) -> int:
     from sidecar.validate import Limits, request_from_proto
 
     bundle = load_bundle(args.policies)
-    raw = _request_json(args)
+    types = refs.types_of(bundle)
+    raw = _request_json(args, bundle, types)
+    refs.check_keys(raw)
+    for hint in refs.attribute_hints(raw, types):
+        print(f"stepguard: hint: {escape(hint)}", file=sys.stderr)
     now = _parse_now(args.now)
     request = request_from_proto(request_from_json(raw), bundle, Limits(), now=now)
     result = evaluate(bundle, request, policy_errors=PolicyErrors(args.policy_errors))
@@ -392,7 +400,10 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK if result.allowed else EXIT_DENY
 
 
-def _request_json(args: argparse.Namespace) -> dict[str, Any]:
+def _request_json(args: argparse.Namespace, bundle: Bundle, types: Types | None) -> dict[str, Any]:
+    """The request form, from --request or from the flags (bare ids resolved: sidecar/refs.py)."""
+    from sidecar.refs import resolve
+
     if args.request is not None:
         text = sys.stdin.read() if str(args.request) == "-" else args.request.read_text()
         try:
@@ -409,9 +420,9 @@ def _request_json(args: argparse.Namespace) -> dict[str, Any]:
             f"(missing: {', '.join('--' + m for m in missing)})"
         )
     data: dict[str, Any] = {
-        "principal": _parse_uid(args.principal, "--principal"),
-        "action": _parse_uid(args.action, "--action"),
-        "resource": _parse_uid(args.resource, "--resource"),
+        "principal": resolve(args.principal, "--principal", bundle, types),
+        "action": resolve(args.action, "--action", bundle, types),
+        "resource": resolve(args.resource, "--resource", bundle, types),
     }
     if args.context:
         try:
@@ -419,13 +430,6 @@ def _request_json(args: argparse.Namespace) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise StepguardError(f"--context: invalid JSON: {exc}") from exc
     return data
-
-
-def _parse_uid(text: str, flag: str) -> dict[str, str]:
-    m = _UID.fullmatch(text)
-    if not m:
-        raise StepguardError(f'{flag}: {text!r} is not an entity reference like Type::"id"')
-    return {"type": m["type"], "id": re.sub(r"\\(.)", r"\1", m["id"])}
 
 
 def _parse_now(text: str | None) -> datetime:

@@ -24,7 +24,7 @@ from typing import Any
 
 import cedarpy
 
-from sidecar.bundle import Bundle, load_bundle, visible_files
+from sidecar.bundle import Bundle, is_entity_file, load_bundle, visible_files
 from sidecar.bundlefiles import read_text
 from sidecar.cedartext import Span, locate_error, position, split_policies
 from sidecar.errors import BundleError
@@ -90,7 +90,12 @@ def check_directory(directory: Path) -> tuple[Bundle | None, list[Problem]]:
     # The loader's verdict stays, unless a closer look located it in its file already.
     if not (verdict.file and any(p.file == verdict.file for p in problems)):
         problems.insert(0, _from_bundle_error(directory, verdict))
-    return None, problems
+    return None, in_reading_order(problems)
+
+
+def in_reading_order(problems: list[Problem]) -> list[Problem]:
+    """By file, line and column (directory-wide ones first): how `--json` and text list them."""
+    return sorted(problems, key=lambda p: (p.line > 0, p.file, p.line, p.column))
 
 
 def check_warnings(directory: Path, bundle: Bundle) -> list[Problem]:
@@ -207,10 +212,34 @@ def _check_policy_file(directory: Path, path: Path, schema: cedarpy.Schema | Non
         if 0 <= index < len(spans):
             local = locate_error(spans[index].text, err.error, parse=False)
             offset = offsets[index] + (local if local is not None else 0)
-            problems.append(_at(name, text, offset, f"validation error: {err.error}"))
+            message = _named(err.error, err.policy_id, spans[index].text)
+            problems.append(_at(name, text, offset, f"validation error: {message}"))
         else:
             problems.append(Problem(name, 0, 0, f"validation error: {err.error}"))
     return problems
+
+
+def _named(message: str, positional: str, policy_text: str) -> str:
+    """Cedar's message with the policy's `@id` for the positional `policyN` it uses.
+
+    Cedar numbers the policies of the text it validates (`policy0` is the file's
+    first), which names nothing the author wrote. Without an `@id`, the
+    position is said in words.
+    """
+    try:
+        doc = json.loads(cedarpy.policies_to_json_str(policy_text))
+        annotations = next(iter(doc["staticPolicies"].values())).get("annotations") or {}
+    except (ValueError, KeyError, StopIteration, AttributeError):
+        annotations = {}
+    policy_id = annotations.get("id")
+    if isinstance(policy_id, str):
+        named = f"policy {json.dumps(policy_id)}"
+    else:
+        m = _POLICY_REF.fullmatch(positional)
+        named = f"the policy without an @id (number {int(m.group(1)) + 1} in its file)" if m else ""
+    if not named:
+        return message
+    return message.replace(f"for policy `{positional}`", f"for {named}", 1)
 
 
 def _span_offsets(text: str, spans: list[Span]) -> list[int]:
@@ -254,6 +283,29 @@ def _from_bundle_error(directory: Path, exc: BundleError) -> Problem:
     return Problem(exc.file, exc.line, column, exc.detail, line_text)
 
 
+def unread_data(directory: Path) -> list[str]:
+    """JSON files the loader does not read: a misnamed entity file would be silently lost."""
+    return [
+        str(p.relative_to(directory))
+        for p in visible_files(directory)
+        if p.suffix == ".json"
+        and not is_entity_file(p)
+        and not p.name.endswith(".cedarschema.json")
+    ]
+
+
+def read_lines(directory: Path, bundle: Bundle) -> str:
+    """`read: <files>`, and `not read:` for JSON that is neither schema nor entities."""
+    lines = [f"read: {', '.join(escape(name) for name in bundle.sources)}"]
+    unread = unread_data(directory)
+    if unread:
+        lines.append(
+            f"not read: {', '.join(escape(name) for name in unread)} "
+            "(entity data is entities.json or *.entities.json)"
+        )
+    return "\n".join(lines)
+
+
 def validate_command(args: argparse.Namespace) -> int:
     """Print every problem (stderr), or a one-line summary of a valid directory; 4 if invalid.
 
@@ -276,6 +328,8 @@ def validate_command(args: argparse.Namespace) -> int:
                 policies=bundle.policy_count,
                 entities=len(bundle.entity_json),
                 revision=bundle.revision,
+                files=list(bundle.sources),
+                not_read=unread_data(args.directory),
             )
         print(json.dumps(out, indent=2))
         return EXIT_OK if ok else EXIT_INVALID
@@ -296,6 +350,7 @@ def validate_command(args: argparse.Namespace) -> int:
                 f"ok: {bundle.policy_count} policies, {len(bundle.entity_json)} entities, "
                 f"revision {escape(bundle.revision)}"
             )
+            print(read_lines(args.directory, bundle))
     else:
         for problem in problems:
             print(problem.render(), file=sys.stderr)

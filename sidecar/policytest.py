@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,7 @@ from sidecar.exitcodes import EXIT_COVERAGE, EXIT_EMPTY, EXIT_FAILED, EXIT_INVAL
 from sidecar.explain import explain
 from sidecar.jsonreq import request_from_json
 from sidecar.model import AuthzRequest, Decision, PolicyErrors, Result
+from sidecar.progress import Progress
 from sidecar.textsafe import escape, escape_lines
 from sidecar.validate import Limits, request_from_proto
 
@@ -151,6 +153,21 @@ class SuiteResult:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class InvalidPolicies:
+    """A policy directory that does not load, and why (reported once, not per suite)."""
+
+    directory: str
+    problems: tuple[Problem, ...]
+
+    def render(self) -> str:
+        head = f"policies in {escape(self.directory)} do not load:"
+        return "\n".join([head, *(p.render() for p in self.problems)])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"directory": self.directory, "problems": [p.to_json() for p in self.problems]}
+
+
 @dataclass(slots=True)
 class Report:
     suites: list[SuiteResult]
@@ -159,6 +176,8 @@ class Report:
     policy_errors: PolicyErrors = PolicyErrors.DENY
     # With coverage: reads that can error at run time (sidecar/failopen.py), as validate warns.
     warnings: list[Problem] = field(default_factory=list)
+    # Policy directories that do not load: each once, with validate's located problems.
+    invalid: list[InvalidPolicies] = field(default_factory=list)
 
     @property
     def cases(self) -> int:
@@ -192,15 +211,33 @@ class Runner:
     policy_errors: PolicyErrors = PolicyErrors.DENY
     _bundles: dict[tuple[Path, Source | None], Bundle | BundleError] = field(default_factory=dict)
     _coverage: dict[str, Coverage] = field(default_factory=dict)
+    _invalid: dict[str, InvalidPolicies] = field(default_factory=dict)
 
     def run(self, paths: Sequence[Path]) -> Report:
         suites: list[SuiteResult] = []
-        for path, kind in discover(paths):
-            suite = self._run_yaml(path) if kind == "yaml" else self._run_cedar(path)
-            if suite is not None:
-                suites.append(suite)
+        found = list(discover(paths))
+        with Progress("test", total=len(found), unit="suites") as progress:  # a terminal only
+            for path, kind in found:
+                suite = self._run_yaml(path) if kind == "yaml" else self._run_cedar(path)
+                if suite is not None:
+                    suites.append(suite)
+                progress.advance()
         coverage = [self._coverage[k] for k in sorted(self._coverage)]
-        return Report(suites, coverage, self.policy_errors, self._warnings())
+        report = Report(suites, coverage, self.policy_errors, self._warnings())
+        report.invalid = [self._invalid[k] for k in sorted(self._invalid)]
+        return report
+
+    def _invalid_policies(self, directory: Path) -> InvalidPolicies:
+        """Where `directory` fails to load, located as `validate` locates it (once per run)."""
+        from sidecar.diagnose import check_directory
+
+        key = str(directory)
+        if key not in self._invalid:
+            _, problems = check_directory(directory)
+            self._invalid[key] = InvalidPolicies(
+                _display(directory), tuple(_shown_from(directory, p) for p in problems)
+            )
+        return self._invalid[key]
 
     def _warnings(self) -> list[Problem]:
         """validate's warnings for every policy directory that loaded (with coverage only)."""
@@ -213,6 +250,10 @@ class Runner:
             for warning in check_warnings(directory, bundle):
                 found.append(replace(warning, file=_display(directory / warning.file)))
         return found
+
+    def directories(self) -> list[Path]:
+        """The policy directories the suites ran against (what `--watch` watches)."""
+        return sorted({directory for directory, _ in self._bundles})
 
     def selected(self, suite: str, case: str) -> bool:
         return self.case_filter is None or bool(self.case_filter.search(f"{suite}: {case}"))
@@ -257,7 +298,8 @@ class Runner:
         base = self._bundle(directory)
         if isinstance(base, BundleError):
             suite.invalid_policies = True
-            suite.error = f"policies in {directory} do not load: {base}"
+            invalid = self._invalid_policies(directory)
+            suite.error = f"policies in {invalid.directory} do not load (the problems are below)"
             return suite
         bundle = base
         if spec.entities:
@@ -919,6 +961,9 @@ def render_text(report: Report, *, verbose: bool = False, collapse_after: int = 
     if not show_passing:
         cases = sum(len(s.cases) for s in passing)
         lines.append(f"PASS  {len(passing):,} suites ({cases:,} cases; -v lists them)")
+    for invalid in report.invalid:  # once per directory, however many suites use it
+        lines.append("")
+        lines.append(invalid.render())
     lines.append("")
     lines.append(summary_line(report))
     return escape_lines("\n".join(lines))
@@ -949,7 +994,7 @@ def summary_line(report: Report) -> str:
 def _suite_lines(suite: SuiteResult, width: int, verbose: bool) -> list[str]:
     file = escape(suite.file)
     if suite.invalid_policies:
-        return [f"INVALID  {file}", f"         {escape_lines(suite.error)}"]
+        return [f"INVALID  {file}: {escape_lines(suite.error)}"]
     if suite.error:
         return [f"ERROR {file}: {escape_lines(suite.error)}"]
     counts = [f"{suite.passed} passed"]
@@ -1051,6 +1096,7 @@ def render_json(report: Report) -> str:
             ],
             "coverage": [c.to_json() for c in report.coverage],
             "warnings": [w.to_json() for w in report.warnings],
+            "invalid_policies": [i.to_json() for i in report.invalid],
         },
         indent=2,
     )
@@ -1148,10 +1194,93 @@ def register(sub: Any) -> None:
         "semantics: the erroring policy is skipped)",
     )
     cmd.add_argument("-v", "--verbose", action="store_true", help="list every suite and case")
+    cmd.add_argument(
+        "--watch",
+        action="store_true",
+        help="run again whenever the policies, entities or suites change (Ctrl-C stops: exit 0)",
+    )
+    cmd.add_argument(
+        "--watch-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="--watch: poll period in seconds (default 1)",
+    )
+    cmd.add_argument(
+        "--watch-rounds",
+        type=int,
+        metavar="N",
+        help="--watch: stop after N runs with the last run's exit code (for scripts and tests)",
+    )
     cmd.set_defaults(run=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if getattr(args, "watch", False):
+        return watch_command(args)
+    return _run_once(args)[0]
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    """Run, then run again each time the watched files change; Ctrl-C ends it with 0.
+
+    Watched: the directories of the given paths (suites and their fixtures) and
+    every policy directory a suite ran against, fingerprinted as the sidecar's
+    hot reload does (`watch.fingerprint`: names and contents, through symlinks).
+    Like hot reload, a change is acted on once it has held still for one
+    interval, so a half-saved file is not run.
+    """
+    from sidecar.watch import fingerprint
+
+    interval = max(0.01, float(args.watch_interval))
+    rounds: int | None = args.watch_rounds
+    runs = 0
+
+    def snapshot(directories: Sequence[Path]) -> dict[Path, str]:
+        return {d: fingerprint(d) for d in directories}
+
+    directories = _watched(args, None)
+    try:
+        while True:
+            # Taken before the run, so a change made while it runs is seen afterwards.
+            before = snapshot(directories)
+            code, runner = _run_once(args)
+            runs += 1
+            directories = _watched(args, runner)
+            seen = {d: before.get(d) or fingerprint(d) for d in directories}
+            if rounds is not None and runs >= rounds:
+                return code
+            print(
+                f"watching {len(directories)} director{'y' if len(directories) == 1 else 'ies'} "
+                "for changes (Ctrl-C stops)",
+                file=sys.stderr,
+                flush=True,
+            )
+            while True:
+                time.sleep(interval)
+                changed = snapshot(directories)
+                if changed == seen:
+                    continue
+                time.sleep(interval)
+                if snapshot(directories) == changed:  # held still: run it
+                    break
+            print("\nchanged: running the suites again\n", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _watched(args: argparse.Namespace, runner: Runner | None) -> list[Path]:
+    """The given paths' directories, and the policy directories the suites ran against."""
+    paths: list[Path] = list(args.paths or [Path("policies")])
+    found = {(p if p.is_dir() else p.parent).resolve() for p in paths}
+    if runner is not None:
+        found.update(runner.directories())
+    if args.policies is not None:
+        found.add(args.policies.resolve())
+    return sorted(found)
+
+
+def _run_once(args: argparse.Namespace) -> tuple[int, Runner]:
     pattern = None
     if args.filter:
         try:
@@ -1183,8 +1312,9 @@ def run_command(args: argparse.Namespace) -> int:
         args.output.write_text(text + "\n", encoding="utf-8")
         print(summary_line(report), file=sys.stderr)
     else:
-        print(text)
-    return exit_code(report, args.fail_on_empty, args.coverage_min, args.clause_coverage_min)
+        print(text, flush=True)
+    code = exit_code(report, args.fail_on_empty, args.coverage_min, args.clause_coverage_min)
+    return code, runner
 
 
 def exit_code(
@@ -1217,6 +1347,13 @@ def _display(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _shown_from(directory: Path, problem: Problem) -> Problem:
+    """A problem of `directory` with its file as the user would type it."""
+    if problem.file in ("", str(directory)):
+        return replace(problem, file=_display(directory))
+    return replace(problem, file=_display(directory / problem.file))
 
 
 def _below(values: Iterable[float], minimum: float) -> bool:

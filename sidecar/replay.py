@@ -32,6 +32,7 @@ from sidecar.engine import deny, evaluate
 from sidecar.errors import BundleError, StepguardError
 from sidecar.exitcodes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.model import AuthzRequest, Decision, EntityData, EntityUid, Result
+from sidecar.progress import Progress, counting
 from sidecar.textsafe import escape, escape_lines
 
 ALLOW_TO_DENY, DENY_TO_ALLOW = "allow->deny", "deny->allow"
@@ -445,14 +446,16 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"stepguard: invalid policies: {escape_lines(str(exc))}", file=sys.stderr)
         return EXIT_INVALID
     files = trail_files(list(args.audit_files))  # StepguardError: exit 1 with the message
+    progress = Progress("replay", unit="lines read")  # drawn on a terminal only
     report = replay(
         bundle,
-        read_lines(files),
+        counting(read_lines(files), progress),
         files=files,
         label=str(args.policies),
         baseline=baseline,
         baseline_label=str(args.baseline) if args.baseline else "recorded",
     )
+    progress.close()
     if args.format == "json":
         print(render_json(report, bundle))
     else:

@@ -37,6 +37,7 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.bundle import REQUEST_ENTITIES_FILE, Bundle
 from sidecar.errors import InvalidRequest
 from sidecar.model import AuthzRequest, CedarJson, EntityData, EntityUid, datetime_text
+from sidecar.suggest import did_you_mean
 
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*")
 EXTENSION_FUNCTIONS = frozenset({"ip", "decimal", "datetime", "duration", "offset"})
@@ -118,7 +119,8 @@ def request_from_proto(
             check_principal_known("principal", principal.uid, bundle)
         denial = unknown_resource_denial(resource.uid, bundle)
     if action not in bundle.actions:
-        raise InvalidRequest("action", f"{action} is not an action declared by the schema")
+        hint = did_you_mean(str(action), (str(a) for a in bundle.actions))
+        raise InvalidRequest("action", f"{action} is not an action declared by the schema{hint}")
     context = _context(msg.context, bundle, limits) if msg.HasField("context") else {}
     if now is not None:
         context["now"] = _datetime_json(now)
@@ -178,7 +180,10 @@ def _uid(
     if not _TYPE_NAME.fullmatch(type_):
         raise InvalidRequest(f"{field}.type", f"{type_!r} is not a Cedar entity type name")
     if bundle is not None and field != "action" and type_ not in bundle.entity_types:
-        raise InvalidRequest(f"{field}.type", f"{type_!r} is not an entity type of the schema")
+        hint = did_you_mean(type_, bundle.entity_types)
+        raise InvalidRequest(
+            f"{field}.type", f"{type_!r} is not an entity type of the schema{hint}"
+        )
     if need_id and not ref.id:
         raise InvalidRequest(f"{field}.id", "is required and must not be empty")
     return EntityUid(type_, ref.id)

@@ -255,9 +255,9 @@ def test_invalid_policies_exit_4_naming_file_and_line(
     copy = broken_copy(tmp_path)
     code, out, _ = stepguard(capsys, "test", str(copy))
     assert code == EXIT_INVALID
-    line = len((copy / "read_only.cedar").read_text().splitlines()) - 1
+    line = len((copy / "read_only.cedar").read_text().splitlines())  # at `context.nope`
     assert f"INVALID  {copy / 'tests' / 'credentials.yaml'}" in out
-    assert f"read_only.cedar:{line}: validation error" in out
+    assert f"{copy / 'read_only.cedar'}:{line}: validation error" in out
     code, _, _ = stepguard(capsys, "test", str(copy), "--format", "json")
     assert code == EXIT_INVALID
 

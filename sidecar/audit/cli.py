@@ -20,6 +20,7 @@ from sidecar.audit.query import (
 )
 from sidecar.audit.verify import EXIT_ERROR, EXIT_OK, Report, collect, verify
 from sidecar.errors import StepguardError
+from sidecar.progress import Progress
 from sidecar.textsafe import escape, json_text
 
 
@@ -122,13 +123,15 @@ def _verify(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     for trail in trails:
         try:
-            report = verify(
-                trail,
-                key,
-                partial=args.partial,
-                accept_missing_anchor=args.accept_missing_anchor,
-                checkpoints=args.checkpoints,
-            )
+            with Progress(f"verify {trail.name}", unit="records") as progress:  # terminal only
+                report = verify(
+                    trail,
+                    key,
+                    partial=args.partial,
+                    accept_missing_anchor=args.accept_missing_anchor,
+                    checkpoints=args.checkpoints,
+                    progress=progress,
+                )
         except StepguardError as exc:
             _cannot_verify(args, trail.name, str(exc))
             code = code or EXIT_ERROR

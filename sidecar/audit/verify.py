@@ -41,6 +41,7 @@ from sidecar.audit.checkpoint import BadCheckpoint, Checkpoint, read_checkpoints
 from sidecar.audit.files import open_read
 from sidecar.audit.jsonl import read_anchor
 from sidecar.errors import StepguardError
+from sidecar.progress import Progress, counting
 
 EXIT_OK, EXIT_ERROR = 0, 1
 UNVERIFIABLE = "cannot verify"  # a Problem kind: exit 1
@@ -180,8 +181,11 @@ def verify(
     partial: bool = False,
     accept_missing_anchor: bool = False,
     checkpoints: Path | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Check one trail; the report names the first problem, if any.
+
+    `progress` counts the records walked (the CLI draws it on a terminal).
 
     Streams: memory stays bounded whatever the trail's size. Only when the chain
     breaks are later (or earlier) lines read again, to say what happened.
@@ -206,7 +210,9 @@ def verify(
     pins = None
     try:
         pins = _Pins(checkpoints, hasher, trail) if checkpoints is not None else None
-        report.problem, last, at_anchor = _walk(trail, hasher, report, partial, anchored, pins=pins)
+        report.problem, last, at_anchor = _walk(
+            trail, hasher, report, partial, anchored, pins=pins, progress=progress
+        )
         if report.problem is None and last is not None and pins is not None:
             report.problem = pins.finish(last, report)
     except BadCheckpoint as exc:
@@ -369,10 +375,11 @@ def _walk(
     anchored: int,
     *,
     pins: _Pins | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Problem | None, _Line | None, str | None]:
     """The chain walk: (first problem, last line, hash of the record at the anchor's seq)."""
     segments = trail.segments
-    lines = _lines(segments)
+    lines = counting(_lines(segments), progress)
     ln = next(lines, None)
     exp_seq, exp_prev = 0, GENESIS
     if partial and ln is not None and ln.record is not None:
