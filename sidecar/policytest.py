@@ -47,6 +47,7 @@ from sidecar.errors import BundleError, InvalidRequest, StepguardError
 from sidecar.exitcodes import EXIT_COVERAGE, EXIT_EMPTY, EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.explain import explain
 from sidecar.jsonreq import request_from_json
+from sidecar.limits import LimitError, check_json_text
 from sidecar.model import AuthzRequest, Decision, PolicyErrors, Result
 from sidecar.progress import Progress
 from sidecar.textsafe import escape, escape_lines
@@ -82,6 +83,9 @@ _EXPECT_KEYS = {"decision", "policies", "obligations", "errors"}
 _OBLIGATION_KEYS = {"max_credential_ttl"}
 # The Cedar corpus nests deeper and carries larger requests than the server's defaults.
 CEDAR_LIMITS = Limits(max_request_bytes=1 << 20, max_attribute_depth=64)
+# How deep a Cedar JSON test file may nest (its entities and requests): far above
+# any real test, far below the depth at which json.loads raises RecursionError.
+CEDAR_TEST_DEPTH = 200
 
 
 # --- results -------------------------------------------------------------------
@@ -338,12 +342,18 @@ class Runner:
     def _run_cedar(self, path: Path) -> SuiteResult | None:
         suite = SuiteResult(name=str(path), file=str(path), kind="cedar")
         try:
-            test = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            # Bounded before the standard library's recursive parser sees it.
+            check_json_text(text, max_depth=CEDAR_TEST_DEPTH)
+            test = json.loads(text)
             policies = _cedar_source(path, test, "policies")
             schema = _cedar_source(path, test, "schema")
             entities = [_cedar_source(path, test, "entities")]
             requests = test["requests"]
             should_validate = bool(test.get("shouldValidate", True))
+        except LimitError as exc:
+            suite.error = f"not a readable Cedar test: line {exc.line}, column {exc.column}: {exc}"
+            return suite if self.case_filter is None else None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, SuiteError) as exc:
             suite.error = f"not a readable Cedar test: {exc}"
             return suite if self.case_filter is None else None
@@ -512,7 +522,12 @@ def _suite_kind(path: Path, *, explicit: bool) -> str:
         if explicit:
             return "cedar"
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            check_json_text(text, max_depth=CEDAR_TEST_DEPTH)
+            doc = json.loads(text)
+        except LimitError:
+            # Too deep to parse: a file that looks like a Cedar test is reported, not skipped.
+            return "cedar" if '"policies"' in text and '"requests"' in text else ""
         except (json.JSONDecodeError, OSError, UnicodeDecodeError):
             return ""
         return "cedar" if isinstance(doc, dict) and {"policies", "requests"} <= set(doc) else ""

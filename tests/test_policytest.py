@@ -495,3 +495,18 @@ def test_cedar_test_with_a_wrong_expectation_fails(
         "strict validation fails, but shouldValidate is true" in out
     )
     assert f"{len(data['requests']) - 1} passed, 1 failed" in out
+
+
+def test_a_cedar_test_file_nested_too_deep_is_reported_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """json.loads recurses: a deep enough file raised RecursionError out of `stepguard test`."""
+    corpus = shared_dir("conformance", "cedar")
+    path, data = _cedar_test(tmp_path, corpus, "multi/1.json")
+    data["requests"][0]["context"] = "DEEP"
+    deep = '{"a": ' * 5000 + "{}" + "}" * 5000  # json.dumps itself would recurse
+    path.write_text(json.dumps(data).replace('"DEEP"', deep))
+    code, out, err = stepguard(capsys, "test", str(tmp_path))
+    assert code == EXIT_FAILED
+    assert "not a readable Cedar test: line 1, column" in out + err
+    assert "Traceback" not in out + err
