@@ -31,7 +31,7 @@ from sidecar.bundle import Bundle, load_bundle
 from sidecar.engine import deny, evaluate
 from sidecar.errors import BundleError, StepguardError
 from sidecar.exitcodes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
-from sidecar.model import AuthzRequest, Decision, EntityData, EntityUid, Result
+from sidecar.model import AuthzRequest, Decision, EntityData, EntityUid, PolicyErrors, Result
 from sidecar.progress import Progress, counting
 from sidecar.textsafe import escape, escape_lines
 
@@ -52,6 +52,9 @@ class Recorded:
     errors: tuple[str, ...]  # errors not tied to a policy (the server's, not the policies')
     revision: str
     redacted: bool
+    # What an erroring policy did when it was decided; trails from before the
+    # setting existed were decided under Cedar's own semantics.
+    policy_errors: PolicyErrors = PolicyErrors.CEDAR
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +121,13 @@ def replay(
     label: str,
     baseline: Bundle | None = None,
     baseline_label: str = "recorded",
+    policy_errors: PolicyErrors | None = None,
 ) -> ReplayReport:
-    """Decide every recorded request again on `bundle`; compare with the record (or `baseline`)."""
+    """Decide every recorded request again on `bundle`; compare with the record (or `baseline`).
+
+    Each request is decided under the semantics it was recorded under, unless
+    `policy_errors` names one for all: a change of semantics is not a policy change.
+    """
     report = ReplayReport(label, bundle.revision, baseline_label, files)
     for name, lineno, line in events:
         recorded, skip = parse_event(line, f"{name}:{lineno}")
@@ -130,11 +138,11 @@ def replay(
         report.read_from[name] += 1
         report.redacted += recorded.redacted
         if baseline is not None:
-            old, _ = _decide(baseline, recorded.request)
+            old, _ = _decide(baseline, recorded.request, policy_errors or recorded.policy_errors)
             before, before_reasons = old.decision, tuple(r.id for r in old.reasons)
         else:
             before, before_reasons = recorded.decision, recorded.reasons
-        after, invalid = _decide(bundle, recorded.request)
+        after, invalid = _decide(bundle, recorded.request, policy_errors or recorded.policy_errors)
         if after.decision is before:
             report.unchanged += 1
         else:
@@ -142,12 +150,21 @@ def replay(
     return report
 
 
-def _decide(bundle: Bundle, request: AuthzRequest) -> tuple[Result, str]:
+def _decide(
+    bundle: Bundle, request: AuthzRequest, policy_errors: PolicyErrors
+) -> tuple[Result, str]:
     """The candidate's answer; a request its schema would refuse counts as a DENY."""
     problem = _refusal(bundle, request)
     if problem:
-        return deny(bundle.revision, problem), problem
-    return evaluate(bundle, request), ""
+        return deny(bundle.revision, problem, policy_errors), problem
+    return evaluate(bundle, request, policy_errors=policy_errors), ""
+
+
+def _recorded_semantics(value: Any) -> PolicyErrors:
+    try:
+        return PolicyErrors.parse(str(value)) if value is not None else PolicyErrors.CEDAR
+    except ValueError:
+        return PolicyErrors.DENY  # unreadable: the strict one
 
 
 def _refusal(bundle: Bundle, request: AuthzRequest) -> str:
@@ -204,6 +221,7 @@ def parse_event(line: str, where: str) -> tuple[Recorded | None, str]:
             errors=errors,
             revision=str(event.get("policy_revision", "")),
             redacted=redacted,
+            policy_errors=_recorded_semantics(event.get("policy_errors")),
         ),
         "",
     )
@@ -435,6 +453,13 @@ def register(sub: Any) -> None:
     cmd.add_argument("--format", choices=("text", "json"), default="text", help="report format")
     cmd.add_argument("--show", type=int, default=20, help="changes to list in text (-1: all)")
     cmd.add_argument("--fail-on-change", action="store_true", help="exit 3 if any decision changes")
+    cmd.add_argument(
+        "--policy-errors",
+        choices=["recorded", *(m.value for m in PolicyErrors)],
+        default="recorded",
+        help="what a policy that errors does when deciding again: as each event was decided "
+        "(recorded, the default; events from before the setting: cedar), or deny / cedar for all",
+    )
     cmd.set_defaults(run=run_command)
 
 
@@ -454,6 +479,9 @@ def run_command(args: argparse.Namespace) -> int:
         label=str(args.policies),
         baseline=baseline,
         baseline_label=str(args.baseline) if args.baseline else "recorded",
+        policy_errors=None
+        if args.policy_errors == "recorded"
+        else PolicyErrors(args.policy_errors),
     )
     progress.close()
     if args.format == "json":

@@ -163,6 +163,23 @@ def test_cedar_semantics_is_a_setting_and_says_so(tmp_path: Path, policy_dir: Pa
     assert (event["decision"], event["policy_errors"]) == ("ALLOW", "cedar")
 
 
+def test_replay_decides_each_event_under_the_semantics_it_was_recorded_under(
+    tmp_path: Path, policy_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ALLOW recorded under `cedar` is no change of policy; `--policy-errors deny`
+    says what today's default would decide instead."""
+    with running_sidecar(tmp_path, policies=policy_dir, policy_errors=PolicyErrors.CEDAR) as r:
+        assert _authorize(r.tcp, NO_FREEZE).decision == pb.DECISION_ALLOW
+        audit = r.audit
+    args = ["replay", "--policies", str(policy_dir), "--format", "json", str(audit)]
+    assert main(args) == EXIT_OK
+    as_recorded = json.loads(capsys.readouterr().out)
+    assert (as_recorded["decisions"], as_recorded["changed"]) == (1, 0)
+    assert main([*args, "--policy-errors", "deny"]) == EXIT_OK
+    strict = json.loads(capsys.readouterr().out)
+    assert (strict["changed"], strict["allow_to_deny"]) == (1, 1)
+
+
 def test_the_setting_comes_from_flags_environment_and_file(tmp_path: Path) -> None:
     assert build_settings({}).policy_errors is PolicyErrors.DENY
     assert build_settings({}, {"STEPGUARD_POLICY_ERRORS": "cedar"}).policy_errors is (
