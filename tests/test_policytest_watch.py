@@ -86,7 +86,11 @@ def bundle(tmp_path: Path) -> Path:
     (target / "read.cedar").write_text(
         '@id("anyone-reads")\npermit (principal, action, resource);\n'
     )
-    (target / "entities.json").write_text("[]")
+    # The store holds who and what the suite names (a request may not name strangers).
+    (target / "entities.json").write_text(
+        '[{"uid": {"type": "Person", "id": "ann"}, "attrs": {}, "parents": []},'
+        ' {"uid": {"type": "Doc", "id": "wiki"}, "attrs": {}, "parents": []}]'
+    )
     (target / "tests" / "read.yaml").write_text(SUITE)
     return target
 
@@ -121,6 +125,21 @@ def test_watch_sees_a_suite_change_too(bundle: Path) -> None:
         lines = _lines(proc.stdout)
         _until(lines, "OK:")
         suite.write_text(SUITE.replace("expect: ALLOW", "expect: DENY"))
+        second = _until(lines, "FAILED:")
+        assert any("FAIL" in line for line in second[:-1])
+        assert proc.wait(timeout=HANG_GUARD_S) == 3
+
+
+def test_watch_of_a_bundle_directory_sees_its_suites_change(bundle: Path) -> None:
+    """The suites under the policy directory are not bundle files, and are watched too."""
+    args = [*STEPGUARD, "test", str(bundle), *WATCH, "--watch-rounds", "2"]
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        lines = _lines(proc.stdout)
+        _until(lines, "OK:")
+        (bundle / "tests" / "read.yaml").write_text(SUITE.replace("expect: ALLOW", "expect: DENY"))
         second = _until(lines, "FAILED:")
         assert any("FAIL" in line for line in second[:-1])
         assert proc.wait(timeout=HANG_GUARD_S) == 3
