@@ -24,6 +24,7 @@ from sidecar.errors import StepguardError
 from sidecar.failopen import Types, schema_types
 from sidecar.model import EntityUid
 from sidecar.suggest import closest, did_you_mean
+from sidecar.validate import TYPED_CONTEXT
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 _TYPE = re.compile(r"[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*")
@@ -32,18 +33,7 @@ _TYPE = re.compile(r"[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*")
 _ENTITY_KEYS = ("type", "id", "attributes", "parents", "__entity")
 _REF_KEYS = ("type", "id", "__entity")
 _REQUEST_KEYS = ("principal", "action", "resource", "context", "explain")
-_CONTEXT_KEYS = (
-    "requester",
-    "workflow_id",
-    "run_id",
-    "step_id",
-    "attempt",
-    "target_system",
-    "sensitivity",
-    "time_bound",
-    "approval",
-    "attributes",
-)
+_CONTEXT_KEYS = (*TYPED_CONTEXT, "attributes")
 _NESTED_KEYS = {
     "context.time_bound": ("not_before", "not_after"),
     "context.approval": ("approver", "approved_at", "ticket"),

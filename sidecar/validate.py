@@ -50,22 +50,10 @@ SENSITIVITY = {
     pb.SENSITIVITY_HIGH: "high",
     pb.SENSITIVITY_CRITICAL: "critical",
 }
+# The context names StepContext's typed fields set (all of its fields but `attributes`).
+TYPED_CONTEXT = tuple(f.name for f in pb.StepContext.DESCRIPTOR.fields if f.name != "attributes")
 # Context names set by typed fields or by the server; free-form attributes may not use them.
-RESERVED_CONTEXT = frozenset(
-    {
-        "now",
-        "caller",
-        "requester",
-        "workflow_id",
-        "run_id",
-        "step_id",
-        "attempt",
-        "target_system",
-        "sensitivity",
-        "time_bound",
-        "approval",
-    }
-)
+RESERVED_CONTEXT = frozenset({"now", "caller", *TYPED_CONTEXT})
 
 
 @dataclass(frozen=True, slots=True)
