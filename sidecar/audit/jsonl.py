@@ -749,7 +749,7 @@ class FileSink(_ChainSink):
             last, cut = _last_line(f, size)
             if cut < size:
                 f.seek(cut)
-                self._set_aside(f.read(), cut, now)
+                self._set_aside(f.read(), cut, now, "torn_tail")
             if last is None:
                 return None
             f.seek(0)
@@ -778,32 +778,44 @@ class FileSink(_ChainSink):
             )
         return record
 
-    def _set_aside(self, torn: bytes, keep: int, now: datetime) -> None:
-        """Keep a torn last line in a file of its own, cut it off, and note it in the chain."""
+    def _set_aside(self, data: bytes, keep: int, now: datetime, reason: str) -> None:
+        """Keep the bytes from `keep` on in a file of their own, cut them off, note it in
+        the chain: a torn last line found at open (`torn_tail`), or what a failed commit
+        left behind (`refused_batch`)."""
         stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
-        aside = self.path.with_name(f"{self.path.name}.torn-{stamp}")
+        aside = self.path.with_name(f"{self.path.name}.torn-{stamp}")  # as verify skips
         fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
-            _write_all(fd, torn)
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.ftruncate(fd, keep)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        log.warning("audit trail %s: torn last line (%d bytes) moved aside", self.path, len(torn))
+            fd = open_regular(self.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, keep)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            aside.unlink(missing_ok=True)  # the next attempt keeps them again
+            raise
+        log.warning(
+            "audit trail %s: %s (%d bytes) cut off, kept in %s",
+            self.path,
+            "a torn last line" if reason == "torn_tail" else "a refused batch",
+            len(data),
+            aside.name,
+        )
         self._note(
             system_event(
                 "recovery",
                 now,
-                reason="torn_tail",
+                reason=reason,
                 file=self.path.name,
                 offset=keep,
-                bytes=len(torn),
-                sha256=hashlib.sha256(torn).hexdigest(),
+                bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
                 moved_to=aside.name,
             )
         )
@@ -959,42 +971,7 @@ class FileSink(_ChainSink):
             f.seek(keep)
             cut = f.read()
         if cut:
-            stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
-            aside = self.path.with_name(f"{self.path.name}.torn-{stamp}")  # as verify skips
-            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-            try:
-                _write_all(fd, cut)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                fd = open_regular(self.path, os.O_WRONLY)
-                try:
-                    os.ftruncate(fd, keep)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                aside.unlink(missing_ok=True)  # the next attempt keeps them again
-                raise
-            log.warning(
-                "audit trail %s: a refused batch (%d bytes) cut off, kept in %s",
-                self.path,
-                len(cut),
-                aside.name,
-            )
-            self._note(
-                system_event(
-                    "recovery",
-                    now,
-                    reason="refused_batch",
-                    file=self.path.name,
-                    offset=keep,
-                    bytes=len(cut),
-                    sha256=hashlib.sha256(cut).hexdigest(),
-                    moved_to=aside.name,
-                )
-            )
+            self._set_aside(cut, keep, now, "refused_batch")
         self._refused_from = None
 
     def _committed(self, seq: int, digest: str) -> None:
