@@ -210,7 +210,7 @@ def position(text: str, offset: int) -> tuple[int, int]:
 
 def one_line(text: str, limit: int = 100) -> str:
     """Source text flattened to one line, shortened to `limit` characters."""
-    flat = " ".join(_blank_comments(text).split())
+    flat = " ".join(blank(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
@@ -240,7 +240,7 @@ _EXTENSION_CALL = re.compile(r"\b(ip|decimal|datetime|duration)\s*\(")
 
 
 def _search_message_terms(text: str, message: str) -> int | None:
-    code = _blank_comments(text)
+    code = blank(text)
     if "empty set literals" in message:
         m = re.search(r"\[\s*\]", code)
         return m.start() if m else None
@@ -325,7 +325,7 @@ def _first_bad_prefix(text: str, message: str) -> int | None:
     # Cedar may only notice a bad token one token later: when the message
     # names it, point at its last occurrence in this prefix.
     named = _BACKTICKED.fullmatch(message.removeprefix("unexpected token "))
-    if named and (at := _blank_comments(text[:end]).rfind(named.group(1))) >= 0:
+    if named and (at := blank(text[:end]).rfind(named.group(1))) >= 0:
         return at
     start = ends[lo] if lo >= 0 else 0
     while start < end and text[start].isspace():
@@ -336,29 +336,33 @@ def _first_bad_prefix(text: str, message: str) -> int | None:
 def comments(text: str) -> list[str]:
     """The text of every `//` comment, in order (string literals are not comments)."""
     found: list[str] = []
-    for original, code in zip(text.split("\n"), _blank_comments(text).split("\n"), strict=True):
+    for original, code in zip(text.split("\n"), blank(text).split("\n"), strict=True):
         if original != code:
             start = next(i for i, (a, b) in enumerate(zip(original, code, strict=False)) if a != b)
             found.append(original[start:].strip())
     return found
 
 
-def _blank_comments(text: str) -> str:
-    """`text` with comments replaced by spaces, so offsets stay the same."""
+def blank(text: str, *, strings: bool = False) -> str:
+    """`text` with comments (and, with `strings`, string contents) replaced by spaces,
+    so that offsets stay the same and a scan for code sees only code."""
     out = list(text)
     i, n = 0, len(text)
     while i < n:
         if text[i] == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-            i += 1
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            if strings:
+                for k in range(i + 1, min(j, n)):
+                    out[k] = " "
+            i = j + 1
             continue
         if text.startswith("//", i):
-            nl = text.find("\n", i)
-            stop = n if nl < 0 else nl
-            for j in range(i, stop):
-                out[j] = " "
+            stop = text.find("\n", i)
+            stop = n if stop < 0 else stop
+            for k in range(i, stop):
+                out[k] = " "
             i = stop
             continue
         i += 1

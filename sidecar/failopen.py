@@ -36,7 +36,7 @@ from typing import Any
 
 import cedarpy
 
-from sidecar.cedartext import Part, policy_parts, position, split_policies
+from sidecar.cedartext import Part, blank, policy_parts, position, split_policies
 
 # --- the schema, as far as types go ----------------------------------------------
 
@@ -504,40 +504,13 @@ def _locate(policy: str, clauses: list[Part], f: Finding) -> int:
     if f.clause >= len(clauses):
         return 0
     part = clauses[f.clause]
-    code = _blank(part.text)
+    code = blank(part.text, strings=True)
     attr = re.escape(f.attr)
     call = "" if f.attr == "getTag" else r"(?!\s*\()"  # `.attr`, not a method call
     dotted = re.finditer(rf"\.\s*{attr}\b{call}", code)
     hits = [m.start() + m.group(0).index(f.attr) for m in dotted]
-    hits += [
-        m.start() + 1 for m in re.finditer(rf'\[\s*"{attr}"\s*\]', _blank(part.text, strings=False))
-    ]
+    hits += [m.start() + 1 for m in re.finditer(rf'\[\s*"{attr}"\s*\]', blank(part.text))]
     hits.sort()
     if not hits:
         return part.offset
     return part.offset + hits[min(f.ordinal, len(hits) - 1)]
-
-
-def _blank(text: str, *, strings: bool = True) -> str:
-    """`text` with comments (and string contents) replaced by spaces: offsets stay."""
-    out = list(text)
-    i, n = 0, len(text)
-    while i < n:
-        if text[i] == '"':
-            j = i + 1
-            while j < n and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            if strings:
-                for k in range(i + 1, min(j, n)):
-                    out[k] = " "
-            i = j + 1
-            continue
-        if text.startswith("//", i):
-            stop = text.find("\n", i)
-            stop = n if stop < 0 else stop
-            for k in range(i, stop):
-                out[k] = " "
-            i = stop
-            continue
-        i += 1
-    return "".join(out)
