@@ -80,7 +80,7 @@ TARGETS = {"flush": 0.9, "fsync": 0.6}
 
 def request() -> pb.AuthorizeRequest:
     """A read-only notify step the example policies allow at any hour (the `hits` load)."""
-    from sidecar.jsonreq import request_from_json
+    from sidecar.core.jsonreq import request_from_json
 
     return request_from_json(
         {
@@ -98,8 +98,8 @@ def request() -> pb.AuthorizeRequest:
 def serve(mode: str, audit_file: str) -> int:
     """Child process: one sidecar in `mode`; prints READY <target>; serves until stdin closes."""
     from sidecar.audit.sink import NullSink
-    from sidecar.config import Settings
-    from sidecar.server import Sidecar, tune_gc_for_serving
+    from sidecar.serving.config import Settings
+    from sidecar.serving.server import Sidecar, tune_gc_for_serving
 
     settings = Settings(
         policies=ROOT / "policies",

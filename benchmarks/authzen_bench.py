@@ -50,7 +50,7 @@ from benchmarks import machine
 from benchmarks.workload import example_json
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
-from sidecar.jsonreq import request_from_json
+from sidecar.core.jsonreq import request_from_json
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"

@@ -5,7 +5,7 @@
 For each size a bundle is generated in a temporary directory: the example
 bundle's schema and entities, and copies of its policies (each with a fresh
 `@id`, so every policy is distinct and validates) split into files of about
-256 KiB. Each size is then loaded by `sidecar.bundle.load_bundle` in a fresh
+256 KiB. Each size is then loaded by `sidecar.core.bundle.load_bundle` in a fresh
 child process (what `serve` and `validate` do at start-up), which reports the
 wall time of the load and its peak RSS (`ru_maxrss`), next to the RSS of the
 same process after imports, before the load. A size that does not finish
@@ -94,7 +94,7 @@ class LoadRun:
 
 def child(directory: Path) -> None:
     """Runs in the fresh process: load once, print what it cost as JSON."""
-    from sidecar.bundle import load_bundle
+    from sidecar.core.bundle import load_bundle
 
     before = _rss_now()
     cpu = resource.getrusage(resource.RUSAGE_SELF)

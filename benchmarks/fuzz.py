@@ -79,8 +79,8 @@ FIELD_PATH = re.compile(r"^(request|principal|action|resource|context|items)\b[^
 
 def serve(args: argparse.Namespace) -> int:
     """The real Sidecar on a fixed clock: prints `READY <tcp> <pid>`, serves until stdin closes."""
-    from sidecar.config import Settings
-    from sidecar.server import Sidecar
+    from sidecar.serving.config import Settings
+    from sidecar.serving.server import Sidecar
 
     settings = Settings(
         policies=Path(args.policies),
@@ -191,7 +191,7 @@ def _cedar_value(v: pb.Value) -> Any:
 
 
 def cedar_request(msg: pb.AuthorizeRequest) -> dict[str, Any]:
-    """docs/api.md's mapping, written independently of sidecar/validate.py."""
+    """docs/api.md's mapping, written independently of sidecar/core/validate.py."""
     c = msg.context
     ctx: dict[str, Any] = {k: _cedar_value(v) for k, v in c.attributes.items()}
     if c.HasField("requester"):

@@ -19,7 +19,7 @@ import grpc.aio
 from benchmarks.procs import WORK, python_server, rss_bytes
 from benchmarks.workload import METHOD, example_request, stream_items
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar.config import Settings
+from sidecar.serving.config import Settings
 
 WINDOW = 64
 EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009

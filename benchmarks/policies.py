@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.procs import ROOT
-from sidecar.cedartext import split_policies
+from sidecar.core.cedartext import split_policies
 
 EXAMPLE = ROOT / "policies"
 SENSITIVITY = ("low", "medium", "high", "critical")

@@ -45,7 +45,7 @@ def write_block(path: Path, name: str, command: str, body: str) -> None:
     """Replace (or append) the block named `name`, whatever command wrote it last.
 
     The markers name the command that wrote the block, so a reader (and
-    tests/test_bench_provenance.py) can tell written figures from prose.
+    tests/benchmarks/test_bench_provenance.py) can tell written figures from prose.
     """
     import re
 

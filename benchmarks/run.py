@@ -61,10 +61,10 @@ from benchmarks.report import (
 from benchmarks.results import write_section
 from benchmarks.workload import METHOD, batch, distinct, example_request, same, stream_items
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar.bundle import Bundle, load_bundle
-from sidecar.config import Settings
-from sidecar.engine import evaluate
-from sidecar.validate import Limits, request_from_proto
+from sidecar.core.bundle import Bundle, load_bundle
+from sidecar.core.engine import evaluate
+from sidecar.core.validate import Limits, request_from_proto
+from sidecar.serving.config import Settings
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 # The server mode stepguard uses by default, and the other one, measured beside it.

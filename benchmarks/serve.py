@@ -25,9 +25,9 @@ import grpc
 import grpc.aio
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar.aioserver import AioServer
-from sidecar.config import Settings
-from sidecar.server import Sidecar, tune_gc_for_serving
+from sidecar.serving.aioserver import AioServer
+from sidecar.serving.config import Settings
+from sidecar.serving.server import Sidecar, tune_gc_for_serving
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
 EMPTY = pb.AuthorizeResponse()

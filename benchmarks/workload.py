@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar.jsonreq import request_from_json
+from sidecar.core.jsonreq import request_from_json
 
 PROVISIONER = "spiffe://example.org/ns/identity/sa/provisioner"
 METHOD = "/stepguard.v1.Authorizer/"

@@ -41,6 +41,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -48,8 +49,8 @@ import grpc.aio
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
-from sidecar.errors import InvalidRequest, StepguardError
-from sidecar.jsonreq import request_from_json
+from sidecar.core.errors import ConfigError, InvalidRequest, StepguardError
+from sidecar.core.jsonreq import request_from_json
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def _failure(exc: Exception) -> StepDecision:
 class StepguardClient:
     """Blocking client. `target` is HOST:PORT or `unix:///path/to.sock`.
 
-    For TLS or mutual TLS give `credentials=sidecar.tls.channel_credentials(...)`;
+    For TLS or mutual TLS give `credentials=channel_credentials(...)`;
     `options` are gRPC channel arguments, for example
     `[("grpc.ssl_target_name_override", "stepguard.example")]` when the server
     certificate names a host other than the one dialled.
@@ -573,3 +574,24 @@ class AsyncStepguardClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def channel_credentials(
+    root_ca: Path | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+) -> grpc.ChannelCredentials:
+    """Client credentials for `StepguardClient(credentials=...)`.
+
+    `root_ca` is the bundle that signs the server's certificate (None: the
+    system roots); `cert` and `key`, given together, are the client's own
+    certificate for mutual TLS (for SPIFFE, the workload's X.509 SVID).
+    """
+    if (cert is None) != (key is None):
+        raise ConfigError("give both a client certificate and its key, or neither")
+    files = [root_ca, key, cert]
+    try:
+        root, key_pem, cert_pem = (None if p is None else p.read_bytes() for p in files)
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file: {exc}") from exc
+    return grpc.ssl_channel_credentials(root, key_pem, cert_pem)

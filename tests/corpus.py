@@ -16,10 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sidecar.bundle import Bundle, Source, build_bundle
-from sidecar.jsonreq import request_from_json
-from sidecar.model import AuthzRequest
-from sidecar.validate import Limits, request_from_proto
+from sidecar.core.bundle import Bundle, Source, build_bundle
+from sidecar.core.jsonreq import request_from_json
+from sidecar.core.model import AuthzRequest
+from sidecar.core.validate import Limits, request_from_proto
 from tests.conftest import shared_dir
 
 EXPECTED_REQUESTS = 7890

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sidecar.config import Settings
-from sidecar.server import Sidecar
+from sidecar.serving.config import Settings
+from sidecar.serving.server import Sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.errors import ConfigError
+from sidecar.core.errors import ConfigError
 
 GENESIS = "0" * 64
 DOMAIN = b"stepguard-audit-v1\n"

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.audit.redact import Redactor
-from sidecar.ids import DecisionIds
-from sidecar.model import AuthzRequest, Result
+from sidecar.core.ids import DecisionIds
+from sidecar.core.model import AuthzRequest, Result
 
 SCHEMA_VERSION = 1
 KINDS = ("decision", "segment", "recovery", "outage", "shutdown")
@@ -117,7 +117,7 @@ def stamp(
 ) -> dict[str, Any]:
     """A cache hit's event: the template of the decision it repeats plus this call's facts.
 
-    Equal to what `build_event` would build for the hit (tests/test_audit_event.py),
+    Equal to what `build_event` would build for the hit (tests/audit/test_audit_event.py),
     without walking the request again: hits are the hot path. `now`, when
     given, replaces `context.now` (a server-side `now` the policies do not read).
     Only valid when no redaction path names a per-call field, or `context`

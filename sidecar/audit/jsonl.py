@@ -60,7 +60,7 @@ from sidecar.audit.chain import (
 from sidecar.audit.checkpoint import BadCheckpoint, CheckpointFile, checkpoint_line
 from sidecar.audit.event import system_event, timestamp
 from sidecar.audit.files import make_dirs, open_read, open_regular
-from sidecar.errors import AuditError, ConfigError, UnencodableEvent
+from sidecar.core.errors import AuditError, ConfigError, UnencodableEvent
 
 log = logging.getLogger(__name__)
 

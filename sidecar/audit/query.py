@@ -31,8 +31,8 @@ from typing import Any
 
 from sidecar.audit.files import open_read
 from sidecar.audit.verify import Trail
-from sidecar.errors import StepguardError
-from sidecar.textsafe import escape
+from sidecar.core.errors import StepguardError
+from sidecar.core.textsafe import escape
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 # The table's columns; CSV splits workflow/run/step into three (CSV_COLUMNS).
@@ -279,7 +279,7 @@ def csv_text(records: Iterable[dict[str, Any]]) -> Iterator[str]:
 
 def table(rows: Sequence[tuple[str, ...]]) -> str:
     """The rows as aligned text. Every cell is trail data a caller chose (ids, run ids,
-    reasons), so each is escaped (sidecar/textsafe.py): one record is one line."""
+    reasons), so each is escaped (sidecar/core/textsafe.py): one record is one line."""
     rows = [tuple(escape(c) for c in r) for r in rows]
     widths = [len(c) for c in COLUMNS]
     for r in rows:

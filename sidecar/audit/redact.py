@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sidecar.errors import ConfigError
+from sidecar.core.errors import ConfigError
 
 SECRET_NAMES = re.compile(
     r"secret|token|passw(?:or)?d|pwd|passphrase|credential|api[_-]?key|private[_-]?key"

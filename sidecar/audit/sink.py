@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from sidecar.errors import AuditError
+from sidecar.core.errors import AuditError
 
 HealthWatcher = Callable[[bool, str], None]
 

@@ -40,8 +40,8 @@ from sidecar.audit.chain import GENESIS, BadRecord, Hasher, Record, check_hash, 
 from sidecar.audit.checkpoint import BadCheckpoint, Checkpoint, read_checkpoints
 from sidecar.audit.files import open_read
 from sidecar.audit.jsonl import read_anchor
-from sidecar.errors import StepguardError
-from sidecar.progress import Progress, counting
+from sidecar.cli.progress import Progress, counting
+from sidecar.core.errors import StepguardError
 
 EXIT_OK, EXIT_ERROR = 0, 1
 UNVERIFIABLE = "cannot verify"  # a Problem kind: exit 1

@@ -37,7 +37,7 @@ from dataclasses import replace
 from typing import Any
 
 from sidecar.client import StepDecision, StepDenied, StepguardClient
-from sidecar.errors import StepguardError
+from sidecar.core.errors import StepguardError
 from sidecar.integrations.gate import (
     ADDRESS_ENV,
     Gate,

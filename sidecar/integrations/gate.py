@@ -33,7 +33,7 @@ from sidecar.client import (
     StepguardClient,
     denied,
 )
-from sidecar.errors import ConfigError, StepguardError
+from sidecar.core.errors import ConfigError, StepguardError
 from sidecar.integrations.steps import EntityTypes, RunFacts, Step, build_request
 
 # What the Helm chart's `stepguard.sidecar.workerEnv` sets in a worker container

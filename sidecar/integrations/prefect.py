@@ -34,7 +34,7 @@ from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar, cast
 
 from sidecar.client import StepDecision, StepDenied, StepguardClient, denied
-from sidecar.errors import StepguardError
+from sidecar.core.errors import StepguardError
 from sidecar.integrations.gate import (
     ADDRESS_ENV,
     Gate,

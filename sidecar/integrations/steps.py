@@ -11,7 +11,7 @@ Two sources, kept apart on purpose:
   parameters), where three keys are read: `requester`, `approval` and
   `time_bound`.
 
-`build_request` turns both into the JSON request form of `sidecar.jsonreq`.
+`build_request` turns both into the JSON request form of `sidecar.core.jsonreq`.
 Pure: no I/O, no clock, no orchestrator imports, so the mapping is the same
 for every orchestrator and testable without one.
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sidecar.errors import StepguardError
+from sidecar.core.errors import StepguardError
 
 SENSITIVITIES = ("low", "medium", "high", "critical")
 # The run-input keys the integrations read; everything else in the input is the

@@ -1,0 +1,1 @@
+"""The `stepguard` command: one module per command group, exit codes beside them."""

@@ -1,0 +1,615 @@
+"""Protobuf request -> engine request, or an `InvalidRequest` naming the field.
+
+This is the only place wire types meet the model. It checks everything a
+caller can get wrong before Cedar sees it: presence of required fields, entity
+types and actions against the bundle's schema, value shapes, and size limits.
+What only Cedar can judge (types of attributes against the schema) is left to
+Cedar, whose refusal is a DENY with diagnostics.
+
+Who an entity is comes from the entity store, not from the request:
+
+- the principal must be in the store, unless the bundle's
+  `request-entities.yaml` admits its type, or workload binding is on (then
+  only the caller's own workload is decided, store or not); otherwise
+  INVALID_ARGUMENT;
+- a resource the store lacks, of a type not admitted, is a DENY saying so
+  (`AuthzRequest.denial`);
+- an entity the store lacks may carry only the attributes and parent types
+  the declaration lists for its type; one the store holds may only restate it.
+
+Free-form values are data: a record with a key Cedar would read as an escape
+(`__entity`, `__extn`, `__expr`) is refused, so entity references and
+extension values arrive only through `Value.entity_value` / `extension_value`
+and the audit trail can always tell a record from an entity.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar.core.bundle import REQUEST_ENTITIES_FILE, Bundle
+from sidecar.core.errors import InvalidRequest
+from sidecar.core.model import AuthzRequest, CedarJson, EntityData, EntityUid, datetime_text
+from sidecar.core.suggest import did_you_mean
+
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*")
+EXTENSION_FUNCTIONS = frozenset({"ip", "decimal", "datetime", "duration", "offset"})
+# Keys Cedar's JSON reads as escapes (entity reference, extension value, expression):
+# never allowed as record keys or attribute names of free-form values.
+RESERVED_KEYS = frozenset({"__entity", "__extn", "__expr"})
+SENSITIVITY = {
+    pb.SENSITIVITY_LOW: "low",
+    pb.SENSITIVITY_MEDIUM: "medium",
+    pb.SENSITIVITY_HIGH: "high",
+    pb.SENSITIVITY_CRITICAL: "critical",
+}
+# The context names StepContext's typed fields set (all of its fields but `attributes`).
+TYPED_CONTEXT = tuple(f.name for f in pb.StepContext.DESCRIPTOR.fields if f.name != "attributes")
+# Context names set by typed fields or by the server; free-form attributes may not use them.
+RESERVED_CONTEXT = frozenset({"now", "caller", *TYPED_CONTEXT})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_request_bytes: int = 64 * 1024
+    max_attribute_depth: int = 12
+    max_batch_items: int = 1000
+
+
+def request_from_proto(
+    msg: pb.AuthorizeRequest,
+    bundle: Bundle,
+    limits: Limits,
+    *,
+    now: datetime | None,
+    extra_context: Mapping[str, CedarJson] | None = None,
+    principal_bound: bool = False,
+    cedar_entities: bool = False,
+) -> AuthzRequest:
+    """Translate and check one request.
+
+    `now` is the server's clock, injected as `context.now`; `extra_context`
+    carries other server-side facts (the authenticated caller). The Cedar
+    conformance corpus passes `now=None`: its schemas declare no `now`.
+
+    `principal_bound`: workload binding is on, so the decider denies any
+    principal but the caller's own workload, which may be absent from the
+    store (it still may not describe itself beyond the declaration); the
+    principal's store membership is not checked here. `cedar_entities` keeps Cedar's own rules
+    for entity references, for Cedar's own test corpus only: empty ids and
+    entities the store lacks are evaluated, not refused.
+    """
+    size = msg.ByteSize()
+    if size > limits.max_request_bytes:
+        raise InvalidRequest(
+            "request", f"is {size} bytes, over the limit of {limits.max_request_bytes} bytes"
+        )
+    if not msg.HasField("principal"):
+        raise InvalidRequest("principal", "is required")
+    if not msg.HasField("action"):
+        raise InvalidRequest("action", "is required")
+    if not msg.HasField("resource"):
+        raise InvalidRequest("resource", "is required")
+    need_id = not cedar_entities
+    principal = _entity(msg.principal, "principal", bundle, limits, need_id)
+    resource = _entity(msg.resource, "resource", bundle, limits, need_id)
+    action = _uid(msg.action, "action", bundle, need_id=need_id)
+    denial = ""
+    if not cedar_entities:
+        if not principal_bound:
+            check_principal_known("principal", principal.uid, bundle)
+        denial = unknown_resource_denial(resource.uid, bundle)
+    if action not in bundle.actions:
+        hint = did_you_mean(str(action), (str(a) for a in bundle.actions))
+        raise InvalidRequest("action", f"{action} is not an action declared by the schema{hint}")
+    context = _context(msg.context, bundle, limits) if msg.HasField("context") else {}
+    if now is not None:
+        context["now"] = _datetime_json(now)
+    if extra_context:
+        context.update(extra_context)
+    supplied = tuple(e for e in (principal, resource) if e.attrs or e.parents)
+    return AuthzRequest(principal.uid, action, resource.uid, context, supplied, denial)
+
+
+def _unknown(uid: EntityUid, bundle: Bundle) -> bool:
+    """Neither in the store nor of a type the bundle lets requests name without it."""
+    return uid not in bundle.entity_json and bundle.request_entities.admits(uid.type) is None
+
+
+def check_principal_known(field: str, uid: EntityUid, bundle: Bundle) -> None:
+    """A principal must be one the store holds, or of a type the bundle admits without it."""
+    if _unknown(uid, bundle):
+        raise InvalidRequest(
+            field,
+            f"{uid} is not in the entity store, and the bundle's {REQUEST_ENTITIES_FILE} "
+            f"does not admit {uid.type} principals the store lacks; add it to the store",
+        )
+
+
+def unknown_resource_denial(uid: EntityUid, bundle: Bundle) -> str:
+    """The DENY reason for a resource the store lacks (of a type not admitted), else ''."""
+    return unknown_entity_denial("resource", uid, bundle)
+
+
+def unknown_entity_denial(role: str, uid: EntityUid, bundle: Bundle) -> str:
+    """The DENY reason for a `role` entity the store lacks (of a type not admitted), else ''."""
+    if not _unknown(uid, bundle):
+        return ""
+    return f"{role} {uid} is not in the entity store (unknown entity); add it to the store"
+
+
+def admitted_attributes(
+    uid: EntityUid, bundle: Bundle, attrs: Mapping[str, CedarJson]
+) -> dict[str, CedarJson]:
+    """The attributes of an entity the store lacks that `request-entities.yaml` admits.
+
+    For AuthZEN, which must accept any properties and ignore those it does not
+    use (as it ignores properties of stored entities): the rest never reach Cedar.
+    """
+    declared = bundle.request_entities.admits(uid.type)
+    allowed = declared.attributes if declared else frozenset()
+    return {name: value for name, value in attrs.items() if name in allowed}
+
+
+def _uid(
+    ref: pb.EntityRef | pb.Entity, field: str, bundle: Bundle | None, *, need_id: bool = False
+) -> EntityUid:
+    """The reference's uid; `ref` is an EntityRef or an Entity (its type and id)."""
+    type_ = ref.type
+    if not type_:
+        raise InvalidRequest(f"{field}.type", "is required")
+    if not _TYPE_NAME.fullmatch(type_):
+        raise InvalidRequest(f"{field}.type", f"{type_!r} is not a Cedar entity type name")
+    if bundle is not None and field != "action" and type_ not in bundle.entity_types:
+        hint = did_you_mean(type_, bundle.entity_types)
+        raise InvalidRequest(
+            f"{field}.type", f"{type_!r} is not an entity type of the schema{hint}"
+        )
+    if need_id and not ref.id:
+        raise InvalidRequest(f"{field}.id", "is required and must not be empty")
+    return EntityUid(type_, ref.id)
+
+
+def _entity(
+    msg: pb.Entity, field: str, bundle: Bundle, limits: Limits, need_id: bool
+) -> EntityData:
+    uid = _uid(msg, field, bundle, need_id=need_id)
+    attrs: dict[str, CedarJson] = {}
+    for name, value in sorted(msg.attributes.items()):
+        where = f"{field}.attributes[{name!r}]"
+        if name in RESERVED_KEYS:
+            raise InvalidRequest(where, reserved_message(name))
+        attrs[name] = _value(value, where, limits.max_attribute_depth)
+    parents = tuple(_uid(p, f"{field}.parents[{i}]", bundle) for i, p in enumerate(msg.parents))
+    stored = bundle.entity_json.get(uid)
+    if stored is not None:
+        _check_agrees_with_store(field, uid, stored, attrs, parents)
+        return EntityData(uid)
+    _check_declared(uid, bundle, attrs, parents, field=field)
+    return EntityData(uid, attrs, parents)
+
+
+def _check_declared(
+    uid: EntityUid,
+    bundle: Bundle,
+    attrs: Mapping[str, CedarJson],
+    parents: tuple[EntityUid, ...],
+    *,
+    field: str,
+) -> None:
+    """An entity the store lacks carries only what `request-entities.yaml` lets it carry.
+
+    Anything else would let a caller describe itself into rights: a parent
+    group, `shared: false`, a low sensitivity.
+    """
+    declared = bundle.request_entities.admits(uid.type)
+    allowed_parents = declared.parents if declared else frozenset()
+    allowed_attrs = declared.attributes if declared else frozenset()
+    for i, parent in enumerate(parents):
+        if parent.type not in allowed_parents:
+            raise InvalidRequest(
+                f"{field}.parents[{i}]",
+                f"{uid} is not in the entity store, and the bundle's {REQUEST_ENTITIES_FILE} "
+                f"does not let a request place a {uid.type} in a {parent.type}; "
+                "a request cannot grant an entity group membership",
+            )
+    for name in attrs:
+        if name not in allowed_attrs:
+            raise InvalidRequest(
+                f"{field}.attributes[{name!r}]",
+                f"{uid} is not in the entity store, and the bundle's {REQUEST_ENTITIES_FILE} "
+                f"does not let a request give a {uid.type} the attribute {name!r}; "
+                "put the entity in the store",
+            )
+
+
+def _check_agrees_with_store(
+    field: str,
+    uid: EntityUid,
+    stored: Mapping[str, Any],
+    attrs: Mapping[str, CedarJson],
+    parents: tuple[EntityUid, ...],
+) -> None:
+    """The entity store is the source of truth for the entities it holds.
+
+    A caller may restate what the store holds but not add to it: an extra
+    parent or attribute would let a workload grant itself group membership.
+    """
+    known = stored.get("attrs") or {}
+    for name, value in attrs.items():
+        if name not in known:
+            raise InvalidRequest(
+                f"{field}.attributes[{name!r}]",
+                f"{uid} is in the entity store, which does not give it this attribute; "
+                "a request cannot add attributes to a stored entity",
+            )
+        if known[name] != value:
+            raise InvalidRequest(
+                f"{field}.attributes[{name!r}]",
+                f"conflicts with the value the entity store holds for {uid}",
+            )
+    stored_parents = [
+        p.get("__entity", p) for p in stored.get("parents") or [] if isinstance(p, dict)
+    ]
+    for i, parent in enumerate(parents):
+        if parent.to_json() not in stored_parents:
+            raise InvalidRequest(
+                f"{field}.parents[{i}]",
+                f"{uid} is in the entity store, which does not place it in {parent}; "
+                "a request cannot add parents to a stored entity",
+            )
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def member(field: str, name: str) -> str:
+    """The path of record member `name` under `field`: `.name` for a plain name, else
+    `[repr]`, so that a refusal names its field unambiguously and carries no control
+    character (a key may hold a newline; the message is printed and logged)."""
+    return f"{field}.{name}" if _PLAIN_NAME.fullmatch(name) else f"{field}[{name!r}]"
+
+
+def _value(msg: pb.Value, field: str, depth: int, limit: int | None = None) -> CedarJson:
+    limit = depth if limit is None else limit
+    if depth <= 0:
+        raise InvalidRequest(field, depth_message(limit))
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        raise InvalidRequest(field, "value has no kind set")
+    if kind == "bool_value":
+        return msg.bool_value
+    if kind == "long_value":
+        return msg.long_value
+    if kind == "string_value":
+        return msg.string_value
+    if kind == "set_value":
+        values = msg.set_value.values
+        return [_value(v, f"{field}[{i}]", depth - 1, limit) for i, v in enumerate(values)]
+    if kind == "record_value":
+        fields = msg.record_value.fields
+        record: dict[str, CedarJson] = {}
+        for name, v in sorted(fields.items()):
+            if name in RESERVED_KEYS:
+                raise InvalidRequest(member(field, name), reserved_message(name))
+            record[name] = _value(v, member(field, name), depth - 1, limit)
+        return record
+    if kind == "entity_value":
+        return {"__entity": _uid(msg.entity_value, f"{field}.entity_value", None).to_json()}
+    ext = msg.extension_value
+    if ext.function not in EXTENSION_FUNCTIONS:
+        allowed = ", ".join(sorted(EXTENSION_FUNCTIONS))
+        raise InvalidRequest(
+            f"{field}.extension_value.function",
+            f"{ext.function!r} is not an extension function (one of: {allowed})",
+        )
+    if ext.arguments:
+        args = [
+            _value(v, f"{field}.extension_value.arguments[{i}]", depth - 1, limit)
+            for i, v in enumerate(ext.arguments)
+        ]
+        return {"__extn": {"fn": ext.function, "args": args}}
+    return {"__extn": {"fn": ext.function, "arg": ext.argument}}
+
+
+def depth_message(limit: int) -> str:
+    return f"nests deeper than the attribute depth limit ({limit})"
+
+
+def reserved_message(name: str) -> str:
+    return (
+        f"{name!r} is reserved: Cedar would read this record as an escape, not as data; "
+        "send entity references and extension values (decimal, ip, datetime, ...) as typed "
+        "values: Value.entity_value / Value.extension_value, or in JSON exactly "
+        '{"__entity": {...}} / {"__extn": {...}}'
+    )
+
+
+def _context(msg: pb.StepContext, bundle: Bundle, limits: Limits) -> dict[str, Any]:
+    ctx: dict[str, Any] = {}
+    if msg.HasField("requester"):
+        ctx["requester"] = {"__entity": _uid(msg.requester, "context.requester", bundle).to_json()}
+    for name in ("workflow_id", "run_id", "step_id", "target_system"):
+        value = getattr(msg, name)
+        if value:
+            ctx[name] = value
+    if msg.attempt < 0:
+        raise InvalidRequest("context.attempt", f"must not be negative, got {msg.attempt}")
+    if msg.attempt:
+        ctx["attempt"] = msg.attempt
+    if msg.sensitivity != pb.SENSITIVITY_UNSPECIFIED:
+        if msg.sensitivity not in SENSITIVITY:
+            raise InvalidRequest("context.sensitivity", f"unknown value {msg.sensitivity}")
+        ctx["sensitivity"] = SENSITIVITY[msg.sensitivity]
+    if msg.HasField("time_bound"):
+        ctx["time_bound"] = _time_bound(msg.time_bound)
+    if msg.HasField("approval"):
+        ctx["approval"] = _approval(msg.approval, bundle)
+    for name, value in sorted(msg.attributes.items()):
+        field = f"context.attributes[{name!r}]"
+        if name in RESERVED_CONTEXT:
+            raise InvalidRequest(field, "is reserved for a typed field or the server; rename it")
+        if name in RESERVED_KEYS:
+            raise InvalidRequest(field, reserved_message(name))
+        ctx[name] = _value(value, field, limits.max_attribute_depth)
+    return ctx
+
+
+def _time_bound(msg: pb.TimeBound) -> dict[str, Any]:
+    bound: dict[str, Any] = {}
+    start = end = None
+    if msg.HasField("not_before"):
+        start = _timestamp(msg.not_before, "context.time_bound.not_before")
+        bound["not_before"] = _datetime_json(start)
+    if msg.HasField("not_after"):
+        end = _timestamp(msg.not_after, "context.time_bound.not_after")
+        bound["not_after"] = _datetime_json(end)
+    if start and end and start > end:
+        raise InvalidRequest("context.time_bound", "not_before is after not_after")
+    return bound
+
+
+def _approval(msg: pb.Approval, bundle: Bundle) -> dict[str, Any]:
+    if not msg.HasField("approver"):
+        raise InvalidRequest("context.approval.approver", "is required when approval is set")
+    if not msg.HasField("approved_at"):
+        raise InvalidRequest("context.approval.approved_at", "is required when approval is set")
+    approval: dict[str, Any] = {
+        "approver": {"__entity": _uid(msg.approver, "context.approval.approver", bundle).to_json()},
+        "approved_at": _datetime_json(_timestamp(msg.approved_at, "context.approval.approved_at")),
+    }
+    if msg.ticket:
+        approval["ticket"] = msg.ticket
+    return approval
+
+
+def _timestamp(ts: Any, field: str) -> datetime:
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidRequest(field, f"nanos {ts.nanos} out of range 0..999999999")
+    try:
+        value: datetime = ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidRequest(field, f"is not a valid timestamp: {exc}") from exc
+    return value
+
+
+def _datetime_json(value: datetime) -> dict[str, Any]:
+    """A Cedar `datetime` at millisecond precision (Cedar's resolution)."""
+    return {"__extn": {"fn": "datetime", "arg": datetime_text(value)}}
+
+
+# Cedar's Long; also what the audit trail's encoder can write (docs/audit.md).
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
+
+
+def check_text(value: str, field: str) -> None:
+    """Refuse text the audit trail could not record: a lone surrogate (JSON's `\\u`
+    escapes can carry one; UTF-8 cannot). Checked before any decision is made."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest(
+                field,
+                f"is not valid Unicode text (a lone surrogate at position {exc.start}); "
+                "the audit trail could not record it",
+            ) from None
+
+
+def check_long(value: int, field: str) -> None:
+    """Refuse an integer outside Cedar's 64-bit Long, which the trail could not record."""
+    if not LONG_MIN <= value <= LONG_MAX:
+        raise InvalidRequest(
+            field,
+            "is an integer outside Cedar's 64-bit Long range; the audit trail could not record it",
+        )
+
+
+# --- refusals protobuf's decoder makes first --------------------------------------------
+#
+# upb refuses a message nested deeper than its own limit (about 100 messages, so
+# about 32 attribute levels) before stepguard sees it, with a message that names no
+# field. `decode_refusal` walks the raw bytes with the message descriptors to find
+# the field that nests too deep, so that refusal names its path like any other.
+
+
+class _Malformed(Exception):
+    """The bytes are not wire format at all: the decoder's own refusal stands."""
+
+
+def decode_refusal(
+    raw: bytes, descriptor: Any, limits: Limits, error: Exception
+) -> InvalidRequest | None:
+    """The field path that made protobuf refuse `raw`, when it refused it for nesting.
+
+    None when the decoder refused the bytes for another reason (the caller keeps
+    its own message). Only called for bytes the decoder refused, never per
+    decision; subtrees too small to nest that deep are skipped, so even a
+    batch at the size limit is walked quickly.
+    """
+    text = str(error).lower()
+    if "depth" not in text and "recursion" not in text:
+        return None
+    limit = limits.max_attribute_depth
+    walker = _Walker(min(limit, _DECODER_LEVELS))
+    try:
+        found = walker.walk(bytes(raw), descriptor, "", 0)
+    except _Malformed:
+        return None
+    except _OverBudget:  # a hostile message of many tiny fields: name no deeper than this
+        found = ("request", 0)
+    if found is None:
+        return None
+    path, level = found
+    if level > limit:
+        return InvalidRequest(path, depth_message(limit))
+    return InvalidRequest(
+        path,
+        f"nests more than {_DECODER_LEVELS} levels deep, deeper than the protobuf decoder "
+        f"accepts (the attribute depth limit is {limit})",
+    )
+
+
+# upb refuses messages nested about 100 deep: about 32 attribute levels.
+_DECODER_LEVELS = 30
+_VALUE = pb.Value.DESCRIPTOR
+_VALUE_MAP = pb.ValueMap.DESCRIPTOR
+_VALUE_LIST = pb.ValueList.DESCRIPTOR
+
+
+class _OverBudget(Exception):
+    """The walk visited `_FIELD_BUDGET` fields without finding the deep one."""
+
+
+# Bounds the walk (about 0.2 s) however a refused message is built.
+_FIELD_BUDGET = 200_000
+
+
+class _Walker:
+    """Depth-first over the message fields of raw bytes, counting the Values on the path.
+
+    `walk` gives the path (as validation names it: `context.attributes['a'].b[0]`)
+    and level of the first Value more than `threshold` Values deep, else None.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.budget = _FIELD_BUDGET
+
+    def walk(self, data: bytes, desc: Descriptor, path: str, level: int) -> tuple[str, int] | None:
+        if desc is _VALUE:
+            level += 1
+            if level > self.threshold:
+                return path, level
+        counts: dict[int, int] = {}
+        pos, end = 0, len(data)
+        while pos < end:
+            self.budget -= 1
+            if self.budget < 0:
+                raise _OverBudget
+            key, pos = _varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                _, pos = _varint(data, pos)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 2:
+                size, pos = _varint(data, pos)
+                body, pos = data[pos : pos + size], pos + size
+                if pos > end:
+                    raise _Malformed
+                fd = desc.fields_by_number.get(number)
+                if fd is None or fd.message_type is None:
+                    continue
+                index = counts.get(number, 0)
+                counts[number] = index + 1
+                # Each Value level takes at least two bytes: a small subtree cannot be deep.
+                if level + size // 2 + 1 <= self.threshold:
+                    continue
+                found = self.field(body, desc, fd, path, index=index, level=level)
+                if found is not None:
+                    return found
+            else:
+                raise _Malformed
+            if pos > end:
+                raise _Malformed
+        return None
+
+    def field(
+        self,
+        body: bytes,
+        desc: Descriptor,
+        fd: FieldDescriptor,
+        path: str,
+        *,
+        index: int,
+        level: int,
+    ) -> tuple[str, int] | None:
+        child = fd.message_type
+        if child is None:  # pragma: no cover - the caller passes message fields only
+            return None
+        if child.GetOptions().map_entry:
+            key, value = _map_entry(body)
+            target = child.fields_by_name["value"].message_type
+            if value is None or target is None:
+                return None
+            segment = (
+                member(path, key)[len(path) :]
+                if desc is _VALUE_MAP
+                else f"{_dot(path)}{fd.name}[{key!r}]"
+            )
+            return self.walk(value, target, path + segment, level)
+        if desc is _VALUE and fd.name in ("record_value", "set_value"):
+            segment = ""  # validation names the values inside, not these wrappers
+        elif desc is _VALUE_LIST:
+            segment = f"[{index}]"
+        elif fd.is_repeated:
+            segment = f"{_dot(path)}{fd.name}[{index}]"
+        else:
+            segment = f"{_dot(path)}{fd.name}"
+        return self.walk(body, child, path + segment, level)
+
+
+def _dot(path: str) -> str:
+    return "." if path else ""
+
+
+def _map_entry(body: bytes) -> tuple[str, bytes | None]:
+    """A map entry's string key and its value's bytes (None when it has none)."""
+    key, value = "", None
+    pos = 0
+    while pos < len(body):
+        tag, pos = _varint(body, pos)
+        if tag & 7 != 2:
+            raise _Malformed
+        size, pos = _varint(body, pos)
+        chunk, pos = body[pos : pos + size], pos + size
+        if tag >> 3 == 1:
+            key = chunk.decode("utf-8", "replace")
+        elif tag >> 3 == 2:
+            value = chunk
+    if pos > len(body):
+        raise _Malformed
+    return key, value
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise _Malformed
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7

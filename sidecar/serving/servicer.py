@@ -1,0 +1,535 @@
+"""gRPC handlers: transport -> validation -> decider -> response. Thin by design.
+
+Handlers take one bundle snapshot per call, so validation and evaluation of a
+request always see the same policies, even across a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import replace
+from typing import Any, TypeVar, cast
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.audit.event import CallMeta, recorded_request_id
+from sidecar.core.bundle import Bundle
+from sidecar.core.errors import InvalidRequest
+from sidecar.core.explain import explain
+from sidecar.core.model import EntityUid
+from sidecar.core.validate import Limits, decode_refusal, request_from_proto
+from sidecar.decision.cache import from_ms
+from sidecar.decision.decider import Decided, Decider
+from sidecar.decision.identity import CallerContext, IdentityRefused, caller_identity
+from sidecar.decision.metrics import Metrics
+from sidecar.serving.answer import Answers, to_response
+from sidecar.serving.streams import Slot, StreamSlots, caller_key
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+class AuthorizerServicer(pb_grpc.AuthorizerServicer):
+    def __init__(
+        self,
+        bundle: Callable[[], Bundle],
+        decider: Decider,
+        limits: Limits,
+        metrics: Metrics,
+        max_batch_bytes: int,
+        *,
+        max_streams: int = 8,
+        max_streams_per_caller: int = 0,
+        stream_idle_timeout_s: float = 60.0,
+    ) -> None:
+        self._bundle = bundle
+        self._decider = decider
+        self._limits = limits
+        self._metrics = metrics
+        self._max_batch_bytes = max_batch_bytes
+        self._caller = CallerContext()
+        # Each open AuthorizeStream holds a worker: cap them so unary calls keep
+        # theirs, per caller too, and close idle ones (sidecar/serving/streams.py).
+        self.max_streams = max_streams
+        per_caller = max_streams_per_caller or max(1, max_streams // 2)
+        self.streams = StreamSlots(max_streams, per_caller, stream_idle_timeout_s, metrics)
+        self._answers = Answers()
+
+    def Authorize(
+        self, request: pb.AuthorizeRequest, context: grpc.ServicerContext
+    ) -> pb.AuthorizeResponse:
+        """The generated base's entry (a message), for add_AuthorizerServicer_to_server."""
+        return self._authorize(request, context, to_response)
+
+    def authorize_wire(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> bytes:
+        """Authorize as the servers register it: the answer already serialized (answer.py)."""
+        return self._authorize(request, context, self._answers.encode)
+
+    def _authorize(
+        self,
+        request: pb.AuthorizeRequest,
+        context: grpc.ServicerContext,
+        answer: Callable[[Decided], T],
+    ) -> T:
+        started = time.perf_counter()
+        meta = _meta(context)  # outside the try: a refused caller keeps its own status
+        try:
+            return answer(self._decide(request, meta, started))
+        except InvalidRequest as exc:
+            self._count_invalid(exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception:  # an error status, never an ALLOW
+            log.exception("Authorize failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; the step is not authorized")
+
+    def AuthorizeBatch(
+        self, request: pb.AuthorizeBatchRequest, context: grpc.ServicerContext
+    ) -> pb.AuthorizeBatchResponse:
+        started = time.perf_counter()
+        count, size = len(request.items), request.ByteSize()
+        if count > self._limits.max_batch_items:
+            self._count_invalid(InvalidRequest("items", ""))
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"items: {count} items, over the limit of {self._limits.max_batch_items}",
+            )
+        if size > self._max_batch_bytes:
+            self._count_invalid(InvalidRequest("items", ""))
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"items: batch is {size} bytes, over the limit of {self._max_batch_bytes}",
+            )
+        meta = _meta(context)
+        out = pb.AuthorizeBatchResponse()
+        for i, item in enumerate(request.items):
+            slot = out.results.add()
+            try:
+                slot.response.CopyFrom(to_response(self._decide(item, meta, started)))
+            except InvalidRequest as exc:
+                self._count_invalid(exc)
+                slot.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                slot.error.message = f"items[{i}].{exc}"
+            except Exception:  # this item fails closed; the rest go on
+                log.exception("AuthorizeBatch item %d failed", i)
+                slot.error.code = grpc.StatusCode.INTERNAL.value[0]
+                slot.error.message = f"items[{i}]: internal error; the step is not authorized"
+        return out
+
+    def authorize_stream(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        """AuthorizeStream: one response per request, in order (see the proto).
+
+        Requests arrive as bytes so that an undecodable one is INVALID_ARGUMENT.
+        """
+        meta = _meta(context)
+        slot = self.streams.open(
+            caller_key(meta.peer, meta.identity), lambda why: _end_sync_call(context, why)
+        )
+        if isinstance(slot, str):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slot)
+        assert isinstance(slot, Slot)
+        try:
+            for raw in requests:
+                if not slot.begin():  # closed as idle as it arrived: never decided
+                    return
+                try:
+                    answer = self.stream_item(raw, meta, context)
+                finally:
+                    slot.end()
+                yield answer
+        except grpc.RpcError:
+            if not slot.closed_idle:  # the reaper ended the call (RESOURCE_EXHAUSTED)
+                raise
+        finally:
+            slot.release()
+
+    def stream_item(self, raw: bytes, meta: CallMeta, context: grpc.ServicerContext) -> bytes:
+        """One AuthorizeStream answer, serialized (answer.py)."""
+        started = time.perf_counter()
+        try:
+            item = pb.AuthorizeStreamRequest.FromString(raw)
+        except DecodeError as exc:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                _undecodable(raw, pb.AuthorizeStreamRequest, self._limits, exc),
+            )
+        out = pb.AuthorizeStreamResponse(id=item.id)
+        try:
+            return self._answers.encode_stream(item.id, self._decide(item.request, meta, started))
+        except InvalidRequest as exc:
+            self._count_invalid(exc)
+            out.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            out.error.message = str(exc)
+        except Exception:  # this item fails closed; the stream goes on
+            log.exception("AuthorizeStream item %d failed", item.id)
+            out.error.code = grpc.StatusCode.INTERNAL.value[0]
+            out.error.message = "internal error; the step is not authorized"
+        return out.SerializeToString()
+
+    def AuthorizeStream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        """The generated base's entry (parsed requests), for add_AuthorizerServicer_to_server."""
+        answers = self.authorize_stream((r.SerializeToString() for r in request_iterator), context)
+        return (pb.AuthorizeStreamResponse.FromString(raw) for raw in answers)
+
+    def _decide(self, msg: pb.AuthorizeRequest, meta: CallMeta, started: float) -> Decided:
+        bundle = self._bundle()
+        at = self._decider.now()
+        now_ms = self._decider.context_now_ms(at, *_time_bound_ms(msg))
+        key = None
+        # A hit skips validation and Cedar, not the audit; an explained answer is never cached.
+        if self._decider.cache is not None and not msg.explain:
+            wire = msg.SerializeToString(deterministic=True)
+            key = self._decider.wire_key(bundle, wire, now_ms, meta)
+            hit = self._decider.cached(bundle, key, meta, at=at, now_ms=now_ms, started=started)
+            if hit is not None:
+                return hit
+        action = EntityUid(msg.action.type, msg.action.id)
+        extra = self._caller.context_for(bundle, action, meta.identity)
+        now = from_ms(now_ms)
+        request = request_from_proto(
+            msg,
+            bundle,
+            self._limits,
+            now=now,
+            extra_context=extra,
+            principal_bound=self._decider.binds_workload_identity,
+        )
+        decided = self._decider.decide(bundle, request, meta, at=at, started=started, cache_key=key)
+        if msg.explain:  # beside the decision, from the same bundle and request
+            decided = replace(decided, explanation=explain(bundle, request, decided.result))
+        return decided
+
+    def _count_invalid(self, exc: InvalidRequest) -> None:
+        top = re.split(r"[.\[]", exc.field, maxsplit=1)[0]
+        self._metrics.invalid_requests.labels(api="grpc", field=top).inc()
+
+
+def generic_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """Register the unary methods so that undecodable bytes are INVALID_ARGUMENT.
+
+    grpcio answers a request its deserializer cannot parse with INTERNAL; the
+    API promises INVALID_ARGUMENT for any malformed input, so handlers receive
+    raw bytes and parse them here.
+    """
+    return _method_handlers(
+        _parsing(servicer.authorize_wire, pb.AuthorizeRequest, servicer._limits),
+        _parsing(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest, servicer._limits),
+        servicer.authorize_stream,
+    )
+
+
+def _method_handlers(
+    authorize: Callable[..., Any], batch: Callable[..., Any], stream: Callable[..., Any]
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The Authorizer's methods, taking raw request bytes (sync or asyncio handlers).
+
+    Authorize and AuthorizeStream answers are mostly bytes already (answer.py);
+    a message (a refusal made after the fact) is serialized here.
+    """
+    handlers = {
+        "Authorize": grpc.unary_unary_rpc_method_handler(
+            authorize, response_serializer=_serialized
+        ),
+        "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
+            batch, response_serializer=pb.AuthorizeBatchResponse.SerializeToString
+        ),
+        "AuthorizeStream": grpc.stream_stream_rpc_method_handler(
+            stream, response_serializer=_serialized
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+def _serialized(answer: bytes | Message) -> bytes:
+    return answer if isinstance(answer, bytes) else answer.SerializeToString()
+
+
+def _parsing(
+    fn: Callable[[M, grpc.ServicerContext], T], request_type: type[M], limits: Limits
+) -> Callable[[bytes, grpc.ServicerContext], T]:
+    def handler(raw: bytes, context: grpc.ServicerContext) -> T:
+        try:
+            msg = request_type.FromString(raw)
+        except DecodeError as exc:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, _undecodable(raw, request_type, limits, exc)
+            )
+        return fn(msg, context)
+
+    return handler
+
+
+def _undecodable(raw: bytes, request_type: type[Message], limits: Limits, exc: Exception) -> str:
+    """Why bytes the decoder refused are INVALID_ARGUMENT, naming the field when it can.
+
+    protobuf refuses deep nesting itself, before validation's depth check;
+    `decode_refusal` finds the field so that this refusal names it too.
+    """
+    refusal = decode_refusal(raw, request_type.DESCRIPTOR, limits, exc)
+    if refusal is not None:
+        return str(refusal)
+    return f"request: not a valid {request_type.DESCRIPTOR.full_name} message"
+
+
+def _time_bound_ms(msg: pb.AuthorizeRequest) -> tuple[int | None, int | None]:
+    """The request's time bound in milliseconds, as validation will read it."""
+    if not msg.HasField("context") or not msg.context.HasField("time_bound"):
+        return None, None
+    bound = msg.context.time_bound
+    return (
+        _timestamp_ms(bound.not_before) if bound.HasField("not_before") else None,
+        _timestamp_ms(bound.not_after) if bound.HasField("not_after") else None,
+    )
+
+
+def _timestamp_ms(ts: Any) -> int | None:
+    if not 0 <= ts.nanos < 1_000_000_000:
+        return None  # validation refuses it
+    return int(ts.seconds) * 1000 + int(ts.nanos) // 1_000_000
+
+
+def _meta(context: grpc.ServicerContext) -> CallMeta:
+    trace = correlation = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent" and isinstance(value, str):
+            m = _TRACEPARENT.fullmatch(value.strip())
+            if m and m["trace"] != "0" * 32:
+                trace = m["trace"]
+        elif key == "x-request-id":
+            correlation = recorded_request_id(value)
+    try:
+        identity = caller_identity(context.auth_context())
+    except IdentityRefused as exc:  # a certificate breaking an identity rule gets no decision
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, f"caller: {exc}")
+    return CallMeta(
+        peer=context.peer() or "", identity=identity, trace_id=trace, request_id=correlation
+    )
+
+
+# --- the asyncio server -------------------------------------------------------
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _SyncView:
+    """An asyncio call context seen as the sync handlers expect: `abort` raises."""
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._context = context
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata()
+
+    def peer(self) -> str:
+        return self._context.peer()
+
+    def auth_context(self) -> Any:
+        return self._context.auth_context()
+
+
+def aio_generic_handler(
+    servicer: AuthorizerServicer, *, defer_audit: bool = False
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The Authorizer methods for grpc.aio: the sync handlers, run on the event loop.
+
+    A decision is CPU work under the GIL, so each call is decided inline, with
+    no hop to a thread pool. With the default durability the audit event is
+    written (to the OS) inline too: one write. With `defer_audit` (the server
+    sets it for durability fsync) the loop does not wait for the disk: events
+    are queued for the trail's committer thread, the loop goes on deciding
+    other calls (whose events share the next fsync), and each answer is held
+    until its events are on disk. A decision whose event could not be written
+    becomes a DENY saying it was not recorded, under an id of its own; the
+    others stand, even in the same batch (their events are in the trail).
+    """
+    decider = servicer._decider
+    wakeups: list[_Wakeups] = []  # made on the server's loop, at its first deferred call
+
+    async def run(answer_type: type[Message], fn: Callable[..., T], *args: Any) -> Any:
+        """`fn(*args)`, an answer (bytes or an `answer_type` message), held as said above."""
+        if not defer_audit:
+            return fn(*args)
+        if not wakeups:
+            wakeups.append(_Wakeups(asyncio.get_running_loop()))
+
+        def settle_unanswered() -> None:  # count them once written; nobody gets the answer
+            if pending:
+                decider.tickets_done(pending, lambda error: decider.settle(pending, error))
+
+        with decider.deferring() as pending:
+            try:
+                out = fn(*args)
+            except BaseException:
+                settle_unanswered()
+                raise
+        if not pending:
+            return out
+        written: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        decider.tickets_done(pending, lambda error: wakeups[0].resolve(written, error))
+        try:
+            error = await written
+        except asyncio.CancelledError:  # the caller left; the events are still written
+            settle_unanswered()
+            raise
+        refusals = decider.settle(pending, error)
+        if not refusals:
+            return out
+        answer = answer_type.FromString(out) if isinstance(out, bytes) else out
+        return _refused(cast(Message, answer), refusals)
+
+    def unary(
+        fn: Callable[[Any, grpc.ServicerContext], Any],
+        request_type: type[Message],
+        answer_type: type[Message],
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]:
+        async def handler(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                msg = request_type.FromString(raw)
+            except DecodeError as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    _undecodable(raw, request_type, servicer._limits, exc),
+                )
+            try:
+                return await run(answer_type, fn, msg, _SyncView(context))
+            except _Aborted as stop:
+                await context.abort(stop.code, stop.details)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return handler
+
+    async def stream(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes | pb.AuthorizeStreamResponse]:
+        view = _SyncView(context)
+        meta = _meta(view)  # type: ignore[arg-type]
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        reading = [False]  # awaiting the next request: the only place the reaper cancels
+
+        def end_if_reading() -> None:  # on the loop
+            if reading[0] and task is not None:
+                task.cancel()
+
+        slot = servicer.streams.open(
+            caller_key(meta.peer, meta.identity),
+            lambda why: loop.call_soon_threadsafe(end_if_reading),
+        )
+        if isinstance(slot, str):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slot)
+        assert isinstance(slot, Slot)
+        try:
+            items = aiter(requests)
+            while True:
+                reading[0] = True
+                try:
+                    raw = await anext(items)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not slot.closed_idle:
+                        raise
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slot.closed_idle)
+                finally:
+                    reading[0] = False
+                if not slot.begin():  # closed as idle as it arrived: never decided
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slot.closed_idle)
+                try:
+                    out = await run(
+                        pb.AuthorizeStreamResponse, servicer.stream_item, raw, meta, view
+                    )
+                except _Aborted as stop:
+                    await context.abort(stop.code, stop.details)
+                finally:
+                    slot.end()
+                yield out
+        finally:
+            slot.release()
+
+    return _method_handlers(
+        unary(servicer.authorize_wire, pb.AuthorizeRequest, pb.AuthorizeResponse),
+        unary(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest, pb.AuthorizeBatchResponse),
+        stream,
+    )
+
+
+def _end_sync_call(context: grpc.ServicerContext, details: str) -> None:
+    """End a sync server call from another thread, with RESOURCE_EXHAUSTED and `details`.
+
+    grpcio's public `cancel()` sends a bare CANCELLED (RST_STREAM), which tells
+    the caller nothing; the call object underneath can end it with a status.
+    """
+    call: Any = getattr(getattr(context, "_rpc_event", None), "call", None)
+    if call is not None:
+        call.cancel(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], details)
+    else:  # pragma: no cover - another grpcio layout: still ended, as CANCELLED
+        context.cancel()  # type: ignore[no-untyped-call]
+
+
+class _Wakeups:
+    """Hands commit outcomes from the trail's committer to the loop, one wake-up per batch.
+
+    Waking the loop costs a syscall and a loop pass; a commit finishes many
+    calls at once, so their futures are resolved together.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future[str], str]] = []
+
+    def resolve(self, future: asyncio.Future[str], error: str) -> None:
+        """From any thread: set `future` to `error` on the loop, soon."""
+        with self._lock:
+            self._ready.append((future, error))
+            if len(self._ready) > 1:  # a wake-up is on its way already
+                return
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for future, error in ready:
+            if not future.done():
+                future.set_result(error)
+
+
+def _refused(out: M, refusals: Mapping[str, Decided]) -> M:
+    """`out` with each decision whose event was not written replaced by its refusal.
+
+    `refusals` maps an answered decision id to the DENY (with a new id) that
+    replaces it; decisions not in it were recorded and stand.
+    """
+    if isinstance(out, pb.AuthorizeResponse):
+        refusal = refusals.get(out.decision_id)
+        if refusal is None:
+            return out
+        refused = to_response(refusal)
+        refused.policy_revision = out.policy_revision
+        return cast(M, refused)
+    if isinstance(out, pb.AuthorizeBatchResponse):
+        for slot in out.results:
+            if slot.HasField("response"):
+                slot.response.CopyFrom(_refused(slot.response, refusals))
+    elif isinstance(out, pb.AuthorizeStreamResponse) and out.HasField("response"):
+        out.response.CopyFrom(_refused(out.response, refusals))
+    return out

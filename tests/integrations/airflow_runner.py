@@ -1,0 +1,65 @@
+"""Runs the example DAGs with Airflow's own dag.test(), for test_airflow_integration.py.
+
+Runs in .venv-airflow (not under pytest): `python airflow_runner.py PLAN RESULTS`.
+The test sets AIRFLOW_HOME, the DAGs folder and PYTHONPATH (for
+airflow_local_settings.py). Each scenario points the cluster policy at its
+sidecar through AIRFLOW__STEPGUARD__TARGET, which the policy reads at every
+check, and names the file the example systems record their effects in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+
+def main(plan_path: str, results_path: str) -> int:
+    plan = json.loads(Path(plan_path).read_text())
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils import db
+
+    db.initdb()
+    bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    if bag.import_errors:
+        print(f"DAG import errors: {bag.import_errors}", file=sys.stderr)
+        return 1
+    results: dict[str, Any] = {}
+    for scenario in plan["scenarios"]:
+        dag = bag.get_dag(scenario["workflow"])
+        for task in dag.tasks:
+            task.retry_delay = timedelta(0)  # the examples wait 30 s between tries
+        os.environ["AIRFLOW__STEPGUARD__TARGET"] = scenario["target"]
+        os.environ["EXAMPLE_SYSTEMS_LOG"] = scenario["systems_log"]
+        print(f"=== scenario {scenario['name']}", flush=True)
+        run = dag.test(run_conf=scenario["inputs"])
+        results[scenario["name"]] = {
+            "run_id": run.run_id,
+            "state": _text(run.state),
+            "tasks": {
+                _step_id(ti): {
+                    "state": _text(ti.state),
+                    "attempts": ti.try_number,
+                    "step_id": _step_id(ti),
+                }
+                for ti in run.get_task_instances()
+            },
+        }
+    Path(results_path).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def _step_id(ti: Any) -> str:
+    """What the policy sends as step_id: the task id, with the map index of a mapped task."""
+    return ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
+
+
+def _text(state: Any) -> str:
+    return str(getattr(state, "value", state))
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))

@@ -1,0 +1,81 @@
+"""Runs the example flows with Prefect's local engine, for test_prefect_integration.py.
+
+Runs in .venv-prefect (not under pytest): `python prefect_runner.py PLAN RESULTS`.
+`prefect_test_harness` gives the flows a temporary local API (SQLite under
+PREFECT_HOME, loopback only); each task run's final state is taken from its
+on_completion / on_failure hook. Each scenario points the guard at its sidecar
+through PREFECT_STEPGUARD_TARGET, which it reads at every check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def main(plan_path: str, results_path: str) -> int:
+    plan = json.loads(Path(plan_path).read_text())
+    sys.path.insert(0, str(Path(plan["examples"]) / "prefect"))
+    flows = importlib.import_module("identity_flows")
+
+    from prefect import Task
+    from prefect.testing.utilities import prefect_test_harness
+
+    # Task-run outcomes are taken from Prefect's own state hooks, in this process:
+    # the API records task-run states asynchronously and may lag behind the flow.
+    finished: list[dict[str, Any]] = []
+
+    def remember(task: Any, task_run: Any, state: Any) -> None:
+        finished.append(
+            {
+                "flow_run_id": str(task_run.flow_run_id),
+                "name": task.name,
+                "state": _state(state.type.value),
+                "attempts": task_run.run_count,
+                "step_id": str(task_run.id),
+            }
+        )
+
+    for name, value in list(vars(flows).items()):
+        if isinstance(value, Task):  # the examples wait 30 s between tries
+            hooked = value.with_options(
+                retry_delay_seconds=0, on_completion=[remember], on_failure=[remember]
+            )
+            setattr(flows, name, hooked)
+
+    results: dict[str, Any] = {}
+    with prefect_test_harness():
+        for scenario in plan["scenarios"]:
+            os.environ["PREFECT_STEPGUARD_TARGET"] = scenario["target"]
+            os.environ["EXAMPLE_SYSTEMS_LOG"] = scenario["systems_log"]
+            print(f"=== scenario {scenario['name']}", flush=True)
+            flow = getattr(flows, scenario["workflow"])
+            state = flow(**scenario["inputs"], return_state=True)
+            if inspect.iscoroutine(state):  # an async flow (the leaver)
+                state = asyncio.run(state)
+            run_id = str(state.state_details.flow_run_id)
+            results[scenario["name"]] = {
+                "run_id": run_id,
+                "state": _state(state.type.value),
+                "tasks": {
+                    run["name"]: {k: run[k] for k in ("state", "attempts", "step_id")}
+                    for run in finished
+                    if run["flow_run_id"] == run_id
+                },
+            }
+    Path(results_path).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def _state(value: str) -> str:
+    return {"COMPLETED": "success", "FAILED": "failed"}.get(value, value.lower())
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))

@@ -1,0 +1,160 @@
+"""Every task of a real Airflow run asks stepguard first.
+
+The example DAGs (examples/airflow/dags) run under Airflow's own dag.test()
+in .venv-airflow, loaded from the DAGs folder so that the cluster policy in
+examples/airflow/airflow_local_settings.py applies, against real sidecars
+with injected clocks and real audit files (tests/integrations/orchestration.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.integrations.orchestration import (
+    APPROVAL_POLICY,
+    SCENARIOS,
+    Outcome,
+    Scenario,
+    by_name,
+    check_leaver_not_blocked_at_night,
+    check_one_event_per_guarded_step,
+    check_time_bound_stops_the_first_step,
+    orchestrator_python,
+    orchestrators_imported_by_stepguard,
+    policies_of,
+    run_scenarios,
+)
+
+HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
+
+# grant_access is a mapped task (one instance per team) in the Airflow example.
+MAPPED_ONBOARDING_STEPS = [
+    "create_account",
+    "grant_access[0]",
+    "grant_access[1]",
+    "issue_credential",
+    "notify",
+]
+
+# A run conf that tries to redeclare the step: the policy reads the declaration
+# when the DAG is loaded, so this changes nothing.
+REDECLARED = Scenario(
+    "conf-redeclares",
+    "onboarding",
+    "weekday",
+    {
+        "new_hire": "trudy",
+        "requester": "maria",
+        "stepguard": {"action": "notify", "target": "slack"},
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    python = orchestrator_python("airflow")
+    tmp = tmp_path_factory.mktemp("airflow")
+    home = tmp / "airflow-home"
+    home.mkdir()
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "examples" / "airflow" / "dags"),
+        "PYTHONPATH": str(ROOT / "examples" / "airflow"),
+    }
+    return run_scenarios(python, HERE / "airflow_runner.py", tmp, [*SCENARIOS, REDECLARED], env)
+
+
+def test_a_permitted_run_completes_with_the_credential_ttl_handed_to_the_task(
+    outcome: Outcome,
+) -> None:
+    run = outcome.runs["approved"]
+    assert run.state == "success"
+    assert {name: (t.state, t.attempts) for name, t in run.tasks.items()} == {
+        name: ("success", 1) for name in MAPPED_ONBOARDING_STEPS
+    }
+    ran = run.ran()
+    assert (ran[0], sorted(ran[1:3]), ran[3:]) == (
+        "create_account",
+        ["grant_access", "grant_access"],
+        ["issue_credential", "notify"],
+    )
+    assert sorted(e["team"] for e in run.effects if e["action"] == "grant_access") == [
+        "engineering",
+        "on-call",
+    ]
+    (credential,) = [e for e in run.effects if e["action"] == "issue_credential"]
+    assert credential["ttl_s"] == 15 * 60  # aws-prod is critical: PT15M
+
+
+@pytest.mark.parametrize("name", ["unapproved", "self-approved"])
+def test_missing_or_self_approval_stops_at_the_identity_changing_step(
+    outcome: Outcome, name: str
+) -> None:
+    run = outcome.runs[name]
+    assert run.state == "failed"
+    create = run.tasks["create_account"]
+    assert (create.state, create.attempts) == ("failed", 1)  # retries=2, but a DENY is final
+    assert {t.state for n, t in run.tasks.items() if n != "create_account"} == {"upstream_failed"}
+    assert run.ran() == []  # the task body never ran
+    (event,) = outcome.events(by_name(name))
+    assert event["decision"] == "DENY"
+    assert APPROVAL_POLICY in policies_of(event)
+    deny_line = f"stepguard DENY onboarding/{run.run_id}/create_account attempt 1"
+    assert deny_line in outcome.log
+    assert APPROVAL_POLICY in outcome.log.split(deny_line, 1)[1].splitlines()[0]
+
+
+def test_the_leaver_flow_is_not_blocked_outside_business_hours(outcome: Outcome) -> None:
+    check_leaver_not_blocked_at_night(outcome)
+
+
+def test_a_run_outside_its_time_bound_is_stopped_at_the_first_step(outcome: Outcome) -> None:
+    check_time_bound_stops_the_first_step(outcome)
+
+
+@pytest.mark.parametrize("name", [s.name for s in [*SCENARIOS, REDECLARED]])
+def test_the_audit_trail_holds_one_event_per_guarded_step_with_airflows_ids(
+    outcome: Outcome, name: str
+) -> None:
+    scenario = REDECLARED if name == REDECLARED.name else by_name(name)
+    check_one_event_per_guarded_step(outcome, scenario)
+
+
+def test_no_event_belongs_to_no_run(outcome: Outcome) -> None:
+    run_ids = {run.run_id for run in outcome.runs.values()}
+    for events in outcome.audits.values():
+        assert events
+        assert {e["run_id"] for e in events} <= run_ids
+
+
+def test_a_stopped_sidecar_fails_the_guarded_task_closed(outcome: Outcome) -> None:
+    run = outcome.runs["sidecar-stopped"]
+    assert run.state == "failed"
+    create = run.tasks["create_account"]
+    # Unreachable is retryable: each of the 3 tries asked again, none ran.
+    assert (create.state, create.attempts) == ("failed", 3)
+    assert run.ran() == []
+    assert outcome.events(by_name("sidecar-stopped")) == []
+    for attempt in (1, 2, 3):
+        line = f"stepguard UNAVAILABLE onboarding/{run.run_id}/create_account attempt {attempt}"
+        assert line in outcome.log
+
+
+def test_a_run_conf_cannot_redeclare_a_step(outcome: Outcome) -> None:
+    run = outcome.runs[REDECLARED.name]
+    assert run.tasks["create_account"].state == "failed"
+    assert run.ran() == []
+    (event,) = outcome.events(REDECLARED)
+    assert event["action"]["id"] == "create_account"
+    assert event["resource"]["id"] == "okta"
+    assert APPROVAL_POLICY in policies_of(event)
+
+
+def test_the_core_import_path_does_not_import_airflow() -> None:
+    python = orchestrator_python("airflow")
+    assert orchestrators_imported_by_stepguard(python) == []

@@ -1,0 +1,120 @@
+"""Every task run of a real Prefect flow run asks stepguard first.
+
+The example flows (examples/prefect/identity_flows.py) run on Prefect's local
+engine in .venv-prefect, with a temporary local API (prefect_test_harness),
+against real sidecars with injected clocks and real audit files
+(tests/integrations/orchestration.py). Prefect's ids: flow name -> workflow_id, flow-run
+id -> run_id, task-run id -> step_id, task run_count -> attempt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integrations.orchestration import (
+    APPROVAL_POLICY,
+    ONBOARDING_STEPS,
+    SCENARIOS,
+    Outcome,
+    by_name,
+    check_leaver_not_blocked_at_night,
+    check_one_event_per_guarded_step,
+    check_time_bound_stops_the_first_step,
+    orchestrator_python,
+    orchestrators_imported_by_stepguard,
+    policies_of,
+    run_scenarios,
+)
+
+HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    python = orchestrator_python("prefect")
+    tmp = tmp_path_factory.mktemp("prefect")
+    home = tmp / "prefect-home"
+    home.mkdir()
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    return run_scenarios(python, HERE / "prefect_runner.py", tmp, SCENARIOS, env)
+
+
+def test_a_permitted_run_completes_with_the_credential_ttl_handed_to_the_task(
+    outcome: Outcome,
+) -> None:
+    run = outcome.runs["approved"]
+    assert run.state == "success"
+    assert {name: (t.state, t.attempts) for name, t in run.tasks.items()} == {
+        name: ("success", 1) for name in ONBOARDING_STEPS
+    }
+    assert run.ran() == list(ONBOARDING_STEPS)
+    (credential,) = [e for e in run.effects if e["action"] == "issue_credential"]
+    assert credential["ttl_s"] == 15 * 60  # aws-prod is critical: PT15M
+
+
+@pytest.mark.parametrize("name", ["unapproved", "self-approved"])
+def test_missing_or_self_approval_stops_at_the_identity_changing_step(
+    outcome: Outcome, name: str
+) -> None:
+    run = outcome.runs[name]
+    assert run.state == "failed"
+    # Only the denied task run exists: the flow stopped there. retries=2, yet one attempt.
+    assert {n: (t.state, t.attempts) for n, t in run.tasks.items()} == {
+        "create_account": ("failed", 1)
+    }
+    assert run.ran() == []
+    (event,) = outcome.events(by_name(name))
+    assert event["decision"] == "DENY"
+    assert APPROVAL_POLICY in policies_of(event)
+    step_id = run.tasks["create_account"].step_id
+    deny_line = f"stepguard DENY onboarding/{run.run_id}/{step_id} attempt 1"
+    assert deny_line in outcome.log
+    assert APPROVAL_POLICY in outcome.log.split(deny_line, 1)[1].splitlines()[0]
+
+
+def test_the_leaver_flow_is_not_blocked_outside_business_hours(outcome: Outcome) -> None:
+    check_leaver_not_blocked_at_night(outcome)
+
+
+def test_a_run_outside_its_time_bound_is_stopped_at_the_first_step(outcome: Outcome) -> None:
+    check_time_bound_stops_the_first_step(outcome)
+
+
+@pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
+def test_the_audit_trail_holds_one_event_per_guarded_step_with_prefects_ids(
+    outcome: Outcome, name: str
+) -> None:
+    check_one_event_per_guarded_step(outcome, by_name(name))
+
+
+def test_no_event_belongs_to_no_run(outcome: Outcome) -> None:
+    run_ids = {run.run_id for run in outcome.runs.values()}
+    for events in outcome.audits.values():
+        assert events
+        assert {e["run_id"] for e in events} <= run_ids
+
+
+def test_a_stopped_sidecar_fails_the_guarded_task_closed(outcome: Outcome) -> None:
+    run = outcome.runs["sidecar-stopped"]
+    assert run.state == "failed"
+    create = run.tasks["create_account"]
+    # Unreachable is retryable: each of the 3 attempts asked again, none ran.
+    assert (create.state, create.attempts) == ("failed", 3)
+    assert set(run.tasks) == {"create_account"}
+    assert run.ran() == []
+    assert outcome.events(by_name("sidecar-stopped")) == []
+    for attempt in (1, 2, 3):
+        line = f"stepguard UNAVAILABLE onboarding/{run.run_id}/{create.step_id} attempt {attempt}"
+        assert line in outcome.log
+
+
+def test_the_core_import_path_does_not_import_prefect() -> None:
+    python = orchestrator_python("prefect")
+    assert orchestrators_imported_by_stepguard(python) == []
