@@ -1,101 +1,47 @@
-"""`stepguard validate`: every problem in a policy directory, with file, line, column and snippet.
+"""What `stepguard validate` reports about a policy directory, as data.
 
-Problems are errors (the sidecar refuses the directory) or warnings: policies
-that load but can error at run time in a way that fails open
-(sidecar/authoring/failopen.py). `--strict` refuses warnings too.
-
-The loader (`bundle.load_bundle`) is the verdict: what it accepts, the server
-accepts. It stops at the first problem and knows only the line where a policy
-starts, so when it refuses a directory this module looks again, file by file
-and policy by policy, to list every parse and validation error at the token
-it is about (see `cedartext.locate_error`).
+Problems are errors (the sidecar refuses the directory; located by the core's
+sidecar/core/problems.py, which reads the directory as the loader does) or
+warnings: policies that load but can error at run time in a way that fails
+open (sidecar/authoring/failopen.py). `--strict` refuses warnings too. The
+command (sidecar/cli/validate.py) prints a `Diagnosis` and picks the exit code.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import re
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import cedarpy
 
 from sidecar.authoring.failopen import file_warnings, schema_types
-from sidecar.cli.exitcodes import EXIT_INVALID, EXIT_OK
-from sidecar.core.bundle import Bundle, is_entity_file, load_bundle, visible_files
-from sidecar.core.bundlefiles import read_text
-from sidecar.core.cedartext import Span, locate_error, position, split_policies
-from sidecar.core.errors import BundleError
-from sidecar.core.limits import LimitError, check_cedar_text, check_json_text
-from sidecar.core.textsafe import escape, escape_lines
+from sidecar.core.bundle import Bundle, is_entity_file, visible_files
+from sidecar.core.problems import Problem, check_directory, readable_text
 
-_POLICY_REF = re.compile(r"policy(\d+)")
+__all__ = ["Diagnosis", "Problem", "check_directory", "check_warnings", "diagnose", "unread_data"]
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
-    file: str
-    line: int  # 0 when unknown
-    column: int  # 0 when unknown
-    message: str
-    source_line: str = ""  # the text of `line`, for the snippet
-    level: str = "error"  # or "warning" (the directory loads; --strict refuses it)
+class Diagnosis:
+    """A directory's bundle (None when refused), its problems, warnings and unread JSON."""
 
-    @property
-    def where(self) -> str:
-        parts = [self.file] + [str(n) for n in (self.line, self.column) if n]
-        return ":".join(parts)
+    directory: Path
+    bundle: Bundle | None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    not_read: list[str] = field(default_factory=list)
 
-    def render(self) -> str:
-        """`file:line: message`, then where exactly and the offending line, rustc-style.
-
-        Names, messages and the snippet are escaped (sidecar/core/textsafe.py): a
-        bidi override or escape sequence in a policy file shows as `\u202e`,
-        and the caret still points at the right character.
-        """
-        head = f"{self.file}:{self.line}" if self.line else self.file
-        label = "warning: " if self.level == "warning" else ""
-        lines = [f"{escape(head)}: {label}{escape_lines(self.message)}"]
-        if self.source_line and self.line:
-            gutter = " " * len(str(self.line))
-            lines.append(f"{gutter}--> {escape(self.where)}")
-            lines.append(f"{self.line} | {escape(self.source_line.rstrip())}")
-            if self.column:
-                pad = " " * len(escape(self.source_line[: self.column - 1]))
-                lines.append(f"{gutter} | {pad}^")
-        return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "line": self.line,
-            "column": self.column,
-            "message": self.message,
-            "snippet": self.source_line.rstrip(),
-            "level": self.level,
-        }
+    def ok(self, *, strict: bool) -> bool:
+        """The directory loads, and with `strict` has no warnings either."""
+        return self.bundle is not None and not (strict and self.warnings)
 
 
-def check_directory(directory: Path) -> tuple[Bundle | None, list[Problem]]:
-    """The loaded bundle and no problems, or no bundle and every problem found."""
-    try:
-        return load_bundle(directory), []
-    except BundleError as exc:
-        verdict = exc
-    problems = _look_closer(directory)
-    # The loader's verdict stays, unless a closer look located it in its file already.
-    if not (verdict.file and any(p.file == verdict.file for p in problems)):
-        problems.insert(0, _from_bundle_error(directory, verdict))
-    return None, in_reading_order(problems)
-
-
-def in_reading_order(problems: list[Problem]) -> list[Problem]:
-    """By file, line and column (directory-wide ones first): how `--json` and text list them."""
-    return sorted(problems, key=lambda p: (p.line > 0, p.file, p.line, p.column))
+def diagnose(directory: Path) -> Diagnosis:
+    """Every problem, or for a directory that loads its warnings and the JSON it ignores."""
+    bundle, problems = check_directory(directory)
+    if bundle is None:
+        return Diagnosis(directory, None, problems)
+    return Diagnosis(
+        directory, bundle, problems, check_warnings(directory, bundle), unread_data(directory)
+    )
 
 
 def check_warnings(directory: Path, bundle: Bundle) -> list[Problem]:
@@ -106,7 +52,7 @@ def check_warnings(directory: Path, bundle: Bundle) -> list[Problem]:
     for path in visible_files(directory):
         if path.suffix != ".cedar":
             continue
-        text = _read(path)
+        text = readable_text(path)
         if text is None:
             continue
         name = str(path.relative_to(directory))
@@ -119,170 +65,6 @@ def check_warnings(directory: Path, bundle: Bundle) -> list[Problem]:
     return found
 
 
-def _look_closer(directory: Path) -> list[Problem]:
-    if not directory.is_dir():
-        return []
-    files = visible_files(directory)
-    schema_files = [p for p in files if p.name.endswith((".cedarschema", ".cedarschema.json"))]
-    problems: list[Problem] = []
-    schema: cedarpy.Schema | None = None
-    if len(schema_files) == 1:
-        schema, found = _check_schema(directory, schema_files[0])
-        problems.extend(found)
-    for path in files:
-        if path.suffix == ".cedar":
-            problems.extend(_check_policy_file(directory, path, schema))
-    return _merge_per_action(problems)
-
-
-_ACTION_NAME = re.compile(r'\b(\w+::)*Action::"(?:[^"\\]|\\.)*"')
-
-
-def _merge_per_action(problems: list[Problem]) -> list[Problem]:
-    """One problem per place and message: Cedar repeats a context error for every action."""
-    merged: dict[tuple[str, int, int, str], list[Problem]] = {}
-    for problem in problems:
-        key = (problem.file, problem.line, problem.column, _ACTION_NAME.sub("A", problem.message))
-        merged.setdefault(key, []).append(problem)
-    out: list[Problem] = []
-    for group in merged.values():
-        first = group[0]
-        if len(group) > 1:
-            more = len(group) - 1
-            first = dataclasses.replace(
-                first, message=f"{first.message} (and for {more} more action(s))"
-            )
-        out.append(first)
-    return out
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return read_text(path, path.name)  # non-blocking, regular files only
-    except BundleError:
-        return None
-
-
-def _check_schema(directory: Path, path: Path) -> tuple[cedarpy.Schema | None, list[Problem]]:
-    text = _read(path)
-    if text is None:
-        return None, []  # the loader's own message covers unreadable files
-    name = str(path.relative_to(directory))
-    try:
-        if path.name.endswith(".json"):
-            check_json_text(text)
-        else:
-            check_cedar_text(text, schema=True)
-    except LimitError as exc:
-        return None, [_at_line(name, text, exc.line, exc.column, f"invalid schema: {exc}")]
-    try:
-        if path.name.endswith(".json"):
-            return cedarpy.Schema.from_json_str(text), []
-        return cedarpy.Schema.from_str(text), []
-    except ValueError as exc:
-        offset = None if path.name.endswith(".json") else locate_error(text, str(exc), parse=False)
-        return None, [_at(name, text, offset, f"invalid schema: {exc}")]
-
-
-def _check_policy_file(directory: Path, path: Path, schema: cedarpy.Schema | None) -> list[Problem]:
-    text = _read(path)
-    if text is None:
-        return []
-    name = str(path.relative_to(directory))
-    try:
-        check_cedar_text(text)  # cedarpy crashes on what this refuses
-    except LimitError as exc:
-        return [_at_line(name, text, exc.line, exc.column, str(exc))]
-    spans = split_policies(text)
-    offsets = _span_offsets(text, spans)
-    problems: list[Problem] = []
-    for span, start in zip(spans, offsets, strict=True):
-        try:
-            cedarpy.policies_to_json_str(span.text)
-        except ValueError as exc:
-            local = locate_error(span.text, str(exc), parse=True)
-            offset = start + (local if local is not None else 0)
-            problems.append(_at(name, text, offset, f"syntax error: {exc}"))
-    if problems or schema is None:
-        return problems
-    result = cedarpy.validate_policies(text, schema)
-    for err in result.errors:
-        m = _POLICY_REF.fullmatch(err.policy_id)
-        index = int(m.group(1)) if m else -1
-        if 0 <= index < len(spans):
-            local = locate_error(spans[index].text, err.error, parse=False)
-            offset = offsets[index] + (local if local is not None else 0)
-            message = _named(err.error, err.policy_id, spans[index].text)
-            problems.append(_at(name, text, offset, f"validation error: {message}"))
-        else:
-            problems.append(Problem(name, 0, 0, f"validation error: {err.error}"))
-    return problems
-
-
-def _named(message: str, positional: str, policy_text: str) -> str:
-    """Cedar's message with the policy's `@id` for the positional `policyN` it uses.
-
-    Cedar numbers the policies of the text it validates (`policy0` is the file's
-    first), which names nothing the author wrote. Without an `@id`, the
-    position is said in words.
-    """
-    try:
-        doc = json.loads(cedarpy.policies_to_json_str(policy_text))
-        annotations = next(iter(doc["staticPolicies"].values())).get("annotations") or {}
-    except (ValueError, KeyError, StopIteration, AttributeError):
-        annotations = {}
-    policy_id = annotations.get("id")
-    if isinstance(policy_id, str):
-        named = f"policy {json.dumps(policy_id)}"
-    else:
-        m = _POLICY_REF.fullmatch(positional)
-        named = f"the policy without an @id (number {int(m.group(1)) + 1} in its file)" if m else ""
-    if not named:
-        return message
-    return message.replace(f"for policy `{positional}`", f"for {named}", 1)
-
-
-def _span_offsets(text: str, spans: list[Span]) -> list[int]:
-    """Where each span starts in the file (spans carry line and column)."""
-    starts = [0]
-    for line in text.split("\n"):
-        starts.append(starts[-1] + len(line) + 1)
-    return [starts[s.line - 1] + s.column - 1 for s in spans]
-
-
-def _at(name: str, text: str, offset: int | None, message: str) -> Problem:
-    if offset is None:
-        return Problem(name, 0, 0, message)
-    line, column = position(text, offset)
-    return Problem(name, line, column, message, _line_text(text, line))
-
-
-def _at_line(name: str, text: str, line: int, column: int, message: str) -> Problem:
-    return Problem(name, line, column, message, _line_text(text, line))
-
-
-def _line_text(text: str, line: int) -> str:
-    lines = text.split("\n")
-    return lines[line - 1] if 0 < line <= len(lines) else ""
-
-
-def _from_bundle_error(directory: Path, exc: BundleError) -> Problem:
-    """The loader's error, with a column and snippet when it names a line of a file."""
-    if not exc.file:
-        return Problem(str(directory), 0, 0, exc.detail)
-    path = directory / exc.file
-    text = (
-        _read(path)
-        if exc.file in {p.relative_to(directory).as_posix() for p in visible_files(directory)}
-        else None
-    )
-    if text is None or not exc.line:
-        return Problem(exc.file, exc.line, 0, exc.detail)
-    line_text = _line_text(text, exc.line)
-    column = len(line_text) - len(line_text.lstrip()) + 1 if line_text else 0
-    return Problem(exc.file, exc.line, column, exc.detail, line_text)
-
-
 def unread_data(directory: Path) -> list[str]:
     """JSON files the loader does not read: a misnamed entity file would be silently lost."""
     return [
@@ -292,71 +74,3 @@ def unread_data(directory: Path) -> list[str]:
         and not is_entity_file(p)
         and not p.name.endswith(".cedarschema.json")
     ]
-
-
-def read_lines(directory: Path, bundle: Bundle) -> str:
-    """`read: <files>`, and `not read:` for JSON that is neither schema nor entities."""
-    lines = [f"read: {', '.join(escape(name) for name in bundle.sources)}"]
-    unread = unread_data(directory)
-    if unread:
-        lines.append(
-            f"not read: {', '.join(escape(name) for name in unread)} "
-            "(entity data is entities.json or *.entities.json)"
-        )
-    return "\n".join(lines)
-
-
-def validate_command(args: argparse.Namespace) -> int:
-    """Print every problem (stderr), or a one-line summary of a valid directory; 4 if invalid.
-
-    Warnings are printed for a directory that loads; with `--strict` they
-    make it invalid (exit 4) too.
-    """
-    bundle, problems = check_directory(args.directory)
-    warnings = check_warnings(args.directory, bundle) if bundle is not None else []
-    strict = bool(getattr(args, "strict", False))
-    ok = bundle is not None and not (strict and warnings)
-    if getattr(args, "json", False):
-        out: dict[str, Any] = {
-            "ok": ok,
-            "problems": [p.to_json() for p in problems],
-            "warnings": [w.to_json() for w in warnings],
-            "strict": strict,
-        }
-        if bundle is not None:
-            out.update(
-                policies=bundle.policy_count,
-                entities=len(bundle.entity_json),
-                revision=bundle.revision,
-                files=list(bundle.sources),
-                not_read=unread_data(args.directory),
-            )
-        print(json.dumps(out, indent=2))
-        return EXIT_OK if ok else EXIT_INVALID
-    for warning in warnings:
-        print(warning.render(), file=sys.stderr)
-    if bundle is not None:
-        if warnings:
-            verdict = (
-                "--strict: the policies are refused"
-                if strict
-                else "they can error at run time (--strict refuses them)"
-            )
-            print(
-                f"{escape(args.directory)}: {len(warnings)} warning(s); {verdict}", file=sys.stderr
-            )
-        if ok:
-            print(
-                f"ok: {bundle.policy_count} policies, {len(bundle.entity_json)} entities, "
-                f"revision {escape(bundle.revision)}"
-            )
-            print(read_lines(args.directory, bundle))
-    else:
-        for problem in problems:
-            print(problem.render(), file=sys.stderr)
-        print(
-            f"{escape(args.directory)}: {len(problems)} problem(s); "
-            "the sidecar refuses these policies",
-            file=sys.stderr,
-        )
-    return EXIT_OK if ok else EXIT_INVALID

@@ -246,7 +246,7 @@ class PolicyWatcher:
 
 def _located(directory: Path, exc: BundleError) -> str:
     """The refusal with the most precise place known (file:line:column when found)."""
-    from sidecar.authoring.diagnose import check_directory
+    from sidecar.core.problems import check_directory
 
     try:
         _, problems = check_directory(directory)

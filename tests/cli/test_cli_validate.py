@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from sidecar.authoring.diagnose import check_directory
 from sidecar.cli.main import main
+from sidecar.core.problems import check_directory
 from tests.conftest import POLICIES
 
 
@@ -144,3 +146,35 @@ def test_json_output(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_check_directory_returns_the_bundle_when_valid() -> None:
     bundle, problems = check_directory(POLICIES)
     assert bundle is not None and problems == []
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_validate_ok_and_broken(tmp_path: Path) -> None:
+    ok = run("validate", str(POLICIES))
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: ")
+    broken = tmp_path / "policies"
+    shutil.copytree(POLICIES, broken)
+    target = broken / "read_only.cedar"
+    target.write_text(
+        target.read_text() + "\n\npermit (principal, action, resource) when { context.nope };\n"
+    )
+    out = run("validate", str(broken))
+    assert out.returncode == 4
+    line = len(target.read_text().splitlines())
+    assert f"read_only.cedar:{line}: validation error" in out.stderr
+    (broken / "read_only.cedar").write_text("permit (principal, action, resource) when { ;\n")
+    out = run("validate", str(broken))
+    assert out.returncode == 4 and "read_only.cedar:1: syntax error" in out.stderr
+    (broken / "schema.cedarschema").unlink()
+    out = run("validate", str(broken))
+    assert out.returncode == 4 and "expected exactly one schema" in out.stderr

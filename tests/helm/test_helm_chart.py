@@ -714,7 +714,7 @@ def test_chart_policies_load_as_a_bundle(files: tuple[str, ...]) -> None:
 def test_stepguard_serve_accepts_the_arguments(files: tuple[str, ...], tmp_path: Path) -> None:
     """The real CLI parses the chart's arguments and builds valid settings from them.
 
-    This mirrors what `stepguard serve` does before it starts serving (sidecar/cli/main.py):
+    This mirrors what `stepguard serve` does before it starts serving (sidecar/cli/serve.py):
     parse the flags, then merge them with the --config file.
     """
     from sidecar.cli import main as cli

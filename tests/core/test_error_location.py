@@ -16,8 +16,8 @@ from pathlib import Path
 import cedarpy
 import pytest
 
-from sidecar.authoring.diagnose import check_directory
 from sidecar.core.cedartext import locate_error, split_policies, token_ends
+from sidecar.core.problems import check_directory
 from tests.conftest import POLICIES
 
 REAL_PARSE = cedarpy.policies_to_json_str

@@ -1,0 +1,106 @@
+"""One module per command group: each registers itself, main.py only lists them (issue 17).
+
+The authoring tools return data and the command modules print it and choose the
+exit code, so nothing in sidecar/authoring/ imports the command line (the test
+runner, policytest.py, is being split apart separately), and the server's
+reload error is located by the core, not by an authoring tool.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+from sidecar.cli import main as cli
+
+SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
+# Each command module and the commands (words after `stepguard`) it registers.
+COMMAND_MODULES = {
+    "serve": {"serve"},
+    "check": {"check"},
+    "validate": {"validate"},
+    "audit": {"audit", "audit verify", "audit query"},
+    "fmt": {"fmt"},
+    "replay": {"replay"},
+    "healthcheck": {"healthcheck"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, also inside functions (the CLI imports lazily)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _under(names: set[str], room: str) -> set[str]:
+    return {n for n in names if n == room or n.startswith(room + ".")}
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_MODULES))
+def test_each_command_group_registers_itself(name: str) -> None:
+    """`register(subparsers)` adds the module's commands, each run by a handler of its own."""
+    module = importlib.import_module(f"sidecar.cli.{name}")
+    parser = cli._Parser(prog="stepguard")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    assert module.register(sub) is None
+    found = dict(cli.subcommands(parser))
+    assert set(found) == COMMAND_MODULES[name]
+    for words, child in found.items():
+        if any(w2.startswith(words + " ") for w2 in found):
+            continue  # a group (`audit`): its subcommands run
+        run = child.get_default("run")
+        assert callable(run), words
+        assert run.__module__ == module.__name__, (words, run.__module__)
+
+
+def test_main_lists_command_modules_and_declares_no_command_flags() -> None:
+    """main.py holds the skeleton (`--version`, help, dispatch); flags live with their command."""
+    tree = ast.parse((SIDECAR / "cli" / "main.py").read_text())
+    flags = [
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "add_argument"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    ]
+    assert flags == ["--version"]
+    assert not [
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "add_parser"
+    ]
+    words = {w for w, _ in cli.subcommands(cli._parser())}
+    assert set().union(*COMMAND_MODULES.values()) | {"test"} == words
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p.relative_to(SIDECAR).as_posix()
+        for p in (SIDECAR / "authoring").rglob("*.py")
+        if p.name != "policytest.py"  # split into authoring/testing/ and cli/test.py apart
+    ),
+)
+def test_authoring_tools_do_not_import_the_command_line(path: str) -> None:
+    assert _under(_imports(SIDECAR / path), "sidecar.cli") == set()
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p.relative_to(SIDECAR).as_posix() for p in (SIDECAR / "serving").rglob("*.py"))
+)
+def test_serving_does_not_import_the_authoring_tools(path: str) -> None:
+    """The watcher locates a reload error with the core's reading of the bundle."""
+    assert _under(_imports(SIDECAR / path), "sidecar.authoring") == set()
