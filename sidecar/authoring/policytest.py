@@ -1241,11 +1241,11 @@ def watch_command(args: argparse.Namespace) -> int:
 
     Watched: the directories of the given paths (suites and their fixtures) and
     every policy directory a suite ran against, fingerprinted as the sidecar's
-    hot reload does (`watch.fingerprint`: names and contents, through symlinks).
+    hot reload does (`bundlefiles.fingerprint`: names and contents, through symlinks).
     Like hot reload, a change is acted on once it has held still for one
     interval, so a half-saved file is not run.
     """
-    from sidecar.serving.watch import fingerprint
+    from sidecar.core.bundlefiles import fingerprint
 
     interval = max(0.01, float(args.watch_interval))
     rounds: int | None = args.watch_rounds
