@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.cli.exitcodes import EXIT_DENY, EXIT_OK
 from sidecar.core.errors import StepguardError
-from sidecar.core.model import PolicyErrors  # light: the standard library only
+from sidecar.core.model import PolicyErrors, result_json  # light: the standard library only
 from sidecar.core.textsafe import escape
 
 if TYPE_CHECKING:
@@ -131,22 +131,6 @@ def _parse_now(text: str | None) -> datetime:
     except ValueError as exc:
         raise StepguardError(f"--now: {text!r} is not an RFC 3339 time") from exc
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def result_json(result: Result) -> dict[str, Any]:
-    ttl = result.obligations.max_credential_ttl
-    return {
-        "decision": result.decision.value,
-        "reason": result.summary(),
-        "determining_policies": [
-            {"id": r.id, "source": r.source, "annotations": dict(r.annotations)}
-            for r in result.reasons
-        ],
-        "errors": [{"policy": e.policy_id, "message": e.message} for e in result.errors],
-        "obligations": {"max_credential_ttl_s": ttl.total_seconds()} if ttl else {},
-        "policy_revision": result.revision,
-        "policy_errors": result.policy_errors.value,
-    }
 
 
 def render_result(result: Result) -> str:

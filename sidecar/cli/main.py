@@ -147,28 +147,18 @@ def _commands() -> list[Callable[[Any], None]]:
 
     Each module adds its parser and sets `run` (its handler) with `set_defaults`.
     """
-    from sidecar.authoring import policytest
-    from sidecar.cli import audit, check, fmt, healthcheck, replay, serve, validate
+    from sidecar.cli import audit, check, fmt, healthcheck, replay, serve, test, validate
 
     return [
         serve.register,
         check.register,
         validate.register,
         audit.register,
-        policytest.register,
+        test.register,
         fmt.register,
         replay.register,
         healthcheck.register,
     ]
-
-
-def __getattr__(name: str) -> Any:
-    """`result_json` moved to sidecar/cli/check.py; the test runner still imports it from here."""
-    if name == "result_json":
-        from sidecar.cli.check import result_json
-
-        return result_json
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

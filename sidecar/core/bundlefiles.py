@@ -1,7 +1,8 @@
 """Which files make up a policy bundle, and reading them without surprises.
 
 The loader, the watcher, `validate`, `fmt` and `test` all list a directory
-the same way (`list_bundle`), so they see what loads:
+the same way (`list_bundle`), so they see what loads; hot reload and
+`test --watch` notice a change by the same listing (`fingerprint`):
 
 - Entries whose name starts with a dot are skipped (a ConfigMap's `..data`
   and its timestamped directories are reached through the key symlinks).
@@ -242,3 +243,26 @@ def check_manifest(
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(directory: Path) -> str:
+    """Hash of the names and contents of every file the loader would read."""
+    if not directory.is_dir():
+        return "absent"
+    digest = hashlib.sha256()
+    try:
+        listing = list_bundle(directory)
+    except Exception as exc:  # noqa: BLE001 - e.g. the tree changed while it was listed;
+        return f"unlistable: {exc}"  # the load that follows reports it
+    for path in listing.files:
+        name = str(path.relative_to(directory)).encode()
+        try:
+            data = read_bytes(path, path.name)  # non-blocking: a FIFO swapped in cannot hang
+        except BundleError:
+            data = b"\0unreadable"
+        for part in (name, data):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+    for problem in listing.problems:  # a refused entry appearing or going away is a change
+        digest.update(str(problem).encode())
+    return digest.hexdigest()

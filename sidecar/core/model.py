@@ -140,6 +140,27 @@ class Result:
         return "denied: no policy permits this request"
 
 
+def result_json(result: Result) -> dict[str, Any]:
+    """A Result as JSON: `stepguard check --json`, and each case's `actual` in `test --format json`.
+
+    Here, beside the model, so both commands (and the test report) share one
+    shape without the authoring tools importing the command line.
+    """
+    ttl = result.obligations.max_credential_ttl
+    return {
+        "decision": result.decision.value,
+        "reason": result.summary(),
+        "determining_policies": [
+            {"id": r.id, "source": r.source, "annotations": dict(r.annotations)}
+            for r in result.reasons
+        ],
+        "errors": [{"policy": e.policy_id, "message": e.message} for e in result.errors],
+        "obligations": {"max_credential_ttl_s": ttl.total_seconds()} if ttl else {},
+        "policy_revision": result.revision,
+        "policy_errors": result.policy_errors.value,
+    }
+
+
 def datetime_text(value: datetime) -> str:
     """`YYYY-MM-DDThh:mm:ss.sssZ` in UTC, the form Cedar's `datetime` parses.
 

@@ -26,7 +26,6 @@ load in an unexpected way must never leave health and metrics saying "ok".
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sidecar.core.bundle import Bundle, load_bundle
-from sidecar.core.bundlefiles import list_bundle, read_bytes
+from sidecar.core.bundlefiles import fingerprint
 from sidecar.core.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -80,29 +79,6 @@ class ReloadStatus:
             "failures": self.failures,
             "last_change": self.last_change or None,
         }
-
-
-def fingerprint(directory: Path) -> str:
-    """Hash of the names and contents of every file the loader would read."""
-    if not directory.is_dir():
-        return "absent"
-    digest = hashlib.sha256()
-    try:
-        listing = list_bundle(directory)
-    except Exception as exc:  # noqa: BLE001 - e.g. the tree changed while it was listed;
-        return f"unlistable: {exc}"  # the load that follows reports it
-    for path in listing.files:
-        name = str(path.relative_to(directory)).encode()
-        try:
-            data = read_bytes(path, path.name)  # non-blocking: a FIFO swapped in cannot hang
-        except BundleError:
-            data = b"\0unreadable"
-        for part in (name, data):
-            digest.update(len(part).to_bytes(8, "big"))
-            digest.update(part)
-    for problem in listing.problems:  # a refused entry appearing or going away is a change
-        digest.update(str(problem).encode())
-    return digest.hexdigest()
 
 
 class PolicyWatcher:

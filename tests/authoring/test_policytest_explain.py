@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sidecar.authoring.coverage import Coverage
+from sidecar.authoring.testing.coverage import Coverage
 from sidecar.core.bundle import Bundle, Source, build_bundle
 from sidecar.core.engine import evaluate
 from sidecar.core.explain import Outcome, Value, explain

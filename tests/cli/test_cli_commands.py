@@ -1,9 +1,8 @@
-"""One module per command group: each registers itself, main.py only lists them (issue 17).
+"""One module per command group: each registers itself, main.py only lists them.
 
 The authoring tools return data and the command modules print it and choose the
-exit code, so nothing in sidecar/authoring/ imports the command line (the test
-runner, policytest.py, is being split apart separately), and the server's
-reload error is located by the core, not by an authoring tool.
+exit code; that nothing below the command line imports it is a layering rule
+(tests/project/test_layering.py).
 """
 
 from __future__ import annotations
@@ -26,23 +25,8 @@ COMMAND_MODULES = {
     "fmt": {"fmt"},
     "replay": {"replay"},
     "healthcheck": {"healthcheck"},
+    "test": {"test"},
 }
-
-
-def _imports(path: Path) -> set[str]:
-    """Every module `path` imports, also inside functions (the CLI imports lazily)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def _under(names: set[str], room: str) -> set[str]:
-    return {n for n in names if n == room or n.startswith(room + ".")}
 
 
 @pytest.mark.parametrize("name", sorted(COMMAND_MODULES))
@@ -83,24 +67,4 @@ def test_main_lists_command_modules_and_declares_no_command_flags() -> None:
         and node.func.attr == "add_parser"
     ]
     words = {w for w, _ in cli.subcommands(cli._parser())}
-    assert set().union(*COMMAND_MODULES.values()) | {"test"} == words
-
-
-@pytest.mark.parametrize(
-    "path",
-    sorted(
-        p.relative_to(SIDECAR).as_posix()
-        for p in (SIDECAR / "authoring").rglob("*.py")
-        if p.name != "policytest.py"  # split into authoring/testing/ and cli/test.py apart
-    ),
-)
-def test_authoring_tools_do_not_import_the_command_line(path: str) -> None:
-    assert _under(_imports(SIDECAR / path), "sidecar.cli") == set()
-
-
-@pytest.mark.parametrize(
-    "path", sorted(p.relative_to(SIDECAR).as_posix() for p in (SIDECAR / "serving").rglob("*.py"))
-)
-def test_serving_does_not_import_the_authoring_tools(path: str) -> None:
-    """The watcher locates a reload error with the core's reading of the bundle."""
-    assert _under(_imports(SIDECAR / path), "sidecar.authoring") == set()
+    assert set().union(*COMMAND_MODULES.values()) == words

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar.authoring.policytest import SuiteSpec, _load_yaml
+from sidecar.authoring.testing.suites import SuiteSpec, load_yaml
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.jsonreq import request_from_json
 from sidecar.core.validate import RESERVED_CONTEXT
@@ -40,7 +40,7 @@ from tests.serving.test_fuzz_servicer import ENTITIES, requests
 def _suite_specs() -> list[tuple[str, SuiteSpec]]:
     out = []
     for path in sorted((POLICIES / "tests").glob("*.yaml")):
-        doc = _load_yaml(path)
+        doc = load_yaml(path)
         if "cases" in doc or "matrix" in doc:  # not a fixtures-only file
             out.append((path.name, SuiteSpec.parse(doc, path)))
     return out

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from sidecar.core.bundle import Bundle, load_bundle
+from sidecar.core.bundlefiles import fingerprint
 from sidecar.core.errors import ConfigError
 from sidecar.decision.metrics import Metrics
 from sidecar.serving.config import build_settings
 from sidecar.serving.server import BundleHolder
-from sidecar.serving.watch import PolicyWatcher, ReloadStatus, fingerprint
+from sidecar.serving.watch import PolicyWatcher, ReloadStatus
 from tests.conftest import POLICIES
 
 NO_NOTIFY = 'action == Action::"lookup_identity"'
