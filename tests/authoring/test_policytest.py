@@ -510,3 +510,37 @@ def test_a_cedar_test_file_nested_too_deep_is_reported_not_a_traceback(
     assert code == EXIT_FAILED
     assert "not a readable Cedar test: line 1, column" in out + err
     assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize(
+    ("shape", "said"),
+    [
+        ("[1, 2]", "not a readable Cedar test: the top level must be an object"),
+        ('{"policies": 1, "requests": 2}', "not a readable Cedar test"),
+    ],
+)
+def test_a_cedar_test_file_of_the_wrong_shape_is_reported_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shape: str, said: str
+) -> None:
+    """A JSON list at the top level raised TypeError out of `stepguard test FILE.json`."""
+    path = tmp_path / "t.json"
+    path.write_text(shape)
+    code, out, err = stepguard(capsys, "test", str(path))
+    assert code == EXIT_FAILED
+    assert said in out + err
+    assert "Traceback" not in out + err
+
+
+def test_requests_that_are_not_objects_are_malformed_cases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A request that is a number raised AttributeError; now a malformed case, the rest run."""
+    corpus = shared_dir("conformance", "cedar")
+    path, data = _cedar_test(tmp_path, corpus, "multi/1.json")
+    data["requests"] = [7, *data["requests"]]
+    path.write_text(json.dumps(data))
+    code, out, err = stepguard(capsys, "test", str(tmp_path))
+    assert code == EXIT_FAILED
+    assert "malformed request" in out
+    assert "Traceback" not in out + err
+    assert "4 passed, 1 errors" in out, out

@@ -49,10 +49,16 @@ def read(path: Path) -> CedarTest:
         # Bounded before the standard library's recursive parser sees it.
         check_json_text(text, max_depth=CEDAR_TEST_DEPTH)
         test = json.loads(text)
+        if not isinstance(test, dict):
+            raise SuiteError(
+                "the top level must be an object (policies, schema, entities, requests)"
+            )
         policies = _source(path, test, "policies")
         schema = _source(path, test, "schema")
         entities = _source(path, test, "entities")
         requests = test["requests"]
+        if not isinstance(requests, list):
+            raise SuiteError("requests: expected a list")
         should_validate = bool(test.get("shouldValidate", True))
     except LimitError as exc:
         raise SuiteError(
@@ -79,9 +85,16 @@ def validation_check(test: CedarTest) -> tuple[str, bool]:
     )
 
 
-def case(req: Mapping[str, Any], index: int) -> CaseSpec:
+def description(req: Any) -> str:
+    """A request's description ('' for one without, or for a request that is no object)."""
+    return str(req.get("description") or "") if isinstance(req, Mapping) else ""
+
+
+def case(req: Any, index: int) -> CaseSpec:
     """One request of the file as a case (named by its description, else by its place)."""
-    name = str(req.get("description") or f"request {index}")
+    name = description(req) or f"request {index}"
+    if not isinstance(req, Mapping):
+        return CaseSpec(name, 0, {}, None, None, "malformed request: expected an object")
     try:
         expect = Expect(
             decision=parse_decision(req["decision"], "decision"),

@@ -198,9 +198,7 @@ class Runner:
         except SuiteError as exc:
             suite.error = str(exc)
             return suite if self.case_filter is None else None
-        selected = [
-            r for r in test.requests if self.selected(str(path), str(r.get("description", "")))
-        ]
+        selected = [r for r in test.requests if self.selected(str(path), cedarjson.description(r))]
         if not selected and self.case_filter is not None:
             return None
         suite.policies = test.policies.name
