@@ -19,10 +19,17 @@ clients on one channel with the load generator of `./dev bench`
 Attribution. Each thread's CPU time in the profiled phase is read from
 /proc (utime + stime per task), so the buckets add up to the process's CPU
 time exactly; a thread's time is split over the buckets in proportion to its
-*working* samples. A sample whose stack ends in a blocking wait (epoll, a
-futex, a condition variable, stdin) is not work and is left out: py-spy
-reports such threads as active. A working sample belongs to the stage of the
-innermost stepguard frame on its stack (`SIDECAR_MODULES` and
+*working* samples: its user time over the samples outside system calls, its
+system time over the samples in one. py-spy samples by the wall clock: a
+thread that is runnable but waiting for a CPU shows the frame it was
+preempted at, which on a busy machine is mostly the exit of a system call
+that woke another task (sendmsg to the client, a write to an eventfd), so
+counting samples alone would charge the waiting to those calls; splitting
+user and system time separately keeps it out (the record gives each
+thread's run and run-queue time from /proc schedstat). A sample whose stack
+ends in a blocking wait (epoll, a futex, a condition variable, stdin) is not
+work and is left out: py-spy reports such threads as active. A working
+sample belongs to the stage of the innermost stepguard frame on its stack (`SIDECAR_MODULES` and
 `SIDECAR_FUNCTIONS`), libraries called from a stage counting for it (orjson
 under the audit encoder is audit encoding; upb under validation is
 conversion); a sample with no stepguard frame goes by its innermost
@@ -191,6 +198,18 @@ _WAIT_CALLS = re.compile(
     r"|sem_timedwait|sem_clockwait|accept4?|syscall|futex|__futex\w*|PyThread_acquire_lock_timed"
     r"|lock_PyThread_acquire_lock|pysleep|time_sleep|gpr_cv_wait|do_futex_wait\w*) "
 )
+# A sample in (or just back from) a system call: its thread's *system* CPU time is split over
+# these, its user time over the rest. py-spy samples by the wall clock, and a thread that is
+# runnable but not running (preempted, typically at the exit of a call that woke another
+# task: sendmsg to the client, a write to an eventfd) shows the frame it stopped at; on a
+# busy machine that inflates these frames far beyond the CPU they use.
+_SYSCALL = re.compile(
+    r"^(?:sendmsg|sendto|send|recv|recvfrom|recvmsg|read|write|writev|readv|pread64|pwrite64"
+    r"|fsync|fdatasync|open|open64|openat|openat64|close|epoll_ctl|getpid|gettid|getrandom"
+    r"|sem_post|pthread_cond_signal|pthread_cond_broadcast|eventfd_write|eventfd_read|ioctl"
+    r"|fstat|fstat64|newfstatat|lseek|lseek64|mmap|mmap64|munmap|madvise|brk|sched_yield"
+    r"|__lll_lock_wake\w*|__lll_lock_wait\w*) \(libc"
+)
 _STDIN = re.compile(r"^main \(benchmarks/serve\.py")
 _UNNAMED = re.compile(r"^(?:0x[0-9a-f]+ |\? )|\((?:libc\.so[^)]*|\?|libpthread[^)]*)\)$")
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<where>[^()]*)\)$")
@@ -213,6 +232,14 @@ def _sidecar_module(where: str) -> str | None:
     if i < 0 or not where.endswith(".py") or (i and where[i - 1] != "/"):
         return None
     return where[i:]
+
+
+def in_kernel(stack: list[str]) -> bool:
+    """Whether a working sample's innermost named frame is a system call."""
+    for frame in reversed(stack):
+        if not _UNNAMED.search(frame) or _SYSCALL.match(frame):
+            return bool(_SYSCALL.match(frame))
+    return False
 
 
 def waiting(stack: list[str]) -> bool:
@@ -279,7 +306,9 @@ class ThreadSamples:
     name: str
     samples: int = 0
     waiting: int = 0
-    buckets: Counter[str] = field(default_factory=Counter)
+    buckets: Counter[str] = field(default_factory=Counter)  # working samples, all
+    user: Counter[str] = field(default_factory=Counter)  # ... outside system calls
+    system: Counter[str] = field(default_factory=Counter)  # ... in system calls
 
 
 @dataclass
@@ -319,6 +348,7 @@ def read_raw(text: str) -> Profile:
             continue
         verdict = classify(frames)
         th.buckets[verdict.bucket] += count
+        (th.system if in_kernel(frames) else th.user)[verdict.bucket] += count
         prof.top_frames.setdefault(verdict.bucket, Counter())[_short(verdict.frame)] += count
         if frames:
             prof.top_leaves.setdefault(verdict.bucket, Counter())[_short(frames[-1])] += count
@@ -332,9 +362,18 @@ def read_raw(text: str) -> Profile:
 # -- the process's CPU time, per thread ------------------------------------------------
 
 
-def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """{tid: (name, user + system CPU seconds)} of every thread of a process (Linux /proc)."""
-    out: dict[int, tuple[str, float]] = {}
+@dataclass(frozen=True, slots=True)
+class ThreadTimes:
+    name: str
+    user_s: float
+    system_s: float
+    run_s: float | None = None  # /proc schedstat: on a CPU
+    runqueue_s: float | None = None  # ... runnable, waiting for a CPU
+
+
+def thread_cpu(pid: int) -> dict[int, ThreadTimes]:
+    """Every thread's user and system CPU time (/proc stat) and scheduler times (schedstat)."""
+    out: dict[int, ThreadTimes] = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{task}/stat") as fh:
@@ -343,8 +382,21 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
-        out[int(task)] = (name, (int(fields[11]) + int(fields[12])) / _TICK)
+        run = runq = None
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                run_ns, wait_ns, _ = fh.read().split()
+            run, runq = int(run_ns) / 1e9, int(wait_ns) / 1e9
+        except (OSError, ValueError):
+            pass
+        out[int(task)] = ThreadTimes(
+            name, int(fields[11]) / _TICK, int(fields[12]) / _TICK, run, runq
+        )
     return out
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else max(0.0, b - a)
 
 
 def _fallback_bucket(name: str) -> str:
@@ -355,59 +407,83 @@ def _fallback_bucket(name: str) -> str:
     return "other"
 
 
+def _spread(cpu: dict[str, float], used: float, counts: Counter[str]) -> None:
+    total = sum(counts.values())
+    for bucket, n in counts.items():
+        cpu[bucket] += used * n / total
+
+
 def attribute(
     prof: Profile,
-    before: dict[int, tuple[str, float]],
-    after: dict[int, tuple[str, float]],
+    before: dict[int, ThreadTimes],
+    after: dict[int, ThreadTimes],
     process_cpu_s: float,
 ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, float]]:
     """Split the process's CPU time over the buckets: (bucket CPU s, threads, other's parts).
 
-    Every thread's CPU goes to its buckets in proportion to its working samples,
-    or by its name when it has none; the process time no living thread
-    explains (threads that ended during the phase) is `other`. The buckets
-    add up to `process_cpu_s`.
+    A thread's user time goes to the buckets of its working samples outside
+    system calls, its system time to those in system calls (either to all of
+    its working samples when the other kind has none), each in proportion to
+    the samples; a thread with no working sample goes by its name. The process
+    time no living thread explains (threads that ended during the phase) is
+    `other`. The buckets add up to `process_cpu_s`.
     """
     cpu: dict[str, float] = dict.fromkeys(BUCKETS, 0.0)
     other_parts = {"no bucket matched": 0.0, "thread with no working sample": 0.0, "ended": 0.0}
     by_tid = {t.tid: t for t in prof.threads.values() if t.tid is not None}
     threads: list[dict[str, Any]] = []
+    zero = ThreadTimes("", 0.0, 0.0)
     deltas = {
-        tid: (name, max(0.0, used - before.get(tid, (name, 0.0))[1]))
-        for tid, (name, used) in after.items()
+        tid: (
+            t,
+            max(0.0, t.user_s - before.get(tid, zero).user_s),
+            max(0.0, t.system_s - before.get(tid, zero).system_s),
+        )
+        for tid, t in after.items()
     }
-    total_threads = sum(d for _, d in deltas.values())
+    total_threads = sum(u + k for _, u, k in deltas.values())
     # /proc counts whole clock ticks per thread: scale to the process's own count.
     scale = process_cpu_s / total_threads if total_threads > process_cpu_s > 0 else 1.0
-    for tid, (comm, used) in sorted(deltas.items()):
-        used *= scale
+    for tid, (t, user, system) in sorted(deltas.items()):
+        user, system = user * scale, system * scale
         th = by_tid.get(tid)
-        working = sum(th.buckets.values()) if th else 0
-        name = th.name if th and th.name else comm
-        if th is not None and working:
-            for bucket, n in th.buckets.items():
-                cpu[bucket] += used * n / working
-            other_parts["no bucket matched"] += used * th.buckets["other"] / working
+        name = th.name if th and th.name else t.name
+        before_t = before.get(tid, zero)
+        entry: dict[str, Any] = {
+            "tid": tid,
+            "name": name,
+            "cpu_s": round(user + system, 6),
+            "user_s": round(user, 6),
+            "system_s": round(system, 6),
+            "run_s": _round(_delta(before_t.run_s, t.run_s) if tid in before else t.run_s),
+            "runqueue_s": _round(
+                _delta(before_t.runqueue_s, t.runqueue_s) if tid in before else t.runqueue_s
+            ),
+            "samples": th.samples if th else 0,
+            "waiting": th.waiting if th else 0,
+            "user_samples": dict(th.user.most_common()) if th else {},
+            "system_samples": dict(th.system.most_common()) if th else {},
+        }
+        if th is not None and th.buckets:
+            before_cpu = dict(cpu)
+            for used, counts in ((user, th.user), (system, th.system)):
+                _spread(cpu, used, counts if counts else th.buckets)
+            other_parts["no bucket matched"] += cpu["other"] - before_cpu["other"]
         else:
             bucket = _fallback_bucket(name)
-            cpu[bucket] += used
+            cpu[bucket] += user + system
+            entry["counted_as"] = bucket
             if bucket == "other":
-                other_parts["thread with no working sample"] += used
-        threads.append(
-            {
-                "tid": tid,
-                "name": name,
-                "cpu_s": round(used, 6),
-                "samples": th.samples if th else 0,
-                "waiting": th.waiting if th else 0,
-                "buckets": dict(th.buckets.most_common()) if th else {},
-                **({} if working else {"counted_as": _fallback_bucket(name)}),
-            }
-        )
+                other_parts["thread with no working sample"] += user + system
+        threads.append(entry)
     ended = max(0.0, process_cpu_s - sum(cpu.values()))
     cpu["other"] += ended
     other_parts["ended"] = ended
     return cpu, threads, other_parts
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 # -- running it ---------------------------------------------------------------------------
@@ -601,6 +677,7 @@ def measure(args: argparse.Namespace, exe: str) -> dict[str, Any]:
         "other_parts_cpu_s": {k: round(v, 6) for k, v in other_parts.items()},
         "cedarpy_parts": dict(prof.cedarpy_parts.most_common()),
         "threads": threads,
+        "busiest_thread": max(threads, key=lambda t: t["cpu_s"]) if threads else None,
         "unmapped": dict(prof.unmapped.most_common()),
     }
 
@@ -625,6 +702,23 @@ def render_table(record: dict[str, Any]) -> str:
         ]
     )
     return table(["bucket", "µs CPU per miss", "share", "working samples"], rows)
+
+
+def _busiest(t: dict[str, Any] | None) -> str:
+    """What the deciding thread's clocks say: why samples alone would mislead."""
+    if not t:
+        return ""
+    text = (
+        f"The busiest thread, {t['name']}, used {t['cpu_s']:.1f} s of CPU ({t['user_s']:.1f} s "
+        f"user, {t['system_s']:.1f} s system)"
+    )
+    if t.get("runqueue_s") is not None:
+        text += (
+            f" and was runnable but waiting for a CPU for {t['runqueue_s']:.1f} s (schedstat): "
+            "py-spy samples by the wall clock, and that waiting shows as the system call the "
+            "thread was preempted at, hence the split of user and system time"
+        )
+    return text + "."
 
 
 def render(record: dict[str, Any], data: str) -> str:
@@ -662,10 +756,11 @@ def render(record: dict[str, Any], data: str) -> str:
             "",
             "Each thread's CPU time (/proc) is split over the buckets in proportion to its "
             f"working samples ({smp['working']} of {smp['total']}; {smp['waiting']} were in a "
-            f"blocking wait, {smp['errors']} stacks py-spy could not read); a working sample "
-            "belongs to the innermost stepguard frame's stage, libraries counting for the stage "
-            "that called them (benchmarks/profile.py has the tables). The buckets add up to "
-            "the total.",
+            f"blocking wait, {smp['errors']} stacks py-spy could not read): its user time over "
+            "the samples outside system calls, its system time over those in one. A working "
+            "sample belongs to the innermost stepguard frame's stage, libraries counting for "
+            "the stage that called them (benchmarks/profile.py has the tables). The buckets add "
+            "up to the total. " + _busiest(record.get("busiest_thread")),
             "",
             render_table(record),
             "",

@@ -116,6 +116,55 @@ def test_a_blocked_thread_is_waiting_not_working(stack: str) -> None:
     assert profile.waiting(_stack(stack))
 
 
+@pytest.mark.parametrize(
+    ("stack", "kernel"),
+    [
+        # Back from sendmsg to the client (where a preempted thread is usually found).
+        (
+            f"{SERVE};0x7f01 (grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so)"
+            ";sendmsg (libc.so.6)",
+            True,
+        ),
+        (f"{DECIDE};FileSink._append (sidecar/audit/jsonl.py:895);write (libc.so.6)", True),
+        (
+            f"{DECIDE};_is_authorized (sidecar/core/engine.py:122);malloc (libc.so.6)"
+            ";0x7f03 (libc.so.6)",
+            False,
+        ),
+        (f"{DECIDE};request_from_proto (sidecar/core/validate.py:90)", False),
+    ],
+)
+def test_system_calls_are_told_from_user_code(stack: str, kernel: bool) -> None:
+    """A thread's system time is split over the first kind, its user time over the second."""
+    assert profile.in_kernel(_stack(stack)) is kernel
+
+
+def test_cpu_is_split_by_user_and_system_time_not_by_raw_samples() -> None:
+    """Wall-clock samples stuck at a system call's exit (a preempted thread) get only the
+    thread's system time, however many they are; user time goes to the user-code samples."""
+    raw = "\n".join(
+        [
+            f"{SERVE};0x7f01 (grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so)"
+            ";sendmsg (libc.so.6) 90",
+            f"{DECIDE};evaluate (sidecar/core/engine.py:50)"
+            ";_is_authorized (sidecar/core/engine.py:122) 30",
+            f"{DECIDE};request_from_proto (sidecar/core/validate.py:90) 10",
+            f"{SERVE};run_forever (loop.c:33192);uv__io_poll (linux.c:1452)"
+            ";epoll_pwait (libc.so.6) 50",
+        ]
+    )
+    prof = profile.read_raw(raw)
+    times = profile.ThreadTimes("python", 3.0, 1.0)
+    cpu, threads, other = profile.attribute(
+        prof, {7: profile.ThreadTimes("python", 1.0, 0.5)}, {7: times}, 2.5
+    )
+    assert cpu["grpc"] == pytest.approx(0.5)  # the system time, not 90/130 of the total
+    assert cpu["cedarpy"] == pytest.approx(1.5)  # 30 of the 40 user-code samples
+    assert cpu["convert"] == pytest.approx(0.5)
+    assert sum(cpu.values()) == pytest.approx(2.5)
+    assert threads[0]["waiting"] == 50 and other["ended"] == 0
+
+
 def test_the_profile_command_splits_the_server_cpu_into_buckets_that_add_up(
     tmp_path: Path,
 ) -> None:
