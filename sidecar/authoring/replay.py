@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from sidecar.audit.verify import collect
+from sidecar.audit.segments import collect
 from sidecar.cli.exitcodes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.cli.progress import Progress, counting
 from sidecar.core.bundle import Bundle, load_bundle

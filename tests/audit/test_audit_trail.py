@@ -25,10 +25,11 @@ from hypothesis import strategies as st
 
 from sidecar.audit.chain import Hasher, canonical, parse_line, record_line
 from sidecar.audit.event import CallMeta, build_event
-from sidecar.audit.jsonl import FileSink
+from sidecar.audit.filesink import FileSink
 from sidecar.audit.redact import Redactor
+from sidecar.audit.segments import collect
 from sidecar.audit.sink import MemorySink
-from sidecar.audit.verify import EXIT_CODES, collect, verify
+from sidecar.audit.verify import EXIT_CODES, verify
 from sidecar.cli.main import main
 from sidecar.core.errors import AuditError, ConfigError
 from sidecar.core.model import AuthzRequest, Decision, EntityData, EntityUid, Obligations, Result
