@@ -65,8 +65,8 @@ class FileSink(Recovery, Rotation, Pinning):
         super().__init__(hasher or Hasher(), durability, probe_interval_s)
         self.path = path
         self.head_path = path.with_name(path.name + ".head")
-        # Checkpoints (sidecar/audit/checkpoint.py): written by the head thread, off
-        # the decision path; `_cp_seq` is the highest seq pinned so far.
+        # Checkpoints (pinning.py; their file, checkpoint.py): written by the head thread,
+        # off the decision path; `_cp_seq` is the highest seq pinned so far.
         self._checkpoints = CheckpointFile(checkpoints, self.hasher) if checkpoints else None
         self._cp_every = max(1, checkpoint_every)
         self._cp_interval = checkpoint_interval_s

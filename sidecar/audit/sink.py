@@ -6,7 +6,9 @@ also says whether it is healthy and tells watchers when that changes, so the
 server can flip its gRPC health status. The file trail lives in
 filesink.py and the stdout trail in stream.py (both on commit.py's group
 commit); `open_sink` below picks one from the configured target, for callers
-that only want a sink. A network sink would implement the same four members.
+that only want a sink. It imports them when called: the decider and the test
+runner import this module for the protocol, and need none of the trail's
+machinery. A network sink would implement the same four members.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from sidecar.audit.chain import Hasher
-from sidecar.audit.filesink import FileSink
-from sidecar.audit.pinning import CHECKPOINT_EVERY, CHECKPOINT_INTERVAL_S
-from sidecar.audit.stream import StreamSink
 from sidecar.core.errors import AuditError, ConfigError
+
+if TYPE_CHECKING:
+    from sidecar.audit.chain import Hasher
+    from sidecar.audit.filesink import FileSink
+    from sidecar.audit.stream import StreamSink
 
 HealthWatcher = Callable[[bool, str], None]
 
@@ -127,6 +130,10 @@ def open_sink(
     checkpoint_interval_s: float = 0.0,
 ) -> FileSink | StreamSink:
     """`-` is stdout; anything else the path of the active file segment."""
+    from sidecar.audit.filesink import FileSink
+    from sidecar.audit.pinning import CHECKPOINT_EVERY, CHECKPOINT_INTERVAL_S
+    from sidecar.audit.stream import StreamSink
+
     if target == "-":
         if checkpoints is not None:
             raise ConfigError(
