@@ -229,7 +229,8 @@ def _cpu_seconds(pid: int) -> float:
 
 def _check_trail(audit: Path, ids: list[str]) -> bool:
     """The run counts only if its trail verifies and holds every answered decision."""
-    from sidecar.audit.verify import collect, verify
+    from sidecar.audit.segments import collect
+    from sidecar.audit.verify import verify
 
     trail = collect([audit])[0]
     if not verify(trail).ok:

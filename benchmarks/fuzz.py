@@ -721,7 +721,7 @@ async def _drive(server: Server, oracle: Oracle, args: argparse.Namespace, tally
 
 def _trail(audit: Path) -> tuple[Counter[str], dict[str, str]]:
     from sidecar.audit.query import events
-    from sidecar.audit.verify import collect
+    from sidecar.audit.segments import collect
 
     counts: Counter[str] = Counter()
     recorded: dict[str, str] = {}

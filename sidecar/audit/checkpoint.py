@@ -17,7 +17,7 @@ trail key (plain SHA-256 when unkeyed: then it only catches accidents).
 
 `stepguard audit verify --checkpoints FILE` checks that the trail holds every
 checkpointed record with its hash; the sidecar refuses to write a trail that
-is behind the last checkpoint (sidecar/audit/jsonl.py). Keep the file where
+is behind the last checkpoint (sidecar/audit/pinning.py). Keep the file where
 the trail's writer cannot rewrite it: docs/audit.md says how.
 """
 

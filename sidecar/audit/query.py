@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.audit.files import open_read
-from sidecar.audit.verify import Trail
+from sidecar.audit.segments import Trail
 from sidecar.core.errors import StepguardError
 from sidecar.core.textsafe import escape
 

@@ -3,17 +3,28 @@
 `write` returns only once the event is recorded as durably as the sink
 promises; any failure raises `AuditError`, and the decider then denies. A sink
 also says whether it is healthy and tells watchers when that changes, so the
-server can flip its gRPC health status. File and stdout sinks live in
-`jsonl.py`; a network sink would implement the same four members.
+server can flip its gRPC health status. The file trail lives in
+filesink.py and the stdout trail in stream.py (both on commit.py's group
+commit); `open_sink` below picks one from the configured target, for callers
+that only want a sink. It imports them when called: the decider and the test
+runner import this module for the protocol, and need none of the trail's
+machinery. A network sink would implement the same four members.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from sidecar.core.errors import AuditError
+from sidecar.core.errors import AuditError, ConfigError
+
+if TYPE_CHECKING:
+    from sidecar.audit.chain import Hasher
+    from sidecar.audit.filesink import FileSink
+    from sidecar.audit.stream import StreamSink
 
 HealthWatcher = Callable[[bool, str], None]
 
@@ -35,7 +46,7 @@ class AuditSink(Protocol):
 
 @runtime_checkable
 class DeferringSink(AuditSink, Protocol):
-    """A sink that can also queue events for a committer of its own (jsonl.py).
+    """A sink that can also queue events for a committer of its own (commit.py).
 
     For callers that must not block while an event is written (the asyncio
     server's event loop with durability fsync): `enqueue` returns a ticket at
@@ -105,3 +116,37 @@ class NullSink(MemorySink):
     def write(self, event: Mapping[str, Any]) -> None:
         if self._closed:
             raise AuditError("audit sink is closed")
+
+
+def open_sink(
+    target: str,
+    *,
+    hasher: Hasher | None = None,
+    durability: str = "flush",
+    rotate_bytes: int = 0,
+    rotate_age_s: float = 0.0,
+    checkpoints: Path | None = None,
+    checkpoint_every: int = 0,
+    checkpoint_interval_s: float = 0.0,
+) -> FileSink | StreamSink:
+    """`-` is stdout; anything else the path of the active file segment."""
+    from sidecar.audit.filesink import FileSink
+    from sidecar.audit.pinning import CHECKPOINT_EVERY, CHECKPOINT_INTERVAL_S
+    from sidecar.audit.stream import StreamSink
+
+    if target == "-":
+        if checkpoints is not None:
+            raise ConfigError(
+                "audit checkpoints pin a file trail: give --audit-file PATH (not -) with them"
+            )
+        return StreamSink(sys.stdout.buffer, hasher=hasher, durability=durability)
+    return FileSink(
+        Path(target),
+        hasher=hasher,
+        durability=durability,
+        rotate_bytes=rotate_bytes,
+        rotate_age_s=rotate_age_s,
+        checkpoints=checkpoints,
+        checkpoint_every=checkpoint_every or CHECKPOINT_EVERY,
+        checkpoint_interval_s=checkpoint_interval_s or CHECKPOINT_INTERVAL_S,
+    )

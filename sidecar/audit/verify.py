@@ -25,37 +25,45 @@ With a key, a trail that claims to be unkeyed or keyed with another key is
 With checkpoints (sidecar/audit/checkpoint.py), every checkpointed record must
 be in the trail with its hash: a trail cut and rolled back together with its
 head anchor is *truncated*. What could not be checked is listed in the report.
+
+Which files make a trail is segments.py's (`collect`, shared with `audit
+query` and `replay`); the anchor's format is anchor.py's. What stays here,
+past 500 lines, is one thing: the walk, the classification of its first
+break and the checkpoints read in step with it share the walk's state (the
+line before, the one after, the record due), and apart they would pass it
+back and forth. Progress is counted through the `Progress` protocol below,
+so the CLI hands in its terminal counter and the audit package imports no CLI.
 """
 
 from __future__ import annotations
 
 import hmac
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from sidecar.audit.anchor import read_anchor
 from sidecar.audit.chain import GENESIS, BadRecord, Hasher, Record, check_hash, parse_line
 from sidecar.audit.checkpoint import BadCheckpoint, Checkpoint, read_checkpoints
 from sidecar.audit.files import open_read
-from sidecar.audit.jsonl import read_anchor
-from sidecar.cli.progress import Progress, counting
+from sidecar.audit.segments import Trail
 from sidecar.core.errors import StepguardError
 
 EXIT_OK, EXIT_ERROR = 0, 1
 UNVERIFIABLE = "cannot verify"  # a Problem kind: exit 1
 EXIT_CODES = {"modified": 3, "deleted": 4, "inserted": 5, "reordered": 6, "truncated": 7}
-_ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d{6,})$")
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Trail:
-    """The files of one trail, in chain order."""
+class Progress(Protocol):
+    """What `verify` needs of a progress display: a count to advance, one per record.
 
-    name: str
-    segments: tuple[Path, ...]
-    head: Path | None
+    The CLI passes its terminal counter (sidecar/cli/progress.py); the audit
+    package itself never draws anything.
+    """
+
+    def advance(self, n: int = 1) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,52 +134,6 @@ class _Line:
     @property
     def where(self) -> tuple[int, int]:
         return self.index, self.line
-
-
-def collect(paths: Iterable[Path]) -> list[Trail]:
-    """Trails named by PATHs: a directory (every trail in it) or a trail's active file."""
-    bases: dict[Path, None] = {}
-    for path in paths:
-        if path.is_dir():
-            for entry in sorted(path.iterdir()):
-                if not entry.is_dir():  # FIFOs too: opening them is refused, by name
-                    base = _base_of(entry)
-                    if base is not None:
-                        bases[base] = None
-        elif path.exists() or _rotated_of(path):
-            bases[_base_of(path) or path] = None
-        else:
-            raise StepguardError(f"{path}: no such file or directory")
-    return [_trail(base) for base in bases]
-
-
-def _base_of(path: Path) -> Path | None:
-    name = path.name
-    if ".torn-" in name:
-        return None
-    if name.endswith(".head"):
-        return path.with_name(name.removesuffix(".head"))
-    m = _ROTATED.match(name)
-    return path.with_name(m["base"]) if m else path
-
-
-def _rotated_of(base: Path) -> list[tuple[int, Path]]:
-    if not base.parent.is_dir():
-        return []
-    found = []
-    for entry in base.parent.iterdir():
-        m = _ROTATED.match(entry.name)
-        if m and m["base"] == base.name:
-            found.append((int(m["n"]), entry))
-    return sorted(found)
-
-
-def _trail(base: Path) -> Trail:
-    segments = [p for _, p in _rotated_of(base)]
-    if base.exists():
-        segments.append(base)
-    head = base.with_name(base.name + ".head")
-    return Trail(str(base), tuple(segments), head if head.exists() else None)
 
 
 def verify(
@@ -379,7 +341,7 @@ def _walk(
 ) -> tuple[Problem | None, _Line | None, str | None]:
     """The chain walk: (first problem, last line, hash of the record at the anchor's seq)."""
     segments = trail.segments
-    lines = counting(_lines(segments), progress)
+    lines = _counting(_lines(segments), progress)
     ln = next(lines, None)
     exp_seq, exp_prev = 0, GENESIS
     if partial and ln is not None and ln.record is not None:
@@ -592,3 +554,13 @@ def _check_anchor(
             f"the head anchor names another hash for seq {anchor['seq']}",
         )
     return None
+
+
+def _counting(items: Iterable[T], progress: Progress | None) -> Iterator[T]:
+    """`items`, advancing `progress` by one for each."""
+    if progress is None:
+        yield from items
+        return
+    for item in items:
+        progress.advance()
+        yield item

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from sidecar.audit.verify import collect
+from sidecar.audit.segments import collect
 from sidecar.core.bundle import Bundle
 from sidecar.core.engine import deny, evaluate
 from sidecar.core.errors import StepguardError

@@ -18,7 +18,8 @@ from sidecar.audit.query import (
     run_query,
     table,
 )
-from sidecar.audit.verify import EXIT_ERROR, EXIT_OK, Report, collect, verify
+from sidecar.audit.segments import collect
+from sidecar.audit.verify import EXIT_ERROR, EXIT_OK, Report, verify
 from sidecar.cli.progress import Progress
 from sidecar.core.errors import StepguardError
 from sidecar.core.textsafe import escape, json_text

@@ -222,7 +222,7 @@ class Settings:
             )
 
     def _check_audit(self) -> None:
-        from sidecar.audit.jsonl import DURABILITIES, durability_problem
+        from sidecar.audit.commit import DURABILITIES, durability_problem
         from sidecar.audit.redact import MODES, Redactor
 
         if self.audit_durability not in DURABILITIES:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sidecar.audit.chain import Hasher, load_key
-from sidecar.audit.jsonl import open_sink
 from sidecar.audit.redact import Redactor
-from sidecar.audit.sink import AuditSink
+from sidecar.audit.sink import AuditSink, open_sink
 
 if TYPE_CHECKING:
     from sidecar.serving.config import Settings

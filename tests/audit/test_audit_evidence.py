@@ -21,9 +21,10 @@ from grpc_health.v1 import health_pb2
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.audit.anchor import anchor_bytes
 from sidecar.audit.chain import GENESIS, Hasher, canonical, parse_line, record_line
 from sidecar.audit.checkpoint import read_checkpoints
-from sidecar.audit.jsonl import FileSink, anchor_bytes
+from sidecar.audit.filesink import FileSink
 from sidecar.audit.verify import EXIT_CODES
 from sidecar.cli.main import main
 from sidecar.core.errors import AuditError, ConfigError

@@ -29,7 +29,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
-from sidecar.audit.verify import collect, verify
+from sidecar.audit.segments import collect
+from sidecar.audit.verify import verify
 from sidecar.core.jsonreq import request_from_json
 from tests.conftest import missing
 
@@ -501,7 +502,7 @@ def test_fsync_answers_wait_for_the_disk_and_failures_reach_every_item(
     answer arrives); when the commit fails, single calls, every batch item and
     every stream item are DENY saying why, and the trail recovers by itself.
     """
-    from sidecar.audit.jsonl import FileSink
+    from sidecar.audit.filesink import FileSink
     from sidecar.serving.config import Settings
     from sidecar.serving.server import Sidecar
 

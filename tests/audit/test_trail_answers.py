@@ -28,8 +28,9 @@ import pytest
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.audit.event import timestamp
-from sidecar.audit.jsonl import FileSink
-from sidecar.audit.verify import collect, verify
+from sidecar.audit.filesink import FileSink
+from sidecar.audit.segments import collect
+from sidecar.audit.verify import verify
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.jsonreq import request_from_json
 from sidecar.serving.config import Settings
