@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.authoring.failopen import file_warnings, schema_types
+from sidecar.authoring.failopen import file_warnings
+from sidecar.authoring.schematypes import schema_types
 from sidecar.core.bundle import Bundle, is_entity_file, visible_files
 from sidecar.core.problems import Problem, check_directory, readable_text
 

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sidecar.authoring.failopen import Types, schema_types
+from sidecar.authoring.schematypes import Types, schema_types
 from sidecar.core.bundle import Bundle
 from sidecar.core.errors import StepguardError
 from sidecar.core.model import EntityUid

@@ -20,7 +20,7 @@ from sidecar.core.model import PolicyErrors, result_json  # light: the standard 
 from sidecar.core.textsafe import escape
 
 if TYPE_CHECKING:
-    from sidecar.authoring.failopen import Types
+    from sidecar.authoring.schematypes import Types
     from sidecar.core.bundle import Bundle
     from sidecar.core.model import Result
 
