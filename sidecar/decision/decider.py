@@ -1,4 +1,9 @@
-"""The one place a decision is made: engine, then audit, then metrics.
+"""The one place a decision is made: cache, validation, engine, audit, metrics.
+
+Every API enters here: the gRPC API and `stepguard check` with the message as
+received (`decide_message`: the raw bytes are looked up before validation),
+AuthZEN and tests with a request already in the model (`decide`). The order
+below the entry is the same for all; the transports only convert.
 
 No decision leaves without its audit event. When the trail cannot record
 one, the answer becomes a DENY that says the decision was not recorded,
