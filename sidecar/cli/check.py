@@ -60,14 +60,19 @@ def register(sub: Any) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """Decide one request as the sidecar would: through the decider, with no trail or cache."""
+    import time
+
+    from sidecar.audit.event import CallMeta
+    from sidecar.audit.sink import NullSink
     from sidecar.authoring import refs
     from sidecar.core.bundle import load_bundle
-    from sidecar.core.engine import evaluate
-    from sidecar.core.explain import explain
     from sidecar.core.explain import render_text as render_explanation
     from sidecar.core.explain import to_json as explanation_json
     from sidecar.core.jsonreq import request_from_json
-    from sidecar.core.validate import Limits, request_from_proto
+    from sidecar.core.validate import Limits
+    from sidecar.decision.decider import Decider
+    from sidecar.decision.metrics import Metrics
 
     bundle = load_bundle(args.policies)
     types = refs.types_of(bundle)
@@ -76,9 +81,13 @@ def _check(args: argparse.Namespace) -> int:
     for hint in refs.attribute_hints(raw, types):
         print(f"stepguard: hint: {escape(hint)}", file=sys.stderr)
     now = _parse_now(args.now)
-    request = request_from_proto(request_from_json(raw), bundle, Limits(), now=now)
-    result = evaluate(bundle, request, policy_errors=PolicyErrors(args.policy_errors))
-    explanation = explain(bundle, request, result) if args.explain else None
+    msg = request_from_json(raw)
+    msg.explain = bool(args.explain)
+    decider = Decider(
+        NullSink(), Metrics(), lambda: now, policy_errors=PolicyErrors(args.policy_errors)
+    )
+    decided = decider.decide_message(bundle, msg, CallMeta(), Limits(), started=time.perf_counter())
+    result, explanation = decided.result, decided.explanation
     if args.json:
         out = result_json(result)
         if explanation is not None:

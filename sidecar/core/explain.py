@@ -33,7 +33,6 @@ from typing import Any
 
 import cedarpy
 
-from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.core.bundle import Bundle, PolicyInfo
 from sidecar.core.cedartext import SCOPE_KINDS, Part, one_line, policy_parts, position
 from sidecar.core.engine import request_entities
@@ -438,48 +437,3 @@ def _clause_json(clause: Clause) -> dict[str, Any]:
     if clause.error:
         out["error"] = clause.error
     return out
-
-
-_OUTCOME_PB = {
-    Outcome.NOT_APPLICABLE: "POLICY_OUTCOME_NOT_APPLICABLE",
-    Outcome.SATISFIED: "POLICY_OUTCOME_SATISFIED",
-    Outcome.NOT_SATISFIED: "POLICY_OUTCOME_NOT_SATISFIED",
-    Outcome.ERRORED: "POLICY_OUTCOME_ERRORED",
-    Outcome.NOT_EVALUATED: "POLICY_OUTCOME_NOT_EVALUATED",
-}
-_VALUE_PB = {
-    Value.TRUE: "CLAUSE_VALUE_TRUE",
-    Value.FALSE: "CLAUSE_VALUE_FALSE",
-    Value.ERROR: "CLAUSE_VALUE_ERROR",
-    Value.UNKNOWN: "CLAUSE_VALUE_UNSPECIFIED",
-}
-
-
-def to_proto(explanation: Explanation) -> pb.Explanation:
-    """The wire form (`AuthorizeResponse.explanation`), determining policies first."""
-    out = pb.Explanation(request_errors=list(explanation.request_errors))
-    for p in ordered(explanation):
-        item = out.policies.add(
-            id=p.id,
-            effect=p.effect,
-            source=p.source,
-            outcome=pb.PolicyOutcome.Value(_OUTCOME_PB[p.outcome]),
-            determining=p.determining,
-            errors=list(p.errors),
-            why=deciding_text(p),
-        )
-        if p.deciding is not None:
-            _fill_clause(item.deciding_clause, p.deciding)
-        for clause in p.clauses:
-            _fill_clause(item.clauses.add(), clause)
-        if p.max_credential_ttl is not None:
-            item.max_credential_ttl.FromTimedelta(p.max_credential_ttl)
-    return out
-
-
-def _fill_clause(out: pb.Clause, clause: Clause) -> None:
-    out.kind = clause.kind
-    out.source = clause.source
-    out.text = clause.text
-    out.value = pb.ClauseValue.Value(_VALUE_PB[clause.value])
-    out.error = clause.error

@@ -36,7 +36,16 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.core.bundle import REQUEST_ENTITIES_FILE, Bundle
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.model import AuthzRequest, CedarJson, EntityData, EntityUid, datetime_text
+from sidecar.core.model import (
+    AuthzRequest,
+    CedarJson,
+    EntityData,
+    EntityUid,
+    cedar_datetime,
+    datetime_text,
+    effective_now_ms,
+    to_ms,
+)
 from sidecar.core.suggest import did_you_mean
 
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*")
@@ -69,15 +78,19 @@ def request_from_proto(
     limits: Limits,
     *,
     now: datetime | None,
+    now_granularity_ms: int = 1,
     extra_context: Mapping[str, CedarJson] | None = None,
     principal_bound: bool = False,
     cedar_entities: bool = False,
 ) -> AuthzRequest:
     """Translate and check one request.
 
-    `now` is the server's clock, injected as `context.now`; `extra_context`
-    carries other server-side facts (the authenticated caller). The Cedar
-    conformance corpus passes `now=None`: its schemas declare no `now`.
+    `now` is the server's clock reading, injected as `context.now` after
+    rounding down to `now_granularity_ms`, never across the request's own time
+    bound (model.py `effective_now_ms`); the request carries that bound in ms,
+    so nothing downstream reads it again. `extra_context` carries other
+    server-side facts (the authenticated caller). The Cedar conformance corpus
+    passes `now=None`: its schemas declare no `now`.
 
     `principal_bound`: workload binding is on, so the decider denies any
     principal but the caller's own workload, which may be absent from the
@@ -109,13 +122,16 @@ def request_from_proto(
     if action not in bundle.actions:
         hint = did_you_mean(str(action), (str(a) for a in bundle.actions))
         raise InvalidRequest("action", f"{action} is not an action declared by the schema{hint}")
-    context = _context(msg.context, bundle, limits) if msg.HasField("context") else {}
+    context, bound = (
+        _context(msg.context, bundle, limits) if msg.HasField("context") else ({}, _NO_BOUND)
+    )
     if now is not None:
-        context["now"] = _datetime_json(now)
+        at_ms = to_ms(now.astimezone(UTC))
+        context["now"] = cedar_datetime(effective_now_ms(at_ms, now_granularity_ms, *bound))
     if extra_context:
         context.update(extra_context)
     supplied = tuple(e for e in (principal, resource) if e.attrs or e.parents)
-    return AuthzRequest(principal.uid, action, resource.uid, context, supplied, denial)
+    return AuthzRequest(principal.uid, action, resource.uid, context, supplied, denial, *bound)
 
 
 def _unknown(uid: EntityUid, bundle: Bundle) -> bool:
@@ -332,8 +348,15 @@ def reserved_message(name: str) -> str:
     )
 
 
-def _context(msg: pb.StepContext, bundle: Bundle, limits: Limits) -> dict[str, Any]:
+_NO_BOUND: tuple[int | None, int | None] = (None, None)
+
+
+def _context(
+    msg: pb.StepContext, bundle: Bundle, limits: Limits
+) -> tuple[dict[str, Any], tuple[int | None, int | None]]:
+    """The Cedar context, and its time bound in ms (not_before, not_after)."""
     ctx: dict[str, Any] = {}
+    bound = _NO_BOUND
     if msg.HasField("requester"):
         ctx["requester"] = {"__entity": _uid(msg.requester, "context.requester", bundle).to_json()}
     for name in ("workflow_id", "run_id", "step_id", "target_system"):
@@ -349,7 +372,7 @@ def _context(msg: pb.StepContext, bundle: Bundle, limits: Limits) -> dict[str, A
             raise InvalidRequest("context.sensitivity", f"unknown value {msg.sensitivity}")
         ctx["sensitivity"] = SENSITIVITY[msg.sensitivity]
     if msg.HasField("time_bound"):
-        ctx["time_bound"] = _time_bound(msg.time_bound)
+        ctx["time_bound"], bound = _time_bound(msg.time_bound)
     if msg.HasField("approval"):
         ctx["approval"] = _approval(msg.approval, bundle)
     for name, value in sorted(msg.attributes.items()):
@@ -359,10 +382,11 @@ def _context(msg: pb.StepContext, bundle: Bundle, limits: Limits) -> dict[str, A
         if name in RESERVED_KEYS:
             raise InvalidRequest(field, reserved_message(name))
         ctx[name] = _value(value, field, limits.max_attribute_depth)
-    return ctx
+    return ctx, bound
 
 
-def _time_bound(msg: pb.TimeBound) -> dict[str, Any]:
+def _time_bound(msg: pb.TimeBound) -> tuple[dict[str, Any], tuple[int | None, int | None]]:
+    """The bound as Cedar reads it, and in ms (the instants `now` is resolved against)."""
     bound: dict[str, Any] = {}
     start = end = None
     if msg.HasField("not_before"):
@@ -373,7 +397,11 @@ def _time_bound(msg: pb.TimeBound) -> dict[str, Any]:
         bound["not_after"] = _datetime_json(end)
     if start and end and start > end:
         raise InvalidRequest("context.time_bound", "not_before is after not_after")
-    return bound
+    return bound, (_ms(start), _ms(end))
+
+
+def _ms(value: datetime | None) -> int | None:
+    return None if value is None else to_ms(value)
 
 
 def _approval(msg: pb.Approval, bundle: Bundle) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""The one place a decision is made: engine, then audit, then metrics.
+"""The one place a decision is made: cache, validation, engine, audit, metrics.
+
+Every API enters here: the gRPC API and `stepguard check` with the message as
+received (`decide_message`: the raw bytes are looked up before validation),
+AuthZEN and tests with a request already in the model (`decide`). The order
+below the entry is the same for all; the transports only convert.
 
 No decision leaves without its audit event. When the trail cannot record
 one, the answer becomes a DENY that says the decision was not recorded,
@@ -12,36 +17,40 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.audit.event import PER_CALL, CallMeta, build_event, stamp, template
 from sidecar.audit.redact import Redactor
 from sidecar.audit.sink import AuditSink, DeferringSink
 from sidecar.core.bundle import Bundle
 from sidecar.core.engine import deny, evaluate
 from sidecar.core.errors import AuditError, UnencodableEvent
-from sidecar.core.explain import Explanation
+from sidecar.core.explain import Explanation, explain
 from sidecar.core.ids import DecisionIds
 from sidecar.core.index import WHOLE_CONTEXT
-from sidecar.core.model import AuthzRequest, Decision, PolicyErrors, Result
-from sidecar.decision.cache import (
-    DecisionCache,
-    Entry,
-    canonical,
+from sidecar.core.model import (
+    AuthzRequest,
+    Decision,
+    EntityUid,
+    PolicyErrors,
+    Result,
     cedar_datetime,
     effective_now_ms,
-    entry_size,
-    time_bound_ms,
     to_ms,
 )
-from sidecar.decision.identity import binding_refusal
+from sidecar.core.validate import Limits, request_from_proto
+from sidecar.decision.cache import DecisionCache, Entry, canonical, entry_size
+from sidecar.decision.identity import CallerContext, binding_refusal
 from sidecar.decision.metrics import Metrics
 
 log = logging.getLogger(__name__)
+# A cache key: ("wire", revision, request bytes, identity) or ("request", revision, text, identity).
+_Key = tuple[Any, ...]
 # In the reason of every DENY whose decision the trail does not hold.
 NOT_RECORDED = " (this decision was not recorded)"
 
@@ -110,6 +119,7 @@ class Decider:
         self._clock = clock
         self._ids = DecisionIds()
         self._bind = bind_workload_identity
+        self._caller = CallerContext()  # `context.caller` where the schema declares it
         # The decision cache (sidecar/decision/cache.py): None when off. Hits are audited too.
         self.cache = cache
         self.now_granularity_ms = now_granularity_ms
@@ -134,61 +144,128 @@ class Decider:
     def now(self) -> datetime:
         return self._clock()
 
-    @property
-    def binds_workload_identity(self) -> bool:
-        """Whether a request must be about its authenticated caller (--bind-workload-identity)."""
-        return self._bind
-
     def context_now_ms(
         self, at: datetime, not_before_ms: int | None, not_after_ms: int | None
     ) -> int:
-        """`context.now` for a request seen at `at` (cache.py: granularity, time bound)."""
+        """`context.now` for a request seen at `at` (model.py: granularity, time bound)."""
         return effective_now_ms(to_ms(at), self.now_granularity_ms, not_before_ms, not_after_ms)
 
-    def wire_key(self, bundle: Bundle, wire: bytes, now_ms: int, meta: CallMeta) -> Hashable | None:
-        """A cache key from a request's canonical wire form, before validation.
-
-        Validation and the server-side context depend only on the bytes, the
-        bundle, the caller's identity and `now`, all in the key, so a hit may
-        skip them. None when the cache is off.
-        """
-        if self.cache is None:
-            return None
-        now = now_ms if _reads_now(bundle) else None
-        return ("wire", bundle.revision, wire, now, meta.identity)
-
-    def cached(
+    def decide_message(
         self,
         bundle: Bundle,
-        key: Hashable,
+        msg: pb.AuthorizeRequest,
         meta: CallMeta,
+        limits: Limits,
         *,
-        at: datetime,
-        now_ms: int,
         started: float,
-    ) -> Decided | None:
-        """Answer from the cache (audited, marked cached), or None on a miss."""
-        entry = self.cache.get(key) if self.cache is not None else None
-        if entry is None or not entry.servable(to_ms(at)):
-            self._misses.inc()
-            return None
-        request = entry.request
-        now = None
-        if "now" in request.context and not _reads_now(bundle):
-            now = cedar_datetime(now_ms)
-            request = replace(request, context={**request.context, "now": now})
-        return self._answer_cached(entry, request, meta, at=at, started=started, now=now)
+    ) -> Decided:
+        """Decide an AuthorizeRequest as received: the gRPC API's and `stepguard check`'s entry.
 
-    def _answer_cached(
+        The raw bytes are looked up first, so a hit skips validation and Cedar
+        (never the audit): validation and the server-side context depend only
+        on the bytes, the bundle and the caller's identity, all in the key,
+        and on `now`, which the entry's own time bound resolves (`_hit`). On a
+        miss the message is validated into the request model (time bound read,
+        `now` resolved, `context.caller` added) and decided. An explanation is
+        never cached: a request asking for one is explained on every call, hit
+        or miss (its bytes, `explain` set, are a key of their own).
+        """
+        at = self._clock()
+        key: _Key | None = None
+        if self.cache is not None:
+            wire = msg.SerializeToString(deterministic=True)
+            key = ("wire", bundle.revision, wire, meta.identity)
+            hit = self._hit(
+                bundle, key, meta, at=at, started=started, asked=None, explained=msg.explain
+            )
+            if hit is not None:
+                return hit
+        action = EntityUid(msg.action.type, msg.action.id)
+        request = request_from_proto(
+            msg,
+            bundle,
+            limits,
+            now=at,
+            now_granularity_ms=self.now_granularity_ms,
+            extra_context=self._caller.context_for(bundle, action, meta.identity),
+            principal_bound=self._bind,
+        )
+        return self._miss(bundle, request, meta, key, at=at, started=started, explained=msg.explain)
+
+    def decide(
         self,
-        entry: Entry,
+        bundle: Bundle,
         request: AuthzRequest,
         meta: CallMeta,
         *,
         at: datetime,
         started: float,
-        now: Any = None,
+        explained: bool = False,
     ) -> Decided:
+        """Decide a request already in the model (AuthZEN, tests): cache, engine, audit, count.
+
+        `at` is the clock's reading. The canonical request is the cache key
+        (`now` in it only when the policies read it). `explained` adds the
+        explanation, from the same bundle and request, beside the decision.
+        """
+        key: _Key | None = None
+        if self.cache is not None:
+            reads_now = _reads_now(bundle)
+            key = ("request", bundle.revision, canonical(request, with_now=reads_now))
+            key = (*key, meta.identity)
+            # `now` left out of the key: the hit still records this call's `now`.
+            now = request.context.get("now") if not reads_now else None
+            hit = self._hit(
+                bundle,
+                key,
+                meta,
+                at=at,
+                started=started,
+                asked=request,
+                explained=explained,
+                now=now,
+            )
+            if hit is not None:
+                return hit
+        return self._miss(bundle, request, meta, key, at=at, started=started, explained=explained)
+
+    def _hit(
+        self,
+        bundle: Bundle,
+        key: _Key,
+        meta: CallMeta,
+        *,
+        at: datetime,
+        started: float,
+        asked: AuthzRequest | None,
+        explained: bool,
+        now: Any = None,
+    ) -> Decided | None:
+        """Answer from the cache (audited, marked cached), or None on a miss.
+
+        `asked` is the request of this call, when it was validated before the
+        lookup; a raw key (`asked` None) holds no `now`: this call's is
+        resolved from the entry's own time bound; an entry decided at another
+        `now` is a miss when the policies read it, else the hit's event
+        records this call's `now`.
+        """
+        assert self.cache is not None
+        entry = self.cache.get(key)
+        real_ms = to_ms(at)
+        if entry is None or not entry.servable(real_ms):
+            self._misses.inc()
+            return None
+        request = entry.request if asked is None else asked
+        if asked is None and "now" in request.context:
+            nb, na = request.not_before_ms, request.not_after_ms
+            now_ms = effective_now_ms(real_ms, self.now_granularity_ms, nb, na)
+            if _reads_now(bundle):
+                if entry.now_ms != now_ms:  # another `now`, maybe another decision
+                    self._misses.inc()
+                    return None
+            else:
+                now = cedar_datetime(now_ms)
+                request = replace(request, context={**request.context, "now": now})
         self._hits.inc()
         decision_id = self._ids.next()
         if (
@@ -205,37 +282,25 @@ class Decider:
         result = self._record(event, entry.result, decision_id, cached=True, started=started)
         if result is not entry.result:  # refused: not recorded, so not under the event's id
             decision_id = self._ids.next()
-        return Decided(decision_id, result, cached=True)
+        why = explain(bundle, request, result) if explained else None
+        return Decided(decision_id, result, cached=True, explanation=why)
 
-    def decide(
+    def _miss(
         self,
         bundle: Bundle,
         request: AuthzRequest,
         meta: CallMeta,
+        key: _Key | None,
         *,
         at: datetime,
         started: float,
-        cache_key: Hashable | None = None,
+        explained: bool,
     ) -> Decided:
-        """Evaluate (or answer from the cache), audit, count. `at` is the clock's reading.
-
-        `cache_key` comes from `wire_key` when the caller already looked the
-        request up; without it the canonical request is the key.
+        """Evaluate, audit, cache, count; the explanation beside, when asked.
 
         With workload binding on, a request about anyone but the authenticated
         caller is a DENY saying so, audited like any other decision.
         """
-        key = cache_key
-        if key is None and self.cache is not None:
-            reads_now = _reads_now(bundle)
-            key = ("request", bundle.revision, canonical(request, with_now=reads_now))
-            key = (*key, meta.identity)
-            entry = self.cache.get(key)
-            if entry is not None and entry.servable(to_ms(at)):
-                # `now` left out of the key: the hit still records this call's `now`.
-                now = request.context.get("now") if not reads_now else None
-                return self._answer_cached(entry, request, meta, at=at, started=started, now=now)
-            self._misses.inc()
         refusal = binding_refusal(request.principal, meta.identity) if self._bind else None
         if refusal:
             result = deny(bundle.revision, refusal, self._policy_errors)
@@ -244,14 +309,20 @@ class Decider:
         decision_id = self._ids.next()
         event = self._event(decision_id, at, request, result, meta, cached=False, started=started)
         if key is not None and self.cache is not None:
-            nb, na = time_bound_ms(request.context)
+            nb, na = request.not_before_ms, request.not_after_ms
             size = entry_size(_encoded_len(key))
             hits_from = template(event) if self._stamp else None
-            self.cache.put(key, bundle.revision, Entry(request, result, nb, na, size, hits_from))
+            now_ms = None
+            if key[0] == "wire" and _reads_now(bundle):  # a raw key holds no `now`
+                now_ms = effective_now_ms(to_ms(at), self.now_granularity_ms, nb, na)
+            entry = Entry(request, result, nb, na, size, hits_from, now_ms)
+            self.cache.put(key, bundle.revision, entry)
         recorded = self._record(event, result, decision_id, cached=False, started=started)
         if recorded is not result:  # refused: not recorded, so not under the event's id
             decision_id = self._ids.next()
-        return Decided(decision_id, recorded, cached=False)
+        # Beside the decision answered, from the same bundle and request; never cached.
+        why = explain(bundle, request, recorded) if explained else None
+        return Decided(decision_id, recorded, cached=False, explanation=why)
 
     def _record(
         self,
@@ -401,7 +472,7 @@ class Decider:
         return bool(getattr(self._sink, "healthy", True))
 
 
-def _encoded_len(key: Hashable) -> int:
+def _encoded_len(key: _Key) -> int:
     """Length of the request's encoding inside a cache key (wire bytes or canonical text)."""
     return len(key[2]) if isinstance(key, tuple) and isinstance(key[2], bytes | str) else 4096
 

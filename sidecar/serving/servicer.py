@@ -1,4 +1,8 @@
-"""gRPC handlers: transport -> validation -> decider -> response. Thin by design.
+"""gRPC handlers: bytes -> message -> decider -> answer bytes. Thin by design.
+
+The decider (decision/decider.py) owns everything between: the raw-bytes
+cache lookup, validation, evaluation, audit and metrics; a handler only
+converts, and turns refusals into statuses.
 
 Handlers take one bundle snapshot per call, so validation and evaluation of a
 request always see the same policies, even across a reload.
@@ -12,7 +16,6 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -23,12 +26,9 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.audit.event import CallMeta, recorded_request_id
 from sidecar.core.bundle import Bundle
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.explain import explain
-from sidecar.core.model import EntityUid
-from sidecar.core.validate import Limits, decode_refusal, request_from_proto
-from sidecar.decision.cache import from_ms
+from sidecar.core.validate import Limits, decode_refusal
 from sidecar.decision.decider import Decided, Decider
-from sidecar.decision.identity import CallerContext, IdentityRefused, caller_identity
+from sidecar.decision.identity import IdentityRefused, caller_identity
 from sidecar.decision.metrics import Metrics
 from sidecar.serving.answer import Answers, to_response
 from sidecar.serving.streams import Slot, StreamSlots, caller_key
@@ -57,7 +57,6 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         self._limits = limits
         self._metrics = metrics
         self._max_batch_bytes = max_batch_bytes
-        self._caller = CallerContext()
         # Each open AuthorizeStream holds a worker: cap them so unary calls keep
         # theirs, per caller too, and close idle ones (sidecar/serving/streams.py).
         self.max_streams = max_streams
@@ -183,32 +182,10 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         return (pb.AuthorizeStreamResponse.FromString(raw) for raw in answers)
 
     def _decide(self, msg: pb.AuthorizeRequest, meta: CallMeta, started: float) -> Decided:
-        bundle = self._bundle()
-        at = self._decider.now()
-        now_ms = self._decider.context_now_ms(at, *_time_bound_ms(msg))
-        key = None
-        # A hit skips validation and Cedar, not the audit; an explained answer is never cached.
-        if self._decider.cache is not None and not msg.explain:
-            wire = msg.SerializeToString(deterministic=True)
-            key = self._decider.wire_key(bundle, wire, now_ms, meta)
-            hit = self._decider.cached(bundle, key, meta, at=at, now_ms=now_ms, started=started)
-            if hit is not None:
-                return hit
-        action = EntityUid(msg.action.type, msg.action.id)
-        extra = self._caller.context_for(bundle, action, meta.identity)
-        now = from_ms(now_ms)
-        request = request_from_proto(
-            msg,
-            bundle,
-            self._limits,
-            now=now,
-            extra_context=extra,
-            principal_bound=self._decider.binds_workload_identity,
+        """One request, decided on one bundle snapshot (decider.py owns the order)."""
+        return self._decider.decide_message(
+            self._bundle(), msg, meta, self._limits, started=started
         )
-        decided = self._decider.decide(bundle, request, meta, at=at, started=started, cache_key=key)
-        if msg.explain:  # beside the decision, from the same bundle and request
-            decided = replace(decided, explanation=explain(bundle, request, decided.result))
-        return decided
 
     def _count_invalid(self, exc: InvalidRequest) -> None:
         top = re.split(r"[.\[]", exc.field, maxsplit=1)[0]
@@ -281,23 +258,6 @@ def _undecodable(raw: bytes, request_type: type[Message], limits: Limits, exc: E
     if refusal is not None:
         return str(refusal)
     return f"request: not a valid {request_type.DESCRIPTOR.full_name} message"
-
-
-def _time_bound_ms(msg: pb.AuthorizeRequest) -> tuple[int | None, int | None]:
-    """The request's time bound in milliseconds, as validation will read it."""
-    if not msg.HasField("context") or not msg.context.HasField("time_bound"):
-        return None, None
-    bound = msg.context.time_bound
-    return (
-        _timestamp_ms(bound.not_before) if bound.HasField("not_before") else None,
-        _timestamp_ms(bound.not_after) if bound.HasField("not_after") else None,
-    )
-
-
-def _timestamp_ms(ts: Any) -> int | None:
-    if not 0 <= ts.nanos < 1_000_000_000:
-        return None  # validation refuses it
-    return int(ts.seconds) * 1000 + int(ts.nanos) // 1_000_000
 
 
 def _meta(context: grpc.ServicerContext) -> CallMeta:

@@ -48,13 +48,13 @@ def _stack(text: str) -> list[str]:
         # orjson under the trail's encoder is audit encoding, a write(2) under it is the write.
         (
             f"{DECIDE};Decider._record (sidecar/decision/decider.py:290)"
-            ";FileSink.write (sidecar/audit/jsonl.py:148);_encode (sidecar/audit/jsonl.py:1134)"
+            ";FileSink.write (sidecar/audit/filesink.py:148);_encode (sidecar/audit/commit.py:396)"
             ";0x7f00 (orjson/orjson.cpython-311-x86_64-linux-gnu.so)",
             "audit_encode",
         ),
         (
             f"{DECIDE};Decider._record (sidecar/decision/decider.py:290)"
-            ";FileSink._append (sidecar/audit/jsonl.py:895);write (libc.so.6)",
+            ";FileSink._append (sidecar/audit/filesink.py:195);write (libc.so.6)",
             "audit_write",
         ),
         # A cache miss counted in prometheus_client is metrics, not cache bookkeeping.
@@ -105,7 +105,7 @@ def test_a_module_the_tables_do_not_know_is_reported_not_hidden() -> None:
     "stack",
     [
         f"{SERVE};run_forever (loop.c:33192);uv__io_poll (linux.c:1452);epoll_pwait (libc.so.6)",
-        f"{SERVE};FileSink._anchor_loop (sidecar/audit/jsonl.py:544);Event.wait (threading.py:629)"
+        f"{SERVE};FileSink._anchor_loop (sidecar/audit/filesink.py:120);Event.wait (threading.py:629)"
         ";lock_PyThread_acquire_lock (libpython3.11.so.1.0)"
         ";PyThread_acquire_lock_timed (libpython3.11.so.1.0);0x7f02 (libc.so.6)",
         "thread (1): MainThread;<module> (benchmarks/serve.py:171);main (benchmarks/serve.py:165)"
@@ -125,7 +125,7 @@ def test_a_blocked_thread_is_waiting_not_working(stack: str) -> None:
             ";sendmsg (libc.so.6)",
             True,
         ),
-        (f"{DECIDE};FileSink._append (sidecar/audit/jsonl.py:895);write (libc.so.6)", True),
+        (f"{DECIDE};FileSink._append (sidecar/audit/filesink.py:195);write (libc.so.6)", True),
         (
             f"{DECIDE};_is_authorized (sidecar/core/engine.py:122);malloc (libc.so.6)"
             ";0x7f03 (libc.so.6)",

@@ -30,7 +30,16 @@ from typing import Any, Final, Literal
 
 from sidecar.core.bundle import Bundle
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.model import AuthzRequest, CedarJson, EntityData, EntityUid
+from sidecar.core.model import (
+    AuthzRequest,
+    CedarJson,
+    EntityData,
+    EntityUid,
+    cedar_datetime,
+    parse_cedar_datetime,
+    time_bound_ms,
+    to_ms,
+)
 from sidecar.core.validate import (
     RESERVED_KEYS,
     Limits,
@@ -41,7 +50,6 @@ from sidecar.core.validate import (
     reserved_message,
     unknown_entity_denial,
 )
-from sidecar.decision.cache import cedar_datetime, parse_cedar_datetime, to_ms
 from sidecar.serving.authzen.schema import EMPTY, CedarType, Record, SchemaView, SetOf
 
 ACTION_PROPERTIES: Final = "action_properties"
@@ -423,7 +431,9 @@ class Mapper:
         denial = unknown_entity_denial("subject", principal.uid, self.bundle)
         denial = denial or unknown_entity_denial("resource", resource.uid, self.bundle)
         supplied = tuple(e for e in (principal, resource) if e.attrs)
-        return AuthzRequest(principal.uid, action, resource.uid, context, supplied, denial)
+        # `context` holds the bound in the one form `context()` rewrote it to.
+        bound = time_bound_ms(context)
+        return AuthzRequest(principal.uid, action, resource.uid, context, supplied, denial, *bound)
 
     # -- values
     def _plain(self, obj: Mapping[str, Any], field: str, depth: int) -> dict[str, Any]:
@@ -509,10 +519,10 @@ class Mapper:
 def _time_bound_ms(context: dict[str, Any]) -> tuple[int | None, int | None]:
     """`context.time_bound` in ms, its bounds rewritten in the one form Cedar then reads.
 
-    The `now` clamp (cache.effective_now_ms) must see the instant Cedar will
+    The `now` clamp (model.effective_now_ms) must see the instant Cedar will
     compare with `now`, whatever form the PEP wrote it in: a string, a
     `datetime` call with `arg` or `args`, an `offset(datetime, duration)`
-    (cache.parse_cedar_datetime). So each bound is parsed here, refused (400)
+    (model.parse_cedar_datetime). So each bound is parsed here, refused (400)
     when it cannot be, and replaced by the canonical `datetime("...Z")` of the
     same instant, which is all Cedar gets.
     """
