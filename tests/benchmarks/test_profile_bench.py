@@ -105,7 +105,8 @@ def test_a_module_the_tables_do_not_know_is_reported_not_hidden() -> None:
     "stack",
     [
         f"{SERVE};run_forever (loop.c:33192);uv__io_poll (linux.c:1452);epoll_pwait (libc.so.6)",
-        f"{SERVE};FileSink._anchor_loop (sidecar/audit/filesink.py:120);Event.wait (threading.py:629)"
+        f"{SERVE};FileSink._anchor_loop (sidecar/audit/filesink.py:120)"
+        ";Event.wait (threading.py:629)"
         ";lock_PyThread_acquire_lock (libpython3.11.so.1.0)"
         ";PyThread_acquire_lock_timed (libpython3.11.so.1.0);0x7f02 (libc.so.6)",
         "thread (1): MainThread;<module> (benchmarks/serve.py:171);main (benchmarks/serve.py:165)"
