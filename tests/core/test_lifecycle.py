@@ -12,6 +12,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.core import lifecycle
 from sidecar.core.bundle import load_bundle
@@ -313,3 +316,108 @@ def test_revoke_within_on_a_forbid_is_refused(copy: Path) -> None:
     with pytest.raises(BundleError, match="@revoke_within on a forbid") as raised:
         load_bundle(copy)
     assert (raised.value.line, raised.value.column) == (1, 29)
+
+
+# --- any document: a declaration that holds together, or problems; never an exception
+
+_NAMES = st.sampled_from(
+    [
+        "grant_access",
+        "revoke_access",
+        "issue_credential",
+        "disable_credential",
+        "create_account",
+        "delete_account",
+        "deprovision",
+        "nope",
+        'Action::"grant_access"',
+    ]
+)
+_KINDS = st.sampled_from(["account", "entitlement", "credential", "token"])
+_SIDE = st.one_of(_NAMES, st.lists(_NAMES, max_size=3))
+_SCALAR = st.one_of(st.none(), st.integers(), st.booleans(), st.text(max_size=5))
+_DOCUMENT = st.fixed_dictionaries(
+    {},
+    optional={
+        "creates": st.dictionaries(_NAMES, _KINDS, max_size=5),
+        "removes": st.one_of(st.dictionaries(_NAMES, _KINDS, max_size=5), _SCALAR),
+        "pairs": st.lists(
+            st.fixed_dictionaries({}, optional={"create": _SIDE, "closed_by": _SIDE, "x": _SCALAR}),
+            max_size=4,
+        ),
+        "leaver_workflows": st.one_of(st.lists(st.one_of(st.text(max_size=4), _SCALAR)), _SCALAR),
+        "other": _SCALAR,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_DOCUMENT)
+def test_any_document_is_a_coherent_declaration_or_located_problems(
+    document: dict[str, object],
+) -> None:
+    text = yaml.safe_dump(document, sort_keys=False)
+    declared, findings = lifecycle.check(text, ACTIONS, GROUPS)
+    lines = text.count("\n") + 1
+    if declared is None:
+        assert findings
+        for f in findings:
+            assert 1 <= f.line <= lines and f.column >= 1 and f.message
+        with pytest.raises(BundleError):
+            lifecycle.parse(text, ACTIONS, GROUPS)
+        return
+    assert findings == []
+    # what the evidence relies on
+    assert not set(declared.creates) & set(declared.removes)
+    assert set(declared.creates) | set(declared.removes) <= ACTIONS - GROUPS
+    for pair in declared.pairs:
+        assert declared.creates[pair.creator] is pair.kind is declared.removes[pair.remover]
+    for creator, kind in declared.creates.items():
+        assert kind.expires or declared.closed_by(creator)
+    for remover in declared.removes:
+        assert declared.closes(remover)
+
+
+_STEPS = sorted(a.id for a in ACTIONS - GROUPS)
+
+
+@st.composite
+def _coherent(draw: st.DrawFn) -> tuple[str, Lifecycle]:
+    """A declaration that holds together, written in any of the accepted forms."""
+    roles = {name: draw(st.sampled_from([None, "creates", "removes"])) for name in _STEPS}
+    kinds = {name: draw(st.sampled_from(list(Kind))) for name in _STEPS}
+    creates = {n: kinds[n] for n in _STEPS if roles[n] == "creates"}
+    removes = {n: kinds[n] for n in _STEPS if roles[n] == "removes"}
+    removes = {n: k for n, k in removes.items() if k in creates.values()}
+    creates = {n: k for n, k in creates.items() if k.expires or k in removes.values()}
+    pairs = [(c, r) for c in creates for r in removes if creates[c] is removes[r]]
+    pairs = draw(st.permutations(pairs))
+
+    def key(n: str) -> str:
+        return n if draw(st.booleans()) else f'Action::"{n}"'
+
+    def side(n: str) -> str | list[str]:
+        form = draw(st.sampled_from(["bare", "full", "list"]))
+        return [n] if form == "list" else n if form == "bare" else f'Action::"{n}"'
+
+    workflows = draw(st.lists(st.sampled_from(["leaver", "offboarding"]), unique=True))
+    document = {
+        "creates": {key(n): k.value for n, k in creates.items()},
+        "removes": {key(n): k.value for n, k in removes.items()},
+        "pairs": [{"create": side(c), "closed_by": side(r)} for c, r in pairs],
+        "leaver_workflows": workflows,
+    }
+    expected = Lifecycle(
+        creates={act(n): k for n, k in creates.items()},
+        removes={act(n): k for n, k in removes.items()},
+        pairs=tuple(Pair(act(c), act(r), creates[c]) for c, r in pairs),
+        leaver_workflows=frozenset(workflows),
+    )
+    return yaml.safe_dump(document, sort_keys=False), expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(_coherent())
+def test_a_coherent_declaration_is_read_as_written(case: tuple[str, Lifecycle]) -> None:
+    text, expected = case
+    assert lifecycle.parse(text, ACTIONS, GROUPS) == expected
