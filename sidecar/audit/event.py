@@ -73,15 +73,12 @@ def build_event(
         "reason": result.summary(),
         "reasons": [{"policy": r.id, "source": r.source} for r in result.reasons],
         "errors": [{"policy": e.policy_id, "message": e.message} for e in result.errors],
-        "obligations": {},
+        "obligations": result.obligations.to_json(),
         "policy_revision": result.revision,
         "policy_errors": result.policy_errors.value,
         "cached": cached,
         "latency_us": round(latency_s * 1e6),
     }
-    ttl = result.obligations.max_credential_ttl
-    if ttl is not None:
-        event["obligations"]["max_credential_ttl_s"] = ttl.total_seconds()
     if meta.trace_id:
         event["trace_id"] = meta.trace_id
     if meta.request_id:

@@ -3,8 +3,10 @@
 Problems are errors (the sidecar refuses the directory; located by the core's
 sidecar/core/problems.py, which reads the directory as the loader does) or
 warnings: policies that load but can error at run time in a way that fails
-open (sidecar/authoring/failopen.py). `--strict` refuses warnings too. The
-command (sidecar/cli/validate.py) prints a `Diagnosis` and picks the exit code.
+open (sidecar/authoring/failopen.py). `--strict` refuses warnings too. Notes
+change nothing: a bundle without the optional `lifecycle.yaml` is said to lack
+it. The command (sidecar/cli/validate.py) prints a `Diagnosis` and picks the
+exit code.
 """
 
 from __future__ import annotations
@@ -14,10 +16,23 @@ from pathlib import Path
 
 from sidecar.authoring.failopen import file_warnings
 from sidecar.authoring.schematypes import schema_types
-from sidecar.core.bundle import Bundle, is_entity_file, visible_files
+from sidecar.core.bundle import LIFECYCLE_FILE, Bundle, is_entity_file, visible_files
 from sidecar.core.problems import Problem, check_directory, readable_text
 
-__all__ = ["Diagnosis", "Problem", "check_directory", "check_warnings", "diagnose", "unread_data"]
+__all__ = [
+    "Diagnosis",
+    "Problem",
+    "check_directory",
+    "check_notes",
+    "check_warnings",
+    "diagnose",
+    "unread_data",
+]
+
+NO_LIFECYCLE = (
+    f"no {LIFECYCLE_FILE}: the bundle does not say which steps create or remove access, "
+    "so outcomes cannot be paired into evidence (optional; docs/evidence.md)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +44,7 @@ class Diagnosis:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     not_read: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # informative; never change the verdict
 
     def ok(self, *, strict: bool) -> bool:
         """The directory loads, and with `strict` has no warnings either."""
@@ -41,8 +57,18 @@ def diagnose(directory: Path) -> Diagnosis:
     if bundle is None:
         return Diagnosis(directory, None, problems)
     return Diagnosis(
-        directory, bundle, problems, check_warnings(directory, bundle), unread_data(directory)
+        directory,
+        bundle,
+        problems,
+        check_warnings(directory, bundle),
+        unread_data(directory),
+        check_notes(bundle),
     )
+
+
+def check_notes(bundle: Bundle) -> list[str]:
+    """What a loading directory leaves out that it may: the lifecycle declaration."""
+    return [NO_LIFECYCLE] if bundle.lifecycle is None else []
 
 
 def check_warnings(directory: Path, bundle: Bundle) -> list[Problem]:

@@ -152,6 +152,9 @@ def render_result(result: Result) -> str:
     ttl = result.obligations.max_credential_ttl
     if ttl is not None:
         lines.append(f"obligation: max_credential_ttl = {int(ttl.total_seconds())}s")
+    revoke = result.obligations.revoke_within
+    if revoke is not None:
+        lines.append(f"obligation: revoke_within = {int(revoke.total_seconds())}s")
     lines.append(f"revision: {escape(result.revision)}")
     lines.append(f"policy errors: {result.policy_errors.value}")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 sidecar/authoring/diagnose.py finds the problems and warnings; this prints
 them (problems and warnings on stderr, the summary of a valid directory on
 stdout, or one JSON document) and exits 0, or 4 when the sidecar would refuse
-the directory (with `--strict`, also when it has warnings).
+the directory (with `--strict`, also when it has warnings). Notes (after the
+summary, JSON `notes`) never change the exit code.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.cli.exitcodes import EXIT_INVALID, EXIT_OK
+from sidecar.core.lifecycle import describe
 from sidecar.core.textsafe import escape
 
 
@@ -64,6 +66,8 @@ def run_command(args: argparse.Namespace) -> int:
                 revision=bundle.revision,
                 files=list(bundle.sources),
                 not_read=found.not_read,
+                notes=found.notes,
+                lifecycle=describe(bundle.lifecycle) if bundle.lifecycle else None,
             )
         print(json.dumps(out, indent=2))
         return EXIT_OK if ok else EXIT_INVALID
@@ -85,6 +89,8 @@ def run_command(args: argparse.Namespace) -> int:
                 f"revision {escape(bundle.revision)}"
             )
             print(_read_lines(bundle.sources, found.not_read))
+            for note in found.notes:
+                print(f"note: {escape(note)}")
     else:
         for problem in problems:
             print(problem.render(), file=sys.stderr)

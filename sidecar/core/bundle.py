@@ -8,9 +8,10 @@ and swaps one reference; nothing is ever mutated in place.
 Directory layout: `*.cedar` policy files (found recursively, in path order,
 skipping dot-directories such as a ConfigMap's `..data`), exactly one schema
 (`*.cedarschema`, or `*.cedarschema.json` in Cedar's JSON schema format) and
-optionally entity data (`*.entities.json` or `entities.json`) and the
+optionally entity data (`*.entities.json` or `entities.json`), the
 declaration of what requests may say about entities the store lacks
-(`request-entities.yaml`, see `RequestEntities`).
+(`request-entities.yaml`, see `RequestEntities`) and the declaration of which
+steps create and remove access (`lifecycle.yaml`, see sidecar/core/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from typing import Any
 import cedarpy
 import yaml
 
+from sidecar.core import lifecycle as lifecycle_yaml
 from sidecar.core import safeyaml
 from sidecar.core.bundlefiles import (
+    LIFECYCLE_FILE,
     MANIFEST,
     REQUEST_ENTITIES_FILE,
     SCHEMA_SUFFIXES,
@@ -45,6 +48,7 @@ from sidecar.core.bundlefiles import (
 from sidecar.core.cedartext import Span, schema_entity_types, schema_member_of, split_policies
 from sidecar.core.errors import BundleError
 from sidecar.core.index import WHOLE_CONTEXT, PolicyIndex, context_reads
+from sidecar.core.lifecycle import Lifecycle
 from sidecar.core.limits import (
     DuplicateKey,
     LimitError,
@@ -55,6 +59,7 @@ from sidecar.core.limits import (
 from sidecar.core.model import EntityUid
 
 __all__ = [
+    "LIFECYCLE_FILE",
     "REQUEST_ENTITIES_FILE",
     "Bundle",
     "PolicyInfo",
@@ -68,6 +73,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TTL_ANNOTATION = "max_credential_ttl"
+# An access a permit grants must be removed within this long of its end (docs/evidence.md).
+REVOKE_ANNOTATION = "revoke_within"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,7 @@ class PolicyInfo:
     annotations: Mapping[str, str]
     max_credential_ttl: timedelta | None
     text: str
+    revoke_within: timedelta | None = None
 
     @property
     def source(self) -> str:
@@ -135,6 +143,8 @@ class Bundle:
     context_reads: frozenset[str] = frozenset({WHOLE_CONTEXT})
     # What requests may say about entities the store lacks (request-entities.yaml).
     request_entities: RequestEntities = field(default_factory=RequestEntities)
+    # Which steps create and remove access (lifecycle.yaml); None when not declared.
+    lifecycle: Lifecycle | None = None
 
     @property
     def policy_count(self) -> int:
@@ -174,6 +184,7 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
     schemas = [read(p) for p in files if p.name.endswith(SCHEMA_SUFFIXES)]
     entities = [read(p) for p in files if is_entity_file(p)]
     declared = [read(p) for p in files if p.name == REQUEST_ENTITIES_FILE]
+    lifecycles = [read(p) for p in files if p.name == LIFECYCLE_FILE]
     if manifest is not None:
         by_name = {n: p for p, n in names.items()}
         check_manifest(
@@ -191,12 +202,16 @@ def load_bundle(directory: Path, *, extra_entities: Sequence[Source] = ()) -> Bu
     if len(declared) > 1:
         found = ", ".join(s.name for s in declared)
         raise BundleError(f"expected at most one {REQUEST_ENTITIES_FILE}, found {found}")
+    if len(lifecycles) > 1:
+        found = ", ".join(s.name for s in lifecycles)
+        raise BundleError(f"expected at most one {LIFECYCLE_FILE}, found {found}")
     try:
         bundle = build_bundle(
             policies,
             schemas[0],
             [*entities, *extra_entities],
             request_entities=declared[0] if declared else None,
+            lifecycle=lifecycles[0] if lifecycles else None,
         )
     except BundleError:
         raise
@@ -223,6 +238,7 @@ def build_bundle(
     *,
     validate: bool = True,
     request_entities: Source | None = None,
+    lifecycle: Source | None = None,
 ) -> Bundle:
     """Build a bundle from sources already in memory (the loader's and tests' entry).
 
@@ -281,12 +297,16 @@ def build_bundle(
             uid = uid["__entity"]
         entity_json[EntityUid(str(uid.get("type")), str(uid.get("id")))] = ent
 
-    actions = frozenset(_action_uids(schema_handle))
+    actions, groups = schema_actions(schema_handle)
     entity_types = schema_entity_types(rendered)
     declaration = RequestEntities()
     if request_entities is not None:
         declaration = _request_entities(request_entities, schema_handle, entity_types)
-    inputs = (*policies, schema, *entities, *([request_entities] if request_entities else []))
+    steps = None
+    if lifecycle is not None:
+        steps = lifecycle_yaml.parse(lifecycle.text, actions, groups, file=lifecycle.name)
+    optional = [src for src in (request_entities, lifecycle) if src is not None]
+    inputs = (*policies, schema, *entities, *optional)
     digest = hashlib.sha256()
     for src in inputs:
         for part in (src.name, src.text):
@@ -306,6 +326,7 @@ def build_bundle(
         index=PolicyIndex(static, json.loads(str(entities_handle)), policy_set),
         context_reads=context_reads(static.values()),
         request_entities=declaration,
+        lifecycle=steps,
     )
 
 
@@ -430,9 +451,14 @@ def _parse_schema(src: Source) -> cedarpy.Schema:
         raise BundleError(f"invalid schema: {exc}", file=src.name) from exc
 
 
-def _action_uids(schema: cedarpy.Schema) -> list[EntityUid]:
+def schema_actions(schema: cedarpy.Schema) -> tuple[frozenset[EntityUid], frozenset[EntityUid]]:
+    """The schema's actions, and which of them are groups (another action is in them)."""
     declared = json.loads(str(cedarpy.Entities.from_json_str("[]", schema)))
-    return [EntityUid(e["uid"]["type"], e["uid"]["id"]) for e in declared]
+    actions = frozenset(EntityUid(e["uid"]["type"], e["uid"]["id"]) for e in declared)
+    groups = frozenset(
+        EntityUid(p["type"], p["id"]) for e in declared for p in e.get("parents") or ()
+    )
+    return actions, groups
 
 
 _POLICY_REF = re.compile(r"policy(\d+)")
@@ -481,26 +507,58 @@ def _parse_policies(
     for i, ((_, body), span) in enumerate(zip(local, spans, strict=True)):
         annotations = {str(k): str(v) for k, v in (body.get("annotations") or {}).items()}
         pid = annotations.get("id") or f"policy{start + i}"
-        ttl_text = annotations.get(TTL_ANNOTATION)
-        ttl = None
-        if ttl_text is not None:
-            try:
-                ttl = parse_iso_duration(ttl_text)
-            except ValueError as exc:
-                raise BundleError(
-                    f"@{TTL_ANNOTATION}({ttl_text!r}): {exc}", file=src.name, line=span.line
-                ) from exc
+        effect = str(body["effect"])
+        revoke = _duration_annotation(src, span, annotations, REVOKE_ANNOTATION)
+        if revoke is not None and effect != "permit":
+            line, column = _annotation_at(span, REVOKE_ANNOTATION)
+            raise BundleError(
+                f"@{REVOKE_ANNOTATION} on a forbid: obligations come only from the permits "
+                "that allow a step; put it on the permit",
+                file=src.name,
+                line=line,
+                column=column,
+            )
         info = PolicyInfo(
             id=pid,
-            effect=str(body["effect"]),
+            effect=effect,
             file=src.name,
             line=span.line,
             annotations=MappingProxyType(annotations),
-            max_credential_ttl=ttl,
+            max_credential_ttl=_duration_annotation(src, span, annotations, TTL_ANNOTATION),
             text=span.text,
+            revoke_within=revoke,
         )
         out.append((info, body))
     return out
+
+
+def _duration_annotation(
+    src: Source, span: Span, annotations: Mapping[str, str], name: str
+) -> timedelta | None:
+    """An obligation's ISO-8601 duration (`@max_credential_ttl("PT15M")`); a value that
+    is not one is refused at its line and column."""
+    text = annotations.get(name)
+    if text is None:
+        return None
+    try:
+        return parse_iso_duration(text)
+    except ValueError as exc:
+        line, column = _annotation_at(span, name)
+        raise BundleError(
+            f"@{name}({text!r}): {exc}", file=src.name, line=line, column=column
+        ) from exc
+
+
+def _annotation_at(span: Span, name: str) -> tuple[int, int]:
+    """Line and column of `@name(`'s value in the file (the policy's start if not found)."""
+    m = re.search(rf"@\s*{name}\s*\(\s*", span.text)
+    if m is None:  # pragma: no cover - Cedar parsed the annotation from this text
+        return span.line, span.column
+    before = span.text[: m.end()]
+    newlines = before.count("\n")
+    if not newlines:
+        return span.line, span.column + m.end()
+    return span.line + newlines, m.end() - before.rfind("\n")
 
 
 def _validate(src: Source, schema: cedarpy.Schema, spans: list[Span]) -> None:

@@ -40,6 +40,8 @@ SCHEMA_SUFFIXES = (".cedarschema", ".cedarschema.json")
 
 # What a request may say about entities the store lacks (bundle.py, docs/api.md).
 REQUEST_ENTITIES_FILE = "request-entities.yaml"
+# Which steps create access and which remove it (lifecycle.py, docs/evidence.md).
+LIFECYCLE_FILE = "lifecycle.yaml"
 
 
 def is_entity_name(name: str) -> bool:
@@ -49,11 +51,11 @@ def is_entity_name(name: str) -> bool:
 
 def is_bundle_file(name: str) -> bool:
     """Is a file of this name read by the loader (policies, schema, entities,
-    request-entities.yaml, manifest)?"""
+    request-entities.yaml, lifecycle.yaml, manifest)?"""
     return (
         name.endswith((".cedar", *SCHEMA_SUFFIXES))
         or is_entity_name(name)
-        or name in (MANIFEST, REQUEST_ENTITIES_FILE)
+        or name in (MANIFEST, REQUEST_ENTITIES_FILE, LIFECYCLE_FILE)
     )
 
 

@@ -161,9 +161,12 @@ def _policy_ref(bundle: Bundle, pid: str) -> PolicyRef:
 
 
 def _obligations(bundle: Bundle, reasons: tuple[PolicyRef, ...]) -> Obligations:
-    ttls = [
-        ttl
-        for ref in reasons
-        if (info := bundle.policies.get(ref.id)) and (ttl := info.max_credential_ttl) is not None
-    ]
-    return Obligations(max_credential_ttl=min(ttls) if ttls else None)
+    """The smallest of each obligation among the determining permits: each permit's
+    bound holds."""
+    infos = [info for ref in reasons if (info := bundle.policies.get(ref.id))]
+    ttls = [i.max_credential_ttl for i in infos if i.max_credential_ttl is not None]
+    revokes = [i.revoke_within for i in infos if i.revoke_within is not None]
+    return Obligations(
+        max_credential_ttl=min(ttls) if ttls else None,
+        revoke_within=min(revokes) if revokes else None,
+    )

@@ -23,13 +23,15 @@ class ConfigError(StepguardError):
 
 
 class BundleError(StepguardError):
-    """A policy directory that cannot be loaded; names file and line when known."""
+    """A policy directory that cannot be loaded; names file, line and column when known."""
 
-    def __init__(self, message: str, *, file: str = "", line: int = 0) -> None:
+    def __init__(self, message: str, *, file: str = "", line: int = 0, column: int = 0) -> None:
         self.file = file
         self.line = line
+        self.column = column if line else 0
         self.detail = message
-        where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
+        where = ":".join([file] + [str(n) for n in (line, self.column) if n]) if file else ""
+        where = f"{where}: " if where else ""
         super().__init__(f"{where}{message}")
 
 

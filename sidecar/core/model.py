@@ -118,7 +118,22 @@ class EvalError:
 
 @dataclass(frozen=True, slots=True)
 class Obligations:
+    """What an ALLOW binds the step to: the smallest of each among the determining
+    permits (docs/api.md). `revoke_within`: the access the step grants must be removed
+    within this long of its end (docs/evidence.md)."""
+
     max_credential_ttl: timedelta | None = None
+    revoke_within: timedelta | None = None
+
+    def to_json(self) -> dict[str, float]:
+        """`{"max_credential_ttl_s": 900.0, "revoke_within_s": 86400.0}`, set ones only:
+        the audit event's and `check --json`'s `obligations`."""
+        out: dict[str, float] = {}
+        if self.max_credential_ttl is not None:
+            out["max_credential_ttl_s"] = self.max_credential_ttl.total_seconds()
+        if self.revoke_within is not None:
+            out["revoke_within_s"] = self.revoke_within.total_seconds()
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +173,6 @@ def result_json(result: Result) -> dict[str, Any]:
     Here, beside the model, so both commands (and the test report) share one
     shape without the authoring tools importing the command line.
     """
-    ttl = result.obligations.max_credential_ttl
     return {
         "decision": result.decision.value,
         "reason": result.summary(),
@@ -167,7 +181,7 @@ def result_json(result: Result) -> dict[str, Any]:
             for r in result.reasons
         ],
         "errors": [{"policy": e.policy_id, "message": e.message} for e in result.errors],
-        "obligations": {"max_credential_ttl_s": ttl.total_seconds()} if ttl else {},
+        "obligations": result.obligations.to_json(),
         "policy_revision": result.revision,
         "policy_errors": result.policy_errors.value,
     }

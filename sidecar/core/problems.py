@@ -20,8 +20,9 @@ from typing import Any
 
 import cedarpy
 
-from sidecar.core.bundle import Bundle, load_bundle, visible_files
-from sidecar.core.bundlefiles import read_text
+from sidecar.core import lifecycle
+from sidecar.core.bundle import Bundle, load_bundle, schema_actions, visible_files
+from sidecar.core.bundlefiles import LIFECYCLE_FILE, read_text
 from sidecar.core.cedartext import Span, locate_error, position, split_policies
 from sidecar.core.errors import BundleError
 from sidecar.core.limits import LimitError, check_cedar_text, check_json_text
@@ -105,7 +106,19 @@ def _look_closer(directory: Path) -> list[Problem]:
     for path in files:
         if path.suffix == ".cedar":
             problems.extend(_check_policy_file(directory, path, schema))
+        elif path.name == LIFECYCLE_FILE and schema is not None:
+            problems.extend(_check_lifecycle(directory, path, schema))
     return _merge_per_action(problems)
+
+
+def _check_lifecycle(directory: Path, path: Path, schema: cedarpy.Schema) -> list[Problem]:
+    """Every problem of `lifecycle.yaml` (the loader stops at the first)."""
+    text = readable_text(path)
+    if text is None:
+        return []
+    name = path.relative_to(directory).as_posix()
+    _, findings = lifecycle.check(text, *schema_actions(schema))
+    return [_at_line(name, text, f.line, f.column, f.message) for f in findings]
 
 
 _ACTION_NAME = re.compile(r'\b(\w+::)*Action::"(?:[^"\\]|\\.)*"')
@@ -253,5 +266,5 @@ def _from_bundle_error(directory: Path, exc: BundleError) -> Problem:
     if text is None or not exc.line:
         return Problem(exc.file, exc.line, 0, exc.detail)
     line_text = _line_text(text, exc.line)
-    column = len(line_text) - len(line_text.lstrip()) + 1 if line_text else 0
+    column = exc.column or (len(line_text) - len(line_text.lstrip()) + 1 if line_text else 0)
     return Problem(exc.file, exc.line, column, exc.detail, line_text)

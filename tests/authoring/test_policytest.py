@@ -307,7 +307,7 @@ cases:
     assert code == EXIT_OK
     assert "policies 1/12 (8.3%)" in out
     assert (
-        "ok    9  permit provisioning-workloads-change-identities  determining in 1 case(s)" in out
+        "ok    8  permit provisioning-workloads-change-identities  determining in 1 case(s)" in out
     )
     assert "--   14  forbid shared-accounts-never-act  NEVER DETERMINING" in out
     # The clause was evaluated (the forbid applies) and was false: true is what is missing.

@@ -44,6 +44,7 @@ def expected_revision(directory: Path) -> str:
         *[n for n in names if n.endswith((".cedarschema", ".cedarschema.json"))],
         *_path_order([n for n in names if base(n).endswith("entities.json")]),
         *[n for n in names if base(n) == "request-entities.yaml"],
+        *[n for n in names if base(n) == "lifecycle.yaml"],
     ]
     inputs = [(name, (directory / name).read_bytes()) for name in order]
     scope: dict[str, object] = {"hashlib": hashlib, "inputs": inputs}
@@ -87,3 +88,24 @@ def test_order_names_and_what_is_not_hashed(tmp_path: Path) -> None:
     (Path(moved) / "team.cedar").rename(Path(moved) / "zz.cedar")
     renamed = load_bundle(Path(moved)).revision
     assert renamed != revision and renamed == expected_revision(Path(moved))
+
+
+def test_lifecycle_yaml_is_an_input_after_request_entities(tmp_path: Path) -> None:
+    """Which steps create and remove access is policy: changing it changes the revision."""
+    bundle = tmp_path / "b"
+    shutil.copytree(POLICIES, bundle)
+    loaded = load_bundle(bundle)
+    assert loaded.sources[-2:] == ("request-entities.yaml", "lifecycle.yaml")
+    assert loaded.revision == expected_revision(bundle)
+    lifecycle = bundle / "lifecycle.yaml"
+    text = lifecycle.read_text()
+    lifecycle.write_text(
+        text.replace("leaver_workflows: [leaver, legacy-offboarding]", "leaver_workflows: [leaver]")
+    )
+    changed = load_bundle(bundle).revision
+    assert changed != loaded.revision and changed == expected_revision(bundle)
+    lifecycle.unlink()  # optional: without it the bundle loads, and hashes one input less
+    without = load_bundle(bundle)
+    assert without.lifecycle is None and "lifecycle.yaml" not in without.sources
+    assert without.revision not in (loaded.revision, changed)
+    assert without.revision == expected_revision(bundle)

@@ -130,17 +130,18 @@ def _expected_text(expect: Expect) -> str:
         text += " by " + (", ".join(sorted(expect.policies)) or "no policy")
     if expect.errors:
         text += f" with errors {list(expect.errors)}"
-    if expect.obligations and "max_credential_ttl" in expect.obligations:
-        text += f", max_credential_ttl {ttl_text(expect.obligations['max_credential_ttl'])}"
+    for name, want in sorted((expect.obligations or {}).items()):
+        text += f", {name} {ttl_text(want)}"
     return text
 
 
 def _actual_lines(result: Result) -> list[str]:
     by = ", ".join(f"{r.id} ({r.source})" if r.source else r.id for r in result.reasons)
     text = result.decision.value + (" by " + by if by else " (no determining policy)")
-    ttl = result.obligations.max_credential_ttl
-    if ttl is not None:
-        text += f", max_credential_ttl {ttl_text(ttl)}"
+    for name in ("max_credential_ttl", "revoke_within"):
+        value = getattr(result.obligations, name)
+        if value is not None:
+            text += f", {name} {ttl_text(value)}"
     lines = [f"        actual:   {escape(text)}"]
     for err in result.errors:
         lines.append(f"        error:    {escape(error_text(err))}")

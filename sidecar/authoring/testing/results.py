@@ -163,12 +163,10 @@ def compare(expect: Expect, result: Result) -> tuple[str, ...]:
             problems.append("unexpected error(s): " + "; ".join(error_text(e) for e in unmatched))
         if unseen:
             problems.append("expected error(s) not reported: " + "; ".join(unseen))
-    if expect.obligations is not None:
-        ttl = result.obligations.max_credential_ttl
-        if "max_credential_ttl" in expect.obligations:
-            want = expect.obligations["max_credential_ttl"]
-            if ttl != want:
-                problems.append(f"max_credential_ttl is {ttl_text(ttl)}, expected {ttl_text(want)}")
+    for name, want in (expect.obligations or {}).items():
+        got = getattr(result.obligations, name)
+        if got != want:
+            problems.append(f"{name} is {ttl_text(got)}, expected {ttl_text(want)}")
     return tuple(problems)
 
 

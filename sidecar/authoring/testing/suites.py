@@ -53,7 +53,7 @@ _MATRIX_KEYS = {
     "expect",
 }
 _EXPECT_KEYS = {"decision", "policies", "obligations", "errors"}
-_OBLIGATION_KEYS = {"max_credential_ttl"}
+_OBLIGATION_KEYS = {"max_credential_ttl", "revoke_within"}
 
 
 class SuiteError(StepguardError):
@@ -347,11 +347,11 @@ def _expect(raw: Any, where: str) -> Expect:
         if not isinstance(obligations, dict):
             raise SuiteError(f"{where}.obligations: expected a mapping", _line(raw))
         _check_keys(obligations, _OBLIGATION_KEYS, f"{where}.obligations")
-        parsed = {}
-        if "max_credential_ttl" in obligations:
-            parsed["max_credential_ttl"] = _duration(
-                obligations["max_credential_ttl"], f"{where}.obligations.max_credential_ttl"
-            )
+        parsed = {
+            name: _duration(obligations[name], f"{where}.obligations.{name}")
+            for name in sorted(_OBLIGATION_KEYS)
+            if name in obligations
+        }
     return Expect(
         decision=parse_decision(raw["decision"], f"{where}.decision"),
         policies=frozenset(policies) if policies is not None else None,
