@@ -144,13 +144,10 @@ def open_sink(
     from sidecar.audit.stream import StreamSink
     from sidecar.audit.workers import chain_path, ensure_manifest, worker_path
 
-    many = workers is not None and workers > 1
+    path = chain_path(Path(target), worker, workers)  # ConfigError: a worker outside 0..N-1
     header: dict[str, int] = {}
-    if many:
-        assert workers is not None
-        chain_path(Path(target), worker, workers)  # ConfigError for a worker outside 0..N-1
-        assert worker is not None
-        header = {"worker": worker, "workers": workers}
+    if path != Path(target):  # worker `worker` of `workers` > 1
+        header = {"worker": worker or 0, "workers": workers or 0}
     if target == "-":
         if checkpoints is not None:
             raise ConfigError(
@@ -159,12 +156,10 @@ def open_sink(
         return StreamSink(
             sys.stdout.buffer, hasher=hasher, durability=durability, header_fields=header
         )
-    path = chain_path(Path(target), worker, workers)
-    if many:
-        assert workers is not None and worker is not None
-        ensure_manifest(Path(target), workers, worker=worker)  # before the chain's first record
+    if header:
+        ensure_manifest(Path(target), header["workers"], worker=header["worker"])  # first
         if checkpoints is not None:
-            checkpoints = worker_path(checkpoints, worker)
+            checkpoints = worker_path(checkpoints, header["worker"])
     return FileSink(
         path,
         hasher=hasher,

@@ -260,6 +260,9 @@ def collect_sets(paths: Iterable[Path]) -> list[TrailSet]:
                 if entry.name.endswith(MANIFEST_SUFFIX) and not entry.is_dir():
                     order[_manifest_trail(entry)] = None
             continue
+        if path.name.endswith(MANIFEST_SUFFIX):  # the manifest: its trail
+            order[_manifest_trail(path)] = None
+            continue
         chain = base_of(path)
         owner = worker_of(chain) if chain is not None else None
         if chain is not None and owner is not None:

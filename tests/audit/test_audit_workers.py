@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -200,7 +201,7 @@ def test_workers_in_several_processes_make_one_trail(
 def test_an_intact_trail_of_many_chains_verifies(
     three: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for where in (three, three.parent):
+    for where in (three, three.parent, manifest_path(three)):
         code, out = run_cli("audit", "verify", where, capsys=capsys)
         assert code == 0, out
         for i in range(3):
@@ -477,6 +478,13 @@ def test_real_sidecars_one_per_worker_make_one_trail(
         for s in sidecars:
             s.stop(grace=1.0)
     trail = tmp_path / "audit.jsonl"
+    schema = json.loads((Path(__file__).parents[2] / "sidecar/audit/event.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for i in range(2):
+        records = [json.loads(line) for line in lines_of(worker_path(trail, i))]
+        assert records[0]["worker"] == i and records[0]["workers"] == 2
+        for record in records:
+            validator.validate(record)
     code, out = run_cli("audit", "verify", trail, capsys=capsys)
     assert code == 0, out
     code, out = run_cli("audit", "query", trail, "--format", "json", capsys=capsys)
