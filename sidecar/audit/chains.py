@@ -6,9 +6,10 @@ with its kind's code. On top of that, the trail as a whole (workers.py) must
 hold every chain its manifest lists, and its manifest must be there:
 
     missing   (exit 8) a chain listed in the manifest has no segment on disk
-              (deleted whole, or only its head anchor is left); or there
-              are worker chains but no manifest, so a chain deleted whole
-              could not be noticed
+              (deleted whole, or only its head anchor is left); a chain a
+              segment header's `workers` implies is neither on disk nor
+              listed (deleted, and the manifest rewritten); or there are
+              worker chains but no manifest
     modified  (exit 3) the manifest is unreadable
     inserted  (exit 5) a worker chain on disk that the manifest does not list
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sidecar.audit.chain import BadRecord, parse_line
+from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
 from sidecar.audit.verify import Problem, Progress, Report, verify
 from sidecar.audit.workers import TrailSet, manifest_path, worker_path
@@ -55,6 +58,22 @@ def set_findings(trails: TrailSet) -> list[Report]:
                 "record it held is missing",
             )
         )
+    claimed, where = _claimed_workers(trails)
+    present = {Path(c.name).name for c in trails.chains if c.segments}
+    known = present | set(trails.missing)
+    for i in range(claimed):
+        name = worker_path(Path(trails.name), i).name
+        if name not in known:
+            found.append(
+                _finding(
+                    trails,
+                    str(Path(trails.name).with_name(name)),
+                    "missing",
+                    f"chain {name} is not on disk, and the workers manifest does not list "
+                    f"it, but the segment header at {where} says {claimed} workers wrote "
+                    "this trail: a worker's chain was deleted and the manifest rewritten",
+                )
+            )
     for name in trails.unlisted:
         found.append(
             _finding(
@@ -67,6 +86,23 @@ def set_findings(trails: TrailSet) -> list[Report]:
             )
         )
     return found
+
+
+def _claimed_workers(trails: TrailSet) -> tuple[int, str]:
+    """The most workers any segment header of the trail names, and where: the chains
+    say how many of them there are, whatever the manifest says. Only first lines are read."""
+    best, where = 0, ""
+    for chain in trails.chains:
+        for segment in chain.segments:
+            try:
+                with open_read(segment) as f:
+                    header = parse_line(f.readline(1 << 16).rstrip(b"\n"))
+            except (OSError, BadRecord):
+                continue  # the chain's own walk reports it
+            workers = header.body.get("workers") if header.kind == "segment" else None
+            if isinstance(workers, int) and not isinstance(workers, bool) and workers > best:
+                best, where = workers, f"{segment}:1"
+    return best, where
 
 
 def _finding(trails: TrailSet, file: str, kind: str, message: str) -> Report:

@@ -287,6 +287,23 @@ def test_all_chains_gone_but_the_manifest(
     assert "chain audit.w0.jsonl is listed" in out and "chain audit.w1.jsonl is listed" in out
 
 
+def test_a_chain_deleted_with_the_manifest_rewritten_is_missing(
+    three: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other chains' headers say three workers wrote the trail."""
+    for f in [*collect([worker_path(three, 2)])[0].segments]:
+        f.unlink()
+    worker_path(three, 2).with_name("audit.w2.jsonl.head").unlink()
+    manifest = manifest_path(three)
+    body = json.loads(manifest.read_text())
+    body["chains"], body["workers"] = body["chains"][:2], 2
+    manifest.write_text(json.dumps(body))
+    code, out = run_cli("audit", "verify", three.parent, capsys=capsys)
+    assert code == EXIT_MISSING, out
+    assert "chain audit.w2.jsonl is not on disk, and the workers manifest does not list it" in out
+    assert "says 3 workers wrote this trail" in out
+
+
 def test_a_deleted_manifest_is_a_finding(three: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest_path(three).unlink()
     code, out = run_cli("audit", "verify", three, capsys=capsys)
