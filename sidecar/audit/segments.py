@@ -2,8 +2,10 @@
 
 A trail named NAME is its rotated segments `NAME.000001`, `NAME.000002`...,
 then the active `NAME`, and its head anchor `NAME.head`; `NAME.torn-<utc>`
-files are bytes set aside by recovery and belong to no segment. `collect`
-finds trails for the readers (`audit verify`, `audit query`, `replay`); the
+files are bytes set aside by recovery and belong to no segment, and neither
+does a multi-worker trail's manifest `STEM.workers.json` (workers.py, which
+groups the workers' chains into one trail). `collect` finds chains for the
+readers (`audit verify`, `audit query`, `replay`); the
 writer (filesink.py, rotation.py, recovery.py, pinning.py) shares the helpers
 below it: the last complete line of a segment, a checked record, a write of
 all bytes and a directory fsync.

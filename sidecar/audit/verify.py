@@ -29,7 +29,8 @@ be in the trail with its hash: a trail cut and rolled back together with its
 head anchor is *truncated*. What could not be checked is listed in the report.
 
 Which files make a trail is segments.py's (`collect`, shared with `audit
-query` and `replay`); the anchor's format is anchor.py's. What stays here,
+query` and `replay`); the anchor's format is anchor.py's. A trail of many
+workers' chains is verified chain by chain, as here, by chains.py. What stays here,
 past 500 lines, is one thing: the walk, the classification of its first
 break and the checkpoints read in step with it share the walk's state (the
 line before, the one after, the record due), and apart they would pass it
