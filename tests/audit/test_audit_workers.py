@@ -515,3 +515,72 @@ def test_real_sidecars_one_per_worker_make_one_trail(
     chains = {str(worker_path(trail, i)) for i in range(2)}
     assert set(report["files"]) == chains
     assert {r["file"]: r["decisions"] for r in report["read_from"]} == dict.fromkeys(chains, 2)
+
+
+def test_a_killed_worker_restarted_continues_its_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Worker 1 is killed (SIGKILL) while writing; restarted with its index, its chain
+    goes on where it ended and the trail still verifies as one."""
+    trail = tmp_path / "audit.jsonl"
+    script = (
+        "import sys\n"
+        "from sidecar.audit.sink import open_sink\n"
+        "sink = open_sink(sys.argv[1], worker=1, workers=2)\n"
+        "sink.write({'schema': 1, 'kind': 'decision', 'id': 'before', 'decision': 'ALLOW',\n"
+        "            'time': '2026-11-25T10:00:00.000001Z'})\n"
+        "print('written', flush=True)\n"
+        "import time\n"
+        "time.sleep(60)\n"
+    )
+    other = open_sink(str(trail), worker=0, workers=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(trail)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "written\n"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    manifest = manifest_path(trail).read_bytes()
+    other.write(event(0, time=stamp(T0)))
+    restarted = open_sink(str(trail), worker=1, workers=2)
+    restarted.write(event(1, time=stamp(T0 + timedelta(seconds=1))))
+    restarted.close()
+    other.close()
+    assert manifest_path(trail).read_bytes() == manifest  # same N: not rewritten
+    chain = [parse_line(raw.rstrip(b"\n")) for raw in lines_of(worker_path(trail, 1))]
+    assert [r.seq for r in chain] == list(range(len(chain)))
+    assert [r.body.get("id") for r in chain if r.kind == "decision"] == ["before", "ev-00001"]
+    code, out = run_cli("audit", "verify", trail, capsys=capsys)
+    assert code == 0, out
+    code, out = run_cli("audit", "query", trail, "--format", "json", capsys=capsys)
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [
+        "ev-00000",  # 10:00:00.000000, worker 0
+        "before",  # 10:00:00.000001, worker 1 before it was killed
+        "ev-00001",  # 10:00:01, worker 1 restarted
+    ]
+
+
+def test_fewer_workers_later_still_one_trail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Four workers, then two: the chains of workers 2 and 3 still belong to the trail."""
+    write_chains(tmp_path, 4, round_robin(4, 8))
+    trail = write_chains(tmp_path, 2, [(0, 100), (1, 101)])
+    code, out = run_cli("audit", "verify", tmp_path, capsys=capsys)
+    assert code == 0, out
+    assert f"ok: {trail}: one trail of 4 chain(s)" in out
+    headers = [
+        json.loads(line)
+        for i in range(2)
+        for line in lines_of(worker_path(trail, i))
+        if b'"kind":"segment"' in line
+    ]
+    assert {h["workers"] for h in headers} == {4}  # the active segments go on
+    for f in collect([worker_path(trail, 3)])[0].segments:
+        f.unlink()
+    code, out = run_cli("audit", "verify", tmp_path, capsys=capsys)
+    assert code == EXIT_MISSING and "chain audit.w3.jsonl is listed" in out, out
