@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sidecar.audit.anchor import anchor_bytes
@@ -61,9 +61,12 @@ class FileSink(Recovery, Rotation, Pinning):
         checkpoints: Path | None = None,
         checkpoint_every: int = CHECKPOINT_EVERY,
         checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+        header_fields: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(hasher or Hasher(), durability, probe_interval_s)
         self.path = path
+        # Added to every segment header: `worker` and `workers` for a worker's chain.
+        self._header_fields = dict(header_fields or {})
         self.head_path = path.with_name(path.name + ".head")
         # Checkpoints (pinning.py; their file, checkpoint.py): written by the head thread,
         # off the decision path; `_cp_seq` is the highest seq pinned so far.

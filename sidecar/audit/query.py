@@ -2,7 +2,8 @@
 
 Filters combine with AND; each entity filter takes `Type::"id"` (exact) or an
 id pattern with shell wildcards (`*provisioner`). Records come out in trail
-order, which is decision order. Typical questions:
+order, which is decision order; the chains of many workers (workers.py) come
+out as one trail, by time, then chain, then seq. Typical questions:
 
     # who received access to payroll, why, and when was it removed?
     stepguard audit query /var/log/stepguard --resource 'TargetSystem::"payroll"' \\
@@ -31,6 +32,7 @@ from typing import Any
 
 from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
+from sidecar.audit.workers import TrailSet, merged
 from sidecar.core.errors import StepguardError
 from sidecar.core.textsafe import escape
 
@@ -175,8 +177,30 @@ def events(trails: Sequence[Trail]) -> Iterator[dict[str, Any]]:
                 raise StepguardError(f"cannot read {path}: {exc}") from exc
 
 
-def run_query(trails: Sequence[Trail], query: Query) -> Iterator[dict[str, Any]]:
-    return (e for e in events(trails) if query.matches(e))
+def set_events(trails: Sequence[Trail | TrailSet]) -> Iterator[dict[str, Any]]:
+    """Every record, trail after trail; a trail of many workers' chains (workers.py) as
+    one stream, ordered by time, then chain, then seq. A single chain: in its order."""
+    for trail in trails:
+        if isinstance(trail, Trail):
+            yield from events([trail])
+        else:
+            yield from merged([events([c]) for c in trail.chains], _time_of, _seq_of)
+
+
+def _time_of(event: dict[str, Any]) -> str:
+    """A decision's time; "" for the sink's own records (segment headers, shutdowns...):
+    they are ordered where they stand in their chain, not by the clock they were written at."""
+    time = event.get("time")
+    return time if isinstance(time, str) and event.get("kind") == "decision" else ""
+
+
+def _seq_of(event: dict[str, Any]) -> int:
+    seq = event.get("seq")
+    return seq if isinstance(seq, int) else -1
+
+
+def run_query(trails: Sequence[Trail | TrailSet], query: Query) -> Iterator[dict[str, Any]]:
+    return (e for e in set_events(trails) if query.matches(e))
 
 
 def _entity(value: Any) -> Any:

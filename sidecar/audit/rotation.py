@@ -4,7 +4,9 @@ The active segment `NAME` is renamed to `NAME.<segment number>` (six digits
 or more) between two commits once it reaches `rotate_bytes` or `rotate_age_s`
 (a ticker thread sees to the age when no decisions arrive). The next commit
 opens a new active segment whose header names the one it follows: its last
-hash, the next seq and its file name, so the chain runs on across files. A
+hash, the next seq and its file name, so the chain runs on across files (and,
+for a worker's chain of a multi-worker trail, `worker` and `workers`: which
+worker wrote it and how many ran; workers.py). A
 failed rename keeps the current segment and is retried in ten seconds.
 
 A mixin of FileSink: the state it reads is set up in `FileSink.__init__`, and
@@ -49,6 +51,7 @@ class Rotation(ChainSink):
     _rotate_retry_at: float
     _clock: Callable[[], float]
     _append_flags: int
+    _header_fields: dict[str, int]
 
     def _start_ticker(self) -> None:
         """Age-based rotation must also happen when no decisions arrive."""
@@ -87,6 +90,7 @@ class Rotation(ChainSink):
             previous_file=previous_name,
             algorithm=self.hasher.algorithm,
             key_id=self.hasher.key_id,
+            **self._header_fields,
         )
         self._pending.insert(0, header)
 

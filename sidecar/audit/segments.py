@@ -2,8 +2,10 @@
 
 A trail named NAME is its rotated segments `NAME.000001`, `NAME.000002`...,
 then the active `NAME`, and its head anchor `NAME.head`; `NAME.torn-<utc>`
-files are bytes set aside by recovery and belong to no segment. `collect`
-finds trails for the readers (`audit verify`, `audit query`, `replay`); the
+files are bytes set aside by recovery and belong to no segment, and neither
+does a multi-worker trail's manifest `STEM.workers.json` (workers.py, which
+groups the workers' chains into one trail). `collect` finds chains for the
+readers (`audit verify`, `audit query`, `replay`); the
 writer (filesink.py, rotation.py, recovery.py, pinning.py) shares the helpers
 below it: the last complete line of a segment, a checked record, a write of
 all bytes and a directory fsync.
@@ -22,6 +24,7 @@ from sidecar.audit.chain import BadRecord, Hasher, Record, check_hash, parse_lin
 from sidecar.core.errors import AuditError, StepguardError
 
 _ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d{6,})$")
+MANIFEST_SUFFIX = ".workers.json"  # DIR/audit.workers.json lists the chains of many workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,7 @@ class Trail:
     name: str
     segments: tuple[Path, ...]
     head: Path | None
+    worker: int | None = None  # a worker's chain of a multi-worker trail (workers.py)
 
 
 def collect(paths: Iterable[Path]) -> list[Trail]:
@@ -40,19 +44,25 @@ def collect(paths: Iterable[Path]) -> list[Trail]:
         if path.is_dir():
             for entry in sorted(path.iterdir()):
                 if not entry.is_dir():  # FIFOs too: opening them is refused, by name
-                    base = _base_of(entry)
+                    base = base_of(entry)
                     if base is not None:
                         bases[base] = None
         elif path.exists() or _rotated_of(path):
-            bases[_base_of(path) or path] = None
+            bases[base_of(path) or path] = None
         else:
             raise StepguardError(f"{path}: no such file or directory")
-    return [_trail(base) for base in bases]
+    return [trail_of(base) for base in bases]
 
 
-def _base_of(path: Path) -> Path | None:
+def is_manifest(name: str) -> bool:
+    """A multi-worker trail's manifest (workers.py), or a temporary file of one."""
+    return name.endswith(MANIFEST_SUFFIX) or (MANIFEST_SUFFIX + ".tmp-") in name
+
+
+def base_of(path: Path) -> Path | None:
+    """The active file of the chain `path` belongs to; None for files of no chain."""
     name = path.name
-    if ".torn-" in name:
+    if ".torn-" in name or is_manifest(name):
         return None
     if name.endswith(".head"):
         return path.with_name(name.removesuffix(".head"))
@@ -71,7 +81,8 @@ def _rotated_of(base: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _trail(base: Path) -> Trail:
+def trail_of(base: Path) -> Trail:
+    """The chain whose active file is (or was) `base`: its segments, oldest first, and head."""
     segments = [p for _, p in _rotated_of(base)]
     if base.exists():
         segments.append(base)

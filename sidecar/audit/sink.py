@@ -128,20 +128,40 @@ def open_sink(
     checkpoints: Path | None = None,
     checkpoint_every: int = 0,
     checkpoint_interval_s: float = 0.0,
+    worker: int | None = None,
+    workers: int | None = None,
 ) -> FileSink | StreamSink:
-    """`-` is stdout; anything else the path of the active file segment."""
+    """`-` is stdout; anything else the path of the trail's active file segment.
+
+    With `workers` > 1, worker `worker` (0-based) writes a trail of its own,
+    `audit.w<worker>.jsonl` next to `target` (and its own checkpoint file,
+    `CP.w<worker>...`), listed first in the trail's manifest (workers.py), and
+    every segment header says which worker and how many. With one worker the
+    trail is `target`, as it always was.
+    """
     from sidecar.audit.filesink import FileSink
     from sidecar.audit.pinning import CHECKPOINT_EVERY, CHECKPOINT_INTERVAL_S
     from sidecar.audit.stream import StreamSink
+    from sidecar.audit.workers import chain_path, ensure_manifest, worker_path
 
+    path = chain_path(Path(target), worker, workers)  # ConfigError: a worker outside 0..N-1
+    header: dict[str, int] = {}
+    if path != Path(target):  # worker `worker` of `workers` > 1
+        header = {"worker": worker or 0, "workers": workers or 0}
     if target == "-":
         if checkpoints is not None:
             raise ConfigError(
                 "audit checkpoints pin a file trail: give --audit-file PATH (not -) with them"
             )
-        return StreamSink(sys.stdout.buffer, hasher=hasher, durability=durability)
+        return StreamSink(
+            sys.stdout.buffer, hasher=hasher, durability=durability, header_fields=header
+        )
+    if header:
+        ensure_manifest(Path(target), header["workers"], worker=header["worker"])  # first
+        if checkpoints is not None:
+            checkpoints = worker_path(checkpoints, header["worker"])
     return FileSink(
-        Path(target),
+        path,
         hasher=hasher,
         durability=durability,
         rotate_bytes=rotate_bytes,
@@ -149,4 +169,5 @@ def open_sink(
         checkpoints=checkpoints,
         checkpoint_every=checkpoint_every or CHECKPOINT_EVERY,
         checkpoint_interval_s=checkpoint_interval_s or CHECKPOINT_INTERVAL_S,
+        header_fields=header,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Mapping
 from typing import IO
 
 from sidecar.audit.chain import GENESIS, Hasher
@@ -22,6 +23,8 @@ class StreamSink(ChainSink):
 
     Each process starts a new chain (a segment header with a random `stream`
     id and `follows` = GENESIS): what was written before cannot be read back.
+    With many workers on one stdout, each header also says `worker` and
+    `workers`, so a collector can tell the chains apart.
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class StreamSink(ChainSink):
         hasher: Hasher | None = None,
         durability: str = "flush",
         probe_interval_s: float = PROBE_INTERVAL_S,
+        header_fields: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(hasher or Hasher(), durability, probe_interval_s)
         self._stream = stream
@@ -45,6 +49,7 @@ class StreamSink(ChainSink):
                 stream=str(uuid.uuid4()),
                 algorithm=self.hasher.algorithm,
                 key_id=self.hasher.key_id,
+                **(header_fields or {}),
             )
         )
 

@@ -18,7 +18,9 @@ files. The first break is classified, with file and 1-based line:
 
 Exit codes (for scripts): 0 intact, 1 cannot verify (unreadable file, missing
 or wrong HMAC key, missing head anchor, nothing to verify), 3 modified,
-4 deleted, 5 inserted, 6 reordered, 7 truncated.
+4 deleted, 5 inserted, 6 reordered, 7 truncated, and for a trail of many
+workers' chains (chains.py) 8 missing: a chain its manifest lists is not on
+disk, or the manifest itself is gone.
 
 With a key, a trail that claims to be unkeyed or keyed with another key is
 *modified*: that is what a keyed trail rewritten without its key looks like.
@@ -27,7 +29,8 @@ be in the trail with its hash: a trail cut and rolled back together with its
 head anchor is *truncated*. What could not be checked is listed in the report.
 
 Which files make a trail is segments.py's (`collect`, shared with `audit
-query` and `replay`); the anchor's format is anchor.py's. What stays here,
+query` and `replay`); the anchor's format is anchor.py's. A trail of many
+workers' chains is verified chain by chain, as here, by chains.py. What stays here,
 past 500 lines, is one thing: the walk, the classification of its first
 break and the checkpoints read in step with it share the walk's state (the
 line before, the one after, the record due), and apart they would pass it
@@ -53,6 +56,10 @@ from sidecar.core.errors import StepguardError
 EXIT_OK, EXIT_ERROR = 0, 1
 UNVERIFIABLE = "cannot verify"  # a Problem kind: exit 1
 EXIT_CODES = {"modified": 3, "deleted": 4, "inserted": 5, "reordered": 6, "truncated": 7}
+# What a trail of many chains (workers.py) can lack beyond what one chain's walk finds:
+# a whole chain, or the manifest that lists them (chains.py).
+EXIT_MISSING = 8
+SET_EXIT_CODES = {"missing": EXIT_MISSING}
 T = TypeVar("T")
 
 
@@ -75,7 +82,7 @@ class Problem:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.kind, EXIT_ERROR)
+        return EXIT_CODES.get(self.kind) or SET_EXIT_CODES.get(self.kind, EXIT_ERROR)
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
@@ -96,6 +103,7 @@ class Report:
     unchecked: list[str] = field(default_factory=list)
     checkpoints_checked: int = 0
     problem: Problem | None = None
+    part_of: str = ""  # a worker's chain: the trail it is one chain of
 
     @property
     def ok(self) -> bool:
@@ -115,6 +123,8 @@ class Report:
             "unchecked": self.unchecked,
             "checkpoints_checked": self.checkpoints_checked,
         }
+        if self.part_of:
+            out["part_of"] = self.part_of
         if self.problem is not None:
             p = self.problem
             out["problem"] = {"kind": p.kind, "file": p.file, "line": p.line, "message": p.message}
@@ -378,7 +388,7 @@ def _walk(
             )
             return problem, ln, at_anchor
         if ln.first_in_file:
-            header_problem = _check_header(ln, rec, segment, partial)
+            header_problem = _check_header(ln, rec, segment, partial, trail.worker)
             if header_problem is not None:
                 return header_problem, ln, at_anchor
             segment = rec.body.get("segment")
@@ -490,9 +500,20 @@ def _links(ln: _Line | None, hasher: Hasher, seq: int, prev: str) -> bool:
     )
 
 
-def _check_header(ln: _Line, rec: Record, previous: Any, partial: bool) -> Problem | None:
+def _check_header(
+    ln: _Line, rec: Record, previous: Any, partial: bool, worker: int | None = None
+) -> Problem | None:
     if rec.kind != "segment":
         return Problem("modified", ln.file, ln.line, "a segment file must begin with its header")
+    claimed = rec.body.get("worker")
+    if worker is not None and claimed is not None and claimed != worker:
+        return Problem(
+            "modified",
+            ln.file,
+            ln.line,
+            f"the header says worker {claimed} wrote this segment, but it is in the chain of "
+            f"worker {worker}: chains were renamed or swapped",
+        )
     number = rec.body.get("segment")
     if previous is None:
         if number != 1 and not partial:

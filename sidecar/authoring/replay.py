@@ -10,8 +10,9 @@ Events are read defensively: the audit format grows (chain fields, redaction,
 segment headers, recovery records), so anything that is not a decision record
 is skipped and counted, never fatal. A decision whose recorded request holds
 redacted values is replayed with the redacted text, and flagged: the policies
-saw the real value. `stepguard replay` (sidecar/cli/replay.py) prints the
-`ReplayReport` this returns.
+saw the real value. The chains of many workers (`serve --workers N`) are read
+as one trail, in time order (`trail_sources`, `trail_lines`). `stepguard
+replay` (sidecar/cli/replay.py) prints the `ReplayReport` this returns.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from sidecar.audit.segments import collect
+from sidecar.audit.workers import collect_sets, merged
 from sidecar.core.bundle import Bundle
 from sidecar.core.engine import deny, evaluate
 from sidecar.core.errors import StepguardError
@@ -266,19 +267,63 @@ def trail_files(names: list[str]) -> list[str]:
     Reading only the active file would replay the newest segment and silently
     leave out everything rotated before it.
     """
-    out: dict[str, None] = {}
+    return [f for source in trail_sources(names) for chain in source for f in chain]
+
+
+def trail_sources(names: list[str]) -> list[list[list[str]]]:
+    """The files to read, as sources of chains of files: `-` and other files are a source
+    of one chain of one file; a trail is a source of its chains (one, or one per worker:
+    sidecar/audit/workers.py), each chain its segments, oldest first. A file named twice
+    is read once."""
+    seen: set[str] = set()
+    out: list[list[list[str]]] = []
     for name in names:
         if name == "-" or name.endswith(".gz"):
-            out[name] = None
+            if name not in seen:
+                seen.add(name)
+                out.append([[name]])
             continue
         try:
-            trails = collect([Path(name)])
+            sets = collect_sets([Path(name)])
         except (StepguardError, OSError) as exc:
             raise StepguardError(f"cannot read audit file {name}: {exc}") from exc
-        for trail in trails:
-            for segment in trail.segments:
-                out[str(segment)] = None
-    return list(out)
+        for trail in sets:
+            chains = []
+            for chain in trail.chains:
+                files = [str(s) for s in chain.segments if str(s) not in seen]
+                seen.update(files)
+                if files:
+                    chains.append(files)
+            if chains:
+                out.append(chains)
+    return out
+
+
+def trail_lines(sources: list[list[list[str]]]) -> Iterator[tuple[str, int, str]]:
+    """(file, line number, line) of every source in turn; the chains of a trail of many
+    workers as one stream, by time, then chain, then seq (workers.merged)."""
+    for chains in sources:
+        yield from merged([read_lines(files) for files in chains], _time_of, _seq_of)
+
+
+def _fields(line: str) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def _time_of(item: tuple[str, int, str]) -> str:
+    """A decision's time; "" for other records (they keep their place in their chain)."""
+    event = _fields(item[2])
+    time = event.get("time")
+    return time if isinstance(time, str) and event.get("kind", "decision") == "decision" else ""
+
+
+def _seq_of(item: tuple[str, int, str]) -> int:
+    seq = _fields(item[2]).get("seq")
+    return seq if isinstance(seq, int) else -1
 
 
 def read_lines(paths: list[str]) -> Iterator[tuple[str, int, str]]:

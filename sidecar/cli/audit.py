@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.audit.chain import load_key
+from sidecar.audit.chains import chains_to_verify, set_findings, verify_chain, verify_set
 from sidecar.audit.query import (
     EntityFilter,
     Query,
@@ -18,8 +19,8 @@ from sidecar.audit.query import (
     run_query,
     table,
 )
-from sidecar.audit.segments import collect
-from sidecar.audit.verify import EXIT_ERROR, EXIT_OK, Report, verify
+from sidecar.audit.verify import EXIT_ERROR, EXIT_OK, Report
+from sidecar.audit.workers import TrailSet, collect_sets
 from sidecar.cli.progress import Progress
 from sidecar.core.errors import StepguardError
 from sidecar.core.textsafe import escape, json_text
@@ -34,8 +35,11 @@ def register(subparsers: Any) -> None:
         help="check the hash chain of a whole trail",
         description="Exit codes: 0 intact, 1 cannot verify (nothing to verify, unreadable "
         "or missing files, missing head anchor, missing key), 3 modified (also: a key was "
-        "given and the trail claims no key or another one), 4 deleted, 5 inserted, "
-        "6 reordered, 7 truncated (also: the trail ends before a checkpoint).",
+        "given and the trail claims no key or another one), 4 deleted, 5 inserted (also: a "
+        "worker chain its manifest does not list), 6 reordered, 7 truncated (also: the trail "
+        "ends before a checkpoint), 8 missing (a trail of many workers: a chain its manifest "
+        "lists is not on disk, or the manifest is gone). PATH is a trail's file or directory; "
+        "the chains of many workers (DIR/audit.w<i>.jsonl) are verified as one trail.",
     )
     v.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trail file or directory")
     v.add_argument("--key-file", type=Path, help="the HMAC key file the sidecar used")
@@ -117,33 +121,60 @@ def _trust_flags(parser: argparse.ArgumentParser) -> None:
 def _verify(args: argparse.Namespace) -> int:
     key = load_key(args.key_file) if args.key_file else None
     code = EXIT_OK
-    trails = collect(args.paths)
-    if not trails:
+    sets = collect_sets(args.paths)
+    if not sets:
         where = ", ".join(str(p) for p in args.paths)
         _cannot_verify(args, where, f"nothing to verify: no trail in {where}")
         return EXIT_ERROR
-    for trail in trails:
-        try:
-            with Progress(f"verify {trail.name}", unit="records") as progress:  # terminal only
-                report = verify(
-                    trail,
-                    key,
-                    partial=args.partial,
-                    accept_missing_anchor=args.accept_missing_anchor,
-                    checkpoints=args.checkpoints,
-                    progress=progress,
-                )
-        except StepguardError as exc:
-            _cannot_verify(args, trail.name, str(exc))
-            code = code or EXIT_ERROR
-            continue
-        if args.json:
-            print(json.dumps(report.to_json(), sort_keys=True))
-        else:
-            print(_render(report))
-        if report.problem is not None and code == EXIT_OK:
-            code = report.problem.exit_code
+    for trails in sets:
+        reports = set_findings(trails)  # a chain or the manifest missing (many workers)
+        for report in reports:
+            _print_report(args, report)
+        for chain in chains_to_verify(trails):
+            try:
+                with Progress(f"verify {chain.name}", unit="records") as progress:  # terminal
+                    report = verify_chain(
+                        trails,
+                        chain,
+                        key,
+                        partial=args.partial,
+                        accept_missing_anchor=args.accept_missing_anchor,
+                        checkpoints=args.checkpoints,
+                        progress=progress,
+                    )
+            except StepguardError as exc:
+                _cannot_verify(args, chain.name, str(exc))
+                code = code or EXIT_ERROR
+                continue
+            _print_report(args, report)
+            reports.append(report)
+        if trails.multi and not args.json:
+            print(_render_set(trails, reports))
+        for report in reports:
+            if report.problem is not None and code == EXIT_OK:
+                code = report.problem.exit_code
     return code
+
+
+def _print_report(args: argparse.Namespace, report: Report) -> None:
+    print(json.dumps(report.to_json(), sort_keys=True) if args.json else _render(report))
+
+
+def _render_set(trails: TrailSet, reports: list[Report]) -> str:
+    """The line under a trail of many chains: one verdict for the trail as a whole."""
+    failed = [r for r in reports if r.problem is not None]
+    chains = len(trails.chains)
+    if not failed:
+        records = sum(r.records for r in reports)
+        decisions = sum(r.decisions for r in reports)
+        line = (
+            f"ok: {trails.name}: one trail of {chains} chain(s), {records} records "
+            f"({decisions} decisions), every chain the manifest lists is intact"
+        )
+    else:
+        names = ", ".join(Path(r.trail).name for r in failed)
+        line = f"FAILED: {trails.name}: one trail of {chains} chain(s); broken or missing: {names}"
+    return escape(line)
 
 
 def _cannot_verify(args: argparse.Namespace, trail: str, error: str) -> None:
@@ -172,19 +203,20 @@ def _render(report: Report) -> str:
 
 
 def _query(args: argparse.Namespace) -> int:
-    trails = collect(args.paths)
+    trails = collect_sets(args.paths)
     if args.verify:
         key = load_key(args.key_file) if args.key_file else None
-        for trail in trails:
-            report = verify(
-                trail,
+        for one in trails:
+            for report in verify_set(
+                one,
                 key,
                 accept_missing_anchor=args.accept_missing_anchor,
                 checkpoints=args.checkpoints,
-            )
-            if report.problem is not None:
-                print(f"stepguard: refusing to query: {escape(report.problem)}", file=sys.stderr)
-                return report.problem.exit_code
+            ):
+                if report.problem is not None:
+                    problem = escape(report.problem)
+                    print(f"stepguard: refusing to query: {problem}", file=sys.stderr)
+                    return report.problem.exit_code
     query = Query(
         principals=tuple(EntityFilter.parse(p) for p in args.principal),
         actions=tuple(args.action),

@@ -70,11 +70,12 @@ COMMAND_EXIT_CODES: dict[str, tuple[tuple[int, str], ...]] = {
         (5, "inserted"),
         (6, "reordered"),
         (7, "truncated"),
+        (8, "missing: a worker's chain its manifest lists, or the manifest, is not on disk"),
     ),
     "audit query": (
         (EXIT_OK, "done (also when nothing matches)"),
         _USAGE,
-        (3, "--verify: the trail is broken (the codes of `audit verify`, 3 to 7)"),
+        (3, "--verify: the trail is broken (the codes of `audit verify`, 3 to 8)"),
     ),
 }
 

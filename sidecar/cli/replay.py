@@ -18,9 +18,9 @@ from sidecar.authoring.replay import (
     ALLOW_TO_DENY,
     DENY_TO_ALLOW,
     ReplayReport,
-    read_lines,
     replay,
-    trail_files,
+    trail_lines,
+    trail_sources,
 )
 from sidecar.cli.exitcodes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.cli.progress import Progress, counting
@@ -44,7 +44,8 @@ def register(sub: Any) -> None:
         nargs="+",
         metavar="AUDIT",
         help="a trail's directory or its active file (every rotated segment is read, oldest "
-        "first), or JSON lines files (- stdin, *.gz)",
+        "first; the chains of many workers as one trail, by time), or JSON lines files "
+        "(- stdin, *.gz)",
     )
     cmd.add_argument("--policies", type=Path, required=True, help="the candidate policy directory")
     cmd.add_argument(
@@ -72,11 +73,12 @@ def run_command(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"stepguard: invalid policies: {escape_lines(str(exc))}", file=sys.stderr)
         return EXIT_INVALID
-    files = trail_files(list(args.audit_files))  # StepguardError: exit 1 with the message
+    sources = trail_sources(list(args.audit_files))  # StepguardError: exit 1 with the message
+    files = [f for chains in sources for chain in chains for f in chain]
     progress = Progress("replay", unit="lines read")  # drawn on a terminal only
     report = replay(
         bundle,
-        counting(read_lines(files), progress),
+        counting(trail_lines(sources), progress),
         files=files,
         label=str(args.policies),
         baseline=baseline,
