@@ -23,8 +23,9 @@ from pathlib import Path
 from sidecar.audit.chain import BadRecord, parse_line
 from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
-from sidecar.audit.verify import Problem, Progress, Report, verify
+from sidecar.audit.verify import Problem, Report, verify
 from sidecar.audit.workers import TrailSet, manifest_path, worker_path
+from sidecar.core.progress import Progress
 
 
 def set_findings(trails: TrailSet) -> list[Report]:
