@@ -11,9 +11,8 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
-from typing import TextIO, TypeVar
+from typing import TextIO
 
-T = TypeVar("T")
 _CHECK_EVERY = 64  # items between clock reads: cheap even for millions of records
 
 
