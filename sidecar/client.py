@@ -40,7 +40,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -51,6 +51,7 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.core.errors import ConfigError, InvalidRequest, StepguardError
 from sidecar.core.jsonreq import request_from_json
+from sidecar.core.outcome import VIOLATION_OF_PROTO, outcome_from_json, outcome_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,84 @@ def _failure(exc: Exception) -> StepDecision:
     return denied(f"stepguard client error: {type(exc).__name__}: {exc}", DecisionKind.ERROR)
 
 
+@dataclass(frozen=True, slots=True)
+class OutcomeReport:
+    """What became of a reported outcome. `record_outcome` never raises: when the
+    outcome was not recorded, `recorded` is False and `reason` says why; `kind`
+    says what kind of failure it was (`kind.retryable`: reporting again may work;
+    INVALID_REQUEST: a bug in the report, never sent again as is)."""
+
+    recorded: bool
+    reason: str
+    outcome_id: str = ""  # the outcome's own audit event id
+    decision_id: str = ""
+    # Why the sidecar flagged the step as a violation ("" when it did not):
+    # decision_denied, decision_unknown, after_time_bound, before_time_bound,
+    # credential_ttl_exceeded (docs/api.md, "Outcomes").
+    violation: str = ""
+    decision: str = ""  # the decision it followed: "ALLOW", "DENY", "" when none was found
+    kind: DecisionKind | None = None  # None when recorded; else why not (as for decisions)
+    code: grpc.StatusCode | None = None
+
+
+def _outcome_message(
+    decision_id: str,
+    status: str,
+    *,
+    effect: Mapping[str, Any] | None,
+    error_class: str,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    attempt: int,
+) -> pb.RecordOutcomeRequest:
+    """The request, checked here first (the sidecar's own rules, sidecar/core/outcome.py)."""
+    body: dict[str, Any] = {"decision_id": decision_id, "status": status, "attempt": attempt}
+    if error_class:
+        body["error_class"] = error_class
+    if effect is not None:
+        body["effect"] = _json_times(effect)
+    if started_at is not None:
+        body["started_at"] = _json_times(started_at)
+    if finished_at is not None:
+        body["finished_at"] = _json_times(finished_at)
+    return outcome_to_proto(outcome_from_json(body))
+
+
+def _json_times(value: Any) -> Any:
+    """Datetimes (at any depth) as RFC 3339 text, as the JSON form takes them."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _json_times(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_times(v) for v in value]
+    return value
+
+
+def _outcome_report(resp: pb.RecordOutcomeResponse) -> OutcomeReport:
+    decision = {pb.DECISION_ALLOW: "ALLOW", pb.DECISION_DENY: "DENY"}.get(resp.decision, "")
+    return OutcomeReport(
+        recorded=True,
+        reason=resp.reason,
+        outcome_id=resp.outcome_id,
+        decision_id=resp.decision_id,
+        violation=VIOLATION_OF_PROTO.get(resp.violation, "unknown"),
+        decision=decision,
+        code=grpc.StatusCode.OK,
+    )
+
+
+def _outcome_failure(exc: Exception) -> OutcomeReport:
+    """The report for an outcome that was not recorded, saying why (like `_failure`)."""
+    failed = _failure(exc)
+    return OutcomeReport(
+        recorded=False,
+        reason=failed.reason.replace("stepguard call failed", "outcome not recorded", 1),
+        kind=failed.kind,
+        code=failed.code,
+    )
+
+
 class StepguardClient:
     """Blocking client. `target` is HOST:PORT or `unix:///path/to.sock`.
 
@@ -314,6 +393,50 @@ class StepguardClient:
         except Exception as exc:  # noqa: BLE001 - fail closed on anything
             return batch.failed(exc)
         return batch.decisions(resp)
+
+    def record_outcome(
+        self,
+        decision_id: str,
+        status: str,
+        *,
+        effect: Mapping[str, Any] | None = None,
+        error_class: str = "",
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        attempt: int = 0,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> OutcomeReport:
+        """Report what the step decided as `decision_id` did; never raises.
+
+        `status`: succeeded, failed (give `error_class`), skipped or timed_out.
+        `effect` as JSON (docs/api.md): `identity` ({"type", "id"}),
+        `target_system`, `entitlements_added`, `entitlements_removed`,
+        `credential` ({"id", "change": "issued"|"revoked", "issued_at",
+        "expires_at"}, times as datetimes or RFC 3339), `account` (created,
+        disabled, deleted). For orchestrator hooks (success, failure, skip,
+        retry): a report that cannot be made comes back with `recorded`
+        False, so a hook never fails its task by reporting.
+        """
+        try:
+            msg = _outcome_message(
+                decision_id,
+                status,
+                effect=effect,
+                error_class=error_class,
+                started_at=started_at,
+                finished_at=finished_at,
+                attempt=attempt,
+            )
+            resp = self._stub.RecordOutcome(
+                msg,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
+            )
+        except Exception as exc:  # noqa: BLE001 - never fail the caller's task
+            return _outcome_failure(exc)
+        return _outcome_report(resp)
 
     @contextmanager
     def guard(
@@ -552,6 +675,51 @@ class AsyncStepguardClient:
         except Exception as exc:  # noqa: BLE001 - fail closed on anything
             return batch.failed(exc)
         return batch.decisions(resp)
+
+    async def record_outcome(
+        self,
+        decision_id: str,
+        status: str,
+        *,
+        effect: Mapping[str, Any] | None = None,
+        error_class: str = "",
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        attempt: int = 0,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> OutcomeReport:
+        """Like `StepguardClient.record_outcome`: never raises.
+
+        `status`: succeeded, failed (give `error_class`), skipped or timed_out.
+        `effect` as JSON (docs/api.md): `identity` ({"type", "id"}),
+        `target_system`, `entitlements_added`, `entitlements_removed`,
+        `credential` ({"id", "change": "issued"|"revoked", "issued_at",
+        "expires_at"}, times as datetimes or RFC 3339), `account` (created,
+        disabled, deleted). For orchestrator hooks (success, failure, skip,
+        retry): a report that cannot be made comes back with `recorded`
+        False, so a hook never fails its task by reporting.
+        """
+        try:
+            msg = _outcome_message(
+                decision_id,
+                status,
+                effect=effect,
+                error_class=error_class,
+                started_at=started_at,
+                finished_at=finished_at,
+                attempt=attempt,
+            )
+            call: Awaitable[pb.RecordOutcomeResponse] = self._stub.RecordOutcome(
+                msg,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
+            )
+            resp = await call
+        except Exception as exc:  # noqa: BLE001 - never fail the caller's task
+            return _outcome_failure(exc)
+        return _outcome_report(resp)
 
     async def check(
         self,
