@@ -1,0 +1,113 @@
+"""`record_outcome` on the sync and async clients: it reports, and it never raises.
+
+An orchestrator calls it from task hooks (success, failure, skip, retry): a
+report that cannot be made must come back as `recorded=False` saying why,
+never as an exception that would fail the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.client import AsyncStepguardClient, DecisionKind, StepguardClient
+from tests.helpers import BUSINESS_HOURS, Running, grant_request, running_sidecar
+
+ID = "01a24a69-8228-7000-8f19-46017a570b02"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with running_sidecar(tmp_path_factory.mktemp("outcome-client")) as running:
+        yield running
+
+
+def _closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_unreachable_sidecar_never_raises() -> None:
+    with StepguardClient(_closed_port(), timeout=0.5) as client:
+        report = client.record_outcome(ID, "succeeded")
+    assert not report.recorded and report.outcome_id == ""
+    assert report.kind is DecisionKind.UNAVAILABLE and report.kind.retryable
+    assert "UNAVAILABLE" in report.reason
+
+
+def test_stopped_sidecar_never_raises(tmp_path: Path) -> None:
+    with running_sidecar(tmp_path) as running:
+        target = f"unix://{running.socket}"
+    with StepguardClient(target, timeout=0.5) as client:
+        report = client.record_outcome(ID, "failed", error_class="OSError")
+    assert not report.recorded and report.kind is not None and report.kind.retryable
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"status": "done"}, "status"),
+        ({"status": "failed"}, "error_class"),
+        ({"status": "succeeded", "effect": {"identity": "maria"}}, "effect.identity"),
+        (
+            {"status": "succeeded", "effect": {"credential": {"id": "k", "change": "issued"}}},
+            "effect.credential.issued_at",
+        ),
+        ({"status": "succeeded", "effect": object()}, ""),  # not even JSON: still no exception
+    ],
+)
+def test_a_report_the_client_cannot_build_is_refused_without_raising(
+    server: Running, kwargs: dict[str, Any], field: str
+) -> None:
+    with StepguardClient(server.tcp) as client:
+        report = client.record_outcome(ID, **kwargs)
+    assert not report.recorded
+    assert report.kind in (DecisionKind.INVALID_REQUEST, DecisionKind.ERROR)
+    assert field in report.reason
+
+
+def test_recorded_with_datetimes_in_the_effect(server: Running) -> None:
+    issued = BUSINESS_HOURS - timedelta(minutes=1)
+    with StepguardClient(f"unix://{server.socket}") as client:
+        decision = client.authorize(grant_request())
+        report = client.record_outcome(
+            decision.decision_id,
+            "succeeded",
+            effect={
+                "credential": {
+                    "id": "k-1",
+                    "change": "issued",
+                    "issued_at": issued,
+                    "expires_at": issued + timedelta(minutes=5),
+                }
+            },
+            request_id="hook-7",
+        )
+    assert report.recorded and report.violation == "" and report.decision == "ALLOW"
+    event = next(e for e in server.audit_events() if e["id"] == report.outcome_id)
+    assert event["effect"]["credential"]["expires_at"] == "2026-11-25T10:04:00.000000Z"
+    assert event["request_id"] == "hook-7"
+
+
+def test_async_client_records_and_never_raises(server: Running) -> None:
+    async def run() -> tuple[Any, Any, Any]:
+        async with AsyncStepguardClient(server.tcp) as client:
+            decision = await client.authorize(grant_request(approver=None))
+            flagged = await client.record_outcome(decision.decision_id, "succeeded")
+            invalid = await client.record_outcome("nope", "succeeded")
+        async with AsyncStepguardClient(_closed_port(), timeout=0.5) as dead:
+            down = await dead.record_outcome(ID, "skipped")
+        return flagged, invalid, down
+
+    flagged, invalid, down = asyncio.run(run())
+    assert flagged.recorded and flagged.violation == "decision_denied"
+    assert not invalid.recorded and invalid.kind is DecisionKind.INVALID_REQUEST
+    assert invalid.reason.startswith("invalid request: decision_id: ")
+    assert not down.recorded and down.kind is DecisionKind.UNAVAILABLE
