@@ -9,7 +9,8 @@ server puts between the decider and the trail.
 Where a decision is looked for, in order:
 
 1. `DecisionIndex`: the decisions this process made, the newest
-   `DEFAULT_INDEX_ENTRIES` of them (a few small references each).
+   `DEFAULT_INDEX_ENTRIES` of them at least (up to an eighth more between two
+   trims; a few small references each).
 2. `TrailLookup`: the trail files in the configured trail's directory, every
    chain there (other workers' `audit.w<i>.jsonl`, the trail before a
    restart), newest segment first, at most `DEFAULT_SEGMENTS` segments per
@@ -23,6 +24,7 @@ Only when neither holds the id is the outcome flagged `decision_unknown`.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import threading
 import time
@@ -60,22 +62,45 @@ class DecisionIndex:
 
     def __init__(self, max_entries: int = DEFAULT_INDEX_ENTRIES) -> None:
         self.max_entries = max_entries
+        # Trimmed in batches, once it holds an eighth more than it keeps.
+        self._high = max_entries + max(1, max_entries // 8)
         self._held: dict[str, _Held] = {}
         self._lock = threading.Lock()
 
     def note(self, event: Mapping[str, Any]) -> None:
         """Remember a decision event the trail accepted (any other record is ignored).
 
-        On the decision path: a few references and one dict insert, no parsing.
+        On the decision path: a few references and one dict insert (atomic
+        under the GIL, so no lock), no parsing; the oldest are dropped in
+        batches.
         """
-        if event.get("kind") != "decision":
+        get = event.get
+        if get("kind") != "decision":
             return
-        held = _held(event)
+        ctx = get("context")
+        held = self._held
+        held[event["id"]] = (  # _held, inlined: this runs once per decision
+            get("decision"),
+            ctx.get("time_bound") if type(ctx) is dict else None,
+            get("obligations"),
+            get("principal"),
+            get("action"),
+            get("resource"),
+            get("policy_revision"),
+            get("workflow_id"),
+            get("run_id"),
+            get("step_id"),
+        )
+        if len(held) > self._high:
+            self._trim()
+
+    def _trim(self) -> None:
         with self._lock:
-            held_now = self._held
-            if len(held_now) >= self.max_entries:
-                del held_now[next(iter(held_now))]
-            held_now[event["id"]] = held
+            held = self._held
+            excess = len(held) - self.max_entries
+            if excess > 0:  # one C-level pass: no other thread runs in between
+                for key in list(itertools.islice(held, excess)):
+                    held.pop(key, None)
 
     def get(self, decision_id: str) -> DecisionFacts | None:
         held = self._held.get(decision_id)
@@ -94,7 +119,7 @@ def _held(event: Mapping[str, Any]) -> _Held:
     ctx = event.get("context")
     return (
         event.get("decision"),
-        ctx.get("time_bound") if isinstance(ctx, dict) else None,
+        ctx.get("time_bound") if type(ctx) is dict else None,
         event.get("obligations"),
         event.get("principal"),
         event.get("action"),
@@ -138,10 +163,12 @@ class IndexingSink:
     def __init__(self, inner: AuditSink, index: DecisionIndex) -> None:
         self.inner = inner
         self.index = index
+        self._write = inner.write
+        self._note = index.note
 
     def write(self, event: Mapping[str, Any]) -> None:
-        self.inner.write(event)
-        self.index.note(event)
+        self._write(event)
+        self._note(event)
 
     def close(self) -> None:
         self.inner.close()

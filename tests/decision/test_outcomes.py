@@ -67,13 +67,17 @@ def bounded(request: dict[str, Any], minutes: int | None) -> dict[str, Any]:
 
 
 def test_index_keeps_the_newest_decisions_only() -> None:
-    index = DecisionIndex(2)
-    for n in range(3):
+    """At least the newest `max_entries`, at most an eighth more (trimmed in batches)."""
+    index = DecisionIndex(8)
+    sizes = []
+    for n in range(10):
         index.note({"kind": "decision", "id": f"d{n}", "decision": "ALLOW"})
+        sizes.append(len(index))
     index.note({"kind": "outcome", "id": "o1"})  # not a decision: not held
-    assert len(index) == 2
-    assert index.get("d0") is None
-    assert [index.get(d).decision for d in ("d1", "d2")] == ["ALLOW", "ALLOW"]  # type: ignore[union-attr]
+    assert sizes == [1, 2, 3, 4, 5, 6, 7, 8, 9, 8]
+    assert index.get("d0") is None and index.get("d1") is None and index.get("o1") is None
+    held = [index.get(f"d{n}") for n in range(2, 10)]
+    assert [h.decision if h else None for h in held] == ["ALLOW"] * 8
 
 
 def test_indexing_keeps_a_deferring_sink_deferring(tmp_path: Path) -> None:
