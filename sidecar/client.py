@@ -270,6 +270,25 @@ class OutcomeReport:
     code: grpc.StatusCode | None = None
 
 
+_ERROR_CLASS_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:/-"
+)
+
+
+def error_class_of(exc: BaseException) -> str:
+    """The `error_class` for a failure hook's exception: its class's qualified name
+    (`requests.exceptions.HTTPError`), never its message, fit to what the sidecar
+    accepts (1 to 128 of `[A-Za-z0-9_.:/-]`)."""
+    kind = type(exc)
+    name = (
+        f"{kind.__module__}.{kind.__qualname__}"
+        if kind.__module__ != "builtins"
+        else kind.__qualname__
+    )
+    cleaned = "".join(c if c in _ERROR_CLASS_CHARS else "_" for c in name)
+    return cleaned[-128:] or "Exception"
+
+
 def _outcome_message(
     decision_id: str,
     status: str,

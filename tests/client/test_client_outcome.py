@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.client import AsyncStepguardClient, DecisionKind, StepguardClient
+from sidecar.client import AsyncStepguardClient, DecisionKind, StepguardClient, error_class_of
 from tests.helpers import BUSINESS_HOURS, Running, grant_request, running_sidecar
 
 ID = "01a24a69-8228-7000-8f19-46017a570b02"
@@ -111,3 +111,19 @@ def test_async_client_records_and_never_raises(server: Running) -> None:
     assert not invalid.recorded and invalid.kind is DecisionKind.INVALID_REQUEST
     assert invalid.reason.startswith("invalid request: decision_id: ")
     assert not down.recorded and down.kind is DecisionKind.UNAVAILABLE
+
+
+def test_error_class_of_names_the_exception_never_its_message(server: Running) -> None:
+    class Odd(Exception):
+        pass
+
+    exc = Odd("password=hunter2")
+    name = error_class_of(exc)
+    assert name.endswith("Odd") and "hunter2" not in name
+    assert error_class_of(ValueError("x")) == "ValueError"
+    odd_name = error_class_of(type("É" * 200, (Exception,), {})())
+    assert len(odd_name) == 128 and set(odd_name) == {"_"}  # cut to the limit, characters fit
+    with StepguardClient(server.tcp) as client:
+        decision = client.authorize(grant_request())
+        report = client.record_outcome(decision.decision_id, "failed", error_class=name)
+    assert report.recorded, report.reason

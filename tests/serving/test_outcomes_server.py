@@ -390,3 +390,18 @@ def test_audit_query_filters_outcomes(tmp_path: Path) -> None:
     assert [e["kind"] for e in query()] == ["decision", "decision"]  # the default: decisions
     table = cli("audit", "query", str(run.audit), "--type", "outcome")
     assert "OUTCOME" in table.stdout and "VIOLATION decision_denied" in table.stdout
+
+
+def test_outcomes_rotate_with_the_trail_and_the_directory_verifies(tmp_path: Path) -> None:
+    """Every commit ends a segment: decisions and outcomes spread over many files."""
+    with running_sidecar(tmp_path, audit_rotate_bytes=1) as run, StepguardClient(run.tcp) as c:
+        ids = [c.authorize(grant_request()).decision_id for _ in range(3)]
+        reports = [c.record_outcome(d, "succeeded") for d in ids]
+    assert all(r.recorded and r.violation == "" for r in reports)
+    assert len(list(tmp_path.glob("audit.jsonl.0*"))) >= 5
+    verified = cli("audit", "verify", str(tmp_path), "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    found = cli("audit", "query", str(tmp_path), "--type", "outcome", "--format", "json")
+    assert [json.loads(line)["id"] for line in found.stdout.splitlines()] == [
+        r.outcome_id for r in reports
+    ]
