@@ -20,7 +20,15 @@ import pytest
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.client import StepguardClient
-from tests.helpers import BUSINESS_HOURS, ROOT, Running, grant_request, running_sidecar
+from tests.helpers import (
+    BUSINESS_HOURS,
+    POLICIES,
+    ROOT,
+    Running,
+    grant_request,
+    running_sidecar,
+    serve_process,
+)
 
 ISSUED = BUSINESS_HOURS - timedelta(minutes=1)
 
@@ -200,6 +208,32 @@ def test_decision_made_before_a_restart_is_found_in_the_trail(tmp_path: Path) ->
     found = outcomes(second)
     assert found[0]["principal"] == grant_request()["principal"]
     assert found[0]["workflow_id"] == "onboarding"
+
+
+def test_decision_made_by_a_stopped_serve_process_is_found_by_the_next(tmp_path: Path) -> None:
+    """Two real `stepguard serve` processes, one after the other, on one trail."""
+    args = (
+        *("--policies", str(POLICIES), "--listen", "127.0.0.1:0", "--socket", "off"),
+        *("--metrics-listen", "off", "--audit-file", str(tmp_path / "audit.jsonl")),
+        *("--fixed-clock", "2026-11-25T10:00:00Z", "--non-production"),
+    )
+    with serve_process(*args) as first:
+        with StepguardClient(first.serving["grpc"]) as client:
+            allowed = client.authorize(grant_request())
+            denied = client.authorize(grant_request(approver=None))
+        assert first.terminate() == 0
+    assert allowed.allowed and not denied.allowed
+    with serve_process(*args) as second:
+        with StepguardClient(second.serving["grpc"]) as client:
+            ok = client.record_outcome(allowed.decision_id, "succeeded")
+            bad = client.record_outcome(denied.decision_id, "timed_out")
+            never = client.record_outcome("01a24a69-8228-7000-8f19-46017a570b02", "succeeded")
+        assert second.terminate() == 0
+    assert (ok.recorded, ok.violation, ok.decision) == (True, "", "ALLOW")
+    assert (bad.violation, bad.decision) == ("decision_denied", "DENY")
+    assert never.violation == "decision_unknown"
+    verified = cli("audit", "verify", str(tmp_path / "audit.jsonl"), "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_decision_in_another_chain_of_the_directory_is_found(tmp_path: Path) -> None:
