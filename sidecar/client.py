@@ -347,6 +347,45 @@ def _outcome_failure(exc: Exception) -> OutcomeReport:
     )
 
 
+class _OutcomeBatch:
+    """Outcomes to send in one RecordOutcomes call: the ones that convert, and a
+    refusal for each that does not (like `_Batch` for decisions)."""
+
+    def __init__(self, items: Sequence[Mapping[str, Any]]) -> None:
+        self.size = len(items)
+        self.local: dict[int, OutcomeReport] = {}
+        self.message = pb.RecordOutcomesRequest()
+        for i, item in enumerate(items):
+            try:
+                self.message.items.append(outcome_to_proto(outcome_from_json(_json_times(item))))
+            except Exception as exc:  # noqa: BLE001 - this item is refused, not the batch
+                self.local[i] = _outcome_failure(exc)
+
+    def reports(self, resp: pb.RecordOutcomesResponse) -> list[OutcomeReport]:
+        if len(resp.results) != self.size - len(self.local):
+            return self.failed(RuntimeError("stepguard answered a different number of results"))
+        sent = iter(resp.results)
+        out = []
+        for i in range(self.size):
+            if i in self.local:
+                out.append(self.local[i])
+                continue
+            result = next(sent)
+            if result.HasField("response"):
+                out.append(_outcome_report(result.response))
+            else:
+                code = _CODE_BY_VALUE.get(result.error.code, grpc.StatusCode.UNKNOWN)
+                kind = kind_of(code)
+                why = "invalid request" if kind is DecisionKind.INVALID_REQUEST else "not recorded"
+                reason = f"{why}: {result.error.message}"
+                out.append(OutcomeReport(False, reason, kind=kind, code=code))
+        return out
+
+    def failed(self, exc: Exception) -> list[OutcomeReport]:
+        failure = _outcome_failure(exc)
+        return [self.local.get(i, failure) for i in range(self.size)]
+
+
 class StepguardClient:
     """Blocking client. `target` is HOST:PORT or `unix:///path/to.sock`.
 
@@ -456,6 +495,33 @@ class StepguardClient:
         except Exception as exc:  # noqa: BLE001 - never fail the caller's task
             return _outcome_failure(exc)
         return _outcome_report(resp)
+
+    def record_outcomes(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> list[OutcomeReport]:
+        """Many outcomes in one call, one report each in order; never raises.
+
+        Each item has `record_outcome`'s arguments as keys (`decision_id`,
+        `status`, `effect`, `error_class`, `started_at`, `finished_at`,
+        `attempt`); an item that is wrong is refused alone.
+        """
+        batch = _OutcomeBatch(items)
+        if not batch.message.items:
+            return batch.reports(pb.RecordOutcomesResponse())
+        try:
+            resp = self._stub.RecordOutcomes(
+                batch.message,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
+            )
+        except Exception as exc:  # noqa: BLE001 - never fail the caller's task
+            return batch.failed(exc)
+        return batch.reports(resp)
 
     @contextmanager
     def guard(
@@ -739,6 +805,34 @@ class AsyncStepguardClient:
         except Exception as exc:  # noqa: BLE001 - never fail the caller's task
             return _outcome_failure(exc)
         return _outcome_report(resp)
+
+    async def record_outcomes(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> list[OutcomeReport]:
+        """Many outcomes in one call, one report each in order; never raises.
+
+        Each item has `record_outcome`'s arguments as keys (`decision_id`,
+        `status`, `effect`, `error_class`, `started_at`, `finished_at`,
+        `attempt`); an item that is wrong is refused alone.
+        """
+        batch = _OutcomeBatch(items)
+        if not batch.message.items:
+            return batch.reports(pb.RecordOutcomesResponse())
+        try:
+            call: Awaitable[pb.RecordOutcomesResponse] = self._stub.RecordOutcomes(
+                batch.message,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
+            )
+            resp = await call
+        except Exception as exc:  # noqa: BLE001 - never fail the caller's task
+            return batch.failed(exc)
+        return batch.reports(resp)
 
     async def check(
         self,

@@ -127,3 +127,31 @@ def test_error_class_of_names_the_exception_never_its_message(server: Running) -
         decision = client.authorize(grant_request())
         report = client.record_outcome(decision.decision_id, "failed", error_class=name)
     assert report.recorded, report.reason
+
+
+def test_batch_reports_each_item_in_order_and_never_raises(server: Running) -> None:
+    with StepguardClient(server.tcp) as client:
+        allowed = client.authorize(grant_request()).decision_id
+        denied = client.authorize(grant_request(approver=None)).decision_id
+        items: list[dict[str, Any]] = [
+            {"decision_id": allowed, "status": "succeeded", "finished_at": BUSINESS_HOURS},
+            {"decision_id": "nope", "status": "succeeded"},  # refused by the client, alone
+            {"decision_id": denied, "status": "failed", "error_class": "E", "attempt": 2},
+        ]
+        reports = client.record_outcomes(items)
+        nothing = client.record_outcomes([])
+    assert [r.recorded for r in reports] == [True, False, True]
+    assert reports[1].kind is DecisionKind.INVALID_REQUEST
+    assert reports[2].violation == "decision_denied"
+    assert nothing == []
+    recorded = {e["id"]: e for e in server.audit_events() if e["kind"] == "outcome"}
+    assert recorded[reports[2].outcome_id]["attempt"] == 2
+
+    async def down() -> list[Any]:
+        async with AsyncStepguardClient(_closed_port(), timeout=0.5) as dead:
+            return await dead.record_outcomes(items)
+
+    unreachable = asyncio.run(down())
+    assert [r.recorded for r in unreachable] == [False, False, False]
+    assert unreachable[0].kind is DecisionKind.UNAVAILABLE
+    assert unreachable[1].kind is DecisionKind.INVALID_REQUEST  # its own reason, kept
