@@ -12,7 +12,8 @@ Where a decision is looked for, in order:
    `DEFAULT_INDEX_ENTRIES` of them at least (up to an eighth more between two
    trims; a few small references each).
 2. `TrailLookup`: the trail files in the configured trail's directory, every
-   chain there (other workers' `audit.w<i>.jsonl`, the trail before a
+   chain there whose name starts like the configured one's (`audit` for
+   `audit.jsonl`: other workers' `audit.w<i>.jsonl`, the trail before a
    restart), newest segment first, at most `DEFAULT_SEGMENTS` segments per
    chain and `DEFAULT_SCAN_BYTES` read in all per lookup (each segment from
    its end: decisions are appended in time order); a segment last written
@@ -199,6 +200,15 @@ class _IndexingDeferringSink(IndexingSink):
         return str(self.inner.outcome(ticket))  # type: ignore[attr-defined]
 
 
+def trail_lookup(audit_file: str) -> TrailLookup | None:
+    """The lookup for a configured trail (`-`, stdout: none): its directory, and the
+    chains named like it (`audit.jsonl`: `audit*`)."""
+    if audit_file == "-":
+        return None
+    path = Path(audit_file)
+    return TrailLookup(path.parent, prefix=path.name.split(".", 1)[0])
+
+
 def indexing(sink: AuditSink, index: DecisionIndex) -> IndexingSink:
     """`sink`, noting its decision events in `index`; deferring when `sink` is."""
     if all(callable(getattr(sink, m, None)) for m in ("enqueue", "when_done", "outcome")):
@@ -221,10 +231,12 @@ class TrailLookup:
         self,
         directory: Path,
         *,
+        prefix: str = "",
         max_segments: int = DEFAULT_SEGMENTS,
         max_bytes: int = DEFAULT_SCAN_BYTES,
     ) -> None:
         self.directory = directory
+        self.prefix = prefix  # only chains whose file name starts with it
         self.max_segments = max_segments
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -239,6 +251,8 @@ class TrailLookup:
                 return None
             budget = self.max_bytes
             for trail in trails:
+                if not Path(trail.name).name.startswith(self.prefix):
+                    continue
                 for path in reversed(trail.segments[-self.max_segments :]):
                     if budget <= 0:
                         return None

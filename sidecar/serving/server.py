@@ -14,7 +14,6 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,7 +27,7 @@ from sidecar.core.bundle import Bundle, load_bundle
 from sidecar.decision.cache import DecisionCache
 from sidecar.decision.decider import Decider
 from sidecar.decision.metrics import Metrics
-from sidecar.decision.outcomes import DecisionIndex, OutcomeRecorder, TrailLookup, indexing
+from sidecar.decision.outcomes import DecisionIndex, OutcomeRecorder, indexing, trail_lookup
 from sidecar.serving.aioserver import AioServer
 from sidecar.serving.authzen import AuthzenServer, build_server
 from sidecar.serving.config import Settings, split_host_port
@@ -143,11 +142,13 @@ class Sidecar:
         # Outcomes (decision/outcomes.py) are judged against the decisions the trail
         # took: the index notes them as the decider writes them, the rest is looked up.
         index = DecisionIndex()
-        trail = (
-            None if settings.audit_file == "-" else TrailLookup(Path(settings.audit_file).parent)
-        )
         self.outcomes = OutcomeRecorder(
-            self.sink, self.metrics, clock, index=index, trail=trail, redactor=redactor
+            self.sink,
+            self.metrics,
+            clock,
+            index=index,
+            trail=trail_lookup(settings.audit_file),
+            redactor=redactor,
         )
         self.decider = Decider(
             indexing(self.sink, index),

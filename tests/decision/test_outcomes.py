@@ -30,6 +30,7 @@ from sidecar.decision.outcomes import (
     TrailLookup,
     decision_ms,
     indexing,
+    trail_lookup,
 )
 from tests.helpers import BUSINESS_HOURS, POLICIES, grant_request, notify_request
 
@@ -204,3 +205,17 @@ def test_recording_an_outcome_does_not_touch_decision_counts() -> None:
     assert sample("stepguard_outcomes_total", {"status": "skipped", "violation": "none"}) == 1
     assert sample("stepguard_decisions_total", {"decision": "ALLOW", "cached": "false"}) is None
     assert [e["kind"] for e in sink.events] == ["outcome"]
+
+
+def test_lookup_reads_only_chains_named_like_the_configured_trail(tmp_path: Path) -> None:
+    node = Node(tmp_path / "audit.jsonl")
+    decision_id, _ = node.decide(notify_request())
+    node.close()
+    lines = (tmp_path / "audit.jsonl").read_bytes()
+    (tmp_path / "audit.jsonl").rename(tmp_path / "audit.w3.jsonl")  # another worker's chain
+    lookup = trail_lookup(str(tmp_path / "audit.jsonl"))
+    assert lookup is not None and lookup.find(decision_id) is not None
+    (tmp_path / "audit.w3.jsonl").unlink()
+    (tmp_path / "notes.txt").write_bytes(lines)  # not a chain of this trail
+    assert lookup.find(decision_id) is None
+    assert trail_lookup("-") is None
