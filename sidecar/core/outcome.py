@@ -215,7 +215,12 @@ def outcome_from_json(obj: Any, prefix: str = "") -> Outcome:
         identity = effect.get("identity")
         if identity is not None:
             effect["identity"] = dict(
-                _object(identity, f"{prefix}effect.identity", {"type", "id"}, "")
+                _object(
+                    identity,
+                    f"{prefix}effect.identity",
+                    {"type", "id"},
+                    f"{prefix}effect.identity.",
+                )
             )
     times = {
         name: _json_time(top[name], prefix + name)
@@ -245,8 +250,9 @@ def _object(
         raise InvalidRequest(field, "must be a JSON object")
     for key in obj:
         if key not in allowed:
+            name = key if len(key) <= 64 and key.isprintable() else repr(key[:64])
             raise InvalidRequest(
-                f"{prefix}{key}", f"unknown field; known: {', '.join(sorted(allowed))}"
+                f"{prefix}{name}", f"unknown field; known: {', '.join(sorted(allowed))}"
             )
     return obj
 
@@ -266,7 +272,10 @@ def _json_time(value: Any, field: str) -> datetime:
         raise InvalidRequest(field, f"{value[:64]!r} is not an RFC 3339 time") from exc
     if at.tzinfo is None:
         raise InvalidRequest(field, "needs a time zone offset (Z or +hh:mm)")
-    return at.astimezone(UTC)
+    try:
+        return at.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise InvalidRequest(field, f"{value[:64]!r} is out of range") from exc
 
 
 # --- the checks both transports share --------------------------------------
