@@ -148,6 +148,7 @@ def build_outcome_event(
     facts: DecisionFacts | None,
     violation: str,
     redactor: Redactor | None = None,
+    audit_note: str = "",
 ) -> dict[str, Any]:
     """The outcome event: what a decided step did, beside its decision in the trail.
 
@@ -195,6 +196,8 @@ def build_outcome_event(
         event["trace_id"] = meta.trace_id
     if meta.request_id:
         event["request_id"] = meta.request_id
+    if audit_note:
+        event["note"] = audit_note
     if redactor is not None:
         if "effect" in event:
             event["effect"] = redactor.by_value(event["effect"])

@@ -325,8 +325,10 @@ class OutcomeRecorder:
         index: DecisionIndex,
         trail: TrailLookup | None = None,
         redactor: Redactor | None = None,
+        audit_note: str = "",
     ) -> None:
         self._sink = sink
+        self._audit_note = audit_note  # as in decision events (a fixed clock says so)
         self._metrics = metrics
         self._clock = clock
         self.index = index
@@ -356,6 +358,7 @@ class OutcomeRecorder:
             facts=facts,
             violation=violation,
             redactor=self._redactor,
+            audit_note=self._audit_note,
         )
         self._sink.write(event)
         self._metrics.outcomes.labels(status=outcome.status, violation=violation or "none").inc()

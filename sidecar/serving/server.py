@@ -149,6 +149,7 @@ class Sidecar:
             index=index,
             trail=trail_lookup(settings.audit_file),
             redactor=redactor,
+            audit_note=note,
         )
         self.decider = Decider(
             indexing(self.sink, index),

@@ -236,6 +236,12 @@ def test_decision_made_by_a_stopped_serve_process_is_found_by_the_next(tmp_path:
     assert (ok.recorded, ok.violation, ok.decision) == (True, "", "ALLOW")
     assert (bad.violation, bad.decision) == ("decision_denied", "DENY")
     assert never.violation == "decision_unknown"
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    recorded = [e for e in map(json.loads, lines) if e["kind"] == "outcome"]
+    assert len(recorded) == 3  # under a fixed clock, outcomes say so as decisions do
+    assert {e["note"] for e in recorded} == {
+        "non-production: fixed clock 2026-11-25T10:00:00.000000Z"
+    }
     verified = cli("audit", "verify", str(tmp_path / "audit.jsonl"), "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
