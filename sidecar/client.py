@@ -40,7 +40,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -51,6 +51,7 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.core.errors import ConfigError, InvalidRequest, StepguardError
 from sidecar.core.jsonreq import request_from_json
+from sidecar.core.outcome import VIOLATION_OF_PROTO, outcome_from_json, outcome_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,142 @@ def _failure(exc: Exception) -> StepDecision:
     return denied(f"stepguard client error: {type(exc).__name__}: {exc}", DecisionKind.ERROR)
 
 
+@dataclass(frozen=True, slots=True)
+class OutcomeReport:
+    """What became of a reported outcome. `record_outcome` never raises: when the
+    outcome was not recorded, `recorded` is False and `reason` says why; `kind`
+    says what kind of failure it was (`kind.retryable`: reporting again may work;
+    INVALID_REQUEST: a bug in the report, never sent again as is)."""
+
+    recorded: bool
+    reason: str
+    outcome_id: str = ""  # the outcome's own audit event id
+    decision_id: str = ""
+    # Why the sidecar flagged the step as a violation ("" when it did not):
+    # decision_denied, decision_unknown, after_time_bound, before_time_bound,
+    # credential_ttl_exceeded (docs/api.md, "Outcomes").
+    violation: str = ""
+    decision: str = ""  # the decision it followed: "ALLOW", "DENY", "" when none was found
+    kind: DecisionKind | None = None  # None when recorded; else why not (as for decisions)
+    code: grpc.StatusCode | None = None
+
+
+_ERROR_CLASS_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:/-"
+)
+
+
+def error_class_of(exc: BaseException) -> str:
+    """The `error_class` for a failure hook's exception: its class's qualified name
+    (`requests.exceptions.HTTPError`), never its message, fit to what the sidecar
+    accepts (1 to 128 of `[A-Za-z0-9_.:/-]`)."""
+    kind = type(exc)
+    name = (
+        f"{kind.__module__}.{kind.__qualname__}"
+        if kind.__module__ != "builtins"
+        else kind.__qualname__
+    )
+    cleaned = "".join(c if c in _ERROR_CLASS_CHARS else "_" for c in name)
+    return cleaned[-128:] or "Exception"
+
+
+def _outcome_message(
+    decision_id: str,
+    status: str,
+    *,
+    effect: Mapping[str, Any] | None,
+    error_class: str,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    attempt: int,
+) -> pb.RecordOutcomeRequest:
+    """The request, checked here first (the sidecar's own rules, sidecar/core/outcome.py)."""
+    body: dict[str, Any] = {"decision_id": decision_id, "status": status, "attempt": attempt}
+    if error_class:
+        body["error_class"] = error_class
+    if effect is not None:
+        body["effect"] = _json_times(effect)
+    if started_at is not None:
+        body["started_at"] = _json_times(started_at)
+    if finished_at is not None:
+        body["finished_at"] = _json_times(finished_at)
+    return outcome_to_proto(outcome_from_json(body))
+
+
+def _json_times(value: Any) -> Any:
+    """Datetimes (at any depth) as RFC 3339 text, as the JSON form takes them."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _json_times(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_times(v) for v in value]
+    return value
+
+
+def _outcome_report(resp: pb.RecordOutcomeResponse) -> OutcomeReport:
+    decision = {pb.DECISION_ALLOW: "ALLOW", pb.DECISION_DENY: "DENY"}.get(resp.decision, "")
+    return OutcomeReport(
+        recorded=True,
+        reason=resp.reason,
+        outcome_id=resp.outcome_id,
+        decision_id=resp.decision_id,
+        violation=VIOLATION_OF_PROTO.get(resp.violation, "unknown"),
+        decision=decision,
+        code=grpc.StatusCode.OK,
+    )
+
+
+def _outcome_failure(exc: Exception) -> OutcomeReport:
+    """The report for an outcome that was not recorded, saying why (like `_failure`)."""
+    failed = _failure(exc)
+    return OutcomeReport(
+        recorded=False,
+        reason=failed.reason.replace("stepguard call failed", "outcome not recorded", 1),
+        kind=failed.kind,
+        code=failed.code,
+    )
+
+
+class _OutcomeBatch:
+    """Outcomes to send in one RecordOutcomes call: the ones that convert, and a
+    refusal for each that does not (like `_Batch` for decisions)."""
+
+    def __init__(self, items: Sequence[Mapping[str, Any]]) -> None:
+        self.size = len(items)
+        self.local: dict[int, OutcomeReport] = {}
+        self.message = pb.RecordOutcomesRequest()
+        for i, item in enumerate(items):
+            try:
+                self.message.items.append(outcome_to_proto(outcome_from_json(_json_times(item))))
+            except Exception as exc:  # noqa: BLE001 - this item is refused, not the batch
+                self.local[i] = _outcome_failure(exc)
+
+    def reports(self, resp: pb.RecordOutcomesResponse) -> list[OutcomeReport]:
+        if len(resp.results) != self.size - len(self.local):
+            return self.failed(RuntimeError("stepguard answered a different number of results"))
+        sent = iter(resp.results)
+        out = []
+        for i in range(self.size):
+            if i in self.local:
+                out.append(self.local[i])
+                continue
+            result = next(sent)
+            if result.HasField("response"):
+                out.append(_outcome_report(result.response))
+            else:
+                code = _CODE_BY_VALUE.get(result.error.code, grpc.StatusCode.UNKNOWN)
+                kind = kind_of(code)
+                why = "invalid request" if kind is DecisionKind.INVALID_REQUEST else "not recorded"
+                reason = f"{why}: {result.error.message}"
+                out.append(OutcomeReport(False, reason, kind=kind, code=code))
+        return out
+
+    def failed(self, exc: Exception) -> list[OutcomeReport]:
+        failure = _outcome_failure(exc)
+        return [self.local.get(i, failure) for i in range(self.size)]
+
+
 class StepguardClient:
     """Blocking client. `target` is HOST:PORT or `unix:///path/to.sock`.
 
@@ -314,6 +451,77 @@ class StepguardClient:
         except Exception as exc:  # noqa: BLE001 - fail closed on anything
             return batch.failed(exc)
         return batch.decisions(resp)
+
+    def record_outcome(
+        self,
+        decision_id: str,
+        status: str,
+        *,
+        effect: Mapping[str, Any] | None = None,
+        error_class: str = "",
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        attempt: int = 0,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> OutcomeReport:
+        """Report what the step decided as `decision_id` did; never raises.
+
+        `status`: succeeded, failed (give `error_class`), skipped or timed_out.
+        `effect` as JSON (docs/api.md): `identity` ({"type", "id"}),
+        `target_system`, `entitlements_added`, `entitlements_removed`,
+        `credential` ({"id", "change": "issued"|"revoked", "issued_at",
+        "expires_at"}, times as datetimes or RFC 3339), `account` (created,
+        disabled, deleted). For orchestrator hooks (success, failure, skip,
+        retry): a report that cannot be made comes back with `recorded`
+        False, so a hook never fails its task by reporting.
+        """
+        try:
+            msg = _outcome_message(
+                decision_id,
+                status,
+                effect=effect,
+                error_class=error_class,
+                started_at=started_at,
+                finished_at=finished_at,
+                attempt=attempt,
+            )
+            resp = self._stub.RecordOutcome(
+                msg,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
+            )
+        except Exception as exc:  # noqa: BLE001 - never fail the caller's task
+            return _outcome_failure(exc)
+        return _outcome_report(resp)
+
+    def record_outcomes(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> list[OutcomeReport]:
+        """Many outcomes in one call, one report each in order; never raises.
+
+        Each item has `record_outcome`'s arguments as keys (`decision_id`,
+        `status`, `effect`, `error_class`, `started_at`, `finished_at`,
+        `attempt`); an item that is wrong is refused alone.
+        """
+        batch = _OutcomeBatch(items)
+        if not batch.message.items:
+            return batch.reports(pb.RecordOutcomesResponse())
+        try:
+            resp = self._stub.RecordOutcomes(
+                batch.message,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
+            )
+        except Exception as exc:  # noqa: BLE001 - never fail the caller's task
+            return batch.failed(exc)
+        return batch.reports(resp)
 
     @contextmanager
     def guard(
@@ -552,6 +760,79 @@ class AsyncStepguardClient:
         except Exception as exc:  # noqa: BLE001 - fail closed on anything
             return batch.failed(exc)
         return batch.decisions(resp)
+
+    async def record_outcome(
+        self,
+        decision_id: str,
+        status: str,
+        *,
+        effect: Mapping[str, Any] | None = None,
+        error_class: str = "",
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        attempt: int = 0,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> OutcomeReport:
+        """Like `StepguardClient.record_outcome`: never raises.
+
+        `status`: succeeded, failed (give `error_class`), skipped or timed_out.
+        `effect` as JSON (docs/api.md): `identity` ({"type", "id"}),
+        `target_system`, `entitlements_added`, `entitlements_removed`,
+        `credential` ({"id", "change": "issued"|"revoked", "issued_at",
+        "expires_at"}, times as datetimes or RFC 3339), `account` (created,
+        disabled, deleted). For orchestrator hooks (success, failure, skip,
+        retry): a report that cannot be made comes back with `recorded`
+        False, so a hook never fails its task by reporting.
+        """
+        try:
+            msg = _outcome_message(
+                decision_id,
+                status,
+                effect=effect,
+                error_class=error_class,
+                started_at=started_at,
+                finished_at=finished_at,
+                attempt=attempt,
+            )
+            call: Awaitable[pb.RecordOutcomeResponse] = self._stub.RecordOutcome(
+                msg,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
+            )
+            resp = await call
+        except Exception as exc:  # noqa: BLE001 - never fail the caller's task
+            return _outcome_failure(exc)
+        return _outcome_report(resp)
+
+    async def record_outcomes(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> list[OutcomeReport]:
+        """Many outcomes in one call, one report each in order; never raises.
+
+        Each item has `record_outcome`'s arguments as keys (`decision_id`,
+        `status`, `effect`, `error_class`, `started_at`, `finished_at`,
+        `attempt`); an item that is wrong is refused alone.
+        """
+        batch = _OutcomeBatch(items)
+        if not batch.message.items:
+            return batch.reports(pb.RecordOutcomesResponse())
+        try:
+            call: Awaitable[pb.RecordOutcomesResponse] = self._stub.RecordOutcomes(
+                batch.message,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=_metadata(traceparent, request_id),
+            )
+            resp = await call
+        except Exception as exc:  # noqa: BLE001 - never fail the caller's task
+            return batch.failed(exc)
+        return batch.reports(resp)
 
     async def check(
         self,

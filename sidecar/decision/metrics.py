@@ -120,6 +120,20 @@ class Metrics:
             "request.",
             registry=r,
         )
+        self.outcomes = Counter(
+            "stepguard_outcomes_total",
+            "Outcomes recorded (RecordOutcome, POST /stepguard/v1/outcome), by status and "
+            "violation (none, decision_denied, decision_unknown, after_time_bound, "
+            "before_time_bound, credential_ttl_exceeded).",
+            ["status", "violation"],
+            registry=r,
+        )
+        self.outcome_seconds = Histogram(
+            "stepguard_outcome_duration_seconds",
+            "Time to judge and record one outcome (a trail lookup included).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.audit_healthy.set(1)
 
     def set_bundle(self, revision: str, policy_count: int) -> None:

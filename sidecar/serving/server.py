@@ -27,11 +27,18 @@ from sidecar.core.bundle import Bundle, load_bundle
 from sidecar.decision.cache import DecisionCache
 from sidecar.decision.decider import Decider
 from sidecar.decision.metrics import Metrics
+from sidecar.decision.outcomes import DecisionIndex, OutcomeRecorder, indexing, trail_lookup
 from sidecar.serving.aioserver import AioServer
 from sidecar.serving.authzen import AuthzenServer, build_server
 from sidecar.serving.config import Settings, split_host_port
 from sidecar.serving.httpstatus import start_status_server
-from sidecar.serving.servicer import AuthorizerServicer, aio_generic_handler, generic_handler
+from sidecar.serving.servicer import (
+    AuthorizerServicer,
+    aio_generic_handler,
+    aio_outcome_handler,
+    generic_handler,
+    outcome_handler,
+)
 from sidecar.serving.tls import CertificateReloader, TlsFiles
 from sidecar.serving.trail import open_trail
 from sidecar.serving.watch import PolicyWatcher, ReloadStatus
@@ -132,8 +139,20 @@ class Sidecar:
                 settings.fixed_clock.isoformat(),
                 note,
             )
-        self.decider = Decider(
+        # Outcomes (decision/outcomes.py) are judged against the decisions the trail
+        # took: the index notes them as the decider writes them, the rest is looked up.
+        index = DecisionIndex()
+        self.outcomes = OutcomeRecorder(
             self.sink,
+            self.metrics,
+            clock,
+            index=index,
+            trail=trail_lookup(settings.audit_file),
+            redactor=redactor,
+            audit_note=note,
+        )
+        self.decider = Decider(
+            indexing(self.sink, index),
             self.metrics,
             clock,
             audit_note=note,
@@ -179,13 +198,16 @@ class Sidecar:
             max_streams=max(1, s.workers // 2),
             max_streams_per_caller=s.stream_max_per_caller,
             stream_idle_timeout_s=s.stream_idle_timeout_s,
+            outcomes=self.outcomes,
         )
         if isinstance(server, AioServer):
             # With fsync durability the loop must not wait for the disk (servicer.py).
             defer = s.audit_durability == "fsync"
             server.add_generic_rpc_handlers((aio_generic_handler(servicer, defer_audit=defer),))
+            server.add_generic_rpc_handlers((aio_outcome_handler(servicer),))
         else:
             server.add_generic_rpc_handlers((generic_handler(servicer),))
+            server.add_generic_rpc_handlers((outcome_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -230,6 +252,7 @@ class Sidecar:
                 workers=s.workers,
                 tls=self.tls,
                 http=s.authzen_http,
+                outcomes=self.outcomes,
             )
             authzen = self._authzen.start()
         server.start()
