@@ -128,12 +128,23 @@ def open_sink(
     checkpoints: Path | None = None,
     checkpoint_every: int = 0,
     checkpoint_interval_s: float = 0.0,
+    worker: int | None = None,
+    workers: int | None = None,
 ) -> FileSink | StreamSink:
-    """`-` is stdout; anything else the path of the active file segment."""
+    """`-` is stdout; anything else the path of the active file segment.
+
+    With `workers` > 1, worker `worker` (0-based) writes its own trail: the
+    target's stem + `.w<worker>` + suffix (`audit.jsonl` -> `audit.w1.jsonl`).
+    """
     from sidecar.audit.filesink import FileSink
     from sidecar.audit.pinning import CHECKPOINT_EVERY, CHECKPOINT_INTERVAL_S
     from sidecar.audit.stream import StreamSink
+    from sidecar.core.workernames import worker_path
 
+    if worker is not None and workers is not None and workers > 1:
+        if target == "-":
+            raise ConfigError("--audit-file - (stdout) takes one writer: give a PATH with workers")
+        target = str(worker_path(Path(target), worker))
     if target == "-":
         if checkpoints is not None:
             raise ConfigError(

@@ -7,13 +7,23 @@ from typing import TYPE_CHECKING
 from sidecar.audit.chain import Hasher, load_key
 from sidecar.audit.redact import Redactor
 from sidecar.audit.sink import AuditSink, open_sink
+from sidecar.core.workernames import worker_path
 
 if TYPE_CHECKING:
     from sidecar.serving.config import Settings
 
 
-def open_trail(settings: Settings, sink: AuditSink | None = None) -> tuple[AuditSink, Redactor]:
+def open_trail(
+    settings: Settings,
+    sink: AuditSink | None = None,
+    *,
+    worker: int | None = None,
+    workers: int | None = None,
+) -> tuple[AuditSink, Redactor]:
     """The sink (the given one, else the configured file or stdout) and its redactor.
+
+    With `workers` > 1, worker `worker` writes its own chain (open_sink names
+    it), pinned by its own checkpoint file named the same way.
 
     The HMAC key, when configured, keys both the chain and the redaction hashes
     (through separate derived keys).
@@ -27,6 +37,9 @@ def open_trail(settings: Settings, sink: AuditSink | None = None) -> tuple[Audit
         keys=settings.audit_redact_keys,
         values=settings.audit_redact_values,
     )
+    checkpoints = settings.audit_checkpoints
+    if checkpoints is not None and worker is not None and (workers or 1) > 1:
+        checkpoints = worker_path(checkpoints, worker)
     if sink is None:
         sink = open_sink(
             settings.audit_file,
@@ -34,8 +47,10 @@ def open_trail(settings: Settings, sink: AuditSink | None = None) -> tuple[Audit
             durability=settings.audit_durability,
             rotate_bytes=settings.audit_rotate_bytes,
             rotate_age_s=settings.audit_rotate_age_s,
-            checkpoints=settings.audit_checkpoints,
+            checkpoints=checkpoints,
             checkpoint_every=settings.audit_checkpoint_every,
             checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+            worker=worker,
+            workers=workers,
         )
     return sink, redactor

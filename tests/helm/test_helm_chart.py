@@ -684,7 +684,7 @@ def test_config_file_and_inline_policies() -> None:
     assert config_file.startswith(mount(ctr, "stepguard-config")["mountPath"] + "/")
     config_map = find(docs, "ConfigMap", volume(pod, "stepguard-config")["configMap"]["name"])
     assert yaml.safe_load(config_map["data"]["stepguard.yaml"]) == {
-        "workers": 8,
+        "threads": 8,
         "max_batch_items": 200,
     }
     deployment = find(docs, "Deployment")
