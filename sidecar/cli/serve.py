@@ -21,6 +21,9 @@ from sidecar.cli.exitcodes import EXIT_OK
 from sidecar.core.model import PolicyErrors  # light: the standard library only
 
 
+_PARSERS: list[argparse.ArgumentParser] = []
+
+
 def register(sub: Any) -> None:
     """Add `stepguard serve` to the CLI."""
     serve = sub.add_parser("serve", help="run the decision sidecar")
@@ -144,7 +147,8 @@ def register(sub: Any) -> None:
     serve.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR"
     )
-    serve.set_defaults(run=_serve, serve_parser=serve)
+    serve.set_defaults(run=_serve)
+    _PARSERS.append(serve)  # to give a worker the same flags (_worker_argv)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -184,7 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_NOT_SETTINGS = ("run", "config", "log_level", "worker_index", "serve_parser")
+_NOT_SETTINGS = ("run", "config", "log_level", "worker_index")
 
 
 def _stop_on_signals() -> threading.Event:
@@ -232,7 +236,7 @@ def _serve_worker(settings: Any, index: int) -> int:
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:
     """The flags this `serve` was given, as a worker's command line (same settings)."""
-    parser: argparse.ArgumentParser = args.serve_parser
+    parser = _PARSERS[-1]
     argv: list[str] = []
     for action in parser._actions:
         if not action.option_strings or action.dest in ("help", "worker_index"):
