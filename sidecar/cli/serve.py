@@ -20,7 +20,6 @@ from typing import Any
 from sidecar.cli.exitcodes import EXIT_OK
 from sidecar.core.model import PolicyErrors  # light: the standard library only
 
-
 _PARSERS: list[argparse.ArgumentParser] = []
 
 

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.serve stepguard --workers N`: the benchmark can measure workers (issue 19)."""
+"""`python -m benchmarks.serve stepguard --workers N`: the benchmark measures workers (19)."""
 
 from __future__ import annotations
 
