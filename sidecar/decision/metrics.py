@@ -13,9 +13,11 @@ workers' values combine (`multiprocess_mode`; ignored in a single process).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -151,10 +153,30 @@ class Metrics:
         self.policies_loaded.set(policy_count)
 
 
+class _Combined:
+    """Every worker's metrics from the multiprocess files, as one process would show them.
+
+    A worker's files keep every label it ever set, so a revision no worker
+    serves any more is still there, at 0 (set_bundle): it is left out, as a
+    single process leaves it out (its gauge was cleared), so "how many
+    revisions are served" stays a count of series.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        files = multiprocess.MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+        self._files = files
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._files.collect():  # type: ignore[no-untyped-call]
+            if metric.name == "stepguard_policy_revision_info":
+                metric.samples = [s for s in metric.samples if s.value != 0]
+            yield metric
+
+
 def multiprocess_registry(directory: Path) -> CollectorRegistry:
     """What the supervisor serves: every worker's metrics from `directory`, combined."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    registry.register(_Combined(directory))
     return registry
 
 

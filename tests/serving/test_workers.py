@@ -239,6 +239,13 @@ def test_a_policy_change_reaches_every_worker(tmp_path: Path) -> None:
             return health["policy_revision"] not in (None, before) and health["ok"]
 
         until(everyone_moved, "every worker reloads")
+        after = healthz(s)["policy_revision"]
+        served = [
+            line
+            for line in get(s.serving["metrics"], "/metrics").splitlines()
+            if line.startswith("stepguard_policy_revision_info")
+        ]
+        assert served == [f'stepguard_policy_revision_info{{revision="{after}"}} 1.0']
         for target in sockets:
             with StepguardClient(target) as client:
                 decision = client.authorize(notify_request())
