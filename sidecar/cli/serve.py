@@ -222,6 +222,7 @@ def _serve_worker(settings: Any, index: int) -> int:
     from sidecar.serving.supervisor import WorkerLink
 
     sidecar = Sidecar(settings, worker=index)
+    sidecar.set_fleet_serving(False)  # not SERVING until the supervisor says all are up
     done = _stop_on_signals()
     endpoints = sidecar.start()
     link = WorkerLink(sidecar, done.set)

@@ -451,7 +451,7 @@ class WorkerLink:
         self._write_lock = threading.Lock()
 
     def start(self, serving: dict[str, Any]) -> None:
-        self._sidecar.set_fleet_serving(False)  # until the supervisor says all serve
+        """Report `serving` (the worker's endpoints); the sidecar started not SERVING."""
         self._write(serving)
         self._report()
         for target, name in ((self._listen, "orders"), (self._reports, "reports")):

@@ -412,3 +412,22 @@ def test_the_client_spreads_only_over_worker_sockets(tmp_path: Path) -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def test_each_worker_pins_its_chain_in_its_own_checkpoint_file(tmp_path: Path) -> None:
+    pins = tmp_path / "pins"
+    pins.mkdir()
+    with serving(tmp_path, "--workers", "2", "--audit-checkpoints", str(pins / "ckpt.jsonl")) as s:
+        with StepguardClient(f"unix://{s.serving['socket']}") as client:
+            for _ in range(6):
+                assert client.authorize(notify_request()).allowed
+        assert s.terminate() == 0
+    assert sorted(p.name for p in pins.iterdir()) == ["ckpt.w0.jsonl", "ckpt.w1.jsonl"]
+    for i in (0, 1):
+        trail, pinned = tmp_path / f"audit.w{i}.jsonl", pins / f"ckpt.w{i}.jsonl"
+        done = subprocess.run(
+            [*STEPGUARD, "audit", "verify", str(trail), "--checkpoints", str(pinned)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
