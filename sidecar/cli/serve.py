@@ -71,8 +71,13 @@ def register(sub: Any) -> None:
     serve.add_argument(
         "--threads", type=int, help="gRPC (and AuthZEN) threads of each worker (default 16)"
     )
-    # Internal: this process is worker N of a supervisor (sidecar/serving/supervisor.py).
-    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--worker-index",
+        type=int,
+        metavar="I",
+        help="internal, set by the supervisor of --workers N: serve as its worker I "
+        "(docs/deployment.md, Worker processes)",
+    )
     serve.add_argument(
         "--stream-idle-timeout",
         dest="stream_idle_timeout_s",
