@@ -208,6 +208,16 @@ def test_health_and_metrics_are_those_of_all_workers(tmp_path: Path) -> None:
         assert samples[f'stepguard_policy_revision_info{{revision="{revision}"}}'] == 1
         assert samples["stepguard_policies_loaded"] == health["policies"]
         assert "pid=" not in text  # one series per metric, not one per worker
+        # The chart's exec probe: `stepguard healthcheck` over the well-known socket path.
+        probe = subprocess.run(
+            [
+                *(*STEPGUARD, "healthcheck", "--socket", server.serving["socket"]),
+                *("--service", "stepguard.v1.Authorizer"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert probe.returncode == 0 and "SERVING" in probe.stdout, probe
         # gRPC health over the shared TCP port: whichever worker answers, all serve.
         for _ in range(4):
             with grpc.insecure_channel(server.serving["grpc"], options=OWN_CONNECTION) as channel:
