@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +31,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.client import StepDecision, StepguardClient, spread_over_workers
 from sidecar.core.errors import ConfigError
 from sidecar.serving.config import build_settings, usable_cores
-from tests.helpers import POLICIES, ServeProcess, grant_request, notify_request, serve_process
+from tests.helpers import (
+    POLICIES,
+    ServeProcess,
+    grant_request,
+    notify_request,
+    serve_process,
+)
 
 STEPGUARD = [sys.executable, "-m", "sidecar.cli"]
 WEDNESDAY_10 = "2026-11-25T10:00:00Z"
@@ -441,3 +448,30 @@ def test_each_worker_pins_its_chain_in_its_own_checkpoint_file(tmp_path: Path) -
             text=True,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_sigterm_lets_every_worker_finish_its_open_calls(tmp_path: Path) -> None:
+    """Draining, not killing: a stream open on each worker is still answered after SIGTERM."""
+    with serving(tmp_path, "--workers", "2", "--grace", "60") as server:
+        clients = [StepguardClient(f"unix:{tmp_path / f'grpc.w{i}.sock'}") for i in (0, 1)]
+        streams = [client.stream() for client in clients]
+        for stream in streams:
+            assert stream.authorize(notify_request()).allowed
+        log: list[str] = []
+        reader = threading.Thread(target=lambda: log.extend(server.stderr), daemon=True)
+        reader.start()
+        server.proc.send_signal(signal.SIGTERM)
+        until(  # the supervisor and each worker say they got it
+            lambda: sum("signal 15: shutting down" in line for line in list(log)) == 3,
+            "every process hears SIGTERM",
+        )
+        for stream in streams:  # their servers no longer accept calls, but finish these
+            decision = stream.authorize(notify_request())
+            assert decision.allowed and stream.broken == "", (decision, stream.broken)
+        assert server.proc.poll() is None  # still draining: the streams are open
+        for stream, client in zip(streams, clients, strict=True):
+            stream.close()
+            client.close()
+        assert server.proc.wait(timeout=120) == 0
+    for i in (0, 1):
+        assert len(decisions_in(tmp_path / f"audit.w{i}.jsonl")) == 2
