@@ -268,33 +268,60 @@ class Settings:
             )
 
 
-def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup"), affinity: int | None = None) -> int:
+def usable_cores(
+    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    affinity: int | None = None,
+    proc_cgroup: Path = Path("/proc/self/cgroup"),
+) -> int:
     """The cores this process may use: its CPU quota rounded up, at most its CPU affinity.
 
     A container limited to 1.5 CPUs on a 64-core node gets 2, not 64: the
-    quota is cgroup v2 `cpu.max` ("QUOTA PERIOD", or "max") or cgroup v1
-    `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1: none). At least 1.
+    quota is cgroup v2 `cpu.max` ("QUOTA PERIOD", or "max"; the tightest of
+    this process's cgroup and its parents, found from /proc/self/cgroup when
+    the cgroup namespace is not private) or cgroup v1 `cpu.cfs_quota_us` /
+    `cpu.cfs_period_us` (-1: none). At least 1.
     """
     import math
     import os
 
     cores = affinity if affinity is not None else len(os.sched_getaffinity(0))
-    quota = _cgroup_quota(cgroup_root)
+    quota = _cgroup_quota(cgroup_root, proc_cgroup)
     if quota is not None:
         cores = min(cores, math.ceil(quota))
     return max(1, cores)
 
 
-def _cgroup_quota(root: Path) -> float | None:
-    """The CPU quota in cores, or None when there is none (or it cannot be read)."""
+def _cgroup_v2_dirs(root: Path, proc_cgroup: Path) -> list[Path]:
+    """The cgroup v2 directories that bound this process: the root, its own, its parents."""
+    dirs = [root]
     try:
-        text = (root / "cpu.max").read_text().split()
-        if len(text) == 2 and text[0] != "max" and int(text[1]) > 0:
-            return int(text[0]) / int(text[1])
-        if text:
-            return None
-    except (OSError, ValueError):
-        pass
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return dirs
+    for line in lines:
+        if line.startswith("0::/") and line.strip() != "0::/":
+            own = root / line.removeprefix("0::/").strip()
+            dirs += [own, *(p for p in own.parents if p.is_relative_to(root) and p != root)]
+    return dirs
+
+
+def _cgroup_quota(root: Path, proc_cgroup: Path) -> float | None:
+    """The CPU quota in cores, or None when there is none (or it cannot be read)."""
+    quotas: list[float] = []
+    found_v2 = False
+    for directory in _cgroup_v2_dirs(root, proc_cgroup):
+        try:
+            text = (directory / "cpu.max").read_text().split()
+        except OSError:
+            continue
+        found_v2 = True
+        try:
+            if len(text) == 2 and text[0] != "max" and int(text[1]) > 0:
+                quotas.append(int(text[0]) / int(text[1]))
+        except ValueError:
+            continue
+    if found_v2:
+        return min(quotas, default=None)
     for v1 in (root / "cpu", root / "cpu,cpuacct", root):
         try:
             quota = int((v1 / "cpu.cfs_quota_us").read_text())

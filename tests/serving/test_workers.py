@@ -405,7 +405,21 @@ def test_usable_cores_reads_the_cgroup_quota(
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert usable_cores(tmp_path, affinity=affinity) == cores
+    assert usable_cores(tmp_path, affinity=affinity, proc_cgroup=tmp_path / "none") == cores
+
+
+def test_usable_cores_follows_this_process_cgroup_and_its_parents(tmp_path: Path) -> None:
+    """Without a private cgroup namespace the quota sits below the root, maybe on a parent."""
+    pod = tmp_path / "kubepods.slice" / "pod1"
+    container = pod / "cri-abc"
+    container.mkdir(parents=True)
+    (container / "cpu.max").write_text("max 100000\n")
+    (pod / "cpu.max").write_text("250000 100000\n")  # the pod's limit: 2.5 CPUs
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/kubepods.slice/pod1/cri-abc\n")
+    assert usable_cores(tmp_path, affinity=16, proc_cgroup=proc) == 3
+    (container / "cpu.max").write_text("100000 100000\n")  # tighter below: it wins
+    assert usable_cores(tmp_path, affinity=16, proc_cgroup=proc) == 1
 
 
 def test_the_client_spreads_only_over_worker_sockets(tmp_path: Path) -> None:
