@@ -489,3 +489,28 @@ def test_sigterm_lets_every_worker_finish_its_open_calls(tmp_path: Path) -> None
         assert server.proc.wait(timeout=120) == 0
     for i in (0, 1):
         assert len(decisions_in(tmp_path / f"audit.w{i}.jsonl")) == 2
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """No orphan keeps the port or the trail: a worker whose supervisor is gone stops."""
+    with serving(tmp_path, "--workers", "2") as server:
+        pids = [w["pid"] for w in healthz(server)["workers"]]
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=30)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            try:  # a zombie (exited, not yet reaped by init) is gone too
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return True
+            return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+        until(lambda: all(gone(pid) for pid in pids), "both workers stop")
+    for i in (0, 1):  # each closed its trail as on a SIGTERM
+        trail = tmp_path / f"audit.w{i}.jsonl"
+        done = subprocess.run([*STEPGUARD, "audit", "verify", str(trail)], capture_output=True)
+        assert done.returncode == 0, done
