@@ -117,6 +117,15 @@ SIDECAR_MODULES: dict[str, str | None] = {
     "sidecar/audit/jsonl.py": "audit_write",
     "sidecar/audit/files.py": "audit_write",
     "sidecar/audit/sink.py": "audit_write",
+    # The file trail's modules since audit/jsonl.py was split by responsibility.
+    "sidecar/audit/commit.py": "audit_write",
+    "sidecar/audit/filesink.py": "audit_write",
+    "sidecar/audit/stream.py": "audit_write",
+    "sidecar/audit/rotation.py": "audit_write",
+    "sidecar/audit/recovery.py": "audit_write",
+    "sidecar/audit/pinning.py": "audit_write",
+    "sidecar/audit/anchor.py": "audit_write",
+    "sidecar/audit/segments.py": "audit_write",
     "sidecar/decision/metrics.py": "metrics",
     "sidecar/decision/cache.py": "cache",
     "sidecar/decision/decider.py": "glue",
@@ -129,6 +138,7 @@ SIDECAR_FUNCTIONS: dict[tuple[str, str], str] = {
     ("sidecar/core/engine.py", "request_entities"): "entities",
     ("sidecar/audit/chain.py", "canonical"): "audit_encode",
     ("sidecar/audit/jsonl.py", "_encode"): "audit_encode",
+    ("sidecar/audit/commit.py", "_encode"): "audit_encode",
     ("sidecar/audit/event.py", "template"): "cache",  # kept for the hits to come
     ("sidecar/decision/decider.py", "_event"): "audit_encode",
     ("sidecar/decision/decider.py", "_record"): "audit_write",
