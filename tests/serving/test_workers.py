@@ -514,3 +514,23 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
         trail = tmp_path / f"audit.w{i}.jsonl"
         done = subprocess.run([*STEPGUARD, "audit", "verify", str(trail)], capture_output=True)
         assert done.returncode == 0, done
+
+
+def test_worker_0_serves_authzen(tmp_path: Path) -> None:
+    from tests.serving.authzen.authzen_client import CERT, Pdp
+
+    reads = {
+        "subject": {"type": "user", "id": "alice"},
+        "action": {"name": "read"},
+        "resource": {"type": "record", "id": "record-1"},
+    }
+    extra = ("--workers", "2", "--authzen-listen", "127.0.0.1:0")
+    with serving(tmp_path, *extra, policies=CERT) as server:
+        assert server.serving["authzen"].startswith("127.0.0.1:"), server.serving
+        pdp = Pdp(server.serving["authzen"])
+        answer = pdp.evaluation({**reads, "options": {"stepguard_explain": True}}).json()
+        pdp.close()
+        assert answer["decision"] is True
+        assert server.terminate() == 0
+    ids = [e["id"] for e in decisions_in(tmp_path / "audit.w0.jsonl")]
+    assert answer["context"]["decision_id"] in ids
