@@ -52,6 +52,7 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.core.errors import ConfigError, InvalidRequest, StepguardError
 from sidecar.core.jsonreq import request_from_json
 from sidecar.core.outcome import VIOLATION_OF_PROTO, outcome_from_json, outcome_to_proto
+from sidecar.core.workernames import worker_name_pattern
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +387,39 @@ class _OutcomeBatch:
         return [self.local.get(i, failure) for i in range(self.size)]
 
 
+def spread_over_workers(
+    target: str, options: Sequence[tuple[str, Any]]
+) -> tuple[str, Sequence[tuple[str, Any]]]:
+    """A Unix socket target of a sidecar with worker processes: every worker's socket.
+
+    `serve --workers N` listens on one socket per worker next to the
+    well-known path (`grpc.sock` -> `grpc.w0.sock`, `grpc.w1.sock`, ...;
+    docs/deployment.md). The channel then dials all of them and spreads calls
+    round-robin, skipping a worker that is down; with no worker sockets found
+    (one worker, or a sidecar not started yet) the target is left as given.
+    """
+    if not target.startswith("unix:") or "," in target:
+        return target, options
+    path = target.removeprefix("unix:")
+    path = path.removeprefix("//") if path.startswith("///") else path
+    well_known = Path(path)
+    pattern = worker_name_pattern(well_known)
+    try:
+        found = sorted(
+            (int(m.group(1)), entry)
+            for entry in well_known.parent.iterdir()
+            if (m := pattern.fullmatch(entry.name)) and entry.is_socket()
+        )
+    except OSError:
+        return target, options
+    if not found:
+        return target, options
+    spread = "unix:" + ",".join(str(entry) for _, entry in found)
+    if any(key == "grpc.lb_policy_name" for key, _ in options):
+        return spread, options
+    return spread, [*options, ("grpc.lb_policy_name", "round_robin")]
+
+
 class StepguardClient:
     """Blocking client. `target` is HOST:PORT or `unix:///path/to.sock`.
 
@@ -404,6 +438,7 @@ class StepguardClient:
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.timeout = timeout
+        target, options = spread_over_workers(target, options)
         self._channel = (
             grpc.secure_channel(target, credentials, options=list(options))
             if credentials is not None
@@ -711,6 +746,7 @@ class AsyncStepguardClient:
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.timeout = timeout
+        target, options = spread_over_workers(target, options)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=list(options))
             if credentials is not None

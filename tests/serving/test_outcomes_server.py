@@ -218,7 +218,14 @@ def test_decision_made_by_a_stopped_serve_process_is_found_by_the_next(tmp_path:
     """Two real `stepguard serve` processes, one after the other, on one trail."""
     args = (
         *("--policies", str(POLICIES), "--listen", "127.0.0.1:0", "--socket", "off"),
-        *("--metrics-listen", "off", "--audit-file", str(tmp_path / "audit.jsonl")),
+        *(
+            "--metrics-listen",
+            "off",
+            "--audit-file",
+            str(tmp_path / "audit.jsonl"),
+            "--workers",
+            "1",
+        ),
         *("--fixed-clock", "2026-11-25T10:00:00Z", "--non-production"),
     )
     with serve_process(*args) as first:
