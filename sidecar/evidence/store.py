@@ -70,6 +70,7 @@ CREATE INDEX grants_open ON grants(closed_at);
 CREATE TABLE leavers (
     run TEXT, workflow TEXT, identity TEXT, leaver_at TEXT, grant_n INTEGER,
     PRIMARY KEY (run, identity, grant_n));
+CREATE INDEX leavers_identity ON leavers(identity, leaver_at);
 CREATE TABLE chains (trail TEXT, chain TEXT, ok INTEGER, records INTEGER, problem TEXT,
     exit INTEGER);
 """
@@ -428,28 +429,31 @@ def changes(row: sqlite3.Row | Sequence[Any]) -> tuple[list[tuple[Key, str]], li
     return opened, closed
 
 
-def _closes(lifecycle: Lifecycle | None, remover: str, creator: str) -> bool:
+def closers(lifecycle: Lifecycle | None) -> dict[str, frozenset[str]] | None:
+    """For each declared remover (`Type::"id"`), the declared creators it may close;
+    None without a declaration. Computed once per replay, not per event."""
+    if lifecycle is None:
+        return None
+    return {str(r): frozenset(str(c) for c in lifecycle.closes(r)) for r in lifecycle.removes}
+
+
+def _closes(
+    closing: dict[str, frozenset[str]] | None, creators: frozenset[str], remover: str, creator: str
+) -> bool:
     """Whether the bundle lets `remover` close what `creator` created. Without a
     declaration, or when either action is undeclared, the effect alone decides: the
     access was reported removed, and an auditor should not see it as still held."""
-    if lifecycle is None:
+    if closing is None or remover not in closing or creator not in creators:
         return True
-    declared_removers = {str(u) for u in lifecycle.removes}
-    declared_creators = {str(u) for u in lifecycle.creates}
-    if remover not in declared_removers or creator not in declared_creators:
-        return True
-    return creator in {str(u) for u in lifecycle.closes(_uid(remover))}
-
-
-def _uid(text: str) -> EntityUid:
-    kind, _, ident = text.partition("::")
-    return EntityUid(kind, ident.strip('"'))
+    return creator in closing[remover]
 
 
 def replay_access(store: Store) -> None:
     """Pair removals with grants in time order (docs/evidence.md, "How a removal closes a
     grant"); fill `grants` (one row per access, open or closed) and `leavers`."""
     db, now, lifecycle = store.db, store.now, store.options.lifecycle
+    closing = closers(lifecycle)
+    creators = frozenset(str(u) for u in lifecycle.creates) if lifecycle else frozenset()
     open_: dict[Key, _Open] = {}
     rows: list[list[Any]] = []
 
@@ -468,7 +472,7 @@ def replay_access(store: Store) -> None:
         for key in closed:
             expire_until(key, at)
             held = open_.get(key)
-            if held is not None and _closes(lifecycle, row[11], held.creator):
+            if held is not None and _closes(closing, creators, row[11], held.creator):
                 grant = rows[held.n - 1]
                 grant[9:12] = [at, "revoked", row[0]]
                 grant[12].append(ref)

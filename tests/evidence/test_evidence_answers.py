@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from sidecar.audit.chain import parse_line
 from sidecar.cli.exitcodes import EXIT_ERROR, EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.cli.main import main
+from tests.evidence.scenario import MON, Story
 from tests.helpers import POLICIES
 
 NOW = "2026-11-09T09:00:00Z"
@@ -195,3 +197,37 @@ def test_bad_input_is_an_error_that_names_it(
     (broken / "bad.cedar").write_text("permit(")
     code = main(["evidence", "leavers", str(story_trails[0]), "--policies", str(broken)])
     assert code == EXIT_INVALID
+
+
+def test_with_the_bundle_only_a_paired_removal_closes_a_grant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lifecycle.yaml pairs grant_access with revoke_access: a step of another
+    declared remover (disable_credential) that reports the entitlement removed does
+    not close it; without the bundle, the reported effect alone closes it."""
+    story = Story()
+    story.step(MON, "grant_access", "github", "onboarding", "j-1", "dan", added=("admin",))
+    story.step(
+        MON + timedelta(hours=1),
+        "disable_credential",
+        "github",
+        "cleanup",
+        "c-1",
+        "dan",
+        removed=("admin",),
+    )
+    paths = story.write(tmp_path / "trails")
+    held = answer_json(capsys, "access", paths, "--policies", str(POLICIES))["rows"]
+    assert [(r["identity"], r["item"]) for r in held] == [('User::"dan"', "admin")]
+    assert answer_json(capsys, "access", paths)["rows"] == []
+    story.step(
+        MON + timedelta(hours=2),
+        "revoke_access",
+        "github",
+        "cleanup",
+        "c-2",
+        "dan",
+        removed=("admin",),
+    )
+    paths = story.write(tmp_path / "again")
+    assert answer_json(capsys, "access", paths, "--policies", str(POLICIES))["rows"] == []
