@@ -220,7 +220,7 @@ class LeaverRun:
 
 def leaver_runs(store: Store) -> list[LeaverRun]:
     """Each leaver run and identity with the access held at its leaver event, measured."""
-    by_n = {g["n"]: g for g in grant_rows(store)}
+    by_n = {g["n"]: g for g in grant_rows(store, "g.n IN (SELECT grant_n FROM leavers)")}
     runs: dict[tuple[str, str], LeaverRun] = {}
     for r in rows(
         store.db,
@@ -364,11 +364,14 @@ def exceptions(store: Store) -> Answer:
     revocations and retries, in time order."""
     out: list[dict[str, Any]] = []
     removers = _removing_actions(store)
-    for o in rows(store.db, "SELECT * FROM outcomes ORDER BY time, recorded, file, line"):
+    exceptional = (
+        "SELECT * FROM outcomes WHERE violation != '' OR attempt > 1 OR status IN "
+        "('failed', 'timed_out') ORDER BY time, recorded, file, line"
+    )
+    for o in rows(store.db, exceptional):
         base = {c: o.get(c) for c in ("time", "workflow", "run", "step", "action", "identity")}
         base["target"] = o["target"]
-        ref = ref_of(o)
-        evidence = [ref, *_decision_ref(store, o["decision_id"])]
+        evidence = [ref_of(o), *_decision_ref(store, o["decision_id"])]
         if o["violation"]:
             denied = o["decided"] == "DENY" and o["status"] in RAN
             category = "denied step ran" if denied else "violation"

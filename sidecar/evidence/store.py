@@ -10,8 +10,8 @@ slices of the events, so a row store is the better fit. Loading streams: the
 trail is read once, record by record (audit/query.py's reader, which orders
 many workers' chains by time), and inserted in batches; nothing holds the
 trail in memory. The replay that pairs removals with grants reads the
-outcomes back in time order through an index and keeps one small row per
-access in memory (not per event) until it writes them.
+outcomes back in time order through an index and keeps only the accesses
+open at the moment in memory.
 
 Every row keeps where it came from (segment file, line, seq), so every answer
 links back to the chained records it rests on. Verification is the same as
@@ -51,15 +51,19 @@ CREATE TABLE decisions (
     ticket TEXT, sensitivity TEXT, not_after TEXT, revoke_within_s REAL,
     break_glass INTEGER, file TEXT, line INTEGER, seq INTEGER);
 CREATE INDEX decisions_run ON decisions(workflow, run, time);
+CREATE INDEX decisions_break_glass ON decisions(time) WHERE break_glass = 1;
 CREATE TABLE outcomes (
     id TEXT PRIMARY KEY, time TEXT, recorded TEXT, decision_id TEXT, decided TEXT,
     status TEXT, error_class TEXT, attempt INTEGER, workflow TEXT, run TEXT, step TEXT,
     action TEXT, identity TEXT, target TEXT, added TEXT, removed TEXT, cred_id TEXT,
     cred_change TEXT, expires_at TEXT, account TEXT, violation TEXT,
     file TEXT, line INTEGER, seq INTEGER);
-CREATE INDEX outcomes_time ON outcomes(time, recorded, file, line);
+CREATE INDEX outcomes_replay ON outcomes(time, recorded, file, line)
+    WHERE status = 'succeeded';
 CREATE INDEX outcomes_run ON outcomes(run, identity);
 CREATE INDEX outcomes_decision ON outcomes(decision_id);
+CREATE INDEX outcomes_exceptional ON outcomes(time, recorded, file, line)
+    WHERE violation != '' OR attempt > 1 OR status IN ('failed', 'timed_out');
 CREATE TABLE grants (
     n INTEGER PRIMARY KEY, kind TEXT, identity TEXT, target TEXT, item TEXT,
     opened_at TEXT, opened_by TEXT, decision_id TEXT, expires_at TEXT,
@@ -450,18 +454,31 @@ def _closes(
 
 def replay_access(store: Store) -> None:
     """Pair removals with grants in time order (docs/evidence.md, "How a removal closes a
-    grant"); fill `grants` (one row per access, open or closed) and `leavers`."""
+    grant"); fill `grants` (one row per access, open or closed) and `leavers`.
+
+    Streams: only the accesses open at the moment are held in memory; a closed one
+    is written out in the next batch."""
     db, now, lifecycle = store.db, store.now, store.options.lifecycle
     closing = closers(lifecycle)
     creators = frozenset(str(u) for u in lifecycle.creates) if lifecycle else frozenset()
     open_: dict[Key, _Open] = {}
-    rows: list[list[Any]] = []
+    live: dict[int, list[Any]] = {}  # the open grants' rows, by n
+    done: list[list[Any]] = []
+    count = 0
+
+    def close(key: Key, at: str, how: str, by: str, ref: str) -> None:
+        grant = live.pop(open_.pop(key).n)
+        grant[9:12] = [at, how, by]
+        if ref:
+            grant[12].append(ref)
+        done.append(grant)
+        if len(done) >= BATCH:
+            _write_grants(db, done)
 
     def expire_until(key: Key, at: str) -> None:
         held = open_.get(key)
         if held is not None and held.expires_at and held.expires_at <= at:
-            rows[held.n - 1][9:12] = [held.expires_at, "expired", ""]
-            del open_[key]
+            close(key, held.expires_at, "expired", "", "")
 
     cursor = db.execute(
         "SELECT * FROM outcomes WHERE status = 'succeeded' ORDER BY time, recorded, file, line"
@@ -473,25 +490,28 @@ def replay_access(store: Store) -> None:
             expire_until(key, at)
             held = open_.get(key)
             if held is not None and _closes(closing, creators, row[11], held.creator):
-                grant = rows[held.n - 1]
-                grant[9:12] = [at, "revoked", row[0]]
-                grant[12].append(ref)
-                del open_[key]
+                close(key, at, "revoked", row[0], ref)
         for key, expires_at in opened:
             expire_until(key, at)
             if key in open_:
                 continue  # already held: the earliest grant says since when
-            n = len(rows) + 1
-            rows.append([n, *key, at, row[0], row[3], expires_at, None, "", "", [ref]])
-            open_[key] = _Open(n, row[11], expires_at)
+            count += 1
+            live[count] = [count, *key, at, row[0], row[3], expires_at, None, "", "", [ref]]
+            open_[key] = _Open(count, row[11], expires_at)
     for key in list(open_):
         expire_until(key, now)
-    db.executemany(
-        "INSERT INTO grants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        ([*r[:12], json.dumps(r[12])] for r in rows),
-    )
+    done.extend(live.values())
+    _write_grants(db, done)
     _leavers(store)
     db.commit()
+
+
+def _write_grants(db: sqlite3.Connection, grants: list[list[Any]]) -> None:
+    db.executemany(
+        "INSERT INTO grants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        ([*g[:12], json.dumps(g[12])] for g in grants),
+    )
+    grants.clear()
 
 
 def _leavers(store: Store) -> None:
