@@ -531,18 +531,24 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def time_to_revoke(store: Store) -> list[dict[str, Any]]:
-    """Per target: how long revocations took after the access ended (p50, p95, max)."""
-    by_target: dict[str, list[float]] = defaultdict(list)
+    """Per target: how long revocations took after the access ended (p50, p95, max),
+    with the evidence of the slowest one."""
+    by_target: dict[str, list[tuple[float, list[str]]]] = defaultdict(list)
     for g in grant_rows(store, "g.closed_how = 'revoked'"):
         if g["time_to_revoke_s"] is not None:
-            by_target[g["target"]].append(g["time_to_revoke_s"])
-    return [
-        {
-            "target": target,
-            "revocations": len(values),
-            "p50_s": percentile(values, 50),
-            "p95_s": percentile(values, 95),
-            "max_s": max(values),
-        }
-        for target, values in sorted(by_target.items())
-    ]
+            by_target[g["target"]].append((g["time_to_revoke_s"], g["evidence"]))
+    out = []
+    for target, found in sorted(by_target.items()):
+        values = [v for v, _ in found]
+        slowest = max(found, key=lambda f: f[0])
+        out.append(
+            {
+                "target": target,
+                "revocations": len(values),
+                "p50_s": percentile(values, 50),
+                "p95_s": percentile(values, 95),
+                "max_s": slowest[0],
+                "evidence": slowest[1],
+            }
+        )
+    return out

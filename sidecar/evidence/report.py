@@ -24,7 +24,8 @@ h1{font-size:1.5rem;margin:0 0 .25rem}h2{font-size:1.15rem;margin:2rem 0 .5rem}
 .figure b{display:block;font-size:1.8rem}
 table{border-collapse:collapse;width:100%;margin:.25rem 0}
 th,td{border-bottom:1px solid #e3e6eb;padding:.3rem .5rem;text-align:left;vertical-align:top}
-th{background:#f3f5f8}td.ref{font:12px ui-monospace,monospace;color:#4a5261}
+th{background:#f3f5f8}td{overflow-wrap:anywhere}
+td.ref{font:12px ui-monospace,monospace;color:#4a5261}
 .none{color:#6b7280}svg text{font:12px system-ui,sans-serif}
 """
 
@@ -113,7 +114,7 @@ def render_html(store: Store) -> str:
             "p50": answers.duration_text(s["p50_s"]),
             "p95": answers.duration_text(s["p95_s"]),
             "max": answers.duration_text(s["max_s"]),
-            "evidence": [],
+            "evidence": s["evidence"],  # the slowest revocation's records
         }
         for s in stats
     ]
@@ -142,7 +143,8 @@ def render_html(store: Store) -> str:
 <p>Missed their removal deadline: <span id="missed-deadline">{_e(missed)}</span>.</p>
 {_table("leavers", answers.LEAVER_COLUMNS, leavers.rows)}
 <h2>Time to revoke, per target</h2>
-<p>From the end of an access (its time bound, or its holder's leaver event) to its removal.</p>
+<p>From the end of an access (its time bound, or its holder's leaver event) to its removal;
+the evidence is the slowest one's.</p>
 {_ttr_chart(stats)}
 {_table("time-to-revoke", ("target", "revocations", "p50", "p95", "max"), ttr_rows)}
 <h2>Open grants</h2>

@@ -102,6 +102,11 @@ def test_the_report_shows_revocation_confidence_below_100_percent(
         assert page.text_content("#missed-deadline") == 'User::"alice", User::"bob"'
         # time to revoke per target, as a table and an inline SVG chart
         assert page.locator("#time-to-revoke tbody tr").count() == 2
+        refs = page.locator("#time-to-revoke td.ref").all_inner_texts()
+        assert len(refs) == 2 and all("#seq=" in r for r in refs)
+        for table in ("leavers", "open-grants", "violations"):
+            refs = page.locator(f"#{table} td.ref").all_inner_texts()
+            assert refs and all("#seq=" in r for r in refs), table
         assert page.locator("svg#ttr-chart rect").count() == 6
         assert page.locator("svg#confidence-chart rect").count() == 2
         width = page.evaluate(
