@@ -10,6 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -231,3 +234,44 @@ def test_with_the_bundle_only_a_paired_removal_closes_a_grant(
     )
     paths = story.write(tmp_path / "again")
     assert answer_json(capsys, "access", paths, "--policies", str(POLICIES))["rows"] == []
+
+
+def test_the_store_can_be_kept_and_leaver_workflows_named(
+    story_trails: list[Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    db = tmp_path / "evidence.sqlite"
+    answer_json(capsys, "open-grants", story_trails, "--db", str(db))
+    with sqlite3.connect(db) as kept:
+        assert kept.execute("SELECT COUNT(*) FROM grants WHERE closed_at IS NULL").fetchone() == (
+            3,
+        )
+        assert kept.execute("SELECT COUNT(*) FROM chains WHERE ok").fetchone() == (3,)
+    code, _ = evidence(capsys, "open-grants", story_trails, "--db", str(db))
+    assert code == EXIT_ERROR  # never written over
+    # no leaver workflow by that name: nobody left
+    data = answer_json(capsys, "leavers", story_trails, "--leaver-workflow", "offboarding")
+    assert data["summary"]["leavers"] == 0 and data["summary"]["revocation_confidence"] is None
+
+
+def test_the_installed_command_answers(story_trails: list[Path]) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "evidence",
+            "leavers",
+            *map(str, story_trails),
+            "--now",
+            NOW,
+            "--policies",
+            str(POLICIES),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == EXIT_OK, out.stderr
+    assert 'incomplete: User::"bob",' in out.stdout
+    assert "revocation_confidence: 0.5" in out.stdout
