@@ -319,13 +319,17 @@ def leavers(store: Store, *, everything: bool = False) -> Answer:
                 "evidence": g["evidence"],
             }
         )
-    complete = sum(1 for lr in runs if lr.complete)
+    # A leaver is a person: one whose leaver workflow ran twice counts once, and is
+    # fully deprovisioned when every run of it found everything closed.
+    people = {lr.identity for lr in runs}
+    incomplete = {lr.identity for lr in runs if not lr.complete}
+    complete = len(people - incomplete)
     summary = {
-        "leavers": len(runs),
+        "leavers": len(people),
         "fully_deprovisioned": complete,
-        "incomplete": sorted({lr.identity for lr in runs if not lr.complete}),
+        "incomplete": sorted(incomplete),
         "missed_deadline": sorted({lr.identity for lr in runs if lr.late}),
-        "revocation_confidence": confidence(complete, len(runs)),
+        "revocation_confidence": confidence(complete, len(people)),
     }
     return Answer("leavers", LEAVER_COLUMNS, out, store.verification, summary)
 

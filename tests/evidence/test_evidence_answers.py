@@ -22,6 +22,7 @@ import pytest
 from sidecar.audit.chain import parse_line
 from sidecar.cli.exitcodes import EXIT_ERROR, EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.cli.main import main
+from tests.evidence.outcome_events import effect
 from tests.evidence.scenario import MON, Story
 from tests.helpers import POLICIES
 
@@ -275,3 +276,25 @@ def test_the_installed_command_answers(story_trails: list[Path]) -> None:
     assert out.returncode == EXIT_OK, out.stderr
     assert 'incomplete: User::"bob",' in out.stdout
     assert "revocation_confidence: 0.5" in out.stdout
+
+
+def test_a_leaver_run_twice_counts_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Revocation confidence counts people: a leaver workflow re-run after a failed
+    revocation is one leaver, deprovisioned once the second run removed everything."""
+    story = Story()
+    story.step(MON, "grant_access", "jira", "onboarding", "j-1", "dan", added=("dev",))
+    for i, status in enumerate(("failed", "succeeded")):
+        at = MON + timedelta(days=1 + i)
+        d = story.decide(at, "revoke_access", "jira", "leaver", f"l-{i}", "jira")
+        story.outcome(
+            d,
+            at + timedelta(minutes=1),
+            status,
+            error_class="TargetUnavailable" if status == "failed" else "",
+            effect=effect("dan", "jira", removed=("dev",)),
+        )
+    paths = story.write(tmp_path / "trails")
+    summary = answer_json(capsys, "leavers", paths)["summary"]
+    assert summary["leavers"] == 1
+    assert summary["fully_deprovisioned"] == 1
+    assert summary["revocation_confidence"] == 1.0
