@@ -18,7 +18,7 @@ from typing import Any
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.model import to_ms
+from sidecar.core.validate import to_ms
 
 STATUSES = ("succeeded", "failed", "skipped", "timed_out")
 # A step with one of these statuses ran: only those can be violations.

@@ -44,8 +44,8 @@ from sidecar.audit.segments import collect
 from sidecar.audit.sink import AuditSink
 from sidecar.core.errors import StepguardError
 from sidecar.core.ids import DecisionIds
-from sidecar.core.model import parse_cedar_datetime
 from sidecar.core.outcome import DecisionFacts, Outcome, judge
+from sidecar.core.validate import parse_cedar_datetime
 from sidecar.decision.metrics import Metrics
 
 DEFAULT_INDEX_ENTRIES = 65_536

@@ -25,9 +25,10 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.audit.event import CallMeta, recorded_request_id
 from sidecar.core.bundle import Bundle
+from sidecar.core.decoderefusal import decode_refusal
 from sidecar.core.errors import AuditError, InvalidRequest
 from sidecar.core.outcome import VIOLATION_TO_PROTO, outcome_from_proto
-from sidecar.core.validate import Limits, decode_refusal
+from sidecar.core.validate import Limits
 from sidecar.decision.decider import Decided, Decider
 from sidecar.decision.identity import IdentityRefused, caller_identity
 from sidecar.decision.metrics import Metrics
