@@ -26,8 +26,11 @@ def _version(dist: str) -> str:
 
 
 def describe() -> dict[str, str]:
+    from sidecar.serving.config import usable_cores  # serve --workers' default
+
     return {
         "nproc": str(os.cpu_count()),
+        "usable_cores": str(usable_cores()),
         "cpu": _cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -4,7 +4,7 @@ The real sidecar is started the way every benchmark starts it (`python -m
 benchmarks.serve stepguard` on policies/, its file trail on, the default
 server mode) and driven with misses only: every request is a step of a new
 run (workload.distinct, a new `run_id` each call), sent by N concurrent
-clients on one channel with the load generator of `./dev bench`
+clients, each on its own connection, with the load generator of `./dev bench`
 (benchmarks/load.py). Two phases of the same length follow a warm-up:
 
 1. unprofiled: the server CPU per miss and the throughput as `./dev bench`
@@ -738,7 +738,7 @@ def render(record: dict[str, Any], data: str) -> str:
             "",
             f"The real sidecar (`benchmarks.serve stepguard`, {s['policies']}/, file trail, "
             f"server mode {s['mode']}) answers misses only (a new `run_id` per call) from "
-            f"{s['clients']} concurrent clients on one channel, {s['seconds']:g} s unprofiled "
+            f"{s['clients']} concurrent clients (a connection each), {s['seconds']:g} s unprofiled "
             f"after a {s['warmup']:g} s warm-up, then {s['seconds']:g} s under "
             f"{s['profiler']} at {s['rate_hz']} Hz, every thread, native frames included. "
             f"The trail holds {record['trail']['decisions']} decisions, "

@@ -8,8 +8,12 @@
 Every server runs in its own process, started by this run:
 - baseline A: an empty servicer (parses the request, answers an empty
   AuthorizeResponse) on the same gRPC stack, options and transport;
-- stepguard on policies/ (cache on, audit trail to a real file), on TCP
-  loopback and a Unix socket, on the default (asyncio) and the other (sync) gRPC server;
+- stepguard on policies/ (cache on, audit trail to a real file) as shipped:
+  `serve` with its default worker processes (the usable cores, a chain each),
+  on TCP loopback and a Unix socket, on the default (asyncio) and the other
+  (sync) gRPC server;
+- for the scaling group, the same with 1 and 2 worker processes (the default
+  server stands for "all usable cores");
 - stepguard on bundles of 20, 200 and 2,000 policies, twice: *pinned*
   (no generated policy applies to the request: the index's best case) and
   *spread* over the schema (1, 10 and 100 of them apply: a realistic share);
@@ -17,7 +21,7 @@ Every server runs in its own process, started by this run:
   equivalent resource policy and its file audit log on.
 Baseline B, in-process cedarpy with parsed handles, is timed in this process.
 Every figure is reported with its ratio to a baseline measured in this run.
-The targets of issue 4 are checked in RESULTS.md from paired rounds: each
+The targets of issues 4 and 19 are checked in RESULTS.md from paired rounds: each
 round measures every subject of a group once (order rotated between rounds),
 a target's ratio is the median of its per-round ratios, with a 95% bootstrap
 interval, and its verdict is met, not met or undecided (benchmarks/stats.py).
@@ -57,6 +61,7 @@ from benchmarks.report import (
     render,
     render_memory,
     spread,
+    with_workers,
 )
 from benchmarks.results import write_section
 from benchmarks.workload import METHOD, batch, distinct, example_request, same, stream_items
@@ -64,7 +69,8 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.core.bundle import Bundle, load_bundle
 from sidecar.core.engine import evaluate
 from sidecar.core.validate import Limits, request_from_proto
-from sidecar.serving.config import Settings
+from sidecar.core.workernames import worker_name_pattern
+from sidecar.serving.config import Settings, usable_cores
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 # The server mode stepguard uses by default, and the other one, measured beside it.
@@ -75,6 +81,12 @@ ALT_UNIX = f", {OTHER_MODE} + unix"
 PLOT = ROOT / "benchmarks" / "latency.png"
 DATA = ROOT / "benchmarks" / "data"
 CONCURRENCY = (1, 8, 32)
+# `serve --workers`' default with a file trail: the usable cores of this
+# machine's (or container's) CPU quota. The headline stepguard runs with it.
+DEFAULT_WORKERS = usable_cores()
+# The scaling group: 1, 2 and all usable cores (one server each, the default's
+# standing for "all").
+SCALING_WORKERS = tuple(sorted({1, 2, DEFAULT_WORKERS}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": machine.loadavg(),
         "concurrency": list(CONCURRENCY),
         "server_mode": DEFAULT_MODE,
+        "workers": DEFAULT_WORKERS,
+        "scaling_workers": list(SCALING_WORKERS),
     }
     with ExitStack() as stack:
         servers = _start(stack, cerbos_on=not args.no_cerbos)
         _sanity(servers)
         record["results"] = _measure(servers, timing)
-        record["audit_events"] = _count_lines(WORK / "audit.jsonl")
+        record["audit_events"] = _count_events(WORK / "audit.jsonl")
     record["baseline_b"] = _baseline_b(timing)
     print(f"memory: {memory_requests} distinct requests through a fresh stepguard")
     record["memory"] = memory.run(memory_requests).to_json()
@@ -202,7 +216,7 @@ def _only(args: argparse.Namespace, timing: Timing, memory_requests: int) -> int
     groups = [g for g in wanted if g in GROUPS]
     if groups:
         with ExitStack() as stack:
-            servers = _start(stack, cerbos_on=not args.no_cerbos)
+            servers = _start(stack, cerbos_on=not args.no_cerbos, scaling="scaling" in groups)
             _sanity(servers)
             out["results"] = _measure(servers, timing, groups)
     if "memory" in wanted:
@@ -226,9 +240,10 @@ def _only(args: argparse.Namespace, timing: Timing, memory_requests: int) -> int
 # --- servers --------------------------------------------------------------------
 
 
-def _start(stack: ExitStack, *, cerbos_on: bool) -> dict[str, Running]:
+def _start(stack: ExitStack, *, cerbos_on: bool, scaling: bool = True) -> dict[str, Running]:
+    """Every server of the run; the scaling group's 1- and 2-worker servers when `scaling`."""
     audit = WORK / "audit.jsonl"
-    for old in WORK.glob("audit*.jsonl*"):
+    for old in [*WORK.glob("audit*.jsonl*"), *WORK.glob("audit*.workers.json")]:
         old.unlink()
     sock = WORK / "sock"
     sock.mkdir(exist_ok=True)
@@ -250,6 +265,8 @@ def _start(stack: ExitStack, *, cerbos_on: bool) -> dict[str, Running]:
             str(audit),
             "--socket",
             str(sock / "sg.sock"),
+            "--workers",
+            str(DEFAULT_WORKERS),
         ),
         "empty-alt": serve(
             "empty-alt", "empty", "--mode", OTHER_MODE, "--socket", str(sock / "empty-alt.sock")
@@ -263,8 +280,20 @@ def _start(stack: ExitStack, *, cerbos_on: bool) -> dict[str, Running]:
             str(WORK / "audit-alt.jsonl"),
             "--socket",
             str(sock / "sg-alt.sock"),
+            "--workers",
+            str(DEFAULT_WORKERS),
         ),
     }
+    for w in SCALING_WORKERS if scaling else ():
+        if w != DEFAULT_WORKERS:
+            servers[f"stepguard-w{w}"] = serve(
+                f"stepguard-w{w}",
+                "stepguard",
+                "--audit-file",
+                str(WORK / f"audit-w{w}.jsonl"),
+                "--workers",
+                str(w),
+            )
     for n in POLICY_COUNTS:
         policies = bundle_dir(n, WORK)
         servers[f"stepguard-{n}"] = serve(
@@ -295,11 +324,13 @@ def _sanity(servers: dict[str, Running]) -> None:
     names = [
         "stepguard",
         "stepguard-alt",
+        *(f"stepguard-w{w}" for w in SCALING_WORKERS if f"stepguard-w{w}" in servers),
         *(f"stepguard-{n}" for n in POLICY_COUNTS),
         *(f"stepguard-{n}-spread" for n, _ in SPREAD),
     ]
     for name in names:
-        target = "sys-1" if name[-1].isdigit() else "jira"
+        pinned_bundle = name in {f"stepguard-{n}" for n in POLICY_COUNTS}
+        target = "sys-1" if pinned_bundle else "jira"
         with grpc.insecure_channel(servers[name].target) as ch:
             stub = ch.unary_unary(
                 METHOD + "Authorize",
@@ -373,6 +404,11 @@ def _subjects(servers: dict[str, Running]) -> dict[str, Subject]:
         stream_items(example, hit=False),
         stream=True,
     )
+    for w in SCALING_WORKERS:
+        srv = "stepguard" if w == DEFAULT_WORKERS else f"stepguard-w{w}"
+        every = w == DEFAULT_WORKERS
+        add(with_workers(MISS, w, every), srv, auth, distinct(example, f"w{w}-"))
+        add(with_workers(HIT, w, every), srv, auth, same(example))
     if "cerbos" in servers:
         pool = [cerbos.check_request(1, run=i) for i in range(1000)]
         pool50 = [cerbos.check_request(50, run=i) for i in range(50)]
@@ -398,6 +434,15 @@ GROUPS: dict[str, list[tuple[str, Load]]] = {
         )
     ],
     "c8": [(n, Load(8)) for n in ("empty servicer", SG_MISS, SG_HIT, CERBOS)],
+    # Worker processes: 1, 2 and all usable cores, misses and hits, beside Cerbos.
+    "scaling": [
+        (CERBOS, Load(8)),
+        *(
+            (with_workers(kind, w, w == DEFAULT_WORKERS), Load(8))
+            for kind in (MISS, HIT)
+            for w in SCALING_WORKERS
+        ),
+    ],
     "c32": [(n, Load(32)) for n in ("empty servicer", SG_MISS, SG_HIT, CERBOS)],
     "transport": [
         ("empty servicer", Load()),
@@ -562,3 +607,10 @@ def _cedar_call(bundle: Bundle, cedar_request: dict[str, Any]) -> Callable[[], A
 
 def _count_lines(path: Path) -> int:
     return sum(1 for _ in path.open("rb")) if path.exists() else 0
+
+
+def _count_events(path: Path) -> int:
+    """Lines of a trail: the file itself, or with workers, every worker's chain beside it."""
+    pattern = worker_name_pattern(path)
+    workers = sorted(p for p in path.parent.glob("*") if pattern.fullmatch(p.name))
+    return sum(_count_lines(p) for p in [path, *workers])
