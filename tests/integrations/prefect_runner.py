@@ -31,7 +31,22 @@ def main(plan_path: str, results_path: str) -> int:
     # the API records task-run states asynchronously and may lag behind the flow.
     finished: list[dict[str, Any]] = []
 
+    # A scenario whose sidecar stops between a decision and its outcome: once a
+    # task body has changed a system, outcomes go to a stopped sidecar; the
+    # task run's state hook (after the guard has reported) points the next back.
+    switch: dict[str, str | None] = {"decide": None, "outcome": None}
+    real_record = flows.record
+
+    def record(system: str, action: str, **details: Any) -> None:
+        real_record(system, action, **details)
+        if switch["outcome"]:
+            os.environ["PREFECT_STEPGUARD_TARGET"] = switch["outcome"]
+
+    setattr(flows, "record", record)  # noqa: B010 - the tasks look it up when they run
+
     def remember(task: Any, task_run: Any, state: Any) -> None:
+        if switch["decide"]:
+            os.environ["PREFECT_STEPGUARD_TARGET"] = switch["decide"]
         finished.append(
             {
                 "flow_run_id": str(task_run.flow_run_id),
@@ -54,6 +69,8 @@ def main(plan_path: str, results_path: str) -> int:
         for scenario in plan["scenarios"]:
             os.environ["PREFECT_STEPGUARD_TARGET"] = scenario["target"]
             os.environ["EXAMPLE_SYSTEMS_LOG"] = scenario["systems_log"]
+            os.environ["EXAMPLE_SYSTEMS_DOWN"] = scenario["systems_down"]
+            switch.update(decide=scenario["target"], outcome=scenario["outcome_target"])
             print(f"=== scenario {scenario['name']}", flush=True)
             flow = getattr(flows, scenario["workflow"])
             state = flow(**scenario["inputs"], return_state=True)
