@@ -39,6 +39,8 @@ SUCCEEDED, FAILED, SKIPPED, TIMED_OUT = "succeeded", "failed", "skipped", "timed
 # orchestrator stopped the task for taking too long.
 TIMEOUT_CLASSES = frozenset({"TimeoutError", "AirflowTaskTimeout"})
 
+_ANY_ID = "00000000-0000-0000-0000-000000000000"
+
 log = logging.getLogger(__name__)
 
 
@@ -157,8 +159,11 @@ def record_effect(
                 account=account,
             ),
         )
-        # The sidecar's own rules, checked now so that the outcome is not refused later.
-        outcome_from_json(_jsonable(attempt.outcome(SUCCEEDED) | {"effect": merged}))
+        # The sidecar's own rules for an effect, checked now so that the outcome
+        # is not refused later (the decision id is checked when it is sent).
+        outcome_from_json(
+            _jsonable({"decision_id": _ANY_ID, "status": SUCCEEDED, "effect": merged})
+        )
     except Exception as exc:  # noqa: BLE001 - never fail the task over its evidence
         log.warning("stepguard: effect not recorded, it would be refused: %s", exc)
         return False

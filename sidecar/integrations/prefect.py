@@ -201,18 +201,33 @@ def guarded_task(
     return wrap
 
 
-def ended_with(exc: BaseException) -> tuple[str, str]:
+def ended_with(exc: BaseException, *, has_timeout: bool | None = None) -> tuple[str, str]:
     """The outcome status of a body that raised `exc`.
 
-    Prefect's `timeout_seconds` interrupts the body with its own
-    CancelledError (`prefect._internal.concurrency.cancellation`), and only
-    outside the body turns it into a TimeoutError: inside, that class is the
-    timeout. Anything else as `status_of` says.
+    Prefect's `timeout_seconds` interrupts the body with a CancelledError
+    (Prefect's own, or asyncio's for a sync task in a worker thread) and only
+    outside the body turns it into a TimeoutError. So inside, Prefect's class,
+    or any CancelledError of a task that has a timeout (`has_timeout`, by
+    default read from the running task), is the timeout; anything else as
+    `status_of` says.
     """
     kind = type(exc)
-    if kind.__name__ == "CancelledError" and kind.__module__.startswith("prefect."):
+    if isinstance(exc, asyncio.CancelledError) and (
+        kind.__module__.startswith("prefect.")
+        or (has_timeout if has_timeout is not None else _task_has_timeout())
+    ):
         return TIMED_OUT, error_class_of(exc)
     return status_of(exc)
+
+
+def _task_has_timeout() -> bool:
+    try:
+        from prefect.context import TaskRunContext
+
+        ctx = TaskRunContext.get()
+        return ctx is not None and ctx.task.timeout_seconds is not None
+    except Exception:  # noqa: BLE001 - no run context: not known to have one
+        return False
 
 
 def retry_unless_denied(condition: RetryCondition | None = None) -> RetryCondition:

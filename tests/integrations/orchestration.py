@@ -121,6 +121,9 @@ OUTCOME_SCENARIOS = [
         {"new_hire": "grace", "requester": "maria", "approval": APPROVED},
         outcome_sidecar="stopped",
     ),
+    # tests/integrations/outcome_kinds: tasks skipped by their own code (Airflow)
+    # and stopped by the orchestrator's timeout (both).
+    Scenario("outcome-kinds", "outcome_kinds", "weekday", {"requester": "maria"}),
 ]
 
 
@@ -230,6 +233,7 @@ def run_scenarios(
                 for s in scenarios
             ],
             "examples": str(ROOT / "examples"),
+            "outcome_kinds": str(ROOT / "tests" / "integrations" / "outcome_kinds"),
         }
         (tmp / "plan.json").write_text(json.dumps(plan))
         log_path = tmp / "runner.log"
@@ -448,6 +452,26 @@ def check_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(
         if "stepguard outcome succeeded of onboarding/" in line and "NOT recorded" in line
     ]
     assert len([line for line in not_recorded if run.run_id in line]) == len(steps)
+
+
+def check_skips_and_timeouts(outcome: Outcome, expected: dict[str, str]) -> dict[str, Any]:
+    """Each task of outcome_kinds: its ALLOW followed by the status the orchestrator's
+    ending means (`expected`: step name -> status); returns the outcomes by name."""
+    scenario = next(s for s in OUTCOME_SCENARIOS if s.name == "outcome-kinds")
+    run = outcome.runs[scenario.name]
+    trail = outcome.trail(scenario)
+    decisions = [e for e in trail if e["kind"] == "decision"]
+    assert [d["decision"] for d in decisions] == ["ALLOW"] * len(expected)
+    by_name = {}
+    for name, status in expected.items():
+        step_id = run.tasks[name].step_id
+        (decision,) = [d for d in decisions if d["step_id"] == step_id]
+        (reported,) = [e for e in outcome.outcomes(scenario) if e["decision_id"] == decision["id"]]
+        assert reported["seq"] > decision["seq"]
+        assert (reported["status"], reported["attempt"]) == (status, 1), reported
+        assert "violation" not in reported
+        by_name[name] = reported
+    return by_name
 
 
 def _dir(path: Path) -> Path:

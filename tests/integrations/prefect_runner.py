@@ -23,6 +23,8 @@ def main(plan_path: str, results_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
     sys.path.insert(0, str(Path(plan["examples"]) / "prefect"))
     flows = importlib.import_module("identity_flows")
+    sys.path.insert(0, plan["outcome_kinds"])  # the test's own flow
+    kinds = importlib.import_module("prefect_outcome_kinds")
 
     from prefect import Task
     from prefect.testing.utilities import prefect_test_harness
@@ -57,12 +59,13 @@ def main(plan_path: str, results_path: str) -> int:
             }
         )
 
-    for name, value in list(vars(flows).items()):
-        if isinstance(value, Task):  # the examples wait 30 s between tries
-            hooked = value.with_options(
-                retry_delay_seconds=0, on_completion=[remember], on_failure=[remember]
-            )
-            setattr(flows, name, hooked)
+    for module in (flows, kinds):
+        for name, value in list(vars(module).items()):
+            if isinstance(value, Task):  # the examples wait 30 s between tries
+                hooked = value.with_options(
+                    retry_delay_seconds=0, on_completion=[remember], on_failure=[remember]
+                )
+                setattr(module, name, hooked)
 
     results: dict[str, Any] = {}
     with prefect_test_harness():
@@ -72,7 +75,9 @@ def main(plan_path: str, results_path: str) -> int:
             os.environ["EXAMPLE_SYSTEMS_DOWN"] = scenario["systems_down"]
             switch.update(decide=scenario["target"], outcome=scenario["outcome_target"])
             print(f"=== scenario {scenario['name']}", flush=True)
-            flow = getattr(flows, scenario["workflow"])
+            flow = getattr(flows, scenario["workflow"], None) or getattr(
+                kinds, scenario["workflow"]
+            )
             state = flow(**scenario["inputs"], return_state=True)
             if inspect.iscoroutine(state):  # an async flow (the leaver)
                 state = asyncio.run(state)

@@ -8,6 +8,7 @@ with injected clocks and real audit files (tests/integrations/orchestration.py).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from tests.integrations.orchestration import (
     check_each_allowed_step_is_followed_by_its_outcome,
     check_leaver_not_blocked_at_night,
     check_one_event_per_guarded_step,
+    check_skips_and_timeouts,
     check_time_bound_stops_the_first_step,
     orchestrator_python,
     orchestrators_imported_by_stepguard,
@@ -66,10 +68,19 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     tmp = tmp_path_factory.mktemp("airflow")
     home = tmp / "airflow-home"
     home.mkdir()
+    # The example DAGs, and the test's own (tasks that skip or time out), in one
+    # DAGs folder: dag.test() runs only DAGs of the configured folder.
+    dags = tmp / "dags"
+    dags.mkdir()
+    for dag_file in [
+        *(ROOT / "examples" / "airflow" / "dags").glob("*.py"),
+        HERE / "outcome_kinds" / "dags" / "outcome_kinds.py",
+    ]:
+        shutil.copy(dag_file, dags / dag_file.name)
     env = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "examples" / "airflow" / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "PYTHONPATH": str(ROOT / "examples" / "airflow"),
     }
     return run_scenarios(
@@ -193,3 +204,16 @@ def test_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(outcome: Ou
     check_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(
         outcome, MAPPED_ONBOARDING_STEPS
     )
+
+
+def test_a_skipped_task_reports_skipped_and_a_timed_out_one_timed_out(outcome: Outcome) -> None:
+    run = outcome.runs["outcome-kinds"]
+    assert {n: t.state for n, t in run.tasks.items()} == {
+        "nothing_to_send": "skipped",
+        "slow_send": "failed",
+    }
+    reported = check_skips_and_timeouts(
+        outcome, {"nothing_to_send": "skipped", "slow_send": "timed_out"}
+    )
+    assert "error_class" not in reported["nothing_to_send"]
+    assert reported["slow_send"]["error_class"].endswith(".AirflowTaskTimeout")

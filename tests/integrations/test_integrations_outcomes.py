@@ -285,7 +285,7 @@ def test_airflows_callbacks_report_skip_timeout_and_failure_from_the_context(
     assert [o["attempt"] for o in outcomes] == [1, 2, 3, 4]
 
 
-class CancelledError(BaseException):
+class CancelledError(asyncio.CancelledError):
     """Named and placed as the one Prefect's `timeout_seconds` raises into a task body."""
 
 
@@ -297,9 +297,14 @@ def test_prefects_timeout_is_timed_out_other_cancellations_failed() -> None:
         TIMED_OUT,
         "prefect._internal.concurrency.cancellation.CancelledError",
     )
-    assert prefect_integration.ended_with(TimeoutError()) == (TIMED_OUT, "TimeoutError")
-    assert prefect_integration.ended_with(asyncio.CancelledError()) == (
-        FAILED,
+    # asyncio's, as a sync task in a worker thread gets it: the timeout when the task has one.
+    assert prefect_integration.ended_with(asyncio.CancelledError(), has_timeout=True) == (
+        TIMED_OUT,
         "asyncio.exceptions.CancelledError",
     )
-    assert prefect_integration.ended_with(KeyError("x")) == (FAILED, "KeyError")
+    for has_timeout in (False, None):  # None: outside a task run, read as no timeout
+        assert prefect_integration.ended_with(
+            asyncio.CancelledError(), has_timeout=has_timeout
+        ) == (FAILED, "asyncio.exceptions.CancelledError")
+    assert prefect_integration.ended_with(TimeoutError()) == (TIMED_OUT, "TimeoutError")
+    assert prefect_integration.ended_with(KeyError("x"), has_timeout=True) == (FAILED, "KeyError")

@@ -27,6 +27,7 @@ from tests.integrations.orchestration import (
     check_each_allowed_step_is_followed_by_its_outcome,
     check_leaver_not_blocked_at_night,
     check_one_event_per_guarded_step,
+    check_skips_and_timeouts,
     check_time_bound_stops_the_first_step,
     orchestrator_python,
     orchestrators_imported_by_stepguard,
@@ -153,3 +154,15 @@ def test_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(outcome: Ou
     check_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(
         outcome, list(ONBOARDING_STEPS)
     )
+
+
+def test_a_task_run_stopped_by_its_timeout_reports_timed_out(outcome: Outcome) -> None:
+    run = outcome.runs["outcome-kinds"]
+    assert {n: t.state for n, t in run.tasks.items()} == {
+        "slow_send": "failed",
+        "slow_async_send": "failed",
+    }
+    reported = check_skips_and_timeouts(
+        outcome, {"slow_send": "timed_out", "slow_async_send": "timed_out"}
+    )
+    assert all(o["error_class"] for o in reported.values())
