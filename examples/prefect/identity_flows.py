@@ -6,7 +6,9 @@ Run one locally (a temporary Prefect API starts by itself) next to a sidecar:
     python examples/prefect/identity_flows.py
 
 The flows' `requester`, `approval` and `time_bound` parameters are what the
-guard sends as the step's context; the tasks only declare what they do.
+guard sends as the step's context; the tasks only declare what they do, and
+what they changed (`record_effect`), which the guard reports with each task
+run's outcome.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import asyncio
 import json
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
 
-from sidecar.integrations.prefect import current_decision, guarded_task
+from sidecar.integrations.prefect import current_decision, guarded_task, record_effect
 
 PROVISIONER = "spiffe://example.org/ns/identity/sa/provisioner"
 DEPROVISIONER = "spiffe://example.org/ns/identity/sa/deprovisioner"
@@ -29,8 +32,15 @@ RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 30}
 log = logging.getLogger(__name__)
 
 
+class TargetSystemDown(ConnectionError):
+    """The target system did not answer: the step failed and changed nothing."""
+
+
 def record(system: str, action: str, **details: Any) -> None:
-    """Stand-in for a target system: one JSON line in EXAMPLE_SYSTEMS_LOG, when set."""
+    """Stand-in for a target system: one JSON line in EXAMPLE_SYSTEMS_LOG, when set;
+    a system named in EXAMPLE_SYSTEMS_DOWN (comma-separated) is down and raises."""
+    if system in os.environ.get("EXAMPLE_SYSTEMS_DOWN", "").split(","):
+        raise TargetSystemDown(f"{system} is down: {action} not done")
     entry = {"system": system, "action": action, **details}
     log.info("%s: %s %s", system, action, details)
     path = os.environ.get("EXAMPLE_SYSTEMS_LOG")
@@ -46,12 +56,14 @@ def record(system: str, action: str, **details: Any) -> None:
 def create_account(new_hire: str) -> str:
     account = f"{new_hire}@example.org"
     record("okta", "create_account", account=account)
+    record_effect(identity=account, account="created")
     return account
 
 
 @guarded_task("grant_access", target="github", workload=PROVISIONER, **RETRIES)
 def grant_access(account: str) -> None:
     record("github", "grant_access", account=account, team="engineering")
+    record_effect(identity=account, entitlements_added=["engineering"])
 
 
 @guarded_task("issue_credential", target="aws-prod", workload=PROVISIONER, **RETRIES)
@@ -59,7 +71,15 @@ def issue_credential(account: str) -> None:
     ttl = current_decision().max_credential_ttl
     if ttl is None:
         raise ValueError("stepguard set no credential TTL: refusing an unbounded credential")
+    issued_at = datetime.now(UTC)
+    credential = f"cred-{account.split('@', maxsplit=1)[0]}-{issued_at:%Y%m%d%H%M%S}"
     record("aws-prod", "issue_credential", account=account, ttl_s=int(ttl.total_seconds()))
+    record_effect(
+        identity=account,
+        credential_issued=credential,
+        issued_at=issued_at,
+        expires_at=issued_at + ttl,
+    )
 
 
 @guarded_task("notify", target="slack", workload=NOTIFIER, **RETRIES)
@@ -88,12 +108,14 @@ def onboarding(
 def revoke_access(person: str) -> str:
     account = f"{person}@example.org"
     record("okta", "revoke_access", account=account)
+    record_effect(identity=account, entitlements_removed=["okta-sso"], account="disabled")
     return account
 
 
 @guarded_task("disable_credential", target="aws-prod", workload=DEPROVISIONER, **RETRIES)
 def disable_credential(account: str) -> None:
     record("aws-prod", "disable_credential", account=account)
+    record_effect(identity=account, credential_revoked=f"cred-{account.split('@', maxsplit=1)[0]}")
 
 
 @guarded_task("verify_revocation", target="okta", workload=DEPROVISIONER, **RETRIES)

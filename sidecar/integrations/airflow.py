@@ -24,6 +24,15 @@ reasons in its log and is not retried; when no decision can be had, the task
 fails with a retryable error, and each retry asks again. The task never runs
 without an ALLOW.
 
+After the try, the policy's task callbacks (appended to the task's own)
+report the outcome for the decision that try got: `succeeded`
+(on_success_callback), `skipped` (AirflowSkipException), `timed_out`
+(AirflowTaskTimeout) or `failed` with the exception's class (on_failure and
+on_retry: a retry is a new try, with its own decision and outcome), with the
+try number and what the task declared with `record_effect(...)`. A denied try
+reports nothing (it never ran); an outcome that cannot be recorded is a
+warning in the task log, never a task failure.
+
 The declaration is read when the DAG is loaded, not from the run's params: a
 run conf with a `stepguard` key cannot change what a task says it does.
 """
@@ -47,12 +56,38 @@ from sidecar.integrations.gate import (
     refusal,
     verdict,
 )
+from sidecar.integrations.outcomes import (
+    FAILED,
+    SKIPPED,
+    SUCCEEDED,
+    Attempt,
+    end,
+    record_effect,
+    status_of,
+)
 from sidecar.integrations.steps import RunFacts, Step, StepDeclarationError
+
+__all__ = [
+    "StepguardPolicy",
+    "record_effect",
+    "step",
+    "step_decision",
+    "task_policy",
+]
 
 PARAM = "stepguard"  # the task param that holds the step declaration
 CONTEXT_KEY = "stepguard"  # where the gate leaves the ALLOW decision in the task context
+ATTEMPT_KEY = "stepguard_attempt"  # the admitted attempt, whose outcome the callbacks send
 CONFIG_SECTION = "stepguard"
 _GATE_MARK = "__stepguard_gate__"
+# Airflow's task callbacks -> the outcome status (None: from the exception,
+# failed or timed_out; a retry is a failed attempt, the next try has its own).
+_CALLBACKS: dict[str, str | None] = {
+    "on_success_callback": SUCCEEDED,
+    "on_skipped_callback": SKIPPED,
+    "on_failure_callback": None,
+    "on_retry_callback": None,
+}
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +198,42 @@ class StepguardPolicy:
             partial["pre_execute"] = self._chain(declared, partial.get("pre_execute"))
         else:
             task._pre_execute_hook = self._chain(declared, task._pre_execute_hook)
+        # After the try: report what it did (the callbacks' context has the exception).
+        for kind, status in _CALLBACKS.items():
+            callbacks = list(getattr(task, kind, None) or [])
+            if not any(getattr(c, _GATE_MARK, False) for c in callbacks):
+                setattr(task, kind, [*callbacks, self._reporter(status)])
+
+    def _reporter(self, status: str | None) -> Callable[[Mapping[str, Any]], None]:
+        def report(context: Mapping[str, Any]) -> None:
+            self.report(context, status)
+
+        setattr(report, _GATE_MARK, True)
+        return report
+
+    def report(self, context: Mapping[str, Any], status: str | None) -> None:
+        """The outcome of the attempt this context ran (`status` None: from its exception).
+
+        Nothing for an attempt the gate did not admit: its body never ran.
+        Never raises (a callback that raises is only logged by Airflow, but
+        reporting must not even do that).
+        """
+        try:
+            attempt = context.get(ATTEMPT_KEY)
+            if not isinstance(attempt, Attempt):
+                return
+            end()
+            task_log = getattr(context.get("task"), "log", None) or log
+            error_class = ""
+            if status is None:  # failed, or up for retry: what the exception says
+                exc = context.get("exception")
+                if isinstance(exc, BaseException):
+                    status, error_class = status_of(exc)
+                if status in (None, SUCCEEDED, SKIPPED):  # no exception to name
+                    status, error_class = FAILED, "Unknown"
+            self.gate.report(attempt, status, error_class, logger=task_log)
+        except Exception:
+            log.warning("stepguard: outcome not reported", exc_info=True)
 
     def _chain(
         self, declared: Step | None, previous: Callable[..., Any] | None
@@ -195,7 +266,10 @@ class StepguardPolicy:
         if outcome is Verdict.ALLOW:
             task_log.info(line)
             context[CONTEXT_KEY] = replace(decision, response=None)
+            if declared is not None:
+                context[ATTEMPT_KEY] = self.gate.begin(context[CONTEXT_KEY], facts, declared)[0]
             return
+        end()  # no attempt left open from an earlier task in this process
         task_log.error(line)
         cause: StepDenied = refusal(decision)
         if outcome is Verdict.UNAVAILABLE:

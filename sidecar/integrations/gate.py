@@ -20,25 +20,32 @@ them differently:
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 from sidecar.client import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
     DecisionKind,
+    OutcomeReport,
     StepDecision,
     StepDenied,
     StepguardClient,
     denied,
 )
 from sidecar.core.errors import ConfigError, StepguardError
+from sidecar.integrations.outcomes import OUTCOME_TIMEOUT_S, Attempt, begin
 from sidecar.integrations.steps import EntityTypes, RunFacts, Step, build_request
 
 # What the Helm chart's `stepguard.sidecar.workerEnv` sets in a worker container
 # (docs/deployment.md); the integrations fall back to it when not told otherwise.
 ADDRESS_ENV = "STEPGUARD_ADDRESS"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +163,62 @@ class Gate:
                 f"stepguard integration error: {type(exc).__name__}: {exc}", DecisionKind.ERROR
             )
         return self._client_for(config).authorize(request)
+
+    def begin(self, decision: StepDecision, facts: RunFacts, step: Step) -> tuple[Attempt, Any]:
+        """Open the attempt an ALLOW admitted (`outcomes.begin`, with this gate's types)."""
+        try:
+            types = self.config().types
+        except Exception:  # noqa: BLE001 - the check just read it; fall back, never fail
+            types = EntityTypes()
+        return begin(decision, facts, step, types=types)
+
+    def report(
+        self,
+        attempt: Attempt,
+        status: str,
+        error_class: str = "",
+        *,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> OutcomeReport:
+        """Send the outcome of an admitted attempt, once; never raises, never waits long.
+
+        Not recorded (sidecar down, too slow, refused): a warning in the task's
+        log, and the task goes on as it ended. A violation the sidecar flags is
+        a warning too.
+        """
+        logger = logger or log
+        if attempt.reported:
+            return OutcomeReport(False, "outcome already reported for this attempt")
+        attempt.reported = True
+        where = f"{attempt.facts.workflow_id}/{attempt.facts.run_id}/{attempt.facts.step_id}"
+        try:
+            config = self.config()
+            report = self._client_for(config).record_outcome(
+                **attempt.outcome(status, error_class),
+                finished_at=datetime.now(UTC),
+                timeout=min(config.timeout_s, OUTCOME_TIMEOUT_S),
+            )
+        except Exception as exc:  # noqa: BLE001 - evidence never fails the task
+            report = OutcomeReport(False, f"{type(exc).__name__}: {exc}")
+        try:
+            if not report.recorded:
+                logger.warning(
+                    f"stepguard outcome {status} of {where} attempt {attempt.facts.attempt} "
+                    f"NOT recorded: {report.reason}"
+                )
+            elif report.violation:
+                logger.warning(
+                    f"stepguard outcome {status} of {where} attempt {attempt.facts.attempt} "
+                    f"recorded as a violation ({report.violation}): {report.reason}"
+                )
+            else:
+                logger.info(
+                    f"stepguard outcome {status} of {where} attempt {attempt.facts.attempt} "
+                    f"recorded (decision {report.decision_id})"
+                )
+        except Exception:  # noqa: BLE001, S110 - a broken logger must not fail the task
+            pass
+        return report
 
     def _client_for(self, config: GuardConfig) -> StepguardClient:
         if self._client is not None:

@@ -14,6 +14,14 @@ fails with the reasons in its log and the retry condition does not retry it;
 when no decision can be had, the task run fails and a retry (if the task has
 retries) asks again. The body never runs without an ALLOW.
 
+When the body returns or raises, the guard reports the outcome for the
+decision that attempt got: `succeeded`, `timed_out` (`timeout_seconds`, or a
+TimeoutError) or `failed` with the exception's class,
+with the run count as attempt and what the body declared with
+`record_effect(...)`. A retry is a new attempt with its own decision and
+outcome; a denied attempt reports nothing (its body never ran). An outcome
+that cannot be recorded is a warning in the task run's log, never a failure.
+
 The sidecar is found through the environment, read at each check:
 `PREFECT_STEPGUARD_TARGET` (HOST:PORT or unix:///path, default 127.0.0.1:50051),
 `PREFECT_STEPGUARD_TIMEOUT` (seconds) and `PREFECT_STEPGUARD_WORKLOAD` (the
@@ -33,7 +41,7 @@ from contextvars import ContextVar, Token
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar, cast
 
-from sidecar.client import StepDecision, StepDenied, StepguardClient, denied
+from sidecar.client import StepDecision, StepDenied, StepguardClient, denied, error_class_of
 from sidecar.core.errors import StepguardError
 from sidecar.integrations.gate import (
     ADDRESS_ENV,
@@ -45,7 +53,22 @@ from sidecar.integrations.gate import (
     refusal,
     verdict,
 )
+from sidecar.integrations.outcomes import (
+    SUCCEEDED,
+    TIMED_OUT,
+    end,
+    record_effect,
+    status_of,
+)
 from sidecar.integrations.steps import RunFacts, Step
+
+__all__ = [
+    "current_decision",
+    "guard",
+    "guarded_task",
+    "record_effect",
+    "retry_unless_denied",
+]
 
 ENV_PREFIX = "PREFECT_STEPGUARD_"
 P = ParamSpec("P")
@@ -115,21 +138,38 @@ def guard(
                 facts = _facts()
                 decision = await asyncio.to_thread(gate.check, declared, facts)
                 token = _admit(decision, facts)
+                attempt, opened = gate.begin(decision, facts, declared)
                 try:
-                    return await fn(*args, **kwargs)
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    # Sent right here (a short, bounded call): awaiting in a
+                    # cancelled task would be cancelled again.
+                    gate.report(attempt, *ended_with(exc), logger=_run_logger())
+                    raise
                 finally:
+                    end(opened)
                     _current.reset(token)
+                await asyncio.to_thread(gate.report, attempt, SUCCEEDED, logger=_run_logger())
+                return result
 
             return cast(Callable[P, R], guarded_async)
 
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
             facts = _facts()
-            token = _admit(gate.check(declared, facts), facts)
+            decision = gate.check(declared, facts)
+            token = _admit(decision, facts)
+            attempt, opened = gate.begin(decision, facts, declared)
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                gate.report(attempt, *ended_with(exc), logger=_run_logger())
+                raise
             finally:
+                end(opened)
                 _current.reset(token)
+            gate.report(attempt, SUCCEEDED, logger=_run_logger())
+            return result
 
         return guarded
 
@@ -159,6 +199,35 @@ def guarded_task(
         return task(**task_options, retry_condition_fn=condition)(checked(fn))
 
     return wrap
+
+
+def ended_with(exc: BaseException, *, has_timeout: bool | None = None) -> tuple[str, str]:
+    """The outcome status of a body that raised `exc`.
+
+    Prefect's `timeout_seconds` interrupts the body with a CancelledError
+    (Prefect's own, or asyncio's for a sync task in a worker thread) and only
+    outside the body turns it into a TimeoutError. So inside, Prefect's class,
+    or any CancelledError of a task that has a timeout (`has_timeout`, by
+    default read from the running task), is the timeout; anything else as
+    `status_of` says.
+    """
+    kind = type(exc)
+    if isinstance(exc, asyncio.CancelledError) and (
+        kind.__module__.startswith("prefect.")
+        or (has_timeout if has_timeout is not None else _task_has_timeout())
+    ):
+        return TIMED_OUT, error_class_of(exc)
+    return status_of(exc)
+
+
+def _task_has_timeout() -> bool:
+    try:
+        from prefect.context import TaskRunContext
+
+        ctx = TaskRunContext.get()
+        return ctx is not None and ctx.task.timeout_seconds is not None
+    except Exception:  # noqa: BLE001 - no run context: not known to have one
+        return False
 
 
 def retry_unless_denied(condition: RetryCondition | None = None) -> RetryCondition:

@@ -9,6 +9,7 @@ check, and names the file the example systems record their effects in.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -22,6 +23,24 @@ def main(plan_path: str, results_path: str) -> int:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils import db
 
+    # A scenario whose sidecar stops between a decision and its outcome: once a
+    # task body has changed a system, outcomes go to a stopped sidecar; the
+    # task's callbacks (after stepguard's own) point the next task back.
+    switch: dict[str, str | None] = {"decide": None, "outcome": None}
+    identity_systems = importlib.import_module("identity_systems")  # on PYTHONPATH
+    real_record = identity_systems.record
+
+    def record(system: str, action: str, **details: Any) -> None:
+        real_record(system, action, **details)
+        if switch["outcome"]:
+            os.environ["AIRFLOW__STEPGUARD__TARGET"] = switch["outcome"]
+
+    def restore(context: Any) -> None:
+        if switch["decide"]:
+            os.environ["AIRFLOW__STEPGUARD__TARGET"] = switch["decide"]
+
+    setattr(identity_systems, "record", record)  # noqa: B010 - before the DAG files import it
+
     db.initdb()
     bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:
@@ -32,8 +51,14 @@ def main(plan_path: str, results_path: str) -> int:
         dag = bag.get_dag(scenario["workflow"])
         for task in dag.tasks:
             task.retry_delay = timedelta(0)  # the examples wait 30 s between tries
+            for kind in ("on_success_callback", "on_failure_callback", "on_retry_callback"):
+                callbacks = list(getattr(task, kind) or [])
+                if restore not in callbacks:
+                    setattr(task, kind, [*callbacks, restore])
         os.environ["AIRFLOW__STEPGUARD__TARGET"] = scenario["target"]
         os.environ["EXAMPLE_SYSTEMS_LOG"] = scenario["systems_log"]
+        os.environ["EXAMPLE_SYSTEMS_DOWN"] = scenario["systems_down"]
+        switch.update(decide=scenario["target"], outcome=scenario["outcome_target"])
         print(f"=== scenario {scenario['name']}", flush=True)
         run = dag.test(run_conf=scenario["inputs"])
         results[scenario["name"]] = {

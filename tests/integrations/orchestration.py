@@ -58,6 +58,10 @@ class Scenario:
     workflow: str  # onboarding | leaver (the DAG id / flow name)
     sidecar: str  # weekday | night | stopped
     inputs: dict[str, Any]  # the run conf (Airflow) or flow parameters (Prefect)
+    systems_down: tuple[str, ...] = ()  # mock target systems that fail every call
+    # Where outcomes go once a task body has changed a system: the sidecar stops
+    # between the decision and the outcome ("stopped"), or None: the same one.
+    outcome_sidecar: str | None = None
 
 
 SCENARIOS = [
@@ -100,6 +104,29 @@ SCENARIOS = [
 ]
 
 
+# Scenarios of what the guarded tasks did (their outcomes); kept apart from
+# SCENARIOS because a retried task asks once per attempt.
+OUTCOME_SCENARIOS = [
+    Scenario(
+        "leaver-target-down",
+        "leaver",
+        "night",
+        {"person": "frank", "requester": "maria"},
+        systems_down=("aws-prod",),
+    ),
+    Scenario(
+        "outcome-sidecar-stopped",
+        "onboarding",
+        "weekday",
+        {"new_hire": "grace", "requester": "maria", "approval": APPROVED},
+        outcome_sidecar="stopped",
+    ),
+    # tests/integrations/outcome_kinds: tasks skipped by their own code (Airflow)
+    # and stopped by the orchestrator's timeout (both).
+    Scenario("outcome-kinds", "outcome_kinds", "weekday", {"requester": "maria"}),
+]
+
+
 @dataclass
 class TaskResult:
     state: str  # success | failed | upstream_failed | ...
@@ -125,10 +152,23 @@ class Outcome:
     runs: dict[str, RunResult]
     audits: dict[str, list[dict[str, Any]]]  # sidecar name -> decision events
     log: str
+    trails: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # every record
 
     def events(self, scenario: Scenario) -> list[dict[str, Any]]:
         run_id = self.runs[scenario.name].run_id
         return [e for events in self.audits.values() for e in events if e["run_id"] == run_id]
+
+    def trail(self, scenario: Scenario) -> list[dict[str, Any]]:
+        """The run's decisions and outcomes, in the order of its sidecar's chain."""
+        run_id = self.runs[scenario.name].run_id
+        return [
+            e
+            for e in self.trails.get(scenario.sidecar, [])
+            if e.get("kind") in ("decision", "outcome") and e.get("run_id") == run_id
+        ]
+
+    def outcomes(self, scenario: Scenario) -> list[dict[str, Any]]:
+        return [e for e in self.trail(scenario) if e["kind"] == "outcome"]
 
 
 def orchestrator_python(name: str) -> Path:
@@ -187,10 +227,13 @@ def run_scenarios(
                     "target": targets[s.sidecar],
                     "inputs": s.inputs,
                     "systems_log": str(tmp / f"{s.name}.systems.jsonl"),
+                    "systems_down": ",".join(s.systems_down),
+                    "outcome_target": targets[s.outcome_sidecar] if s.outcome_sidecar else None,
                 }
                 for s in scenarios
             ],
             "examples": str(ROOT / "examples"),
+            "outcome_kinds": str(ROOT / "tests" / "integrations" / "outcome_kinds"),
         }
         (tmp / "plan.json").write_text(json.dumps(plan))
         log_path = tmp / "runner.log"
@@ -210,9 +253,10 @@ def run_scenarios(
         # Stopping drains and closes the trails, so every event is on disk.
         for r in running.values():
             r.sidecar.stop(grace=1.0)
+        trails = {name: r.audit_events() for name, r in running.items()}
         audits = {
-            name: [e for e in r.audit_events() if e.get("kind", "decision") == "decision"]
-            for name, r in running.items()
+            name: [e for e in events if e.get("kind", "decision") == "decision"]
+            for name, events in trails.items()
         }
     raw = json.loads((tmp / "results.json").read_text())
     runs = {}
@@ -230,7 +274,7 @@ def run_scenarios(
             tasks={name: TaskResult(**task) for name, task in result["tasks"].items()},
             effects=effects,
         )
-    return Outcome(runs, audits, log_text)
+    return Outcome(runs, audits, log_text, trails)
 
 
 def by_name(name: str) -> Scenario:
@@ -287,6 +331,147 @@ def check_time_bound_stops_the_first_step(outcome: Outcome) -> None:
     (event,) = outcome.events(by_name("leaver-expired"))
     assert event["context"]["time_bound"]["not_after"]
     assert TIME_BOUND_POLICY in policies_of(event)
+
+
+# What each example step declares with record_effect (identity and target are
+# checked apart): action -> the rest of the effect.
+DECLARED_EFFECTS: dict[str, dict[str, Any]] = {
+    "create_account": {"account": "created"},
+    "grant_access": {},  # entitlements_added: the team (one per mapped task in Airflow)
+    "issue_credential": {},  # credential: issued, with its times
+    "notify": {},
+    "revoke_access": {"entitlements_removed": ["okta-sso"], "account": "disabled"},
+    "disable_credential": {},  # credential: revoked
+    "verify_revocation": {},
+}
+
+
+def check_each_allowed_step_is_followed_by_its_outcome(
+    outcome: Outcome, scenario: Scenario, person: str
+) -> None:
+    """Every ALLOW of the run is followed, in the chain, by exactly one outcome for it:
+    succeeded, same attempt, with the effect the step declared."""
+    trail = outcome.trail(scenario)
+    decisions = [e for e in trail if e["kind"] == "decision"]
+    assert decisions and all(d["decision"] == "ALLOW" for d in decisions)
+    outcomes = [e for e in trail if e["kind"] == "outcome"]
+    assert len(outcomes) == len(decisions)
+    identity = {"type": "User", "id": f"{person}@example.org"}
+    for decision in decisions:
+        (reported,) = [o for o in outcomes if o["decision_id"] == decision["id"]]
+        assert reported["seq"] > decision["seq"]
+        assert reported["decided"] == "ALLOW"
+        assert "violation" not in reported
+        assert reported["status"] == "succeeded"
+        assert "error_class" not in reported
+        assert reported["attempt"] == decision["context"]["attempt"]
+        assert reported["step_id"] == decision["step_id"]
+        action = decision["action"]["id"]
+        effect = reported.get("effect", {})
+        if action in ("notify", "verify_revocation"):
+            assert effect == {}
+            continue
+        assert effect["identity"] == identity
+        assert effect["target_system"] == decision["resource"]["id"]
+        for key, value in DECLARED_EFFECTS[action].items():
+            assert effect[key] == value
+        if action == "grant_access":
+            assert effect["entitlements_added"] in (["engineering"], ["on-call"])
+        if action == "issue_credential":
+            credential = effect["credential"]
+            assert credential["change"] == "issued"
+            assert credential["id"].startswith(f"cred-{person}-")
+            issued = datetime.fromisoformat(credential["issued_at"])
+            expires = datetime.fromisoformat(credential["expires_at"])
+            assert (expires - issued).total_seconds() == 15 * 60  # the decision's TTL
+        if action == "disable_credential":
+            assert effect["credential"] == {"id": f"cred-{person}", "change": "revoked"}
+
+
+def check_a_denied_step_has_no_outcome_claiming_it_ran(outcome: Outcome) -> None:
+    """A denied task's body never ran: nothing reports it, least of all as succeeded."""
+    for name in ("unapproved", "self-approved", "onboarding-at-night", "leaver-expired"):
+        scenario = by_name(name)
+        (denied,) = outcome.events(scenario)
+        assert denied["decision"] == "DENY"
+        assert outcome.outcomes(scenario) == []
+    every = [e for trail in outcome.trails.values() for e in trail if e.get("kind") == "outcome"]
+    assert every
+    assert all(e["decided"] == "ALLOW" and "violation" not in e for e in every)
+
+
+def check_a_failing_step_reports_each_attempt_failed(outcome: Outcome) -> None:
+    """aws-prod is down: revoke_access succeeded, disable_credential failed three
+    times, each attempt its own decision followed by a failed outcome."""
+    scenario = next(s for s in OUTCOME_SCENARIOS if s.name == "leaver-target-down")
+    run = outcome.runs[scenario.name]
+    assert run.state == "failed"
+    assert run.ran() == ["revoke_access"]
+    trail = outcome.trail(scenario)
+    revoke = [e for e in trail if e["action"]["id"] == "revoke_access"]
+    assert [(e["kind"], e.get("decision") or e["status"]) for e in revoke] == [
+        ("decision", "ALLOW"),
+        ("outcome", "succeeded"),
+    ]
+    disable = [e for e in trail if e["action"]["id"] == "disable_credential"]
+    assert [(e["kind"], e.get("decision") or e["status"]) for e in disable] == [
+        ("decision", "ALLOW"),
+        ("outcome", "failed"),
+    ] * 3
+    for decision, failed in zip(disable[::2], disable[1::2], strict=True):
+        assert failed["decision_id"] == decision["id"]
+        assert failed["error_class"].endswith(".TargetSystemDown")
+        assert "effect" not in failed  # it raised before declaring any
+        assert "violation" not in failed
+    attempts = [
+        (d["context"]["attempt"], o["attempt"])
+        for d, o in zip(disable[::2], disable[1::2], strict=True)
+    ]
+    assert attempts == [(1, 1), (2, 2), (3, 3)]
+    assert not [e for e in trail if e["action"]["id"] == "verify_revocation"]
+
+
+def check_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(
+    outcome: Outcome, steps: list[str]
+) -> None:
+    """The decisions were had, then the sidecar went away: every task still
+    succeeds on its first try, and the log says which outcome was not recorded."""
+    scenario = next(s for s in OUTCOME_SCENARIOS if s.name == "outcome-sidecar-stopped")
+    run = outcome.runs[scenario.name]
+    assert run.state == "success"
+    assert {name: (t.state, t.attempts) for name, t in run.tasks.items()} == {
+        name: ("success", 1) for name in steps
+    }
+    decisions = outcome.events(scenario)
+    assert len(decisions) == len(steps)
+    assert all(d["decision"] == "ALLOW" for d in decisions)
+    assert outcome.outcomes(scenario) == []
+    not_recorded = [
+        line
+        for line in outcome.log.splitlines()
+        if "stepguard outcome succeeded of onboarding/" in line and "NOT recorded" in line
+    ]
+    assert len([line for line in not_recorded if run.run_id in line]) == len(steps)
+
+
+def check_skips_and_timeouts(outcome: Outcome, expected: dict[str, str]) -> dict[str, Any]:
+    """Each task of outcome_kinds: its ALLOW followed by the status the orchestrator's
+    ending means (`expected`: step name -> status); returns the outcomes by name."""
+    scenario = next(s for s in OUTCOME_SCENARIOS if s.name == "outcome-kinds")
+    run = outcome.runs[scenario.name]
+    trail = outcome.trail(scenario)
+    decisions = [e for e in trail if e["kind"] == "decision"]
+    assert [d["decision"] for d in decisions] == ["ALLOW"] * len(expected)
+    by_name = {}
+    for name, status in expected.items():
+        step_id = run.tasks[name].step_id
+        (decision,) = [d for d in decisions if d["step_id"] == step_id]
+        (reported,) = [e for e in outcome.outcomes(scenario) if e["decision_id"] == decision["id"]]
+        assert reported["seq"] > decision["seq"]
+        assert (reported["status"], reported["attempt"]) == (status, 1), reported
+        assert "violation" not in reported
+        by_name[name] = reported
+    return by_name
 
 
 def _dir(path: Path) -> Path:

@@ -23,6 +23,8 @@ def main(plan_path: str, results_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
     sys.path.insert(0, str(Path(plan["examples"]) / "prefect"))
     flows = importlib.import_module("identity_flows")
+    sys.path.insert(0, plan["outcome_kinds"])  # the test's own flow
+    kinds = importlib.import_module("prefect_outcome_kinds")
 
     from prefect import Task
     from prefect.testing.utilities import prefect_test_harness
@@ -31,7 +33,22 @@ def main(plan_path: str, results_path: str) -> int:
     # the API records task-run states asynchronously and may lag behind the flow.
     finished: list[dict[str, Any]] = []
 
+    # A scenario whose sidecar stops between a decision and its outcome: once a
+    # task body has changed a system, outcomes go to a stopped sidecar; the
+    # task run's state hook (after the guard has reported) points the next back.
+    switch: dict[str, str | None] = {"decide": None, "outcome": None}
+    real_record = flows.record
+
+    def record(system: str, action: str, **details: Any) -> None:
+        real_record(system, action, **details)
+        if switch["outcome"]:
+            os.environ["PREFECT_STEPGUARD_TARGET"] = switch["outcome"]
+
+    setattr(flows, "record", record)  # noqa: B010 - the tasks look it up when they run
+
     def remember(task: Any, task_run: Any, state: Any) -> None:
+        if switch["decide"]:
+            os.environ["PREFECT_STEPGUARD_TARGET"] = switch["decide"]
         finished.append(
             {
                 "flow_run_id": str(task_run.flow_run_id),
@@ -42,20 +59,25 @@ def main(plan_path: str, results_path: str) -> int:
             }
         )
 
-    for name, value in list(vars(flows).items()):
-        if isinstance(value, Task):  # the examples wait 30 s between tries
-            hooked = value.with_options(
-                retry_delay_seconds=0, on_completion=[remember], on_failure=[remember]
-            )
-            setattr(flows, name, hooked)
+    for module in (flows, kinds):
+        for name, value in list(vars(module).items()):
+            if isinstance(value, Task):  # the examples wait 30 s between tries
+                hooked = value.with_options(
+                    retry_delay_seconds=0, on_completion=[remember], on_failure=[remember]
+                )
+                setattr(module, name, hooked)
 
     results: dict[str, Any] = {}
     with prefect_test_harness():
         for scenario in plan["scenarios"]:
             os.environ["PREFECT_STEPGUARD_TARGET"] = scenario["target"]
             os.environ["EXAMPLE_SYSTEMS_LOG"] = scenario["systems_log"]
+            os.environ["EXAMPLE_SYSTEMS_DOWN"] = scenario["systems_down"]
+            switch.update(decide=scenario["target"], outcome=scenario["outcome_target"])
             print(f"=== scenario {scenario['name']}", flush=True)
-            flow = getattr(flows, scenario["workflow"])
+            flow = getattr(flows, scenario["workflow"], None) or getattr(
+                kinds, scenario["workflow"]
+            )
             state = flow(**scenario["inputs"], return_state=True)
             if inspect.iscoroutine(state):  # an async flow (the leaver)
                 state = asyncio.run(state)

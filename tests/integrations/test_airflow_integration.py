@@ -8,6 +8,7 @@ with injected clocks and real audit files (tests/integrations/orchestration.py).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,19 @@ import pytest
 from tests.helpers import ROOT
 from tests.integrations.orchestration import (
     APPROVAL_POLICY,
+    LEAVER_STEPS,
+    OUTCOME_SCENARIOS,
     SCENARIOS,
     Outcome,
     Scenario,
     by_name,
+    check_a_denied_step_has_no_outcome_claiming_it_ran,
+    check_a_failing_step_reports_each_attempt_failed,
+    check_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task,
+    check_each_allowed_step_is_followed_by_its_outcome,
     check_leaver_not_blocked_at_night,
     check_one_event_per_guarded_step,
+    check_skips_and_timeouts,
     check_time_bound_stops_the_first_step,
     orchestrator_python,
     orchestrators_imported_by_stepguard,
@@ -60,13 +68,24 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     tmp = tmp_path_factory.mktemp("airflow")
     home = tmp / "airflow-home"
     home.mkdir()
+    # The example DAGs, and the test's own (tasks that skip or time out), in one
+    # DAGs folder: dag.test() runs only DAGs of the configured folder.
+    dags = tmp / "dags"
+    dags.mkdir()
+    for dag_file in [
+        *(ROOT / "examples" / "airflow" / "dags").glob("*.py"),
+        HERE / "outcome_kinds" / "dags" / "outcome_kinds.py",
+    ]:
+        shutil.copy(dag_file, dags / dag_file.name)
     env = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "examples" / "airflow" / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "PYTHONPATH": str(ROOT / "examples" / "airflow"),
     }
-    return run_scenarios(python, HERE / "airflow_runner.py", tmp, [*SCENARIOS, REDECLARED], env)
+    return run_scenarios(
+        python, HERE / "airflow_runner.py", tmp, [*SCENARIOS, REDECLARED, *OUTCOME_SCENARIOS], env
+    )
 
 
 def test_a_permitted_run_completes_with_the_credential_ttl_handed_to_the_task(
@@ -158,3 +177,43 @@ def test_a_run_conf_cannot_redeclare_a_step(outcome: Outcome) -> None:
 def test_the_core_import_path_does_not_import_airflow() -> None:
     python = orchestrator_python("airflow")
     assert orchestrators_imported_by_stepguard(python) == []
+
+
+# Outcomes: what each guarded task did, reported by the integration by itself.
+
+
+def test_each_permitted_step_is_followed_by_its_succeeded_outcome_and_declared_effect(
+    outcome: Outcome,
+) -> None:
+    check_each_allowed_step_is_followed_by_its_outcome(outcome, by_name("approved"), "bob")
+    check_each_allowed_step_is_followed_by_its_outcome(outcome, by_name("leaver-at-night"), "carol")
+    assert len(outcome.outcomes(by_name("leaver-at-night"))) == len(LEAVER_STEPS)
+
+
+def test_a_denied_step_never_runs_and_no_outcome_claims_it_did(outcome: Outcome) -> None:
+    check_a_denied_step_has_no_outcome_claiming_it_ran(outcome)
+
+
+def test_a_failing_step_reports_failed_with_its_error_class_on_every_attempt(
+    outcome: Outcome,
+) -> None:
+    check_a_failing_step_reports_each_attempt_failed(outcome)
+
+
+def test_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(outcome: Outcome) -> None:
+    check_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(
+        outcome, MAPPED_ONBOARDING_STEPS
+    )
+
+
+def test_a_skipped_task_reports_skipped_and_a_timed_out_one_timed_out(outcome: Outcome) -> None:
+    run = outcome.runs["outcome-kinds"]
+    assert {n: t.state for n, t in run.tasks.items()} == {
+        "nothing_to_send": "skipped",
+        "slow_send": "failed",
+    }
+    reported = check_skips_and_timeouts(
+        outcome, {"nothing_to_send": "skipped", "slow_send": "timed_out"}
+    )
+    assert "error_class" not in reported["nothing_to_send"]
+    assert reported["slow_send"]["error_class"].endswith(".AirflowTaskTimeout")

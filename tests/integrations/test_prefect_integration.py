@@ -15,12 +15,19 @@ import pytest
 
 from tests.integrations.orchestration import (
     APPROVAL_POLICY,
+    LEAVER_STEPS,
     ONBOARDING_STEPS,
+    OUTCOME_SCENARIOS,
     SCENARIOS,
     Outcome,
     by_name,
+    check_a_denied_step_has_no_outcome_claiming_it_ran,
+    check_a_failing_step_reports_each_attempt_failed,
+    check_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task,
+    check_each_allowed_step_is_followed_by_its_outcome,
     check_leaver_not_blocked_at_night,
     check_one_event_per_guarded_step,
+    check_skips_and_timeouts,
     check_time_bound_stops_the_first_step,
     orchestrator_python,
     orchestrators_imported_by_stepguard,
@@ -43,7 +50,9 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }
-    return run_scenarios(python, HERE / "prefect_runner.py", tmp, SCENARIOS, env)
+    return run_scenarios(
+        python, HERE / "prefect_runner.py", tmp, [*SCENARIOS, *OUTCOME_SCENARIOS], env
+    )
 
 
 def test_a_permitted_run_completes_with_the_credential_ttl_handed_to_the_task(
@@ -118,3 +127,42 @@ def test_a_stopped_sidecar_fails_the_guarded_task_closed(outcome: Outcome) -> No
 def test_the_core_import_path_does_not_import_prefect() -> None:
     python = orchestrator_python("prefect")
     assert orchestrators_imported_by_stepguard(python) == []
+
+
+# Outcomes: what each guarded task did, reported by the integration by itself.
+
+
+def test_each_permitted_step_is_followed_by_its_succeeded_outcome_and_declared_effect(
+    outcome: Outcome,
+) -> None:
+    check_each_allowed_step_is_followed_by_its_outcome(outcome, by_name("approved"), "bob")
+    check_each_allowed_step_is_followed_by_its_outcome(outcome, by_name("leaver-at-night"), "carol")
+    assert len(outcome.outcomes(by_name("leaver-at-night"))) == len(LEAVER_STEPS)
+
+
+def test_a_denied_step_never_runs_and_no_outcome_claims_it_did(outcome: Outcome) -> None:
+    check_a_denied_step_has_no_outcome_claiming_it_ran(outcome)
+
+
+def test_a_failing_step_reports_failed_with_its_error_class_on_every_attempt(
+    outcome: Outcome,
+) -> None:
+    check_a_failing_step_reports_each_attempt_failed(outcome)
+
+
+def test_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(outcome: Outcome) -> None:
+    check_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(
+        outcome, list(ONBOARDING_STEPS)
+    )
+
+
+def test_a_task_run_stopped_by_its_timeout_reports_timed_out(outcome: Outcome) -> None:
+    run = outcome.runs["outcome-kinds"]
+    assert {n: t.state for n, t in run.tasks.items()} == {
+        "slow_send": "failed",
+        "slow_async_send": "failed",
+    }
+    reported = check_skips_and_timeouts(
+        outcome, {"slow_send": "timed_out", "slow_async_send": "timed_out"}
+    )
+    assert all(o["error_class"] for o in reported.values())

@@ -17,7 +17,7 @@ from typing import Any
 from airflow.sdk import dag, task
 from identity_systems import record
 
-from sidecar.integrations.airflow import step
+from sidecar.integrations.airflow import record_effect, step
 
 DEPROVISIONER = "spiffe://example.org/ns/identity/sa/deprovisioner"
 
@@ -38,11 +38,15 @@ def leaver() -> None:
     def revoke_access(person: str) -> str:
         account = f"{person}@example.org"
         record("okta", "revoke_access", account=account)
+        record_effect(identity=account, entitlements_removed=["okta-sso"], account="disabled")
         return account
 
     @task(params=deprovisioning("disable_credential", "aws-prod"))
     def disable_credential(account: str) -> None:
         record("aws-prod", "disable_credential", account=account)
+        record_effect(
+            identity=account, credential_revoked=f"cred-{account.split('@', maxsplit=1)[0]}"
+        )
 
     @task(params=deprovisioning("verify_revocation", "okta"))
     def verify_revocation(account: str) -> None:

@@ -1,7 +1,8 @@
 """Onboarding: create the account, grant access, issue a short-lived credential, notify.
 
-The DAG code only declares what each task does (`params=step(...)`); the
-cluster policy in airflow_local_settings.py asks stepguard before each task.
+The DAG code only declares what each task does (`params=step(...)`) and what
+it changed (`record_effect`); the cluster policy in airflow_local_settings.py
+asks stepguard before each task and reports its outcome after it.
 Trigger it with a run conf naming the new hire, who asked, and who approved:
 
     {"new_hire": "bob", "requester": "maria",
@@ -15,13 +16,13 @@ target (okta, aws-prod) outside business hours a break-glass approval.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, task
 from identity_systems import record
 
-from sidecar.integrations.airflow import step, step_decision
+from sidecar.integrations.airflow import record_effect, step, step_decision
 
 PROVISIONER = "spiffe://example.org/ns/identity/sa/provisioner"
 NOTIFIER = "spiffe://example.org/ns/comms/sa/notifier"
@@ -43,18 +44,28 @@ def onboarding() -> None:
     def create_account(new_hire: str) -> str:
         account = f"{new_hire}@example.org"
         record("okta", "create_account", account=account)
+        record_effect(identity=account, account="created")
         return account
 
     @task(params=provisioning("grant_access", "github"))
     def grant_access(account: str, team: str) -> None:
         record("github", "grant_access", account=account, team=team)
+        record_effect(identity=account, entitlements_added=[team])
 
     @task(params=provisioning("issue_credential", "aws-prod"))
     def issue_credential(account: str) -> None:
         ttl = step_decision().max_credential_ttl
         if ttl is None:
             raise ValueError("stepguard set no credential TTL: refusing an unbounded credential")
+        issued_at = datetime.now(UTC)
+        credential = f"cred-{account.split('@', maxsplit=1)[0]}-{issued_at:%Y%m%d%H%M%S}"
         record("aws-prod", "issue_credential", account=account, ttl_s=int(ttl.total_seconds()))
+        record_effect(
+            identity=account,
+            credential_issued=credential,
+            issued_at=issued_at,
+            expires_at=issued_at + ttl,
+        )
 
     @task(params=step("notify", "slack", workload=NOTIFIER))
     def notify(account: str) -> None:

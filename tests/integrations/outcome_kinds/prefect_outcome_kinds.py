@@ -1,0 +1,35 @@
+"""A flow whose guarded tasks are stopped by Prefect's timeout_seconds, sync and
+async, which the examples never are. Run by prefect_runner.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prefect import flow
+
+from sidecar.integrations.prefect import guarded_task
+
+NOTIFIER = "spiffe://example.org/ns/comms/sa/notifier"
+
+
+@guarded_task("notify", target="slack", workload=NOTIFIER, timeout_seconds=1)
+def slow_send() -> None:
+    for _ in range(100):  # interrupted after 1 s, between two short sleeps at worst
+        time.sleep(0.05)
+
+
+@guarded_task("notify", target="slack", workload=NOTIFIER, timeout_seconds=1)
+async def slow_async_send() -> None:
+    await asyncio.sleep(5)  # cancelled after 1 s
+
+
+@flow(name="outcome_kinds")  # type: ignore[untyped-decorator]
+async def outcome_kinds(requester: str) -> None:
+    for call in (slow_send, slow_async_send):
+        try:
+            result = call()
+            if asyncio.iscoroutine(result):
+                await result
+        except TimeoutError:
+            pass  # the next one runs too
