@@ -25,7 +25,7 @@ from sidecar.audit.query import spreadsheet_safe
 from sidecar.cli.exitcodes import EXIT_ERROR, EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.core.errors import BundleError, StepguardError
 from sidecar.core.textsafe import escape, escape_lines
-from sidecar.evidence import answers
+from sidecar.evidence import answers, offboarding
 from sidecar.evidence.report import render_html
 from sidecar.evidence.store import Deadlines, Options, Store, open_store, parse_time
 
@@ -46,7 +46,7 @@ ANSWERS: dict[str, tuple[str, Callable[[Store, argparse.Namespace], answers.Answ
     "leavers": (
         "leavers not fully deprovisioned, removals that missed their deadline, "
         "credentials past expiry never revoked",
-        lambda store, args: answers.leavers(store, everything=args.all),
+        lambda store, args: offboarding.leavers(store, everything=args.all),
     ),
     "exceptions": (
         "violations, break-glass decisions, denied steps that ran, failed revocations, retries",

@@ -13,7 +13,8 @@ import grpc.aio
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.client.decisions import CODE_BY_VALUE, DecisionKind, failed_call, kind_of
-from sidecar.core.outcome import VIOLATION_OF_PROTO, outcome_from_json, outcome_to_proto
+from sidecar.core.outcome import VIOLATION_OF_PROTO, outcome_to_proto
+from sidecar.core.outcomejson import outcome_from_json
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
 """An outcome: what a decided step did, as the orchestrator reports it (pure).
 
 One model for both transports: `outcome_from_proto` (gRPC RecordOutcome) and
-`outcome_from_json` (AuthZEN's `POST /stepguard/v1/outcome`) read their input
-into the same plain values and check them in one place (`_outcome`), so a
-field is refused with the same message whichever way it came. Anything
+`outcome_from_json` (AuthZEN's `POST /stepguard/v1/outcome`, in
+core/outcomejson.py) read their input into the same plain values and check
+them in one place (`check_outcome`, here), so a field is refused with the
+same message whichever way it came. Anything
 malformed is an `InvalidRequest` naming the field path; nothing here looks up
 the decision or writes anything (sidecar/decision/outcomes.py does).
 """
@@ -150,7 +151,7 @@ def outcome_from_proto(msg: pb.RecordOutcomeRequest, prefix: str = "") -> Outcom
         for name in ("started_at", "finished_at")
         if msg.HasField(name)
     }
-    return _outcome(
+    return check_outcome(
         prefix,
         decision_id=msg.decision_id,
         status=status or None,
@@ -171,117 +172,17 @@ def _proto_time(ts: Any, field: str) -> datetime:
     return value
 
 
-# --- JSON (AuthZEN's extension path, the client) -----------------------------
-
-_TOP = frozenset(
-    {"decision_id", "status", "error_class", "effect", "started_at", "finished_at", "attempt"}
-)
-_EFFECT = frozenset(
-    {
-        "identity",
-        "target_system",
-        "entitlements_added",
-        "entitlements_removed",
-        "credential",
-        "account",
-    }
-)
-_CREDENTIAL = frozenset({"id", "change", "issued_at", "expires_at"})
+# --- the checks both transports share --------------------------------------
 
 
-def outcome_from_json(obj: Any, prefix: str = "") -> Outcome:
-    """An outcome as JSON (the proto's field names; enums as lower-case words,
-    e.g. `"status": "timed_out"`; times as RFC 3339 strings) as the model."""
-    top = _object(obj, prefix.rstrip(".") or "request", _TOP, prefix)
-    effect: dict[str, Any] | None = None
-    if top.get("effect") is not None:
-        raw = _object(top["effect"], f"{prefix}effect", _EFFECT, f"{prefix}effect.")
-        effect = {k: v for k, v in raw.items() if k != "credential"}
-        if raw.get("credential") is not None:
-            where = f"{prefix}effect.credential"
-            cred = dict(_object(raw["credential"], where, _CREDENTIAL, where + "."))
-            for name in ("issued_at", "expires_at"):
-                if cred.get(name) is not None:
-                    cred[name] = _json_time(cred[name], f"{where}.{name}")
-            effect["credential"] = cred
-        for name in ("entitlements_added", "entitlements_removed"):
-            value = effect.get(name)
-            if value is None:
-                effect[name] = []
-            elif not isinstance(value, list):
-                raise InvalidRequest(f"{prefix}effect.{name}", "must be a list of strings")
-        account = effect.get("account")
-        effect["account"] = "" if account is None else account
-        identity = effect.get("identity")
-        if identity is not None:
-            effect["identity"] = dict(
-                _object(
-                    identity,
-                    f"{prefix}effect.identity",
-                    {"type", "id"},
-                    f"{prefix}effect.identity.",
-                )
-            )
-    times = {
-        name: _json_time(top[name], prefix + name)
-        for name in ("started_at", "finished_at")
-        if top.get(name) is not None
-    }
-    attempt = top.get("attempt", 0)
-    if attempt is None:
-        attempt = 0
-    if not isinstance(attempt, int) or isinstance(attempt, bool):
-        raise InvalidRequest(f"{prefix}attempt", "must be an integer")
-    return _outcome(
-        prefix,
-        decision_id=_json_str(top.get("decision_id", ""), f"{prefix}decision_id"),
-        status=top.get("status"),
-        error_class=_json_str(top.get("error_class") or "", f"{prefix}error_class"),
-        effect=effect,
-        attempt=attempt,
-        **times,
-    )
-
-
-def _object(
-    obj: Any, field: str, allowed: frozenset[str] | set[str], prefix: str
-) -> Mapping[str, Any]:
-    if not isinstance(obj, Mapping):
-        raise InvalidRequest(field, "must be a JSON object")
-    for key in obj:
-        if key not in allowed:
-            name = key if len(key) <= 64 and key.isprintable() else repr(key[:64])
-            raise InvalidRequest(
-                f"{prefix}{name}", f"unknown field; known: {', '.join(sorted(allowed))}"
-            )
-    return obj
-
-
-def _json_str(value: Any, field: str) -> str:
+def json_str(value: Any, field: str) -> str:
+    """The value if it is a string; the plain values may come from JSON, which types nothing."""
     if not isinstance(value, str):
         raise InvalidRequest(field, "must be a string")
     return value
 
 
-def _json_time(value: Any, field: str) -> datetime:
-    if not isinstance(value, str):
-        raise InvalidRequest(field, "must be an RFC 3339 time string")
-    try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidRequest(field, f"{value[:64]!r} is not an RFC 3339 time") from exc
-    if at.tzinfo is None:
-        raise InvalidRequest(field, "needs a time zone offset (Z or +hh:mm)")
-    try:
-        return at.astimezone(UTC)
-    except OverflowError as exc:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
-        raise InvalidRequest(field, f"{value[:64]!r} is out of range") from exc
-
-
-# --- the checks both transports share --------------------------------------
-
-
-def _outcome(
+def check_outcome(
     prefix: str,
     *,
     decision_id: str,
@@ -336,14 +237,14 @@ def _effect(raw: Mapping[str, Any], where: str) -> Effect:
     identity = None
     if raw.get("identity") is not None:
         ident = raw["identity"]
-        kind = _json_str(ident.get("type", ""), f"{where}.identity.type")
-        name = _json_str(ident.get("id", ""), f"{where}.identity.id")
+        kind = json_str(ident.get("type", ""), f"{where}.identity.type")
+        name = json_str(ident.get("id", ""), f"{where}.identity.id")
         if not _ENTITY_TYPE.fullmatch(kind):
             raise InvalidRequest(
                 f"{where}.identity.type", f"{_show(kind)} is not an entity type (User, Acme::User)"
             )
         identity = (kind, _text(name, f"{where}.identity.id", MAX_ENTITY_ID))
-    target = _json_str(raw.get("target_system") or "", f"{where}.target_system")
+    target = json_str(raw.get("target_system") or "", f"{where}.target_system")
     if target:
         _text(target, f"{where}.target_system", MAX_TEXT)
     lists: dict[str, tuple[str, ...]] = {}
@@ -354,7 +255,7 @@ def _effect(raw: Mapping[str, Any], where: str) -> Effect:
                 f"{where}.{name}", f"{len(items)} items, over the limit of {MAX_ENTITLEMENTS}"
             )
         lists[name] = tuple(
-            _text(_json_str(v, f"{where}.{name}[{i}]"), f"{where}.{name}[{i}]", MAX_TEXT)
+            _text(json_str(v, f"{where}.{name}[{i}]"), f"{where}.{name}[{i}]", MAX_TEXT)
             for i, v in enumerate(items)
         )
     account = _choice(raw.get("account") or "", ACCOUNT_CHANGES, f"{where}.account", required=False)
@@ -372,7 +273,7 @@ def _effect(raw: Mapping[str, Any], where: str) -> Effect:
 
 
 def _credential(raw: Mapping[str, Any], where: str) -> Credential:
-    cid = _text(_json_str(raw.get("id") or "", f"{where}.id"), f"{where}.id", MAX_TEXT)
+    cid = _text(json_str(raw.get("id") or "", f"{where}.id"), f"{where}.id", MAX_TEXT)
     change = _choice(raw.get("change"), CREDENTIAL_CHANGES, f"{where}.change", required=True)
     issued, expires = raw.get("issued_at"), raw.get("expires_at")
     if change == "issued":

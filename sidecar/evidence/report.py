@@ -2,7 +2,7 @@
 no URL of any kind), so it can be mailed, archived with the trail and opened offline.
 
 Every value from the trail is HTML-escaped: identities, run ids and error classes
-are whatever callers sent. The figures are those of answers.py; the page says
+are whatever callers sent. The figures are those of answers.py and offboarding.py; the page says
 first whether the trail verified.
 """
 
@@ -12,7 +12,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from sidecar.evidence import answers
+from sidecar.evidence import answers, offboarding
 from sidecar.evidence.store import Store
 
 _CSS = """
@@ -99,14 +99,14 @@ def _ttr_chart(stats: Sequence[dict[str, Any]]) -> str:
 def render_html(store: Store) -> str:
     """The whole report as one HTML document."""
     ver = store.verification
-    leavers = answers.leavers(store)
+    leavers = offboarding.leavers(store)
     complete, total = leavers.summary["fully_deprovisioned"], leavers.summary["leavers"]
-    ratio = answers.confidence(complete, total)
+    ratio = offboarding.confidence(complete, total)
     shown = f"{ratio * 100:.0f} %" if ratio is not None else "n/a"
     opened = answers.open_grants(store)
     exc = answers.exceptions(store)
     violations = [r for r in exc.rows if r["category"] in ("violation", "denied step ran")]
-    stats = answers.time_to_revoke(store)
+    stats = offboarding.time_to_revoke(store)
     ttr_rows = [
         {
             "target": s["target"],
@@ -141,7 +141,7 @@ def render_html(store: Store) -> str:
 {_confidence_chart(complete, total)}
 <h2>Leavers</h2>
 <p>Missed their removal deadline: <span id="missed-deadline">{_e(missed)}</span>.</p>
-{_table("leavers", answers.LEAVER_COLUMNS, leavers.rows)}
+{_table("leavers", offboarding.LEAVER_COLUMNS, leavers.rows)}
 <h2>Time to revoke, per target</h2>
 <p>From the end of an access (its time bound, or its holder's leaver event) to its removal;
 the evidence is the slowest one's.</p>

@@ -15,7 +15,7 @@ open at the moment in memory.
 
 Every row keeps where it came from (segment file, line, seq), so every answer
 links back to the chained records it rests on. Verification is the same as
-`audit verify` (audit/chains.py) and its status is part of every answer.
+`audit verify` (verification.py) and its status is part of every answer.
 """
 
 from __future__ import annotations
@@ -28,15 +28,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sidecar.audit.chains import chains_to_verify, set_findings, verify_chain
 from sidecar.audit.event import timestamp
 from sidecar.audit.query import set_events
-from sidecar.audit.verify import EXIT_ERROR, Report
-from sidecar.audit.workers import TrailSet, collect_sets
+from sidecar.audit.workers import collect_sets
 from sidecar.core.bundle import parse_iso_duration
 from sidecar.core.errors import StepguardError
 from sidecar.core.lifecycle import Kind, Lifecycle
 from sidecar.core.model import EntityUid
+from sidecar.evidence.verification import Verification, verify_trails
 
 BATCH = 5000
 RAN = ("succeeded", "failed", "timed_out")
@@ -78,100 +77,6 @@ CREATE INDEX leavers_identity ON leavers(identity, leaver_at);
 CREATE TABLE chains (trail TEXT, chain TEXT, ok INTEGER, records INTEGER, problem TEXT,
     exit INTEGER);
 """
-
-
-# --- verification ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ChainStatus:
-    """One chain's `audit verify` verdict (or a finding about the trail as a whole)."""
-
-    trail: str
-    chain: str
-    ok: bool
-    records: int
-    problem: str
-    exit_code: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "trail": self.trail,
-            "chain": self.chain,
-            "ok": self.ok,
-            "records": self.records,
-            "problem": self.problem,
-            "exit": self.exit_code,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    """What `audit verify` says of every chain the evidence was loaded from."""
-
-    chains: tuple[ChainStatus, ...]
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.chains) and all(c.ok for c in self.chains)
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every chain is intact, else the first broken chain's verify exit code."""
-        return next((c.exit_code for c in self.chains if not c.ok), 0)
-
-    def summary(self) -> str:
-        records = sum(c.records for c in self.chains)
-        if self.ok:
-            return f"verified: {len(self.chains)} chain(s) intact, {records} records"
-        broken = "; ".join(f"{c.chain}: {c.problem}" for c in self.chains if not c.ok)
-        return f"CHAIN BROKEN: this evidence rests on a trail that does not verify ({broken})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "summary": self.summary(),
-            "chains": [c.to_json() for c in self.chains],
-        }
-
-
-def _status(report: Report) -> ChainStatus:
-    p = report.problem
-    return ChainStatus(
-        report.part_of or report.trail,
-        report.trail,
-        p is None,
-        report.records,
-        str(p) if p is not None else "",
-        p.exit_code if p is not None else 0,
-    )
-
-
-def verify_trails(
-    sets: Sequence[TrailSet],
-    key: bytes | None = None,
-    *,
-    accept_missing_anchor: bool = False,
-    checkpoints: Path | None = None,
-) -> Verification:
-    """The same checks as `audit verify` on every chain of every trail."""
-    found: list[ChainStatus] = []
-    for trails in sets:
-        found.extend(_status(r) for r in set_findings(trails))
-        for chain in chains_to_verify(trails):
-            try:
-                report = verify_chain(
-                    trails,
-                    chain,
-                    key,
-                    accept_missing_anchor=accept_missing_anchor,
-                    checkpoints=checkpoints,
-                )
-            except StepguardError as exc:
-                found.append(ChainStatus(trails.name, chain.name, False, 0, str(exc), EXIT_ERROR))
-                continue
-            found.append(_status(report))
-    return Verification(tuple(found))
 
 
 # --- options ----------------------------------------------------------------------------
@@ -565,7 +470,5 @@ __all__ = [
     "Kind",
     "Options",
     "Store",
-    "Verification",
     "open_store",
-    "verify_trails",
 ]

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.outcome import outcome_from_json, outcome_from_proto, outcome_to_proto
+from sidecar.core.outcome import outcome_from_proto, outcome_to_proto
+from sidecar.core.outcomejson import outcome_from_json
 
 ID = "01a24a69-8228-7000-8f19-46017a570b02"
 

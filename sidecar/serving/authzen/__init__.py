@@ -1,7 +1,8 @@
 """OpenID AuthZEN Authorization API 1.0 over HTTP, decided by the gRPC API's decider.
 
     schema.py     what the bundle's schema declares (to keep only declared data)
-    translate.py  AuthZEN JSON -> Cedar requests (pure)
+    translate.py  AuthZEN JSON -> parsed requests, shape checked (pure)
+    mapping.py    parsed requests -> Cedar requests for one bundle (pure)
     service.py    evaluation, evaluations, search over the shared Decider
     wsgi.py       the HTTP binding: WSGI app on cheroot's threaded server (HTTPS with TLS)
 

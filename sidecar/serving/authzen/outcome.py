@@ -3,7 +3,7 @@
     POST /stepguard/v1/outcome    one outcome  -> what was recorded
     POST /stepguard/v1/outcomes   {"items": [...]} -> {"results": [...]}, in order
 
-The body is the RecordOutcomeRequest as JSON (sidecar/core/outcome.py,
+The body is the RecordOutcomeRequest as JSON (sidecar/core/outcomejson.py,
 `outcome_from_json`): the proto's field names, enums as lower-case words,
 times as RFC 3339. Validation and answers are the gRPC API's: 400 naming the
 field, 503 when the trail cannot take the outcome (not recorded), else 200 with
@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from sidecar.audit.event import CallMeta
 from sidecar.core.errors import AuditError, InvalidRequest
-from sidecar.core.outcome import outcome_from_json
+from sidecar.core.outcomejson import outcome_from_json
 from sidecar.decision.outcomes import OutcomeRecorder, Recorded
 
 ONE: Final = "/stepguard/v1/outcome"

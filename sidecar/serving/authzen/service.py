@@ -1,7 +1,7 @@
 """The AuthZEN API over the shared decider: parsed JSON in, response JSON out.
 
 No HTTP here (that is `wsgi.py`): handlers take one bundle snapshot per call,
-translate (`translate.py`), and hand every Cedar request to the same
+translate (`translate.py`, `mapping.py`), and hand every Cedar request to the same
 `Decider` as the gRPC API, so each answer, search candidates included, is
 evaluated, audited and counted exactly like an `Authorize` call. A request
 that cannot be understood raises `InvalidRequest` (HTTP 400); inside a batch
@@ -29,12 +29,12 @@ from sidecar.core.validate import Limits, effective_now_ms, to_ms
 from sidecar.decision.decider import Decided, Decider
 from sidecar.decision.identity import CallerContext
 from sidecar.decision.metrics import Metrics
+from sidecar.serving.authzen.mapping import Mapper
 from sidecar.serving.authzen.schema import SchemaView, view_of
 from sidecar.serving.authzen.translate import (
     RESERVED_CONTEXT,
     Action,
     Evaluation,
-    Mapper,
     Search,
     SearchKind,
     explain_requested,

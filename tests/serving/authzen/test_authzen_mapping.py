@@ -15,10 +15,10 @@ from sidecar.core.engine import evaluate
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.model import EntityData, EntityUid
 from sidecar.core.validate import Limits, to_ms
+from sidecar.serving.authzen.mapping import Mapper
 from sidecar.serving.authzen.schema import EMPTY, Named, Record, SetOf, view_of
 from sidecar.serving.authzen.translate import (
     Batch,
-    Mapper,
     Options,
     parse_evaluation,
     parse_evaluations,

@@ -1,0 +1,220 @@
+"""Leavers, their deadlines and time to revoke, read from a loaded evidence store.
+
+The answers about deprovisioning: each leaver run with the access the identity
+held at its leaver event, measured against the removal deadlines (answers.py
+measures each grant), and how long revocations took per target. What they mean
+to an auditor is in docs/evidence.md, "Answers".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.evidence.answers import Answer, duration_text, grant_rows
+from sidecar.evidence.store import Store, ref_of, rows
+
+# --- leavers ------------------------------------------------------------------------------
+
+LEAVER_COLUMNS = (
+    "identity",
+    "run",
+    "leaver_at",
+    "target",
+    "kind",
+    "item",
+    "finding",
+    "closed_at",
+    "deadline_at",
+    "missed_by",
+)
+
+
+@dataclass(slots=True)
+class LeaverRun:
+    run: str
+    workflow: str
+    identity: str
+    leaver_at: str
+    grants: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    denied: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every access the identity held at the leaver event is closed."""
+        return all(g["closed_at"] is not None for g in self.grants)
+
+    @property
+    def late(self) -> list[dict[str, Any]]:
+        return [g for g in self.grants if g["missed_by_s"]]
+
+
+def leaver_runs(store: Store) -> list[LeaverRun]:
+    """Each leaver run and identity with the access held at its leaver event, measured."""
+    by_n = {g["n"]: g for g in grant_rows(store, "g.n IN (SELECT grant_n FROM leavers)")}
+    runs: dict[tuple[str, str], LeaverRun] = {}
+    for r in rows(
+        store.db,
+        "SELECT run, workflow, identity, leaver_at, grant_n FROM leavers "
+        "ORDER BY leaver_at, run, identity, grant_n",
+    ):
+        lr = runs.setdefault(
+            (r["run"], r["identity"]),
+            LeaverRun(r["run"], r["workflow"], r["identity"], r["leaver_at"]),
+        )
+        if r["grant_n"] is not None:
+            lr.grants.append(by_n[r["grant_n"]])
+    for lr in runs.values():
+        lr.failures = list(
+            rows(
+                store.db,
+                "SELECT * FROM outcomes WHERE run = ? AND identity = ? AND status IN "
+                "('failed', 'timed_out') ORDER BY time",
+                (lr.run, lr.identity),
+            )
+        )
+        lr.denied = list(
+            rows(
+                store.db,
+                "SELECT * FROM decisions WHERE run = ? AND workflow = ? AND decision = 'DENY' "
+                "ORDER BY time",
+                (lr.run, lr.workflow),
+            )
+        )
+    return list(runs.values())
+
+
+def leavers(store: Store, *, everything: bool = False) -> Answer:
+    """Leaver runs whose deprovisioning did not complete on every target the identity
+    had access to, every removal that missed its deadline (by how much), and
+    credentials past their expiry that were never revoked. `everything` adds the
+    accesses that were removed in time."""
+    out: list[dict[str, Any]] = []
+    runs = leaver_runs(store)
+    for lr in runs:
+        for g in lr.grants:
+            failed = [f for f in lr.failures if f["target"] == g["target"] and _names_item(f, g)]
+            denied = [d for d in lr.denied if d["target"] == g["target"]]
+            if g["closed_at"] is None:
+                finding = "not revoked"
+                if failed:
+                    finding = f"revocation {failed[-1]['status']} ({failed[-1]['error_class']})"
+                elif denied:
+                    finding = "revocation denied"
+            elif g["missed_by_s"]:
+                finding = f"{g['closed_how']} late"
+            elif g["closed_how"] == "expired":
+                finding = "expired, not revoked"
+            else:
+                finding = "revoked" if g["missed_by_s"] is not None else "revoked (no deadline)"
+            problem = finding not in ("revoked", "revoked (no deadline)")
+            if not (problem or everything):
+                continue
+            out.append(
+                {
+                    "identity": lr.identity,
+                    "run": lr.run,
+                    "leaver_at": lr.leaver_at,
+                    "target": g["target"],
+                    "kind": g["kind"],
+                    "item": g["item"],
+                    "finding": finding,
+                    "closed_at": g["closed_at"],
+                    "deadline_at": g["deadline_at"],
+                    "missed_by": duration_text(g["missed_by_s"]) if g["missed_by_s"] else "",
+                    "missed_by_s": g["missed_by_s"],
+                    "evidence": [
+                        *g["evidence"],
+                        *(ref_of(f) for f in failed),
+                        *(ref_of(d) for d in denied if g["closed_at"] is None),
+                    ],
+                }
+            )
+    listed = {g["n"] for lr in runs for g in lr.grants}
+    for g in grant_rows(store, "g.closed_how = 'expired'"):
+        if g["n"] in listed:
+            continue  # listed with its leaver run
+        out.append(
+            {
+                "identity": g["identity"],
+                "run": "",
+                "leaver_at": None,
+                "target": g["target"],
+                "kind": g["kind"],
+                "item": g["item"],
+                "finding": "credential expired, not revoked",
+                "closed_at": g["closed_at"],
+                "deadline_at": None,
+                "missed_by": "",
+                "missed_by_s": None,
+                "evidence": g["evidence"],
+            }
+        )
+    # A leaver is a person: one whose leaver workflow ran twice counts once, and is
+    # fully deprovisioned when every run of it found everything closed.
+    people = {lr.identity for lr in runs}
+    incomplete = {lr.identity for lr in runs if not lr.complete}
+    complete = len(people - incomplete)
+    summary = {
+        "leavers": len(people),
+        "fully_deprovisioned": complete,
+        "incomplete": sorted(incomplete),
+        "missed_deadline": sorted({lr.identity for lr in runs if lr.late}),
+        "revocation_confidence": confidence(complete, len(people)),
+    }
+    return Answer("leavers", LEAVER_COLUMNS, out, store.verification, summary)
+
+
+def _names_item(failure: dict[str, Any], g: dict[str, Any]) -> bool:
+    """Whether a failed step tried to remove this access (same kind and item)."""
+    if g["kind"] == "entitlement":
+        return g["item"] in json.loads(failure["removed"])
+    if g["kind"] == "credential":
+        return bool(failure["cred_id"] == g["item"])
+    return failure["account"] in ("disabled", "deleted")
+
+
+def confidence(complete: int, total: int) -> float | None:
+    """Revocation confidence: leavers fully deprovisioned / leavers (None with no leaver)."""
+    return complete / total if total else None
+
+
+# --- figures for the report ---------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def time_to_revoke(store: Store) -> list[dict[str, Any]]:
+    """Per target: how long revocations took after the access ended (p50, p95, max),
+    with the evidence of the slowest one."""
+    by_target: dict[str, list[tuple[float, list[str]]]] = defaultdict(list)
+    for g in grant_rows(store, "g.closed_how = 'revoked'"):
+        if g["time_to_revoke_s"] is not None:
+            by_target[g["target"]].append((g["time_to_revoke_s"], g["evidence"]))
+    out = []
+    for target, found in sorted(by_target.items()):
+        values = [v for v, _ in found]
+        slowest = max(found, key=lambda f: f[0])
+        out.append(
+            {
+                "target": target,
+                "revocations": len(values),
+                "p50_s": percentile(values, 50),
+                "p95_s": percentile(values, 95),
+                "max_s": slowest[0],
+                "evidence": slowest[1],
+            }
+        )
+    return out

@@ -1,0 +1,273 @@
+"""Parsed AuthZEN requests -> Cedar requests for one bundle (pure: no I/O, no clock).
+
+The second step after translate.py's shape checks: subject and resource become
+Cedar entities `type::"id"`, their `properties` the attributes the entity store
+lacks (as far as `request-entities.yaml` admits them), `action.name` an action
+of the schema, and `context` the Cedar context, with `action.properties` under
+`context.action_properties` and the server's clock under `context.now`. Only
+what the schema declares is kept (see `schema.py` for why). translate.py's
+docstring tells the whole way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sidecar.core.bundle import Bundle
+from sidecar.core.errors import InvalidRequest
+from sidecar.core.model import AuthzRequest, CedarJson, EntityData, EntityUid
+from sidecar.core.validate import (
+    RESERVED_KEYS,
+    Limits,
+    admitted_attributes,
+    cedar_datetime,
+    check_long,
+    check_text,
+    member,
+    parse_cedar_datetime,
+    reserved_message,
+    time_bound_ms,
+    to_ms,
+    unknown_entity_denial,
+)
+from sidecar.serving.authzen.schema import EMPTY, CedarType, Record, SchemaView, SetOf
+from sidecar.serving.authzen.translate import (
+    ACTION_PROPERTIES,
+    RESERVED_CONTEXT,
+    Action,
+    CallerFor,
+    Entity,
+    Evaluation,
+    NowMs,
+)
+
+_DROP: Final = object()
+
+
+class Mapper:
+    """Maps parsed AuthZEN requests onto one bundle's Cedar requests.
+
+    `now_ms` gives `context.now` where the schema declares it; None leaves it
+    out (for tests of the mapping alone).
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        view: SchemaView,
+        limits: Limits,
+        now_ms: NowMs | None = None,
+        caller: CallerFor | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.view = view
+        self._depth = limits.max_attribute_depth
+        self._now_ms = now_ms
+        self._caller = caller
+
+    def action_uid(self, name: str) -> EntityUid:
+        """The schema's action of that name; otherwise `Action::"name"`, which Cedar refuses."""
+        return self.view.action_uid(name) or EntityUid("Action", name)
+
+    def entity(self, entity: Entity, field: str) -> EntityData:
+        """The entity as Cedar sees it for this call.
+
+        An entity the store does not hold gets, as attributes, the properties
+        `request-entities.yaml` admits for its type, as the gRPC API admits its
+        `attributes` (issue 16: a request never grants itself rights); AuthZEN
+        must accept any properties, so the others are ignored where gRPC
+        refuses them. For one it holds, the store is the source of truth, as
+        on the gRPC API: properties may restate it and one that contradicts it
+        is refused; one it does not give the entity is ignored (adding it
+        would let a PEP grant a stored subject a role), where gRPC refuses it.
+        """
+        uid = EntityUid(entity.type, entity.id)
+        stored = self.bundle.entity_json.get(uid)
+        if stored is None:
+            plain = self._plain(entity.properties, f"{field}.properties", 0)
+            return EntityData(uid, admitted_attributes(uid, self.bundle, plain))
+        attrs = self._record(
+            entity.properties, self.view.shape(entity.type), f"{field}.properties", 0
+        )
+        known = stored.get("attrs") or {}
+        for name, value in attrs.items():
+            if name in known and known[name] != value:
+                raise InvalidRequest(
+                    f"{field}.properties.{name}",
+                    f"conflicts with the value the entity store holds for {uid}",
+                )
+        return EntityData(uid)
+
+    def context(self, context: Mapping[str, Any], action: Action, uid: EntityUid) -> dict[str, Any]:
+        """The Cedar context: `context` as sent, action properties, `now`, `caller`.
+
+        Every context key reaches Cedar, as the gRPC API's attributes do: one the
+        action's schema context does not declare makes Cedar refuse the request,
+        a deny on both APIs (issue 16: AuthZEN used to drop it and allow).
+        Only `action.properties`, which gRPC cannot send, keep just what the
+        schema declares under `context.action_properties`.
+        """
+        for name, why in RESERVED_CONTEXT.items():
+            if name in context:
+                raise InvalidRequest(f"context.{name}", f"{why}; rename it")
+        sig = self.view.actions.get(uid)
+        shape = sig.context if sig is not None else EMPTY
+        out = self._plain(context, "context", 0)
+        declared = shape.attrs.get(ACTION_PROPERTIES)
+        if declared is not None and action.properties:
+            value = self._keep(action.properties, declared, "action.properties", 0)
+            if value is not _DROP:
+                out[ACTION_PROPERTIES] = value
+        bounds = _time_bound_ms(out)
+        if self._now_ms is not None and "now" in shape.attrs:
+            out["now"] = cedar_datetime(self._now_ms(*bounds))
+        if self._caller is not None and (caller := self._caller(uid)):
+            out.update(caller)
+        return out
+
+    def request(self, ev: Evaluation) -> AuthzRequest:
+        principal = self.entity(ev.subject, "subject")
+        resource = self.entity(ev.resource, "resource")
+        action = self.action_uid(ev.action.name)
+        context = self.context(ev.context, ev.action, action)
+        return self.assemble(principal, action, resource, context)
+
+    def assemble(
+        self,
+        principal: EntityData,
+        action: EntityUid,
+        resource: EntityData,
+        context: dict[str, Any],
+    ) -> AuthzRequest:
+        """The Cedar request. A subject or resource the store lacks, of a type its
+        request-entities.yaml does not admit, is a DENY saying so (AuthZEN answers an
+        unknown subject with a decision, not an error; gRPC refuses such a principal)."""
+        denial = unknown_entity_denial("subject", principal.uid, self.bundle)
+        denial = denial or unknown_entity_denial("resource", resource.uid, self.bundle)
+        supplied = tuple(e for e in (principal, resource) if e.attrs)
+        # `context` holds the bound in the one form `context()` rewrote it to.
+        bound = time_bound_ms(context)
+        return AuthzRequest(principal.uid, action, resource.uid, context, supplied, denial, *bound)
+
+    # -- values
+    def _plain(self, obj: Mapping[str, Any], field: str, depth: int) -> dict[str, Any]:
+        """A record as sent, but for null members and elements (absent); depth-checked.
+
+        Its keys are data: Cedar's escape keys (`__entity`, `__extn`, `__expr`)
+        are refused here, where they are not the one key of an exact escape.
+        """
+        out: dict[str, Any] = {}
+        for name, value in obj.items():
+            check_text(name, field)
+            if name in RESERVED_KEYS:  # data, never an escape (issue 16)
+                raise InvalidRequest(member(field, name), reserved_message(name))
+            if value is not None:
+                out[name] = self._plain_value(value, member(field, name), depth + 1)
+        return out
+
+    def _plain_value(self, value: Any, field: str, depth: int) -> Any:
+        if depth > self._depth:
+            raise InvalidRequest(field, "nests deeper than the attribute depth limit")
+        if isinstance(value, dict) and not _is_escape(value):
+            return self._plain(value, field, depth)
+        if isinstance(value, list):
+            return [
+                self._plain_value(item, f"{field}[{i}]", depth + 1)
+                for i, item in enumerate(value)
+                if item is not None
+            ]
+        self._check_depth(value, field, depth)
+        return value
+
+    def _record(
+        self, obj: Mapping[str, Any], record: Record, field: str, depth: int
+    ) -> dict[str, CedarJson]:
+        out: dict[str, CedarJson] = {}
+        for name, value in obj.items():
+            declared = record.attrs.get(name)
+            if declared is None:
+                continue  # not in the schema: no policy can read it
+            kept = self._keep(value, declared, member(field, name), depth + 1)
+            if kept is not _DROP:
+                out[name] = kept
+        return out
+
+    def _keep(self, value: Any, typ: CedarType, field: str, depth: int) -> Any:
+        """The declared part of a value; null means absent. Types are Cedar's to judge."""
+        if depth > self._depth:
+            raise InvalidRequest(field, "nests deeper than the attribute depth limit")
+        if value is None:
+            return _DROP
+        typ = self.view.resolve(typ)
+        if isinstance(typ, Record) and isinstance(value, dict) and not _is_escape(value):
+            return self._record(value, typ, field, depth)
+        if isinstance(typ, SetOf) and isinstance(value, list):
+            kept = (
+                self._keep(item, typ.element, f"{field}[{i}]", depth + 1)
+                for i, item in enumerate(value)
+            )
+            return [k for k in kept if k is not _DROP]
+        self._check_depth(value, field, depth)
+        return value
+
+    def _check_depth(self, value: Any, field: str, depth: int) -> None:
+        """Depth, and what the audit trail can record (the trail records every kept value)."""
+        if depth > self._depth:
+            raise InvalidRequest(field, "nests deeper than the attribute depth limit")
+        if isinstance(value, str):
+            check_text(value, field)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            check_long(value, field)
+        elif isinstance(value, dict):
+            escape = _is_escape(value)
+            for name, item in value.items():
+                check_text(name, field)
+                if name in RESERVED_KEYS and not escape:  # data, never an escape (issue 16)
+                    raise InvalidRequest(member(field, name), reserved_message(name))
+                self._check_depth(item, member(field, name), depth + 1)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                self._check_depth(item, f"{field}[{i}]", depth + 1)
+
+
+def _time_bound_ms(context: dict[str, Any]) -> tuple[int | None, int | None]:
+    """`context.time_bound` in ms, its bounds rewritten in the one form Cedar then reads.
+
+    The `now` clamp (validate.effective_now_ms) must see the instant Cedar will
+    compare with `now`, whatever form the PEP wrote it in: a string, a
+    `datetime` call with `arg` or `args`, an `offset(datetime, duration)`
+    (validate.parse_cedar_datetime). So each bound is parsed here, refused (400)
+    when it cannot be, and replaced by the canonical `datetime("...Z")` of the
+    same instant, which is all Cedar gets.
+    """
+    bound = context.get("time_bound")
+    if not isinstance(bound, dict) or _is_escape(bound):
+        return None, None  # absent, or not a record: Cedar refuses it (a deny)
+    bound = context["time_bound"] = dict(bound)
+    out: list[int | None] = []
+    for name in ("not_before", "not_after"):
+        value = bound.get(name)
+        if value is None:
+            out.append(None)
+            continue
+        ms = parse_cedar_datetime(value)
+        if ms is None or not _MIN_MS <= ms <= _MAX_MS:
+            raise InvalidRequest(
+                f"context.time_bound.{name}",
+                "is not a datetime stepguard can read: send an RFC 3339 instant in Cedar's "
+                'form, such as "2026-11-25T18:00:00Z" or "2026-11-25T18:00:00.000+0100"',
+            )
+        bound[name] = cedar_datetime(ms)
+        out.append(ms)
+    return out[0], out[1]
+
+
+_MIN_MS: Final = to_ms(datetime(1, 1, 1, tzinfo=UTC))
+_MAX_MS: Final = to_ms(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC))
+
+
+def _is_escape(value: Mapping[str, Any]) -> bool:
+    """Cedar's JSON escapes for entity references and extension values."""
+    return len(value) == 1 and next(iter(value)) in ("__entity", "__extn")
