@@ -28,7 +28,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.client import StepDecision, error_class_of
-from sidecar.core.outcome import ACCOUNT_CHANGES, outcome_from_json
+from sidecar.core.outcome import ACCOUNT_CHANGES
+from sidecar.core.outcomejson import outcome_from_json
 from sidecar.integrations.steps import EntityTypes, RunFacts, Step
 
 # At most this long (and never longer than the decision timeout) for one
