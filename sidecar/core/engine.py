@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import cedarpy
@@ -60,25 +60,129 @@ def deny(revision: str, message: str, policy_errors: PolicyErrors = PolicyErrors
     )
 
 
+def evaluate_many(
+    bundle: Bundle,
+    requests: Sequence[AuthzRequest],
+    *,
+    policy_errors: PolicyErrors = PolicyErrors.DENY,
+) -> list[Result]:
+    """Decide every request, in order: exactly `[evaluate(bundle, r) for r in requests]`.
+
+    One cedarpy call per distinct (policy set, entity set) among the requests,
+    not one per request: an `AuthorizeBatch` or a stream window pays the call's
+    fixed cost once. Cedar decides each request of a call on its own. A request
+    that cannot be batched (validation's denial, entities rejected, a context
+    orjson cannot encode) gets `evaluate`'s answer; if a call fails as a whole,
+    each of its requests is decided alone, so one request never changes another's.
+    """
+    results: list[Result | None] = [None] * len(requests)
+    groups: dict[tuple[int, int], _Group] = {}
+    for i, request in enumerate(requests):
+        try:
+            prepared = _prepare(bundle, request, True, policy_errors)
+        except Exception:  # noqa: BLE001 - decided alone, failing closed there
+            prepared = None
+        if isinstance(prepared, Result):
+            results[i] = prepared
+            continue
+        if prepared is None or prepared.context_json is None:
+            results[i] = evaluate(bundle, request, policy_errors=policy_errors)
+            continue
+        key = (id(prepared.policy_set), id(prepared.entities))
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group(prepared.policy_set, prepared.entities)
+        group.indices.append(i)
+        group.calls.append(prepared.call())
+    for group in groups.values():
+        try:
+            answers = cedarpy._internal.is_authorized_batch(
+                group.calls, group.policy_set, group.entities._inner, bundle.schema, False
+            )
+            if len(answers) != len(group.calls):  # pragma: no cover - cedarpy's contract
+                raise ValueError("cedarpy answered a different number of requests")
+            for i, answer in zip(group.indices, answers, strict=True):
+                results[i] = _answer(
+                    bundle, cedarpy.AuthzResult(orjson.loads(answer)), policy_errors
+                )
+        except Exception:  # noqa: BLE001 - each decided alone, failing closed there
+            for i in group.indices:
+                results[i] = evaluate(bundle, requests[i], policy_errors=policy_errors)
+    return [
+        r if r is not None else deny(bundle.revision, "not decided", policy_errors) for r in results
+    ]
+
+
+class _Group:
+    """Requests decided by one cedarpy call: the same policy set and entity set."""
+
+    __slots__ = ("calls", "entities", "indices", "policy_set")
+
+    def __init__(self, policy_set: cedarpy.PolicySet, entities: cedarpy.Entities) -> None:
+        self.policy_set = policy_set
+        self.entities = entities
+        self.indices: list[int] = []
+        self.calls: list[dict[str, Any]] = []
+
+
+class _Prepared:
+    """One request ready for cedarpy: its handles and its Cedar request."""
+
+    __slots__ = ("context", "context_json", "entities", "policy_set", "request")
+
+    def __init__(
+        self,
+        request: AuthzRequest,
+        policy_set: cedarpy.PolicySet,
+        entities: cedarpy.Entities,
+    ) -> None:
+        self.request = request
+        self.policy_set = policy_set
+        self.entities = entities
+        self.context = dict(request.context)
+        try:
+            self.context_json: str | None = orjson.dumps(self.context).decode()
+        except TypeError:  # what orjson cannot encode goes through cedarpy's own wrapper
+            self.context_json = None
+
+    def call(self) -> dict[str, Any]:
+        """The request as cedarpy's extension takes it (the context already JSON)."""
+        r = self.request
+        return {
+            "principal": r.principal.to_json(),
+            "action": r.action.to_json(),
+            "resource": r.resource.to_json(),
+            "context": self.context_json if self.context_json is not None else self.context,
+        }
+
+
 def _evaluate(
     bundle: Bundle, request: AuthzRequest, indexed: bool, policy_errors: PolicyErrors
 ) -> Result:
+    prepared = _prepare(bundle, request, indexed, policy_errors)
+    if isinstance(prepared, Result):
+        return prepared
+    return _answer(bundle, _is_authorized(prepared, bundle.schema), policy_errors)
+
+
+def _prepare(
+    bundle: Bundle, request: AuthzRequest, indexed: bool, policy_errors: PolicyErrors
+) -> _Prepared | Result:
+    """The handles and Cedar request for `request`, or the DENY it gets without Cedar."""
     if request.denial:  # validation's verdict (an unknown resource): no policy is asked
         return deny(bundle.revision, request.denial, policy_errors)
     try:
         entities = _entities_for(bundle, request.entities)
     except ValueError as exc:
         return deny(bundle.revision, f"request entities rejected: {exc}", policy_errors)
-    cedar_request = {
-        "principal": request.principal.to_json(),
-        "action": request.action.to_json(),
-        "resource": request.resource.to_json(),
-        "context": dict(request.context),
-    }
     policy_set = bundle.policy_set
     if indexed and bundle.index is not None:
         policy_set = bundle.index.policy_set_for(request)
-    answer = _is_authorized(cedar_request, policy_set, entities, bundle.schema)
+    return _Prepared(request, policy_set, entities)
+
+
+def _answer(bundle: Bundle, answer: cedarpy.AuthzResult, policy_errors: PolicyErrors) -> Result:
+    """Cedar's answer as a Result, under `policy_errors`."""
     diagnostics = answer.diagnostics
     errors = tuple(_eval_error(e) for e in diagnostics.errors)
     reasons = tuple(_policy_ref(bundle, pid) for pid in diagnostics.reasons)
@@ -101,12 +205,7 @@ def _evaluate(
     return Result(Decision.DENY, reasons, errors, Obligations(), bundle.revision, policy_errors)
 
 
-def _is_authorized(
-    request: dict[str, Any],
-    policy_set: cedarpy.PolicySet,
-    entities: cedarpy.Entities,
-    schema: cedarpy.Schema,
-) -> cedarpy.AuthzResult:
+def _is_authorized(prepared: _Prepared, schema: cedarpy.Schema) -> cedarpy.AuthzResult:
     """cedarpy.is_authorized for one request with parsed handles, JSON done by orjson.
 
     cedarpy's wrapper encodes the context and decodes the answer with the
@@ -115,16 +214,12 @@ def _is_authorized(
     the wrapper for what orjson cannot encode. The Cedar corpus test runs
     every request through here.
     """
-    try:
-        context = orjson.dumps(request["context"]).decode()
-    except TypeError:
-        return cedarpy.is_authorized(request, policy_set, entities, schema)
+    if prepared.context_json is None:
+        return cedarpy.is_authorized(
+            prepared.call(), prepared.policy_set, prepared.entities, schema
+        )
     answers = cedarpy._internal.is_authorized_batch(
-        [{**request, "context": context}],
-        policy_set,
-        entities._inner,
-        schema,
-        False,
+        [prepared.call()], prepared.policy_set, prepared.entities._inner, schema, False
     )
     return cedarpy.AuthzResult(orjson.loads(answers[0]))
 
@@ -138,12 +233,17 @@ def _entities_for(bundle: Bundle, supplied: Iterable[EntityData]) -> cedarpy.Ent
     """The store plus the entities a request supplies, for this call only.
 
     Validation admits supplied data only for entities the store does not hold,
-    so they are added to the parsed store without re-parsing it.
+    so they are added to the parsed store (prepared once at load) without
+    re-parsing or re-serialising it: only the request's own entities are encoded.
     """
     added = [d.to_json() for d in supplied if d.uid not in bundle.entity_json]
-    if added:
-        return bundle.entities.with_added_json_str(json.dumps(added), bundle.schema)
-    return bundle.entities
+    if not added:
+        return bundle.entities
+    try:
+        delta = orjson.dumps(added).decode()
+    except TypeError:  # what orjson cannot encode (an integer beyond 64 bits): as before
+        delta = json.dumps(added)
+    return bundle.entities.with_added_json_str(delta, bundle.schema)
 
 
 def _eval_error(message: str) -> EvalError:
@@ -154,15 +254,15 @@ def _eval_error(message: str) -> EvalError:
 
 
 def _policy_ref(bundle: Bundle, pid: str) -> PolicyRef:
-    info = bundle.policies.get(pid)
-    if info is None:
-        return PolicyRef(pid, {}, "")
-    return PolicyRef(pid, info.annotations, info.source)
+    ref = bundle.refs.get(pid)  # prepared at load
+    return ref if ref is not None else PolicyRef(pid, {}, "")
 
 
 def _obligations(bundle: Bundle, reasons: tuple[PolicyRef, ...]) -> Obligations:
     """The smallest of each obligation among the determining permits: each permit's
     bound holds."""
+    if len(reasons) == 1:  # the usual case: the permit's own, prepared at load
+        return bundle.obligations.get(reasons[0].id) or Obligations()
     infos = [info for ref in reasons if (info := bundle.policies.get(ref.id))]
     ttls = [i.max_credential_ttl for i in infos if i.max_credential_ttl is not None]
     revokes = [i.revoke_within for i in infos if i.revoke_within is not None]
