@@ -50,7 +50,13 @@ from sidecar.core.bundlefiles import (
     visible_files,
 )
 from sidecar.core.cedartext import schema_entity_types
-from sidecar.core.entitystore import build_store, json_document
+from sidecar.core.entitystore import (
+    build_store,
+    json_document,
+    named_in,
+    reachable,
+    slice_text,
+)
 from sidecar.core.errors import BundleError
 from sidecar.core.index import WHOLE_CONTEXT, PolicyIndex, context_reads
 from sidecar.core.lifecycle import Lifecycle
@@ -99,6 +105,17 @@ class Bundle:
     # Prepared at load for the engine, by policy id: the reference a determining
     # policy is reported as, and the obligations a permit carries.
     refs: Mapping[str, PolicyRef] = field(default_factory=lambda: MappingProxyType({}))
+    # The store as slices (entitystore.py): each entity's JSON text and the entities
+    # it names; and every stored entity the policies can reach from the entities
+    # they name themselves. A request bringing its own entities is decided with
+    # those slices it can reach (engine.py), not with a clone of the whole store.
+    entity_slices: Mapping[EntityUid, str] = field(default_factory=lambda: MappingProxyType({}))
+    entity_refs: Mapping[EntityUid, tuple[EntityUid, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    policy_entities: frozenset[EntityUid] = frozenset()
+    # Those entities parsed once (None: no such set could be built; no slices then).
+    policy_store: cedarpy.Entities | None = None
     obligations: Mapping[str, Obligations] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -244,6 +261,7 @@ def build_bundle(
     steps = None
     if lifecycle is not None:
         steps = lifecycle_yaml.parse(lifecycle.text, actions, groups, file=lifecycle.name)
+    policy_entities = frozenset(reachable(_named(static.values()), store.refs))
     optional = [src for src in (request_entities, lifecycle) if src is not None]
     inputs = (*policies, schema, *entities, *optional)
     digest = hashlib.sha256()
@@ -261,6 +279,10 @@ def build_bundle(
         entity_types=entity_types,
         actions=actions,
         entity_json=store.by_uid,
+        entity_slices=store.slices,
+        entity_refs=store.refs,
+        policy_entities=policy_entities,
+        policy_store=_policy_store(store.slices, policy_entities, schema_handle),
         sources=tuple(s.name for s in inputs),
         index=PolicyIndex(static, json.loads(str(store.handle)), policy_set),
         context_reads=context_reads(static.values()),
@@ -273,6 +295,24 @@ def build_bundle(
             {pid: Obligations(i.max_credential_ttl, i.revoke_within) for pid, i in infos.items()}
         ),
     )
+
+
+def _policy_store(
+    slices: Mapping[EntityUid, str], uids: frozenset[EntityUid], schema: cedarpy.Schema
+) -> cedarpy.Entities | None:
+    """The stored entities the policies reach, parsed: the base of every slice."""
+    try:
+        return cedarpy.Entities.from_json_str(slice_text(slices, set(uids), ""), schema)
+    except ValueError:  # pragma: no cover - a part of a store that loaded
+        return None
+
+
+def _named(policies: Any) -> set[EntityUid]:
+    """Every entity the policies name (scopes, conditions), generously (named_in)."""
+    out: set[EntityUid] = set()
+    for body in policies:
+        named_in(body, out)
+    return out
 
 
 def _json_levels(value: Any) -> int:
