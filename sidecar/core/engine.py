@@ -97,15 +97,9 @@ def evaluate_many(
         group.calls.append(prepared.call())
     for group in groups.values():
         try:
-            answers = cedarpy._internal.is_authorized_batch(
-                group.calls, group.policy_set, group.entities._inner, bundle.schema, False
-            )
-            if len(answers) != len(group.calls):  # pragma: no cover - cedarpy's contract
-                raise ValueError("cedarpy answered a different number of requests")
+            answers = _is_authorized_many(group, bundle.schema)
             for i, answer in zip(group.indices, answers, strict=True):
-                results[i] = _answer(
-                    bundle, cedarpy.AuthzResult(orjson.loads(answer)), policy_errors
-                )
+                results[i] = _answer(bundle, answer, policy_errors)
         except Exception:  # noqa: BLE001 - each decided alone, failing closed there
             for i in group.indices:
                 results[i] = evaluate(bundle, requests[i], policy_errors=policy_errors)
@@ -223,6 +217,16 @@ def _is_authorized(prepared: _Prepared, schema: cedarpy.Schema) -> cedarpy.Authz
         [prepared.call()], prepared.policy_set, prepared.entities._inner, schema, False
     )
     return cedarpy.AuthzResult(orjson.loads(answers[0]))
+
+
+def _is_authorized_many(group: _Group, schema: cedarpy.Schema) -> list[cedarpy.AuthzResult]:
+    """One cedarpy call for a group's requests (as `_is_authorized` calls it for one)."""
+    answers = cedarpy._internal.is_authorized_batch(
+        group.calls, group.policy_set, group.entities._inner, schema, False
+    )
+    if len(answers) != len(group.calls):  # pragma: no cover - cedarpy's contract
+        raise ValueError("cedarpy answered a different number of requests")
+    return [cedarpy.AuthzResult(orjson.loads(answer)) for answer in answers]
 
 
 def request_entities(bundle: Bundle, request: AuthzRequest) -> cedarpy.Entities:
