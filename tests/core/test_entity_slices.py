@@ -95,7 +95,7 @@ def _uid(type_: str, id_: str) -> dict[str, str]:
 def test_a_stored_entity_under_a_supplied_parent() -> None:
     """The store's u1 is in a group the store lacks; the request supplies that group
     inside g0. Both ways u1 is (or is not) in g0 alike, and the document it owns too."""
-    entities = [
+    entities: list[dict[str, Any]] = [
         {"uid": _uid("Group", "g0"), "attrs": {}, "parents": []},
         {"uid": _uid("User", "u1"), "attrs": {"level": 3}, "parents": [_uid("Group", "gx")]},
         {
