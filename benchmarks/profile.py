@@ -102,6 +102,7 @@ SIDECAR_MODULES: dict[str, str | None] = {
     "sidecar/serving/server.py": None,
     "sidecar/core/validate.py": "convert",
     "sidecar/core/jsonreq.py": "convert",
+    "sidecar/core/decoderefusal.py": "convert",
     "sidecar/core/limits.py": "convert",
     "sidecar/core/textsafe.py": "convert",
     "sidecar/decision/identity.py": "convert",
@@ -139,19 +140,7 @@ SIDECAR_FUNCTIONS: dict[tuple[str, str], str] = {
     ("sidecar/audit/chain.py", "canonical"): "audit_encode",
     ("sidecar/audit/commit.py", "_encode"): "audit_encode",
     ("sidecar/audit/event.py", "template"): "cache",  # kept for the hits to come
-    ("sidecar/decision/decider.py", "_event"): "audit_encode",
-    ("sidecar/decision/decider.py", "_record"): "audit_write",
-    ("sidecar/decision/decider.py", "_write"): "audit_write",
-    ("sidecar/decision/decider.py", "_count"): "metrics",
-    ("sidecar/decision/decider.py", "_hit"): "cache",
-    ("sidecar/decision/decider.py", "_encoded_len"): "cache",
-    ("sidecar/decision/decider.py", "_reads_now"): "cache",
     ("sidecar/decision/decider.py", "now"): "convert",
-    ("sidecar/decision/decider.py", "context_now_ms"): "convert",
-    ("sidecar/decision/cache.py", "to_ms"): "convert",
-    ("sidecar/decision/cache.py", "from_ms"): "convert",
-    ("sidecar/decision/cache.py", "effective_now_ms"): "convert",
-    ("sidecar/decision/cache.py", "cedar_datetime"): "convert",
     ("sidecar/serving/servicer.py", "_meta"): "convert",
     ("sidecar/serving/servicer.py", "_time_bound_ms"): "convert",
     ("sidecar/serving/servicer.py", "_timestamp_ms"): "convert",
@@ -163,8 +152,10 @@ SIDECAR_FUNCTIONS: dict[tuple[str, str], str] = {
 }
 
 # A native protobuf call made directly by one of these functions is this stage's work:
-# `_decide` encodes the request deterministically for the cache key.
+# the cache's `lookup` encodes the request deterministically for its key (the
+# handler's `_decide` did, before the decider owned the lookup).
 PROTOBUF_UNDER: dict[tuple[str, str], str] = {
+    ("sidecar/decision/cache.py", "lookup"): "cache",
     ("sidecar/serving/servicer.py", "_decide"): "cache",
 }
 

@@ -6,8 +6,11 @@ prints one line, `READY <tcp target> <unix target or ->`, once it accepts
 calls, then serves until its stdin closes.
 
 KIND is `stepguard` (the real Sidecar on a policy directory, with its audit
-trail written to a real file) or `empty` (baseline A: an Authorizer that
-parses each request and returns an empty AuthorizeResponse, registered the
+trail written to a real file; with `--workers N`, N > 1, the real supervisor
+and N worker processes of `stepguard serve`, each writing its own chain next
+to the audit file; clients reach them all over TCP with a connection each, or
+over the socket with sidecar.client's spreading) or `empty` (baseline A: an
+Authorizer that parses each request and returns an empty AuthorizeResponse, registered the
 way stepguard registers its handlers, on the same gRPC server, options and
 transport; `--mode` picks the grpc.aio or the thread-pool server).
 """
@@ -15,6 +18,7 @@ transport; `--mode` picks the grpc.aio or the thread-pool server).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
@@ -111,10 +115,10 @@ def _empty_server(mode: str, socket: str | None) -> tuple[grpc.Server, str, str]
     ]
     server: grpc.Server
     if mode == "asyncio":
-        server = AioServer(options=options, workers=s.workers, event_loop=s.event_loop)
+        server = AioServer(options=options, workers=s.threads, event_loop=s.event_loop)
     else:
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="stepguard"),
+            futures.ThreadPoolExecutor(max_workers=s.threads, thread_name_prefix="stepguard"),
             options=options,
         )
     server.add_generic_rpc_handlers((empty_handler(mode),))
@@ -135,6 +139,9 @@ def main() -> int:
     parser.add_argument("--socket", default=None)
     parser.add_argument("--mode", choices=["sync", "asyncio"], default=Settings().server_mode)
     parser.add_argument("--cache-max-entries", type=int, default=None)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="stepguard worker processes (default 1)"
+    )
     args = parser.parse_args()
     if args.socket:
         Path(args.socket).unlink(missing_ok=True)
@@ -157,6 +164,8 @@ def main() -> int:
         server_mode=args.mode,
         **extra,
     )
+    if args.workers > 1:
+        return _supervised(args, dataclasses.replace(settings, worker_processes=args.workers))
     sidecar = Sidecar(settings)
     endpoints = sidecar.start()
     tune_gc_for_serving()
@@ -164,6 +173,25 @@ def main() -> int:
     print(f"READY {endpoints.tcp} {unix}", flush=True)
     sys.stdin.read()
     sidecar.stop(1)
+    return 0
+
+
+def _supervised(args: argparse.Namespace, settings: Settings) -> int:
+    """`stepguard serve --workers N` as production runs it: a supervisor and N workers."""
+    from sidecar.serving.supervisor import Supervisor
+
+    command = [sys.executable, "-m", "sidecar.cli", "serve", "--log-level", "WARNING"]
+    command += ["--policies", str(settings.policies), "--audit-file", settings.audit_file]
+    command += ["--server-mode", settings.server_mode, "--metrics-listen", "off"]
+    command += ["--cache-max-entries", str(settings.cache_max_entries)]
+    if settings.socket is not None:
+        command += ["--socket", str(settings.socket)]
+    supervisor = Supervisor(settings, command)
+    endpoints = supervisor.start()
+    unix = f"unix:{endpoints.socket}" if endpoints.socket else "-"
+    print(f"READY {endpoints.tcp} {unix}", flush=True)
+    sys.stdin.read()
+    supervisor.stop(1)
     return 0
 
 

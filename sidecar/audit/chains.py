@@ -23,8 +23,10 @@ from pathlib import Path
 from sidecar.audit.chain import BadRecord, parse_line
 from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
-from sidecar.audit.verify import Problem, Progress, Report, verify
-from sidecar.audit.workers import TrailSet, manifest_path, worker_path
+from sidecar.audit.verify import Problem, Report, verify
+from sidecar.audit.workers import TrailSet, manifest_path
+from sidecar.core.progress import Progress
+from sidecar.core.workernames import worker_path
 
 
 def set_findings(trails: TrailSet) -> list[Report]:
@@ -137,13 +139,17 @@ def verify_chain(
     checkpoints: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
-    """verify.verify on one chain of the trail, with that chain's checkpoint file."""
+    """verify.verify on one chain of the trail, with that chain's checkpoint file.
+
+    A chain named alone by its own file is pinned by the checkpoint file given,
+    as is; for a whole trail, `CP` names each worker's own `CP.w<i>...`.
+    """
     report = verify(
         chain,
         key,
         partial=partial,
         accept_missing_anchor=accept_missing_anchor,
-        checkpoints=checkpoints_of(checkpoints, chain),
+        checkpoints=checkpoints if trails.alone else checkpoints_of(checkpoints, chain),
         progress=progress,
     )
     if trails.multi:

@@ -16,9 +16,10 @@ from typing import Any
 from sidecar.audit.redact import Redactor
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import AuthzRequest, Result
+from sidecar.core.outcome import DecisionFacts, Outcome
 
 SCHEMA_VERSION = 1
-KINDS = ("decision", "segment", "recovery", "outage", "shutdown")
+KINDS = ("decision", "outcome", "segment", "recovery", "outage", "shutdown")
 _SYSTEM_IDS = DecisionIds()
 
 
@@ -147,6 +148,72 @@ def stamp(
         event["request_id"] = meta.request_id
     if now is not None:
         event["context"] = {**event["context"], "now": now}
+    return event
+
+
+def build_outcome_event(
+    outcome_id: str,
+    at: datetime,
+    outcome: Outcome,
+    meta: CallMeta,
+    *,
+    facts: DecisionFacts | None,
+    violation: str,
+    redactor: Redactor | None = None,
+    audit_note: str = "",
+) -> dict[str, Any]:
+    """The outcome event: what a decided step did, beside its decision in the trail.
+
+    What the decision said about the step (principal, action, resource,
+    workflow/run/step, revision) is copied from the decision's own (redacted)
+    event, so `audit query` finds outcomes by the same filters. `decided` is the
+    decision it was matched with (ALLOW, DENY), UNKNOWN when none was found
+    (named apart from a decision event's `decision`, so that a reader keying on
+    that field never takes an outcome for a decision). `violation`
+    is present only when the outcome is one. Redaction: the configured paths
+    (e.g. `effect.identity.id`, `effect.credential.id`) and, in `effect`, any
+    value that looks like a secret (rule 2 of redact.py).
+    """
+    event: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "kind": "outcome",
+        "id": outcome_id,
+        "time": timestamp(at),
+        "caller": {"peer": meta.peer, "identity": meta.identity},
+        "decision_id": outcome.decision_id,
+        "decided": facts.decision if facts is not None else "UNKNOWN",
+        "status": outcome.status,
+        "attempt": outcome.attempt,
+        "workflow_id": facts.workflow_id if facts is not None else "",
+        "run_id": facts.run_id if facts is not None else "",
+        "step_id": facts.step_id if facts is not None else "",
+    }
+    if facts is not None:
+        for name in ("principal", "action", "resource"):
+            value = getattr(facts, name)
+            if value is not None:
+                event[name] = value
+        event["policy_revision"] = facts.policy_revision
+    if outcome.error_class:
+        event["error_class"] = outcome.error_class
+    if outcome.started_at is not None:
+        event["started_at"] = timestamp(outcome.started_at)
+    if outcome.finished_at is not None:
+        event["finished_at"] = timestamp(outcome.finished_at)
+    if outcome.effect is not None:
+        event["effect"] = outcome.effect.to_json()
+    if violation:
+        event["violation"] = violation
+    if meta.trace_id:
+        event["trace_id"] = meta.trace_id
+    if meta.request_id:
+        event["request_id"] = meta.request_id
+    if audit_note:
+        event["note"] = audit_note
+    if redactor is not None:
+        if "effect" in event:
+            event["effect"] = redactor.by_value(event["effect"])
+        event = redactor.apply(event)
     return event
 
 

@@ -1,4 +1,4 @@
-"""`stepguard audit query`: find decisions in a trail, for auditors.
+"""`stepguard audit query`: find decisions (and the outcomes reported for them) in a trail.
 
 Filters combine with AND; each entity filter takes `Type::"id"` (exact) or an
 id pattern with shell wildcards (`*provisioner`). Records come out in trail
@@ -10,6 +10,9 @@ out as one trail, by time, then chain, then seq. Typical questions:
         --decision ALLOW --action grant_access --action revoke_access
     # everything run 42 of the onboarding workflow asked, as JSON lines
     stepguard audit query audit.jsonl --workflow onboarding --run 42 --format json
+    # what became of decision D, and which steps ran without a decision in force?
+    stepguard audit query audit.jsonl --decision-id D
+    stepguard audit query /var/log/stepguard --violation
     # what did ines approve, under which tickets, for a spreadsheet?
     stepguard audit query audit.jsonl --approver 'User::"ines"' --csv > approved.csv
 
@@ -95,11 +98,20 @@ class Query:
     requesters: tuple[EntityFilter, ...] = ()
     approvers: tuple[EntityFilter, ...] = ()
     tickets: tuple[str, ...] = ()  # exact, or patterns with shell wildcards
+    # A decision and the outcomes reported for it (outcomes' `decision_id`).
+    decision_ids: tuple[str, ...] = ()
+    violations_only: bool = False  # only outcomes flagged as violations
 
     def matches(self, event: dict[str, Any]) -> bool:
         if self.kinds and event.get("kind") not in self.kinds:
             return False
         if self.ids and event.get("id") not in self.ids:
+            return False
+        if self.decision_ids and not (
+            event.get("id") in self.decision_ids or event.get("decision_id") in self.decision_ids
+        ):
+            return False
+        if self.violations_only and not event.get("violation"):
             return False
         if self.decision and event.get("decision") != self.decision:
             return False
@@ -229,8 +241,32 @@ def _context_cell(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def _outcome_why(event: dict[str, Any]) -> str:
+    """An outcome in the `why` cell: status, error class, violation, the decision it followed."""
+    why = str(event.get("status", ""))
+    if event.get("error_class"):
+        why += f" ({event['error_class']})"
+    if event.get("violation"):
+        why += f" VIOLATION {event['violation']}"
+    return f"{why}; decision {event.get('decided', '')} {event.get('decision_id', '')}"
+
+
 def fields(event: dict[str, Any]) -> tuple[str, ...]:
     """One record's cells, in CSV_COLUMNS order (raw: the outputs escape them)."""
+    if event.get("kind") == "outcome":
+        return (
+            str(event.get("time", "")),
+            "OUTCOME",
+            _uid(event.get("principal")),
+            str((event.get("action") or {}).get("id", "")),
+            _uid(event.get("resource")),
+            "",
+            "",
+            "",
+            _outcome_why(event),
+            *(str(event.get(k) or "") for k in ("workflow_id", "run_id", "step_id")),
+            str(event.get("id", "")),
+        )
     if event.get("kind") != "decision":
         detail = {
             k: v
@@ -274,7 +310,7 @@ def fields(event: dict[str, Any]) -> tuple[str, ...]:
 def row(event: dict[str, Any]) -> tuple[str, ...]:
     """One record's table cells (COLUMNS): workflow, run and step in one, `-` for none."""
     cells = fields(event)
-    if event.get("kind") != "decision":
+    if event.get("kind") not in ("decision", "outcome"):
         return (*cells[:9], "", cells[-1])
     where = "/".join(c or "-" for c in cells[9:12])
     return (*cells[:9], where, cells[-1])

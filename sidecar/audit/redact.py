@@ -65,7 +65,17 @@ VALUE_PATTERNS: dict[str, str] = {
 _MIN_VALUE = 7  # no built-in pattern matches a shorter string
 MODES = ("hash", "remove")
 _PATH = re.compile(r"[^.\s]+(?:\.[^.\s]+)*")
-_PROTECTED = {"schema", "kind", "id", "time", "decision"}
+_PROTECTED = {
+    "schema",
+    "kind",
+    "id",
+    "time",
+    "decision",
+    "decision_id",
+    "decided",
+    "status",
+    "violation",
+}
 _MAX_NAMES = 4096
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
@@ -154,6 +164,29 @@ class Redactor:
         for parts in self.paths:
             out = self._by_path(out, parts)
         return out
+
+    def by_value(self, value: Any) -> Any:
+        """Rule 2 alone, at any depth: for data whose key names are the API's own
+        (an outcome's `effect`), where rule 1 would replace whole fields by name
+        (`credential`). The same object when nothing is replaced."""
+        if isinstance(value, str):
+            if not self.secret_value(value):
+                return value
+            return self.mask(value) if self.mode == "hash" else None
+        if isinstance(value, Mapping):
+            out = {k: self.by_value(v) for k, v in value.items()}
+            if all(out[k] is v for k, v in value.items()):
+                return value
+            return {k: v for k, v in out.items() if v is not None or value[k] is None}
+        if isinstance(value, list):
+            items = [self.by_value(v) for v in value]
+            if all(a is b for a, b in zip(items, value, strict=True)):
+                return value
+            return [
+                "redacted" if a is None and b is not None else a
+                for a, b in zip(items, value, strict=True)
+            ]
+        return value
 
     def _entity(self, entity: Any) -> Any:
         if isinstance(entity, Mapping) and "attrs" in entity:

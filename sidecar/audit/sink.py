@@ -142,7 +142,8 @@ def open_sink(
     from sidecar.audit.filesink import FileSink
     from sidecar.audit.pinning import CHECKPOINT_EVERY, CHECKPOINT_INTERVAL_S
     from sidecar.audit.stream import StreamSink
-    from sidecar.audit.workers import chain_path, ensure_manifest, worker_path
+    from sidecar.audit.workers import chain_path, ensure_manifest
+    from sidecar.core.workernames import worker_path
 
     path = chain_path(Path(target), worker, workers)  # ConfigError: a worker outside 0..N-1
     header: dict[str, int] = {}

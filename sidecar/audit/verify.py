@@ -41,10 +41,10 @@ so the CLI hands in its terminal counter and the audit package imports no CLI.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from sidecar.audit.anchor import read_anchor
 from sidecar.audit.chain import GENESIS, BadRecord, Hasher, Record, check_hash, parse_line
@@ -52,6 +52,7 @@ from sidecar.audit.checkpoint import BadCheckpoint, Checkpoint, read_checkpoints
 from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
 from sidecar.core.errors import StepguardError
+from sidecar.core.progress import Progress, counting
 
 EXIT_OK, EXIT_ERROR = 0, 1
 UNVERIFIABLE = "cannot verify"  # a Problem kind: exit 1
@@ -61,16 +62,6 @@ EXIT_CODES = {"modified": 3, "deleted": 4, "inserted": 5, "reordered": 6, "trunc
 EXIT_MISSING = 8
 SET_EXIT_CODES = {"missing": EXIT_MISSING}
 T = TypeVar("T")
-
-
-class Progress(Protocol):
-    """What `verify` needs of a progress display: a count to advance, one per record.
-
-    The CLI passes its terminal counter (sidecar/cli/progress.py); the audit
-    package itself never draws anything.
-    """
-
-    def advance(self, n: int = 1) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +342,7 @@ def _walk(
 ) -> tuple[Problem | None, _Line | None, str | None]:
     """The chain walk: (first problem, last line, hash of the record at the anchor's seq)."""
     segments = trail.segments
-    lines = _counting(_lines(segments), progress)
+    lines = counting(_lines(segments), progress)
     ln = next(lines, None)
     exp_seq, exp_prev = 0, GENESIS
     if partial and ln is not None and ln.record is not None:
@@ -575,13 +566,3 @@ def _check_anchor(
             f"the head anchor names another hash for seq {anchor['seq']}",
         )
     return None
-
-
-def _counting(items: Iterable[T], progress: Progress | None) -> Iterator[T]:
-    """`items`, advancing `progress` by one for each."""
-    if progress is None:
-        yield from items
-        return
-    for item in items:
-        progress.advance()
-        yield item

@@ -48,6 +48,7 @@ from sidecar.audit.segments import (
     write_all,
 )
 from sidecar.core.errors import ConfigError, StepguardError
+from sidecar.core.workernames import worker_path
 
 _WORKER = re.compile(r"^(?P<stem>.+)\.w(?P<n>\d{1,6})(?P<suffix>\.[^.]*)?$")
 T = TypeVar("T")
@@ -57,12 +58,6 @@ def _split(name: str) -> tuple[str, str]:
     """(stem, suffix) of a trail's file name: `audit.jsonl` is (`audit`, `.jsonl`)."""
     suffix = Path(name).suffix
     return (name[: -len(suffix)], suffix) if suffix else (name, "")
-
-
-def worker_path(path: Path, worker: int) -> Path:
-    """Worker `worker`'s file for the trail (or checkpoint file) `path`: `audit.w<i>.jsonl`."""
-    stem, suffix = _split(path.name)
-    return path.with_name(f"{stem}.w{worker}{suffix}")
 
 
 def manifest_path(path: Path) -> Path:
@@ -218,10 +213,15 @@ class TrailSet:
     manifest: Path | None = None  # when there is one on disk
     listed: tuple[str, ...] = ()  # the chains the manifest names
     manifest_error: str = ""  # the manifest is there but unreadable
+    # One worker's chain named by one of its own files: that chain is checked on its
+    # own, so what the rest of the trail lacks is not its finding.
+    alone: bool = False
 
     @property
     def multi(self) -> bool:
         """More than the single chain of a one-process trail."""
+        if self.alone:
+            return False
         return self.manifest is not None or any(c.worker is not None for c in self.chains)
 
     @property
@@ -268,7 +268,7 @@ def collect_sets(paths: Iterable[Path]) -> list[TrailSet]:
         if chain is not None and owner is not None:
             for trail in collect([path]):
                 one = Trail(trail.name, trail.segments, trail.head, owner[1])
-                alone.append(TrailSet(trail.name, (one,)))
+                alone.append(TrailSet(trail.name, (one,), alone=True))
             continue
         if not (path.exists() or manifest_path(path).exists() or _worker_chains(path)):
             collect([path])  # the trail's own rotated segments, or "no such file"

@@ -10,6 +10,7 @@ from typing import Any
 
 from sidecar.audit.chain import load_key
 from sidecar.audit.chains import chains_to_verify, set_findings, verify_chain, verify_set
+from sidecar.audit.event import KINDS
 from sidecar.audit.query import (
     EntityFilter,
     Query,
@@ -82,9 +83,29 @@ def register(subparsers: Any) -> None:
         "--ticket", action="append", default=[], help="context.approval.ticket (pattern)"
     )
     q.add_argument(
+        "--type",
+        dest="kinds",
+        action="append",
+        default=[],
+        choices=KINDS,
+        help="record kind (repeatable; default: decision, or decision and outcome with "
+        "--decision-id, outcome with --violation)",
+    )
+    q.add_argument(
+        "--decision-id",
+        action="append",
+        default=[],
+        help="a decision and the outcomes reported for it",
+    )
+    q.add_argument(
+        "--violation",
+        action="store_true",
+        help="only outcomes flagged as violations (a step that ran without a decision in force)",
+    )
+    q.add_argument(
         "--all-kinds",
         action="store_true",
-        help="also show segment, recovery, outage and shutdown records",
+        help="also show outcome, segment, recovery, outage and shutdown records",
     )
     q.add_argument(
         "--format",
@@ -202,6 +223,17 @@ def _render(report: Report) -> str:
     return "\n".join(escape(line) for line in lines)
 
 
+def _kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    """The record kinds to show (empty: all)."""
+    if args.all_kinds:
+        return ()
+    if args.kinds:
+        return tuple(args.kinds)
+    if args.violation:
+        return ("outcome",)
+    return ("decision", "outcome") if args.decision_id else ("decision",)
+
+
 def _query(args: argparse.Namespace) -> int:
     trails = collect_sets(args.paths)
     if args.verify:
@@ -228,7 +260,9 @@ def _query(args: argparse.Namespace) -> int:
         since=parse_time(args.since, "--since") if args.since else None,
         until=parse_time(args.until, "--until") if args.until else None,
         ids=tuple(args.id),
-        kinds=() if args.all_kinds else ("decision",),
+        kinds=_kinds(args),
+        decision_ids=tuple(args.decision_id),
+        violations_only=args.violation,
         requesters=tuple(EntityFilter.parse(r) for r in args.requester),
         approvers=tuple(EntityFilter.parse(a) for a in args.approver),
         tickets=tuple(args.ticket),

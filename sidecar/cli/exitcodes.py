@@ -77,7 +77,17 @@ COMMAND_EXIT_CODES: dict[str, tuple[tuple[int, str], ...]] = {
         _USAGE,
         (3, "--verify: the trail is broken (the codes of `audit verify`, 3 to 8)"),
     ),
+    "evidence": ((EXIT_OK, "done"), _USAGE),
 }
+# `stepguard evidence ANSWER`: the answer is printed even from a broken trail, and says so.
+_EVIDENCE = (
+    (EXIT_OK, "done, from trails that verify"),
+    _USAGE,
+    (EXIT_FAILED, "a trail does not verify (as `audit verify`): the answer says so"),
+    _INVALID,
+)
+for _answer in ("inventory", "access", "open-grants", "leavers", "exceptions", "report"):
+    COMMAND_EXIT_CODES[f"evidence {_answer}"] = _EVIDENCE
 
 
 def epilog(command: str) -> str:

@@ -147,7 +147,17 @@ def _commands() -> list[Callable[[Any], None]]:
 
     Each module adds its parser and sets `run` (its handler) with `set_defaults`.
     """
-    from sidecar.cli import audit, check, fmt, healthcheck, replay, serve, test, validate
+    from sidecar.cli import (
+        audit,
+        check,
+        evidence,
+        fmt,
+        healthcheck,
+        replay,
+        serve,
+        test,
+        validate,
+    )
 
     return [
         serve.register,
@@ -157,6 +167,7 @@ def _commands() -> list[Callable[[Any], None]]:
         test.register,
         fmt.register,
         replay.register,
+        evidence.register,
         healthcheck.register,
     ]
 

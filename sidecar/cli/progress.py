@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import TextIO, TypeVar
+from typing import TextIO
 
-T = TypeVar("T")
 _CHECK_EVERY = 64  # items between clock reads: cheap even for millions of records
 
 
@@ -78,16 +76,6 @@ class Progress:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def counting(items: Iterable[T], progress: Progress | None) -> Iterator[T]:
-    """`items`, advancing `progress` by one for each."""
-    if progress is None:
-        yield from items
-        return
-    for item in items:
-        progress.advance()
-        yield item
 
 
 def _is_terminal(stream: TextIO) -> bool:

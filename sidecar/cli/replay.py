@@ -23,10 +23,11 @@ from sidecar.authoring.replay import (
     trail_sources,
 )
 from sidecar.cli.exitcodes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
-from sidecar.cli.progress import Progress, counting
+from sidecar.cli.progress import Progress
 from sidecar.core.bundle import Bundle, load_bundle
 from sidecar.core.errors import BundleError
 from sidecar.core.model import Decision, PolicyErrors
+from sidecar.core.progress import counting
 from sidecar.core.textsafe import escape, escape_lines
 
 

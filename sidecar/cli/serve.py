@@ -20,6 +20,8 @@ from typing import Any
 from sidecar.cli.exitcodes import EXIT_OK
 from sidecar.core.model import PolicyErrors  # light: the standard library only
 
+_PARSERS: list[argparse.ArgumentParser] = []
+
 
 def register(sub: Any) -> None:
     """Add `stepguard serve` to the CLI."""
@@ -59,7 +61,23 @@ def register(sub: Any) -> None:
         help="checkpoint at least every T seconds while records are written (default 10)",
     )
     serve.add_argument("--grace", dest="grace_s", type=float, help="drain time on shutdown (s)")
-    serve.add_argument("--workers", type=int, help="gRPC worker threads")
+    serve.add_argument(
+        "--workers",
+        dest="worker_processes",
+        type=int,
+        help="worker processes (default: the usable cores of the CPU quota; 1 with "
+        "--audit-file -); each has its own engine, cache and audit chain",
+    )
+    serve.add_argument(
+        "--threads", type=int, help="gRPC (and AuthZEN) threads of each worker (default 16)"
+    )
+    serve.add_argument(
+        "--worker-index",
+        type=int,
+        metavar="I",
+        help="internal, set by the supervisor of --workers N: serve as its worker I "
+        "(docs/deployment.md, Worker processes)",
+    )
     serve.add_argument(
         "--stream-idle-timeout",
         dest="stream_idle_timeout_s",
@@ -69,7 +87,7 @@ def register(sub: Any) -> None:
     serve.add_argument(
         "--stream-max-per-caller",
         type=int,
-        help="open AuthorizeStreams per caller (default 0: half of workers / 2)",
+        help="open AuthorizeStreams per caller (default 0: half of threads / 2)",
     )
     serve.add_argument(
         "--max-request-bytes", type=int, help="refuse larger requests (INVALID_ARGUMENT)"
@@ -134,6 +152,7 @@ def register(sub: Any) -> None:
         "--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR"
     )
     serve.set_defaults(run=_serve)
+    _PARSERS.append(serve)  # to give a worker the same flags (_worker_argv)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -143,12 +162,12 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    flags = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("run", "config", "log_level") and v is not None
-    }
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
     settings = build_settings(flags, os.environ, args.config)
+    if args.worker_index is not None:
+        return _serve_worker(settings, args.worker_index)
+    if settings.workers > 1:
+        return _supervise(settings, args)
     sidecar = Sidecar(settings)
     done = threading.Event()
 
@@ -171,6 +190,68 @@ def _serve(args: argparse.Namespace) -> int:
     done.wait()
     sidecar.stop()
     return EXIT_OK
+
+
+_NOT_SETTINGS = ("run", "config", "log_level", "worker_index")
+
+
+def _stop_on_signals() -> threading.Event:
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("stepguard").info("signal %d: shutting down", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return done
+
+
+def _supervise(settings: Any, args: argparse.Namespace) -> int:
+    """`serve --workers N`, N > 1: run N workers as one server (supervisor.py)."""
+    from sidecar.serving.supervisor import Supervisor
+
+    command = [sys.executable, "-m", "sidecar.cli", "serve", *_worker_argv(args)]
+    supervisor = Supervisor(settings, command)
+    done = _stop_on_signals()
+    endpoints = supervisor.start()
+    serving = _endpoints(endpoints) | {"workers": supervisor.count}
+    print(json.dumps(serving), flush=True)  # the trail is never on stdout with workers
+    done.wait()
+    return EXIT_OK if supervisor.stop() else 1
+
+
+def _serve_worker(settings: Any, index: int) -> int:
+    """One worker of a supervisor: serve, report on stdout, obey stdin (supervisor.py)."""
+    from sidecar.serving.server import Sidecar, tune_gc_for_serving
+    from sidecar.serving.supervisor import WorkerLink
+
+    sidecar = Sidecar(settings, worker=index)
+    sidecar.set_fleet_serving(False)  # not SERVING until the supervisor says all are up
+    done = _stop_on_signals()
+    endpoints = sidecar.start()
+    link = WorkerLink(sidecar, done.set)
+    link.start(_endpoints(endpoints))
+    tune_gc_for_serving()
+    done.wait()
+    link.stop()
+    sidecar.stop()
+    return EXIT_OK
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The flags this `serve` was given, as a worker's command line (same settings)."""
+    parser = _PARSERS[-1]
+    argv: list[str] = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "worker_index"):
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value is False:
+            continue
+        option = action.option_strings[0]
+        argv += [option] if action.nargs == 0 else [option, str(value)]
+    return argv
 
 
 def _endpoints(endpoints: Any) -> dict[str, Any]:

@@ -13,6 +13,10 @@ DENY with diagnostics, not an exception.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from sidecar.core.suggest import did_you_mean
+
 
 class StepguardError(Exception):
     """Base of every stepguard error."""
@@ -36,9 +40,18 @@ class BundleError(StepguardError):
 
 
 class InvalidRequest(StepguardError):
-    """A malformed request; `field` is the path of the offending field."""
+    """A malformed request; `field` is the path of the offending field.
 
-    def __init__(self, field: str, message: str) -> None:
+    `near` is `(word, known names)` when the field names something unknown:
+    the message then ends with the closest known names ("; did you mean X?"),
+    composed here so that every refusal of a name suggests alike.
+    """
+
+    def __init__(
+        self, field: str, message: str, *, near: tuple[str, Iterable[str]] | None = None
+    ) -> None:
+        if near is not None:
+            message += did_you_mean(*near)
         self.field = field
         self.detail = message
         super().__init__(f"{field}: {message}")

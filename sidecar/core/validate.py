@@ -21,6 +21,13 @@ Free-form values are data: a record with a key Cedar would read as an escape
 (`__entity`, `__extn`, `__expr`) is refused, so entity references and
 extension values arrive only through `Value.entity_value` / `extension_value`
 and the audit trail can always tell a record from an entity.
+
+Time is read here too: Cedar's datetime forms, the request's time bound and
+`context.now` (the clock rounded to its granularity, never across the bound).
+The decision cache (a hit on raw bytes resolves its own `now`) and the AuthZEN
+mapping use the same functions. That makes this module about 600 lines, on
+purpose: a request is read without leaving it. Naming the field of bytes the
+protobuf decoder refused is apart (core/decoderefusal.py).
 """
 
 from __future__ import annotations
@@ -28,25 +35,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.core.bundle import REQUEST_ENTITIES_FILE, Bundle
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.model import (
-    AuthzRequest,
-    CedarJson,
-    EntityData,
-    EntityUid,
-    cedar_datetime,
-    datetime_text,
-    effective_now_ms,
-    to_ms,
-)
-from sidecar.core.suggest import did_you_mean
+from sidecar.core.model import AuthzRequest, CedarJson, EntityData, EntityUid
 
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*")
 EXTENSION_FUNCTIONS = frozenset({"ip", "decimal", "datetime", "duration", "offset"})
@@ -87,9 +82,9 @@ def request_from_proto(
 
     `now` is the server's clock reading, injected as `context.now` after
     rounding down to `now_granularity_ms`, never across the request's own time
-    bound (model.py `effective_now_ms`); the request carries that bound in ms,
-    so nothing downstream reads it again. `extra_context` carries other
-    server-side facts (the authenticated caller). The Cedar conformance corpus
+    bound (`effective_now_ms` below); the request carries that bound and `now`
+    in ms, so nothing downstream reads or resolves them again. `extra_context`
+    carries other server-side facts (the authenticated caller). The Cedar conformance corpus
     passes `now=None`: its schemas declare no `now`.
 
     `principal_bound`: workload binding is on, so the decider denies any
@@ -120,18 +115,24 @@ def request_from_proto(
             check_principal_known("principal", principal.uid, bundle)
         denial = unknown_resource_denial(resource.uid, bundle)
     if action not in bundle.actions:
-        hint = did_you_mean(str(action), (str(a) for a in bundle.actions))
-        raise InvalidRequest("action", f"{action} is not an action declared by the schema{hint}")
+        raise InvalidRequest(
+            "action",
+            f"{action} is not an action declared by the schema",
+            near=(str(action), [str(a) for a in bundle.actions]),
+        )
     context, bound = (
         _context(msg.context, bundle, limits) if msg.HasField("context") else ({}, _NO_BOUND)
     )
+    now_ms = None
     if now is not None:
-        at_ms = to_ms(now.astimezone(UTC))
-        context["now"] = cedar_datetime(effective_now_ms(at_ms, now_granularity_ms, *bound))
+        now_ms = effective_now_ms(to_ms(now.astimezone(UTC)), now_granularity_ms, *bound)
+        context["now"] = cedar_datetime(now_ms)
     if extra_context:
         context.update(extra_context)
     supplied = tuple(e for e in (principal, resource) if e.attrs or e.parents)
-    return AuthzRequest(principal.uid, action, resource.uid, context, supplied, denial, *bound)
+    return AuthzRequest(
+        principal.uid, action, resource.uid, context, supplied, denial, *bound, now_ms
+    )
 
 
 def _unknown(uid: EntityUid, bundle: Bundle) -> bool:
@@ -184,9 +185,10 @@ def _uid(
     if not _TYPE_NAME.fullmatch(type_):
         raise InvalidRequest(f"{field}.type", f"{type_!r} is not a Cedar entity type name")
     if bundle is not None and field != "action" and type_ not in bundle.entity_types:
-        hint = did_you_mean(type_, bundle.entity_types)
         raise InvalidRequest(
-            f"{field}.type", f"{type_!r} is not an entity type of the schema{hint}"
+            f"{field}.type",
+            f"{type_!r} is not an entity type of the schema",
+            near=(type_, bundle.entity_types),
         )
     if need_id and not ref.id:
         raise InvalidRequest(f"{field}.id", "is required and must not be empty")
@@ -433,6 +435,158 @@ def _datetime_json(value: datetime) -> dict[str, Any]:
     return {"__extn": {"fn": "datetime", "arg": datetime_text(value)}}
 
 
+# --- time: Cedar datetimes in milliseconds, and `context.now` ---------------------------
+#
+# Here, where validation reads them: the request's time bound as Cedar reads it
+# (`parse_cedar_datetime`) and `context.now` (the clock rounded to its granularity,
+# never across the bound: `effective_now_ms`). The decision cache (a hit on raw
+# bytes resolves its own `now`) and the AuthZEN mapping use these same functions.
+
+
+def datetime_text(value: datetime) -> str:
+    """`YYYY-MM-DDThh:mm:ss.sssZ` in UTC, the form Cedar's `datetime` parses.
+
+    Formatted by hand: strftime is slower, and pads no year before 1000.
+    """
+    u = value.astimezone(UTC)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+        f".{u.microsecond // 1000:03d}Z"
+    )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def to_ms(value: datetime) -> int:
+    """Milliseconds since the epoch, rounded down (Cedar's datetime resolution)."""
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_ms(ms: int) -> datetime:
+    return EPOCH + ms * _MS
+
+
+def effective_now_ms(
+    real_ms: int, granularity_ms: int, not_before_ms: int | None, not_after_ms: int | None
+) -> int:
+    """`context.now` for a request: the clock rounded down to the granularity, but on
+    the same side of the request's time bound as the clock itself. Never later
+    than the clock; idempotent."""
+    now = real_ms - real_ms % granularity_ms if granularity_ms > 1 else real_ms
+    if not_before_ms is not None and not_before_ms <= real_ms:
+        now = max(now, not_before_ms)
+    if not_after_ms is not None and not_after_ms < real_ms:
+        now = max(now, not_after_ms + 1)
+    return now
+
+
+def cedar_datetime(ms: int) -> dict[str, Any]:
+    """A Cedar `datetime` value for an instant (the form `context.now` is written in)."""
+    return {"__extn": {"fn": "datetime", "arg": datetime_text(from_ms(ms))}}
+
+
+_DATETIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})"
+    r"(?:T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{3}))?(?:(Z)|([+-])(\d{2})(\d{2})))?"
+)
+_DURATION = re.compile(r"(-)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?")
+_DURATION_MS = (86_400_000, 3_600_000, 60_000, 1000, 1)
+_I64 = 2**63
+
+
+def datetime_text_ms(text: str) -> int | None:
+    """Milliseconds of a string in Cedar's `datetime` grammar, else None.
+
+    Exactly the five forms Cedar accepts: `YYYY-MM-DD`, then optionally
+    `Thh:mm:ss`, `.SSS` and `Z` or `+hhmm`/`-hhmm` (offset under 24 hours).
+    """
+    m = _DATETIME.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, milli, _zulu, sign, oh, om = m.groups()
+    if hour is not None and not (int(hour) < 24 and int(minute) < 60 and int(second) < 60):
+        return None
+    if sign is not None and not (int(oh) < 24 and int(om) < 60):
+        return None
+    try:
+        date = datetime(int(year), int(month), int(day), tzinfo=UTC)
+    except ValueError:
+        return None
+    ms = to_ms(date)
+    if hour is not None:
+        ms += ((int(hour) * 60 + int(minute)) * 60 + int(second)) * 1000 + int(milli or 0)
+    if sign is not None:
+        offset = (int(oh) * 60 + int(om)) * 60_000
+        ms += -offset if sign == "+" else offset
+    return ms
+
+
+def duration_text_ms(text: str) -> int | None:
+    """Milliseconds of a string in Cedar's `duration` grammar (`-1d2h3m4s5ms`), else None."""
+    m = _DURATION.fullmatch(text)
+    if m is None or not any(m.groups()[1:]):
+        return None
+    ms = sum(int(n) * unit for n, unit in zip(m.groups()[1:], _DURATION_MS, strict=True) if n)
+    ms = -ms if m.group(1) else ms
+    return ms if -_I64 <= ms < _I64 else None
+
+
+def _extension(value: Any, fn: str) -> str | list[Any] | None:
+    """The argument(s) of a call to extension `fn`, written either way Cedar's JSON
+    allows (`{"__extn": {...}}`, or `{"fn": ...}` where the schema expects it), with
+    exactly one of `arg` (a string) and `args` (a list); else None."""
+    if isinstance(value, Mapping) and set(value) == {"__extn"}:
+        value = value["__extn"]
+    if not isinstance(value, Mapping) or value.get("fn") != fn or len(value) != 2:
+        return None
+    if isinstance(value.get("arg"), str):
+        return str(value["arg"])
+    args = value.get("args")
+    return list(args) if isinstance(args, list) else None
+
+
+def parse_cedar_datetime(value: Any) -> int | None:
+    """Milliseconds of the instant Cedar would read from a `datetime` value, else None.
+
+    Every form Cedar accepts where the schema expects a datetime: a string in
+    Cedar's grammar; `datetime("...")` as `{"__extn": {"fn": "datetime", "arg"
+    (or "args"): ...}}` or without `__extn`; and `offset(datetime, duration)`.
+    Anything else, including forms Cedar reads ambiguously (both `arg` and
+    `args`, extra keys), is None: callers refuse it or treat it as no bound.
+    """
+    if isinstance(value, str):
+        return datetime_text_ms(value)
+    arg = _extension(value, "datetime")
+    if isinstance(arg, list):
+        arg = arg[0] if len(arg) == 1 and isinstance(arg[0], str) else None
+    if isinstance(arg, str):
+        return datetime_text_ms(arg)
+    args = _extension(value, "offset")
+    if not isinstance(args, list) or len(args) != 2:
+        return None
+    start = parse_cedar_datetime(args[0]) if not isinstance(args[0], str) else None
+    span = _extension(args[1], "duration")
+    if isinstance(span, list):
+        span = span[0] if len(span) == 1 and isinstance(span[0], str) else None
+    delta = duration_text_ms(span) if isinstance(span, str) else None
+    if start is None or delta is None or not -_I64 <= start + delta < _I64:
+        return None
+    return start + delta
+
+
+def time_bound_ms(context: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The request's own time bound (`context.time_bound`), in milliseconds."""
+    bound = context.get("time_bound")
+    if not isinstance(bound, Mapping):
+        return None, None
+    return parse_cedar_datetime(bound.get("not_before")), parse_cedar_datetime(
+        bound.get("not_after")
+    )
+
+
 # Cedar's Long; also what the audit trail's encoder can write (docs/audit.md).
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 
@@ -458,186 +612,3 @@ def check_long(value: int, field: str) -> None:
             field,
             "is an integer outside Cedar's 64-bit Long range; the audit trail could not record it",
         )
-
-
-# --- refusals protobuf's decoder makes first --------------------------------------------
-#
-# upb refuses a message nested deeper than its own limit (about 100 messages, so
-# about 32 attribute levels) before stepguard sees it, with a message that names no
-# field. `decode_refusal` walks the raw bytes with the message descriptors to find
-# the field that nests too deep, so that refusal names its path like any other.
-
-
-class _Malformed(Exception):
-    """The bytes are not wire format at all: the decoder's own refusal stands."""
-
-
-def decode_refusal(
-    raw: bytes, descriptor: Any, limits: Limits, error: Exception
-) -> InvalidRequest | None:
-    """The field path that made protobuf refuse `raw`, when it refused it for nesting.
-
-    None when the decoder refused the bytes for another reason (the caller keeps
-    its own message). Only called for bytes the decoder refused, never per
-    decision; subtrees too small to nest that deep are skipped, so even a
-    batch at the size limit is walked quickly.
-    """
-    text = str(error).lower()
-    if "depth" not in text and "recursion" not in text:
-        return None
-    limit = limits.max_attribute_depth
-    walker = _Walker(min(limit, _DECODER_LEVELS))
-    try:
-        found = walker.walk(bytes(raw), descriptor, "", 0)
-    except _Malformed:
-        return None
-    except _OverBudget:  # a hostile message of many tiny fields: name no deeper than this
-        found = ("request", 0)
-    if found is None:
-        return None
-    path, level = found
-    if level > limit:
-        return InvalidRequest(path, depth_message(limit))
-    return InvalidRequest(
-        path,
-        f"nests more than {_DECODER_LEVELS} levels deep, deeper than the protobuf decoder "
-        f"accepts (the attribute depth limit is {limit})",
-    )
-
-
-# upb refuses messages nested about 100 deep: about 32 attribute levels.
-_DECODER_LEVELS = 30
-_VALUE = pb.Value.DESCRIPTOR
-_VALUE_MAP = pb.ValueMap.DESCRIPTOR
-_VALUE_LIST = pb.ValueList.DESCRIPTOR
-
-
-class _OverBudget(Exception):
-    """The walk visited `_FIELD_BUDGET` fields without finding the deep one."""
-
-
-# Bounds the walk (about 0.2 s) however a refused message is built.
-_FIELD_BUDGET = 200_000
-
-
-class _Walker:
-    """Depth-first over the message fields of raw bytes, counting the Values on the path.
-
-    `walk` gives the path (as validation names it: `context.attributes['a'].b[0]`)
-    and level of the first Value more than `threshold` Values deep, else None.
-    """
-
-    def __init__(self, threshold: int) -> None:
-        self.threshold = threshold
-        self.budget = _FIELD_BUDGET
-
-    def walk(self, data: bytes, desc: Descriptor, path: str, level: int) -> tuple[str, int] | None:
-        if desc is _VALUE:
-            level += 1
-            if level > self.threshold:
-                return path, level
-        counts: dict[int, int] = {}
-        pos, end = 0, len(data)
-        while pos < end:
-            self.budget -= 1
-            if self.budget < 0:
-                raise _OverBudget
-            key, pos = _varint(data, pos)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                _, pos = _varint(data, pos)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                size, pos = _varint(data, pos)
-                body, pos = data[pos : pos + size], pos + size
-                if pos > end:
-                    raise _Malformed
-                fd = desc.fields_by_number.get(number)
-                if fd is None or fd.message_type is None:
-                    continue
-                index = counts.get(number, 0)
-                counts[number] = index + 1
-                # Each Value level takes at least two bytes: a small subtree cannot be deep.
-                if level + size // 2 + 1 <= self.threshold:
-                    continue
-                found = self.field(body, desc, fd, path, index=index, level=level)
-                if found is not None:
-                    return found
-            else:
-                raise _Malformed
-            if pos > end:
-                raise _Malformed
-        return None
-
-    def field(
-        self,
-        body: bytes,
-        desc: Descriptor,
-        fd: FieldDescriptor,
-        path: str,
-        *,
-        index: int,
-        level: int,
-    ) -> tuple[str, int] | None:
-        child = fd.message_type
-        if child is None:  # pragma: no cover - the caller passes message fields only
-            return None
-        if child.GetOptions().map_entry:
-            key, value = _map_entry(body)
-            target = child.fields_by_name["value"].message_type
-            if value is None or target is None:
-                return None
-            segment = (
-                member(path, key)[len(path) :]
-                if desc is _VALUE_MAP
-                else f"{_dot(path)}{fd.name}[{key!r}]"
-            )
-            return self.walk(value, target, path + segment, level)
-        if desc is _VALUE and fd.name in ("record_value", "set_value"):
-            segment = ""  # validation names the values inside, not these wrappers
-        elif desc is _VALUE_LIST:
-            segment = f"[{index}]"
-        elif fd.is_repeated:
-            segment = f"{_dot(path)}{fd.name}[{index}]"
-        else:
-            segment = f"{_dot(path)}{fd.name}"
-        return self.walk(body, child, path + segment, level)
-
-
-def _dot(path: str) -> str:
-    return "." if path else ""
-
-
-def _map_entry(body: bytes) -> tuple[str, bytes | None]:
-    """A map entry's string key and its value's bytes (None when it has none)."""
-    key, value = "", None
-    pos = 0
-    while pos < len(body):
-        tag, pos = _varint(body, pos)
-        if tag & 7 != 2:
-            raise _Malformed
-        size, pos = _varint(body, pos)
-        chunk, pos = body[pos : pos + size], pos + size
-        if tag >> 3 == 1:
-            key = chunk.decode("utf-8", "replace")
-        elif tag >> 3 == 2:
-            value = chunk
-    if pos > len(body):
-        raise _Malformed
-    return key, value
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise _Malformed
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7

@@ -7,12 +7,17 @@ context and workload binding come from it) and, when the bundle's policies
 read `context.now`, the value of `context.now`. So a cached decision is the
 decision a fresh evaluation would give at the moment it is served. A request
 looked up by its raw bytes, before validation, has no `now` yet: its entry
-keeps the `now` it was decided at (`Entry.now_ms`), and the decider serves it
+keeps the `now` it was decided at (`Entry.now_ms`), and `lookup` serves it
 only when this call's `now`, resolved from the entry's own time bound, is the
-same (decision/decider.py).
+same.
+
+The decider asks twice per miss, in the data path's order: `lookup` before
+validation (the key, and a hit with this call's `now` resolved), `fill` after
+the engine and the audit event (the entry needs the result and the event's
+template).
 
 Time. `context.now` has a granularity (`now_granularity_ms`, default 1000):
-validation rounds the server's clock down to it (core/model.py
+validation rounds the server's clock down to it (core/validate.py
 `effective_now_ms`), so requests within one granule share `now`, and their
 cache entry. Rounding never moves `now` back across
 the request's own time bound: when the clock is already past `not_before` (or
@@ -34,16 +39,31 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from cachetools import LRUCache
 
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar.core.bundle import Bundle
+from sidecar.core.index import WHOLE_CONTEXT
 from sidecar.core.model import AuthzRequest, Result
+from sidecar.core.validate import cedar_datetime, effective_now_ms, to_ms
 
 # Fixed cost of an entry: key tuple, Entry, Result and its tuples, LRU links.
 ENTRY_OVERHEAD = 1200
 SIZE_FACTOR = 24
+
+
+# A key: ("wire", revision, request bytes, identity) or ("request", revision, text, identity).
+Key = tuple[Any, ...]
+
+
+def reads_now(bundle: Bundle) -> bool:
+    """Whether the bundle's policies can read `context.now` (then it is part of the key)."""
+    reads = bundle.context_reads
+    return "now" in reads or WHOLE_CONTEXT in reads
 
 
 def canonical(request: AuthzRequest, *, with_now: bool) -> str:
@@ -106,6 +126,28 @@ def entry_size(encoded_len: int) -> int:
     return ENTRY_OVERHEAD + SIZE_FACTOR * encoded_len
 
 
+@dataclass(slots=True)  # not frozen: built on every call, and a frozen one costs more
+class Lookup:
+    """What `lookup` found: the key (a miss fills it) and, on a hit, the decision to serve.
+
+    On a hit, `request` is the entry's request as this call's (`now` resolved),
+    `event` the entry's event template if any, and `now` this call's
+    `context.now` when the key left it out (the hit's event records it).
+    """
+
+    key: Key
+    hit: bool = False
+    request: AuthzRequest | None = None
+    result: Result | None = None
+    event: Mapping[str, Any] | None = None
+    now: Any = None
+
+
+def _encoded_len(key: Key) -> int:
+    """Length of the request's encoding inside a key (wire bytes or canonical text)."""
+    return len(key[2]) if isinstance(key[2], bytes | str) else 4096
+
+
 @dataclass(frozen=True, slots=True)
 class CacheStats:
     entries: int
@@ -134,6 +176,76 @@ class DecisionCache:
     def get(self, key: Hashable) -> Entry | None:
         with self._lock:
             return self._lru.get(key)
+
+    def lookup(
+        self,
+        bundle: Bundle,
+        msg: pb.AuthorizeRequest | None,
+        asked: AuthzRequest | None,
+        identity: str,
+        *,
+        at: datetime,
+        granularity_ms: int,
+    ) -> Lookup:
+        """The key of a message as received (`msg`) or of a validated request (`asked`),
+        and the decision to serve this call at `at`, if any.
+
+        A raw key holds no `now`: this call's is resolved from the entry's own
+        time bound (validation's rule); an entry decided at another `now` is a
+        miss when the policies read it, else the hit's request and event carry
+        this call's `now`. A request's key holds `now` only when the policies
+        read it; otherwise the hit records this call's `now`.
+        """
+        if msg is not None:
+            wire = msg.SerializeToString(deterministic=True)
+            key: Key = ("wire", bundle.revision, wire, identity)
+        else:
+            assert asked is not None
+            reads = reads_now(bundle)
+            key = ("request", bundle.revision, canonical(asked, with_now=reads), identity)
+        with self._lock:
+            entry = self._lru.get(key)
+        if entry is None:
+            return Lookup(key)
+        real_ms = to_ms(at)
+        if not entry.servable(real_ms):
+            return Lookup(key)
+        if asked is not None:  # the request of this call, validated before the lookup
+            now = asked.context.get("now") if not reads else None
+            return Lookup(key, True, asked, entry.result, entry.event, now)
+        request, now = entry.request, None
+        if "now" in request.context:
+            nb, na = request.not_before_ms, request.not_after_ms
+            now_ms = effective_now_ms(real_ms, granularity_ms, nb, na)
+            if reads_now(bundle):
+                if entry.now_ms != now_ms:  # another `now`, maybe another decision
+                    return Lookup(key)
+            else:
+                now = cedar_datetime(now_ms)
+                context = {**request.context, "now": now}
+                request = replace(request, context=context, now_ms=now_ms)
+        return Lookup(key, True, request, entry.result, entry.event, now)
+
+    def fill(
+        self,
+        found: Lookup,
+        bundle: Bundle,
+        request: AuthzRequest,
+        result: Result,
+        event: Mapping[str, Any] | None,
+    ) -> None:
+        """Store the decision a miss made, under the key `lookup` gave.
+
+        `event` is the decision event's template (hits are stamped from it), or
+        None. A raw key holds no `now`: when the policies read it, the entry
+        keeps the one the request was decided at.
+        """
+        now_ms = request.now_ms if found.key[0] == "wire" and reads_now(bundle) else None
+        size = entry_size(_encoded_len(found.key))
+        entry = Entry(
+            request, result, request.not_before_ms, request.not_after_ms, size, event, now_ms
+        )
+        self.put(found.key, bundle.revision, entry)
 
     def put(self, key: Hashable, revision: str, entry: Entry) -> None:
         """Store an entry; a new revision first drops the entries of the old ones."""

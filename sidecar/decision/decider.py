@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -32,25 +32,13 @@ from sidecar.core.engine import deny, evaluate
 from sidecar.core.errors import AuditError, UnencodableEvent
 from sidecar.core.explain import Explanation, explain
 from sidecar.core.ids import DecisionIds
-from sidecar.core.index import WHOLE_CONTEXT
-from sidecar.core.model import (
-    AuthzRequest,
-    Decision,
-    EntityUid,
-    PolicyErrors,
-    Result,
-    cedar_datetime,
-    effective_now_ms,
-    to_ms,
-)
+from sidecar.core.model import AuthzRequest, EntityUid, PolicyErrors, Result
 from sidecar.core.validate import Limits, request_from_proto
-from sidecar.decision.cache import DecisionCache, Entry, canonical, entry_size
-from sidecar.decision.identity import CallerContext, binding_refusal
+from sidecar.decision.cache import DecisionCache
+from sidecar.decision.identity import CallerContext
 from sidecar.decision.metrics import Metrics
 
 log = logging.getLogger(__name__)
-# A cache key: ("wire", revision, request bytes, identity) or ("request", revision, text, identity).
-_Key = tuple[Any, ...]
 # In the reason of every DENY whose decision the trail does not hold.
 NOT_RECORDED = " (this decision was not recorded)"
 
@@ -130,7 +118,6 @@ class Decider:
         self._stamp = redactor is None or not redactor.touches(PER_CALL)
         self._stamp_now = redactor is None or not redactor.touches(("context",))
         self._hits = metrics.cache_lookups.labels(result="hit")
-        self._counters: dict[tuple[Decision, bool], Any] = {}
         self._misses = metrics.cache_lookups.labels(result="miss")
         if cache is not None:
             metrics.cache_entries.set_function(lambda: cache.stats().entries)
@@ -143,12 +130,6 @@ class Decider:
 
     def now(self) -> datetime:
         return self._clock()
-
-    def context_now_ms(
-        self, at: datetime, not_before_ms: int | None, not_after_ms: int | None
-    ) -> int:
-        """`context.now` for a request seen at `at` (model.py: granularity, time bound)."""
-        return effective_now_ms(to_ms(at), self.now_granularity_ms, not_before_ms, not_after_ms)
 
     def decide_message(
         self,
@@ -164,33 +145,16 @@ class Decider:
         The raw bytes are looked up first, so a hit skips validation and Cedar
         (never the audit): validation and the server-side context depend only
         on the bytes, the bundle and the caller's identity, all in the key,
-        and on `now`, which the entry's own time bound resolves (`_hit`). On a
-        miss the message is validated into the request model (time bound read,
-        `now` resolved, `context.caller` added) and decided. An explanation is
-        never cached: a request asking for one is explained on every call, hit
-        or miss (its bytes, `explain` set, are a key of their own).
+        and on `now`, which the entry's own time bound resolves (cache.py). On
+        a miss the message is validated into the request model (time bound
+        read, `now` resolved, `context.caller` added) and decided. An
+        explanation is never cached: a request asking for one is explained on
+        every call, hit or miss (its bytes, `explain` set, are a key of their own).
         """
         at = self._clock()
-        key: _Key | None = None
-        if self.cache is not None:
-            wire = msg.SerializeToString(deterministic=True)
-            key = ("wire", bundle.revision, wire, meta.identity)
-            hit = self._hit(
-                bundle, key, meta, at=at, started=started, asked=None, explained=msg.explain
-            )
-            if hit is not None:
-                return hit
-        action = EntityUid(msg.action.type, msg.action.id)
-        request = request_from_proto(
-            msg,
-            bundle,
-            limits,
-            now=at,
-            now_granularity_ms=self.now_granularity_ms,
-            extra_context=self._caller.context_for(bundle, action, meta.identity),
-            principal_bound=self._bind,
+        return self._decide(
+            bundle, msg, None, meta, limits=limits, at=at, started=started, explained=msg.explain
         )
-        return self._miss(bundle, request, meta, key, at=at, started=started, explained=msg.explain)
 
     def decide(
         self,
@@ -202,166 +166,137 @@ class Decider:
         started: float,
         explained: bool = False,
     ) -> Decided:
-        """Decide a request already in the model (AuthZEN, tests): cache, engine, audit, count.
+        """Decide a request already in the model (AuthZEN, tests).
 
         `at` is the clock's reading. The canonical request is the cache key
         (`now` in it only when the policies read it). `explained` adds the
         explanation, from the same bundle and request, beside the decision.
         """
-        key: _Key | None = None
-        if self.cache is not None:
-            reads_now = _reads_now(bundle)
-            key = ("request", bundle.revision, canonical(request, with_now=reads_now))
-            key = (*key, meta.identity)
-            # `now` left out of the key: the hit still records this call's `now`.
-            now = request.context.get("now") if not reads_now else None
-            hit = self._hit(
-                bundle,
-                key,
-                meta,
-                at=at,
-                started=started,
-                asked=request,
-                explained=explained,
-                now=now,
-            )
-            if hit is not None:
-                return hit
-        return self._miss(bundle, request, meta, key, at=at, started=started, explained=explained)
+        return self._decide(
+            bundle, None, request, meta, limits=None, at=at, started=started, explained=explained
+        )
 
-    def _hit(
+    def _decide(
         self,
         bundle: Bundle,
-        key: _Key,
-        meta: CallMeta,
-        *,
-        at: datetime,
-        started: float,
+        msg: pb.AuthorizeRequest | None,
         asked: AuthzRequest | None,
-        explained: bool,
-        now: Any = None,
-    ) -> Decided | None:
-        """Answer from the cache (audited, marked cached), or None on a miss.
-
-        `asked` is the request of this call, when it was validated before the
-        lookup; a raw key (`asked` None) holds no `now`: this call's is
-        resolved from the entry's own time bound; an entry decided at another
-        `now` is a miss when the policies read it, else the hit's event
-        records this call's `now`.
-        """
-        assert self.cache is not None
-        entry = self.cache.get(key)
-        real_ms = to_ms(at)
-        if entry is None or not entry.servable(real_ms):
-            self._misses.inc()
-            return None
-        request = entry.request if asked is None else asked
-        if asked is None and "now" in request.context:
-            nb, na = request.not_before_ms, request.not_after_ms
-            now_ms = effective_now_ms(real_ms, self.now_granularity_ms, nb, na)
-            if _reads_now(bundle):
-                if entry.now_ms != now_ms:  # another `now`, maybe another decision
-                    self._misses.inc()
-                    return None
-            else:
-                now = cedar_datetime(now_ms)
-                request = replace(request, context={**request.context, "now": now})
-        self._hits.inc()
-        decision_id = self._ids.next()
-        if (
-            entry.event is not None
-            and (now is None or self._stamp_now)
-            and (self._redactor is None or self._redactor.stampable(meta.request_id))
-        ):
-            latency = time.perf_counter() - started
-            event = stamp(entry.event, decision_id, at, meta, latency_s=latency, now=now)
-        else:  # no template, or redaction changes a per-call field (a secret-looking request id)
-            event = self._event(
-                decision_id, at, request, entry.result, meta, cached=True, started=started
-            )
-        result = self._record(event, entry.result, decision_id, cached=True, started=started)
-        if result is not entry.result:  # refused: not recorded, so not under the event's id
-            decision_id = self._ids.next()
-        why = explain(bundle, request, result) if explained else None
-        return Decided(decision_id, result, cached=True, explanation=why)
-
-    def _miss(
-        self,
-        bundle: Bundle,
-        request: AuthzRequest,
         meta: CallMeta,
-        key: _Key | None,
         *,
+        limits: Limits | None,
         at: datetime,
         started: float,
         explained: bool,
     ) -> Decided:
-        """Evaluate, audit, cache, count; the explanation beside, when asked.
+        """The one order, for a message (`msg`) or a request in the model (`asked`).
 
-        With workload binding on, a request about anyone but the authenticated
-        caller is a DENY saying so, audited like any other decision.
+        Each room is asked once, in the data path's order: the cache (a hit
+        skips identity, validation and Cedar), the caller's identity,
+        validation, the engine; then, with the result, the audit event and
+        its record in the trail, the cache entry and the metrics; the
+        explanation last, of the decision answered. With workload binding on, a request
+        about anyone but the authenticated caller is a DENY saying so,
+        audited like any other decision.
         """
-        refusal = binding_refusal(request.principal, meta.identity) if self._bind else None
-        if refusal:
-            result = deny(bundle.revision, refusal, self._policy_errors)
+        found = None
+        if self.cache is not None:
+            found = self.cache.lookup(
+                bundle, msg, asked, meta.identity, at=at, granularity_ms=self.now_granularity_ms
+            )
+        hit = found is not None and found.hit
+        if hit:
+            assert found is not None and found.request is not None and found.result is not None
+            self._hits.inc()
+            request, result = found.request, found.result
         else:
-            result = evaluate(bundle, request, policy_errors=self._policy_errors)
+            if found is not None:
+                self._misses.inc()
+            if msg is not None:  # the message as received: its identity facts, then validation
+                caller = self._caller.facts(
+                    bundle,
+                    EntityUid(msg.principal.type, msg.principal.id) if self._bind else None,
+                    EntityUid(msg.action.type, msg.action.id),
+                    meta.identity,
+                    bind=self._bind,
+                )
+                assert limits is not None
+                request = request_from_proto(
+                    msg,
+                    bundle,
+                    limits,
+                    now=at,
+                    now_granularity_ms=self.now_granularity_ms,
+                    extra_context=caller.context,
+                    principal_bound=self._bind,
+                )
+            else:  # `context.caller` came with the request, from its transport
+                assert asked is not None
+                caller = self._caller.facts(
+                    bundle,
+                    asked.principal,
+                    asked.action,
+                    meta.identity,
+                    bind=self._bind,
+                    context=False,
+                )
+                request = asked
+            if caller.refusal:
+                result = deny(bundle.revision, caller.refusal, self._policy_errors)
+            else:
+                result = evaluate(bundle, request, policy_errors=self._policy_errors)
         decision_id = self._ids.next()
-        event = self._event(decision_id, at, request, result, meta, cached=False, started=started)
-        if key is not None and self.cache is not None:
-            nb, na = request.not_before_ms, request.not_after_ms
-            size = entry_size(_encoded_len(key))
-            hits_from = template(event) if self._stamp else None
-            now_ms = None
-            if key[0] == "wire" and _reads_now(bundle):  # a raw key holds no `now`
-                now_ms = effective_now_ms(to_ms(at), self.now_granularity_ms, nb, na)
-            entry = Entry(request, result, nb, na, size, hits_from, now_ms)
-            self.cache.put(key, bundle.revision, entry)
-        recorded = self._record(event, result, decision_id, cached=False, started=started)
-        if recorded is not result:  # refused: not recorded, so not under the event's id
-            decision_id = self._ids.next()
-        # Beside the decision answered, from the same bundle and request; never cached.
-        why = explain(bundle, request, recorded) if explained else None
-        return Decided(decision_id, recorded, cached=False, explanation=why)
-
-    def _record(
-        self,
-        event: dict[str, Any],
-        result: Result,
-        decision_id: str,
-        *,
-        cached: bool,
-        started: float,
-    ) -> Result:
-        """Audit and count a decision; inside `deferring()`, queue its event and count later.
-
-        Returns `result` itself when its event is written (or queued), else the
-        DENY that replaces it (the caller then answers under a new id).
-        """
+        latency = time.perf_counter() - started
+        if (
+            hit
+            and found is not None
+            and found.event is not None
+            and (found.now is None or self._stamp_now)
+            and (self._redactor is None or self._redactor.stampable(meta.request_id))
+        ):
+            event = stamp(found.event, decision_id, at, meta, latency_s=latency, now=found.now)
+        else:  # a miss; or no template, or redaction changes a per-call field
+            event = build_event(
+                decision_id,
+                at,
+                request,
+                result,
+                meta,
+                cached=hit,
+                latency_s=latency,
+                audit_note=self._audit_note,
+                redactor=self._redactor,
+            )
+        filling = not hit and found is not None
+        # What the entry's hits are stamped from: the event less its per-call facts
+        # (taken before the trail sees the event).
+        hits_from = template(event) if filling and self._stamp else None
+        # Record; inside `deferring()`, queue the event (counted on `settle`).
+        recorded, error = result, None
         pending = _PENDING.get()
         if pending is not None and self._deferring is not None:
             try:
                 ticket = self._deferring.enqueue(event)
             except AuditError as exc:
-                result = self._audit_failed(result, exc)
+                error = exc
             else:
-                pending.append(Pending(ticket, decision_id, result, cached, started))
-                return result
+                pending.append(Pending(ticket, decision_id, result, hit, started))
         else:
-            result = self._write(event, result)
-        self._count(result, cached, started)
-        return result
-
-    def _count(self, result: Result, cached: bool, started: float) -> None:
-        if result.errors:
-            self._metrics.evaluation_errors.inc()
-        counter = self._counters.get((result.decision, cached))
-        if counter is None:  # the label lookup costs more than the increment: keep the child
-            label = "true" if cached else "false"
-            counter = self._metrics.decisions.labels(decision=result.decision.value, cached=label)
-            self._counters[(result.decision, cached)] = counter
-        counter.inc()
-        self._metrics.decision_seconds.observe(time.perf_counter() - started)
+            try:
+                self._sink.write(event)
+            except AuditError as exc:
+                error = exc
+        if error is not None:  # refused: not recorded, so not under the event's id
+            recorded = self._audit_failed(result, error)
+            decision_id = self._ids.next()
+        if filling and found is not None and self.cache is not None:
+            # The engine's decision, even when the trail refused this call's event:
+            # every hit is audited anew.
+            self.cache.fill(found, bundle, request, result, hits_from)
+        if pending is None or self._deferring is None or error is not None:
+            self._metrics.count_decision(recorded, cached=hit, started=started)
+        # Beside the decision answered, from the same bundle and request; never cached.
+        why = explain(bundle, request, recorded) if explained else None
+        return Decided(decision_id, recorded, cached=hit, explanation=why)
 
     def deferring(self) -> _Deferring:
         """`with decider.deferring() as pending:` decisions made inside queue their events.
@@ -412,7 +347,7 @@ class Decider:
             if failed:
                 result = self._audit_failed(result, AuditError(failed))
                 refusals[p.decision_id] = Decided(self._ids.next(), result, cached=False)
-            self._count(result, p.cached, p.started)
+            self._metrics.count_decision(result, cached=p.cached, started=p.started)
         return refusals
 
     def _failed(self, ticket: Any) -> str:
@@ -436,48 +371,7 @@ class Decider:
             why = f"audit trail unavailable, failing closed{NOT_RECORDED}: {error}"
         return deny(result.revision, why, result.policy_errors)
 
-    def _write(self, event: dict[str, Any], result: Result) -> Result:
-        try:
-            self._sink.write(event)
-        except AuditError as exc:
-            return self._audit_failed(result, exc)
-        return result
-
-    def _event(
-        self,
-        decision_id: str,
-        at: datetime,
-        request: AuthzRequest,
-        result: Result,
-        meta: CallMeta,
-        *,
-        cached: bool,
-        started: float,
-    ) -> dict[str, Any]:
-        return build_event(
-            decision_id,
-            at,
-            request,
-            result,
-            meta,
-            cached=cached,
-            latency_s=time.perf_counter() - started,
-            audit_note=self._audit_note,
-            redactor=self._redactor,
-        )
-
     @property
     def audit_healthy(self) -> bool:
         """Whether the trail accepted its last write (the server's health follows it)."""
         return bool(getattr(self._sink, "healthy", True))
-
-
-def _encoded_len(key: _Key) -> int:
-    """Length of the request's encoding inside a cache key (wire bytes or canonical text)."""
-    return len(key[2]) if isinstance(key, tuple) and isinstance(key[2], bytes | str) else 4096
-
-
-def _reads_now(bundle: Bundle) -> bool:
-    """Whether the bundle's policies can read `context.now` (then it is part of the key)."""
-    reads = bundle.context_reads
-    return "now" in reads or WHOLE_CONTEXT in reads

@@ -32,6 +32,7 @@ import re
 import ssl
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import cedarpy
@@ -212,6 +213,14 @@ def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@dataclass(slots=True)  # not frozen: built on every miss, and a frozen one costs more
+class CallerFacts:
+    """What the caller's identity adds to one request: `context.caller`, a binding refusal."""
+
+    context: dict[str, str] | None  # `{"caller": identity}` where the action declares it
+    refusal: str | None  # why workload binding refuses the request, when it does
+
+
 class CallerContext:
     """Per bundle revision: the actions whose context accepts `caller: String`.
 
@@ -227,6 +236,29 @@ class CallerContext:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_revision: dict[str, frozenset[EntityUid]] = {}
+
+    def facts(
+        self,
+        bundle: Bundle,
+        principal: EntityUid | None,
+        action: EntityUid,
+        identity: str,
+        *,
+        bind: bool,
+        context: bool = True,
+    ) -> CallerFacts:
+        """The identity's part of one request, in one call before validation (a miss only).
+
+        `context`: add `context.caller` where declared (a request already in the
+        model has it from its transport). `bind`: workload binding is on, so a
+        request about anyone but the caller itself (`principal`, needed only
+        then) gets the refusal.
+        """
+        caller = self.context_for(bundle, action, identity) if context else None
+        if not bind:
+            return CallerFacts(caller, None)
+        assert principal is not None, "workload binding judges the principal"
+        return CallerFacts(caller, binding_refusal(principal, identity))
 
     def context_for(
         self, bundle: Bundle, action: EntityUid, identity: str

@@ -2,11 +2,26 @@
 
 Each server owns a registry, so several servers in one process (tests) do
 not share counters.
+
+Worker processes (`serve --workers N`) write their values to files in
+PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, chosen when
+the worker starts); the supervisor serves the sum with `multiprocess_registry`.
+Counters and histograms add up across workers; every gauge says how its
+workers' values combine (`multiprocess_mode`; ignored in a single process).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.metrics_core import Metric
+
+from sidecar.core.model import Decision, Result
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -62,17 +77,20 @@ class Metrics:
             "stepguard_audit_healthy",
             "1 while the audit trail accepts writes, 0 while it fails.",
             registry=r,
+            multiprocess_mode="livemin",  # 0 while any worker's trail fails
         )
         self.policy_revision = Gauge(
             "stepguard_policy_revision_info",
             "The policy bundle in use (value 1, revision in the label).",
             ["revision"],
             registry=r,
+            multiprocess_mode="livemax",  # 1 for each revision some worker serves
         )
         self.policies_loaded = Gauge(
             "stepguard_policies_loaded",
             "Number of policies in the bundle in use.",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.reloads = Counter(
             "stepguard_policy_reloads_total",
@@ -85,6 +103,7 @@ class Metrics:
             "1 while the policy files on disk are refused (the last good bundle keeps "
             "serving), 0 once the bundle in use matches them.",
             registry=r,
+            multiprocess_mode="livemax",  # 1 while any worker refuses them
         )
         self.cache_lookups = Counter(
             "stepguard_decision_cache_lookups_total",
@@ -96,16 +115,19 @@ class Metrics:
             "stepguard_decision_cache_entries",
             "Decisions held in the decision cache.",
             registry=r,
+            multiprocess_mode="livesum",  # each worker has its own cache
         )
         self.cache_bytes = Gauge(
             "stepguard_decision_cache_bytes",
             "Estimated bytes held by the decision cache (bounded by its max_bytes).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.streams_open = Gauge(
             "stepguard_streams_open",
-            "AuthorizeStream calls open now (at most workers / 2).",
+            "AuthorizeStream calls open now (at most threads / 2 per worker).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.streams_refused = Counter(
             "stepguard_streams_refused_total",
@@ -120,9 +142,77 @@ class Metrics:
             "request.",
             registry=r,
         )
+        self.outcomes = Counter(
+            "stepguard_outcomes_total",
+            "Outcomes recorded (RecordOutcome, POST /stepguard/v1/outcome), by status and "
+            "violation (none, decision_denied, decision_unknown, after_time_bound, "
+            "before_time_bound, credential_ttl_exceeded).",
+            ["status", "violation"],
+            registry=r,
+        )
+        self.outcome_seconds = Histogram(
+            "stepguard_outcome_duration_seconds",
+            "Time to judge and record one outcome (a trail lookup included).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.audit_healthy.set(1)
+        self._revision: str | None = None
+        # `decisions` children by (decision, cached): the label lookup costs more
+        # than the increment, so each is looked up once.
+        self._decided: dict[tuple[Decision, bool], Any] = {}
+
+    def count_decision(self, result: Result, *, cached: bool, started: float) -> None:
+        """Count one answered decision: by outcome, its errors, its latency since `started`."""
+        if result.errors:
+            self.evaluation_errors.inc()
+        counter = self._decided.get((result.decision, cached))
+        if counter is None:
+            label = "true" if cached else "false"
+            counter = self.decisions.labels(decision=result.decision.value, cached=label)
+            self._decided[(result.decision, cached)] = counter
+        counter.inc()
+        self.decision_seconds.observe(time.perf_counter() - started)
 
     def set_bundle(self, revision: str, policy_count: int) -> None:
-        self.policy_revision.clear()
+        if self._revision is not None and self._revision != revision:
+            # In multiprocess mode the old value stays in this worker's file: say 0.
+            self.policy_revision.labels(revision=self._revision).set(0)
+        self._revision = revision
+        with warnings.catch_warnings():  # multiprocess mode: clearing only forgets the labels
+            warnings.simplefilter("ignore", UserWarning)
+            self.policy_revision.clear()
         self.policy_revision.labels(revision=revision).set(1)
         self.policies_loaded.set(policy_count)
+
+
+class _Combined:
+    """Every worker's metrics from the multiprocess files, as one process would show them.
+
+    A worker's files keep every label it ever set, so a revision no worker
+    serves any more is still there, at 0 (set_bundle): it is left out, as a
+    single process leaves it out (its gauge was cleared), so "how many
+    revisions are served" stays a count of series.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        files = multiprocess.MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+        self._files = files
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._files.collect():  # type: ignore[no-untyped-call]
+            if metric.name == "stepguard_policy_revision_info":
+                metric.samples = [s for s in metric.samples if s.value != 0]
+            yield metric
+
+
+def multiprocess_registry(directory: Path) -> CollectorRegistry:
+    """What the supervisor serves: every worker's metrics from `directory`, combined."""
+    registry = CollectorRegistry()
+    registry.register(_Combined(directory))
+    return registry
+
+
+def forget_worker(directory: Path, pid: int) -> None:
+    """A worker process ended: its live gauges no longer count (its counters still do)."""
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]

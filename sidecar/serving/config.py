@@ -50,7 +50,14 @@ class Settings:
     authzen_idle_timeout_s: float = 60.0
     audit_file: str = "-"
     grace_s: float = 10.0
-    workers: int = 16
+    # Threads of each worker's gRPC server (and of its AuthZEN server). Was
+    # called `workers` before worker processes existed: that key is refused.
+    threads: int = 16
+    # Worker processes (sidecar/serving/supervisor.py, docs/deployment.md): None
+    # is the usable cores of the container's CPU quota (usable_cores()), or 1
+    # with the trail on stdout. One worker serves in the `serve` process itself,
+    # as before workers existed.
+    worker_processes: int | None = None
     limits: Limits = field(default_factory=Limits)
     max_batch_bytes: int = 8 * 1024 * 1024
     # Hot reload (sidecar/serving/watch.py): poll the policy directory and swap in a new
@@ -145,8 +152,17 @@ class Settings:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.worker_processes is not None and self.worker_processes < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.worker_processes}")
+        if (self.worker_processes or 1) > 1 and self.audit_file == "-":
+            n = self.worker_processes
+            raise ConfigError(
+                f"--audit-file - (stdout) takes one writer: with {n} worker processes "
+                "give --audit-file PATH (worker i writes its own chain, PATH's stem + .w<i>), or "
+                "--workers 1"
+            )
         if self.watch_interval_s <= 0:
             raise ConfigError(f"watch_interval_s must be positive, got {self.watch_interval_s}")
         if self.stream_max_per_caller < 0:
@@ -175,6 +191,16 @@ class Settings:
             )
         if self.fixed_clock is not None and self.fixed_clock.tzinfo is None:
             raise ConfigError("fixed_clock: give a time with its UTC offset, e.g. ...Z")
+
+    @property
+    def workers(self) -> int:
+        """The worker processes to run: as configured, else the usable cores.
+
+        A trail on stdout has one writer, so without a configured number it is 1.
+        """
+        if self.worker_processes is not None:
+            return self.worker_processes
+        return 1 if self.audit_file == "-" else usable_cores()
 
     @property
     def authzen_http(self) -> HttpLimits:
@@ -240,6 +266,70 @@ class Settings:
             raise ConfigError(
                 "audit_checkpoints pin a file trail: give audit_file a path (not -) with them"
             )
+
+
+def usable_cores(
+    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    affinity: int | None = None,
+    proc_cgroup: Path = Path("/proc/self/cgroup"),
+) -> int:
+    """The cores this process may use: its CPU quota rounded up, at most its CPU affinity.
+
+    A container limited to 1.5 CPUs on a 64-core node gets 2, not 64: the
+    quota is cgroup v2 `cpu.max` ("QUOTA PERIOD", or "max"; the tightest of
+    this process's cgroup and its parents, found from /proc/self/cgroup when
+    the cgroup namespace is not private) or cgroup v1 `cpu.cfs_quota_us` /
+    `cpu.cfs_period_us` (-1: none). At least 1.
+    """
+    import math
+    import os
+
+    cores = affinity if affinity is not None else len(os.sched_getaffinity(0))
+    quota = _cgroup_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def _cgroup_v2_dirs(root: Path, proc_cgroup: Path) -> list[Path]:
+    """The cgroup v2 directories that bound this process: the root, its own, its parents."""
+    dirs = [root]
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return dirs
+    for line in lines:
+        if line.startswith("0::/") and line.strip() != "0::/":
+            own = root / line.removeprefix("0::/").strip()
+            dirs += [own, *(p for p in own.parents if p.is_relative_to(root) and p != root)]
+    return dirs
+
+
+def _cgroup_quota(root: Path, proc_cgroup: Path) -> float | None:
+    """The CPU quota in cores, or None when there is none (or it cannot be read)."""
+    quotas: list[float] = []
+    found_v2 = False
+    for directory in _cgroup_v2_dirs(root, proc_cgroup):
+        try:
+            text = (directory / "cpu.max").read_text().split()
+        except OSError:
+            continue
+        found_v2 = True
+        try:
+            if len(text) == 2 and text[0] != "max" and int(text[1]) > 0:
+                quotas.append(int(text[0]) / int(text[1]))
+        except ValueError:
+            continue
+    if found_v2:
+        return min(quotas, default=None)
+    for v1 in (root / "cpu", root / "cpu,cpuacct", root):
+        try:
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            period = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota / period if quota > 0 and period > 0 else None
+    return None
 
 
 def split_host_port(value: str, name: str = "address") -> tuple[str, int]:
@@ -318,7 +408,20 @@ def _rfc3339(name: str, value: Any) -> datetime:
     return parsed
 
 
+# Settings that were renamed: their old key is refused, never read with a new meaning.
+RENAMED = {
+    "workers": (
+        "`workers` set the gRPC threads and is now `threads` (--threads, STEPGUARD_THREADS); "
+        "the number of worker processes is `worker_processes` (--workers, "
+        "STEPGUARD_WORKER_PROCESSES)"
+    ),
+}
+
+
 def _typed(raw: Mapping[str, Any]) -> Settings:
+    for old, why in RENAMED.items():
+        if old in raw:
+            raise ConfigError(f"the setting {old!r} was renamed: {why}")
     known = {f.name for f in dataclasses.fields(Settings)} | _LIMIT_KEYS
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -371,8 +474,11 @@ def _typed(raw: Mapping[str, Any]) -> Settings:
                 "authzen_idle_timeout_s",
             ):
                 kwargs[key] = float(value)
+            elif key == "worker_processes":
+                auto = value is None or str(value).strip().lower() in ("", "auto")
+                kwargs[key] = None if auto else int(value)
             elif key in (
-                "workers",
+                "threads",
                 "max_batch_bytes",
                 "cache_max_entries",
                 "cache_max_bytes",

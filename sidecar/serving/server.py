@@ -24,14 +24,22 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.audit.event import timestamp
 from sidecar.audit.sink import AuditSink
 from sidecar.core.bundle import Bundle, load_bundle
+from sidecar.core.workernames import worker_path
 from sidecar.decision.cache import DecisionCache
 from sidecar.decision.decider import Decider
 from sidecar.decision.metrics import Metrics
+from sidecar.decision.outcomes import DecisionIndex, OutcomeRecorder, indexing, trail_lookup
 from sidecar.serving.aioserver import AioServer
 from sidecar.serving.authzen import AuthzenServer, build_server
 from sidecar.serving.config import Settings, split_host_port
 from sidecar.serving.httpstatus import start_status_server
-from sidecar.serving.servicer import AuthorizerServicer, aio_generic_handler, generic_handler
+from sidecar.serving.servicer import (
+    AuthorizerServicer,
+    aio_generic_handler,
+    aio_outcome_handler,
+    generic_handler,
+    outcome_handler,
+)
 from sidecar.serving.tls import CertificateReloader, TlsFiles
 from sidecar.serving.trail import open_trail
 from sidecar.serving.watch import PolicyWatcher, ReloadStatus
@@ -116,13 +124,26 @@ class Sidecar:
         *,
         clock: Callable[[], datetime] = utc_now,
         sink: AuditSink | None = None,
+        worker: int | None = None,
     ) -> None:
+        """`worker`: this process's index among `settings.workers` worker processes
+        (sidecar/serving/supervisor.py); None for a sidecar that is the only one."""
         self.settings = settings
+        self.worker = worker
         self.metrics = Metrics()
         self.holder = BundleHolder(load_bundle(settings.policies))
         bundle = self.holder.current()
         self.metrics.set_bundle(bundle.revision, bundle.policy_count)
-        self.sink, redactor = open_trail(settings, sink)
+        workers = settings.workers if worker is not None else None
+        self.sink, redactor = open_trail(settings, sink, worker=worker, workers=workers)
+        # A worker listens on its own socket next to the well-known path (the
+        # supervisor points that path at a live worker's): docs/deployment.md.
+        self.socket_path = settings.socket
+        if settings.socket is not None and worker is not None:
+            self.socket_path = worker_path(settings.socket, worker)
+        # Whether every worker serves (the supervisor says): gRPC health of the
+        # Authorizer is SERVING only then, so any worker answers for all of them.
+        self._fleet_serving = True
         note = ""
         if settings.fixed_clock is not None:  # non-production only (config.py refuses it else)
             clock, note = fixed_clock(settings.fixed_clock)
@@ -132,8 +153,20 @@ class Sidecar:
                 settings.fixed_clock.isoformat(),
                 note,
             )
-        self.decider = Decider(
+        # Outcomes (decision/outcomes.py) are judged against the decisions the trail
+        # took: the index notes them as the decider writes them, the rest is looked up.
+        index = DecisionIndex()
+        self.outcomes = OutcomeRecorder(
             self.sink,
+            self.metrics,
+            clock,
+            index=index,
+            trail=trail_lookup(settings.audit_file),
+            redactor=redactor,
+            audit_note=note,
+        )
+        self.decider = Decider(
+            indexing(self.sink, index),
             self.metrics,
             clock,
             audit_note=note,
@@ -161,13 +194,19 @@ class Sidecar:
     def start(self) -> Endpoints:
         s = self.settings
         message_limit = s.max_batch_bytes + 64 * 1024
-        options = [("grpc.max_receive_message_length", message_limit), ("grpc.so_reuseport", 0)]
+        # Worker processes share the TCP port (SO_REUSEPORT: the kernel spreads new
+        # connections over them); a sidecar on its own must fail on a taken port.
+        reuse_port = 1 if self.worker is not None else 0
+        options = [
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.so_reuseport", reuse_port),
+        ]
         server: grpc.Server
         if s.server_mode == "asyncio":  # docs/performance.md: sync vs asyncio
-            server = AioServer(options=options, workers=s.workers, event_loop=s.event_loop)
+            server = AioServer(options=options, workers=s.threads, event_loop=s.event_loop)
         else:
             server = grpc.server(
-                futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="stepguard"),
+                futures.ThreadPoolExecutor(max_workers=s.threads, thread_name_prefix="stepguard"),
                 options=options,
             )
         servicer = AuthorizerServicer(
@@ -176,16 +215,19 @@ class Sidecar:
             s.limits,
             self.metrics,
             s.max_batch_bytes,
-            max_streams=max(1, s.workers // 2),
+            max_streams=max(1, s.threads // 2),
             max_streams_per_caller=s.stream_max_per_caller,
             stream_idle_timeout_s=s.stream_idle_timeout_s,
+            outcomes=self.outcomes,
         )
         if isinstance(server, AioServer):
             # With fsync durability the loop must not wait for the disk (servicer.py).
             defer = s.audit_durability == "fsync"
             server.add_generic_rpc_handlers((aio_generic_handler(servicer, defer_audit=defer),))
+            server.add_generic_rpc_handlers((aio_outcome_handler(servicer),))
         else:
             server.add_generic_rpc_handlers((generic_handler(servicer),))
+            server.add_generic_rpc_handlers((outcome_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -206,12 +248,12 @@ class Sidecar:
             if port == 0:
                 raise OSError(f"cannot listen on {s.listen}")
             tcp = f"{host}:{port}"
-        if s.socket is not None:
-            s.socket.parent.mkdir(parents=True, exist_ok=True)
-            s.socket.unlink(missing_ok=True)
-            if server.add_insecure_port(f"unix:{s.socket}") == 0:
-                raise OSError(f"cannot listen on unix socket {s.socket}")
-            sock = str(s.socket)
+        if self.socket_path is not None:
+            self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+            self.socket_path.unlink(missing_ok=True)
+            if server.add_insecure_port(f"unix:{self.socket_path}") == 0:
+                raise OSError(f"cannot listen on unix socket {self.socket_path}")
+            sock = str(self.socket_path)
         if s.bind_workload_identity and sock is not None:
             log.warning(
                 "workload identity binding is on: calls over the Unix socket %s carry no "
@@ -219,7 +261,9 @@ class Sidecar:
                 sock,
             )
         authzen = None
-        if s.authzen_listen is not None:  # bound before gRPC serves: a taken port fails first
+        # Bound before gRPC serves: a taken port fails first. With worker processes
+        # worker 0 serves AuthZEN (its HTTP server cannot share a port).
+        if s.authzen_listen is not None and self.worker in (None, 0):
             self._authzen = build_server(
                 s.authzen_listen,
                 self.holder.current,
@@ -227,9 +271,10 @@ class Sidecar:
                 self.metrics,
                 limits=s.limits,
                 max_batch_bytes=s.max_batch_bytes,
-                workers=s.workers,
+                workers=s.threads,
                 tls=self.tls,
                 http=s.authzen_http,
+                outcomes=self.outcomes,
             )
             authzen = self._authzen.start()
         server.start()
@@ -291,7 +336,13 @@ class Sidecar:
             self.metrics.audit_healthy.set(1 if healthy else 0)
             if self._grpc is not None:  # before start(), start() sets it
                 status = health_pb2.HealthCheckResponse
-                self.health.set(SERVICE_NAME, status.SERVING if healthy else status.NOT_SERVING)
+                serving = healthy and self._fleet_serving
+                self.health.set(SERVICE_NAME, status.SERVING if serving else status.NOT_SERVING)
+
+    def set_fleet_serving(self, serving: bool) -> None:
+        """The supervisor says whether every worker serves (see `_fleet_serving`)."""
+        self._fleet_serving = serving
+        self._sync_audit_health()
 
     def _on_reload(self, status: ReloadStatus) -> None:
         serving = health_pb2.HealthCheckResponse.SERVING
@@ -348,8 +399,8 @@ class Sidecar:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
-        if self.settings.socket is not None:
-            self.settings.socket.unlink(missing_ok=True)
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
         log.info("stepguard stopped")
 
     def wait(self) -> None:

@@ -25,11 +25,14 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.audit.event import CallMeta, recorded_request_id
 from sidecar.core.bundle import Bundle
-from sidecar.core.errors import InvalidRequest
-from sidecar.core.validate import Limits, decode_refusal
+from sidecar.core.decoderefusal import decode_refusal
+from sidecar.core.errors import AuditError, InvalidRequest
+from sidecar.core.outcome import VIOLATION_TO_PROTO, outcome_from_proto
+from sidecar.core.validate import Limits
 from sidecar.decision.decider import Decided, Decider
 from sidecar.decision.identity import IdentityRefused, caller_identity
 from sidecar.decision.metrics import Metrics
+from sidecar.decision.outcomes import OutcomeRecorder, Recorded
 from sidecar.serving.answer import Answers, to_response
 from sidecar.serving.streams import Slot, StreamSlots, caller_key
 
@@ -51,8 +54,10 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         max_streams: int = 8,
         max_streams_per_caller: int = 0,
         stream_idle_timeout_s: float = 60.0,
+        outcomes: OutcomeRecorder | None = None,
     ) -> None:
         self._bundle = bundle
+        self._outcomes = outcomes  # RecordOutcome(s); UNIMPLEMENTED without one
         self._decider = decider
         self._limits = limits
         self._metrics = metrics
@@ -181,6 +186,65 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         answers = self.authorize_stream((r.SerializeToString() for r in request_iterator), context)
         return (pb.AuthorizeStreamResponse.FromString(raw) for raw in answers)
 
+    # --- outcomes (docs/api.md, "Outcomes") ---------------------------------------
+
+    def RecordOutcome(
+        self, request: pb.RecordOutcomeRequest, context: grpc.ServicerContext
+    ) -> pb.RecordOutcomeResponse:
+        """Judge and record one outcome: INVALID_ARGUMENT naming the field, UNAVAILABLE
+        when the trail cannot take it (not recorded), else what was recorded."""
+        recorder = self._outcome_recorder(context)
+        meta = _meta(context)
+        try:
+            return _recorded(recorder.record(outcome_from_proto(request), meta))
+        except InvalidRequest as exc:
+            self._count_invalid(exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except AuditError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"outcome not recorded: {exc}")
+        except Exception:
+            log.exception("RecordOutcome failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; the outcome is not recorded")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def RecordOutcomes(
+        self, request: pb.RecordOutcomesRequest, context: grpc.ServicerContext
+    ) -> pb.RecordOutcomesResponse:
+        """Many outcomes, one result each in order; an invalid item fails only itself."""
+        recorder = self._outcome_recorder(context)
+        count = len(request.items)
+        if count > self._limits.max_batch_items:
+            self._count_invalid(InvalidRequest("items", ""))
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"items: {count} items, over the limit of {self._limits.max_batch_items}",
+            )
+        meta = _meta(context)
+        out = pb.RecordOutcomesResponse()
+        for i, item in enumerate(request.items):
+            slot = out.results.add()
+            try:
+                outcome = outcome_from_proto(item, f"items[{i}].")
+                slot.response.CopyFrom(_recorded(recorder.record(outcome, meta)))
+            except InvalidRequest as exc:
+                self._count_invalid(exc)
+                slot.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                slot.error.message = str(exc)
+            except AuditError as exc:
+                slot.error.code = grpc.StatusCode.UNAVAILABLE.value[0]
+                slot.error.message = f"items[{i}]: outcome not recorded: {exc}"
+            except Exception:  # this item is not recorded; the rest go on
+                log.exception("RecordOutcomes item %d failed", i)
+                slot.error.code = grpc.StatusCode.INTERNAL.value[0]
+                slot.error.message = f"items[{i}]: internal error; the outcome is not recorded"
+        return out
+
+    def _outcome_recorder(self, context: grpc.ServicerContext) -> OutcomeRecorder:
+        if self._outcomes is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server records no outcomes")
+        assert self._outcomes is not None
+        return self._outcomes
+
     def _decide(self, msg: pb.AuthorizeRequest, meta: CallMeta, started: float) -> Decided:
         """One request, decided on one bundle snapshot (decider.py owns the order)."""
         return self._decider.decide_message(
@@ -275,6 +339,43 @@ def _meta(context: grpc.ServicerContext) -> CallMeta:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, f"caller: {exc}")
     return CallMeta(
         peer=context.peer() or "", identity=identity, trace_id=trace, request_id=correlation
+    )
+
+
+def _recorded(recorded: Recorded) -> pb.RecordOutcomeResponse:
+    decision = {"ALLOW": pb.DECISION_ALLOW, "DENY": pb.DECISION_DENY}.get(
+        recorded.decision, pb.DECISION_UNSPECIFIED
+    )
+    return pb.RecordOutcomeResponse(
+        outcome_id=recorded.outcome_id,
+        decision_id=recorded.decision_id,
+        violation=VIOLATION_TO_PROTO[recorded.violation],
+        decision=decision,
+        reason=recorded.reason,
+    )
+
+
+def _outcome_methods(
+    one: Callable[..., Any], many: Callable[..., Any]
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """RecordOutcome(s), registered beside the Authorize methods (same service)."""
+    handlers = {
+        "RecordOutcome": grpc.unary_unary_rpc_method_handler(
+            one, response_serializer=pb.RecordOutcomeResponse.SerializeToString
+        ),
+        "RecordOutcomes": grpc.unary_unary_rpc_method_handler(
+            many, response_serializer=pb.RecordOutcomesResponse.SerializeToString
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+def outcome_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """The outcome methods for the sync server (raw bytes in: undecodable is INVALID_ARGUMENT)."""
+    return _outcome_methods(
+        _parsing(servicer.RecordOutcome, pb.RecordOutcomeRequest, servicer._limits),
+        _parsing(servicer.RecordOutcomes, pb.RecordOutcomesRequest, servicer._limits),
     )
 
 
@@ -429,6 +530,36 @@ def aio_generic_handler(
         unary(servicer.authorize_wire, pb.AuthorizeRequest, pb.AuthorizeResponse),
         unary(servicer.AuthorizeBatch, pb.AuthorizeBatchRequest, pb.AuthorizeBatchResponse),
         stream,
+    )
+
+
+def aio_outcome_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """The outcome methods for grpc.aio: run on a thread, so that a trail lookup or an
+    fsync never holds the event loop (outcomes are not on the decision path)."""
+
+    def unary(
+        fn: Callable[[Any, grpc.ServicerContext], Any], request_type: type[Message]
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]:
+        async def handler(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                msg = request_type.FromString(raw)
+            except DecodeError as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    _undecodable(raw, request_type, servicer._limits, exc),
+                )
+            try:
+                view = cast(grpc.ServicerContext, _SyncView(context))
+                return await asyncio.to_thread(fn, msg, view)
+            except _Aborted as stop:
+                await context.abort(stop.code, stop.details)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return handler
+
+    return _outcome_methods(
+        unary(servicer.RecordOutcome, pb.RecordOutcomeRequest),
+        unary(servicer.RecordOutcomes, pb.RecordOutcomesRequest),
     )
 
 

@@ -11,7 +11,7 @@ so streams are bounded three ways:
 - in idle time (`idle_timeout_s`): a stream with no request in flight for
   that long is closed by the server with RESOURCE_EXHAUSTED saying so. Items
   the caller sent after that point are never decided, so a client may retry
-  them (sidecar/client.py does, as unary calls).
+  them (sidecar/client/ does, as unary calls).
 
 A single reaper thread, running only while streams are open, closes idle
 ones; the per-item cost on the stream is two lock round-trips and a clock read.

@@ -12,8 +12,17 @@ if TYPE_CHECKING:
     from sidecar.serving.config import Settings
 
 
-def open_trail(settings: Settings, sink: AuditSink | None = None) -> tuple[AuditSink, Redactor]:
+def open_trail(
+    settings: Settings,
+    sink: AuditSink | None = None,
+    *,
+    worker: int | None = None,
+    workers: int | None = None,
+) -> tuple[AuditSink, Redactor]:
     """The sink (the given one, else the configured file or stdout) and its redactor.
+
+    With `workers` > 1, worker `worker` writes its own chain and checkpoint file
+    (open_sink names both, and keeps the trail's manifest of workers).
 
     The HMAC key, when configured, keys both the chain and the redaction hashes
     (through separate derived keys).
@@ -37,5 +46,7 @@ def open_trail(settings: Settings, sink: AuditSink | None = None) -> tuple[Audit
             checkpoints=settings.audit_checkpoints,
             checkpoint_every=settings.audit_checkpoint_every,
             checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+            worker=worker,
+            workers=workers,
         )
     return sink, redactor

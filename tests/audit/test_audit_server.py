@@ -121,6 +121,7 @@ def serve(
                 "127.0.0.1:0",
                 "--audit-file",
                 str(audit),
+                *("--workers", "1"),  # one process: SIGKILL kills the writer itself
                 *extra,
             ],
             stderr=out,

@@ -28,15 +28,10 @@ from sidecar.audit.query import Query, run_query
 from sidecar.audit.segments import collect
 from sidecar.audit.sink import open_sink
 from sidecar.audit.verify import EXIT_CODES, EXIT_MISSING, SET_EXIT_CODES
-from sidecar.audit.workers import (
-    collect_sets,
-    ensure_manifest,
-    manifest_path,
-    read_manifest,
-    worker_path,
-)
+from sidecar.audit.workers import collect_sets, ensure_manifest, manifest_path, read_manifest
 from sidecar.client import StepguardClient
 from sidecar.core.errors import ConfigError
+from sidecar.core.workernames import worker_path
 from sidecar.serving.config import Settings
 from sidecar.serving.server import Sidecar
 from tests.audit.trails import KEY, event, lines_of, run_cli
@@ -584,3 +579,19 @@ def test_fewer_workers_later_still_one_trail(
         f.unlink()
     code, out = run_cli("audit", "verify", tmp_path, capsys=capsys)
     assert code == EXIT_MISSING and "chain audit.w3.jsonl is listed" in out, out
+
+
+@pytest.mark.parametrize("worker", [0, 2])
+def test_one_chain_named_by_its_own_file_is_verified_alone(
+    three: Path, capsys: pytest.CaptureFixture[str], worker: int
+) -> None:
+    """`audit verify DIR/audit.w<i>.jsonl` checks that chain; its siblings are not its own.
+
+    It used to read the chain as a trail of its own, look for `audit.w<i>.workers.json`
+    and `audit.w<i>.w0.jsonl`, and fail with exit 8 on an intact trail.
+    """
+    chain = worker_path(three, worker)
+    code, out = run_cli("audit", "verify", chain, capsys=capsys)
+    assert code == 0, out
+    assert f"ok: {chain}: " in out
+    assert "missing" not in out and "FAILED" not in out

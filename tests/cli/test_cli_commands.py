@@ -24,6 +24,15 @@ COMMAND_MODULES = {
     "audit": {"audit", "audit verify", "audit query"},
     "fmt": {"fmt"},
     "replay": {"replay"},
+    "evidence": {
+        "evidence",
+        "evidence inventory",
+        "evidence access",
+        "evidence open-grants",
+        "evidence leavers",
+        "evidence exceptions",
+        "evidence report",
+    },
     "healthcheck": {"healthcheck"},
     "test": {"test"},
 }

@@ -28,6 +28,10 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         "off",
         "--audit-file",
         str(audit),
+        *(
+            "--workers",
+            "1",
+        ),  # reads audit.jsonl: one trail (workers: tests/serving/test_workers.py)
     )
     with serve_process(*args) as server:
         assert server.serving["grpc"].startswith("127.0.0.1:")

@@ -214,7 +214,7 @@ def test_stream_serves_many_threads_in_order_of_their_own_requests(server: Runni
 
 def test_stream_falls_back_to_unary_when_the_server_refuses_it(tmp_path: Path) -> None:
     with (
-        running_sidecar(tmp_path, workers=2) as running,  # room for one open stream
+        running_sidecar(tmp_path, threads=2) as running,  # room for one open stream
         StepguardClient(running.tcp) as client,
         client.stream() as first,
     ):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from sidecar.core.model import datetime_text
+from sidecar.core.validate import datetime_text
 
 
 def test_cedar_datetime_text_pads_every_field() -> None:

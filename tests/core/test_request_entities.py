@@ -555,8 +555,9 @@ def _values() -> st.SearchStrategy[pb.Value]:
 def test_the_byte_walker_names_the_field_validation_names(attributes: dict[str, pb.Value]) -> None:
     """Property: for any nesting, `decode_refusal` on the request's bytes refuses the same
     field, with the same message, as validation's depth check on the parsed message."""
+    from sidecar.core.decoderefusal import decode_refusal
     from sidecar.core.errors import InvalidRequest
-    from sidecar.core.validate import Limits, decode_refusal, request_from_proto
+    from sidecar.core.validate import Limits, request_from_proto
 
     bundle = _example_bundle()
     limits = Limits(max_attribute_depth=3)
@@ -659,7 +660,8 @@ def test_authzen_refuses_smuggled_markers_and_keeps_the_exact_escapes(tmp_path: 
 def test_the_byte_walk_is_bounded_for_messages_of_many_tiny_fields() -> None:
     """A refused message built of very many tiny fields is not walked to the end: the
     refusal then names the whole request (still INVALID_ARGUMENT, still saying why)."""
-    from sidecar.core.validate import Limits, decode_refusal
+    from sidecar.core.decoderefusal import decode_refusal
+    from sidecar.core.validate import Limits
 
     msg = request_from_json(grant_request())
     crowd = msg.context.attributes["crowd"]

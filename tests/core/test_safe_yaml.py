@@ -54,15 +54,15 @@ def test_config_with_nested_aliases_is_refused_by_the_real_command(tmp_path: Pat
 
 def test_config_anchor_alone_and_deep_nesting_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("workers: &w 4\n")
+    config.write_text("threads: &w 4\n")
     with pytest.raises(ConfigError, match=r"anchors \(&w\) are not allowed"):
         build_settings({}, {}, config)
-    config.write_text("workers: " + "[" * 200 + "]" * 200 + "\n")
+    config.write_text("threads: " + "[" * 200 + "]" * 200 + "\n")
     with pytest.raises(ConfigError, match="nests more than 64 levels"):
         build_settings({}, {}, config)
-    config.write_text("workers: 3\nwatch: true\n")
+    config.write_text("threads: 3\nwatch: true\n")
     settings = build_settings({}, {}, config)
-    assert settings.workers == 3 and settings.watch
+    assert settings.threads == 3 and settings.watch
 
 
 def stepguard(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

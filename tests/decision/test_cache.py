@@ -20,19 +20,16 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.core.bundle import load_bundle
 from sidecar.core.errors import ConfigError
 from sidecar.core.jsonreq import request_from_json
-from sidecar.core.model import (
-    AuthzRequest,
-    Decision,
-    EntityUid,
-    Obligations,
-    Result,
+from sidecar.core.model import AuthzRequest, Decision, EntityUid, Obligations, Result
+from sidecar.core.validate import (
+    Limits,
     cedar_datetime,
     effective_now_ms,
     from_ms,
     parse_cedar_datetime,
+    request_from_proto,
     to_ms,
 )
-from sidecar.core.validate import Limits, request_from_proto
 from sidecar.decision.cache import DecisionCache, Entry, entry_size
 from sidecar.serving.config import Settings
 from tests.helpers import BUSINESS_HOURS, grant_request, notify_request, running_sidecar

@@ -17,8 +17,13 @@ from sidecar.audit.event import CallMeta
 from sidecar.audit.sink import MemorySink
 from sidecar.core.bundle import load_bundle
 from sidecar.core.jsonreq import request_from_json
-from sidecar.core.model import cedar_datetime, effective_now_ms, to_ms
-from sidecar.core.validate import Limits, request_from_proto
+from sidecar.core.validate import (
+    Limits,
+    cedar_datetime,
+    effective_now_ms,
+    request_from_proto,
+    to_ms,
+)
 from sidecar.decision.cache import DecisionCache
 from sidecar.decision.decider import Decider
 from sidecar.decision.metrics import Metrics

@@ -35,6 +35,7 @@ def _args(tmp: Path, *extra: str) -> tuple[str, ...]:
     return (
         *("--policies", str(POLICIES), "--listen", "127.0.0.1:0", "--socket", "off"),
         *("--metrics-listen", "off", "--audit-file", str(tmp / "audit.jsonl"), *extra),
+        *("--workers", "1"),  # reads audit.jsonl: one trail
     )
 
 

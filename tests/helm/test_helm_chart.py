@@ -578,6 +578,7 @@ def test_default_flags() -> None:
         "--metrics-listen", "0.0.0.0:9464",
         "--audit-file", "-",
         "--grace", "10",
+        "--workers", "1",  # the trail on stdout: one writer (issue 19)
     ]  # fmt: skip
     assert sidecar["ports"] == {"sg-metrics": 9464}
     assert sidecar["image"] == f"stepguard:{chart_meta()['appVersion']}"
@@ -684,7 +685,7 @@ def test_config_file_and_inline_policies() -> None:
     assert config_file.startswith(mount(ctr, "stepguard-config")["mountPath"] + "/")
     config_map = find(docs, "ConfigMap", volume(pod, "stepguard-config")["configMap"]["name"])
     assert yaml.safe_load(config_map["data"]["stepguard.yaml"]) == {
-        "workers": 8,
+        "threads": 8,
         "max_batch_items": 200,
     }
     deployment = find(docs, "Deployment")
@@ -1149,3 +1150,41 @@ def test_every_file_the_deployment_docs_hand_to_helm_or_kubectl_exists() -> None
     assert paths, "the docs hand no file to helm or kubectl"
     missing = [p for p in paths if not (ROOT / p).exists() and not p.startswith("<")]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("cpu", "workers", "sink", "expected"),
+    [
+        ("1", 0, "file", "1"),  # the chart's default limit
+        ("2", 0, "file", "2"),
+        ("1500m", 0, "file", "2"),  # rounded up
+        ("2.5", 0, "file", "3"),
+        ("250m", 0, "file", "1"),  # at least one
+        (3, 0, "file", "3"),  # a number, not a string
+        (None, 0, "file", "1"),  # no limit: not the node's cores
+        ("4", 0, "stdout", "1"),  # one writer on stdout
+        ("4", 2, "file", "2"),  # as given
+    ],
+)
+def test_workers_follow_the_cpu_limit(
+    cpu: str | int | None, workers: int, sink: str, expected: str
+) -> None:
+    """Issue 19: --workers is the container's CPU limit rounded up unless server.workers says."""
+    limits: dict[str, Any] = {"cpu": cpu, "memory": "384Mi"}  # None: Helm drops the key
+    audit: dict[str, Any] = {"sink": sink}
+    if sink == "file":
+        audit["file"] = {"volume": {"type": "emptyDir"}}
+    overrides = {
+        "server": {"workers": workers},
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": limits},
+        "audit": audit,
+        "exampleWorker": {"enabled": True},
+    }
+    ctr = container(stepguard_pod(render(overrides=overrides).documents), "stepguard")
+    assert flag(ctr["args"], "--workers") == [expected]
+    assert ctr["resources"]["limits"] == {k: v for k, v in limits.items() if v is not None}
+
+
+def test_several_workers_need_a_file_trail() -> None:
+    message = render_error({"server": {"workers": 2}, "audit": {"sink": "stdout"}})
+    assert "server.workers > 1 needs audit.sink=file" in message

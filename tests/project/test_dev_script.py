@@ -22,6 +22,8 @@ def test_serve_takes_paths_relative_to_the_callers_directory(tmp_path: Path) -> 
             "mine",
             "--audit-file",
             "trail/audit.jsonl",
+            "--workers",  # reads trail/audit.jsonl: one trail
+            "1",
             "--listen",
             "127.0.0.1:0",
             "--socket",

@@ -26,10 +26,11 @@ ALLOWED: dict[str, set[str]] = {
     "decision": {"decision", "audit", "core"},
     "serving": {"serving", "decision", "audit", "core"},
     "authoring": {"authoring", "decision", "audit", "core"},
+    "evidence": {"evidence", "audit", "core"},  # reads trails, returns data (docs/evidence.md)
     "client": {"client", "core"},
     "integrations": {"integrations", "client", "core"},
     "tls": {"client"},  # the compatibility path sidecar.tls re-exports the client's helper
-    "cli": {"cli", "serving", "authoring", "decision", "audit", "core", "client"},
+    "cli": {"cli", "serving", "authoring", "evidence", "decision", "audit", "core", "client"},
     "__init__": set(),
 }
 # The generated messages are the API's data and may be read anywhere below the

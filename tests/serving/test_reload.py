@@ -263,6 +263,9 @@ def test_serve_watch_from_the_command_line(tmp_path: Path) -> None:
         *("--policies", str(root), "--listen", "none", "--socket", str(tmp_path / "sg.sock")),
         *("--metrics-listen", "off", "--audit-file", str(tmp_path / "audit.jsonl")),
         *("--watch", "--watch-interval", "0.05"),
+        # One process: the reload line below is its own. With several workers each
+        # reloads on its own poll (test_workers.py: a policy change reaches every worker).
+        *("--workers", "1"),
     )
     with serve_process(*args) as server:
         with StepguardClient(f"unix://{server.serving['socket']}") as client:

@@ -28,7 +28,7 @@ def server(
         tmp_path_factory.mktemp(f"stream-{request.param}"),
         server_mode=mode,
         event_loop=event_loop,
-        workers=4,
+        threads=4,
     ) as running:
         assert running.sidecar.settings.server_mode == mode
         if mode == "asyncio":
@@ -117,8 +117,8 @@ def test_unary_and_batch_on_both_servers(channel: grpc.Channel) -> None:
 @pytest.mark.parametrize("mode", ["sync", "asyncio"])
 def test_open_streams_are_limited(tmp_path: Path, mode: str) -> None:
     """Each stream holds a worker; past the limit a new one is RESOURCE_EXHAUSTED."""
-    with running_sidecar(tmp_path, server_mode=mode, workers=2) as running:
-        assert running.sidecar.settings.workers // 2 == 1
+    with running_sidecar(tmp_path, server_mode=mode, threads=2) as running:
+        assert running.sidecar.settings.threads // 2 == 1
         with grpc.insecure_channel(running.tcp) as ch:
             stub = pb_grpc.AuthorizerStub(ch)
             gate = threading.Event()

@@ -90,8 +90,8 @@ def _channel(stack: ExitStack, running: Running, pki: Pki, identity: str) -> grp
 @pytest.mark.parametrize("mode", MODES)
 def test_one_caller_cannot_take_every_stream(tmp_path: Path, pki: Pki, mode: str) -> None:
     settings = tls_settings(tmp_path / "tls", pki)
-    with running_sidecar(tmp_path, server_mode=mode, workers=8, **settings) as running:
-        assert running.sidecar.settings.workers // 2 == 4  # four streams in all
+    with running_sidecar(tmp_path, server_mode=mode, threads=8, **settings) as running:
+        assert running.sidecar.settings.threads // 2 == 4  # four streams in all
         with ExitStack() as stack:
             held, refused = [], None
             for _ in range(4):  # team A opens idle streams until it is refused
@@ -122,7 +122,7 @@ def test_one_caller_cannot_take_every_stream(tmp_path: Path, pki: Pki, mode: str
 def test_an_idle_stream_is_closed_and_its_slot_freed(tmp_path: Path, mode: str) -> None:
     with (
         running_sidecar(
-            tmp_path, server_mode=mode, workers=2, stream_idle_timeout_s=0.5
+            tmp_path, server_mode=mode, threads=2, stream_idle_timeout_s=0.5
         ) as running,
         grpc.insecure_channel(running.tcp) as channel,
     ):  # a single stream slot
@@ -150,7 +150,7 @@ def test_an_idle_stream_is_closed_and_its_slot_freed(tmp_path: Path, mode: str) 
 def test_a_busy_stream_is_not_idle(tmp_path: Path) -> None:
     """Requests keep coming, each within the timeout: the stream stays open."""
     with (
-        running_sidecar(tmp_path, workers=2, stream_idle_timeout_s=5.0) as running,
+        running_sidecar(tmp_path, threads=2, stream_idle_timeout_s=5.0) as running,
         grpc.insecure_channel(running.tcp) as channel,
     ):
         stub = pb_grpc.AuthorizerStub(channel)

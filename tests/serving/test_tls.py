@@ -386,7 +386,7 @@ def test_certificates_rotate_under_load_without_a_failed_call(
     roots = pki.domain.pem + rotated_ca.pem  # clients trust the old and the next CA
     svid = pki.domain.issue(spiffe=NOTIFIER_ID)
 
-    with running_sidecar(tmp_path / "srv", workers=8, **settings) as running:
+    with running_sidecar(tmp_path / "srv", threads=8, **settings) as running:
         reloader = running.sidecar.tls
         assert reloader is not None and reloader.generation == 1
         creds = channel_credentials(*_files(tmp_path / "svid", roots, svid))

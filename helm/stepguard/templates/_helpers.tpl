@@ -148,6 +148,9 @@ install with a message that says what to change.
 {{- $v := .Values -}}
 {{- $tcp := include "stepguard.tcpEnabled" . -}}
 {{- $sink := include "stepguard.auditSink" . -}}
+{{- if and (gt (int $v.server.workers) 1) (ne $sink "file") -}}
+{{- fail "stepguard: server.workers > 1 needs audit.sink=file (each worker writes its own chain; stdout takes one writer)" -}}
+{{- end -}}
 {{- if and (eq $v.mode "standalone") (not $tcp) -}}
 {{- fail "stepguard: mode=standalone serves its clients over TCP; set server.tcp.enabled=auto (or true)" -}}
 {{- end -}}
@@ -236,6 +239,29 @@ install with a message that says what to change.
 {{- end -}}
 {{- end }}
 
+{{/*
+Worker processes (--workers): server.workers, else the CPU limit rounded up
+("1500m" and "1.5" give 2), at least 1; 1 without a CPU limit (the node's
+cores are not the pod's) and with the trail on stdout (one writer).
+*/}}
+{{- define "stepguard.workers" -}}
+{{- $v := .Values -}}
+{{- if gt (int $v.server.workers) 0 -}}
+{{- int $v.server.workers -}}
+{{- else if ne (include "stepguard.auditSink" .) "file" -}}
+1
+{{- else -}}
+{{- $cpu := toString (dig "limits" "cpu" "" ($v.resources | default dict)) -}}
+{{- if not $cpu -}}
+1
+{{- else if hasSuffix "m" $cpu -}}
+{{- max 1 (div (add (int (trimSuffix "m" $cpu)) 999) 1000) -}}
+{{- else -}}
+{{- max 1 (int (ceil (float64 $cpu))) -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
 {{/* The stepguard serve arguments (the image's entrypoint is `stepguard serve`). */}}
 {{- define "stepguard.args" -}}
 {{- $v := .Values -}}
@@ -272,6 +298,8 @@ install with a message that says what to change.
 {{- end }}
 - --grace
 - {{ $v.server.gracePeriodSeconds | toString | quote }}
+- --workers
+- {{ include "stepguard.workers" . | quote }}
 {{- if $v.authzen.enabled }}
 - --authzen-listen
 - {{ include "stepguard.hostPort" (dict "host" $v.authzen.bindAddress "port" $v.authzen.port) | quote }}

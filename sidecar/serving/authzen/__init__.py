@@ -18,6 +18,7 @@ from sidecar.core.bundle import Bundle
 from sidecar.core.validate import Limits
 from sidecar.decision.decider import Decider
 from sidecar.decision.metrics import Metrics
+from sidecar.decision.outcomes import OutcomeRecorder
 from sidecar.serving.authzen.guard import REASONS, HttpLimits
 from sidecar.serving.authzen.service import AuthzenService
 from sidecar.serving.authzen.wsgi import AuthzenApp, AuthzenServer
@@ -37,14 +38,18 @@ def build_server(
     workers: int,
     tls: CertificateReloader | None = None,
     http: HttpLimits | None = None,
+    outcomes: OutcomeRecorder | None = None,
 ) -> AuthzenServer:
-    """The AuthZEN HTTP server for a sidecar: same bundle holder, decider and metrics."""
+    """The AuthZEN HTTP server for a sidecar: same bundle holder, decider and metrics;
+    with `outcomes`, stepguard's `POST /stepguard/v1/outcome(s)` too."""
     service = AuthzenService(bundle, decider, limits, metrics)
     app = AuthzenApp(
         service,
         max_request_bytes=limits.max_request_bytes,
         max_batch_bytes=max_batch_bytes,
         tls=tls is not None,
+        outcomes=outcomes,
+        max_batch_items=limits.max_batch_items,
     )
     # Declared here, not in metrics.py: it exists only where the AuthZEN listener runs.
     refused = Counter(

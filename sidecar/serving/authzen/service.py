@@ -25,7 +25,7 @@ from sidecar.audit.event import CallMeta
 from sidecar.core.bundle import Bundle
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.model import AuthzRequest, EntityUid
-from sidecar.core.validate import Limits
+from sidecar.core.validate import Limits, effective_now_ms, to_ms
 from sidecar.decision.decider import Decided, Decider
 from sidecar.decision.identity import CallerContext
 from sidecar.decision.metrics import Metrics
@@ -257,8 +257,10 @@ class AuthzenService:
         index = index or self._current()
         at = self._decider.now()
 
+        at_ms, granularity = to_ms(at), self._decider.now_granularity_ms
+
         def now_ms(not_before_ms: int | None, not_after_ms: int | None) -> int:
-            return self._decider.context_now_ms(at, not_before_ms, not_after_ms)
+            return effective_now_ms(at_ms, granularity, not_before_ms, not_after_ms)
 
         bundle = index.bundle
 

@@ -30,24 +30,19 @@ from typing import Any, Final, Literal
 
 from sidecar.core.bundle import Bundle
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.model import (
-    AuthzRequest,
-    CedarJson,
-    EntityData,
-    EntityUid,
-    cedar_datetime,
-    parse_cedar_datetime,
-    time_bound_ms,
-    to_ms,
-)
+from sidecar.core.model import AuthzRequest, CedarJson, EntityData, EntityUid
 from sidecar.core.validate import (
     RESERVED_KEYS,
     Limits,
     admitted_attributes,
+    cedar_datetime,
     check_long,
     check_text,
     member,
+    parse_cedar_datetime,
     reserved_message,
+    time_bound_ms,
+    to_ms,
     unknown_entity_denial,
 )
 from sidecar.serving.authzen.schema import EMPTY, CedarType, Record, SchemaView, SetOf
@@ -519,10 +514,10 @@ class Mapper:
 def _time_bound_ms(context: dict[str, Any]) -> tuple[int | None, int | None]:
     """`context.time_bound` in ms, its bounds rewritten in the one form Cedar then reads.
 
-    The `now` clamp (model.effective_now_ms) must see the instant Cedar will
+    The `now` clamp (validate.effective_now_ms) must see the instant Cedar will
     compare with `now`, whatever form the PEP wrote it in: a string, a
     `datetime` call with `arg` or `args`, an `offset(datetime, duration)`
-    (model.parse_cedar_datetime). So each bound is parsed here, refused (400)
+    (validate.parse_cedar_datetime). So each bound is parsed here, refused (400)
     when it cannot be, and replaced by the canonical `datetime("...Z")` of the
     same instant, which is all Cedar gets.
     """

@@ -36,6 +36,8 @@ from sidecar.audit.event import CallMeta, recorded_request_id
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.jsonreq import MAX_JSON_DEPTH, nesting_path
 from sidecar.decision.identity import IdentityRefused, certificate_identity
+from sidecar.decision.outcomes import OutcomeRecorder
+from sidecar.serving.authzen import outcome as outcomes
 from sidecar.serving.authzen.guard import HttpLimits, Server, body_read
 from sidecar.serving.authzen.service import AuthzenService
 from sidecar.serving.authzen.translate import SearchKind
@@ -75,8 +77,12 @@ class AuthzenApp:
         max_request_bytes: int,
         max_batch_bytes: int,
         tls: bool = False,
+        outcomes: OutcomeRecorder | None = None,
+        max_batch_items: int = 1000,
     ):
         self._service = service
+        self._outcomes = outcomes  # stepguard's extension paths (authzen/outcome.py)
+        self._max_batch_items = max_batch_items
         self._scheme = "https" if tls else "http"
         self.listening = ""  # HOST:PORT once bound (AuthzenServer.start)
         self._max_request = max_request_bytes
@@ -101,6 +107,8 @@ class AuthzenApp:
             return _text(start_response, "400 Bad Request", str(exc), request_id)
         except _HttpError as exc:
             return _text(start_response, exc.status, exc.message, request_id, exc.headers)
+        except outcomes.NotRecorded as exc:
+            return _text(start_response, "503 Service Unavailable", str(exc), request_id)
         except Exception:  # an error status, never a decision
             log.exception("AuthZEN request failed")
             return _text(
@@ -115,7 +123,8 @@ class AuthzenApp:
     ) -> tuple[str, dict[str, Any], tuple[tuple[str, str], ...]]:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
-        limit = self._max_batch if path == "/access/v1/evaluations" else self._max_request
+        batch = path in ("/access/v1/evaluations", outcomes.MANY)
+        limit = self._max_batch if batch else self._max_request
         # Read before anything can fail: cheroot drains an unread fixed-length body,
         # but an unread chunked one would be parsed as the connection's next request.
         raw = _read_body(environ, limit)
@@ -134,6 +143,8 @@ class AuthzenApp:
             handler = service.evaluation
         elif path == "/access/v1/evaluations":
             handler = service.evaluations
+        elif path in outcomes.PATHS and self._outcomes is not None:
+            handler = self._outcome_handler(path, self._outcomes)
         elif path in _SEARCH:
             kind = _SEARCH[path]
 
@@ -146,6 +157,18 @@ class AuthzenApp:
             raise _HttpError("405 Method Not Allowed", f"{path} takes POST", [("Allow", "POST")])
         body = _json_body(environ, raw)
         return "200 OK", handler(body, _meta(environ), started), (("Cache-Control", "no-store"),)
+
+    def _outcome_handler(
+        self, path: str, recorder: OutcomeRecorder
+    ) -> Callable[[Mapping[str, Any], CallMeta, float], dict[str, Any]]:
+        """POST /stepguard/v1/outcome(s): stepguard's extension, not AuthZEN's."""
+        if path == outcomes.ONE:
+            return lambda body, meta, started: outcomes.record_one(recorder, body, meta)
+        max_items = self._max_batch_items
+        count = self._service.count_invalid
+        return lambda body, meta, started: outcomes.record_many(
+            recorder, body, meta, max_items=max_items, count_invalid=count
+        )
 
 
 def _read_body(environ: Environ, limit: int) -> bytes:

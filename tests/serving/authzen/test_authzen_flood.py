@@ -35,7 +35,7 @@ NOTIFY = {
 }
 # Short deadlines so the test is quick; few workers so the old server starves at once.
 BOUNDS: dict[str, Any] = {
-    "workers": 4,
+    "threads": 4,
     "authzen_max_connections": 400,
     "authzen_header_timeout_s": 1.0,
     "authzen_body_timeout_s": 1.0,

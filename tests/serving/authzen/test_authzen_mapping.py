@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from sidecar.core.bundle import Source, build_bundle, load_bundle
 from sidecar.core.engine import evaluate
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.model import EntityData, EntityUid, to_ms
-from sidecar.core.validate import Limits
+from sidecar.core.model import EntityData, EntityUid
+from sidecar.core.validate import Limits, to_ms
 from sidecar.serving.authzen.schema import EMPTY, Named, Record, SetOf, view_of
 from sidecar.serving.authzen.translate import (
     Batch,

@@ -60,6 +60,7 @@ def test_stepguard_serve_answers_authzen_and_audits_it(tmp_path: Path) -> None:
     args = (
         *("--policies", str(CERT), "--listen", "127.0.0.1:0", "--metrics-listen", "off"),
         *("--audit-file", str(audit), "--authzen-listen", "127.0.0.1:0"),
+        *("--workers", "1"),  # reads audit.jsonl: one trail
     )
     with serve_process(*args) as server:
         assert server.serving["authzen"].startswith("127.0.0.1:"), server.serving

@@ -1,7 +1,7 @@
 """AuthZEN time bounds cannot skip the `now` clamp, whatever their form (issue 25, point 7).
 
 With a coarse `now` granularity, `context.now` is the clock rounded down, but
-never back across the request's own time bound (sidecar/core/model.py). That clamp
+never back across the request's own time bound (sidecar/core/validate.py). That clamp
 must see the instant Cedar will compare: a `not_after` written as a
 `datetime(...)` call with `args`, or as an `offset(...)`, was not read, so a
 bound five seconds in the past was ALLOWed. Properties, drawn over every form
@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.client import StepguardClient
-from sidecar.core.model import cedar_datetime, from_ms, parse_cedar_datetime, to_ms
+from sidecar.core.validate import cedar_datetime, from_ms, parse_cedar_datetime, to_ms
 from tests.helpers import NOTIFIER, Running, notify_request, running_sidecar
 from tests.serving.authzen.authzen_client import Pdp
 

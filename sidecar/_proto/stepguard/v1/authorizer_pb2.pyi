@@ -172,6 +172,119 @@ CLAUSE_VALUE_FALSE: ClauseValue.ValueType  # 2
 CLAUSE_VALUE_ERROR: ClauseValue.ValueType  # 3
 Global___ClauseValue: _TypeAlias = ClauseValue  # noqa: Y015
 
+class _OutcomeStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OutcomeStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutcomeStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OUTCOME_STATUS_UNSPECIFIED: _OutcomeStatus.ValueType  # 0
+    """refused (INVALID_ARGUMENT): say what happened"""
+    OUTCOME_STATUS_SUCCEEDED: _OutcomeStatus.ValueType  # 1
+    """the step ran and finished"""
+    OUTCOME_STATUS_FAILED: _OutcomeStatus.ValueType  # 2
+    """the step ran and failed; `error_class` says how"""
+    OUTCOME_STATUS_SKIPPED: _OutcomeStatus.ValueType  # 3
+    """the step did not run (for example: its decision was DENY)"""
+    OUTCOME_STATUS_TIMED_OUT: _OutcomeStatus.ValueType  # 4
+    """the step ran and was stopped for taking too long"""
+
+class OutcomeStatus(_OutcomeStatus, metaclass=_OutcomeStatusEnumTypeWrapper):
+    """What a decided step did, as the orchestrator saw it."""
+
+OUTCOME_STATUS_UNSPECIFIED: OutcomeStatus.ValueType  # 0
+"""refused (INVALID_ARGUMENT): say what happened"""
+OUTCOME_STATUS_SUCCEEDED: OutcomeStatus.ValueType  # 1
+"""the step ran and finished"""
+OUTCOME_STATUS_FAILED: OutcomeStatus.ValueType  # 2
+"""the step ran and failed; `error_class` says how"""
+OUTCOME_STATUS_SKIPPED: OutcomeStatus.ValueType  # 3
+"""the step did not run (for example: its decision was DENY)"""
+OUTCOME_STATUS_TIMED_OUT: OutcomeStatus.ValueType  # 4
+"""the step ran and was stopped for taking too long"""
+Global___OutcomeStatus: _TypeAlias = OutcomeStatus  # noqa: Y015
+
+class _AccountChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AccountChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccountChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACCOUNT_CHANGE_UNSPECIFIED: _AccountChange.ValueType  # 0
+    """no account was created, disabled or deleted"""
+    ACCOUNT_CHANGE_CREATED: _AccountChange.ValueType  # 1
+    ACCOUNT_CHANGE_DISABLED: _AccountChange.ValueType  # 2
+    ACCOUNT_CHANGE_DELETED: _AccountChange.ValueType  # 3
+
+class AccountChange(_AccountChange, metaclass=_AccountChangeEnumTypeWrapper):
+    """What happened to an account on the target system."""
+
+ACCOUNT_CHANGE_UNSPECIFIED: AccountChange.ValueType  # 0
+"""no account was created, disabled or deleted"""
+ACCOUNT_CHANGE_CREATED: AccountChange.ValueType  # 1
+ACCOUNT_CHANGE_DISABLED: AccountChange.ValueType  # 2
+ACCOUNT_CHANGE_DELETED: AccountChange.ValueType  # 3
+Global___AccountChange: _TypeAlias = AccountChange  # noqa: Y015
+
+class _CredentialChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CredentialChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CredentialChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CREDENTIAL_CHANGE_UNSPECIFIED: _CredentialChange.ValueType  # 0
+    """refused when a credential is given"""
+    CREDENTIAL_CHANGE_ISSUED: _CredentialChange.ValueType  # 1
+    """issued_at and expires_at are then required"""
+    CREDENTIAL_CHANGE_REVOKED: _CredentialChange.ValueType  # 2
+
+class CredentialChange(_CredentialChange, metaclass=_CredentialChangeEnumTypeWrapper):
+    """What happened to a credential."""
+
+CREDENTIAL_CHANGE_UNSPECIFIED: CredentialChange.ValueType  # 0
+"""refused when a credential is given"""
+CREDENTIAL_CHANGE_ISSUED: CredentialChange.ValueType  # 1
+"""issued_at and expires_at are then required"""
+CREDENTIAL_CHANGE_REVOKED: CredentialChange.ValueType  # 2
+Global___CredentialChange: _TypeAlias = CredentialChange  # noqa: Y015
+
+class _Violation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ViolationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Violation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VIOLATION_NONE: _Violation.ValueType  # 0
+    VIOLATION_DECISION_DENIED: _Violation.ValueType  # 1
+    """its decision was DENY"""
+    VIOLATION_DECISION_UNKNOWN: _Violation.ValueType  # 2
+    """no decision with that id was found (docs/api.md says where it looks)"""
+    VIOLATION_AFTER_TIME_BOUND: _Violation.ValueType  # 3
+    """it ran after the decision's time_bound.not_after"""
+    VIOLATION_BEFORE_TIME_BOUND: _Violation.ValueType  # 4
+    """it started before the decision's time_bound.not_before"""
+    VIOLATION_CREDENTIAL_TTL_EXCEEDED: _Violation.ValueType  # 5
+    """It issued a credential living longer than the decision's max_credential_ttl obligation."""
+
+class Violation(_Violation, metaclass=_ViolationEnumTypeWrapper):
+    """Why an outcome is a violation: its step ran without a decision in force.
+    Only a step that ran (SUCCEEDED, FAILED, TIMED_OUT) can be one; a SKIPPED
+    step never is.
+    """
+
+VIOLATION_NONE: Violation.ValueType  # 0
+VIOLATION_DECISION_DENIED: Violation.ValueType  # 1
+"""its decision was DENY"""
+VIOLATION_DECISION_UNKNOWN: Violation.ValueType  # 2
+"""no decision with that id was found (docs/api.md says where it looks)"""
+VIOLATION_AFTER_TIME_BOUND: Violation.ValueType  # 3
+"""it ran after the decision's time_bound.not_after"""
+VIOLATION_BEFORE_TIME_BOUND: Violation.ValueType  # 4
+"""it started before the decision's time_bound.not_before"""
+VIOLATION_CREDENTIAL_TTL_EXCEEDED: Violation.ValueType  # 5
+"""It issued a credential living longer than the decision's max_credential_ttl obligation."""
+Global___Violation: _TypeAlias = Violation  # noqa: Y015
+
 @_typing.final
 class EntityRef(_message.Message):
     """A reference to a Cedar entity: `Type::"id"`. `type` may be namespaced
@@ -1040,3 +1153,254 @@ class AuthorizeStreamResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___AuthorizeStreamResponse: _TypeAlias = AuthorizeStreamResponse  # noqa: Y015
+
+@_typing.final
+class Credential(_message.Message):
+    """A credential the step issued or revoked. Never the secret itself: its id
+    (a key id, a token's jti, a certificate serial).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Required, 1 to 256 printable characters. Recorded as is unless it looks
+    like a secret (then replaced by a keyed hash, as in decisions) or the
+    `audit_redact` paths name `effect.credential.id`.
+    """
+    change: Global___CredentialChange.ValueType
+    """required"""
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """required for ISSUED"""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """required for ISSUED; not before issued_at"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        change: Global___CredentialChange.ValueType = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "expires_at", b"expires_at", "id", b"id", "issued_at", b"issued_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Credential: _TypeAlias = Credential  # noqa: Y015
+
+@_typing.final
+class Effect(_message.Message):
+    """What the step changed. Every field is optional; an effect with nothing set
+    is the same as no effect.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    TARGET_SYSTEM_FIELD_NUMBER: _builtins.int
+    ENTITLEMENTS_ADDED_FIELD_NUMBER: _builtins.int
+    ENTITLEMENTS_REMOVED_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    target_system: _builtins.str
+    """The system the change was made on (1 to 256 printable characters), e.g. "jira"."""
+    account: Global___AccountChange.ValueType
+    @_builtins.property
+    def identity(self) -> Global___EntityRef:
+        """The identity whose access changed (the joiner, mover or leaver), e.g.
+        `User::"maria"`. Redactable by path: `effect.identity.id`.
+        """
+
+    @_builtins.property
+    def entitlements_added(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Entitlements granted and removed (each 1 to 256 printable characters, at
+        most 64 per list).
+        """
+
+    @_builtins.property
+    def entitlements_removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def credential(self) -> Global___Credential: ...
+    def __init__(
+        self,
+        *,
+        identity: Global___EntityRef | None = ...,
+        target_system: _builtins.str = ...,
+        entitlements_added: _abc.Iterable[_builtins.str] | None = ...,
+        entitlements_removed: _abc.Iterable[_builtins.str] | None = ...,
+        credential: Global___Credential | None = ...,
+        account: Global___AccountChange.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "identity", b"identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "credential", b"credential", "entitlements_added", b"entitlements_added", "entitlements_removed", b"entitlements_removed", "identity", b"identity", "target_system", b"target_system"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Effect: _TypeAlias = Effect  # noqa: Y015
+
+@_typing.final
+class RecordOutcomeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_CLASS_FIELD_NUMBER: _builtins.int
+    EFFECT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    decision_id: _builtins.str
+    """Required: the `decision_id` of the AuthorizeResponse the step ran under
+    (a UUID, as the sidecar issues them).
+    """
+    status: Global___OutcomeStatus.ValueType
+    """required"""
+    error_class: _builtins.str
+    """Required for FAILED, allowed for TIMED_OUT, refused otherwise: what kind
+    of failure, 1 to 128 characters of [A-Za-z0-9_.:/-], e.g. "PermissionError"
+    or "http.503". Never a message (messages carry secrets and personal data).
+    """
+    attempt: _builtins.int
+    """The orchestrator's attempt number (a retry is a new attempt), 0 when unknown."""
+    @_builtins.property
+    def effect(self) -> Global___Effect: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the step started and finished, by the orchestrator's clock. The step
+        ran after its decision's time bound when `finished_at` (else `started_at`,
+        else the time the sidecar received the outcome) is after `not_after`, and
+        before it when `started_at` is before `not_before`. started_at must not be
+        after finished_at.
+        """
+
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        decision_id: _builtins.str = ...,
+        status: Global___OutcomeStatus.ValueType = ...,
+        error_class: _builtins.str = ...,
+        effect: Global___Effect | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effect", b"effect", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "decision_id", b"decision_id", "effect", b"effect", "error_class", b"error_class", "finished_at", b"finished_at", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordOutcomeRequest: _TypeAlias = RecordOutcomeRequest  # noqa: Y015
+
+@_typing.final
+class RecordOutcomeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_ID_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    VIOLATION_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    outcome_id: _builtins.str
+    """The outcome's own audit event id (a UUIDv7)."""
+    decision_id: _builtins.str
+    """echoed"""
+    violation: Global___Violation.ValueType
+    decision: Global___Decision.ValueType
+    """The decision the outcome was matched with (DECISION_UNSPECIFIED when none was found)."""
+    reason: _builtins.str
+    """What was recorded, in one line, for logs and humans."""
+    def __init__(
+        self,
+        *,
+        outcome_id: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
+        violation: Global___Violation.ValueType = ...,
+        decision: Global___Decision.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "decision_id", b"decision_id", "outcome_id", b"outcome_id", "reason", b"reason", "violation", b"violation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordOutcomeResponse: _TypeAlias = RecordOutcomeResponse  # noqa: Y015
+
+@_typing.final
+class RecordOutcomesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordOutcomeRequest]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___RecordOutcomeRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordOutcomesRequest: _TypeAlias = RecordOutcomesRequest  # noqa: Y015
+
+@_typing.final
+class RecordOutcomesResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___RecordOutcomeResponse: ...
+    @_builtins.property
+    def error(self) -> Global___BatchItemError: ...
+    def __init__(
+        self,
+        *,
+        response: Global___RecordOutcomeResponse | None = ...,
+        error: Global___BatchItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___RecordOutcomesResult: _TypeAlias = RecordOutcomesResult  # noqa: Y015
+
+@_typing.final
+class RecordOutcomesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordOutcomesResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RecordOutcomesResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordOutcomesResponse: _TypeAlias = RecordOutcomesResponse  # noqa: Y015

@@ -49,6 +49,16 @@ class AuthorizerStub:
                 request_serializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamRequest.SerializeToString,
                 response_deserializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamResponse.FromString,
                 _registered_method=True)
+        self.RecordOutcome = channel.unary_unary(
+                '/stepguard.v1.Authorizer/RecordOutcome',
+                request_serializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomeRequest.SerializeToString,
+                response_deserializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomeResponse.FromString,
+                _registered_method=True)
+        self.RecordOutcomes = channel.unary_unary(
+                '/stepguard.v1.Authorizer/RecordOutcomes',
+                request_serializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesRequest.SerializeToString,
+                response_deserializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizerServicer:
@@ -82,6 +92,27 @@ class AuthorizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordOutcome(self, request, context):
+        """Report what a decided step did (docs/api.md, "Outcomes"). The outcome is
+        written to the same hash-chained trail as the decisions, beside them. An
+        outcome whose step ran without a decision in force (its decision was a
+        DENY, was never made, or its time bound had passed) is recorded all the
+        same, flagged as a violation; the answer says so. Malformed input is
+        INVALID_ARGUMENT naming the field; a trail that cannot record it is
+        UNAVAILABLE (the outcome is then not recorded: report it again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordOutcomes(self, request, context):
+        """Report many outcomes in one call. Results come back in request order, one
+        per item; an invalid item fails only itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +130,16 @@ def add_AuthorizerServicer_to_server(servicer, server):
                     servicer.AuthorizeStream,
                     request_deserializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamRequest.FromString,
                     response_serializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamResponse.SerializeToString,
+            ),
+            'RecordOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcome,
+                    request_deserializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomeRequest.FromString,
+                    response_serializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomeResponse.SerializeToString,
+            ),
+            'RecordOutcomes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcomes,
+                    request_deserializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesRequest.FromString,
+                    response_serializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +223,60 @@ class Authorizer:
             '/stepguard.v1.Authorizer/AuthorizeStream',
             stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamRequest.SerializeToString,
             stepguard_dot_v1_dot_authorizer__pb2.AuthorizeStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepguard.v1.Authorizer/RecordOutcome',
+            stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomeRequest.SerializeToString,
+            stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcomes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepguard.v1.Authorizer/RecordOutcomes',
+            stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesRequest.SerializeToString,
+            stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,19 @@ class AuthorizerStub:
     the stream with INVALID_ARGUMENT. Each open stream holds one server worker,
     so the server limits how many are open at once (RESOURCE_EXHAUSTED).
     """
+    RecordOutcome: _grpc.UnaryUnaryMultiCallable[_authorizer_pb2.RecordOutcomeRequest, _authorizer_pb2.RecordOutcomeResponse]
+    """Report what a decided step did (docs/api.md, "Outcomes"). The outcome is
+    written to the same hash-chained trail as the decisions, beside them. An
+    outcome whose step ran without a decision in force (its decision was a
+    DENY, was never made, or its time bound had passed) is recorded all the
+    same, flagged as a violation; the answer says so. Malformed input is
+    INVALID_ARGUMENT naming the field; a trail that cannot record it is
+    UNAVAILABLE (the outcome is then not recorded: report it again).
+    """
+    RecordOutcomes: _grpc.UnaryUnaryMultiCallable[_authorizer_pb2.RecordOutcomesRequest, _authorizer_pb2.RecordOutcomesResponse]
+    """Report many outcomes in one call. Results come back in request order, one
+    per item; an invalid item fails only itself.
+    """
 
 @_typing.type_check_only
 class AuthorizerAsyncStub(AuthorizerStub):
@@ -72,6 +85,19 @@ class AuthorizerAsyncStub(AuthorizerStub):
     (`error`) and the stream goes on. A message that cannot be decoded ends
     the stream with INVALID_ARGUMENT. Each open stream holds one server worker,
     so the server limits how many are open at once (RESOURCE_EXHAUSTED).
+    """
+    RecordOutcome: _aio.UnaryUnaryMultiCallable[_authorizer_pb2.RecordOutcomeRequest, _authorizer_pb2.RecordOutcomeResponse]  # type: ignore[assignment]
+    """Report what a decided step did (docs/api.md, "Outcomes"). The outcome is
+    written to the same hash-chained trail as the decisions, beside them. An
+    outcome whose step ran without a decision in force (its decision was a
+    DENY, was never made, or its time bound had passed) is recorded all the
+    same, flagged as a violation; the answer says so. Malformed input is
+    INVALID_ARGUMENT naming the field; a trail that cannot record it is
+    UNAVAILABLE (the outcome is then not recorded: report it again).
+    """
+    RecordOutcomes: _aio.UnaryUnaryMultiCallable[_authorizer_pb2.RecordOutcomesRequest, _authorizer_pb2.RecordOutcomesResponse]  # type: ignore[assignment]
+    """Report many outcomes in one call. Results come back in request order, one
+    per item; an invalid item fails only itself.
     """
 
 class AuthorizerServicer(metaclass=_abc_1.ABCMeta):
@@ -106,6 +132,31 @@ class AuthorizerServicer(metaclass=_abc_1.ABCMeta):
         (`error`) and the stream goes on. A message that cannot be decoded ends
         the stream with INVALID_ARGUMENT. Each open stream holds one server worker,
         so the server limits how many are open at once (RESOURCE_EXHAUSTED).
+        """
+
+    @_abc_1.abstractmethod
+    def RecordOutcome(
+        self,
+        request: _authorizer_pb2.RecordOutcomeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorizer_pb2.RecordOutcomeResponse, _abc.Awaitable[_authorizer_pb2.RecordOutcomeResponse]]:
+        """Report what a decided step did (docs/api.md, "Outcomes"). The outcome is
+        written to the same hash-chained trail as the decisions, beside them. An
+        outcome whose step ran without a decision in force (its decision was a
+        DENY, was never made, or its time bound had passed) is recorded all the
+        same, flagged as a violation; the answer says so. Malformed input is
+        INVALID_ARGUMENT naming the field; a trail that cannot record it is
+        UNAVAILABLE (the outcome is then not recorded: report it again).
+        """
+
+    @_abc_1.abstractmethod
+    def RecordOutcomes(
+        self,
+        request: _authorizer_pb2.RecordOutcomesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorizer_pb2.RecordOutcomesResponse, _abc.Awaitable[_authorizer_pb2.RecordOutcomesResponse]]:
+        """Report many outcomes in one call. Results come back in request order, one
+        per item; an invalid item fails only itself.
         """
 
 def add_AuthorizerServicer_to_server(servicer: AuthorizerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,520 @@
+"""An outcome: what a decided step did, as the orchestrator reports it (pure).
+
+One model for both transports: `outcome_from_proto` (gRPC RecordOutcome) and
+`outcome_from_json` (AuthZEN's `POST /stepguard/v1/outcome`) read their input
+into the same plain values and check them in one place (`_outcome`), so a
+field is refused with the same message whichever way it came. Anything
+malformed is an `InvalidRequest` naming the field path; nothing here looks up
+the decision or writes anything (sidecar/decision/outcomes.py does).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar.core.errors import InvalidRequest
+from sidecar.core.validate import to_ms
+
+STATUSES = ("succeeded", "failed", "skipped", "timed_out")
+# A step with one of these statuses ran: only those can be violations.
+RAN = frozenset({"succeeded", "failed", "timed_out"})
+ACCOUNT_CHANGES = ("created", "disabled", "deleted")
+CREDENTIAL_CHANGES = ("issued", "revoked")
+MAX_ENTITLEMENTS = 64
+MAX_TEXT = 256  # target system, entitlement, credential id
+MAX_ENTITY_ID = 1024
+_DECISION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_ERROR_CLASS = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
+_ENTITY_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*")
+_LONG_MAX = 2**63 - 1
+
+_STATUS_OF_PROTO = {
+    pb.OUTCOME_STATUS_SUCCEEDED: "succeeded",
+    pb.OUTCOME_STATUS_FAILED: "failed",
+    pb.OUTCOME_STATUS_SKIPPED: "skipped",
+    pb.OUTCOME_STATUS_TIMED_OUT: "timed_out",
+}
+_ACCOUNT_OF_PROTO = {
+    pb.ACCOUNT_CHANGE_CREATED: "created",
+    pb.ACCOUNT_CHANGE_DISABLED: "disabled",
+    pb.ACCOUNT_CHANGE_DELETED: "deleted",
+}
+_CREDENTIAL_OF_PROTO = {
+    pb.CREDENTIAL_CHANGE_ISSUED: "issued",
+    pb.CREDENTIAL_CHANGE_REVOKED: "revoked",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    id: str
+    change: str  # one of CREDENTIAL_CHANGES
+    issued_at: datetime | None = None
+    expires_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "change": self.change}
+        if self.issued_at is not None:
+            out["issued_at"] = event_time(self.issued_at)
+        if self.expires_at is not None:
+            out["expires_at"] = event_time(self.expires_at)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    identity: tuple[str, str] | None = None  # (type, id)
+    target_system: str = ""
+    entitlements_added: tuple[str, ...] = ()
+    entitlements_removed: tuple[str, ...] = ()
+    credential: Credential | None = None
+    account: str = ""  # "" or one of ACCOUNT_CHANGES
+
+    @property
+    def empty(self) -> bool:
+        return self == Effect()
+
+    def to_json(self) -> dict[str, Any]:
+        """Only the fields set, as the audit event records them."""
+        out: dict[str, Any] = {}
+        if self.identity is not None:
+            out["identity"] = {"type": self.identity[0], "id": self.identity[1]}
+        if self.target_system:
+            out["target_system"] = self.target_system
+        if self.entitlements_added:
+            out["entitlements_added"] = list(self.entitlements_added)
+        if self.entitlements_removed:
+            out["entitlements_removed"] = list(self.entitlements_removed)
+        if self.credential is not None:
+            out["credential"] = self.credential.to_json()
+        if self.account:
+            out["account"] = self.account
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision_id: str
+    status: str  # one of STATUSES
+    error_class: str = ""
+    effect: Effect | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempt: int = 0
+
+    @property
+    def ran(self) -> bool:
+        """Whether the step ran (a skipped step cannot have run without permission)."""
+        return self.status in RAN
+
+
+def event_time(at: datetime) -> str:
+    """RFC 3339, UTC, microseconds, `Z` (the trail's time format)."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# --- protobuf -----------------------------------------------------------------
+
+
+def outcome_from_proto(msg: pb.RecordOutcomeRequest, prefix: str = "") -> Outcome:
+    """A RecordOutcomeRequest as the model; `prefix` (`items[3].`) starts every field path."""
+    status: Any = _STATUS_OF_PROTO.get(msg.status, msg.status)
+    effect: dict[str, Any] | None = None
+    if msg.HasField("effect"):
+        e = msg.effect
+        effect = {
+            "target_system": e.target_system,
+            "entitlements_added": list(e.entitlements_added),
+            "entitlements_removed": list(e.entitlements_removed),
+            "account": _ACCOUNT_OF_PROTO.get(e.account, e.account or ""),
+        }
+        if e.HasField("identity"):
+            effect["identity"] = {"type": e.identity.type, "id": e.identity.id}
+        if e.HasField("credential"):
+            c = e.credential
+            cred: dict[str, Any] = {
+                "id": c.id,
+                "change": _CREDENTIAL_OF_PROTO.get(c.change, c.change or None),
+            }
+            for name in ("issued_at", "expires_at"):
+                if c.HasField(name):
+                    cred[name] = _proto_time(getattr(c, name), f"{prefix}effect.credential.{name}")
+            effect["credential"] = cred
+    times = {
+        name: _proto_time(getattr(msg, name), prefix + name)
+        for name in ("started_at", "finished_at")
+        if msg.HasField(name)
+    }
+    return _outcome(
+        prefix,
+        decision_id=msg.decision_id,
+        status=status or None,
+        error_class=msg.error_class,
+        effect=effect,
+        attempt=msg.attempt,
+        **times,
+    )
+
+
+def _proto_time(ts: Any, field: str) -> datetime:
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidRequest(field, f"nanos {ts.nanos} out of range 0..999999999")
+    try:
+        value: datetime = ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidRequest(field, f"is not a valid timestamp: {exc}") from exc
+    return value
+
+
+# --- JSON (AuthZEN's extension path, the client) -----------------------------
+
+_TOP = frozenset(
+    {"decision_id", "status", "error_class", "effect", "started_at", "finished_at", "attempt"}
+)
+_EFFECT = frozenset(
+    {
+        "identity",
+        "target_system",
+        "entitlements_added",
+        "entitlements_removed",
+        "credential",
+        "account",
+    }
+)
+_CREDENTIAL = frozenset({"id", "change", "issued_at", "expires_at"})
+
+
+def outcome_from_json(obj: Any, prefix: str = "") -> Outcome:
+    """An outcome as JSON (the proto's field names; enums as lower-case words,
+    e.g. `"status": "timed_out"`; times as RFC 3339 strings) as the model."""
+    top = _object(obj, prefix.rstrip(".") or "request", _TOP, prefix)
+    effect: dict[str, Any] | None = None
+    if top.get("effect") is not None:
+        raw = _object(top["effect"], f"{prefix}effect", _EFFECT, f"{prefix}effect.")
+        effect = {k: v for k, v in raw.items() if k != "credential"}
+        if raw.get("credential") is not None:
+            where = f"{prefix}effect.credential"
+            cred = dict(_object(raw["credential"], where, _CREDENTIAL, where + "."))
+            for name in ("issued_at", "expires_at"):
+                if cred.get(name) is not None:
+                    cred[name] = _json_time(cred[name], f"{where}.{name}")
+            effect["credential"] = cred
+        for name in ("entitlements_added", "entitlements_removed"):
+            value = effect.get(name)
+            if value is None:
+                effect[name] = []
+            elif not isinstance(value, list):
+                raise InvalidRequest(f"{prefix}effect.{name}", "must be a list of strings")
+        account = effect.get("account")
+        effect["account"] = "" if account is None else account
+        identity = effect.get("identity")
+        if identity is not None:
+            effect["identity"] = dict(
+                _object(
+                    identity,
+                    f"{prefix}effect.identity",
+                    {"type", "id"},
+                    f"{prefix}effect.identity.",
+                )
+            )
+    times = {
+        name: _json_time(top[name], prefix + name)
+        for name in ("started_at", "finished_at")
+        if top.get(name) is not None
+    }
+    attempt = top.get("attempt", 0)
+    if attempt is None:
+        attempt = 0
+    if not isinstance(attempt, int) or isinstance(attempt, bool):
+        raise InvalidRequest(f"{prefix}attempt", "must be an integer")
+    return _outcome(
+        prefix,
+        decision_id=_json_str(top.get("decision_id", ""), f"{prefix}decision_id"),
+        status=top.get("status"),
+        error_class=_json_str(top.get("error_class") or "", f"{prefix}error_class"),
+        effect=effect,
+        attempt=attempt,
+        **times,
+    )
+
+
+def _object(
+    obj: Any, field: str, allowed: frozenset[str] | set[str], prefix: str
+) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise InvalidRequest(field, "must be a JSON object")
+    for key in obj:
+        if key not in allowed:
+            name = key if len(key) <= 64 and key.isprintable() else repr(key[:64])
+            raise InvalidRequest(
+                f"{prefix}{name}", f"unknown field; known: {', '.join(sorted(allowed))}"
+            )
+    return obj
+
+
+def _json_str(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(field, "must be a string")
+    return value
+
+
+def _json_time(value: Any, field: str) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidRequest(field, "must be an RFC 3339 time string")
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequest(field, f"{value[:64]!r} is not an RFC 3339 time") from exc
+    if at.tzinfo is None:
+        raise InvalidRequest(field, "needs a time zone offset (Z or +hh:mm)")
+    try:
+        return at.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise InvalidRequest(field, f"{value[:64]!r} is out of range") from exc
+
+
+# --- the checks both transports share --------------------------------------
+
+
+def _outcome(
+    prefix: str,
+    *,
+    decision_id: str,
+    status: Any,
+    error_class: str,
+    effect: Mapping[str, Any] | None,
+    attempt: int,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+) -> Outcome:
+    if not decision_id:
+        raise InvalidRequest(
+            f"{prefix}decision_id", "is required: the AuthorizeResponse's decision_id"
+        )
+    if not _DECISION_ID.fullmatch(decision_id):
+        raise InvalidRequest(
+            f"{prefix}decision_id",
+            f"{_show(decision_id)} is not a decision id (a lower-case UUID, as AuthorizeResponse "
+            "carries it)",
+        )
+    status = _choice(status, STATUSES, f"{prefix}status", required=True)
+    if error_class:
+        if status not in ("failed", "timed_out"):
+            raise InvalidRequest(
+                f"{prefix}error_class", f"is only for a failed or timed_out step, not {status}"
+            )
+        if not _ERROR_CLASS.fullmatch(error_class):
+            raise InvalidRequest(
+                f"{prefix}error_class",
+                f"{_show(error_class)} is not an error class: 1 to 128 characters of "
+                "[A-Za-z0-9_.:/-] (a class name, never a message)",
+            )
+    elif status == "failed":
+        raise InvalidRequest(f"{prefix}error_class", "is required for a failed step")
+    if not 0 <= attempt <= _LONG_MAX:
+        raise InvalidRequest(f"{prefix}attempt", f"{attempt} is out of range 0..{_LONG_MAX}")
+    if started_at and finished_at and started_at > finished_at:
+        raise InvalidRequest(f"{prefix}finished_at", "is before started_at")
+    parsed = _effect(effect, f"{prefix}effect") if effect is not None else None
+    return Outcome(
+        decision_id=decision_id,
+        status=status,
+        error_class=error_class,
+        effect=None if parsed is None or parsed.empty else parsed,
+        started_at=started_at,
+        finished_at=finished_at,
+        attempt=attempt,
+    )
+
+
+def _effect(raw: Mapping[str, Any], where: str) -> Effect:
+    identity = None
+    if raw.get("identity") is not None:
+        ident = raw["identity"]
+        kind = _json_str(ident.get("type", ""), f"{where}.identity.type")
+        name = _json_str(ident.get("id", ""), f"{where}.identity.id")
+        if not _ENTITY_TYPE.fullmatch(kind):
+            raise InvalidRequest(
+                f"{where}.identity.type", f"{_show(kind)} is not an entity type (User, Acme::User)"
+            )
+        identity = (kind, _text(name, f"{where}.identity.id", MAX_ENTITY_ID))
+    target = _json_str(raw.get("target_system") or "", f"{where}.target_system")
+    if target:
+        _text(target, f"{where}.target_system", MAX_TEXT)
+    lists: dict[str, tuple[str, ...]] = {}
+    for name in ("entitlements_added", "entitlements_removed"):
+        items = list(raw.get(name) or ())
+        if len(items) > MAX_ENTITLEMENTS:
+            raise InvalidRequest(
+                f"{where}.{name}", f"{len(items)} items, over the limit of {MAX_ENTITLEMENTS}"
+            )
+        lists[name] = tuple(
+            _text(_json_str(v, f"{where}.{name}[{i}]"), f"{where}.{name}[{i}]", MAX_TEXT)
+            for i, v in enumerate(items)
+        )
+    account = _choice(raw.get("account") or "", ACCOUNT_CHANGES, f"{where}.account", required=False)
+    credential = None
+    if raw.get("credential") is not None:
+        credential = _credential(raw["credential"], f"{where}.credential")
+    return Effect(
+        identity=identity,
+        target_system=target,
+        entitlements_added=lists["entitlements_added"],
+        entitlements_removed=lists["entitlements_removed"],
+        credential=credential,
+        account=account,
+    )
+
+
+def _credential(raw: Mapping[str, Any], where: str) -> Credential:
+    cid = _text(_json_str(raw.get("id") or "", f"{where}.id"), f"{where}.id", MAX_TEXT)
+    change = _choice(raw.get("change"), CREDENTIAL_CHANGES, f"{where}.change", required=True)
+    issued, expires = raw.get("issued_at"), raw.get("expires_at")
+    if change == "issued":
+        if issued is None:
+            raise InvalidRequest(f"{where}.issued_at", "is required for an issued credential")
+        if expires is None:
+            raise InvalidRequest(f"{where}.expires_at", "is required for an issued credential")
+    if issued is not None and expires is not None and expires < issued:
+        raise InvalidRequest(f"{where}.expires_at", "is before issued_at")
+    return Credential(cid, change, issued, expires)
+
+
+def _choice(value: Any, allowed: tuple[str, ...], field: str, *, required: bool) -> str:
+    if value is None or value == "":
+        if required:
+            raise InvalidRequest(field, f"is required: one of {', '.join(allowed)}")
+        return ""
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidRequest(field, f"unknown value {_show(value)}; one of {', '.join(allowed)}")
+    return value
+
+
+def _text(value: str, field: str, limit: int) -> str:
+    if not value:
+        raise InvalidRequest(field, "is empty")
+    if len(value) > limit:
+        raise InvalidRequest(field, f"is {len(value)} characters, over the limit of {limit}")
+    if not value.isprintable() or any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise InvalidRequest(field, "holds control or unencodable characters")
+    return value
+
+
+def _show(value: Any) -> str:
+    """A caller's value in a message: quoted, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def outcome_to_proto(outcome: Outcome) -> pb.RecordOutcomeRequest:
+    """The model as a RecordOutcomeRequest (the client sends what it checked)."""
+    msg = pb.RecordOutcomeRequest(
+        decision_id=outcome.decision_id,
+        status=_PROTO_OF_STATUS[outcome.status],
+        error_class=outcome.error_class,
+        attempt=outcome.attempt,
+    )
+    if outcome.started_at is not None:
+        msg.started_at.FromDatetime(outcome.started_at)
+    if outcome.finished_at is not None:
+        msg.finished_at.FromDatetime(outcome.finished_at)
+    effect = outcome.effect
+    if effect is not None:
+        e = msg.effect
+        if effect.identity is not None:
+            e.identity.type, e.identity.id = effect.identity
+        e.target_system = effect.target_system
+        e.entitlements_added.extend(effect.entitlements_added)
+        e.entitlements_removed.extend(effect.entitlements_removed)
+        if effect.account:
+            e.account = _PROTO_OF_ACCOUNT[effect.account]
+        c = effect.credential
+        if c is not None:
+            e.credential.id = c.id
+            e.credential.change = _PROTO_OF_CREDENTIAL[c.change]
+            if c.issued_at is not None:
+                e.credential.issued_at.FromDatetime(c.issued_at)
+            if c.expires_at is not None:
+                e.credential.expires_at.FromDatetime(c.expires_at)
+        msg.effect.SetInParent()
+    return msg
+
+
+_PROTO_OF_STATUS = {v: k for k, v in _STATUS_OF_PROTO.items()}
+_PROTO_OF_ACCOUNT = {v: k for k, v in _ACCOUNT_OF_PROTO.items()}
+_PROTO_OF_CREDENTIAL = {v: k for k, v in _CREDENTIAL_OF_PROTO.items()}
+
+
+# --- violations ------------------------------------------------------------------
+
+VIOLATIONS = (
+    "decision_unknown",
+    "decision_denied",
+    "after_time_bound",
+    "before_time_bound",
+    "credential_ttl_exceeded",
+)
+VIOLATION_TO_PROTO = {
+    "": pb.VIOLATION_NONE,
+    "decision_unknown": pb.VIOLATION_DECISION_UNKNOWN,
+    "decision_denied": pb.VIOLATION_DECISION_DENIED,
+    "after_time_bound": pb.VIOLATION_AFTER_TIME_BOUND,
+    "before_time_bound": pb.VIOLATION_BEFORE_TIME_BOUND,
+    "credential_ttl_exceeded": pb.VIOLATION_CREDENTIAL_TTL_EXCEEDED,
+}
+VIOLATION_OF_PROTO = {v: k for k, v in VIOLATION_TO_PROTO.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionFacts:
+    """What an outcome is judged against: its decision, as the trail recorded it."""
+
+    decision: str  # "ALLOW" or "DENY"
+    not_before_ms: int | None = None
+    not_after_ms: int | None = None
+    max_credential_ttl_s: float | None = None
+    # Copied into the outcome's event (already redacted: they come from the decision's).
+    principal: Any = None
+    action: Any = None
+    resource: Any = None
+    policy_revision: str = ""
+    workflow_id: str = ""
+    run_id: str = ""
+    step_id: str = ""
+
+
+def judge(outcome: Outcome, facts: DecisionFacts | None, received_at: datetime) -> str:
+    """The violation an outcome is (one of VIOLATIONS, the first that holds), or "".
+
+    Only a step that ran can be one. It ran at `finished_at`, else `started_at`,
+    else (nothing said) at `received_at`: a late report of a step that ran in
+    time needs `finished_at` to say so.
+    """
+    if not outcome.ran:
+        return ""
+    if facts is None:
+        return "decision_unknown"
+    if facts.decision != "ALLOW":
+        return "decision_denied"
+    ran_at = outcome.finished_at or outcome.started_at or received_at
+    if facts.not_after_ms is not None and to_ms(ran_at) > facts.not_after_ms:
+        return "after_time_bound"
+    start = outcome.started_at
+    if facts.not_before_ms is not None and start is not None and to_ms(start) < facts.not_before_ms:
+        return "before_time_bound"
+    cred = outcome.effect.credential if outcome.effect is not None else None
+    ttl = facts.max_credential_ttl_s
+    if (
+        ttl is not None
+        and cred is not None
+        and cred.issued_at is not None
+        and cred.expires_at is not None
+        and (cred.expires_at - cred.issued_at).total_seconds() > ttl
+    ):
+        return "credential_ttl_exceeded"
+    return ""

@@ -1,0 +1,389 @@
+"""Outcomes: look up the decision an outcome follows, flag violations, record, count.
+
+The transports (gRPC servicer, AuthZEN) convert the input into the model
+(sidecar/core/outcome.py) and call `OutcomeRecorder.record`. The request path
+of decisions (decider.py) is left as it is: the sidecar learns the decisions
+it makes from the trail's own events, through `IndexingSink`, which the
+server puts between the decider and the trail.
+
+Where a decision is looked for, in order:
+
+1. `DecisionIndex`: the decisions this process made, the newest
+   `DEFAULT_INDEX_ENTRIES` of them at least (up to an eighth more between two
+   trims; a few small references each).
+2. `TrailLookup`: the trail files in the configured trail's directory, every
+   chain there whose name starts like the configured one's (`audit` for
+   `audit.jsonl`: other workers' `audit.w<i>.jsonl`, the trail before a
+   restart), newest segment first, at most `DEFAULT_SEGMENTS` segments per
+   chain and `DEFAULT_SCAN_BYTES` read in all per lookup (each segment from
+   its end: decisions are appended in time order); a segment last written
+   before the decision was made (its UUIDv7 says when) is not read, nor the
+   older ones of its chain. One lookup runs at a time.
+
+Only when neither holds the id is the outcome flagged `decision_unknown`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sidecar.audit.event import CallMeta, build_outcome_event
+from sidecar.audit.files import open_read
+from sidecar.audit.redact import Redactor
+from sidecar.audit.segments import collect
+from sidecar.audit.sink import AuditSink
+from sidecar.core.errors import StepguardError
+from sidecar.core.ids import DecisionIds
+from sidecar.core.outcome import DecisionFacts, Outcome, judge
+from sidecar.core.validate import parse_cedar_datetime
+from sidecar.decision.metrics import Metrics
+
+DEFAULT_INDEX_ENTRIES = 65_536
+DEFAULT_SEGMENTS = 4
+DEFAULT_SCAN_BYTES = 256 * 1024 * 1024
+# A segment's mtime may trail the write of its last line by this much (coarse clocks).
+_MTIME_SLACK_MS = 2_000
+
+# What the index keeps of a decision event: references into the event, no copies.
+_Held = tuple[Any, ...]
+
+
+class DecisionIndex:
+    """The newest decisions this process made, by id (bounded, oldest dropped first)."""
+
+    def __init__(self, max_entries: int = DEFAULT_INDEX_ENTRIES) -> None:
+        self.max_entries = max_entries
+        # Trimmed in batches, once it holds an eighth more than it keeps.
+        self._high = max_entries + max(1, max_entries // 8)
+        self._held: dict[str, _Held] = {}
+        self._lock = threading.Lock()
+
+    def note(self, event: Mapping[str, Any]) -> None:
+        """Remember a decision event the trail accepted (any other record is ignored).
+
+        On the decision path: a few references and one dict insert (atomic
+        under the GIL, so no lock), no parsing; the oldest are dropped in
+        batches.
+        """
+        get = event.get
+        if get("kind") != "decision":
+            return
+        ctx = get("context")
+        held = self._held
+        held[event["id"]] = (  # _held, inlined: this runs once per decision
+            get("decision"),
+            ctx.get("time_bound") if type(ctx) is dict else None,
+            get("obligations"),
+            get("principal"),
+            get("action"),
+            get("resource"),
+            get("policy_revision"),
+            get("workflow_id"),
+            get("run_id"),
+            get("step_id"),
+        )
+        if len(held) > self._high:
+            self._trim()
+
+    def _trim(self) -> None:
+        with self._lock:
+            held = self._held
+            excess = len(held) - self.max_entries
+            if excess > 0:  # one C-level pass: no other thread runs in between
+                for key in list(itertools.islice(held, excess)):
+                    held.pop(key, None)
+
+    def get(self, decision_id: str) -> DecisionFacts | None:
+        held = self._held.get(decision_id)
+        return None if held is None else _facts(held)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+def facts_of(event: Mapping[str, Any]) -> DecisionFacts:
+    """A decision event's facts (read back from a trail file)."""
+    return _facts(_held(event))
+
+
+def _held(event: Mapping[str, Any]) -> _Held:
+    ctx = event.get("context")
+    return (
+        event.get("decision"),
+        ctx.get("time_bound") if type(ctx) is dict else None,
+        event.get("obligations"),
+        event.get("principal"),
+        event.get("action"),
+        event.get("resource"),
+        event.get("policy_revision"),
+        event.get("workflow_id"),
+        event.get("run_id"),
+        event.get("step_id"),
+    )
+
+
+def _facts(held: _Held) -> DecisionFacts:
+    decision, bound, obligations, principal, action, resource, revision, workflow, run, step = held
+    nb = na = None
+    if isinstance(bound, Mapping):
+        nb = parse_cedar_datetime(bound.get("not_before"))
+        na = parse_cedar_datetime(bound.get("not_after"))
+    ttl = obligations.get("max_credential_ttl_s") if isinstance(obligations, Mapping) else None
+    return DecisionFacts(
+        decision=decision if decision in ("ALLOW", "DENY") else "DENY",
+        not_before_ms=nb,
+        not_after_ms=na,
+        max_credential_ttl_s=float(ttl) if isinstance(ttl, int | float) else None,
+        principal=principal,
+        action=action,
+        resource=resource,
+        policy_revision=revision if isinstance(revision, str) else "",
+        workflow_id=workflow if isinstance(workflow, str) else "",
+        run_id=run if isinstance(run, str) else "",
+        step_id=step if isinstance(step, str) else "",
+    )
+
+
+class IndexingSink:
+    """A sink that notes each decision event it writes in a `DecisionIndex`.
+
+    Everything else is the wrapped sink's (`wrap` keeps its deferring
+    interface when it has one): the decider sees the same trail.
+    """
+
+    def __init__(self, inner: AuditSink, index: DecisionIndex) -> None:
+        self.inner = inner
+        self.index = index
+        self._write = inner.write
+        self._note = index.note
+
+    def write(self, event: Mapping[str, Any]) -> None:
+        self._write(event)
+        self._note(event)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def healthy(self) -> bool:
+        return bool(getattr(self.inner, "healthy", True))
+
+    def watch(self, watcher: Callable[[bool, str], None]) -> None:
+        self.inner.watch(watcher)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class _IndexingDeferringSink(IndexingSink):
+    """An `IndexingSink` over a sink that queues (sink.DeferringSink)."""
+
+    def enqueue(self, event: Mapping[str, Any]) -> Any:
+        ticket = self.inner.enqueue(event)  # type: ignore[attr-defined]
+        self.index.note(event)  # a refused commit answers under another id: harmless here
+        return ticket
+
+    def when_done(self, ticket: Any, callback: Callable[[str], object]) -> None:
+        self.inner.when_done(ticket, callback)  # type: ignore[attr-defined]
+
+    def outcome(self, ticket: Any) -> str:
+        return str(self.inner.outcome(ticket))  # type: ignore[attr-defined]
+
+
+def trail_lookup(audit_file: str) -> TrailLookup | None:
+    """The lookup for a configured trail (`-`, stdout: none): its directory, and the
+    chains named like it (`audit.jsonl`: `audit*`)."""
+    if audit_file == "-":
+        return None
+    path = Path(audit_file)
+    return TrailLookup(path.parent, prefix=path.name.split(".", 1)[0])
+
+
+def indexing(sink: AuditSink, index: DecisionIndex) -> IndexingSink:
+    """`sink`, noting its decision events in `index`; deferring when `sink` is."""
+    if all(callable(getattr(sink, m, None)) for m in ("enqueue", "when_done", "outcome")):
+        return _IndexingDeferringSink(sink, index)
+    return IndexingSink(sink, index)
+
+
+def decision_ms(decision_id: str) -> int:
+    """When a UUIDv7 decision id was made (ms since the epoch); 0 when it is no UUIDv7."""
+    hexid = decision_id.replace("-", "")
+    if len(hexid) != 32 or hexid[12] != "7":
+        return 0
+    return int(hexid[:12], 16)
+
+
+class TrailLookup:
+    """Find a decision event in the trail files of a directory (bounds: module doc)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        prefix: str = "",
+        max_segments: int = DEFAULT_SEGMENTS,
+        max_bytes: int = DEFAULT_SCAN_BYTES,
+    ) -> None:
+        self.directory = directory
+        self.prefix = prefix  # only chains whose file name starts with it
+        self.max_segments = max_segments
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def find(self, decision_id: str) -> DecisionFacts | None:
+        needle = b'"id":"%s"' % decision_id.encode()
+        made_ms = decision_ms(decision_id)
+        with self._lock:
+            try:
+                trails = collect([self.directory])
+            except (OSError, StepguardError):
+                return None
+            budget = self.max_bytes
+            for trail in trails:
+                if not Path(trail.name).name.startswith(self.prefix):
+                    continue
+                for path in reversed(trail.segments[-self.max_segments :]):
+                    if budget <= 0:
+                        return None
+                    try:
+                        if made_ms and path.stat().st_mtime * 1000 < made_ms - _MTIME_SLACK_MS:
+                            break  # written before the decision: so were the older ones
+                        found, scanned = _search(path, needle, decision_id, budget)
+                    except (OSError, StepguardError, ValueError):
+                        continue  # unreadable or vanished (rotated away): look on
+                    budget -= scanned
+                    if found is not None:
+                        return facts_of(found)
+        return None
+
+
+def _search(
+    path: Path, needle: bytes, decision_id: str, budget: int
+) -> tuple[dict[str, Any] | None, int]:
+    """The decision event with this id in the last `budget` bytes of `path`, and the
+    bytes scanned. Searched from the end (the newest records) with a memory map."""
+    with open_read(path) as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            return None, 0
+        start = max(0, size - budget)
+        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+            end = size
+            while True:
+                at = mm.rfind(needle, start, end)
+                if at < 0:
+                    return None, size - start
+                line_start = mm.rfind(b"\n", 0, at) + 1
+                line_end = mm.find(b"\n", at)
+                if line_end < 0:  # a line still being written
+                    end = at
+                    continue
+                try:
+                    record = orjson.loads(mm[line_start:line_end])
+                except orjson.JSONDecodeError:
+                    record = None
+                if (
+                    isinstance(record, dict)
+                    and record.get("kind") == "decision"
+                    and record.get("id") == decision_id
+                ):
+                    return record, size - start
+                end = at  # the id in another field (a principal named like it): look on
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What `record` wrote: the outcome's own event id, and what it was judged."""
+
+    outcome_id: str
+    decision_id: str
+    decision: str  # "ALLOW", "DENY", or "" when no decision was found
+    violation: str  # "" when none
+    reason: str
+
+
+class OutcomeRecorder:
+    """Judge and record outcomes into the trail; count them."""
+
+    def __init__(
+        self,
+        sink: AuditSink,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        *,
+        index: DecisionIndex,
+        trail: TrailLookup | None = None,
+        redactor: Redactor | None = None,
+        audit_note: str = "",
+    ) -> None:
+        self._sink = sink
+        self._audit_note = audit_note  # as in decision events (a fixed clock says so)
+        self._metrics = metrics
+        self._clock = clock
+        self.index = index
+        self.trail = trail
+        self._redactor = redactor
+        self._ids = DecisionIds()
+
+    def lookup(self, decision_id: str) -> DecisionFacts | None:
+        facts = self.index.get(decision_id)
+        if facts is None and self.trail is not None:
+            facts = self.trail.find(decision_id)
+        return facts
+
+    def record(self, outcome: Outcome, meta: CallMeta) -> Recorded:
+        """Write the outcome's event; raise AuditError when the trail cannot take it
+        (the outcome is then not recorded and the caller should report it again)."""
+        started = time.perf_counter()
+        at = self._clock()
+        facts = self.lookup(outcome.decision_id)
+        violation = judge(outcome, facts, at)
+        outcome_id = self._ids.next()
+        event = build_outcome_event(
+            outcome_id,
+            at,
+            outcome,
+            meta,
+            facts=facts,
+            violation=violation,
+            redactor=self._redactor,
+            audit_note=self._audit_note,
+        )
+        self._sink.write(event)
+        self._metrics.outcomes.labels(status=outcome.status, violation=violation or "none").inc()
+        self._metrics.outcome_seconds.observe(time.perf_counter() - started)
+        return Recorded(
+            outcome_id,
+            outcome.decision_id,
+            facts.decision if facts is not None else "",
+            violation,
+            _reason(outcome, facts, violation),
+        )
+
+
+def _reason(outcome: Outcome, facts: DecisionFacts | None, violation: str) -> str:
+    if not violation:
+        if facts is None:
+            return (
+                f"recorded: {outcome.status} (no decision found with that id; the step did not run)"
+            )
+        return f"recorded: {outcome.status} (its decision: {facts.decision})"
+    why = {
+        "decision_unknown": "no decision with that id was found",
+        "decision_denied": "its decision was DENY",
+        "after_time_bound": "the step ran after its decision's time bound (not_after)",
+        "before_time_bound": "the step started before its decision's time bound (not_before)",
+        "credential_ttl_exceeded": "the credential outlives the decision's max_credential_ttl",
+    }[violation]
+    return f"recorded as a violation ({violation}): {outcome.status}, but {why}"
