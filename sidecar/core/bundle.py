@@ -62,7 +62,7 @@ from sidecar.core.index import WHOLE_CONTEXT, PolicyIndex, context_reads
 from sidecar.core.lifecycle import Lifecycle
 from sidecar.core.limits import LimitError, check_cedar_text
 from sidecar.core.model import EntityUid, Obligations, PolicyRef
-from sidecar.core.policyparse import PolicyInfo, parse_policy_file
+from sidecar.core.policyparse import PolicyInfo, parse_iso_duration, parse_policy_file
 from sidecar.core.reqentities import RequestEntities, parse_request_entities
 
 __all__ = [
@@ -75,6 +75,7 @@ __all__ = [
     "build_bundle",
     "is_entity_file",
     "load_bundle",
+    "parse_iso_duration",
     "visible_files",
 ]
 
