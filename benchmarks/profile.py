@@ -129,6 +129,8 @@ SIDECAR_MODULES: dict[str, str | None] = {
     "sidecar/decision/metrics.py": "metrics",
     "sidecar/decision/cache.py": "cache",
     "sidecar/decision/decider.py": "glue",
+    # IndexingSink: the trail's writes pass through it (the decisions outcomes look up).
+    "sidecar/decision/outcomes.py": "audit_write",
 }
 
 # Functions whose stage differs from their module's (matched on the last dotted name).
