@@ -215,16 +215,17 @@ class Decider:
         hit or a repeat of an earlier item of the batch, else from its
         evaluation; audited and counted: the trail holds one event per
         decision, in item order. An item that fails any other way gets its
-        exception in its place; the others stand. A window's events are queued
-        before the next window is evaluated, so a deferring trail writes them
-        meanwhile, in commits no larger than the unary path's.
+        exception in its place; the others stand. With a deferring trail
+        (durability fsync) the window is one item: the trail commits as the batch goes.
         """
+        # Events queued for a deferring trail (durability fsync): item by item, as
+        # before, so the trail commits as the batch goes and a commit that fails
+        # (a full disk) refuses only the events it holds, never the whole batch.
+        window = 1 if _PENDING.get() is not None and self._deferring is not None else BATCH_WINDOW
         out: list[Decided | Exception] = []
-        for first in range(0, len(msgs), BATCH_WINDOW):
+        for first in range(0, len(msgs), window):
             out.extend(
-                self._decide_window(
-                    bundle, msgs[first : first + BATCH_WINDOW], meta, limits, started
-                )
+                self._decide_window(bundle, msgs[first : first + window], meta, limits, started)
             )
         return out
 
