@@ -109,6 +109,7 @@ SIDECAR_MODULES: dict[str, str | None] = {
     "sidecar/core/engine.py": "engine",
     "sidecar/core/index.py": "engine",
     "sidecar/core/bundle.py": "engine",
+    "sidecar/core/entitystore.py": "entities",
     "sidecar/core/model.py": None,  # value objects: their work is their caller's
     "sidecar/core/errors.py": None,
     "sidecar/core/ids.py": "glue",
@@ -128,11 +129,14 @@ SIDECAR_MODULES: dict[str, str | None] = {
     "sidecar/decision/metrics.py": "metrics",
     "sidecar/decision/cache.py": "cache",
     "sidecar/decision/decider.py": "glue",
+    # IndexingSink: the trail's writes pass through it (the decisions outcomes look up).
+    "sidecar/decision/outcomes.py": "audit_write",
 }
 
 # Functions whose stage differs from their module's (matched on the last dotted name).
 SIDECAR_FUNCTIONS: dict[tuple[str, str], str] = {
     ("sidecar/core/engine.py", "_is_authorized"): "cedarpy",
+    ("sidecar/core/engine.py", "_is_authorized_many"): "cedarpy",
     ("sidecar/core/engine.py", "_entities_for"): "entities",
     ("sidecar/core/engine.py", "request_entities"): "entities",
     ("sidecar/audit/chain.py", "canonical"): "audit_encode",
@@ -288,7 +292,14 @@ def classify(stack: list[str]) -> Verdict:
 
 def cedarpy_part(stack: list[str]) -> str:
     """What a cedarpy sample was doing, from the frames under `_is_authorized`."""
-    at = max((i for i, f in enumerate(stack) if f.startswith("_is_authorized ")), default=-1)
+    at = max(
+        (
+            i
+            for i, f in enumerate(stack)
+            if f.startswith(("_is_authorized ", "_is_authorized_many "))
+        ),
+        default=-1,
+    )
     inner = stack[at + 1 :]
     for part, pattern in CEDARPY_PARTS:
         if any(pattern.search(f) for f in inner):

@@ -24,8 +24,23 @@ _SYSTEM_IDS = DecisionIds()
 
 
 def timestamp(at: datetime) -> str:
-    """RFC 3339, UTC, microseconds, `Z`: sorts as text."""
-    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """RFC 3339, UTC, microseconds, `Z`: sorts as text.
+
+    Every event is stamped: for the server's clock (already UTC) the text is
+    formatted by hand at half isoformat's cost; the same characters
+    (tests/audit/test_audit_event.py).
+    """
+    if at.tzinfo is not UTC:
+        return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031 - the fastest here
+        at.year,
+        at.month,
+        at.day,
+        at.hour,
+        at.minute,
+        at.second,
+        at.microsecond,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,16 +218,20 @@ class Redactor:
         if kind is dict or isinstance(value, Mapping):
             out: dict[str, Any] | None = None
             names = self._secret
+            search, extra = self._values.search, self._extra
             for k, v in value.items():
                 secret = names.get(k)
                 if secret is None:
                     secret = self._is_secret(k)
                 if not secret:
                     kv = type(v)
-                    if kv is str:
-                        secret = self.secret_value(v)
-                        if not secret:
+                    if kv is str:  # secret_value, inline: every string of every event
+                        if len(v) >= _MIN_VALUE and search(v) is not None:
+                            secret = True
+                        elif not extra or not any(p.search(v) for p in extra):
                             continue
+                        else:
+                            secret = True
                     elif kv in _SCALARS or k == "__extn":  # extension values: no secrets
                         continue
                 if secret:

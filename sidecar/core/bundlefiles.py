@@ -44,6 +44,14 @@ REQUEST_ENTITIES_FILE = "request-entities.yaml"
 LIFECYCLE_FILE = "lifecycle.yaml"
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One input file: its name (relative path) and text."""
+
+    name: str
+    text: str
+
+
 def is_entity_name(name: str) -> bool:
     """Entity data: `entities.json` or `<anything>.entities.json`."""
     return name == "entities.json" or name.endswith(".entities.json")

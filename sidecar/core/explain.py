@@ -33,10 +33,11 @@ from typing import Any
 
 import cedarpy
 
-from sidecar.core.bundle import Bundle, PolicyInfo
+from sidecar.core.bundle import Bundle
 from sidecar.core.cedartext import SCOPE_KINDS, Part, one_line, policy_parts, position
 from sidecar.core.engine import request_entities
 from sidecar.core.model import AuthzRequest, Result
+from sidecar.core.policyparse import PolicyInfo
 from sidecar.core.textsafe import escape
 
 _MEMO_SIZE = 8

@@ -1,7 +1,8 @@
 """The one place a decision is made: cache, validation, engine, audit, metrics.
 
 Every API enters here: the gRPC API and `stepguard check` with the message as
-received (`decide_message`: the raw bytes are looked up before validation),
+received (`decide_message`: the raw bytes are looked up before validation;
+`decide_messages` for an AuthorizeBatch, its misses in one engine call per window),
 AuthZEN and tests with a request already in the model (`decide`). The order
 below the entry is the same for all; the transports only convert.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,17 +29,19 @@ from sidecar.audit.event import PER_CALL, CallMeta, build_event, stamp, template
 from sidecar.audit.redact import Redactor
 from sidecar.audit.sink import AuditSink, DeferringSink
 from sidecar.core.bundle import Bundle
-from sidecar.core.engine import deny, evaluate
+from sidecar.core.engine import deny, evaluate, evaluate_many
 from sidecar.core.errors import AuditError, UnencodableEvent
 from sidecar.core.explain import Explanation, explain
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import AuthzRequest, EntityUid, PolicyErrors, Result
 from sidecar.core.validate import Limits, request_from_proto
 from sidecar.decision.cache import DecisionCache
-from sidecar.decision.identity import CallerContext
+from sidecar.decision.identity import CallerContext, CallerFacts
 from sidecar.decision.metrics import Metrics
 
 log = logging.getLogger(__name__)
+# Items of an AuthorizeBatch evaluated together (decide_messages).
+BATCH_WINDOW = 8
 # In the reason of every DENY whose decision the trail does not hold.
 NOT_RECORDED = " (this decision was not recorded)"
 
@@ -50,6 +53,21 @@ class Decided:
     cached: bool
     # Set when the caller asked why (AuthorizeRequest.explain); never changes `result`.
     explanation: Explanation | None = None
+
+
+class _Plan:
+    """An AuthorizeBatch item between its validation and its decision (`decide_messages`)."""
+
+    __slots__ = ("at", "caller", "error", "index", "msg", "request", "result")
+
+    def __init__(self, msg: pb.AuthorizeRequest, at: datetime) -> None:
+        self.msg = msg
+        self.at = at
+        self.request: AuthzRequest | None = None  # None: not validated (looked like a hit)
+        self.caller = CallerFacts(None, None)
+        self.error: Exception | None = None  # what validation raised
+        self.index = -1  # its place among the window's evaluated requests
+        self.result: Result | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +194,126 @@ class Decider:
             bundle, None, request, meta, limits=None, at=at, started=started, explained=explained
         )
 
+    def decide_messages(
+        self,
+        bundle: Bundle,
+        msgs: Sequence[pb.AuthorizeRequest],
+        meta: CallMeta,
+        limits: Limits,
+        *,
+        started: float,
+    ) -> list[Decided | Exception]:
+        """Decide the items of an AuthorizeBatch, in order, each as `decide_message`
+        decides it, the misses of each window of BATCH_WINDOW items in one engine
+        call (engine.evaluate_many).
+
+        Per item the order stays cache, identity, validation, engine, audit,
+        cache fill, metrics. First every item of the window the cache does not
+        hold is validated (a refused one keeps its exception, in its place) and
+        the valid ones are evaluated together. Then each item, in order, is
+        looked up (and counted) and answered from the cache when it can be, a
+        hit or a repeat of an earlier item of the batch, else from its
+        evaluation; audited and counted: the trail holds one event per
+        decision, in item order. An item that fails any other way gets its
+        exception in its place; the others stand. With a deferring trail
+        (durability fsync) the window is one item: the trail commits as the batch goes.
+        """
+        # Events queued for a deferring trail (durability fsync): item by item, as
+        # before, so the trail commits as the batch goes and a commit that fails
+        # (a full disk) refuses only the events it holds, never the whole batch.
+        window = 1 if _PENDING.get() is not None and self._deferring is not None else BATCH_WINDOW
+        out: list[Decided | Exception] = []
+        for first in range(0, len(msgs), window):
+            out.extend(
+                self._decide_window(bundle, msgs[first : first + window], meta, limits, started)
+            )
+        return out
+
+    def _decide_window(
+        self,
+        bundle: Bundle,
+        msgs: Sequence[pb.AuthorizeRequest],
+        meta: CallMeta,
+        limits: Limits,
+        started: float,
+    ) -> list[Decided | Exception]:
+        """`decide_messages` for one window: validated and evaluated, then decided in order."""
+        plans: list[_Plan] = []
+        asked: list[AuthzRequest] = []
+        seen: set[Any] = set()  # a repeat of an earlier item is its hit
+        for msg in msgs:
+            plan = _Plan(msg, self._clock())
+            plans.append(plan)
+            try:
+                if self.cache is not None:
+                    found = self.cache.lookup(
+                        bundle,
+                        msg,
+                        None,
+                        meta.identity,
+                        at=plan.at,
+                        granularity_ms=self.now_granularity_ms,
+                    )
+                    if found.hit or found.key in seen:
+                        continue  # most likely a hit: looked up again, in order, below
+                    seen.add(found.key)
+                plan.request, plan.caller = self._validated(bundle, msg, meta, limits, plan.at)
+            except Exception as exc:  # noqa: BLE001 - this item's answer; the rest go on
+                plan.error = exc
+                continue
+            if not plan.caller.refusal:
+                plan.index = len(asked)
+                asked.append(plan.request)
+        results = evaluate_many(bundle, asked, policy_errors=self._policy_errors)
+        out: list[Decided | Exception] = []
+        for plan in plans:
+            if plan.index >= 0:
+                plan.result = results[plan.index]
+            try:
+                out.append(
+                    self._decide(
+                        bundle,
+                        plan.msg,
+                        None,
+                        meta,
+                        limits=limits,
+                        at=plan.at,
+                        started=started,
+                        explained=plan.msg.explain,
+                        plan=plan,
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - this item's answer; the rest go on
+                out.append(exc)
+        return out
+
+    def _validated(
+        self,
+        bundle: Bundle,
+        msg: pb.AuthorizeRequest,
+        meta: CallMeta,
+        limits: Limits,
+        at: datetime,
+    ) -> tuple[AuthzRequest, CallerFacts]:
+        """A message's identity facts, then its validation into the request model."""
+        caller = self._caller.facts(
+            bundle,
+            EntityUid(msg.principal.type, msg.principal.id) if self._bind else None,
+            EntityUid(msg.action.type, msg.action.id),
+            meta.identity,
+            bind=self._bind,
+        )
+        request = request_from_proto(
+            msg,
+            bundle,
+            limits,
+            now=at,
+            now_granularity_ms=self.now_granularity_ms,
+            extra_context=caller.context,
+            principal_bound=self._bind,
+        )
+        return request, caller
+
     def _decide(
         self,
         bundle: Bundle,
@@ -187,8 +325,13 @@ class Decider:
         at: datetime,
         started: float,
         explained: bool,
+        plan: _Plan | None = None,
     ) -> Decided:
         """The one order, for a message (`msg`) or a request in the model (`asked`).
+
+        `plan` (`decide_messages`) carries what an AuthorizeBatch item's miss
+        already went through, in the same order, before the lookup made here:
+        its validation (or the refusal validation raised) and the engine's result.
 
         Each room is asked once, in the data path's order: the cache (a hit
         skips identity, validation and Cedar), the caller's identity,
@@ -211,24 +354,13 @@ class Decider:
         else:
             if found is not None:
                 self._misses.inc()
-            if msg is not None:  # the message as received: its identity facts, then validation
-                caller = self._caller.facts(
-                    bundle,
-                    EntityUid(msg.principal.type, msg.principal.id) if self._bind else None,
-                    EntityUid(msg.action.type, msg.action.id),
-                    meta.identity,
-                    bind=self._bind,
-                )
+            if plan is not None and plan.error is not None:
+                raise plan.error  # validation refused it, before the engine
+            if plan is not None and plan.request is not None:
+                request, caller = plan.request, plan.caller
+            elif msg is not None:  # the message as received: its identity facts, then validation
                 assert limits is not None
-                request = request_from_proto(
-                    msg,
-                    bundle,
-                    limits,
-                    now=at,
-                    now_granularity_ms=self.now_granularity_ms,
-                    extra_context=caller.context,
-                    principal_bound=self._bind,
-                )
+                request, caller = self._validated(bundle, msg, meta, limits, at)
             else:  # `context.caller` came with the request, from its transport
                 assert asked is not None
                 caller = self._caller.facts(
@@ -242,6 +374,8 @@ class Decider:
                 request = asked
             if caller.refusal:
                 result = deny(bundle.revision, caller.refusal, self._policy_errors)
+            elif plan is not None and plan.result is not None and plan.request is request:
+                result = plan.result  # evaluated with its window (engine.evaluate_many)
             else:
                 result = evaluate(bundle, request, policy_errors=self._policy_errors)
         decision_id = self._ids.next()

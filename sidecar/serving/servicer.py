@@ -115,10 +115,16 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
             )
         meta = _meta(context)
         out = pb.AuthorizeBatchResponse()
-        for i, item in enumerate(request.items):
+        # One bundle snapshot for the whole batch; its misses go to Cedar together.
+        decided = self._decider.decide_messages(
+            self._bundle(), request.items, meta, self._limits, started=started
+        )
+        for i, answer in enumerate(decided):
             slot = out.results.add()
             try:
-                slot.response.CopyFrom(to_response(self._decide(item, meta, started)))
+                if isinstance(answer, Exception):
+                    raise answer
+                slot.response.CopyFrom(to_response(answer))
             except InvalidRequest as exc:
                 self._count_invalid(exc)
                 slot.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]

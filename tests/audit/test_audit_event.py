@@ -4,14 +4,14 @@ the redaction settings and the caller."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.audit.chain import canonical
-from sidecar.audit.event import PER_CALL, CallMeta, build_event, stamp, template
+from sidecar.audit.event import PER_CALL, CallMeta, build_event, stamp, template, timestamp
 from sidecar.audit.redact import Redactor
 from sidecar.core.model import (
     AuthzRequest,
@@ -123,3 +123,18 @@ def test_paths_that_reach_per_call_fields_are_noticed() -> None:
     assert Redactor(["trace_id"]).touches(PER_CALL)
     assert not Redactor(["context.ticket"]).touches(PER_CALL)
     assert Redactor(["context.ticket"]).touches(["context"])
+
+
+@settings(max_examples=300)
+@given(
+    at=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), UTC]),
+    )
+)
+def test_the_event_time_is_isoformat_in_utc(at: datetime) -> None:
+    """The hand-formatted event time is exactly what isoformat gave (trail bytes unchanged)."""
+    assert timestamp(at) == at.astimezone(UTC).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z"
+    )

@@ -23,9 +23,9 @@ import yaml
 
 from sidecar.authoring.testing.results import Expect
 from sidecar.core import safeyaml
-from sidecar.core.bundle import parse_iso_duration
 from sidecar.core.errors import StepguardError
 from sidecar.core.model import Decision
+from sidecar.core.policyparse import parse_iso_duration
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 _SUITE_KEYS = {
