@@ -96,6 +96,7 @@ BUCKETS: dict[str, str] = {
 # The stage of stepguard's own code, by module (None: look further out, at the caller).
 SIDECAR_MODULES: dict[str, str | None] = {
     "sidecar/serving/servicer.py": "glue",
+    "sidecar/serving/aiohandlers.py": "glue",
     "sidecar/serving/answer.py": "grpc",
     "sidecar/serving/streams.py": "glue",
     "sidecar/serving/aioserver.py": None,  # starts the loop: what runs under it is the loop's
@@ -143,13 +144,14 @@ SIDECAR_FUNCTIONS: dict[tuple[str, str], str] = {
     ("sidecar/audit/commit.py", "_encode"): "audit_encode",
     ("sidecar/audit/event.py", "template"): "cache",  # kept for the hits to come
     ("sidecar/decision/decider.py", "now"): "convert",
-    ("sidecar/serving/servicer.py", "_meta"): "convert",
+    ("sidecar/serving/servicer.py", "call_meta"): "convert",
     ("sidecar/serving/servicer.py", "_time_bound_ms"): "convert",
     ("sidecar/serving/servicer.py", "_timestamp_ms"): "convert",
-    ("sidecar/serving/servicer.py", "invocation_metadata"): "convert",
-    ("sidecar/serving/servicer.py", "peer"): "convert",
-    ("sidecar/serving/servicer.py", "auth_context"): "convert",
+    ("sidecar/serving/aiohandlers.py", "invocation_metadata"): "convert",
+    ("sidecar/serving/aiohandlers.py", "peer"): "convert",
+    ("sidecar/serving/aiohandlers.py", "auth_context"): "convert",
     ("sidecar/serving/servicer.py", "handler"): "grpc",  # FromString of the request
+    ("sidecar/serving/aiohandlers.py", "handler"): "grpc",
     ("sidecar/serving/servicer.py", "_serialized"): "grpc",
 }
 

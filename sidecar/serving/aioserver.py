@@ -3,7 +3,7 @@
 `server_mode: asyncio` serves the Authorizer from a grpc.aio server whose
 event loop runs in its own thread, so the rest of the sidecar (start, stop,
 wait, signals) stays synchronous. Authorizer calls are decided on the loop
-(sidecar/serving/servicer.py `aio_generic_handler`); the sync health and reflection
+(sidecar/serving/aiohandlers.py `aio_generic_handler`); the sync health and reflection
 servicers run on a small thread pool, as grpc.aio allows for migration.
 docs/performance.md compares this server with the default sync one.
 """

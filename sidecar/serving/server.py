@@ -29,17 +29,12 @@ from sidecar.decision.cache import DecisionCache
 from sidecar.decision.decider import Decider
 from sidecar.decision.metrics import Metrics
 from sidecar.decision.outcomes import DecisionIndex, OutcomeRecorder, indexing, trail_lookup
+from sidecar.serving.aiohandlers import aio_generic_handler, aio_outcome_handler
 from sidecar.serving.aioserver import AioServer
 from sidecar.serving.authzen import AuthzenServer, build_server
 from sidecar.serving.config import Settings, split_host_port
 from sidecar.serving.httpstatus import start_status_server
-from sidecar.serving.servicer import (
-    AuthorizerServicer,
-    aio_generic_handler,
-    aio_outcome_handler,
-    generic_handler,
-    outcome_handler,
-)
+from sidecar.serving.servicer import AuthorizerServicer, generic_handler, outcome_handler
 from sidecar.serving.tls import CertificateReloader, TlsFiles
 from sidecar.serving.trail import open_trail
 from sidecar.serving.watch import PolicyWatcher, ReloadStatus

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SERVE = "thread (7): stepguard-aio;thread_run (libpython3.11.so.1.0);Thread.run (threading.py:982)"
 DECIDE = (
-    f"{SERVE};aio_generic_handler.<locals>.run (sidecar/serving/servicer.py:371)"
+    f"{SERVE};aio_generic_handler.<locals>.run (sidecar/serving/aiohandlers.py:90)"
     ";AuthorizerServicer._decide (sidecar/serving/servicer.py:208)"
     ";Decider.decide (sidecar/decision/decider.py:243)"
 )
@@ -76,7 +76,7 @@ def _stack(text: str) -> list[str]:
         ),
         (
             f"{SERVE};aio_generic_handler.<locals>.unary.<locals>.handler "
-            "(sidecar/serving/servicer.py:407);PyUpb_Message_FromString (_message.abi3.so)",
+            "(sidecar/serving/aiohandlers.py:130);PyUpb_Message_FromString (_message.abi3.so)",
             "grpc",
         ),
         # No stepguard frame: the innermost library decides; the collector wins anywhere.

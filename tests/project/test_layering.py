@@ -238,9 +238,6 @@ def test_tests_mirror_the_rooms() -> None:
 # Issue 17: past about 500 lines a module is more than one reader holds; one that
 # stays that long says why in its module docstring, in a sentence with "500 lines".
 MAX_LINES = 500
-# Allowance for modules being split by work not yet merged; the lead empties this
-# set after merging that work (then they obey the rule like every other module).
-LONG_PENDING = {"core/bundle.py", "serving/servicer.py"}
 
 
 def _long_without_reason(root: Path = SIDECAR) -> dict[str, int]:
@@ -256,7 +253,7 @@ def _long_without_reason(root: Path = SIDECAR) -> dict[str, int]:
 
 def test_long_modules_say_why_in_their_docstring() -> None:
     found = _long_without_reason()
-    bad = [f"{name} ({lines} lines)" for name, lines in found.items() if name not in LONG_PENDING]
+    bad = [f"{name} ({lines} lines)" for name, lines in found.items()]
     assert bad == [], (
         f"modules past {MAX_LINES} lines without a reason in their docstring (split them, "
         f'or say why in a sentence with "500 lines"): ' + ", ".join(bad)
