@@ -95,12 +95,7 @@ def build_event(
         "cached": cached,
         "latency_us": round(latency_s * 1e6),
     }
-    if meta.trace_id:
-        event["trace_id"] = meta.trace_id
-    if meta.request_id:
-        event["request_id"] = meta.request_id
-    if audit_note:
-        event["note"] = audit_note
+    _call_fields(event, meta, audit_note)
     if redactor is not None:
         event = redactor.apply(event)
     ctx = event.get("context", {})
@@ -204,12 +199,7 @@ def build_outcome_event(
         event["effect"] = outcome.effect.to_json()
     if violation:
         event["violation"] = violation
-    if meta.trace_id:
-        event["trace_id"] = meta.trace_id
-    if meta.request_id:
-        event["request_id"] = meta.request_id
-    if audit_note:
-        event["note"] = audit_note
+    _call_fields(event, meta, audit_note)
     if redactor is not None:
         if "effect" in event:
             event["effect"] = redactor.by_value(event["effect"])
@@ -229,3 +219,13 @@ def system_event(kind: str, at: datetime, **fields: Any) -> dict[str, Any]:
         "time": timestamp(at),
         **fields,
     }
+
+
+def _call_fields(event: dict[str, Any], meta: CallMeta, audit_note: str) -> None:
+    """What the call brought (trace and request ids) and the process's note, when present."""
+    if meta.trace_id:
+        event["trace_id"] = meta.trace_id
+    if meta.request_id:
+        event["request_id"] = meta.request_id
+    if audit_note:
+        event["note"] = audit_note
