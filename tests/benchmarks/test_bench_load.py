@@ -16,7 +16,10 @@ import pytest
 
 from benchmarks import load
 from benchmarks.workload import METHOD, distinct, example_request
-from tests.helpers import ROOT, first_line
+from sidecar.client import StepguardClient
+from tests.helpers import ROOT, first_line, notify_request
+
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 # A child that starts a grandchild burning CPU, says when it has burned BURN_S of it,
 # then, told "reap", lets it end and waits for it (its CPU moves into the child's cutime).
@@ -71,6 +74,7 @@ def test_server_cpu_sums_the_process_tree_before_and_after_a_child_ends() -> Non
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     """The benchmark's stepguard with 2 worker processes: TCP target, Unix target, trail dir."""
     tmp = tmp_path_factory.mktemp("bench-load")
+    # `python -m benchmarks.serve stepguard --workers N`: the benchmark's server with workers.
     args = ["stepguard", "--workers", "2", "--audit-file", str(tmp / "audit.jsonl")]
     args += ["--socket", str(tmp / "sg.sock")]
     with subprocess.Popen(
@@ -83,9 +87,9 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     ) as proc:
         assert proc.stdout is not None and proc.stdin is not None
         ready, tcp, unix = first_line(proc.stdout).split()
-        assert ready == "READY"
+        assert ready == "READY" and unix == f"unix:{tmp / 'sg.sock'}"
         yield tcp, unix, tmp
-        proc.stdin.close()
+        proc.stdin.close()  # the benchmark's way to stop a server
         assert proc.wait(timeout=60) == 0
 
 
@@ -121,3 +125,17 @@ def test_a_unix_socket_client_spreads_its_calls_over_every_worker(
     assert len(got.latencies_ns) >= 2
     counts = _decisions_by_worker(trail, "unix1-")
     assert all(counts), counts  # one client, round-robin over both workers' sockets
+
+
+def test_clients_of_their_own_connection_reach_every_worker_of_the_benchmark_server(
+    two_workers: tuple[str, str, Path],
+) -> None:
+    """Each decision of 30 one-shot clients lands in one worker's chain, and both get some."""
+    tcp, _, trail = two_workers
+    request = notify_request()
+    for i in range(30):  # a connection each: the kernel spreads them
+        request["context"]["run_id"] = f"serve30-{i}"
+        with StepguardClient(tcp, options=OWN_CONNECTION) as client:
+            assert client.authorize(request).allowed
+    counts = _decisions_by_worker(trail, "serve30-")
+    assert sum(counts) == 30 and all(counts), counts
