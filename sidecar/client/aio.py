@@ -110,17 +110,7 @@ class AsyncStepguardClient:
         traceparent: str | None = None,
         request_id: str | None = None,
     ) -> OutcomeReport:
-        """Like `StepguardClient.record_outcome`: never raises.
-
-        `status`: succeeded, failed (give `error_class`), skipped or timed_out.
-        `effect` as JSON (docs/api.md): `identity` ({"type", "id"}),
-        `target_system`, `entitlements_added`, `entitlements_removed`,
-        `credential` ({"id", "change": "issued"|"revoked", "issued_at",
-        "expires_at"}, times as datetimes or RFC 3339), `account` (created,
-        disabled, deleted). For orchestrator hooks (success, failure, skip,
-        retry): a report that cannot be made comes back with `recorded`
-        False, so a hook never fails its task by reporting.
-        """
+        """Like `StepguardClient.record_outcome` (arguments and effect there): never raises."""
         try:
             msg = outcome_message(
                 decision_id,
