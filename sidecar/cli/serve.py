@@ -179,16 +179,18 @@ def _serve(args: argparse.Namespace) -> int:
     # line must drain and exit 0, not kill the process half-way.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    endpoints = sidecar.start()
-    tune_gc_for_serving()
-    # The serving line: one JSON object on stdout, for scripts and harnesses (the
-    # ports asked as 0 are resolved in it). Logs stay on stderr. A trail on stdout
-    # (--audit-file -) owns stdout: every line there is a record, so the line goes
-    # to stderr then.
-    out = sys.stderr if settings.audit_file == "-" else sys.stdout
-    print(json.dumps(_endpoints(endpoints)), flush=True, file=out)
-    done.wait()
-    sidecar.stop()
+    endpoints = sidecar.start()  # a listener that cannot bind: stopped, ListenError
+    try:  # whatever happens from here, nothing keeps serving without this thread
+        tune_gc_for_serving()
+        # The serving line: one JSON object on stdout, for scripts and harnesses (the
+        # ports asked as 0 are resolved in it). Logs stay on stderr. A trail on stdout
+        # (--audit-file -) owns stdout: every line there is a record, so the line goes
+        # to stderr then.
+        out = sys.stderr if settings.audit_file == "-" else sys.stdout
+        print(json.dumps(_endpoints(endpoints)), flush=True, file=out)
+        done.wait()
+    finally:
+        sidecar.stop()
     return EXIT_OK
 
 
@@ -229,13 +231,15 @@ def _serve_worker(settings: Any, index: int) -> int:
     sidecar = Sidecar(settings, worker=index)
     sidecar.set_fleet_serving(False)  # not SERVING until the supervisor says all are up
     done = _stop_on_signals()
-    endpoints = sidecar.start()
+    endpoints = sidecar.start()  # a listener that cannot bind: stopped, ListenError
     link = WorkerLink(sidecar, done.set)
-    link.start(_endpoints(endpoints))
-    tune_gc_for_serving()
-    done.wait()
-    link.stop()
-    sidecar.stop()
+    try:
+        link.start(_endpoints(endpoints))
+        tune_gc_for_serving()
+        done.wait()
+    finally:
+        link.stop()
+        sidecar.stop()
     return EXIT_OK
 
 

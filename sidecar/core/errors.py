@@ -26,6 +26,15 @@ class ConfigError(StepguardError):
     """A setting that cannot work."""
 
 
+class ListenError(StepguardError):
+    """A listener that cannot bind: names the setting and the address."""
+
+    def __init__(self, setting: str, address: str, why: str | None) -> None:
+        self.setting = setting
+        self.address = address
+        super().__init__(f"{setting}: cannot listen on {address}: {why or 'bind failed'}")
+
+
 class BundleError(StepguardError):
     """A policy directory that cannot be loaded; names file, line and column when known."""
 

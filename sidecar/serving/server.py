@@ -24,6 +24,7 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.audit.event import timestamp
 from sidecar.audit.sink import AuditSink
 from sidecar.core.bundle import Bundle, load_bundle
+from sidecar.core.errors import ListenError
 from sidecar.core.workernames import worker_path
 from sidecar.decision.cache import DecisionCache
 from sidecar.decision.decider import Decider
@@ -180,6 +181,7 @@ class Sidecar:
         self._health_lock = threading.Lock()
         self.sink.watch(self._on_audit_health)
         self._grpc: grpc.Server | None = None
+        self._serving = False  # gRPC started (health follows the trail from then on)
         self._authzen: AuthzenServer | None = None
         self._metrics_server: Any = None
         self.watcher: PolicyWatcher | None = None
@@ -187,7 +189,50 @@ class Sidecar:
         self.endpoints = Endpoints(None, None, None)
 
     def start(self) -> Endpoints:
+        """Bind every listener, then serve; a listener that cannot bind stops all of it.
+
+        A failure half-way must not leave a process behind: gRPC's and the
+        HTTP servers' threads would keep it alive in interpreter shutdown,
+        answering every call with an error and never exiting. So whatever
+        started is stopped before the error (a ListenError naming the setting)
+        goes up.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.stop(grace=0.0)
+            raise
+
+    def _start(self) -> Endpoints:
         s = self.settings
+        authzen = metrics = None
+        # The HTTP listeners first: a taken port fails before any gRPC object exists.
+        if s.metrics_listen is not None:
+            host, port = split_host_port(s.metrics_listen, "metrics_listen")
+            try:
+                httpd = start_status_server(host, port, self.metrics.registry, self.health_detail)
+            except OSError as exc:
+                raise ListenError("metrics_listen", s.metrics_listen, str(exc)) from exc
+            self._metrics_server = httpd
+            metrics = f"{host}:{httpd.server_port}"
+        # With worker processes worker 0 serves AuthZEN (its HTTP server cannot share a port).
+        if s.authzen_listen is not None and self.worker in (None, 0):
+            self._authzen = build_server(
+                s.authzen_listen,
+                self.holder.current,
+                self.decider,
+                self.metrics,
+                limits=s.limits,
+                max_batch_bytes=s.max_batch_bytes,
+                workers=s.threads,
+                tls=self.tls,
+                http=s.authzen_http,
+                outcomes=self.outcomes,
+            )
+            try:
+                authzen = self._authzen.start()
+            except OSError as exc:
+                raise ListenError("authzen_listen", s.authzen_listen, str(exc)) from exc
         message_limit = s.max_batch_bytes + 64 * 1024
         # Worker processes share the TCP port (SO_REUSEPORT: the kernel spreads new
         # connections over them); a sidecar on its own must fail on a taken port.
@@ -204,6 +249,7 @@ class Sidecar:
                 futures.ThreadPoolExecutor(max_workers=s.threads, thread_name_prefix="stepguard"),
                 options=options,
             )
+        self._grpc = server  # stopped by stop(), even when start() fails before it serves
         servicer = AuthorizerServicer(
             self.holder.current,
             self.decider,
@@ -232,7 +278,7 @@ class Sidecar:
             ),
             server,
         )
-        tcp = sock = metrics = None
+        tcp = sock = None
         if s.listen is not None:
             host, _ = split_host_port(s.listen, "listen")
             port = (
@@ -241,13 +287,13 @@ class Sidecar:
                 else server.add_insecure_port(s.listen)
             )
             if port == 0:
-                raise OSError(f"cannot listen on {s.listen}")
+                raise ListenError("listen", s.listen, "the address is taken or not this host's")
             tcp = f"{host}:{port}"
         if self.socket_path is not None:
             self.socket_path.parent.mkdir(parents=True, exist_ok=True)
             self.socket_path.unlink(missing_ok=True)
             if server.add_insecure_port(f"unix:{self.socket_path}") == 0:
-                raise OSError(f"cannot listen on unix socket {self.socket_path}")
+                raise ListenError("socket", str(self.socket_path), "cannot bind the Unix socket")
             sock = str(self.socket_path)
         if s.bind_workload_identity and sock is not None:
             log.warning(
@@ -255,34 +301,12 @@ class Sidecar:
                 "certificate and every decision they ask for is denied",
                 sock,
             )
-        authzen = None
-        # Bound before gRPC serves: a taken port fails first. With worker processes
-        # worker 0 serves AuthZEN (its HTTP server cannot share a port).
-        if s.authzen_listen is not None and self.worker in (None, 0):
-            self._authzen = build_server(
-                s.authzen_listen,
-                self.holder.current,
-                self.decider,
-                self.metrics,
-                limits=s.limits,
-                max_batch_bytes=s.max_batch_bytes,
-                workers=s.threads,
-                tls=self.tls,
-                http=s.authzen_http,
-                outcomes=self.outcomes,
-            )
-            authzen = self._authzen.start()
         server.start()
-        self._grpc = server
+        self._serving = True
         if sock is not None:
             # Group-writable: a worker container sharing the socket's volume and
             # group (fsGroup) may connect without running as the sidecar's uid.
             os.chmod(sock, 0o660)
-        if s.metrics_listen is not None:
-            host, port = split_host_port(s.metrics_listen, "metrics_listen")
-            httpd = start_status_server(host, port, self.metrics.registry, self.health_detail)
-            self._metrics_server = httpd
-            metrics = f"{host}:{httpd.server_port}"
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.watch:
@@ -329,7 +353,7 @@ class Sidecar:
         with self._health_lock:
             healthy = self.sink.healthy
             self.metrics.audit_healthy.set(1 if healthy else 0)
-            if self._grpc is not None:  # before start(), start() sets it
+            if self._serving:  # before start(), start() sets it
                 status = health_pb2.HealthCheckResponse
                 serving = healthy and self._fleet_serving
                 self.health.set(SERVICE_NAME, status.SERVING if serving else status.NOT_SERVING)
