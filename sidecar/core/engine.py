@@ -124,16 +124,11 @@ class _Prepared:
     """One request ready for cedarpy: its handles and its Cedar request."""
 
     __slots__ = ("context", "context_json", "entities", "policy_set", "request")
+    entities: cedarpy.Entities  # the request's entity set, set by _prepare before any call
 
-    def __init__(
-        self,
-        request: AuthzRequest,
-        policy_set: cedarpy.PolicySet,
-        entities: cedarpy.Entities,
-    ) -> None:
+    def __init__(self, request: AuthzRequest, policy_set: cedarpy.PolicySet) -> None:
         self.request = request
         self.policy_set = policy_set
-        self.entities = entities
         self.context = dict(request.context)
         try:
             self.context_json: str | None = orjson.dumps(self.context).decode()
@@ -166,14 +161,15 @@ def _prepare(
     """The handles and Cedar request for `request`, or the DENY it gets without Cedar."""
     if request.denial:  # validation's verdict (an unknown resource): no policy is asked
         return deny(bundle.revision, request.denial, policy_errors)
-    try:
-        entities = _entities_for(bundle, request)
-    except ValueError as exc:
-        return deny(bundle.revision, f"request entities rejected: {exc}", policy_errors)
     policy_set = bundle.policy_set
     if indexed and bundle.index is not None:
         policy_set = bundle.index.policy_set_for(request)
-    return _Prepared(request, policy_set, entities)
+    prepared = _Prepared(request, policy_set)
+    try:
+        prepared.entities = _entities_for(bundle, request)
+    except ValueError as exc:
+        return deny(bundle.revision, f"request entities rejected: {exc}", policy_errors)
+    return prepared
 
 
 def _answer(bundle: Bundle, answer: cedarpy.AuthzResult, policy_errors: PolicyErrors) -> Result:
@@ -227,18 +223,6 @@ def _is_authorized_many(group: _Group, schema: cedarpy.Schema) -> list[cedarpy.A
     if len(answers) != len(group.calls):  # pragma: no cover - cedarpy's contract
         raise ValueError("cedarpy answered a different number of requests")
     return [cedarpy.AuthzResult(orjson.loads(answer)) for answer in answers]
-
-
-def request_entities(bundle: Bundle, request: AuthzRequest) -> cedarpy.Entities:
-    """The whole store plus what `request` supplies (for explanations); may raise ValueError.
-
-    `evaluate` decides with the part of this set the request can reach, which
-    gives the same answers (`_entities_for`).
-    """
-    added = _added(bundle, request.entities)
-    if not added:
-        return bundle.entities
-    return bundle.entities.with_added_json_str(encode(added), bundle.schema)
 
 
 def _added(bundle: Bundle, supplied: Iterable[EntityData]) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ from sidecar.core.engine import deny, evaluate, evaluate_many
 from sidecar.core.errors import AuditError, UnencodableEvent
 from sidecar.core.explain import Explanation, explain
 from sidecar.core.ids import DecisionIds
-from sidecar.core.model import AuthzRequest, EntityUid, PolicyErrors, Result
+from sidecar.core.model import AuthzRequest, PolicyErrors, Result
 from sidecar.core.validate import Limits, request_from_proto
 from sidecar.decision.cache import DecisionCache
 from sidecar.decision.identity import CallerContext, CallerFacts
@@ -134,6 +134,11 @@ class Decider:
         # The decision cache (sidecar/decision/cache.py): None when off. Hits are audited too.
         self.cache = cache
         self.now_granularity_ms = now_granularity_ms
+        # How a message is validated (request_from_proto), beside its limits, time and caller.
+        self._how: dict[str, Any] = {
+            "now_granularity_ms": now_granularity_ms,
+            "principal_bound": bind_workload_identity,
+        }
         # Set for a sink that can queue events for its own committer (`deferring`).
         self._deferring: DeferringSink | None = sink if isinstance(sink, DeferringSink) else None
         # Hits stamp their event from the cached decision's template unless a
@@ -262,7 +267,10 @@ class Decider:
                     if found.hit or found.key in seen:
                         continue  # most likely a hit: looked up again, in order, below
                     seen.add(found.key)
-                plan.request, plan.caller = self._validated(bundle, msg, meta, limits, plan.at)
+                plan.caller = self._caller.facts_of(bundle, msg, meta.identity, bind=self._bind)
+                plan.request = request_from_proto(
+                    msg, bundle, limits, now=plan.at, extra_context=plan.caller.context, **self._how
+                )
             except Exception as exc:  # noqa: BLE001 - this item's answer; the rest go on
                 plan.error = exc
                 continue
@@ -291,33 +299,6 @@ class Decider:
             except Exception as exc:  # noqa: BLE001 - this item's answer; the rest go on
                 out.append(exc)
         return out
-
-    def _validated(
-        self,
-        bundle: Bundle,
-        msg: pb.AuthorizeRequest,
-        meta: CallMeta,
-        limits: Limits,
-        at: datetime,
-    ) -> tuple[AuthzRequest, CallerFacts]:
-        """A message's identity facts, then its validation into the request model."""
-        caller = self._caller.facts(
-            bundle,
-            EntityUid(msg.principal.type, msg.principal.id) if self._bind else None,
-            EntityUid(msg.action.type, msg.action.id),
-            meta.identity,
-            bind=self._bind,
-        )
-        request = request_from_proto(
-            msg,
-            bundle,
-            limits,
-            now=at,
-            now_granularity_ms=self.now_granularity_ms,
-            extra_context=caller.context,
-            principal_bound=self._bind,
-        )
-        return request, caller
 
     def _decide(
         self,
@@ -365,7 +346,10 @@ class Decider:
                 request, caller = plan.request, plan.caller
             elif msg is not None:  # the message as received: its identity facts, then validation
                 assert limits is not None
-                request, caller = self._validated(bundle, msg, meta, limits, at)
+                caller = self._caller.facts_of(bundle, msg, meta.identity, bind=self._bind)
+                request = request_from_proto(
+                    msg, bundle, limits, now=at, extra_context=caller.context, **self._how
+                )
             else:  # `context.caller` came with the request, from its transport
                 assert asked is not None
                 caller = self._caller.facts(

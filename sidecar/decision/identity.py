@@ -38,6 +38,7 @@ from typing import Any, Final
 import cedarpy
 from cryptography import x509
 
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.core.bundle import Bundle
 from sidecar.core.errors import StepguardError
 from sidecar.core.model import EntityUid
@@ -259,6 +260,15 @@ class CallerContext:
             return CallerFacts(caller, None)
         assert principal is not None, "workload binding judges the principal"
         return CallerFacts(caller, binding_refusal(principal, identity))
+
+    def facts_of(
+        self, bundle: Bundle, msg: pb.AuthorizeRequest, identity: str, *, bind: bool
+    ) -> CallerFacts:
+        """`facts` of an AuthorizeRequest as received (its principal read only when bound)."""
+        principal = EntityUid(msg.principal.type, msg.principal.id) if bind else None
+        return self.facts(
+            bundle, principal, EntityUid(msg.action.type, msg.action.id), identity, bind=bind
+        )
 
     def context_for(
         self, bundle: Bundle, action: EntityUid, identity: str
