@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -165,22 +165,59 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
     def stream_item(self, raw: bytes, meta: CallMeta, context: grpc.ServicerContext) -> bytes:
         """One AuthorizeStream answer, serialized (answer.py)."""
         started = time.perf_counter()
+        item = self._stream_request(raw, context)
         try:
-            item = pb.AuthorizeStreamRequest.FromString(raw)
+            decided: Decided | Exception = self._decide(item.request, meta, started)
+        except Exception as exc:  # noqa: BLE001 - this item's answer (_stream_answer)
+            decided = exc
+        return self._stream_answer(item.id, decided)
+
+    def stream_window(self, raws: Sequence[bytes], meta: CallMeta) -> tuple[list[bytes], str]:
+        """The answers to AuthorizeStream requests that arrived together, in order, their
+        misses decided in one engine call (decider.decide_messages, as AuthorizeBatch).
+
+        Also returns why the stream ends ("" when it goes on): an undecodable
+        request is INVALID_ARGUMENT for the stream, after the answers to the
+        requests before it, as when they come one at a time.
+        """
+        started = time.perf_counter()
+        items: list[pb.AuthorizeStreamRequest] = []
+        ending = ""
+        for raw in raws:
+            try:
+                items.append(pb.AuthorizeStreamRequest.FromString(raw))
+            except DecodeError as exc:
+                ending = undecodable(raw, pb.AuthorizeStreamRequest, self._limits, exc)
+                break
+        decided = self._decider.decide_messages(
+            self._bundle(), [item.request for item in items], meta, self._limits, started=started
+        )
+        answers = [self._stream_answer(i.id, d) for i, d in zip(items, decided, strict=True)]
+        return answers, ending
+
+    def _stream_request(self, raw: bytes, context: grpc.ServicerContext) -> Any:
+        try:
+            return pb.AuthorizeStreamRequest.FromString(raw)
         except DecodeError as exc:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 undecodable(raw, pb.AuthorizeStreamRequest, self._limits, exc),
             )
-        out = pb.AuthorizeStreamResponse(id=item.id)
-        try:
-            return self._answers.encode_stream(item.id, self._decide(item.request, meta, started))
-        except InvalidRequest as exc:
-            self._count_invalid(exc)
+
+    def _stream_answer(self, item_id: int, decided: Decided | Exception) -> bytes:
+        """A stream item's answer: its decision, or its refusal (the stream goes on)."""
+        if isinstance(decided, Decided):
+            try:
+                return self._answers.encode_stream(item_id, decided)
+            except Exception as exc:  # noqa: BLE001 - fails closed below
+                decided = exc
+        out = pb.AuthorizeStreamResponse(id=item_id)
+        if isinstance(decided, InvalidRequest):
+            self._count_invalid(decided)
             out.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-            out.error.message = str(exc)
-        except Exception:  # this item fails closed; the stream goes on
-            log.exception("AuthorizeStream item %d failed", item.id)
+            out.error.message = str(decided)
+        else:  # this item fails closed; the stream goes on
+            log.error("AuthorizeStream item %d failed", item_id, exc_info=decided)
             out.error.code = grpc.StatusCode.INTERNAL.value[0]
             out.error.message = "internal error; the step is not authorized"
         return out.SerializeToString()

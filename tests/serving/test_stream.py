@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.core import engine
 from sidecar.core.jsonreq import request_from_json
+from sidecar.decision import decider as decider_module
 from tests.helpers import Running, grant_request, notify_request, running_sidecar
 
 
@@ -200,3 +203,76 @@ def test_asyncio_with_flush_writes_on_the_loop(tmp_path: Path) -> None:
             answer = stub.Authorize(request_from_json(notify_request()), timeout=5)
             assert answer.decision == pb.DECISION_ALLOW
         assert committers == ["stepguard-aio"]
+
+
+_RUNS = itertools.count(0, 10_000)
+
+
+def _misses(count: int) -> list[pb.AuthorizeRequest]:
+    """Distinct requests (each a miss, never asked before), allowed, denied and invalid in turn."""
+    out = []
+    first = next(_RUNS)
+    for i in range(first, first + count):
+        shape = i % 3
+        body = notify_request() if shape == 0 else grant_request(approver=None)
+        body["context"]["run_id"] = f"window-{i}"
+        msg = request_from_json(body)
+        if shape == 2:
+            msg.action.id = "fly"  # invalid: no such action
+        out.append(msg)
+    return out
+
+
+def test_pipelined_stream_requests_are_decided_in_windows(
+    channel: grpc.Channel, server: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: the requests of a stream that arrived together go to Cedar in one call
+    (the asyncio server), answered exactly as one by one: same order, same answers."""
+    sizes: list[int] = []
+
+    def counting(bundle: Any, requests: Any, **kw: Any) -> Any:
+        sizes.append(len(requests))
+        return engine.evaluate_many(bundle, requests, **kw)
+
+    monkeypatch.setattr("sidecar.decision.decider.evaluate_many", counting)
+    stub = pb_grpc.AuthorizerStub(channel)
+    reqs = _misses(120)
+    answers = list(stub.AuthorizeStream(_items(*reqs), timeout=60))
+    assert [a.id for a in answers] == list(range(100, 220))
+    for req, got in zip(reqs, answers, strict=True):
+        if req.action.id == "fly":
+            assert got.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert got.error.message.startswith("action:")
+            continue
+        one = stub.Authorize(req, timeout=5)  # now a hit: the same decision
+        assert got.response.decision == one.decision
+        assert got.response.reason == one.reason
+        assert list(got.response.determining_policies) == list(one.determining_policies)
+    decided = [a for a in answers if a.HasField("response")]
+    events = {e["id"]: e for e in server.audit_events() if e.get("kind") == "decision"}
+    cached = [a.id for a in decided if events[a.response.decision_id]["cached"]]
+    assert cached == [], (cached, sizes)
+    if server.sidecar.settings.server_mode == "asyncio":
+        assert max(sizes) > 1, sizes  # windows formed
+        assert max(sizes) <= decider_module.BATCH_WINDOW
+        assert sum(sizes) <= len(decided)  # each miss evaluated once (a lone one alone)
+    else:
+        assert sizes == []  # the sync server decides a stream one request at a time
+
+
+def test_an_undecodable_request_ends_the_stream_after_the_answers_before_it(
+    channel: grpc.Channel,
+) -> None:
+    call = channel.stream_stream(
+        "/stepguard.v1.Authorizer/AuthorizeStream",
+        request_serializer=lambda b: b,
+        response_deserializer=pb.AuthorizeStreamResponse.FromString,
+    )
+    good = [item.SerializeToString() for item in _items(*_misses(30))]
+    got: list[pb.AuthorizeStreamResponse] = []
+    with pytest.raises(grpc.RpcError) as info:
+        for answer in call(iter([*good, b"\xff\xff\xff", *good]), timeout=30):
+            got.append(answer)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "AuthorizeStreamRequest" in str(info.value.details())
+    assert [a.id for a in got] == list(range(100, 130))  # every one before it, in order
