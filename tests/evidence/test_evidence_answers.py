@@ -300,6 +300,24 @@ def test_a_leaver_run_twice_counts_once(tmp_path: Path, capsys: pytest.CaptureFi
     assert summary["revocation_confidence"] == 1.0
 
 
+def test_a_grant_ends_at_its_time_bound_as_the_sidecar_records_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A grant allowed until `time_bound.not_after` (recorded by the sidecar as a Cedar
+    datetime) ends then: its @revoke_within deadline runs from it, with no leaver."""
+    story = Story()
+    bound = MON + timedelta(hours=8)
+    d = story.decide(MON, "grant_access", "jira", "onboarding", "j-1", "grant", not_after=bound)
+    assert d["context"]["time_bound"]["not_after"]["__extn"]["fn"] == "datetime"
+    story.outcome(
+        d, MON + timedelta(minutes=1), "succeeded", effect=effect("dan", "jira", added=("dev",))
+    )
+    paths = story.write(tmp_path / "trails")
+    (row,) = answer_json(capsys, "open-grants", paths)["rows"]
+    assert row["deadline_at"] == "2026-11-03T17:00:00Z"  # the bound, 17:00, + PT24H
+    assert row["missed_by"] == "5d 16h"  # still open on Monday 9 November 09:00
+
+
 def test_the_hand_written_outcome_events_follow_the_trail_schema() -> None:
     """The helper stands in for the real builder: its events must pass the outcome schema."""
     import json
