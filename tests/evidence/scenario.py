@@ -1,8 +1,9 @@
 """A joiner-and-leaver story written as real trails, for the evidence tests.
 
 Decision events are built by the sidecar's own `build_event` from requests read
-as the sidecar reads them (JSON form, protobuf, `request_from_proto`), outcome events by
-tests/evidence/outcome_events.py, and both are written by the real sinks
+as the sidecar reads them (JSON form, protobuf, `request_from_proto`), outcome
+events by its `build_outcome_event` after its own checks and judgement
+(tests/evidence/outcome_events.py), and both are written by the real sinks
 (`open_sink`): one sidecar with a rotated trail, another with two workers'
 chains, as `stepguard evidence` would find them on a fleet.
 
