@@ -5,13 +5,13 @@ Trigger it with a run conf naming the leaver and who asked:
     {"person": "carol", "requester": "maria"}
 
 `find_access` refuses anyone the HR source does not list as a leaver
-(examples/identity_systems.py). Then every system is cleared: the GitHub teams
-the account holds, each Jira role and each aws-prod credential (looked up
-first: one mapped task instance each, none when nothing is held), and the okta
-account. A removal that fails (its system is down) fails its task after the
-retries; the others still run. Each removal declares what it removes
-(`record_effect`) before it calls the system, so the outcome of one that fails
-names what was not removed. `verify_revocation` runs only when no removal
+(examples/identity_systems.py). Then every system is cleared: all the GitHub
+teams the account holds in one task; each Jira role and each aws-prod
+credential in a mapped task instance of its own, after a lookup (none when
+nothing is held); and the okta account. A removal that fails (its system is
+down) fails its task after the retries; the others still run. Each removal
+declares what it removes (`record_effect`) before it calls the system, so the
+outcome of one that fails names what was not removed. `verify_revocation` runs only when no removal
 failed, and fails when anything is left.
 
 Against the example policies (policies/), deprovisioning steps of the owned
