@@ -213,7 +213,14 @@ def _flush(db: sqlite3.Connection, decisions: list[Any], outcomes: list[Any]) ->
 
 
 def uid_text(value: Any) -> str:
-    """`Type::"id"` of a recorded entity reference, "" when there is none."""
+    """`Type::"id"` of a recorded entity reference, "" when there is none.
+
+    A decision's context records references as Cedar JSON does,
+    `{"__entity": {"type": ..., "id": ...}}` (the requester, the approver); the
+    event's own principal, action and resource, and an outcome's identity, as
+    `{"type": ..., "id": ...}`. Both are read."""
+    if isinstance(value, dict) and isinstance(value.get("__entity"), dict):
+        value = value["__entity"]
     if isinstance(value, dict) and isinstance(value.get("type"), str):
         ident = value.get("id")
         return str(EntityUid(value["type"], ident if isinstance(ident, str) else str(ident)))
@@ -226,6 +233,21 @@ def _obj(value: Any) -> dict[str, Any]:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _instant(value: Any) -> str:
+    """A recorded instant in the trail's time format, "" when there is none or it is
+    malformed. A decision's context records instants as Cedar JSON does,
+    `{"__extn": {"fn": "datetime", "arg": "2026-11-03T00:00:00.000Z"}}`; plain RFC 3339
+    text is read too."""
+    if isinstance(value, dict) and isinstance(value.get("__extn"), dict):
+        value = value["__extn"].get("arg")
+    if not isinstance(value, str) or not value:
+        return ""
+    try:
+        return timestamp(parse_time(value))
+    except ValueError:
+        return ""
 
 
 def _where(record: Mapping[str, Any]) -> tuple[str, int, int]:
@@ -258,7 +280,7 @@ def _decision_row(e: Mapping[str, Any]) -> tuple[Any, ...]:
         uid_text(approval.get("approver")),
         ticket,
         _text(ctx.get("sensitivity")),
-        _text(bound.get("not_after")),
+        _instant(bound.get("not_after")),
         float(revoke) if isinstance(revoke, int | float) and not isinstance(revoke, bool) else None,
         int(ticket.startswith(BREAK_GLASS_PREFIX)),
         *_where(e),

@@ -1,21 +1,27 @@
-"""Outcome events for the evidence tests, in the shape of the `outcome` audit record.
+"""Outcome events for the evidence tests, built as the sidecar builds them.
 
-The one place these are written by hand: the `outcomes` branch adds the real
-builder (`sidecar.audit.event.build_outcome_event`, schema in
-sidecar/audit/event.schema.json `$defs.outcome`). When it lands, this helper
-calls it instead and the tests do not change. Field names, values and
-optional parts follow that schema: `decided` ALLOW/DENY/UNKNOWN, `status`
-succeeded/failed/skipped/timed_out, `effect` with only the fields reported.
+The outcome is checked by `check_outcome` (the checks both transports share,
+sidecar/core/outcome.py), judged by `judge` against its decision as the
+sidecar reads a decision event back from its trail (`facts_of`), and built by
+the sidecar's own `build_outcome_event`: the events are exactly what a
+sidecar's RecordOutcome would write for that report, so an outcome the
+sidecar would refuse (a failed step without its error class, an issued
+credential without its times) cannot be written here either.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sidecar.audit.event import SCHEMA_VERSION, timestamp
+from sidecar.audit.event import CallMeta, build_outcome_event
+from sidecar.core.ids import DecisionIds
+from sidecar.core.outcome import check_outcome, judge
+from sidecar.decision.outcomes import facts_of
+
+_IDS = DecisionIds()
+_CALLER = CallMeta(peer="ipv4:127.0.0.1:5000")
 
 
 def effect(
@@ -30,7 +36,7 @@ def effect(
     expires_at: datetime | None = None,
     account: str = "",
 ) -> dict[str, Any]:
-    """An effect as the outcome event records it (`identity` is a bare User id)."""
+    """An effect as an orchestrator reports it (`identity` is a bare User id)."""
     out: dict[str, Any] = {}
     if identity:
         out["identity"] = {"type": "User", "id": identity}
@@ -43,9 +49,9 @@ def effect(
     if credential:
         cred: dict[str, Any] = {"id": credential, "change": change}
         if issued_at is not None:
-            cred["issued_at"] = timestamp(issued_at)
+            cred["issued_at"] = issued_at
         if expires_at is not None:
-            cred["expires_at"] = timestamp(expires_at)
+            cred["expires_at"] = expires_at
         out["credential"] = cred
     if account:
         out["account"] = account
@@ -63,29 +69,21 @@ def outcome_event(
     attempt: int = 1,
     violation: str = "",
 ) -> dict[str, Any]:
-    """The outcome of the step `decision` (a decision event; None: a decision never seen)."""
-    event: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "kind": "outcome",
-        "id": str(uuid.uuid4()),
-        "time": timestamp(at),
-        "caller": {"peer": "ipv4:127.0.0.1:5000", "identity": ""},
-        "decision_id": decision["id"] if decision is not None else decision_id,
-        "decided": decision["decision"] if decision is not None else "UNKNOWN",
-        "status": status,
-        "attempt": attempt,
-        "workflow_id": decision["workflow_id"] if decision is not None else "",
-        "run_id": decision["run_id"] if decision is not None else "",
-        "step_id": decision["step_id"] if decision is not None else "",
-    }
-    if decision is not None:
-        for name in ("principal", "action", "resource", "policy_revision"):
-            event[name] = decision[name]
-    if error_class:
-        event["error_class"] = error_class
-    event["finished_at"] = timestamp(at)
-    if effect:
-        event["effect"] = dict(effect)
-    if violation:
-        event["violation"] = violation
-    return event
+    """The outcome event of the step `decision` (a decision event; None: a decision
+    never seen, named by `decision_id`), reported and recorded at `at`.
+
+    `violation` is what the caller expects the sidecar to judge (checked: the
+    event carries the sidecar's own judgement)."""
+    outcome = check_outcome(
+        "",
+        decision_id=decision["id"] if decision is not None else decision_id,
+        status=status,
+        error_class=error_class,
+        effect=effect,
+        attempt=attempt,
+        finished_at=at,
+    )
+    facts = facts_of(decision) if decision is not None else None
+    judged = judge(outcome, facts, at)
+    assert judged == violation, f"the sidecar judges this outcome {judged!r}, not {violation!r}"
+    return build_outcome_event(_IDS.next(), at, outcome, _CALLER, facts=facts, violation=judged)

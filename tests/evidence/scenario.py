@@ -1,7 +1,9 @@
 """A joiner-and-leaver story written as real trails, for the evidence tests.
 
-Decision events are built by the sidecar's own `build_event`, outcome events by
-tests/evidence/outcome_events.py, and both are written by the real sinks
+Decision events are built by the sidecar's own `build_event` from requests read
+as the sidecar reads them (JSON form, protobuf, `request_from_proto`), outcome
+events by its `build_outcome_event` after its own checks and judgement
+(tests/evidence/outcome_events.py), and both are written by the real sinks
 (`open_sink`): one sidecar with a rotated trail, another with two workers'
 chains, as `stepguard evidence` would find them on a fleet.
 
@@ -18,6 +20,7 @@ The story (Monday 2 November 2026 onwards; @revoke_within PT24H on grants):
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,8 +29,12 @@ from typing import Any
 
 from sidecar.audit.event import CallMeta, build_event
 from sidecar.audit.sink import open_sink
+from sidecar.core.bundle import Bundle, load_bundle
+from sidecar.core.jsonreq import request_from_json
 from sidecar.core.model import AuthzRequest, Decision, EntityUid, Obligations, PolicyRef, Result
+from sidecar.core.validate import Limits, request_from_proto
 from tests.evidence.outcome_events import effect, outcome_event
+from tests.helpers import POLICIES
 
 MON = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 NOW = datetime(2026, 11, 9, 9, 0, tzinfo=UTC)
@@ -65,11 +72,14 @@ def decision_event(
         }
     if not_after is not None:
         context["time_bound"] = {"not_after": not_after.isoformat().replace("+00:00", "Z")}
-    request = AuthzRequest(
-        principal=PROVISIONER,
-        action=EntityUid("Action", action),
-        resource=EntityUid("TargetSystem", target),
-        context=context,
+    request = _translated(
+        {
+            "principal": PROVISIONER.to_json(),
+            "action": {"type": "Action", "id": action},
+            "resource": {"type": "TargetSystem", "id": target},
+            "context": context,
+        },
+        at,
     )
     result = Result(
         Decision.ALLOW if allow else Decision.DENY,
@@ -81,6 +91,18 @@ def decision_event(
     return build_event(
         str(uuid.uuid4()), at, request, result, CallMeta(), cached=False, latency_s=0
     )
+
+
+@functools.cache
+def _bundle() -> Bundle:
+    return load_bundle(POLICIES)
+
+
+def _translated(data: dict[str, Any], at: datetime) -> AuthzRequest:
+    """The request as the sidecar reads it (JSON form -> protobuf -> checked model), so the
+    event records its context as the server's do: entity references as `__entity`,
+    instants as `__extn` datetimes, `now` added."""
+    return request_from_proto(request_from_json(data), _bundle(), Limits(), now=at)
 
 
 @dataclass

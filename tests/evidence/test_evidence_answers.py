@@ -2,7 +2,8 @@
 
 The trails are written by the real sinks (one sidecar's rotated chain, another's
 two worker chains) from decision events built by `build_event` and outcome
-events (tests/evidence/outcome_events.py); the answers come from the real CLI.
+events built by `build_outcome_event` (tests/evidence/outcome_events.py); the
+answers come from the real CLI.
 """
 
 from __future__ import annotations
@@ -300,8 +301,26 @@ def test_a_leaver_run_twice_counts_once(tmp_path: Path, capsys: pytest.CaptureFi
     assert summary["revocation_confidence"] == 1.0
 
 
-def test_the_hand_written_outcome_events_follow_the_trail_schema() -> None:
-    """The helper stands in for the real builder: its events must pass the outcome schema."""
+def test_a_grant_ends_at_its_time_bound_as_the_sidecar_records_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A grant allowed until `time_bound.not_after` (recorded by the sidecar as a Cedar
+    datetime) ends then: its @revoke_within deadline runs from it, with no leaver."""
+    story = Story()
+    bound = MON + timedelta(hours=8)
+    d = story.decide(MON, "grant_access", "jira", "onboarding", "j-1", "grant", not_after=bound)
+    assert d["context"]["time_bound"]["not_after"]["__extn"]["fn"] == "datetime"
+    story.outcome(
+        d, MON + timedelta(minutes=1), "succeeded", effect=effect("dan", "jira", added=("dev",))
+    )
+    paths = story.write(tmp_path / "trails")
+    (row,) = answer_json(capsys, "open-grants", paths)["rows"]
+    assert row["deadline_at"] == "2026-11-03T17:00:00Z"  # the bound, 17:00, + PT24H
+    assert row["missed_by"] == "5d 16h"  # still open on Monday 9 November 09:00
+
+
+def test_the_tests_outcome_events_follow_the_trail_schema() -> None:
+    """The helper builds its events with the sidecar's own builder; they pass the schema."""
     import json
     from datetime import UTC, datetime
     from pathlib import Path
@@ -316,7 +335,13 @@ def test_the_hand_written_outcome_events_follow_the_trail_schema() -> None:
     outcome = {"$defs": schema["$defs"], "$ref": "#/$defs/outcome"}
     at = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
     for event in (
-        outcome_event(None, at, "succeeded", decision_id="0190f0f0-0000-7000-8000-000000000001"),
+        outcome_event(
+            None,
+            at,
+            "succeeded",
+            decision_id="0190f0f0-0000-7000-8000-000000000001",
+            violation="decision_unknown",
+        ),
         outcome_event(
             None,
             at,

@@ -96,14 +96,20 @@ def write(directory: Path, plan: list[tuple[Any, ...]]) -> Path:
             elif op == "revoke":
                 eff = effect(who, target, removed=(ITEMS[k],))
             elif op in ("issue", "disable"):
-                change = "issued" if op == "issue" else "revoked"
-                expires = done + timedelta(minutes=ttl) if op == "issue" else None
+                issued = op == "issue"
                 eff = effect(
-                    who, target, credential=CREDENTIALS[k], change=change, expires_at=expires
+                    who,
+                    target,
+                    credential=CREDENTIALS[k],
+                    change="issued" if issued else "revoked",
+                    issued_at=done if issued else None,
+                    expires_at=done + timedelta(minutes=ttl) if issued else None,
                 )
             else:
                 eff = effect(who, target, account="created" if op == "create" else "deleted")
-            sinks[(chain + i) % 3].write(outcome_event(d, done, status, effect=eff))
+            error = "TargetUnavailable" if status in ("failed", "timed_out") else ""
+            event = outcome_event(d, done, status, effect=eff, error_class=error)
+            sinks[(chain + i) % 3].write(event)
     finally:
         for sink in sinks:
             sink.close()

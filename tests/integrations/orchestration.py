@@ -30,22 +30,63 @@ WEDNESDAY_10 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 SUNDAY_03 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 
 APPROVED = {"approver": "ines", "approved_at": "2026-11-25T09:00:00Z", "ticket": "CHG-1042"}
-ONBOARDING_STEPS = ("create_account", "grant_access", "issue_credential", "notify")
-LEAVER_STEPS = ("revoke_access", "disable_credential", "verify_revocation")
+ONBOARDING_STEPS = (
+    "create_account",
+    "grant_access",
+    "grant_jira_role",
+    "issue_credential",
+    "notify",
+)
+# The leaver's tasks that ask for someone holding an okta account, GitHub teams
+# and one credential, no Jira role (revoke_jira_role is then never asked).
+LEAVER_STEPS = (
+    "find_access",
+    "revoke_access",
+    "find_jira_roles",
+    "find_credentials",
+    "disable_credential",
+    "delete_account",
+    "verify_revocation",
+)
 PROVISIONER = "spiffe://example.org/ns/identity/sa/provisioner"
 DEPROVISIONER = "spiffe://example.org/ns/identity/sa/deprovisioner"
 NOTIFIER = "spiffe://example.org/ns/comms/sa/notifier"
+JIRA_CONNECTOR = "spiffe://example.org/ns/atlassian/sa/jira-connector"
 # step -> (action, target system, workload), as the examples declare them
 DECLARED = {
     "create_account": ("create_account", "okta", PROVISIONER),
     "grant_access": ("grant_access", "github", PROVISIONER),
+    "grant_jira_role": ("grant_access", "jira", PROVISIONER),
     "issue_credential": ("issue_credential", "aws-prod", PROVISIONER),
     "notify": ("notify", "slack", NOTIFIER),
-    "revoke_access": ("revoke_access", "okta", DEPROVISIONER),
+    "find_access": ("lookup_identity", "okta", DEPROVISIONER),
+    "revoke_access": ("revoke_access", "github", DEPROVISIONER),
+    "find_jira_roles": ("lookup_identity", "jira", DEPROVISIONER),
+    "revoke_jira_role": ("revoke_access", "jira", JIRA_CONNECTOR),
+    "find_credentials": ("lookup_identity", "aws-prod", DEPROVISIONER),
     "disable_credential": ("disable_credential", "aws-prod", DEPROVISIONER),
+    "delete_account": ("delete_account", "okta", DEPROVISIONER),
     "verify_revocation": ("verify_revocation", "okta", DEPROVISIONER),
 }
+# What the mock systems log for a completed onboarding (test_hr: two teams, one
+# Jira role) and for a leaver holding what `seed_leavers` gives, as (system, action).
+ONBOARDING_CALLS = [
+    ("okta", "create_account"),
+    ("github", "grant_access"),
+    ("github", "grant_access"),
+    ("jira", "grant_access"),
+    ("aws-prod", "issue_credential"),
+    ("slack", "notify"),
+]
+LEAVER_CALLS = [
+    ("okta", "lookup_identity"),
+    ("github", "revoke_access"),
+    ("aws-prod", "disable_credential"),
+    ("okta", "delete_account"),
+    ("okta", "verify_revocation"),
+]
 
+READ_POLICY = "step-runners-read-and-notify"
 APPROVAL_POLICY = "identity-change-requires-independent-approval"
 AFTER_HOURS_POLICY = "sensitive-target-after-hours-requires-break-glass"
 TIME_BOUND_POLICY = "step-outside-time-bound"
@@ -144,6 +185,10 @@ class RunResult:
     def ran(self) -> list[str]:
         return [effect["action"] for effect in self.effects]
 
+    def calls(self) -> list[tuple[str, str]]:
+        """(system, action) of each call the mock systems took, in order."""
+        return [(effect["system"], effect["action"]) for effect in self.effects]
+
 
 @dataclass
 class Outcome:
@@ -210,6 +255,45 @@ def sidecars(tmp: Path) -> Iterator[tuple[dict[str, str], dict[str, Running]]]:
         yield targets, running
 
 
+def test_hr(scenarios: list[Scenario]) -> dict[str, Any]:
+    """The mock HR source for these scenarios (examples/identity_systems.py): every new
+    hire joins with two GitHub teams and one Jira role, every leaver has left."""
+    events: list[dict[str, Any]] = []
+    for s in scenarios:
+        if "new_hire" in s.inputs:
+            events.append(
+                {
+                    "type": "joiner",
+                    "person": s.inputs["new_hire"],
+                    "github_teams": ["engineering", "on-call"],
+                    "jira_roles": ["developer"],
+                    "requester": "maria",
+                }
+            )
+        elif "person" in s.inputs:
+            events.append({"type": "leaver", "person": s.inputs["person"], "requester": "maria"})
+    return {"events": events}
+
+
+def seed_leavers(systems: Path, scenarios: list[Scenario]) -> None:
+    """What each leaver holds before the runs, in the mock systems' files: an okta
+    account, the `engineering` team on GitHub and the credential `cred-<person>`."""
+    accounts = [f"{s.inputs['person']}@example.org" for s in scenarios if "person" in s.inputs]
+    state: dict[str, dict[str, Any]] = {
+        "okta": {"accounts": accounts},
+        "github": {"entitlements": {a: ["engineering"] for a in accounts}},
+        "aws-prod": {
+            "credentials": {
+                f"cred-{a.split('@')[0]}": {"account": a, "expires_at": None} for a in accounts
+            }
+        },
+    }
+    systems.mkdir(parents=True, exist_ok=True)
+    for system, held in state.items():
+        full = {"accounts": [], "entitlements": {}, "credentials": {}} | held
+        (systems / f"{system}.json").write_text(json.dumps(full))
+
+
 def run_scenarios(
     python: Path,
     runner: Path,
@@ -217,7 +301,18 @@ def run_scenarios(
     scenarios: list[Scenario],
     env: dict[str, str],
 ) -> Outcome:
-    """Run every scenario in one orchestrator process; collect results, effects and trails."""
+    """Run every scenario in one orchestrator process; collect results, effects and trails.
+
+    The mock world (examples/identity_systems.py) is the test's own: an HR file
+    listing the scenarios' joiners and leavers, and target systems where each
+    leaver starts with an account, a team and a credential (`seed_leavers`).
+    """
+    (tmp / "hr.json").write_text(json.dumps(test_hr(scenarios)))
+    seed_leavers(tmp / "systems", scenarios)
+    env = env | {
+        "EXAMPLE_HR_FILE": str(tmp / "hr.json"),
+        "EXAMPLE_SYSTEMS_DIR": str(tmp / "systems"),
+    }
     with sidecars(tmp) as (targets, running):
         plan = {
             "scenarios": [
@@ -312,10 +407,19 @@ def check_leaver_not_blocked_at_night(outcome: Outcome) -> None:
     """Sunday 03:00: the leaver flow completes, the onboarding flow is stopped."""
     run = outcome.runs["leaver-at-night"]
     assert run.state == "success"
-    assert run.ran() == list(LEAVER_STEPS)
+    # the lookup first and the verification last; the removals in any order
+    calls = run.calls()
+    assert (calls[0], sorted(calls[1:-1]), calls[-1]) == (
+        LEAVER_CALLS[0],
+        sorted(LEAVER_CALLS[1:-1]),
+        LEAVER_CALLS[-1],
+    )
     events = outcome.events(by_name("leaver-at-night"))
     assert len(events) == len(LEAVER_STEPS)
-    assert all(e["decision"] == "ALLOW" and LEAVER_POLICY in policies_of(e) for e in events)
+    assert all(e["decision"] == "ALLOW" for e in events)
+    for e in events:  # lookups are read-only steps; every removal is a leaver's
+        lookup = e["action"]["id"] == "lookup_identity"
+        assert (READ_POLICY if lookup else LEAVER_POLICY) in policies_of(e)
     # The same night, the onboarding flow is stopped: the clock really is Sunday 03:00.
     night = outcome.runs["onboarding-at-night"]
     assert night.tasks["create_account"].state == "failed"
@@ -326,7 +430,7 @@ def check_leaver_not_blocked_at_night(outcome: Outcome) -> None:
 
 def check_time_bound_stops_the_first_step(outcome: Outcome) -> None:
     run = outcome.runs["leaver-expired"]
-    assert run.tasks["revoke_access"].state == "failed"
+    assert run.tasks["find_access"].state == "failed"
     assert run.ran() == []
     (event,) = outcome.events(by_name("leaver-expired"))
     assert event["context"]["time_bound"]["not_after"]
@@ -337,11 +441,13 @@ def check_time_bound_stops_the_first_step(outcome: Outcome) -> None:
 # checked apart): action -> the rest of the effect.
 DECLARED_EFFECTS: dict[str, dict[str, Any]] = {
     "create_account": {"account": "created"},
-    "grant_access": {},  # entitlements_added: the team (one per mapped task in Airflow)
+    "grant_access": {},  # entitlements_added: the HR teams (github), the role (jira)
     "issue_credential": {},  # credential: issued, with its times
     "notify": {},
-    "revoke_access": {"entitlements_removed": ["okta-sso"], "account": "disabled"},
+    "lookup_identity": {},  # find_access names the identity; the other lookups nothing
+    "revoke_access": {"entitlements_removed": ["engineering"]},  # what seed_leavers gave
     "disable_credential": {},  # credential: revoked
+    "delete_account": {"account": "deleted"},
     "verify_revocation": {},
 }
 
@@ -368,7 +474,8 @@ def check_each_allowed_step_is_followed_by_its_outcome(
         assert reported["step_id"] == decision["step_id"]
         action = decision["action"]["id"]
         effect = reported.get("effect", {})
-        if action in ("notify", "verify_revocation"):
+        quiet = action == "lookup_identity" and decision["resource"]["id"] != "okta"
+        if action in ("notify", "verify_revocation") or quiet:
             assert effect == {}
             continue
         assert effect["identity"] == identity
@@ -376,7 +483,9 @@ def check_each_allowed_step_is_followed_by_its_outcome(
         for key, value in DECLARED_EFFECTS[action].items():
             assert effect[key] == value
         if action == "grant_access":
-            assert effect["entitlements_added"] in (["engineering"], ["on-call"])
+            assert effect["entitlements_added"] == (
+                ["engineering", "on-call"] if effect["target_system"] == "github" else ["developer"]
+            )
         if action == "issue_credential":
             credential = effect["credential"]
             assert credential["change"] == "issued"
@@ -402,11 +511,16 @@ def check_a_denied_step_has_no_outcome_claiming_it_ran(outcome: Outcome) -> None
 
 def check_a_failing_step_reports_each_attempt_failed(outcome: Outcome) -> None:
     """aws-prod is down: revoke_access succeeded, disable_credential failed three
-    times, each attempt its own decision followed by a failed outcome."""
+    times, each attempt its own decision followed by a failed outcome naming the
+    credential it tried to revoke; the verification never ran."""
     scenario = next(s for s in OUTCOME_SCENARIOS if s.name == "leaver-target-down")
     run = outcome.runs[scenario.name]
     assert run.state == "failed"
-    assert run.ran() == ["revoke_access"]
+    assert sorted(run.calls()) == [
+        ("github", "revoke_access"),
+        ("okta", "delete_account"),
+        ("okta", "lookup_identity"),
+    ]
     trail = outcome.trail(scenario)
     revoke = [e for e in trail if e["action"]["id"] == "revoke_access"]
     assert [(e["kind"], e.get("decision") or e["status"]) for e in revoke] == [
@@ -421,7 +535,8 @@ def check_a_failing_step_reports_each_attempt_failed(outcome: Outcome) -> None:
     for decision, failed in zip(disable[::2], disable[1::2], strict=True):
         assert failed["decision_id"] == decision["id"]
         assert failed["error_class"].endswith(".TargetSystemDown")
-        assert "effect" not in failed  # it raised before declaring any
+        # declared before the call that failed: what was not revoked
+        assert failed["effect"]["credential"] == {"id": "cred-frank", "change": "revoked"}
         assert "violation" not in failed
     attempts = [
         (d["context"]["attempt"], o["attempt"])

@@ -21,6 +21,7 @@ from typing import Any
 
 def main(plan_path: str, results_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
+    sys.path.insert(0, plan["examples"])  # the mock HR source and systems
     sys.path.insert(0, str(Path(plan["examples"]) / "prefect"))
     flows = importlib.import_module("identity_flows")
     sys.path.insert(0, plan["outcome_kinds"])  # the test's own flow

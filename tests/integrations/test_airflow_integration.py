@@ -8,15 +8,29 @@ with injected clocks and real audit files (tests/integrations/orchestration.py).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.browser import browser
 from tests.helpers import ROOT
+from tests.integrations.evidence_runs import (
+    Demo,
+    check_leavers_names_exactly_the_incomplete_leaver,
+    check_the_report_shows_confidence_below_100_percent,
+    check_the_runs_changed_the_mock_systems,
+    check_the_trails_hold_the_denial_and_the_failures,
+    check_who_granted_what_is_read_from_the_real_trails,
+    run_demo,
+)
 from tests.integrations.orchestration import (
     APPROVAL_POLICY,
     LEAVER_STEPS,
+    ONBOARDING_CALLS,
+    ONBOARDING_STEPS,
     OUTCOME_SCENARIOS,
     SCENARIOS,
     Outcome,
@@ -38,15 +52,7 @@ from tests.integrations.orchestration import (
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow
-
-# grant_access is a mapped task (one instance per team) in the Airflow example.
-MAPPED_ONBOARDING_STEPS = [
-    "create_account",
-    "grant_access[0]",
-    "grant_access[1]",
-    "issue_credential",
-    "notify",
-]
+__all__ = ["browser"]  # the fixture, used by name
 
 # A run conf that tries to redeclare the step: the policy reads the declaration
 # when the DAG is loaded, so this changes nothing.
@@ -81,7 +87,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "PYTHONPATH": str(ROOT / "examples" / "airflow"),
+        # the cluster policy, and the mock HR source and systems the DAGs import
+        "PYTHONPATH": f"{ROOT / 'examples' / 'airflow'}{os.pathsep}{ROOT / 'examples'}",
     }
     return run_scenarios(
         python, HERE / "airflow_runner.py", tmp, [*SCENARIOS, REDECLARED, *OUTCOME_SCENARIOS], env
@@ -94,15 +101,15 @@ def test_a_permitted_run_completes_with_the_credential_ttl_handed_to_the_task(
     run = outcome.runs["approved"]
     assert run.state == "success"
     assert {name: (t.state, t.attempts) for name, t in run.tasks.items()} == {
-        name: ("success", 1) for name in MAPPED_ONBOARDING_STEPS
+        name: ("success", 1) for name in ONBOARDING_STEPS
     }
-    ran = run.ran()
-    assert (ran[0], sorted(ran[1:3]), ran[3:]) == (
-        "create_account",
-        ["grant_access", "grant_access"],
-        ["issue_credential", "notify"],
+    calls = run.calls()  # the two grants (github, jira) in either order
+    assert (calls[0], sorted(calls[1:4]), calls[4:]) == (
+        ONBOARDING_CALLS[0],
+        sorted(ONBOARDING_CALLS[1:4]),
+        ONBOARDING_CALLS[4:],
     )
-    assert sorted(e["team"] for e in run.effects if e["action"] == "grant_access") == [
+    assert [e["team"] for e in run.effects if e["system"] == "github"] == [
         "engineering",
         "on-call",
     ]
@@ -202,7 +209,7 @@ def test_a_failing_step_reports_failed_with_its_error_class_on_every_attempt(
 
 def test_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(outcome: Outcome) -> None:
     check_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task(
-        outcome, MAPPED_ONBOARDING_STEPS
+        outcome, list(ONBOARDING_STEPS)
     )
 
 
@@ -217,3 +224,33 @@ def test_a_skipped_task_reports_skipped_and_a_timed_out_one_timed_out(outcome: O
     )
     assert "error_class" not in reported["nothing_to_send"]
     assert reported["slow_send"]["error_class"].endswith(".AirflowTaskTimeout")
+
+
+# The example joiner and leaver runs and their evidence (tests/integrations/evidence_runs.py).
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    orchestrator_python("airflow")  # built, or a skip saying why not
+    return run_demo("airflow", tmp_path_factory.mktemp("evidence-demo") / "out")
+
+
+def test_the_example_joiner_and_leaver_runs_change_the_mock_systems(demo: Demo) -> None:
+    check_the_runs_changed_the_mock_systems(demo)
+    check_the_trails_hold_the_denial_and_the_failures(demo)
+
+
+def test_evidence_leavers_names_exactly_the_incomplete_leaver_of_the_example_runs(
+    demo: Demo,
+) -> None:
+    check_leavers_names_exactly_the_incomplete_leaver(demo)
+
+
+def test_evidence_names_who_asked_and_approved_in_the_example_runs(demo: Demo) -> None:
+    check_who_granted_what_is_read_from_the_real_trails(demo)
+
+
+def test_the_report_of_the_example_runs_shows_confidence_below_100_percent(
+    demo: Demo, browser: Any
+) -> None:
+    check_the_report_shows_confidence_below_100_percent(demo, browser)

@@ -10,12 +10,24 @@ id -> run_id, task-run id -> step_id, task run_count -> attempt.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.browser import browser
+from tests.integrations.evidence_runs import (
+    Demo,
+    check_leavers_names_exactly_the_incomplete_leaver,
+    check_the_report_shows_confidence_below_100_percent,
+    check_the_runs_changed_the_mock_systems,
+    check_the_trails_hold_the_denial_and_the_failures,
+    check_who_granted_what_is_read_from_the_real_trails,
+    run_demo,
+)
 from tests.integrations.orchestration import (
     APPROVAL_POLICY,
     LEAVER_STEPS,
+    ONBOARDING_CALLS,
     ONBOARDING_STEPS,
     OUTCOME_SCENARIOS,
     SCENARIOS,
@@ -37,6 +49,7 @@ from tests.integrations.orchestration import (
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow
+__all__ = ["browser"]  # the fixture, used by name
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +76,7 @@ def test_a_permitted_run_completes_with_the_credential_ttl_handed_to_the_task(
     assert {name: (t.state, t.attempts) for name, t in run.tasks.items()} == {
         name: ("success", 1) for name in ONBOARDING_STEPS
     }
-    assert run.ran() == list(ONBOARDING_STEPS)
+    assert run.calls() == ONBOARDING_CALLS
     (credential,) = [e for e in run.effects if e["action"] == "issue_credential"]
     assert credential["ttl_s"] == 15 * 60  # aws-prod is critical: PT15M
 
@@ -166,3 +179,33 @@ def test_a_task_run_stopped_by_its_timeout_reports_timed_out(outcome: Outcome) -
         outcome, {"slow_send": "timed_out", "slow_async_send": "timed_out"}
     )
     assert all(o["error_class"] for o in reported.values())
+
+
+# The example joiner and leaver runs and their evidence (tests/integrations/evidence_runs.py).
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    orchestrator_python("prefect")  # built, or a skip saying why not
+    return run_demo("prefect", tmp_path_factory.mktemp("evidence-demo") / "out")
+
+
+def test_the_example_joiner_and_leaver_runs_change_the_mock_systems(demo: Demo) -> None:
+    check_the_runs_changed_the_mock_systems(demo)
+    check_the_trails_hold_the_denial_and_the_failures(demo)
+
+
+def test_evidence_leavers_names_exactly_the_incomplete_leaver_of_the_example_runs(
+    demo: Demo,
+) -> None:
+    check_leavers_names_exactly_the_incomplete_leaver(demo)
+
+
+def test_evidence_names_who_asked_and_approved_in_the_example_runs(demo: Demo) -> None:
+    check_who_granted_what_is_read_from_the_real_trails(demo)
+
+
+def test_the_report_of_the_example_runs_shows_confidence_below_100_percent(
+    demo: Demo, browser: Any
+) -> None:
+    check_the_report_shows_confidence_below_100_percent(demo, browser)
