@@ -71,7 +71,8 @@ async def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     status = asyncio.run(main(sys.argv[1:]))
     sys.stdout.flush()
-    # temporalio 1.35.0's native runtime threads sometimes abort the interpreter's
-    # finalization ("PyGILState_Release ... finalizing", exit -6) after all is done;
-    # nothing is left to clean up, so leave without it and keep the exit status.
+    # temporalio's native runtime threads sometimes abort the interpreter's
+    # finalization ("PyGILState_Release ... finalizing", exit -6) after all is done
+    # (temporalio/sdk-python issue 300, open; seen here with 1.35.0): nothing is left
+    # to clean up, so leave without it and keep the exit status.
     os._exit(status)
