@@ -235,10 +235,10 @@ def render(record: dict[str, Any], data: str) -> str:
             "| | plain | guarded | guarded vs plain |",
             "|---|---|---|---|",
             f"| activity in the worker, median (sequential) | {s['plain_activity_ms']:.2f} ms "
-            f"| {s['guarded_activity_ms']:.2f} ms | +{s['added_ms_per_activity_in_worker']:.2f} "
+            f"| {s['guarded_activity_ms']:.2f} ms | {s['added_ms_per_activity_in_worker']:+.2f} "
             "ms per activity |",
             f"| workflow time, median (sequential) | {s['plain_workflow_ms']:.1f} ms "
-            f"| {s['guarded_workflow_ms']:.1f} ms | +{s['added_ms_per_activity']:.2f} ms "
+            f"| {s['guarded_workflow_ms']:.1f} ms | {s['added_ms_per_activity']:+.2f} ms "
             "per activity |",
             f"| throughput (all at once) | {s['plain_workflows_per_s']:.1f} workflows/s "
             f"| {s['guarded_workflows_per_s']:.1f} workflows/s | {s['throughput_ratio']:.3f}x "
