@@ -226,6 +226,7 @@ def test_a_denied_step_fails_the_workflow_after_one_attempt_and_never_runs(
     assert decision["context"]["attempt"] == 1
     (details,) = error.details
     assert details["decision_id"] == decision["id"]
+    assert details["reason"] and details["reason"] in error.message
     assert APPROVAL_POLICY in details["determining_policies"]
     assert APPROVAL_POLICY in error.message and decision["id"] in error.message
 
@@ -547,5 +548,15 @@ def test_the_example_runs_as_its_readme_prints(tmp_path: Path) -> None:
         "disable_credential",
         "verify_revocation",
     ]
-    decided = [e for e in running.audit_events() if e.get("kind", "decision") == "decision"]
+    events = running.audit_events()
+    decided = [e for e in events if e.get("kind", "decision") == "decision"]
     assert len(decided) == 5 + 1 + 3
+    # disable_credential is a sync activity, run in the worker's thread pool: what it
+    # declared with record_effect there reached its outcome.
+    (revoked,) = [
+        e
+        for e in events
+        if e.get("kind") == "outcome" and e["action"]["id"] == "disable_credential"
+    ]
+    assert revoked["status"] == "succeeded"
+    assert revoked["effect"]["credential"] == {"id": "cred-carol", "change": "revoked"}
