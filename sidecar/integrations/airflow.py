@@ -65,7 +65,7 @@ from sidecar.integrations.outcomes import (
     record_effect,
     status_of,
 )
-from sidecar.integrations.steps import RunFacts, Step, StepDeclarationError
+from sidecar.integrations.steps import RunFacts, Step, StepDeclarationError, run_facts
 
 __all__ = [
     "StepguardPolicy",
@@ -130,15 +130,14 @@ def facts_from_context(context: Mapping[str, Any]) -> RunFacts:
     """Airflow's ids for this attempt, and the run conf as the run's input."""
     ti = context["ti"]
     map_index = getattr(ti, "map_index", -1)
-    step_id = ti.task_id if map_index is None or map_index < 0 else f"{ti.task_id}[{map_index}]"
     dag_run = context.get("dag_run")
-    conf = getattr(dag_run, "conf", None) or {}
-    return RunFacts(
-        workflow_id=ti.dag_id,
-        run_id=ti.run_id,
-        step_id=step_id,
-        attempt=int(ti.try_number or 0),
-        inputs=dict(conf),
+    return run_facts(
+        workflow=ti.dag_id,
+        run=ti.run_id,
+        step=ti.task_id,
+        instance=None if map_index is None or map_index < 0 else map_index,
+        attempt=ti.try_number,
+        inputs=getattr(dag_run, "conf", None) or {},
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,15 @@ class GuardConfig:
             timeout_s=timeout_s,
             workload=values.get("workload") or None,
         )
+
+
+def env_config(prefix: str, environ: Mapping[str, str] | None = None) -> GuardConfig:
+    """`<prefix>TARGET`, `<prefix>TIMEOUT` and `<prefix>WORKLOAD` from the environment;
+    the target falls back to STEPGUARD_ADDRESS (what the Helm chart sets in workers)."""
+    env = os.environ if environ is None else environ
+    values = {key: env.get(prefix + key.upper()) for key in ("target", "timeout", "workload")}
+    values["target"] = values["target"] or env.get(ADDRESS_ENV)
+    return GuardConfig.from_strings(values)
 
 
 class Verdict(enum.Enum):

@@ -35,7 +35,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import replace
@@ -44,12 +43,12 @@ from typing import Any, ParamSpec, TypeVar, cast
 from sidecar.client import StepDecision, StepDenied, StepguardClient, denied, error_class_of
 from sidecar.core.errors import StepguardError
 from sidecar.integrations.gate import (
-    ADDRESS_ENV,
     Gate,
     GuardConfig,
     StepguardUnavailable,
     Verdict,
     describe,
+    env_config,
     refusal,
     verdict,
 )
@@ -60,7 +59,7 @@ from sidecar.integrations.outcomes import (
     record_effect,
     status_of,
 )
-from sidecar.integrations.steps import RunFacts, Step
+from sidecar.integrations.steps import RunFacts, Step, run_facts
 
 __all__ = [
     "current_decision",
@@ -81,10 +80,7 @@ _current: ContextVar[StepDecision | None] = ContextVar("stepguard_decision", def
 
 def config_from_env(environ: Mapping[str, str] | None = None) -> GuardConfig:
     """PREFECT_STEPGUARD_{TARGET,TIMEOUT,WORKLOAD}; the target falls back to STEPGUARD_ADDRESS."""
-    env = os.environ if environ is None else environ
-    values = {key: env.get(ENV_PREFIX + key.upper()) for key in ("target", "timeout", "workload")}
-    values["target"] = values["target"] or env.get(ADDRESS_ENV)
-    return GuardConfig.from_strings(values)
+    return env_config(ENV_PREFIX, environ)
 
 
 _default_gate = Gate(config_from_env)
@@ -94,12 +90,12 @@ def facts_from_runtime() -> RunFacts:
     """Prefect's ids for the current task run; empty ids (outside a run) are denied later."""
     from prefect.runtime import flow_run, task_run
 
-    return RunFacts(
-        workflow_id=str(flow_run.flow_name or ""),
-        run_id=str(flow_run.id or ""),
-        step_id=str(task_run.id or ""),
-        attempt=int(task_run.run_count or 0),
-        inputs=dict(flow_run.parameters or {}),
+    return run_facts(
+        workflow=flow_run.flow_name,
+        run=flow_run.id,
+        step=task_run.id,
+        attempt=task_run.run_count,
+        inputs=flow_run.parameters,
     )
 
 

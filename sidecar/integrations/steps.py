@@ -8,8 +8,10 @@ Two sources, kept apart on purpose:
   input can never change it.
 - The *run facts* come from the orchestrator: workflow, run and step ids, the
   attempt number, and the run's input (Airflow's run conf, Prefect's flow
-  parameters), where three keys are read: `requester`, `approval` and
-  `time_bound`.
+  parameters, the arguments of a Temporal activity), where three keys are
+  read: `requester`, `approval` and `time_bound`. `run_facts` is the one
+  place where an orchestrator's ids become them, so that one table
+  (docs/integrations.md) describes every orchestrator.
 
 `build_request` turns both into the JSON request form of `sidecar.core.jsonreq`.
 Pure: no I/O, no clock, no orchestrator imports, so the mapping is the same
@@ -115,6 +117,44 @@ class EntityTypes:
     resource: str = "TargetSystem"
     user: str = "User"
     workflow: str | None = "Workflow"
+
+
+def step_instance(name: str, instance: str | int | None = None) -> str:
+    """A step's id: its name, and `name[instance]` when one run holds several of it
+    (an Airflow mapped task's index, a Temporal activity's id)."""
+    if instance is None or instance == "":
+        return name
+    return f"{name}[{instance}]"
+
+
+def run_facts(
+    *,
+    workflow: str | None,
+    run: str | None,
+    step: str | None,
+    instance: str | int | None = None,
+    attempt: int | str | None = 0,
+    inputs: Mapping[str, Any] | None = None,
+    execution: str | None = None,
+) -> RunFacts:
+    """An orchestrator's ids for one task attempt, as the request's ids.
+
+    `workflow`: the workflow's definition (DAG id, flow name, workflow type);
+    `run`: the run of it, qualified by `execution` when the orchestrator names
+    a run by two ids (Temporal's workflow id, then its run id); `step`: the
+    task's name, qualified by `instance` (`step_instance`); `attempt`: 1, 2, ...
+    Missing ids stay empty: `build_request` refuses them with a reason.
+    """
+    run_id = str(run or "")
+    if execution and run_id:
+        run_id = f"{execution}/{run_id}"
+    return RunFacts(
+        workflow_id=str(workflow or ""),
+        run_id=run_id,
+        step_id=step_instance(str(step), instance) if step else "",
+        attempt=int(attempt or 0),
+        inputs=dict(inputs or {}),
+    )
 
 
 def build_request(

