@@ -212,9 +212,10 @@ def exceptions(store: Store) -> Answer:
         if o["violation"]:
             denied = o["decided"] == "DENY" and o["status"] in RAN
             category = "denied step ran" if denied else "violation"
-            out.append(
-                {**base, "category": category, "detail": o["violation"], "evidence": evidence}
-            )
+            detail = o["violation"]
+            if detail == "caller_mismatch":  # who reported it, when it was not the decider's caller
+                detail += f": reported by {o['reporter'] or 'an unauthenticated caller'}"
+            out.append({**base, "category": category, "detail": detail, "evidence": evidence})
         removes = (
             json.loads(o["removed"])
             or o["cred_change"] == "revoked"

@@ -56,7 +56,7 @@ CREATE TABLE outcomes (
     status TEXT, error_class TEXT, attempt INTEGER, workflow TEXT, run TEXT, step TEXT,
     action TEXT, identity TEXT, target TEXT, added TEXT, removed TEXT, cred_id TEXT,
     cred_change TEXT, expires_at TEXT, account TEXT, violation TEXT,
-    file TEXT, line INTEGER, seq INTEGER);
+    file TEXT, line INTEGER, seq INTEGER, reporter TEXT);
 CREATE INDEX outcomes_replay ON outcomes(time, recorded, file, line)
     WHERE status = 'succeeded';
 CREATE INDEX outcomes_run ON outcomes(run, identity);
@@ -202,7 +202,7 @@ def load_records(db: sqlite3.Connection, records: Iterable[dict[str, Any]]) -> N
 
 
 _INSERT_DECISION = "INSERT OR IGNORE INTO decisions VALUES (" + ",".join("?" * 19) + ")"  # noqa: S608
-_INSERT_OUTCOME = "INSERT OR IGNORE INTO outcomes VALUES (" + ",".join("?" * 24) + ")"  # noqa: S608
+_INSERT_OUTCOME = "INSERT OR IGNORE INTO outcomes VALUES (" + ",".join("?" * 25) + ")"  # noqa: S608
 
 
 def _flush(db: sqlite3.Connection, decisions: list[Any], outcomes: list[Any]) -> None:
@@ -294,6 +294,7 @@ def _outcome_row(e: Mapping[str, Any]) -> tuple[Any, ...]:
         _text(effect.get("account")),
         _text(e.get("violation")),
         *_where(e),
+        _text(_obj(e.get("caller")).get("identity")),  # who reported it
     )
 
 

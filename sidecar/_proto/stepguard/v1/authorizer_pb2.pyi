@@ -265,6 +265,13 @@ class _ViolationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Violation.V
     """it started before the decision's time_bound.not_before"""
     VIOLATION_CREDENTIAL_TTL_EXCEEDED: _Violation.ValueType  # 5
     """It issued a credential living longer than the decision's max_credential_ttl obligation."""
+    VIOLATION_CALLER_MISMATCH: _Violation.ValueType  # 6
+    """It was reported by another caller than the one its decision was made for:
+    the decision recorded its caller's authenticated identity and this caller's
+    differs (or has none), or workload identity binding is on and the caller is
+    not the decision's principal workload. Whatever the status, SKIPPED too:
+    the report is not the workload's own.
+    """
 
 class Violation(_Violation, metaclass=_ViolationEnumTypeWrapper):
     """Why an outcome is a violation: its step ran without a decision in force.
@@ -283,6 +290,13 @@ VIOLATION_BEFORE_TIME_BOUND: Violation.ValueType  # 4
 """it started before the decision's time_bound.not_before"""
 VIOLATION_CREDENTIAL_TTL_EXCEEDED: Violation.ValueType  # 5
 """It issued a credential living longer than the decision's max_credential_ttl obligation."""
+VIOLATION_CALLER_MISMATCH: Violation.ValueType  # 6
+"""It was reported by another caller than the one its decision was made for:
+the decision recorded its caller's authenticated identity and this caller's
+differs (or has none), or workload identity binding is on and the caller is
+not the decision's principal workload. Whatever the status, SKIPPED too:
+the report is not the workload's own.
+"""
 Global___Violation: _TypeAlias = Violation  # noqa: Y015
 
 @_typing.final
