@@ -822,6 +822,7 @@ class Obligations(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_CREDENTIAL_TTL_FIELD_NUMBER: _builtins.int
+    REVOKE_WITHIN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def max_credential_ttl(self) -> _duration_pb2.Duration:
         """The longest a just-in-time credential for this step may live: the
@@ -829,14 +830,23 @@ class Obligations(_message.Message):
         Unset when no determining policy names one.
         """
 
+    @_builtins.property
+    def revoke_within(self) -> _duration_pb2.Duration:
+        """How soon the access this step grants must be removed once its holder
+        leaves: the smallest `@revoke_within("PT24H")` across the determining
+        policies. Unset when no determining policy names one. Recorded with the
+        decision; `stepguard evidence leavers` measures revocations against it.
+        """
+
     def __init__(
         self,
         *,
         max_credential_ttl: _duration_pb2.Duration | None = ...,
+        revoke_within: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["max_credential_ttl", b"max_credential_ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_credential_ttl", b"max_credential_ttl", "revoke_within", b"revoke_within"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_credential_ttl", b"max_credential_ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_credential_ttl", b"max_credential_ttl", "revoke_within", b"revoke_within"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
