@@ -69,23 +69,25 @@ def leaver_runs(store: Store) -> list[LeaverRun]:
         )
         if r["grant_n"] is not None:
             lr.grants.append(by_n[r["grant_n"]])
+    # Every leaver run's failed steps and denied decisions, in two queries (not two per run).
+    failures: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for f in rows(
+        store.db,
+        "SELECT o.* FROM outcomes AS o JOIN (SELECT DISTINCT run, identity FROM leavers) AS l "
+        "ON o.run = l.run AND o.identity = l.identity "
+        "WHERE o.status IN ('failed', 'timed_out') ORDER BY o.time",
+    ):
+        failures[(f["run"], f["identity"])].append(f)
+    denied: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for d in rows(
+        store.db,
+        "SELECT d.* FROM decisions AS d JOIN (SELECT DISTINCT run, workflow FROM leavers) AS l "
+        "ON d.run = l.run AND d.workflow = l.workflow WHERE d.decision = 'DENY' ORDER BY d.time",
+    ):
+        denied[(d["run"], d["workflow"])].append(d)
     for lr in runs.values():
-        lr.failures = list(
-            rows(
-                store.db,
-                "SELECT * FROM outcomes WHERE run = ? AND identity = ? AND status IN "
-                "('failed', 'timed_out') ORDER BY time",
-                (lr.run, lr.identity),
-            )
-        )
-        lr.denied = list(
-            rows(
-                store.db,
-                "SELECT * FROM decisions WHERE run = ? AND workflow = ? AND decision = 'DENY' "
-                "ORDER BY time",
-                (lr.run, lr.workflow),
-            )
-        )
+        lr.failures = failures.get((lr.run, lr.identity), [])
+        lr.denied = denied.get((lr.run, lr.workflow), [])
     return list(runs.values())
 
 
