@@ -9,12 +9,13 @@ docs/evidence.md, "Answers".
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+
+import orjson
 
 from sidecar.evidence.store import (
     RAN,
@@ -85,7 +86,7 @@ def grant_rows(store: Store, where: str = "", params: Sequence[Any] = ()) -> lis
 
 def _measure(store: Store, g: dict[str, Any]) -> None:
     """State, end, deadline, time to revoke and how much a deadline was missed by."""
-    refs = json.loads(g.pop("refs"))
+    refs = orjson.loads(g.pop("refs"))
     if g.get("file"):
         refs.insert(0, ref_of(g))
     for name in ("file", "line", "seq"):
@@ -217,7 +218,7 @@ def exceptions(store: Store) -> Answer:
                 detail += f": reported by {o['reporter'] or 'an unauthenticated caller'}"
             out.append({**base, "category": category, "detail": detail, "evidence": evidence})
         removes = (
-            json.loads(o["removed"])
+            orjson.loads(o["removed"])
             or o["cred_change"] == "revoked"
             or o["account"] in ("disabled", "deleted")
             or o["action"] in removers

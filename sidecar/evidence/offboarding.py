@@ -8,12 +8,13 @@ to an auditor is in docs/evidence.md, "Answers".
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from sidecar.evidence.answers import Answer, duration_text, grant_rows
 from sidecar.evidence.store import Store, ref_of, rows
@@ -175,7 +176,7 @@ def leavers(store: Store, *, everything: bool = False) -> Answer:
 def _names_item(failure: dict[str, Any], g: dict[str, Any]) -> bool:
     """Whether a failed step tried to remove this access (same kind and item)."""
     if g["kind"] == "entitlement":
-        return g["item"] in json.loads(failure["removed"])
+        return g["item"] in orjson.loads(failure["removed"])
     if g["kind"] == "credential":
         return bool(failure["cred_id"] == g["item"])
     return failure["account"] in ("disabled", "deleted")
