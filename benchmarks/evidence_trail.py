@@ -29,6 +29,11 @@ written by a process of its own (a run's steps on one worker, as a scheduler
 keeps one connection per worker process), so the chains are written in
 parallel; nothing is decided (no Cedar), and events are dicts encoded with the
 chain's canonical encoder and hashed once. Same seed, same trail.
+
+Past 500 lines because the four run shapes, the event builders they share and
+the chain writer are one generator: each run's steps are a page of keyword
+arguments (what the steps did to whom), and apart they would only pass the
+shard's state back and forth.
 """
 
 from __future__ import annotations
