@@ -26,7 +26,7 @@ import hmac
 import os
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,9 @@ class Record:
     prev: str
     hash: str
     body: dict[str, Any]
+    # The body's canonical bytes as read (parse_line checked the line is exactly them),
+    # so check_hash does not encode the body a second time; b"" when not known.
+    canonical: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -192,9 +195,9 @@ def parse_line(line: bytes) -> Record:
     expected += b"," + rest if rest != b"}" else rest
     if expected != line:
         raise BadRecord("not in canonical form (bytes were changed)")
-    return Record(seq, prev, digest, obj)
+    return Record(seq, prev, digest, obj, body)
 
 
 def check_hash(hasher: Hasher, record: Record) -> bool:
-    body = canonical(record.body)
+    body = record.canonical or canonical(record.body)
     return hmac.compare_digest(hasher.record_hash(record.seq, record.prev, body), record.hash)

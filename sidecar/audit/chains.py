@@ -23,7 +23,7 @@ from pathlib import Path
 from sidecar.audit.chain import BadRecord, parse_line
 from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
-from sidecar.audit.verify import Problem, Report, verify
+from sidecar.audit.verify import OnRecord, Problem, Report, verify
 from sidecar.audit.workers import TrailSet, manifest_path
 from sidecar.core.progress import Progress
 from sidecar.core.workernames import worker_path
@@ -138,6 +138,7 @@ def verify_chain(
     accept_missing_anchor: bool = False,
     checkpoints: Path | None = None,
     progress: Progress | None = None,
+    on_record: OnRecord | None = None,
 ) -> Report:
     """verify.verify on one chain of the trail, with that chain's checkpoint file.
 
@@ -151,6 +152,7 @@ def verify_chain(
         accept_missing_anchor=accept_missing_anchor,
         checkpoints=checkpoints if trails.alone else checkpoints_of(checkpoints, chain),
         progress=progress,
+        on_record=on_record,
     )
     if trails.multi:
         report.part_of = trails.name

@@ -55,6 +55,8 @@ from sidecar.core.errors import StepguardError
 from sidecar.core.progress import Progress, counting
 
 EXIT_OK, EXIT_ERROR = 0, 1
+# Called with each record the walk accepted, its file and 1-based line (`verify`).
+OnRecord = Callable[[Record, str, int], None]
 UNVERIFIABLE = "cannot verify"  # a Problem kind: exit 1
 EXIT_CODES = {"modified": 3, "deleted": 4, "inserted": 5, "reordered": 6, "truncated": 7}
 # What a trail of many chains (workers.py) can lack beyond what one chain's walk finds:
@@ -145,10 +147,14 @@ def verify(
     accept_missing_anchor: bool = False,
     checkpoints: Path | None = None,
     progress: Progress | None = None,
+    on_record: OnRecord | None = None,
 ) -> Report:
     """Check one trail; the report names the first problem, if any.
 
     `progress` counts the records walked (the CLI draws it on a terminal).
+    `on_record(record, file, line)` is called for each record the walk accepted, in
+    chain order, so a reader that needs every record (the evidence store) parses the
+    trail once, not twice; the walk stops at the first break, and so do the calls.
 
     Streams: memory stays bounded whatever the trail's size. Only when the chain
     breaks are later (or earlier) lines read again, to say what happened.
@@ -174,7 +180,14 @@ def verify(
     try:
         pins = _Pins(checkpoints, hasher, trail) if checkpoints is not None else None
         report.problem, last, at_anchor = _walk(
-            trail, hasher, report, partial, anchored, pins=pins, progress=progress
+            trail,
+            hasher,
+            report,
+            partial,
+            anchored,
+            pins=pins,
+            progress=progress,
+            on_record=on_record,
         )
         if report.problem is None and last is not None and pins is not None:
             report.problem = pins.finish(last, report)
@@ -339,6 +352,7 @@ def _walk(
     *,
     pins: _Pins | None = None,
     progress: Progress | None = None,
+    on_record: OnRecord | None = None,
 ) -> tuple[Problem | None, _Line | None, str | None]:
     """The chain walk: (first problem, last line, hash of the record at the anchor's seq)."""
     segments = trail.segments
@@ -397,6 +411,8 @@ def _walk(
         elif rec.kind in ("recovery", "outage"):
             detail = {k: v for k, v in rec.body.items() if k not in ("schema", "kind")}
             report.notes.append(f"{ln.file}:{ln.line}: {rec.kind}: {detail}")
+        if on_record is not None:
+            on_record(rec, ln.file, ln.line)
         before, ln = ln, nxt
     return None, before, at_anchor
 

@@ -26,8 +26,9 @@ from sidecar.cli.exitcodes import EXIT_ERROR, EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.core.errors import BundleError, StepguardError
 from sidecar.core.textsafe import escape, escape_lines
 from sidecar.evidence import answers, offboarding
+from sidecar.evidence.ingest import parse_time
 from sidecar.evidence.report import render_html
-from sidecar.evidence.store import Deadlines, Options, Store, open_store, parse_time
+from sidecar.evidence.store import Deadlines, Options, Store, open_store
 
 # The answers, by subcommand: (help, function of the store and the parsed flags).
 ANSWERS: dict[str, tuple[str, Callable[[Store, argparse.Namespace], answers.Answer]]] = {

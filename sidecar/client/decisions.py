@@ -79,6 +79,9 @@ class StepDecision:
     determining_policies: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     max_credential_ttl: timedelta | None = None
+    # How soon what the step grants must be removed after its holder leaves (the
+    # permit's @revoke_within); None when no determining policy names one.
+    revoke_within: timedelta | None = None
     response: pb.AuthorizeResponse | None = field(default=None, repr=False)
     kind: DecisionKind = DecisionKind.DENY
     code: grpc.StatusCode | None = None
@@ -108,11 +111,9 @@ def denied(
 
 
 def from_response(resp: pb.AuthorizeResponse) -> StepDecision:
-    ttl = (
-        resp.obligations.max_credential_ttl.ToTimedelta()
-        if resp.obligations.HasField("max_credential_ttl")
-        else None
-    )
+    duties = resp.obligations
+    ttl = duties.max_credential_ttl.ToTimedelta() if duties.HasField("max_credential_ttl") else None
+    revoke = duties.revoke_within.ToTimedelta() if duties.HasField("revoke_within") else None
     return StepDecision(
         allowed=resp.decision == pb.DECISION_ALLOW,
         reason=resp.reason,
@@ -121,6 +122,7 @@ def from_response(resp: pb.AuthorizeResponse) -> StepDecision:
         determining_policies=tuple(p.id for p in resp.determining_policies),
         errors=tuple(e.message for e in resp.errors),
         max_credential_ttl=ttl,
+        revoke_within=revoke,
         response=resp,
         kind=DecisionKind.ALLOW if resp.decision == pb.DECISION_ALLOW else DecisionKind.DENY,
         code=grpc.StatusCode.OK,

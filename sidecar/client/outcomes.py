@@ -30,7 +30,7 @@ class OutcomeReport:
     decision_id: str = ""
     # Why the sidecar flagged the step as a violation ("" when it did not):
     # decision_denied, decision_unknown, after_time_bound, before_time_bound,
-    # credential_ttl_exceeded (docs/api.md, "Outcomes").
+    # credential_ttl_exceeded, caller_mismatch (docs/api.md, "Outcomes").
     violation: str = ""
     decision: str = ""  # the decision it followed: "ALLOW", "DENY", "" when none was found
     kind: DecisionKind | None = None  # None when recorded; else why not (as for decisions)

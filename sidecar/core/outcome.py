@@ -359,6 +359,7 @@ VIOLATIONS = (
     "after_time_bound",
     "before_time_bound",
     "credential_ttl_exceeded",
+    "caller_mismatch",
 )
 VIOLATION_TO_PROTO = {
     "": pb.VIOLATION_NONE,
@@ -367,6 +368,7 @@ VIOLATION_TO_PROTO = {
     "after_time_bound": pb.VIOLATION_AFTER_TIME_BOUND,
     "before_time_bound": pb.VIOLATION_BEFORE_TIME_BOUND,
     "credential_ttl_exceeded": pb.VIOLATION_CREDENTIAL_TTL_EXCEEDED,
+    "caller_mismatch": pb.VIOLATION_CALLER_MISMATCH,
 }
 VIOLATION_OF_PROTO = {v: k for k, v in VIOLATION_TO_PROTO.items()}
 
@@ -387,21 +389,36 @@ class DecisionFacts:
     workflow_id: str = ""
     run_id: str = ""
     step_id: str = ""
+    # The authenticated identity of the decision's caller as its event recorded it
+    # (redacted like the rest of it); "" when it recorded none.
+    caller_identity: str = ""
 
 
-def judge(outcome: Outcome, facts: DecisionFacts | None, received_at: datetime) -> str:
+def judge(
+    outcome: Outcome,
+    facts: DecisionFacts | None,
+    received_at: datetime,
+    *,
+    caller_mismatch: bool = False,
+) -> str:
     """The violation an outcome is (one of VIOLATIONS, the first that holds), or "".
 
-    Only a step that ran can be one. It ran at `finished_at`, else `started_at`,
-    else (nothing said) at `received_at`: a late report of a step that ran in
-    time needs `finished_at` to say so.
+    Only a step that ran can be one, but for `caller_mismatch`: the reporting
+    caller is not the one the decision was made for (decision/outcomes.py
+    judges that by the identity rules), so nothing the report says is the
+    workload's own, a skipped step included. It comes right after a DENY that
+    ran, before the checks that trust the report's times and effect. A step ran
+    at `finished_at`, else `started_at`, else (nothing said) at `received_at`: a
+    late report of a step that ran in time needs `finished_at` to say so.
     """
+    if facts is None:
+        return "decision_unknown" if outcome.ran else ""
+    if outcome.ran and facts.decision != "ALLOW":
+        return "decision_denied"
+    if caller_mismatch:
+        return "caller_mismatch"
     if not outcome.ran:
         return ""
-    if facts is None:
-        return "decision_unknown"
-    if facts.decision != "ALLOW":
-        return "decision_denied"
     ran_at = outcome.finished_at or outcome.started_at or received_at
     if facts.not_after_ms is not None and to_ms(ran_at) > facts.not_after_ms:
         return "after_time_bound"

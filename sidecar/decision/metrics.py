@@ -146,7 +146,7 @@ class Metrics:
             "stepguard_outcomes_total",
             "Outcomes recorded (RecordOutcome, POST /stepguard/v1/outcome), by status and "
             "violation (none, decision_denied, decision_unknown, after_time_bound, "
-            "before_time_bound, credential_ttl_exceeded).",
+            "before_time_bound, credential_ttl_exceeded, caller_mismatch).",
             ["status", "violation"],
             registry=r,
         )

@@ -44,8 +44,10 @@ from sidecar.audit.segments import collect
 from sidecar.audit.sink import AuditSink
 from sidecar.core.errors import StepguardError
 from sidecar.core.ids import DecisionIds
+from sidecar.core.model import EntityUid
 from sidecar.core.outcome import DecisionFacts, Outcome, judge
 from sidecar.core.validate import parse_cedar_datetime
+from sidecar.decision.identity import binding_refusal
 from sidecar.decision.metrics import Metrics
 
 DEFAULT_INDEX_ENTRIES = 65_536
@@ -91,6 +93,7 @@ class DecisionIndex:
             get("workflow_id"),
             get("run_id"),
             get("step_id"),
+            get("caller"),
         )
         if len(held) > self._high:
             self._trim()
@@ -129,11 +132,24 @@ def _held(event: Mapping[str, Any]) -> _Held:
         event.get("workflow_id"),
         event.get("run_id"),
         event.get("step_id"),
+        event.get("caller"),
     )
 
 
 def _facts(held: _Held) -> DecisionFacts:
-    decision, bound, obligations, principal, action, resource, revision, workflow, run, step = held
+    (
+        decision,
+        bound,
+        obligations,
+        principal,
+        action,
+        resource,
+        revision,
+        workflow,
+        run,
+        step,
+        caller,
+    ) = held
     nb = na = None
     if isinstance(bound, Mapping):
         nb = parse_cedar_datetime(bound.get("not_before"))
@@ -151,7 +167,14 @@ def _facts(held: _Held) -> DecisionFacts:
         workflow_id=workflow if isinstance(workflow, str) else "",
         run_id=run if isinstance(run, str) else "",
         step_id=step if isinstance(step, str) else "",
+        caller_identity=_identity_in(caller),
     )
+
+
+def _identity_in(caller: Any) -> str:
+    """The identity an event's `caller` recorded ("" when none, or removed by redaction)."""
+    identity = caller.get("identity") if isinstance(caller, Mapping) else None
+    return identity if isinstance(identity, str) else ""
 
 
 class IndexingSink:
@@ -326,8 +349,12 @@ class OutcomeRecorder:
         trail: TrailLookup | None = None,
         redactor: Redactor | None = None,
         audit_note: str = "",
+        bind_workload_identity: bool = False,
     ) -> None:
         self._sink = sink
+        self._bind = bind_workload_identity
+        # Decisions record their caller redacted: a reporter is compared in that form.
+        self._redacts_caller = redactor is not None and redactor.touches(("caller",))
         self._audit_note = audit_note  # as in decision events (a fixed clock says so)
         self._metrics = metrics
         self._clock = clock
@@ -348,7 +375,8 @@ class OutcomeRecorder:
         started = time.perf_counter()
         at = self._clock()
         facts = self.lookup(outcome.decision_id)
-        violation = judge(outcome, facts, at)
+        mismatch = facts is not None and self.caller_mismatch(facts, meta.identity)
+        violation = judge(outcome, facts, at, caller_mismatch=mismatch)
         outcome_id = self._ids.next()
         event = build_outcome_event(
             outcome_id,
@@ -371,6 +399,36 @@ class OutcomeRecorder:
             _reason(outcome, facts, violation),
         )
 
+    def caller_mismatch(self, facts: DecisionFacts, identity: str) -> bool:
+        """Whether a caller with this authenticated `identity` ("" for none) is another
+        than the one the decision was made for.
+
+        When the decision recorded its caller's identity, the reporter's must be the
+        same (compared as the trail records both: redacted alike). With workload
+        binding on, the reporter must also be the decision's principal workload
+        (`binding_refusal`, the rule decisions are made under), so a decision that
+        recorded no identity (made before binding was turned on, or its identity
+        removed by redaction) is no way around it.
+        """
+        recorded = facts.caller_identity
+        if recorded and self._as_recorded(identity) != recorded:
+            return True
+        if self._bind:
+            principal = facts.principal
+            if not isinstance(principal, Mapping):
+                return True
+            kind, name = principal.get("type"), principal.get("id")
+            if not isinstance(kind, str) or not isinstance(name, str):
+                return True
+            return binding_refusal(EntityUid(kind, name), identity) is not None
+        return False
+
+    def _as_recorded(self, identity: str) -> str:
+        if not self._redacts_caller or self._redactor is None:
+            return identity
+        redacted = self._redactor.apply({"caller": {"peer": "", "identity": identity}})
+        return _identity_in(redacted.get("caller"))
+
 
 def _reason(outcome: Outcome, facts: DecisionFacts | None, violation: str) -> str:
     if not violation:
@@ -385,5 +443,8 @@ def _reason(outcome: Outcome, facts: DecisionFacts | None, violation: str) -> st
         "after_time_bound": "the step ran after its decision's time bound (not_after)",
         "before_time_bound": "the step started before its decision's time bound (not_before)",
         "credential_ttl_exceeded": "the credential outlives the decision's max_credential_ttl",
+        "caller_mismatch": (
+            "it was reported by another caller than the one its decision was made for"
+        ),
     }[violation]
     return f"recorded as a violation ({violation}): {outcome.status}, but {why}"

@@ -9,17 +9,18 @@ docs/evidence.md, "Answers".
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import orjson
+
+from sidecar.evidence.ingest import parse_time
 from sidecar.evidence.store import (
     RAN,
     Store,
-    parse_time,
     ref_of,
     rows,
     seconds_between,
@@ -85,7 +86,7 @@ def grant_rows(store: Store, where: str = "", params: Sequence[Any] = ()) -> lis
 
 def _measure(store: Store, g: dict[str, Any]) -> None:
     """State, end, deadline, time to revoke and how much a deadline was missed by."""
-    refs = json.loads(g.pop("refs"))
+    refs = orjson.loads(g.pop("refs"))
     if g.get("file"):
         refs.insert(0, ref_of(g))
     for name in ("file", "line", "seq"):
@@ -212,11 +213,12 @@ def exceptions(store: Store) -> Answer:
         if o["violation"]:
             denied = o["decided"] == "DENY" and o["status"] in RAN
             category = "denied step ran" if denied else "violation"
-            out.append(
-                {**base, "category": category, "detail": o["violation"], "evidence": evidence}
-            )
+            detail = o["violation"]
+            if detail == "caller_mismatch":  # who reported it, when it was not the decider's caller
+                detail += f": reported by {o['reporter'] or 'an unauthenticated caller'}"
+            out.append({**base, "category": category, "detail": detail, "evidence": evidence})
         removes = (
-            json.loads(o["removed"])
+            orjson.loads(o["removed"])
             or o["cred_change"] == "revoked"
             or o["account"] in ("disabled", "deleted")
             or o["action"] in removers
@@ -304,34 +306,87 @@ def inventory(store: Store) -> Answer:
             sorted(changing),
         )
     ]
+    facts = _workflow_facts(store, workflows, sorted(changing))
     for wf in workflows:
-        ds = list(rows(store.db, "SELECT * FROM decisions WHERE workflow = ? ORDER BY time", (wf,)))
-        allowed = [d for d in ds if d["decision"] == "ALLOW"]
-        changes = [d for d in allowed if d["action"] in changing]
-        approved = sum(1 for d in changes if d["approver"])
-        if changes and approved == len(changes):
+        f = facts[wf]
+        changes, approved = f["changes"], f["approved"]
+        if changes and approved == changes:
             needs = "yes"
         elif approved:
-            needs = f"partly ({approved}/{len(changes)})"
+            needs = f"partly ({approved}/{changes})"
         else:
             needs = "no"
-        first_of: dict[str, dict[str, Any]] = {}
-        for d in ds:
-            first_of.setdefault(d["action"], d)
         out.append(
             {
                 "workflow": wf,
-                "actions": _joined(d["action"] for d in allowed),
-                "requesters": _joined(d["requester"] for d in ds),
-                "approvers": _joined(d["approver"] for d in ds),
-                "tickets": _joined(d["ticket"] for d in ds),
+                "actions": _joined(f["actions"]),
+                "requesters": _joined(f["requesters"]),
+                "approvers": _joined(f["approvers"]),
+                "tickets": _joined(f["tickets"]),
                 "needs_approval": needs,
-                "decisions": len(ds),
-                "runs": len({d["run"] for d in ds}),
-                "evidence": [ref_of(d) for d in first_of.values()],
+                "decisions": f["decisions"],
+                "runs": f["runs"],
+                "evidence": f["evidence"],
             }
         )
     return Answer("inventory", INVENTORY_COLUMNS, out, store.verification, {"workflows": len(out)})
+
+
+def _workflow_facts(
+    store: Store, workflows: list[str], changing: list[str]
+) -> dict[str, dict[str, Any]]:
+    """What inventory says of each workflow, counted by SQLite in a few passes over the
+    decisions (no decision row reaches Python): counts, the distinct actions allowed,
+    requesters, approvers and tickets, and each action's first decision (the evidence)."""
+    db = store.db
+    wf_marks = ",".join("?" * len(workflows))
+    ch_marks = ",".join("?" * len(changing))
+    facts: dict[str, dict[str, Any]] = {
+        wf: {
+            "decisions": 0,
+            "runs": 0,
+            "changes": 0,
+            "approved": 0,
+            "actions": set(),
+            "requesters": set(),
+            "approvers": set(),
+            "tickets": set(),
+            "evidence": [],
+        }
+        for wf in workflows
+    }
+    # only placeholders are formatted in; the values are bound
+    counted = db.execute(
+        f"""SELECT workflow, COUNT(*), COUNT(DISTINCT run),
+               SUM(decision = 'ALLOW' AND action IN ({ch_marks})),
+               SUM(decision = 'ALLOW' AND action IN ({ch_marks}) AND approver != '')
+        FROM decisions WHERE workflow IN ({wf_marks}) GROUP BY workflow""",  # noqa: S608
+        [*changing, *changing, *workflows],
+    )
+    for wf, decisions, runs, changes, approved in counted:
+        facts[wf].update(decisions=decisions, runs=runs, changes=changes, approved=approved)
+    for name, column, extra in (
+        ("actions", "action", "AND decision = 'ALLOW'"),
+        ("requesters", "requester", ""),
+        ("approvers", "approver", ""),
+        ("tickets", "ticket", ""),
+    ):
+        found = db.execute(
+            f"SELECT DISTINCT workflow, {column} FROM decisions "  # noqa: S608
+            f"WHERE workflow IN ({wf_marks}) AND {column} != '' {extra}",
+            workflows,
+        )
+        for wf, value in found:
+            facts[wf][name].add(value)
+    # Each action's first decision (SQLite takes the bare columns from the MIN row).
+    firsts = db.execute(
+        f"""SELECT workflow, file, line, seq, MIN(time) AS first FROM decisions
+        WHERE workflow IN ({wf_marks}) GROUP BY workflow, action ORDER BY workflow, first""",  # noqa: S608
+        workflows,
+    )
+    for wf, file, line, seq, _ in firsts:
+        facts[wf]["evidence"].append(ref_of({"file": file, "line": line, "seq": seq}))
+    return facts
 
 
 def _joined(values: Any) -> str:

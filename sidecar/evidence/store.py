@@ -6,77 +6,76 @@ the questions asked here (one identity's access, one target's, the open
 grants, one run's steps) by lookup rather than by scan. DuckDB scans faster
 but is a 40 MB wheel to pin for every user of the CLI; the answers below read
 the derived `grants` table (one row per access, not per event) and indexed
-slices of the events, so a row store is the better fit. Loading streams: the
-trail is read once, record by record (audit/query.py's reader, which orders
-many workers' chains by time), and inserted in batches; nothing holds the
-trail in memory. The replay that pairs removals with grants reads the
-outcomes back in time order through an index and keeps only the accesses
+slices of the events, so a row store is the better fit. Loading streams: each
+chain is read once, verified by `audit verify`'s own walk and turned into rows
+in the same pass (ingest.py: a large trail's chains in parallel processes),
+inserted in batches; nothing holds the trail in memory, and the indexes are
+built once the rows are in. The replay that pairs removals with grants reads
+the outcomes back in time order through an index and keeps only the accesses
 open at the moment in memory.
 
 Every row keeps where it came from (segment file, line, seq), so every answer
 links back to the chained records it rests on. Verification is the same as
-`audit verify` (verification.py) and its status is part of every answer.
+`audit verify` (the same walk, verification.py) and its status is part of every
+answer.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from sidecar.audit.event import timestamp
-from sidecar.audit.query import set_events
 from sidecar.audit.workers import collect_sets
 from sidecar.core.bundle import parse_iso_duration
 from sidecar.core.errors import StepguardError
 from sidecar.core.lifecycle import Kind, Lifecycle
-from sidecar.core.model import EntityUid
-from sidecar.evidence.verification import Verification, verify_trails
+from sidecar.evidence.ingest import DECISION_COLUMNS, OUTCOME_COLUMNS, load_all, parse_time
+from sidecar.evidence.verification import Verification
 
 BATCH = 5000
 RAN = ("succeeded", "failed", "timed_out")
 DEFAULT_LEAVER_WORKFLOWS = frozenset({"leaver"})
 # The example bundle's convention: a break-glass approval carries a BG- ticket.
-BREAK_GLASS_PREFIX = "BG-"
+BREAK_GLASS_PREFIX = "BG-"  # also in ingest.py, which marks them
 
-SCHEMA = """
-CREATE TABLE decisions (
-    id TEXT PRIMARY KEY, time TEXT, decision TEXT, principal TEXT, action TEXT,
-    target TEXT, workflow TEXT, run TEXT, step TEXT, requester TEXT, approver TEXT,
-    ticket TEXT, sensitivity TEXT, not_after TEXT, revoke_within_s REAL,
-    break_glass INTEGER, file TEXT, line INTEGER, seq INTEGER);
+SCHEMA = f"""
+CREATE TABLE decisions ({DECISION_COLUMNS.replace("id TEXT,", "id TEXT PRIMARY KEY,", 1)});
+CREATE TABLE outcomes ({OUTCOME_COLUMNS.replace("id TEXT,", "id TEXT PRIMARY KEY,", 1)});
+CREATE TABLE grants (
+    n INTEGER PRIMARY KEY, kind TEXT, identity TEXT, target TEXT, item TEXT,
+    opened_at TEXT, opened_by TEXT, decision_id TEXT, expires_at TEXT,
+    closed_at TEXT, closed_how TEXT, closed_by TEXT, refs TEXT);
+CREATE TABLE leavers (
+    run TEXT, workflow TEXT, identity TEXT, leaver_at TEXT, grant_n INTEGER,
+    PRIMARY KEY (run, identity, grant_n));
+CREATE TABLE chains (trail TEXT, chain TEXT, ok INTEGER, records INTEGER, problem TEXT,
+    exit INTEGER);
+"""
+# Built once the rows are in: an index built from all its rows at once is a sort, far
+# cheaper than keeping it ordered through millions of inserts.
+INDEXES = """
 CREATE INDEX decisions_run ON decisions(workflow, run, time);
 CREATE INDEX decisions_break_glass ON decisions(time) WHERE break_glass = 1;
-CREATE TABLE outcomes (
-    id TEXT PRIMARY KEY, time TEXT, recorded TEXT, decision_id TEXT, decided TEXT,
-    status TEXT, error_class TEXT, attempt INTEGER, workflow TEXT, run TEXT, step TEXT,
-    action TEXT, identity TEXT, target TEXT, added TEXT, removed TEXT, cred_id TEXT,
-    cred_change TEXT, expires_at TEXT, account TEXT, violation TEXT,
-    file TEXT, line INTEGER, seq INTEGER);
 CREATE INDEX outcomes_replay ON outcomes(time, recorded, file, line)
     WHERE status = 'succeeded';
 CREATE INDEX outcomes_run ON outcomes(run, identity);
 CREATE INDEX outcomes_decision ON outcomes(decision_id);
 CREATE INDEX outcomes_exceptional ON outcomes(time, recorded, file, line)
     WHERE violation != '' OR attempt > 1 OR status IN ('failed', 'timed_out');
-CREATE TABLE grants (
-    n INTEGER PRIMARY KEY, kind TEXT, identity TEXT, target TEXT, item TEXT,
-    opened_at TEXT, opened_by TEXT, decision_id TEXT, expires_at TEXT,
-    closed_at TEXT, closed_how TEXT, closed_by TEXT, refs TEXT);
+"""
+GRANT_INDEXES = """
 CREATE INDEX grants_identity ON grants(identity, target);
 CREATE INDEX grants_target ON grants(target, identity);
 CREATE INDEX grants_open ON grants(closed_at);
-CREATE TABLE leavers (
-    run TEXT, workflow TEXT, identity TEXT, leaver_at TEXT, grant_n INTEGER,
-    PRIMARY KEY (run, identity, grant_n));
-CREATE INDEX leavers_identity ON leavers(identity, leaver_at);
-CREATE TABLE chains (trail TEXT, chain TEXT, ok INTEGER, records INTEGER, problem TEXT,
-    exit INTEGER);
 """
+LEAVER_INDEXES = "CREATE INDEX leavers_identity ON leavers(identity, leaver_at);"
 
 
 # --- options ----------------------------------------------------------------------------
@@ -159,168 +158,40 @@ def open_store(
     accept_missing_anchor: bool = False,
     checkpoints: Path | None = None,
     database: str = ":memory:",
+    processes: int | None = None,
 ) -> Store:
     """Verify the trails at `paths`, load them, replay access: the store answers read.
 
-    StepguardError when a path names no trail.
+    Verified and loaded in one pass per chain, chains in parallel when the trail is
+    large (ingest.py; `processes` overrides how many). StepguardError when a path
+    names no trail.
     """
     sets = collect_sets(paths)
     if not sets:
         where = ", ".join(str(p) for p in paths)
         raise StepguardError(f"no trail in {where}")
-    verification = verify_trails(
-        sets, key, accept_missing_anchor=accept_missing_anchor, checkpoints=checkpoints
-    )
     db = sqlite3.connect(database)
+    db.execute("PRAGMA journal_mode = OFF")  # a store rebuilt from the trail on every run
+    db.execute("PRAGMA synchronous = OFF")
+    db.execute("PRAGMA temp_store = MEMORY")
     db.executescript(SCHEMA)
+    verification = load_all(
+        db,
+        sets,
+        key,
+        accept_missing_anchor=accept_missing_anchor,
+        checkpoints=checkpoints,
+        processes=processes,
+    )
     db.executemany(
         "INSERT INTO chains VALUES (?,?,?,?,?,?)",
         [(c.trail, c.chain, c.ok, c.records, c.problem, c.exit_code) for c in verification.chains],
     )
-    load_records(db, set_events(sets))
+    db.executescript(INDEXES)
+    db.commit()
     store = Store(db, verification, options, timestamp(options.now))
     replay_access(store)
     return store
-
-
-def load_records(db: sqlite3.Connection, records: Iterable[dict[str, Any]]) -> None:
-    """Insert decision and outcome records, streaming, in batches."""
-    decisions: list[tuple[Any, ...]] = []
-    outcomes: list[tuple[Any, ...]] = []
-    for record in records:
-        kind = record.get("kind")
-        if kind == "decision":
-            decisions.append(_decision_row(record))
-        elif kind == "outcome":
-            outcomes.append(_outcome_row(record))
-        else:
-            continue
-        if len(decisions) + len(outcomes) >= BATCH:
-            _flush(db, decisions, outcomes)
-    _flush(db, decisions, outcomes)
-    db.commit()
-
-
-_INSERT_DECISION = "INSERT OR IGNORE INTO decisions VALUES (" + ",".join("?" * 19) + ")"  # noqa: S608
-_INSERT_OUTCOME = "INSERT OR IGNORE INTO outcomes VALUES (" + ",".join("?" * 24) + ")"  # noqa: S608
-
-
-def _flush(db: sqlite3.Connection, decisions: list[Any], outcomes: list[Any]) -> None:
-    db.executemany(_INSERT_DECISION, decisions)
-    db.executemany(_INSERT_OUTCOME, outcomes)
-    decisions.clear()
-    outcomes.clear()
-
-
-def uid_text(value: Any) -> str:
-    """`Type::"id"` of a recorded entity reference, "" when there is none.
-
-    A decision's context records references as Cedar JSON does,
-    `{"__entity": {"type": ..., "id": ...}}` (the requester, the approver); the
-    event's own principal, action and resource, and an outcome's identity, as
-    `{"type": ..., "id": ...}`. Both are read."""
-    if isinstance(value, dict) and isinstance(value.get("__entity"), dict):
-        value = value["__entity"]
-    if isinstance(value, dict) and isinstance(value.get("type"), str):
-        ident = value.get("id")
-        return str(EntityUid(value["type"], ident if isinstance(ident, str) else str(ident)))
-    return ""
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _instant(value: Any) -> str:
-    """A recorded instant in the trail's time format, "" when there is none or it is
-    malformed. A decision's context records instants as Cedar JSON does,
-    `{"__extn": {"fn": "datetime", "arg": "2026-11-03T00:00:00.000Z"}}`; plain RFC 3339
-    text is read too."""
-    if isinstance(value, dict) and isinstance(value.get("__extn"), dict):
-        value = value["__extn"].get("arg")
-    if not isinstance(value, str) or not value:
-        return ""
-    try:
-        return timestamp(parse_time(value))
-    except ValueError:
-        return ""
-
-
-def _where(record: Mapping[str, Any]) -> tuple[str, int, int]:
-    at = _text(record.get("_at"))
-    file, _, line = at.rpartition(":")
-    seq = record.get("seq")
-    return file, int(line) if line.isdigit() else 0, seq if isinstance(seq, int) else -1
-
-
-def _decision_row(e: Mapping[str, Any]) -> tuple[Any, ...]:
-    ctx = _obj(e.get("context"))
-    approval = _obj(ctx.get("approval"))
-    bound = _obj(ctx.get("time_bound"))
-    obligations = _obj(e.get("obligations"))
-    revoke = obligations.get("revoke_within_s")
-    ticket = _text(approval.get("ticket"))
-    resource = _obj(e.get("resource"))
-    target = _text(ctx.get("target_system")) or _text(resource.get("id"))
-    return (
-        _text(e.get("id")),
-        _text(e.get("time")),
-        _text(e.get("decision")),
-        uid_text(e.get("principal")),
-        uid_text(e.get("action")),
-        target,
-        _text(e.get("workflow_id")),
-        _text(e.get("run_id")),
-        _text(e.get("step_id")),
-        uid_text(ctx.get("requester")),
-        uid_text(approval.get("approver")),
-        ticket,
-        _text(ctx.get("sensitivity")),
-        _instant(bound.get("not_after")),
-        float(revoke) if isinstance(revoke, int | float) and not isinstance(revoke, bool) else None,
-        int(ticket.startswith(BREAK_GLASS_PREFIX)),
-        *_where(e),
-    )
-
-
-def _outcome_row(e: Mapping[str, Any]) -> tuple[Any, ...]:
-    effect = _obj(e.get("effect"))
-    cred = _obj(effect.get("credential"))
-    resource = _obj(e.get("resource"))
-    attempt = e.get("attempt")
-    recorded = _text(e.get("time"))
-    return (
-        _text(e.get("id")),
-        _text(e.get("finished_at")) or recorded,  # when the step did it, else when reported
-        recorded,
-        _text(e.get("decision_id")),
-        _text(e.get("decided")),
-        _text(e.get("status")),
-        _text(e.get("error_class")),
-        attempt if isinstance(attempt, int) else 0,
-        _text(e.get("workflow_id")),
-        _text(e.get("run_id")),
-        _text(e.get("step_id")),
-        uid_text(e.get("action")),
-        uid_text(effect.get("identity")),
-        _text(effect.get("target_system")) or _text(resource.get("id")),
-        json.dumps(_names(effect.get("entitlements_added"))),
-        json.dumps(_names(effect.get("entitlements_removed"))),
-        _text(cred.get("id")),
-        _text(cred.get("change")),
-        _text(cred.get("expires_at")),
-        _text(effect.get("account")),
-        _text(e.get("violation")),
-        *_where(e),
-    )
-
-
-def _names(value: Any) -> list[str]:
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 # --- the replay: which access each step opened and closed -------------------------------
@@ -339,23 +210,21 @@ def changes(row: sqlite3.Row | Sequence[Any]) -> tuple[list[tuple[Key, str]], li
     """What one succeeded outcome opened (with each credential's expiry) and closed,
     read from its effect: entitlements added/removed, a credential issued/revoked, an
     account created/disabled/deleted. A change that names no identity changes nothing
-    the evidence can attribute, and is left out."""
-    identity, target = row[12], row[13]
+    the evidence can attribute, and is left out. `row`: a row of `CHANGING`."""
+    identity, target = row[4], row[5]
     if not identity:
         return [], []
-    opened: list[tuple[Key, str]] = []
-    closed: list[Key] = []
-    for name in json.loads(row[14]):
-        opened.append((("entitlement", identity, target, name), ""))
-    for name in json.loads(row[15]):
-        closed.append(("entitlement", identity, target, name))
-    if row[16] and row[17] == "issued":
-        opened.append((("credential", identity, target, row[16]), row[18]))
-    elif row[16] and row[17] == "revoked":
-        closed.append(("credential", identity, target, row[16]))
-    if row[19] == "created":
+    opened: list[tuple[Key, str]] = [
+        (("entitlement", identity, target, name), "") for name in orjson.loads(row[6])
+    ]
+    closed: list[Key] = [("entitlement", identity, target, name) for name in orjson.loads(row[7])]
+    if row[8] and row[9] == "issued":
+        opened.append((("credential", identity, target, row[8]), row[10]))
+    elif row[8] and row[9] == "revoked":
+        closed.append(("credential", identity, target, row[8]))
+    if row[11] == "created":
         opened.append((("account", identity, target, ""), ""))
-    elif row[19] in ("disabled", "deleted"):
+    elif row[11] in ("disabled", "deleted"):
         closed.append(("account", identity, target, ""))
     return opened, closed
 
@@ -377,6 +246,18 @@ def _closes(
     if closing is None or remover not in closing or creator not in creators:
         return True
     return creator in closing[remover]
+
+
+# The succeeded outcomes that change some identity's access (`changes` finds nothing in
+# the others), in the order the replay pairs them.
+CHANGING = """
+SELECT id, time, decision_id, action, identity, target, added, removed, cred_id, cred_change,
+    expires_at, account, file, line, seq
+FROM outcomes WHERE status = 'succeeded' AND identity != '' AND (added != '[]'
+    OR removed != '[]' OR (cred_id != '' AND cred_change IN ('issued', 'revoked'))
+    OR account IN ('created', 'disabled', 'deleted'))
+ORDER BY time, recorded, file, line
+"""
 
 
 def replay_access(store: Store) -> None:
@@ -407,36 +288,36 @@ def replay_access(store: Store) -> None:
         if held is not None and held.expires_at and held.expires_at <= at:
             close(key, held.expires_at, "expired", "", "")
 
-    cursor = db.execute(
-        "SELECT * FROM outcomes WHERE status = 'succeeded' ORDER BY time, recorded, file, line"
-    )
+    cursor = db.execute(CHANGING)
     for row in cursor:
-        at, ref = row[1], _ref(row[21], row[22], row[23])
+        at, ref = row[1], _ref(row[12], row[13], row[14])
         opened, closed = changes(row)
         for key in closed:
             expire_until(key, at)
             held = open_.get(key)
-            if held is not None and _closes(closing, creators, row[11], held.creator):
+            if held is not None and _closes(closing, creators, row[3], held.creator):
                 close(key, at, "revoked", row[0], ref)
         for key, expires_at in opened:
             expire_until(key, at)
             if key in open_:
                 continue  # already held: the earliest grant says since when
             count += 1
-            live[count] = [count, *key, at, row[0], row[3], expires_at, None, "", "", [ref]]
-            open_[key] = _Open(count, row[11], expires_at)
+            live[count] = [count, *key, at, row[0], row[2], expires_at, None, "", "", [ref]]
+            open_[key] = _Open(count, row[3], expires_at)
     for key in list(open_):
         expire_until(key, now)
     done.extend(live.values())
     _write_grants(db, done)
+    db.executescript(GRANT_INDEXES)
     _leavers(store)
+    db.executescript(LEAVER_INDEXES)
     db.commit()
 
 
 def _write_grants(db: sqlite3.Connection, grants: list[list[Any]]) -> None:
     db.executemany(
         "INSERT INTO grants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        ([*g[:12], json.dumps(g[12])] for g in grants),
+        ([*g[:12], orjson.dumps(g[12]).decode()] for g in grants),
     )
     grants.clear()
 
@@ -468,11 +349,6 @@ def _ref(file: str, line: int, seq: int) -> str:
 
 def ref_of(row: Mapping[str, Any]) -> str:
     return _ref(row["file"], row["line"], row["seq"])
-
-
-def parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def seconds_between(start: str, end: str) -> float:

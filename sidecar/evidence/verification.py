@@ -71,7 +71,8 @@ class Verification:
         }
 
 
-def _status(report: Report) -> ChainStatus:
+def status_of(report: Report) -> ChainStatus:
+    """A chain's `audit verify` report as its status in the evidence."""
     p = report.problem
     return ChainStatus(
         report.part_of or report.trail,
@@ -93,7 +94,7 @@ def verify_trails(
     """The same checks as `audit verify` on every chain of every trail."""
     found: list[ChainStatus] = []
     for trails in sets:
-        found.extend(_status(r) for r in set_findings(trails))
+        found.extend(status_of(r) for r in set_findings(trails))
         for chain in chains_to_verify(trails):
             try:
                 report = verify_chain(
@@ -106,8 +107,8 @@ def verify_trails(
             except StepguardError as exc:
                 found.append(ChainStatus(trails.name, chain.name, False, 0, str(exc), EXIT_ERROR))
                 continue
-            found.append(_status(report))
+            found.append(status_of(report))
     return Verification(tuple(found))
 
 
-__all__ = ["ChainStatus", "Verification", "verify_trails"]
+__all__ = ["ChainStatus", "Verification", "status_of", "verify_trails"]

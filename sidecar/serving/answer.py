@@ -47,6 +47,9 @@ def to_response(decided: Decided) -> pb.AuthorizeResponse:
     ttl = result.obligations.max_credential_ttl
     if ttl is not None:
         out.obligations.max_credential_ttl.FromTimedelta(ttl)
+    revoke = result.obligations.revoke_within
+    if revoke is not None:
+        out.obligations.revoke_within.FromTimedelta(revoke)
     if decided.explanation is not None:
         out.explanation.CopyFrom(explanation_to_proto(decided.explanation))
     return out

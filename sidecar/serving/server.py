@@ -160,6 +160,7 @@ class Sidecar:
             trail=trail_lookup(settings.audit_file),
             redactor=redactor,
             audit_note=note,
+            bind_workload_identity=settings.bind_workload_identity,
         )
         self.decider = Decider(
             indexing(self.sink, index),

@@ -69,8 +69,9 @@ def test_the_trail_records_revoke_within_fresh_and_cached(tmp_path: Path) -> Non
         first = client.authorize(grant_request())
         second = client.authorize(grant_request())
         assert first.allowed and second.allowed
-        # the gRPC response has no field for it yet: only max_credential_ttl
+        # the answer carries it too (AuthorizeResponse.obligations.revoke_within)
         assert first.max_credential_ttl is None
+        assert first.revoke_within == second.revoke_within == timedelta(hours=24)
         events = running.audit_events()
     grants = [e for e in events if e["id"] in (first.decision_id, second.decision_id)]
     assert [e["cached"] for e in grants] == [False, True]

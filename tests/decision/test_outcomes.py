@@ -219,3 +219,51 @@ def test_lookup_reads_only_chains_named_like_the_configured_trail(tmp_path: Path
     (tmp_path / "notes.txt").write_bytes(lines)  # not a chain of this trail
     assert lookup.find(decision_id) is None
     assert trail_lookup("-") is None
+
+
+def _recorded_caller(
+    redactor: Redactor, *, bind: bool, decided_by: str, reporters: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """One decision made for `decided_by` (the notifier's workload) under `redactor`,
+    then a skipped outcome from each reporter: the decision's caller as the trail
+    recorded it, and each outcome's violation."""
+    sink, index, metrics = MemorySink(), DecisionIndex(), Metrics()
+    clock = lambda: BUSINESS_HOURS  # noqa: E731
+    decider = Decider(
+        indexing(sink, index), metrics, clock, redactor=redactor, bind_workload_identity=bind
+    )
+    recorder = OutcomeRecorder(
+        sink, metrics, clock, index=index, redactor=redactor, bind_workload_identity=bind
+    )
+    msg = request_from_json(notify_request())
+    decided = decider.decide_message(
+        BUNDLE, msg, CallMeta(identity=decided_by), Limits(), started=0.0
+    )
+    assert decided.result.allowed
+    out = [
+        recorder.record(Outcome(decided.decision_id, "skipped"), CallMeta(identity=r)).violation
+        for r in reporters
+    ]
+    return dict(sink.events[0]["caller"]), out
+
+
+def test_the_reporting_caller_is_compared_as_the_trail_records_it() -> None:
+    """A redacted caller identity (a keyed hash) is compared with the reporter's, hashed
+    alike; with it removed, workload binding still holds the reporter to the principal."""
+    notifier = notify_request()["principal"]["id"]
+    other = "spiffe://example.org/ns/comms/sa/intruder"
+    hashed = Redactor(["caller.identity"], key=b"k" * 32)
+    caller, violations = _recorded_caller(
+        hashed, bind=False, decided_by=notifier, reporters=[notifier, other, ""]
+    )
+    assert caller["identity"].startswith("redacted:hmac-sha256:")
+    assert violations == ["", "caller_mismatch", "caller_mismatch"]
+    removed = Redactor(["caller.identity"], mode="remove")
+    caller, violations = _recorded_caller(
+        removed, bind=True, decided_by=notifier, reporters=[notifier, other, ""]
+    )
+    assert "identity" not in caller
+    assert violations == ["", "caller_mismatch", "caller_mismatch"]
+    # Without binding and with nothing recorded, there is nothing to hold a reporter to.
+    _, violations = _recorded_caller(removed, bind=False, decided_by=notifier, reporters=[other])
+    assert violations == [""]

@@ -287,9 +287,13 @@ class AuthzenService:
 
 
 def _answer(decided: Decided, explain: bool) -> dict[str, Any]:
-    """A Decision: only `decision` unless the caller asked for the explanation."""
+    """A Decision: only `decision` unless the caller asked for the explanation, or the
+    ALLOW binds the step to obligations (a duty for the PEP, so never left out)."""
     result = decided.result
     out: dict[str, Any] = {"decision": result.allowed}
+    duties = result.obligations
+    if duties.max_credential_ttl is not None or duties.revoke_within is not None:
+        out["context"] = {"obligations": duties.to_json()}
     if explain:
         context: dict[str, Any] = {
             "decision_id": decided.decision_id,
@@ -302,9 +306,8 @@ def _answer(decided: Decided, explain: bool) -> dict[str, Any]:
             context["errors"] = [
                 {"policy": e.policy_id, "message": e.message} for e in result.errors
             ]
-        ttl = result.obligations.max_credential_ttl
-        if ttl is not None:
-            context["obligations"] = {"max_credential_ttl_s": ttl.total_seconds()}
+        if "context" in out:
+            context["obligations"] = out["context"]["obligations"]
         out["context"] = context
     return out
 

@@ -265,6 +265,13 @@ class _ViolationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Violation.V
     """it started before the decision's time_bound.not_before"""
     VIOLATION_CREDENTIAL_TTL_EXCEEDED: _Violation.ValueType  # 5
     """It issued a credential living longer than the decision's max_credential_ttl obligation."""
+    VIOLATION_CALLER_MISMATCH: _Violation.ValueType  # 6
+    """It was reported by another caller than the one its decision was made for:
+    the decision recorded its caller's authenticated identity and this caller's
+    differs (or has none), or workload identity binding is on and the caller is
+    not the decision's principal workload. Whatever the status, SKIPPED too:
+    the report is not the workload's own.
+    """
 
 class Violation(_Violation, metaclass=_ViolationEnumTypeWrapper):
     """Why an outcome is a violation: its step ran without a decision in force.
@@ -283,6 +290,13 @@ VIOLATION_BEFORE_TIME_BOUND: Violation.ValueType  # 4
 """it started before the decision's time_bound.not_before"""
 VIOLATION_CREDENTIAL_TTL_EXCEEDED: Violation.ValueType  # 5
 """It issued a credential living longer than the decision's max_credential_ttl obligation."""
+VIOLATION_CALLER_MISMATCH: Violation.ValueType  # 6
+"""It was reported by another caller than the one its decision was made for:
+the decision recorded its caller's authenticated identity and this caller's
+differs (or has none), or workload identity binding is on and the caller is
+not the decision's principal workload. Whatever the status, SKIPPED too:
+the report is not the workload's own.
+"""
 Global___Violation: _TypeAlias = Violation  # noqa: Y015
 
 @_typing.final
@@ -808,6 +822,7 @@ class Obligations(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_CREDENTIAL_TTL_FIELD_NUMBER: _builtins.int
+    REVOKE_WITHIN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def max_credential_ttl(self) -> _duration_pb2.Duration:
         """The longest a just-in-time credential for this step may live: the
@@ -815,14 +830,23 @@ class Obligations(_message.Message):
         Unset when no determining policy names one.
         """
 
+    @_builtins.property
+    def revoke_within(self) -> _duration_pb2.Duration:
+        """How soon the access this step grants must be removed once its holder
+        leaves: the smallest `@revoke_within("PT24H")` across the determining
+        policies. Unset when no determining policy names one. Recorded with the
+        decision; `stepguard evidence leavers` measures revocations against it.
+        """
+
     def __init__(
         self,
         *,
         max_credential_ttl: _duration_pb2.Duration | None = ...,
+        revoke_within: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["max_credential_ttl", b"max_credential_ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_credential_ttl", b"max_credential_ttl", "revoke_within", b"revoke_within"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_credential_ttl", b"max_credential_ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_credential_ttl", b"max_credential_ttl", "revoke_within", b"revoke_within"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,86 @@
+"""The evidence benchmark's trail generator and its child, on a small trail (not timed).
+
+The generated trail must be what a fleet of sidecars writes: `stepguard audit
+verify` (the real CLI) accepts it, every record validates against the event
+schema, and decision and outcome records have exactly the fields the sidecar's
+own builders give them. The benchmark's child then loads it and answers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jsonschema
+
+from benchmarks.evidence_bench import ANSWERS, _trail_end, child
+from benchmarks.evidence_trail import Shape, generate, iter_lines
+from sidecar.audit.event import CallMeta, build_outcome_event
+from sidecar.core.outcome import Effect, Outcome
+from sidecar.decision.outcomes import facts_of
+from tests.evidence.scenario import decision_event
+from tests.helpers import ROOT
+
+
+def test_generated_trail_verifies_and_has_the_sidecars_shape(tmp_path: Path) -> None:
+    trail = tmp_path / "trail"
+    written = generate(trail, Shape(6_000, workers=3, rotate_bytes=1 << 20, population=60))
+    assert written["records"] >= 6_000 and written["chains"] == 3
+    assert written["segments"] > 3  # rotated
+    verified = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "audit", "verify", str(trail)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    validator = jsonschema.Draft202012Validator(
+        json.loads((ROOT / "sidecar/audit/event.schema.json").read_text())
+    )
+    records = [json.loads(line) for line in iter_lines(trail)]
+    kinds = Counter(r["kind"] for r in records)
+    assert kinds["decision"] > 2_000 and kinds["outcome"] > 2_000 and kinds["segment"] > 3
+    for record in records:
+        validator.validate(record)
+    chain = ("seq", "prev", "hash")
+    decision = next(r for r in records if r["kind"] == "decision" and r["decision"] == "ALLOW")
+    outcome = next(r for r in records if r["kind"] == "outcome" and "effect" in r)
+    real = decision_event(datetime.now(UTC), "grant_access", "jira", "onboarding", "r", "s")
+    assert set(decision) - set(chain) == set(real)
+    real_outcome = build_outcome_event(
+        outcome["id"],
+        datetime.now(UTC),
+        Outcome(
+            decision["id"],
+            "succeeded",
+            effect=Effect(target_system="jira"),
+            started_at=datetime.now(UTC),
+            finished_at=datetime.now(UTC),
+        ),
+        CallMeta(),
+        facts=facts_of(decision),
+        violation="",
+    )
+    assert set(outcome) - set(chain) == set(real_outcome)
+    runs = Counter(r["workflow_id"] for r in records if r["kind"] == "decision")
+    assert set(runs) == {"onboarding", "mover", "jit-credential", "leaver"}
+    statuses = Counter(r["status"] for r in records if r["kind"] == "outcome")
+    assert {"succeeded", "failed", "timed_out"} <= set(statuses)
+
+
+def test_the_child_loads_and_answers(tmp_path: Path) -> None:
+    trail = tmp_path / "trail"
+    generate(trail, Shape(4_000, workers=2, population=80), processes=1)
+    figures = child(trail, _trail_end(trail))
+    assert figures["verified"], figures["verification"]
+    assert figures["tables"]["decisions"] + figures["tables"]["outcomes"] >= 3_990
+    assert set(figures["answers"]) == set(ANSWERS)
+    assert figures["answers"]["leavers"]["rows"] > 0
+    assert figures["answers"]["exceptions"]["rows"] > 0
+    assert figures["answers"]["access-identity"]["rows"] > 0

@@ -1,0 +1,29 @@
+"""The outcome-cost benchmark's harness on a short run (not timed): both loads are
+measured on one real sidecar, every outcome the clients recorded is in the trail
+beside its decision, none is a violation, and the block it writes names its command."""
+
+from __future__ import annotations
+
+from benchmarks import machine
+from benchmarks.outcome_cost import LOADS, render, run
+
+
+def test_a_short_run_measures_both_loads_and_the_trail_holds_every_outcome() -> None:
+    record = run(rounds=2, clients=2, warmup=0.1, seconds=0.3)
+    assert [len(record["by_load"][load]) for load in LOADS] == [2, 2]
+    assert all(x["decisions_per_s"] > 0 for load in LOADS for x in record["by_load"][load])
+    trail = record["trail"]
+    assert trail["verified"] and trail["violations"] == 0
+    assert trail["outcomes"] == record["outcomes_sent"] > 0
+    assert trail["decisions"] >= trail["outcomes"]
+    text = render(
+        {
+            **record,
+            "command": "python -m benchmarks.outcome_cost",
+            "started": "2026-12-06T10:00:00+00:00",
+            "commit": "0000000",
+            "machine": machine.describe(),
+            "data": "benchmarks/data/x.json",
+        }
+    )
+    assert "Decision throughput, pairs / decide" in text and "| decide |" in text
