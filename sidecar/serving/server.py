@@ -287,6 +287,7 @@ class Sidecar:
                 tls=self.tls,
                 http=s.authzen_http,
                 outcomes=self.outcomes,
+                plans=self.plans,
             )
             authzen = self._authzen.start()
         server.start()
