@@ -186,11 +186,12 @@ def _plan_step(bundle: Bundle, step: PlannedStep, policy_errors: PolicyErrors) -
             bundle, step, policy_errors, f"partial evaluation gave no residual for {missing[0]}"
         )
     lookup = _lookup(bundle, request)
+    paths = frozenset(step.unknown)
     settled: dict[str, bool | None] = {}
     simplified: dict[str, Mapping[str, Any]] = {}
     for pid in sorted(bundle.policies):
         est = residuals[pid]
-        settled[pid], simplified[pid] = residual.condition_value(est, lookup)
+        settled[pid], simplified[pid] = residual.condition_value(est, lookup, paths)
         if est.get("effect") not in ("permit", "forbid"):
             return _depends(bundle, step, policy_errors, f"residual of {pid} has no effect")
     return _verdict(bundle, step, policy_errors, settled, simplified)

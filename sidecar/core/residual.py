@@ -17,6 +17,7 @@ Pure: no I/O. core/residualtext.py binds, prints and puts residuals in words.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -65,16 +66,24 @@ class RecV:
 Lookup = Callable[[EntityUid], tuple[Mapping[str, Any], tuple[EntityUid, ...]] | None]
 
 
-def condition_value(policy_est: Mapping[str, Any], lookup: Lookup) -> tuple[bool | None, Est]:
+def condition_value(
+    policy_est: Mapping[str, Any], lookup: Lookup, paths: frozenset[str] = frozenset()
+) -> tuple[bool | None, Est]:
     """A residual policy's conditions simplified: (True/False when settled, else None; the
-    simplified policy EST). The scope must be `All` (Cedar's residuals are); else None."""
+    simplified policy EST). The scope must be `All` (Cedar's residuals are); else None.
+
+    `paths` are the step's own unknowns. Any other `unknown("Type::\"id\"")` is an
+    entity the store lacks, which partial evaluation reads as unknown (pitfall 4)
+    and a decision as absent: it is put back as that entity, which has no
+    attributes and no parents, as `is_authorized` reads it.
+    """
     out = dict(policy_est)
     for part in ("principal", "action", "resource"):
         if (policy_est.get(part) or {}).get("op") != "All":
             return None, out
     simplifier = _Simplifier(lookup)
     conditions = [
-        {"kind": c.get("kind"), "body": simplifier.simp(c.get("body"))}
+        {"kind": c.get("kind"), "body": simplifier.simp(_absent_entities(c.get("body"), paths))}
         for c in policy_est.get("conditions") or []
     ]
     out["conditions"] = conditions
@@ -87,6 +96,25 @@ def condition_value(policy_est: Mapping[str, Any], lookup: Lookup) -> tuple[bool
         if value is (cond["kind"] == "unless"):
             return False, out
     return True, out
+
+
+_UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
+
+
+def _absent_entities(node: Est, paths: frozenset[str]) -> Est:
+    """`unknown("Type::\"id\"")` (not one of the step's unknowns) -> that entity literal."""
+    if isinstance(node, list):
+        return [_absent_entities(x, paths) for x in node]
+    if not isinstance(node, dict):
+        return node
+    name = unknown_name(node)
+    if name is not None:
+        m = _UID.fullmatch(name)
+        if name not in paths and m is not None:
+            uid = EntityUid(m["type"], re.sub(r"\\(.)", r"\1", m["id"]))
+            return {"Value": {"__entity": uid.to_json()}}
+        return node
+    return {k: _absent_entities(v, paths) for k, v in node.items()}
 
 
 class _Simplifier:
@@ -208,7 +236,7 @@ class _Simplifier:
                 return True
             ancestors = self._ancestors(a)
             if ancestors is None:
-                return NO
+                return False  # an entity the store lacks is in nothing but itself
             return any(t in ancestors for t in targets)
         if op == "contains":
             if not isinstance(a, SetV) or isinstance(b, RecV):
@@ -249,6 +277,8 @@ class _Simplifier:
         v = lit(left)
         if isinstance(v, EntityUid) and isinstance(attr, str):
             data = self.lookup(v)
+            if data is None and op == "has":
+                return est(False)  # Cedar: an entity the store lacks has no attribute
             if data is not None:
                 attrs = data[0]
                 if op == "has":

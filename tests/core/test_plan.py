@@ -334,3 +334,26 @@ def test_plan_module_is_the_only_caller_of_partial_evaluation() -> None:
         if "is_authorized_partial(" in p.read_text()
     ]
     assert callers == ["core/plan.py"]
+
+
+def test_an_entity_the_store_lacks_is_absent_not_unknown(bundle: Bundle) -> None:
+    """Pitfall 4: partial evaluation reads `Workflow::"unheard-of"` as unknown; a decision
+    reads it as absent (no attributes). The plan reads it as the decision does."""
+    request = {
+        "principal": DEPROVISIONER,
+        "action": {"type": "Action", "id": "revoke_access"},
+        "resource": {"type": "TargetSystem", "id": "okta"},
+        "context": {
+            "attributes": {"workflow": {"__entity": {"type": "Workflow", "id": "unheard-of"}}}
+        },
+    }
+    (verdict,) = _plan(bundle, _step(request))
+    assert verdict.verdict is Verdict.DEPENDS
+    assert verdict.satisfied == ("deprovisioning-workloads-remove-access",)
+    assert [r.id for r in verdict.residuals] == [
+        "sensitive-target-after-hours-requires-break-glass"
+    ]  # the leaver permit is settled false: the unheard-of workflow has no owner
+    step = _steps(bundle, _step(request))[0]
+    for now in (WEDNESDAY_10, SUNDAY_03):
+        value = {"__extn": {"fn": "datetime", "arg": now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+        assert decide_bound(bundle, verdict, step, {"now": value}) is _decide(bundle, request, now)

@@ -53,6 +53,11 @@ ACTIONS = [
     "lookup_identity",
     "notify",
 ]
+FITTING = {
+    WORKLOADS[0]: ACTIONS[:4],
+    WORKLOADS[1]: ACTIONS[4:8],
+    WORKLOADS[2]: ACTIONS[8:],
+}
 TARGETS = ["okta", "aws-prod", "github", "google-workspace", "jira", "slack"]
 USERS = ["maria", "tom", "ines", "dana", "olga", "lee"]
 WORKFLOWS = ["onboarding", "leaver", "legacy-offboarding"]
@@ -141,10 +146,14 @@ def planned(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
                 context[name] = value
     if "approval" in context and "ticket" not in context["approval"] and draw(st.booleans()):
         unknown.append("approval.ticket")
+    principal = draw(st.sampled_from(WORKLOADS))
+    # Half the time an action the workload's groups are given, so allowed steps are common.
+    fitting = FITTING.get(principal, ACTIONS)
+    action = draw(st.one_of(st.sampled_from(ACTIONS), st.sampled_from(fitting)))
     step = {
         "step_id": "s",
-        "principal": ref("Workload", draw(st.sampled_from(WORKLOADS))),
-        "action": ref("Action", draw(st.sampled_from(ACTIONS))),
+        "principal": ref("Workload", principal),
+        "action": ref("Action", action),
         "resource": ref("TargetSystem", draw(st.sampled_from(TARGETS))),
         "context": context,
         "unknown": unknown,
