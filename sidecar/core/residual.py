@@ -17,6 +17,7 @@ Pure: no I/O. core/residualtext.py binds, prints and puts residuals in words.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -75,17 +76,22 @@ def condition_value(
     `paths` are the step's own unknowns. Any other `unknown("Type::\"id\"")` is an
     entity the store lacks, which partial evaluation reads as unknown (pitfall 4)
     and a decision as absent: it is put back as that entity, which has no
-    attributes and no parents, as `is_authorized` reads it.
+    attributes and no parents, as `is_authorized` reads it. (cedarpy's
+    `unknown_entities` diagnostic stays empty for them, so the residual is read.)
     """
     out = dict(policy_est)
     for part in ("principal", "action", "resource"):
         if (policy_est.get(part) or {}).get("op") != "All":
             return None, out
     simplifier = _Simplifier(lookup)
-    conditions = [
-        {"kind": c.get("kind"), "body": simplifier.simp(_absent_entities(c.get("body"), paths))}
-        for c in policy_est.get("conditions") or []
-    ]
+    conditions = []
+    for c in policy_est.get("conditions") or []:
+        body = c.get("body")
+        if not (isinstance(body, dict) and isinstance(body.get("Value"), bool)):
+            if _NAMED_UNKNOWN.search(json.dumps(body)):  # C speed; rarely true
+                body = _absent_entities(body, paths)
+            body = simplifier.simp(body)
+        conditions.append({"kind": c.get("kind"), "body": body})
     out["conditions"] = conditions
     # Cedar joins the conditions with `&&`, in order: the first that certainly fails
     # settles the policy (the rest are never evaluated); an open one before it does not.
@@ -99,6 +105,9 @@ def condition_value(
 
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
+
+
+_NAMED_UNKNOWN = re.compile(r'"unknown": \[\{"Value": "[^"]*::')
 
 
 def _absent_entities(node: Est, paths: frozenset[str]) -> Est:
@@ -120,6 +129,16 @@ def _absent_entities(node: Est, paths: frozenset[str]) -> Est:
 class _Simplifier:
     def __init__(self, lookup: Lookup) -> None:
         self.lookup = lookup
+        self._lits: dict[int, Any] = {}  # by node id: a residual repeats big set literals
+
+    def lit(self, node: Est) -> Any:
+        """`lit(node)`, remembered for containers (the nodes live as long as this)."""
+        if not isinstance(node, dict) or not ({"Set", "Record"} & node.keys()):
+            return lit(node)
+        key = id(node)
+        if key not in self._lits:
+            self._lits[key] = lit(node)
+        return self._lits[key]
 
     def simp(self, node: Est) -> Est:
         if not isinstance(node, dict) or len(node) != 1:
@@ -135,13 +154,13 @@ class _Simplifier:
             return node
         if op == "!" and isinstance(arg, dict):
             inner = self.simp(arg.get("arg"))
-            v = lit(inner)
+            v = self.lit(inner)
             return est(not v) if isinstance(v, bool) else {"!": {"arg": inner}}
         if op in ("&&", "||") and isinstance(arg, dict):
             return self._logic(op, arg)
         if op == "if-then-else" and isinstance(arg, dict):
             cond = self.simp(arg.get("if"))
-            v = lit(cond)
+            v = self.lit(cond)
             if isinstance(v, bool):
                 return self.simp(arg.get("then") if v else arg.get("else"))
             return {"if-then-else": {**arg, "if": cond}}
@@ -149,7 +168,7 @@ class _Simplifier:
             if not isinstance(arg, dict):
                 return node
             left, right = self.simp(arg.get("left")), self.simp(arg.get("right"))
-            result = self._binary(op, lit(left), lit(right))
+            result = self._binary(op, self.lit(left), self.lit(right))
             return est(result) if result is not NO else {op: {"left": left, "right": right}}
         if op in ("has", ".") and isinstance(arg, dict):
             return self._attr(op, arg)
@@ -158,19 +177,19 @@ class _Simplifier:
             rest = {k: v for k, v in arg.items() if k != "left"}
             if "in" in rest:
                 rest["in"] = self.simp(rest["in"])
-            v = lit(left)
+            v = self.lit(left)
             if isinstance(v, EntityUid):
                 if v.type != arg.get("entity_type"):
                     return est(False)
                 if "in" not in rest:
                     return est(True)
-                inside = self._binary("in", v, lit(rest["in"]))
+                inside = self._binary("in", v, self.lit(rest["in"]))
                 if inside is not NO:
                     return est(inside)
             return {"is": {"left": left, **rest}}
         if op == "like" and isinstance(arg, dict):
             left = self.simp(arg.get("left"))
-            v = lit(left)
+            v = self.lit(left)
             pattern = arg.get("pattern")
             if isinstance(v, str) and isinstance(pattern, list):
                 matched = _like(v, pattern)
@@ -179,11 +198,11 @@ class _Simplifier:
             return {"like": {"left": left, "pattern": pattern}}
         if op == "isEmpty" and isinstance(arg, dict):
             inner = self.simp(arg.get("arg"))
-            v = lit(inner)
+            v = self.lit(inner)
             return est(not v.items) if isinstance(v, SetV) else {"isEmpty": {"arg": inner}}
         if op in ("toDate", "toTime", "offset") and isinstance(arg, list):
             args = [self.simp(a) for a in arg]
-            values = [lit(a) for a in args]
+            values = [self.lit(a) for a in args]
             result = _ext_method(op, values)
             if result is not NO:
                 rendered = est(result)
@@ -194,18 +213,18 @@ class _Simplifier:
 
     def _logic(self, op: str, arg: Mapping[str, Any]) -> Est:
         left = self.simp(arg.get("left"))
-        lv = lit(left)
+        lv = self.lit(left)
         short = op == "||"  # `true || x` is true, `false && x` is false, x never evaluated
         if isinstance(lv, bool):
             if lv is short:
                 return est(short)
             right = self.simp(arg.get("right"))
-            rv = lit(right)
+            rv = self.lit(right)
             if isinstance(rv, bool):
                 return est(rv)
             return right  # `true && x` and `false || x` are x (x is Bool: policies validate)
         right = self.simp(arg.get("right"))
-        rv = lit(right)
+        rv = self.lit(right)
         if rv is (not short):
             return left  # `x && true`, `x || false` are x (x is Bool: policies validate)
         if rv is short and error_free(left):
@@ -274,7 +293,7 @@ class _Simplifier:
                 return est(attr in fields)
             if attr in fields:
                 return self.simp(fields[attr])
-        v = lit(left)
+        v = self.lit(left)
         if isinstance(v, EntityUid) and isinstance(attr, str):
             data = self.lookup(v)
             if data is None and op == "has":

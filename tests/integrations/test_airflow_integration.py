@@ -18,6 +18,7 @@ from tests.integrations.orchestration import (
     APPROVAL_POLICY,
     LEAVER_STEPS,
     OUTCOME_SCENARIOS,
+    PLAN_SCENARIOS,
     SCENARIOS,
     Outcome,
     Scenario,
@@ -28,6 +29,7 @@ from tests.integrations.orchestration import (
     check_each_allowed_step_is_followed_by_its_outcome,
     check_leaver_not_blocked_at_night,
     check_one_event_per_guarded_step,
+    check_plan_setting,
     check_skips_and_timeouts,
     check_time_bound_stops_the_first_step,
     orchestrator_python,
@@ -75,6 +77,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     for dag_file in [
         *(ROOT / "examples" / "airflow" / "dags").glob("*.py"),
         HERE / "outcome_kinds" / "dags" / "outcome_kinds.py",
+        HERE / "outcome_kinds" / "dags" / "preflight.py",
     ]:
         shutil.copy(dag_file, dags / dag_file.name)
     env = {
@@ -84,7 +87,11 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         "PYTHONPATH": str(ROOT / "examples" / "airflow"),
     }
     return run_scenarios(
-        python, HERE / "airflow_runner.py", tmp, [*SCENARIOS, REDECLARED, *OUTCOME_SCENARIOS], env
+        python,
+        HERE / "airflow_runner.py",
+        tmp,
+        [*SCENARIOS, REDECLARED, *OUTCOME_SCENARIOS, *PLAN_SCENARIOS],
+        env,
     )
 
 
@@ -217,3 +224,9 @@ def test_a_skipped_task_reports_skipped_and_a_timed_out_one_timed_out(outcome: O
     )
     assert "error_class" not in reported["nothing_to_send"]
     assert reported["slow_send"]["error_class"].endswith(".AirflowTaskTimeout")
+
+
+def test_plan_check_off_warn_enforce_when_a_run_starts(outcome: Outcome) -> None:
+    """Issue 21: with enforce, a run whose revoke step is certainly denied fails before
+    its first task, naming the step and the policy; warn logs and records; off does neither."""
+    check_plan_setting(outcome)
