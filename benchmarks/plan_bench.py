@@ -184,7 +184,10 @@ def render(record: dict[str, Any], data: Path) -> str:
             "(`plan_from_proto` + `plan_steps`: Cedar's partial evaluation, residuals "
             "simplified and put in words), as `AuthorizePlan` does before writing its trail "
             "event; the *baseline* decides the same steps one by one as misses (validation + "
-            "`evaluate`, at a fixed time). No gRPC, no trail on either side.",
+            "`evaluate`, at a fixed time). No gRPC, no trail on either side. A warm-up pass "
+            "comes first on both sides, as in a server that has answered runs before: the "
+            "residuals' Cedar printing and the datetime literals they repeat are cached in "
+            "the process (`core/residualtext.py`, `core/residual.py`).",
             "",
             table(
                 [

@@ -17,6 +17,7 @@ Pure: no I/O. core/residualtext.py binds, prints and puts residuals in words.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -26,10 +27,14 @@ from typing import Any
 from sidecar.core.model import EntityUid
 from sidecar.core.validate import (
     datetime_text,
-    datetime_text_ms,
-    duration_text_ms,
     from_ms,
 )
+from sidecar.core.validate import datetime_text_ms as _datetime_ms
+from sidecar.core.validate import duration_text_ms as _duration_ms
+
+# Residuals repeat the same literals (a calendar's closed days, in every step).
+datetime_text_ms = functools.lru_cache(maxsize=4096)(_datetime_ms)
+duration_text_ms = functools.lru_cache(maxsize=1024)(_duration_ms)
 
 Est = Any
 _DAY_MS = 86_400_000

@@ -9,6 +9,7 @@ Anything else is named as Cedar would name it. Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -56,13 +57,20 @@ def cedar_text(policy_id: str, policy_est: Mapping[str, Any]) -> str:
     """A residual as Cedar text (cedarpy prints it), `@id` kept; the EST when it cannot."""
     body = {k: v for k, v in policy_est.items() if k != "annotations"}
     body["annotations"] = {"id": policy_id}
+    return _printed(
+        json.dumps({"staticPolicies": {policy_id: body}, "templates": {}, "templateLinks": []})
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _printed(document: str) -> str:
+    """Cedar's printing of one policy set document (the steps of a run repeat residuals:
+    the same text is printed once; parsing one costs milliseconds)."""
     try:
-        text = cedarpy.policies_from_json_str(
-            json.dumps({"staticPolicies": {policy_id: body}, "templates": {}, "templateLinks": []})
-        )
-        return str(text).strip()
+        return str(cedarpy.policies_from_json_str(document)).strip()
     except Exception:  # noqa: BLE001 - printing never fails a plan
-        return json.dumps(body, sort_keys=True)
+        body = json.loads(document)["staticPolicies"]
+        return json.dumps(next(iter(body.values())), sort_keys=True)
 
 
 # --- words --------------------------------------------------------------------------------
