@@ -140,7 +140,7 @@ def render_plan(planned: Planned, *, cedar: bool = False) -> str:
         counts[verdict.verdict.value] += 1
     lines.append("")
     lines.append(
-        f"{len(planned.verdicts)} steps: "
+        f"{len(planned.verdicts)} step{'' if len(planned.verdicts) == 1 else 's'}: "
         + ", ".join(f"{k} {n}" for k, n in counts.items())
         + f"; revision {escape(planned.revision[:12])}; policy errors: "
         + planned.policy_errors.value

@@ -73,3 +73,18 @@ def test_invalid_policies_exit_4(tmp_path: Path) -> None:
         timeout=120,
     )
     assert out.returncode == 4
+
+
+def test_the_worked_example_of_policies_readme_says_what_the_command_prints() -> None:
+    """policies/README.md, "Pre-flight: a worked example": the table is the command's."""
+    root = POLICIES.parent
+    out = _run(str(root / "examples" / "plans" / "leaver-run.yaml"))
+    assert out.returncode == 2, out.stderr
+    readme = (POLICIES / "README.md").read_text()
+    for line in out.stdout.splitlines()[:7]:
+        assert line in readme or not line.strip(), line
+    assert [line.split()[1] for line in out.stdout.splitlines()[1:4]] == [
+        "ALLOW",
+        "DENY",
+        "DEPENDS",
+    ]
