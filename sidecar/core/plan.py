@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cedarpy
@@ -32,6 +32,7 @@ import cedarpy
 from sidecar.core import residual, residualtext
 from sidecar.core.bundle import Bundle
 from sidecar.core.engine import request_entities
+from sidecar.core.index import WHOLE_CONTEXT
 from sidecar.core.model import (
     AuthzRequest,
     CedarJson,
@@ -40,6 +41,8 @@ from sidecar.core.model import (
     PolicyErrors,
     PolicyRef,
 )
+
+CALLER = "caller"  # set by the server for an authenticated caller, never by a plan
 
 
 class Verdict(enum.Enum):
@@ -97,19 +100,70 @@ def unknown_value(path: str) -> dict[str, Any]:
 
 
 def plan_step(
-    bundle: Bundle, step: PlannedStep, policy_errors: PolicyErrors = PolicyErrors.DENY
+    bundle: Bundle,
+    step: PlannedStep,
+    policy_errors: PolicyErrors = PolicyErrors.DENY,
+    *,
+    caller: bool = False,
 ) -> StepVerdict:
-    """The verdict for one planned step. Never raises; any failure is DEPENDS saying why."""
+    """The verdict for one planned step. Never raises; any failure is DEPENDS saying why.
+
+    `caller`: the action's context may carry `context.caller` when the step runs
+    (the server adds it for an authenticated caller, where the schema declares
+    it). When a policy may read it, the step is planned both ways, without it
+    and with it unknown, and is certain only when both agree.
+    """
     try:
-        return _plan_step(bundle, step, policy_errors)
+        alone = _plan_step(bundle, step, policy_errors)
+        if not caller or not reads_caller(bundle) or CALLER in step.unknown:
+            return alone
+        with_caller = _plan_step(
+            bundle, replace(step, unknown=(*step.unknown, CALLER)), policy_errors
+        )
+        if alone.verdict is with_caller.verdict and alone.verdict is not Verdict.DEPENDS:
+            return alone
+        return _depends(
+            bundle,
+            step,
+            policy_errors,
+            "depends on whether the step's caller is authenticated (context.caller): "
+            f"without it, {alone.reason}; with it, {with_caller.reason}",
+        )
     except Exception as exc:  # noqa: BLE001 - fail safe: never ALLOW on a surprise
         return _depends(bundle, step, policy_errors, f"partial evaluation failed: {exc}")
 
 
+def reads_caller(bundle: Bundle) -> bool:
+    """Whether any policy may read `context.caller` (the index knows what they read)."""
+    return CALLER in bundle.context_reads or WHOLE_CONTEXT in bundle.context_reads
+
+
+def refused(
+    bundle: Bundle, step: PlannedStep, policy_errors: PolicyErrors, reason: str
+) -> StepVerdict:
+    """A DENY the server gives without asking Cedar (a workload binding refusal)."""
+    return StepVerdict(
+        step.step_id,
+        Verdict.DENY,
+        (),
+        (),
+        (),
+        f"denied: {reason}",
+        step.unknown,
+        bundle.revision,
+        policy_errors,
+    )
+
+
 def plan_steps(
-    bundle: Bundle, steps: Sequence[PlannedStep], policy_errors: PolicyErrors = PolicyErrors.DENY
+    bundle: Bundle,
+    steps: Sequence[PlannedStep],
+    policy_errors: PolicyErrors = PolicyErrors.DENY,
+    *,
+    callers: frozenset[EntityUid] = frozenset(),
 ) -> list[StepVerdict]:
-    return [plan_step(bundle, s, policy_errors) for s in steps]
+    """Each step's verdict; `callers`: the actions whose context may carry `caller`."""
+    return [plan_step(bundle, s, policy_errors, caller=s.request.action in callers) for s in steps]
 
 
 def _depends(

@@ -20,8 +20,9 @@ from sidecar.audit.sink import AuditSink
 from sidecar.core.bundle import Bundle
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import PolicyErrors
-from sidecar.core.plan import StepVerdict, plan_steps
+from sidecar.core.plan import StepVerdict, plan_steps, refused
 from sidecar.core.planreq import Plan
+from sidecar.decision.identity import CallerContext, binding_refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class PlanRecorder:
         policy_errors: PolicyErrors = PolicyErrors.DENY,
         redactor: Redactor | None = None,
         audit_note: str = "",
+        bind_workload_identity: bool = False,
     ) -> None:
         self._sink = sink  # None: predicted, not recorded (`stepguard plan`)
         self._clock = clock
@@ -53,11 +55,20 @@ class PlanRecorder:
         self._redactor = redactor
         self._audit_note = audit_note
         self._ids = DecisionIds()
+        self._bind = bind_workload_identity  # as the decider: a workload plans only itself
+        self._callers = CallerContext()  # which actions' context may carry `caller`
 
     def plan(self, bundle: Bundle, plan: Plan, meta: CallMeta) -> Planned:
         """The verdicts; the event is written before they are answered, so a plan the
         trail refuses raises AuditError (the caller answers UNAVAILABLE)."""
-        verdicts = plan_steps(bundle, plan.steps, self.policy_errors)
+        callers = self._callers.actions(bundle)
+        verdicts = []
+        for step in plan.steps:
+            why = binding_refusal(step.request.principal, meta.identity) if self._bind else None
+            if why is not None:  # as Authorize would answer it: a DENY saying so
+                verdicts.append(refused(bundle, step, self.policy_errors, why))
+                continue
+            verdicts.extend(plan_steps(bundle, [step], self.policy_errors, callers=callers))
         plan_id = self._ids.next()
         if self._sink is not None:
             event = build_plan_event(

@@ -173,6 +173,7 @@ class Sidecar:
             policy_errors=settings.policy_errors,
             redactor=redactor,
             audit_note=note,
+            bind_workload_identity=settings.bind_workload_identity,
         )
         self.decider = Decider(
             indexing(self.sink, index),
