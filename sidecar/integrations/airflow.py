@@ -180,6 +180,10 @@ class StepguardPolicy:
     ) -> None:
         self.gate = Gate(config if config is not None else config_from_airflow, client=client)
         self.plans = RunPlans()  # a DAG run is planned once per process
+        # What each task declared when the policy read it (dag id, task id): the plan
+        # uses these, not the params of the run's task objects (a running task's
+        # params are the run's, rendered).
+        self.declared: dict[tuple[str, str], Step | None] = {}
 
     def as_task_policy(self) -> Callable[[Any], None]:
         """A plain function for airflow_local_settings.py (Airflow's plugin manager
@@ -202,6 +206,11 @@ class StepguardPolicy:
             raise AirflowClusterPolicyViolation(
                 f"task {task.task_id!r} of DAG {dag_id!r}: invalid stepguard declaration: {exc}"
             ) from exc
+        dag_id = getattr(task, "dag_id", None) or getattr(
+            getattr(task, "dag", None), "dag_id", None
+        )
+        if dag_id:
+            self.declared[(str(dag_id), str(task.task_id))] = declared
         partial = getattr(task, "partial_kwargs", None)
         if isinstance(partial, MutableMapping):  # a MappedOperator: unmapped tasks get this hook
             partial["pre_execute"] = self._chain(declared, partial.get("pre_execute"))
@@ -269,7 +278,8 @@ class StepguardPolicy:
         if known is not None:
             return known
         task_log = getattr(context.get("task"), "log", None) or log
-        outcome = self.gate.plan_run(facts, dag_steps(context.get("dag")), logger=task_log)
+        tasks = dag_steps(context.get("dag"), self.declared)
+        outcome = self.gate.plan_run(facts, tasks, logger=task_log)
         self.plans.put(facts, outcome)
         return outcome
 
@@ -305,15 +315,23 @@ class StepguardPolicy:
         raise AirflowFailException(line) from cause  # a policy answer: no retry
 
 
-def dag_steps(dag: Any) -> list[tuple[str, Step | None]]:
-    """Every task of a DAG with the step it declares (None: none, or unreadable)."""
+def dag_steps(
+    dag: Any, known: Mapping[tuple[str, str], Step | None] | None = None
+) -> list[tuple[str, Step | None]]:
+    """Every task of a DAG with the step it declares (None: none, or unreadable): as
+    the policy read it when the DAG was loaded (`known`), else from its params."""
     out: list[tuple[str, Step | None]] = []
+    dag_id = str(getattr(dag, "dag_id", ""))
     for task in getattr(dag, "tasks", None) or []:
+        key = (dag_id, str(task.task_id))
+        if known is not None and key in known:
+            out.append((key[1], known[key]))
+            continue
         try:
             declared = declared_step(task)
         except Exception:  # noqa: BLE001 - its own gate denies it when it runs
             declared = None
-        out.append((str(task.task_id), declared))
+        out.append((key[1], declared))
     return out
 
 

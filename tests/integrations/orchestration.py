@@ -339,6 +339,7 @@ def check_plan_setting(outcome: Outcome) -> None:
     assert approved.state == "success"
     (fine,) = plans["plan-enforce-approved"]
     assert fine["verdicts"]["DENY"] == 0
+    assert sorted(s["action"]["id"] for s in fine["steps"]) == sorted(ONBOARDING_STEPS)
 
 
 def by_name(name: str) -> Scenario:
