@@ -88,6 +88,7 @@ _CMP_NOW = {
     ">": "the step runs after {x}",
     ">=": "the step runs at or after {x}",
 }
+_RUNS = "the step runs "
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
@@ -107,32 +108,37 @@ def negated_words(node: Est) -> str:
         return "a condition too deep to put in words"
 
 
-def _words(node: Est, negated: bool) -> tuple[str, str]:
-    """(text, its top connective: "and", "or" or ""), negation pushed inwards."""
+def _words(node: Est, negated: bool) -> tuple[str, str, bool]:
+    """(text, its top connective: "and", "or" or "", whether its last clause is about
+    the step's time), negation pushed inwards."""
     neg = "not " if negated else ""
     if not isinstance(node, dict) or len(node) != 1:
-        return f"{neg}{json.dumps(node)}", ""
+        return f"{neg}{json.dumps(node)}", "", False
     ((op, arg),) = node.items()
     if op == "!":
         return _words(arg.get("arg"), not negated)
     if op in ("&&", "||"):
         # De Morgan: not (a and b) = not a or not b; reads better for humans.
         joined = "and" if (op == "&&") != negated else "or"
-        parts = []
-        for side in ("left", "right"):
-            text, connective = _words(arg.get(side), negated)
-            parts.append(f"({text})" if connective and connective != joined else text)
-        return f" {joined} ".join(parts), joined
+        left, left_conn, left_time = _words(arg.get("left"), negated)
+        right, right_conn, right_time = _words(arg.get("right"), negated)
+        if left_conn and left_conn != joined:
+            left, left_time = f"({left})", False
+        if right_conn and right_conn != joined:
+            right, right_time = f"({right})", False
+        elif left_time and right.startswith(_RUNS):
+            right = right[len(_RUNS) :]  # "the step runs after 08:00 and before 18:00"
+        return f"{left} {joined} {right}", joined, right_time
     if op == "has":
         verb = "has no" if negated else "has a"
-        return f"{_noun(arg.get('left'))} {verb} {arg.get('attr')}", ""
+        return f"{_noun(arg.get('left'))} {verb} {arg.get('attr')}", "", False
     if op == "like":
         pattern = "".join(
             "*" if p == "Wildcard" else str(p.get("Literal", "")) if isinstance(p, dict) else ""
             for p in arg.get("pattern") or []
         )
         verb = "does not match" if negated else "matches"
-        return f'{_noun(arg.get("left"))} {verb} "{pattern}"', ""
+        return f'{_noun(arg.get("left"))} {verb} "{pattern}"', "", False
     if op in ("<", "<=", ">", ">="):
         left, right = arg.get("left"), arg.get("right")
         if _is_now_time(right) and not _is_now_time(left):
@@ -140,27 +146,27 @@ def _words(node: Est, negated: bool) -> tuple[str, str]:
         if negated:
             op = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}[op]
         if _is_now_time(left):
-            return _CMP_NOW[op].format(x=_noun(right)), ""
-        return f"{_noun(left)} {op} {_noun(right)}", ""
+            return _CMP_NOW[op].format(x=_noun(right)), "", True
+        return f"{_noun(left)} {op} {_noun(right)}", "", False
     if op in ("==", "!="):
         same = (op == "==") != negated
         verb = "is" if same else "is not"
-        return f"{_noun(arg.get('left'))} {verb} {_noun(arg.get('right'))}", ""
+        return f"{_noun(arg.get('left'))} {verb} {_noun(arg.get('right'))}", "", False
     if op == "in":
         verb = "is not in" if negated else "is in"
-        return f"{_noun(arg.get('left'))} {verb} {_noun(arg.get('right'))}", ""
+        return f"{_noun(arg.get('left'))} {verb} {_noun(arg.get('right'))}", "", False
     if op == "contains":
         left, right = arg.get("left"), arg.get("right")
         if _is_date_of_now(right) and isinstance(left, dict) and "Set" in left:
             n = len(left["Set"])
             if negated:
-                return f"the step runs on a business day (none of the {n} closed days)", ""
-            return f"the step runs on one of {n} closed days", ""
+                return f"the step runs on a business day (none of the {n} closed days)", "", True
+            return f"the step runs on one of {n} closed days", "", True
         verb = "does not contain" if negated else "contains"
-        return f"{_noun(left)} {verb} {_noun(right)}", ""
+        return f"{_noun(left)} {verb} {_noun(right)}", "", False
     if op == "Value" and isinstance(arg, bool):
-        return ("never" if arg == negated else "always"), ""
-    return f"{neg}{_noun(node)}", ""
+        return ("never" if arg == negated else "always"), "", False
+    return f"{neg}{_noun(node)}", "", False
 
 
 def _is_now_time(node: Est) -> bool:

@@ -102,7 +102,8 @@ def test_a_critical_target_depends_on_the_time_in_words_and_in_cedar(bundle: Bun
         "sensitive-target-after-hours-requires-break-glass"
     ]
     assert verdict.satisfied == ("provisioning-workloads-change-identities",)
-    assert "the step runs before 18:00 UTC" in verdict.reason
+    assert "the step runs at or after 2026-01-01 and before 2028-01-01" in verdict.reason
+    assert "and before 18:00 UTC" in verdict.reason
     assert "at or after 08:00 UTC" in verdict.reason
     assert "business day" in verdict.reason
     (res,) = verdict.residuals
