@@ -232,6 +232,8 @@ class _Simplifier:
                 return est(rv)
             return right  # `true && x` and `false || x` are x (x is Bool: policies validate)
         right = self.simp(arg.get("right"))
+        if lv is not NO:  # a literal that is not a Bool: Cedar errors here
+            return {op: {"left": left, "right": right}}
         rv = self.lit(right)
         if rv is (not short):
             return left  # `x && true`, `x || false` are x (x is Bool: policies validate)
@@ -295,7 +297,9 @@ class _Simplifier:
     def _attr(self, op: str, arg: Mapping[str, Any]) -> Est:
         left = self.simp(arg.get("left"))
         attr = arg.get("attr")
-        if isinstance(left, dict) and set(left) == {"Record"} and isinstance(left["Record"], dict):
+        record = isinstance(left, dict) and set(left) == {"Record"}
+        if record and isinstance(left["Record"], dict) and error_free(left):
+            # Cedar builds the whole record first: only one that cannot error is read.
             fields = left["Record"]
             if op == "has":
                 return est(attr in fields)
@@ -350,39 +354,81 @@ def error_free(node: Est) -> bool:
     """Whether evaluating `node` can never raise (so `node && false` is false).
 
     Conservative: attribute access (`.`) on anything but a literal record is not
-    error free (the attribute may be absent), nor is any operator not listed.
+    error free (the attribute may be absent), nor is any operator not listed,
+    nor a literal operand of a type the operator refuses (`0 && x`, `1 < "a"`).
+    A non-literal operand has the type the schema gives it: residuals come from
+    policies validated against it, and the unknowns are validated when the
+    step runs.
     """
     if not isinstance(node, dict) or len(node) != 1:
         return False
     ((op, arg),) = node.items()
     if op in ("Value", "unknown") or lit(node) is not NO:
         return True
-    if op in ("has", "like", "is") and isinstance(arg, dict):
-        return error_free(arg.get("left")) and ("in" not in arg or error_free(arg["in"]))
-    if op not in _SAFE_OPS:
+    if op not in _SAFE_OPS and op not in ("has", "like", "is"):
         return False
     if isinstance(arg, list):
-        return all(error_free(x) for x in arg)
-    if isinstance(arg, dict):
+        operands = {str(i): x for i, x in enumerate(arg)}
+    elif isinstance(arg, dict):
         if op == "Record":
             return all(error_free(x) for x in arg.values())
-        keys = {"arg"} if op in ("!", "isEmpty") else {"left", "right"}
-        if op == "if-then-else":
-            keys = {"if", "then", "else"}
-        return all(error_free(arg.get(k)) for k in keys)
-    return False
+        names = {"!": ("arg",), "isEmpty": ("arg",), "if-then-else": ("if", "then", "else")}
+        keys = names.get(op, ("left", "right") if op not in ("has", "like", "is") else ("left",))
+        operands = {k: arg.get(k) for k in keys}
+        if op == "is" and "in" in arg:
+            operands["in"] = arg["in"]
+    else:
+        return False
+    values = {k: lit(x) for k, x in operands.items()}
+    if not all(_fits(op, k, v) for k, v in values.items()):
+        return False
+    comparison = op in ("<", "<=", ">", ">=")
+    both = comparison and NO not in (values["left"], values["right"])
+    if both and _comparable(values["left"], values["right"]) is None:
+        return False
+    return all(error_free(x) for x in operands.values())
+
+
+def _fits(op: str, key: str, value: Any) -> bool:
+    """Whether a literal operand has a type `op` takes at `key` (not literal: yes)."""
+    if value is NO:
+        return True
+    if op in ("!", "&&", "||") or (op == "if-then-else" and key == "if"):
+        return isinstance(value, bool)
+    if op in ("<", "<=", ">", ">="):
+        return isinstance(value, DT | DUR) or (
+            isinstance(value, int) and not isinstance(value, bool)
+        )
+    if op == "in":
+        items = value.items if isinstance(value, SetV) and key != "left" else (value,)
+        return all(isinstance(x, EntityUid) for x in items)
+    if op == "is":
+        return isinstance(value, EntityUid)
+    if op == "contains" and key == "right":
+        return True  # any value may be looked for
+    if op in ("contains", "containsAll", "containsAny", "isEmpty"):
+        return isinstance(value, SetV)
+    if op in ("toDate", "toTime"):
+        return isinstance(value, DT)
+    if op == "like":
+        return isinstance(value, str)
+    if op == "has":
+        return isinstance(value, EntityUid | RecV)
+    return True
 
 
 def _same(a: Any, b: Any) -> bool:
     """Cedar equality of two values (different types are never equal)."""
     if type(a) is not type(b):
         return False
-    if isinstance(a, SetV):
-        return (
-            len(a.items) == len(b.items)
-            and all(any(_same(x, y) for y in b.items) for x in a.items)
-            and all(any(_same(x, y) for x in a.items) for y in b.items)
+    if isinstance(a, RecV):  # field by field: a field may hold a set (order-free)
+        return [k for k, _ in a.fields] == [k for k, _ in b.fields] and all(
+            _same(x, y) for (_, x), (_, y) in zip(a.fields, b.fields, strict=True)
         )
+    if isinstance(a, SetV):
+        return all(any(_same(x, y) for y in b.items) for x in a.items) and all(
+            any(_same(x, y) for x in a.items) for y in b.items
+        )  # sets: duplicates and order do not count
     return bool(a == b)
 
 
