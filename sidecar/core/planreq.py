@@ -183,10 +183,11 @@ def plan_from_json(data: Any) -> pb.AuthorizePlanRequest:
                     "at": "2026-11-25T10:00:00Z"}]}
 
     A step's request is the JSON request form (core/jsonreq.py), either at the
-    step's top level or under `request`.
+    step's top level or under `request`. Unknown keys are refused, naming them.
     """
     if not isinstance(data, dict):
         raise InvalidRequest("plan", f"must be an object, got {type(data).__name__}")
+    _known_keys(data, _PLAN_KEYS, "plan")
     msg = pb.AuthorizePlanRequest()
     for name in ("run_id", "workflow_id"):
         if name in data:
@@ -200,6 +201,11 @@ def plan_from_json(data: Any) -> pb.AuthorizePlanRequest:
         where = f"steps[{i}]"
         if not isinstance(step, dict):
             raise InvalidRequest(where, f"must be an object, got {type(step).__name__}")
+        _known_keys(step, _STEP_KEYS, where)
+        if "request" in step and set(step) & set(_REQUEST_KEYS):
+            raise InvalidRequest(
+                where, "give the request under `request` or at the step's top level, not both"
+            )
         out = msg.steps.add()
         step_id = step.get("step_id", step.get("id", ""))
         if not isinstance(step_id, str):
@@ -220,3 +226,17 @@ def plan_from_json(data: Any) -> pb.AuthorizePlanRequest:
 
 
 _REQUEST_KEYS = ("principal", "action", "resource", "context")
+_PLAN_KEYS = ("run_id", "workflow_id", "steps")
+_STEP_KEYS = ("step_id", "id", "request", "unknown", "at", *_REQUEST_KEYS)
+
+
+def _known_keys(obj: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Unknown keys are refused, naming them: a misspelt `unknwn` would otherwise
+    leave a run-time field known, and change the answer."""
+    for key in obj:
+        if key not in known:
+            raise InvalidRequest(
+                f"{where}.{key}" if where != "plan" else str(key),
+                f"is not a field of a plan{' step' if where != 'plan' else ''}",
+                near=(str(key), known),
+            )

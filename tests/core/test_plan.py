@@ -358,3 +358,17 @@ def test_an_entity_the_store_lacks_is_absent_not_unknown(bundle: Bundle) -> None
     for now in (WEDNESDAY_10, SUNDAY_03):
         value = {"__extn": {"fn": "datetime", "arg": now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
         assert decide_bound(bundle, verdict, step, {"now": value}) is _decide(bundle, request, now)
+
+
+def test_a_misspelt_plan_field_is_refused_naming_it(bundle: Bundle) -> None:
+    """A misspelt `unknown` would leave the field known and change the answer."""
+    with pytest.raises(InvalidRequest) as err:
+        _plan(bundle, {**_step(grant_request()), "unknwn": ["approval"]})
+    assert err.value.field == "steps[0].unknwn"
+    assert "did you mean" in str(err.value) and "unknown" in str(err.value)
+    with pytest.raises(InvalidRequest) as err:
+        plan_from_json({"run": "r", "steps": []})
+    assert err.value.field == "run"
+    with pytest.raises(InvalidRequest) as err:
+        plan_from_json({"steps": [{**_step(grant_request()), "request": grant_request()}]})
+    assert err.value.field == "steps[0]"
