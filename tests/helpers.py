@@ -155,3 +155,55 @@ def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Ser
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+DEPROVISIONER = {"type": "Workload", "id": "spiffe://example.org/ns/identity/sa/deprovisioner"}
+
+
+def plan_step(request: dict[str, Any], step_id: str, *unknown: str, **extra: Any) -> dict[str, Any]:
+    """A planned step (docs/api.md, "Plans"): a request, its id and its unknown fields."""
+    return {"step_id": step_id, **request, "unknown": list(unknown), **extra}
+
+
+def leaver_plan(run_id: str = "leaver-run-1") -> dict[str, Any]:
+    """A leaver run whose step 2 (the provisioner revoking access) is certainly denied:
+    only deprovisioning workloads may remove access."""
+    ctx = {
+        "workflow_id": "leaver",
+        "run_id": run_id,
+        "attributes": {"workflow": {"__entity": {"type": "Workflow", "id": "leaver"}}},
+    }
+
+    def step(principal: dict[str, str], action: str, target: str) -> dict[str, Any]:
+        return {
+            "principal": principal,
+            "action": {"type": "Action", "id": action},
+            "resource": {"type": "TargetSystem", "id": target},
+            "context": ctx,
+        }
+
+    return {
+        "run_id": run_id,
+        "workflow_id": "leaver",
+        "steps": [
+            plan_step(step(DEPROVISIONER, "revoke_access", "github"), "revoke-github"),
+            plan_step(step(PROVISIONER, "revoke_access", "okta"), "revoke-okta"),
+            plan_step(step(DEPROVISIONER, "disable_credential", "aws-prod"), "disable-aws"),
+        ],
+    }
+
+
+def joiner_plan(run_id: str = "joiner-run-1", target: str = "jira") -> dict[str, Any]:
+    """A joiner run: on a medium target it is allowed whatever the time; on a critical
+    one (okta) its identity-changing steps depend on the time (business hours)."""
+    grant = grant_request()
+    grant["resource"] = {"type": "TargetSystem", "id": target}
+    grant["context"]["run_id"] = run_id
+    if target != "jira":
+        grant["context"].pop("sensitivity")
+    create = {**grant, "action": {"type": "Action", "id": "create_account"}}
+    return {
+        "run_id": run_id,
+        "workflow_id": "onboarding",
+        "steps": [plan_step(create, "create"), plan_step(grant, "grant")],
+    }

@@ -28,7 +28,7 @@ from typing import Any
 from identity_systems import AccessStillPresent, holdings, hr_event, record
 from prefect import flow
 
-from sidecar.integrations.prefect import current_decision, guarded_task, record_effect
+from sidecar.integrations.prefect import current_decision, guarded_task, planned, record_effect
 
 PROVISIONER = "spiffe://example.org/ns/identity/sa/provisioner"
 DEPROVISIONER = "spiffe://example.org/ns/identity/sa/deprovisioner"
@@ -103,6 +103,7 @@ def notify(account: str) -> None:
 
 
 @flow(name="onboarding")
+@planned(create_account, grant_access, issue_credential, notify)  # PREFECT_STEPGUARD_PLAN_CHECK
 def onboarding(
     new_hire: str,
     requester: str,
@@ -179,6 +180,7 @@ async def verify_revocation(account: str) -> None:
 
 
 @flow(name="leaver")
+@planned(revoke_access, disable_credential, verify_revocation)
 async def leaver(
     person: str,
     requester: str,

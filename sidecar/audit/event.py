@@ -17,9 +17,11 @@ from sidecar.audit.redact import Redactor
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import AuthzRequest, Result
 from sidecar.core.outcome import DecisionFacts, Outcome
+from sidecar.core.plan import StepVerdict
+from sidecar.core.planreq import Plan
 
 SCHEMA_VERSION = 1
-KINDS = ("decision", "outcome", "segment", "recovery", "outage", "shutdown")
+KINDS = ("decision", "outcome", "plan", "segment", "recovery", "outage", "shutdown")
 _SYSTEM_IDS = DecisionIds()
 
 
@@ -203,6 +205,65 @@ def build_outcome_event(
     if redactor is not None:
         if "effect" in event:
             event["effect"] = redactor.by_value(event["effect"])
+        event = redactor.apply(event)
+    return event
+
+
+def build_plan_event(
+    plan_id: str,
+    at: datetime,
+    plan: Plan,
+    verdicts: list[StepVerdict],
+    meta: CallMeta,
+    *,
+    revision: str,
+    policy_errors: str,
+    redactor: Redactor | None = None,
+    audit_note: str = "",
+) -> dict[str, Any]:
+    """The plan event: what a run's steps were predicted, before the run (AuthorizePlan).
+
+    Linked to the run's later decisions by `run_id` (and `workflow_id`), which
+    the steps send in their context; each step by its `step_id`. No context
+    is recorded (the decisions record theirs): the step's principal, action,
+    resource, which fields were unknown, the verdict and the policies that
+    settle it or are still open. Redaction: the configured paths of a decision
+    (`principal.id`, ...) apply to each step's own fields.
+    """
+    steps = []
+    for step, verdict in zip(plan.steps, verdicts, strict=True):
+        entry: dict[str, Any] = {
+            "step_id": step.step_id,
+            "principal": step.request.principal.to_json(),
+            "action": step.request.action.to_json(),
+            "resource": step.request.resource.to_json(),
+            "unknown": list(step.unknown),
+            "verdict": verdict.verdict.value,
+            "policies": [r.id for r in verdict.determining],
+            "residuals": [r.id for r in verdict.residuals],
+            "reason": verdict.reason,
+        }
+        if redactor is not None:
+            entry = redactor.apply(entry)
+        steps.append(entry)
+    counts = {v: 0 for v in ("ALLOW", "DENY", "DEPENDS")}
+    for verdict in verdicts:
+        counts[verdict.verdict.value] += 1
+    event: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "kind": "plan",
+        "id": plan_id,
+        "time": timestamp(at),
+        "caller": {"peer": meta.peer, "identity": meta.identity},
+        "workflow_id": plan.workflow_id,
+        "run_id": plan.run_id,
+        "policy_revision": revision,
+        "policy_errors": policy_errors,
+        "verdicts": counts,
+        "steps": steps,
+    }
+    _call_fields(event, meta, audit_note)
+    if redactor is not None:
         event = redactor.apply(event)
     return event
 

@@ -251,6 +251,21 @@ def _outcome_why(event: dict[str, Any]) -> str:
     return f"{why}; decision {event.get('decided', '')} {event.get('decision_id', '')}"
 
 
+def _plan_why(event: dict[str, Any]) -> str:
+    """A plan in the `why` cell: its verdict counts and the steps certainly denied."""
+    counts = event.get("verdicts")
+    counts = counts if isinstance(counts, dict) else {}
+    why = ", ".join(f"{k} {counts.get(k, 0)}" for k in ("ALLOW", "DENY", "DEPENDS"))
+    steps = event.get("steps")
+    steps = steps if isinstance(steps, list) else []
+    denied = [
+        f"{s.get('step_id', '')} ({', '.join(map(str, s.get('policies') or [])) or 'no permit'})"
+        for s in steps
+        if isinstance(s, dict) and s.get("verdict") == "DENY"
+    ]
+    return why + (f"; denied: {'; '.join(denied)}" if denied else "")
+
+
 def fields(event: dict[str, Any]) -> tuple[str, ...]:
     """One record's cells, in CSV_COLUMNS order (raw: the outputs escape them)."""
     if event.get("kind") == "outcome":
@@ -265,6 +280,17 @@ def fields(event: dict[str, Any]) -> tuple[str, ...]:
             "",
             _outcome_why(event),
             *(str(event.get(k) or "") for k in ("workflow_id", "run_id", "step_id")),
+            str(event.get("id", "")),
+        )
+    if event.get("kind") == "plan":
+        return (
+            str(event.get("time", "")),
+            "PLAN",
+            *("",) * 6,
+            _plan_why(event),
+            str(event.get("workflow_id") or ""),
+            str(event.get("run_id") or ""),
+            "",
             str(event.get("id", "")),
         )
     if event.get("kind") != "decision":
@@ -310,7 +336,7 @@ def fields(event: dict[str, Any]) -> tuple[str, ...]:
 def row(event: dict[str, Any]) -> tuple[str, ...]:
     """One record's table cells (COLUMNS): workflow, run and step in one, `-` for none."""
     cells = fields(event)
-    if event.get("kind") not in ("decision", "outcome"):
+    if event.get("kind") not in ("decision", "outcome", "plan"):
         return (*cells[:9], "", cells[-1])
     where = "/".join(c or "-" for c in cells[9:12])
     return (*cells[:9], where, cells[-1])

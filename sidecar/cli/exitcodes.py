@@ -5,7 +5,7 @@ CI scripts branch on these, so each means one thing in every command:
     0  success (check: ALLOW; healthcheck: SERVING)
     1  error: bad input, unreadable files, bad flags or usage; healthcheck:
        not serving or not reachable
-    2  check: DENY
+    2  check: DENY; plan: a step is certainly denied
     3  the check asked for found problems: failing test cases, unformatted
        files (fmt --check), changed decisions (replay --fail-on-change)
     4  the policies are invalid (do not load, do not parse), in every command
@@ -33,6 +33,12 @@ _INVALID = (EXIT_INVALID, "the policies are invalid (do not load or parse)")
 COMMAND_EXIT_CODES: dict[str, tuple[tuple[int, str], ...]] = {
     "serve": ((EXIT_OK, "stopped cleanly (SIGTERM, SIGINT)"), _USAGE, _INVALID),
     "check": ((EXIT_OK, "ALLOW"), _USAGE, (EXIT_DENY, "DENY"), _INVALID),
+    "plan": (
+        (EXIT_OK, "no step is certainly denied"),
+        _USAGE,
+        (EXIT_DENY, "a step is certainly denied"),
+        _INVALID,
+    ),
     "validate": ((EXIT_OK, "the policies are valid"), _USAGE, _INVALID),
     "healthcheck": (
         (EXIT_OK, "SERVING"),

@@ -153,6 +153,7 @@ def _commands() -> list[Callable[[Any], None]]:
         evidence,
         fmt,
         healthcheck,
+        plan,
         replay,
         serve,
         test,
@@ -162,6 +163,7 @@ def _commands() -> list[Callable[[Any], None]]:
     return [
         serve.register,
         check.register,
+        plan.register,
         validate.register,
         audit.register,
         test.register,

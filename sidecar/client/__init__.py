@@ -29,8 +29,9 @@ with the orchestrator's traces and logs.
 The package: `decisions` (what a decision is to the caller, and how each
 failure becomes a DENY saying why), `blocking` (StepguardClient and its
 DecisionStream), `aio` (AsyncStepguardClient), `outcomes` (reporting what a
-step did), `channels` (TLS credentials, spreading over worker sockets). Import
-from `sidecar.client`: the names below are the published surface.
+step did), `plans` (pre-flight: `plan` answers each planned step ALLOW, DENY
+or DEPENDS), `channels` (TLS credentials, spreading over worker sockets).
+Import from `sidecar.client`: the names below are the published surface.
 """
 
 from sidecar.client.aio import AsyncStepguardClient
@@ -48,6 +49,7 @@ from sidecar.client.decisions import (
     kind_of,
 )
 from sidecar.client.outcomes import OutcomeReport, error_class_of
+from sidecar.client.plans import PlanReport, Residual, StepPlan
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -56,9 +58,12 @@ __all__ = [
     "DecisionKind",
     "DecisionStream",
     "OutcomeReport",
+    "PlanReport",
     "RequestLike",
+    "Residual",
     "StepDecision",
     "StepDenied",
+    "StepPlan",
     "StepguardClient",
     "channel_credentials",
     "denied",

@@ -31,6 +31,7 @@ from sidecar.client.outcomes import (
     outcome_message,
     outcome_report,
 )
+from sidecar.client.plans import PlanLike, PlanReport, plan_failure, plan_message, plan_report
 
 
 class AsyncStepguardClient:
@@ -158,6 +159,27 @@ class AsyncStepguardClient:
         except Exception as exc:  # noqa: BLE001 - never fail the caller's task
             return batch.failed(exc)
         return batch.reports(resp)
+
+    async def plan(
+        self,
+        plan: PlanLike,
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> PlanReport:
+        """Pre-flight a run's planned steps; never raises (as `StepguardClient.plan`)."""
+        try:
+            msg = plan_message(plan)
+            call: Awaitable[pb.AuthorizePlanResponse] = self._stub.AuthorizePlan(
+                msg,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=metadata(traceparent, request_id),
+            )
+            resp = await call
+        except Exception as exc:  # noqa: BLE001 - a plan never fails the caller
+            return plan_failure(exc)
+        return plan_report(resp)
 
     async def check(
         self,

@@ -42,6 +42,7 @@ from sidecar.client.outcomes import (
     outcome_message,
     outcome_report,
 )
+from sidecar.client.plans import PlanLike, PlanReport, plan_failure, plan_message, plan_report
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -185,6 +186,32 @@ class StepguardClient:
         except Exception as exc:  # noqa: BLE001 - never fail the caller's task
             return batch.failed(exc)
         return batch.reports(resp)
+
+    def plan(
+        self,
+        plan: PlanLike,
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> PlanReport:
+        """Pre-flight a run's planned steps (AuthorizePlan); never raises.
+
+        `plan` as JSON: `{"run_id", "workflow_id", "steps": [{"step_id",
+        "principal", "action", "resource", "context", "unknown": [...], "at"}]}`
+        (docs/api.md, "Plans"). A plan never replaces the decisions: every step
+        is still decided when it runs.
+        """
+        try:
+            msg = plan_message(plan)
+            resp = self._stub.AuthorizePlan(
+                msg,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=metadata(traceparent, request_id),
+            )
+        except Exception as exc:  # noqa: BLE001 - a plan never fails the caller
+            return plan_failure(exc)
+        return plan_report(resp)
 
     @contextmanager
     def guard(

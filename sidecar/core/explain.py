@@ -37,6 +37,7 @@ from sidecar.core.bundle import Bundle
 from sidecar.core.cedartext import SCOPE_KINDS, Part, one_line, policy_parts, position
 from sidecar.core.model import AuthzRequest, Result
 from sidecar.core.policyparse import PolicyInfo
+from sidecar.core.requestset import request_entities
 from sidecar.core.textsafe import escape
 
 _MEMO_SIZE = 8
@@ -238,7 +239,7 @@ def _clause(info: PolicyInfo, part: Part, index: int, value: Value, error: str) 
 def _run(
     bundle: Bundle, policy_set: cedarpy.PolicySet, request: AuthzRequest
 ) -> tuple[set[str], dict[str, list[str]], list[str]]:
-    entities = _entities(bundle, request)
+    entities = request_entities(bundle, request)
     answer = cedarpy.is_authorized(
         {
             "principal": request.principal.to_json(),
@@ -260,20 +261,6 @@ def _run(
         else:
             unbound.append(message)
     return satisfied, errored, unbound
-
-
-def _entities(bundle: Bundle, request: AuthzRequest) -> cedarpy.Entities:
-    """The whole store plus what `request` supplies; may raise ValueError.
-
-    The engine decides with the part of this set the request can reach, which
-    gives the same answers (engine._entities_for); an explanation is not the
-    hot path, so it takes the whole set rather than the engine's slicing.
-    Validation admits data only for entities the store lacks.
-    """
-    added = [d.to_json() for d in request.entities if d.uid not in bundle.entity_json]
-    if not added:
-        return bundle.entities
-    return bundle.entities.with_added_json_str(json.dumps(added), bundle.schema)
 
 
 def _split_policy_error(message: str) -> tuple[str, bool, str]:

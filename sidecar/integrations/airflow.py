@@ -35,6 +35,15 @@ warning in the task log, never a task failure.
 
 The declaration is read when the DAG is loaded, not from the run's params: a
 run conf with a `stepguard` key cannot change what a task says it does.
+
+Pre-flight (`[stepguard] plan_check = off | warn | enforce`, default off;
+`AIRFLOW__STEPGUARD__PLAN_CHECK`): the first task of a DAG run to start plans
+every task of the DAG with the run conf (preflight.py; the sidecar records the
+plan in its trail). With `warn`, a step certainly denied is logged in that
+task's log; with `enforce`, the run fails right there, before any task body
+runs, with a message naming the step and the policy (every task of the run
+fails the same way). `plan_actions` (comma-separated) limits which steps count.
+A plan never replaces the decisions: each task is still decided when it runs.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from sidecar.client import StepDecision, StepDenied, StepguardClient
 from sidecar.core.errors import StepguardError
 from sidecar.integrations.gate import (
     ADDRESS_ENV,
+    SETTINGS,
     Gate,
     GuardConfig,
     Verdict,
@@ -65,6 +75,7 @@ from sidecar.integrations.outcomes import (
     record_effect,
     status_of,
 )
+from sidecar.integrations.preflight import PlanOutcome, RunPlans
 from sidecar.integrations.steps import RunFacts, Step, StepDeclarationError, run_facts
 
 __all__ = [
@@ -118,10 +129,7 @@ def config_from_airflow() -> GuardConfig:
         from airflow.sdk.configuration import conf
     except ImportError:  # an Airflow without the task SDK's configuration module
         from airflow.configuration import conf
-    values = {
-        key: conf.get(CONFIG_SECTION, key, fallback=None)
-        for key in ("target", "timeout", "workload")
-    }
+    values = {key: conf.get(CONFIG_SECTION, key, fallback=None) for key in SETTINGS}
     values["target"] = values["target"] or os.environ.get(ADDRESS_ENV)
     return GuardConfig.from_strings(values)
 
@@ -170,6 +178,11 @@ class StepguardPolicy:
         client: StepguardClient | None = None,
     ) -> None:
         self.gate = Gate(config if config is not None else config_from_airflow, client=client)
+        self.plans = RunPlans()  # a DAG run is planned once per process
+        # What each task declared when the policy read it (dag id, task id): the plan
+        # uses these, not the params of the run's task objects (a running task's
+        # params are the run's, rendered).
+        self.declared: dict[tuple[str, str], Step | None] = {}
 
     def as_task_policy(self) -> Callable[[Any], None]:
         """A plain function for airflow_local_settings.py (Airflow's plugin manager
@@ -192,6 +205,11 @@ class StepguardPolicy:
             raise AirflowClusterPolicyViolation(
                 f"task {task.task_id!r} of DAG {dag_id!r}: invalid stepguard declaration: {exc}"
             ) from exc
+        dag_id = getattr(task, "dag_id", None) or getattr(
+            getattr(task, "dag", None), "dag_id", None
+        )
+        if dag_id:
+            self.declared[(str(dag_id), str(task.task_id))] = declared
         partial = getattr(task, "partial_kwargs", None)
         if isinstance(partial, MutableMapping):  # a MappedOperator: unmapped tasks get this hook
             partial["pre_execute"] = self._chain(declared, partial.get("pre_execute"))
@@ -248,6 +266,22 @@ class StepguardPolicy:
         setattr(gate, _GATE_MARK, True)
         return gate
 
+    def plan_run(self, context: Mapping[str, Any], facts: RunFacts) -> PlanOutcome:
+        """The DAG run's pre-flight (`[stepguard] plan_check`), once per run and process.
+
+        The first task of a run that starts here plans every task of its DAG;
+        under `enforce`, a run with a step certainly denied fails at that first
+        task, before its body runs, and so does every later task of the run.
+        """
+        known = self.plans.get(facts)
+        if known is not None:
+            return known
+        task_log = getattr(context.get("task"), "log", None) or log
+        tasks = dag_steps(context.get("dag"), self.declared)
+        outcome = self.gate.plan_run(facts, tasks, logger=task_log)
+        self.plans.put(facts, outcome)
+        return outcome
+
     def check(self, declared: Step | None, context: MutableMapping[str, Any]) -> None:
         """Ask; on ALLOW leave the decision in the context, otherwise fail the task."""
         from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -259,6 +293,10 @@ class StepguardPolicy:
             message = f"stepguard DENY: cannot read the task's Airflow ids: {exc!r}"
             task_log.error(message)
             raise AirflowFailException(message) from exc
+        planned = self.plan_run(context, facts)
+        if planned.stop:  # plan_check = enforce: no task of this run may start
+            end()
+            raise AirflowFailException(planned.message)
         decision = self.gate.check(declared, facts)
         line = describe(decision, facts)
         outcome = verdict(decision)
@@ -274,6 +312,26 @@ class StepguardPolicy:
         if outcome is Verdict.UNAVAILABLE:
             raise AirflowException(line) from cause  # retryable: the next try asks again
         raise AirflowFailException(line) from cause  # a policy answer: no retry
+
+
+def dag_steps(
+    dag: Any, known: Mapping[tuple[str, str], Step | None] | None = None
+) -> list[tuple[str, Step | None]]:
+    """Every task of a DAG with the step it declares (None: none, or unreadable): as
+    the policy read it when the DAG was loaded (`known`), else from its params."""
+    out: list[tuple[str, Step | None]] = []
+    dag_id = str(getattr(dag, "dag_id", ""))
+    for task in getattr(dag, "tasks", None) or []:
+        key = (dag_id, str(task.task_id))
+        if known is not None and key in known:
+            out.append((key[1], known[key]))
+            continue
+        try:
+            declared = declared_step(task)
+        except Exception:  # noqa: BLE001 - its own gate denies it when it runs
+            declared = None
+        out.append((key[1], declared))
+    return out
 
 
 _default = StepguardPolicy()

@@ -23,7 +23,7 @@ import enum
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,8 +40,11 @@ from sidecar.client import (
 )
 from sidecar.core.errors import ConfigError, StepguardError
 from sidecar.integrations.outcomes import OUTCOME_TIMEOUT_S, Attempt, begin
+from sidecar.integrations.preflight import PlanCheck, PlanMode, PlanOutcome
 from sidecar.integrations.steps import EntityTypes, RunFacts, Step, build_request
 
+# The settings an orchestrator's config may give (GuardConfig.from_strings).
+SETTINGS = ("target", "timeout", "workload", "plan_check", "plan_actions")
 # What the Helm chart's `stepguard.sidecar.workerEnv` sets in a worker container
 # (docs/deployment.md); the integrations fall back to it when not told otherwise.
 ADDRESS_ENV = "STEPGUARD_ADDRESS"
@@ -57,6 +60,10 @@ class GuardConfig:
     timeout_s: float = DEFAULT_TIMEOUT_S
     workload: str | None = None
     types: EntityTypes = field(default_factory=EntityTypes)
+    # Pre-flight when a run starts (preflight.py): off | warn | enforce, and the
+    # actions whose certain denial counts (None: every declared step).
+    plan_check: PlanMode = PlanMode.OFF
+    plan_actions: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.target:
@@ -66,8 +73,9 @@ class GuardConfig:
 
     @classmethod
     def from_strings(cls, values: Mapping[str, str | None]) -> GuardConfig:
-        """From `target`, `timeout` and `workload` strings (an orchestrator's own config)."""
-        unknown = sorted(set(values) - {"target", "timeout", "workload"})
+        """From `target`, `timeout`, `workload`, `plan_check` and `plan_actions` (comma-
+        separated action ids) strings: an orchestrator's own config."""
+        unknown = sorted(set(values) - set(SETTINGS))
         if unknown:
             raise ConfigError(f"unknown stepguard setting(s): {', '.join(unknown)}")
         timeout = values.get("timeout")
@@ -75,18 +83,22 @@ class GuardConfig:
             timeout_s = float(timeout) if timeout else DEFAULT_TIMEOUT_S
         except ValueError as exc:
             raise ConfigError(f"stepguard timeout must be seconds, got {timeout!r}") from exc
+        actions = [a.strip() for a in (values.get("plan_actions") or "").split(",") if a.strip()]
         return cls(
             target=values.get("target") or DEFAULT_TARGET,
             timeout_s=timeout_s,
             workload=values.get("workload") or None,
+            plan_check=PlanMode.parse(values.get("plan_check")),
+            plan_actions=frozenset(actions) if actions else None,
         )
 
 
 def env_config(prefix: str, environ: Mapping[str, str] | None = None) -> GuardConfig:
-    """`<prefix>TARGET`, `<prefix>TIMEOUT` and `<prefix>WORKLOAD` from the environment;
-    the target falls back to STEPGUARD_ADDRESS (what the Helm chart sets in workers)."""
+    """`<prefix>TARGET`, `TIMEOUT`, `WORKLOAD`, `PLAN_CHECK` and `PLAN_ACTIONS` from the
+    environment; the target falls back to STEPGUARD_ADDRESS (what the Helm chart sets in
+    workers)."""
     env = os.environ if environ is None else environ
-    values = {key: env.get(prefix + key.upper()) for key in ("target", "timeout", "workload")}
+    values = {key: env.get(prefix + key.upper()) for key in SETTINGS}
     values["target"] = values["target"] or env.get(ADDRESS_ENV)
     return GuardConfig.from_strings(values)
 
@@ -173,6 +185,46 @@ class Gate:
                 f"stepguard integration error: {type(exc).__name__}: {exc}", DecisionKind.ERROR
             )
         return self._client_for(config).authorize(request)
+
+    def plan_run(
+        self,
+        facts: RunFacts,
+        tasks: Sequence[tuple[str, Step | None]],
+        *,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> PlanOutcome:
+        """Pre-flight the run when it starts, under the configured `plan_check`; never
+        raises. What it found is logged: an error when the run must stop, else a warning."""
+        logger = logger or log
+        try:
+            config = self.config()
+            check = PlanCheck(config.plan_check, config.plan_actions, config.timeout_s)
+            if check.mode is PlanMode.OFF:
+                return PlanOutcome(PlanMode.OFF)
+            outcome = check.run(
+                self._client_for(config),
+                facts,
+                tasks,
+                workload=config.workload,
+                types=config.types,
+            )
+        except Exception as exc:  # noqa: BLE001 - a plan never stops a run by failing
+            outcome = PlanOutcome(
+                PlanMode.OFF, message=f"stepguard plan not made: {type(exc).__name__}: {exc}"
+            )
+        try:
+            if outcome.stop:
+                logger.error(outcome.message)
+            elif outcome.message:
+                logger.warning(outcome.message)
+            elif outcome.report is not None:
+                logger.info(
+                    f"stepguard plan {outcome.report.plan_id} of run {facts.workflow_id}/"
+                    f"{facts.run_id}: no step certainly denied"
+                )
+        except Exception:  # noqa: BLE001, S110 - a broken logger must not stop the run
+            pass
+        return outcome
 
     def begin(self, decision: StepDecision, facts: RunFacts, step: Step) -> tuple[Attempt, Any]:
         """Open the attempt an ALLOW admitted (`outcomes.begin`, with this gate's types)."""

@@ -22,6 +22,12 @@ with the run count as attempt and what the body declared with
 outcome; a denied attempt reports nothing (its body never ran). An outcome
 that cannot be recorded is a warning in the task run's log, never a failure.
 
+Pre-flight: `@planned(task, ...)` under `@flow` plans the flow run's guarded
+tasks when it starts (`PREFECT_STEPGUARD_PLAN_CHECK` = off | warn | enforce,
+default off): with `enforce` a flow run with a step certainly denied fails
+before its first task, naming the step and the policy (sidecar/integrations/
+preflight.py). A plan never replaces the decisions.
+
 The sidecar is found through the environment, read at each check:
 `PREFECT_STEPGUARD_TARGET` (HOST:PORT or unix:///path, default 127.0.0.1:50051),
 `PREFECT_STEPGUARD_TIMEOUT` (seconds) and `PREFECT_STEPGUARD_WORKLOAD` (the
@@ -62,14 +68,17 @@ from sidecar.integrations.outcomes import (
 from sidecar.integrations.steps import RunFacts, Step, run_facts
 
 __all__ = [
+    "RunStopped",
     "current_decision",
     "guard",
     "guarded_task",
+    "planned",
     "record_effect",
     "retry_unless_denied",
 ]
 
 ENV_PREFIX = "PREFECT_STEPGUARD_"
+STEP_ATTR = "__stepguard_step__"  # a guarded function's declared Step, for `planned`
 P = ParamSpec("P")
 R = TypeVar("R")
 RetryCondition = Callable[[Any, Any, Any], bool | Awaitable[bool]]
@@ -79,7 +88,8 @@ _current: ContextVar[StepDecision | None] = ContextVar("stepguard_decision", def
 
 
 def config_from_env(environ: Mapping[str, str] | None = None) -> GuardConfig:
-    """PREFECT_STEPGUARD_{TARGET,TIMEOUT,WORKLOAD}; the target falls back to STEPGUARD_ADDRESS."""
+    """PREFECT_STEPGUARD_{TARGET,TIMEOUT,WORKLOAD,PLAN_CHECK,PLAN_ACTIONS}; the target falls
+    back to STEPGUARD_ADDRESS."""
     return env_config(ENV_PREFIX, environ)
 
 
@@ -148,6 +158,7 @@ def guard(
                 await asyncio.to_thread(gate.report, attempt, SUCCEEDED, logger=_run_logger())
                 return result
 
+            setattr(guarded_async, STEP_ATTR, declared)
             return cast(Callable[P, R], guarded_async)
 
         @functools.wraps(fn)
@@ -167,6 +178,7 @@ def guard(
             gate.report(attempt, SUCCEEDED, logger=_run_logger())
             return result
 
+        setattr(guarded, STEP_ATTR, declared)
         return guarded
 
     return wrap
@@ -195,6 +207,76 @@ def guarded_task(
         return task(**task_options, retry_condition_fn=condition)(checked(fn))
 
     return wrap
+
+
+class RunStopped(StepguardError):
+    """plan_check = enforce: a step of the flow run is certainly denied; no task ran."""
+
+
+def declared_step(task: Any) -> Step | None:
+    """The step a guarded task (or guarded function) declares; None for any other."""
+    fn = getattr(task, "fn", task)
+    step = getattr(fn, STEP_ATTR, None)
+    return step if isinstance(step, Step) else None
+
+
+def planned(
+    *tasks: Any,
+    config: GuardConfig | Callable[[], GuardConfig] | None = None,
+    client: StepguardClient | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Pre-flight a flow run when it starts (`PREFECT_STEPGUARD_PLAN_CHECK`: off, warn,
+    enforce; preflight.py), planning the guarded `tasks` the flow runs:
+
+        @flow(name="onboarding")
+        @planned(create_account, grant_access, issue_credential, notify)
+        def onboarding(new_hire: str, requester: str, approval: dict | None = None): ...
+
+    With `enforce`, a flow run with a step certainly denied raises `RunStopped`
+    (naming the step and the policy) before the flow's body, so before its
+    first task; with `warn` the flow run's log says so and the flow goes on.
+    Each task is still decided when it runs.
+    """
+    steps = [(_task_name(t), declared_step(t)) for t in tasks]
+    gate = (
+        _default_gate
+        if config is None and client is None
+        else Gate(config if config is not None else config_from_env, client=client)
+    )
+
+    def check() -> None:
+        try:
+            facts = facts_from_runtime()
+        except Exception as exc:  # noqa: BLE001 - no plan without ids; tasks still ask
+            _run_logger().warning(f"stepguard plan not made: cannot read Prefect's ids: {exc!r}")
+            return
+        outcome = gate.plan_run(facts, steps, logger=_run_logger())
+        if outcome.stop:
+            raise RunStopped(outcome.message)
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def planned_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                await asyncio.to_thread(check)
+                return await fn(*args, **kwargs)
+
+            return cast(Callable[P, R], planned_async)
+
+        @functools.wraps(fn)
+        def planned_sync(*args: P.args, **kwargs: P.kwargs) -> R:
+            check()
+            return fn(*args, **kwargs)
+
+        return planned_sync
+
+    return wrap
+
+
+def _task_name(task: Any) -> str:
+    name = getattr(task, "name", None) or getattr(getattr(task, "fn", task), "__name__", "")
+    return str(name)
 
 
 def ended_with(exc: BaseException, *, has_timeout: bool | None = None) -> tuple[str, str]:

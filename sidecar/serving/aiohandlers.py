@@ -26,6 +26,7 @@ from sidecar.serving.servicer import (
     call_meta,
     method_handlers,
     outcome_methods,
+    plan_methods,
     undecodable,
 )
 from sidecar.serving.streams import Slot, caller_key
@@ -224,6 +225,24 @@ def aio_generic_handler(
 def aio_outcome_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:
     """The outcome methods for grpc.aio: run on a thread, so that a trail lookup or an
     fsync never holds the event loop (outcomes are not on the decision path)."""
+    return outcome_methods(
+        _on_thread(servicer, servicer.RecordOutcome, pb.RecordOutcomeRequest),
+        _on_thread(servicer, servicer.RecordOutcomes, pb.RecordOutcomesRequest),
+    )
+
+
+def aio_plan_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """AuthorizePlan for grpc.aio, on a thread like the outcomes: partial evaluation
+    takes about a millisecond a step, and the trail write may fsync."""
+    return plan_methods(_on_thread(servicer, servicer.AuthorizePlan, pb.AuthorizePlanRequest))
+
+
+def _on_thread(
+    servicer: AuthorizerServicer,
+    fn: Callable[[Any, grpc.ServicerContext], Any],
+    request_type: type[Message],
+) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]:
+    """A sync handler run on a thread for the event loop (raw bytes in)."""
 
     def unary(
         fn: Callable[[Any, grpc.ServicerContext], Any], request_type: type[Message]
@@ -245,10 +264,7 @@ def aio_outcome_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[
 
         return handler
 
-    return outcome_methods(
-        unary(servicer.RecordOutcome, pb.RecordOutcomeRequest),
-        unary(servicer.RecordOutcomes, pb.RecordOutcomesRequest),
-    )
+    return unary(fn, request_type)
 
 
 class _Wakeups:

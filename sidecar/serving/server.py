@@ -30,12 +30,18 @@ from sidecar.decision.cache import DecisionCache
 from sidecar.decision.decider import Decider
 from sidecar.decision.metrics import Metrics
 from sidecar.decision.outcomes import DecisionIndex, OutcomeRecorder, indexing, trail_lookup
-from sidecar.serving.aiohandlers import aio_generic_handler, aio_outcome_handler
+from sidecar.decision.plans import PlanRecorder
+from sidecar.serving.aiohandlers import aio_generic_handler, aio_outcome_handler, aio_plan_handler
 from sidecar.serving.aioserver import AioServer
 from sidecar.serving.authzen import AuthzenServer, build_server
 from sidecar.serving.config import Settings, split_host_port
 from sidecar.serving.httpstatus import start_status_server
-from sidecar.serving.servicer import AuthorizerServicer, generic_handler, outcome_handler
+from sidecar.serving.servicer import (
+    AuthorizerServicer,
+    generic_handler,
+    outcome_handler,
+    plan_handler,
+)
 from sidecar.serving.tls import CertificateReloader, TlsFiles
 from sidecar.serving.trail import open_trail
 from sidecar.serving.watch import PolicyWatcher, ReloadStatus
@@ -162,6 +168,15 @@ class Sidecar:
             audit_note=note,
             bind_workload_identity=settings.bind_workload_identity,
         )
+        # Plans (decision/plans.py): predicted beside the decisions, recorded in the same trail.
+        self.plans = PlanRecorder(
+            self.sink,
+            clock,
+            policy_errors=settings.policy_errors,
+            redactor=redactor,
+            audit_note=note,
+            bind_workload_identity=settings.bind_workload_identity,
+        )
         self.decider = Decider(
             indexing(self.sink, index),
             self.metrics,
@@ -229,6 +244,7 @@ class Sidecar:
                 tls=self.tls,
                 http=s.authzen_http,
                 outcomes=self.outcomes,
+                plans=self.plans,
             )
             try:
                 authzen = self._authzen.start()
@@ -261,15 +277,18 @@ class Sidecar:
             max_streams_per_caller=s.stream_max_per_caller,
             stream_idle_timeout_s=s.stream_idle_timeout_s,
             outcomes=self.outcomes,
+            plans=self.plans,
         )
         if isinstance(server, AioServer):
             # With fsync durability the loop must not wait for the disk (servicer.py).
             defer = s.audit_durability == "fsync"
             server.add_generic_rpc_handlers((aio_generic_handler(servicer, defer_audit=defer),))
             server.add_generic_rpc_handlers((aio_outcome_handler(servicer),))
+            server.add_generic_rpc_handlers((aio_plan_handler(servicer),))
         else:
             server.add_generic_rpc_handlers((generic_handler(servicer),))
             server.add_generic_rpc_handlers((outcome_handler(servicer),))
+            server.add_generic_rpc_handlers((plan_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

@@ -26,12 +26,15 @@ from sidecar.core.bundle import Bundle
 from sidecar.core.decoderefusal import decode_refusal
 from sidecar.core.errors import AuditError, InvalidRequest
 from sidecar.core.outcome import VIOLATION_TO_PROTO, outcome_from_proto
+from sidecar.core.planreq import plan_from_proto
 from sidecar.core.validate import Limits
 from sidecar.decision.decider import Decided, Decider
 from sidecar.decision.identity import IdentityRefused, caller_identity
 from sidecar.decision.metrics import Metrics
 from sidecar.decision.outcomes import OutcomeRecorder, Recorded
+from sidecar.decision.plans import PlanRecorder
 from sidecar.serving.answer import Answers, to_response
+from sidecar.serving.plananswer import plan_response
 from sidecar.serving.streams import Slot, StreamSlots, caller_key
 
 log = logging.getLogger(__name__)
@@ -53,8 +56,10 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         max_streams_per_caller: int = 0,
         stream_idle_timeout_s: float = 60.0,
         outcomes: OutcomeRecorder | None = None,
+        plans: PlanRecorder | None = None,
     ) -> None:
         self._bundle = bundle
+        self._plans = plans  # AuthorizePlan; UNIMPLEMENTED without one
         self._outcomes = outcomes  # RecordOutcome(s); UNIMPLEMENTED without one
         self._decider = decider
         self._limits = limits
@@ -280,6 +285,31 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
                 slot.error.message = f"items[{i}]: internal error; the outcome is not recorded"
         return out
 
+    # --- plans (docs/api.md, "Plans") ------------------------------------------------
+
+    def AuthorizePlan(
+        self, request: pb.AuthorizePlanRequest, context: grpc.ServicerContext
+    ) -> pb.AuthorizePlanResponse:
+        """Predict a run's steps and record the plan: INVALID_ARGUMENT naming the field,
+        UNAVAILABLE when the trail cannot take the plan. Never on the decision path."""
+        if self._plans is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server answers no plans")
+        assert self._plans is not None
+        meta = call_meta(context)
+        bundle = self._bundle()  # one snapshot for validation and every step
+        try:
+            plan = plan_from_proto(request, bundle, self._limits)
+            return plan_response(self._plans.plan(bundle, plan, meta))
+        except InvalidRequest as exc:
+            self._count_invalid(exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except AuditError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"plan not recorded: {exc}")
+        except Exception:
+            log.exception("AuthorizePlan failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; no plan was made")
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _outcome_recorder(self, context: grpc.ServicerContext) -> OutcomeRecorder:
         if self._outcomes is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server records no outcomes")
@@ -418,6 +448,22 @@ def outcome_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any,
         _parsing(servicer.RecordOutcome, pb.RecordOutcomeRequest, servicer._limits),
         _parsing(servicer.RecordOutcomes, pb.RecordOutcomesRequest, servicer._limits),
     )
+
+
+def plan_methods(plan: Callable[..., Any]) -> grpc.GenericRpcHandler[Any, Any]:
+    """AuthorizePlan, registered beside the Authorize methods (same service)."""
+    handlers = {
+        "AuthorizePlan": grpc.unary_unary_rpc_method_handler(
+            plan, response_serializer=pb.AuthorizePlanResponse.SerializeToString
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+def plan_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """AuthorizePlan for the sync server (raw bytes in: undecodable is INVALID_ARGUMENT)."""
+    return plan_methods(_parsing(servicer.AuthorizePlan, pb.AuthorizePlanRequest, servicer._limits))
 
 
 # --- the asyncio server -------------------------------------------------------

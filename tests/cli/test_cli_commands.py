@@ -20,6 +20,7 @@ SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
 COMMAND_MODULES = {
     "serve": {"serve"},
     "check": {"check"},
+    "plan": {"plan"},
     "validate": {"validate"},
     "audit": {"audit", "audit verify", "audit query"},
     "fmt": {"fmt"},

@@ -56,6 +56,12 @@ def main(plan_path: str, results_path: str) -> int:
                 if restore not in callbacks:
                     setattr(task, kind, [*callbacks, restore])
         os.environ["AIRFLOW__STEPGUARD__TARGET"] = scenario["target"]
+        for key in ("plan_check", "plan_actions"):  # this scenario's settings, or none
+            value = scenario.get("settings", {}).get(key)
+            if value is None:
+                os.environ.pop(f"AIRFLOW__STEPGUARD__{key.upper()}", None)
+            else:
+                os.environ[f"AIRFLOW__STEPGUARD__{key.upper()}"] = value
         os.environ["EXAMPLE_SYSTEMS_LOG"] = scenario["systems_log"]
         os.environ["EXAMPLE_SYSTEMS_DOWN"] = scenario["systems_down"]
         switch.update(decide=scenario["target"], outcome=scenario["outcome_target"])

@@ -103,6 +103,8 @@ class Scenario:
     # Where outcomes go once a task body has changed a system: the sidecar stops
     # between the decision and the outcome ("stopped"), or None: the same one.
     outcome_sidecar: str | None = None
+    # Integration settings for this run (plan_check, ...), set in the environment.
+    settings: tuple[tuple[str, str], ...] = ()
 
 
 SCENARIOS = [
@@ -165,6 +167,29 @@ OUTCOME_SCENARIOS = [
     # tests/integrations/outcome_kinds: tasks skipped by their own code (Airflow)
     # and stopped by the orchestrator's timeout (both).
     Scenario("outcome-kinds", "outcome_kinds", "weekday", {"requester": "maria"}),
+]
+
+
+# Pre-flight when a run starts (sidecar/integrations/preflight.py): the test
+# workflow "preflight" announces, then has the provisioner revoke access, which
+# no policy permits, whatever the time.
+PLAN_SCENARIOS = [
+    Scenario(
+        f"plan-{mode}",
+        "preflight",
+        "weekday",
+        {"requester": "maria"},
+        settings=(("plan_check", mode),),
+    )
+    for mode in ("off", "warn", "enforce")
+] + [
+    Scenario(
+        "plan-enforce-approved",
+        "onboarding",
+        "weekday",
+        {"new_hire": "heidi", "requester": "maria", "approval": APPROVED},
+        settings=(("plan_check", "enforce"),),
+    )
 ]
 
 
@@ -324,6 +349,7 @@ def run_scenarios(
                     "systems_log": str(tmp / f"{s.name}.systems.jsonl"),
                     "systems_down": ",".join(s.systems_down),
                     "outcome_target": targets[s.outcome_sidecar] if s.outcome_sidecar else None,
+                    "settings": dict(s.settings),
                 }
                 for s in scenarios
             ],
@@ -370,6 +396,45 @@ def run_scenarios(
             effects=effects,
         )
     return Outcome(runs, audits, log_text, trails)
+
+
+def check_plan_setting(outcome: Outcome) -> None:
+    """off: no plan; warn: planned, logged, and the run goes on until the denied step;
+    enforce: the run fails before its first task body, naming the step and the policy;
+    a run with no step certainly denied runs under enforce as it always did."""
+    plans = {
+        s.name: [
+            e
+            for e in outcome.trails["weekday"]
+            if e.get("kind") == "plan" and e.get("run_id") == outcome.runs[s.name].run_id
+        ]
+        for s in PLAN_SCENARIOS
+    }
+    decisions = {s.name: outcome.events(s) for s in PLAN_SCENARIOS}
+    off, warn, enforce = (outcome.runs[f"plan-{m}"] for m in ("off", "warn", "enforce"))
+    assert plans["plan-off"] == []
+    assert off.ran() == ["notify"] and off.state == "failed"  # stopped at revoke, as always
+    # warn: the plan is recorded and linked to the run's decisions; the run goes on.
+    (warned,) = plans["plan-warn"]
+    assert [s["verdict"] for s in warned["steps"]] == ["ALLOW", "DENY"]
+    assert warn.ran() == ["notify"] and warn.state == "failed"
+    assert sorted(e["decision"] for e in decisions["plan-warn"]) == ["ALLOW", "DENY"]
+    # enforce: no task body ran, no step was even decided; the plan says why.
+    (enforced,) = plans["plan-enforce"]
+    assert enforced["verdicts"] == {"ALLOW": 1, "DENY": 1, "DEPENDS": 0}
+    assert enforce.state == "failed"
+    assert enforce.ran() == []
+    assert decisions["plan-enforce"] == []
+    for name in ("plan-warn", "plan-enforce"):
+        assert f"plan {plans[name][0]['id']} of run" in outcome.log
+    assert "(revoke_access on okta): denied whatever the unknowns are" in outcome.log
+    assert "the run is stopped before its first task (plan_check = enforce)" in outcome.log
+    # A run with nothing certainly denied is planned and runs to the end under enforce.
+    approved = outcome.runs["plan-enforce-approved"]
+    assert approved.state == "success"
+    (fine,) = plans["plan-enforce-approved"]
+    assert fine["verdicts"]["DENY"] == 0
+    assert sorted(s["action"]["id"] for s in fine["steps"]) == sorted(ONBOARDING_STEPS)
 
 
 def by_name(name: str) -> Scenario:

@@ -72,6 +72,12 @@ def main(plan_path: str, results_path: str) -> int:
     with prefect_test_harness():
         for scenario in plan["scenarios"]:
             os.environ["PREFECT_STEPGUARD_TARGET"] = scenario["target"]
+            for key in ("plan_check", "plan_actions"):  # this scenario's settings, or none
+                value = scenario.get("settings", {}).get(key)
+                if value is None:
+                    os.environ.pop(f"PREFECT_STEPGUARD_{key.upper()}", None)
+                else:
+                    os.environ[f"PREFECT_STEPGUARD_{key.upper()}"] = value
             os.environ["EXAMPLE_SYSTEMS_LOG"] = scenario["systems_log"]
             os.environ["EXAMPLE_SYSTEMS_DOWN"] = scenario["systems_down"]
             switch.update(decide=scenario["target"], outcome=scenario["outcome_target"])

@@ -32,6 +32,7 @@ from tests.integrations.orchestration import (
     ONBOARDING_CALLS,
     ONBOARDING_STEPS,
     OUTCOME_SCENARIOS,
+    PLAN_SCENARIOS,
     SCENARIOS,
     Outcome,
     Scenario,
@@ -42,6 +43,7 @@ from tests.integrations.orchestration import (
     check_each_allowed_step_is_followed_by_its_outcome,
     check_leaver_not_blocked_at_night,
     check_one_event_per_guarded_step,
+    check_plan_setting,
     check_skips_and_timeouts,
     check_time_bound_stops_the_first_step,
     orchestrator_python,
@@ -81,6 +83,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     for dag_file in [
         *(ROOT / "examples" / "airflow" / "dags").glob("*.py"),
         HERE / "outcome_kinds" / "dags" / "outcome_kinds.py",
+        HERE / "outcome_kinds" / "dags" / "preflight.py",
     ]:
         shutil.copy(dag_file, dags / dag_file.name)
     env = {
@@ -91,7 +94,11 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         "PYTHONPATH": f"{ROOT / 'examples' / 'airflow'}{os.pathsep}{ROOT / 'examples'}",
     }
     return run_scenarios(
-        python, HERE / "airflow_runner.py", tmp, [*SCENARIOS, REDECLARED, *OUTCOME_SCENARIOS], env
+        python,
+        HERE / "airflow_runner.py",
+        tmp,
+        [*SCENARIOS, REDECLARED, *OUTCOME_SCENARIOS, *PLAN_SCENARIOS],
+        env,
     )
 
 
@@ -254,3 +261,9 @@ def test_the_report_of_the_example_runs_shows_confidence_below_100_percent(
     demo: Demo, browser: Any
 ) -> None:
     check_the_report_shows_confidence_below_100_percent(demo, browser)
+
+
+def test_plan_check_off_warn_enforce_when_a_run_starts(outcome: Outcome) -> None:
+    """Issue 21: with enforce, a run whose revoke step is certainly denied fails before
+    its first task, naming the step and the policy; warn logs and records; off does neither."""
+    check_plan_setting(outcome)

@@ -2,7 +2,8 @@
 
 Every case goes through the sidecar's own request path: the JSON request form
 -> protobuf (`jsonreq`) -> `validate.request_from_proto` -> `engine.evaluate`,
-so a passing case is what the server would answer. Bundles are loaded once per
+so a passing case is what the server would answer. A plan case's step goes
+through AuthorizePlan's path instead (`planreq` -> `plan.plan_step`). Bundles are loaded once per
 policy directory (and per suite's fixture entities) and shared by the suites
 that name it; coverage is counted per policy directory and policy text.
 Progress is the caller's: `run_files` calls `on_suite` after each suite.
@@ -36,6 +37,8 @@ from sidecar.authoring.testing.results import (
 )
 from sidecar.authoring.testing.suites import (
     CaseSpec,
+    PlanCase,
+    PlanExpect,
     SuiteError,
     SuiteSpec,
     is_suite,
@@ -48,6 +51,8 @@ from sidecar.core.errors import BundleError, InvalidRequest, StepguardError
 from sidecar.core.explain import explain
 from sidecar.core.jsonreq import request_from_json
 from sidecar.core.model import AuthzRequest, PolicyErrors, Result
+from sidecar.core.plan import StepVerdict, plan_step
+from sidecar.core.planreq import plan_from_json, plan_from_proto
 from sidecar.core.validate import Limits, request_from_proto
 
 
@@ -175,6 +180,8 @@ class Runner:
     ) -> CaseResult:
         if case.problem:
             return CaseResult(case.name, ERROR, case.line, (case.problem,))
+        if case.plan is not None:
+            return self._run_plan_step(case, case.plan, bundle)
         now = case.now or suite_now or self.clock()
         described = describe(case.request, now)
         try:
@@ -188,6 +195,22 @@ class Runner:
         problems = compare(case.expect, result)
         status = FAIL if problems else PASS
         return CaseResult(case.name, status, case.line, problems, case.expect, result, described)
+
+    def _run_plan_step(self, case: CaseSpec, step: PlanCase, bundle: Bundle) -> CaseResult:
+        """A planned step, pre-flighted as AuthorizePlan does (core/plan.py), not decided."""
+        body: dict[str, Any] = {**case.request, "unknown": list(step.unknown)}
+        if step.at is not None:
+            body["at"] = step.at
+        described = "plan: " + describe(case.request, None)
+        try:
+            plan = plan_from_proto(plan_from_json({"steps": [body]}), bundle, Limits())
+        except InvalidRequest as exc:
+            problem = f"the server would refuse this plan (INVALID_ARGUMENT): {exc}"
+            return CaseResult(case.name, ERROR, case.line, (problem,), request=described)
+        verdict = plan_step(bundle, plan.steps[0], self.policy_errors)
+        problems = compare_plan(step.expect, verdict)
+        status = FAIL if problems else PASS
+        return CaseResult(case.name, status, case.line, problems, request=described)
 
     # Cedar's JSON tests -----------------------------------------------------------
 
@@ -236,6 +259,32 @@ class Runner:
         problems = compare(case.expect, result)
         status = FAIL if problems else PASS
         return CaseResult(case.name, status, 0, problems, case.expect, result, described)
+
+
+def compare_plan(expect: PlanExpect, verdict: StepVerdict) -> tuple[str, ...]:
+    """What differs between a plan step's expectation and its verdict (empty: it passes)."""
+    problems: list[str] = []
+    got_verdict = verdict.verdict.value
+    if got_verdict != expect.verdict:
+        problems.append(f"verdict is {got_verdict} ({verdict.reason}), expected {expect.verdict}")
+    if expect.policies is not None:
+        ids = verdict.determining if got_verdict != "DEPENDS" else verdict.residuals
+        got = {p.id for p in ids}
+        if got != expect.policies:
+            missing, extra = sorted(expect.policies - got), sorted(got - expect.policies)
+            detail = "; ".join(
+                part
+                for part in (
+                    f"missing {', '.join(missing)}" if missing else "",
+                    f"unexpected {', '.join(extra)}" if extra else "",
+                )
+                if part
+            )
+            problems.append(f"policies differ: {detail}")
+    for words in expect.words:
+        if words not in verdict.reason:
+            problems.append(f"the reason does not say {words!r}: {verdict.reason}")
+    return tuple(problems)
 
 
 def policy_digest(bundle: Bundle) -> str:

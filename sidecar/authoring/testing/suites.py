@@ -1,7 +1,10 @@
 """Reading YAML suites into cases (docs/policy-testing.md, "The YAML suite format").
 
 A suite is a mapping beside the policies (`policies/tests/*.yaml`) with
-fixtures, `cases` and `matrix` entries. Each case becomes a `CaseSpec`: the
+fixtures, `cases`, `matrix` and `plans` entries (a plan's steps are
+pre-flighted, docs/api.md "Plans", each step one case). About 570 lines, past
+the 500 lines of issue 17: a plan case is read with the same fixtures, merging
+and line-keeping as `cases` and `matrix`, by the same builder. Each case becomes a `CaseSpec`: the
 JSON request form the server would receive, the time to decide at and the
 `Expect`ation. A malformed case carries its problem (with the line it starts
 on) and is reported as an error while the rest of the suite still runs; a
@@ -38,6 +41,7 @@ _SUITE_KEYS = {
     "fixtures",
     "cases",
     "matrix",
+    "plans",
 }
 _FIXTURE_KEYS = {"principals", "resources", "actions", "contexts", "entities"}
 _NAMED_FIXTURES = ("principals", "resources", "actions", "contexts")
@@ -53,6 +57,10 @@ _MATRIX_KEYS = {
     "expect",
 }
 _EXPECT_KEYS = {"decision", "policies", "obligations", "errors"}
+_PLAN_KEYS = {"name", "context", "unknown", "at", "steps"}
+_PLAN_STEP_KEYS = {"id", "principal", "action", "resource", "context", "unknown", "at", "expect"}
+_PLAN_EXPECT_KEYS = {"verdict", "policies", "words"}
+VERDICTS = ("ALLOW", "DENY", "DEPENDS")
 _OBLIGATION_KEYS = {"max_credential_ttl", "revoke_within"}
 
 
@@ -96,6 +104,24 @@ def yaml_error(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanExpect:
+    """What a plan case expects of one planned step (docs/policy-testing.md, "Plans")."""
+
+    verdict: str  # ALLOW | DENY | DEPENDS
+    policies: frozenset[str] | None = None  # ALLOW/DENY: determining; DEPENDS: still open
+    words: tuple[str, ...] = ()  # each part of the step's reason, in words
+
+
+@dataclass(frozen=True, slots=True)
+class PlanCase:
+    """A step of a plan case: its unknown context paths, when it runs, what is expected."""
+
+    unknown: tuple[str, ...]
+    at: str | None
+    expect: PlanExpect
+
+
+@dataclass(frozen=True, slots=True)
 class CaseSpec:
     name: str
     line: int
@@ -103,6 +129,7 @@ class CaseSpec:
     now: datetime | None
     expect: Expect | None
     problem: str = ""  # the case is malformed; reported as an error, the rest still run
+    plan: PlanCase | None = None  # a planned step: pre-flighted, not decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +170,11 @@ class SuiteSpec:
             raise SuiteError("matrix: expected a list", _line(doc))
         for i, raw in enumerate(raw_matrix):
             cases.extend(build.matrix(raw, f"matrix[{i}]"))
+        raw_plans = doc.get("plans") or []
+        if not isinstance(raw_plans, list):
+            raise SuiteError("plans: expected a list", _line(doc))
+        for i, raw in enumerate(raw_plans):
+            cases.extend(build.plan(raw, f"plans[{i}]"))
         name = doc.get("name") or ""
         return cls(str(name), policies, now, tuple(_plain(entities)), tuple(cases))
 
@@ -238,6 +270,50 @@ class _Builder:
                             out.append(CaseSpec(name, line, {}, None, None, str(exc)))
                             continue
                         out.append(CaseSpec(name, line, request, now, expect))
+        return out
+
+    def plan(self, raw: Any, where: str) -> list[CaseSpec]:
+        """A plan case: one case per planned step, named `plan name [step id]`."""
+        line = _line(raw)
+        label = str(raw.get("name") or where) if isinstance(raw, dict) else where
+        try:
+            if not isinstance(raw, dict):
+                raise SuiteError(f"{where}: expected a mapping")
+            _check_keys(raw, _PLAN_KEYS, where)
+            steps = raw.get("steps")
+            if not isinstance(steps, list) or not steps:
+                raise SuiteError(f"{where}: `steps` must be a non-empty list", line)
+        except SuiteError as exc:
+            return [CaseSpec(label, line, {}, None, None, str(exc))]
+        out: list[CaseSpec] = []
+        for i, step in enumerate(steps):
+            at = f"{where}.steps[{i}]"
+            step_line = _line(step) or line
+            sid = step.get("id") if isinstance(step, dict) else None
+            name = f"{label} [{sid if sid else i}]"
+            try:
+                if not isinstance(step, dict):
+                    raise SuiteError(f"{at}: expected a mapping", step_line)
+                _check_keys(step, _PLAN_STEP_KEYS, at)
+                for key in ("principal", "action", "resource", "expect"):
+                    if key not in step:
+                        raise SuiteError(f"{at}: `{key}` is required", step_line)
+                context = step["context"] if "context" in step else raw.get("context")
+                request = self._request(
+                    step["principal"], step["action"], step["resource"], context, at
+                )
+                unknown = step.get("unknown", raw.get("unknown", []))
+                if not isinstance(unknown, list) or not all(isinstance(u, str) for u in unknown):
+                    raise SuiteError(f"{at}.unknown: expected a list of context paths", step_line)
+                when = step.get("at", raw.get("at"))
+                moment = _plain(_time(when, f"{at}.at")) if when is not None else None
+                case = PlanCase(
+                    tuple(unknown), moment, _plan_expect(step["expect"], f"{at}.expect")
+                )
+            except SuiteError as exc:
+                out.append(CaseSpec(name, step_line, {}, None, None, str(exc)))
+                continue
+            out.append(CaseSpec(name, step_line, request, None, None, plan=case))
         return out
 
     def _request(
@@ -360,6 +436,37 @@ def _expect(raw: Any, where: str) -> Expect:
     )
 
 
+def _plan_expect(raw: Any, where: str) -> PlanExpect:
+    if isinstance(raw, str):
+        return PlanExpect(_verdict(raw, where))
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{where}: expected ALLOW, DENY, DEPENDS or a mapping with `verdict`")
+    _check_keys(raw, _PLAN_EXPECT_KEYS, where)
+    if "verdict" not in raw:
+        raise SuiteError(f"{where}: `verdict` is required", _line(raw))
+    policies = raw.get("policies")
+    if policies is not None and not (
+        isinstance(policies, list) and all(isinstance(p, str) for p in policies)
+    ):
+        raise SuiteError(f"{where}.policies: expected a list of policy ids", _line(raw))
+    words = raw.get("words", [])
+    words = [words] if isinstance(words, str) else words
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise SuiteError(f"{where}.words: expected text or a list of texts", _line(raw))
+    return PlanExpect(
+        _verdict(raw["verdict"], f"{where}.verdict"),
+        frozenset(policies) if policies is not None else None,
+        tuple(words),
+    )
+
+
+def _verdict(value: Any, where: str) -> str:
+    text = str(value).strip().upper()
+    if text not in VERDICTS:
+        raise SuiteError(f"{where}: {value!r} is not ALLOW, DENY or DEPENDS")
+    return text
+
+
 def parse_decision(value: Any, where: str) -> Decision:
     text = str(value).strip().upper()
     if text not in ("ALLOW", "DENY"):
@@ -453,7 +560,7 @@ def is_suite(path: Path, *, explicit: bool) -> bool:
     except (yaml.YAMLError, OSError, UnicodeDecodeError):
         # A broken file that looks like a suite is reported, not skipped.
         return _looks_like_suite(path)
-    return isinstance(doc, dict) and ("cases" in doc or "matrix" in doc)
+    return isinstance(doc, dict) and ("cases" in doc or "matrix" in doc or "plans" in doc)
 
 
 def _looks_like_suite(path: Path) -> bool:
@@ -461,4 +568,4 @@ def _looks_like_suite(path: Path) -> bool:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return False
-    return bool(re.search(r"^(cases|matrix)\s*:", text, re.MULTILINE))
+    return bool(re.search(r"^(cases|matrix|plans)\s*:", text, re.MULTILINE))

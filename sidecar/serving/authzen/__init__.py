@@ -20,6 +20,7 @@ from sidecar.core.validate import Limits
 from sidecar.decision.decider import Decider
 from sidecar.decision.metrics import Metrics
 from sidecar.decision.outcomes import OutcomeRecorder
+from sidecar.decision.plans import PlanRecorder
 from sidecar.serving.authzen.guard import REASONS, HttpLimits
 from sidecar.serving.authzen.service import AuthzenService
 from sidecar.serving.authzen.wsgi import AuthzenApp, AuthzenServer
@@ -40,9 +41,11 @@ def build_server(
     tls: CertificateReloader | None = None,
     http: HttpLimits | None = None,
     outcomes: OutcomeRecorder | None = None,
+    plans: PlanRecorder | None = None,
 ) -> AuthzenServer:
     """The AuthZEN HTTP server for a sidecar: same bundle holder, decider and metrics;
-    with `outcomes`, stepguard's `POST /stepguard/v1/outcome(s)` too."""
+    with `outcomes`, stepguard's `POST /stepguard/v1/outcome(s)` too; with `plans`,
+    `POST /stepguard/v1/plan`."""
     service = AuthzenService(bundle, decider, limits, metrics)
     app = AuthzenApp(
         service,
@@ -51,6 +54,7 @@ def build_server(
         tls=tls is not None,
         outcomes=outcomes,
         max_batch_items=limits.max_batch_items,
+        plans=plans,
     )
     # Declared here, not in metrics.py: it exists only where the AuthZEN listener runs.
     refused = Counter(

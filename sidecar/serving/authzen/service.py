@@ -84,6 +84,16 @@ class AuthzenService:
         self._caller = CallerContext()  # `context.caller` where the schema declares it
 
     # -- evaluation
+
+    @property
+    def bundle(self) -> Callable[[], Bundle]:
+        """The bundle holder's snapshot function (stepguard's plan path reads it too)."""
+        return self._bundle
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
     def evaluation(self, body: Mapping[str, Any], meta: CallMeta, started: float) -> dict[str, Any]:
         """Access Evaluation: `{"decision": bool}`; a deny is an answer, not an error."""
         return self._single(parse_evaluation(body), explain_requested(body), meta, started)

@@ -37,7 +37,9 @@ from sidecar.core.errors import InvalidRequest
 from sidecar.core.jsonreq import MAX_JSON_DEPTH, nesting_path
 from sidecar.decision.identity import IdentityRefused, certificate_identity
 from sidecar.decision.outcomes import OutcomeRecorder
+from sidecar.decision.plans import PlanRecorder
 from sidecar.serving.authzen import outcome as outcomes
+from sidecar.serving.authzen import plan as plans
 from sidecar.serving.authzen.guard import HttpLimits, Server, body_read
 from sidecar.serving.authzen.service import AuthzenService
 from sidecar.serving.authzen.translate import SearchKind
@@ -79,9 +81,11 @@ class AuthzenApp:
         tls: bool = False,
         outcomes: OutcomeRecorder | None = None,
         max_batch_items: int = 1000,
+        plans: PlanRecorder | None = None,
     ):
         self._service = service
         self._outcomes = outcomes  # stepguard's extension paths (authzen/outcome.py)
+        self._plans = plans  # and POST /stepguard/v1/plan (authzen/plan.py)
         self._max_batch_items = max_batch_items
         self._scheme = "https" if tls else "http"
         self.listening = ""  # HOST:PORT once bound (AuthzenServer.start)
@@ -107,7 +111,7 @@ class AuthzenApp:
             return _text(start_response, "400 Bad Request", str(exc), request_id)
         except _HttpError as exc:
             return _text(start_response, exc.status, exc.message, request_id, exc.headers)
-        except outcomes.NotRecorded as exc:
+        except (outcomes.NotRecorded, plans.NotRecorded) as exc:
             return _text(start_response, "503 Service Unavailable", str(exc), request_id)
         except Exception:  # an error status, never a decision
             log.exception("AuthZEN request failed")
@@ -123,7 +127,7 @@ class AuthzenApp:
     ) -> tuple[str, dict[str, Any], tuple[tuple[str, str], ...]]:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
-        batch = path in ("/access/v1/evaluations", outcomes.MANY)
+        batch = path in ("/access/v1/evaluations", outcomes.MANY, plans.PATH)
         limit = self._max_batch if batch else self._max_request
         # Read before anything can fail: cheroot drains an unread fixed-length body,
         # but an unread chunked one would be parsed as the connection's next request.
@@ -145,6 +149,12 @@ class AuthzenApp:
             handler = service.evaluations
         elif path in outcomes.PATHS and self._outcomes is not None:
             handler = self._outcome_handler(path, self._outcomes)
+        elif path == plans.PATH and self._plans is not None:
+            recorder = self._plans
+
+            def handler(body: Mapping[str, Any], meta: CallMeta, started: float) -> dict[str, Any]:
+                return plans.plan_one(recorder, service.bundle, service.limits, body, meta)
+
         elif path in _SEARCH:
             kind = _SEARCH[path]
 

@@ -8,7 +8,7 @@ import time
 
 from prefect import flow
 
-from sidecar.integrations.prefect import guarded_task
+from sidecar.integrations.prefect import guarded_task, planned
 
 NOTIFIER = "spiffe://example.org/ns/comms/sa/notifier"
 
@@ -33,3 +33,29 @@ async def outcome_kinds(requester: str) -> None:
                 await result
         except TimeoutError:
             pass  # the next one runs too
+
+
+# What PREFECT_STEPGUARD_PLAN_CHECK does when a flow run starts: its second step
+# is certainly denied (the provisioner may not revoke access).
+PROVISIONER = "spiffe://example.org/ns/identity/sa/provisioner"
+
+
+@guarded_task("notify", target="slack", workload=NOTIFIER)
+def announce() -> None:
+    import identity_flows  # type: ignore[import-not-found]  # on sys.path: prefect_runner.py
+
+    identity_flows.record("slack", "notify", about="leaver")
+
+
+@guarded_task("revoke_access", target="okta", workload=PROVISIONER)
+def revoke() -> None:
+    import identity_flows
+
+    identity_flows.record("okta", "revoke_access", account="carol@example.org")
+
+
+@flow(name="preflight")  # type: ignore[untyped-decorator]
+@planned(announce, revoke)
+def preflight(requester: str) -> None:
+    announce()
+    revoke()

@@ -299,6 +299,33 @@ the report is not the workload's own.
 """
 Global___Violation: _TypeAlias = Violation  # noqa: Y015
 
+class _PlanVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlanVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlanVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLAN_VERDICT_UNSPECIFIED: _PlanVerdict.ValueType  # 0
+    """never sent; treat as DEPENDS"""
+    PLAN_VERDICT_ALLOW: _PlanVerdict.ValueType  # 1
+    """allowed whatever the unknowns turn out to be"""
+    PLAN_VERDICT_DENY: _PlanVerdict.ValueType  # 2
+    """denied whatever the unknowns turn out to be"""
+    PLAN_VERDICT_DEPENDS: _PlanVerdict.ValueType  # 3
+    """it depends: see `residuals` (or `reason`, on an error)"""
+
+class PlanVerdict(_PlanVerdict, metaclass=_PlanVerdictEnumTypeWrapper): ...
+
+PLAN_VERDICT_UNSPECIFIED: PlanVerdict.ValueType  # 0
+"""never sent; treat as DEPENDS"""
+PLAN_VERDICT_ALLOW: PlanVerdict.ValueType  # 1
+"""allowed whatever the unknowns turn out to be"""
+PLAN_VERDICT_DENY: PlanVerdict.ValueType  # 2
+"""denied whatever the unknowns turn out to be"""
+PLAN_VERDICT_DEPENDS: PlanVerdict.ValueType  # 3
+"""it depends: see `residuals` (or `reason`, on an error)"""
+Global___PlanVerdict: _TypeAlias = PlanVerdict  # noqa: Y015
+
 @_typing.final
 class EntityRef(_message.Message):
     """A reference to a Cedar entity: `Type::"id"`. `type` may be namespaced
@@ -1428,3 +1455,208 @@ class RecordOutcomesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordOutcomesResponse: _TypeAlias = RecordOutcomesResponse  # noqa: Y015
+
+@_typing.final
+class PlanStep(_message.Message):
+    """One planned step of a run: a request as Authorize takes it, and the context
+    fields that will be known only when the step runs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    UNKNOWN_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    step_id: _builtins.str
+    """Names the step in the answer and the trail; defaults to request.context.step_id,
+    else "step-<index>".
+    """
+    @_builtins.property
+    def request(self) -> Global___AuthorizeRequest:
+        """required; validated as Authorize validates it"""
+
+    @_builtins.property
+    def unknown(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Paths under the Cedar context of the fields known only at run time, e.g. "now",
+        "approval", "approval.ticket", "workflow". Each must be a field the schema
+        declares in the action's context; a nested path needs its record in the request.
+        """
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the step is planned to run: sets `context.now`. Unset, `now` is unknown."""
+
+    def __init__(
+        self,
+        *,
+        step_id: _builtins.str = ...,
+        request: Global___AuthorizeRequest | None = ...,
+        unknown: _abc.Iterable[_builtins.str] | None = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "request", b"request", "step_id", b"step_id", "unknown", b"unknown"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanStep: _TypeAlias = PlanStep  # noqa: Y015
+
+@_typing.final
+class AuthorizePlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run the plan is for, as its steps send it in `context.run_id` (the DAG run,
+    the flow run): links the plan's trail event to the run's decisions.
+    """
+    workflow_id: _builtins.str
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStep]:
+        """at most max_batch_items"""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+        steps: _abc.Iterable[Global___PlanStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "steps", b"steps", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizePlanRequest: _TypeAlias = AuthorizePlanRequest  # noqa: Y015
+
+@_typing.final
+class ResidualPolicy(_message.Message):
+    """A policy still open for a DEPENDS step, with the unknowns as `unknown("path")`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EFFECT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CEDAR_FIELD_NUMBER: _builtins.int
+    WORDS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    effect: _builtins.str
+    """"permit" or "forbid" """
+    source: _builtins.str
+    """file:line where the policy starts"""
+    cedar: _builtins.str
+    """the residual policy as Cedar text"""
+    words: _builtins.str
+    """Plain words: for a permit, when it applies; for a forbid, what keeps it from denying."""
+    description: _builtins.str
+    """the policy's @description"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        effect: _builtins.str = ...,
+        source: _builtins.str = ...,
+        cedar: _builtins.str = ...,
+        words: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cedar", b"cedar", "description", b"description", "effect", b"effect", "id", b"id", "source", b"source", "words", b"words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResidualPolicy: _TypeAlias = ResidualPolicy  # noqa: Y015
+
+@_typing.final
+class PlanStepResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    DETERMINING_POLICIES_FIELD_NUMBER: _builtins.int
+    RESIDUALS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UNKNOWN_FIELD_NUMBER: _builtins.int
+    SATISFIED_POLICIES_FIELD_NUMBER: _builtins.int
+    step_id: _builtins.str
+    verdict: Global___PlanVerdict.ValueType
+    reason: _builtins.str
+    """One line for humans: "allowed if the step runs before 18:00 UTC and ..."."""
+    @_builtins.property
+    def determining_policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeterminingPolicy]:
+        """ALLOW: the permits satisfied; DENY: the forbids satisfied (none when no permit applies)."""
+
+    @_builtins.property
+    def residuals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResidualPolicy]:
+        """DEPENDS only"""
+
+    @_builtins.property
+    def unknown(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the unknowns the step was planned with"""
+
+    @_builtins.property
+    def satisfied_policies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """DEPENDS: permits already satisfied"""
+
+    def __init__(
+        self,
+        *,
+        step_id: _builtins.str = ...,
+        verdict: Global___PlanVerdict.ValueType = ...,
+        determining_policies: _abc.Iterable[Global___DeterminingPolicy] | None = ...,
+        residuals: _abc.Iterable[Global___ResidualPolicy] | None = ...,
+        reason: _builtins.str = ...,
+        unknown: _abc.Iterable[_builtins.str] | None = ...,
+        satisfied_policies: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["determining_policies", b"determining_policies", "reason", b"reason", "residuals", b"residuals", "satisfied_policies", b"satisfied_policies", "step_id", b"step_id", "unknown", b"unknown", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanStepResult: _TypeAlias = PlanStepResult  # noqa: Y015
+
+@_typing.final
+class AuthorizePlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    POLICY_REVISION_FIELD_NUMBER: _builtins.int
+    POLICY_ERRORS_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.str
+    """the plan's trail event id (a UUIDv7)"""
+    run_id: _builtins.str
+    """echoed"""
+    policy_revision: _builtins.str
+    policy_errors: Global___PolicyErrors.ValueType
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStepResult]:
+        """in request order"""
+
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        policy_revision: _builtins.str = ...,
+        policy_errors: Global___PolicyErrors.ValueType = ...,
+        steps: _abc.Iterable[Global___PlanStepResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id", "policy_errors", b"policy_errors", "policy_revision", b"policy_revision", "run_id", b"run_id", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizePlanResponse: _TypeAlias = AuthorizePlanResponse  # noqa: Y015

@@ -59,6 +59,11 @@ class AuthorizerStub:
                 request_serializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesRequest.SerializeToString,
                 response_deserializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesResponse.FromString,
                 _registered_method=True)
+        self.AuthorizePlan = channel.unary_unary(
+                '/stepguard.v1.Authorizer/AuthorizePlan',
+                request_serializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizePlanRequest.SerializeToString,
+                response_deserializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizePlanResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizerServicer:
@@ -113,6 +118,19 @@ class AuthorizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuthorizePlan(self, request, context):
+        """Pre-flight (docs/api.md, "Plans"): what each planned step of a run will be
+        answered, before the run starts. A step's context may leave fields known only at
+        run time unknown (its time, the ticket); each step is answered ALLOW or DENY when
+        that holds whatever they turn out to be, else DEPENDS with the conditions still
+        open. The plan is written to the trail as a "plan" event. A plan never replaces
+        the decision: every step is still decided by Authorize when it runs. Malformed
+        input is INVALID_ARGUMENT naming the field (`steps[2].unknown[0]`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +158,11 @@ def add_AuthorizerServicer_to_server(servicer, server):
                     servicer.RecordOutcomes,
                     request_deserializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesRequest.FromString,
                     response_serializer=stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesResponse.SerializeToString,
+            ),
+            'AuthorizePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthorizePlan,
+                    request_deserializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizePlanRequest.FromString,
+                    response_serializer=stepguard_dot_v1_dot_authorizer__pb2.AuthorizePlanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -277,6 +300,33 @@ class Authorizer:
             '/stepguard.v1.Authorizer/RecordOutcomes',
             stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesRequest.SerializeToString,
             stepguard_dot_v1_dot_authorizer__pb2.RecordOutcomesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthorizePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepguard.v1.Authorizer/AuthorizePlan',
+            stepguard_dot_v1_dot_authorizer__pb2.AuthorizePlanRequest.SerializeToString,
+            stepguard_dot_v1_dot_authorizer__pb2.AuthorizePlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

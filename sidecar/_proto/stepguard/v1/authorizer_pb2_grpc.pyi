@@ -67,6 +67,15 @@ class AuthorizerStub:
     """Report many outcomes in one call. Results come back in request order, one
     per item; an invalid item fails only itself.
     """
+    AuthorizePlan: _grpc.UnaryUnaryMultiCallable[_authorizer_pb2.AuthorizePlanRequest, _authorizer_pb2.AuthorizePlanResponse]
+    """Pre-flight (docs/api.md, "Plans"): what each planned step of a run will be
+    answered, before the run starts. A step's context may leave fields known only at
+    run time unknown (its time, the ticket); each step is answered ALLOW or DENY when
+    that holds whatever they turn out to be, else DEPENDS with the conditions still
+    open. The plan is written to the trail as a "plan" event. A plan never replaces
+    the decision: every step is still decided by Authorize when it runs. Malformed
+    input is INVALID_ARGUMENT naming the field (`steps[2].unknown[0]`).
+    """
 
 @_typing.type_check_only
 class AuthorizerAsyncStub(AuthorizerStub):
@@ -98,6 +107,15 @@ class AuthorizerAsyncStub(AuthorizerStub):
     RecordOutcomes: _aio.UnaryUnaryMultiCallable[_authorizer_pb2.RecordOutcomesRequest, _authorizer_pb2.RecordOutcomesResponse]  # type: ignore[assignment]
     """Report many outcomes in one call. Results come back in request order, one
     per item; an invalid item fails only itself.
+    """
+    AuthorizePlan: _aio.UnaryUnaryMultiCallable[_authorizer_pb2.AuthorizePlanRequest, _authorizer_pb2.AuthorizePlanResponse]  # type: ignore[assignment]
+    """Pre-flight (docs/api.md, "Plans"): what each planned step of a run will be
+    answered, before the run starts. A step's context may leave fields known only at
+    run time unknown (its time, the ticket); each step is answered ALLOW or DENY when
+    that holds whatever they turn out to be, else DEPENDS with the conditions still
+    open. The plan is written to the trail as a "plan" event. A plan never replaces
+    the decision: every step is still decided by Authorize when it runs. Malformed
+    input is INVALID_ARGUMENT naming the field (`steps[2].unknown[0]`).
     """
 
 class AuthorizerServicer(metaclass=_abc_1.ABCMeta):
@@ -157,6 +175,21 @@ class AuthorizerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_authorizer_pb2.RecordOutcomesResponse, _abc.Awaitable[_authorizer_pb2.RecordOutcomesResponse]]:
         """Report many outcomes in one call. Results come back in request order, one
         per item; an invalid item fails only itself.
+        """
+
+    @_abc_1.abstractmethod
+    def AuthorizePlan(
+        self,
+        request: _authorizer_pb2.AuthorizePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorizer_pb2.AuthorizePlanResponse, _abc.Awaitable[_authorizer_pb2.AuthorizePlanResponse]]:
+        """Pre-flight (docs/api.md, "Plans"): what each planned step of a run will be
+        answered, before the run starts. A step's context may leave fields known only at
+        run time unknown (its time, the ticket); each step is answered ALLOW or DENY when
+        that holds whatever they turn out to be, else DEPENDS with the conditions still
+        open. The plan is written to the trail as a "plan" event. A plan never replaces
+        the decision: every step is still decided by Authorize when it runs. Malformed
+        input is INVALID_ARGUMENT naming the field (`steps[2].unknown[0]`).
         """
 
 def add_AuthorizerServicer_to_server(servicer: AuthorizerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
