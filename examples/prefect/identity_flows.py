@@ -103,7 +103,8 @@ def notify(account: str) -> None:
 
 
 @flow(name="onboarding")
-@planned(create_account, grant_access, issue_credential, notify)  # PREFECT_STEPGUARD_PLAN_CHECK
+# Checked when a run starts with PREFECT_STEPGUARD_PLAN_CHECK = warn | enforce.
+@planned(create_account, grant_access, grant_jira_role, issue_credential, notify)
 def onboarding(
     new_hire: str,
     requester: str,
@@ -180,7 +181,16 @@ async def verify_revocation(account: str) -> None:
 
 
 @flow(name="leaver")
-@planned(revoke_access, disable_credential, verify_revocation)
+@planned(  # every removal the leaver may run; the Jira one is denied for certain (see below)
+    find_access,
+    revoke_access,
+    find_jira_roles,
+    revoke_jira_role,
+    find_credentials,
+    disable_credential,
+    delete_account,
+    verify_revocation,
+)
 async def leaver(
     person: str,
     requester: str,
