@@ -222,12 +222,28 @@ def aio_generic_handler(
     )
 
 
-def aio_outcome_handler(servicer: AuthorizerServicer) -> grpc.GenericRpcHandler[Any, Any]:
-    """The outcome methods for grpc.aio: run on a thread, so that a trail lookup or an
-    fsync never holds the event loop (outcomes are not on the decision path)."""
+def aio_outcome_handler(
+    servicer: AuthorizerServicer, *, defer_audit: bool = False
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The outcome methods for grpc.aio.
+
+    An outcome whose decisions are all in the recorder's memory (the usual case:
+    reported moments after its decision) is recorded inline on the loop, as a
+    decision is: an index lookup and one trail write, no thread hop. One that
+    needs the trail files searched, or a trail that fsyncs (`defer_audit`), runs
+    on a thread, so that neither holds the event loop.
+    """
+    recorder = servicer._outcomes
+
+    def in_memory(msg: Any) -> bool:
+        if defer_audit or recorder is None:
+            return False
+        items = msg.items if isinstance(msg, pb.RecordOutcomesRequest) else (msg,)
+        return all(recorder.index.get(item.decision_id) is not None for item in items)
+
     return outcome_methods(
-        _on_thread(servicer, servicer.RecordOutcome, pb.RecordOutcomeRequest),
-        _on_thread(servicer, servicer.RecordOutcomes, pb.RecordOutcomesRequest),
+        _on_thread(servicer, servicer.RecordOutcome, pb.RecordOutcomeRequest, in_memory),
+        _on_thread(servicer, servicer.RecordOutcomes, pb.RecordOutcomesRequest, in_memory),
     )
 
 
@@ -241,8 +257,10 @@ def _on_thread(
     servicer: AuthorizerServicer,
     fn: Callable[[Any, grpc.ServicerContext], Any],
     request_type: type[Message],
+    inline: Callable[[Any], bool] = lambda _msg: False,
 ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]:
-    """A sync handler run on a thread for the event loop (raw bytes in)."""
+    """A sync handler run on a thread for the event loop (raw bytes in), or on the
+    loop itself for a message `inline` says is quick."""
 
     def unary(
         fn: Callable[[Any, grpc.ServicerContext], Any], request_type: type[Message]
@@ -257,6 +275,8 @@ def _on_thread(
                 )
             try:
                 view = cast(grpc.ServicerContext, _SyncView(context))
+                if inline(msg):
+                    return fn(msg, view)
                 return await asyncio.to_thread(fn, msg, view)
             except _Aborted as stop:
                 await context.abort(stop.code, stop.details)

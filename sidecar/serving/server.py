@@ -283,7 +283,7 @@ class Sidecar:
             # With fsync durability the loop must not wait for the disk (servicer.py).
             defer = s.audit_durability == "fsync"
             server.add_generic_rpc_handlers((aio_generic_handler(servicer, defer_audit=defer),))
-            server.add_generic_rpc_handlers((aio_outcome_handler(servicer),))
+            server.add_generic_rpc_handlers((aio_outcome_handler(servicer, defer_audit=defer),))
             server.add_generic_rpc_handlers((aio_plan_handler(servicer),))
         else:
             server.add_generic_rpc_handlers((generic_handler(servicer),))
