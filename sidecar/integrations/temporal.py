@@ -235,14 +235,15 @@ def planned(*activities: Callable[..., Any]) -> Callable[[W], W]:
                 f"@planned must sit above @workflow.defn (named): {cls.__name__} is no "
                 "workflow definition yet"
             )
+        register = not temporalio.workflow.unsafe.in_sandbox()  # the sandbox re-imports it
+        known = _plans.get(name) if register else None
+        if known is not None and known != plan:
+            raise StepguardError(
+                f"workflow type {name!r} is @planned twice with different activities "
+                f"({[s for s, _ in known]} and {[s for s, _ in plan]})"
+            )
         setattr(cls, _PLAN_ATTR, plan)
-        if not temporalio.workflow.unsafe.in_sandbox():  # the sandbox re-imports it
-            known = _plans.get(name)
-            if known is not None and known != plan:
-                raise StepguardError(
-                    f"workflow type {name!r} is @planned twice with different activities "
-                    f"({[s for s, _ in known]} and {[s for s, _ in plan]})"
-                )
+        if register:
             _plans[name] = plan
         return cls
 
@@ -253,7 +254,7 @@ def planned_steps(workflow: str | type) -> PlannedSteps | None:
     """The (activity type, step) list a workflow type (its name or class) declares with
     `@planned`, as this process knows it; None when it declares none."""
     if isinstance(workflow, type):
-        found = getattr(workflow, _PLAN_ATTR, None)
+        found = vars(workflow).get(_PLAN_ATTR)  # its own, not a base class's
         return found if isinstance(found, tuple) else None
     return _plans.get(workflow)
 

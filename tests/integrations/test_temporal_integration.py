@@ -630,6 +630,7 @@ def test_planned_declares_the_activities_a_workflow_runs() -> None:
         planned(len)
     with pytest.raises(StepguardError, match="twice with different activities"):
         planned(identity_activities.notify)(temporal_flows.Paused)  # named "onboarding" too
+    assert planned_steps(temporal_flows.Paused) is None  # refused: left unmarked
 
 
 def test_plan_check_enforce_refuses_a_certainly_denied_run_before_the_workflow_exists(
