@@ -3,7 +3,10 @@
 The guard lives in the worker (worker.py gives it StepguardInterceptor), not
 here: workflow code runs in Temporal's sandbox, which forbids I/O and replays
 it. The workflows only pass the run's requester, approval and time bound on to
-each activity (`StepInput`), which is what the guard reads.
+each activity (`StepInput`), which is what the guard reads, and `@planned(...)`
+names the activities each runs, in order: the starter's StepguardInterceptor
+plans a run from it before the workflow exists (TEMPORAL_STEPGUARD_PLAN_CHECK).
+`@planned` only marks the class; it does no I/O.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ with workflow.unsafe.imports_passed_through():
         revoke_access,
         verify_revocation,
     )
+
+    from sidecar.integrations.temporal import planned
 
 TASK_QUEUE = "identity"
 # Three attempts, as the Airflow and Prefect examples: a DENY is never retried
@@ -49,6 +54,7 @@ class RunInput:
         return StepInput(subject, self.requester, self.approval, self.time_bound, team)
 
 
+@planned(create_account, grant_access, issue_credential, notify)
 @workflow.defn(name="onboarding")
 class Onboarding:
     @workflow.run
@@ -72,6 +78,7 @@ class Onboarding:
         return account
 
 
+@planned(revoke_access, disable_credential, verify_revocation)
 @workflow.defn(name="leaver")
 class Leaver:
     @workflow.run

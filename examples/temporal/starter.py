@@ -5,7 +5,13 @@
 
 Prints one JSON line: the workflow id, run id, and `completed` with the result
 or `failed` with the cause (a step stepguard denied names its policies and
-decision id). Temporal at TEMPORAL_ADDRESS (default 127.0.0.1:7233).
+decision id), or `refused` when the run's plan stopped it before the workflow
+existed. Temporal at TEMPORAL_ADDRESS (default 127.0.0.1:7233).
+
+The client carries StepguardInterceptor: with TEMPORAL_STEPGUARD_PLAN_CHECK =
+warn or enforce it plans the run (the activities identity_workflows.py names
+with `@planned`) at stepguard (TEMPORAL_STEPGUARD_TARGET) before starting it;
+the default, off, asks nothing.
 """
 
 from __future__ import annotations
@@ -18,11 +24,10 @@ import sys
 import uuid
 from typing import Any
 
+from identity_workflows import TASK_QUEUE  # and their @planned activities, for the plan
 from temporalio.client import Client, WorkflowFailureError
 
-# As identity_workflows.py names them; the starter needs neither the workflows'
-# code nor stepguard: it only asks Temporal to start a run.
-TASK_QUEUE = "identity"
+from sidecar.integrations.temporal import RunStopped, StepguardInterceptor
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -54,10 +59,19 @@ async def main(argv: list[str]) -> int:
         "time_bound": {"not_after": args.not_after} if args.not_after else None,
     }
     workflow_id = args.id or f"{args.workflow}-{args.person}-{uuid.uuid4().hex[:8]}"
-    client = await Client.connect(os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"))
-    handle = await client.start_workflow(
-        args.workflow, run, id=workflow_id, task_queue=TASK_QUEUE, result_type=str
+    guard = StepguardInterceptor()  # plan_check from TEMPORAL_STEPGUARD_PLAN_CHECK
+    client = await Client.connect(
+        os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"), interceptors=[guard]
     )
+    try:
+        handle = await client.start_workflow(
+            args.workflow, run, id=workflow_id, task_queue=TASK_QUEUE, result_type=str
+        )
+    except RunStopped as exc:  # plan_check = enforce: no workflow was created
+        print(json.dumps({"workflow_id": workflow_id, "status": "refused", "cause": str(exc)}))
+        return 1
+    finally:
+        guard.close()
     out: dict[str, Any] = {"workflow_id": workflow_id, "run_id": handle.result_run_id}
     try:
         out |= {"status": "completed", "result": await handle.result()}

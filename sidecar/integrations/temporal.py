@@ -53,10 +53,35 @@ The sidecar is found through the environment, read at each check:
 `TEMPORAL_STEPGUARD_WORKLOAD` (the worker's default SPIFFE id), else
 STEPGUARD_ADDRESS (the Helm chart's), or pass `config=GuardConfig(...)`.
 
-The interceptor is a client interceptor too (`Client.connect(...,
-interceptors=[StepguardInterceptor()])` puts it on every worker of that
-client): `intercept_client` is where a check of a run's planned steps before
-`start_workflow` belongs; today it passes calls through unchanged.
+Pre-flight when a run starts: the interceptor is a client interceptor too
+(`Client.connect(..., interceptors=[StepguardInterceptor()])`, which also puts
+it on every worker of that client). Its `start_workflow` plans the run's
+activities, as the workflow class declares them with `@planned(activity, ...)`
+above `@workflow.defn`, under `TEMPORAL_STEPGUARD_PLAN_CHECK` = off | warn |
+enforce (default off; `TEMPORAL_STEPGUARD_PLAN_ACTIONS` limits the actions
+that count), through the shared preflight code (preflight.py):
+
+- off: nothing is asked;
+- warn: the workflow is started, then its plan is asked for with the run id
+  Temporal gave it (`<workflow id>/<run id>`, the activities' run id), so the
+  sidecar's `plan` event is linked to the run's decisions; a step certainly
+  denied, a plan that could not be had, a workflow type with no `@planned`,
+  are warnings in the client's log, and the run goes on;
+- enforce: the plan is asked for before the workflow exists (its run id is the
+  workflow id alone: Temporal has not named the run yet). A run with a step
+  certainly denied raises `RunStopped` naming the step and the policy, and a
+  run whose plan could not be checked (sidecar unreachable, plan refused, no
+  `@planned` on the workflow type) raises `PlanNotChecked`: the run is never
+  started blindly. Either way no workflow is created.
+
+Update-with-start is checked the same way (under warn, before the start: the
+run id is not at hand there). Runs Temporal starts by itself (schedules,
+cron, child workflows, continue-as-new) pass no client, so they are not
+planned: each of their activities is still decided when it runs.
+
+Over 500 lines because the worker guard and the client pre-flight are the two
+halves of one interceptor class (Temporal gives a client interceptor to every
+worker built on that client), and both read the same `@step` declarations.
 """
 
 from __future__ import annotations
@@ -74,6 +99,7 @@ import temporalio.activity
 import temporalio.client
 import temporalio.exceptions
 import temporalio.worker
+import temporalio.workflow
 
 from sidecar.client import DecisionKind, StepDecision, StepguardClient, error_class_of
 from sidecar.core.errors import StepguardError
@@ -86,6 +112,7 @@ from sidecar.integrations.outcomes import (
     record_effect,
     status_of,
 )
+from sidecar.integrations.preflight import PlanMode, PlanOutcome
 from sidecar.integrations.steps import (
     APPROVAL,
     REQUESTER,
@@ -99,10 +126,14 @@ __all__ = [
     "DENIED",
     "INVALID",
     "UNAVAILABLE",
+    "PlanNotChecked",
+    "RunStopped",
     "StepguardInterceptor",
     "config_from_env",
     "current_decision",
     "declared_step",
+    "planned",
+    "planned_steps",
     "record_effect",
     "step",
 ]
@@ -111,16 +142,22 @@ ENV_PREFIX = "TEMPORAL_STEPGUARD_"
 # The ApplicationError types an activity refused by the guard fails with.
 DENIED, INVALID, UNAVAILABLE = "StepguardDenied", "StepguardInvalidRequest", "StepguardUnavailable"
 _STEP_ATTR = "__stepguard_step__"
+_PLAN_ATTR = "__stepguard_plan__"
 _RUN_KEYS = (REQUESTER, APPROVAL, TIME_BOUND)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger(__name__)
 _current: ContextVar[StepDecision | None] = ContextVar("stepguard_temporal_decision", default=None)
+# The planned activities of each workflow type `@planned` saw in this process, by
+# workflow type name: what the client interceptor plans when a run of it starts.
+PlannedSteps = tuple[tuple[str, Step | None], ...]
+_plans: dict[str, PlannedSteps] = {}
 
 
 def config_from_env(environ: Mapping[str, str] | None = None) -> GuardConfig:
-    """TEMPORAL_STEPGUARD_{TARGET,TIMEOUT,WORKLOAD}; the target falls back to STEPGUARD_ADDRESS."""
+    """TEMPORAL_STEPGUARD_{TARGET,TIMEOUT,WORKLOAD,PLAN_CHECK,PLAN_ACTIONS}; the target falls
+    back to STEPGUARD_ADDRESS."""
     return env_config(ENV_PREFIX, environ)
 
 
@@ -146,6 +183,80 @@ def declared_step(fn: Any) -> Step | None:
     """The step an activity function (or bound method) declares; None when none."""
     found = getattr(fn, _STEP_ATTR, None)
     return found if isinstance(found, Step) else None
+
+
+class RunStopped(StepguardError):
+    """plan_check = enforce: a step of the run is certainly denied; no workflow was created."""
+
+    def __init__(self, message: str, outcome: PlanOutcome | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class PlanNotChecked(RunStopped):
+    """plan_check = enforce: the run's plan could not be checked (sidecar unreachable, plan
+    refused, workflow type without `@planned`), so the run was not started blindly.
+    Starting it again once the sidecar answers may succeed."""
+
+
+W = TypeVar("W", bound=type)
+
+
+def planned(*activities: Callable[..., Any]) -> Callable[[W], W]:
+    """Declare the activities a workflow runs, in order, for the pre-flight check when a
+    run of it starts (`TEMPORAL_STEPGUARD_PLAN_CHECK`); above `@workflow.defn`:
+
+        @planned(create_account, grant_access, issue_credential, notify)
+        @workflow.defn(name="onboarding")
+        class Onboarding: ...
+
+    Each is an `@activity.defn` function (its `@step(...)` is what is planned; one
+    without is left out of the plan and refused when it runs), listed once. The plan
+    is found by workflow type name in the process that starts the run: import the
+    workflow's module there (starting it by `Onboarding.run` does). A mistake fails
+    when the module is imported. Pure: no I/O, so it is safe in the workflow sandbox.
+    """
+    steps: list[tuple[str, Step | None]] = []
+    for fn in activities:
+        defn = temporalio.activity._Definition.from_callable(fn)
+        if defn is None or not defn.name:
+            raise StepguardError(
+                f"@planned takes activities (@activity.defn functions), got {fn!r}"
+            )
+        if defn.name not in dict(steps):
+            steps.append((defn.name, declared_step(fn)))
+    plan: PlannedSteps = tuple(steps)
+
+    def mark(cls: W) -> W:
+        defn = getattr(cls, "__temporal_workflow_definition", None)
+        name = getattr(defn, "name", None) if getattr(defn, "cls", None) is cls else None
+        if not name:
+            raise StepguardError(
+                f"@planned must sit above @workflow.defn (named): {cls.__name__} is no "
+                "workflow definition yet"
+            )
+        register = not temporalio.workflow.unsafe.in_sandbox()  # the sandbox re-imports it
+        known = _plans.get(name) if register else None
+        if known is not None and known != plan:
+            raise StepguardError(
+                f"workflow type {name!r} is @planned twice with different activities "
+                f"({[s for s, _ in known]} and {[s for s, _ in plan]})"
+            )
+        setattr(cls, _PLAN_ATTR, plan)
+        if register:
+            _plans[name] = plan
+        return cls
+
+    return mark
+
+
+def planned_steps(workflow: str | type) -> PlannedSteps | None:
+    """The (activity type, step) list a workflow type (its name or class) declares with
+    `@planned`, as this process knows it; None when it declares none."""
+    if isinstance(workflow, type):
+        found = vars(workflow).get(_PLAN_ATTR)  # its own, not a base class's
+        return found if isinstance(found, tuple) else None
+    return _plans.get(workflow)
 
 
 def current_decision() -> StepDecision:
@@ -294,6 +405,103 @@ class _ActivityGuard(temporalio.worker.ActivityInboundInterceptor):
         return result
 
 
+class _StartGuard(temporalio.client.OutboundInterceptor):
+    """Plans a run when it is started (`plan_check`); every other call passes through."""
+
+    def __init__(self, next: temporalio.client.OutboundInterceptor, gate: Gate) -> None:
+        super().__init__(next)
+        self._gate = gate
+
+    async def start_workflow(
+        self, input: temporalio.client.StartWorkflowInput
+    ) -> temporalio.client.WorkflowHandle[Any, Any]:
+        mode = await self._before_start(input.workflow, input.id, input.args)
+        handle = await self.next.start_workflow(input)
+        if mode is PlanMode.WARN:
+            await self._after_start(input.workflow, input.id, handle.result_run_id, input.args)
+        return handle
+
+    async def start_update_with_start_workflow(
+        self, input: temporalio.client.StartWorkflowUpdateWithStartInput
+    ) -> temporalio.client.WorkflowUpdateHandle[Any]:
+        start = input.start_workflow_input
+        mode = await self._before_start(start.workflow, start.id, start.args)
+        if mode is PlanMode.WARN:  # the run id is not at hand here: planned before the start
+            await self._after_start(start.workflow, start.id, None, start.args)
+        return await self.next.start_update_with_start_workflow(input)
+
+    async def _before_start(self, workflow: str, workflow_id: str, args: Sequence[Any]) -> PlanMode:
+        """The setting; under enforce, the check itself (raises to refuse the run).
+
+        A setting that cannot be read raises (ConfigError): nothing is started
+        under a setting nobody can tell."""
+        mode = self._gate.config().plan_check
+        if mode is not PlanMode.ENFORCE:
+            return mode
+        steps = planned_steps(workflow)
+        if steps is None:
+            message = (
+                f"stepguard plan of workflow {workflow} ({workflow_id}) not checked: "
+                f"{_undeclared(workflow)}; not started (plan_check = enforce starts no run "
+                "unchecked)"
+            )
+            log.error(message)
+            raise PlanNotChecked(message)
+        facts = _run_facts(workflow, workflow_id, None, args)
+        outcome = await asyncio.to_thread(self._gate.plan_run, facts, steps, logger=log)
+        if outcome.stop:
+            raise RunStopped(f"{outcome.message}; no workflow was created", outcome)
+        if outcome.message and (outcome.report is None or not outcome.report.made):
+            why = outcome.report.reason if outcome.report is not None else outcome.message
+            message = (
+                f"stepguard plan of workflow {workflow} ({workflow_id}) could not be checked "
+                f"({why}); not started (plan_check = enforce never starts a run blindly): "
+                "no workflow was created; start it again once stepguard answers"
+            )
+            log.error(message)
+            raise PlanNotChecked(message, outcome)
+        return mode
+
+    async def _after_start(
+        self, workflow: str, workflow_id: str, run_id: str | None, args: Sequence[Any]
+    ) -> None:
+        """warn: plan the started run (never raises: the run goes on whatever it finds)."""
+        steps = planned_steps(workflow)
+        if steps is None:
+            log.warning(
+                f"stepguard plan of workflow {workflow} ({workflow_id}) not made: "
+                f"{_undeclared(workflow)}; started unchecked (plan_check = warn), each "
+                "activity is still decided when it runs"
+            )
+            return
+        try:
+            facts = _run_facts(workflow, workflow_id, run_id, args)
+        except Exception as exc:  # noqa: BLE001 - warn never stops a run
+            log.warning(f"stepguard plan of {workflow_id} not made: {exc!r}")
+            return
+        await asyncio.to_thread(self._gate.plan_run, facts, steps, logger=log)
+
+
+def _undeclared(workflow: str) -> str:
+    return (
+        f"workflow type {workflow!r} declares no plan: put @planned(activity, ...) above its "
+        "@workflow.defn and import its module where runs are started (@planned() for one "
+        "with no guarded activity)"
+    )
+
+
+def _run_facts(
+    workflow: str, workflow_id: str, run_id: str | None, args: Sequence[Any]
+) -> RunFacts:
+    """A run's facts at its start: before it exists (no run id) the run is the workflow id
+    alone; once started, `<workflow id>/<run id>` as each activity's (`facts_from_info`)."""
+    if run_id:
+        return run_facts(
+            workflow=workflow, execution=workflow_id, run=run_id, step=None, inputs=run_input(args)
+        )
+    return run_facts(workflow=workflow, run=workflow_id, step=None, inputs=run_input(args))
+
+
 class StepguardInterceptor(temporalio.client.Interceptor, temporalio.worker.Interceptor):
     """Guards every activity of the workers it is given to (or of a client's workers).
 
@@ -322,9 +530,8 @@ class StepguardInterceptor(temporalio.client.Interceptor, temporalio.worker.Inte
     def intercept_client(
         self, next: temporalio.client.OutboundInterceptor
     ) -> temporalio.client.OutboundInterceptor:
-        """Client calls pass through unchanged. A check of a run's planned steps
-        before `start_workflow` goes here, as an OutboundInterceptor around `next`."""
-        return next
+        """Plans each run started through this client (`plan_check`, module docstring)."""
+        return _StartGuard(next, self.gate)
 
     def close(self) -> None:
         """Close the gRPC channels to the sidecar (a worker that is done)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import subprocess
@@ -24,12 +25,30 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowFailureError,
+    WorkflowUpdateStage,
+)
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from sidecar.core.errors import StepguardError
 from sidecar.integrations.gate import GuardConfig
-from sidecar.integrations.temporal import DENIED, INVALID, UNAVAILABLE, StepguardInterceptor
+from sidecar.integrations.preflight import PlanMode
+from sidecar.integrations.temporal import (
+    DENIED,
+    INVALID,
+    UNAVAILABLE,
+    PlanNotChecked,
+    RunStopped,
+    StepguardInterceptor,
+    planned,
+    planned_steps,
+)
 from sidecar.integrations.temporal_server import DevServer, dev_server, free_port
 from tests.helpers import ROOT, Running, first_line, running_sidecar
 from tests.integrations import temporal_flows
@@ -502,7 +521,8 @@ def test_the_example_runs_as_its_readme_prints(tmp_path: Path) -> None:
     assert any(c.startswith("./dev serve") for c in commands)
     (worker_line,) = [c for c in commands if "examples/temporal/worker.py" in c]
     starters = [c for c in commands if "examples/temporal/starter.py" in c]
-    assert len(starters) == 3
+    assert len(starters) == 4
+    assert "TEMPORAL_STEPGUARD_PLAN_CHECK=enforce" in starters[3]
     port = free_port()
     env = {
         k: v
@@ -533,11 +553,14 @@ def test_the_example_runs_as_its_readme_prints(tmp_path: Path) -> None:
                 assert proc.returncode in (0, 1), f"{line}: {proc.stdout}{proc.stderr}"
                 results.append((proc.returncode, json.loads(proc.stdout.splitlines()[-1])))
         running.sidecar.stop(grace=1.0)
-    (bob_rc, bob), (eve_rc, eve), (carol_rc, carol) = results
+    (bob_rc, bob), (eve_rc, eve), (carol_rc, carol), (planned_rc, refused) = results
     assert (bob_rc, bob["status"], bob["result"]) == (0, "completed", "bob@example.org")
     assert (eve_rc, eve["status"]) == (1, "failed")
     assert APPROVAL_POLICY in eve["cause"]
     assert (carol_rc, carol["status"], carol["result"]) == (0, "completed", "carol@example.org")
+    # eve again, under plan_check = enforce: refused before the workflow existed.
+    assert (planned_rc, refused["status"]) == (1, "refused")
+    assert "step 'create_account'" in refused["cause"] and APPROVAL_POLICY in refused["cause"]
     assert changes(tmp_path / "systems.jsonl") == [
         "create_account",
         "grant_access",
@@ -550,7 +573,9 @@ def test_the_example_runs_as_its_readme_prints(tmp_path: Path) -> None:
     ]
     events = running.audit_events()
     decided = [e for e in events if e.get("kind", "decision") == "decision"]
-    assert len(decided) == 5 + 1 + 3
+    assert len(decided) == 5 + 1 + 3  # the refused run asked nothing but its plan
+    (plan,) = [e for e in events if e.get("kind") == "plan"]
+    assert plan["run_id"] == refused["workflow_id"] and plan["id"] in refused["cause"]
     # disable_credential is a sync activity, run in the worker's thread pool: what it
     # declared with record_effect there reached its outcome.
     (revoked,) = [
@@ -560,3 +585,251 @@ def test_the_example_runs_as_its_readme_prints(tmp_path: Path) -> None:
     ]
     assert revoked["status"] == "succeeded"
     assert revoked["effect"]["credential"] == {"id": "cred-carol", "change": "revoked"}
+
+
+# Pre-flight when a run starts: the client interceptor plans the run's @planned
+# activities (examples/temporal/identity_workflows.py) under plan_check.
+
+
+def planning_client(temporal: DevServer, target: str, mode: PlanMode) -> Any:
+    """A client whose StepguardInterceptor plans every run it starts under `mode`."""
+    guard = StepguardInterceptor(GuardConfig(target=target, timeout_s=2.0, plan_check=mode))
+    return Client.connect(temporal.address, interceptors=[guard])
+
+
+async def exists(client: Client, workflow_id: str) -> bool:
+    """Whether Temporal knows the workflow id: describe, and the visibility list."""
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        assert exc.status == RPCStatusCode.NOT_FOUND, exc
+        listed = [w async for w in client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+        assert listed == []
+        return False
+    return True
+
+
+def plans_of(running: Running, run_id: str) -> list[dict[str, Any]]:
+    return [e for e in running.audit_events() if e.get("kind") == "plan" and e["run_id"] == run_id]
+
+
+def test_planned_declares_the_activities_a_workflow_runs() -> None:
+    assert [s for s, _ in planned_steps(Onboarding) or ()] == [
+        "create_account",
+        "grant_access",
+        "issue_credential",
+        "notify",
+    ]
+    assert planned_steps("leaver") == planned_steps(Leaver)
+    (_, revoke), *_ = planned_steps(Leaver) or ()
+    assert revoke is not None and (revoke.action, revoke.target) == ("revoke_access", "okta")
+    assert planned_steps("nonesuch") is None
+    with pytest.raises(StepguardError, match=r"above @workflow\.defn"):
+        planned(identity_activities.create_account)(type("NotAWorkflow", (), {}))
+    with pytest.raises(StepguardError, match="takes activities"):
+        planned(len)
+    with pytest.raises(StepguardError, match="twice with different activities"):
+        planned(identity_activities.notify)(temporal_flows.Paused)  # named "onboarding" too
+    assert planned_steps(temporal_flows.Paused) is None  # refused: left unmarked
+
+
+def test_plan_check_enforce_refuses_a_certainly_denied_run_before_the_workflow_exists(
+    temporal: DevServer, systems: Path, tmp_path: Path
+) -> None:
+    """eve has no approval: create_account is certainly denied. Under enforce the start
+    raises, naming the step and the policy, and Temporal never heard of the run."""
+
+    async def scenario() -> tuple[RunStopped, bool]:
+        client = await planning_client(temporal, running.tcp, PlanMode.ENFORCE)
+        queue = f"q-{uuid.uuid4().hex}"
+        with pool() as executor:
+            async with worker(await Client.connect(temporal.address), queue, running.tcp, executor):
+                with pytest.raises(RunStopped) as refused:
+                    await client.start_workflow(
+                        Onboarding.run, RunInput("eve", "maria"), id=workflow_id, task_queue=queue
+                    )
+                return refused.value, await exists(client, workflow_id)
+
+    workflow_id = f"onboarding-eve-{uuid.uuid4().hex[:6]}"
+    with sidecar(tmp_path / "weekday") as running:
+        error, created = arun(scenario)
+        running.sidecar.stop(grace=1.0)
+    assert not isinstance(error, PlanNotChecked)
+    assert created is False
+    assert changes(systems) == []  # no activity body ran
+    message = str(error)
+    assert "step 'create_account' (create_account on okta)" in message
+    assert APPROVAL_POLICY in message
+    assert "plan_check = enforce" in message and "no workflow was created" in message
+    events = running.audit_events()
+    assert [e for e in events if e.get("kind", "decision") == "decision"] == []  # nothing asked
+    # The plan is in the trail under the workflow id (Temporal had named no run).
+    (plan,) = plans_of(running, workflow_id)
+    assert plan["workflow_id"] == "onboarding" and plan["id"] in message
+    assert plan["verdicts"]["DENY"] >= 1
+
+
+def test_plan_check_enforce_starts_an_allowed_onboarding_run(
+    temporal: DevServer, systems: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> tuple[str, Any]:
+        client = await planning_client(temporal, running.tcp, PlanMode.ENFORCE)
+        plain = await Client.connect(temporal.address)  # its worker guards the activities
+        queue = f"q-{uuid.uuid4().hex}"
+        with pool() as executor:
+            async with worker(plain, queue, running.tcp, executor):
+                handle = await client.start_workflow(
+                    Onboarding.run,
+                    RunInput("bob", "maria", APPROVED),
+                    id=workflow_id,
+                    task_queue=queue,
+                )
+                return f"{handle.id}/{handle.result_run_id}", await handle.result()
+
+    workflow_id = f"onboarding-bob-{uuid.uuid4().hex[:6]}"
+    with sidecar(tmp_path / "weekday") as running:
+        run_id, result = arun(scenario)
+        running.sidecar.stop(grace=1.0)
+    assert result == "bob@example.org"
+    assert len(changes(systems)) == 5
+    (plan,) = plans_of(running, workflow_id)
+    assert plan["verdicts"]["DENY"] == 0
+    assert [s["step_id"] for s in plan["steps"]] == [s for s, _ in planned_steps(Onboarding) or ()]
+    assert [e["step_id"] for e in trail(running, run_id) if e["kind"] == "decision"] == (
+        ONBOARDING_STEPS
+    )
+
+
+def test_plan_check_warn_starts_the_run_and_records_the_plan_with_its_run_id(
+    temporal: DevServer, systems: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """eve's run starts under warn; the plan is in the trail with the run's id (the
+    activities' `<workflow id>/<run id>`), the warning in the client's log, and the
+    denied step is still decided (and denied) when it runs."""
+
+    async def scenario() -> tuple[str, Any]:
+        client = await planning_client(temporal, running.tcp, PlanMode.WARN)
+        plain = await Client.connect(temporal.address)
+        queue = f"q-{uuid.uuid4().hex}"
+        with pool() as executor:
+            async with worker(plain, queue, running.tcp, executor):
+                handle = await client.start_workflow(
+                    Onboarding.run, RunInput("eve", "maria"), id=workflow_id, task_queue=queue
+                )
+                try:
+                    outcome: Any = await handle.result()
+                except WorkflowFailureError as exc:
+                    outcome = exc
+                return f"{handle.id}/{handle.result_run_id}", outcome
+
+    workflow_id = f"onboarding-eve-{uuid.uuid4().hex[:6]}"
+    caplog.set_level(logging.INFO, logger="sidecar.integrations.temporal")
+    with sidecar(tmp_path / "weekday") as running:
+        run_id, result = arun(scenario)
+        running.sidecar.stop(grace=1.0)
+    assert isinstance(result, WorkflowFailureError)  # started, then denied at its step
+    (plan,) = plans_of(running, run_id)
+    assert plan["workflow_id"] == "onboarding"
+    (decision,) = trail(running, run_id)
+    assert decision["decision"] == "DENY" and decision["step_id"] == "create_account[1]"
+    assert changes(systems) == []
+    (warning,) = [r for r in caplog.records if plan["id"] in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert APPROVAL_POLICY in warning.getMessage()
+    assert "the run goes on" in warning.getMessage() and run_id in warning.getMessage()
+
+
+def test_plan_check_off_asks_nothing(temporal: DevServer, systems: Path, tmp_path: Path) -> None:
+    async def scenario() -> tuple[str, Any]:
+        client = await planning_client(temporal, running.tcp, PlanMode.OFF)
+        plain = await Client.connect(temporal.address)
+        queue = f"q-{uuid.uuid4().hex}"
+        with pool() as executor:
+            async with worker(plain, queue, running.tcp, executor):
+                handle = await client.start_workflow(
+                    Onboarding.run, RunInput("eve", "maria"), id=workflow_id, task_queue=queue
+                )
+                with pytest.raises(WorkflowFailureError):
+                    await handle.result()
+                return f"{handle.id}/{handle.result_run_id}", None
+
+    workflow_id = f"onboarding-eve-{uuid.uuid4().hex[:6]}"
+    with sidecar(tmp_path / "weekday") as running:
+        run_id, _ = arun(scenario)
+        running.sidecar.stop(grace=1.0)
+    events = running.audit_events()
+    assert [e for e in events if e.get("kind") == "plan"] == []
+    (decision,) = trail(running, run_id)  # the step is decided as always
+    assert decision["decision"] == "DENY"
+
+
+def test_plan_check_with_the_sidecar_unreachable_enforce_refuses_and_warn_starts(
+    temporal: DevServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """enforce never starts a run blindly; warn starts it and says the plan was not made."""
+    with sidecar(tmp_path / "gone") as gone:
+        dead = gone.tcp
+
+    async def scenario() -> tuple[PlanNotChecked, bool, bool]:
+        enforce = await planning_client(temporal, dead, PlanMode.ENFORCE)
+        warn = await planning_client(temporal, dead, PlanMode.WARN)
+        queue = f"q-{uuid.uuid4().hex}"  # no worker: the runs' activities never start
+        with pytest.raises(PlanNotChecked) as refused:
+            await enforce.start_workflow(
+                Onboarding.run, RunInput("bob", "maria", APPROVED), id=refused_id, task_queue=queue
+            )
+        handle = await warn.start_workflow(
+            Onboarding.run, RunInput("bob", "maria", APPROVED), id=started_id, task_queue=queue
+        )
+        started = await exists(warn, started_id)
+        await handle.terminate("test over")
+        return refused.value, await exists(enforce, refused_id), started
+
+    refused_id = f"onboarding-bob-{uuid.uuid4().hex[:6]}"
+    started_id = f"onboarding-bob-{uuid.uuid4().hex[:6]}"
+    caplog.set_level(logging.INFO, logger="sidecar.integrations.temporal")
+    error, refused_created, warn_created = arun(scenario)
+    assert refused_created is False and warn_created is True
+    assert "could not be checked" in str(error) and "not started" in str(error)
+    assert "no workflow was created" in str(error)
+    assert error.outcome is not None and error.outcome.report is not None
+    assert not error.outcome.report.made
+    warned = [r.getMessage() for r in caplog.records if started_id in r.getMessage()]
+    assert any("not made" in m for m in warned), warned
+
+
+def test_plan_check_enforce_refuses_an_unplanned_workflow_type_and_update_with_start(
+    temporal: DevServer, tmp_path: Path
+) -> None:
+    """A workflow type with no @planned cannot be checked, so enforce does not start it;
+    update-with-start is planned as start_workflow is."""
+
+    async def scenario() -> tuple[PlanNotChecked, RunStopped, bool, bool]:
+        client = await planning_client(temporal, running.tcp, PlanMode.ENFORCE)
+        queue = f"q-{uuid.uuid4().hex}"
+        with pytest.raises(PlanNotChecked) as unplanned:
+            await client.start_workflow(
+                "nonesuch", RunInput("bob", "maria"), id=a, task_queue=queue
+            )
+        operation = WithStartWorkflowOperation(
+            Onboarding.run,
+            RunInput("eve", "maria"),
+            id=b,
+            task_queue=queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+        with pytest.raises(RunStopped) as stopped:
+            await client.start_update_with_start_workflow(
+                "any_update",
+                start_workflow_operation=operation,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            )
+        return unplanned.value, stopped.value, await exists(client, a), await exists(client, b)
+
+    a, b = (f"wf-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    with sidecar(tmp_path / "weekday") as running:
+        unplanned, stopped, a_created, b_created = arun(scenario)
+        running.sidecar.stop(grace=1.0)
+    assert (a_created, b_created) == (False, False)
+    assert "'nonesuch' declares no plan" in str(unplanned) and "@planned" in str(unplanned)
+    assert "step 'create_account'" in str(stopped) and APPROVAL_POLICY in str(stopped)
