@@ -78,6 +78,18 @@ COMMAND_EXIT_CODES: dict[str, tuple[tuple[int, str], ...]] = {
         (3, "--verify: the trail is broken (the codes of `audit verify`, 3 to 8)"),
     ),
     "evidence": ((EXIT_OK, "done"), _USAGE),
+    "ship": ((EXIT_OK, "stopped cleanly (SIGTERM, SIGINT)"), _USAGE),
+    "ship status": (
+        (EXIT_OK, "shipping or caught up"),
+        (EXIT_ERROR, "broker unavailable or full, the shipper not running, or bad flags"),
+    ),
+    "collect": ((EXIT_OK, "stopped cleanly (SIGTERM, SIGINT)"), _USAGE),
+    "fleet": ((EXIT_OK, "done"), _USAGE),
+    "fleet status": (
+        (EXIT_OK, "no open finding"),
+        _USAGE,
+        (EXIT_FAILED, "open findings: gaps, forks, bad hashes, revision drift"),
+    ),
 }
 # `stepguard evidence ANSWER`: the answer is printed even from a broken trail, and says so.
 _EVIDENCE = (

@@ -150,11 +150,14 @@ def _commands() -> list[Callable[[Any], None]]:
     from sidecar.cli import (
         audit,
         check,
+        collect,
         evidence,
+        fleet,
         fmt,
         healthcheck,
         replay,
         serve,
+        ship,
         test,
         validate,
     )
@@ -168,6 +171,9 @@ def _commands() -> list[Callable[[Any], None]]:
         fmt.register,
         replay.register,
         evidence.register,
+        ship.register,
+        collect.register,
+        fleet.register,
         healthcheck.register,
     ]
 

@@ -122,37 +122,35 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
         conn.execute(SCHEMA)
 
 
-def insert(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> list[Row]:
-    """Store rows not stored yet; returns those that collide with a different stored line
-    (forks). A row equal to the stored one (a redelivery) is nothing. One transaction."""
+def insert(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> tuple[int, list[Row]]:
+    """Store the rows not stored yet, in one transaction: (how many were new, the rows that
+    collide with a different stored line: forks). A row equal to the stored one (a
+    redelivery) is nothing. `rows` must not repeat a key."""
     if not rows:
-        return []
-    forks: list[Row] = []
-    with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(
+        return 0, []
+    cols = list(zip(*((r.sidecar, r.chain, r.seq, r.segment, r.kind, r.time, r.hash, r.prev,
+                       r.line) for r in rows), strict=True))  # fmt: skip
+    with conn.transaction():
+        inserted = conn.execute(
             "INSERT INTO stepguard_events (sidecar, chain, seq, segment, kind, time, hash, "
-            "prev, line) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (sidecar, chain, seq) DO NOTHING",
-            [
-                (r.sidecar, r.chain, r.seq, r.segment, r.kind, r.time, r.hash, r.prev, r.line)
-                for r in rows
-            ],
-            returning=False,
-        )
-        # The rows that were not new: compare with what is stored.
-        keys = [(r.sidecar, r.chain, r.seq) for r in rows]
-        cur.execute(
-            "SELECT e.sidecar, e.chain, e.seq, e.hash, e.line FROM stepguard_events e "
-            "JOIN unnest(%s::text[], %s::text[], %s::bigint[]) AS k(sidecar, chain, seq) "
-            "USING (sidecar, chain, seq)",
-            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
-        )
-        stored = {(s, c, q): bytes(line) for s, c, q, _, line in cur.fetchall()}
-    for r in rows:
-        line = stored.get((r.sidecar, r.chain, r.seq))
-        if line is not None and line != r.line:
-            forks.append(r)
-    return forks
+            "prev, line) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], "
+            "%s::integer[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[]) "
+            "ON CONFLICT (sidecar, chain, seq) DO NOTHING RETURNING sidecar, chain, seq",
+            [list(c) for c in cols],
+        ).fetchall()
+        new = {(s, c, q) for s, c, q in inserted}
+        old = [r for r in rows if (r.sidecar, r.chain, r.seq) not in new]
+        stored: dict[tuple[str, str, int], bytes] = {}
+        if old:
+            found = conn.execute(
+                "SELECT e.sidecar, e.chain, e.seq, e.line FROM stepguard_events e "
+                "JOIN unnest(%s::text[], %s::text[], %s::bigint[]) AS k(sidecar, chain, seq) "
+                "USING (sidecar, chain, seq)",
+                ([r.sidecar for r in old], [r.chain for r in old], [r.seq for r in old]),
+            ).fetchall()
+            stored = {(s, c, q): bytes(line) for s, c, q, line in found}
+    forks = [r for r in old if stored.get((r.sidecar, r.chain, r.seq), r.line) != r.line]
+    return len(new), forks
 
 
 def add_finding(

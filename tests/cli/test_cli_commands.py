@@ -34,6 +34,9 @@ COMMAND_MODULES = {
         "evidence report",
     },
     "healthcheck": {"healthcheck"},
+    "ship": {"ship", "ship status"},
+    "collect": {"collect"},
+    "fleet": {"fleet", "fleet status"},
     "test": {"test"},
 }
 
