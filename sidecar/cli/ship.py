@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
     )
     status.add_argument("--state-dir", type=Path, required=True, help="the shipper's --state-dir")
     status.set_defaults(run=_status)
-    ship.add_argument("--trail", type=Path, required=True, help="the sidecar's trail directory")
+    ship.add_argument("--trail", type=Path, help="the sidecar's trail directory (required)")
     ship.add_argument(
         "--state-dir",
         type=Path,

@@ -79,7 +79,9 @@ class FleetSettings:
             "servers": list(self.nats_servers),
             "connect_timeout": self.connect_timeout_s,
             "reconnect_time_wait": 0.5,
-            "max_reconnect_attempts": -1,
+            # Finite: a first connection to no server gives up (and the caller says the
+            # broker is unavailable, then tries again); a closed client is replaced.
+            "max_reconnect_attempts": 10,
             "allow_reconnect": True,
         }
         if self.nats_creds_file is not None:
