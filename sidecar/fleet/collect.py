@@ -188,9 +188,17 @@ class Collector:
         conn = self._db()
         for sidecar, trail, content in manifests:
             store.put_manifest(conn, sidecar, trail, content)
-        # Deduplicate within the batch (a redelivery may sit beside its first delivery).
-        unique = list({(r.sidecar, r.chain, r.seq): r for r in rows}.values())
-        stored, forks = store.insert(conn, unique)
+        # One row per key, the first delivered (a redelivery may sit beside its first
+        # delivery); a different line under a key already in the batch is a fork.
+        first: dict[tuple[str, str, int], store.Row] = {}
+        forks: list[store.Row] = []
+        for r in rows:
+            seen = first.setdefault((r.sidecar, r.chain, r.seq), r)
+            if seen is not r and seen.line != r.line:
+                forks.append(r)
+        unique = list(first.values())
+        stored, collided = store.insert(conn, unique)
+        forks.extend(collided)
         self.counts.stored += stored
         self.counts.repeated += len(rows) - stored
         if self.metrics is not None:
