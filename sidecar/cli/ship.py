@@ -67,12 +67,17 @@ def register(subparsers: Any) -> None:
     )
     status.add_argument("--state-dir", type=Path, required=True, help="the shipper's --state-dir")
     status.set_defaults(run=_status)
-    ship.add_argument("--trail", type=Path, help="the sidecar's trail directory (required)")
+    ship.add_argument(
+        "--trail",
+        type=Path,
+        help="the sidecar's trail: its directory (every trail in it) or its file "
+        "DIR/NAME.jsonl (that trail and its workers' chains only; required)",
+    )
     ship.add_argument(
         "--state-dir",
         type=Path,
-        help="where the cursor, status and watermark files live (default TRAIL/.stepguard-ship;"
-        " a directory, so trail readers skip it)",
+        help="where the cursor, status and watermark files live (default: a directory "
+        ".stepguard-ship[-NAME] beside the trail, which trail readers skip)",
     )
     ship.add_argument(
         "--sidecar",
@@ -99,15 +104,20 @@ def _ship(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = load_settings(args)
     trail = args.trail
-    if trail is None or not trail.is_dir():
-        print(f"stepguard: error: --trail {trail}: not a directory", file=sys.stderr)
+    if trail is None or not (trail.is_dir() or trail.parent.is_dir()):
+        print(f"stepguard: error: --trail {trail}: no such directory", file=sys.stderr)
         return EXIT_ERROR
+    default_state = (
+        trail / ".stepguard-ship"
+        if trail.is_dir()
+        else trail.parent / f".stepguard-ship-{trail.name}"
+    )
     registry = metrics.ship_metrics()
     port = metrics.serve(args.metrics_listen, registry.registry)
     shipper = Shipper(
         settings,
         trail,
-        args.state_dir or trail / ".stepguard-ship",
+        args.state_dir or default_state,
         args.sidecar,
         poll_s=args.poll_interval,
         prune=args.prune_committed,

@@ -27,7 +27,8 @@ from pathlib import Path
 from sidecar.audit.chain import BadRecord, parse_line
 from sidecar.audit.files import make_dirs, open_read
 from sidecar.audit.segments import Trail, fsync_dir, last_line
-from sidecar.audit.workers import collect_sets
+from sidecar.audit.workers import collect_sets, manifest_path
+from sidecar.core.errors import ConfigError, StepguardError
 
 _ROTATED = re.compile(r"\.(\d{6,})$")
 _SEQ = re.compile(rb'^\{"seq":(\d+),"prev":"([0-9a-f]*)","hash":"([0-9a-f]*)"')
@@ -72,16 +73,27 @@ class Line:
         return self.field(_REVISION)
 
 
-def chains_of(trail_dir: Path) -> list[Trail]:
-    """Every chain of every trail in the directory (the workers' chains included)."""
+def chains_of(trail: Path) -> list[Trail]:
+    """Every chain of every trail in a directory, or of one trail (`DIR/NAME.jsonl`: its own
+    chain and its workers' chains, as `audit verify` reads it; it need not exist yet)."""
     found: list[Trail] = []
-    for trails in collect_sets([trail_dir]):
+    if not trail.is_dir() and not trail.parent.is_dir():
+        return found
+    try:
+        sets = collect_sets([trail])
+    except StepguardError:  # the sidecar has not written it yet
+        return found
+    for trails in sets:
         found.extend(c for c in trails.chains if c.segments)
     return found
 
 
-def manifests_of(trail_dir: Path) -> list[Path]:
-    return sorted(p for p in trail_dir.glob("*.workers.json") if p.is_file())
+def manifests_of(trail: Path) -> list[Path]:
+    """The workers manifests of a directory's trails, or of one trail."""
+    if trail.is_dir():
+        return sorted(p for p in trail.glob("*.workers.json") if p.is_file())
+    manifest = manifest_path(trail)
+    return [manifest] if manifest.is_file() else []
 
 
 class SegmentIndex:
@@ -225,8 +237,6 @@ def load_cursor(path: Path) -> dict[str, Position]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        from sidecar.core.errors import ConfigError
-
         raise ConfigError(
             f"{path}: the shipper's cursor is unreadable ({exc}); move it aside to resend "
             "the whole trail (the broker and the store drop what they already hold)"

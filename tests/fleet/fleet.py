@@ -72,13 +72,20 @@ class Proc:
 
 @contextlib.contextmanager
 def shipper(
-    trail: Path, urls: list[str], sidecar: str, *extra: str, state: Path | None = None,
+    trail: Path,
+    urls: list[str],
+    sidecar: str,
+    *extra: str,
+    state: Path | None = None,
     replicas: int = 1,
-) -> Iterator[Proc]:  # fmt: skip
-    state = state or trail.parent / f"ship-state-{sidecar}"
-    args = ["ship", "--trail", str(trail), "--state-dir", str(state), "--sidecar", sidecar,
-            "--replicas", str(replicas), "--poll-interval", "0.05", *extra]  # fmt: skip
-    p = Proc(args, fleet_env(urls), trail.parent / f"ship-{sidecar}.log")
+) -> Iterator[Proc]:
+    """`stepguard ship` of a trail directory (or one trail's file); its state and log beside
+    the directory."""
+    home = trail.parent if trail.is_dir() else trail.parent.parent
+    state = state or home / f"ship-state-{sidecar}"
+    args = ["ship", "--trail", str(trail), "--state-dir", str(state), "--sidecar", sidecar]
+    args += ["--replicas", str(replicas), "--poll-interval", "0.05", *extra]
+    p = Proc(args, fleet_env(urls), home / f"ship-{sidecar}.log")
     try:
         yield p
     finally:

@@ -69,7 +69,8 @@ def test_a_node_and_a_collector_killed_under_load_lose_and_duplicate_nothing(
     root.mkdir()
     with (
         nats_cluster(root) as cluster,
-        shipper(trail, cluster.urls, "pod-c", replicas=3) as ship,
+        # one trail of the directory, named by its file (as the chart does: a pod's own)
+        shipper(trail / "audit.jsonl", cluster.urls, "pod-c", replicas=3) as ship,
         collector(pg_dsn, cluster.urls, name="c1", log_dir=tmp_path, replicas=3) as c1,
         collector(pg_dsn, cluster.urls, name="c2", log_dir=tmp_path, replicas=3),
     ):
