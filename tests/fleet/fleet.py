@@ -169,5 +169,26 @@ def stream_messages(urls: list[str], stream: str = "STEPGUARD_AUDIT") -> int:
     return asyncio.run(go())
 
 
+def stream_messages_tls(
+    urls: list[str], ca: Path, cert: Path, key: Path, token: str, stream: str = "STEPGUARD_AUDIT"
+) -> int:
+    import ssl
+
+    import nats
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+
+    async def go() -> int:
+        nc = await nats.connect(servers=urls, tls=ctx, token=token)
+        try:
+            info = await nc.jetstream().stream_info(stream)
+            return int(info.state.messages)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
 def chains(trail: Path) -> list[Trail]:
     return tail.chains_of(trail)

@@ -67,6 +67,7 @@ class NatsNode:
     routes: list[int] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     max_store: int | None = None  # bytes of file store JetStream may use
+    extra: str = ""  # more configuration (tls {...}, authorization {...})
 
     @property
     def url(self) -> str:
@@ -81,6 +82,7 @@ class NatsNode:
             f"http: 127.0.0.1:{self.http}\n"
             f'jetstream {{ store_dir: "{store}", sync_interval: always{limit} }}\n'
         )
+        text += self.extra
         if self.cluster_port is not None:
             routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.routes)
             text += (
