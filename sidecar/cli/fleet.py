@@ -25,9 +25,11 @@ def register(subparsers: Any) -> None:
     )
     store_flag(status, help_text="the PostgreSQL store")
     status.add_argument(
-        "--stale", type=float, default=60.0, help="seconds of silence before a sidecar "
-        "counts as not reporting",
-    )  # fmt: skip
+        "--stale",
+        type=float,
+        default=60.0,
+        help="seconds of silence before a sidecar counts as not reporting",
+    )
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(run=_status)
 

@@ -211,9 +211,14 @@ class Collector:
                 "sidecars shipping under one name)"
             )
             if store.add_finding(
-                conn, r.sidecar, r.chain, r.seq, kind="fork", message=message,
+                conn,
+                r.sidecar,
+                r.chain,
+                r.seq,
+                kind="fork",
+                message=message,
                 detail={"other_line": r.line.decode(errors="replace")},
-            ):  # fmt: skip
+            ):
                 self._found(["fork"])
         for sidecar, chain in sorted({(r.sidecar, r.chain) for r in unique}):
             self._advance(sidecar, chain)

@@ -98,11 +98,12 @@ def advance(
                 algorithm = walk.check(int(r_seq), bytes(r_line), str(r_hash), key, algorithm)
                 if str(r_prev) != digest and not (seq < 0 and r_seq != 0):
                     walk.finding(
-                        int(r_seq), "fork",
+                        int(r_seq),
+                        "fork",
                         f"record {r_seq} does not follow record {seq}: its prev "
                         f"{str(r_prev)[:16]}... is not that record's hash {digest[:16]}... "
                         "(a record changed, or the chain was restarted)",
-                    )  # fmt: skip
+                    )
                 seq, digest, segment = int(r_seq), str(r_hash), int(r_segment)
                 moved = True
             if not moved or len(records) < WALK:

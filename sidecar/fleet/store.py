@@ -128,8 +128,15 @@ def insert(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> tuple[int, lis
     redelivery) is nothing. `rows` must not repeat a key."""
     if not rows:
         return 0, []
-    cols = list(zip(*((r.sidecar, r.chain, r.seq, r.segment, r.kind, r.time, r.hash, r.prev,
-                       r.line) for r in rows), strict=True))  # fmt: skip
+    cols = list(
+        zip(
+            *(
+                (r.sidecar, r.chain, r.seq, r.segment, r.kind, r.time, r.hash, r.prev, r.line)
+                for r in rows
+            ),
+            strict=True,
+        )
+    )
     with conn.transaction():
         inserted = conn.execute(
             "INSERT INTO stepguard_events (sidecar, chain, seq, segment, kind, time, hash, "

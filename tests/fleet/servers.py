@@ -216,14 +216,28 @@ class Postgres:
             shutil.chown(self.root, "postgres", "postgres")
             shutil.chown(sock, "postgres", "postgres")
         self._as_postgres(
-            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
             "--no-sync",
-        )  # fmt: skip
+        )
         self._as_postgres(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
-            "-o", f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
             "start",
-        )  # fmt: skip
+        )
 
     def pid(self) -> int | None:
         try:

@@ -67,8 +67,14 @@ def test_a_full_stream_stops_shipping_and_says_so_while_decisions_go_on(
     with running_sidecar(trail) as sidecar, StepguardClient(sidecar.tcp) as client:
         for _ in range(40):
             assert client.authorize(notify_request()).allowed
-        with shipper(trail, nats.urls, "pod-f", "--metrics-listen", "127.0.0.1:0", state=state,
-                     ) as ship:  # fmt: skip
+        with shipper(
+            trail,
+            nats.urls,
+            "pod-f",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            state=state,
+        ) as ship:
             ship.env["STEPGUARD_STREAM_MAX_BYTES"] = "20000"  # far less than the trail
             ship.stop()
             ship.start()
@@ -102,8 +108,9 @@ def test_a_broker_that_is_down_is_waited_for_and_the_lag_shown(tmp_path: Path, p
     root.mkdir()
     node = NatsNode("n1", root, free_port(), free_port())
     metrics_port = free_port()
-    with shipper(trail, [node.url], "pod-d", "--metrics-listen", f"127.0.0.1:{metrics_port}",
-                 state=state) as ship:  # fmt: skip
+    with shipper(
+        trail, [node.url], "pod-d", "--metrics-listen", f"127.0.0.1:{metrics_port}", state=state
+    ) as ship:
         wait_for(lambda: status(state).get("state") == "broker_unavailable", ship.output)
         assert status(state)["lag_events"] == records and status(state)["lag_seconds"] > 0
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as r:

@@ -28,12 +28,15 @@ def test_a_token_over_mutual_tls_from_files_named_by_the_environment(tmp_path: P
     root = tmp_path / "nats"
     root.mkdir()
     node = NatsNode(
-        "n1", root, free_port(), free_port(),
+        "n1",
+        root,
+        free_port(),
+        free_port(),
         extra=(
             f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca}", verify: true }}\n'
             'authorization { token: "s3cret-token-for-tests" }\n'
         ),
-    )  # fmt: skip
+    )
     trail = tmp_path / "trail"
     trail.mkdir()
     make_trail(trail, 50)
@@ -50,8 +53,9 @@ def test_a_token_over_mutual_tls_from_files_named_by_the_environment(tmp_path: P
             )
             ship.stop()
             ship.start()
-            wait_for(lambda: status(tmp_path / "s1").get("state") == "broker_unavailable",
-                     ship.output)  # fmt: skip
+            wait_for(
+                lambda: status(tmp_path / "s1").get("state") == "broker_unavailable", ship.output
+            )
         # with it (a file the environment names): every record reaches the stream
         with shipper(trail, [url], "pod-t", state=tmp_path / "s2") as ship:
             ship.env.update(
