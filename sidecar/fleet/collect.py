@@ -67,6 +67,7 @@ class Collector:
         self._kv: KeyValue | None = None
         self._published: dict[tuple[str, str], int] = {}
         self._marks: dict[tuple[str, str], int] = {}
+        self._reports: dict[str, dict[str, Any]] = {}
 
     def _db(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -128,6 +129,9 @@ class Collector:
                     if idle % 3 == 1:  # chains another collector left behind, and gaps
                         await asyncio.to_thread(self._advance_behind)
                         await self._publish_watermarks()
+                if self._reports:
+                    pending, self._reports = self._reports, {}
+                    await asyncio.to_thread(self._write_reports, pending)
             with contextlib.suppress(Exception):
                 await reports.unsubscribe()
         finally:
@@ -140,8 +144,7 @@ class Collector:
             sidecar = wire.check_sidecar(str(report["sidecar"]))
         except (ValueError, KeyError, TypeError, Exception):  # noqa: BLE001 (not ours)
             return
-        with contextlib.suppress(psycopg.Error):
-            await asyncio.to_thread(store.put_report, self._db(), sidecar, report)
+        self._reports[sidecar] = report  # written by the loop, on its own connection use
 
     async def _handle(self, msgs: list[Msg]) -> None:
         rows: list[store.Row] = []
@@ -180,6 +183,10 @@ class Collector:
         for m in msgs:
             await m.ack()
         await self._publish_watermarks()
+
+    def _write_reports(self, reports: dict[str, dict[str, Any]]) -> None:
+        for sidecar, report in reports.items():
+            store.put_report(self._db(), sidecar, report)
 
     def _bad(self, env: wire.Envelope, line: bytes) -> store.Row:
         return store.Row(env.sidecar, env.chain, env.seq, env.segment, "", "", "", "", line)

@@ -160,10 +160,10 @@ class _Walk:
 
 
 def behind(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
-    """Chains with stored records after their watermark (or none yet)."""
+    """Chains with stored records after their watermark (one index probe per chain: every
+    chain written has a watermark row, made by its first `advance`)."""
     rows = conn.execute(
-        "SELECT e.sidecar, e.chain FROM stepguard_events e LEFT JOIN stepguard_watermarks w "
-        "USING (sidecar, chain) GROUP BY e.sidecar, e.chain, w.seq "
-        "HAVING max(e.seq) > coalesce(w.seq, -1)"
+        "SELECT w.sidecar, w.chain FROM stepguard_watermarks w WHERE EXISTS (SELECT 1 FROM "
+        "stepguard_events e WHERE e.sidecar = w.sidecar AND e.chain = w.chain AND e.seq > w.seq)"
     ).fetchall()
     return [(str(s), str(c)) for s, c in rows]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from sidecar.audit.segments import Trail, fsync_dir, last_line
 from sidecar.audit.workers import collect_sets, manifest_path
 from sidecar.core.errors import ConfigError, StepguardError
 
+log = logging.getLogger(__name__)
 _ROTATED = re.compile(r"\.(\d{6,})$")
 _SEQ = re.compile(rb'^\{"seq":(\d+),"prev":"([0-9a-f]*)","hash":"([0-9a-f]*)"')
 _TIME = re.compile(rb'"time":"([^"]*)"')
@@ -153,12 +155,23 @@ def read_lines(
     segment, offset = pos.segment, pos.offset
     if segment not in files and segment < min(files):
         segment, offset = min(files), 0  # pruned below the cursor: nothing was lost here
+    elif segment not in files and segment > max(files):
+        # The trail was started over (its files deleted): read the new one from its start.
+        # Its records reuse seqs the store holds, which the collectors report as forks.
+        log.error("ship: %s: the cursor is past the trail's end; reading it again", chain)
+        segment, offset = min(files), 0
     n = 0
     mark = offset  # just past the last line yielded
     while n < limit and segment in files:
         try:
             with open_read(files[segment]) as f:
                 size = os.fstat(f.fileno()).st_size
+                if size < offset:
+                    # Cut back under the cursor (a commit the sidecar rolled back, or the
+                    # file replaced): read the segment again; repeats are dropped, and a
+                    # different record under a shipped seq is reported as a fork.
+                    log.error("ship: %s segment %d shrank; reading it again", chain, segment)
+                    offset = mark = 0
                 while n < limit and size > offset:
                     f.seek(offset)
                     data = f.read(min(size - offset, READ_BYTES))

@@ -85,3 +85,24 @@ def test_the_cursor_follows_a_rotation_between_two_reads(tmp_path: Path) -> None
     cursor_file = tmp_path / "state" / "cursor.json"
     tail.save_cursor(cursor_file, {"audit.jsonl": pos}, {"sidecar": "x"})
     assert tail.load_cursor(cursor_file) == {"audit.jsonl": pos}
+
+
+def test_a_trail_started_over_is_read_again_from_its_start(tmp_path: Path) -> None:
+    """The cursor is past the end of a trail whose files were replaced: its records are read
+    again (the store then reports the reused seqs as forks), never skipped."""
+    make_trail(tmp_path, 30, rotate_bytes=1500)
+    [chain] = tail.chains_of(tmp_path)
+    lines = list(tail.read_lines(chain, None, tail.SegmentIndex(), 1000))
+    pos = tail.Position(lines[-1].segment, lines[-1].end, lines[-1].seq, lines[-1].hash)
+    for p in list(tmp_path.iterdir()):
+        p.unlink()
+    make_trail(tmp_path, 3)  # a new trail, one segment
+    [chain] = tail.chains_of(tmp_path)
+    again = list(tail.read_lines(chain, pos, tail.SegmentIndex(), 1000))
+    assert [line.seq for line in again] == list(range(len(again))) and len(again) >= 4
+    # a segment cut back under the cursor is read again from its start too
+    last = again[-1]
+    cut = tail.Position(last.segment, last.end + 500, last.seq, last.hash)
+    assert [line.seq for line in tail.read_lines(chain, cut, tail.SegmentIndex(), 1000)] == [
+        line.seq for line in again
+    ]
