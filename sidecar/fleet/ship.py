@@ -179,10 +179,16 @@ class Shipper:
 
     async def round(self, js: JetStreamContext) -> int:
         """One pass over every chain: publish what is new; the number of records shipped."""
-        sent = 0
         await self._ship_manifests(js)
-        for trail in tail.chains_of(self.trail_dir):
-            sent += await self._ship_chain(js, trail)
+        # Every chain at once (a worker's chain each): more records in flight per round.
+        done = await asyncio.gather(
+            *(self._ship_chain(js, t) for t in tail.chains_of(self.trail_dir)),
+            return_exceptions=True,
+        )
+        failed = [d for d in done if isinstance(d, BaseException)]
+        if failed:
+            raise failed[0]
+        sent = sum(d for d in done if isinstance(d, int))
         if self.state.state in ("starting", "broker_unavailable", "broker_full", "shipping"):
             self.state.state = "shipping" if sent else "caught_up"
             self.state.message = ""

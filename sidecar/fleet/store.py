@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS stepguard_events (
     hash text NOT NULL,
     prev text NOT NULL,
     line bytea NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now(),
+    -- the row's own insert time (not the transaction's): what the lag is measured to
+    received_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (sidecar, chain, seq)
 );
 CREATE INDEX IF NOT EXISTS stepguard_events_received ON stepguard_events (received_at);
