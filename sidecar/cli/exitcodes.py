@@ -78,10 +78,9 @@ COMMAND_EXIT_CODES: dict[str, tuple[tuple[int, str], ...]] = {
         (3, "--verify: the trail is broken (the codes of `audit verify`, 3 to 8)"),
     ),
     "evidence": ((EXIT_OK, "done"), _USAGE),
-    "ship": ((EXIT_OK, "stopped cleanly (SIGTERM, SIGINT)"), _USAGE),
-    "ship status": (
-        (EXIT_OK, "shipping or caught up"),
-        (EXIT_ERROR, "broker unavailable or full, the shipper not running, or bad flags"),
+    "ship": (
+        (EXIT_OK, "stopped cleanly (SIGTERM, SIGINT); --status: shipping or caught up"),
+        (EXIT_ERROR, "bad flags or input; --status: broker unavailable or full, or not running"),
     ),
     "collect": ((EXIT_OK, "stopped cleanly (SIGTERM, SIGINT)"), _USAGE),
     "fleet": ((EXIT_OK, "done"), _USAGE),

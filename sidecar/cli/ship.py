@@ -1,4 +1,4 @@
-"""`stepguard ship` and `stepguard ship status`: the trail to NATS JetStream (docs/fleet.md).
+"""`stepguard ship` (and `stepguard ship --status`): the trail to NATS JetStream (docs/fleet.md).
 
 The NATS settings (servers, credentials, TLS) come from `--config FILE` (its
 `fleet:` section) and the environment (`STEPGUARD_NATS_SERVERS`,
@@ -57,16 +57,6 @@ def register(subparsers: Any) -> None:
         "record to NATS JetStream, deduplicated by chain and seq; survives restarts by a "
         "cursor written only after the broker acknowledged. Runs until SIGTERM.",
     )
-    sub = ship.add_subparsers(dest="ship_command", metavar="COMMAND")
-    status = sub.add_parser(
-        "status",
-        help="print a running shipper's state and lag; exit 0 while it ships",
-        description="Print the shipper's status file (lag in records and seconds, broker "
-        "state) as JSON. Exit 0 while shipping or caught up, 1 when the broker is "
-        "unavailable or full, or the shipper is not running.",
-    )
-    status.add_argument("--state-dir", type=Path, required=True, help="the shipper's --state-dir")
-    status.set_defaults(run=_status)
     ship.add_argument(
         "--trail",
         type=Path,
@@ -93,11 +83,34 @@ def register(subparsers: Any) -> None:
         "(never before; never the newest rotated one)",
     )
     ship.add_argument("--metrics-listen", help="host:port for Prometheus metrics")
+    ship.add_argument(
+        "--status",
+        action="store_true",
+        help="do not ship: print the running shipper's state and lag (its status file in "
+        "the state directory) as JSON; exit 0 while it ships or is caught up, 1 when the "
+        "broker is unavailable or full or the shipper is not running",
+    )
     fleet_flags(ship)
     ship.set_defaults(run=_ship)
 
 
+def _state_dir(args: argparse.Namespace) -> Path | None:
+    """--state-dir, or the default beside the trail (None without either)."""
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    trail: Path | None = args.trail
+    if trail is None:
+        return None
+    return (
+        trail / ".stepguard-ship"
+        if trail.is_dir()
+        else trail.parent / (f".stepguard-ship-{trail.name}")
+    )
+
+
 def _ship(args: argparse.Namespace) -> int:
+    if args.status:
+        return _status(args)
     from sidecar.fleet import metrics
     from sidecar.fleet.ship import Shipper
 
@@ -107,17 +120,14 @@ def _ship(args: argparse.Namespace) -> int:
     if trail is None or not (trail.is_dir() or trail.parent.is_dir()):
         print(f"stepguard: error: --trail {trail}: no such directory", file=sys.stderr)
         return EXIT_ERROR
-    default_state = (
-        trail / ".stepguard-ship"
-        if trail.is_dir()
-        else trail.parent / f".stepguard-ship-{trail.name}"
-    )
+    default_state = _state_dir(args)
+    assert default_state is not None
     registry = metrics.ship_metrics()
     port = metrics.serve(args.metrics_listen, registry.registry)
     shipper = Shipper(
         settings,
         trail,
-        args.state_dir or default_state,
+        default_state,
         args.sidecar,
         poll_s=args.poll_interval,
         prune=args.prune_committed,
@@ -137,7 +147,11 @@ def _ship(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    path = args.state_dir / "status.json"
+    state = _state_dir(args)
+    if state is None:
+        print("stepguard: error: --status needs --trail or --state-dir", file=sys.stderr)
+        return EXIT_ERROR
+    path = state / "status.json"
     try:
         status = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -58,7 +58,7 @@ FULL_CODES = {10047, 10054, 10077, 10078}
 
 @dataclass
 class State:
-    """What `stepguard ship status` shows and the metrics export."""
+    """What `stepguard ship --status` shows and the metrics export."""
 
     sidecar: str
     state: str = "starting"  # shipping | caught_up | broker_unavailable | broker_full
@@ -256,7 +256,10 @@ class Shipper:
             digest = hashlib.sha256(content).hexdigest()[:32]
             if self.manifests.get(path.name) == digest:
                 continue
-            trail = json.loads(content).get("trail", "") if content.strip() else ""
+            try:
+                trail = str(json.loads(content).get("trail", ""))
+            except (ValueError, AttributeError):
+                continue  # being rewritten, or damaged: `audit verify` says which
             headers = {
                 wire.MSG_ID: f"{self.sidecar}/{path.name}:{digest}",
                 wire.H_KIND: "manifest",

@@ -34,7 +34,7 @@ COMMAND_MODULES = {
         "evidence report",
     },
     "healthcheck": {"healthcheck"},
-    "ship": {"ship", "ship status"},
+    "ship": {"ship"},
     "collect": {"collect"},
     "fleet": {"fleet", "fleet status"},
     "test": {"test"},

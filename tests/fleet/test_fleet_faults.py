@@ -82,7 +82,7 @@ def test_a_full_stream_stops_shipping_and_says_so_while_decisions_go_on(
             said = status(state)
             assert "is full" in said["message"] and "decisions go on" in said["message"]
             assert said["lag_events"] > 0
-            shown = cli("ship", "status", "--state-dir", str(state), env=env)
+            shown = cli("ship", "--status", "--state-dir", str(state), env=env)
             assert shown.returncode == 1 and "broker_full" in shown.stdout
             # the sidecar does not wait for the shipper: decisions go on and are recorded
             for _ in range(20):
@@ -94,7 +94,7 @@ def test_a_full_stream_stops_shipping_and_says_so_while_decisions_go_on(
                     lambda: f"{len(store_lines(pg_dsn, 'pod-f'))} {status(state)}",
                 )
                 wait_for(lambda: status(state).get("state") == "caught_up", ship.output)
-            ok = cli("ship", "status", "--state-dir", str(state), env=env)
+            ok = cli("ship", "--status", "--state-dir", str(state), env=env)
             assert ok.returncode == 0, ok.stdout
 
 
