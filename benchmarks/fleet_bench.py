@@ -1,7 +1,7 @@
 """What shipping costs and how fast the fleet moves records (docs/fleet.md).
 
     .venv/bin/python -m benchmarks.fleet_bench [--rounds 8] [--seconds 3] [--lag-seconds 10]
-        [--rate 2000] [--ingest 20000] [--write]
+        [--rates 2000,500] [--ingest 20000] [--write]
 
 Real servers on loopback, started here (tests/fleet/servers.py): a nats-server
 with JetStream (`sync_interval: always`, an R1 stream: one node on one machine)
@@ -16,9 +16,11 @@ and a PostgreSQL. Three measurements:
    bootstrap interval (benchmarks/stats.py); target >= 0.95x. On a 2-core
    machine the shipper, the collector, the broker and the database compete
    with the sidecar for the same cores: the figure says what that costs here.
-2. End-to-end lag at a steady rate (default 2,000 decisions/s, paced, open
-   loop): from each decision's `time` (when it was evaluated) to its row's
+2. End-to-end lag at a steady rate (paced, open loop; default 2,000 decisions/s,
+   then 500): from each decision's `time` (when it was evaluated) to its row's
    `received_at` in PostgreSQL; p50 and p99 over every decision of the window.
+   Where the machine cannot sustain the rate with everything on it, the backlog
+   grows for the whole window and the lag with it: the achieved rate is shown.
 3. Collector ingest: a trail of N records is shipped into the stream with no
    collector running, then one (and, on a fresh stream and database, two)
    collectors drain it; the rate is N over the span of the rows' `received_at`
@@ -302,7 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ),
             ):
                 tput = throughput(on, off, args.rounds, args.clients, args.seconds)
-                lagged = lag(on, dsn, args.rate, args.lag_seconds)
+                lagged = [lag(on, dsn, rate, args.lag_seconds) for rate in args.rates]
                 wait_until(lambda: stored(dsn) == lines_in(on.audit), "the whole trail stored")
         ingested = [ingest(work, args.ingest, k) for k in (1, 2)]
     load.append(os.getloadavg()[0])
@@ -318,7 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(summary: dict[str, Any], command: str, commit: str, data_file: str, when: str) -> str:
-    t, lg = summary["throughput"], summary["lag"]
+    t = summary["throughput"]
     each = ", ".join(
         f"{a:.0f}/{b:.0f}" for a, b in zip(t["rates"]["on"], t["rates"]["off"], strict=True)
     )
@@ -346,10 +348,13 @@ def render(summary: dict[str, Any], command: str, commit: str, data_file: str, w
             f"| decisions/s, shipping on / off (each round: {each}) | {t['on']:.0f} / "
             f"{t['off']:.0f} decisions/s: {t['ratio']:.3f}x ({t['interval'][0]:.3f} to "
             f"{t['interval'][1]:.3f}) | >= {TARGET}x | {t['verdict']} |",
-            f"| lag decision -> PostgreSQL row at {lg['rate']:.0f} decisions/s asked "
-            f"({lg['achieved']:.0f} achieved, {lg['decisions']} decisions) | p50 "
-            f"{lg['p50_s'] * 1000:.0f} ms, p99 {lg['p99_s'] * 1000:.0f} ms, max "
-            f"{lg['max_s'] * 1000:.0f} ms | | |",
+            *(
+                f"| lag decision -> PostgreSQL row at {lg['rate']:.0f} decisions/s asked "
+                f"({lg['achieved']:.0f} achieved, {lg['decisions']} decisions) | p50 "
+                f"{lg['p50_s'] * 1000:.0f} ms, p99 {lg['p99_s'] * 1000:.0f} ms, max "
+                f"{lg['max_s'] * 1000:.0f} ms | | |"
+                for lg in summary["lag"]
+            ),
             "",
             "| collectors | records | span (s) | events/s ingested |",
             "|---|---|---|---|",
@@ -363,7 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",")],
+        default=[2000.0, 500.0],
+        help="paced rates for the lag (decisions/s, comma-separated): the issue's 2,000, and "
+        "one a loaded 2-core machine sustains, for the pipeline's own latency",
+    )
     parser.add_argument("--lag-seconds", type=float, default=10.0)
     parser.add_argument("--ingest", type=int, default=20000, help="records to ingest")
     parser.add_argument("--write", action="store_true", help="record in benchmarks/RESULTS.md")

@@ -13,14 +13,14 @@ from tests.benchmarks.test_bench_provenance import BLOCK
 
 def test_a_tiny_run_measures_throughput_lag_and_ingest(tmp_path: Path) -> None:
     args = argparse.Namespace(
-        rounds=2, clients=4, seconds=0.5, rate=200.0, lag_seconds=1.0, ingest=1500
+        rounds=2, clients=4, seconds=0.5, rates=[200.0], lag_seconds=1.0, ingest=1500
     )
     summary = fleet_bench.run(args)
     t = summary["throughput"]
     assert len(t["rates"]["on"]) == len(t["rates"]["off"]) == 2
     assert t["on"] > 0 and t["off"] > 0 and t["ratio"] > 0
     assert t["interval"][0] <= t["ratio"] <= t["interval"][1]
-    lag = summary["lag"]
+    [lag] = summary["lag"]
     # every paced decision was found in PostgreSQL, after it was made
     assert lag["decisions"] == 200 and 0 <= lag["p50_s"] <= lag["p99_s"] <= lag["max_s"]
     assert [i["collectors"] for i in summary["ingest"]] == [1, 2]
