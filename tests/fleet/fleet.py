@@ -104,6 +104,28 @@ def collector(
         p.stop()
 
 
+@contextlib.contextmanager
+def serving(*args: str, log: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`stepguard serve ARGS` with its log in a file (a pipe nobody reads could fill and
+    block it), its gRPC target read from its first stdout line; killed if still up."""
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            [*CLI, "serve", *args], stdout=subprocess.PIPE, stderr=err, text=True
+        )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        serving_line: dict[str, Any] = json.loads(first) if first.startswith("{") else {}
+        assert serving_line.get("event") == "serving", f"serve did not start: {first!r}"
+        yield proc, str(serving_line["grpc"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def trail_lines(trail: Path) -> dict[tuple[str, int], bytes]:
     """Every record line of every chain of the directory, by (chain, seq)."""
     out: dict[tuple[str, int], bytes] = {}

@@ -12,10 +12,19 @@ from pathlib import Path
 import nats as natslib
 
 from sidecar.client import StepguardClient
-from tests.fleet.fleet import cli, collector, findings, shipper, store_lines, trail_lines, wait_for
+from tests.fleet.fleet import (
+    cli,
+    collector,
+    findings,
+    serving,
+    shipper,
+    store_lines,
+    trail_lines,
+    wait_for,
+)
 from tests.fleet.servers import nats_cluster
 from tests.fleet.test_fleet_roundtrip import serve_args
-from tests.helpers import notify_request, serve_process
+from tests.helpers import notify_request
 
 MAX_DECISIONS = 6000  # the load is bounded in count, and paced
 PACE_S = 0.004  # about 250 decisions a second: the faults happen while it runs
@@ -74,8 +83,11 @@ def test_a_node_and_a_collector_killed_under_load_lose_and_duplicate_nothing(
         collector(pg_dsn, cluster.urls, name="c1", log_dir=tmp_path, replicas=3) as c1,
         collector(pg_dsn, cluster.urls, name="c2", log_dir=tmp_path, replicas=3),
     ):
-        with serve_process(*serve_args(trail, "--workers", "2")) as server:
-            load = Load(server.serving["grpc"])
+        with serving(*serve_args(trail, "--workers", "2"), log=tmp_path / "serve.log") as (
+            server,
+            target,
+        ):
+            load = Load(target)
             try:
                 wait_for(lambda: len(store_lines(pg_dsn, "pod-c")) > 200, ship.output)
                 leader = next(n for n in cluster.nodes if n.name == stream_leader(cluster.urls))
@@ -92,7 +104,8 @@ def test_a_node_and_a_collector_killed_under_load_lose_and_duplicate_nothing(
                 assert load.thread.is_alive()  # the faults came and went under load
             finally:
                 load.finish()
-            assert server.terminate() == 0
+            server.terminate()  # SIGTERM, as Kubernetes stops a pod
+            assert server.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()[-3000:]
         assert load.done == load.allowed  # the sidecar never waited on the fleet
         files = trail_lines(trail)  # everything the workers wrote, shutdown records too
         wait_for(
