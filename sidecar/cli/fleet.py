@@ -71,7 +71,17 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _table(views: list[Any], newest: str) -> str:
-    head = ("sidecar", "reporting", "bundle", "drift", "events", "last event", "lag", "state")
+    head = (
+        "sidecar",
+        "reporting",
+        "bundle",
+        "drift",
+        "events",
+        "last event",
+        "last shipped",
+        "lag",
+        "state",
+    )
     rows = [head]
     for v in views:
         lag = v.report.get("lag_events")
@@ -83,6 +93,7 @@ def _table(views: list[Any], newest: str) -> str:
                 "DRIFT" if v.revision and newest and v.revision != newest else "",
                 str(v.events),
                 v.last_event,
+                str(v.report.get("last_shipped_at") or v.last_received),
                 "" if lag is None else f"{lag} ({v.report.get('lag_seconds', 0)} s)",
                 str(v.report.get("state", "")),
             )

@@ -128,3 +128,5 @@ def test_a_sidecar_serving_an_older_bundle_is_revision_drift(
     assert "rev-old" in drift[0]["message"] and drift[0]["resolved_at"] is None
     table = cli("fleet", "status", "--store", pg_dsn)
     assert "DRIFT" in table.stdout and "revision_drift" in table.stdout
+    header, *rows = table.stdout.split("\n\n")[0].splitlines()
+    assert "last shipped" in header and len(rows) == 2
