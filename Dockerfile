@@ -6,6 +6,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---- build: a wheel of stepguard and of every dependency, installed into a venv
+# (with the fleet extra: the chart runs `stepguard ship` and `stepguard collect`
+# from this image too; the sidecar itself never imports them)
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -18,9 +20,9 @@ COPY sidecar ./sidecar
 RUN set -eu; \
     constraints=""; \
     if [ -f requirements.lock ]; then constraints="--constraint requirements.lock"; fi; \
-    python -m pip wheel --wheel-dir /wheels $constraints . ; \
+    python -m pip wheel --wheel-dir /wheels $constraints ".[fleet]" ; \
     python -m venv /opt/stepguard; \
-    /opt/stepguard/bin/pip install --no-index --find-links /wheels stepguard; \
+    /opt/stepguard/bin/pip install --no-index --find-links /wheels "stepguard[fleet]"; \
     /opt/stepguard/bin/pip uninstall --yes pip; \
     /opt/stepguard/bin/stepguard --help >/dev/null
 

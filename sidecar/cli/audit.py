@@ -22,6 +22,7 @@ from sidecar.audit.query import (
 )
 from sidecar.audit.verify import EXIT_ERROR, EXIT_OK, Report
 from sidecar.audit.workers import TrailSet, collect_sets
+from sidecar.cli.fromstore import add_store_flags, trail_paths
 from sidecar.cli.progress import Progress
 from sidecar.core.errors import StepguardError
 from sidecar.core.textsafe import escape, json_text
@@ -42,7 +43,8 @@ def register(subparsers: Any) -> None:
         "lists is not on disk, or the manifest is gone). PATH is a trail's file or directory; "
         "the chains of many workers (DIR/audit.w<i>.jsonl) are verified as one trail.",
     )
-    v.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trail file or directory")
+    v.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="trail file or directory")
+    add_store_flags(v)
     v.add_argument("--key-file", type=Path, help="the HMAC key file the sidecar used")
     v.add_argument(
         "--partial",
@@ -54,7 +56,8 @@ def register(subparsers: Any) -> None:
     v.set_defaults(run=_verify)
 
     q = sub.add_parser("query", help="find decisions: who was allowed what, why and when")
-    q.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trail file or directory")
+    q.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="trail file or directory")
+    add_store_flags(q)
     q.add_argument("--principal", action="append", default=[], help='Type::"id" or id pattern')
     q.add_argument("--action", action="append", default=[], help="action id (pattern) or uid")
     q.add_argument("--resource", action="append", default=[], help='Type::"id" or id pattern')
@@ -140,6 +143,12 @@ def _trust_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    with trail_paths(args) as paths:
+        args.paths = paths
+        return _verify_paths(args)
+
+
+def _verify_paths(args: argparse.Namespace) -> int:
     key = load_key(args.key_file) if args.key_file else None
     code = EXIT_OK
     sets = collect_sets(args.paths)
@@ -235,6 +244,12 @@ def _kinds(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _query(args: argparse.Namespace) -> int:
+    with trail_paths(args) as paths:
+        args.paths = paths
+        return _query_paths(args)
+
+
+def _query_paths(args: argparse.Namespace) -> int:
     trails = collect_sets(args.paths)
     if args.verify:
         key = load_key(args.key_file) if args.key_file else None

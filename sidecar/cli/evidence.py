@@ -23,6 +23,7 @@ from typing import Any
 from sidecar.audit.chain import load_key
 from sidecar.audit.query import spreadsheet_safe
 from sidecar.cli.exitcodes import EXIT_ERROR, EXIT_FAILED, EXIT_INVALID, EXIT_OK
+from sidecar.cli.fromstore import add_store_flags, trail_paths
 from sidecar.core.errors import BundleError, StepguardError
 from sidecar.core.textsafe import escape, escape_lines
 from sidecar.evidence import answers, offboarding
@@ -94,9 +95,10 @@ def register(subparsers: Any) -> None:
 
 
 def _common(cmd: argparse.ArgumentParser) -> None:
+    add_store_flags(cmd)
     cmd.add_argument(
         "paths",
-        nargs="+",
+        nargs="*",
         type=Path,
         metavar="PATH",
         help="a trail's directory or file (every rotated segment; the chains of many workers "
@@ -168,6 +170,12 @@ def _load(args: argparse.Namespace) -> Store:
 
 
 def _guarded(args: argparse.Namespace, then: Callable[[Store], int]) -> int:
+    with trail_paths(args) as paths:
+        args.paths = paths
+        return _guarded_paths(args, then)
+
+
+def _guarded_paths(args: argparse.Namespace, then: Callable[[Store], int]) -> int:
     try:
         store = _load(args)
     except BundleError as exc:

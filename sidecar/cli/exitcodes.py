@@ -84,6 +84,17 @@ COMMAND_EXIT_CODES: dict[str, tuple[tuple[int, str], ...]] = {
         (3, "--verify: the trail is broken (the codes of `audit verify`, 3 to 8)"),
     ),
     "evidence": ((EXIT_OK, "done"), _USAGE),
+    "ship": (
+        (EXIT_OK, "stopped cleanly (SIGTERM, SIGINT); --status: shipping or caught up"),
+        (EXIT_ERROR, "bad flags or input; --status: broker unavailable or full, or not running"),
+    ),
+    "collect": ((EXIT_OK, "stopped cleanly (SIGTERM, SIGINT)"), _USAGE),
+    "fleet": ((EXIT_OK, "done"), _USAGE),
+    "fleet status": (
+        (EXIT_OK, "no open finding"),
+        _USAGE,
+        (EXIT_FAILED, "open findings: gaps, forks, bad hashes, revision drift"),
+    ),
 }
 # `stepguard evidence ANSWER`: the answer is printed even from a broken trail, and says so.
 _EVIDENCE = (

@@ -150,12 +150,15 @@ def _commands() -> list[Callable[[Any], None]]:
     from sidecar.cli import (
         audit,
         check,
+        collect,
         evidence,
+        fleet,
         fmt,
         healthcheck,
         plan,
         replay,
         serve,
+        ship,
         test,
         validate,
     )
@@ -170,6 +173,9 @@ def _commands() -> list[Callable[[Any], None]]:
         fmt.register,
         replay.register,
         evidence.register,
+        ship.register,
+        collect.register,
+        fleet.register,
         healthcheck.register,
     ]
 

@@ -35,6 +35,9 @@ COMMAND_MODULES = {
         "evidence report",
     },
     "healthcheck": {"healthcheck"},
+    "ship": {"ship"},
+    "collect": {"collect"},
+    "fleet": {"fleet", "fleet status"},
     "test": {"test"},
 }
 

@@ -27,10 +27,22 @@ ALLOWED: dict[str, set[str]] = {
     "serving": {"serving", "decision", "audit", "core"},
     "authoring": {"authoring", "decision", "audit", "core"},
     "evidence": {"evidence", "audit", "core"},  # reads trails, returns data (docs/evidence.md)
+    # ships trails to NATS, collects them into PostgreSQL (docs/fleet.md)
+    "fleet": {"fleet", "audit", "core"},
     "client": {"client", "core"},
     "integrations": {"integrations", "client", "core"},
     "tls": {"client"},  # the compatibility path sidecar.tls re-exports the client's helper
-    "cli": {"cli", "serving", "authoring", "evidence", "decision", "audit", "core", "client"},
+    "cli": {
+        "cli",
+        "serving",
+        "authoring",
+        "evidence",
+        "fleet",
+        "decision",
+        "audit",
+        "core",
+        "client",
+    },
     "__init__": set(),
 }
 # The generated messages are the API's data and may be read anywhere below the

@@ -234,6 +234,18 @@ install with a message that says what to change.
 {{- if and $v.exampleWorker.enabled (eq $v.mode "standalone") $v.tls.enabled -}}
 {{- fail "stepguard: the example worker speaks plaintext gRPC; disable exampleWorker or tls in standalone mode" -}}
 {{- end -}}
+{{- if and $v.fleet.ship.enabled (ne $sink "file") -}}
+{{- fail "stepguard: fleet.ship.enabled=true ships a file trail; set audit.persistent=true (or audit.sink=file)" -}}
+{{- end -}}
+{{- if and (or $v.fleet.ship.enabled $v.fleet.collector.enabled) (not $v.fleet.nats.servers) -}}
+{{- fail "stepguard: the fleet needs fleet.nats.servers, the nats:// URLs of the JetStream cluster" -}}
+{{- end -}}
+{{- if and $v.fleet.collector.enabled (not $v.fleet.collector.storeSecret.name) -}}
+{{- fail "stepguard: fleet.collector.enabled=true needs fleet.collector.storeSecret.name, a Secret holding the PostgreSQL DSN" -}}
+{{- end -}}
+{{- if and $v.fleet.ship.enabled (or (eq (int $v.fleet.ship.metricsPort) (int $v.metrics.port)) (eq (int $v.fleet.ship.metricsPort) (int $v.server.tcp.port))) -}}
+{{- fail "stepguard: fleet.ship.metricsPort must differ from metrics.port and server.tcp.port" -}}
+{{- end -}}
 {{- if and $v.exampleWorker.enabled $v.tls.bindWorkloadIdentity -}}
 {{- fail "stepguard: the example worker has no client certificate, so tls.bindWorkloadIdentity=true would deny all it asks; disable one of them" -}}
 {{- end -}}
@@ -454,6 +466,111 @@ otherwise under containers.
 {{- define "stepguard.sidecar.container" -}}
 {{- include "stepguard.validate" . -}}
 {{- include "stepguard.container" (dict "ctx" . "native" .Values.sidecar.nativeSidecar) -}}
+{{- if .Values.fleet.ship.enabled }}
+{{ include "stepguard.ship.container" (dict "ctx" . "native" .Values.sidecar.nativeSidecar) }}
+{{- end -}}
+{{- end }}
+
+{{/*
+The shipper (fleet.ship.enabled): `stepguard ship` beside the sidecar, tailing this
+pod's own trail (its file names the pod) and publishing it to NATS JetStream. A
+process of its own: it never slows a decision. No probes: a broker that is down
+must not make the pod unready or restart anything (the shipper waits and says so in
+its metrics). Its state (cursor, status, watermark) is a directory beside the trail.
+*/}}
+{{- define "stepguard.ship.container" -}}
+{{- $ctx := .ctx -}}
+{{- $v := $ctx.Values -}}
+{{- $dir := trimSuffix "/" $v.audit.file.mountPath -}}
+- name: stepguard-ship
+  image: {{ include "stepguard.image" $ctx | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  {{- if .native }}
+  restartPolicy: Always
+  {{- end }}
+  command: ["stepguard"]
+  args:
+    - ship
+    - --trail
+    - {{ include "stepguard.auditFilePath" $ctx | quote }}
+    - --sidecar
+    - $(POD_NAME)
+    - --state-dir
+    - {{ printf "%s/.stepguard-ship-$(POD_NAME)" $dir | quote }}
+    - --replicas
+    - {{ $v.fleet.nats.streamReplicas | quote }}
+    - --metrics-listen
+    - {{ printf "0.0.0.0:%d" (int $v.fleet.ship.metricsPort) | quote }}
+    {{- if $v.fleet.ship.pruneCommitted }}
+    - --prune-committed
+    {{- end }}
+  env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    {{- include "stepguard.fleet.natsEnv" $ctx | nindent 4 }}
+  ports:
+    - name: sg-ship-metrics
+      containerPort: {{ int $v.fleet.ship.metricsPort }}
+      protocol: TCP
+  resources:
+    {{- toYaml $v.fleet.ship.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $v.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: stepguard-audit
+      mountPath: {{ $v.audit.file.mountPath | quote }}
+    {{- include "stepguard.fleet.natsMounts" $ctx | nindent 4 }}
+{{- end }}
+
+{{/* NATS settings as environment variables: servers, and the files of its secrets. */}}
+{{- define "stepguard.fleet.natsEnv" -}}
+{{- $n := .Values.fleet.nats -}}
+- name: STEPGUARD_NATS_SERVERS
+  value: {{ join "," $n.servers | quote }}
+{{- if $n.credentialsSecret.name }}
+- name: STEPGUARD_NATS_CREDS_FILE
+  value: {{ printf "/etc/stepguard/nats-creds/%s" $n.credentialsSecret.key | quote }}
+{{- end }}
+{{- if $n.tlsSecret.name }}
+- name: STEPGUARD_NATS_TLS_CA
+  value: /etc/stepguard/nats-tls/ca.crt
+- name: STEPGUARD_NATS_TLS_CERT
+  value: /etc/stepguard/nats-tls/tls.crt
+- name: STEPGUARD_NATS_TLS_KEY
+  value: /etc/stepguard/nats-tls/tls.key
+{{- end }}
+{{- end }}
+
+{{- define "stepguard.fleet.natsMounts" -}}
+{{- $n := .Values.fleet.nats -}}
+{{- if $n.credentialsSecret.name }}
+- name: stepguard-nats-creds
+  mountPath: /etc/stepguard/nats-creds
+  readOnly: true
+{{- end }}
+{{- if $n.tlsSecret.name }}
+- name: stepguard-nats-tls
+  mountPath: /etc/stepguard/nats-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "stepguard.fleet.natsVolumes" -}}
+{{- $n := .Values.fleet.nats -}}
+{{- if $n.credentialsSecret.name }}
+- name: stepguard-nats-creds
+  secret:
+    secretName: {{ $n.credentialsSecret.name }}
+    defaultMode: {{ int $n.defaultMode }}
+{{- end }}
+{{- if $n.tlsSecret.name }}
+- name: stepguard-nats-tls
+  secret:
+    secretName: {{ $n.tlsSecret.name }}
+    defaultMode: {{ int $n.defaultMode }}
+{{- end }}
 {{- end }}
 
 {{/* The volumes the stepguard container mounts, as list items. */}}
@@ -516,6 +633,9 @@ otherwise under containers.
     items:
       - key: {{ $v.audit.hmacKeySecret.key | quote }}
         path: {{ $v.audit.hmacKeySecret.key | quote }}
+{{- end }}
+{{- if $v.fleet.ship.enabled }}
+{{- include "stepguard.fleet.natsVolumes" . | nindent 0 }}
 {{- end }}
 {{- end }}
 

@@ -1,0 +1,407 @@
+"""What shipping costs and how fast the fleet moves records (docs/fleet.md).
+
+    .venv/bin/python -m benchmarks.fleet_bench [--rounds 8] [--seconds 3] [--lag-seconds 10]
+        [--rates 2000,500] [--ingest 20000] [--write]
+
+Real servers on loopback, started here (tests/fleet/servers.py): a nats-server
+with JetStream (`sync_interval: always`, an R1 stream: one node on one machine)
+and a PostgreSQL. Three measurements:
+
+1. Decision throughput with shipping on vs off, in the same run: two sidecars
+   (benchmarks.audit_bench's server, default `flush` file trail, TCP loopback),
+   one with `stepguard ship` tailing its trail and a `stepguard collect`
+   writing it to PostgreSQL, one alone. Each round drives both in turn (order
+   rotating) with N concurrent clients, every call a step of a new run (so
+   each is evaluated). The ratio is the median of per-round ratios with a 95%
+   bootstrap interval (benchmarks/stats.py); target >= 0.95x. On a 2-core
+   machine the shipper, the collector, the broker and the database compete
+   with the sidecar for the same cores: the figure says what that costs here.
+2. End-to-end lag at a steady rate (paced, open loop; default 2,000 decisions/s,
+   then 500): from each decision's `time` (when it was evaluated) to its row's
+   `received_at` in PostgreSQL; p50 and p99 over every decision of the window.
+   Where the machine cannot sustain the rate with everything on it, the backlog
+   grows for the whole window and the lag with it: the achieved rate is shown.
+3. Collector ingest: a trail of N records is shipped into the stream with no
+   collector running, then one (and, on a fresh stream and database, two)
+   collectors drain it; the rate is N over the span of the rows' `received_at`
+   (process start-up excluded).
+
+`--write` records the figures in benchmarks/RESULTS.md (the `fleet-bench`
+block) and every round in benchmarks/data/fleet-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import psycopg
+
+from benchmarks import audit_bench, machine
+from benchmarks.results import save_data, write_block
+from benchmarks.stats import paired_ratio, verdict
+from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+TARGET = 0.95
+CLI = [sys.executable, "-m", "sidecar.cli"]
+
+
+@contextlib.contextmanager
+def proc(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A fleet command as a subprocess, stopped by its PID (SIGTERM, then SIGKILL)."""
+    with log.open("ab") as out:
+        p = subprocess.Popen([*CLI, *args], env=env, stdout=out, stderr=out, cwd=ROOT)
+    try:
+        yield p
+    finally:
+        p.terminate()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextlib.contextmanager
+def sidecar(work: Path) -> Iterator[audit_bench.Server]:
+    """audit_bench's sidecar child (default `flush` file trail), its stdout pipe closed after."""
+    with audit_bench.server("flush", work) as srv:
+        try:
+            yield srv
+        finally:
+            pipe = srv.proc.stdout
+    if pipe is not None:
+        pipe.close()
+
+
+def fleet_env(urls: list[str]) -> dict[str, str]:
+    return {**os.environ, "STEPGUARD_NATS_SERVERS": ",".join(urls), "STEPGUARD_REPLICAS": "1"}
+
+
+def wait_until(check: Any, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out: {what}")
+        time.sleep(0.1)
+
+
+def stored(dsn: str) -> int:
+    try:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM stepguard_events").fetchone()
+            return int(row[0]) if row else 0
+    except psycopg.Error:
+        return 0
+
+
+def lines_in(trail: Path) -> int:
+    return sum(
+        p.read_bytes().count(b"\n")
+        for p in trail.parent.glob(trail.name + "*")
+        if not p.name.endswith(".head")
+    )
+
+
+# -- 1. throughput, shipping on vs off --------------------------------------------------
+
+
+def throughput(
+    on: audit_bench.Server, off: audit_bench.Server, rounds: int, clients: int, seconds: float
+) -> dict[str, Any]:
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for r in range(rounds):
+        order = [("on", on), ("off", off)] if r % 2 == 0 else [("off", off), ("on", on)]
+        for name, srv in order:
+            m = audit_bench.measure(srv, "steps", clients, 0.5, seconds)
+            rates[name].append(m["decisions_per_s"])
+        print(
+            f"round {r + 1}: on {rates['on'][-1]:.0f}/s, off {rates['off'][-1]:.0f}/s", flush=True
+        )
+    ratio = paired_ratio(rates["on"], rates["off"])
+    return {
+        "rates": rates,
+        "on": statistics.median(rates["on"]),
+        "off": statistics.median(rates["off"]),
+        "ratio": ratio.median,
+        "interval": [ratio.low, ratio.high],
+        "verdict": verdict(ratio, TARGET, at_most=False),
+    }
+
+
+# -- 2. lag at a steady rate ------------------------------------------------------------
+
+
+async def paced(target: str, rate: float, seconds: float, runs: Iterator[int]) -> list[str]:
+    """Open loop: a call every 1/rate s (at most 256 in flight); the decision ids answered."""
+    ids: list[str] = []
+    sem = asyncio.Semaphore(256)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.AuthorizerStub(channel)
+
+        async def one(msg: pb.AuthorizeRequest) -> None:
+            try:
+                resp = await stub.Authorize(msg, timeout=10)
+                ids.append(resp.decision_id)
+            finally:
+                sem.release()
+
+        start = time.perf_counter()
+        tasks = []
+        messages = audit_bench.step_requests(runs)
+        n = 0
+        while (due := start + n / rate) < start + seconds:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await sem.acquire()
+            tasks.append(asyncio.create_task(one(next(messages))))
+            n += 1
+        await asyncio.gather(*tasks)
+    return ids
+
+
+def lag(on: audit_bench.Server, dsn: str, rate: float, seconds: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    ids = asyncio.run(paced(on.target, rate, seconds, on.runs))
+    achieved = len(ids) / (time.perf_counter() - started)
+    on.ids.extend(ids)
+    query = (
+        "SELECT extract(epoch FROM received_at - (time)::timestamptz) FROM stepguard_events "
+        "WHERE kind = 'decision' AND convert_from(line, 'UTF8')::jsonb ->> 'id' = ANY(%s)"
+    )
+
+    def lags() -> list[float]:
+        with psycopg.connect(dsn) as conn:
+            return [float(r[0]) for r in conn.execute(query, (ids,)).fetchall()]
+
+    wait_until(lambda: len(lags()) == len(ids), "every paced decision in PostgreSQL")
+    found = sorted(lags())
+    return {
+        "rate": rate,
+        "achieved": achieved,
+        "decisions": len(ids),
+        "p50_s": found[len(found) // 2],
+        "p99_s": found[min(len(found) - 1, int(len(found) * 0.99))],
+        "max_s": found[-1],
+    }
+
+
+# -- 3. collector ingest ----------------------------------------------------------------
+
+
+def ingest(work: Path, records: int, collectors: int) -> dict[str, Any]:
+    from sidecar.audit.filesink import FileSink
+    from tests.fleet.servers import nats_server, postgres_server
+
+    trail_dir = work / f"ingest-{collectors}"
+    trail_dir.mkdir()
+    sink = FileSink(trail_dir / "audit.jsonl", rotate_bytes=8 << 20)
+    for i in range(records):
+        sink.write(
+            {
+                "schema": 1,
+                "kind": "decision",
+                "id": f"ev-{i}",
+                "decision": "ALLOW",
+                "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            }
+        )
+    sink.close()
+    total = lines_in(trail_dir / "audit.jsonl")
+    nats_root = work / f"nats-ingest-{collectors}"
+    nats_root.mkdir()
+    with nats_server(nats_root) as nats, postgres_server() as pg:
+        dsn = pg.create_db("ingest")
+        env = fleet_env(nats.urls)
+        state = work / f"ship-ingest-{collectors}"
+        ship = ["ship", "--trail", str(trail_dir / "audit.jsonl"), "--state-dir", str(state)]
+        ship += ["--sidecar", "bench", "--replicas", "1"]
+        with proc(ship, env, work / "ship-ingest.log"):
+            wait_until(
+                lambda: (
+                    json.loads((state / "status.json").read_text()).get("state") == "caught_up"
+                    if (state / "status.json").exists()
+                    else False
+                ),
+                "the trail shipped into the stream",
+            )
+        with contextlib.ExitStack() as stack:
+            for k in range(collectors):
+                stack.enter_context(
+                    proc(
+                        ["collect", "--store", dsn, "--replicas", "1"],
+                        env,
+                        work / f"collect-ingest-{k}.log",
+                    )
+                )
+            wait_until(lambda: stored(dsn) == total, "the stream drained into PostgreSQL")
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT extract(epoch FROM max(received_at) - min(received_at)) "
+                "FROM stepguard_events"
+            ).fetchone()
+        span = float(row[0]) if row and row[0] else 0.0
+    # Rows carry their own insert time (clock_timestamp()); a span too short to time
+    # (everything in one batch) is reported as not measured.
+    return {
+        "collectors": collectors,
+        "records": total,
+        "span_s": span,
+        "events_per_s": total / span if span > 0.05 else float("nan"),
+    }
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tests.fleet.servers import nats_server, postgres_server
+
+    load = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-", dir=ROOT / "benchmarks") as tmp:
+        work = Path(tmp)
+        (work / "nats").mkdir()
+        with nats_server(work / "nats") as nats, postgres_server() as pg:
+            dsn = pg.create_db("bench")
+            env = fleet_env(nats.urls)
+            with (
+                sidecar(work / "off") as off,
+                sidecar(work / "on") as on,
+                proc(["collect", "--store", dsn, "--replicas", "1"], env, work / "collect.log"),
+                proc(
+                    [
+                        "ship",
+                        "--trail",
+                        str(on.audit),
+                        "--state-dir",
+                        str(work / "ship-state"),
+                        "--sidecar",
+                        "bench",
+                        "--replicas",
+                        "1",
+                    ],
+                    env,
+                    work / "ship.log",
+                ),
+            ):
+                tput = throughput(on, off, args.rounds, args.clients, args.seconds)
+                lagged = [lag(on, dsn, rate, args.lag_seconds) for rate in args.rates]
+                wait_until(lambda: stored(dsn) == lines_in(on.audit), "the whole trail stored")
+        ingested = [ingest(work, args.ingest, k) for k in (1, 2)]
+    load.append(os.getloadavg()[0])
+    return {
+        "throughput": tput,
+        "lag": lagged,
+        "ingest": ingested,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "load_average": load,
+    }
+
+
+def render(summary: dict[str, Any], command: str, commit: str, data_file: str, when: str) -> str:
+    t = summary["throughput"]
+    each = ", ".join(
+        f"{a:.0f}/{b:.0f}" for a, b in zip(t["rates"]["on"], t["rates"]["off"], strict=True)
+    )
+    ingest_rows = [
+        f"| {i['collectors']} | {i['records']} | {i['span_s']:.2f} | {i['events_per_s']:.0f} |"
+        for i in summary["ingest"]
+    ]
+    return "\n".join(
+        [
+            "## Fleet: shipping and collecting",
+            "",
+            f"Command: `{command}`, run {when} on commit {commit}; every round: `{data_file}`. "
+            f"Real nats-server (JetStream, `sync_interval: always`, R1 stream) and PostgreSQL "
+            f"on loopback; {summary['clients']} concurrent clients, {summary['seconds']:g} s "
+            f"per measurement, {summary['rounds']} rounds, shipping on and off in turn (order "
+            "rotating); the ratio is the median of per-round ratios with a 95% bootstrap "
+            "interval; a verdict is met when the whole interval is at or above the target. "
+            f"1-minute load average {summary['load_average'][0]:.1f} at start, "
+            f"{summary['load_average'][1]:.1f} at end (the machine is shared). Machine: "
+            f"{os.cpu_count()} CPUs, {platform.platform()}; the shipper, the collector, the "
+            "broker and the database share those cores with the sidecar.",
+            "",
+            "| measurement | figure | target | verdict |",
+            "|---|---|---|---|",
+            f"| decisions/s, shipping on / off (each round: {each}) | {t['on']:.0f} / "
+            f"{t['off']:.0f} decisions/s: {t['ratio']:.3f}x ({t['interval'][0]:.3f} to "
+            f"{t['interval'][1]:.3f}) | >= {TARGET}x | {t['verdict']} |",
+            *(
+                f"| lag decision -> PostgreSQL row at {lg['rate']:.0f} decisions/s asked "
+                f"({lg['achieved']:.0f} achieved, {lg['decisions']} decisions) | p50 "
+                f"{lg['p50_s'] * 1000:.0f} ms, p99 {lg['p99_s'] * 1000:.0f} ms, max "
+                f"{lg['max_s'] * 1000:.0f} ms | | |"
+                for lg in summary["lag"]
+            ),
+            "",
+            "| collectors | records | span (s) | events/s ingested |",
+            "|---|---|---|---|",
+            *ingest_rows,
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",")],
+        default=[2000.0, 500.0],
+        help="paced rates for the lag (decisions/s, comma-separated): the issue's 2,000, and "
+        "one a loaded 2-core machine sustains, for the pipeline's own latency",
+    )
+    parser.add_argument("--lag-seconds", type=float, default=10.0)
+    parser.add_argument("--ingest", type=int, default=20000, help="records to ingest")
+    parser.add_argument("--write", action="store_true", help="record in benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    started = datetime.now(UTC)
+    commit = machine.commit()
+    summary = run(args)
+    command = ".venv/bin/python -m benchmarks.fleet_bench " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    data_file = "not written"
+    if args.write:
+        record = {
+            "command": command.strip(),
+            "commit": commit,
+            "started": started.isoformat(timespec="seconds"),
+            **summary,
+        }
+        data_file = save_data("fleet", started.isoformat(), record).relative_to(ROOT).as_posix()
+    body = render(
+        summary, command.strip(), commit, data_file, started.isoformat(timespec="seconds")
+    )
+    print(body)
+    if args.write:
+        write_block(RESULTS, "fleet-bench", "python -m benchmarks.fleet_bench --write", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""What travels through NATS: subjects, message ids and headers of the trail's records.
+
+A record travels as its line, byte for byte (without the newline), so the
+collector stores exactly what the sidecar hashed. Its chain is named by the
+sidecar and the chain's file name (`audit.jsonl`, or `audit.w<i>.jsonl` for
+worker i); `Nats-Msg-Id` is `<sidecar>/<chain>:<seq>`, so a record sent twice
+(a shipper restarted before its cursor moved, a retried publish) is dropped
+by the broker within its duplicate window, and by the store's unique key
+(sidecar, chain, seq) after it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sidecar.core.errors import ConfigError
+
+SIDECAR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+H_SIDECAR = "Stepguard-Sidecar"
+H_CHAIN = "Stepguard-Chain"
+H_SEQ = "Stepguard-Seq"
+H_SEGMENT = "Stepguard-Segment"
+H_KIND = "Stepguard-Kind"  # "record" (a trail line) or "manifest" (a workers manifest)
+MSG_ID = "Nats-Msg-Id"
+
+
+def check_sidecar(name: str) -> str:
+    if not SIDECAR_NAME.match(name):
+        raise ConfigError(
+            f"sidecar name {name!r}: use 1-253 letters, digits, '.', '_' or '-' "
+            "(the pod's name in Kubernetes)"
+        )
+    return name
+
+
+def token(text: str) -> str:
+    """A subject token for a name that may hold dots (NATS splits subjects on them)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def chain_id(sidecar: str, chain: str) -> str:
+    return f"{sidecar}/{chain}"
+
+
+def msg_id(sidecar: str, chain: str, seq: int) -> str:
+    return f"{chain_id(sidecar, chain)}:{seq}"
+
+
+def record_subject(prefix: str, sidecar: str, chain: str) -> str:
+    return f"{prefix}.{token(sidecar)}.{token(chain)}"
+
+
+def manifest_subject(prefix: str, sidecar: str) -> str:
+    return f"{prefix}.{token(sidecar)}._manifest"
+
+
+def report_subject(prefix: str, sidecar: str) -> str:
+    """Shippers' status reports: plain NATS (not the stream), read by the collectors."""
+    return f"{prefix}_reports.{token(sidecar)}"
+
+
+def watermark_key(sidecar: str, chain: str) -> str:
+    return f"{token(sidecar)}.{token(chain)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message's meaning, read back from its headers."""
+
+    kind: str
+    sidecar: str
+    chain: str
+    seq: int
+    segment: int
+
+
+def envelope(headers: dict[str, str] | None) -> Envelope:
+    """ValueError when a header is missing or malformed (the message is not ours)."""
+    h = headers or {}
+    kind = h.get(H_KIND, "record")
+    sidecar = check_sidecar(h.get(H_SIDECAR, ""))
+    chain = h.get(H_CHAIN, "")
+    if not chain or "/" in chain:
+        raise ValueError(f"bad {H_CHAIN} header {chain!r}")
+    return Envelope(kind, sidecar, chain, int(h.get(H_SEQ, "-1")), int(h.get(H_SEGMENT, "0")))

@@ -1,0 +1,42 @@
+"""The fleet benchmark runs end to end on real servers (tiny settings), measures what it
+says, and writes a block tests/benchmarks/test_bench_provenance.py accepts."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from benchmarks import fleet_bench
+from benchmarks.results import write_block
+from tests.benchmarks.test_bench_provenance import BLOCK
+
+
+def test_a_tiny_run_measures_throughput_lag_and_ingest(tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        rounds=2, clients=4, seconds=0.5, rates=[200.0], lag_seconds=1.0, ingest=1500
+    )
+    summary = fleet_bench.run(args)
+    t = summary["throughput"]
+    assert len(t["rates"]["on"]) == len(t["rates"]["off"]) == 2
+    assert t["on"] > 0 and t["off"] > 0 and t["ratio"] > 0
+    assert t["interval"][0] <= t["ratio"] <= t["interval"][1]
+    [lag] = summary["lag"]
+    # every paced decision was found in PostgreSQL, after it was made
+    assert lag["decisions"] == 200 and 0 <= lag["p50_s"] <= lag["p99_s"] <= lag["max_s"]
+    assert [i["collectors"] for i in summary["ingest"]] == [1, 2]
+    for i in summary["ingest"]:
+        assert i["records"] > 1500  # the decisions and headers
+        # A span too short to time (all in one batch, on a quick machine) is "not measured".
+        assert i["events_per_s"] > 0 or (math.isnan(i["events_per_s"]) and i["span_s"] <= 0.05)
+    body = fleet_bench.render(summary, "python -m benchmarks.fleet_bench", "abc1234", "x", "t")
+    results = tmp_path / "RESULTS.md"
+    write_block(
+        results,
+        "fleet-bench",
+        "python -m benchmarks.fleet_bench --write",
+        body.replace("run t", "run 2026-12-06T10:00:00"),
+    )
+    [block] = list(BLOCK.finditer(results.read_text()))
+    assert block["name"] == "fleet-bench" and "Command: `" in block["body"]
+    assert "decisions/s, shipping on / off" in block["body"]
