@@ -39,10 +39,12 @@ run conf with a `stepguard` key cannot change what a task says it does.
 Pre-flight (`[stepguard] plan_check = off | warn | enforce`, default off;
 `AIRFLOW__STEPGUARD__PLAN_CHECK`): the first task of a DAG run to start plans
 every task of the DAG with the run conf (preflight.py; the sidecar records the
-plan in its trail). With `warn`, a step certainly denied is logged in that
-task's log; with `enforce`, the run fails right there, before any task body
-runs, with a message naming the step and the policy (every task of the run
-fails the same way). `plan_actions` (comma-separated) limits which steps count.
+plan in its trail). With `warn`, a step certainly denied, or a plan that
+cannot be had, is logged in that task's log; with `enforce`, the run fails
+right there, before any task body runs, with a message naming the step and the
+policy, or saying why the plan could not be checked (sidecar unreachable or too
+slow, plan refused): enforce starts no run unchecked. Every task of the run
+fails the same way. `plan_actions` (comma-separated) limits which steps count.
 A plan never replaces the decisions: each task is still decided when it runs.
 """
 
@@ -270,8 +272,9 @@ class StepguardPolicy:
         """The DAG run's pre-flight (`[stepguard] plan_check`), once per run and process.
 
         The first task of a run that starts here plans every task of its DAG;
-        under `enforce`, a run with a step certainly denied fails at that first
-        task, before its body runs, and so does every later task of the run.
+        under `enforce`, a run with a step certainly denied, or whose plan could
+        not be checked, fails at that first task, before its body runs, and so
+        does every later task of the run.
         """
         known = self.plans.get(facts)
         if known is not None:
@@ -294,7 +297,7 @@ class StepguardPolicy:
             task_log.error(message)
             raise AirflowFailException(message) from exc
         planned = self.plan_run(context, facts)
-        if planned.stop:  # plan_check = enforce: no task of this run may start
+        if planned.stop:  # plan_check = enforce: denied or unchecked, no task may start
             end()
             raise AirflowFailException(planned.message)
         decision = self.gate.check(declared, facts)

@@ -129,6 +129,37 @@ class StepguardUnavailable(StepDenied):
         return str(self.args[0])
 
 
+def _unreadable(where: str, exc: Exception) -> PlanOutcome:
+    """Settings that cannot be read (a bad `plan_check` is a ConfigError naming it) stop
+    the run: nobody can tell they do not say enforce."""
+    why = f"the stepguard settings cannot be read: {exc}"
+    message = (
+        f"stepguard plan of {where} could not be checked ({why}); the run was not started "
+        "(a plan_check nobody can read may say enforce, which starts no run unchecked)"
+    )
+    return PlanOutcome(PlanMode.ENFORCE, message=message, stop=True, unchecked=why)
+
+
+def _log_plan(
+    outcome: PlanOutcome,
+    facts: RunFacts | None,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> None:
+    """An error when the run must stop, a warning for anything else to say; never raises."""
+    try:
+        if outcome.stop:
+            logger.error(outcome.message)
+        elif outcome.message:
+            logger.warning(outcome.message)
+        elif outcome.report is not None and facts is not None:
+            logger.info(
+                f"stepguard plan {outcome.report.plan_id} of run {facts.workflow_id}/"
+                f"{facts.run_id}: no step certainly denied"
+            )
+    except Exception:  # noqa: BLE001, S110 - a broken logger changes no outcome
+        pass
+
+
 def refusal(decision: StepDecision) -> StepDenied:
     """The exception that stops a task for a non-ALLOW decision."""
     if verdict(decision) is Verdict.UNAVAILABLE:
@@ -194,36 +225,47 @@ class Gate:
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> PlanOutcome:
         """Pre-flight the run when it starts, under the configured `plan_check`; never
-        raises. What it found is logged: an error when the run must stop, else a warning."""
-        logger = logger or log
+        raises. Under enforce, a plan that cannot be had stops the run (`stop`, with
+        `unchecked` saying why), as a step certainly denied does; settings that cannot
+        be read stop it too (nobody can tell they do not say enforce). What it found is
+        logged: an error when the run must stop, else a warning."""
+        where = f"run {facts.workflow_id}/{facts.run_id}"
         try:
             config = self.config()
             check = PlanCheck(config.plan_check, config.plan_actions, config.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - fail closed on settings nobody can read
+            outcome = _unreadable(where, exc)
+        else:
             if check.mode is PlanMode.OFF:
                 return PlanOutcome(PlanMode.OFF)
-            outcome = check.run(
-                self._client_for(config),
-                facts,
-                tasks,
-                workload=config.workload,
-                types=config.types,
-            )
-        except Exception as exc:  # noqa: BLE001 - a plan never stops a run by failing
-            outcome = PlanOutcome(
-                PlanMode.OFF, message=f"stepguard plan not made: {type(exc).__name__}: {exc}"
-            )
-        try:
-            if outcome.stop:
-                logger.error(outcome.message)
-            elif outcome.message:
-                logger.warning(outcome.message)
-            elif outcome.report is not None:
-                logger.info(
-                    f"stepguard plan {outcome.report.plan_id} of run {facts.workflow_id}/"
-                    f"{facts.run_id}: no step certainly denied"
+            try:
+                outcome = check.run(
+                    self._client_for(config),
+                    facts,
+                    tasks,
+                    workload=config.workload,
+                    types=config.types,
                 )
-        except Exception:  # noqa: BLE001, S110 - a broken logger must not stop the run
-            pass
+            except Exception as exc:  # noqa: BLE001 - fail closed: unchecked, never raised
+                outcome = check.unchecked(where, f"{type(exc).__name__}: {exc}")
+        _log_plan(outcome, facts, logger or log)
+        return outcome
+
+    def plan_unchecked(
+        self,
+        where: str,
+        why: str,
+        *,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> PlanOutcome:
+        """A run whose plan cannot even be asked for (its ids unreadable, no plan declared):
+        its outcome under the configured `plan_check` (enforce: stop), logged; never raises."""
+        try:
+            config = self.config()
+            outcome = PlanCheck(config.plan_check).unchecked(where, why)
+        except Exception as exc:  # noqa: BLE001 - fail closed on settings nobody can read
+            outcome = _unreadable(where, exc)
+        _log_plan(outcome, None, logger or log)
         return outcome
 
     def begin(self, decision: StepDecision, facts: RunFacts, step: Step) -> tuple[Attempt, Any]:

@@ -25,8 +25,9 @@ that cannot be recorded is a warning in the task run's log, never a failure.
 Pre-flight: `@planned(task, ...)` under `@flow` plans the flow run's guarded
 tasks when it starts (`PREFECT_STEPGUARD_PLAN_CHECK` = off | warn | enforce,
 default off): with `enforce` a flow run with a step certainly denied fails
-before its first task, naming the step and the policy (sidecar/integrations/
-preflight.py). A plan never replaces the decisions.
+before its first task, naming the step and the policy (`RunStopped`), and so
+does one whose plan could not be checked (`PlanNotChecked`: sidecar down, plan
+refused; sidecar/integrations/preflight.py). A plan never replaces the decisions.
 
 The sidecar is found through the environment, read at each check:
 `PREFECT_STEPGUARD_TARGET` (HOST:PORT or unix:///path, default 127.0.0.1:50051),
@@ -68,6 +69,7 @@ from sidecar.integrations.outcomes import (
 from sidecar.integrations.steps import RunFacts, Step, run_facts
 
 __all__ = [
+    "PlanNotChecked",
     "RunStopped",
     "current_decision",
     "guard",
@@ -213,6 +215,12 @@ class RunStopped(StepguardError):
     """plan_check = enforce: a step of the flow run is certainly denied; no task ran."""
 
 
+class PlanNotChecked(RunStopped):
+    """plan_check = enforce: the flow run's plan could not be checked (sidecar unreachable
+    or too slow, plan refused, run ids unreadable); no task ran. A new run once the
+    sidecar answers may succeed."""
+
+
 def declared_step(task: Any) -> Step | None:
     """The step a guarded task (or guarded function) declares; None for any other."""
     fn = getattr(task, "fn", task)
@@ -234,7 +242,8 @@ def planned(
 
     With `enforce`, a flow run with a step certainly denied raises `RunStopped`
     (naming the step and the policy) before the flow's body, so before its
-    first task; with `warn` the flow run's log says so and the flow goes on.
+    first task, and one whose plan could not be checked raises `PlanNotChecked`
+    (saying why); with `warn` the flow run's log says so and the flow goes on.
     Each task is still decided when it runs.
     """
     steps = [(_task_name(t), declared_step(t)) for t in tasks]
@@ -247,12 +256,14 @@ def planned(
     def check() -> None:
         try:
             facts = facts_from_runtime()
-        except Exception as exc:  # noqa: BLE001 - no plan without ids; tasks still ask
-            _run_logger().warning(f"stepguard plan not made: cannot read Prefect's ids: {exc!r}")
-            return
-        outcome = gate.plan_run(facts, steps, logger=_run_logger())
+        except Exception as exc:  # noqa: BLE001 - no plan without ids: unchecked
+            outcome = gate.plan_unchecked(
+                "this flow run", f"cannot read Prefect's ids: {exc!r}", logger=_run_logger()
+            )
+        else:
+            outcome = gate.plan_run(facts, steps, logger=_run_logger())
         if outcome.stop:
-            raise RunStopped(outcome.message)
+            raise (PlanNotChecked if outcome.unchecked else RunStopped)(outcome.message)
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         if inspect.iscoroutinefunction(fn):

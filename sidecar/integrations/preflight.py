@@ -1,4 +1,4 @@
-"""Pre-flight a run's plan when it starts, for every orchestrator (issue 21).
+"""Pre-flight a run's plan when it starts, for every orchestrator (issues 21, 24).
 
 Orchestrator-independent, as `steps.py` and `gate.py` are: an integration
 gives the run's facts (workflow, run id, run input) and the steps its tasks
@@ -7,23 +7,28 @@ declare, and gets a `PlanOutcome` saying whether the run may start.
     check = PlanCheck(PlanMode.ENFORCE)
     outcome = check.run(client, facts, [("create_account", step), ...], workload=..., types=...)
     if outcome.stop:
-        fail_the_run(outcome.message)      # names the step and the policy
+        fail_the_run(outcome.message)      # names the step and the policy, or why unchecked
     elif outcome.message:
         log.warning(outcome.message)       # warn: the plan is in the trail too
 
-The setting is `off | warn | enforce` (`PlanMode`):
+The setting is `off | warn | enforce` (`PlanMode`), one rule for Airflow,
+Prefect and Temporal:
 
 - off: no plan is asked for;
 - warn: the plan is asked for (and recorded in the sidecar's trail as a
   "plan" event, linked to the run's decisions by its run id); a step certainly
-  denied is logged, and the run goes on: each step is still decided when it runs;
-- enforce: as warn, and a run with a step certainly denied (of the actions
-  `actions` names, all declared steps by default) stops before its first task.
+  denied, or a plan that cannot be had, is logged, and the run goes on: each
+  step is still decided when it runs;
+- enforce: a run starts only if its plan was checked. A run with a step
+  certainly denied (of the actions `actions` names, all declared steps by
+  default) stops before its first task, and so does a run whose plan cannot be
+  had (sidecar unreachable or too slow, the plan refused, the plan not
+  buildable): `PlanOutcome.unchecked` says why, and the message says the run
+  was not started (fail closed: enforce starts no run unchecked).
 
 A plan never allows anything: a step answered ALLOW or DEPENDS is still
-decided by the sidecar when it runs. A plan that cannot be had (sidecar down,
-refused) never stops a run; it is logged, and the steps are decided as usual.
-Pure apart from the client call: no orchestrator imports.
+decided by the sidecar when it runs. Pure apart from the client call: no
+orchestrator imports.
 """
 
 from __future__ import annotations
@@ -63,10 +68,11 @@ class PlanOutcome:
     """What the pre-flight check found. `stop`: the run must not start (enforce only)."""
 
     mode: PlanMode
-    report: PlanReport | None = None  # None when off
+    report: PlanReport | None = None  # None when off or when no plan was asked for
     denied: tuple[StepPlan, ...] = ()  # the counted steps certainly denied, in plan order
     message: str = ""  # "" when there is nothing to say
     stop: bool = False
+    unchecked: str = ""  # why the plan could not be had; "" when it was (or when off)
 
 
 def build_plan(
@@ -82,19 +88,33 @@ def build_plan(
     run's input known at the start), its step id the task's, `now` unknown (the
     sidecar's clock when the step runs). Tasks declaring no step, and steps
     that cannot form a request (no workload identity, bad run input), are left
-    out: the gate denies them when they run, saying why.
+    out: the gate denies them when they run (under warn and enforce, `PlanCheck.run`
+    counts a left-out step as a plan that cannot be built).
     """
+    return _plan_and_unbuilt(facts, tasks, workload=workload, types=types)[0]
+
+
+def _plan_and_unbuilt(
+    facts: RunFacts,
+    tasks: Sequence[tuple[str, Step | None]],
+    *,
+    workload: str | None,
+    types: EntityTypes,
+) -> tuple[dict[str, Any], list[tuple[str, Step, str]]]:
     steps = []
+    left_out = []
     for step_id, step in tasks:
         if step is None:
             continue
         one = RunFacts(facts.workflow_id, facts.run_id, step_id, 0, facts.inputs)
         try:
             request = build_request(step, one, workload=workload, types=types)
-        except StepguardError:
+        except StepguardError as exc:
+            left_out.append((step_id, step, str(exc)))
             continue
         steps.append({"step_id": step_id, **request})
-    return {"run_id": facts.run_id, "workflow_id": facts.workflow_id, "steps": steps}
+    plan = {"run_id": facts.run_id, "workflow_id": facts.workflow_id, "steps": steps}
+    return plan, left_out
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,18 +134,46 @@ class PlanCheck:
         workload: str | None = None,
         types: EntityTypes = DEFAULT_TYPES,
     ) -> PlanOutcome:
-        """Ask for the run's plan and judge it; never raises."""
+        """Ask for the run's plan and judge it; never raises (a plan that cannot be had
+        is `unchecked`: it stops the run under enforce)."""
         if self.mode is PlanMode.OFF:
             return PlanOutcome(self.mode)
-        where = f"{facts.workflow_id}/{facts.run_id}"
+        where = f"run {facts.workflow_id}/{facts.run_id}"
         try:
-            plan = build_plan(facts, tasks, workload=workload, types=types)
-        except Exception as exc:  # noqa: BLE001 - a plan never stops a run by failing
-            return PlanOutcome(self.mode, message=f"stepguard plan of {where} not made: {exc}")
-        if not plan["steps"]:
-            return PlanOutcome(self.mode, message="")
-        report = client.plan(plan, timeout=self.timeout_s)
+            plan, left_out = _plan_and_unbuilt(facts, tasks, workload=workload, types=types)
+            counted = [u for u in left_out if self.actions is None or u[1].action in self.actions]
+            if counted:  # a step the plan cannot hold is a step nobody checked
+                step_id, step, why = counted[0]
+                return self.unchecked(
+                    where,
+                    f"the plan cannot be built: step {step_id!r} ({step.action} on "
+                    f"{step.target}): {why}",
+                )
+            if not plan["steps"]:  # nothing to check: each task is still decided (or refused)
+                return PlanOutcome(self.mode)
+            report = client.plan(plan, timeout=self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - fail closed: an unmade plan is unchecked
+            return self.unchecked(where, f"{type(exc).__name__}: {exc}")
         return self.judge(report, facts, tasks)
+
+    def unchecked(self, where: str, why: str, report: PlanReport | None = None) -> PlanOutcome:
+        """The outcome of a plan that could not be had (`why`): under enforce the run
+        stops, the message saying it was not started; under warn it is logged and the
+        run goes on. `where` names the run for the message."""
+        if self.mode is PlanMode.OFF:
+            return PlanOutcome(self.mode)
+        if self.mode is PlanMode.ENFORCE:
+            message = (
+                f"stepguard plan of {where} could not be checked ({why}); the run was not "
+                "started (plan_check = enforce starts no run unchecked)"
+            )
+        else:
+            message = (
+                f"stepguard plan of {where} not made ({why}); the run goes on, each step is "
+                "still decided when it runs (plan_check = warn)"
+            )
+        stop = self.mode is PlanMode.ENFORCE
+        return PlanOutcome(self.mode, report, message=message, stop=stop, unchecked=why)
 
     def judge(
         self,
@@ -137,12 +185,7 @@ class PlanCheck:
         certainly denied, its action and target, and the policies that deny it)."""
         where = f"{facts.workflow_id}/{facts.run_id}"
         if not report.made:
-            return PlanOutcome(
-                self.mode,
-                report,
-                message=f"stepguard plan of {where} not made ({report.reason}); "
-                "each step is still decided when it runs",
-            )
+            return self.unchecked(f"run {where}", report.reason or "no reason given", report)
         declared: Mapping[str, Step | None] = dict(tasks)
         denied = tuple(
             s

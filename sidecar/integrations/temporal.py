@@ -71,8 +71,9 @@ that count), through the shared preflight code (preflight.py):
   workflow id alone: Temporal has not named the run yet). A run with a step
   certainly denied raises `RunStopped` naming the step and the policy, and a
   run whose plan could not be checked (sidecar unreachable, plan refused, no
-  `@planned` on the workflow type) raises `PlanNotChecked`: the run is never
-  started blindly. Either way no workflow is created.
+  `@planned` on the workflow type) raises `PlanNotChecked`: enforce starts no
+  run unchecked (the shared rule, `PlanOutcome.unchecked`). Either way no
+  workflow is created.
 
 Update-with-start is checked the same way (under warn, before the start: the
 run id is not at hand there). Runs Temporal starts by itself (schedules,
@@ -195,8 +196,8 @@ class RunStopped(StepguardError):
 
 class PlanNotChecked(RunStopped):
     """plan_check = enforce: the run's plan could not be checked (sidecar unreachable, plan
-    refused, workflow type without `@planned`), so the run was not started blindly.
-    Starting it again once the sidecar answers may succeed."""
+    refused, workflow type without `@planned`), so the run was not started unchecked.
+    Starting it again once the sidecar answers (or the type declares its plan) may succeed."""
 
 
 W = TypeVar("W", bound=type)
@@ -431,55 +432,42 @@ class _StartGuard(temporalio.client.OutboundInterceptor):
         return await self.next.start_update_with_start_workflow(input)
 
     async def _before_start(self, workflow: str, workflow_id: str, args: Sequence[Any]) -> PlanMode:
-        """The setting; under enforce, the check itself (raises to refuse the run).
+        """The setting; under enforce, the shared check itself (raises to refuse the run:
+        `RunStopped` for a step certainly denied, `PlanNotChecked` for a plan that could
+        not be had, preflight.py).
 
         A setting that cannot be read raises (ConfigError): nothing is started
         under a setting nobody can tell."""
         mode = self._gate.config().plan_check
         if mode is not PlanMode.ENFORCE:
             return mode
-        steps = planned_steps(workflow)
-        if steps is None:
-            message = (
-                f"stepguard plan of workflow {workflow} ({workflow_id}) not checked: "
-                f"{_undeclared(workflow)}; not started (plan_check = enforce starts no run "
-                "unchecked)"
-            )
-            log.error(message)
-            raise PlanNotChecked(message)
-        facts = _run_facts(workflow, workflow_id, None, args)
-        outcome = await asyncio.to_thread(self._gate.plan_run, facts, steps, logger=log)
+        outcome = await self._plan(workflow, workflow_id, None, args)
+        if outcome.stop and outcome.unchecked:
+            raise PlanNotChecked(f"{outcome.message}; no workflow was created", outcome)
         if outcome.stop:
             raise RunStopped(f"{outcome.message}; no workflow was created", outcome)
-        if outcome.message and (outcome.report is None or not outcome.report.made):
-            why = outcome.report.reason if outcome.report is not None else outcome.message
-            message = (
-                f"stepguard plan of workflow {workflow} ({workflow_id}) could not be checked "
-                f"({why}); not started (plan_check = enforce never starts a run blindly): "
-                "no workflow was created; start it again once stepguard answers"
-            )
-            log.error(message)
-            raise PlanNotChecked(message, outcome)
         return mode
 
     async def _after_start(
         self, workflow: str, workflow_id: str, run_id: str | None, args: Sequence[Any]
     ) -> None:
-        """warn: plan the started run (never raises: the run goes on whatever it finds)."""
+        """warn: plan the started run (the run goes on whatever it finds; logged)."""
+        await self._plan(workflow, workflow_id, run_id, args)
+
+    async def _plan(
+        self, workflow: str, workflow_id: str, run_id: str | None, args: Sequence[Any]
+    ) -> PlanOutcome:
+        """The run's plan outcome under the configured setting (Gate.plan_run, logged);
+        a workflow type without `@planned` or an unreadable run input is unchecked."""
+        where = f"workflow {workflow} ({workflow_id})"
         steps = planned_steps(workflow)
         if steps is None:
-            log.warning(
-                f"stepguard plan of workflow {workflow} ({workflow_id}) not made: "
-                f"{_undeclared(workflow)}; started unchecked (plan_check = warn), each "
-                "activity is still decided when it runs"
-            )
-            return
+            return self._gate.plan_unchecked(where, _undeclared(workflow), logger=log)
         try:
             facts = _run_facts(workflow, workflow_id, run_id, args)
-        except Exception as exc:  # noqa: BLE001 - warn never stops a run
-            log.warning(f"stepguard plan of {workflow_id} not made: {exc!r}")
-            return
-        await asyncio.to_thread(self._gate.plan_run, facts, steps, logger=log)
+        except Exception as exc:  # noqa: BLE001 - no facts, no plan: unchecked
+            return self._gate.plan_unchecked(where, f"run input not readable: {exc}", logger=log)
+        return await asyncio.to_thread(self._gate.plan_run, facts, steps, logger=log)
 
 
 def _undeclared(workflow: str) -> str:

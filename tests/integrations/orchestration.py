@@ -197,7 +197,16 @@ PLAN_SCENARIOS = [
         "weekday",
         {"new_hire": "heidi", "requester": "maria", "approval": APPROVED},
         settings=(("plan_check", "enforce"),),
-    )
+    ),
+    # The sidecar refuses connections: the plan cannot be checked, so enforce starts
+    # nothing (fail closed), where before the run started and each task asked in vain.
+    Scenario(
+        "plan-enforce-unreachable",
+        "preflight",
+        "stopped",
+        {"requester": "maria"},
+        settings=(("plan_check", "enforce"),),
+    ),
 ]
 
 
@@ -443,6 +452,29 @@ def check_plan_setting(outcome: Outcome) -> None:
     (fine,) = plans["plan-enforce-approved"]
     assert fine["verdicts"]["DENY"] == 0
     assert sorted(s["action"]["id"] for s in fine["steps"]) == sorted(ONBOARDING_ACTIONS)
+
+
+def check_enforce_starts_no_run_unchecked(outcome: Outcome) -> None:
+    """enforce with the sidecar refusing connections: the run fails before its first task
+    asks, saying the plan could not be checked, why, and that the run was not started."""
+    run = outcome.runs["plan-enforce-unreachable"]
+    assert run.state == "failed"
+    assert run.ran() == []  # no task body ran
+    where = f"preflight/{run.run_id}"
+    stopped = [
+        line
+        for line in outcome.log.splitlines()
+        if f"stepguard plan of run {where} could not be checked (" in line
+    ]
+    assert stopped, outcome.log[-3000:]
+    assert all(
+        "UNAVAILABLE" in line
+        and "the run was not started (plan_check = enforce starts no run unchecked)" in line
+        for line in stopped
+    ), stopped
+    # No task got as far as asking for its own decision (each would log its verdict).
+    assert f"stepguard UNAVAILABLE {where}/" not in outcome.log
+    assert f"stepguard DENY {where}/" not in outcome.log
 
 
 def by_name(name: str) -> Scenario:

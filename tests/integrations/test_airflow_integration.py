@@ -41,6 +41,7 @@ from tests.integrations.orchestration import (
     check_a_failing_step_reports_each_attempt_failed,
     check_a_sidecar_stopped_before_the_outcome_does_not_fail_the_task,
     check_each_allowed_step_is_followed_by_its_outcome,
+    check_enforce_starts_no_run_unchecked,
     check_leaver_not_blocked_at_night,
     check_one_event_per_guarded_step,
     check_plan_setting,
@@ -267,3 +268,9 @@ def test_plan_check_off_warn_enforce_when_a_run_starts(outcome: Outcome) -> None
     """Issue 21: with enforce, a run whose revoke step is certainly denied fails before
     its first task, naming the step and the policy; warn logs and records; off does neither."""
     check_plan_setting(outcome)
+
+
+def test_plan_check_enforce_starts_no_run_whose_plan_cannot_be_checked(outcome: Outcome) -> None:
+    """Fail closed (issue 21, as Temporal's PlanNotChecked): the sidecar refuses
+    connections, so the DAG run fails before its first task asks, and no body runs."""
+    check_enforce_starts_no_run_unchecked(outcome)
