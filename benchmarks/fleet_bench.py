@@ -26,6 +26,14 @@ and a PostgreSQL. Three measurements:
    collectors drain it; the rate is N over the span of the rows' `received_at`
    (process start-up excluded).
 
+With (1), where the CPU goes: each process's CPU time (user + system from
+/proc/<pid>/stat, its live descendants and its reaped children included) is
+read before the shipping-on/off rounds and after the trail they wrote is all
+in PostgreSQL, for the shipper (what runs beside a sidecar in a pod), the
+nats-server, the collector and the PostgreSQL server tree (its backends are the
+postmaster's children); each as CPU µs per shipped record. The sidecar tree's
+CPU per decision is read around each measurement, on and off.
+
 `--write` records the figures in benchmarks/RESULTS.md (the `fleet-bench`
 block) and every round in benchmarks/data/fleet-<date>.json.
 """
@@ -113,6 +121,55 @@ def stored(dsn: str) -> int:
         return 0
 
 
+def _ticks(pid: int) -> tuple[int, int, int]:
+    """(ppid, own user+system ticks, reaped children's user+system ticks); (0, 0, 0) when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0, 0, 0
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process, its reaped children and every live descendant: a child that
+    exits between two readings moves from "live" to its parent's reaped total, so a
+    difference of two readings counts it once."""
+    stats: dict[int, tuple[int, int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stats[int(entry.name)] = _ticks(int(entry.name))
+    children: dict[int, list[int]] = {}
+    for child, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(child)
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        _, own, reaped = stats.get(p) or _ticks(p)
+        total += own + reaped
+        todo.extend(children.get(p, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by named process trees between `start()` and `stop()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def read(self) -> dict[str, float]:
+        return {name: tree_cpu_s(pid) for name, pid in self.pids.items()}
+
+    def start(self) -> None:
+        self.before = self.read()
+
+    def stop(self) -> dict[str, float]:
+        after = self.read()
+        self.used = {n: max(0.0, after[n] - self.before[n]) for n in self.pids}
+        return self.used
+
+
 def lines_in(trail: Path) -> int:
     return sum(
         p.read_bytes().count(b"\n")
@@ -128,17 +185,27 @@ def throughput(
     on: audit_bench.Server, off: audit_bench.Server, rounds: int, clients: int, seconds: float
 ) -> dict[str, Any]:
     rates: dict[str, list[float]] = {"on": [], "off": []}
+    cpu_us: dict[str, list[float]] = {"on": [], "off": []}  # sidecar tree, per decision
     for r in range(rounds):
         order = [("on", on), ("off", off)] if r % 2 == 0 else [("off", off), ("on", on)]
         for name, srv in order:
+            answered = len(srv.ids)
+            cpu0 = tree_cpu_s(srv.proc.pid)
             m = audit_bench.measure(srv, "steps", clients, 0.5, seconds)
+            used = tree_cpu_s(srv.proc.pid) - cpu0
             rates[name].append(m["decisions_per_s"])
+            cpu_us[name].append(used / max(len(srv.ids) - answered, 1) * 1e6)
         print(
             f"round {r + 1}: on {rates['on'][-1]:.0f}/s, off {rates['off'][-1]:.0f}/s", flush=True
         )
     ratio = paired_ratio(rates["on"], rates["off"])
     return {
         "rates": rates,
+        "sidecar_cpu_us_per_decision": {
+            "on": statistics.median(cpu_us["on"]),
+            "off": statistics.median(cpu_us["off"]),
+            "rounds": cpu_us,
+        },
         "on": statistics.median(rates["on"]),
         "off": statistics.median(rates["off"]),
         "ratio": ratio.median,
@@ -286,7 +353,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with (
                 sidecar(work / "off") as off,
                 sidecar(work / "on") as on,
-                proc(["collect", "--store", dsn, "--replicas", "1"], env, work / "collect.log"),
+                proc(
+                    ["collect", "--store", dsn, "--replicas", "1"], env, work / "collect.log"
+                ) as collector,
                 proc(
                     [
                         "ship",
@@ -301,9 +370,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     ],
                     env,
                     work / "ship.log",
-                ),
+                ) as shipper,
             ):
+                postmaster = pg.pid()
+                assert nats.nodes[0].proc is not None and postmaster is not None
+                meter = CpuMeter(
+                    {
+                        "sidecar (on)": on.proc.pid,
+                        "shipper": shipper.pid,
+                        "nats-server": nats.nodes[0].proc.pid,
+                        "collector": collector.pid,
+                        "postgresql": postmaster,
+                    }
+                )
+                wait_until(lambda: stored(dsn) == lines_in(on.audit), "the start-up records")
+                shipped0 = lines_in(on.audit)
+                meter.start()
                 tput = throughput(on, off, args.rounds, args.clients, args.seconds)
+                wait_until(lambda: stored(dsn) == lines_in(on.audit), "the rounds' records")
+                used = meter.stop()
+                shipped = lines_in(on.audit) - shipped0
+                tput["cpu"] = {
+                    "records_shipped": shipped,
+                    "cpu_s": used,
+                    "us_per_record": {n: u / max(shipped, 1) * 1e6 for n, u in used.items()},
+                }
                 lagged = [lag(on, dsn, rate, args.lag_seconds) for rate in args.rates]
                 wait_until(lambda: stored(dsn) == lines_in(on.audit), "the whole trail stored")
         ingested = [ingest(work, args.ingest, k) for k in (1, 2)]
@@ -324,6 +415,12 @@ def render(summary: dict[str, Any], command: str, commit: str, data_file: str, w
     each = ", ".join(
         f"{a:.0f}/{b:.0f}" for a, b in zip(t["rates"]["on"], t["rates"]["off"], strict=True)
     )
+    cpu = t["cpu"]
+    side = t["sidecar_cpu_us_per_decision"]
+    cpu_rows = [
+        f"| {name} | {cpu['cpu_s'][name]:.2f} | {per:.1f} |"
+        for name, per in cpu["us_per_record"].items()
+    ]
     ingest_rows = [
         f"| {i['collectors']} | {i['records']} | {i['span_s']:.2f} | {i['events_per_s']:.0f} |"
         for i in summary["ingest"]
@@ -355,6 +452,17 @@ def render(summary: dict[str, Any], command: str, commit: str, data_file: str, w
                 f"{lg['max_s'] * 1000:.0f} ms | | |"
                 for lg in summary["lag"]
             ),
+            "",
+            f"CPU during the {summary['rounds']} rounds and until their records were all in "
+            f"PostgreSQL ({cpu['records_shipped']} records shipped; each process with its "
+            "children, from /proc/<pid>/stat; the sidecar row includes its decisions). In a "
+            "pod only the shipper runs beside the sidecar; the broker, collector and database "
+            f"run elsewhere. Sidecar CPU per decision: on {side['on']:.0f} µs, off "
+            f"{side['off']:.0f} µs (medians of the rounds).",
+            "",
+            "| process | CPU s | CPU µs per shipped record |",
+            "|---|---|---|",
+            *cpu_rows,
             "",
             "| collectors | records | span (s) | events/s ingested |",
             "|---|---|---|---|",

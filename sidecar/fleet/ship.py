@@ -4,11 +4,16 @@ A process of its own beside the sidecar (a second container in the pod),
 reading the files the sidecar writes: it can be slow, stopped or cut off from
 the broker without a decision waiting for it. Each round, for every chain of
 the directory (tail.py), it reads the complete lines after its cursor,
-publishes them concurrently with `Nats-Msg-Id` = `<sidecar>/<chain>:<seq>`
-(wire.py), and moves the cursor past the longest run of records the broker
-acknowledged, in order; the cursor file is written only then. A failed
-publish is retried with the same id (the broker drops the repeat within its
-duplicate window, the store after it).
+publishes them pipelined (every publish written, then the acknowledgements
+gathered: no round trip per record) with `Nats-Msg-Id` =
+`<sidecar>/<chain>:<seq>` (wire.py), and moves the cursor past the longest run
+of records the broker acknowledged, in order. The cursor file (fsynced) only
+ever names acknowledged records; it is written at most every CURSOR_EVERY_S
+while records flow, and at once when the shipper is caught up, in trouble or
+stopping, so a shipper killed at any moment resends at most the last
+CURSOR_EVERY_S of acknowledged records plus the unacknowledged ones. A
+resent or retried publish carries the same id (the broker drops the repeat
+within its duplicate window, the store after it).
 
 While the broker is away or the stream is full, the shipper says so (log,
 status file, metrics) and retries with backoff; the trail keeps growing on the
@@ -38,6 +43,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -48,7 +54,8 @@ from sidecar.fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
-BATCH = 512  # records in flight at once
+BATCH = 512  # records in flight at once, per chain
+CURSOR_EVERY_S = 0.5  # while shipping: an fsynced cursor per round cost a third of the CPU
 STATUS_EVERY_S = 1.0
 WATERMARK_EVERY_S = 2.0
 REPORT_EVERY_S = 5.0
@@ -122,6 +129,10 @@ class Shipper:
         self.state = State(self.sidecar)
         self.stop = asyncio.Event()
         self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._acks: _Acks | None = None
+        self._cursor_dirty = False
+        self._cursor_saved = 0.0
         self._kv: KeyValue | None = None
         self._last = {"status": 0.0, "watermark": 0.0, "report": 0.0}
 
@@ -132,20 +143,23 @@ class Shipper:
         backoff = 0.5
         while not self.stop.is_set():
             try:
-                if self._nc is None or self._nc.is_closed:
+                if self._nc is None or self._nc.is_closed or self._js is None:
                     await self._connect()
-                assert self._nc is not None
-                js = self._nc.jetstream(timeout=self.settings.request_timeout_s)
+                assert self._js is not None
+                js = self._js
                 sent = await self.round(js)
+                self._save_cursor(force=sent == 0)
                 await self._housekeeping(js)
                 backoff = 0.5
                 if sent == 0:
                     await self._sleep(self.poll_s)
             except Exception as exc:  # noqa: BLE001 (any broker trouble: say so, wait, retry)
                 self._trouble(exc)
+                self._save_cursor(force=True, quiet=True)
                 await self._housekeeping(None)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+        self._save_cursor(force=True, quiet=True)
         await self._housekeeping(None, force=True)
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
@@ -156,10 +170,29 @@ class Shipper:
             await asyncio.wait_for(self.stop.wait(), seconds)
 
     async def _connect(self) -> None:
+        self._js = None
         self._nc = await broker.connect(self.settings)
         js = self._nc.jetstream(timeout=self.settings.request_timeout_s)
         await broker.ensure_stream(js, self.settings)
         self._kv = None
+        self._acks = await _Acks.start(self._nc)
+        self._js = js
+
+    def _save_cursor(self, *, force: bool, quiet: bool = False) -> None:
+        """Write the cursor (acknowledged positions only) when it moved and is due; `quiet`
+        (already in trouble, or stopping): a write that fails is logged, not raised."""
+        if not self._cursor_dirty:
+            return
+        now = time.monotonic()
+        if force or now - self._cursor_saved >= CURSOR_EVERY_S:
+            try:
+                tail.save_cursor(self.cursor_path, self.cursor, {"sidecar": self.sidecar})
+            except OSError as exc:
+                if not quiet:
+                    raise
+                log.error("ship: cannot write the cursor %s: %s", self.cursor_path, exc)
+                return
+            self._cursor_dirty, self._cursor_saved = False, now
 
     def _trouble(self, exc: BaseException) -> None:
         full = isinstance(exc, nats.js.errors.APIError) and exc.err_code in FULL_CODES
@@ -202,9 +235,7 @@ class Shipper:
         if not lines:
             return 0
         subject = wire.record_subject(self.settings.subject_prefix, self.sidecar, chain)
-        results = await asyncio.gather(
-            *(self._publish(js, subject, line) for line in lines), return_exceptions=True
-        )
+        results = await self._publish_all(js, subject, chain, lines)
         done = 0
         failure: BaseException | None = None
         for result in results:
@@ -217,7 +248,7 @@ class Shipper:
         if done:
             last = lines[done - 1]
             self.cursor[chain] = tail.Position(last.segment, last.end, last.seq, last.hash)
-            tail.save_cursor(self.cursor_path, self.cursor, {"sidecar": self.sidecar})
+            self._cursor_dirty = True
             self.state.shipped += done
             self.state.last_shipped = wire.msg_id(self.sidecar, chain, last.seq)
             self.state.last_shipped_at = _now()
@@ -232,19 +263,46 @@ class Shipper:
             raise failure
         return done
 
-    async def _publish(self, js: JetStreamContext, subject: str, line: tail.Line) -> bool:
-        """Publish one record; True when the broker says it already had it."""
-        headers = {
-            wire.MSG_ID: wire.msg_id(self.sidecar, line.chain, line.seq),
-            wire.H_SIDECAR: self.sidecar,
-            wire.H_CHAIN: line.chain,
-            wire.H_SEQ: str(line.seq),
-            wire.H_SEGMENT: str(line.segment),
-        }
-        ack = await js.publish(
-            subject, line.data, headers=headers, timeout=self.settings.request_timeout_s
-        )
-        return bool(ack.duplicate)
+    async def _publish_all(
+        self, js: JetStreamContext, subject: str, chain: str, lines: list[tail.Line]
+    ) -> list[bool | BaseException]:
+        """Publish the records pipelined, then gather their acknowledgements in order: for
+        each, True when the broker says it already had it, or the exception (a timeout for
+        every one still unacknowledged after the request timeout)."""
+        assert self._acks is not None and self._nc is not None
+        acks, nc = self._acks, self._nc
+        prefix = wire.chain_id(self.sidecar, chain) + ":"
+        futures: list[asyncio.Future[bool]] = []
+        results: list[bool | BaseException] = []
+        try:
+            for line in lines:
+                headers = {
+                    wire.MSG_ID: prefix + str(line.seq),
+                    wire.H_SIDECAR: self.sidecar,
+                    wire.H_CHAIN: chain,
+                    wire.H_SEQ: str(line.seq),
+                    wire.H_SEGMENT: str(line.segment),
+                }
+                reply, future = acks.expect()
+                futures.append(future)
+                await nc.publish(subject, line.data, reply=reply, headers=headers)
+        except Exception as exc:  # noqa: BLE001 (the rest is not sent: reported in order)
+            futures.pop().cancel()
+            results = [exc]
+        if futures:
+            done, _ = await asyncio.wait(futures, timeout=self.settings.request_timeout_s)
+            answers: list[bool | BaseException] = []
+            for f in futures:
+                if f not in done or f.cancelled():
+                    f.cancel()
+                    answers.append(nats.errors.TimeoutError())
+                elif (err := f.exception()) is not None:
+                    answers.append(err)
+                else:
+                    answers.append(f.result())
+            results = answers + results
+        acks.forget(futures)
+        return results
 
     async def _ship_manifests(self, js: JetStreamContext) -> None:
         """Each workers manifest, when it changed (the store's readers need it)."""
@@ -374,3 +432,57 @@ class Shipper:
             self.state.pruned.append(path.name)
             if self.metrics is not None:
                 self.metrics.pruned.inc()
+
+
+class _Acks:
+    """The broker's acknowledgements of pipelined publishes, on one reply subscription per
+    connection (`<inbox>.<n>`). nats-py's own `publish_async` loses a rejection (its reply
+    handler raises the APIError instead of handing it to the publish's future), so a full
+    stream would look like a timeout: here each reply resolves its future, error or not."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.pending: dict[str, asyncio.Future[bool]] = {}
+        self._n = 0
+
+    @classmethod
+    async def start(cls, nc: Client) -> _Acks:
+        acks = cls(nc.new_inbox() + ".")
+        await nc.subscribe(acks.prefix + "*", cb=acks._on_reply)
+        return acks
+
+    def expect(self) -> tuple[str, asyncio.Future[bool]]:
+        """A reply subject and the future its acknowledgement resolves (True: duplicate)."""
+        self._n += 1
+        token = str(self._n)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.pending[token] = future
+        return self.prefix + token, future
+
+    def forget(self, futures: list[asyncio.Future[bool]]) -> None:
+        """Drop the futures of a finished batch (answered, timed out or never sent)."""
+        if len(self.pending) <= len(futures):
+            self.pending = {t: f for t, f in self.pending.items() if not f.done()}
+        else:
+            gone = {id(f) for f in futures}
+            self.pending = {t: f for t, f in self.pending.items() if id(f) not in gone}
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self.pending.pop(msg.subject[len(self.prefix) :], None)
+        if future is None or future.done():
+            return  # answered after its batch gave up on it: resent with the same id
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            resp = json.loads(msg.data)
+        except ValueError as exc:
+            future.set_exception(exc)
+            return
+        if isinstance(resp, dict) and "error" in resp:
+            try:
+                nats.js.errors.APIError.from_error(resp["error"])  # raises the typed error
+            except nats.js.errors.APIError as err:
+                future.set_exception(err)
+                return
+        future.set_result(bool(resp.get("duplicate")) if isinstance(resp, dict) else False)

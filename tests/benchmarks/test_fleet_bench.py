@@ -21,6 +21,17 @@ def test_a_tiny_run_measures_throughput_lag_and_ingest(tmp_path: Path) -> None:
     assert len(t["rates"]["on"]) == len(t["rates"]["off"]) == 2
     assert t["on"] > 0 and t["off"] > 0 and t["ratio"] > 0
     assert t["interval"][0] <= t["ratio"] <= t["interval"][1]
+    # where the CPU went: every process of the shipping side, per shipped record
+    cpu = t["cpu"]
+    assert cpu["records_shipped"] > 0
+    names = {"sidecar (on)", "shipper", "nats-server", "collector", "postgresql"}
+    assert set(cpu["cpu_s"]) == set(cpu["us_per_record"]) == names
+    assert all(v >= 0 for v in [*cpu["cpu_s"].values(), *cpu["us_per_record"].values()])
+    # the shipper published and the collector stored every record: both used some CPU
+    assert cpu["cpu_s"]["shipper"] > 0 and cpu["cpu_s"]["collector"] > 0
+    side = t["sidecar_cpu_us_per_decision"]
+    assert side["on"] > 0 and side["off"] > 0
+    assert len(side["rounds"]["on"]) == len(side["rounds"]["off"]) == 2
     [lag] = summary["lag"]
     # every paced decision was found in PostgreSQL, after it was made
     assert lag["decisions"] == 200 and 0 <= lag["p50_s"] <= lag["p99_s"] <= lag["max_s"]
@@ -40,3 +51,4 @@ def test_a_tiny_run_measures_throughput_lag_and_ingest(tmp_path: Path) -> None:
     [block] = list(BLOCK.finditer(results.read_text()))
     assert block["name"] == "fleet-bench" and "Command: `" in block["body"]
     assert "decisions/s, shipping on / off" in block["body"]
+    assert "| shipper |" in block["body"] and "CPU µs per shipped record" in block["body"]
