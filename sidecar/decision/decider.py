@@ -134,11 +134,6 @@ class Decider:
         # The decision cache (sidecar/decision/cache.py): None when off. Hits are audited too.
         self.cache = cache
         self.now_granularity_ms = now_granularity_ms
-        # How a message is validated (request_from_proto), beside its limits, time and caller.
-        self._how: dict[str, Any] = {
-            "now_granularity_ms": now_granularity_ms,
-            "principal_bound": bind_workload_identity,
-        }
         # Set for a sink that can queue events for its own committer (`deferring`).
         self._deferring: DeferringSink | None = sink if isinstance(sink, DeferringSink) else None
         # Hits stamp their event from the cached decision's template unless a
@@ -269,7 +264,13 @@ class Decider:
                     seen.add(found.key)
                 plan.caller = self._caller.facts_of(bundle, msg, meta.identity, bind=self._bind)
                 plan.request = request_from_proto(
-                    msg, bundle, limits, now=plan.at, extra_context=plan.caller.context, **self._how
+                    msg,
+                    bundle,
+                    limits,
+                    now=plan.at,
+                    now_granularity_ms=self.now_granularity_ms,
+                    extra_context=plan.caller.context,
+                    principal_bound=self._bind,
                 )
             except Exception as exc:  # noqa: BLE001 - this item's answer; the rest go on
                 plan.error = exc
@@ -348,7 +349,13 @@ class Decider:
                 assert limits is not None
                 caller = self._caller.facts_of(bundle, msg, meta.identity, bind=self._bind)
                 request = request_from_proto(
-                    msg, bundle, limits, now=at, extra_context=caller.context, **self._how
+                    msg,
+                    bundle,
+                    limits,
+                    now=at,
+                    now_granularity_ms=self.now_granularity_ms,
+                    extra_context=caller.context,
+                    principal_bound=self._bind,
                 )
             else:  # `context.caller` came with the request, from its transport
                 assert asked is not None
