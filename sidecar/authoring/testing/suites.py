@@ -409,11 +409,7 @@ def _expect(raw: Any, where: str) -> Expect:
     _check_keys(raw, _EXPECT_KEYS, where)
     if "decision" not in raw:
         raise SuiteError(f"{where}: `decision` is required", _line(raw))
-    policies = raw.get("policies")
-    if policies is not None and not (
-        isinstance(policies, list) and all(isinstance(p, str) for p in policies)
-    ):
-        raise SuiteError(f"{where}.policies: expected a list of policy ids", _line(raw))
+    policies = _policy_ids(raw, where)
     errors = raw.get("errors", [])
     if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
         raise SuiteError(f"{where}.errors: expected a list of strings", _line(raw))
@@ -430,10 +426,20 @@ def _expect(raw: Any, where: str) -> Expect:
         }
     return Expect(
         decision=parse_decision(raw["decision"], f"{where}.decision"),
-        policies=frozenset(policies) if policies is not None else None,
+        policies=policies,
         errors=tuple(errors),
         obligations=parsed,
     )
+
+
+def _policy_ids(raw: dict[str, Any], where: str) -> frozenset[str] | None:
+    """An expectation's `policies`: the ids it names, None when it names none."""
+    policies = raw.get("policies")
+    if policies is None:
+        return None
+    if not (isinstance(policies, list) and all(isinstance(p, str) for p in policies)):
+        raise SuiteError(f"{where}.policies: expected a list of policy ids", _line(raw))
+    return frozenset(policies)
 
 
 def _plan_expect(raw: Any, where: str) -> PlanExpect:
@@ -444,18 +450,14 @@ def _plan_expect(raw: Any, where: str) -> PlanExpect:
     _check_keys(raw, _PLAN_EXPECT_KEYS, where)
     if "verdict" not in raw:
         raise SuiteError(f"{where}: `verdict` is required", _line(raw))
-    policies = raw.get("policies")
-    if policies is not None and not (
-        isinstance(policies, list) and all(isinstance(p, str) for p in policies)
-    ):
-        raise SuiteError(f"{where}.policies: expected a list of policy ids", _line(raw))
+    policies = _policy_ids(raw, where)
     words = raw.get("words", [])
     words = [words] if isinstance(words, str) else words
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
         raise SuiteError(f"{where}.words: expected text or a list of texts", _line(raw))
     return PlanExpect(
         _verdict(raw["verdict"], f"{where}.verdict"),
-        frozenset(policies) if policies is not None else None,
+        policies,
         tuple(words),
     )
 
