@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,19 @@ def test_pipelined_stream_requests_are_decided_in_windows(
         sizes.append(len(requests))
         return engine.evaluate_many(bundle, requests, **kw)
 
+    # The client and this in-process server share the GIL: the first request's
+    # decision waits a moment (sleeping releases the GIL), so that the others have
+    # all been sent while it is decided, as a pipelining client's would have been.
+    first: list[bool] = []
+
+    def slow_first(bundle: Any, request: Any, **kw: Any) -> Any:
+        if not first:
+            first.append(True)
+            time.sleep(0.2)
+        return engine.evaluate(bundle, request, **kw)
+
     monkeypatch.setattr("sidecar.decision.decider.evaluate_many", counting)
+    monkeypatch.setattr("sidecar.decision.decider.evaluate", slow_first)
     stub = pb_grpc.AuthorizerStub(channel)
     reqs = _misses(120)
     answers = list(stub.AuthorizeStream(_items(*reqs), timeout=60))
