@@ -42,7 +42,7 @@ class WindowItem:
         self.result: Result | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every call, and a frozen one costs more
 class Made:
     """A decision and its event, before the trail has it.
 
