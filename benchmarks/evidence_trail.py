@@ -53,8 +53,8 @@ from typing import Any
 
 from sidecar.audit.anchor import anchor_bytes
 from sidecar.audit.chain import GENESIS, Hasher, canonical_bytes, record_line
-from sidecar.audit.event import SCHEMA_VERSION, system_event, timestamp
 from sidecar.audit.workers import chain_path, ensure_manifest
+from sidecar.core.event import SCHEMA_VERSION, system_event, timestamp
 
 START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 TRAIL = "audit.jsonl"

@@ -117,10 +117,10 @@ def index_note_us(count: int = 20_000) -> float:
     """What the outcome machinery adds to every decision the sidecar makes: noting its
     event in the DecisionIndex (IndexingSink), per decision, measured in this process on
     real decision events (a new run each), with the index trimming as it does in serving."""
-    from sidecar.audit.event import CallMeta
     from sidecar.audit.redact import Redactor
     from sidecar.audit.sink import MemorySink
     from sidecar.core.bundle import load_bundle
+    from sidecar.core.event import CallMeta
     from sidecar.core.validate import Limits
     from sidecar.decision.decider import Decider
     from sidecar.decision.metrics import Metrics

@@ -114,7 +114,7 @@ SIDECAR_MODULES: dict[str, str | None] = {
     "sidecar/core/model.py": None,  # value objects: their work is their caller's
     "sidecar/core/errors.py": None,
     "sidecar/core/ids.py": "glue",
-    "sidecar/audit/event.py": "audit_encode",
+    "sidecar/core/event.py": "audit_encode",
     "sidecar/audit/redact.py": "audit_encode",
     "sidecar/audit/chain.py": "audit_write",
     "sidecar/audit/commit.py": "audit_write",
@@ -142,7 +142,7 @@ SIDECAR_FUNCTIONS: dict[tuple[str, str], str] = {
     ("sidecar/core/engine.py", "request_entities"): "entities",
     ("sidecar/audit/chain.py", "canonical"): "audit_encode",
     ("sidecar/audit/commit.py", "_encode"): "audit_encode",
-    ("sidecar/audit/event.py", "template"): "cache",  # kept for the hits to come
+    ("sidecar/core/event.py", "template"): "cache",  # kept for the hits to come
     ("sidecar/decision/decider.py", "now"): "convert",
     ("sidecar/serving/servicer.py", "call_meta"): "convert",
     ("sidecar/serving/servicer.py", "_time_bound_ms"): "convert",

@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.audit.chain import GENESIS, Hasher, canonical, canonical_bytes, record_line
-from sidecar.audit.event import system_event
 from sidecar.core.errors import AuditError, ConfigError, UnencodableEvent
+from sidecar.core.event import system_event
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from sidecar.audit.chain import BadRecord, check_hash, parse_line
 from sidecar.audit.checkpoint import BadCheckpoint, CheckpointFile, checkpoint_line
 from sidecar.audit.commit import ChainSink, utc_now
-from sidecar.audit.event import timestamp
 from sidecar.audit.files import open_read
 from sidecar.audit.segments import last_line
 from sidecar.core.errors import AuditError
+from sidecar.core.event import timestamp
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from typing import Any
 from sidecar.audit.anchor import read_anchor
 from sidecar.audit.chain import Record
 from sidecar.audit.commit import ChainSink
-from sidecar.audit.event import system_event
 from sidecar.audit.files import open_read, open_regular
 from sidecar.audit.segments import last_line, read_record, write_all
 from sidecar.core.errors import AuditError
+from sidecar.core.event import system_event
 
 log = logging.getLogger(__name__)
 

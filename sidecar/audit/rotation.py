@@ -27,10 +27,10 @@ from pathlib import Path
 
 from sidecar.audit.chain import GENESIS
 from sidecar.audit.commit import ChainSink
-from sidecar.audit.event import system_event
 from sidecar.audit.files import open_read, open_regular
 from sidecar.audit.segments import fsync_dir, last_line, read_record
 from sidecar.core.errors import AuditError
+from sidecar.core.event import system_event
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import IO
 
 from sidecar.audit.chain import GENESIS, Hasher
 from sidecar.audit.commit import PROBE_INTERVAL_S, ChainSink, utc_now
-from sidecar.audit.event import system_event
+from sidecar.core.event import system_event
 
 
 class StreamSink(ChainSink):

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sidecar.audit.chain import canonical
-from sidecar.audit.event import timestamp
 from sidecar.audit.files import make_dirs, open_read, open_regular
 from sidecar.audit.segments import (
     MANIFEST_SUFFIX,
@@ -48,6 +47,7 @@ from sidecar.audit.segments import (
     write_all,
 )
 from sidecar.core.errors import ConfigError, StepguardError
+from sidecar.core.event import timestamp
 from sidecar.core.workernames import worker_path
 
 _WORKER = re.compile(r"^(?P<stem>.+)\.w(?P<n>\d{1,6})(?P<suffix>\.[^.]*)?$")

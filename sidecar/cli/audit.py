@@ -10,7 +10,6 @@ from typing import Any
 
 from sidecar.audit.chain import load_key
 from sidecar.audit.chains import chains_to_verify, set_findings, verify_chain, verify_set
-from sidecar.audit.event import KINDS
 from sidecar.audit.query import (
     EntityFilter,
     Query,
@@ -25,6 +24,7 @@ from sidecar.audit.workers import TrailSet, collect_sets
 from sidecar.cli.fromstore import add_store_flags, trail_paths
 from sidecar.cli.progress import Progress
 from sidecar.core.errors import StepguardError
+from sidecar.core.event import KINDS
 from sidecar.core.textsafe import escape, json_text
 
 

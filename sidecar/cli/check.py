@@ -63,10 +63,10 @@ def _check(args: argparse.Namespace) -> int:
     """Decide one request as the sidecar would: through the decider, with no trail or cache."""
     import time
 
-    from sidecar.audit.event import CallMeta
     from sidecar.audit.sink import NullSink
     from sidecar.authoring import refs
     from sidecar.core.bundle import load_bundle
+    from sidecar.core.event import CallMeta
     from sidecar.core.explain import render_text as render_explanation
     from sidecar.core.explain import to_json as explanation_json
     from sidecar.core.jsonreq import request_from_json

@@ -80,8 +80,8 @@ def read_plan(path: Path) -> Any:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from sidecar.audit.event import CallMeta
     from sidecar.core.bundle import load_bundle
+    from sidecar.core.event import CallMeta
     from sidecar.core.planreq import plan_from_json, plan_from_proto
     from sidecar.core.validate import Limits
     from sidecar.decision.plans import PlanRecorder, plan_json

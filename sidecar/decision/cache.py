@@ -11,10 +11,12 @@ keeps the `now` it was decided at (`Entry.now_ms`), and `lookup` serves it
 only when this call's `now`, resolved from the entry's own time bound, is the
 same.
 
-The decider asks twice per miss, in the data path's order: `lookup` before
-validation (the key, and a hit with this call's `now` resolved), `fill` after
-the engine and the audit event (the entry needs the result and the event's
-template).
+The cache reads through (`read`): it looks the call up before validation (the
+key, and a hit with this call's `now` resolved), hands the hit or the miss to
+the evaluator below it (decision/evaluation.py: identity, validation, engine,
+the decision's event), and stores a miss's decision with its event's template,
+which hits are stamped from. With the cache off, `NoCache.read` hands every
+call straight down, so the path is the same.
 
 Time. `context.now` has a granularity (`now_granularity_ms`, default 1000):
 validation rounds the server's clock down to it (core/validate.py
@@ -47,9 +49,11 @@ from cachetools import LRUCache
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.core.bundle import Bundle
+from sidecar.core.event import CallMeta
 from sidecar.core.index import WHOLE_CONTEXT
 from sidecar.core.model import AuthzRequest, Result
-from sidecar.core.validate import cedar_datetime, effective_now_ms, to_ms
+from sidecar.core.validate import Limits, cedar_datetime, effective_now_ms, to_ms
+from sidecar.decision.evaluation import Evaluator, Made, WindowItem
 
 # Fixed cost of an entry: key tuple, Entry, Result and its tuples, LRU links.
 ENTRY_OVERHEAD = 1200
@@ -96,7 +100,7 @@ class Entry:
     not_before_ms: int | None
     not_after_ms: int | None
     size: int
-    # The decision's audit event without this call's facts (audit/event.py `template`),
+    # The decision's audit event without this call's facts (core/event.py `template`),
     # when hits may be stamped from it; else each hit builds its event anew.
     event: Mapping[str, Any] | None = None
     # The `context.now` it was decided at, when the policies read it and the key
@@ -172,6 +176,50 @@ class DecisionCache:
         self._lru: LRUCache[Hashable, Entry] = LRUCache(maxsize=max_bytes, getsizeof=charge)
         self._lock = threading.Lock()
         self._revision = ""
+
+    def read(
+        self,
+        bundle: Bundle,
+        msg: pb.AuthorizeRequest | None,
+        asked: AuthzRequest | None,
+        meta: CallMeta,
+        below: Evaluator,
+        *,
+        limits: Limits | None,
+        at: datetime,
+        started: float,
+        item: WindowItem | None = None,
+    ) -> tuple[Made, bool]:
+        """The decision of a call: a hit, or a miss made below and then stored.
+
+        Returns it with whether the cache was asked (always, here; `NoCache`
+        says no). The entry is the engine's decision even when the trail later
+        refuses this call's event: every hit is audited anew.
+        """
+        found = self.lookup(
+            bundle,
+            msg,
+            asked,
+            meta.identity,
+            at=at,
+            granularity_ms=below.now_granularity_ms,
+        )
+        hit = found if found.hit else None
+        made = below.make(
+            bundle,
+            msg,
+            asked,
+            meta,
+            limits=limits,
+            at=at,
+            started=started,
+            item=item,
+            found=hit,
+            filling=hit is None,
+        )
+        if hit is None:
+            self.fill(found, bundle, made.request, made.result, made.template)
+        return made, True
 
     def get(self, key: Hashable) -> Entry | None:
         with self._lock:
@@ -265,3 +313,34 @@ class DecisionCache:
             return CacheStats(
                 len(self._lru), int(self._lru.currsize), self.max_entries, self.max_bytes
             )
+
+
+class NoCache:
+    """The cache turned off: every call is made below, nothing is kept."""
+
+    def read(
+        self,
+        bundle: Bundle,
+        msg: pb.AuthorizeRequest | None,
+        asked: AuthzRequest | None,
+        meta: CallMeta,
+        below: Evaluator,
+        *,
+        limits: Limits | None,
+        at: datetime,
+        started: float,
+        item: WindowItem | None = None,
+    ) -> tuple[Made, bool]:
+        made = below.make(
+            bundle,
+            msg,
+            asked,
+            meta,
+            limits=limits,
+            at=at,
+            started=started,
+            item=item,
+            found=None,
+            filling=False,
+        )
+        return made, False

@@ -30,18 +30,18 @@ from datetime import datetime
 from typing import Any
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar.audit.event import PER_CALL, CallMeta, build_event, stamp, template
 from sidecar.audit.redact import Redactor
 from sidecar.audit.sink import AuditSink, DeferringSink
 from sidecar.core.bundle import Bundle
-from sidecar.core.engine import deny, evaluate, evaluate_many
+from sidecar.core.engine import deny, evaluate_many
 from sidecar.core.errors import AuditError, UnencodableEvent
+from sidecar.core.event import CallMeta
 from sidecar.core.explain import Explanation, explain
 from sidecar.core.ids import DecisionIds
-from sidecar.core.model import AuthzRequest, PolicyErrors, Result
-from sidecar.core.validate import Limits, request_from_proto
-from sidecar.decision.cache import DecisionCache
-from sidecar.decision.identity import CallerContext, CallerFacts
+from sidecar.core.model import AuthzRequest, Decision, PolicyErrors, Result
+from sidecar.core.validate import Limits
+from sidecar.decision.cache import DecisionCache, NoCache
+from sidecar.decision.evaluation import Evaluator, WindowItem
 from sidecar.decision.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -58,21 +58,6 @@ class Decided:
     cached: bool
     # Set when the caller asked why (AuthorizeRequest.explain); never changes `result`.
     explanation: Explanation | None = None
-
-
-class _Plan:
-    """An AuthorizeBatch item between its validation and its decision (`decide_messages`)."""
-
-    __slots__ = ("at", "caller", "error", "index", "msg", "request", "result")
-
-    def __init__(self, msg: pb.AuthorizeRequest, at: datetime) -> None:
-        self.msg = msg
-        self.at = at
-        self.request: AuthzRequest | None = None  # None: not validated (looked like a hit)
-        self.caller = CallerFacts(None, None)
-        self.error: Exception | None = None  # what validation raised
-        self.index = -1  # its place among the window's evaluated requests
-        self.result: Result | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,29 +104,40 @@ class Decider:
         audit_note: str = "",
     ) -> None:
         self._sink = sink
-        # In every decision event's `note` (a fixed clock says so); cache hits
-        # carry it through the template they are stamped from.
-        self._audit_note = audit_note
         # What an erroring policy does (engine.evaluate). Fixed for the life of
         # the decider, like its cache: a cached decision was made under it.
         self._policy_errors = policy_errors
-        self._redactor = redactor
         self._metrics = metrics
         self._clock = clock
         self._ids = DecisionIds()
-        self._bind = bind_workload_identity
-        self._caller = CallerContext()  # `context.caller` where the schema declares it
+        # Below the cache: identity, validation, engine, the event (decision/evaluation.py).
+        # `audit_note` goes into every decision event (a fixed clock says so).
+        self._below = Evaluator(
+            self._ids,
+            bind_workload_identity=bind_workload_identity,
+            redactor=redactor,
+            now_granularity_ms=now_granularity_ms,
+            policy_errors=policy_errors,
+            audit_note=audit_note,
+        )
         # The decision cache (sidecar/decision/cache.py): None when off. Hits are audited too.
         self.cache = cache
+        self._reader: DecisionCache | NoCache = cache if cache is not None else NoCache()
         self.now_granularity_ms = now_granularity_ms
         # Set for a sink that can queue events for its own committer (`deferring`).
         self._deferring: DeferringSink | None = sink if isinstance(sink, DeferringSink) else None
-        # Hits stamp their event from the cached decision's template unless a
-        # redaction path could reach a per-call field (then each builds anew).
-        self._stamp = redactor is None or not redactor.touches(PER_CALL)
-        self._stamp_now = redactor is None or not redactor.touches(("context",))
+        # Counted with the metrics' children bound once (no label lookup per decision).
         self._hits = metrics.cache_lookups.labels(result="hit")
         self._misses = metrics.cache_lookups.labels(result="miss")
+        self._decided = {
+            (decision, cached): metrics.decisions.labels(
+                decision=decision.value, cached="true" if cached else "false"
+            )
+            for decision in Decision
+            for cached in (False, True)
+        }
+        self._evaluation_errors = metrics.evaluation_errors
+        self._seconds = metrics.decision_seconds
         if cache is not None:
             metrics.cache_entries.set_function(lambda: cache.stats().entries)
             metrics.cache_bytes.set_function(lambda: cache.stats().bytes)
@@ -174,9 +170,15 @@ class Decider:
         explanation is never cached: a request asking for one is explained on
         every call, hit or miss (its bytes, `explain` set, are a key of their own).
         """
-        at = self._clock()
         return self._decide(
-            bundle, msg, None, meta, limits=limits, at=at, started=started, explained=msg.explain
+            bundle,
+            msg,
+            None,
+            meta,
+            limits=limits,
+            at=self._clock(),
+            started=started,
+            explained=False,  # or as the message asks (`msg.explain`, read in `_decide`)
         )
 
     def decide(
@@ -243,12 +245,12 @@ class Decider:
         started: float,
     ) -> list[Decided | Exception]:
         """`decide_messages` for one window: validated and evaluated, then decided in order."""
-        plans: list[_Plan] = []
+        items: list[WindowItem] = []
         asked: list[AuthzRequest] = []
         seen: set[Any] = set()  # a repeat of an earlier item is its hit
         for msg in msgs:
-            plan = _Plan(msg, self._clock())
-            plans.append(plan)
+            item = WindowItem(msg, self._clock())
+            items.append(item)
             try:
                 if self.cache is not None:
                     found = self.cache.lookup(
@@ -256,47 +258,39 @@ class Decider:
                         msg,
                         None,
                         meta.identity,
-                        at=plan.at,
+                        at=item.at,
                         granularity_ms=self.now_granularity_ms,
                     )
                     if found.hit or found.key in seen:
                         continue  # most likely a hit: looked up again, in order, below
                     seen.add(found.key)
-                plan.caller = self._caller.facts_of(bundle, msg, meta.identity, bind=self._bind)
-                plan.request = request_from_proto(
-                    msg,
-                    bundle,
-                    limits,
-                    now=plan.at,
-                    now_granularity_ms=self.now_granularity_ms,
-                    extra_context=plan.caller.context,
-                    principal_bound=self._bind,
+                item.caller, item.request = self._below.validated(
+                    bundle, msg, meta, limits, item.at
                 )
             except Exception as exc:  # noqa: BLE001 - this item's answer; the rest go on
-                plan.error = exc
+                item.error = exc
                 continue
-            if not plan.caller.refusal:
-                plan.index = len(asked)
-                asked.append(plan.request)
+            if not item.caller.refusal:
+                item.index = len(asked)
+                asked.append(item.request)
         results = evaluate_many(bundle, asked, policy_errors=self._policy_errors)
         out: list[Decided | Exception] = []
-        for plan in plans:
-            if plan.index >= 0:
-                plan.result = results[plan.index]
+        for item in items:
+            if item.index >= 0:
+                item.result = results[item.index]
             try:
-                out.append(
-                    self._decide(
-                        bundle,
-                        plan.msg,
-                        None,
-                        meta,
-                        limits=limits,
-                        at=plan.at,
-                        started=started,
-                        explained=plan.msg.explain,
-                        plan=plan,
-                    )
+                decided = self._decide(
+                    bundle,
+                    item.msg,
+                    None,
+                    meta,
+                    limits=limits,
+                    at=item.at,
+                    started=started,
+                    explained=False,
+                    item=item,
                 )
+                out.append(decided)
             except Exception as exc:  # noqa: BLE001 - this item's answer; the rest go on
                 out.append(exc)
         return out
@@ -312,121 +306,67 @@ class Decider:
         at: datetime,
         started: float,
         explained: bool,
-        plan: _Plan | None = None,
+        item: WindowItem | None = None,
     ) -> Decided:
-        """The one order, for a message (`msg`) or a request in the model (`asked`).
+        """The one order, for a message as received (`msg`) or a request in the model (`asked`).
 
-        `plan` (`decide_messages`) carries what an AuthorizeBatch item's miss
-        already went through, in the same order, before the lookup made here:
-        its validation (or the refusal validation raised) and the engine's result.
-
-        Each room is asked once, in the data path's order: the cache (a hit
-        skips identity, validation and Cedar), the caller's identity,
-        validation, the engine; then, with the result, the audit event and
-        its record in the trail, the cache entry and the metrics; the
-        explanation last, of the decision answered. With workload binding on, a request
-        about anyone but the authenticated caller is a DENY saying so,
-        audited like any other decision.
+        The cache reads through to the evaluator below it (a hit skips
+        identity, validation and Cedar, never the event): decision/cache.py,
+        decision/evaluation.py. Then, with the decision and its event: the
+        record in the trail (failing closed), the metrics, and the explanation
+        of the decision answered. An AuthorizeBatch `item` comes with what its
+        window already went through, in the same order: its validation (or the
+        refusal validation raised) and the engine's result.
         """
-        found = None
-        if self.cache is not None:
-            found = self.cache.lookup(
-                bundle, msg, asked, meta.identity, at=at, granularity_ms=self.now_granularity_ms
-            )
-        hit = found is not None and found.hit
-        if hit:
-            assert found is not None and found.request is not None and found.result is not None
-            self._hits.inc()
-            request, result = found.request, found.result
-        else:
-            if found is not None:
-                self._misses.inc()
-            if plan is not None and plan.error is not None:
-                raise plan.error  # validation refused it, before the engine
-            if plan is not None and plan.request is not None:
-                request, caller = plan.request, plan.caller
-            elif msg is not None:  # the message as received: its identity facts, then validation
-                assert limits is not None
-                caller = self._caller.facts_of(bundle, msg, meta.identity, bind=self._bind)
-                request = request_from_proto(
-                    msg,
-                    bundle,
-                    limits,
-                    now=at,
-                    now_granularity_ms=self.now_granularity_ms,
-                    extra_context=caller.context,
-                    principal_bound=self._bind,
-                )
-            else:  # `context.caller` came with the request, from its transport
-                assert asked is not None
-                caller = self._caller.facts(
-                    bundle,
-                    asked.principal,
-                    asked.action,
-                    meta.identity,
-                    bind=self._bind,
-                    context=False,
-                )
-                request = asked
-            if caller.refusal:
-                result = deny(bundle.revision, caller.refusal, self._policy_errors)
-            elif plan is not None and plan.result is not None and plan.request is request:
-                result = plan.result  # evaluated with its window (engine.evaluate_many)
-            else:
-                result = evaluate(bundle, request, policy_errors=self._policy_errors)
-        decision_id = self._ids.next()
-        latency = time.perf_counter() - started
-        if (
-            hit
-            and found is not None
-            and found.event is not None
-            and (found.now is None or self._stamp_now)
-            and (self._redactor is None or self._redactor.stampable(meta.request_id))
-        ):
-            event = stamp(found.event, decision_id, at, meta, latency_s=latency, now=found.now)
-        else:  # a miss; or no template, or redaction changes a per-call field
-            event = build_event(
-                decision_id,
-                at,
-                request,
-                result,
-                meta,
-                cached=hit,
-                latency_s=latency,
-                audit_note=self._audit_note,
-                redactor=self._redactor,
-            )
-        filling = not hit and found is not None
-        # What the entry's hits are stamped from: the event less its per-call facts
-        # (taken before the trail sees the event).
-        hits_from = template(event) if filling and self._stamp else None
+        made, looked = self._reader.read(
+            bundle,
+            msg,
+            asked,
+            meta,
+            self._below,
+            limits=limits,
+            at=at,
+            started=started,
+            item=item,
+        )
+        if looked:
+            (self._hits if made.cached else self._misses).inc()
+        decision_id, result, hit = made.decision_id, made.result, made.cached
         # Record; inside `deferring()`, queue the event (counted on `settle`).
         recorded, error = result, None
         pending = _PENDING.get()
         if pending is not None and self._deferring is not None:
             try:
-                ticket = self._deferring.enqueue(event)
+                ticket = self._deferring.enqueue(made.event)
             except AuditError as exc:
                 error = exc
             else:
                 pending.append(Pending(ticket, decision_id, result, hit, started))
         else:
             try:
-                self._sink.write(event)
+                self._sink.write(made.event)
             except AuditError as exc:
                 error = exc
         if error is not None:  # refused: not recorded, so not under the event's id
             recorded = self._audit_failed(result, error)
             decision_id = self._ids.next()
-        if filling and found is not None and self.cache is not None:
-            # The engine's decision, even when the trail refused this call's event:
-            # every hit is audited anew.
-            self.cache.fill(found, bundle, request, result, hits_from)
         if pending is None or self._deferring is None or error is not None:
-            self._metrics.count_decision(recorded, cached=hit, started=started)
-        # Beside the decision answered, from the same bundle and request; never cached.
-        why = explain(bundle, request, recorded) if explained else None
+            self._count(recorded, cached=hit, started=started)
+        # Beside the decision answered, from the same bundle and request; never cached;
+        # asked for by the caller of `decide`, or by the message (`explain`).
+        asked_why = explained or (msg is not None and msg.explain)
+        why = explain(bundle, made.request, recorded) if asked_why else None
         return Decided(decision_id, recorded, cached=hit, explanation=why)
+
+    def _count(self, result: Result, *, cached: bool, started: float) -> None:
+        """Count one answered decision: by outcome, its errors, its latency since `started`.
+
+        On the children bound once in `__init__`: a label lookup costs more than the count.
+        """
+        if result.errors:
+            self._evaluation_errors.inc()
+        self._decided[(result.decision, cached)].inc()
+        self._seconds.observe(time.perf_counter() - started)
 
     def deferring(self) -> _Deferring:
         """`with decider.deferring() as pending:` decisions made inside queue their events.
@@ -477,7 +417,7 @@ class Decider:
             if failed:
                 result = self._audit_failed(result, AuditError(failed))
                 refusals[p.decision_id] = Decided(self._ids.next(), result, cached=False)
-            self._metrics.count_decision(result, cached=p.cached, started=p.started)
+            self._count(result, cached=p.cached, started=p.started)
         return refusals
 
     def _failed(self, ticket: Any) -> str:

@@ -12,16 +12,12 @@ workers' values combine (`multiprocess_mode`; ignored in a single process).
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.metrics_core import Metric
-
-from sidecar.core.model import Decision, Result
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -158,21 +154,6 @@ class Metrics:
         )
         self.audit_healthy.set(1)
         self._revision: str | None = None
-        # `decisions` children by (decision, cached): the label lookup costs more
-        # than the increment, so each is looked up once.
-        self._decided: dict[tuple[Decision, bool], Any] = {}
-
-    def count_decision(self, result: Result, *, cached: bool, started: float) -> None:
-        """Count one answered decision: by outcome, its errors, its latency since `started`."""
-        if result.errors:
-            self.evaluation_errors.inc()
-        counter = self._decided.get((result.decision, cached))
-        if counter is None:
-            label = "true" if cached else "false"
-            counter = self.decisions.labels(decision=result.decision.value, cached=label)
-            self._decided[(result.decision, cached)] = counter
-        counter.inc()
-        self.decision_seconds.observe(time.perf_counter() - started)
 
     def set_bundle(self, revision: str, policy_count: int) -> None:
         if self._revision is not None and self._revision != revision:

@@ -37,12 +37,12 @@ from typing import Any
 
 import orjson
 
-from sidecar.audit.event import CallMeta, build_outcome_event
 from sidecar.audit.files import open_read
 from sidecar.audit.redact import Redactor
 from sidecar.audit.segments import collect
 from sidecar.audit.sink import AuditSink
 from sidecar.core.errors import StepguardError
+from sidecar.core.event import CallMeta, build_outcome_event
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import EntityUid
 from sidecar.core.outcome import DecisionFacts, Outcome, judge

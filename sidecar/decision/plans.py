@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sidecar.audit.event import CallMeta, build_plan_event
 from sidecar.audit.redact import Redactor
 from sidecar.audit.sink import AuditSink
 from sidecar.core.bundle import Bundle
+from sidecar.core.event import CallMeta, build_plan_event
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import PolicyErrors
 from sidecar.core.plan import StepVerdict, plan_steps, refused

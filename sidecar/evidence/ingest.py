@@ -37,12 +37,12 @@ import orjson
 
 from sidecar.audit.chain import Record
 from sidecar.audit.chains import chains_to_verify, set_findings, verify_chain
-from sidecar.audit.event import timestamp
 from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
 from sidecar.audit.verify import EXIT_ERROR, Report
 from sidecar.audit.workers import TrailSet
 from sidecar.core.errors import StepguardError
+from sidecar.core.event import timestamp
 from sidecar.core.model import EntityUid
 from sidecar.evidence.verification import ChainStatus, Verification, status_of
 

@@ -31,10 +31,10 @@ from typing import Any
 
 import orjson
 
-from sidecar.audit.event import timestamp
 from sidecar.audit.workers import collect_sets
 from sidecar.core.bundle import parse_iso_duration
 from sidecar.core.errors import StepguardError
+from sidecar.core.event import timestamp
 from sidecar.core.lifecycle import Kind, Lifecycle
 from sidecar.evidence.ingest import DECISION_COLUMNS, OUTCOME_COLUMNS, load_all, parse_time
 from sidecar.evidence.verification import Verification

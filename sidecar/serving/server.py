@@ -21,10 +21,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar.audit.event import timestamp
 from sidecar.audit.sink import AuditSink
 from sidecar.core.bundle import Bundle, load_bundle
 from sidecar.core.errors import ListenError
+from sidecar.core.event import timestamp
 from sidecar.core.workernames import worker_path
 from sidecar.decision.cache import DecisionCache
 from sidecar.decision.decider import Decider

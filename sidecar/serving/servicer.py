@@ -21,10 +21,10 @@ from google.protobuf.message import DecodeError, Message
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
-from sidecar.audit.event import CallMeta, recorded_request_id
 from sidecar.core.bundle import Bundle
 from sidecar.core.decoderefusal import decode_refusal
 from sidecar.core.errors import AuditError, InvalidRequest
+from sidecar.core.event import CallMeta, recorded_request_id
 from sidecar.core.outcome import VIOLATION_TO_PROTO, outcome_from_proto
 from sidecar.core.planreq import plan_from_proto
 from sidecar.core.validate import Limits
@@ -319,7 +319,11 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
     def _decide(self, msg: pb.AuthorizeRequest, meta: CallMeta, started: float) -> Decided:
         """One request, decided on one bundle snapshot (decider.py owns the order)."""
         return self._decider.decide_message(
-            self._bundle(), msg, meta, self._limits, started=started
+            self._bundle(),
+            msg,
+            meta,
+            self._limits,
+            started=started,
         )
 
     def _count_invalid(self, exc: InvalidRequest) -> None:

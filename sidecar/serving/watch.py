@@ -171,16 +171,17 @@ class PolicyWatcher:
             self._metrics.set_bundle(new.revision, new.policy_count)
             self._metrics.reloads.labels(result="success").inc()
             self._metrics.reload_error.set(0)
-        with self._lock:
-            self._status = replace(
-                self._status,
+        current = self.status()
+        return self._publish(
+            replace(
+                current,
                 revision=new.revision,
                 ok=True,
                 error="",
-                reloads=self._status.reloads + 1,
+                reloads=current.reloads + 1,
                 last_change=_now(),
             )
-        return self._notify()
+        )
 
     def _refused(self, exc: Exception) -> ReloadStatus:
         if not isinstance(exc, BundleError):  # a loader bug or a library's surprise
@@ -194,29 +195,31 @@ class PolicyWatcher:
         if self._metrics is not None:
             self._metrics.reloads.labels(result="failure").inc()
             self._metrics.reload_error.set(1)
-        with self._lock:
-            self._status = replace(
-                self._status,
-                ok=False,
-                error=where,
-                failures=self._status.failures + 1,
-                last_change=_now(),
+        current = self.status()
+        return self._publish(
+            replace(
+                current, ok=False, error=where, failures=current.failures + 1, last_change=_now()
             )
-        return self._notify()
+        )
 
     def _cleared(self) -> ReloadStatus:
         """The files on disk went back to what is serving: no swap, no longer in error."""
         log.info("policy files match the bundle in use again; reload error cleared")
         if self._metrics is not None:
             self._metrics.reload_error.set(0)
-        with self._lock:
-            self._status = replace(self._status, ok=True, error="", last_change=_now())
-        return self._notify()
+        return self._publish(replace(self.status(), ok=True, error="", last_change=_now()))
 
-    def _notify(self) -> ReloadStatus:
-        status = self.status()
+    def _publish(self, status: ReloadStatus) -> ReloadStatus:
+        """Tell the server (gRPC policy health) first, then show the status to readers.
+
+        Whoever sees a change in `status()` (healthz, the tests) then also sees
+        the health it sets: never a counted failure with the health still SERVING.
+        Only the watcher's thread writes the status.
+        """
         if self._on_status is not None:
             self._on_status(status)
+        with self._lock:
+            self._status = status
         return status
 
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.audit.chain import canonical
-from sidecar.audit.event import PER_CALL, CallMeta, build_event, stamp, template, timestamp
 from sidecar.audit.redact import Redactor
+from sidecar.core.event import PER_CALL, CallMeta, build_event, stamp, template, timestamp
 from sidecar.core.model import (
     AuthzRequest,
     Decision,

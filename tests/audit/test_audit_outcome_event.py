@@ -9,10 +9,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from sidecar.audit.event import CallMeta, build_outcome_event
 from sidecar.audit.filesink import FileSink
 from sidecar.audit.redact import Redactor
 from sidecar.core.errors import ConfigError
+from sidecar.core.event import CallMeta, build_outcome_event
 from sidecar.core.outcome import Credential, DecisionFacts, Effect, Outcome
 
 SCHEMA = json.loads(

@@ -22,13 +22,13 @@ from typing import Any
 import jsonschema
 import pytest
 
-from sidecar.audit.event import CallMeta, build_event
 from sidecar.audit.filesink import FileSink
 from sidecar.audit.redact import Redactor
 from sidecar.audit.segments import collect
 from sidecar.audit.sink import MemorySink
 from sidecar.audit.verify import verify
 from sidecar.core.errors import AuditError, ConfigError
+from sidecar.core.event import CallMeta, build_event
 from sidecar.core.model import AuthzRequest, Decision, EntityData, EntityUid, Obligations, Result
 from sidecar.serving.config import Settings, build_settings
 from tests.audit.trails import KEY, event, ids_in, lines_of, make_trail

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import jsonschema
 
-from sidecar.audit.event import CallMeta, build_event
 from sidecar.client import StepguardClient
 from sidecar.core.bundle import Source, build_bundle
 from sidecar.core.engine import evaluate
+from sidecar.core.event import CallMeta, build_event
 from sidecar.core.model import AuthzRequest, Decision, EntityUid, Result
 from tests.helpers import BUSINESS_HOURS, ROOT, grant_request, running_sidecar
 

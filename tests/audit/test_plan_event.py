@@ -1,4 +1,4 @@
-"""The plan event (audit/event.py build_plan_event): its schema, redaction, query row."""
+"""The plan event (core/event.py build_plan_event): its schema, redaction, query row."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import jsonschema
 
-from sidecar.audit.event import CallMeta, build_plan_event
 from sidecar.audit.query import row
 from sidecar.audit.redact import Redactor
 from sidecar.core.bundle import load_bundle
+from sidecar.core.event import CallMeta, build_plan_event
 from sidecar.core.plan import plan_steps
 from sidecar.core.planreq import plan_from_json, plan_from_proto
 from sidecar.core.validate import Limits

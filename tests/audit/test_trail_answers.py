@@ -27,11 +27,11 @@ import pytest
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
-from sidecar.audit.event import timestamp
 from sidecar.audit.filesink import FileSink
 from sidecar.audit.segments import collect
 from sidecar.audit.verify import verify
 from sidecar.core.errors import InvalidRequest
+from sidecar.core.event import timestamp
 from sidecar.core.jsonreq import request_from_json
 from sidecar.serving.config import Settings
 from sidecar.serving.server import Sidecar
@@ -524,8 +524,8 @@ def test_an_event_that_cannot_be_encoded_is_not_a_failure_of_the_trail(tmp_path:
     """Defence in depth, should a value get past validation: the decision is a DENY
     saying it was not recorded, under an id no trail holds; the trail stays healthy and
     no audit write failure is counted."""
-    from sidecar.audit.event import CallMeta
     from sidecar.core.bundle import load_bundle
+    from sidecar.core.event import CallMeta
     from sidecar.core.validate import Limits, request_from_proto
     from sidecar.decision.decider import Decider
     from sidecar.decision.metrics import Metrics

@@ -19,7 +19,7 @@ import jsonschema
 
 from benchmarks.evidence_bench import ANSWERS, _trail_end, child
 from benchmarks.evidence_trail import Shape, generate, iter_lines
-from sidecar.audit.event import CallMeta, build_outcome_event
+from sidecar.core.event import CallMeta, build_outcome_event
 from sidecar.core.outcome import Effect, Outcome
 from sidecar.decision.outcomes import facts_of
 from tests.evidence.scenario import decision_event

@@ -13,9 +13,9 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sidecar.audit.event import CallMeta
 from sidecar.audit.sink import MemorySink
 from sidecar.core.bundle import load_bundle
+from sidecar.core.event import CallMeta
 from sidecar.core.jsonreq import request_from_json
 from sidecar.core.validate import (
     Limits,

@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
-from sidecar.audit.event import PER_CALL, CallMeta
 from sidecar.audit.sink import MemorySink
 from sidecar.core.bundle import Bundle, load_bundle
+from sidecar.core.event import PER_CALL, CallMeta
 from sidecar.core.jsonreq import request_from_json
 from sidecar.core.validate import Limits
 from sidecar.decision import decider as decider_module

@@ -1,12 +1,13 @@
-"""The decider asks each room once, in the data path's order (docs/architecture.md).
+"""A decision travels one way: each room asked once, in the data path's order.
 
-Traced at run time, not read from the source: every call the decider makes
-into another stepguard module is recorded, in order, for a real decision on
-the example policies. A miss goes cache -> identity -> validation -> engine
--> decision id -> audit event -> trail -> cache entry -> metrics ->
-explanation; a hit skips identity, validation and Cedar. The cache is the
-one room asked twice on a miss: the key is looked up before validation, and
-filled only once the engine and the audit event exist.
+Traced at run time, not read from the source: every call from one stepguard
+module into another is recorded, in order, for a real decision on the
+example policies. The decider asks the cache, the trail and (when asked
+for) the explanation. The cache reads through to the evaluator on a miss and
+stores what it made, without leaving its module; the evaluator asks identity,
+validation, the engine, the decision id and the event, in that order. A hit
+skips identity, validation and Cedar, and only resolves its `now` with
+validation's rule. No room is entered twice (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from sidecar.audit.event import CallMeta
 from sidecar.audit.sink import MemorySink
 from sidecar.core.bundle import load_bundle
 from sidecar.core.errors import InvalidRequest
+from sidecar.core.event import CallMeta
 from sidecar.core.jsonreq import request_from_json
 from sidecar.core.validate import Limits, request_from_proto
 from sidecar.decision.cache import DecisionCache
@@ -44,21 +45,23 @@ def _room(filename: str) -> str:
 
 
 @contextmanager
-def _calls_from(module: str) -> Iterator[list[str]]:
-    """The stepguard modules `module` calls into directly, in call order, consecutive
-    calls into one module counted once (a stay, not each function)."""
-    rooms: list[str] = []
+def _calls() -> Iterator[dict[str, list[str]]]:
+    """For each stepguard module, the modules it calls into directly, in call order;
+    consecutive calls into one module counted once (a stay, not each function)."""
+    calls: dict[str, list[str]] = {}
 
     def profile(frame: FrameType, event: str, _arg: Any) -> None:
         if event != "call" or frame.f_back is None:
             return
         caller, callee = _room(frame.f_back.f_code.co_filename), _room(frame.f_code.co_filename)
-        if caller == module and callee and callee != module and (not rooms or rooms[-1] != callee):
-            rooms.append(callee)
+        if caller and callee and callee != caller:
+            rooms = calls.setdefault(caller, [])
+            if not rooms or rooms[-1] != callee:
+                rooms.append(callee)
 
     sys.setprofile(profile)
     try:
-        yield rooms
+        yield calls
     finally:
         sys.setprofile(None)
 
@@ -69,26 +72,36 @@ def _decider() -> Decider:
     )
 
 
-MISS = [
-    "decision/cache.py",  # lookup: the raw bytes, before validation
-    "decision/identity.py",  # `context.caller`, workload binding
-    "core/validate.py",  # protobuf -> the request model, time bound and `now` resolved
-    "core/engine.py",  # the decision
-    "core/ids.py",  # its id
-    "audit/event.py",  # its event (and the template hits are stamped from)
+DECIDER = [
+    "decision/cache.py",  # reads through: a hit, or a miss made below and stored
     "audit/sink.py",  # recorded before the answer leaves
-    "decision/cache.py",  # the entry: needs the result and the event
-    "decision/metrics.py",
     "core/explain.py",  # asked for: of the decision answered
 ]
-HIT = [
-    "decision/cache.py",  # lookup: the entry, this call's `now` resolved
-    "core/ids.py",
-    "audit/event.py",  # stamped from the entry's template
-    "audit/sink.py",
-    "decision/metrics.py",
-    "core/explain.py",
-]
+MISS = {
+    "decision/decider.py": DECIDER,
+    "decision/cache.py": ["decision/evaluation.py"],  # the key is new: made below
+    "decision/evaluation.py": [
+        "decision/identity.py",  # `context.caller`, workload binding
+        "core/validate.py",  # protobuf -> the request model, time bound and `now` resolved
+        "core/engine.py",  # the decision
+        "core/ids.py",  # its id
+        "core/event.py",  # its event (and the template hits are stamped from)
+    ],
+}
+HIT = {
+    "decision/decider.py": DECIDER,
+    # this call's `now`, from the entry's own time bound (validation's rule)
+    "decision/cache.py": ["core/validate.py", "decision/evaluation.py"],
+    "decision/evaluation.py": ["core/ids.py", "core/event.py"],  # stamped from the template
+}
+
+
+def _path(calls: dict[str, list[str]], module: str = "decision/decider.py") -> list[str]:
+    """The rooms in the order a request enters them (depth first), explain's own helpers aside."""
+    rooms = [module]
+    for callee in calls.get(module, []):
+        rooms += _path(calls, callee) if callee != "core/explain.py" else [callee]
+    return rooms
 
 
 def test_a_miss_then_a_hit_ask_each_room_in_the_data_paths_order() -> None:
@@ -102,12 +115,15 @@ def test_a_miss_then_a_hit_ask_each_room_in_the_data_paths_order() -> None:
             bundle, msg, CallMeta(), Limits(), started=time.perf_counter()
         ).cached
 
-    with _calls_from("decision/decider.py") as miss:
+    with _calls() as miss:
         assert decide() is False
-    with _calls_from("decision/decider.py") as hit:
+    with _calls() as hit:
         assert decide() is True
-    assert miss == MISS
-    assert hit == HIT
+    assert {m: miss[m] for m in MISS} == MISS
+    assert {m: hit[m] for m in HIT} == HIT
+    for calls in (miss, hit):  # one way: no room is entered twice
+        path = _path(calls)
+        assert len(path) == len(set(path)), path
 
 
 def test_a_request_in_the_model_takes_the_same_order() -> None:
@@ -117,9 +133,14 @@ def test_a_request_in_the_model_takes_the_same_order() -> None:
     request = request_from_proto(
         request_from_json(notify_request()), bundle, Limits(), now=BUSINESS_HOURS
     )
-    with _calls_from("decision/decider.py") as rooms:
+    with _calls() as calls:
         decider.decide(bundle, request, CallMeta(), at=BUSINESS_HOURS, started=0.0)
-    assert rooms == [r for r in MISS if r not in ("core/validate.py", "core/explain.py")]
+    assert calls["decision/decider.py"] == [r for r in DECIDER if r != "core/explain.py"]
+    assert calls["decision/cache.py"] == ["decision/evaluation.py"]
+    below = [r for r in MISS["decision/evaluation.py"] if r != "core/validate.py"]
+    assert calls["decision/evaluation.py"] == below
+    path = _path(calls)
+    assert len(path) == len(set(path)), path
 
 
 def test_validation_reads_a_request_without_leaving_its_module() -> None:
@@ -133,10 +154,10 @@ def test_validation_reads_a_request_without_leaving_its_module() -> None:
         "approved_at": "2026-11-25T09:00:00Z",
     }
     msg = request_from_json(req)
-    with _calls_from("core/validate.py") as rooms:
+    with _calls() as calls:
         request = request_from_proto(msg, bundle, Limits(), now=BUSINESS_HOURS)
     assert request.now_ms is not None and request.not_before_ms is not None
-    assert rooms == []
+    assert calls.get("core/validate.py", []) == []
 
 
 @pytest.mark.parametrize(
@@ -153,11 +174,11 @@ def test_a_mistyped_name_is_refused_with_the_closest_known_ones(
     bundle = load_bundle(POLICIES)
     req = notify_request()
     change(req)
-    with _calls_from("core/validate.py") as rooms, pytest.raises(InvalidRequest) as refused:
+    with _calls() as calls, pytest.raises(InvalidRequest) as refused:
         request_from_proto(request_from_json(req), bundle, Limits(), now=BUSINESS_HOURS)
     assert refused.value.field == field
     assert hint in str(refused.value)
-    assert rooms == ["core/errors.py"]  # and from there, core/suggest.py
+    assert calls["core/validate.py"] == ["core/errors.py"]  # and from there, core/suggest.py
 
 
 def test_the_error_composes_did_you_mean_from_its_candidates() -> None:

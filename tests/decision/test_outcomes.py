@@ -12,13 +12,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.audit.event import CallMeta
 from sidecar.audit.filesink import FileSink
 from sidecar.audit.redact import Redactor
 from sidecar.audit.segments import collect
 from sidecar.audit.sink import MemorySink
 from sidecar.audit.verify import verify
 from sidecar.core.bundle import load_bundle
+from sidecar.core.event import CallMeta
 from sidecar.core.jsonreq import request_from_json
 from sidecar.core.outcome import Outcome
 from sidecar.core.validate import Limits

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from sidecar.audit.event import CallMeta
 from sidecar.audit.sink import MemorySink
 from sidecar.core.bundle import Bundle, load_bundle
 from sidecar.core.errors import AuditError
+from sidecar.core.event import CallMeta
 from sidecar.core.plan import Verdict
 from sidecar.core.planreq import Plan, plan_from_json, plan_from_proto
 from sidecar.core.validate import Limits

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sidecar.audit.event import CallMeta, build_outcome_event
+from sidecar.core.event import CallMeta, build_outcome_event
 from sidecar.core.ids import DecisionIds
 from sidecar.core.outcome import check_outcome, judge
 from sidecar.decision.outcomes import facts_of

@@ -27,9 +27,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sidecar.audit.event import CallMeta, build_event
 from sidecar.audit.sink import open_sink
 from sidecar.core.bundle import Bundle, load_bundle
+from sidecar.core.event import CallMeta, build_event
 from sidecar.core.jsonreq import request_from_json
 from sidecar.core.model import AuthzRequest, Decision, EntityUid, Obligations, PolicyRef, Result
 from sidecar.core.validate import Limits, request_from_proto

@@ -186,6 +186,31 @@ def test_broken_change_is_refused_reported_once_and_recovers(
     assert watched.metric("stepguard_policy_reloads_total", result="success") == 1
 
 
+def test_the_server_hears_of_a_change_before_any_reader_sees_it(tmp_path: Path) -> None:
+    """Whoever reads a refused or applied change (healthz, a probe) finds the gRPC policy
+    health already set from it: the watcher tells the server first, then publishes."""
+    root = tmp_path / "policies"
+    shutil.copytree(POLICIES, root)
+    watched = Watched(root)
+    visible: list[tuple[bool, int, int]] = []
+
+    def told(status: ReloadStatus) -> None:
+        now = watched.watcher.status()
+        visible.append((now.ok, now.failures, now.reloads))
+
+    watched.watcher._on_status = told
+    target = root / "read_only.cedar"
+    target.write_text(target.read_text() + BROKEN)
+    refused = watched.settle()
+    assert refused is not None and refused.failures == 1
+    target.write_text(without_notify(policy_files())["read_only.cedar"])
+    applied = watched.settle()
+    assert applied is not None and applied.reloads == 1
+    # When the server was told, readers still saw the state before each change.
+    assert visible == [(True, 0, 0), (False, 1, 0)]
+    assert watched.watcher.status() == applied
+
+
 def test_reverting_a_broken_change_clears_the_error_without_a_swap(tmp_path: Path) -> None:
     root = tmp_path / "policies"
     shutil.copytree(POLICIES, root)

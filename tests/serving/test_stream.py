@@ -247,7 +247,7 @@ def test_pipelined_stream_requests_are_decided_in_windows(
         return engine.evaluate(bundle, request, **kw)
 
     monkeypatch.setattr("sidecar.decision.decider.evaluate_many", counting)
-    monkeypatch.setattr("sidecar.decision.decider.evaluate", slow_first)
+    monkeypatch.setattr("sidecar.decision.evaluation.evaluate", slow_first)
     stub = pb_grpc.AuthorizerStub(channel)
     reqs = _misses(120)
     answers = list(stub.AuthorizeStream(_items(*reqs), timeout=60))

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from sidecar.audit.event import CallMeta
 from sidecar.core.errors import AuditError, InvalidRequest
+from sidecar.core.event import CallMeta
 from sidecar.core.outcomejson import outcome_from_json
 from sidecar.decision.outcomes import OutcomeRecorder, Recorded
 

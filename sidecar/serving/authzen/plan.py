@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from sidecar.audit.event import CallMeta
 from sidecar.core.bundle import Bundle
 from sidecar.core.errors import AuditError
+from sidecar.core.event import CallMeta
 from sidecar.core.planreq import plan_from_json, plan_from_proto
 from sidecar.core.validate import Limits
 from sidecar.decision.plans import PlanRecorder, plan_json

@@ -21,9 +21,9 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final
 
-from sidecar.audit.event import CallMeta
 from sidecar.core.bundle import Bundle
 from sidecar.core.errors import InvalidRequest
+from sidecar.core.event import CallMeta
 from sidecar.core.model import AuthzRequest, EntityUid
 from sidecar.core.validate import Limits, effective_now_ms, to_ms
 from sidecar.decision.decider import Decided, Decider

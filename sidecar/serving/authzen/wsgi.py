@@ -32,8 +32,8 @@ from typing import Any, Final
 
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from sidecar.audit.event import CallMeta, recorded_request_id
 from sidecar.core.errors import InvalidRequest
+from sidecar.core.event import CallMeta, recorded_request_id
 from sidecar.core.jsonreq import MAX_JSON_DEPTH, nesting_path
 from sidecar.decision.identity import IdentityRefused, certificate_identity
 from sidecar.decision.outcomes import OutcomeRecorder

@@ -1,5 +1,8 @@
 """The audit event: what was asked, by whom, what was decided and why.
 
+Pure: the events are built here, from the request model and the result;
+sidecar/audit chains, writes and reads them.
+
 Schema version 1, documented in docs/audit.md and sidecar/audit/event.schema.json.
 The event id is the decision id. Chain fields (seq, prev, hash) are added by
 the sink that orders events; the sink also writes the other kinds of record
@@ -8,17 +11,33 @@ the sink that orders events; the sink also writes the other kinds of record
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sidecar.audit.redact import Redactor
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import AuthzRequest, Result
 from sidecar.core.outcome import DecisionFacts, Outcome
 from sidecar.core.plan import StepVerdict
 from sidecar.core.planreq import Plan
+
+
+class Redactor(Protocol):
+    """What the event builders ask of a redactor (sidecar/audit/redact.py is the one).
+
+    The events are built here, in the pure core; the redactor, which holds a
+    key and its settings, stays with the trail that reads them.
+    """
+
+    def apply(self, event: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def touches(self, fields: Iterable[str]) -> bool: ...
+
+    def stampable(self, request_id: str) -> bool: ...
+
+    def by_value(self, value: Any) -> Any: ...
+
 
 SCHEMA_VERSION = 1
 KINDS = ("decision", "outcome", "plan", "segment", "recovery", "outage", "shutdown")
@@ -146,6 +165,49 @@ def stamp(
     if now is not None:
         event["context"] = {**event["context"], "now": now}
     return event
+
+
+def decision_event(
+    decision_id: str,
+    at: datetime,
+    request: AuthzRequest,
+    result: Result,
+    meta: CallMeta,
+    *,
+    cached: bool,
+    latency_s: float,
+    stamp_from: Mapping[str, Any] | None = None,
+    now: Any = None,
+    stamp_now: bool = True,
+    with_template: bool = False,
+    audit_note: str = "",
+    redactor: Redactor | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A decision's event, and its template when `with_template` (a miss that fills the cache).
+
+    A hit (`stamp_from`, the entry's template) is stamped with this call's
+    facts when redaction cannot reach them (no redaction path names a per-call
+    field, nor `context` when `now` replaces the entry's, `stamp_now`); else,
+    like a miss, its event is built anew from the request and the result.
+    """
+    if (
+        stamp_from is not None
+        and (now is None or stamp_now)
+        and (redactor is None or redactor.stampable(meta.request_id))
+    ):
+        return stamp(stamp_from, decision_id, at, meta, latency_s=latency_s, now=now), None
+    event = build_event(
+        decision_id,
+        at,
+        request,
+        result,
+        meta,
+        cached=cached,
+        latency_s=latency_s,
+        audit_note=audit_note,
+        redactor=redactor,
+    )
+    return event, template(event) if with_template else None
 
 
 def build_outcome_event(
