@@ -115,7 +115,7 @@ def test_serve_says_where_it_serves_on_stdout_and_logs_on_stderr(tmp_path: Path)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert proc.returncode == 0
+    assert proc.returncode == 0, stderr[-4000:]
     assert stdout == ""  # nothing but the one line
     assert "stepguard serving policies" in stderr and '"event"' not in stderr
 
