@@ -169,16 +169,9 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         return _supervise(settings, args)
     sidecar = Sidecar(settings)
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        logging.getLogger("stepguard").info("signal %d: shutting down", signum)
-        done.set()
-
     # Before anyone can know the address: a SIGTERM right after the serving
     # line must drain and exit 0, not kill the process half-way.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    done = stop_on_signals()
     endpoints = sidecar.start()  # a listener that cannot bind: stopped, ListenError
     try:  # whatever happens from here, nothing keeps serving without this thread
         tune_gc_for_serving()
@@ -188,7 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
         # to stderr then.
         out = sys.stderr if settings.audit_file == "-" else sys.stdout
         print(json.dumps(_endpoints(endpoints)), flush=True, file=out)
-        done.wait()
+        wait_until_stopped(done)
     finally:
         sidecar.stop()
     return EXIT_OK
@@ -197,7 +190,8 @@ def _serve(args: argparse.Namespace) -> int:
 _NOT_SETTINGS = ("run", "config", "log_level", "worker_index")
 
 
-def _stop_on_signals() -> threading.Event:
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets (wait on it with `wait_until_stopped`)."""
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -209,17 +203,34 @@ def _stop_on_signals() -> threading.Event:
     return done
 
 
+# How often the main thread wakes to run a signal's handler (see below).
+SIGNAL_POLL_S = 0.2
+
+
+def wait_until_stopped(done: threading.Event) -> None:
+    """Block the main thread until a signal sets `done`, waking to let its handler run.
+
+    Python runs signal handlers only in the main thread, when it runs bytecode.
+    The kernel may deliver SIGTERM to any thread (a gRPC thread, a worker's
+    stdin reader): the main thread, asleep in an untimed `done.wait()`, is
+    then never woken to run the handler, and the process hangs until it is
+    killed. A timed wait wakes it.
+    """
+    while not done.wait(SIGNAL_POLL_S):
+        pass
+
+
 def _supervise(settings: Any, args: argparse.Namespace) -> int:
     """`serve --workers N`, N > 1: run N workers as one server (supervisor.py)."""
     from sidecar.serving.supervisor import Supervisor
 
     command = [sys.executable, "-m", "sidecar.cli", "serve", *_worker_argv(args)]
     supervisor = Supervisor(settings, command)
-    done = _stop_on_signals()
+    done = stop_on_signals()
     endpoints = supervisor.start()
     serving = _endpoints(endpoints) | {"workers": supervisor.count}
     print(json.dumps(serving), flush=True)  # the trail is never on stdout with workers
-    done.wait()
+    wait_until_stopped(done)
     return EXIT_OK if supervisor.stop() else 1
 
 
@@ -230,13 +241,13 @@ def _serve_worker(settings: Any, index: int) -> int:
 
     sidecar = Sidecar(settings, worker=index)
     sidecar.set_fleet_serving(False)  # not SERVING until the supervisor says all are up
-    done = _stop_on_signals()
+    done = stop_on_signals()
     endpoints = sidecar.start()  # a listener that cannot bind: stopped, ListenError
     link = WorkerLink(sidecar, done.set)
     try:
         link.start(_endpoints(endpoints))
         tune_gc_for_serving()
-        done.wait()
+        wait_until_stopped(done)
     finally:
         link.stop()
         sidecar.stop()

@@ -145,3 +145,32 @@ def test_serve_with_the_trail_on_stdout_says_it_on_stderr(tmp_path: Path) -> Non
     assert proc.returncode == 0
     records = [json.loads(x) for x in stdout.splitlines()]
     assert records and all("kind" in r for r in records)
+
+
+# A process that waits as `serve` does, while its SIGTERM lands on another thread
+# (the kernel may pick any thread: a gRPC thread, a worker's stdin reader).
+_SIGNAL_ON_A_THREAD = """
+import signal, sys, threading, time
+from sidecar.cli.serve import stop_on_signals, wait_until_stopped
+done = stop_on_signals()
+def elsewhere():
+    time.sleep(1.0)  # the main thread is asleep in its wait by then
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+threading.Thread(target=elsewhere).start()
+wait_until_stopped(done)
+print("stopped", flush=True)
+"""
+
+
+def test_a_sigterm_delivered_to_another_thread_still_stops_serve() -> None:
+    """Python runs handlers only in the main thread: an untimed wait there never woke
+    (a worker hung until its supervisor killed it, and `serve` exited 1)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_ON_A_THREAD],
+        capture_output=True,
+        text=True,
+        timeout=30,  # the old wait never returned
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "stopped\n"
