@@ -128,6 +128,14 @@ class OutcomeBatch:
             except Exception as exc:  # noqa: BLE001 - this item is refused, not the batch
                 self.local[i] = outcome_failure(exc)
 
+    @classmethod
+    def of_messages(cls, messages: Sequence[pb.RecordOutcomeRequest]) -> OutcomeBatch:
+        """A batch of requests already built and checked (the reporters')."""
+        batch = cls(())
+        batch.size = len(messages)
+        batch.message.items.extend(messages)
+        return batch
+
     def reports(self, resp: pb.RecordOutcomesResponse) -> list[OutcomeReport]:
         if len(resp.results) != self.size - len(self.local):
             return self.failed(RuntimeError("stepguard answered a different number of results"))
