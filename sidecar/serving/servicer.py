@@ -266,21 +266,35 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
                 f"items: {count} items, over the limit of {self._limits.max_batch_items}",
             )
         meta = call_meta(context)
-        out = pb.RecordOutcomesResponse()
+        # The valid items are recorded together (one trail commit: OutcomeRecorder.
+        # record_many); an invalid one fails only itself.
+        results: list[Recorded | Exception] = []
+        valid = []
         for i, item in enumerate(request.items):
-            slot = out.results.add()
             try:
-                outcome = outcome_from_proto(item, f"items[{i}].")
-                slot.response.CopyFrom(_recorded(recorder.record(outcome, meta)))
-            except InvalidRequest as exc:
-                self._count_invalid(exc)
+                valid.append(outcome_from_proto(item, f"items[{i}]."))
+                results.append(_RECORD)
+            except Exception as exc:  # noqa: BLE001 - this item fails, not the batch
+                results.append(exc)
+        try:
+            recorded = iter(recorder.record_many(valid, meta))
+        except Exception as exc:  # noqa: BLE001 - none of them is recorded
+            recorded = iter([exc] * len(valid))
+        out = pb.RecordOutcomesResponse()
+        for i, result in enumerate(results):
+            slot = out.results.add()
+            got = next(recorded) if result is _RECORD else result
+            if isinstance(got, Recorded):
+                _fill(slot.response, got)
+            elif isinstance(got, InvalidRequest):
+                self._count_invalid(got)
                 slot.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-                slot.error.message = str(exc)
-            except AuditError as exc:
+                slot.error.message = str(got)
+            elif isinstance(got, AuditError):
                 slot.error.code = grpc.StatusCode.UNAVAILABLE.value[0]
-                slot.error.message = f"items[{i}]: outcome not recorded: {exc}"
-            except Exception:  # this item is not recorded; the rest go on
-                log.exception("RecordOutcomes item %d failed", i)
+                slot.error.message = f"items[{i}]: outcome not recorded: {got}"
+            else:  # this item is not recorded; the rest go on
+                log.error("RecordOutcomes item %d failed", i, exc_info=got)
                 slot.error.code = grpc.StatusCode.INTERNAL.value[0]
                 slot.error.message = f"items[{i}]: internal error; the outcome is not recorded"
         return out
@@ -413,17 +427,25 @@ def call_meta(context: grpc.ServicerContext) -> CallMeta:
     )
 
 
+_RECORD = Recorded("", "", "", "", "")  # a results slot for a valid item, filled in order
+
+
 def _recorded(recorded: Recorded) -> pb.RecordOutcomeResponse:
-    decision = {"ALLOW": pb.DECISION_ALLOW, "DENY": pb.DECISION_DENY}.get(
-        recorded.decision, pb.DECISION_UNSPECIFIED
-    )
-    return pb.RecordOutcomeResponse(
-        outcome_id=recorded.outcome_id,
-        decision_id=recorded.decision_id,
-        violation=VIOLATION_TO_PROTO[recorded.violation],
-        decision=decision,
-        reason=recorded.reason,
-    )
+    out = pb.RecordOutcomeResponse()
+    _fill(out, recorded)
+    return out
+
+
+_DECISION_TO_PROTO = {"ALLOW": pb.DECISION_ALLOW, "DENY": pb.DECISION_DENY}
+
+
+def _fill(out: pb.RecordOutcomeResponse, recorded: Recorded) -> None:
+    """`out` says what was recorded (in place: a batch's result slot, no copy)."""
+    out.outcome_id = recorded.outcome_id
+    out.decision_id = recorded.decision_id
+    out.violation = VIOLATION_TO_PROTO[recorded.violation]
+    out.decision = _DECISION_TO_PROTO.get(recorded.decision, pb.DECISION_UNSPECIFIED)
+    out.reason = recorded.reason
 
 
 def outcome_methods(
