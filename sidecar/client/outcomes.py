@@ -79,8 +79,13 @@ def outcome_message(
     return outcome_to_proto(outcome_from_json(body))
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _json_times(value: Any) -> Any:
     """Datetimes (at any depth) as RFC 3339 text, as the JSON form takes them."""
+    if type(value) in _PLAIN:  # most values: no ABC check on the reporting path
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Mapping):

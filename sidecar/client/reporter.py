@@ -27,6 +27,10 @@ A missing outcome is the safe direction for the evidence: its decision shows
 as a step that never reported (incomplete), never as one that completed.
 A step that needs the sidecar's answer (for example to act on a violation
 flag) calls `record_outcome`, which waits for it.
+
+Over 500 lines: the blocking and the asyncio reporter are two faces of one
+behaviour (the buffer, the retry and loss rules in `_Buffer` and `_Reporter`),
+kept side by side so that a change to the rules is made to both at once.
 """
 
 from __future__ import annotations
@@ -43,12 +47,13 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
+from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.client.decisions import DecisionKind
 from sidecar.client.outcomes import (
     OutcomeBatch,
@@ -57,9 +62,38 @@ from sidecar.client.outcomes import (
     outcome_message,
 )
 
-if TYPE_CHECKING:
-    from sidecar.client.aio import AsyncStepguardClient
-    from sidecar.client.blocking import StepguardClient
+
+class _Client(Protocol):
+    """What a reporter uses of its client (StepguardClient, AsyncStepguardClient)."""
+
+    timeout: float
+    _stub: Any
+
+
+class _AsyncClient(_Client, Protocol):
+    """AsyncStepguardClient: also where it dials, for the last flush at exit."""
+
+    target: str
+    credentials: grpc.ChannelCredentials | None
+    options: tuple[tuple[str, Any], ...]
+
+
+class _Dialled:
+    """A blocking stub to an asyncio client's target (the loop is gone at exit)."""
+
+    def __init__(self, client: _AsyncClient) -> None:
+        self.timeout = client.timeout
+        opts = list(client.options)
+        self._channel = (
+            grpc.secure_channel(client.target, client.credentials, options=opts)
+            if client.credentials is not None
+            else grpc.insecure_channel(client.target, options=opts)
+        )
+        self._stub = pb_grpc.AuthorizerStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +119,7 @@ class ReporterStats:
     violations: int = 0  # recorded, and flagged as a violation
     refused: int = 0  # not recorded: the report is wrong (never sent, or refused by the sidecar)
     dropped: int = 0  # not recorded: buffer full, sidecar down or too slow, closed
+    batches: int = 0  # RecordOutcomes calls made (resends included)
     pending: int = 0  # buffered or in flight now
 
 
@@ -113,7 +148,9 @@ class _Buffer:
         self.in_flight = 0
         self.hold_until = 0.0  # after a failed send: no batch before then (but when closing)
         self.pause = _FIRST_PAUSE_S
-        self.counts = dict.fromkeys(("reported", "recorded", "violations", "refused", "dropped"), 0)
+        self.counts = dict.fromkeys(
+            ("reported", "recorded", "violations", "refused", "dropped", "batches"), 0
+        )
 
     def stats(self) -> ReporterStats:
         return ReporterStats(**self.counts, pending=len(self.items) + self.in_flight)
@@ -240,6 +277,7 @@ class _Reporter:
                 done.append((item, report))
         with buf.lock:
             buf.in_flight -= len(batch)
+            buf.counts["batches"] += 1
             if again:
                 if not buf.items:
                     buf.oldest = 0.0  # due as soon as the pause is over
@@ -328,7 +366,7 @@ class OutcomeReporter(_Reporter):
 
     def __init__(
         self,
-        client: StepguardClient,
+        client: _Client,
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
@@ -503,7 +541,7 @@ class AsyncOutcomeReporter(_Reporter):
 
     def __init__(
         self,
-        client: AsyncStepguardClient,
+        client: _AsyncClient,
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
@@ -628,14 +666,7 @@ class AsyncOutcomeReporter(_Reporter):
         if self._closed or not self._pending():
             return
         self._closed = True
-        from sidecar.client.blocking import StepguardClient
-
-        client = StepguardClient(
-            self._client.target,
-            timeout=self._client.timeout,
-            credentials=self._client.credentials,
-            options=self._client.options,
-        )
+        client = _Dialled(self._client)
         try:
             sync = OutcomeReporter(
                 client,

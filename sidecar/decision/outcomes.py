@@ -21,6 +21,10 @@ Where a decision is looked for, in order:
    older ones of its chain. One lookup runs at a time.
 
 Only when neither holds the id is the outcome flagged `decision_unknown`.
+
+Over 500 lines: where a decision is looked for (the index, the trail files)
+and what an outcome is judged and recorded against it belong together; the
+lookup's bounds above are the recorder's.
 """
 
 from __future__ import annotations

@@ -25,15 +25,16 @@ from sidecar.audit.event import CallMeta, recorded_request_id
 from sidecar.core.bundle import Bundle
 from sidecar.core.decoderefusal import decode_refusal
 from sidecar.core.errors import AuditError, InvalidRequest
-from sidecar.core.outcome import VIOLATION_TO_PROTO, outcome_from_proto
+from sidecar.core.outcome import outcome_from_proto
 from sidecar.core.planreq import plan_from_proto
 from sidecar.core.validate import Limits
 from sidecar.decision.decider import Decided, Decider
 from sidecar.decision.identity import IdentityRefused, caller_identity
 from sidecar.decision.metrics import Metrics
-from sidecar.decision.outcomes import OutcomeRecorder, Recorded
+from sidecar.decision.outcomes import OutcomeRecorder
 from sidecar.decision.plans import PlanRecorder
 from sidecar.serving.answer import Answers, to_response
+from sidecar.serving.outcomeanswer import outcomes_response, recorded_response
 from sidecar.serving.plananswer import plan_response
 from sidecar.serving.streams import Slot, StreamSlots, caller_key
 
@@ -242,7 +243,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         recorder = self._outcome_recorder(context)
         meta = call_meta(context)
         try:
-            return _recorded(recorder.record(outcome_from_proto(request), meta))
+            return recorded_response(recorder.record(outcome_from_proto(request), meta))
         except InvalidRequest as exc:
             self._count_invalid(exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -266,38 +267,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
                 f"items: {count} items, over the limit of {self._limits.max_batch_items}",
             )
         meta = call_meta(context)
-        # The valid items are recorded together (one trail commit: OutcomeRecorder.
-        # record_many); an invalid one fails only itself.
-        results: list[Recorded | Exception] = []
-        valid = []
-        for i, item in enumerate(request.items):
-            try:
-                valid.append(outcome_from_proto(item, f"items[{i}]."))
-                results.append(_RECORD)
-            except Exception as exc:  # noqa: BLE001 - this item fails, not the batch
-                results.append(exc)
-        try:
-            recorded = iter(recorder.record_many(valid, meta))
-        except Exception as exc:  # noqa: BLE001 - none of them is recorded
-            recorded = iter([exc] * len(valid))
-        out = pb.RecordOutcomesResponse()
-        for i, result in enumerate(results):
-            slot = out.results.add()
-            got = next(recorded) if result is _RECORD else result
-            if isinstance(got, Recorded):
-                _fill(slot.response, got)
-            elif isinstance(got, InvalidRequest):
-                self._count_invalid(got)
-                slot.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-                slot.error.message = str(got)
-            elif isinstance(got, AuditError):
-                slot.error.code = grpc.StatusCode.UNAVAILABLE.value[0]
-                slot.error.message = f"items[{i}]: outcome not recorded: {got}"
-            else:  # this item is not recorded; the rest go on
-                log.error("RecordOutcomes item %d failed", i, exc_info=got)
-                slot.error.code = grpc.StatusCode.INTERNAL.value[0]
-                slot.error.message = f"items[{i}]: internal error; the outcome is not recorded"
-        return out
+        return outcomes_response(request.items, recorder, meta, self._count_invalid)
 
     # --- plans (docs/api.md, "Plans") ------------------------------------------------
 
@@ -425,27 +395,6 @@ def call_meta(context: grpc.ServicerContext) -> CallMeta:
     return CallMeta(
         peer=context.peer() or "", identity=identity, trace_id=trace, request_id=correlation
     )
-
-
-_RECORD = Recorded("", "", "", "", "")  # a results slot for a valid item, filled in order
-
-
-def _recorded(recorded: Recorded) -> pb.RecordOutcomeResponse:
-    out = pb.RecordOutcomeResponse()
-    _fill(out, recorded)
-    return out
-
-
-_DECISION_TO_PROTO = {"ALLOW": pb.DECISION_ALLOW, "DENY": pb.DECISION_DENY}
-
-
-def _fill(out: pb.RecordOutcomeResponse, recorded: Recorded) -> None:
-    """`out` says what was recorded (in place: a batch's result slot, no copy)."""
-    out.outcome_id = recorded.outcome_id
-    out.decision_id = recorded.decision_id
-    out.violation = VIOLATION_TO_PROTO[recorded.violation]
-    out.decision = _DECISION_TO_PROTO.get(recorded.decision, pb.DECISION_UNSPECIFIED)
-    out.reason = recorded.reason
 
 
 def outcome_methods(
