@@ -307,6 +307,28 @@ class _Reporter:
             _deliver(item, report)
         return again
 
+    def _answered(self, batch: list[_Item], holder: OutcomeBatch, resp: Any) -> None:
+        """A batch's answer. The usual one (every outcome recorded, none a violation,
+        nobody waiting for a report) is counted straight from the response."""
+        results = resp.results
+        if len(results) == len(batch):
+            for item, result in zip(batch, results, strict=True):
+                if (
+                    item.on_result is not None
+                    or not result.HasField("response")
+                    or result.response.violation != pb.VIOLATION_NONE
+                ):
+                    break
+            else:
+                buf = self._buf
+                with buf.lock:
+                    buf.in_flight -= len(batch)
+                    buf.counts["batches"] += 1
+                    buf.counts["recorded"] += len(batch)
+                    buf.pause = _FIRST_PAUSE_S
+                return
+        self._settle(batch, holder.reports(resp), False)
+
     def _give_up(self, reason: str) -> None:
         """Whatever is still buffered is dropped, each logged, counted and told."""
         with self._buf.lock:
@@ -524,10 +546,10 @@ class OutcomeReporter(_Reporter):
         timeout = self.timeout if self.timeout is not None else self._client.timeout
         try:
             resp = self._client._stub.RecordOutcomes(holder.message, timeout=timeout)
-            reports = holder.reports(resp)
         except Exception as exc:  # noqa: BLE001 - every item gets the failure
-            reports = holder.failed(exc)
-        self._settle(batch, reports, closing)
+            self._settle(batch, holder.failed(exc), closing)
+            return
+        self._answered(batch, holder, resp)
 
 
 class AsyncOutcomeReporter(_Reporter):
@@ -737,7 +759,15 @@ class AsyncOutcomeReporter(_Reporter):
         timeout = self.timeout if self.timeout is not None else self._client.timeout
         try:
             resp = await self._client._stub.RecordOutcomes(holder.message, timeout=timeout)
-            reports = holder.reports(resp)
+        except asyncio.CancelledError:  # the loop ends (or close gave up) mid-call
+            why = (
+                "outcome not recorded, or not known to be: the reporter was stopped while "
+                "sending it (its event loop ended, or close() timed out)"
+            )
+            lost = OutcomeReport(False, why, kind=DecisionKind.UNAVAILABLE)
+            self._settle(batch, [lost] * len(batch), True)
+            raise
         except Exception as exc:  # noqa: BLE001 - every item gets the failure
-            reports = holder.failed(exc)
-        self._settle(batch, reports, self._closing)
+            self._settle(batch, holder.failed(exc), self._closing)
+            return
+        self._answered(batch, holder, resp)

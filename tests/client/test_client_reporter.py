@@ -309,3 +309,34 @@ def test_many_threads_report_through_one_reporter(server: Running) -> None:
     assert len(events) == 100 and reporter.stats.recorded == 100
     for d in decisions:  # each thread's own outcomes in the order it reported them
         assert [e["attempt"] for e in events if e["decision_id"] == d] == list(range(1, 26))
+
+
+def test_async_close_that_gives_up_mid_call_counts_what_was_in_flight(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hung sidecar: close() stops waiting, the batch in flight is not known to be
+    recorded, and says so (logged, counted as dropped), never silently."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    target = f"127.0.0.1:{hung.getsockname()[1]}"
+
+    async def run() -> Any:
+        client = AsyncStepguardClient(target, timeout=30)
+        reporter = client.outcomes
+        reporter.flush_interval_s = 0.0
+        for attempt in (1, 2):
+            assert client.report_outcome(UNKNOWN, "succeeded", attempt=attempt)
+        while reporter._buf.in_flight < 2:  # sent, and waiting for an answer
+            await asyncio.sleep(0.01)
+        await reporter.close(timeout=0.2)
+        await client.close()
+        return reporter
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="sidecar.client.reporter"):
+            reporter = asyncio.run(run())
+    finally:
+        hung.close()
+    assert (reporter.stats.dropped, reporter.stats.recorded, reporter.stats.pending) == (2, 0, 0)
+    assert caplog.text.count("stopped while sending it") == 2
