@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import contextlib
 import logging
 import os
 import threading
@@ -732,6 +731,7 @@ class AsyncOutcomeReporter(_Reporter):
     async def _run(self) -> None:
         buf = self._buf
         assert self._wake is not None and self._idle is not None
+        loop = asyncio.get_running_loop()
         while True:
             with buf.lock:
                 now = time.monotonic()
@@ -748,8 +748,13 @@ class AsyncOutcomeReporter(_Reporter):
             if not due:
                 self._idle.set()
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                # A timer sets the same event a report or flush sets (no task per wait).
+                timer = None if wait is None else loop.call_later(wait, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    if timer is not None:
+                        timer.cancel()
                 continue
             await self._send(batch)
             self._idle.set()
