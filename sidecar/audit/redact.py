@@ -170,16 +170,19 @@ class Redactor:
         (an outcome's `effect`), where rule 1 would replace whole fields by name
         (`credential`). The same object when nothing is replaced."""
         if isinstance(value, str):
-            if not self.secret_value(value):
-                return value
-            return self.mask(value) if self.mode == "hash" else None
+            return self._masked(value) if self.secret_value(value) else value
         if isinstance(value, Mapping):
-            out = {k: self.by_value(v) for k, v in value.items()}
-            if all(out[k] is v for k, v in value.items()):
+            out = {}
+            changed = False
+            for k, v in value.items():
+                r = self._value(v)
+                out[k] = r
+                changed = changed or r is not v
+            if not changed:
                 return value
             return {k: v for k, v in out.items() if v is not None or value[k] is None}
         if isinstance(value, list):
-            items = [self.by_value(v) for v in value]
+            items = [self._value(v) for v in value]
             if all(a is b for a, b in zip(items, value, strict=True)):
                 return value
             return [
@@ -187,6 +190,15 @@ class Redactor:
                 for a, b in zip(items, value, strict=True)
             ]
         return value
+
+    def _value(self, value: Any) -> Any:
+        """`by_value` of one member: a plain string (most are) without the call."""
+        if type(value) is str:
+            return self._masked(value) if self.secret_value(value) else value
+        return self.by_value(value)
+
+    def _masked(self, value: str) -> str | None:
+        return self.mask(value) if self.mode == "hash" else None
 
     def _entity(self, entity: Any) -> Any:
         if isinstance(entity, Mapping) and "attrs" in entity:

@@ -29,7 +29,8 @@ with the orchestrator's traces and logs.
 The package: `decisions` (what a decision is to the caller, and how each
 failure becomes a DENY saying why), `blocking` (StepguardClient and its
 DecisionStream), `aio` (AsyncStepguardClient), `outcomes` (reporting what a
-step did), `plans` (pre-flight: `plan` answers each planned step ALLOW, DENY
+step did), `reporter` (outcomes buffered and sent in batches: `report_outcome`),
+`plans` (pre-flight: `plan` answers each planned step ALLOW, DENY
 or DEPENDS), `channels` (TLS credentials, spreading over worker sockets).
 Import from `sidecar.client`: the names below are the published surface.
 """
@@ -50,15 +51,19 @@ from sidecar.client.decisions import (
 )
 from sidecar.client.outcomes import OutcomeReport, error_class_of
 from sidecar.client.plans import PlanReport, Residual, StepPlan
+from sidecar.client.reporter import AsyncOutcomeReporter, OutcomeReporter, ReporterStats
 
 __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT_S",
+    "AsyncOutcomeReporter",
     "AsyncStepguardClient",
     "DecisionKind",
     "DecisionStream",
     "OutcomeReport",
+    "OutcomeReporter",
     "PlanReport",
+    "ReporterStats",
     "RequestLike",
     "Residual",
     "StepDecision",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ from sidecar.client.outcomes import (
     outcome_report,
 )
 from sidecar.client.plans import PlanLike, PlanReport, plan_failure, plan_message, plan_report
+from sidecar.client.reporter import AsyncOutcomeReporter
 
 
 class AsyncStepguardClient:
@@ -47,12 +48,15 @@ class AsyncStepguardClient:
     ) -> None:
         self.timeout = timeout
         target, options = spread_over_workers(target, options)
+        # Kept for the outcome reporter's last flush at exit (a blocking channel).
+        self.target, self.credentials, self.options = target, credentials, tuple(options)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=list(options))
             if credentials is not None
             else grpc.aio.insecure_channel(target, options=list(options))
         )
         self._stub = pb_grpc.AuthorizerStub(self._channel)
+        self._reporter: AsyncOutcomeReporter | None = None
 
     async def authorize(
         self,
@@ -132,6 +136,42 @@ class AsyncStepguardClient:
             return outcome_failure(exc)
         return outcome_report(resp)
 
+    @property
+    def outcomes(self) -> AsyncOutcomeReporter:
+        """This client's outcome reporter (made on first use; `close` flushes it)."""
+        if self._reporter is None:
+            self._reporter = AsyncOutcomeReporter(self)
+        return self._reporter
+
+    def report_outcome(
+        self,
+        decision_id: str,
+        status: str,
+        *,
+        effect: Mapping[str, Any] | None = None,
+        error_class: str = "",
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        attempt: int = 0,
+        on_result: Callable[[OutcomeReport], object] | None = None,
+    ) -> bool:
+        """Like `StepguardClient.report_outcome`: queued for a batch, a plain call (not
+        awaited) on the client's loop; never blocks, never raises."""
+        return self.outcomes.report(
+            decision_id,
+            status,
+            effect=effect,
+            error_class=error_class,
+            started_at=started_at,
+            finished_at=finished_at,
+            attempt=attempt,
+            on_result=on_result,
+        )
+
+    async def flush_outcomes(self, timeout: float | None = None) -> bool:
+        """Send the queued outcomes now and wait; True when none is left pending."""
+        return True if self._reporter is None else await self._reporter.flush(timeout)
+
     async def record_outcomes(
         self,
         items: Sequence[Mapping[str, Any]],
@@ -195,6 +235,10 @@ class AsyncStepguardClient:
         return decision
 
     async def close(self) -> None:
+        """Flush the queued outcomes (at most the reporter's close timeout), then close."""
+        reporter, self._reporter = self._reporter, None
+        if reporter is not None:
+            await reporter.close()
         await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncStepguardClient:

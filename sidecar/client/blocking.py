@@ -43,6 +43,7 @@ from sidecar.client.outcomes import (
     outcome_report,
 )
 from sidecar.client.plans import PlanLike, PlanReport, plan_failure, plan_message, plan_report
+from sidecar.client.reporter import OutcomeReporter
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -74,6 +75,8 @@ class StepguardClient:
             else grpc.insecure_channel(target, options=list(options))
         )
         self._stub = pb_grpc.AuthorizerStub(self._channel)
+        self._reporter: OutcomeReporter | None = None
+        self._reporter_lock = threading.Lock()
 
     def authorize(
         self,
@@ -159,6 +162,53 @@ class StepguardClient:
         except Exception as exc:  # noqa: BLE001 - never fail the caller's task
             return outcome_failure(exc)
         return outcome_report(resp)
+
+    @property
+    def outcomes(self) -> OutcomeReporter:
+        """This client's outcome reporter (sidecar/client/reporter.py): made on first
+        use with the defaults; `close` flushes it."""
+        with self._reporter_lock:
+            if self._reporter is None:
+                self._reporter = OutcomeReporter(self)
+            return self._reporter
+
+    def report_outcome(
+        self,
+        decision_id: str,
+        status: str,
+        *,
+        effect: Mapping[str, Any] | None = None,
+        error_class: str = "",
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        attempt: int = 0,
+        on_result: Callable[[OutcomeReport], object] | None = None,
+    ) -> bool:
+        """Queue what the step did, to be sent in a batch; never blocks, never raises.
+
+        The default way to report outcomes: `record_outcome`'s arguments, sent
+        by `outcomes` (a RecordOutcomes batch every 128 outcomes or 0.1 s, on
+        `flush_outcomes`, `close` and at exit). True when queued; an outcome not
+        recorded is logged and counted (`outcomes.stats`), and `on_result`, if
+        given, gets its report. Use `record_outcome` when the step needs the
+        sidecar's answer (a violation flag) before it goes on.
+        """
+        return self.outcomes.report(
+            decision_id,
+            status,
+            effect=effect,
+            error_class=error_class,
+            started_at=started_at,
+            finished_at=finished_at,
+            attempt=attempt,
+            on_result=on_result,
+        )
+
+    def flush_outcomes(self, timeout: float | None = None) -> bool:
+        """Send the queued outcomes now and wait; True when none is left pending."""
+        with self._reporter_lock:
+            reporter = self._reporter
+        return True if reporter is None else reporter.flush(timeout)
 
     def record_outcomes(
         self,
@@ -254,6 +304,11 @@ class StepguardClient:
         return DecisionStream(self, traceparent, request_id)
 
     def close(self) -> None:
+        """Flush the queued outcomes (at most the reporter's close timeout), then close."""
+        with self._reporter_lock:
+            reporter, self._reporter = self._reporter, None
+        if reporter is not None:
+            reporter.close()
         self._channel.close()
 
     def __enter__(self) -> StepguardClient:

@@ -79,8 +79,13 @@ def outcome_message(
     return outcome_to_proto(outcome_from_json(body))
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _json_times(value: Any) -> Any:
     """Datetimes (at any depth) as RFC 3339 text, as the JSON form takes them."""
+    if type(value) in _PLAIN:  # most values: no ABC check on the reporting path
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Mapping):
@@ -127,6 +132,14 @@ class OutcomeBatch:
                 self.message.items.append(outcome_to_proto(outcome_from_json(_json_times(item))))
             except Exception as exc:  # noqa: BLE001 - this item is refused, not the batch
                 self.local[i] = outcome_failure(exc)
+
+    @classmethod
+    def of_messages(cls, messages: Sequence[pb.RecordOutcomeRequest]) -> OutcomeBatch:
+        """A batch of requests already built and checked (the reporters')."""
+        batch = cls(())
+        batch.size = len(messages)
+        batch.message.items.extend(messages)
+        return batch
 
     def reports(self, resp: pb.RecordOutcomesResponse) -> list[OutcomeReport]:
         if len(resp.results) != self.size - len(self.local):

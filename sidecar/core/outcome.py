@@ -301,7 +301,9 @@ def _text(value: str, field: str, limit: int) -> str:
         raise InvalidRequest(field, "is empty")
     if len(value) > limit:
         raise InvalidRequest(field, f"is {len(value)} characters, over the limit of {limit}")
-    if not value.isprintable() or any("\ud800" <= ch <= "\udfff" for ch in value):
+    # isprintable() is False for control characters and for lone surrogates (Cs),
+    # the unencodable ones: one C-level pass checks both.
+    if not value.isprintable():
         raise InvalidRequest(field, "holds control or unencodable characters")
     return value
 

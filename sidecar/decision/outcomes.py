@@ -21,15 +21,20 @@ Where a decision is looked for, in order:
    older ones of its chain. One lookup runs at a time.
 
 Only when neither holds the id is the outcome flagged `decision_unknown`.
+
+Over 500 lines: where a decision is looked for (the index, the trail files)
+and what an outcome is judged and recorded against it belong together; the
+lookup's bounds above are the recorder's.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import mmap
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,12 +46,12 @@ from sidecar.audit.files import open_read
 from sidecar.audit.redact import Redactor
 from sidecar.audit.segments import collect
 from sidecar.audit.sink import AuditSink
-from sidecar.core.errors import StepguardError
+from sidecar.core.errors import AuditError, StepguardError
 from sidecar.core.event import CallMeta, build_outcome_event
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import EntityUid
 from sidecar.core.outcome import DecisionFacts, Outcome, judge
-from sidecar.core.validate import parse_cedar_datetime
+from sidecar.core.validate import datetime_text_ms, parse_cedar_datetime
 from sidecar.decision.identity import binding_refusal
 from sidecar.decision.metrics import Metrics
 
@@ -110,6 +115,10 @@ class DecisionIndex:
         held = self._held.get(decision_id)
         return None if held is None else _facts(held)
 
+    def __contains__(self, decision_id: object) -> bool:
+        """Whether the index holds this decision (no facts built: a dict lookup)."""
+        return decision_id in self._held
+
     def __len__(self) -> int:
         return len(self._held)
 
@@ -152,8 +161,8 @@ def _facts(held: _Held) -> DecisionFacts:
     ) = held
     nb = na = None
     if isinstance(bound, Mapping):
-        nb = parse_cedar_datetime(bound.get("not_before"))
-        na = parse_cedar_datetime(bound.get("not_after"))
+        nb = _bound_ms(bound.get("not_before"))
+        na = _bound_ms(bound.get("not_after"))
     ttl = obligations.get("max_credential_ttl_s") if isinstance(obligations, Mapping) else None
     return DecisionFacts(
         decision=decision if decision in ("ALLOW", "DENY") else "DENY",
@@ -169,6 +178,24 @@ def _facts(held: _Held) -> DecisionFacts:
         step_id=step if isinstance(step, str) else "",
         caller_identity=_identity_in(caller),
     )
+
+
+# A run's steps share its time bound: each datetime text is read once (pure, bounded).
+_text_ms = functools.lru_cache(maxsize=4096)(datetime_text_ms)
+
+
+def _bound_ms(value: Any) -> int | None:
+    """`parse_cedar_datetime`, with the forms a decision event records (a string, or
+    `{"__extn": {"fn": "datetime", "arg": "..."}}`) read through `_text_ms`."""
+    if type(value) is str:
+        return _text_ms(value)
+    if type(value) is dict and len(value) == 1:
+        inner = value.get("__extn")
+        if type(inner) is dict and len(inner) == 2 and inner.get("fn") == "datetime":
+            arg = inner.get("arg")
+            if type(arg) is str:
+                return _text_ms(arg)
+    return parse_cedar_datetime(value)
 
 
 def _identity_in(caller: Any) -> str:
@@ -362,6 +389,7 @@ class OutcomeRecorder:
         self.trail = trail
         self._redactor = redactor
         self._ids = DecisionIds()
+        self._counted: dict[tuple[str, str], Any] = {}
 
     def lookup(self, decision_id: str) -> DecisionFacts | None:
         facts = self.index.get(decision_id)
@@ -373,6 +401,57 @@ class OutcomeRecorder:
         """Write the outcome's event; raise AuditError when the trail cannot take it
         (the outcome is then not recorded and the caller should report it again)."""
         started = time.perf_counter()
+        event, recorded = self._judged(outcome, meta)
+        self._sink.write(event)
+        self._count(recorded, outcome.status)
+        self._metrics.outcome_seconds.observe(time.perf_counter() - started)
+        return recorded
+
+    def record_many(
+        self, outcomes: Sequence[Outcome], meta: CallMeta
+    ) -> list[Recorded | Exception]:
+        """Judge each outcome as `record` does and write their events in order, in one
+        trail commit when the sink can. Per outcome: what was recorded, or the error
+        that kept it out (an AuditError when the trail could not take the batch: none
+        of it is recorded then; any other error stays with its own outcome).
+
+        What a batch shares is only the commit (one write for the chained lines)
+        and the call's bookkeeping; each outcome is still looked up, judged,
+        redacted, encoded and chained on its own, with its own time and id.
+        """
+        started = time.perf_counter()
+        out: list[Recorded | Exception] = []
+        events: list[dict[str, Any]] = []
+        for outcome in outcomes:
+            try:
+                event, recorded = self._judged(outcome, meta)
+            except Exception as exc:  # noqa: BLE001 - this outcome fails, not the batch
+                out.append(exc)
+                continue
+            events.append(event)
+            out.append(recorded)
+        if not events:
+            return out
+        try:
+            write_many = getattr(self._sink, "write_many", None)
+            if callable(write_many):
+                write_many(events)
+            else:  # a sink without it: one write each (a failure stops the rest)
+                for event in events:
+                    self._sink.write(event)
+        except AuditError as exc:
+            return [exc if isinstance(r, Recorded) else r for r in out]
+        for result, outcome in zip(out, outcomes, strict=True):
+            if isinstance(result, Recorded):
+                self._count(result, outcome.status)
+        each = (time.perf_counter() - started) / len(events)  # its share of the batch
+        observe = self._metrics.outcome_seconds.observe
+        for _ in events:
+            observe(each)
+        return out
+
+    def _judged(self, outcome: Outcome, meta: CallMeta) -> tuple[dict[str, Any], Recorded]:
+        """The outcome's event and what it was judged (nothing written yet)."""
         at = self._clock()
         facts = self.lookup(outcome.decision_id)
         mismatch = facts is not None and self.caller_mismatch(facts, meta.identity)
@@ -388,16 +467,22 @@ class OutcomeRecorder:
             redactor=self._redactor,
             audit_note=self._audit_note,
         )
-        self._sink.write(event)
-        self._metrics.outcomes.labels(status=outcome.status, violation=violation or "none").inc()
-        self._metrics.outcome_seconds.observe(time.perf_counter() - started)
-        return Recorded(
+        return event, Recorded(
             outcome_id,
             outcome.decision_id,
             facts.decision if facts is not None else "",
             violation,
             _reason(outcome, facts, violation),
         )
+
+    def _count(self, recorded: Recorded, status: str) -> None:
+        key = (status, recorded.violation or "none")
+        child = self._counted.get(key)
+        if child is None:  # the label lookup costs more than the increment: once each
+            child = self._counted[key] = self._metrics.outcomes.labels(
+                status=key[0], violation=key[1]
+            )
+        child.inc()
 
     def caller_mismatch(self, facts: DecisionFacts, identity: str) -> bool:
         """Whether a caller with this authenticated `identity` ("" for none) is another

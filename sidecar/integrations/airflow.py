@@ -250,7 +250,7 @@ class StepguardPolicy:
                     status, error_class = status_of(exc)
                 if status in (None, SUCCEEDED, SKIPPED):  # no exception to name
                     status, error_class = FAILED, "Unknown"
-            self.gate.report(attempt, status, error_class, logger=task_log)
+            self.gate.submit(attempt, status, error_class, logger=task_log)
         except Exception:
             log.warning("stepguard: outcome not reported", exc_info=True)
 

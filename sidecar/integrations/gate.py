@@ -160,6 +160,30 @@ def _log_plan(
         pass
 
 
+def _step_key(facts: RunFacts) -> tuple[str, str, str]:
+    return (facts.workflow_id, facts.run_id, facts.step_id)
+
+
+def _log_report(
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    attempt: Attempt,
+    status: str,
+    report: OutcomeReport,
+) -> None:
+    """The task log's line for an outcome: recorded, a violation, or NOT recorded and why."""
+    where = f"{attempt.facts.workflow_id}/{attempt.facts.run_id}/{attempt.facts.step_id}"
+    head = f"stepguard outcome {status} of {where} attempt {attempt.facts.attempt}"
+    try:
+        if not report.recorded:
+            logger.warning(f"{head} NOT recorded: {report.reason}")
+        elif report.violation:
+            logger.warning(f"{head} recorded as a violation ({report.violation}): {report.reason}")
+        else:
+            logger.info(f"{head} recorded (decision {report.decision_id})")
+    except Exception:  # noqa: BLE001, S110 - a broken logger must not fail the task
+        pass
+
+
 def refusal(decision: StepDecision) -> StepDenied:
     """The exception that stops a task for a non-ALLOW decision."""
     if verdict(decision) is Verdict.UNAVAILABLE:
@@ -195,6 +219,8 @@ class Gate:
         self._client = client
         self._clients: dict[tuple[str, float], StepguardClient] = {}
         self._lock = threading.Lock()
+        # Outcomes queued and not yet answered, per step (workflow, run, step).
+        self._unsent: dict[tuple[str, str, str], int] = {}
 
     def config(self) -> GuardConfig:
         return self._config() if callable(self._config) else self._config
@@ -215,6 +241,7 @@ class Gate:
             return denied(
                 f"stepguard integration error: {type(exc).__name__}: {exc}", DecisionKind.ERROR
             )
+        self._settle_earlier_attempts(facts)
         return self._client_for(config).authorize(request)
 
     def plan_run(
@@ -284,7 +311,8 @@ class Gate:
         *,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> OutcomeReport:
-        """Send the outcome of an admitted attempt, once; never raises, never waits long.
+        """Send the outcome of an admitted attempt now and wait for the sidecar's answer,
+        once; never raises, never waits long (`submit` is what the integrations use).
 
         Not recorded (sidecar down, too slow, refused): a warning in the task's
         log, and the task goes on as it ended. A violation the sidecar flags is
@@ -294,7 +322,6 @@ class Gate:
         if attempt.reported:
             return OutcomeReport(False, "outcome already reported for this attempt")
         attempt.reported = True
-        where = f"{attempt.facts.workflow_id}/{attempt.facts.run_id}/{attempt.facts.step_id}"
         try:
             config = self.config()
             report = self._client_for(config).record_outcome(
@@ -304,25 +331,69 @@ class Gate:
             )
         except Exception as exc:  # noqa: BLE001 - evidence never fails the task
             report = OutcomeReport(False, f"{type(exc).__name__}: {exc}")
-        try:
-            if not report.recorded:
-                logger.warning(
-                    f"stepguard outcome {status} of {where} attempt {attempt.facts.attempt} "
-                    f"NOT recorded: {report.reason}"
-                )
-            elif report.violation:
-                logger.warning(
-                    f"stepguard outcome {status} of {where} attempt {attempt.facts.attempt} "
-                    f"recorded as a violation ({report.violation}): {report.reason}"
-                )
-            else:
-                logger.info(
-                    f"stepguard outcome {status} of {where} attempt {attempt.facts.attempt} "
-                    f"recorded (decision {report.decision_id})"
-                )
-        except Exception:  # noqa: BLE001, S110 - a broken logger must not fail the task
-            pass
+        _log_report(logger, attempt, status, report)
         return report
+
+    def submit(
+        self,
+        attempt: Attempt,
+        status: str,
+        error_class: str = "",
+        *,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> bool:
+        """Queue the outcome of an admitted attempt, once, for the client's outcome
+        reporter (sent in a batch: sidecar/client/reporter.py); never raises, never waits
+        on the sidecar. True when queued.
+
+        The task's log gets the same line as from `report` once the sidecar has
+        answered (or the outcome was given up on: NOT recorded, with why). A
+        retry of the same step is decided only after this outcome was sent
+        (`check`), so the trail keeps each attempt's outcome before the next
+        attempt's decision.
+        """
+        logger = logger or log
+        if attempt.reported:
+            return False
+        attempt.reported = True
+        key = _step_key(attempt.facts)
+
+        def settled(report: OutcomeReport) -> None:
+            with self._lock:
+                left = self._unsent.get(key, 0) - 1
+                if left > 0:
+                    self._unsent[key] = left
+                else:
+                    self._unsent.pop(key, None)
+            _log_report(logger, attempt, status, report)
+
+        try:
+            client = self._client_for(self.config())
+            with self._lock:
+                self._unsent[key] = self._unsent.get(key, 0) + 1
+            return client.report_outcome(
+                **attempt.outcome(status, error_class),
+                finished_at=datetime.now(UTC),
+                on_result=settled,
+            )
+        except Exception as exc:  # noqa: BLE001 - evidence never fails the task
+            failure = OutcomeReport(False, f"{type(exc).__name__}: {exc}")
+            _log_report(logger, attempt, status, failure)
+            return False
+
+    def flush(self, timeout: float = OUTCOME_TIMEOUT_S) -> bool:
+        """Send every queued outcome now and wait (at most `timeout` per client)."""
+        with self._lock:
+            clients = [*self._clients.values(), *([self._client] if self._client else [])]
+        return all([client.flush_outcomes(timeout) for client in clients])
+
+    def _settle_earlier_attempts(self, facts: RunFacts) -> None:
+        """Before a step is decided again (a retry), its earlier attempt's queued outcome
+        is sent, so that it comes first in the trail."""
+        with self._lock:
+            waiting = _step_key(facts) in self._unsent
+        if waiting:
+            self.flush()
 
     def _client_for(self, config: GuardConfig) -> StepguardClient:
         if self._client is not None:
@@ -336,7 +407,11 @@ class Gate:
             return client
 
     def close(self) -> None:
+        """Send the queued outcomes (the clients' close flushes them), then close."""
         with self._lock:
-            for client in self._clients.values():
-                client.close()
+            clients = list(self._clients.values())
             self._clients.clear()
+        if self._client is not None:
+            self._client.flush_outcomes()
+        for client in clients:
+            client.close()

@@ -150,14 +150,13 @@ def guard(
                 try:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
-                    # Sent right here (a short, bounded call): awaiting in a
-                    # cancelled task would be cancelled again.
-                    gate.report(attempt, *ended_with(exc), logger=_run_logger())
+                    # Queued (never awaited): a cancelled task would be cancelled again.
+                    gate.submit(attempt, *ended_with(exc), logger=_run_logger())
                     raise
                 finally:
                     end(opened)
                     _current.reset(token)
-                await asyncio.to_thread(gate.report, attempt, SUCCEEDED, logger=_run_logger())
+                gate.submit(attempt, SUCCEEDED, logger=_run_logger())
                 return result
 
             setattr(guarded_async, STEP_ATTR, declared)
@@ -172,12 +171,12 @@ def guard(
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                gate.report(attempt, *ended_with(exc), logger=_run_logger())
+                gate.submit(attempt, *ended_with(exc), logger=_run_logger())
                 raise
             finally:
                 end(opened)
                 _current.reset(token)
-            gate.report(attempt, SUCCEEDED, logger=_run_logger())
+            gate.submit(attempt, SUCCEEDED, logger=_run_logger())
             return result
 
         setattr(guarded, STEP_ATTR, declared)

@@ -239,7 +239,8 @@ def aio_outcome_handler(
         if defer_audit or recorder is None:
             return False
         items = msg.items if isinstance(msg, pb.RecordOutcomesRequest) else (msg,)
-        return all(recorder.index.get(item.decision_id) is not None for item in items)
+        index = recorder.index
+        return all(item.decision_id in index for item in items)
 
     return outcome_methods(
         _on_thread(servicer, servicer.RecordOutcome, pb.RecordOutcomeRequest, in_memory),

@@ -25,15 +25,16 @@ from sidecar.core.bundle import Bundle
 from sidecar.core.decoderefusal import decode_refusal
 from sidecar.core.errors import AuditError, InvalidRequest
 from sidecar.core.event import CallMeta, recorded_request_id
-from sidecar.core.outcome import VIOLATION_TO_PROTO, outcome_from_proto
+from sidecar.core.outcome import outcome_from_proto
 from sidecar.core.planreq import plan_from_proto
 from sidecar.core.validate import Limits
 from sidecar.decision.decider import Decided, Decider
 from sidecar.decision.identity import IdentityRefused, caller_identity
 from sidecar.decision.metrics import Metrics
-from sidecar.decision.outcomes import OutcomeRecorder, Recorded
+from sidecar.decision.outcomes import OutcomeRecorder
 from sidecar.decision.plans import PlanRecorder
 from sidecar.serving.answer import Answers, to_response
+from sidecar.serving.outcomeanswer import outcomes_response, recorded_response
 from sidecar.serving.plananswer import plan_response
 from sidecar.serving.streams import Slot, StreamSlots, caller_key
 
@@ -242,7 +243,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         recorder = self._outcome_recorder(context)
         meta = call_meta(context)
         try:
-            return _recorded(recorder.record(outcome_from_proto(request), meta))
+            return recorded_response(recorder.record(outcome_from_proto(request), meta))
         except InvalidRequest as exc:
             self._count_invalid(exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -266,24 +267,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
                 f"items: {count} items, over the limit of {self._limits.max_batch_items}",
             )
         meta = call_meta(context)
-        out = pb.RecordOutcomesResponse()
-        for i, item in enumerate(request.items):
-            slot = out.results.add()
-            try:
-                outcome = outcome_from_proto(item, f"items[{i}].")
-                slot.response.CopyFrom(_recorded(recorder.record(outcome, meta)))
-            except InvalidRequest as exc:
-                self._count_invalid(exc)
-                slot.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-                slot.error.message = str(exc)
-            except AuditError as exc:
-                slot.error.code = grpc.StatusCode.UNAVAILABLE.value[0]
-                slot.error.message = f"items[{i}]: outcome not recorded: {exc}"
-            except Exception:  # this item is not recorded; the rest go on
-                log.exception("RecordOutcomes item %d failed", i)
-                slot.error.code = grpc.StatusCode.INTERNAL.value[0]
-                slot.error.message = f"items[{i}]: internal error; the outcome is not recorded"
-        return out
+        return outcomes_response(request.items, recorder, meta, self._count_invalid)
 
     # --- plans (docs/api.md, "Plans") ------------------------------------------------
 
@@ -414,19 +398,6 @@ def call_meta(context: grpc.ServicerContext) -> CallMeta:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, f"caller: {exc}")
     return CallMeta(
         peer=context.peer() or "", identity=identity, trace_id=trace, request_id=correlation
-    )
-
-
-def _recorded(recorded: Recorded) -> pb.RecordOutcomeResponse:
-    decision = {"ALLOW": pb.DECISION_ALLOW, "DENY": pb.DECISION_DENY}.get(
-        recorded.decision, pb.DECISION_UNSPECIFIED
-    )
-    return pb.RecordOutcomeResponse(
-        outcome_id=recorded.outcome_id,
-        decision_id=recorded.decision_id,
-        violation=VIOLATION_TO_PROTO[recorded.violation],
-        decision=decision,
-        reason=recorded.reason,
     )
 
 

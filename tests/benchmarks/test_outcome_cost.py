@@ -1,6 +1,7 @@
-"""The outcome-cost benchmark's harness on a short run (not timed): both loads are
-measured on one real sidecar, every outcome the clients recorded is in the trail
-beside its decision, none is a violation, and the block it writes names its command."""
+"""The outcome-cost benchmark's harness on a short run (not timed): every load (decide,
+pairs through the client's reporter, pairs one call each) is measured on one real
+sidecar, every outcome the clients recorded is in the trail beside its decision, none
+is a violation, and the block it writes names its command and both pairs figures."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from benchmarks.outcome_cost import LOADS, render, run
 
 def test_a_short_run_measures_both_loads_and_the_trail_holds_every_outcome() -> None:
     record = run(rounds=2, clients=2, warmup=0.1, seconds=0.3)
-    assert [len(record["by_load"][load]) for load in LOADS] == [2, 2]
+    assert LOADS == ("decide", "pairs", "pairs-unary")
+    assert [len(record["by_load"][load]) for load in LOADS] == [2, 2, 2]
+    assert all(x["batches"] > 0 for x in record["by_load"]["pairs"])  # sent batched
     assert all(x["decisions_per_s"] > 0 for load in LOADS for x in record["by_load"][load])
     trail = record["trail"]
     assert trail["verified"] and trail["violations"] == 0
@@ -26,4 +29,6 @@ def test_a_short_run_measures_both_loads_and_the_trail_holds_every_outcome() -> 
             "data": "benchmarks/data/x.json",
         }
     )
-    assert "Decision throughput, pairs / decide" in text and "| decide |" in text
+    assert "| decide |" in text and "| pairs |" in text and "| pairs-unary |" in text
+    assert "pairs (the default: batched by the reporter): decision throughput / decide" in text
+    assert "pairs-unary (one RecordOutcome call each" in text
