@@ -130,6 +130,7 @@ SIDECAR_MODULES: dict[str, str | None] = {
     "sidecar/decision/metrics.py": "metrics",
     "sidecar/decision/cache.py": "cache",
     "sidecar/decision/decider.py": "glue",
+    "sidecar/decision/evaluation.py": "glue",  # below the cache: hands on to the rooms it asks
     # IndexingSink: the trail's writes pass through it (the decisions outcomes look up).
     "sidecar/decision/outcomes.py": "audit_write",
 }
