@@ -528,9 +528,9 @@ class _Acks:
         ) -> None:
             if msg_sid != sid:
                 await process(msg_sid, subject, reply, data, headers)
-            elif data.startswith(b'{"stream":') and b'"error"' not in data:
-                self.take(subject[len(self._prefix_b) :].decode(), b'"duplicate":true' in data)
-            else:  # an error, a 503 status: read as nats-py reads any message
+            elif plain_ack(data):
+                self.take(subject[len(self._prefix_b) :].decode(), False)
+            else:  # a duplicate, an error, a 503 status: read as nats-py reads any message
                 await process(msg_sid, subject, reply, data, headers)
 
         setattr(nc, "_process_msg", process_msg)  # noqa: B010 (an instance's own hook)
@@ -566,12 +566,18 @@ class _Acks:
             batch.done.set_result(None)
 
 
+def plain_ack(data: bytes) -> bool:
+    """The common answer, `{"stream":"S","seq":N}` (stored, not a duplicate, no error), told
+    without json. The server writes a duplicate's flag as `"duplicate": true` (a space in
+    it): anything but the plain answer is read as json."""
+    return data.startswith(b'{"stream":') and b'"error"' not in data and b'"dup' not in data
+
+
 def answer(msg: Msg) -> bool | BaseException:
-    """A publish acknowledgement: True (a duplicate), False (stored) or the broker's error.
-    The common case, `{"stream":...,"seq":N}` without an error, is read without json."""
+    """A publish acknowledgement: True (a duplicate), False (stored) or the broker's error."""
     data = msg.data
-    if data.startswith(b'{"stream":') and b'"error"' not in data:
-        return b'"duplicate":true' in data
+    if plain_ack(data):
+        return False
     if msg.headers and msg.headers.get("Status") == "503":
         return nats.js.errors.NoStreamResponseError()
     try:

@@ -207,6 +207,7 @@ def read_lines(
         if n >= limit or offset < size:
             return
         # At the end of this segment: go on only once a later one exists (it was rotated).
+        _locate(trail, files, segment + 1)
         later = [s for s in files if s > segment]
         if not later:
             return
@@ -216,8 +217,9 @@ def read_lines(
 
 def _locate(trail: Trail, files: dict[int, Path], segment: int) -> None:
     """Add `segment` under its rotated name when the listing missed it: `trail` was listed
-    before the sidecar rotated that segment (its active file, by then, is the next one).
-    Without this the reader would take the segment for pruned and skip its unread end."""
+    before the sidecar rotated that segment (and, it may be, others after it). Without
+    this the reader took the segment for pruned, or jumped to the active file, and skipped
+    the records between."""
     if segment in files:
         return
     base = Path(trail.name)
