@@ -4,10 +4,17 @@ A process of its own beside the sidecar (a second container in the pod),
 reading the files the sidecar writes: it can be slow, stopped or cut off from
 the broker without a decision waiting for it. Each round, for every chain of
 the directory (tail.py), it reads the complete lines after its cursor,
-publishes them pipelined (every publish written, then the acknowledgements
-gathered: no round trip per record) with `Nats-Msg-Id` =
+publishes them pipelined (the batch's messages written as one buffer, then the
+acknowledgements gathered: no round trip per record) with `Nats-Msg-Id` =
 `<sidecar>/<chain>:<seq>` (wire.py), and moves the cursor past the longest run
-of records the broker acknowledged, in order. The cursor file (fsynced) only
+of records the broker acknowledged, in order. Each record gets its own
+acknowledgement, matched by its reply subject; a refusal, a timeout or a
+missing answer holds the cursor before that record. Once caught up it lingers
+LINGER_S between rounds, so that a round carries tens of records: what a
+record costs the pod's CPU is mostly per round. (JetStream's atomic batch
+publish, which acknowledges a batch once, refuses a whole batch holding a
+`Nats-Msg-Id` it has seen, error 10201: a resend after a crash would never
+get through, so it is not used.) The cursor file (fsynced) only
 ever names acknowledged records; it is written at most every CURSOR_EVERY_S
 while records flow, and at once when the shipper is caught up, in trouble or
 stopping, so a shipper killed at any moment resends at most the last
@@ -43,12 +50,11 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from sidecar.audit.segments import Trail
-from sidecar.fleet import broker, tail, wire
+from sidecar.fleet import acks, broker, tail, wire
 from sidecar.fleet.metrics import ShipMetrics
 from sidecar.fleet.settings import FleetSettings
 
@@ -139,7 +145,7 @@ class Shipper:
         self.stop = asyncio.Event()
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._acks: _Acks | None = None
+        self._acks: acks.Acks | None = None
         self._cursor_dirty = False
         self._cursor_saved = 0.0
         self._kv: KeyValue | None = None
@@ -189,7 +195,7 @@ class Shipper:
         js = self._nc.jetstream(timeout=self.settings.request_timeout_s)
         await broker.ensure_stream(js, self.settings)
         self._kv = None
-        self._acks = await _Acks.start(self._nc)
+        self._acks = await acks.Acks.start(self._nc)
         self._js = js
 
     def _save_cursor(self, *, force: bool, quiet: bool = False) -> None:
@@ -307,7 +313,7 @@ class Shipper:
         False when it stored it, or the exception (a timeout for every one still
         unacknowledged after the request timeout)."""
         assert self._acks is not None and self._nc is not None
-        acks, nc = self._acks, self._nc
+        answers, nc = self._acks, self._nc
         if nc.is_closed or nc.is_draining:
             raise nats.errors.ConnectionClosedError
         if not nc.is_connected:
@@ -325,7 +331,7 @@ class Shipper:
                     limit,
                 )
                 raise nats.errors.MaxPayloadError
-        batch = acks.open(len(lines))
+        batch = answers.open(len(lines))
         try:
             data = wire.hpub_records(
                 subject,
@@ -342,7 +348,7 @@ class Shipper:
                 await asyncio.wait((batch.done,), timeout=self.settings.request_timeout_s)
             return [nats.errors.TimeoutError() if r is None else r for r in batch.results]
         finally:
-            acks.close(batch)
+            answers.close(batch)
 
     async def _ship_manifests(self, js: JetStreamContext) -> None:
         """Each workers manifest, when it changed (the store's readers need it)."""
@@ -479,114 +485,3 @@ class Shipper:
             self.state.pruned.append(path.name)
             if self.metrics is not None:
                 self.metrics.pruned.inc()
-
-
-class _Batch:
-    """One batch's acknowledgements, by place: None until answered."""
-
-    __slots__ = ("done", "missing", "reply_prefix", "results", "token")
-
-    def __init__(self, token: str, reply_prefix: str, size: int) -> None:
-        self.token = token
-        self.reply_prefix = reply_prefix
-        self.results: list[bool | BaseException | None] = [None] * size
-        self.missing = size
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-
-class _Acks:
-    """The broker's acknowledgements of pipelined publishes, on one reply subscription per
-    connection: a record's reply subject is `<inbox>.<batch>.<place>`, so an answer is
-    matched to its record by its subject alone, and a batch waits on one future (not one
-    per record).
-
-    An answer is taken where nats-py's parser hands over each message (`_process_msg` of
-    the pinned version, wrapped for this subscription only): nats-py would otherwise build
-    a Msg, queue it and wake a task per acknowledgement, half of what shipping a record
-    cost. nats-py's own `publish_async` also loses a rejection (its reply handler raises
-    the APIError instead of handing it to the publish's future), so a full stream would
-    look like a timeout: here each answer is kept, error or not."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self._prefix_b = prefix.encode()
-        self.batches: dict[str, _Batch] = {}
-        self._n = 0
-
-    @classmethod
-    async def start(cls, nc: Client) -> _Acks:
-        acks = cls(nc.new_inbox() + ".")
-        sub = await nc.subscribe(acks.prefix + "*.*", cb=acks.on_msg)
-        acks._take_over(nc, sub._id)
-        return acks
-
-    def _take_over(self, nc: Client, sid: int) -> None:
-        process = nc._process_msg
-
-        async def process_msg(
-            msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
-        ) -> None:
-            if msg_sid != sid:
-                await process(msg_sid, subject, reply, data, headers)
-            elif plain_ack(data):
-                self.take(subject[len(self._prefix_b) :].decode(), False)
-            else:  # a duplicate, an error, a 503 status: read as nats-py reads any message
-                await process(msg_sid, subject, reply, data, headers)
-
-        setattr(nc, "_process_msg", process_msg)  # noqa: B010 (an instance's own hook)
-
-    def open(self, size: int) -> _Batch:
-        self._n += 1
-        token = str(self._n)
-        batch = _Batch(token, f"{self.prefix}{token}.", size)
-        self.batches[token] = batch
-        return batch
-
-    def close(self, batch: _Batch) -> None:
-        """Forget a finished batch: a late answer to it is dropped (its record is resent
-        with the same id, and the broker says it is a duplicate)."""
-        self.batches.pop(batch.token, None)
-
-    async def on_msg(self, msg: Msg) -> None:
-        """An answer nats-py delivered as a message (the uncommon ones: errors, statuses)."""
-        self.take(msg.subject[len(self.prefix) :], answer(msg))
-
-    def take(self, where: str, result: bool | BaseException) -> None:
-        """Record the answer for `<batch>.<place>`; the first answer for a place counts."""
-        token, _, place = where.partition(".")
-        batch = self.batches.get(token)
-        if batch is None or not place.isdigit():
-            return
-        i = int(place)
-        if i >= len(batch.results) or batch.results[i] is not None:
-            return
-        batch.results[i] = result
-        batch.missing -= 1
-        if batch.missing == 0 and not batch.done.done():
-            batch.done.set_result(None)
-
-
-def plain_ack(data: bytes) -> bool:
-    """The common answer, `{"stream":"S","seq":N}` (stored, not a duplicate, no error), told
-    without json. The server writes a duplicate's flag as `"duplicate": true` (a space in
-    it): anything but the plain answer is read as json."""
-    return data.startswith(b'{"stream":') and b'"error"' not in data and b'"dup' not in data
-
-
-def answer(msg: Msg) -> bool | BaseException:
-    """A publish acknowledgement: True (a duplicate), False (stored) or the broker's error."""
-    data = msg.data
-    if plain_ack(data):
-        return False
-    if msg.headers and msg.headers.get("Status") == "503":
-        return nats.js.errors.NoStreamResponseError()
-    try:
-        resp = json.loads(data)
-    except ValueError as exc:
-        return exc
-    if isinstance(resp, dict) and "error" in resp:
-        try:
-            nats.js.errors.APIError.from_error(resp["error"])  # raises the typed error
-        except nats.js.errors.APIError as err:
-            return err
-    return bool(resp.get("duplicate")) if isinstance(resp, dict) else False
