@@ -61,6 +61,7 @@ from sidecar.fleet.settings import FleetSettings
 log = logging.getLogger(__name__)
 
 BATCH = 512  # records in flight at once, per chain
+SEND_BYTES = 1 << 20  # a batch handed to nats-py in buffers of about this size
 # Caught up after a round that shipped something: wait this long before the next one, so
 # that rounds carry tens of records, not a handful (each round costs about half a
 # millisecond of CPU whatever it carries: reading, the broker's round trip, the event
@@ -333,16 +334,24 @@ class Shipper:
                 raise nats.errors.MaxPayloadError
         batch = answers.open(len(lines))
         try:
-            data = wire.hpub_records(
-                subject,
-                batch.reply_prefix,
-                self.sidecar,
-                chain,
-                ((line.seq, line.segment, line.data) for line in lines),
-            )
-            # nats-py's own buffer and flusher (the pinned version's; `publish` does the same
-            # per message): the batch goes out in as few writes as its size allows.
-            await nc._send_command(data)
+            start = 0
+            while start < len(lines):  # buffers of about SEND_BYTES (large records: fewer)
+                end, size = start, 0
+                while end < len(lines) and (end == start or size < SEND_BYTES):
+                    size += len(lines[end].data)
+                    end += 1
+                data = wire.hpub_records(
+                    subject,
+                    batch.reply_prefix,
+                    self.sidecar,
+                    chain,
+                    ((line.seq, line.segment, line.data) for line in lines[start:end]),
+                    first=start,
+                )
+                # nats-py's own buffer and flusher (the pinned version's; `publish` does the
+                # same per message): the batch goes out in as few writes as its size allows.
+                await nc._send_command(data)
+                start = end
             await nc._flush_pending()
             if batch.missing:
                 await asyncio.wait((batch.done,), timeout=self.settings.request_timeout_s)

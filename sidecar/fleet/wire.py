@@ -63,19 +63,21 @@ def hpub_records(
     sidecar: str,
     chain: str,
     records: Iterable[tuple[int, int, bytes]],
+    *,
+    first: int = 0,
 ) -> bytes:
-    """The NATS protocol for a batch of records (seq, segment, line), each an `HPUB` with
-    the headers `envelope` reads and the reply subject `<reply_prefix><i>` (i: its place in
-    the batch), as one buffer. nats-py's `publish` builds and checks the same bytes per
-    message at several times the cost (a dict of headers, a regex per key, a write per
-    call); here the constant part of the headers is built once per batch."""
+    """The NATS protocol for records (seq, segment, line), each an `HPUB` with the headers
+    `envelope` reads and the reply subject `<reply_prefix><i>` (i: its place in the batch,
+    counted from `first`), as one buffer. nats-py's `publish` builds and checks the same
+    bytes per message at several times the cost (a dict of headers, a regex per key, a
+    write per call); here the constant part of the headers is built once per batch."""
     side, name = header_value(sidecar), header_value(chain)
     head = (
         f"NATS/1.0\r\n{H_SIDECAR}: {side}\r\n{H_CHAIN}: {name}\r\n{MSG_ID}: {chain_id(side, name)}:"
     ).encode()
     subj, reply = subject.encode(), reply_prefix.encode()
     out: list[bytes] = []
-    for i, (seq, segment, line) in enumerate(records):
+    for i, (seq, segment, line) in enumerate(records, first):
         hdr = b"%s%d\r\n%s: %d\r\n%s: %d\r\n\r\n" % (
             head,
             seq,
