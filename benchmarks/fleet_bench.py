@@ -609,12 +609,16 @@ def _saturation(t: dict[str, Any]) -> str:
     shares = t["cpu_busy"]["on"]
     where = t["topology"]["elsewhere"]
     busy = max(shares.get(str(c), 0.0) for c in where)
+    used = t.get("cpus_used", {})
+    ours = used.get("on", {}).get("elsewhere", float("nan"))
+    off = used.get("off", {}).get("elsewhere", float("nan"))
     if busy >= SATURATED:
         return (
-            f"With shipping on, the elsewhere CPU was saturated ({busy * 100:.0f}% busy): the "
-            "load clients share it with the broker, the collector and PostgreSQL, so they may "
-            "have sent fewer calls than the pod could answer, and the pinned ratio is "
-            "pessimistic for shipping."
+            f"With shipping on, the elsewhere CPU was saturated ({busy * 100:.0f}% busy; the "
+            f"benchmark's processes there used {ours:.2f} CPU, {off:.2f} with shipping off, "
+            "the rest: other processes of the shared machine): the load clients share it with the "
+            "broker, the collector and PostgreSQL, so they may have sent fewer calls than "
+            "the pod could answer, and the pinned ratio is pessimistic for shipping."
         )
     return (
         f"With shipping on, the elsewhere CPU was not saturated ({busy * 100:.0f}% busy): the "
