@@ -54,9 +54,17 @@ class Line:
     segment: int
     end: int  # offset just past this line's newline
     seq: int
-    hash: str
-    prev: str
-    data: bytes  # without its newline
+    data: bytes  # without its newline (it starts with its seq, prev and hash: _SEQ)
+
+    @property
+    def hash(self) -> str:
+        m = _SEQ.match(self.data)
+        return m[3].decode() if m else ""
+
+    @property
+    def prev(self) -> str:
+        m = _SEQ.match(self.data)
+        return m[2].decode() if m else ""
 
     def field(self, pattern: re.Pattern[bytes]) -> str:
         m = pattern.search(self.data)
@@ -153,6 +161,7 @@ def read_lines(
     if pos is None:
         pos = Position(min(files), 0)
     segment, offset = pos.segment, pos.offset
+    _locate(trail, files, segment)
     if segment not in files and segment < min(files):
         segment, offset = min(files), 0  # pruned below the cursor: nothing was lost here
     elif segment not in files and segment > max(files):
@@ -185,24 +194,38 @@ def read_lines(
                         m = _SEQ.match(raw)
                         if m:
                             end = offset + nl + 1
-                            seq, prev, digest = int(m[1]), m[2].decode(), m[3].decode()
-                            yield Line(chain, segment, end, seq, digest, prev, raw)
+                            yield Line(chain, segment, end, int(m[1]), raw)
                             mark = end
                             n += 1
                         start = nl + 1
                     offset += start
         except FileNotFoundError:
             files = index.files(trail)  # rotated under us: read on under its new name
+            _locate(trail, files, segment)
             offset = max(offset, mark)
             continue
         if n >= limit or offset < size:
             return
         # At the end of this segment: go on only once a later one exists (it was rotated).
+        _locate(trail, files, segment + 1)
         later = [s for s in files if s > segment]
         if not later:
             return
         segment, offset = min(later), 0
         mark = 0
+
+
+def _locate(trail: Trail, files: dict[int, Path], segment: int) -> None:
+    """Add `segment` under its rotated name when the listing missed it: `trail` was listed
+    before the sidecar rotated that segment (and, it may be, others after it). Without
+    this the reader took the segment for pruned, or jumped to the active file, and skipped
+    the records between."""
+    if segment in files:
+        return
+    base = Path(trail.name)
+    rotated = base.with_name(f"{base.name}.{segment:06d}")
+    if rotated.is_file():
+        files[segment] = rotated
 
 
 def backlog(trail: Trail, pos: Position | None, index: SegmentIndex) -> tuple[int, str]:

@@ -12,6 +12,7 @@ by the broker within its duplicate window, and by the store's unique key
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sidecar.core.errors import ConfigError
@@ -49,6 +50,50 @@ def msg_id(sidecar: str, chain: str, seq: int) -> str:
 
 def record_subject(prefix: str, sidecar: str, chain: str) -> str:
     return f"{prefix}.{token(sidecar)}.{token(chain)}"
+
+
+def header_value(text: str) -> str:
+    """A header value as nats-py sends one: trimmed, CR and LF (they end a header) as spaces."""
+    return text.strip().replace("\r", " ").replace("\n", " ")
+
+
+def hpub_records(
+    subject: str,
+    reply_prefix: str,
+    sidecar: str,
+    chain: str,
+    records: Iterable[tuple[int, int, bytes]],
+    *,
+    first: int = 0,
+) -> bytes:
+    """The NATS protocol for records (seq, segment, line), each an `HPUB` with the headers
+    `envelope` reads and the reply subject `<reply_prefix><i>` (i: its place in the batch,
+    counted from `first`), as one buffer. nats-py's `publish` builds and checks the same
+    bytes per message at several times the cost (a dict of headers, a regex per key, a
+    write per call); here the constant part of the headers is built once per batch."""
+    side, name = header_value(sidecar), header_value(chain)
+    head = (
+        f"NATS/1.0\r\n{H_SIDECAR}: {side}\r\n{H_CHAIN}: {name}\r\n{MSG_ID}: {chain_id(side, name)}:"
+    ).encode()
+    subj, reply = subject.encode(), reply_prefix.encode()
+    out: list[bytes] = []
+    for i, (seq, segment, line) in enumerate(records, first):
+        hdr = b"%s%d\r\n%s: %d\r\n%s: %d\r\n\r\n" % (
+            head,
+            seq,
+            _H_SEQ,
+            seq,
+            _H_SEGMENT,
+            segment,
+        )
+        out.append(
+            b"HPUB %s %s%d %d %d\r\n%s%s\r\n"
+            % (subj, reply, i, len(hdr), len(hdr) + len(line), hdr, line)
+        )
+    return b"".join(out)
+
+
+_H_SEQ, _H_SEGMENT = H_SEQ.encode(), H_SEGMENT.encode()
 
 
 def manifest_subject(prefix: str, sidecar: str) -> str:

@@ -32,6 +32,20 @@ def test_a_tiny_run_measures_throughput_lag_and_ingest(tmp_path: Path) -> None:
     side = t["sidecar_cpu_us_per_decision"]
     assert side["on"] > 0 and side["off"] > 0
     assert len(side["rounds"]["on"]) == len(side["rounds"]["off"]) == 2
+    # the pod (sidecars, shipper) on one CPU, the rest on the other; then all shared
+    shared = summary["throughput_shared"]
+    pod, where = t["topology"]["pod"], t["topology"]["elsewhere"]
+    assert len(pod) == 1 and where and not set(pod) & set(where)
+    assert shared["topology"]["pod"] == shared["topology"]["elsewhere"] == sorted(pod + where)
+    for x in (t, shared):
+        assert len(x["rates"]["on"]) == 2 and x["cpu"]["records_shipped"] > 0
+        for mode in ("on", "off"):  # each CPU's busy share during the measurements
+            busy = x["cpu_busy"][mode]
+            assert set(busy) == {str(c) for c in pod + where}
+            assert all(0 < v <= 1 for v in busy.values())
+            # and how many CPUs' worth the pod's and the elsewhere side's processes used
+            assert set(x["cpus_used"][mode]) == {"pod", "elsewhere"}
+            assert all(v > 0 for v in x["cpus_used"][mode].values())
     [lag] = summary["lag"]
     # every paced decision was found in PostgreSQL, after it was made
     assert lag["decisions"] == 200 and 0 <= lag["p50_s"] <= lag["p99_s"] <= lag["max_s"]
@@ -52,3 +66,5 @@ def test_a_tiny_run_measures_throughput_lag_and_ingest(tmp_path: Path) -> None:
     assert block["name"] == "fleet-bench" and "Command: `" in block["body"]
     assert "decisions/s, shipping on / off" in block["body"]
     assert "| shipper |" in block["body"] and "CPU µs per shipped record" in block["body"]
+    assert "pinned (each round:" in block["body"] and "shared (each round:" in block["body"]
+    assert "elsewhere" in block["body"] and "| pinned | on |" in block["body"]
