@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import machine
+from benchmarks.fleet_bench import pin
 from benchmarks.results import save_data, table, write_block
 from benchmarks.stats import paired_ratio, verdict
 from benchmarks.workload import example_request
@@ -181,7 +182,10 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
 
 
-def run(rounds: int, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
+def run(
+    rounds: int, clients: int, warmup: float, seconds: float, *, pinned: bool = False
+) -> dict[str, Any]:
+    """The rounds; `pinned`: the sidecar on CPU 0, this process (the clients) on CPU 1."""
     by_load: dict[str, list[dict[str, Any]]] = {load: [] for load in LOADS}
     runs = itertools.count()
     load_start = machine.loadavg()
@@ -201,6 +205,9 @@ def run(rounds: int, clients: int, warmup: float, seconds: float) -> dict[str, A
             if not line.startswith("READY "):
                 raise RuntimeError(f"the sidecar did not start: {line!r}")
             target = line.split()[1]
+            if pinned:  # the sidecar's capacity, apart from its callers' (fleet_bench.pin)
+                pin(proc.pid, {0})
+                os.sched_setaffinity(0, {1})
             for r in range(rounds):
                 turn = r % len(LOADS)
                 order = LOADS[turn:] + LOADS[:turn]
@@ -247,6 +254,8 @@ def run(rounds: int, clients: int, warmup: float, seconds: float) -> dict[str, A
                         flush=True,
                     )
         finally:
+            if pinned:
+                os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
             proc.stdin.close()
             try:
                 proc.wait(timeout=60)
@@ -275,6 +284,7 @@ def run(rounds: int, clients: int, warmup: float, seconds: float) -> dict[str, A
             "server_cpu_us_per_outcome": cpu - cpu_decide,
         }
     return {
+        "pinned": pinned,
         "rounds": rounds,
         "clients": clients,
         "seconds": seconds,
@@ -342,6 +352,8 @@ def render(record: dict[str, Any]) -> str:
         f"{record['loadavg_end'].split()[0]} at the end (the machine is shared with other "
         "engineers: compare the paired ratios, not absolute figures).",
         "",
+        _topology(record),
+        "",
         f"One real sidecar (policies/, file trail, outcome recorder), {record['clients']} "
         f"concurrent clients on one `AsyncStepguardClient`, {record['rounds']} rounds of "
         f"{record['seconds']:g} s per load after {record['warmup']:g} s warm-ups, the loads' "
@@ -392,7 +404,55 @@ def render(record: dict[str, Any]) -> str:
         f"({record['outcomes_sent']} recorded by the clients), {trail['violations']} "
         "violations.",
     ]
+    shared = record.get("shared")
+    if shared is not None:
+        f = shared["figures"]["pairs"]
+        t = f["throughput"]
+
+        def median(load: str, key: str) -> str:
+            return f"{statistics.median(x[key] for x in shared['by_load'][load]):.0f}"
+
+        rows = [
+            [
+                load,
+                median(load, "decisions_per_s"),
+                median(load, "server_cpu_us_per_decision"),
+                median(load, "client_cpu_us_per_decision"),
+            ]
+            for load in LOADS
+        ]
+        lines += [
+            "",
+            "The same rounds with the sidecar and the clients sharing both CPUs (shown, not "
+            f"the verdict): pairs / decide {t[0]:.3f}x ({t[1]:.3f} to {t[2]:.3f}); the trail "
+            f"verified: {'yes' if shared['trail']['verified'] else 'NO'}, "
+            f"{shared['trail']['violations']} violations.",
+            "",
+            table(
+                [
+                    "load (shared CPUs)",
+                    "decisions/s median",
+                    "server CPU us/decision",
+                    "clients' CPU us/decision",
+                ],
+                rows,
+            ),
+        ]
     return "\n".join(lines)
+
+
+def _topology(record: dict[str, Any]) -> str:
+    if record.get("pinned"):
+        return (
+            "Topology: the sidecar pinned to CPU 0 (every thread, by CPU affinity) and the "
+            "load clients (this process) to CPU 1, as a sidecar and its orchestrator run in "
+            "their own containers: the ratios measure the sidecar's own decision capacity, "
+            "not the clients' CPU beside it."
+        )
+    return (
+        "Topology: the sidecar and the load clients share both CPUs: what the clients spend "
+        "building and sending outcomes counts against the decisions too."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument(
+        "--pinned",
+        action="store_true",
+        help="the sidecar on CPU 0 and the clients on CPU 1 (the verdict), then the same "
+        "rounds with both sharing the CPUs (shown beside it)",
+    )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -409,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--rounds {args.rounds}",
             f"--clients {args.clients}",
             f"--seconds {args.seconds:g}",
+            *(["--pinned"] if args.pinned else []),
             *(["--write"] if args.write else []),
         ]
     )
@@ -417,9 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         "started": started,
         "commit": machine.commit(),
         "machine": machine.describe(),
-        **run(args.rounds, args.clients, args.warmup, args.seconds),
+        **run(args.rounds, args.clients, args.warmup, args.seconds, pinned=args.pinned),
         "data": "(not saved)",
     }
+    if args.pinned:  # the same rounds with the CPUs shared, shown beside the verdict
+        record["shared"] = run(args.rounds, args.clients, args.warmup, args.seconds)
     if args.write:
         data = save_data("outcome-cost", started, record)
         record["data"] = str(data.relative_to(ROOT))

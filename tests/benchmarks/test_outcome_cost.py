@@ -32,3 +32,25 @@ def test_a_short_run_measures_both_loads_and_the_trail_holds_every_outcome() -> 
     assert "| decide |" in text and "| pairs |" in text and "| pairs-unary |" in text
     assert "pairs (the default: batched by the reporter): decision throughput / decide" in text
     assert "pairs-unary (one RecordOutcome call each" in text
+
+
+def test_a_pinned_run_gives_the_cpus_back_and_says_its_topology() -> None:
+    """--pinned: the sidecar on CPU 0, the clients on CPU 1; this process has every CPU
+    again afterwards, and the block says which topology the ratios come from."""
+    import os
+
+    before = os.sched_getaffinity(0)
+    record = run(rounds=1, clients=2, warmup=0.1, seconds=0.3, pinned=True)
+    assert os.sched_getaffinity(0) == before
+    assert record["pinned"] and record["trail"]["verified"]
+    text = render(
+        {
+            **record,
+            "command": "python -m benchmarks.outcome_cost --pinned",
+            "started": "2026-12-06T10:00:00+00:00",
+            "commit": "0000000",
+            "machine": machine.describe(),
+            "data": "benchmarks/data/x.json",
+        }
+    )
+    assert "Topology: the sidecar pinned to CPU 0" in text
