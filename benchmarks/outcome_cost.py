@@ -206,6 +206,7 @@ def run(
                 raise RuntimeError(f"the sidecar did not start: {line!r}")
             target = line.split()[1]
             if pinned:  # the sidecar's capacity, apart from its callers' (fleet_bench.pin)
+                own_cpus = os.sched_getaffinity(0)
                 pin(proc.pid, {0})
                 os.sched_setaffinity(0, {1})
             for r in range(rounds):
@@ -255,7 +256,7 @@ def run(
                     )
         finally:
             if pinned:
-                os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+                os.sched_setaffinity(0, own_cpus)
             proc.stdin.close()
             try:
                 proc.wait(timeout=60)
