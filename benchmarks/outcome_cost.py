@@ -188,6 +188,7 @@ def run(
     """The rounds; `pinned`: the sidecar on CPU 0, this process (the clients) on CPU 1."""
     by_load: dict[str, list[dict[str, Any]]] = {load: [] for load in LOADS}
     runs = itertools.count()
+    own_cpus = os.sched_getaffinity(0)
     load_start = machine.loadavg()
     with tempfile.TemporaryDirectory(prefix="outcome-cost-", dir=ROOT / "benchmarks") as tmp:
         audit = Path(tmp) / "audit.jsonl"
@@ -206,7 +207,6 @@ def run(
                 raise RuntimeError(f"the sidecar did not start: {line!r}")
             target = line.split()[1]
             if pinned:  # the sidecar's capacity, apart from its callers' (fleet_bench.pin)
-                own_cpus = os.sched_getaffinity(0)
                 pin(proc.pid, {0})
                 os.sched_setaffinity(0, {1})
             for r in range(rounds):
