@@ -44,7 +44,10 @@ from sidecar.audit.verify import EXIT_ERROR, Report
 from sidecar.audit.workers import TrailSet
 from sidecar.core.errors import StepguardError
 from sidecar.core.model import EntityUid
+from sidecar.evidence.facts import TABLES as FACT_TABLES
+from sidecar.evidence.facts import Facts
 from sidecar.evidence.verification import ChainStatus, Verification, status_of
+from sidecar.evidence.walk import walk_intact
 
 BATCH = 5000
 # Below this many bytes of segments in all, chains are loaded in this process.
@@ -86,7 +89,11 @@ class Job:
 
 class Rows:
     """Row builders with a memo of entity texts (principals, actions and identities
-    repeat: `Type::"id"` is built once each)."""
+    repeat: `Type::"id"` is built once each).
+
+    Every record of the trail passes through `decision` or `outcome`, so they read
+    each field once, inline (a call per field would be most of their cost); what
+    they make of a field is what `uid`, `_obj` and `_text` say."""
 
     def __init__(self) -> None:
         self._uids: dict[tuple[str, str], str] = {}
@@ -98,7 +105,7 @@ class Rows:
         `{"__entity": {"type": ..., "id": ...}}` (the requester, the approver); the
         event's own principal, action and resource, and an outcome's identity, as
         `{"type": ..., "id": ...}`. Both are read."""
-        if type(value) is not dict and not isinstance(value, dict):
+        if not isinstance(value, dict):
             return ""
         inner = value.get("__entity")
         if inner is not None:
@@ -121,27 +128,40 @@ class Rows:
         return text
 
     def decision(self, e: Mapping[str, Any], file: str, line: int, seq: Any) -> tuple[Any, ...]:
-        ctx = _obj(e.get("context"))
-        approval = _obj(ctx.get("approval"))
-        bound = _obj(ctx.get("time_bound"))
-        revoke = _obj(e.get("obligations")).get("revoke_within_s")
-        ticket = _text(approval.get("ticket"))
-        target = _text(ctx.get("target_system")) or _text(_obj(e.get("resource")).get("id"))
+        get, uid = e.get, self.uid
+        ctx = get("context")
+        if not isinstance(ctx, dict):
+            ctx = _EMPTY
+        approval = ctx.get("approval")
+        if not isinstance(approval, dict):
+            approval = _EMPTY
+        bound = ctx.get("time_bound")
+        obligations = get("obligations")
+        revoke = obligations.get("revoke_within_s") if isinstance(obligations, dict) else None
+        ticket = approval.get("ticket")
+        if not isinstance(ticket, str):
+            ticket = ""
+        target = ctx.get("target_system")
+        if not isinstance(target, str) or not target:
+            resource = get("resource")
+            target = resource.get("id") if isinstance(resource, dict) else None
+            if not isinstance(target, str):
+                target = ""
         return (
-            _text(e.get("id")),
-            _text(e.get("time")),
-            _text(e.get("decision")),
-            self.uid(e.get("principal")),
-            self.uid(e.get("action")),
+            _t(get("id")),
+            _t(get("time")),
+            _t(get("decision")),
+            uid(get("principal")),
+            uid(get("action")),
             target,
-            _text(e.get("workflow_id")),
-            _text(e.get("run_id")),
-            _text(e.get("step_id")),
-            self.uid(ctx.get("requester")),
-            self.uid(approval.get("approver")),
+            _t(get("workflow_id")),
+            _t(get("run_id")),
+            _t(get("step_id")),
+            uid(ctx.get("requester")),
+            uid(approval.get("approver")),
             ticket,
-            _text(ctx.get("sensitivity")),
-            _instant(bound.get("not_after")),
+            _t(ctx.get("sensitivity")),
+            _instant(bound.get("not_after")) if isinstance(bound, dict) else "",
             float(revoke)
             if isinstance(revoke, int | float) and not isinstance(revoke, bool)
             else None,
@@ -152,37 +172,54 @@ class Rows:
         )
 
     def outcome(self, e: Mapping[str, Any], file: str, line: int, seq: Any) -> tuple[Any, ...]:
-        effect = _obj(e.get("effect"))
-        cred = _obj(effect.get("credential"))
-        attempt = e.get("attempt")
-        recorded = _text(e.get("time"))
+        get = e.get
+        effect = get("effect")
+        if not isinstance(effect, dict):
+            effect = _EMPTY
+        cred = effect.get("credential")
+        if not isinstance(cred, dict):
+            cred = _EMPTY
+        attempt = get("attempt")
+        recorded = _t(get("time"))
+        target = effect.get("target_system")
+        if not isinstance(target, str) or not target:
+            resource = get("resource")
+            target = resource.get("id") if isinstance(resource, dict) else None
+            if not isinstance(target, str):
+                target = ""
+        caller = get("caller")
         return (
-            _text(e.get("id")),
-            _text(e.get("finished_at")) or recorded,  # when the step did it, else when reported
+            _t(get("id")),
+            _t(get("finished_at")) or recorded,  # when the step did it, else when reported
             recorded,
-            _text(e.get("decision_id")),
-            _text(e.get("decided")),
-            _text(e.get("status")),
-            _text(e.get("error_class")),
+            _t(get("decision_id")),
+            _t(get("decided")),
+            _t(get("status")),
+            _t(get("error_class")),
             attempt if isinstance(attempt, int) else 0,
-            _text(e.get("workflow_id")),
-            _text(e.get("run_id")),
-            _text(e.get("step_id")),
-            self.uid(e.get("action")),
+            _t(get("workflow_id")),
+            _t(get("run_id")),
+            _t(get("step_id")),
+            self.uid(get("action")),
             self.uid(effect.get("identity")),
-            _text(effect.get("target_system")) or _text(_obj(e.get("resource")).get("id")),
+            target,
             _names(effect.get("entitlements_added")),
             _names(effect.get("entitlements_removed")),
-            _text(cred.get("id")),
-            _text(cred.get("change")),
-            _text(cred.get("expires_at")),
-            _text(effect.get("account")),
-            _text(e.get("violation")),
+            _t(cred.get("id")),
+            _t(cred.get("change")),
+            _t(cred.get("expires_at")),
+            _t(effect.get("account")),
+            _t(get("violation")),
             file,
             line,
             seq if type(seq) is int else -1,
-            _text(_obj(e.get("caller")).get("identity")),  # who reported it
+            _t(caller.get("identity")) if isinstance(caller, dict) else "",  # who reported it
         )
+
+
+def _t(value: Any) -> str:
+    """Text, "" when the value is none (`_text` for the row builders' hot path)."""
+    return value if isinstance(value, str) else ""
 
 
 _EMPTY: dict[str, Any] = {}
@@ -228,11 +265,14 @@ def _names(value: Any) -> str:
 
 
 class Sink:
-    """Rows into a SQLite connection's `decisions` and `outcomes`, in batches."""
+    """Rows into a SQLite connection's `decisions` and `outcomes`, in batches, and the
+    inventory's counts (facts.py), one chain after another."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, chain: int = 0) -> None:
         self.db = db
         self.rows = Rows()
+        self.facts = Facts()
+        self.chain = chain  # the number of the chain being loaded (its facts say it)
         self.decisions: list[tuple[Any, ...]] = []
         self.outcomes: list[tuple[Any, ...]] = []
         self.last: tuple[str, int] | None = None  # the last record the walk handed over
@@ -240,9 +280,13 @@ class Sink:
     def add(self, body: Mapping[str, Any], file: str, line: int, seq: Any) -> None:
         kind = body.get("kind")
         if kind == "decision":
-            self.decisions.append(self.rows.decision(body, file, line, seq))
+            row = self.rows.decision(body, file, line, seq)
+            self.decisions.append(row)
+            self.facts.add(row)
         elif kind == "outcome":
-            self.outcomes.append(self.rows.outcome(body, file, line, seq))
+            row = self.rows.outcome(body, file, line, seq)
+            self.outcomes.append(row)
+            self.facts.outcome(row)
         else:
             return
         if len(self.decisions) + len(self.outcomes) >= BATCH:
@@ -252,6 +296,24 @@ class Sink:
         """`verify`'s on_record."""
         self.last = (file, line)
         self.add(record.body, file, line, record.seq)
+
+    def discard(self, chain: Trail) -> None:
+        """Take out every row loaded from `chain` (the fast walk gave up on it)."""
+        self.decisions.clear()
+        self.outcomes.clear()
+        files = [str(p) for p in chain.segments]
+        marks = ",".join("?" * len(files))
+        for table in ("decisions", "outcomes"):
+            self.db.execute(f"DELETE FROM {table} WHERE file IN ({marks})", files)  # noqa: S608
+        self.last = None
+        self.facts = Facts()
+
+    def end_chain(self) -> None:
+        """The chain is loaded: its rows and facts are written; the next chain follows."""
+        self.flush()
+        self.facts.write(self.db, self.chain)
+        self.chain += 1
+        self.last = None
 
     def flush(self) -> None:
         self.db.executemany(_INSERT_DECISION, self.decisions)
@@ -288,9 +350,26 @@ def read_rest(
 
 
 def load_chain(job: Job, sink: Sink) -> list[ChainStatus]:
-    """Walk (verify) and load one chain; its verdict (none for a chain not walked)."""
+    """Walk (verify) and load one chain; its verdict (none for a chain not walked).
+
+    An intact chain is walked by walk.py's fast walk; at its first doubt, what it
+    loaded is taken out again and the chain is walked by `audit verify`'s own walk,
+    which names the break."""
     found: list[ChainStatus] = []
     if job.verify:
+        records = walk_intact(
+            job.chain,
+            job.key,
+            sink.add,
+            accept_missing_anchor=job.accept_missing_anchor,
+            checkpoints=job.checkpoints,
+        )
+        if records is not None:
+            sink.end_chain()
+            name = job.trails.name if job.trails.multi else job.chain.name
+            found.append(ChainStatus(name, job.chain.name, True, records, "", 0))
+            return found
+        sink.discard(job.chain)
         try:
             report: Report = verify_chain(
                 job.trails,
@@ -307,17 +386,18 @@ def load_chain(job: Job, sink: Sink) -> list[ChainStatus]:
         else:
             found.append(status_of(report))
             if report.problem is None:
-                sink.flush()
+                sink.end_chain()
                 return found
     for body, file, line in read_rest(job.chain, sink.last):  # past the break, if any
         sink.add(body, file, line, body.get("seq"))
-    sink.flush()
+    sink.end_chain()
     return found
 
 
 def create_tables(db: sqlite3.Connection) -> None:
     db.execute(f"CREATE TABLE decisions ({DECISION_COLUMNS})")
     db.execute(f"CREATE TABLE outcomes ({OUTCOME_COLUMNS})")
+    db.executescript(FACT_TABLES)
 
 
 def _fast(db: sqlite3.Connection) -> None:
@@ -390,7 +470,6 @@ def load_all(
         sink = Sink(db)
         verdicts = []
         for job in todo:
-            sink.last = None
             verdicts.append(load_chain(job, sink))
     else:
         verdicts = _parallel(db, todo, processes)
@@ -415,7 +494,7 @@ def _parallel(db: sqlite3.Connection, todo: list[Job], processes: int) -> list[l
                     running[started] = _start(todo[started], paths[started])
                     started += 1
                 verdicts.append(_finish(running.pop(i)))
-                _copy_in(db, paths[i])
+                _copy_in(db, paths[i], i)
         finally:
             for child in running.values():
                 child.kill()
@@ -449,11 +528,18 @@ def _finish(child: subprocess.Popen[bytes]) -> list[ChainStatus]:
     return found
 
 
-def _copy_in(db: sqlite3.Connection, path: str) -> None:
+def _copy_in(db: sqlite3.Connection, path: str, number: int) -> None:
     db.execute("ATTACH DATABASE ? AS chain", (path,))
     try:
         db.execute("INSERT OR IGNORE INTO main.decisions SELECT * FROM chain.decisions")
         db.execute("INSERT OR IGNORE INTO main.outcomes SELECT * FROM chain.outcomes")
+        db.execute(
+            "INSERT INTO main.inventory_actions SELECT workflow, action, n, allowed, approved, "
+            "first_time, first_run, file, line, seq, ? FROM chain.inventory_actions",
+            (number,),
+        )
+        for table in ("inventory_names", "inventory_changers", "inventory_counts"):
+            db.execute(f"INSERT INTO main.{table} SELECT * FROM chain.{table}")  # noqa: S608
         db.commit()
     finally:
         db.execute("DETACH DATABASE chain")

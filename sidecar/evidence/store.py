@@ -36,6 +36,8 @@ from sidecar.audit.workers import collect_sets
 from sidecar.core.bundle import parse_iso_duration
 from sidecar.core.errors import StepguardError
 from sidecar.core.lifecycle import Kind, Lifecycle
+from sidecar.evidence.facts import TABLES as FACT_TABLES
+from sidecar.evidence.facts import exact
 from sidecar.evidence.ingest import DECISION_COLUMNS, OUTCOME_COLUMNS, load_all, parse_time
 from sidecar.evidence.verification import Verification
 
@@ -45,7 +47,8 @@ DEFAULT_LEAVER_WORKFLOWS = frozenset({"leaver"})
 # The example bundle's convention: a break-glass approval carries a BG- ticket.
 BREAK_GLASS_PREFIX = "BG-"  # also in ingest.py, which marks them
 
-SCHEMA = f"""
+SCHEMA = (
+    f"""
 CREATE TABLE decisions ({DECISION_COLUMNS.replace("id TEXT,", "id TEXT PRIMARY KEY,", 1)});
 CREATE TABLE outcomes ({OUTCOME_COLUMNS.replace("id TEXT,", "id TEXT PRIMARY KEY,", 1)});
 CREATE TABLE grants (
@@ -58,15 +61,19 @@ CREATE TABLE leavers (
 CREATE TABLE chains (trail TEXT, chain TEXT, ok INTEGER, records INTEGER, problem TEXT,
     exit INTEGER);
 """
+    + FACT_TABLES
+)
 # Built once the rows are in: an index built from all its rows at once is a sort, far
 # cheaper than keeping it ordered through millions of inserts.
 INDEXES = """
 CREATE INDEX decisions_run ON decisions(workflow, run, time);
 CREATE INDEX decisions_break_glass ON decisions(time) WHERE break_glass = 1;
+CREATE INDEX decisions_denied ON decisions(workflow, run) WHERE decision = 'DENY';
 CREATE INDEX outcomes_replay ON outcomes(time, recorded, file, line)
     WHERE status = 'succeeded';
 CREATE INDEX outcomes_run ON outcomes(run, identity);
 CREATE INDEX outcomes_decision ON outcomes(decision_id);
+CREATE INDEX outcomes_failed ON outcomes(run, identity) WHERE status IN ('failed', 'timed_out');
 CREATE INDEX outcomes_exceptional ON outcomes(time, recorded, file, line)
     WHERE violation != '' OR attempt > 1 OR status IN ('failed', 'timed_out');
 """
@@ -74,8 +81,12 @@ GRANT_INDEXES = """
 CREATE INDEX grants_identity ON grants(identity, target);
 CREATE INDEX grants_target ON grants(target, identity);
 CREATE INDEX grants_open ON grants(closed_at);
+CREATE INDEX grants_expired ON grants(n) WHERE closed_how = 'expired';
 """
 LEAVER_INDEXES = "CREATE INDEX leavers_identity ON leavers(identity, leaver_at);"
+# The leaver runs' accesses that may be a finding (`_findings`): a large trail's leavers
+# held hundreds of thousands of accesses, most of them revoked in time.
+FINDINGS = "CREATE TABLE leaver_findings (n INTEGER PRIMARY KEY)"
 
 
 # --- options ----------------------------------------------------------------------------
@@ -145,6 +156,8 @@ class Store:
     verification: Verification
     options: Options
     now: str = ""
+    # Whether the inventory's counts (facts.py) cover exactly the decisions stored.
+    facts_exact: bool = False
 
     def close(self) -> None:
         self.db.close()
@@ -189,7 +202,7 @@ def open_store(
     )
     db.executescript(INDEXES)
     db.commit()
-    store = Store(db, verification, options, timestamp(options.now))
+    store = Store(db, verification, options, timestamp(options.now), facts_exact=exact(db))
     replay_access(store)
     return store
 
@@ -311,6 +324,8 @@ def replay_access(store: Store) -> None:
     db.executescript(GRANT_INDEXES)
     _leavers(store)
     db.executescript(LEAVER_INDEXES)
+    db.execute(FINDINGS)
+    db.execute(f"INSERT OR IGNORE INTO leaver_findings {_findings(store)}")
     db.commit()
 
 
@@ -341,6 +356,52 @@ def _leavers(store: Store) -> None:
         """,  # noqa: S608
         workflows,
     )
+
+
+def _findings(store: Store) -> str:
+    """A query of the leaver runs' accesses that may be a finding of `leavers`: open,
+    expired, or revoked perhaps after its deadline (answers._measure's end and
+    deadline, in SQL's julianday with a second's margin, so an access left out is
+    surely revoked in time; the answer measures those kept exactly). The deadlines
+    are formatted in as numbers, their names as quoted SQL text."""
+    deadlines = store.options.deadlines.by_name
+
+    def case(column: str) -> str:
+        whens = " ".join(
+            f"WHEN {_quote(name)} THEN {limit.total_seconds()!r}"
+            for name, limit in deadlines.items()
+        )
+        return f"CASE {column} {whens} END" if whens else "NULL"
+
+    star = deadlines.get("*")
+    fallback = repr(star.total_seconds()) if star is not None else "NULL"
+    limit = f"COALESCE({case('g.target')}, {case('d.sensitivity')}, d.revoke_within_s, {fallback})"
+    leaver_at = (
+        "(SELECT MIN(l.leaver_at) FROM leavers AS l "
+        "WHERE l.identity = g.identity AND l.leaver_at >= g.opened_at)"
+    )
+    return f"""
+        WITH measured AS MATERIALIZED (
+            SELECT g.n, g.closed_at, g.closed_how, {limit} AS limit_s,
+                   COALESCE(d.not_after, '') AS not_after, {leaver_at} AS leaver_at
+            FROM leavers AS x JOIN grants AS g ON g.n = x.grant_n
+            LEFT JOIN decisions AS d ON d.id = g.decision_id),
+        ended AS MATERIALIZED (
+            SELECT n, closed_at, closed_how, limit_s, CASE
+                WHEN not_after = '' THEN NULLIF(leaver_at, '')
+                WHEN COALESCE(leaver_at, '') = '' THEN not_after
+                ELSE MIN(not_after, leaver_at) END AS end_at
+            FROM measured)
+        SELECT n FROM ended
+        WHERE closed_at IS NULL OR closed_how != 'revoked' OR (
+            limit_s IS NOT NULL AND end_at IS NOT NULL AND COALESCE(
+                julianday(closed_at) - julianday(end_at) <= limit_s / 86400.0 - 1.0 / 86400,
+                0) = 0)
+        """  # noqa: S608
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _ref(file: str, line: int, seq: int) -> str:
