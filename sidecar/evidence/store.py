@@ -4,20 +4,22 @@ Why SQLite: it is in the standard library (nothing to install, pin or
 start), runs in process on a file or in memory, and its B-tree indexes answer
 the questions asked here (one identity's access, one target's, the open
 grants, one run's steps) by lookup rather than by scan. DuckDB scans faster
-but is a 40 MB wheel to pin for every user of the CLI; the answers below read
-the derived `grants` table (one row per access, not per event) and indexed
-slices of the events, so a row store is the better fit. Loading streams: each
-chain is read once, verified by `audit verify`'s own walk and turned into rows
-in the same pass (ingest.py: a large trail's chains in parallel processes),
-inserted in batches; nothing holds the trail in memory, and the indexes are
-built once the rows are in. The replay that pairs removals with grants reads
-the outcomes back in time order through an index and keeps only the accesses
-open at the moment in memory.
+but is a 40 MB wheel to pin for every user of the CLI, and no answer here
+scans the events: they read the derived `grants` table (one row per access,
+not per event), small tables made while loading (the inventory's counts,
+facts.py; the leaver runs' accesses that may be findings, `leaver_findings`)
+and indexed slices of the events, so a row store is the better fit. Loading
+streams: each chain is read once, verified and turned into rows in the same
+pass (ingest.py, walk.py: a large trail's chains in parallel processes),
+inserted in batches; nothing holds the trail in memory, and the indexes (the
+ids' too) are built once the rows are in. The replay that pairs removals with
+grants reads the outcomes back in time order through an index and keeps only
+the accesses open at the moment in memory.
 
 Every row keeps where it came from (segment file, line, seq), so every answer
 links back to the chained records it rests on. Verification is the same as
-`audit verify` (the same walk, verification.py) and its status is part of every
-answer.
+`audit verify` (the same checks, verification.py, walk.py) and its status is
+part of every answer.
 """
 
 from __future__ import annotations
