@@ -160,22 +160,32 @@ def leavers(store: Store, *, everything: bool = False) -> Answer:
                     ],
                 }
             )
-    listed = "SELECT grant_n FROM leavers WHERE grant_n IS NOT NULL"  # with its leaver run
-    for g in grant_rows(store, f"g.closed_how = 'expired' AND g.n NOT IN ({listed})"):
+    # Credentials that expired unrevoked, outside any leaver run (those are listed with
+    # theirs): what the row shows needs no measuring, only the grant and its decision.
+    for identity, target, kind, item, closed_at, refs, file, line, seq in store.db.execute(
+        """SELECT g.identity, g.target, g.kind, g.item, g.closed_at, g.refs, d.file, d.line, d.seq
+        FROM grants AS g LEFT JOIN decisions AS d ON d.id = g.decision_id
+        WHERE g.closed_how = 'expired'
+          AND g.n NOT IN (SELECT grant_n FROM leavers WHERE grant_n IS NOT NULL)
+        ORDER BY g.opened_at, g.n"""
+    ):
+        evidence = orjson.loads(refs)
+        if file:
+            evidence.insert(0, f"{file}:{line}#seq={seq}")
         out.append(
             {
-                "identity": g["identity"],
+                "identity": identity,
                 "run": "",
                 "leaver_at": None,
-                "target": g["target"],
-                "kind": g["kind"],
-                "item": g["item"],
+                "target": target,
+                "kind": kind,
+                "item": item,
                 "finding": "credential expired, not revoked",
-                "closed_at": g["closed_at"],
+                "closed_at": closed_at,
                 "deadline_at": None,
                 "missed_by": "",
                 "missed_by_s": None,
-                "evidence": g["evidence"],
+                "evidence": evidence,
             }
         )
     # A leaver is a person: one whose leaver workflow ran twice counts once, and is

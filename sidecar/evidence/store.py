@@ -74,15 +74,14 @@ CREATE INDEX decisions_denied ON decisions(workflow, run) WHERE decision = 'DENY
 CREATE INDEX outcomes_replay ON outcomes(time, recorded, file, line)
     WHERE status = 'succeeded';
 CREATE INDEX outcomes_run ON outcomes(run, identity);
-CREATE INDEX outcomes_decision ON outcomes(decision_id);
 CREATE INDEX outcomes_failed ON outcomes(run, identity) WHERE status IN ('failed', 'timed_out');
 CREATE INDEX outcomes_exceptional ON outcomes(time, recorded, file, line)
     WHERE violation != '' OR attempt > 1 OR status IN ('failed', 'timed_out');
 """
 GRANT_INDEXES = """
 CREATE INDEX grants_identity ON grants(identity, target);
-CREATE INDEX grants_target ON grants(target, identity);
-CREATE INDEX grants_open ON grants(closed_at);
+CREATE INDEX grants_target ON grants(target, identity) WHERE closed_at IS NULL;
+CREATE INDEX grants_open ON grants(n) WHERE closed_at IS NULL;
 CREATE INDEX grants_expired ON grants(n) WHERE closed_how = 'expired';
 """
 LEAVER_INDEXES = "CREATE INDEX leavers_identity ON leavers(identity, leaver_at);"
