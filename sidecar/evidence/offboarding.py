@@ -166,7 +166,7 @@ def leavers(store: Store, *, everything: bool = False) -> Answer:
         """SELECT g.identity, g.target, g.kind, g.item, g.closed_at, g.refs, d.file, d.line, d.seq
         FROM grants AS g LEFT JOIN decisions AS d ON d.id = g.decision_id
         WHERE g.closed_how = 'expired'
-          AND g.n NOT IN (SELECT grant_n FROM leavers WHERE grant_n IS NOT NULL)
+          AND NOT EXISTS (SELECT 1 FROM leavers AS l WHERE l.grant_n = g.n)
         ORDER BY g.opened_at, g.n"""
     ):
         evidence = orjson.loads(refs)

@@ -84,7 +84,10 @@ CREATE INDEX grants_target ON grants(target, identity) WHERE closed_at IS NULL;
 CREATE INDEX grants_open ON grants(n) WHERE closed_at IS NULL;
 CREATE INDEX grants_expired ON grants(n) WHERE closed_how = 'expired';
 """
-LEAVER_INDEXES = "CREATE INDEX leavers_identity ON leavers(identity, leaver_at);"
+LEAVER_INDEXES = """
+CREATE INDEX leavers_identity ON leavers(identity, leaver_at);
+CREATE INDEX leavers_grant ON leavers(grant_n);
+"""
 # The leaver runs' accesses that may be a finding (`_findings`): a large trail's leavers
 # held hundreds of thousands of accesses, most of them revoked in time.
 FINDINGS = "CREATE TABLE leaver_findings (n INTEGER PRIMARY KEY)"
