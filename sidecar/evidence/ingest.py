@@ -211,6 +211,7 @@ def create_tables(db: sqlite3.Connection) -> None:
 
 def _fast(db: sqlite3.Connection) -> None:
     """A scratch database: no journal, no syncing (a crash loses only what is rebuilt)."""
+    db.execute("PRAGMA page_size = 65536")  # before the first table: fewer, fuller pages
     db.execute("PRAGMA journal_mode = OFF")
     db.execute("PRAGMA synchronous = OFF")
     db.execute("PRAGMA temp_store = MEMORY")
