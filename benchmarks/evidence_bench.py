@@ -110,13 +110,21 @@ def child(trail: Path, now: str) -> dict[str, Any]:
     }
 
 
-def run_size(events: int, work: Path, *, workers: int, keep: bool) -> dict[str, Any]:
+def run_size(
+    events: int, work: Path, *, workers: int, keep: bool, reuse: bool = False
+) -> dict[str, Any]:
     trail = work / f"trail-{events}"
-    if trail.exists():
-        shutil.rmtree(trail)
-    print(f"generating {events:,} events in {trail} ...", file=sys.stderr, flush=True)
-    written = generate(trail, Shape(events, workers))
-    print(f"  {written}", file=sys.stderr, flush=True)
+    written_file = work / f"trail-{events}.json"  # what generate() said of it
+    if reuse and trail.exists() and written_file.exists():
+        written = json.loads(written_file.read_text())
+        print(f"reusing {trail}: {written}", file=sys.stderr, flush=True)
+    else:
+        if trail.exists():
+            shutil.rmtree(trail)
+        print(f"generating {events:,} events in {trail} ...", file=sys.stderr, flush=True)
+        written = generate(trail, Shape(events, workers))
+        written_file.write_text(json.dumps(written))
+        print(f"  {written}", file=sys.stderr, flush=True)
     now = _trail_end(trail)
     print("loading and answering in a fresh process ...", file=sys.stderr, flush=True)
     out = subprocess.run(
@@ -132,6 +140,7 @@ def run_size(events: int, work: Path, *, workers: int, keep: bool) -> dict[str, 
     print(f"  {figures}", file=sys.stderr, flush=True)
     if not keep:
         shutil.rmtree(trail)
+        written_file.unlink(missing_ok=True)
     return {"events": events, "generated": written, **figures, "now": now}
 
 
@@ -222,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="chains of the generated trail")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "evidence")
     parser.add_argument("--keep", action="store_true", help="keep the generated trails")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="load a trail kept in --work by an earlier --keep run instead of generating it "
+        "again (same seed and shape: the same trail; its generation figures are the earlier run's)",
+    )
     parser.add_argument("--write", action="store_true", help="write RESULTS.md and the data")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--now", help=argparse.SUPPRESS)
@@ -233,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {
         "command": "python -m benchmarks.evidence_bench "
         + " ".join(["--events", *map(str, args.events)])
+        + (f" --work {args.work} --keep" if args.keep else "")
+        + (" --reuse" if args.reuse else "")
         + (" --write" if args.write else ""),
         "started": started,
         "commit": commit(),
@@ -242,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.work.mkdir(parents=True, exist_ok=True)
     for events in args.events:
-        record["sizes"].append(run_size(events, args.work, workers=args.workers, keep=args.keep))
+        record["sizes"].append(
+            run_size(events, args.work, workers=args.workers, keep=args.keep, reuse=args.reuse)
+        )
     if args.write:
         data = save_data("evidence", started, record)
         record["data"] = str(data.relative_to(ROOT))

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from sidecar.evidence.facts import changers, changing_workflows, workflow_facts
 from sidecar.evidence.ingest import parse_time
 from sidecar.evidence.store import (
     RAN,
@@ -296,17 +297,24 @@ def inventory(store: Store) -> Answer:
     out: list[dict[str, Any]] = []
     if not changing:
         return Answer("inventory", INVENTORY_COLUMNS, out, store.verification, {"workflows": 0})
-    workflows = [
-        r["workflow"]
-        for r in rows(
-            store.db,
-            # only placeholders are formatted in; the values are bound
-            f"SELECT DISTINCT workflow FROM decisions WHERE action IN ({marks}) "  # noqa: S608
-            "ORDER BY workflow",
-            sorted(changing),
-        )
-    ]
-    facts = _workflow_facts(store, workflows, sorted(changing))
+    workflows = (
+        changing_workflows(store.db, changing)
+        if store.facts_exact
+        else [
+            r["workflow"]
+            for r in rows(
+                store.db,
+                # only placeholders are formatted in; the values are bound
+                f"SELECT DISTINCT workflow FROM decisions WHERE action IN ({marks}) "  # noqa: S608
+                "ORDER BY workflow",
+                sorted(changing),
+            )
+        ]
+    )
+    if store.facts_exact:  # counted as the decisions were loaded
+        facts = workflow_facts(store.db, workflows, changing)
+    else:
+        facts = _workflow_facts(store, workflows, sorted(changing))
     for wf in workflows:
         f = facts[wf]
         changes, approved = f["changes"], f["approved"]
@@ -404,6 +412,8 @@ def _changing_actions(store: Store) -> set[str]:
         "SELECT DISTINCT action FROM outcomes WHERE identity != '' AND (added != '[]' "
         "OR removed != '[]' OR cred_change != '' OR account != '')"
     )
+    if store.facts_exact:  # counted as the outcomes were loaded
+        return out | changers(store.db)
     for r in rows(store.db, changed):
         if r["action"]:
             out.add(r["action"])

@@ -1,11 +1,14 @@
 """Loading trails into the evidence store: one pass per chain, verified and parsed at once.
 
-Each chain is walked once by `audit verify`'s own walk (audit/chains.py), whose
-`on_record` hands every record it accepted to the row builders here: the trail
-is read, parsed, checked and hashed once, not once to verify and again to load.
-Where the walk stops at a break, the rest of the chain is read as `audit query`
-reads it (a damaged line skipped), so evidence from a broken chain is still
-loaded, and its answers say the chain is broken. Chains the walk does not visit
+Each chain is walked once: an intact chain by walk.py's fast walk (`audit
+verify`'s checks in one loop over the raw lines), which hands every record to
+the row builders here, so the trail is read, parsed, checked and hashed once,
+not once to verify and again to load. At its first doubt the rows it gave are
+taken out and the chain is walked by `audit verify`'s own walk (audit/chains.py),
+whose `on_record` does the same and which names the break. Where it stops,
+the rest of the chain is read as `audit query` reads it (a damaged line
+skipped), so evidence from a broken chain is still loaded, and its answers say
+the chain is broken. Chains the walk does not visit
 (one the manifest does not list) are read that way too.
 
 Chains are independent, so a large trail's chains are loaded in parallel, one
@@ -29,7 +32,6 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,31 +44,18 @@ from sidecar.audit.segments import Trail
 from sidecar.audit.verify import EXIT_ERROR, Report
 from sidecar.audit.workers import TrailSet
 from sidecar.core.errors import StepguardError
-from sidecar.core.event import timestamp
-from sidecar.core.model import EntityUid
+from sidecar.evidence.facts import TABLES as FACT_TABLES
+from sidecar.evidence.facts import Facts
+from sidecar.evidence.rows import DECISION_COLUMNS, OUTCOME_COLUMNS, Rows, parse_time
 from sidecar.evidence.verification import ChainStatus, Verification, status_of
+from sidecar.evidence.walk import walk_intact
 
 BATCH = 5000
 # Below this many bytes of segments in all, chains are loaded in this process.
 PARALLEL_BYTES = 64 << 20
 
-DECISION_COLUMNS = (
-    "id TEXT, time TEXT, decision TEXT, principal TEXT, action TEXT, target TEXT, workflow TEXT, "
-    "run TEXT, step TEXT, requester TEXT, approver TEXT, ticket TEXT, sensitivity TEXT, "
-    "not_after TEXT, revoke_within_s REAL, break_glass INTEGER, file TEXT, line INTEGER, "
-    "seq INTEGER"
-)
-OUTCOME_COLUMNS = (
-    "id TEXT, time TEXT, recorded TEXT, decision_id TEXT, decided TEXT, status TEXT, "
-    "error_class TEXT, attempt INTEGER, workflow TEXT, run TEXT, step TEXT, action TEXT, "
-    "identity TEXT, target TEXT, added TEXT, removed TEXT, cred_id TEXT, cred_change TEXT, "
-    "expires_at TEXT, account TEXT, violation TEXT, file TEXT, line INTEGER, seq INTEGER, "
-    "reporter TEXT"
-)
 _INSERT_DECISION = "INSERT OR IGNORE INTO decisions VALUES (" + ",".join("?" * 19) + ")"  # noqa: S608
 _INSERT_OUTCOME = "INSERT OR IGNORE INTO outcomes VALUES (" + ",".join("?" * 25) + ")"  # noqa: S608
-BREAK_GLASS_PREFIX = "BG-"
-_NO_LIST = b"[]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,158 +70,18 @@ class Job:
     checkpoints: Path | None
 
 
-# --- rows ---------------------------------------------------------------------------------
-
-
-class Rows:
-    """Row builders with a memo of entity texts (principals, actions and identities
-    repeat: `Type::"id"` is built once each)."""
-
-    def __init__(self) -> None:
-        self._uids: dict[tuple[str, str], str] = {}
-
-    def uid(self, value: Any) -> str:
-        """`Type::"id"` of a recorded entity reference, "" when there is none.
-
-        A decision's context records references as Cedar JSON does,
-        `{"__entity": {"type": ..., "id": ...}}` (the requester, the approver); the
-        event's own principal, action and resource, and an outcome's identity, as
-        `{"type": ..., "id": ...}`. Both are read."""
-        if type(value) is not dict and not isinstance(value, dict):
-            return ""
-        inner = value.get("__entity")
-        if inner is not None:
-            if not isinstance(inner, dict):
-                return ""
-            value = inner
-        kind = value.get("type")
-        if type(kind) is not str:
-            return ""
-        ident = value.get("id")
-        if type(ident) is not str:
-            ident = str(ident)
-        key = (kind, ident)
-        text = self._uids.get(key)
-        if text is None:
-            text = str(EntityUid(kind, ident))
-            if len(self._uids) >= 200_000:
-                self._uids.clear()
-            self._uids[key] = text
-        return text
-
-    def decision(self, e: Mapping[str, Any], file: str, line: int, seq: Any) -> tuple[Any, ...]:
-        ctx = _obj(e.get("context"))
-        approval = _obj(ctx.get("approval"))
-        bound = _obj(ctx.get("time_bound"))
-        revoke = _obj(e.get("obligations")).get("revoke_within_s")
-        ticket = _text(approval.get("ticket"))
-        target = _text(ctx.get("target_system")) or _text(_obj(e.get("resource")).get("id"))
-        return (
-            _text(e.get("id")),
-            _text(e.get("time")),
-            _text(e.get("decision")),
-            self.uid(e.get("principal")),
-            self.uid(e.get("action")),
-            target,
-            _text(e.get("workflow_id")),
-            _text(e.get("run_id")),
-            _text(e.get("step_id")),
-            self.uid(ctx.get("requester")),
-            self.uid(approval.get("approver")),
-            ticket,
-            _text(ctx.get("sensitivity")),
-            _instant(bound.get("not_after")),
-            float(revoke)
-            if isinstance(revoke, int | float) and not isinstance(revoke, bool)
-            else None,
-            int(ticket.startswith(BREAK_GLASS_PREFIX)),
-            file,
-            line,
-            seq if type(seq) is int else -1,
-        )
-
-    def outcome(self, e: Mapping[str, Any], file: str, line: int, seq: Any) -> tuple[Any, ...]:
-        effect = _obj(e.get("effect"))
-        cred = _obj(effect.get("credential"))
-        attempt = e.get("attempt")
-        recorded = _text(e.get("time"))
-        return (
-            _text(e.get("id")),
-            _text(e.get("finished_at")) or recorded,  # when the step did it, else when reported
-            recorded,
-            _text(e.get("decision_id")),
-            _text(e.get("decided")),
-            _text(e.get("status")),
-            _text(e.get("error_class")),
-            attempt if isinstance(attempt, int) else 0,
-            _text(e.get("workflow_id")),
-            _text(e.get("run_id")),
-            _text(e.get("step_id")),
-            self.uid(e.get("action")),
-            self.uid(effect.get("identity")),
-            _text(effect.get("target_system")) or _text(_obj(e.get("resource")).get("id")),
-            _names(effect.get("entitlements_added")),
-            _names(effect.get("entitlements_removed")),
-            _text(cred.get("id")),
-            _text(cred.get("change")),
-            _text(cred.get("expires_at")),
-            _text(effect.get("account")),
-            _text(e.get("violation")),
-            file,
-            line,
-            seq if type(seq) is int else -1,
-            _text(_obj(e.get("caller")).get("identity")),  # who reported it
-        )
-
-
-_EMPTY: dict[str, Any] = {}
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if type(value) is dict or isinstance(value, dict) else _EMPTY
-
-
-def _text(value: Any) -> str:
-    return value if type(value) is str or isinstance(value, str) else ""
-
-
-def parse_time(text: str) -> datetime:
-    """An instant of the trail (RFC 3339, `Z` or an offset; naive means UTC)."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _instant(value: Any) -> str:
-    """A recorded instant in the trail's time format, "" when there is none or it is
-    malformed. A decision's context records instants as Cedar JSON does,
-    `{"__extn": {"fn": "datetime", "arg": "2026-11-03T00:00:00.000Z"}}`; plain RFC 3339
-    text is read too."""
-    if isinstance(value, dict) and isinstance(value.get("__extn"), dict):
-        value = value["__extn"].get("arg")
-    if not isinstance(value, str) or not value:
-        return ""
-    try:
-        return timestamp(parse_time(value))
-    except ValueError:
-        return ""
-
-
-def _names(value: Any) -> str:
-    """A list of entitlement names as JSON text (`[]` when none)."""
-    if type(value) is not list or not value:
-        return "[]"
-    return orjson.dumps([v for v in value if isinstance(v, str)]).decode()
-
-
 # --- one chain ----------------------------------------------------------------------------
 
 
 class Sink:
-    """Rows into a SQLite connection's `decisions` and `outcomes`, in batches."""
+    """Rows into a SQLite connection's `decisions` and `outcomes`, in batches, and the
+    inventory's counts (facts.py), one chain after another."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, chain: int = 0) -> None:
         self.db = db
         self.rows = Rows()
+        self.facts = Facts()
+        self.chain = chain  # the number of the chain being loaded (its facts say it)
         self.decisions: list[tuple[Any, ...]] = []
         self.outcomes: list[tuple[Any, ...]] = []
         self.last: tuple[str, int] | None = None  # the last record the walk handed over
@@ -240,9 +89,13 @@ class Sink:
     def add(self, body: Mapping[str, Any], file: str, line: int, seq: Any) -> None:
         kind = body.get("kind")
         if kind == "decision":
-            self.decisions.append(self.rows.decision(body, file, line, seq))
+            row = self.rows.decision(body, file, line, seq)
+            self.decisions.append(row)
+            self.facts.add(row)
         elif kind == "outcome":
-            self.outcomes.append(self.rows.outcome(body, file, line, seq))
+            row = self.rows.outcome(body, file, line, seq)
+            self.outcomes.append(row)
+            self.facts.outcome(row)
         else:
             return
         if len(self.decisions) + len(self.outcomes) >= BATCH:
@@ -252,6 +105,24 @@ class Sink:
         """`verify`'s on_record."""
         self.last = (file, line)
         self.add(record.body, file, line, record.seq)
+
+    def discard(self, chain: Trail) -> None:
+        """Take out every row loaded from `chain` (the fast walk gave up on it)."""
+        self.decisions.clear()
+        self.outcomes.clear()
+        files = [str(p) for p in chain.segments]
+        marks = ",".join("?" * len(files))
+        for table in ("decisions", "outcomes"):
+            self.db.execute(f"DELETE FROM {table} WHERE file IN ({marks})", files)  # noqa: S608
+        self.last = None
+        self.facts = Facts()
+
+    def end_chain(self) -> None:
+        """The chain is loaded: its rows and facts are written; the next chain follows."""
+        self.flush()
+        self.facts.write(self.db, self.chain)
+        self.chain += 1
+        self.last = None
 
     def flush(self) -> None:
         self.db.executemany(_INSERT_DECISION, self.decisions)
@@ -288,9 +159,26 @@ def read_rest(
 
 
 def load_chain(job: Job, sink: Sink) -> list[ChainStatus]:
-    """Walk (verify) and load one chain; its verdict (none for a chain not walked)."""
+    """Walk (verify) and load one chain; its verdict (none for a chain not walked).
+
+    An intact chain is walked by walk.py's fast walk; at its first doubt, what it
+    loaded is taken out again and the chain is walked by `audit verify`'s own walk,
+    which names the break."""
     found: list[ChainStatus] = []
     if job.verify:
+        records = walk_intact(
+            job.chain,
+            job.key,
+            sink.add,
+            accept_missing_anchor=job.accept_missing_anchor,
+            checkpoints=job.checkpoints,
+        )
+        if records is not None:
+            sink.end_chain()
+            name = job.trails.name if job.trails.multi else job.chain.name
+            found.append(ChainStatus(name, job.chain.name, True, records, "", 0))
+            return found
+        sink.discard(job.chain)
         try:
             report: Report = verify_chain(
                 job.trails,
@@ -307,21 +195,23 @@ def load_chain(job: Job, sink: Sink) -> list[ChainStatus]:
         else:
             found.append(status_of(report))
             if report.problem is None:
-                sink.flush()
+                sink.end_chain()
                 return found
     for body, file, line in read_rest(job.chain, sink.last):  # past the break, if any
         sink.add(body, file, line, body.get("seq"))
-    sink.flush()
+    sink.end_chain()
     return found
 
 
 def create_tables(db: sqlite3.Connection) -> None:
     db.execute(f"CREATE TABLE decisions ({DECISION_COLUMNS})")
     db.execute(f"CREATE TABLE outcomes ({OUTCOME_COLUMNS})")
+    db.executescript(FACT_TABLES)
 
 
 def _fast(db: sqlite3.Connection) -> None:
     """A scratch database: no journal, no syncing (a crash loses only what is rebuilt)."""
+    db.execute("PRAGMA page_size = 65536")  # before the first table: fewer, fuller pages
     db.execute("PRAGMA journal_mode = OFF")
     db.execute("PRAGMA synchronous = OFF")
     db.execute("PRAGMA temp_store = MEMORY")
@@ -390,7 +280,6 @@ def load_all(
         sink = Sink(db)
         verdicts = []
         for job in todo:
-            sink.last = None
             verdicts.append(load_chain(job, sink))
     else:
         verdicts = _parallel(db, todo, processes)
@@ -415,7 +304,7 @@ def _parallel(db: sqlite3.Connection, todo: list[Job], processes: int) -> list[l
                     running[started] = _start(todo[started], paths[started])
                     started += 1
                 verdicts.append(_finish(running.pop(i)))
-                _copy_in(db, paths[i])
+                _copy_in(db, paths[i], i)
         finally:
             for child in running.values():
                 child.kill()
@@ -449,11 +338,18 @@ def _finish(child: subprocess.Popen[bytes]) -> list[ChainStatus]:
     return found
 
 
-def _copy_in(db: sqlite3.Connection, path: str) -> None:
+def _copy_in(db: sqlite3.Connection, path: str, number: int) -> None:
     db.execute("ATTACH DATABASE ? AS chain", (path,))
     try:
         db.execute("INSERT OR IGNORE INTO main.decisions SELECT * FROM chain.decisions")
         db.execute("INSERT OR IGNORE INTO main.outcomes SELECT * FROM chain.outcomes")
+        db.execute(
+            "INSERT INTO main.inventory_actions SELECT workflow, action, n, allowed, approved, "
+            "first_time, first_run, file, line, seq, ? FROM chain.inventory_actions",
+            (number,),
+        )
+        for table in ("inventory_names", "inventory_changers", "inventory_counts"):
+            db.execute(f"INSERT INTO main.{table} SELECT * FROM chain.{table}")  # noqa: S608
         db.commit()
     finally:
         db.execute("DETACH DATABASE chain")
@@ -468,7 +364,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-__all__ = ["Job", "Rows", "load_all"]
+__all__ = ["DECISION_COLUMNS", "OUTCOME_COLUMNS", "Job", "Rows", "load_all", "parse_time"]
 
 
 def _child(argv: list[str]) -> int:

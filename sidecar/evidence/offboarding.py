@@ -55,35 +55,57 @@ class LeaverRun:
         return [g for g in self.grants if g["missed_by_s"]]
 
 
-def leaver_runs(store: Store) -> list[LeaverRun]:
-    """Each leaver run and identity with the access held at its leaver event, measured."""
-    by_n = {g["n"]: g for g in grant_rows(store, "g.n IN (SELECT grant_n FROM leavers)")}
+def leaver_runs(store: Store, *, in_time: bool = True) -> list[LeaverRun]:
+    """Each leaver run and identity with the access held at its leaver event, measured.
+
+    `in_time=False` leaves out the accesses surely revoked before their deadline
+    (store.py's `leaver_findings` holds the others): a run's `complete` and `late`
+    are the same without them, and a large trail's leavers held hundreds of
+    thousands of accesses, most of them revoked in time."""
+    if in_time:
+        by_n = {g["n"]: g for g in grant_rows(store, "g.n IN (SELECT grant_n FROM leavers)")}
+    else:
+        where = "g.n IN (SELECT n FROM leaver_findings)"
+        by_n = {g["n"]: g for g in grant_rows(store, where)}
+    # Only the runs with an access kept, when some are left out.
+    kept = "" if in_time else " WHERE grant_n IN (SELECT n FROM leaver_findings)"
     runs: dict[tuple[str, str], LeaverRun] = {}
-    for r in rows(
-        store.db,
-        "SELECT run, workflow, identity, leaver_at, grant_n FROM leavers "
-        "ORDER BY leaver_at, run, identity, grant_n",
-    ):
-        lr = runs.setdefault(
-            (r["run"], r["identity"]),
-            LeaverRun(r["run"], r["workflow"], r["identity"], r["leaver_at"]),
+    # Each run and identity, where it first comes in (leaver_at, run, identity, grant_n).
+    # Only the `kept` text above is formatted into these queries.
+    for run, identity, leaver_at, workflow in store.db.execute(
+        "SELECT run, identity, MIN(leaver_at) AS first, workflow FROM leavers "  # noqa: S608
+        + (
+            ""
+            if in_time
+            else f"WHERE (run, identity) IN (SELECT run, identity FROM leavers{kept}) "  # noqa: S608
         )
-        if r["grant_n"] is not None:
-            lr.grants.append(by_n[r["grant_n"]])
+        + "GROUP BY run, identity ORDER BY first, run, identity"
+    ):
+        runs[(run, identity)] = LeaverRun(run, workflow, identity, leaver_at)
+    for run, identity, n in store.db.execute(
+        "SELECT run, identity, grant_n FROM leavers "  # noqa: S608
+        + (kept or " WHERE grant_n IS NOT NULL")
+        + " ORDER BY leaver_at, run, identity, grant_n"
+    ):
+        g = by_n.get(n)
+        if g is not None:
+            runs[(run, identity)].grants.append(g)
     # Every leaver run's failed steps and denied decisions, in two queries (not two per run).
     failures: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for f in rows(
         store.db,
-        "SELECT o.* FROM outcomes AS o JOIN (SELECT DISTINCT run, identity FROM leavers) AS l "
-        "ON o.run = l.run AND o.identity = l.identity "
+        f"SELECT o.* FROM (SELECT DISTINCT run, identity FROM leavers{kept}) AS l "  # noqa: S608
+        "CROSS JOIN outcomes AS o ON o.run = l.run AND o.identity = l.identity "
         "WHERE o.status IN ('failed', 'timed_out') ORDER BY o.time",
     ):
         failures[(f["run"], f["identity"])].append(f)
     denied: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for d in rows(
         store.db,
-        "SELECT d.* FROM decisions AS d JOIN (SELECT DISTINCT run, workflow FROM leavers) AS l "
-        "ON d.run = l.run AND d.workflow = l.workflow WHERE d.decision = 'DENY' ORDER BY d.time",
+        "SELECT d.* FROM (SELECT DISTINCT run, workflow FROM leavers"  # noqa: S608
+        f"{' WHERE run IN (SELECT run FROM leavers' + kept + ')' if kept else ''}) AS l "  # noqa: S608
+        "CROSS JOIN decisions AS d ON d.run = l.run AND d.workflow = l.workflow "
+        "WHERE d.decision = 'DENY' ORDER BY d.time",
     ):
         denied[(d["run"], d["workflow"])].append(d)
     for lr in runs.values():
@@ -98,7 +120,7 @@ def leavers(store: Store, *, everything: bool = False) -> Answer:
     credentials past their expiry that were never revoked. `everything` adds the
     accesses that were removed in time."""
     out: list[dict[str, Any]] = []
-    runs = leaver_runs(store)
+    runs = leaver_runs(store, in_time=everything)
     for lr in runs:
         for g in lr.grants:
             failed = [f for f in lr.failures if f["target"] == g["target"] and _names_item(f, g)]
@@ -138,29 +160,37 @@ def leavers(store: Store, *, everything: bool = False) -> Answer:
                     ],
                 }
             )
-    listed = {g["n"] for lr in runs for g in lr.grants}
-    for g in grant_rows(store, "g.closed_how = 'expired'"):
-        if g["n"] in listed:
-            continue  # listed with its leaver run
+    # Credentials that expired unrevoked, outside any leaver run (those are listed with
+    # theirs): what the row shows needs no measuring, only the grant and its decision.
+    for identity, target, kind, item, closed_at, refs, file, line, seq in store.db.execute(
+        """SELECT g.identity, g.target, g.kind, g.item, g.closed_at, g.refs, d.file, d.line, d.seq
+        FROM grants AS g LEFT JOIN decisions AS d ON d.id = g.decision_id
+        WHERE g.closed_how = 'expired'
+          AND NOT EXISTS (SELECT 1 FROM leavers AS l WHERE l.grant_n = g.n)
+        ORDER BY g.opened_at, g.n"""
+    ):
+        evidence = orjson.loads(refs)
+        if file:
+            evidence.insert(0, f"{file}:{line}#seq={seq}")
         out.append(
             {
-                "identity": g["identity"],
+                "identity": identity,
                 "run": "",
                 "leaver_at": None,
-                "target": g["target"],
-                "kind": g["kind"],
-                "item": g["item"],
+                "target": target,
+                "kind": kind,
+                "item": item,
                 "finding": "credential expired, not revoked",
-                "closed_at": g["closed_at"],
+                "closed_at": closed_at,
                 "deadline_at": None,
                 "missed_by": "",
                 "missed_by_s": None,
-                "evidence": g["evidence"],
+                "evidence": evidence,
             }
         )
     # A leaver is a person: one whose leaver workflow ran twice counts once, and is
     # fully deprovisioned when every run of it found everything closed.
-    people = {lr.identity for lr in runs}
+    people = {i for (i,) in store.db.execute("SELECT DISTINCT identity FROM leavers")}
     incomplete = {lr.identity for lr in runs if not lr.complete}
     complete = len(people - incomplete)
     summary = {

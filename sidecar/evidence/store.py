@@ -4,20 +4,22 @@ Why SQLite: it is in the standard library (nothing to install, pin or
 start), runs in process on a file or in memory, and its B-tree indexes answer
 the questions asked here (one identity's access, one target's, the open
 grants, one run's steps) by lookup rather than by scan. DuckDB scans faster
-but is a 40 MB wheel to pin for every user of the CLI; the answers below read
-the derived `grants` table (one row per access, not per event) and indexed
-slices of the events, so a row store is the better fit. Loading streams: each
-chain is read once, verified by `audit verify`'s own walk and turned into rows
-in the same pass (ingest.py: a large trail's chains in parallel processes),
-inserted in batches; nothing holds the trail in memory, and the indexes are
-built once the rows are in. The replay that pairs removals with grants reads
-the outcomes back in time order through an index and keeps only the accesses
-open at the moment in memory.
+but is a 40 MB wheel to pin for every user of the CLI, and no answer here
+scans the events: they read the derived `grants` table (one row per access,
+not per event), small tables made while loading (the inventory's counts,
+facts.py; the leaver runs' accesses that may be findings, `leaver_findings`)
+and indexed slices of the events, so a row store is the better fit. Loading
+streams: each chain is read once, verified and turned into rows in the same
+pass (ingest.py, walk.py: a large trail's chains in parallel processes),
+inserted in batches; nothing holds the trail in memory, and the indexes (the
+ids' too) are built once the rows are in. The replay that pairs removals with
+grants reads the outcomes back in time order through an index and keeps only
+the accesses open at the moment in memory.
 
 Every row keeps where it came from (segment file, line, seq), so every answer
 links back to the chained records it rests on. Verification is the same as
-`audit verify` (the same walk, verification.py) and its status is part of every
-answer.
+`audit verify` (the same checks, verification.py, walk.py) and its status is
+part of every answer.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from sidecar.core.bundle import parse_iso_duration
 from sidecar.core.errors import StepguardError
 from sidecar.core.event import timestamp
 from sidecar.core.lifecycle import Kind, Lifecycle
+from sidecar.evidence.facts import TABLES as FACT_TABLES
+from sidecar.evidence.facts import exact
 from sidecar.evidence.ingest import DECISION_COLUMNS, OUTCOME_COLUMNS, load_all, parse_time
 from sidecar.evidence.verification import Verification
 
@@ -45,9 +49,10 @@ DEFAULT_LEAVER_WORKFLOWS = frozenset({"leaver"})
 # The example bundle's convention: a break-glass approval carries a BG- ticket.
 BREAK_GLASS_PREFIX = "BG-"  # also in ingest.py, which marks them
 
-SCHEMA = f"""
-CREATE TABLE decisions ({DECISION_COLUMNS.replace("id TEXT,", "id TEXT PRIMARY KEY,", 1)});
-CREATE TABLE outcomes ({OUTCOME_COLUMNS.replace("id TEXT,", "id TEXT PRIMARY KEY,", 1)});
+SCHEMA = (
+    f"""
+CREATE TABLE decisions ({DECISION_COLUMNS});
+CREATE TABLE outcomes ({OUTCOME_COLUMNS});
 CREATE TABLE grants (
     n INTEGER PRIMARY KEY, kind TEXT, identity TEXT, target TEXT, item TEXT,
     opened_at TEXT, opened_by TEXT, decision_id TEXT, expires_at TEXT,
@@ -58,24 +63,34 @@ CREATE TABLE leavers (
 CREATE TABLE chains (trail TEXT, chain TEXT, ok INTEGER, records INTEGER, problem TEXT,
     exit INTEGER);
 """
+    + FACT_TABLES
+)
 # Built once the rows are in: an index built from all its rows at once is a sort, far
 # cheaper than keeping it ordered through millions of inserts.
 INDEXES = """
 CREATE INDEX decisions_run ON decisions(workflow, run, time);
 CREATE INDEX decisions_break_glass ON decisions(time) WHERE break_glass = 1;
+CREATE INDEX decisions_denied ON decisions(workflow, run) WHERE decision = 'DENY';
 CREATE INDEX outcomes_replay ON outcomes(time, recorded, file, line)
     WHERE status = 'succeeded';
 CREATE INDEX outcomes_run ON outcomes(run, identity);
-CREATE INDEX outcomes_decision ON outcomes(decision_id);
+CREATE INDEX outcomes_failed ON outcomes(run, identity) WHERE status IN ('failed', 'timed_out');
 CREATE INDEX outcomes_exceptional ON outcomes(time, recorded, file, line)
     WHERE violation != '' OR attempt > 1 OR status IN ('failed', 'timed_out');
 """
 GRANT_INDEXES = """
 CREATE INDEX grants_identity ON grants(identity, target);
-CREATE INDEX grants_target ON grants(target, identity);
-CREATE INDEX grants_open ON grants(closed_at);
+CREATE INDEX grants_target ON grants(target, identity) WHERE closed_at IS NULL;
+CREATE INDEX grants_open ON grants(n) WHERE closed_at IS NULL;
+CREATE INDEX grants_expired ON grants(n) WHERE closed_how = 'expired';
 """
-LEAVER_INDEXES = "CREATE INDEX leavers_identity ON leavers(identity, leaver_at);"
+LEAVER_INDEXES = """
+CREATE INDEX leavers_identity ON leavers(identity, leaver_at);
+CREATE INDEX leavers_grant ON leavers(grant_n);
+"""
+# The leaver runs' accesses that may be a finding (`_findings`): a large trail's leavers
+# held hundreds of thousands of accesses, most of them revoked in time.
+FINDINGS = "CREATE TABLE leaver_findings (n INTEGER PRIMARY KEY)"
 
 
 # --- options ----------------------------------------------------------------------------
@@ -145,6 +160,8 @@ class Store:
     verification: Verification
     options: Options
     now: str = ""
+    # Whether the inventory's counts (facts.py) cover exactly the decisions stored.
+    facts_exact: bool = False
 
     def close(self) -> None:
         self.db.close()
@@ -171,6 +188,7 @@ def open_store(
         where = ", ".join(str(p) for p in paths)
         raise StepguardError(f"no trail in {where}")
     db = sqlite3.connect(database)
+    db.execute("PRAGMA page_size = 65536")  # before the first table: fewer, fuller pages
     db.execute("PRAGMA journal_mode = OFF")  # a store rebuilt from the trail on every run
     db.execute("PRAGMA synchronous = OFF")
     db.execute("PRAGMA temp_store = MEMORY")
@@ -187,23 +205,33 @@ def open_store(
         "INSERT INTO chains VALUES (?,?,?,?,?,?)",
         [(c.trail, c.chain, c.ok, c.records, c.problem, c.exit_code) for c in verification.chains],
     )
+    for table in ("decisions", "outcomes"):
+        _first_of_each(db, table)
     db.executescript(INDEXES)
     db.commit()
-    store = Store(db, verification, options, timestamp(options.now))
+    store = Store(db, verification, options, timestamp(options.now), facts_exact=exact(db))
     replay_access(store)
     return store
+
+
+def _first_of_each(db: sqlite3.Connection, table: str) -> None:
+    """Keep the first record loaded of each id (a record read twice, from two copies of
+    a trail, is stored once) and index the ids. Done once all rows are in: an index
+    built from them all is a sort, where keeping one through millions of inserts of
+    ids from several chains costs a B-tree search each. (Not a UNIQUE index that
+    fails on the first duplicate: the store runs without a journal, so a failed
+    statement is not rolled back.)"""
+    db.execute(f"CREATE INDEX {table}_id ON {table}(id)")
+    twice = f"SELECT 1 FROM {table} GROUP BY id HAVING COUNT(*) > 1 LIMIT 1"  # noqa: S608
+    if db.execute(twice).fetchone() is not None:
+        db.execute(
+            f"DELETE FROM {table} WHERE rowid NOT IN (SELECT MIN(rowid) FROM {table} GROUP BY id)"  # noqa: S608
+        )
 
 
 # --- the replay: which access each step opened and closed -------------------------------
 
 Key = tuple[str, str, str, str]  # kind, identity, target, item
-
-
-@dataclass(slots=True)
-class _Open:
-    n: int
-    creator: str  # the creating action, Type::"id"
-    expires_at: str
 
 
 def changes(row: sqlite3.Row | Sequence[Any]) -> tuple[list[tuple[Key, str]], list[Key]]:
@@ -214,10 +242,17 @@ def changes(row: sqlite3.Row | Sequence[Any]) -> tuple[list[tuple[Key, str]], li
     identity, target = row[4], row[5]
     if not identity:
         return [], []
-    opened: list[tuple[Key, str]] = [
-        (("entitlement", identity, target, name), "") for name in orjson.loads(row[6])
-    ]
-    closed: list[Key] = [("entitlement", identity, target, name) for name in orjson.loads(row[7])]
+    # Most effects add or remove nothing: "[]" is not parsed.
+    opened: list[tuple[Key, str]] = (
+        [(("entitlement", identity, target, name), "") for name in orjson.loads(row[6])]
+        if row[6] != "[]"
+        else []
+    )
+    closed: list[Key] = (
+        [("entitlement", identity, target, name) for name in orjson.loads(row[7])]
+        if row[7] != "[]"
+        else []
+    )
     if row[8] and row[9] == "issued":
         opened.append((("credential", identity, target, row[8]), row[10]))
     elif row[8] and row[9] == "revoked":
@@ -265,60 +300,69 @@ def replay_access(store: Store) -> None:
     grant"); fill `grants` (one row per access, open or closed) and `leavers`.
 
     Streams: only the accesses open at the moment are held in memory; a closed one
-    is written out in the next batch."""
+    is written out in the next batch. Every succeeded change of a large trail passes
+    through the loop below, so an open access is one list (its grants row, with its
+    creator and expiry after it) and nothing is looked up twice."""
     db, now, lifecycle = store.db, store.now, store.options.lifecycle
     closing = closers(lifecycle)
     creators = frozenset(str(u) for u in lifecycle.creates) if lifecycle else frozenset()
-    open_: dict[Key, _Open] = {}
-    live: dict[int, list[Any]] = {}  # the open grants' rows, by n
+    # key -> [n, kind, identity, target, item, opened_at, opened_by, decision_id,
+    #         expires_at, closed_at, closed_how, closed_by, refs, creator]
+    open_: dict[Key, list[Any]] = {}
     done: list[list[Any]] = []
     count = 0
 
-    def close(key: Key, at: str, how: str, by: str, ref: str) -> None:
-        grant = live.pop(open_.pop(key).n)
-        grant[9:12] = [at, how, by]
+    def close(
+        key: Key, grant: list[Any], at: str, how: str, *, by: str = "", ref: str = ""
+    ) -> None:
+        del open_[key]
+        grant[9:12] = at, how, by
         if ref:
             grant[12].append(ref)
         done.append(grant)
         if len(done) >= BATCH:
             _write_grants(db, done)
 
-    def expire_until(key: Key, at: str) -> None:
-        held = open_.get(key)
-        if held is not None and held.expires_at and held.expires_at <= at:
-            close(key, held.expires_at, "expired", "", "")
-
-    cursor = db.execute(CHANGING)
-    for row in cursor:
-        at, ref = row[1], _ref(row[12], row[13], row[14])
+    for row in db.execute(CHANGING):
+        at = row[1]
+        ref = f"{row[12]}:{row[13]}#seq={row[14]}"
         opened, closed = changes(row)
         for key in closed:
-            expire_until(key, at)
             held = open_.get(key)
-            if held is not None and _closes(closing, creators, row[3], held.creator):
-                close(key, at, "revoked", row[0], ref)
+            if held is None:
+                continue
+            if held[8] and held[8] <= at:  # it expired before this removal
+                close(key, held, held[8], "expired")
+            elif _closes(closing, creators, row[3], held[13]):
+                close(key, held, at, "revoked", by=row[0], ref=ref)
         for key, expires_at in opened:
-            expire_until(key, at)
-            if key in open_:
-                continue  # already held: the earliest grant says since when
+            held = open_.get(key)
+            if held is not None:
+                if not (held[8] and held[8] <= at):
+                    continue  # already held: the earliest grant says since when
+                close(key, held, held[8], "expired")
             count += 1
-            live[count] = [count, *key, at, row[0], row[2], expires_at, None, "", "", [ref]]
-            open_[key] = _Open(count, row[3], expires_at)
-    for key in list(open_):
-        expire_until(key, now)
-    done.extend(live.values())
+            open_[key] = [count, *key, at, row[0], row[2], expires_at, None, "", "", [ref], row[3]]
+    for key, held in list(open_.items()):
+        if held[8] and held[8] <= now:
+            close(key, held, held[8], "expired")
+    done.extend(open_.values())
     _write_grants(db, done)
     db.executescript(GRANT_INDEXES)
     _leavers(store)
     db.executescript(LEAVER_INDEXES)
+    db.execute(FINDINGS)
+    db.execute(f"INSERT OR IGNORE INTO leaver_findings {_findings(store)}")
     db.commit()
 
 
 def _write_grants(db: sqlite3.Connection, grants: list[list[Any]]) -> None:
-    db.executemany(
-        "INSERT INTO grants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        ([*g[:12], orjson.dumps(g[12]).decode()] for g in grants),
-    )
+    """Write out grants as the replay holds them (the creator after the row's columns)."""
+    dumps = orjson.dumps
+    for g in grants:
+        g[12] = dumps(g[12]).decode()
+        del g[13:]
+    db.executemany("INSERT INTO grants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", grants)
     grants.clear()
 
 
@@ -341,6 +385,52 @@ def _leavers(store: Store) -> None:
         """,  # noqa: S608
         workflows,
     )
+
+
+def _findings(store: Store) -> str:
+    """A query of the leaver runs' accesses that may be a finding of `leavers`: open,
+    expired, or revoked perhaps after its deadline (answers._measure's end and
+    deadline, in SQL's julianday with a second's margin, so an access left out is
+    surely revoked in time; the answer measures those kept exactly). The deadlines
+    are formatted in as numbers, their names as quoted SQL text."""
+    deadlines = store.options.deadlines.by_name
+
+    def case(column: str) -> str:
+        whens = " ".join(
+            f"WHEN {_quote(name)} THEN {limit.total_seconds()!r}"
+            for name, limit in deadlines.items()
+        )
+        return f"CASE {column} {whens} END" if whens else "NULL"
+
+    star = deadlines.get("*")
+    fallback = repr(star.total_seconds()) if star is not None else "NULL"
+    limit = f"COALESCE({case('g.target')}, {case('d.sensitivity')}, d.revoke_within_s, {fallback})"
+    leaver_at = (
+        "(SELECT MIN(l.leaver_at) FROM leavers AS l "
+        "WHERE l.identity = g.identity AND l.leaver_at >= g.opened_at)"
+    )
+    return f"""
+        WITH measured AS MATERIALIZED (
+            SELECT g.n, g.closed_at, g.closed_how, {limit} AS limit_s,
+                   COALESCE(d.not_after, '') AS not_after, {leaver_at} AS leaver_at
+            FROM leavers AS x JOIN grants AS g ON g.n = x.grant_n
+            LEFT JOIN decisions AS d ON d.id = g.decision_id),
+        ended AS MATERIALIZED (
+            SELECT n, closed_at, closed_how, limit_s, CASE
+                WHEN not_after = '' THEN NULLIF(leaver_at, '')
+                WHEN COALESCE(leaver_at, '') = '' THEN not_after
+                ELSE MIN(not_after, leaver_at) END AS end_at
+            FROM measured)
+        SELECT n FROM ended
+        WHERE closed_at IS NULL OR closed_how != 'revoked' OR (
+            limit_s IS NOT NULL AND end_at IS NOT NULL AND COALESCE(
+                julianday(closed_at) - julianday(end_at) <= limit_s / 86400.0 - 1.0 / 86400,
+                0) = 0)
+        """  # noqa: S608
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _ref(file: str, line: int, seq: int) -> str:
