@@ -25,9 +25,10 @@ and a PostgreSQL. Three measurements:
    collector and PostgreSQL run at nice 10 (INFRA_NICE) during these rounds,
    so that the load clients are served first: in a cluster each of them has
    machines of its own, and what they do not get in time only delays the
-   records (the lag, below, is measured with everything back at nice 0). Each CPU's utilisation during the
-   measurements is reported (from /proc/stat, machine-wide: other users of a
-   shared machine count too): when the "elsewhere" CPU saturates with
+   records (the lag, below, is measured with everything back at nice 0).
+   Each CPU's utilisation during the measurements is reported (from
+   /proc/stat, machine-wide: other users of a shared machine count too):
+   when the "elsewhere" CPU saturates with
    shipping on, the load clients slow down and the figure is pessimistic for
    shipping. Then the same rounds again with every process free to use both
    CPUs ("shared", how the figure was first taken): reported, not the verdict,
