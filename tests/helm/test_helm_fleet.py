@@ -116,3 +116,26 @@ def test_fleet_values_that_cannot_work_fail_with_a_fix() -> None:
     assert "storeSecret.name" in render_error(
         {"fleet": {"collector": {"enabled": True}, **servers}}
     )
+
+
+def test_the_network_policy_admits_the_scraper_to_the_shippers_metrics_too() -> None:
+    """With the shipper on, the scraper the policy admits to the sidecar's metrics reaches
+    the shipper's (its lag, docs/fleet.md) on the same rule; never anyone else."""
+    from tests.helm.test_helm_chart import _network_policy
+
+    fleet = {"ship": {"enabled": True}, "nats": {"servers": ["nats://nats:4222"]}}
+    docs = render(
+        "production-values.yaml", overrides={"audit": {"persistent": True}, "fleet": fleet}
+    ).documents
+    [rule] = _network_policy(docs)["spec"]["ingress"]
+    assert rule["ports"] == [
+        {"port": 9464, "protocol": "TCP"},
+        {"port": 9465, "protocol": "TCP"},
+    ]
+    assert rule["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    # metrics off: no scraper, so nothing is admitted, the shipper's port neither
+    closed = render(
+        "production-values.yaml",
+        overrides={"audit": {"persistent": True}, "fleet": fleet, "metrics": {"enabled": False}},
+    ).documents
+    assert _network_policy(closed)["spec"]["ingress"] == []
