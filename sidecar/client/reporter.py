@@ -230,6 +230,49 @@ class _Reporter:
 
     _buf: _Buffer
 
+    def report(
+        self,
+        decision_id: str,
+        status: str,
+        *,
+        effect: Mapping[str, Any] | None = None,
+        error_class: str = "",
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        attempt: int = 0,
+        on_result: OnResult | None = None,
+    ) -> bool:
+        """Queue the outcome (`record_outcome`'s arguments); True when queued.
+
+        False when it was refused (the sidecar would refuse it), the buffer is
+        full, or the reporter is closed: logged, counted, and `on_result` (if
+        given) has the report saying why. `on_result` is called once, on the
+        reporter's thread (the asyncio reporter: on the client's event loop,
+        where it must be called), with what became of the outcome.
+        """
+        checked = _check(
+            decision_id,
+            status,
+            effect=effect,
+            error_class=error_class,
+            started_at=started_at,
+            finished_at=finished_at,
+            attempt=attempt,
+        )
+        if isinstance(checked, OutcomeReport):
+            return self._refuse(checked, on_result)
+        return self.report_message(checked, on_result)
+
+    def report_message(
+        self, message: pb.RecordOutcomeRequest, on_result: OnResult | None = None
+    ) -> bool:
+        raise NotImplementedError
+
+    @property
+    def stats(self) -> ReporterStats:
+        with self._buf.lock:
+            return self._buf.stats()
+
     def _refuse(self, report: OutcomeReport, on_result: OnResult | None) -> bool:
         with self._buf.lock:
             self._buf.counts["refused"] += 1
@@ -248,6 +291,12 @@ class _Reporter:
         buf.items.append(_Item(message, on_result))
         buf.counts["reported"] += 1
         return True
+
+    def _closed_loss(self, message: pb.RecordOutcomeRequest, on_result: OnResult | None) -> bool:
+        reason = "outcome not recorded: the reporter is closed"
+        _warn_lost(message, reason)
+        _deliver(_Item(message, on_result), OutcomeReport(False, reason))
+        return False
 
     def _full(self, message: pb.RecordOutcomeRequest, on_result: OnResult | None) -> bool:
         reason = (
@@ -406,38 +455,6 @@ class OutcomeReporter(_Reporter):
         self._closing = False
         self._closed = False
 
-    def report(
-        self,
-        decision_id: str,
-        status: str,
-        *,
-        effect: Mapping[str, Any] | None = None,
-        error_class: str = "",
-        started_at: datetime | None = None,
-        finished_at: datetime | None = None,
-        attempt: int = 0,
-        on_result: OnResult | None = None,
-    ) -> bool:
-        """Queue the outcome (`record_outcome`'s arguments); True when queued.
-
-        False when it was refused (the sidecar would refuse it), the buffer is
-        full, or the reporter is closed: logged, counted, and `on_result` (if
-        given) has the report saying why. `on_result` is called once, on the
-        reporter's thread, with what became of the outcome.
-        """
-        checked = _check(
-            decision_id,
-            status,
-            effect=effect,
-            error_class=error_class,
-            started_at=started_at,
-            finished_at=finished_at,
-            attempt=attempt,
-        )
-        if isinstance(checked, OutcomeReport):
-            return self._refuse(checked, on_result)
-        return self.report_message(checked, on_result)
-
     def report_message(
         self, message: pb.RecordOutcomeRequest, on_result: OnResult | None = None
     ) -> bool:
@@ -455,16 +472,8 @@ class OutcomeReporter(_Reporter):
                     if waiting == 1 or waiting >= self._buf.max_batch:
                         self._wake.notify()  # a timer to set, or a batch to send
         if queued is None:
-            reason = "outcome not recorded: the reporter is closed"
-            _warn_lost(message, reason)
-            _deliver(_Item(message, on_result), OutcomeReport(False, reason))
-            return False
+            return self._closed_loss(message, on_result)
         return queued or self._full(message, on_result)
-
-    @property
-    def stats(self) -> ReporterStats:
-        with self._buf.lock:
-            return self._buf.stats()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send what is buffered now and wait for it; True when nothing is left pending."""
@@ -583,32 +592,6 @@ class AsyncOutcomeReporter(_Reporter):
         self._closed = False
         self._flushing = 0
 
-    def report(
-        self,
-        decision_id: str,
-        status: str,
-        *,
-        effect: Mapping[str, Any] | None = None,
-        error_class: str = "",
-        started_at: datetime | None = None,
-        finished_at: datetime | None = None,
-        attempt: int = 0,
-        on_result: OnResult | None = None,
-    ) -> bool:
-        """As `OutcomeReporter.report`; call it on the client's event loop."""
-        checked = _check(
-            decision_id,
-            status,
-            effect=effect,
-            error_class=error_class,
-            started_at=started_at,
-            finished_at=finished_at,
-            attempt=attempt,
-        )
-        if isinstance(checked, OutcomeReport):
-            return self._refuse(checked, on_result)
-        return self.report_message(checked, on_result)
-
     def report_message(
         self, message: pb.RecordOutcomeRequest, on_result: OnResult | None = None
     ) -> bool:
@@ -620,10 +603,7 @@ class AsyncOutcomeReporter(_Reporter):
             else:
                 queued = self._accept(message, on_result)
         if queued is None:
-            reason = "outcome not recorded: the reporter is closed"
-            _warn_lost(message, reason)
-            _deliver(_Item(message, on_result), OutcomeReport(False, reason))
-            return False
+            return self._closed_loss(message, on_result)
         if not queued:
             return self._full(message, on_result)
         if self._task is None or self._task.done():
@@ -636,11 +616,6 @@ class AsyncOutcomeReporter(_Reporter):
             if waiting == 1 or waiting >= self._buf.max_batch:
                 self._wake.set()
         return True
-
-    @property
-    def stats(self) -> ReporterStats:
-        with self._buf.lock:
-            return self._buf.stats()
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Send what is buffered now and wait for it; True when nothing is left pending."""
