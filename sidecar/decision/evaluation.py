@@ -88,8 +88,8 @@ class Evaluator:
     ) -> tuple[CallerFacts, AuthzRequest]:
         """The message's caller facts, then the message validated into the request model.
 
-        What `make` does for a message, for an AuthorizeBatch window whose
-        misses are validated first and evaluated together (decider.py).
+        For `make`, and for an AuthorizeBatch window whose misses are
+        validated first and evaluated together (decider.py).
         """
         caller = self._caller.facts_of(bundle, msg, meta.identity, bind=self._bind)
         request = request_from_proto(
@@ -136,16 +136,7 @@ class Evaluator:
                 request, caller = item.request, item.caller
             elif msg is not None:  # the message as received: identity facts, validation
                 assert limits is not None
-                caller = self._caller.facts_of(bundle, msg, meta.identity, bind=self._bind)
-                request = request_from_proto(
-                    msg,
-                    bundle,
-                    limits,
-                    now=at,
-                    now_granularity_ms=self.now_granularity_ms,
-                    extra_context=caller.context,
-                    principal_bound=self._bind,
-                )
+                caller, request = self.validated(bundle, msg, meta, limits, at)
             else:  # `context.caller` came with the request, from its transport
                 assert asked is not None
                 request = asked
