@@ -104,14 +104,13 @@ class Decider:
         audit_note: str = "",
     ) -> None:
         self._sink = sink
-        # What an erroring policy does (engine.evaluate). Fixed for the life of
-        # the decider, like its cache: a cached decision was made under it.
-        self._policy_errors = policy_errors
         self._metrics = metrics
         self._clock = clock
         self._ids = DecisionIds()
         # Below the cache: identity, validation, engine, the event (decision/evaluation.py).
         # `audit_note` goes into every decision event (a fixed clock says so).
+        # `policy_errors`, what an erroring policy does (engine.evaluate), is fixed for
+        # the life of the decider, like its cache: a cached decision was made under it.
         self._below = Evaluator(
             self._ids,
             bind_workload_identity=bind_workload_identity,
@@ -123,7 +122,6 @@ class Decider:
         # The decision cache (sidecar/decision/cache.py): None when off. Hits are audited too.
         self.cache = cache
         self._reader: DecisionCache | NoCache = cache if cache is not None else NoCache()
-        self.now_granularity_ms = now_granularity_ms
         # Set for a sink that can queue events for its own committer (`deferring`).
         self._deferring: DeferringSink | None = sink if isinstance(sink, DeferringSink) else None
         # Counted with the metrics' children bound once (no label lookup per decision).
@@ -145,7 +143,12 @@ class Decider:
     @property
     def policy_errors(self) -> PolicyErrors:
         """The semantics every decision of this decider is made under."""
-        return self._policy_errors
+        return self._below.policy_errors
+
+    @property
+    def now_granularity_ms(self) -> int:
+        """How `context.now` is rounded (validation's rule; the cache resolves hits by it)."""
+        return self._below.now_granularity_ms
 
     def now(self) -> datetime:
         return self._clock()
@@ -273,7 +276,7 @@ class Decider:
             if not item.caller.refusal:
                 item.index = len(asked)
                 asked.append(item.request)
-        results = evaluate_many(bundle, asked, policy_errors=self._policy_errors)
+        results = evaluate_many(bundle, asked, policy_errors=self.policy_errors)
         out: list[Decided | Exception] = []
         for item in items:
             if item.index >= 0:
