@@ -186,20 +186,24 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def pin(pid: int, cpus: set[int]) -> int:
-    """Pin every thread of a process and of its descendants to `cpus` (affinity is per
-    thread; threads and processes started later inherit their parent's); the threads
-    pinned."""
-    pinned = 0
+def threads(pid: int) -> list[int]:
+    """Every thread of a process and of its descendants (those that exited meanwhile
+    left out): affinity and niceness are per thread on Linux."""
+    tids: list[int] = []
     for p in [pid, *descendants(pid)]:
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
-        except OSError:
-            continue  # exited meanwhile
-        for tid in tids:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(tid, cpus)
-                pinned += 1
+        with contextlib.suppress(OSError):  # exited meanwhile
+            tids += [int(t) for t in os.listdir(f"/proc/{p}/task")]
+    return tids
+
+
+def pin(pid: int, cpus: set[int]) -> int:
+    """Pin every thread of a process and of its descendants to `cpus` (threads and
+    processes started later inherit their parent's); the threads pinned."""
+    pinned = 0
+    for tid in threads(pid):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cpus)
+            pinned += 1
     return pinned
 
 
@@ -209,33 +213,26 @@ INFRA_NICE = 10
 
 
 def renice(pid: int, nice: int) -> bool:
-    """Set the niceness of every thread of a process and of its descendants (per thread
-    on Linux; threads and processes started later inherit it); False when not allowed
-    (lowering it back needs the privilege to)."""
+    """Set the niceness of every thread of a process and of its descendants (threads
+    and processes started later inherit it); False when not allowed (lowering it back
+    needs the privilege to)."""
     done = True
-    for p in [pid, *descendants(pid)]:
+    for tid in threads(pid):
         try:
-            tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except PermissionError:
+            done = False
         except OSError:
             continue  # exited meanwhile
-        for tid in tids:
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, nice)
-            except PermissionError:
-                done = False
-            except OSError:
-                continue  # exited meanwhile
     return done
 
 
 def affinities(pid: int) -> set[frozenset[int]]:
     """The CPU sets of every thread of a process and of its descendants."""
     found: set[frozenset[int]] = set()
-    for p in [pid, *descendants(pid)]:
+    for tid in threads(pid):
         with contextlib.suppress(OSError):
-            for t in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError):
-                    found.add(frozenset(os.sched_getaffinity(int(t))))
+            found.add(frozenset(os.sched_getaffinity(tid)))
     return found
 
 
