@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.evidence_stages import STAGES, stage_costs
 from benchmarks.evidence_trail import Shape, generate
 from benchmarks.machine import commit, describe, loadavg
 from benchmarks.results import save_data, write_block
@@ -57,7 +58,8 @@ def child(trail: Path, now: str) -> dict[str, Any]:
     load_s = time.perf_counter() - started
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     # This process's CPU and its chain loaders' (ingest.py runs large trails' chains apart).
-    load_cpu_s = time.process_time() - cpu + children.ru_utime + children.ru_stime
+    loaders_cpu_s = children.ru_utime + children.ru_stime
+    load_cpu_s = time.process_time() - cpu + loaders_cpu_s
     load_end = loadavg()
     counts = {
         table: store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
@@ -90,10 +92,14 @@ def child(trail: Path, now: str) -> dict[str, Any]:
         }
     verified = store.verification.ok
     summary = store.verification.summary()
+    phases = {name: round(seconds, 2) for name, seconds in store.phases.items()}
     store.close()
     return {
         "load_s": round(load_s, 2),
         "load_cpu_s": round(load_cpu_s, 2),
+        "loaders_cpu_s": round(loaders_cpu_s, 2),
+        "phases": phases,
+        "stages": stage_costs(trail),
         "loadavg_start": load_start,
         "loadavg_end": load_end,
         "verified": verified,
@@ -222,7 +228,87 @@ def render(record: dict[str, Any]) -> str:
             f"{r['tables']['grants']:,} accesses, {r['tables']['leavers']:,} leaver rows; "
             f"{r['verification']}; {verdict}."
         )
+    lines += ["", *_anatomy(record)]
     return "\n".join(lines)
+
+
+def _anatomy(record: dict[str, Any]) -> list[str]:
+    """Where each load's time went (`Store.phases`), and what one record costs a chain
+    loader stage by stage (evidence_stages.py): the floor of this design."""
+    from benchmarks.results import table
+
+    sizes = [r for r in record["sizes"] if "phases" in r]
+    if not sizes:
+        return []
+    cores = int(record["machine"].get("usable_cores") or record["machine"]["nproc"])
+    names = list(sizes[-1]["phases"])
+    out = [
+        "Where the load's time went (wall seconds of each phase of `open_store`, in order; "
+        "the first phase runs the chain loaders in parallel processes, the others run in "
+        "one process):",
+        "",
+        table(
+            ["events", *names, "chain loaders' CPU"],
+            [
+                [
+                    f"{r['events']:,}",
+                    *(f"{r['phases'].get(n, 0):.1f} s" for n in names),
+                    f"{r.get('loaders_cpu_s', 0):.1f} s",
+                ]
+                for r in sizes
+            ],
+        ),
+        "",
+        "What one record costs a chain loader, stage by stage (CPU microseconds per record, "
+        "each stage timed on its own over the first records of the trail's first chain, "
+        "benchmarks/evidence_stages.py), and what that stage alone costs the largest trail "
+        f"on {cores} cores:",
+        "",
+    ]
+    largest = sizes[-1]
+    per = largest["stages"]["us_per_record"]
+    events = largest["events"]
+    rows = [
+        [
+            stage,
+            f"{per[stage]:.2f}",
+            f"{per[stage] * events / 1e6:.1f} s",
+            f"{per[stage] * events / 1e6 / cores:.1f} s",
+        ]
+        for stage in STAGES
+    ]
+    verify = sum(per[s] for s in ("parse", "canonical", "hash"))
+    total = sum(per.values())
+    rows.append(
+        [
+            "**verification (parse + canonical + hash)**",
+            f"{verify:.2f}",
+            f"{verify * events / 1e6:.1f} s",
+            f"{verify * events / 1e6 / cores:.1f} s",
+        ]
+    )
+    rows.append(
+        [
+            "**all stages**",
+            f"{total:.2f}",
+            f"{total * events / 1e6:.1f} s",
+            f"{total * events / 1e6 / cores:.1f} s",
+        ]
+    )
+    measured = largest.get("loaders_cpu_s", 0) / events * 1e6
+    sampled = largest["stages"]["records"]
+    out += [
+        table(
+            ["stage", "us per record", f"CPU for {events:,} records", f"wall on {cores} cores"],
+            rows,
+        ),
+        "",
+        f"The chain loaders spent {measured:.2f} us of CPU per record in the run above "
+        f"(the stages, plus the loop that carries a record from one to the next, the "
+        f"inventory's counts and the copy of each chain's rows); the stages were timed over "
+        f"{sampled:,} records.",
+    ]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,8 @@ part of every answer.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -162,6 +163,9 @@ class Store:
     now: str = ""
     # Whether the inventory's counts (facts.py) cover exactly the decisions stored.
     facts_exact: bool = False
+    # Seconds each phase of the load took, in order (benchmarks/evidence_bench.py shows
+    # where a large trail's load goes).
+    phases: dict[str, float] = field(default_factory=dict)
 
     def close(self) -> None:
         self.db.close()
@@ -193,6 +197,7 @@ def open_store(
     db.execute("PRAGMA synchronous = OFF")
     db.execute("PRAGMA temp_store = MEMORY")
     db.executescript(SCHEMA)
+    lap = _Laps()
     verification = load_all(
         db,
         sets,
@@ -205,13 +210,30 @@ def open_store(
         "INSERT INTO chains VALUES (?,?,?,?,?,?)",
         [(c.trail, c.chain, c.ok, c.records, c.problem, c.exit_code) for c in verification.chains],
     )
+    lap("chains: read, verified, rows made and copied in")
     for table in ("decisions", "outcomes"):
         _first_of_each(db, table)
+    lap("ids indexed, duplicates checked")
     db.executescript(INDEXES)
     db.commit()
+    lap("indexes built")
     store = Store(db, verification, options, timestamp(options.now), facts_exact=exact(db))
-    replay_access(store)
+    store.phases = lap.phases
+    replay_access(store, lap)
     return store
+
+
+class _Laps:
+    """Seconds since the last lap, by name (`Store.phases`)."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def _first_of_each(db: sqlite3.Connection, table: str) -> None:
@@ -295,7 +317,7 @@ ORDER BY time, recorded, file, line
 """
 
 
-def replay_access(store: Store) -> None:
+def replay_access(store: Store, lap: Callable[[str], None] | None = None) -> None:
     """Pair removals with grants in time order (docs/evidence.md, "How a removal closes a
     grant"); fill `grants` (one row per access, open or closed) and `leavers`.
 
@@ -348,12 +370,16 @@ def replay_access(store: Store) -> None:
             close(key, held, held[8], "expired")
     done.extend(open_.values())
     _write_grants(db, done)
+    mark = lap or (lambda _: None)
+    mark("access replayed, grants written")
     db.executescript(GRANT_INDEXES)
     _leavers(store)
     db.executescript(LEAVER_INDEXES)
+    mark("leaver runs' accesses found")
     db.execute(FINDINGS)
     db.execute(f"INSERT OR IGNORE INTO leaver_findings {_findings(store)}")
     db.commit()
+    mark("possible findings kept")
 
 
 def _write_grants(db: sqlite3.Connection, grants: list[list[Any]]) -> None:

@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from benchmarks.evidence_bench import ANSWERS, _trail_end, child
+from benchmarks.evidence_stages import stage_costs
 from benchmarks.evidence_trail import Shape, generate, iter_lines
 from sidecar.core.event import CallMeta, build_outcome_event
 from sidecar.core.outcome import Effect, Outcome
@@ -84,3 +86,21 @@ def test_the_child_loads_and_answers(tmp_path: Path) -> None:
     assert figures["answers"]["leavers"]["rows"] > 0
     assert figures["answers"]["exceptions"]["rows"] > 0
     assert figures["answers"]["access-identity"]["rows"] > 0
+    assert next(iter(figures["phases"])).startswith("chains")  # Store.phases, in order
+    assert len(figures["phases"]) == 6
+    stages = figures["stages"]
+    assert stages["records"] >= 1_900  # the first of two chains
+    assert set(stages["us_per_record"]) == {"parse", "canonical", "hash", "rows", "insert"}
+    assert all(cost > 0 for cost in stages["us_per_record"].values())
+
+
+def test_the_stage_timing_refuses_a_trail_whose_records_do_not_verify(tmp_path: Path) -> None:
+    """The stages are timed on the real checks: a changed byte stops them."""
+    trail = tmp_path / "trail"
+    generate(trail, Shape(500, workers=2, population=20), processes=1)
+    segment = trail / "audit.w0.jsonl"  # the first chain, not rotated at this size
+    lines = segment.read_bytes().splitlines(keepends=True)
+    lines[5] = lines[5].replace(b'"kind":"', b'"kind": "')  # the same JSON, other bytes
+    segment.write_bytes(b"".join(lines))
+    with pytest.raises(SystemExit, match="record 5 "):
+        stage_costs(trail)
