@@ -406,6 +406,15 @@ class _ActivityGuard(temporalio.worker.ActivityInboundInterceptor):
         return result
 
 
+def _guarded(chain: temporalio.worker.ActivityInboundInterceptor | None) -> bool:
+    """Whether an activity's interceptor chain already holds a guard."""
+    while chain is not None:
+        if isinstance(chain, _ActivityGuard):
+            return True
+        chain = getattr(chain, "next", None)
+    return False
+
+
 class _StartGuard(temporalio.client.OutboundInterceptor):
     """Plans a run when it is started (`plan_check`); every other call passes through."""
 
@@ -503,10 +512,22 @@ class StepguardInterceptor(temporalio.client.Interceptor, temporalio.worker.Inte
         client: StepguardClient | None = None,
     ) -> None:
         self.gate = Gate(config if config is not None else config_from_env, client=client)
+        self._said_twice = False
 
     def intercept_activity(
         self, next: temporalio.worker.ActivityInboundInterceptor
     ) -> temporalio.worker.ActivityInboundInterceptor:
+        """The guard around an activity, unless one is there already: given to the client
+        and to the worker (Temporal hands a client's interceptors to its workers), each
+        activity is still asked once, by the guard nearest the activity (the worker's)."""
+        if _guarded(next):
+            if not self._said_twice:
+                self._said_twice = True
+                log.warning(
+                    "stepguard: a StepguardInterceptor is given to both the client and the "
+                    "worker; each activity is asked once, by the worker's (give it to one)"
+                )
+            return next
         return _ActivityGuard(next, self.gate)
 
     def workflow_interceptor_class(

@@ -833,3 +833,37 @@ def test_plan_check_enforce_refuses_an_unplanned_workflow_type_and_update_with_s
     assert (a_created, b_created) == (False, False)
     assert "'nonesuch' declares no plan" in str(unplanned) and "@planned" in str(unplanned)
     assert "step 'create_account'" in str(stopped) and APPROVAL_POLICY in str(stopped)
+
+
+def test_the_interceptor_given_to_client_and_worker_asks_once_per_activity(
+    temporal: DevServer, systems: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Temporal hands a client's interceptors to the workers built on it: with the guard
+    on both, each activity is asked and reported once, not twice."""
+
+    async def scenario() -> tuple[str, Any]:
+        guard = StepguardInterceptor(GuardConfig(target=running.tcp, timeout_s=2.0))
+        client = await Client.connect(temporal.address, interceptors=[guard])
+        queue = f"q-{uuid.uuid4().hex}"
+        with pool() as executor:
+            async with worker(client, queue, running.tcp, executor):
+                handle = await client.start_workflow(
+                    Onboarding.run,
+                    RunInput("bob", "maria", APPROVED),
+                    id=f"onboarding-bob-{uuid.uuid4().hex[:6]}",
+                    task_queue=queue,
+                )
+                return f"{handle.id}/{handle.result_run_id}", await handle.result()
+
+    with caplog.at_level(logging.WARNING), sidecar(tmp_path / "weekday") as running:
+        run_id, result = arun(scenario)
+        running.sidecar.stop(grace=1.0)
+    assert result == "bob@example.org"
+    assert len(changes(systems)) == 5
+    events = trail(running, run_id)
+    decisions = [e for e in events if e["kind"] == "decision"]
+    assert [d["step_id"] for d in decisions] == ONBOARDING_STEPS
+    outcomes = [e for e in events if e["kind"] == "outcome"]
+    assert sorted(o["decision_id"] for o in outcomes) == sorted(d["id"] for d in decisions)
+    said = [r for r in caplog.records if "given to both the client and the worker" in r.message]
+    assert len(said) == 1
