@@ -231,8 +231,9 @@ class Sidecar:
                 raise ListenError("metrics_listen", s.metrics_listen, str(exc)) from exc
             self._metrics_server = httpd
             metrics = f"{host}:{httpd.server_port}"
-        # With worker processes worker 0 serves AuthZEN (its HTTP server cannot share a port).
-        if s.authzen_listen is not None and self.worker in (None, 0):
+        # Worker processes share the AuthZEN port as they share the gRPC one (SO_REUSEPORT,
+        # the supervisor reserved it); a sidecar on its own must fail on a taken port.
+        if s.authzen_listen is not None:
             self._authzen = build_server(
                 s.authzen_listen,
                 self.holder.current,
@@ -245,6 +246,7 @@ class Sidecar:
                 http=s.authzen_http,
                 outcomes=self.outcomes,
                 plans=self.plans,
+                reuse_port=self.worker is not None,
             )
             try:
                 authzen = self._authzen.start()

@@ -6,9 +6,9 @@ them all. The supervisor (the `serve` process) starts each worker as a fresh
 fork-safe, and a fresh interpreter loads the same configuration the same way
 a single sidecar does) with an internal worker index, and then:
 
-- shares the TCP port: it reserves the port (refusing a taken one, resolving
-  port 0) and every worker listens on it with SO_REUSEPORT, so the kernel
-  spreads new connections over them;
+- shares the TCP ports: it reserves the gRPC port and the AuthZEN one
+  (refusing a taken one, resolving port 0) and every worker listens on each
+  with SO_REUSEPORT, so the kernel spreads new connections over them;
 - spreads the Unix socket: worker i listens on its own socket next to the
   well-known path (`grpc.sock` -> `grpc.w<i>.sock`), and the well-known path
   is a relative symbolic link to a serving worker's socket, repointed when that
@@ -75,7 +75,7 @@ class WorkerStartError(StepguardError):
     """A worker process could not start; the supervisor stops the others."""
 
 
-def reserve_port(listen: str) -> tuple[socket.socket, str]:
+def reserve_port(listen: str, field: str = "listen") -> tuple[socket.socket, str]:
     """Reserve `listen` for the workers: (a bound socket to keep open, HOST:PORT resolved).
 
     A port another process listens on is refused here (a plain bind fails),
@@ -83,7 +83,7 @@ def reserve_port(listen: str) -> tuple[socket.socket, str]:
     kept socket is bound with SO_REUSEPORT but never listens: it receives no
     connection, and keeps port 0's pick for the workers while they start.
     """
-    host, port = split_host_port(listen, "listen")
+    host, port = split_host_port(listen, field)
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     probe = socket.socket(family, socket.SOCK_STREAM)
@@ -142,6 +142,7 @@ class Supervisor:
         self._fleet: bool | None = None
         self._extra: list[str] = []
         self._hold: socket.socket | None = None
+        self._authzen_hold: socket.socket | None = None
         self._status: StatusServer | None = None
         self._monitor: threading.Thread | None = None
         self._readers: list[threading.Thread] = []
@@ -162,6 +163,9 @@ class Supervisor:
             if s.listen is not None:
                 self._hold, tcp = reserve_port(s.listen)
                 extra += ["--listen", tcp]
+            if s.authzen_listen is not None:
+                self._authzen_hold, authzen = reserve_port(s.authzen_listen, "authzen_listen")
+                extra += ["--authzen-listen", authzen]
             if s.socket is not None:
                 self._clean_sockets(s.socket)
             self._extra = extra
@@ -398,8 +402,9 @@ class Supervisor:
             self._status.server_close()
         if self.settings.socket is not None:
             self._clean_sockets(self.settings.socket)
-        if self._hold is not None:
-            self._hold.close()
+        for hold in (self._hold, self._authzen_hold):
+            if hold is not None:
+                hold.close()
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("stepguard supervisor stopped (%s)", "clean" if clean else "not clean")

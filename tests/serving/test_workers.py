@@ -516,7 +516,9 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
         assert done.returncode == 0, done
 
 
-def test_worker_0_serves_authzen(tmp_path: Path) -> None:
+def test_every_worker_serves_authzen_on_one_port(tmp_path: Path) -> None:
+    """The AuthZEN port is shared like the gRPC one: new connections spread over the
+    workers, each decision in the chain of the worker that made it."""
     from tests.serving.authzen.authzen_client import CERT, Pdp
 
     reads = {
@@ -525,12 +527,37 @@ def test_worker_0_serves_authzen(tmp_path: Path) -> None:
         "resource": {"type": "record", "id": "record-1"},
     }
     extra = ("--workers", "2", "--authzen-listen", "127.0.0.1:0")
+    answers = []
     with serving(tmp_path, *extra, policies=CERT) as server:
         assert server.serving["authzen"].startswith("127.0.0.1:"), server.serving
-        pdp = Pdp(server.serving["authzen"])
-        answer = pdp.evaluation({**reads, "options": {"stepguard_explain": True}}).json()
-        pdp.close()
-        assert answer["decision"] is True
+        for _ in range(40):  # a new connection each time: the kernel picks a worker
+            pdp = Pdp(server.serving["authzen"])
+            answers.append(pdp.evaluation({**reads, "options": {"stepguard_explain": True}}).json())
+            pdp.close()
         assert server.terminate() == 0
-    ids = [e["id"] for e in decisions_in(tmp_path / "audit.w0.jsonl")]
-    assert answer["context"]["decision_id"] in ids
+    assert all(a["decision"] is True for a in answers)
+    trails = [tmp_path / "audit.w0.jsonl", tmp_path / "audit.w1.jsonl"]
+    ids = [{e["id"] for e in decisions_in(t)} for t in trails]
+    assert all(ids), [len(i) for i in ids]  # both workers answered: 2**-39 not by chance
+    assert {a["context"]["decision_id"] for a in answers} == ids[0] | ids[1]
+
+
+def test_a_taken_authzen_port_stops_the_workers_before_they_start(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        args = (
+            *("--policies", str(POLICIES), "--listen", "127.0.0.1:0"),
+            *("--audit-file", str(tmp_path / "audit.jsonl"), "--workers", "2"),
+            *("--authzen-listen", f"127.0.0.1:{port}"),
+        )
+        done = subprocess.run(
+            [*STEPGUARD, "serve", *args], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        taken.close()
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert not list(tmp_path.glob("audit.w*.jsonl"))  # no worker started

@@ -42,6 +42,7 @@ def build_server(
     http: HttpLimits | None = None,
     outcomes: OutcomeRecorder | None = None,
     plans: PlanRecorder | None = None,
+    reuse_port: bool = False,
 ) -> AuthzenServer:
     """The AuthZEN HTTP server for a sidecar: same bundle holder, decider and metrics;
     with `outcomes`, stepguard's `POST /stepguard/v1/outcome(s)` too; with `plans`,
@@ -74,4 +75,5 @@ def build_server(
         tls=tls,
         http=http,
         refused=lambda reason: refused.labels(reason=reason).inc(),
+        reuse_port=reuse_port,
     )

@@ -394,7 +394,9 @@ class AuthzenServer:
         tls: CertificateReloader | None = None,
         http: HttpLimits | None = None,
         refused: Callable[[str], None] = lambda reason: None,
+        reuse_port: bool = False,
     ) -> None:
+        """`reuse_port`: listen with SO_REUSEPORT, beside the other worker processes."""
         host, port = split_host_port(listen, "authzen_listen")
         self._app = app
         self._server = Server(
@@ -404,6 +406,7 @@ class AuthzenServer:
             server_name="stepguard",
             limits=http or HttpLimits(),
             refused=refused,
+            reuse_port=reuse_port,
         )
         self._server.max_request_body_size = max_body_bytes
         if tls is not None:
