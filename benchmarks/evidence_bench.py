@@ -308,6 +308,17 @@ def _anatomy(record: dict[str, Any]) -> list[str]:
         f"inventory's counts and the copy of each chain's rows); the stages were timed over "
         f"{sampled:,} records.",
     ]
+    serial = sum(list(largest["phases"].values())[1:])
+    floor = total * events / 1e6 / cores + serial
+    target = LOAD_TARGET_S * events / 10_000_000
+    out += [
+        "",
+        f"A lower bound for this design at {events:,} records: the stages' CPU spread "
+        f"perfectly over {cores} cores, {total * events / 1e6 / cores:.1f} s, then the "
+        f"store's phases after the chains (one process), {serial:.1f} s: **{floor:.1f} s** "
+        f"against the {target:.0f} s target. Verifying alone, spread the same way, takes "
+        f"{verify * events / 1e6 / cores:.1f} s.",
+    ]
     return out
 
 
