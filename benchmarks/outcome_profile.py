@@ -16,10 +16,17 @@ decisions made in between not counted.
 
 Reports the process CPU per outcome (the median over `--repeat` runs of
 `--batches` batches), and with `--profile cprofile` the top functions by own
-time (cProfile, this process), or with `--profile py-spy` where py-spy's
-samples of this process fall (run under `py-spy record --native`). Printed;
-`--json PATH` keeps the figures. Not a RESULTS.md block: the server's cost in
-the real benchmark is outcome_cost.py's.
+time (cProfile, this process; `SORT=cumulative` to sort otherwise), or with
+`--profile py-spy` where py-spy's samples of this process fall (run under
+`py-spy record --native`). Printed; `--json PATH` keeps the figures. Not a
+RESULTS.md block: the server's cost in the real benchmark is outcome_cost.py's.
+
+The garbage collector: the decisions made between batches leave thousands of
+young objects each time (what the DecisionIndex keeps of them), and a young
+collection they make due would land in whichever batch allocates next. So a
+young collection runs, untimed, before each timed batch, and what the handler
+itself leaves for the collector is reported instead (young objects left per
+outcome), with the collector's time inside the handler.
 """
 
 from __future__ import annotations

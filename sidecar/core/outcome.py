@@ -7,6 +7,10 @@ them in one place (`check_outcome`, here), so a field is refused with the
 same message whichever way it came. Anything
 malformed is an `InvalidRequest` naming the field path; nothing here looks up
 the decision or writes anything (sidecar/decision/outcomes.py does).
+
+Over 500 lines: a protobuf message is read two ways that must agree (straight,
+`_accepted`, for the usual report, and the long way, which names the field it
+refuses), and both belong beside the checks they must agree with.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ _DECISION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 _ERROR_CLASS = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 _ENTITY_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*")
 _LONG_MAX = 2**63 - 1
+_ENTITY_TYPES_SEEN: set[str] = set()  # entity types `_ENTITY_TYPE` matched (`_accepted`)
 
 _STATUS_OF_PROTO = {
     pb.OUTCOME_STATUS_SUCCEEDED: "succeeded",
@@ -190,12 +195,18 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
         e = msg.effect
         identity = None
         if e.HasField("identity"):
-            kind, name = e.identity.type, e.identity.id
-            if _ENTITY_TYPE.fullmatch(kind) is None or not _fits(name, MAX_ENTITY_ID):
+            ident = e.identity
+            kind, name = ident.type, ident.id
+            if kind not in _ENTITY_TYPES_SEEN:  # a handful of types, each matched once
+                if _ENTITY_TYPE.fullmatch(kind) is None:
+                    return None
+                if len(_ENTITY_TYPES_SEEN) < 256:  # types come from callers: bounded
+                    _ENTITY_TYPES_SEEN.add(kind)
+            if not 0 < len(name) <= MAX_ENTITY_ID or not name.isprintable():
                 return None
             identity = (kind, name)
         target = e.target_system
-        if target and not _fits(target, MAX_TEXT):
+        if target and (len(target) > MAX_TEXT or not target.isprintable()):
             return None
         added: tuple[str, ...] | None = ()
         removed: tuple[str, ...] | None = ()

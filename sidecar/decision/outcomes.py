@@ -61,7 +61,6 @@ DEFAULT_SEGMENTS = 4
 DEFAULT_SCAN_BYTES = 256 * 1024 * 1024
 # A segment's mtime may trail the write of its last line by this much (coarse clocks).
 _MTIME_SLACK_MS = 2_000
-_DECISIONS = frozenset({"ALLOW", "DENY"})
 
 # What the index keeps of a decision event: references into the event, no copies.
 _Held = tuple[Any, ...]
@@ -173,7 +172,7 @@ def _facts(held: _Held) -> DecisionFacts:
         else None
     )
     return DecisionFacts(  # positional, in the field order: the keywords cost a lookup each
-        decision if decision in _DECISIONS else "DENY",
+        decision if decision in ("ALLOW", "DENY") else "DENY",  # a tuple: any value compares
         nb,
         na,
         float(ttl) if isinstance(ttl, int | float) else None,
