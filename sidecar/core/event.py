@@ -222,8 +222,12 @@ def build_outcome_event(
     violation: str,
     redactor: Redactor | None = None,
     audit_note: str = "",
+    stamped: str = "",
 ) -> dict[str, Any]:
     """The outcome event: what a decided step did, beside its decision in the trail.
+
+    `stamped`: `timestamp(at)` when the caller has it already (a batch's outcomes,
+    received together, share one time).
 
     What the decision said about the step (principal, action, resource,
     workflow/run/step, revision) is copied from the decision's own (redacted)
@@ -239,7 +243,7 @@ def build_outcome_event(
         "schema": SCHEMA_VERSION,
         "kind": "outcome",
         "id": outcome_id,
-        "time": timestamp(at),
+        "time": stamped or timestamp(at),
         "caller": {"peer": meta.peer, "identity": meta.identity},
         "decision_id": outcome.decision_id,
     }

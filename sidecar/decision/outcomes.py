@@ -48,7 +48,7 @@ from sidecar.audit.redact import Redactor
 from sidecar.audit.segments import collect
 from sidecar.audit.sink import AuditSink
 from sidecar.core.errors import AuditError, StepguardError
-from sidecar.core.event import CallMeta, build_outcome_event
+from sidecar.core.event import CallMeta, build_outcome_event, timestamp
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import EntityUid
 from sidecar.core.outcome import DecisionFacts, Outcome, judge
@@ -410,7 +410,8 @@ class OutcomeRecorder:
         """Write the outcome's event; raise AuditError when the trail cannot take it
         (the outcome is then not recorded and the caller should report it again)."""
         started = time.perf_counter()
-        event, recorded = self._judged(outcome, meta, self._ids.next())
+        at = self._clock()
+        event, recorded = self._judged(outcome, meta, self._ids.next(), at, timestamp(at))
         self._sink.write(event)
         self._counter(outcome.status, recorded.violation).inc()
         self._metrics.outcome_seconds.observe(time.perf_counter() - started)
@@ -424,10 +425,11 @@ class OutcomeRecorder:
         that kept it out (an AuditError when the trail could not take the batch: none
         of it is recorded then; any other error stays with its own outcome).
 
-        What a batch shares is only the commit (one write for the chained lines)
-        and the call's bookkeeping (its ids drawn together, its counts added once
-        per kind); each outcome is still looked up, judged, redacted, encoded and
-        chained on its own, with its own time and id.
+        What a batch shares is the commit (one write for the chained lines), the
+        time it was received (its events' `time`, and when a step that says no
+        time of its own is taken to have run) and the call's bookkeeping (its ids
+        drawn together, its counts added once per kind); each outcome is still
+        looked up, judged, redacted, encoded and chained on its own, with its own id.
         """
         started = time.perf_counter()
         out: list[Recorded | Exception] = []
@@ -437,9 +439,11 @@ class OutcomeRecorder:
         encode = encode_event if callable(write_encoded) else None
         events: list[Any] = []
         judged = self._judged
+        at = self._clock()
+        stamped = timestamp(at)
         for outcome, outcome_id in zip(outcomes, self._ids.next_many(len(outcomes)), strict=True):
             try:
-                event, recorded = judged(outcome, meta, outcome_id)
+                event, recorded = judged(outcome, meta, outcome_id, at, stamped)
                 events.append(event if encode is None else encode(event))
             except Exception as exc:  # noqa: BLE001 - this outcome fails, not the batch
                 out.append(exc)
@@ -470,10 +474,10 @@ class OutcomeRecorder:
         return out
 
     def _judged(
-        self, outcome: Outcome, meta: CallMeta, outcome_id: str
+        self, outcome: Outcome, meta: CallMeta, outcome_id: str, at: datetime, stamped: str
     ) -> tuple[dict[str, Any], Recorded]:
-        """The outcome's event and what it was judged (nothing written yet)."""
-        at = self._clock()
+        """The outcome's event and what it was judged (nothing written yet), received
+        `at` (`stamped`: its text)."""
         facts = self.lookup(outcome.decision_id)
         mismatch = facts is not None and self.caller_mismatch(facts, meta.identity)
         violation = judge(outcome, facts, at, caller_mismatch=mismatch)
@@ -486,6 +490,7 @@ class OutcomeRecorder:
             violation=violation,
             redactor=self._redactor,
             audit_note=self._audit_note,
+            stamped=stamped,
         )
         decided = facts.decision if facts is not None else ""
         return event, Recorded(

@@ -294,3 +294,32 @@ def test_an_outcome_whose_event_cannot_be_encoded_fails_alone(tmp_path: Path) ->
     assert verify(trail).ok
     lines = [json.loads(line) for s in trail.segments for line in s.read_text().splitlines()]
     assert [r["decision_id"] for r in lines if r["kind"] == "outcome"] == [good[0], *good[1:]]
+
+
+def test_a_batch_is_received_at_one_time(tmp_path: Path) -> None:
+    """A RecordOutcomes batch arrives at once: its outcome events share the time it was
+    received, and a step that says no time of its own is judged against the decision's
+    bound at that time, whichever place it has in the batch. (The clock here moves a
+    minute at each reading; before, each outcome read it anew, so the last of a batch
+    could pass a bound the first had not.)"""
+    node = Node(tmp_path / "audit.jsonl")
+    ticks = iter(range(10_000))
+    recorder = OutcomeRecorder(
+        node.sink,
+        Metrics(),
+        lambda: BUSINESS_HOURS + timedelta(minutes=next(ticks)),
+        index=node.index,
+    )
+    try:
+        ids = [node.decide(bounded(grant_request(), 2))[0] for _ in range(4)]
+        results = recorder.record_many([Outcome(d, "succeeded") for d in ids], CallMeta())
+    finally:
+        node.close()
+    assert [r.violation for r in results if not isinstance(r, Exception)] == [""] * 4
+    lines = [
+        json.loads(line)
+        for seg in collect([tmp_path / "audit.jsonl"])[0].segments
+        for line in seg.read_text().splitlines()
+    ]
+    times = {r["time"] for r in lines if r["kind"] == "outcome"}
+    assert len(times) == 1 and sum(r["kind"] == "outcome" for r in lines) == 4
