@@ -210,10 +210,12 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
             return None
         added: tuple[str, ...] | None = ()
         removed: tuple[str, ...] | None = ()
-        if e.entitlements_added:
-            added = _entitlements(e.entitlements_added)
-        if e.entitlements_removed:
-            removed = _entitlements(e.entitlements_removed)
+        listed = e.entitlements_added  # each access makes a new view: once
+        if listed:
+            added = _entitlements(listed)
+        listed = e.entitlements_removed
+        if listed:
+            removed = _entitlements(listed)
         if added is None or removed is None:
             return None
         account = ""
