@@ -142,7 +142,7 @@ SIDECAR_FUNCTIONS: dict[tuple[str, str], str] = {
     ("sidecar/core/engine.py", "_entities_for"): "entities",
     ("sidecar/core/engine.py", "request_entities"): "entities",
     ("sidecar/audit/chain.py", "canonical"): "audit_encode",
-    ("sidecar/audit/commit.py", "_encode"): "audit_encode",
+    ("sidecar/audit/commit.py", "encode_event"): "audit_encode",
     ("sidecar/core/event.py", "template"): "cache",  # kept for the hits to come
     ("sidecar/decision/decider.py", "now"): "convert",
     ("sidecar/serving/servicer.py", "call_meta"): "convert",

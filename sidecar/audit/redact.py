@@ -148,6 +148,14 @@ class Redactor:
         digest = hmac.new(self._key, data.encode(), hashlib.sha256).hexdigest()[:32]
         return f"redacted:hmac-sha256:{digest}"
 
+    def reaches(self, event: Mapping[str, Any]) -> bool:
+        """Whether `apply` can change `event`: it holds a context, entities or a request
+        id, or paths are configured. An outcome event usually holds none of them, and
+        its builder then skips the copy `apply` makes."""
+        return (
+            bool(self.paths) or "context" in event or "entities" in event or ("request_id" in event)
+        )
+
     def apply(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """A redacted copy of `event`; the input (and the request it came from) is untouched."""
         out = dict(event)
@@ -168,7 +176,13 @@ class Redactor:
     def by_value(self, value: Any) -> Any:
         """Rule 2 alone, at any depth: for data whose key names are the API's own
         (an outcome's `effect`), where rule 1 would replace whole fields by name
-        (`credential`). The same object when nothing is replaced."""
+        (`credential`). The same object when nothing is replaced.
+
+        Most values hold no secret: one scan that allocates nothing says so
+        (`_clean`), and only a value it cannot clear is walked and rebuilt.
+        """
+        if self._clean(value):
+            return value
         if isinstance(value, str):
             return self._masked(value) if self.secret_value(value) else value
         if isinstance(value, Mapping):
@@ -190,6 +204,30 @@ class Redactor:
                 for a, b in zip(items, value, strict=True)
             ]
         return value
+
+    def _clean(self, value: Any) -> bool:
+        """Whether rule 2 replaces nothing in a plain JSON value (str, dict, list,
+        scalars); False for anything else too, which `by_value` then walks."""
+        kind = type(value)
+        if kind is str:
+            if len(value) >= _MIN_VALUE and self._values.search(value) is not None:
+                return False
+            return not self._extra or not any(p.search(value) for p in self._extra)
+        if kind is dict:
+            members = value.values()
+        elif kind is list:
+            members = value
+        else:
+            return kind in _SCALARS
+        for v in members:
+            if type(v) is str:  # most members: checked here, without the call
+                if len(v) >= _MIN_VALUE and self._values.search(v) is not None:
+                    return False
+                if self._extra and any(p.search(v) for p in self._extra):
+                    return False
+            elif not self._clean(v):
+                return False
+        return True
 
     def _value(self, value: Any) -> Any:
         """`by_value` of one member: a plain string (most are) without the call."""

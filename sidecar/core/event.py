@@ -38,6 +38,8 @@ class Redactor(Protocol):
 
     def by_value(self, value: Any) -> Any: ...
 
+    def reaches(self, event: Mapping[str, Any]) -> bool: ...
+
 
 SCHEMA_VERSION = 1
 KINDS = ("decision", "outcome", "plan", "segment", "recovery", "outage", "shutdown")
@@ -220,8 +222,12 @@ def build_outcome_event(
     violation: str,
     redactor: Redactor | None = None,
     audit_note: str = "",
+    stamped: str = "",
 ) -> dict[str, Any]:
     """The outcome event: what a decided step did, beside its decision in the trail.
+
+    `stamped`: `timestamp(at)` when the caller has it already (a batch's outcomes,
+    received together, share one time).
 
     What the decision said about the step (principal, action, resource,
     workflow/run/step, revision) is copied from the decision's own (redacted)
@@ -237,22 +243,29 @@ def build_outcome_event(
         "schema": SCHEMA_VERSION,
         "kind": "outcome",
         "id": outcome_id,
-        "time": timestamp(at),
+        "time": stamped or timestamp(at),
         "caller": {"peer": meta.peer, "identity": meta.identity},
         "decision_id": outcome.decision_id,
-        "decided": facts.decision if facts is not None else "UNKNOWN",
-        "status": outcome.status,
-        "attempt": outcome.attempt,
-        "workflow_id": facts.workflow_id if facts is not None else "",
-        "run_id": facts.run_id if facts is not None else "",
-        "step_id": facts.step_id if facts is not None else "",
     }
     if facts is not None:
-        for name in ("principal", "action", "resource"):
-            value = getattr(facts, name)
-            if value is not None:
-                event[name] = value
+        event["decided"] = facts.decision
+        event["status"] = outcome.status
+        event["attempt"] = outcome.attempt
+        event["workflow_id"] = facts.workflow_id
+        event["run_id"] = facts.run_id
+        event["step_id"] = facts.step_id
+        if facts.principal is not None:
+            event["principal"] = facts.principal
+        if facts.action is not None:
+            event["action"] = facts.action
+        if facts.resource is not None:
+            event["resource"] = facts.resource
         event["policy_revision"] = facts.policy_revision
+    else:
+        event["decided"] = "UNKNOWN"
+        event["status"] = outcome.status
+        event["attempt"] = outcome.attempt
+        event["workflow_id"] = event["run_id"] = event["step_id"] = ""
     if outcome.error_class:
         event["error_class"] = outcome.error_class
     if outcome.started_at is not None:
@@ -267,7 +280,8 @@ def build_outcome_event(
     if redactor is not None:
         if "effect" in event:
             event["effect"] = redactor.by_value(event["effect"])
-        event = redactor.apply(event)
+        if redactor.reaches(event):  # else `apply` would only copy it
+            event = redactor.apply(event)
     return event
 
 

@@ -7,12 +7,16 @@ them in one place (`check_outcome`, here), so a field is refused with the
 same message whichever way it came. Anything
 malformed is an `InvalidRequest` naming the field path; nothing here looks up
 the decision or writes anything (sidecar/decision/outcomes.py does).
+
+Over 500 lines: a protobuf message is read two ways that must agree (straight,
+`_accepted`, for the usual report, and the long way, which names the field it
+refuses), and both belong beside the checks they must agree with.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +28,7 @@ from sidecar.core.validate import to_ms
 STATUSES = ("succeeded", "failed", "skipped", "timed_out")
 # A step with one of these statuses ran: only those can be violations.
 RAN = frozenset({"succeeded", "failed", "timed_out"})
+_WITH_ERROR_CLASS = frozenset({"failed", "timed_out"})
 ACCOUNT_CHANGES = ("created", "disabled", "deleted")
 CREDENTIAL_CHANGES = ("issued", "revoked")
 MAX_ENTITLEMENTS = 64
@@ -33,6 +38,7 @@ _DECISION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 _ERROR_CLASS = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 _ENTITY_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*")
 _LONG_MAX = 2**63 - 1
+_ENTITY_TYPES_SEEN: set[str] = set()  # entity types `_ENTITY_TYPE` matched (`_accepted`)
 
 _STATUS_OF_PROTO = {
     pb.OUTCOME_STATUS_SUCCEEDED: "succeeded",
@@ -67,7 +73,10 @@ class Credential:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one of these is built per reported outcome, and a frozen dataclass's
+# __init__ sets each field through object.__setattr__ (4x the cost). Treated as values
+# all the same: nothing assigns to them after they are made.
+@dataclass(slots=True)
 class Effect:
     identity: tuple[str, str] | None = None  # (type, id)
     target_system: str = ""
@@ -98,7 +107,7 @@ class Effect:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: as Effect
 class Outcome:
     decision_id: str
     status: str  # one of STATUSES
@@ -123,7 +132,156 @@ def event_time(at: datetime) -> str:
 
 
 def outcome_from_proto(msg: pb.RecordOutcomeRequest, prefix: str = "") -> Outcome:
-    """A RecordOutcomeRequest as the model; `prefix` (`items[3].`) starts every field path."""
+    """A RecordOutcomeRequest as the model; `prefix` (`items[3].`) starts every field path.
+
+    Read straight from the message when every field passes (`_accepted`, the usual
+    report); anything it does not accept is read the long way, which refuses it with
+    the message naming the field (or, if `_accepted` was only cautious, reads it).
+    """
+    accepted = _accepted(msg)
+    return accepted if accepted is not None else _checked_from_proto(msg, prefix)
+
+
+def outcomes_from_proto(
+    items: Iterable[pb.RecordOutcomeRequest], field: str = "items"
+) -> list[Outcome | Exception]:
+    """A batch's items as `outcome_from_proto` reads each (`items[3].` starting the
+    field paths): per item its outcome, or the error that refuses it (the item fails,
+    not the batch)."""
+    out: list[Outcome | Exception] = []
+    for i, item in enumerate(items):
+        accepted = _accepted(item)
+        if accepted is None:
+            try:
+                accepted = _checked_from_proto(item, f"{field}[{i}].")
+            except Exception as exc:  # noqa: BLE001 - this item fails, not the batch
+                out.append(exc)
+                continue
+        out.append(accepted)
+    return out
+
+
+def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
+    """The outcome when `msg` passes every check of `check_outcome`, else None (then
+    `_checked_from_proto` says why). One pass over the message, no intermediate dicts:
+    it runs once per reported outcome. Equal to `_checked_from_proto`'s outcome
+    whenever it gives one (tests/core/test_outcome_model.py, a Hypothesis property).
+    """
+    status = _STATUS_OF_PROTO.get(msg.status)
+    decision_id = msg.decision_id
+    if status is None or _DECISION_ID.fullmatch(decision_id) is None:
+        return None
+    error_class = msg.error_class
+    if error_class:
+        if status not in _WITH_ERROR_CLASS or _ERROR_CLASS.fullmatch(error_class) is None:
+            return None
+    elif status == "failed":
+        return None
+    attempt = msg.attempt
+    if attempt < 0:  # an int64: never above _LONG_MAX
+        return None
+    has = msg.HasField
+    started = finished = None
+    if has("started_at"):
+        started = _time_or_none(msg.started_at)
+        if started is None:
+            return None
+    if has("finished_at"):
+        finished = _time_or_none(msg.finished_at)
+        if finished is None or (started is not None and started > finished):
+            return None
+    effect = None
+    if has("effect"):
+        e = msg.effect
+        identity = None
+        if e.HasField("identity"):
+            ident = e.identity
+            kind, name = ident.type, ident.id
+            if kind not in _ENTITY_TYPES_SEEN:  # a handful of types, each matched once
+                if _ENTITY_TYPE.fullmatch(kind) is None:
+                    return None
+                if len(_ENTITY_TYPES_SEEN) < 256:  # types come from callers: bounded
+                    _ENTITY_TYPES_SEEN.add(kind)
+            if not 0 < len(name) <= MAX_ENTITY_ID or not name.isprintable():
+                return None
+            identity = (kind, name)
+        target = e.target_system
+        if target and (len(target) > MAX_TEXT or not target.isprintable()):
+            return None
+        added: tuple[str, ...] | None = ()
+        removed: tuple[str, ...] | None = ()
+        listed = e.entitlements_added  # each access makes a new view: once
+        if listed:
+            added = _entitlements(listed)
+        listed = e.entitlements_removed
+        if listed:
+            removed = _entitlements(listed)
+        if added is None or removed is None:
+            return None
+        account = ""
+        if e.account:
+            account = _ACCOUNT_OF_PROTO.get(e.account, "")
+            if not account:
+                return None
+        credential = None
+        if e.HasField("credential"):
+            credential = _credential_accepted(e.credential)
+            if credential is None:
+                return None
+        if identity or target or added or removed or credential or account:
+            effect = Effect(identity, target, added, removed, credential, account)
+    return Outcome(decision_id, status, error_class, effect, started, finished, attempt)
+
+
+def _credential_accepted(c: pb.Credential) -> Credential | None:
+    change = _CREDENTIAL_OF_PROTO.get(c.change)
+    if change is None or not _fits(c.id, MAX_TEXT):
+        return None
+    issued = expires = None
+    if c.HasField("issued_at"):
+        issued = _time_or_none(c.issued_at)
+        if issued is None:
+            return None
+    if c.HasField("expires_at"):
+        expires = _time_or_none(c.expires_at)
+        if expires is None:
+            return None
+    if change == "issued" and (issued is None or expires is None):
+        return None
+    if issued is not None and expires is not None and expires < issued:
+        return None
+    return Credential(c.id, change, issued, expires)
+
+
+def _entitlements(values: Iterable[str]) -> tuple[str, ...] | None:
+    items = tuple(values)
+    if len(items) > MAX_ENTITLEMENTS:
+        return None
+    for v in items:
+        if not 0 < len(v) <= MAX_TEXT or not v.isprintable():
+            return None
+    return items
+
+
+def _fits(value: str, limit: int) -> bool:
+    """`_text`'s checks, as a yes or no."""
+    return 0 < len(value) <= limit and value.isprintable()
+
+
+def _time_or_none(ts: Any) -> datetime | None:
+    """`_proto_time`, None where it would refuse."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        return None
+    try:
+        value: datetime = ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        return None
+    return value
+
+
+def _checked_from_proto(msg: pb.RecordOutcomeRequest, prefix: str) -> Outcome:
+    """`outcome_from_proto` the long way: the message read into the plain values the
+    JSON form also gives, then `check_outcome`, which names the field it refuses."""
     status: Any = _STATUS_OF_PROTO.get(msg.status, msg.status)
     effect: dict[str, Any] | None = None
     if msg.HasField("effect"):
@@ -375,7 +533,7 @@ VIOLATION_TO_PROTO = {
 VIOLATION_OF_PROTO = {v: k for k, v in VIOLATION_TO_PROTO.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: as Effect (one per outcome judged)
 class DecisionFacts:
     """What an outcome is judged against: its decision, as the trail recorded it."""
 

@@ -42,18 +42,19 @@ from typing import Any
 
 import orjson
 
+from sidecar.audit.commit import encode_event
 from sidecar.audit.files import open_read
 from sidecar.audit.redact import Redactor
 from sidecar.audit.segments import collect
 from sidecar.audit.sink import AuditSink
 from sidecar.core.errors import AuditError, StepguardError
-from sidecar.core.event import CallMeta, build_outcome_event
+from sidecar.core.event import CallMeta, build_outcome_event, timestamp
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import EntityUid
 from sidecar.core.outcome import DecisionFacts, Outcome, judge
 from sidecar.core.validate import datetime_text_ms, parse_cedar_datetime
 from sidecar.decision.identity import binding_refusal
-from sidecar.decision.metrics import Metrics
+from sidecar.decision.metrics import Metrics, observe_many
 
 DEFAULT_INDEX_ENTRIES = 65_536
 DEFAULT_SEGMENTS = 4
@@ -159,24 +160,30 @@ def _facts(held: _Held) -> DecisionFacts:
         step,
         caller,
     ) = held
+    # Once per outcome: plain dicts (what events hold) are told apart by type, not by
+    # the slower ABC check, which still catches any other mapping.
     nb = na = None
-    if isinstance(bound, Mapping):
+    if type(bound) is dict or isinstance(bound, Mapping):
         nb = _bound_ms(bound.get("not_before"))
         na = _bound_ms(bound.get("not_after"))
-    ttl = obligations.get("max_credential_ttl_s") if isinstance(obligations, Mapping) else None
-    return DecisionFacts(
-        decision=decision if decision in ("ALLOW", "DENY") else "DENY",
-        not_before_ms=nb,
-        not_after_ms=na,
-        max_credential_ttl_s=float(ttl) if isinstance(ttl, int | float) else None,
-        principal=principal,
-        action=action,
-        resource=resource,
-        policy_revision=revision if isinstance(revision, str) else "",
-        workflow_id=workflow if isinstance(workflow, str) else "",
-        run_id=run if isinstance(run, str) else "",
-        step_id=step if isinstance(step, str) else "",
-        caller_identity=_identity_in(caller),
+    ttl = (
+        obligations.get("max_credential_ttl_s")
+        if type(obligations) is dict or isinstance(obligations, Mapping)
+        else None
+    )
+    return DecisionFacts(  # positional, in the field order: the keywords cost a lookup each
+        decision if decision in ("ALLOW", "DENY") else "DENY",  # a tuple: any value compares
+        nb,
+        na,
+        float(ttl) if isinstance(ttl, int | float) else None,
+        principal,
+        action,
+        resource,
+        revision if isinstance(revision, str) else "",
+        workflow if isinstance(workflow, str) else "",
+        run if isinstance(run, str) else "",
+        step if isinstance(step, str) else "",
+        _identity_in(caller),
     )
 
 
@@ -200,8 +207,10 @@ def _bound_ms(value: Any) -> int | None:
 
 def _identity_in(caller: Any) -> str:
     """The identity an event's `caller` recorded ("" when none, or removed by redaction)."""
-    identity = caller.get("identity") if isinstance(caller, Mapping) else None
-    return identity if isinstance(identity, str) else ""
+    if type(caller) is dict or isinstance(caller, Mapping):
+        identity = caller.get("identity")
+        return identity if isinstance(identity, str) else ""
+    return ""
 
 
 class IndexingSink:
@@ -352,7 +361,7 @@ def _search(
                 end = at  # the id in another field (a principal named like it): look on
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per outcome (as core/outcome.Effect)
 class Recorded:
     """What `record` wrote: the outcome's own event id, and what it was judged."""
 
@@ -401,9 +410,10 @@ class OutcomeRecorder:
         """Write the outcome's event; raise AuditError when the trail cannot take it
         (the outcome is then not recorded and the caller should report it again)."""
         started = time.perf_counter()
-        event, recorded = self._judged(outcome, meta)
+        at = self._clock()
+        event, recorded = self._judged(outcome, meta, self._ids.next(), at, timestamp(at))
         self._sink.write(event)
-        self._count(recorded, outcome.status)
+        self._counter(outcome.status, recorded.violation).inc()
         self._metrics.outcome_seconds.observe(time.perf_counter() - started)
         return recorded
 
@@ -415,48 +425,62 @@ class OutcomeRecorder:
         that kept it out (an AuditError when the trail could not take the batch: none
         of it is recorded then; any other error stays with its own outcome).
 
-        What a batch shares is only the commit (one write for the chained lines)
-        and the call's bookkeeping; each outcome is still looked up, judged,
-        redacted, encoded and chained on its own, with its own time and id.
+        What a batch shares is the commit (one write for the chained lines), the
+        time it was received (its events' `time`, and when a step that says no
+        time of its own is taken to have run) and the call's bookkeeping (its ids
+        drawn together, its counts added once per kind); each outcome is still
+        looked up, judged, redacted, encoded and chained on its own, with its own id.
         """
         started = time.perf_counter()
         out: list[Recorded | Exception] = []
-        events: list[dict[str, Any]] = []
-        for outcome in outcomes:
+        # Each event encoded as soon as it is built, while what it copied from its
+        # decision is still in the CPU's cache (a trail that takes encoded events).
+        write_encoded = getattr(self._sink, "write_encoded", None)
+        encode = encode_event if callable(write_encoded) else None
+        events: list[Any] = []
+        judged = self._judged
+        at = self._clock()
+        stamped = timestamp(at)
+        for outcome, outcome_id in zip(outcomes, self._ids.next_many(len(outcomes)), strict=True):
             try:
-                event, recorded = self._judged(outcome, meta)
+                event, recorded = judged(outcome, meta, outcome_id, at, stamped)
+                events.append(event if encode is None else encode(event))
             except Exception as exc:  # noqa: BLE001 - this outcome fails, not the batch
                 out.append(exc)
                 continue
-            events.append(event)
             out.append(recorded)
         if not events:
             return out
         try:
             write_many = getattr(self._sink, "write_many", None)
-            if callable(write_many):
+            if encode is not None:
+                write_encoded(events)  # type: ignore[misc]
+            elif callable(write_many):
                 write_many(events)
             else:  # a sink without it: one write each (a failure stops the rest)
                 for event in events:
                     self._sink.write(event)
         except AuditError as exc:
             return [exc if isinstance(r, Recorded) else r for r in out]
+        kinds: dict[tuple[str, str], int] = {}
         for result, outcome in zip(out, outcomes, strict=True):
             if isinstance(result, Recorded):
-                self._count(result, outcome.status)
+                key = (outcome.status, result.violation)
+                kinds[key] = kinds.get(key, 0) + 1
+        for (status, violation), count in kinds.items():
+            self._counter(status, violation).inc(count)
         each = (time.perf_counter() - started) / len(events)  # its share of the batch
-        observe = self._metrics.outcome_seconds.observe
-        for _ in events:
-            observe(each)
+        observe_many(self._metrics.outcome_seconds, each, len(events))
         return out
 
-    def _judged(self, outcome: Outcome, meta: CallMeta) -> tuple[dict[str, Any], Recorded]:
-        """The outcome's event and what it was judged (nothing written yet)."""
-        at = self._clock()
+    def _judged(
+        self, outcome: Outcome, meta: CallMeta, outcome_id: str, at: datetime, stamped: str
+    ) -> tuple[dict[str, Any], Recorded]:
+        """The outcome's event and what it was judged (nothing written yet), received
+        `at` (`stamped`: its text)."""
         facts = self.lookup(outcome.decision_id)
         mismatch = facts is not None and self.caller_mismatch(facts, meta.identity)
         violation = judge(outcome, facts, at, caller_mismatch=mismatch)
-        outcome_id = self._ids.next()
         event = build_outcome_event(
             outcome_id,
             at,
@@ -466,23 +490,27 @@ class OutcomeRecorder:
             violation=violation,
             redactor=self._redactor,
             audit_note=self._audit_note,
+            stamped=stamped,
         )
+        decided = facts.decision if facts is not None else ""
         return event, Recorded(
             outcome_id,
             outcome.decision_id,
-            facts.decision if facts is not None else "",
+            decided,
             violation,
-            _reason(outcome, facts, violation),
+            _reason(outcome.status, decided, violation),
         )
 
-    def _count(self, recorded: Recorded, status: str) -> None:
-        key = (status, recorded.violation or "none")
+    def _counter(self, status: str, violation: str) -> Any:
+        """The outcome counter's child for this status and violation (labels looked up
+        once each: the lookup costs more than the increment)."""
+        key = (status, violation or "none")
         child = self._counted.get(key)
-        if child is None:  # the label lookup costs more than the increment: once each
+        if child is None:
             child = self._counted[key] = self._metrics.outcomes.labels(
                 status=key[0], violation=key[1]
             )
-        child.inc()
+        return child
 
     def caller_mismatch(self, facts: DecisionFacts, identity: str) -> bool:
         """Whether a caller with this authenticated `identity` ("" for none) is another
@@ -515,13 +543,15 @@ class OutcomeRecorder:
         return _identity_in(redacted.get("caller"))
 
 
-def _reason(outcome: Outcome, facts: DecisionFacts | None, violation: str) -> str:
+@functools.lru_cache(maxsize=256)
+def _reason(status: str, decided: str, violation: str) -> str:
+    """The answer's reason for an outcome of `status` whose decision was `decided`
+    ("" when none was found) and judged `violation`: a few dozen texts in all,
+    each made once (the arguments are validated values, so the cache stays small)."""
     if not violation:
-        if facts is None:
-            return (
-                f"recorded: {outcome.status} (no decision found with that id; the step did not run)"
-            )
-        return f"recorded: {outcome.status} (its decision: {facts.decision})"
+        if not decided:
+            return f"recorded: {status} (no decision found with that id; the step did not run)"
+        return f"recorded: {status} (its decision: {decided})"
     why = {
         "decision_unknown": "no decision with that id was found",
         "decision_denied": "its decision was DENY",
@@ -532,4 +562,4 @@ def _reason(outcome: Outcome, facts: DecisionFacts | None, violation: str) -> st
             "it was reported by another caller than the one its decision was made for"
         ),
     }[violation]
-    return f"recorded as a violation ({violation}): {outcome.status}, but {why}"
+    return f"recorded as a violation ({violation}): {status}, but {why}"

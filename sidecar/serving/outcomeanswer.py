@@ -15,7 +15,7 @@ import grpc
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.core.errors import AuditError, InvalidRequest
 from sidecar.core.event import CallMeta
-from sidecar.core.outcome import VIOLATION_TO_PROTO, Outcome, outcome_from_proto
+from sidecar.core.outcome import VIOLATION_TO_PROTO, Outcome, outcomes_from_proto
 from sidecar.decision.outcomes import OutcomeRecorder, Recorded
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,7 @@ def outcomes_response(
     count_invalid: Callable[[InvalidRequest], None],
 ) -> pb.RecordOutcomesResponse:
     """Many outcomes, one result each in order; an invalid item fails only itself."""
-    read: list[Outcome | Exception] = []
-    for i, item in enumerate(items):
-        try:
-            read.append(outcome_from_proto(item, f"items[{i}]."))
-        except Exception as exc:  # noqa: BLE001 - this item fails, not the batch
-            read.append(exc)
+    read = outcomes_from_proto(items)
     valid = [o for o in read if isinstance(o, Outcome)]
     try:
         results = iter(recorder.record_many(valid, meta))

@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sidecar.audit.chain import canonical
 from sidecar.audit.filesink import FileSink
 from sidecar.audit.redact import Redactor
 from sidecar.core.errors import ConfigError
-from sidecar.core.event import CallMeta, build_outcome_event
+from sidecar.core.event import (
+    SCHEMA_VERSION,
+    CallMeta,
+    _call_fields,
+    build_outcome_event,
+    timestamp,
+)
 from sidecar.core.outcome import Credential, DecisionFacts, Effect, Outcome
 
 SCHEMA = json.loads(
@@ -98,3 +108,160 @@ def test_configured_paths_reach_the_effect_but_not_the_protected_fields() -> Non
     for name in ("decision_id", "violation", "status", "decided"):
         with pytest.raises(ConfigError):
             Redactor([name])
+
+
+# --- the event as it was built before the outcome path was made cheaper ---------------
+
+
+def reference_event(
+    outcome_id: str,
+    at: datetime,
+    outcome: Outcome,
+    meta: CallMeta,
+    *,
+    facts: DecisionFacts | None,
+    violation: str,
+    redactor: Redactor | None = None,
+    audit_note: str = "",
+) -> dict[str, Any]:
+    """build_outcome_event before (sidecar/core/event.py, commit d79c3a7): every event
+    copied by `apply`, and Redactor.by_value walking the effect without a first scan."""
+    event: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "kind": "outcome",
+        "id": outcome_id,
+        "time": timestamp(at),
+        "caller": {"peer": meta.peer, "identity": meta.identity},
+        "decision_id": outcome.decision_id,
+        "decided": facts.decision if facts is not None else "UNKNOWN",
+        "status": outcome.status,
+        "attempt": outcome.attempt,
+        "workflow_id": facts.workflow_id if facts is not None else "",
+        "run_id": facts.run_id if facts is not None else "",
+        "step_id": facts.step_id if facts is not None else "",
+    }
+    if facts is not None:
+        for name in ("principal", "action", "resource"):
+            value = getattr(facts, name)
+            if value is not None:
+                event[name] = value
+        event["policy_revision"] = facts.policy_revision
+    if outcome.error_class:
+        event["error_class"] = outcome.error_class
+    if outcome.started_at is not None:
+        event["started_at"] = timestamp(outcome.started_at)
+    if outcome.finished_at is not None:
+        event["finished_at"] = timestamp(outcome.finished_at)
+    if outcome.effect is not None:
+        event["effect"] = outcome.effect.to_json()
+    if violation:
+        event["violation"] = violation
+    _call_fields(event, meta, audit_note)
+    if redactor is not None:
+        if "effect" in event:
+            event["effect"] = _walk(redactor, event["effect"])
+        event = redactor.apply(event)
+    return event
+
+
+def _walk(redactor: Redactor, value: Any) -> Any:
+    """Redactor.by_value as it was (tests/audit/test_redact_by_value.py's reference)."""
+    if isinstance(value, str):
+        if not redactor.secret_value(value):
+            return value
+        return redactor.mask(value) if redactor.mode == "hash" else None
+    if isinstance(value, dict):
+        out = {k: _walk(redactor, v) for k, v in value.items()}
+        if all(out[k] is v for k, v in value.items()):
+            return value
+        return {k: v for k, v in out.items() if v is not None or value[k] is None}
+    if isinstance(value, list):
+        items = [_walk(redactor, v) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return [
+            "redacted" if a is None and b is not None else a
+            for a, b in zip(items, value, strict=True)
+        ]
+    return value
+
+
+_SECRETISH = st.sampled_from(["jira", "maria", "ghp_" + "a" * 36, "AKIA" + "B" * 16, "x-1"])
+_WHEN = st.sampled_from([AT, AT + timedelta(seconds=90), AT + timedelta(hours=2)])
+_effects = st.builds(
+    Effect,
+    identity=st.none() | st.tuples(st.just("User"), _SECRETISH),
+    target_system=st.sampled_from(["", "jira"]) | _SECRETISH,
+    entitlements_added=st.lists(_SECRETISH, max_size=2).map(tuple),
+    entitlements_removed=st.lists(_SECRETISH, max_size=2).map(tuple),
+    credential=st.none()
+    | st.builds(Credential, _SECRETISH, st.sampled_from(["issued", "revoked"]), _WHEN, _WHEN),
+    account=st.sampled_from(["", "created", "deleted"]),
+)
+_outcomes = st.builds(
+    Outcome,
+    st.just(ID),
+    st.sampled_from(["succeeded", "failed", "skipped", "timed_out"]),
+    error_class=st.sampled_from(["", "http.503"]),
+    effect=st.none() | _effects,
+    started_at=st.none() | _WHEN,
+    finished_at=st.none() | _WHEN,
+    attempt=st.integers(0, 3),
+)
+_facts = st.none() | st.builds(
+    DecisionFacts,
+    st.sampled_from(["ALLOW", "DENY"]),
+    principal=st.none() | st.just({"type": "Workload", "id": "w"}),
+    action=st.just({"type": "Action", "id": "grant_access"}),
+    resource=st.none() | st.just({"type": "TargetSystem", "id": "jira"}),
+    policy_revision=st.just("rev"),
+    workflow_id=st.just("onboarding"),
+    run_id=st.sampled_from(["", "r-1"]),
+    step_id=st.just("s"),
+)
+_metas = st.builds(
+    CallMeta,
+    peer=st.just("ipv4:127.0.0.1:1"),
+    identity=st.sampled_from(["", "spiffe://example.org/w"]),
+    trace_id=st.sampled_from(["", "4bf92f3577b34da6a3ce929d0e0e4736"]),
+    request_id=st.sampled_from(["", "req-1", "Bearer abcdefghijklmnopqrstuvwxyz"]),
+)
+_REDACTORS = [
+    None,
+    Redactor(key=b"k" * 32),
+    Redactor(mode="remove", key=b"k" * 32),
+    Redactor(["effect.identity.id", "caller.identity"], key=b"k" * 32),
+    Redactor(["*.id"], mode="remove", key=b"k" * 32, values=[r"x-\d"]),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    outcome=_outcomes,
+    facts=_facts,
+    meta=_metas,
+    violation=st.sampled_from(["", "decision_denied"]),
+    which=st.integers(0, len(_REDACTORS) - 1),
+    note=st.sampled_from(["", "NON-PRODUCTION: fixed clock"]),
+)
+def test_the_outcome_event_is_what_it_was(
+    outcome: Outcome,
+    facts: DecisionFacts | None,
+    meta: CallMeta,
+    violation: str,
+    which: int,
+    note: str,
+) -> None:
+    """The event built the cheaper way (no copy when redaction cannot reach it, the
+    effect scanned before it is walked) holds what it held, to the byte once encoded."""
+    redactor = _REDACTORS[which]
+    args = ("01a24a69-8228-7000-8f19-46017a570b99", AT, outcome, meta)
+    kwargs: dict[str, Any] = {
+        "facts": facts,
+        "violation": violation,
+        "redactor": redactor,
+        "audit_note": note,
+    }
+    got, want = build_outcome_event(*args, **kwargs), reference_event(*args, **kwargs)
+    assert got == want
+    assert canonical(got) == canonical(want)

@@ -48,7 +48,8 @@ def _stack(text: str) -> list[str]:
         # orjson under the trail's encoder is audit encoding, a write(2) under it is the write.
         (
             f"{DECIDE};Decider._record (sidecar/decision/decider.py:290)"
-            ";FileSink.write (sidecar/audit/filesink.py:148);_encode (sidecar/audit/commit.py:396)"
+            ";FileSink.write (sidecar/audit/filesink.py:148)"
+            ";encode_event (sidecar/audit/commit.py:396)"
             ";0x7f00 (orjson/orjson.cpython-311-x86_64-linux-gnu.so)",
             "audit_encode",
         ),

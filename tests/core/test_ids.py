@@ -33,3 +33,20 @@ def test_ids_from_many_threads_are_unique() -> None:
     every = [i for mine in out for i in mine]
     assert len(set(every)) == len(every) == 20_000
     assert all(mine == sorted(mine) for mine in out)
+
+
+def test_ids_made_together_are_the_same_kind_and_keep_the_order() -> None:
+    """next_many (a batch of outcomes) makes what as many calls of next would: canonical
+    UUIDv7s with their variant, strictly after every id made before and before every id
+    made after, even past the 4096 a millisecond's sequence holds."""
+    ids = DecisionIds()
+    made = [ids.next(), *ids.next_many(5_000), ids.next(), *ids.next_many(3), *ids.next_many(0)]
+    assert len(made) == 5_005
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert made == sorted(made) and len(set(made)) == len(made)
+    # the random part is random: 5000 ids share few of their last 62 bits' values
+    tails = {uuid.UUID(t).int & ((1 << 62) - 1) for t in made}
+    assert len(tails) == len(made)

@@ -267,3 +267,59 @@ def test_the_reporting_caller_is_compared_as_the_trail_records_it() -> None:
     # Without binding and with nothing recorded, there is nothing to hold a reporter to.
     _, violations = _recorded_caller(removed, bind=False, decided_by=notifier, reporters=[other])
     assert violations == [""]
+
+
+def test_an_outcome_whose_event_cannot_be_encoded_fails_alone(tmp_path: Path) -> None:
+    """In a batch, each event is encoded as it is built: one that JSON cannot hold (here
+    its decision's principal, as the index noted it) keeps only its own outcome out
+    (an AuditError: UNAVAILABLE, report it again); the others are recorded in the one
+    commit, and the trail verifies. Before, the batch's commit refused every outcome."""
+    node = Node(tmp_path / "audit.jsonl")
+    try:
+        good = [node.decide(grant_request())[0] for _ in range(3)]
+        odd = "01a24a69-8228-7000-8f19-46017a570b77"
+        node.index.note(
+            {"kind": "decision", "id": odd, "decision": "ALLOW", "principal": {1j: "?"}}
+        )
+        batch = [Outcome(good[0], "succeeded"), Outcome(odd, "succeeded")]
+        batch += [Outcome(d, "succeeded") for d in good[1:]]
+        results = node.recorder.record_many(batch, CallMeta())
+    finally:
+        node.close()
+    assert [type(r).__name__ for r in results] == ["Recorded", "UnencodableEvent"] + [
+        "Recorded"
+    ] * 2
+    assert all(r.violation == "" for r in results if not isinstance(r, Exception))
+    trail = collect([tmp_path / "audit.jsonl"])[0]
+    assert verify(trail).ok
+    lines = [json.loads(line) for s in trail.segments for line in s.read_text().splitlines()]
+    assert [r["decision_id"] for r in lines if r["kind"] == "outcome"] == [good[0], *good[1:]]
+
+
+def test_a_batch_is_received_at_one_time(tmp_path: Path) -> None:
+    """A RecordOutcomes batch arrives at once: its outcome events share the time it was
+    received, and a step that says no time of its own is judged against the decision's
+    bound at that time, whichever place it has in the batch. (The clock here moves a
+    minute at each reading; before, each outcome read it anew, so the last of a batch
+    could pass a bound the first had not.)"""
+    node = Node(tmp_path / "audit.jsonl")
+    ticks = iter(range(10_000))
+    recorder = OutcomeRecorder(
+        node.sink,
+        Metrics(),
+        lambda: BUSINESS_HOURS + timedelta(minutes=next(ticks)),
+        index=node.index,
+    )
+    try:
+        ids = [node.decide(bounded(grant_request(), 2))[0] for _ in range(4)]
+        results = recorder.record_many([Outcome(d, "succeeded") for d in ids], CallMeta())
+    finally:
+        node.close()
+    assert [r.violation for r in results if not isinstance(r, Exception)] == [""] * 4
+    lines = [
+        json.loads(line)
+        for seg in collect([tmp_path / "audit.jsonl"])[0].segments
+        for line in seg.read_text().splitlines()
+    ]
+    times = {r["time"] for r in lines if r["kind"] == "outcome"}
+    assert len(times) == 1 and sum(r["kind"] == "outcome" for r in lines) == 4
