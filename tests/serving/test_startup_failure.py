@@ -68,10 +68,11 @@ def test_a_taken_port_stops_the_sidecar_with_a_message(
 
 
 def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None:
-    """Worker 0 serves AuthZEN: its port taken, it exits, and so does the whole."""
-    with taken_port() as port:
-        done = serve(tmp_path, "--workers", "2", "--authzen-listen", f"127.0.0.1:{port}")
+    """Worker 1's own socket path is a directory (nothing the supervisor checks or
+    cleans): worker 1 cannot listen, exits, and so does the whole."""
+    (tmp_path / "grpc.w1.sock").mkdir()
+    done = serve(tmp_path, "--workers", "2")
     assert done.returncode == EXIT_ERROR, done.stderr
-    assert "worker 0 exited" in done.stderr
-    assert f"127.0.0.1:{port}" in done.stderr
-    assert not list(tmp_path.glob("grpc*.sock"))
+    assert "worker 1 exited" in done.stderr
+    assert '"event": "serving"' not in done.stdout
+    assert not [p for p in tmp_path.glob("grpc*.sock") if not p.is_dir()]
