@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.evidence.facts import changers, changing_workflows, workflow_facts
+from sidecar.evidence.facts import changers, changing_workflows, empty_facts, workflow_facts
 from sidecar.evidence.ingest import parse_time
 from sidecar.evidence.store import (
     RAN,
@@ -349,20 +349,7 @@ def _workflow_facts(
     db = store.db
     wf_marks = ",".join("?" * len(workflows))
     ch_marks = ",".join("?" * len(changing))
-    facts: dict[str, dict[str, Any]] = {
-        wf: {
-            "decisions": 0,
-            "runs": 0,
-            "changes": 0,
-            "approved": 0,
-            "actions": set(),
-            "requesters": set(),
-            "approvers": set(),
-            "tickets": set(),
-            "evidence": [],
-        }
-        for wf in workflows
-    }
+    facts = empty_facts(workflows)
     # only placeholders are formatted in; the values are bound
     counted = db.execute(
         f"""SELECT workflow, COUNT(*), COUNT(DISTINCT run),

@@ -126,11 +126,9 @@ def changers(db: sqlite3.Connection) -> set[str]:
     return {a for (a,) in db.execute("SELECT action FROM inventory_changers")}
 
 
-def workflow_facts(
-    db: sqlite3.Connection, workflows: list[str], changing: set[str]
-) -> dict[str, dict[str, Any]]:
-    """answers._workflow_facts, from the counted facts: the same dict per workflow."""
-    facts: dict[str, dict[str, Any]] = {
+def empty_facts(workflows: list[str]) -> dict[str, dict[str, Any]]:
+    """What inventory says of each workflow before anything is counted."""
+    return {
         wf: {
             "decisions": 0,
             "runs": 0,
@@ -144,6 +142,13 @@ def workflow_facts(
         }
         for wf in workflows
     }
+
+
+def workflow_facts(
+    db: sqlite3.Connection, workflows: list[str], changing: set[str]
+) -> dict[str, dict[str, Any]]:
+    """answers._workflow_facts, from the counted facts: the same dict per workflow."""
+    facts = empty_facts(workflows)
     firsts: dict[tuple[str, str], tuple[str, str, int, str, int, int]] = {}
     for wf, action, n, allowed, approved, first, run, file, line, seq, chain in db.execute(
         "SELECT * FROM inventory_actions ORDER BY chain"
@@ -179,4 +184,12 @@ def workflow_facts(
     return facts
 
 
-__all__ = ["TABLES", "Facts", "changers", "changing_workflows", "exact", "workflow_facts"]
+__all__ = [
+    "TABLES",
+    "Facts",
+    "changers",
+    "changing_workflows",
+    "empty_facts",
+    "exact",
+    "workflow_facts",
+]
