@@ -24,6 +24,7 @@ from sidecar.core.event import (
     timestamp,
 )
 from sidecar.core.outcome import Credential, DecisionFacts, Effect, Outcome
+from tests.audit.test_redact_by_value import reference as by_value_as_it_was
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "sidecar/audit/event.schema.json").read_text()
@@ -159,31 +160,9 @@ def reference_event(
     _call_fields(event, meta, audit_note)
     if redactor is not None:
         if "effect" in event:
-            event["effect"] = _walk(redactor, event["effect"])
+            event["effect"] = by_value_as_it_was(redactor, event["effect"])
         event = redactor.apply(event)
     return event
-
-
-def _walk(redactor: Redactor, value: Any) -> Any:
-    """Redactor.by_value as it was (tests/audit/test_redact_by_value.py's reference)."""
-    if isinstance(value, str):
-        if not redactor.secret_value(value):
-            return value
-        return redactor.mask(value) if redactor.mode == "hash" else None
-    if isinstance(value, dict):
-        out = {k: _walk(redactor, v) for k, v in value.items()}
-        if all(out[k] is v for k, v in value.items()):
-            return value
-        return {k: v for k, v in out.items() if v is not None or value[k] is None}
-    if isinstance(value, list):
-        items = [_walk(redactor, v) for v in value]
-        if all(a is b for a, b in zip(items, value, strict=True)):
-            return value
-        return [
-            "redacted" if a is None and b is not None else a
-            for a, b in zip(items, value, strict=True)
-        ]
-    return value
 
 
 _SECRETISH = st.sampled_from(["jira", "maria", "ghp_" + "a" * 36, "AKIA" + "B" * 16, "x-1"])
