@@ -268,33 +268,16 @@ def _anatomy(record: dict[str, Any]) -> list[str]:
     largest = sizes[-1]
     per = largest["stages"]["us_per_record"]
     events = largest["events"]
-    rows = [
-        [
-            stage,
-            f"{per[stage]:.2f}",
-            f"{per[stage] * events / 1e6:.1f} s",
-            f"{per[stage] * events / 1e6 / cores:.1f} s",
-        ]
-        for stage in STAGES
-    ]
+
+    def row(name: str, us: float) -> list[str]:
+        cpu = us * events / 1e6
+        return [name, f"{us:.2f}", f"{cpu:.1f} s", f"{cpu / cores:.1f} s"]
+
     verify = sum(per[s] for s in ("parse", "canonical", "hash"))
     total = sum(per.values())
-    rows.append(
-        [
-            "**verification (parse + canonical + hash)**",
-            f"{verify:.2f}",
-            f"{verify * events / 1e6:.1f} s",
-            f"{verify * events / 1e6 / cores:.1f} s",
-        ]
-    )
-    rows.append(
-        [
-            "**all stages**",
-            f"{total:.2f}",
-            f"{total * events / 1e6:.1f} s",
-            f"{total * events / 1e6 / cores:.1f} s",
-        ]
-    )
+    rows = [row(stage, per[stage]) for stage in STAGES]
+    rows.append(row("**verification (parse + canonical + hash)**", verify))
+    rows.append(row("**all stages**", total))
     measured = largest.get("loaders_cpu_s", 0) / events * 1e6
     sampled = largest["stages"]["records"]
     out += [
