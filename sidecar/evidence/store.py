@@ -217,8 +217,14 @@ def open_store(
     db.executescript(INDEXES)
     db.commit()
     lap("indexes built")
-    store = Store(db, verification, options, timestamp(options.now), facts_exact=exact(db))
-    store.phases = lap.phases
+    store = Store(
+        db,
+        verification,
+        options,
+        timestamp(options.now),
+        facts_exact=exact(db),
+        phases=lap.phases,  # the replay's phases are added as it goes
+    )
     replay_access(store, lap)
     return store
 
