@@ -288,6 +288,44 @@ def test_outcomes_still_buffered_at_exit_are_sent(server: Running, kind: str) ->
     ]
 
 
+@pytest.mark.parametrize("interval", ["3600", "0"])
+def test_a_forked_worker_sends_its_own_outcomes_and_not_its_parents(
+    server: Running, interval: str
+) -> None:
+    """A real fork, as task runners fork a worker that holds a client: the child sends
+    the outcome it reports (at its exit), the parent the one it held at the fork, each
+    recorded once. With interval 3600 the parent's is surely still buffered at the
+    fork; with 0 its thread may have sent it already: once each either way."""
+    with StepguardClient(server.tcp) as client:
+        decision = client.authorize(grant_request()).decision_id
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from sidecar.client import StepguardClient
+        client = StepguardClient({server.tcp!r})
+        client.outcomes.flush_interval_s = float(sys.argv[1])
+        assert client.report_outcome({decision!r}, "succeeded", attempt=1)
+        pid = os.fork()
+        if pid == 0:
+            assert client.report_outcome({decision!r}, "succeeded", attempt=2)
+            sys.exit(0)  # sent by the child's exit, as a task process ends
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        client.close()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, interval],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    attempts = [e["attempt"] for e in _outcomes(server) if e["decision_id"] == decision]
+    assert sorted(attempts) == [1, 2]
+
+
 def test_many_threads_report_through_one_reporter(server: Running) -> None:
     with StepguardClient(server.tcp) as client:
         decisions = [
