@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,17 +100,73 @@ def running_sidecar(
         sidecar.stop(grace=1.0)
 
 
+class Drained:
+    """A child's pipe read to its end by a thread, so the child never blocks on a full
+    pipe (a server that logs a traceback per failed call fills 64 KiB quickly); its
+    lines, as they come, for a test to wait on."""
+
+    def __init__(self, stream: IO[str], timeout_s: float = 60.0) -> None:
+        self.timeout_s = timeout_s
+        self._lines: list[str] = []
+        self._ended = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        try:
+            for line in stream:
+                with self._changed:
+                    self._lines.append(line)
+                    self._changed.notify_all()
+        except (OSError, ValueError):
+            pass  # the pipe closed under us: what came is kept
+        finally:
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
+
+    def __iter__(self) -> Iterator[str]:
+        """Every line, waiting for the next until the pipe ends; AssertionError when none
+        comes within `timeout_s` (a test must not hang)."""
+        i = 0
+        while True:
+            with self._changed:
+                if not self._changed.wait_for(
+                    lambda i=i: i < len(self._lines) or self._ended, self.timeout_s
+                ):
+                    raise AssertionError(f"no line within {self.timeout_s:g} s: {self.text()!r}")
+                if i >= len(self._lines):
+                    return
+                line = self._lines[i]
+            i += 1
+            yield line
+
+    def text(self) -> str:
+        """What came so far."""
+        with self._changed:
+            return "".join(self._lines)
+
+    def read(self) -> str:
+        """Everything, once the pipe has ended (the child and its children gone)."""
+        if not self.ended(self.timeout_s):
+            raise AssertionError(f"the pipe did not end within {self.timeout_s:g} s")
+        return self.text()
+
+    def ended(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the pipe to end; whether it did."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
 @dataclass
 class ServeProcess:
-    """A real `stepguard serve` subprocess and the endpoints it announced."""
+    """A real `stepguard serve` subprocess and the endpoints it announced; its stderr
+    (the logs) drained as it runs."""
 
     proc: subprocess.Popen[str]
     serving: dict[str, Any]
-
-    @property
-    def stderr(self) -> IO[str]:
-        assert self.proc.stderr is not None
-        return self.proc.stderr
+    stderr: Drained
 
     def terminate(self) -> int:
         """SIGTERM, as Kubernetes stops a pod; returns the exit code."""
@@ -140,21 +197,29 @@ def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Ser
         text=True,
         env=env,
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    logs = Drained(proc.stderr)
     try:
-        assert proc.stdout is not None
         first = first_line(proc.stdout)
         serving: dict[str, Any] = json.loads(first) if first.startswith("{") else {}
-        assert serving.get("event") == "serving", (
-            f"stepguard serve did not start (exit {proc.poll()}): stdout {first!r}"
-        )
-        yield ServeProcess(proc, serving)
+        if serving.get("event") != "serving":
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            logs.ended(5)
+            raise AssertionError(
+                f"stepguard serve did not start (exit {proc.returncode}): stdout {first!r}, "
+                f"stderr {logs.text()[-2000:]!r}"
+            )
+        yield ServeProcess(proc, serving, logs)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        proc.stdout.close()
+        # A worker the kill left behind may still hold the pipe: then it stays open.
+        if logs.ended(10):
+            proc.stderr.close()
 
 
 DEPROVISIONER = {"type": "Workload", "id": "spiffe://example.org/ns/identity/sa/deprovisioner"}
