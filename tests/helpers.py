@@ -131,16 +131,20 @@ class Drained:
         comes within `timeout_s` (a test must not hang)."""
         i = 0
         while True:
-            with self._changed:
-                if not self._changed.wait_for(
-                    lambda i=i: i < len(self._lines) or self._ended, self.timeout_s
-                ):
-                    raise AssertionError(f"no line within {self.timeout_s:g} s: {self.text()!r}")
-                if i >= len(self._lines):
-                    return
-                line = self._lines[i]
+            line = self._line(i)
+            if line is None:
+                return
             i += 1
             yield line
+
+    def _line(self, i: int) -> str | None:
+        """Line `i` once it has come; None when the pipe ended before it."""
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: i < len(self._lines) or self._ended, self.timeout_s
+            ):
+                raise AssertionError(f"no line within {self.timeout_s:g} s: {self.text()!r}")
+            return self._lines[i] if i < len(self._lines) else None
 
     def text(self) -> str:
         """What came so far."""
