@@ -205,6 +205,18 @@ class Redactor:
             ]
         return value
 
+    def clean_texts(self, texts: Iterable[str]) -> bool:
+        """Whether rule 2 replaces none of these strings: `_clean` of a value whose
+        strings they are (an outcome's effect, checked on its own fields before its
+        JSON is walked). Extra strings ("" included) can only make it say no."""
+        search, extra = self._values.search, self._extra
+        for v in texts:
+            if len(v) >= _MIN_VALUE and search(v) is not None:
+                return False
+            if extra and any(p.search(v) for p in extra):
+                return False
+        return True
+
     def _clean(self, value: Any) -> bool:
         """Whether rule 2 replaces nothing in a plain JSON value (str, dict, list,
         scalars); False for anything else too, which `by_value` then walks."""
