@@ -560,6 +560,7 @@ def judge(
     received_at: datetime,
     *,
     caller_mismatch: bool = False,
+    received_ms: int | None = None,
 ) -> str:
     """The violation an outcome is (one of VIOLATIONS, the first that holds), or "".
 
@@ -570,22 +571,31 @@ def judge(
     ran, before the checks that trust the report's times and effect. A step ran
     at `finished_at`, else `started_at`, else (nothing said) at `received_at`: a
     late report of a step that ran in time needs `finished_at` to say so.
+    `received_ms`: `to_ms(received_at)` when the caller has it (a batch shares it).
     """
+    ran = outcome.status in RAN
     if facts is None:
-        return "decision_unknown" if outcome.ran else ""
-    if outcome.ran and facts.decision != "ALLOW":
+        return "decision_unknown" if ran else ""
+    if ran and facts.decision != "ALLOW":
         return "decision_denied"
     if caller_mismatch:
         return "caller_mismatch"
-    if not outcome.ran:
+    if not ran:
         return ""
-    ran_at = outcome.finished_at or outcome.started_at or received_at
-    if facts.not_after_ms is not None and to_ms(ran_at) > facts.not_after_ms:
-        return "after_time_bound"
     start = outcome.started_at
+    not_after = facts.not_after_ms
+    if not_after is not None:
+        ran_at = outcome.finished_at or start
+        if ran_at is not None:
+            ran_ms = to_ms(ran_at)
+        else:
+            ran_ms = to_ms(received_at) if received_ms is None else received_ms
+        if ran_ms > not_after:
+            return "after_time_bound"
     if facts.not_before_ms is not None and start is not None and to_ms(start) < facts.not_before_ms:
         return "before_time_bound"
-    cred = outcome.effect.credential if outcome.effect is not None else None
+    effect = outcome.effect
+    cred = effect.credential if effect is not None else None
     ttl = facts.max_credential_ttl_s
     if (
         ttl is not None

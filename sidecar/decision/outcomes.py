@@ -52,7 +52,7 @@ from sidecar.core.event import CallMeta, build_outcome_event, timestamp
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import EntityUid
 from sidecar.core.outcome import DecisionFacts, Outcome, judge
-from sidecar.core.validate import datetime_text_ms, parse_cedar_datetime
+from sidecar.core.validate import datetime_text_ms, parse_cedar_datetime, to_ms
 from sidecar.decision.identity import binding_refusal
 from sidecar.decision.metrics import Metrics, observe_many
 
@@ -164,8 +164,12 @@ def _facts(held: _Held) -> DecisionFacts:
     # the slower ABC check, which still catches any other mapping.
     nb = na = None
     if type(bound) is dict or isinstance(bound, Mapping):
-        nb = _bound_ms(bound.get("not_before"))
-        na = _bound_ms(bound.get("not_after"))
+        value = bound.get("not_before")  # absent: no bound (`_bound_ms(None)` is None)
+        if value is not None:
+            nb = _bound_ms(value)
+        value = bound.get("not_after")
+        if value is not None:
+            na = _bound_ms(value)
     ttl = (
         obligations.get("max_credential_ttl_s")
         if type(obligations) is dict or isinstance(obligations, Mapping)
@@ -440,10 +444,10 @@ class OutcomeRecorder:
         events: list[Any] = []
         judged = self._judged
         at = self._clock()
-        stamped = timestamp(at)
+        stamped, at_ms = timestamp(at), to_ms(at)
         for outcome, outcome_id in zip(outcomes, self._ids.next_many(len(outcomes)), strict=True):
             try:
-                event, recorded = judged(outcome, meta, outcome_id, at, stamped)
+                event, recorded = judged(outcome, meta, outcome_id, at, stamped, received_ms=at_ms)
                 events.append(event if encode is None else encode(event))
             except Exception as exc:  # noqa: BLE001 - this outcome fails, not the batch
                 out.append(exc)
@@ -474,13 +478,27 @@ class OutcomeRecorder:
         return out
 
     def _judged(
-        self, outcome: Outcome, meta: CallMeta, outcome_id: str, at: datetime, stamped: str
+        self,
+        outcome: Outcome,
+        meta: CallMeta,
+        outcome_id: str,
+        at: datetime,
+        stamped: str,
+        *,
+        received_ms: int | None = None,
     ) -> tuple[dict[str, Any], Recorded]:
         """The outcome's event and what it was judged (nothing written yet), received
-        `at` (`stamped`: its text)."""
-        facts = self.lookup(outcome.decision_id)
-        mismatch = facts is not None and self.caller_mismatch(facts, meta.identity)
-        violation = judge(outcome, facts, at, caller_mismatch=mismatch)
+        `at` (`stamped`: its text; `received_ms`: its milliseconds, when known)."""
+        facts = self.index.get(outcome.decision_id)  # `lookup`, inlined: once per outcome
+        if facts is None and self.trail is not None:
+            facts = self.trail.find(outcome.decision_id)
+        # `caller_mismatch` is False without a recorded identity or binding: not called then.
+        mismatch = (
+            facts is not None
+            and (facts.caller_identity != "" or self._bind)
+            and self.caller_mismatch(facts, meta.identity)
+        )
+        violation = judge(outcome, facts, at, caller_mismatch=mismatch, received_ms=received_ms)
         event = build_outcome_event(
             outcome_id,
             at,
