@@ -193,8 +193,9 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
     effect = None
     if has("effect"):
         e = msg.effect
+        has = e.HasField
         identity = None
-        if e.HasField("identity"):
+        if has("identity"):
             ident = e.identity
             kind, name = ident.type, ident.id
             if kind not in _ENTITY_TYPES_SEEN:  # a handful of types, each matched once
@@ -210,12 +211,14 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
             return None
         added: tuple[str, ...] | None = ()
         removed: tuple[str, ...] | None = ()
-        listed = e.entitlements_added  # each access makes a new view: once
+        # Each access makes a new view: once each; a slice copies it in one C call
+        # (iterating the view itself costs a call per item).
+        listed = e.entitlements_added
         if listed:
-            added = _entitlements(listed)
+            added = _entitlements(listed[:])
         listed = e.entitlements_removed
         if listed:
-            removed = _entitlements(listed)
+            removed = _entitlements(listed[:])
         if added is None or removed is None:
             return None
         account = ""
@@ -224,7 +227,7 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
             if not account:
                 return None
         credential = None
-        if e.HasField("credential"):
+        if has("credential"):
             credential = _credential_accepted(e.credential)
             if credential is None:
                 return None

@@ -445,6 +445,8 @@ class OutcomeRecorder:
         judged = self._judged
         at = self._clock()
         stamped, at_ms = timestamp(at), to_ms(at)
+        # Counted per kind as judged, added to the metrics once the batch is written.
+        kinds: dict[tuple[str, str], int] = {}
         for outcome, outcome_id in zip(outcomes, self._ids.next_many(len(outcomes)), strict=True):
             try:
                 event, recorded = judged(outcome, meta, outcome_id, at, stamped, received_ms=at_ms)
@@ -453,6 +455,8 @@ class OutcomeRecorder:
                 out.append(exc)
                 continue
             out.append(recorded)
+            key = (outcome.status, recorded.violation)
+            kinds[key] = kinds.get(key, 0) + 1
         if not events:
             return out
         try:
@@ -466,11 +470,6 @@ class OutcomeRecorder:
                     self._sink.write(event)
         except AuditError as exc:
             return [exc if isinstance(r, Recorded) else r for r in out]
-        kinds: dict[tuple[str, str], int] = {}
-        for result, outcome in zip(out, outcomes, strict=True):
-            if isinstance(result, Recorded):
-                key = (outcome.status, result.violation)
-                kinds[key] = kinds.get(key, 0) + 1
         for (status, violation), count in kinds.items():
             self._counter(status, violation).inc(count)
         each = (time.perf_counter() - started) / len(events)  # its share of the batch
