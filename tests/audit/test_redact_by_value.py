@@ -86,4 +86,16 @@ def test_clean_texts_says_what_the_walk_finds(texts: list[str], which: int) -> N
     object back."""
     redactor = _PLAIN_OR_ANCHORED[which]
     value = {"a": list(texts), "b": {"c": texts[0]} if texts else {}}
-    assert redactor.clean_texts(texts) == (reference(redactor, value) is value)
+    want = reference(redactor, value) is value
+    assert redactor.clean_texts(texts) == want
+    assert redactor.clean_texts(texts) == want  # asked again: what it remembered agrees
+    # It remembers only strings rule 2 leaves alone (the redactors live across examples).
+    assert not any(redactor.secret_value(v) for v in redactor._clean_texts)
+
+
+def test_the_clean_strings_remembered_are_bounded() -> None:
+    redactor = Redactor(key=b"k" * 32)
+    for i in range(3 * 4096):
+        assert redactor.clean_texts([f"entitlement-{i}"])
+    assert 0 < len(redactor._clean_texts) <= 4096
+    assert not redactor.clean_texts(["ghp_" + "a" * 36])
