@@ -193,9 +193,9 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
     effect = None
     if has("effect"):
         e = msg.effect
-        has = e.HasField
+        has_in_effect = e.HasField
         identity = None
-        if has("identity"):
+        if has_in_effect("identity"):
             ident = e.identity
             kind, name = ident.type, ident.id
             if kind not in _ENTITY_TYPES_SEEN:  # a handful of types, each matched once
@@ -227,7 +227,7 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
             if not account:
                 return None
         credential = None
-        if has("credential"):
+        if has_in_effect("credential"):
             credential = _credential_accepted(e.credential)
             if credential is None:
                 return None

@@ -116,6 +116,21 @@ class DecisionIndex:
         held = self._held.get(decision_id)
         return None if held is None else _facts(held)
 
+    def facts_for(self, outcome: Outcome) -> DecisionFacts | None:
+        """`get(outcome.decision_id)` with only the facts judging `outcome` reads: the
+        time bound's start when the outcome says when it started, the credential TTL
+        when its effect has a credential (else None: `judge` reads neither then). Fewer
+        of the decision's objects read, once per outcome; the rest as `get` has them."""
+        held = self._held.get(outcome.decision_id)
+        if held is None:
+            return None
+        effect = outcome.effect
+        return _facts(
+            held,
+            started=outcome.started_at is not None,
+            credential=effect is not None and effect.credential is not None,
+        )
+
     def __contains__(self, decision_id: object) -> bool:
         """Whether the index holds this decision (no facts built: a dict lookup)."""
         return decision_id in self._held
@@ -146,7 +161,9 @@ def _held(event: Mapping[str, Any]) -> _Held:
     )
 
 
-def _facts(held: _Held) -> DecisionFacts:
+def _facts(held: _Held, *, started: bool = True, credential: bool = True) -> DecisionFacts:
+    """The facts of a decision the index holds; without `started`, no `not_before_ms`,
+    without `credential`, no `max_credential_ttl_s` (`DecisionIndex.facts_for`)."""
     (
         decision,
         bound,
@@ -164,15 +181,15 @@ def _facts(held: _Held) -> DecisionFacts:
     # the slower ABC check, which still catches any other mapping.
     nb = na = None
     if type(bound) is dict or isinstance(bound, Mapping):
-        value = bound.get("not_before")  # absent: no bound (`_bound_ms(None)` is None)
-        if value is not None:
+        value = bound.get("not_before") if started else None
+        if value is not None:  # absent: no bound (`_bound_ms(None)` is None)
             nb = _bound_ms(value)
         value = bound.get("not_after")
         if value is not None:
             na = _bound_ms(value)
     ttl = (
         obligations.get("max_credential_ttl_s")
-        if type(obligations) is dict or isinstance(obligations, Mapping)
+        if credential and (type(obligations) is dict or isinstance(obligations, Mapping))
         else None
     )
     return DecisionFacts(  # positional, in the field order: the keywords cost a lookup each
@@ -488,7 +505,7 @@ class OutcomeRecorder:
     ) -> tuple[dict[str, Any], Recorded]:
         """The outcome's event and what it was judged (nothing written yet), received
         `at` (`stamped`: its text; `received_ms`: its milliseconds, when known)."""
-        facts = self.index.get(outcome.decision_id)  # `lookup`, inlined: once per outcome
+        facts = self.index.facts_for(outcome)  # `lookup`, inlined: once per outcome
         if facts is None and self.trail is not None:
             facts = self.trail.find(outcome.decision_id)
         # `caller_mismatch` is False without a recorded identity or binding: not called then.

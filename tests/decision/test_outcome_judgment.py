@@ -2,7 +2,9 @@
 
 `judge` (the `ran` test read once, the batch's received time given in
 milliseconds) and `_facts` (a time bound's missing end not parsed) against
-their previous code, kept here as references, on any facts and outcomes.
+their previous code, kept here as references, on any facts and outcomes; and
+`DecisionIndex.facts_for` (only the facts judging an outcome reads) against
+`get` (all of them).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from hypothesis import strategies as st
 
 from sidecar.core.outcome import RAN, Credential, DecisionFacts, Effect, Outcome, judge
 from sidecar.core.validate import to_ms
-from sidecar.decision.outcomes import _bound_ms, _facts, _identity_in
+from sidecar.decision.outcomes import DecisionIndex, _bound_ms, _facts, _identity_in
 
 AT = datetime(2026, 11, 25, 10, tzinfo=UTC)
 ID = "01a24a69-8228-7000-8f19-46017a570b02"
+UNKNOWN = "01a24a69-8228-7000-8f19-46017a570b99"
 
 
 def judge_as_it_was(
@@ -133,7 +136,7 @@ def facts_as_they_were(held: tuple[Any, ...]) -> DecisionFacts:
     )
 
 
-_TIMES = st.sampled_from(
+_TIMES: st.SearchStrategy[Any] = st.sampled_from(
     [
         "2026-11-25T10:00:00Z",
         "2026-11-25",
@@ -164,3 +167,64 @@ _BOUNDS = st.one_of(
 def test_facts_are_read_as_before(bound: Any, decision: Any, ttl: Any, caller: Any) -> None:
     held = (decision, bound, ttl, {"type": "W", "id": "w"}, None, None, "rev", "wf", 1, "s", caller)
     assert _facts(held) == facts_as_they_were(held)
+
+
+_OBLIGATIONS = st.none() | st.sampled_from(
+    [{"max_credential_ttl_s": 60}, {"max_credential_ttl_s": 3600.0}, {}]
+)
+_BOUND_ENDS = st.sampled_from(
+    [
+        {},
+        {"not_before": {"__extn": {"fn": "datetime", "arg": "2026-11-25T09:30:00.000Z"}}},
+        {"not_after": "2026-11-25T10:00:30Z"},
+        {"not_before": "2026-11-25T10:00:00Z", "not_after": "2026-11-25T11:00:00Z"},
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    outcome=_outcomes,
+    decision=st.sampled_from(["ALLOW", "DENY"]),
+    bound=_BOUND_ENDS,
+    obligations=_OBLIGATIONS,
+    received=_WHEN,
+    mismatch=st.booleans(),
+)
+def test_the_facts_read_for_an_outcome_judge_it_as_all_of_them(
+    outcome: Outcome,
+    decision: str,
+    bound: dict[str, Any],
+    obligations: Any,
+    received: datetime,
+    mismatch: bool,
+) -> None:
+    """`DecisionIndex.facts_for` leaves out only what judging that outcome never reads
+    (the bound's start without a start time, the TTL without a credential): the same
+    violation as with `get`'s facts, and every other fact the same."""
+    index = DecisionIndex()
+    index.note(
+        {
+            "kind": "decision",
+            "id": ID,
+            "decision": decision,
+            "context": {"time_bound": bound},
+            "obligations": obligations,
+            "principal": {"type": "Workload", "id": "w"},
+            "policy_revision": "rev",
+            "run_id": "r",
+            "caller": {"peer": "p", "identity": "spiffe://w"},
+        }
+    )
+    full, read = index.get(ID), index.facts_for(outcome)
+    assert full is not None and read is not None
+    assert judge(outcome, read, received, caller_mismatch=mismatch) == judge(
+        outcome, full, received, caller_mismatch=mismatch
+    )
+    kept = {f: getattr(full, f) for f in full.__slots__}
+    if outcome.started_at is None:
+        kept["not_before_ms"] = None
+    if outcome.effect is None or outcome.effect.credential is None:
+        kept["max_credential_ttl_s"] = None
+    assert {f: getattr(read, f) for f in read.__slots__} == kept
+    assert index.facts_for(Outcome(UNKNOWN, "succeeded")) is None

@@ -73,7 +73,9 @@ _ITEMS = st.sampled_from(
 
 @settings(max_examples=60, deadline=None)
 @given(drawn=st.lists(_ITEMS, min_size=1, max_size=6))
-def test_each_slot_is_what_was_recorded_or_why_not(drawn: list[tuple[str, int, str]]) -> None:
+def test_each_slot_is_what_was_recorded_or_why_not(
+    drawn: list[tuple[str, pb.OutcomeStatus.ValueType, str]],
+) -> None:
     items = [
         pb.RecordOutcomeRequest(decision_id=d, status=s, error_class=e, attempt=1)
         for d, s, e in drawn
