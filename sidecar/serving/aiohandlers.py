@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -222,6 +223,9 @@ def aio_generic_handler(
     )
 
 
+_DECISION_ID_OF = operator.attrgetter("decision_id")
+
+
 def aio_outcome_handler(
     servicer: AuthorizerServicer, *, defer_audit: bool = False
 ) -> grpc.GenericRpcHandler[Any, Any]:
@@ -242,8 +246,7 @@ def aio_outcome_handler(
         if defer_audit or recorder is None:
             return False
         items = list(msg.items) if isinstance(msg, pb.RecordOutcomesRequest) else [msg]
-        index = recorder.index
-        if all(item.decision_id in index for item in items):
+        if recorder.index.holds_all(map(_DECISION_ID_OF, items)):
             return items or True
         return False
 

@@ -228,3 +228,16 @@ def test_the_facts_read_for_an_outcome_judge_it_as_all_of_them(
         kept["max_credential_ttl_s"] = None
     assert {f: getattr(read, f) for f in read.__slots__} == kept
     assert index.facts_for(Outcome(UNKNOWN, "succeeded")) is None
+
+
+@given(
+    noted=st.lists(st.sampled_from([ID, UNKNOWN, "a", ""]), max_size=3),
+    asked=st.lists(st.sampled_from([ID, UNKNOWN, "a", ""]), max_size=4),
+)
+def test_holds_all_is_in_for_each(noted: list[str], asked: list[str]) -> None:
+    """`DecisionIndex.holds_all` (the asyncio handler's in-memory check, one C pass)
+    answers as `in` asked of each id."""
+    index = DecisionIndex()
+    for decision_id in noted:
+        index.note({"kind": "decision", "id": decision_id})
+    assert index.holds_all(iter(asked)) == all(d in index for d in asked)
