@@ -254,7 +254,8 @@ def measure(batches: int, batch: int, repeat: int, profile: str, top: int) -> di
             elif profile == "instructions":  # under callgrind: the handler alone, in reduce
                 raws = [h.request() for _ in range(batches)]
                 gc.collect()
-                answers = functools.reduce(lambda done, raw: [*done, h.answer(raw)], raws, [])
+                none: list[bytes] = []
+                answers = functools.reduce(lambda done, raw: [*done, h.answer(raw)], raws, none)
                 for answer in answers:
                     h.check(answer)
             elif profile == "spin":  # under py-spy: only the handler, for a while
