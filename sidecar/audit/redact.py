@@ -218,15 +218,14 @@ class Redactor:
         """
         search, extra, known = self._values.search, self._extra, self._clean_texts
         for v in texts:
+            if len(v) < _MIN_VALUE and not extra:
+                continue  # no built-in pattern matches it: nothing to search or remember
             if v in known:
                 continue
             if len(v) >= _MIN_VALUE and search(v) is not None:
                 return False
-            if extra:
-                if any(p.search(v) for p in extra):
-                    return False
-            elif len(v) < _MIN_VALUE:
-                continue  # no search ran: nothing to remember
+            if extra and any(p.search(v) for p in extra):
+                return False
             if len(known) >= _MAX_CLEAN_TEXTS:
                 known.clear()
             known.add(v)

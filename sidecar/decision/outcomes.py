@@ -198,6 +198,12 @@ def _facts(held: _Held, *, started: bool = True, credential: bool = True) -> Dec
         if credential and (type(obligations) is dict or isinstance(obligations, Mapping))
         else None
     )
+    if type(caller) is dict:  # `_identity_in`, inlined for what events hold
+        identity = caller.get("identity")
+        if not isinstance(identity, str):
+            identity = ""
+    else:
+        identity = _identity_in(caller)
     return DecisionFacts(  # positional, in the field order: the keywords cost a lookup each
         decision if decision in ("ALLOW", "DENY") else "DENY",  # a tuple: any value compares
         nb,
@@ -210,7 +216,7 @@ def _facts(held: _Held, *, started: bool = True, credential: bool = True) -> Dec
         workflow if isinstance(workflow, str) else "",
         run if isinstance(run, str) else "",
         step if isinstance(step, str) else "",
-        _identity_in(caller),
+        identity,
     )
 
 
