@@ -21,6 +21,17 @@ time (cProfile, this process; `SORT=cumulative` to sort otherwise), or with
 `py-spy record --native`). Printed; `--json PATH` keeps the figures. Not a
 RESULTS.md block: the server's cost in the real benchmark is outcome_cost.py's.
 
+Instructions, repeatable on a busy machine: with `--profile instructions` the
+`--batches` requests are made first, then handled one after the other inside a
+single `functools.reduce` call, so that
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --toggle-collect=functools_reduce \
+        python -m benchmarks.outcome_profile --profile instructions --batches 10
+
+counts the handler's instructions alone (divide by the outcomes it prints). The
+caches are warm there (no decisions in between): a count to compare versions
+with, not the CPU time above.
+
 The garbage collector: the decisions made between batches leave thousands of
 young objects each time (what the DecisionIndex keeps of them), and a young
 collection they make due would land in whichever batch allocates next. So a
@@ -34,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import gc
 import io
 import json
@@ -239,6 +251,13 @@ def measure(batches: int, batch: int, repeat: int, profile: str, top: int) -> di
                 stats = pstats.Stats(prof, stream=out)
                 stats.sort_stats(os.environ.get("SORT", "tottime")).print_stats(top)
                 breakdown = out.getvalue()
+            elif profile == "instructions":  # under callgrind: the handler alone, in reduce
+                raws = [h.request() for _ in range(batches)]
+                gc.collect()
+                none: list[bytes] = []
+                answers = functools.reduce(lambda done, raw: [*done, h.answer(raw)], raws, none)
+                for answer in answers:
+                    h.check(answer)
             elif profile == "spin":  # under py-spy: only the handler, for a while
                 deadline = time.monotonic() + 20
                 while time.monotonic() < deadline:
@@ -305,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--profile", choices=["none", "cprofile", "py-spy", "spin"], default="none")
+    parser.add_argument(
+        "--profile",
+        choices=["none", "cprofile", "py-spy", "spin", "instructions"],
+        default="none",
+    )
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -321,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         f"left: {record['net_objects_per_outcome']:.2f} per outcome); "
         f"trail verified: {'yes' if record['trail_verified'] else 'NO'}"
     )
+    if args.profile == "instructions":
+        print(f"instructions: {args.batches * args.batch} outcomes handled inside functools.reduce")
     if record["breakdown"]:
         print(record["breakdown"])
     if args.json is not None:

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,32 @@ def record_line(hasher: Hasher, seq: int, prev: str, body: bytes) -> tuple[bytes
     if body == b"{}":
         return b'{"seq":%d,"prev":"%b","hash":"%b"}\n' % chain, digest
     return b'{"seq":%d,"prev":"%b","hash":"%b",%b\n' % (*chain, body[1:]), digest
+
+
+def record_lines(hasher: Hasher, seq: int, prev: str, bodies: Sequence[bytes]) -> tuple[bytes, str]:
+    """The lines for `bodies` as records `seq`, `seq + 1`, ... chained from `prev`,
+    joined, and the last one's hash (`prev` when there is none): `record_line` for
+    each, the same bytes (tests/audit/test_audit_chain.py, a Hypothesis property), in
+    one loop with no call per line. A batch's commit chains a hundred at once.
+    """
+    key = hasher.key
+    sha256 = hashlib.sha256
+    digest_of = hmac.digest
+    domain = DOMAIN
+    lines = []
+    last = prev.encode()
+    for body in bodies:
+        data = b"%b%d\n%b\n%b" % (domain, seq, last, body)
+        digest = (
+            digest_of(key, data, "sha256").hex() if key else sha256(data).hexdigest()
+        ).encode()
+        if body == b"{}":
+            lines.append(b'{"seq":%d,"prev":"%b","hash":"%b"}\n' % (seq, last, digest))
+        else:
+            lines.append(b'{"seq":%d,"prev":"%b","hash":"%b",%b\n' % (seq, last, digest, body[1:]))
+        last = digest
+        seq += 1
+    return b"".join(lines), last.decode()
 
 
 @dataclass(frozen=True, slots=True)

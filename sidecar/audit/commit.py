@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sidecar.audit.chain import GENESIS, Hasher, canonical, canonical_bytes, record_line
+from sidecar.audit.chain import GENESIS, Hasher, canonical, canonical_bytes, record_lines
 from sidecar.core.errors import AuditError, ConfigError, UnencodableEvent
 from sidecar.core.event import system_event
 
@@ -305,14 +305,10 @@ class ChainSink:
                 if self._outage is not None:
                     prefix.append(canonical(self._outage_record()))
                 all_bodies = prefix + bodies
-            seq, prev = self._seq, self._prev
-            lines = []
-            for body in all_bodies:
-                line, prev = record_line(self.hasher, seq, prev, body)
-                lines.append(line)
-                seq += 1
-            if lines:
-                self._append(b"".join(lines))
+            seq = self._seq + len(all_bodies)
+            data, prev = record_lines(self.hasher, self._seq, self._prev, all_bodies)
+            if data:
+                self._append(data)
                 if self.durability == "fsync":
                     self._sync()
         except Exception as exc:  # whatever it was (a bug too), the batch is cut off
@@ -321,7 +317,7 @@ class ChainSink:
         self._pending.clear()
         self._outage = None
         try:  # the batch is written: nothing after this may call it failed
-            if lines:
+            if data:
                 self._committed(seq - 1, prev)
             elif not bodies:  # an empty commit (probe, ticker): catch up on side work
                 self._catch_up()

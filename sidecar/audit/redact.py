@@ -77,6 +77,7 @@ _PROTECTED = {
     "violation",
 }
 _MAX_NAMES = 4096
+_MAX_CLEAN_TEXTS = 4096
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -119,6 +120,7 @@ class Redactor:
         self._names = _compile("audit_redact_keys", keys, re.IGNORECASE)
         self._values = re.compile("|".join(VALUE_PATTERNS.values()))
         self._extra = _compile("audit_redact_values", values)
+        self._clean_texts: set[str] = set()  # strings rule 2 leaves alone (clean_texts)
 
     def touches(self, fields: Iterable[str]) -> bool:
         """Whether redaction can change one of these top-level event fields beyond
@@ -204,6 +206,30 @@ class Redactor:
                 for a, b in zip(items, value, strict=True)
             ]
         return value
+
+    def clean_texts(self, texts: Iterable[str]) -> bool:
+        """Whether rule 2 replaces none of these strings: `_clean` of a value whose
+        strings they are (an outcome's effect, checked on its own fields before its
+        JSON is walked). Extra strings ("" included) can only make it say no.
+
+        An effect's strings repeat (entitlements, target systems, identity types):
+        one found clean is remembered (`_clean_texts`, bounded, emptied when full),
+        and only clean ones are: nothing that rule 2 replaces is ever kept.
+        """
+        search, extra, known = self._values.search, self._extra, self._clean_texts
+        for v in texts:
+            if len(v) < _MIN_VALUE and not extra:
+                continue  # no built-in pattern matches it: nothing to search or remember
+            if v in known:
+                continue
+            if len(v) >= _MIN_VALUE and search(v) is not None:
+                return False
+            if extra and any(p.search(v) for p in extra):
+                return False
+            if len(known) >= _MAX_CLEAN_TEXTS:
+                known.clear()
+            known.add(v)
+        return True
 
     def _clean(self, value: Any) -> bool:
         """Whether rule 2 replaces nothing in a plain JSON value (str, dict, list,

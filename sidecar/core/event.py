@@ -38,6 +38,8 @@ class Redactor(Protocol):
 
     def by_value(self, value: Any) -> Any: ...
 
+    def clean_texts(self, texts: Iterable[str]) -> bool: ...
+
     def reaches(self, event: Mapping[str, Any]) -> bool: ...
 
 
@@ -239,49 +241,78 @@ def build_outcome_event(
     (e.g. `effect.identity.id`, `effect.credential.id`) and, in `effect`, any
     value that looks like a secret (rule 2 of redact.py).
     """
-    event: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "kind": "outcome",
-        "id": outcome_id,
-        "time": stamped or timestamp(at),
-        "caller": {"peer": meta.peer, "identity": meta.identity},
-        "decision_id": outcome.decision_id,
-    }
     if facts is not None:
-        event["decided"] = facts.decision
-        event["status"] = outcome.status
-        event["attempt"] = outcome.attempt
-        event["workflow_id"] = facts.workflow_id
-        event["run_id"] = facts.run_id
-        event["step_id"] = facts.step_id
-        if facts.principal is not None:
-            event["principal"] = facts.principal
-        if facts.action is not None:
-            event["action"] = facts.action
-        if facts.resource is not None:
-            event["resource"] = facts.resource
-        event["policy_revision"] = facts.policy_revision
+        event: dict[str, Any] = {  # one display: no insert per field
+            "schema": SCHEMA_VERSION,
+            "kind": "outcome",
+            "id": outcome_id,
+            "time": stamped or timestamp(at),
+            "caller": {"peer": meta.peer, "identity": meta.identity},
+            "decision_id": outcome.decision_id,
+            "decided": facts.decision,
+            "status": outcome.status,
+            "attempt": outcome.attempt,
+            "workflow_id": facts.workflow_id,
+            "run_id": facts.run_id,
+            "step_id": facts.step_id,
+            "principal": facts.principal,
+            "action": facts.action,
+            "resource": facts.resource,
+            "policy_revision": facts.policy_revision,
+        }
+        if facts.principal is None:
+            del event["principal"]
+        if facts.action is None:
+            del event["action"]
+        if facts.resource is None:
+            del event["resource"]
     else:
-        event["decided"] = "UNKNOWN"
-        event["status"] = outcome.status
-        event["attempt"] = outcome.attempt
-        event["workflow_id"] = event["run_id"] = event["step_id"] = ""
+        event = {
+            "schema": SCHEMA_VERSION,
+            "kind": "outcome",
+            "id": outcome_id,
+            "time": stamped or timestamp(at),
+            "caller": {"peer": meta.peer, "identity": meta.identity},
+            "decision_id": outcome.decision_id,
+            "decided": "UNKNOWN",
+            "status": outcome.status,
+            "attempt": outcome.attempt,
+            "workflow_id": "",
+            "run_id": "",
+            "step_id": "",
+        }
     if outcome.error_class:
         event["error_class"] = outcome.error_class
     if outcome.started_at is not None:
         event["started_at"] = timestamp(outcome.started_at)
     if outcome.finished_at is not None:
         event["finished_at"] = timestamp(outcome.finished_at)
-    if outcome.effect is not None:
-        event["effect"] = outcome.effect.to_json()
+    effect = outcome.effect
+    if effect is not None:
+        value = effect.to_json()
+        # Rule 2 on the effect: its strings checked where they are (the effect's own
+        # fields, those `to_json` copied), and the value walked only when one may be a
+        # secret, or a credential holds its times formatted (`by_value` then reads those).
+        if redactor is not None and (
+            effect.credential is not None
+            or not redactor.clean_texts(
+                (
+                    effect.target_system,
+                    effect.account,
+                    *effect.entitlements_added,
+                    *effect.entitlements_removed,
+                    *(effect.identity or ()),
+                )
+            )
+        ):
+            value = redactor.by_value(value)
+        event["effect"] = value
     if violation:
         event["violation"] = violation
-    _call_fields(event, meta, audit_note)
-    if redactor is not None:
-        if "effect" in event:
-            event["effect"] = redactor.by_value(event["effect"])
-        if redactor.reaches(event):  # else `apply` would only copy it
-            event = redactor.apply(event)
+    if meta.trace_id or meta.request_id or audit_note:
+        _call_fields(event, meta, audit_note)
+    if redactor is not None and redactor.reaches(event):  # else `apply` would only copy it
+        event = redactor.apply(event)
     return event
 
 

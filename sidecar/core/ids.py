@@ -59,20 +59,28 @@ class DecisionIds:
                     self._seq = 0
                 self._last_ms = ms
                 stamps.append((ms, self._seq))
-        # The random bits as text at once: per id, its first digit carries the variant
-        # (10) in its top two bits and two random ones, then 15 random digits.
+        # The random bits as text at once: per id, its variant digit (10 in its top two
+        # bits, two random ones: one random byte each, mapped by `_VARIANT`), then 15
+        # random hex digits (16 drawn, the first unused); the sequence's digits from a table.
+        variants = os.urandom(count).translate(_VARIANT).decode()
         rand = os.urandom(8 * count).hex()
+        seq_hex = _SEQ_HEX
         out = []
         last_ms, head = -1, ""
+        at = 1
         for i, (ms, seq) in enumerate(stamps):
             if ms != last_ms:
                 last_ms = ms
                 t = f"{ms & ((1 << 48) - 1):012x}"
                 head = f"{t[:8]}-{t[8:]}-7"
-            r = rand[16 * i : 16 * i + 16]
-            out.append(f"{head}{seq:03x}-{_VARIANT[r[0]]}{r[1:4]}-{r[4:]}")
+            out.append(
+                f"{head}{seq_hex[seq]}-{variants[i]}{rand[at : at + 3]}-{rand[at + 3 : at + 15]}"
+            )
+            at += 16
         return out
 
 
-# A random hex digit's two low bits under the variant's 10: 8, 9, a or b.
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+# A random byte's two low bits under the variant's 10: 8, 9, a or b (as ASCII).
+_VARIANT = bytes(ord("89ab"[b & 3]) for b in range(256))
+# The 12-bit sequence field as three hex digits.
+_SEQ_HEX = [f"{s:03x}" for s in range(0x1000)]

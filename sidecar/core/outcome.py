@@ -193,8 +193,9 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
     effect = None
     if has("effect"):
         e = msg.effect
+        has_in_effect = e.HasField
         identity = None
-        if e.HasField("identity"):
+        if has_in_effect("identity"):
             ident = e.identity
             kind, name = ident.type, ident.id
             if kind not in _ENTITY_TYPES_SEEN:  # a handful of types, each matched once
@@ -210,12 +211,14 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
             return None
         added: tuple[str, ...] | None = ()
         removed: tuple[str, ...] | None = ()
-        listed = e.entitlements_added  # each access makes a new view: once
+        # Each access makes a new view: once each; a slice copies it in one C call
+        # (iterating the view itself costs a call per item).
+        listed = e.entitlements_added
         if listed:
-            added = _entitlements(listed)
+            added = _entitlements(listed[:])
         listed = e.entitlements_removed
         if listed:
-            removed = _entitlements(listed)
+            removed = _entitlements(listed[:])
         if added is None or removed is None:
             return None
         account = ""
@@ -224,7 +227,7 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
             if not account:
                 return None
         credential = None
-        if e.HasField("credential"):
+        if has_in_effect("credential"):
             credential = _credential_accepted(e.credential)
             if credential is None:
                 return None
@@ -560,6 +563,7 @@ def judge(
     received_at: datetime,
     *,
     caller_mismatch: bool = False,
+    received_ms: int | None = None,
 ) -> str:
     """The violation an outcome is (one of VIOLATIONS, the first that holds), or "".
 
@@ -570,22 +574,31 @@ def judge(
     ran, before the checks that trust the report's times and effect. A step ran
     at `finished_at`, else `started_at`, else (nothing said) at `received_at`: a
     late report of a step that ran in time needs `finished_at` to say so.
+    `received_ms`: `to_ms(received_at)` when the caller has it (a batch shares it).
     """
+    ran = outcome.status in RAN
     if facts is None:
-        return "decision_unknown" if outcome.ran else ""
-    if outcome.ran and facts.decision != "ALLOW":
+        return "decision_unknown" if ran else ""
+    if ran and facts.decision != "ALLOW":
         return "decision_denied"
     if caller_mismatch:
         return "caller_mismatch"
-    if not outcome.ran:
+    if not ran:
         return ""
-    ran_at = outcome.finished_at or outcome.started_at or received_at
-    if facts.not_after_ms is not None and to_ms(ran_at) > facts.not_after_ms:
-        return "after_time_bound"
     start = outcome.started_at
+    not_after = facts.not_after_ms
+    if not_after is not None:
+        ran_at = outcome.finished_at or start
+        if ran_at is not None:
+            ran_ms = to_ms(ran_at)
+        else:
+            ran_ms = to_ms(received_at) if received_ms is None else received_ms
+        if ran_ms > not_after:
+            return "after_time_bound"
     if facts.not_before_ms is not None and start is not None and to_ms(start) < facts.not_before_ms:
         return "before_time_bound"
-    cred = outcome.effect.credential if outcome.effect is not None else None
+    effect = outcome.effect
+    cred = effect.credential if effect is not None else None
     ttl = facts.max_credential_ttl_s
     if (
         ttl is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -222,6 +223,9 @@ def aio_generic_handler(
     )
 
 
+_DECISION_ID_OF = operator.attrgetter("decision_id")
+
+
 def aio_outcome_handler(
     servicer: AuthorizerServicer, *, defer_audit: bool = False
 ) -> grpc.GenericRpcHandler[Any, Any]:
@@ -235,12 +239,16 @@ def aio_outcome_handler(
     """
     recorder = servicer._outcomes
 
-    def in_memory(msg: Any) -> bool:
+    def in_memory(msg: Any) -> object:
+        """Whether every item's decision is in memory: then (truthy) the items as read
+        here, which the handler keeps while the call runs, so that reading them again
+        finds the same Python objects (upb makes and drops one per item otherwise)."""
         if defer_audit or recorder is None:
             return False
-        items = msg.items if isinstance(msg, pb.RecordOutcomesRequest) else (msg,)
-        index = recorder.index
-        return all(item.decision_id in index for item in items)
+        items = list(msg.items) if isinstance(msg, pb.RecordOutcomesRequest) else [msg]
+        if recorder.index.holds_all(map(_DECISION_ID_OF, items)):
+            return items or True
+        return False
 
     return outcome_methods(
         _on_thread(servicer, servicer.RecordOutcome, pb.RecordOutcomeRequest, in_memory),
@@ -258,10 +266,11 @@ def _on_thread(
     servicer: AuthorizerServicer,
     fn: Callable[[Any, grpc.ServicerContext], Any],
     request_type: type[Message],
-    inline: Callable[[Any], bool] = lambda _msg: False,
+    inline: Callable[[Any], object] = lambda _msg: False,
 ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any]:
     """A sync handler run on a thread for the event loop (raw bytes in), or on the
-    loop itself for a message `inline` says is quick."""
+    loop itself for a message `inline` says is quick (its truthy answer is kept
+    until the call returns)."""
 
     def unary(
         fn: Callable[[Any, grpc.ServicerContext], Any], request_type: type[Message]
@@ -276,7 +285,8 @@ def _on_thread(
                 )
             try:
                 view = cast(grpc.ServicerContext, _SyncView(context))
-                if inline(msg):
+                kept = inline(msg)
+                if kept:
                     return fn(msg, view)
                 return await asyncio.to_thread(fn, msg, view)
             except _Aborted as stop:

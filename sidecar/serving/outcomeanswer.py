@@ -51,11 +51,22 @@ def outcomes_response(
     except Exception as exc:  # noqa: BLE001 - none of them is recorded
         results = iter([exc] * len(valid))
     out = pb.RecordOutcomesResponse()
+    add = out.results.add
+    violation_of, decision_of, unspecified = (
+        VIOLATION_TO_PROTO,
+        _DECISION_TO_PROTO.get,
+        pb.DECISION_UNSPECIFIED,
+    )
     for i, outcome in enumerate(read):
-        slot = out.results.add()
+        slot = add()
         got = next(results) if isinstance(outcome, Outcome) else outcome
-        if isinstance(got, Recorded):
-            fill(slot.response, got)
+        if isinstance(got, Recorded):  # `fill`, inlined: once per item
+            answer = slot.response
+            answer.outcome_id = got.outcome_id
+            answer.decision_id = got.decision_id
+            answer.violation = violation_of[got.violation]
+            answer.decision = decision_of(got.decision, unspecified)
+            answer.reason = got.reason
         elif isinstance(got, InvalidRequest):
             count_invalid(got)
             slot.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]

@@ -14,7 +14,15 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.audit.chain import DOMAIN, GENESIS, Hasher, canonical, parse_line, record_line
+from sidecar.audit.chain import (
+    DOMAIN,
+    GENESIS,
+    Hasher,
+    canonical,
+    parse_line,
+    record_line,
+    record_lines,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
@@ -73,3 +81,22 @@ def test_known_answers() -> None:
         b'{"seq":0,"prev":"%s","hash":"%s"}\n' % (ZEROS.encode(), empty.encode()),
         empty,
     )
+
+
+@given(
+    key=keys,
+    seq=st.integers(0, 2**62),
+    prev=hashes,
+    batch=st.lists(bodies.map(canonical), max_size=5),
+)
+def test_a_batch_of_lines_is_each_record_line_in_turn(
+    key: bytes | None, seq: int, prev: str, batch: list[bytes]
+) -> None:
+    """`record_lines` (a commit's loop) is `record_line` for each body, chained: the
+    same bytes and the same last hash, empty bodies (`{}`) and an empty batch included."""
+    hasher = Hasher(key)
+    want, last = [], prev
+    for i, body in enumerate(batch):
+        line, last = record_line(hasher, seq + i, last, body)
+        want.append(line)
+    assert record_lines(hasher, seq, prev, batch) == (b"".join(want), last)

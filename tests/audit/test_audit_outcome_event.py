@@ -165,7 +165,9 @@ def reference_event(
     return event
 
 
-_SECRETISH = st.sampled_from(["jira", "maria", "ghp_" + "a" * 36, "AKIA" + "B" * 16, "x-1"])
+_SECRETISH = st.sampled_from(
+    ["jira", "maria", "ghp_" + "a" * 36, "AKIA" + "B" * 16, "x-1", "jira-developers"]
+)
 _WHEN = st.sampled_from([AT, AT + timedelta(seconds=90), AT + timedelta(hours=2)])
 _effects = st.builds(
     Effect,
@@ -211,6 +213,8 @@ _REDACTORS = [
     Redactor(mode="remove", key=b"k" * 32),
     Redactor(["effect.identity.id", "caller.identity"], key=b"k" * 32),
     Redactor(["*.id"], mode="remove", key=b"k" * 32, values=[r"x-\d"]),
+    Redactor(key=b"k" * 32, values=[r"^jira$"]),  # anchored: matches a whole string only
+    Redactor(key=b"k" * 32, values=[r"^$"]),  # the empty string (never in the effect's JSON)
 ]
 
 

@@ -66,3 +66,36 @@ def test_by_value_answers_as_before(value: Any, which: int) -> None:
     got, want = redactor.by_value(value), reference(redactor, value)
     assert got == want
     assert (got is value) == (want is value)  # untouched: the very same object
+
+
+_PLAIN_OR_ANCHORED = [
+    Redactor(key=b"k" * 32),
+    Redactor(key=b"k" * 32, values=[r"redactme-\d+"]),
+    Redactor(key=b"k" * 32, values=[r"^jira$", r"^$"]),  # anchors: each string on its own
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.lists(st.one_of(TEXT, st.sampled_from(["", "jira", "x"])), max_size=6),
+    which=st.integers(0, len(_PLAIN_OR_ANCHORED) - 1),
+)
+def test_clean_texts_says_what_the_walk_finds(texts: list[str], which: int) -> None:
+    """`clean_texts` (an effect's strings checked where they are) says yes exactly when
+    the walk of a value holding those strings replaces none: `by_value` gives the same
+    object back."""
+    redactor = _PLAIN_OR_ANCHORED[which]
+    value = {"a": list(texts), "b": {"c": texts[0]} if texts else {}}
+    want = reference(redactor, value) is value
+    assert redactor.clean_texts(texts) == want
+    assert redactor.clean_texts(texts) == want  # asked again: what it remembered agrees
+    # It remembers only strings rule 2 leaves alone (the redactors live across examples).
+    assert not any(redactor.secret_value(v) for v in redactor._clean_texts)
+
+
+def test_the_clean_strings_remembered_are_bounded() -> None:
+    redactor = Redactor(key=b"k" * 32)
+    for i in range(3 * 4096):
+        assert redactor.clean_texts([f"entitlement-{i}"])
+    assert 0 < len(redactor._clean_texts) <= 4096
+    assert not redactor.clean_texts(["ghp_" + "a" * 36])
