@@ -103,21 +103,29 @@ ENCODINGS = {
 }
 
 
+def _record(raw: bytes) -> tuple[int, Any, dict[str, Any]] | None:
+    """A line's seq, prev and body (its chain fields taken out); None when it is not one."""
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int):
+        return None
+    seq, prev = rec.pop("seq"), rec.pop("prev", "")
+    rec.pop("hash", None)
+    return seq, prev, rec
+
+
 def _relink(lines: list[tuple[Path, int, bytes]], start: int, prev: str, hasher: Hasher) -> None:
     """Re-chain every record after `start` (whose hash is `prev`) onto the one before it,
     as a forger holding the key would, segment headers' `follows` included; stops at a
     line it cannot read."""
     for i in range(start + 1, len(lines)):
         path, n, raw = lines[i]
-        try:
-            rec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+        found = _record(raw)
+        if found is None:
             return
-        if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int):
-            return
-        seq = rec.pop("seq")
-        rec.pop("prev", None)
-        rec.pop("hash", None)
+        seq, _, rec = found
         if rec.get("kind") == "segment":
             rec["follows"] = prev
         line, prev = record_line(hasher, seq, prev, canonical(rec))
@@ -215,16 +223,10 @@ def _apply(directory: Path, changes: list[tuple[Any, ...]], hasher: Hasher) -> N
             lines[i], lines[j] = (pi, ni, rj), (pj, nj, ri)
         elif op == "re-encode":
             path, n, raw = lines[i]
-            try:
-                rec = orjson.loads(raw)
-            except orjson.JSONDecodeError:
+            found = _record(raw)
+            if found is None or not isinstance(found[1], str):
                 continue
-            if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int):
-                continue
-            seq, prev = rec.pop("seq"), rec.pop("prev", "")
-            rec.pop("hash", None)
-            if not isinstance(prev, str):
-                continue
+            seq, prev, rec = found
             line, digest = record_line(hasher, seq, prev, ENCODINGS[args[1]](rec))
             lines[i] = (path, n, line.rstrip(b"\n"))
             if args[2]:
