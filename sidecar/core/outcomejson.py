@@ -17,16 +17,7 @@ from sidecar.core.errors import InvalidRequest
 from sidecar.core.outcome import Outcome, check_outcome, json_str
 
 _TOP = frozenset(
-    {
-        "decision_id",
-        "status",
-        "error_class",
-        "effect",
-        "started_at",
-        "finished_at",
-        "attempt",
-        "report_id",
-    }
+    {"decision_id", "status", "error_class", "effect", "started_at", "finished_at", "attempt"}
 )
 _EFFECT = frozenset(
     {
@@ -91,7 +82,6 @@ def outcome_from_json(obj: Any, prefix: str = "") -> Outcome:
         error_class=json_str(top.get("error_class") or "", f"{prefix}error_class"),
         effect=effect,
         attempt=attempt,
-        report_id=json_str(top.get("report_id") or "", f"{prefix}report_id"),
         **times,
     )
 
