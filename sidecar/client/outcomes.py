@@ -3,6 +3,7 @@ back, and how a failure to report is told without raising."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,7 +67,8 @@ def outcome_message(
     finished_at: datetime | None,
     attempt: int,
 ) -> pb.RecordOutcomeRequest:
-    """The request, checked here first (the sidecar's own rules, sidecar/core/outcome.py)."""
+    """The request, checked here first (the sidecar's own rules, sidecar/core/outcome.py),
+    with a fresh `report_id`: sent again (a reporter's resend), it is recorded once."""
     body: dict[str, Any] = {"decision_id": decision_id, "status": status, "attempt": attempt}
     if error_class:
         body["error_class"] = error_class
@@ -76,7 +78,14 @@ def outcome_message(
         body["started_at"] = _json_times(started_at)
     if finished_at is not None:
         body["finished_at"] = _json_times(finished_at)
-    return outcome_to_proto(outcome_from_json(body))
+    msg = outcome_to_proto(outcome_from_json(body))
+    msg.report_id = new_report_id()
+    return msg
+
+
+def new_report_id() -> str:
+    """A fresh report_id (RecordOutcomeRequest.report_id): a UUID4, 32 hex digits."""
+    return uuid.uuid4().hex
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -129,7 +138,10 @@ class OutcomeBatch:
         self.message = pb.RecordOutcomesRequest()
         for i, item in enumerate(items):
             try:
-                self.message.items.append(outcome_to_proto(outcome_from_json(_json_times(item))))
+                msg = outcome_to_proto(outcome_from_json(_json_times(item)))
+                if not msg.report_id:  # the item's own when it gave one
+                    msg.report_id = new_report_id()
+                self.message.items.append(msg)
             except Exception as exc:  # noqa: BLE001 - this item is refused, not the batch
                 self.local[i] = outcome_failure(exc)
 

@@ -57,6 +57,7 @@ from sidecar.client.decisions import DecisionKind
 from sidecar.client.outcomes import (
     OutcomeBatch,
     OutcomeReport,
+    new_report_id,
     outcome_failure,
     outcome_message,
 )
@@ -288,6 +289,8 @@ class _Reporter:
             return False
         if not buf.items:
             buf.oldest = time.monotonic()
+        if not message.report_id:  # set once, here: every resend carries the same one
+            message.report_id = new_report_id()
         buf.items.append(_Item(message, on_result))
         buf.counts["reported"] += 1
         return True

@@ -237,7 +237,8 @@ def build_outcome_event(
     decision it was matched with (ALLOW, DENY), UNKNOWN when none was found
     (named apart from a decision event's `decision`, so that a reader keying on
     that field never takes an outcome for a decision). `violation`
-    is present only when the outcome is one. Redaction: the configured paths
+    is present only when the outcome is one; `report_id` only when the client sent
+    one. Redaction: the configured paths
     (e.g. `effect.identity.id`, `effect.credential.id`) and, in `effect`, any
     value that looks like a secret (rule 2 of redact.py).
     """
@@ -283,6 +284,8 @@ def build_outcome_event(
         }
     if outcome.error_class:
         event["error_class"] = outcome.error_class
+    if outcome.report_id:
+        event["report_id"] = outcome.report_id
     if outcome.started_at is not None:
         event["started_at"] = timestamp(outcome.started_at)
     if outcome.finished_at is not None:

@@ -36,6 +36,8 @@ MAX_TEXT = 256  # target system, entitlement, credential id
 MAX_ENTITY_ID = 1024
 _DECISION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _ERROR_CLASS = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
+# A client-chosen report id (RecordOutcomeRequest.report_id): a UUID, as the clients send.
+_REPORT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _ENTITY_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*")
 _LONG_MAX = 2**63 - 1
 _ENTITY_TYPES_SEEN: set[str] = set()  # entity types `_ENTITY_TYPE` matched (`_accepted`)
@@ -116,6 +118,10 @@ class Outcome:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempt: int = 0
+    # The client's id for this report ("" when none): a resend is recorded once
+    # (decision/outcomes.py). Part of equality: a report with the same id and
+    # other fields is another report.
+    report_id: str = ""
 
     @property
     def ran(self) -> bool:
@@ -180,6 +186,15 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
     attempt = msg.attempt
     if attempt < 0:  # an int64: never above _LONG_MAX
         return None
+    report_id = msg.report_id
+    # A UUID's hex (what the clients send) passes the two C-level checks; anything
+    # else is matched against `_REPORT_ID`.
+    if (
+        report_id
+        and not (len(report_id) <= 64 and report_id.isascii() and report_id.isalnum())
+        and _REPORT_ID.fullmatch(report_id) is None
+    ):
+        return None
     has = msg.HasField
     started = finished = None
     if has("started_at"):
@@ -233,7 +248,7 @@ def _accepted(msg: pb.RecordOutcomeRequest) -> Outcome | None:
                 return None
         if identity or target or added or removed or credential or account:
             effect = Effect(identity, target, added, removed, credential, account)
-    return Outcome(decision_id, status, error_class, effect, started, finished, attempt)
+    return Outcome(decision_id, status, error_class, effect, started, finished, attempt, report_id)
 
 
 def _credential_accepted(c: pb.Credential) -> Credential | None:
@@ -319,6 +334,7 @@ def _checked_from_proto(msg: pb.RecordOutcomeRequest, prefix: str) -> Outcome:
         error_class=msg.error_class,
         effect=effect,
         attempt=msg.attempt,
+        report_id=msg.report_id,
         **times,
     )
 
@@ -353,6 +369,7 @@ def check_outcome(
     attempt: int,
     started_at: datetime | None = None,
     finished_at: datetime | None = None,
+    report_id: str = "",
 ) -> Outcome:
     if not decision_id:
         raise InvalidRequest(
@@ -382,6 +399,12 @@ def check_outcome(
         raise InvalidRequest(f"{prefix}attempt", f"{attempt} is out of range 0..{_LONG_MAX}")
     if started_at and finished_at and started_at > finished_at:
         raise InvalidRequest(f"{prefix}finished_at", "is before started_at")
+    if report_id and not _REPORT_ID.fullmatch(report_id):
+        raise InvalidRequest(
+            f"{prefix}report_id",
+            f"{_show(report_id)} is not a report id: 1 to 64 characters of [A-Za-z0-9_.:-] "
+            "(a UUID, as the clients send)",
+        )
     parsed = _effect(effect, f"{prefix}effect") if effect is not None else None
     return Outcome(
         decision_id=decision_id,
@@ -391,6 +414,7 @@ def check_outcome(
         started_at=started_at,
         finished_at=finished_at,
         attempt=attempt,
+        report_id=report_id,
     )
 
 
@@ -482,6 +506,7 @@ def outcome_to_proto(outcome: Outcome) -> pb.RecordOutcomeRequest:
         status=_PROTO_OF_STATUS[outcome.status],
         error_class=outcome.error_class,
         attempt=outcome.attempt,
+        report_id=outcome.report_id,
     )
     if outcome.started_at is not None:
         msg.started_at.FromDatetime(outcome.started_at)

@@ -17,7 +17,16 @@ from sidecar.core.errors import InvalidRequest
 from sidecar.core.outcome import Outcome, check_outcome, json_str
 
 _TOP = frozenset(
-    {"decision_id", "status", "error_class", "effect", "started_at", "finished_at", "attempt"}
+    {
+        "decision_id",
+        "status",
+        "error_class",
+        "effect",
+        "started_at",
+        "finished_at",
+        "attempt",
+        "report_id",
+    }
 )
 _EFFECT = frozenset(
     {
@@ -82,6 +91,7 @@ def outcome_from_json(obj: Any, prefix: str = "") -> Outcome:
         error_class=json_str(top.get("error_class") or "", f"{prefix}error_class"),
         effect=effect,
         attempt=attempt,
+        report_id=json_str(top.get("report_id") or "", f"{prefix}report_id"),
         **times,
     )
 

@@ -22,6 +22,13 @@ Where a decision is looked for, in order:
 
 Only when neither holds the id is the outcome flagged `decision_unknown`.
 
+A report the client gave a `report_id` is recorded once per (caller identity,
+report_id) while the recorder remembers it (`DEFAULT_REPORTS`, the newest,
+oldest dropped first; only reports whose events the trail took; lost on
+restart): sent again, it gets the first answer and writes nothing; the same id
+with another report is refused (`ReportIdReused`). Keyed by the caller's
+identity, so one caller cannot suppress another's report by sending its id first.
+
 Over 500 lines: where a decision is looked for (the index, the trail files)
 and what an outcome is judged and recorded against it belong together; the
 lookup's bounds above are the recorder's.
@@ -47,7 +54,7 @@ from sidecar.audit.files import open_read
 from sidecar.audit.redact import Redactor
 from sidecar.audit.segments import collect
 from sidecar.audit.sink import AuditSink
-from sidecar.core.errors import AuditError, StepguardError
+from sidecar.core.errors import AuditError, InvalidRequest, StepguardError
 from sidecar.core.event import CallMeta, build_outcome_event, timestamp
 from sidecar.core.ids import DecisionIds
 from sidecar.core.model import EntityUid
@@ -57,6 +64,7 @@ from sidecar.decision.identity import binding_refusal
 from sidecar.decision.metrics import Metrics, observe_many
 
 DEFAULT_INDEX_ENTRIES = 65_536
+DEFAULT_REPORTS = 65_536  # reports remembered by (caller identity, report_id)
 DEFAULT_SEGMENTS = 4
 DEFAULT_SCAN_BYTES = 256 * 1024 * 1024
 # A segment's mtime may trail the write of its last line by this much (coarse clocks).
@@ -394,6 +402,19 @@ def _search(
                 end = at  # the id in another field (a principal named like it): look on
 
 
+class ReportIdReused(InvalidRequest):
+    """A report_id this caller already used for another report (its field path is
+    `report_id`; a batch's answer names the item's, `items[3].report_id`)."""
+
+    def __init__(self, field: str = "report_id") -> None:
+        super().__init__(
+            field,
+            "was already used for another report (another decision_id, status, "
+            "error_class, effect, times or attempt): a report_id names one report; "
+            "send a new one for a new report",
+        )
+
+
 @dataclass(slots=True)  # not frozen: one per outcome (as core/outcome.Effect)
 class Recorded:
     """What `record` wrote: the outcome's own event id, and what it was judged."""
@@ -403,6 +424,9 @@ class Recorded:
     decision: str  # "ALLOW", "DENY", or "" when no decision was found
     violation: str  # "" when none
     reason: str
+    # The outcome recorded, when it had a report_id (the recorder remembers this
+    # answer, and compares a report sent again with the same id to it).
+    report: Outcome | None = None
 
 
 class OutcomeRecorder:
@@ -419,6 +443,7 @@ class OutcomeRecorder:
         redactor: Redactor | None = None,
         audit_note: str = "",
         bind_workload_identity: bool = False,
+        max_reports: int = DEFAULT_REPORTS,
     ) -> None:
         self._sink = sink
         self._bind = bind_workload_identity
@@ -432,6 +457,11 @@ class OutcomeRecorder:
         self._redactor = redactor
         self._ids = DecisionIds()
         self._counted: dict[tuple[str, str], Any] = {}
+        # Reports by (caller identity, report_id), oldest first; trimmed in batches.
+        self._reports: dict[tuple[str, str], Recorded] = {}
+        self.max_reports = max_reports
+        self._reports_high = max_reports + max(1, max_reports // 8)
+        self._reports_lock = threading.Lock()
 
     def lookup(self, decision_id: str) -> DecisionFacts | None:
         facts = self.index.get(decision_id)
@@ -443,12 +473,35 @@ class OutcomeRecorder:
         """Write the outcome's event; raise AuditError when the trail cannot take it
         (the outcome is then not recorded and the caller should report it again)."""
         started = time.perf_counter()
+        report_id = outcome.report_id
+        if report_id:
+            key = (meta.identity, report_id)
+            prior = self._reports.get(key)
+            if prior is not None:
+                if prior.report != outcome:
+                    raise ReportIdReused()
+                return prior  # recorded already: the first answer, nothing written
         at = self._clock()
         event, recorded = self._judged(outcome, meta, self._ids.next(), at, timestamp(at))
         self._sink.write(event)
+        if report_id:
+            recorded.report = outcome
+            self._remember({key: recorded})
         self._counter(outcome.status, recorded.violation).inc()
         self._metrics.outcome_seconds.observe(time.perf_counter() - started)
         return recorded
+
+    def _remember(self, reports: dict[tuple[str, str], Recorded]) -> None:
+        """Remember reports whose events the trail took (a dict update: atomic under
+        the GIL); the oldest are dropped in batches."""
+        held = self._reports
+        held.update(reports)
+        if len(held) > self._reports_high:
+            with self._reports_lock:
+                excess = len(held) - self.max_reports
+                if excess > 0:
+                    for key in list(itertools.islice(held, excess)):
+                        held.pop(key, None)
 
     def record_many(
         self, outcomes: Sequence[Outcome], meta: CallMeta
@@ -476,7 +529,24 @@ class OutcomeRecorder:
         stamped, at_ms = timestamp(at), to_ms(at)
         # Counted per kind as judged, added to the metrics once the batch is written.
         kinds: dict[tuple[str, str], int] = {}
+        # Reports with an id: those remembered (`_reports`), those of this batch (`fresh`,
+        # remembered once the trail took them).
+        reports = self._reports
+        fresh: dict[tuple[str, str], Recorded] = {}
+        earlier: list[int] = []  # where `out` answers a report an earlier call recorded
+        identity = meta.identity
         for outcome, outcome_id in zip(outcomes, self._ids.next_many(len(outcomes)), strict=True):
+            report_id = outcome.report_id
+            if report_id:
+                key = (identity, report_id)
+                prior = reports.get(key)
+                if prior is not None:
+                    earlier.append(len(out))
+                else:
+                    prior = fresh.get(key)
+                if prior is not None:  # sent before: its first answer, nothing written
+                    out.append(prior if prior.report == outcome else ReportIdReused())
+                    continue
             try:
                 event, recorded = judged(outcome, meta, outcome_id, at, stamped, received_ms=at_ms)
                 events.append(event if encode is None else encode(event))
@@ -484,8 +554,11 @@ class OutcomeRecorder:
                 out.append(exc)
                 continue
             out.append(recorded)
-            key = (outcome.status, recorded.violation)
-            kinds[key] = kinds.get(key, 0) + 1
+            if report_id:
+                recorded.report = outcome
+                fresh[key] = recorded
+            kind = (outcome.status, recorded.violation)
+            kinds[kind] = kinds.get(kind, 0) + 1
         if not events:
             return out
         try:
@@ -498,7 +571,13 @@ class OutcomeRecorder:
                 for event in events:
                     self._sink.write(event)
         except AuditError as exc:
-            return [exc if isinstance(r, Recorded) else r for r in out]
+            # None of this batch is recorded; a report an earlier call recorded still is.
+            kept = set(earlier)
+            return [
+                exc if isinstance(r, Recorded) and i not in kept else r for i, r in enumerate(out)
+            ]
+        if fresh:
+            self._remember(fresh)
         for (status, violation), count in kinds.items():
             self._counter(status, violation).inc(count)
         each = (time.perf_counter() - started) / len(events)  # its share of the batch

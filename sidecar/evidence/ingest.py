@@ -55,7 +55,7 @@ BATCH = 5000
 PARALLEL_BYTES = 64 << 20
 
 _INSERT_DECISION = "INSERT OR IGNORE INTO decisions VALUES (" + ",".join("?" * 19) + ")"  # noqa: S608
-_INSERT_OUTCOME = "INSERT OR IGNORE INTO outcomes VALUES (" + ",".join("?" * 25) + ")"  # noqa: S608
+_INSERT_OUTCOME = "INSERT OR IGNORE INTO outcomes VALUES (" + ",".join("?" * 26) + ")"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +265,7 @@ def load_all(
 ) -> Verification:
     """Verify and load every chain of `sets` into `db` (tables made by the caller);
     the verification, chain by chain in trail order as `audit verify` lists them.
+    A report found twice is kept once (`first_of_each_report`).
 
     `processes`: how many chains load at once in processes of their own (None: as
     many as there are cores when the trail is large, else none; 0 or 1: none)."""
@@ -283,6 +284,7 @@ def load_all(
             verdicts.append(load_chain(job, sink))
     else:
         verdicts = _parallel(db, todo, processes)
+    first_of_each_report(db)
     statuses = list(findings)
     for found in verdicts:
         statuses.extend(found)
@@ -364,7 +366,36 @@ def _size(path: Path) -> int:
         return 0
 
 
-__all__ = ["DECISION_COLUMNS", "OUTCOME_COLUMNS", "Job", "Rows", "load_all", "parse_time"]
+def first_of_each_report(db: sqlite3.Connection) -> None:
+    """Keep the first recorded of each report (same reporter identity and report_id),
+    once all rows are in (`load_all`).
+
+    The sidecar records a report once while it remembers it, but its memory is lost
+    when it restarts: a report sent again across a restart is in the trail twice,
+    under two outcome ids. It is one thing the step did, counted once: the earliest
+    recorded is kept (by recorded time, then where it is in the trail)."""
+    twice = (
+        "SELECT 1 FROM outcomes WHERE report_id != '' "
+        "GROUP BY reporter, report_id HAVING COUNT(*) > 1 LIMIT 1"
+    )
+    if db.execute(twice).fetchone() is not None:
+        db.execute(
+            "DELETE FROM outcomes WHERE rowid IN (SELECT rowid FROM (SELECT rowid, "
+            "ROW_NUMBER() OVER (PARTITION BY reporter, report_id "
+            "ORDER BY recorded, file, line, rowid) AS n FROM outcomes WHERE report_id != '') "
+            "WHERE n > 1)"
+        )
+
+
+__all__ = [
+    "DECISION_COLUMNS",
+    "OUTCOME_COLUMNS",
+    "Job",
+    "Rows",
+    "first_of_each_report",
+    "load_all",
+    "parse_time",
+]
 
 
 def _child(argv: list[str]) -> int:

@@ -28,7 +28,7 @@ OUTCOME_COLUMNS = (
     "error_class TEXT, attempt INTEGER, workflow TEXT, run TEXT, step TEXT, action TEXT, "
     "identity TEXT, target TEXT, added TEXT, removed TEXT, cred_id TEXT, cred_change TEXT, "
     "expires_at TEXT, account TEXT, violation TEXT, file TEXT, line INTEGER, seq INTEGER, "
-    "reporter TEXT"
+    "reporter TEXT, report_id TEXT"
 )
 BREAK_GLASS_PREFIX = "BG-"
 
@@ -160,6 +160,7 @@ class Rows:
             line,
             seq if type(seq) is int else -1,
             _t(caller.get("identity")) if isinstance(caller, dict) else "",  # who reported it
+            _t(get("report_id")),  # the client's id for the report (store.py keeps one of each)
         )
 
 

@@ -16,7 +16,7 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.core.errors import AuditError, InvalidRequest
 from sidecar.core.event import CallMeta
 from sidecar.core.outcome import VIOLATION_TO_PROTO, Outcome, outcomes_from_proto
-from sidecar.decision.outcomes import OutcomeRecorder, Recorded
+from sidecar.decision.outcomes import OutcomeRecorder, Recorded, ReportIdReused
 
 log = logging.getLogger(__name__)
 _DECISION_TO_PROTO = {"ALLOW": pb.DECISION_ALLOW, "DENY": pb.DECISION_DENY}
@@ -68,6 +68,8 @@ def outcomes_response(
             answer.decision = decision_of(got.decision, unspecified)
             answer.reason = got.reason
         elif isinstance(got, InvalidRequest):
+            if isinstance(got, ReportIdReused):  # the recorder's: named as the item's field
+                got = ReportIdReused(f"items[{i}].report_id")
             count_invalid(got)
             slot.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
             slot.error.message = str(got)

@@ -50,7 +50,11 @@ def _outcomes(running: Running) -> list[dict[str, Any]]:
 
 def _judged(event: dict[str, Any]) -> dict[str, Any]:
     """What an outcome event says, without what differs between two recordings of it."""
-    return {k: v for k, v in event.items() if k not in ("id", "time", "seq", "prev", "hash")}
+    return {
+        k: v
+        for k, v in event.items()
+        if k not in ("id", "time", "seq", "prev", "hash", "report_id")
+    }
 
 
 def _run_id(request: dict[str, Any], run: str) -> dict[str, Any]:

@@ -41,6 +41,9 @@ ID = "01a24a69-8228-7000-8f19-46017a570b02"
             "effect.target_system",
         ),
         ({"decision_id": ID.upper(), "status": "succeeded"}, "decision_id"),
+        ({"decision_id": ID, "status": "succeeded", "report_id": "a b"}, "report_id"),
+        ({"decision_id": ID, "status": "succeeded", "report_id": "r" * 65}, "report_id"),
+        ({"decision_id": ID, "status": "succeeded", "report_id": 7}, "report_id"),
     ],
 )
 def test_json_refusals_name_the_field(body: dict[str, Any], field: str) -> None:
@@ -72,12 +75,19 @@ texts = st.text(st.characters(codec="utf-8", categories=["L", "N", "P"]), min_si
     ),
     started=st.one_of(st.none(), times),
     attempt=st.integers(0, 10),
+    report_id=st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True)),
 )
 def test_json_and_protobuf_forms_read_the_same(
-    status: str, effect: dict[str, Any], started: datetime | None, attempt: int
+    status: str,
+    effect: dict[str, Any],
+    started: datetime | None,
+    attempt: int,
+    report_id: str | None,
 ) -> None:
     """Whatever the JSON form accepts, its protobuf form reads into the same model."""
     body: dict[str, Any] = {"decision_id": ID, "status": status, "attempt": attempt}
+    if report_id is not None:
+        body["report_id"] = report_id
     if status == "failed":
         body["error_class"] = "E"
     if effect:
@@ -125,6 +135,12 @@ def _messages(draw: st.DrawFn, wrong: bool = True) -> pb.RecordOutcomeRequest:
         status=status,
         error_class=_pick(draw, fitting, ["", "E", "bad class", "x" * 129], wrong),
         attempt=_pick(draw, [0, 1, 7, 2**63 - 1], [-1], wrong),
+        report_id=_pick(
+            draw,
+            ["", "0f1e2d3c4b5a69788796a5b4c3d2e1f0", "a.b:c_d-e", "r" * 64],
+            ["r" * 65, "a b", "ü", "a/b", "\n"],
+            wrong,
+        ),
     )
     if draw(st.booleans()):
         _set_time(msg.started_at, _pick(draw, _GOOD_STAMP[:2], _BAD_STAMP, wrong))
@@ -206,3 +222,18 @@ def test_the_usual_report_is_read_straight() -> None:
     )
     straight = outcome_core._accepted(msg)
     assert straight is not None and straight == outcome_core._checked_from_proto(msg, "")
+
+
+def test_a_report_id_is_read_both_ways_and_named_in_a_batch() -> None:
+    """A report_id is part of the model (and so of equality) whichever way it is read; a
+    malformed one is refused naming its field path, `items[1].report_id` in a batch."""
+    ok = pb.OUTCOME_STATUS_SUCCEEDED
+    good = pb.RecordOutcomeRequest(decision_id=ID, status=ok, report_id="r-1")
+    straight = outcome_core._accepted(good)
+    assert straight is not None and straight.report_id == "r-1"
+    assert straight == outcome_core._checked_from_proto(good, "")
+    assert straight != outcome_core._accepted(pb.RecordOutcomeRequest(decision_id=ID, status=ok))
+    bad = pb.RecordOutcomeRequest(decision_id=ID, status=ok, report_id="r 1")
+    got = outcomes_from_proto([good, bad])
+    assert got[0] == straight
+    assert isinstance(got[1], InvalidRequest) and got[1].field == "items[1].report_id"

@@ -18,7 +18,7 @@ from typing import Any, Final
 from sidecar.core.errors import AuditError, InvalidRequest
 from sidecar.core.event import CallMeta
 from sidecar.core.outcomejson import outcome_from_json
-from sidecar.decision.outcomes import OutcomeRecorder, Recorded
+from sidecar.decision.outcomes import OutcomeRecorder, Recorded, ReportIdReused
 
 ONE: Final = "/stepguard/v1/outcome"
 MANY: Final = "/stepguard/v1/outcomes"
@@ -69,7 +69,12 @@ def record_many(
     results: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         try:
-            results.append(answer(recorder.record(outcome_from_json(item, f"items[{i}]."), meta)))
+            try:
+                results.append(
+                    answer(recorder.record(outcome_from_json(item, f"items[{i}]."), meta))
+                )
+            except ReportIdReused as exc:
+                raise ReportIdReused(f"items[{i}].report_id") from exc
         except InvalidRequest as exc:
             count_invalid(exc.field)
             results.append({"error": {"status": 400, "message": str(exc)}})

@@ -187,3 +187,28 @@ def test_answers_match_grpc(tmp_path: Path) -> None:
     assert len(recorded) == 2 * 4 + 1
     http_ones = [e for e in recorded if e["id"] in {batch[0]["outcome_id"]}]
     assert http_ones and http_ones[0]["status"] == "failed"
+
+
+def test_a_report_id_is_recorded_once_over_http(tmp_path: Path) -> None:
+    """AuthZEN takes `report_id` as gRPC does: sent again, the first answer and
+    nothing written; reused for another report or malformed, 400 naming the field."""
+    with serving(tmp_path, POLICIES) as (run, pdp), StepguardClient(run.tcp) as client:
+        allowed = client.authorize(grant_request()).decision_id
+        body = {"decision_id": allowed, "status": "succeeded", "report_id": "http-1"}
+        first = pdp.post("/stepguard/v1/outcome", body)
+        again = pdp.post("/stepguard/v1/outcome", body)
+        reused = pdp.post("/stepguard/v1/outcome", {**body, "status": "skipped"})
+        batch = pdp.post(
+            "/stepguard/v1/outcomes",
+            {"items": [body, {**body, "report_id": "a b"}, {**body, "attempt": 2}]},
+        )
+    assert first.status == 200 and again.status == 200, first.text
+    assert again.json() == first.json()
+    assert reused.status == 400 and reused.text.startswith("report_id: ")
+    results = batch.json()["results"]
+    assert results[0] == first.json()
+    assert results[1]["error"]["status"] == 400
+    assert results[1]["error"]["message"].startswith("items[1].report_id: ")
+    assert results[2]["error"]["message"].startswith("items[2].report_id: ")
+    recorded = [e for e in run.audit_events() if e["kind"] == "outcome"]
+    assert [(e["id"], e["report_id"]) for e in recorded] == [(first.json()["outcome_id"], "http-1")]

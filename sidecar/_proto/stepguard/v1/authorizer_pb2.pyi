@@ -1310,6 +1310,7 @@ class RecordOutcomeRequest(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    REPORT_ID_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """Required: the `decision_id` of the AuthorizeResponse the step ran under
     (a UUID, as the sidecar issues them).
@@ -1323,6 +1324,17 @@ class RecordOutcomeRequest(_message.Message):
     """
     attempt: _builtins.int
     """The orchestrator's attempt number (a retry is a new attempt), 0 when unknown."""
+    report_id: _builtins.str
+    """Optional: an id the client chose for this report, 1 to 64 characters of
+    [A-Za-z0-9_.:-] (the stepguard clients send a fresh UUID, kept across resends).
+    The sidecar records a report once per (caller identity, report_id) while it
+    remembers it (the most recent 65,536 reports, and only those durably written;
+    lost on restart): a report sent again with the same id is answered as the first
+    time (same outcome_id, violation, decision, reason) and writes nothing. The
+    same id with another report (another decision_id, status, error_class, effect,
+    times or attempt) is INVALID_ARGUMENT naming `report_id`. The outcome event
+    records it.
+    """
     @_builtins.property
     def effect(self) -> Global___Effect: ...
     @_builtins.property
@@ -1346,10 +1358,11 @@ class RecordOutcomeRequest(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
+        report_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effect", b"effect", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "decision_id", b"decision_id", "effect", b"effect", "error_class", b"error_class", "finished_at", b"finished_at", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "decision_id", b"decision_id", "effect", b"effect", "error_class", b"error_class", "finished_at", b"finished_at", "report_id", b"report_id", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
