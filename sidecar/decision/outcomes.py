@@ -64,7 +64,10 @@ from sidecar.decision.identity import binding_refusal
 from sidecar.decision.metrics import Metrics, observe_many
 
 DEFAULT_INDEX_ENTRIES = 65_536
-DEFAULT_REPORTS = 65_536  # reports remembered by (caller identity, report_id)
+# Reports remembered by (caller identity, report_id): about 930 bytes each as the
+# benchmark's outcomes are (tracemalloc), so about 15 MB when full; a resend comes
+# seconds after its first send, and 16,384 is over 10 s of a worker's outcomes.
+DEFAULT_REPORTS = 16_384
 DEFAULT_SEGMENTS = 4
 DEFAULT_SCAN_BYTES = 256 * 1024 * 1024
 # A segment's mtime may trail the write of its last line by this much (coarse clocks).

@@ -1328,7 +1328,7 @@ class RecordOutcomeRequest(_message.Message):
     """Optional: an id the client chose for this report, 1 to 64 characters of
     [A-Za-z0-9_.:-] (the stepguard clients send a fresh UUID, kept across resends).
     The sidecar records a report once per (caller identity, report_id) while it
-    remembers it (the most recent 65,536 reports, and only those durably written;
+    remembers it (the most recent 16,384 reports, and only those durably written;
     lost on restart): a report sent again with the same id is answered as the first
     time (same outcome_id, violation, decision, reason) and writes nothing. The
     same id with another report (another decision_id, status, error_class, effect,
