@@ -64,9 +64,9 @@ from sidecar.decision.identity import binding_refusal
 from sidecar.decision.metrics import Metrics, observe_many
 
 DEFAULT_INDEX_ENTRIES = 65_536
-# Reports remembered by (caller identity, report_id): about 930 bytes each as the
-# benchmark's outcomes are (tracemalloc), so about 15 MB when full; a resend comes
-# seconds after its first send, and 16,384 is over 10 s of a worker's outcomes.
+# Reports remembered by (caller identity, report_id): about 470 bytes each (tracemalloc,
+# the benchmark's outcomes), so about 7 MiB when full; a resend comes seconds after
+# its first send, and 16,384 is over 10 s of a worker's outcomes.
 DEFAULT_REPORTS = 16_384
 DEFAULT_SEGMENTS = 4
 DEFAULT_SCAN_BYTES = 256 * 1024 * 1024
@@ -427,9 +427,58 @@ class Recorded:
     decision: str  # "ALLOW", "DENY", or "" when no decision was found
     violation: str  # "" when none
     reason: str
-    # The outcome recorded, when it had a report_id (the recorder remembers this
-    # answer, and compares a report sent again with the same id to it).
-    report: Outcome | None = None
+
+
+# A remembered report: its answer's fields (Recorded's, in order) and the report's
+# fingerprint. Strings and ints only, so the collector stops tracking it: thousands
+# kept alive must not make every older-generation collection walk them.
+_Remembered = tuple[str, str, str, str, str, int]
+
+
+def _fingerprint(outcome: Outcome) -> int:
+    """What a report sent again under the same id is compared with: a hash of every
+    field of the report (two different reports agree with odds of 2**-64)."""
+    e = outcome.effect
+    c = e.credential if e is not None else None
+    return hash(
+        (
+            outcome.decision_id,
+            outcome.status,
+            outcome.error_class,
+            outcome.started_at,
+            outcome.finished_at,
+            outcome.attempt,
+            None
+            if e is None
+            else (
+                e.identity,
+                e.target_system,
+                e.entitlements_added,
+                e.entitlements_removed,
+                e.account,
+                None if c is None else (c.id, c.change, c.issued_at, c.expires_at),
+            ),
+        )
+    )
+
+
+def _remembered(recorded: Recorded, outcome: Outcome) -> _Remembered:
+    return (
+        recorded.outcome_id,
+        recorded.decision_id,
+        recorded.decision,
+        recorded.violation,
+        recorded.reason,
+        _fingerprint(outcome),
+    )
+
+
+def _answer(prior: _Remembered, outcome: Outcome) -> Recorded | ReportIdReused:
+    """The first answer to a report sent again, or the refusal of another report under
+    its id."""
+    if prior[5] != _fingerprint(outcome):
+        return ReportIdReused()
+    return Recorded(prior[0], prior[1], prior[2], prior[3], prior[4])
 
 
 class OutcomeRecorder:
@@ -461,7 +510,7 @@ class OutcomeRecorder:
         self._ids = DecisionIds()
         self._counted: dict[tuple[str, str], Any] = {}
         # Reports by (caller identity, report_id), oldest first; trimmed in batches.
-        self._reports: dict[tuple[str, str], Recorded] = {}
+        self._reports: dict[tuple[str, str], _Remembered] = {}
         self.max_reports = max_reports
         self._reports_high = max_reports + max(1, max_reports // 8)
         self._reports_lock = threading.Lock()
@@ -480,21 +529,21 @@ class OutcomeRecorder:
         if report_id:
             key = (meta.identity, report_id)
             prior = self._reports.get(key)
-            if prior is not None:
-                if prior.report != outcome:
-                    raise ReportIdReused()
-                return prior  # recorded already: the first answer, nothing written
+            if prior is not None:  # recorded already: the first answer, nothing written
+                answer = _answer(prior, outcome)
+                if isinstance(answer, ReportIdReused):
+                    raise answer
+                return answer
         at = self._clock()
         event, recorded = self._judged(outcome, meta, self._ids.next(), at, timestamp(at))
         self._sink.write(event)
         if report_id:
-            recorded.report = outcome
-            self._remember({key: recorded})
+            self._remember({key: _remembered(recorded, outcome)})
         self._counter(outcome.status, recorded.violation).inc()
         self._metrics.outcome_seconds.observe(time.perf_counter() - started)
         return recorded
 
-    def _remember(self, reports: dict[tuple[str, str], Recorded]) -> None:
+    def _remember(self, reports: dict[tuple[str, str], _Remembered]) -> None:
         """Remember reports whose events the trail took (a dict update: atomic under
         the GIL); the oldest are dropped in batches."""
         held = self._reports
@@ -535,7 +584,7 @@ class OutcomeRecorder:
         # Reports with an id: those remembered (`_reports`), those of this batch (`fresh`,
         # remembered once the trail took them).
         reports = self._reports
-        fresh: dict[tuple[str, str], Recorded] = {}
+        fresh: dict[tuple[str, str], _Remembered] = {}
         earlier: list[int] = []  # where `out` answers a report an earlier call recorded
         identity = meta.identity
         for outcome, outcome_id in zip(outcomes, self._ids.next_many(len(outcomes)), strict=True):
@@ -548,7 +597,7 @@ class OutcomeRecorder:
                 else:
                     prior = fresh.get(key)
                 if prior is not None:  # sent before: its first answer, nothing written
-                    out.append(prior if prior.report == outcome else ReportIdReused())
+                    out.append(_answer(prior, outcome))
                     continue
             try:
                 event, recorded = judged(outcome, meta, outcome_id, at, stamped, received_ms=at_ms)
@@ -558,8 +607,7 @@ class OutcomeRecorder:
                 continue
             out.append(recorded)
             if report_id:
-                recorded.report = outcome
-                fresh[key] = recorded
+                fresh[key] = _remembered(recorded, outcome)
             kind = (outcome.status, recorded.violation)
             kinds[kind] = kinds.get(kind, 0) + 1
         if not events:
