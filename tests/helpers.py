@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from sidecar.client import StepguardClient, channel_credentials
 from sidecar.serving.config import Settings
 from sidecar.serving.server import Sidecar
+from tests.pki import Pair
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -161,6 +163,22 @@ class Drained:
         """Wait up to `timeout_s` for the pipe to end; whether it did."""
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
+
+
+def tls_client(
+    tmp: Path, running: Running, roots: bytes, pair: Pair | None, **options: Any
+) -> StepguardClient:
+    """A StepguardClient over TLS to `running`, from files (as a worker reads its SVID):
+    `roots` to trust, and `pair` as its client certificate (mutual TLS) when given."""
+    name = f"client-{len(list(tmp.glob('client-*'))) if tmp.exists() else 0}"
+    directory = tmp / name
+    directory.mkdir(parents=True)
+    (directory / "roots.pem").write_bytes(roots)
+    cert = key = None
+    if pair is not None:
+        cert, key = pair.write(directory, "svid")
+    creds = channel_credentials(directory / "roots.pem", cert, key)
+    return StepguardClient(running.tcp, credentials=creds, timeout=5, options=list(options.items()))
 
 
 @dataclass

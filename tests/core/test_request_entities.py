@@ -466,8 +466,9 @@ def test_with_binding_the_callers_own_unregistered_workload_is_decided(tmp_path:
     """--bind-workload-identity: the authenticated workload may be absent from the store (it is
     then decided, and here denied as unregistered); another principal gets the binding's DENY
     even when the store lacks it."""
+    from tests.helpers import tls_client
     from tests.pki import make_pki, tls_settings
-    from tests.serving.test_tls import _ask, _client
+    from tests.serving.test_tls import _ask
 
     pki = make_pki()
     policies = _bundle_copy(tmp_path, {"entity_types": {}})  # no Workload admitted
@@ -480,11 +481,11 @@ def test_with_binding_the_callers_own_unregistered_workload_is_decided(tmp_path:
         me = pki.domain.issue(spiffe=ONBOARDING_WORKLOAD)
         request = grant_request()
         request["principal"] = {"type": "Workload", "id": ONBOARDING_WORKLOAD}
-        decision = _ask(_client(tmp_path, running, pki.domain.pem, me), request)
+        decision = _ask(tls_client(tmp_path, running, pki.domain.pem, me), request)
         assert not decision.allowed
         assert decision.determining_policies == ("unregistered-workloads-never-act",)
         request["principal"] = {"type": "Workload", "id": ONBOARDING_WORKLOAD + "-other"}
-        decision = _ask(_client(tmp_path, running, pki.domain.pem, me), request)
+        decision = _ask(tls_client(tmp_path, running, pki.domain.pem, me), request)
         assert not decision.allowed and "workload identity binding" in decision.reason
         # Binding does not let the caller describe itself either.
         request["principal"] = {
@@ -492,7 +493,7 @@ def test_with_binding_the_callers_own_unregistered_workload_is_decided(tmp_path:
             "id": ONBOARDING_WORKLOAD,
             "parents": [{"type": "WorkloadGroup", "id": "provisioning"}],
         }
-        decision = _ask(_client(tmp_path, running, pki.domain.pem, me), request)
+        decision = _ask(tls_client(tmp_path, running, pki.domain.pem, me), request)
         assert not decision.allowed and "principal.parents[0]" in decision.reason
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.client import StepguardClient, channel_credentials
+from sidecar.client import StepguardClient
 from tests.helpers import (
     NOTIFIER,
     PROVISIONER,
@@ -31,6 +31,7 @@ from tests.helpers import (
     grant_request,
     notify_request,
     running_sidecar,
+    tls_client,
 )
 from tests.pki import Pair, Pki, make_pki, tls_settings
 
@@ -51,15 +52,6 @@ def bound(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Runnin
         **tls_settings(tmp / "tls", pki),
     ) as running:
         yield running
-
-
-def _client(tmp: Path, running: Running, pki: Pki, pair: Pair) -> StepguardClient:
-    directory = tmp / f"client-{len(list(tmp.glob('client-*')))}"
-    directory.mkdir(parents=True)
-    (directory / "roots.pem").write_bytes(pki.domain.pem)
-    cert, key = pair.write(directory, "svid")
-    creds = channel_credentials(directory / "roots.pem", cert, key)
-    return StepguardClient(running.tcp, credentials=creds, timeout=5)
 
 
 def _https_outcome(
@@ -94,11 +86,11 @@ def test_binding_flags_an_outcome_reported_by_another_workload(
 ) -> None:
     provisioner = pki.domain.issue(spiffe=PROVISIONER["id"])
     notifier = pki.domain.issue(spiffe=NOTIFIER["id"])
-    with _client(tmp_path, bound, pki, provisioner) as own:
+    with tls_client(tmp_path, bound, pki.domain.pem, provisioner) as own:
         decision = own.authorize(grant_request())
         assert decision.allowed, decision.reason
         mine = own.record_outcome(decision.decision_id, "succeeded")
-    with _client(tmp_path, bound, pki, notifier) as other:
+    with tls_client(tmp_path, bound, pki.domain.pem, notifier) as other:
         stolen = other.record_outcome(decision.decision_id, "succeeded")
         in_batch = other.record_outcomes(
             [{"decision_id": decision.decision_id, "status": "failed", "error_class": "E"}]
@@ -172,16 +164,16 @@ def test_without_binding_a_recorded_caller_identity_must_match(tmp_path: Path, p
     notifier = pki.domain.issue(spiffe=NOTIFIER["id"])
     legacy = pki.domain.issue(subject="legacy-batch")
     with running_sidecar(tmp_path, **tls_settings(tmp_path / "tls", pki)) as run:
-        with _client(tmp_path, run, pki, notifier) as own:
+        with tls_client(tmp_path, run, pki.domain.pem, notifier) as own:
             decided = own.authorize(notify_request())
             assert decided.allowed, decided.reason
             fine = own.record_outcome(decided.decision_id, "succeeded")
-        with _client(tmp_path, run, pki, legacy) as other:
+        with tls_client(tmp_path, run, pki.domain.pem, legacy) as other:
             by_subject = other.record_outcome(decided.decision_id, "succeeded")
         with StepguardClient(f"unix://{run.socket}", timeout=5) as anonymous:
             by_socket = anonymous.record_outcome(decided.decision_id, "succeeded")
             open_decision = anonymous.authorize(notify_request())
-        with _client(tmp_path, run, pki, legacy) as other:
+        with tls_client(tmp_path, run, pki.domain.pem, legacy) as other:
             unbound = other.record_outcome(open_decision.decision_id, "succeeded")
     assert fine.violation == ""
     assert by_subject.recorded and by_subject.violation == "caller_mismatch"

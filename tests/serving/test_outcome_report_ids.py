@@ -29,7 +29,6 @@ from sidecar.client import (
     AsyncStepguardClient,
     OutcomeReporter,
     StepguardClient,
-    channel_credentials,
 )
 from sidecar.serving.config import Settings
 from sidecar.serving.server import Sidecar
@@ -39,12 +38,12 @@ from tests.helpers import (
     POLICIES,
     PROVISIONER,
     ROOT,
-    Running,
     grant_request,
     notify_request,
     running_sidecar,
+    tls_client,
 )
-from tests.pki import Pair, Pki, make_pki, tls_settings
+from tests.pki import Pki, make_pki, tls_settings
 
 UNKNOWN = "01a24a69-8228-7000-8f19-46017a570b02"
 
@@ -210,15 +209,6 @@ def pki() -> Pki:
     return make_pki()
 
 
-def _client(tmp: Path, running: Running, pki: Pki, pair: Pair) -> StepguardClient:
-    directory = tmp / f"client-{len(list(tmp.glob('client-*')))}"
-    directory.mkdir(parents=True)
-    (directory / "roots.pem").write_bytes(pki.domain.pem)
-    cert, key = pair.write(directory, "svid")
-    creds = channel_credentials(directory / "roots.pem", cert, key)
-    return StepguardClient(running.tcp, credentials=creds, timeout=5)
-
-
 def test_one_caller_cannot_suppress_another_callers_report(tmp_path: Path, pki: Pki) -> None:
     """Two callers (two mTLS identities) send the same report with the same id: each
     is recorded (the second one flagged, as another caller's), neither answered with
@@ -226,12 +216,12 @@ def test_one_caller_cannot_suppress_another_callers_report(tmp_path: Path, pki: 
     provisioner = pki.domain.issue(spiffe=PROVISIONER["id"])
     notifier = pki.domain.issue(spiffe=NOTIFIER["id"])
     with running_sidecar(tmp_path, **tls_settings(tmp_path / "tls", pki)) as run:
-        with _client(tmp_path, run, pki, notifier) as own:
+        with tls_client(tmp_path, run, pki.domain.pem, notifier) as own:
             decided = own.authorize(notify_request())
             assert decided.allowed, decided.reason
             report = _item(decided.decision_id, "shared-id")
             first = pb_grpc.AuthorizerStub(own._channel).RecordOutcome(report, timeout=10)
-        with _client(tmp_path, run, pki, provisioner) as other:
+        with tls_client(tmp_path, run, pki.domain.pem, provisioner) as other:
             second = pb_grpc.AuthorizerStub(other._channel).RecordOutcome(report, timeout=10)
         events = _outcomes(run.audit_events())
     assert first.outcome_id != second.outcome_id

@@ -33,7 +33,14 @@ from sidecar.core.model import EntityUid
 from sidecar.decision.identity import actions_declaring_caller, binding_refusal, caller_identity
 from sidecar.serving.config import Settings, build_settings
 from sidecar.serving.tls import CertificateReloader, TlsFiles, read_material
-from tests.helpers import NOTIFIER, PROVISIONER, Running, notify_request, running_sidecar
+from tests.helpers import (
+    NOTIFIER,
+    PROVISIONER,
+    Running,
+    notify_request,
+    running_sidecar,
+    tls_client,
+)
 from tests.pki import NOW, Authority, Pair, Pki, make_pki, tls_settings
 
 TRUST_DOMAIN = "spiffe://example.org"
@@ -44,21 +51,6 @@ WORKER_ID = f"{TRUST_DOMAIN}/ns/etl/sa/worker"
 @pytest.fixture(scope="module")
 def pki() -> Pki:
     return make_pki()
-
-
-def _client(
-    tmp: Path, running: Running, roots: bytes, pair: Pair | None, **options: Any
-) -> StepguardClient:
-    """A StepguardClient over TLS, from files (as a worker reads its SVID)."""
-    name = f"client-{len(list(tmp.glob('client-*'))) if tmp.exists() else 0}"
-    directory = tmp / name
-    directory.mkdir(parents=True)
-    (directory / "roots.pem").write_bytes(roots)
-    cert = key = None
-    if pair is not None:
-        cert, key = pair.write(directory, "svid")
-    creds = channel_credentials(directory / "roots.pem", cert, key)
-    return StepguardClient(running.tcp, credentials=creds, timeout=5, options=list(options.items()))
 
 
 def _ask(client: StepguardClient, request: dict[str, Any]) -> StepDecision:
@@ -88,7 +80,7 @@ def mtls(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Running
 def test_spiffe_client_is_allowed_and_its_identity_reaches_context_and_audit(
     mtls: Running, pki: Pki, tmp_path: Path
 ) -> None:
-    client = _client(tmp_path, mtls, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
+    client = tls_client(tmp_path, mtls, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
     decision = _ask(client, notify_request())
     assert decision.allowed, decision.reason
     event = _last_event(mtls)
@@ -100,7 +92,7 @@ def test_spiffe_client_is_allowed_and_its_identity_reaches_context_and_audit(
 
 
 def test_a_request_cannot_claim_a_caller_itself(mtls: Running, pki: Pki, tmp_path: Path) -> None:
-    client = _client(tmp_path, mtls, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
+    client = tls_client(tmp_path, mtls, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
     forged = notify_request()
     forged["context"]["attributes"] = {"caller": PROVISIONER["id"]}
     before = len(_decisions(mtls))
@@ -146,18 +138,18 @@ def test_untrusted_clients_are_refused_before_any_decision(
             ),
             "no client certificate": None,
         }[case]
-        client = _client(tmp_path, mtls, pki.domain.pem, pair)
+        client = tls_client(tmp_path, mtls, pki.domain.pem, pair)
     decision = _ask(client, notify_request())
     assert not decision.allowed
     assert decision.reason.startswith("stepguard call failed (UNAVAILABLE)"), decision.reason
     assert len(_decisions(mtls)) == before  # refused by the handshake: nothing decided
     # ...and the server goes on serving trusted clients.
-    good = _client(tmp_path, mtls, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
+    good = tls_client(tmp_path, mtls, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
     assert _ask(good, notify_request()).allowed
 
 
 def test_client_refuses_a_server_from_another_ca(mtls: Running, pki: Pki, tmp_path: Path) -> None:
-    client = _client(tmp_path, mtls, pki.other.pem, pki.other.issue(spiffe=NOTIFIER_ID))
+    client = tls_client(tmp_path, mtls, pki.other.pem, pki.other.issue(spiffe=NOTIFIER_ID))
     decision = _ask(client, notify_request())
     assert not decision.allowed
     assert "UNAVAILABLE" in decision.reason
@@ -218,7 +210,7 @@ def test_policies_decide_on_context_caller(tmp_path: Path, pki: Pki, caller_bund
     ) as running:
 
         def ask(pair: Pair, request: dict[str, Any]) -> tuple[StepDecision, dict[str, Any]]:
-            decision = _ask(_client(tmp_path, running, pki.domain.pem, pair), request)
+            decision = _ask(tls_client(tmp_path, running, pki.domain.pem, pair), request)
             event = _last_event(running)
             assert event["id"] == decision.decision_id
             return decision, event
@@ -260,7 +252,7 @@ def test_policies_decide_on_context_caller(tmp_path: Path, pki: Pki, caller_bund
 
 def test_server_only_tls_encrypts_without_identity(tmp_path: Path, pki: Pki) -> None:
     with running_sidecar(tmp_path / "srv", **tls_settings(tmp_path, pki, mutual=False)) as running:
-        decision = _ask(_client(tmp_path, running, pki.domain.pem, None), notify_request())
+        decision = _ask(tls_client(tmp_path, running, pki.domain.pem, None), notify_request())
         assert decision.allowed, decision.reason
         event = _last_event(running)
         assert event["caller"]["identity"] == ""
@@ -285,7 +277,7 @@ def bound(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Runnin
 def test_binding_allows_a_workload_asking_about_itself(
     bound: Running, pki: Pki, tmp_path: Path
 ) -> None:
-    client = _client(tmp_path, bound, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
+    client = tls_client(tmp_path, bound, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
     decision = _ask(client, notify_request())
     assert decision.allowed, decision.reason
     assert _last_event(bound)["caller"]["identity"] == NOTIFIER_ID
@@ -296,7 +288,7 @@ def test_binding_denies_a_principal_that_is_not_the_certificate(
 ) -> None:
     # The notifier's certificate asking as the provisioner, for a step the
     # provisioner would be allowed: the binding refuses it, and the DENY is audited.
-    client = _client(tmp_path, bound, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
+    client = tls_client(tmp_path, bound, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
     request = notify_request()
     request["principal"] = PROVISIONER
     decision = _ask(client, request)
@@ -318,12 +310,12 @@ def test_binding_denies_other_principal_types_and_unauthenticated_callers(
 ) -> None:
     as_robot = notify_request()
     as_robot["principal"] = {"type": "ServiceAccount", "id": NOTIFIER_ID}
-    client = _client(tmp_path, bound, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
+    client = tls_client(tmp_path, bound, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
     decision = _ask(client, as_robot)
     assert not decision.allowed
     assert "is not a Workload" in decision.reason
 
-    no_spiffe = _client(tmp_path, bound, pki.domain.pem, pki.domain.issue(subject="legacy"))
+    no_spiffe = tls_client(tmp_path, bound, pki.domain.pem, pki.domain.issue(subject="legacy"))
     decision = _ask(no_spiffe, notify_request())
     assert not decision.allowed
     assert "has no SPIFFE ID" in decision.reason
@@ -343,19 +335,19 @@ def test_a_cached_allow_is_never_served_to_another_workload(
     request = notify_request()
     request["context"]["run_id"] = "cache-probe"
     owner = pki.domain.issue(spiffe=NOTIFIER_ID)
-    first = _ask(_client(tmp_path, bound, pki.domain.pem, owner), request)
-    again = _ask(_client(tmp_path, bound, pki.domain.pem, owner), request)
+    first = _ask(tls_client(tmp_path, bound, pki.domain.pem, owner), request)
+    again = _ask(tls_client(tmp_path, bound, pki.domain.pem, owner), request)
     assert first.allowed and again.allowed
     assert _last_event(bound)["cached"] is True
     intruder = pki.domain.issue(spiffe=f"{TRUST_DOMAIN}/ns/comms/sa/intruder")
-    stolen = _ask(_client(tmp_path, bound, pki.domain.pem, intruder), request)
+    stolen = _ask(tls_client(tmp_path, bound, pki.domain.pem, intruder), request)
     assert not stolen.allowed
     assert "does not match the caller's certificate SPIFFE ID" in stolen.reason
     assert _last_event(bound)["caller"]["identity"] == f"{TRUST_DOMAIN}/ns/comms/sa/intruder"
 
 
 def test_binding_applies_to_every_batch_item(bound: Running, pki: Pki, tmp_path: Path) -> None:
-    client = _client(tmp_path, bound, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
+    client = tls_client(tmp_path, bound, pki.domain.pem, pki.domain.issue(spiffe=NOTIFIER_ID))
     other = notify_request()
     other["principal"] = PROVISIONER
     with client:
@@ -465,14 +457,14 @@ def test_certificates_rotate_under_load_without_a_failed_call(
 
         # New connections now get the new certificate: a client that trusts only
         # the new CA gets in, one that trusts only the old CA does not.
-        only_new = _client(tmp_path, running, rotated_ca.pem, svid)
+        only_new = tls_client(tmp_path, running, rotated_ca.pem, svid)
         assert _ask(only_new, notify_request()).allowed
-        only_old = _ask(_client(tmp_path, running, pki.domain.pem, svid), notify_request())
+        only_old = _ask(tls_client(tmp_path, running, pki.domain.pem, svid), notify_request())
         assert not only_old.allowed and "UNAVAILABLE" in only_old.reason
         # ...and the new client CA is trusted.
         from_new_ca = new_client_ca.issue(spiffe=NOTIFIER_ID)
         assert _ask(
-            _client(tmp_path, running, rotated_ca.pem, from_new_ca), notify_request()
+            tls_client(tmp_path, running, rotated_ca.pem, from_new_ca), notify_request()
         ).allowed
 
 
