@@ -13,11 +13,14 @@ worker's to act on), so the reporters here buffer outcomes and send them in
   full is dropped at once (`report` returns False);
 - each outcome is checked when it is reported (the sidecar's own rules):
   one the sidecar would refuse is refused there, and never sent;
-- a batch the sidecar could not take for a passing reason (UNAVAILABLE,
-  RESOURCE_EXHAUSTED: nothing was recorded) is sent again, up to `retries`
-  more times, after a pause that doubles; a DEADLINE_EXCEEDED is not sent
-  again (the sidecar may have recorded it: a second copy would be a second
-  outcome in the trail);
+- a batch the sidecar could not take or whose answer was lost (UNAVAILABLE,
+  RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED) is sent again, up to `retries` more
+  times, after a pause that doubles. The sidecar may have recorded it before
+  the answer was lost; every outcome queued here carries a `report_id`, so
+  the sidecar answers a resend it has recorded from memory and writes
+  nothing, and the evidence store keeps one of each report should a resend
+  reach a sidecar that forgot it (restarted) or that is still writing the
+  first copy;
 - nothing is lost silently: every outcome not recorded (refused, dropped for
   a full buffer, the sidecar down or too slow after its retries, not sent by
   the time `close` gave up) is logged as a warning naming its decision and
@@ -104,8 +107,16 @@ DEFAULT_RETRIES = 2
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
 _FIRST_PAUSE_S = 0.2
 _MAX_PAUSE_S = 2.0
-# Failures after which nothing was recorded: the batch may be sent again.
-_RESEND = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# Failures a batch is sent again after. Nothing was recorded, or the answer was lost
+# after the sidecar recorded it (UNAVAILABLE after the commit, DEADLINE_EXCEEDED): the
+# report ids (`_accept`) make the resend the same reports, recorded once.
+_RESEND = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
 
 OnResult = Callable[[OutcomeReport], object]
 

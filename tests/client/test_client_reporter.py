@@ -27,6 +27,7 @@ from sidecar.client import (
     OutcomeReporter,
     StepguardClient,
 )
+from sidecar.client.reporter import DEFAULT_RETRIES
 from tests.helpers import ROOT, Running, grant_request, running_sidecar
 
 UNKNOWN = "01a24a69-8228-7000-8f19-46017a570b02"  # a decision id no sidecar made
@@ -181,9 +182,10 @@ def test_a_report_the_sidecar_would_refuse_is_refused_at_once(
 
 def test_a_full_buffer_and_a_hung_sidecar(caplog: pytest.LogCaptureFixture) -> None:
     """A sidecar that takes the connection and never answers: the batch in flight
-    ends at its deadline and is not sent again (it may have been recorded); the
-    buffer fills, the next outcome is dropped at once; close gives up on the rest.
-    Every one of them is logged and counted."""
+    ends at its deadline and is sent again `retries` times (its report ids make a
+    copy the sidecar recorded harmless), then dropped; the buffer fills, the next
+    outcome is dropped at once; close gives up on the rest. Every one of them is
+    logged and counted."""
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(8)  # never accepted: the call waits for an answer that never comes
@@ -208,7 +210,8 @@ def test_a_full_buffer_and_a_hung_sidecar(caplog: pytest.LogCaptureFixture) -> N
         hung.close()
     assert reporter.stats.recorded == 0 and len(told) == 5
     deadline = [r for r in told if r.code is not None and r.code.name == "DEADLINE_EXCEEDED"]
-    assert len(deadline) == 2  # the batch in flight: tried once, never again
+    assert len(deadline) == 2  # the batch in flight: each of its two, once, at the end
+    assert reporter.stats.batches == 1 + DEFAULT_RETRIES  # sent, then sent again twice
     assert caplog.text.count("NOT recorded") == 5
 
 

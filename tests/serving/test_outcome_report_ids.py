@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
@@ -27,6 +28,7 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.audit.sink import MemorySink
 from sidecar.client import (
     AsyncStepguardClient,
+    OutcomeReport,
     OutcomeReporter,
     StepguardClient,
 )
@@ -100,12 +102,14 @@ def test_a_batch_sent_twice_is_recorded_once(tmp_path: Path) -> None:
 
 
 class _AnswerLost(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic only in the stubs
-    """A proxy to the sidecar that forwards every call, but answers the first
-    RecordOutcomes UNAVAILABLE after the sidecar recorded it (the answer lost)."""
+    """A proxy to the sidecar that forwards every call, but loses the answer to the
+    first RecordOutcomes after the sidecar recorded it: answers UNAVAILABLE, or
+    (`late`) holds it until the caller's deadline has passed."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, late: float = 0.0) -> None:
         self.channel = grpc.insecure_channel(target)
         self.dropped = 0
+        self.late = late
 
     def service(
         self, details: grpc.HandlerCallDetails
@@ -117,6 +121,8 @@ class _AnswerLost(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic 
             answer: bytes = forward(raw, timeout=10)
             if method.endswith("/RecordOutcomes") and self.dropped == 0:
                 self.dropped += 1
+                if self.late:
+                    time.sleep(self.late)  # the caller's deadline passes meanwhile
                 context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost after the commit")
             return answer
 
@@ -124,8 +130,8 @@ class _AnswerLost(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic 
 
 
 @contextmanager
-def _proxy(target: str) -> Iterator[tuple[str, _AnswerLost]]:
-    handler = _AnswerLost(target)
+def _proxy(target: str, late: float = 0.0) -> Iterator[tuple[str, _AnswerLost]]:
+    handler = _AnswerLost(target, late)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -153,6 +159,50 @@ def test_a_resend_after_a_lost_answer_is_recorded_once(tmp_path: Path) -> None:
     assert sorted(e["decision_id"] for e in events) == sorted(ids)
     assert len({e["report_id"] for e in events}) == 3
     assert reporter.stats.recorded == 3 and reporter.stats.dropped == 0
+    _verify(tmp_path)
+
+
+def test_a_batch_answered_too_late_is_sent_again_and_recorded_once(tmp_path: Path) -> None:
+    """The sidecar recorded the batch but its answer came after the client's deadline
+    (DEADLINE_EXCEEDED): the reporter sends it again, since the report ids make a
+    second copy harmless, and each outcome is recorded once and counted recorded, not
+    dropped."""
+    with running_sidecar(tmp_path) as run, _proxy(run.tcp, late=2.5) as (target, proxy):
+        with StepguardClient(target, timeout=1.0) as client:
+            ids = [client.authorize(grant_request()).decision_id for _ in range(3)]
+            told: list[OutcomeReport] = []
+            reporter = OutcomeReporter(client, flush_interval_s=0.01, retries=5)
+            for d in ids:
+                assert reporter.report(d, "succeeded", attempt=1, on_result=told.append)
+            reporter.close(timeout=30)
+        events = _outcomes(run.audit_events())
+    assert proxy.dropped == 1
+    assert sorted(e["decision_id"] for e in events) == sorted(ids)
+    assert len({e["report_id"] for e in events}) == 3
+    assert reporter.stats.recorded == 3 and reporter.stats.dropped == 0, reporter.stats
+    assert reporter.stats.batches >= 2  # the late one, then its resend
+    assert [r.recorded for r in told] == [True] * 3
+    _verify(tmp_path)
+
+
+def test_the_async_reporter_sends_a_late_batch_again_too(tmp_path: Path) -> None:
+    """The asyncio client's reporter: the same rule, on its own loop."""
+
+    async def run(target: str) -> tuple[list[str], Any]:
+        async with AsyncStepguardClient(target, timeout=1.0) as client:
+            ids = [(await client.authorize(grant_request())).decision_id for _ in range(3)]
+            client.outcomes.flush_interval_s = 0.01
+            for d in ids:
+                assert client.report_outcome(d, "succeeded", attempt=1)
+            assert await client.flush_outcomes(timeout=30)
+            return ids, client.outcomes.stats
+
+    with running_sidecar(tmp_path) as running, _proxy(running.tcp, late=2.5) as (target, proxy):
+        ids, stats = asyncio.run(run(target))
+        events = _outcomes(running.audit_events())
+    assert proxy.dropped == 1
+    assert sorted(e["decision_id"] for e in events) == sorted(ids)
+    assert stats.recorded == 3 and stats.dropped == 0, stats
     _verify(tmp_path)
 
 
