@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from sidecar.audit.sink import AuditSink
 from sidecar.client import StepguardClient, channel_credentials
 from sidecar.serving.config import Settings
 from sidecar.serving.server import Sidecar
@@ -68,7 +69,8 @@ class Running:
     tcp: str
     socket: str
     metrics: str
-    audit: Path
+    audit: Path  # the trail's file (unused when a sink was given)
+    authzen: str | None = None
 
     def audit_events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.audit.read_text().splitlines() if line]
@@ -80,23 +82,33 @@ def running_sidecar(
     *,
     policies: Path = POLICIES,
     clock: Callable[[], datetime] = lambda: BUSINESS_HOURS,
+    sink: AuditSink | None = None,
     **overrides: Any,
 ) -> Iterator[Running]:
+    """A real sidecar on loopback and a Unix socket in `tmp`, stopped after. `sink`: the
+    trail to write instead of `tmp/audit.jsonl` (a `MemorySink` a test can make fail)."""
     settings = Settings(
-        policies=policies,
-        listen="127.0.0.1:0",
-        socket=tmp / "stepguard.sock",
-        metrics_listen="127.0.0.1:0",
-        audit_file=str(tmp / "audit.jsonl"),
-        grace_s=2.0,
-        **overrides,
+        **{
+            "policies": policies,
+            "listen": "127.0.0.1:0",
+            "socket": tmp / "stepguard.sock",
+            "metrics_listen": "127.0.0.1:0",
+            "audit_file": str(tmp / "audit.jsonl"),
+            "grace_s": 2.0,
+            **overrides,
+        }
     )
-    sidecar = Sidecar(settings, clock=clock)
+    sidecar = Sidecar(settings, clock=clock, sink=sink)
     endpoints = sidecar.start()
     assert endpoints.tcp and endpoints.socket and endpoints.metrics
     try:
         yield Running(
-            sidecar, endpoints.tcp, endpoints.socket, endpoints.metrics, tmp / "audit.jsonl"
+            sidecar,
+            endpoints.tcp,
+            endpoints.socket,
+            endpoints.metrics,
+            tmp / "audit.jsonl",
+            endpoints.authzen,
         )
     finally:
         sidecar.stop(grace=1.0)

@@ -33,6 +33,7 @@ from sidecar.audit.segments import collect
 from sidecar.audit.verify import verify
 from sidecar.core.jsonreq import request_from_json
 from tests.conftest import missing
+from tests.helpers import running_sidecar
 
 STEPGUARD = [sys.executable, "-m", "sidecar.cli"]
 SERVICE = "stepguard.v1.Authorizer"
@@ -442,15 +443,10 @@ def test_full_filesystem_denies_then_recovers(tmp_path: Path, policies: Path) ->
 
 def test_health_follows_the_trail_in_process(tmp_path: Path, policies: Path) -> None:
     from sidecar.audit.sink import MemorySink
-    from sidecar.serving.config import Settings
-    from sidecar.serving.server import Sidecar
 
     sink = MemorySink()
-    sidecar = Sidecar(
-        Settings(policies=policies, listen="127.0.0.1:0", metrics_listen=None), sink=sink
-    )
-    target = str(sidecar.start().tcp)
-    try:
+    with running_sidecar(tmp_path, policies=policies, sink=sink) as run:
+        target = run.tcp
         with grpc.insecure_channel(target) as channel:
             stub = pb_grpc.AuthorizerStub(channel)
             sink.fail_with = "disk on fire"
@@ -460,8 +456,6 @@ def test_health_follows_the_trail_in_process(tmp_path: Path, policies: Path) -> 
             sink.fail_with = None
             assert stub.Authorize(ask("alice"), timeout=5).decision == pb.DECISION_ALLOW
             assert health_of(target) == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        sidecar.stop(grace=0)
 
 
 def test_query_answers_who_was_allowed_and_when(

@@ -16,9 +16,7 @@ import grpc
 from sidecar.audit.segments import collect
 from sidecar.audit.sink import MemorySink
 from sidecar.client import OutcomeReporter, StepguardClient
-from sidecar.serving.config import Settings
-from sidecar.serving.server import Sidecar
-from tests.helpers import BUSINESS_HOURS, POLICIES, ROOT, grant_request, running_sidecar
+from tests.helpers import ROOT, grant_request, running_sidecar
 
 UNKNOWN = "01a24a69-8228-7000-8f19-46017a570b02"
 
@@ -69,32 +67,21 @@ def test_a_batch_the_trail_cannot_take_is_refused_and_sent_again(tmp_path: Path)
     """The trail fails: every outcome of the batch comes back UNAVAILABLE (none
     recorded); the reporter sends them again once it recovers, in order."""
     sink = MemorySink()
-    settings = Settings(
-        policies=POLICIES, listen="127.0.0.1:0", socket=None, metrics_listen=None, grace_s=1.0
-    )
-    sidecar = Sidecar(settings, clock=lambda: BUSINESS_HOURS, sink=sink)
-    endpoints = sidecar.start()
-    assert endpoints.tcp
-    try:
-        with StepguardClient(endpoints.tcp) as client:
-            ids = [client.authorize(grant_request()).decision_id for _ in range(3)]
-            sink.fail_with = "disk full"
-            refused = client.record_outcomes(
-                [{"decision_id": d, "status": "succeeded"} for d in ids]
-            )
-            assert [r.code for r in refused] == [grpc.StatusCode.UNAVAILABLE] * 3
-            assert all("disk full" in r.reason and r.kind and r.kind.retryable for r in refused)
-            reporter = OutcomeReporter(client, flush_interval_s=0.01, retries=50)
-            for d in ids:
-                assert reporter.report(d, "succeeded", attempt=2)
-            deadline = time.monotonic() + 20
-            while reporter._buf.hold_until == 0.0:  # the first send was refused
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            sink.fail_with = None
-            reporter.close(timeout=20)
-    finally:
-        sidecar.stop(grace=1.0)
+    with running_sidecar(tmp_path, sink=sink) as run, StepguardClient(run.tcp) as client:
+        ids = [client.authorize(grant_request()).decision_id for _ in range(3)]
+        sink.fail_with = "disk full"
+        refused = client.record_outcomes([{"decision_id": d, "status": "succeeded"} for d in ids])
+        assert [r.code for r in refused] == [grpc.StatusCode.UNAVAILABLE] * 3
+        assert all("disk full" in r.reason and r.kind and r.kind.retryable for r in refused)
+        reporter = OutcomeReporter(client, flush_interval_s=0.01, retries=50)
+        for d in ids:
+            assert reporter.report(d, "succeeded", attempt=2)
+        deadline = time.monotonic() + 20
+        while reporter._buf.hold_until == 0.0:  # the first send was refused
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        sink.fail_with = None
+        reporter.close(timeout=20)
     outcomes = [e for e in sink.events if e["kind"] == "outcome"]
     assert [(e["decision_id"], e["attempt"]) for e in outcomes] == [(d, 2) for d in ids]
     assert reporter.stats.recorded == 3 and reporter.stats.dropped == 0

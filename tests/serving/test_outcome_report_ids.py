@@ -32,12 +32,8 @@ from sidecar.client import (
     OutcomeReporter,
     StepguardClient,
 )
-from sidecar.serving.config import Settings
-from sidecar.serving.server import Sidecar
 from tests.helpers import (
-    BUSINESS_HOURS,
     NOTIFIER,
-    POLICIES,
     PROVISIONER,
     ROOT,
     grant_request,
@@ -283,36 +279,27 @@ def test_one_caller_cannot_suppress_another_callers_report(tmp_path: Path, pki: 
     assert len({e["caller"]["identity"] for e in events}) == 2
 
 
-def test_a_batch_the_trail_refused_is_recorded_once_when_sent_again() -> None:
+def test_a_batch_the_trail_refused_is_recorded_once_when_sent_again(tmp_path: Path) -> None:
     """A report the trail did not take is not remembered: sent again once the trail is
     back, it is recorded (once; a third send writes nothing)."""
     sink = MemorySink()
-    settings = Settings(
-        policies=POLICIES, listen="127.0.0.1:0", socket=None, metrics_listen=None, grace_s=1.0
-    )
-    sidecar = Sidecar(settings, clock=lambda: BUSINESS_HOURS, sink=sink)
-    endpoints = sidecar.start()
-    assert endpoints.tcp
-    try:
-        with StepguardClient(endpoints.tcp) as client:
-            ids = [client.authorize(grant_request()).decision_id for _ in range(2)]
-            request = pb.RecordOutcomesRequest(
-                items=[_item(d, f"report-{i}") for i, d in enumerate(ids)]
-            )
-            stub = pb_grpc.AuthorizerStub(client._channel)
-            sink.fail_with = "disk full"
-            refused = stub.RecordOutcomes(request, timeout=10)
-            alone = None
-            try:
-                stub.RecordOutcome(_item(ids[0], "alone"), timeout=10)
-            except grpc.RpcError as exc:
-                alone = exc.code()
-            sink.fail_with = None
-            recorded = stub.RecordOutcomes(request, timeout=10)
-            again = stub.RecordOutcomes(request, timeout=10)
-            alone_later = stub.RecordOutcome(_item(ids[0], "alone"), timeout=10)
-    finally:
-        sidecar.stop(grace=1.0)
+    with running_sidecar(tmp_path, sink=sink) as run, StepguardClient(run.tcp) as client:
+        ids = [client.authorize(grant_request()).decision_id for _ in range(2)]
+        request = pb.RecordOutcomesRequest(
+            items=[_item(d, f"report-{i}") for i, d in enumerate(ids)]
+        )
+        stub = pb_grpc.AuthorizerStub(client._channel)
+        sink.fail_with = "disk full"
+        refused = stub.RecordOutcomes(request, timeout=10)
+        alone = None
+        try:
+            stub.RecordOutcome(_item(ids[0], "alone"), timeout=10)
+        except grpc.RpcError as exc:
+            alone = exc.code()
+        sink.fail_with = None
+        recorded = stub.RecordOutcomes(request, timeout=10)
+        again = stub.RecordOutcomes(request, timeout=10)
+        alone_later = stub.RecordOutcome(_item(ids[0], "alone"), timeout=10)
     assert [r.error.code for r in refused.results] == [grpc.StatusCode.UNAVAILABLE.value[0]] * 2
     assert alone == grpc.StatusCode.UNAVAILABLE
     assert all(r.HasField("response") for r in recorded.results)

@@ -21,8 +21,6 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.audit.sink import MemorySink
 from sidecar.client import StepguardClient
-from sidecar.serving.config import Settings
-from sidecar.serving.server import Sidecar
 from tests.helpers import (
     BUSINESS_HOURS,
     POLICIES,
@@ -461,33 +459,23 @@ def test_outcomes_rotate_with_the_trail_and_the_directory_verifies(tmp_path: Pat
 def test_an_outcome_the_trail_cannot_take_is_unavailable_and_not_recorded(tmp_path: Path) -> None:
     """gRPC UNAVAILABLE, HTTP 503, the client's report not recorded and retryable."""
     sink = MemorySink()
-    settings = Settings(
-        policies=POLICIES,
-        listen="127.0.0.1:0",
-        socket=None,
-        metrics_listen=None,
-        authzen_listen="127.0.0.1:0",
-        grace_s=1.0,
-    )
-    sidecar = Sidecar(settings, clock=lambda: BUSINESS_HOURS, sink=sink)
-    endpoints = sidecar.start()
-    assert endpoints.tcp and endpoints.authzen
-    pdp = Pdp(endpoints.authzen)
-    try:
-        with StepguardClient(endpoints.tcp) as client:
-            decision = client.authorize(grant_request())
-            assert decision.allowed
-            sink.fail_with = "disk full"
-            report = client.record_outcome(decision.decision_id, "succeeded")
-            reply = pdp.post(
-                "/stepguard/v1/outcome",
-                {"decision_id": decision.decision_id, "status": "succeeded"},
-            )
-            sink.fail_with = None
-            again = client.record_outcome(decision.decision_id, "succeeded")
-    finally:
-        pdp.close()
-        sidecar.stop(grace=1.0)
+    with running_sidecar(tmp_path, sink=sink, authzen_listen="127.0.0.1:0") as run:
+        assert run.authzen
+        pdp = Pdp(run.authzen)
+        try:
+            with StepguardClient(run.tcp) as client:
+                decision = client.authorize(grant_request())
+                assert decision.allowed
+                sink.fail_with = "disk full"
+                report = client.record_outcome(decision.decision_id, "succeeded")
+                reply = pdp.post(
+                    "/stepguard/v1/outcome",
+                    {"decision_id": decision.decision_id, "status": "succeeded"},
+                )
+                sink.fail_with = None
+                again = client.record_outcome(decision.decision_id, "succeeded")
+        finally:
+            pdp.close()
     assert not report.recorded and report.kind is not None and report.kind.retryable
     assert report.code is grpc.StatusCode.UNAVAILABLE and "disk full" in report.reason
     assert reply.status == 503 and "outcome not recorded: disk full" in reply.text

@@ -297,29 +297,19 @@ def test_metrics_endpoint(server: Running) -> None:
 
 def test_audit_failure_denies(tmp_path: Path) -> None:
     from sidecar.audit.sink import MemorySink
-    from sidecar.serving.config import Settings
-    from sidecar.serving.server import Sidecar
 
     sink = MemorySink()
-    sidecar = Sidecar(
-        Settings(listen="127.0.0.1:0", metrics_listen=None, socket=None, policies=Path("policies")),
-        sink=sink,
-    )
-    endpoints = sidecar.start()
-    try:
-        with grpc.insecure_channel(str(endpoints.tcp)) as channel:
-            stub = pb_grpc.AuthorizerStub(channel)
-            sink.fail_with = "disk full"
-            resp = stub.Authorize(request_from_json(notify_request()), timeout=5)
-            assert resp.decision == pb.DECISION_DENY
-            assert "audit trail unavailable" in resp.errors[0].message
-            sink.fail_with = None
-            assert (
-                stub.Authorize(request_from_json(notify_request()), timeout=5).decision
-                == pb.DECISION_ALLOW
-            )
-    finally:
-        sidecar.stop(grace=0)
+    with running_sidecar(tmp_path, sink=sink) as run, grpc.insecure_channel(run.tcp) as channel:
+        stub = pb_grpc.AuthorizerStub(channel)
+        sink.fail_with = "disk full"
+        resp = stub.Authorize(request_from_json(notify_request()), timeout=5)
+        assert resp.decision == pb.DECISION_DENY
+        assert "audit trail unavailable" in resp.errors[0].message
+        sink.fail_with = None
+        assert (
+            stub.Authorize(request_from_json(notify_request()), timeout=5).decision
+            == pb.DECISION_ALLOW
+        )
     assert len(sink.events) == 1
 
 

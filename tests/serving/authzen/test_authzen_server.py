@@ -111,20 +111,10 @@ def test_trace_ids_reach_the_audit_event(tmp_path: Path) -> None:
 
 @contextmanager
 def _sidecar_with(sink: MemorySink, tmp_path: Path) -> Iterator[Sidecar]:
-    settings = Settings(
-        policies=CERT,
-        listen="127.0.0.1:0",
-        metrics_listen=None,
-        authzen_listen="127.0.0.1:0",
-        audit_file=str(tmp_path / "unused.jsonl"),
-        grace_s=5.0,
-    )
-    sidecar = Sidecar(settings, sink=sink)
-    sidecar.start()
-    try:
-        yield sidecar
-    finally:
-        sidecar.stop(grace=1.0)
+    with running_sidecar(
+        tmp_path, policies=CERT, sink=sink, authzen_listen="127.0.0.1:0", grace_s=5.0
+    ) as run:
+        yield run.sidecar
 
 
 def test_without_an_audit_trail_every_answer_is_a_deny(tmp_path: Path) -> None:
