@@ -15,6 +15,7 @@ from typing import Any
 
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.outcome import Outcome, check_outcome, json_str
+from sidecar.core.validate import member
 
 _TOP = frozenset(
     {
@@ -103,9 +104,9 @@ def _object(
         raise InvalidRequest(field, "must be a JSON object")
     for key in obj:
         if key not in allowed:
-            name = key if len(key) <= 64 and key.isprintable() else repr(key[:64])
             raise InvalidRequest(
-                f"{prefix}{name}", f"unknown field; known: {', '.join(sorted(allowed))}"
+                member(prefix.rstrip("."), str(key)),
+                f"unknown field; known: {', '.join(sorted(allowed))}",
             )
     return obj
 

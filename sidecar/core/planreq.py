@@ -26,7 +26,7 @@ from sidecar.core.errors import InvalidRequest
 from sidecar.core.jsonreq import _fill_time, request_from_json
 from sidecar.core.model import EntityUid
 from sidecar.core.plan import PlannedStep
-from sidecar.core.validate import Limits, check_text, request_from_proto
+from sidecar.core.validate import Limits, check_text, member, request_from_proto
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_PATH_DEPTH = 8
@@ -236,7 +236,7 @@ def _known_keys(obj: Mapping[str, Any], known: tuple[str, ...], where: str) -> N
     for key in obj:
         if key not in known:
             raise InvalidRequest(
-                f"{where}.{key}" if where != "plan" else str(key),
+                member(where if where != "plan" else "", str(key)),
                 f"is not a field of a plan{' step' if where != 'plan' else ''}",
-                near=(str(key), known),
+                near=(str(key)[:64], known),
             )

@@ -293,8 +293,11 @@ _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def member(field: str, name: str) -> str:
     """The path of record member `name` under `field`: `.name` for a plain name, else
     `[repr]`, so that a refusal names its field unambiguously and carries no control
-    character (a key may hold a newline; the message is printed and logged)."""
-    return f"{field}.{name}" if _PLAIN_NAME.fullmatch(name) else f"{field}[{name!r}]"
+    character (a key may hold a newline; the message is printed and logged). Under
+    no field (a top-level key), the plain name alone, else `[repr]`."""
+    if _PLAIN_NAME.fullmatch(name):
+        return f"{field}.{name}" if field else name
+    return f"{field}[{name!r}]"
 
 
 def _value(msg: pb.Value, field: str, depth: int, limit: int | None = None) -> CedarJson:

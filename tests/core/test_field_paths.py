@@ -10,6 +10,9 @@ import pytest
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
+from sidecar.core.errors import InvalidRequest
+from sidecar.core.outcomejson import outcome_from_json
+from sidecar.core.planreq import plan_from_json
 from sidecar.core.validate import member
 from tests.helpers import NOTIFIER, running_sidecar
 
@@ -61,3 +64,31 @@ def test_member_paths_read_back_to_one_key() -> None:
         tail = path[len("f") :]
         assert tail == f".{name}" or tail == f"[{name!r}]"
         assert path.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [
+        ("finshed_at", "finshed_at"),
+        ("", "['']"),
+        ("x: y", "['x: y']"),
+        ("a\nb", "['a\\nb']"),
+    ],
+)
+def test_an_unknown_key_of_the_json_forms_is_named_plainly_or_quoted(key: str, named: str) -> None:
+    """The JSON forms that refuse unknown keys (an outcome over AuthZEN, a plan) name the
+    key as a path names a record member: an empty key, or one holding `: ` or a
+    newline, is quoted, so the refusal's path ends where `: ` says it does."""
+    with pytest.raises(InvalidRequest) as outcome:
+        outcome_from_json({"decision_id": "d", "status": "succeeded", key: 1})
+    assert str(outcome.value).startswith(f"{named}: unknown field; known: ")
+    with pytest.raises(InvalidRequest) as nested:
+        outcome_from_json({"decision_id": "d", "status": "succeeded", "effect": {key: 1}})
+    assert str(nested.value).startswith(f"effect.{named}: " if named == key else f"effect{named}: ")
+    with pytest.raises(InvalidRequest) as plan:
+        plan_from_json({"run_id": "r", "steps": [{"request": {}, key: 1}]})
+    assert str(plan.value).startswith(
+        f"steps[0].{named}: " if named == key else f"steps[0]{named}: "
+    )
+    for refusal in (outcome.value, nested.value, plan.value):
+        assert str(refusal).isprintable()

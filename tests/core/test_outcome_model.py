@@ -25,7 +25,7 @@ ID = "01a24a69-8228-7000-8f19-46017a570b02"
             {"decision_id": ID, "status": "succeeded", "effect": {"identity": {"kind": "x"}}},
             "effect.identity.kind",
         ),
-        ({"decision_id": ID, "status": "succeeded", "\x1b[31m": 1}, "'\\x1b[31m'"),
+        ({"decision_id": ID, "status": "succeeded", "\x1b[31m": 1}, "['\\x1b[31m']"),
         (
             {"decision_id": ID, "status": "succeeded", "started_at": "0001-01-01T00:00:00+01:00"},
             "started_at",

@@ -18,6 +18,7 @@ from typing import Any, Final
 from sidecar.core.errors import AuditError, InvalidRequest
 from sidecar.core.event import CallMeta
 from sidecar.core.outcomejson import outcome_from_json
+from sidecar.core.validate import member
 from sidecar.decision.outcomes import OutcomeRecorder, Recorded, ReportIdReused
 
 ONE: Final = "/stepguard/v1/outcome"
@@ -61,7 +62,7 @@ def record_many(
     items = body.get("items")
     extra = [k for k in body if k != "items"]
     if extra:
-        raise InvalidRequest(extra[0], "unknown field; known: items")
+        raise InvalidRequest(member("", str(extra[0])), "unknown field; known: items")
     if not isinstance(items, list):
         raise InvalidRequest("items", "must be a list of outcomes")
     if len(items) > max_items:
