@@ -37,6 +37,7 @@ from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
 from sidecar.audit.workers import TrailSet, merged
 from sidecar.core.errors import StepguardError
+from sidecar.core.model import cedar_unescape
 from sidecar.core.textsafe import escape
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
@@ -68,7 +69,7 @@ class EntityFilter:
     def parse(cls, text: str) -> EntityFilter:
         m = _UID.fullmatch(text)
         if m:
-            return cls(m["type"], re.sub(r"\\(.)", r"\1", m["id"]))
+            return cls(m["type"], cedar_unescape(m["id"]))
         return cls(None, text)
 
     def matches(self, uid: Any) -> bool:

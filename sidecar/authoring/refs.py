@@ -22,7 +22,7 @@ from typing import Any
 from sidecar.authoring.schematypes import Types, schema_types
 from sidecar.core.bundle import Bundle
 from sidecar.core.errors import StepguardError
-from sidecar.core.model import EntityUid
+from sidecar.core.model import EntityUid, cedar_unescape
 from sidecar.core.suggest import closest, did_you_mean
 from sidecar.core.validate import TYPED_CONTEXT
 
@@ -50,7 +50,7 @@ def resolve(text: str, flag: str, bundle: Bundle, types: Types | None) -> dict[s
     role = flag.lstrip("-")
     m = _UID.fullmatch(text)
     if m:
-        return {"type": m["type"], "id": re.sub(r"\\(.)", r"\1", m["id"])}
+        return {"type": m["type"], "id": cedar_unescape(m["id"])}
     known_types = _action_types(bundle) if role == "action" else set(bundle.entity_types)
     prefix, sep, rest = text.rpartition("::")
     if sep and _TYPE.fullmatch(prefix):

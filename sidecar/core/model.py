@@ -11,6 +11,7 @@ of the decision path reads; nothing here computes.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -20,13 +21,44 @@ from typing import Any
 CedarJson = Any
 
 
+# Cedar's string escapes for the characters an id may hold that are not printable.
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
+_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": "\0"}
+_ESCAPE = re.compile(r"\\(?:u\{([0-9a-fA-F]{1,6})\}|(.))", re.DOTALL)
+
+
+def cedar_unescape(text: str) -> str:
+    """The id a Cedar string literal's body spells (`EntityUid.__str__` in reverse, and
+    what Cedar prints): `\\n`, `\\r`, `\\t`, `\\0`, `\\u{hex}`; any other escaped
+    character is itself (`\\"`, `\\\\`, `\\'`). A `\\u{...}` that names no character
+    is left as written."""
+    if "\\" not in text:
+        return text
+
+    def one(m: re.Match[str]) -> str:
+        if m[1] is not None:
+            code = int(m[1], 16)
+            return chr(code) if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else m[0]
+        return _UNESCAPES.get(m[2], m[2])
+
+    return _ESCAPE.sub(one, text)
+
+
 @dataclass(frozen=True, slots=True)
 class EntityUid:
     type: str
     id: str
 
     def __str__(self) -> str:
+        """Cedar's text for the reference, `Type::"id"`: the id escaped as a Cedar string
+        (a quote, a backslash, and every character that is not printable: a newline, a
+        control or a bidi character from a request must not reach a message or a log
+        line raw)."""
         escaped = self.id.replace("\\", "\\\\").replace('"', '\\"')
+        if not escaped.isprintable():
+            escaped = "".join(
+                c if c.isprintable() else _ESCAPES.get(c) or f"\\u{{{ord(c):x}}}" for c in escaped
+            )
         return f'{self.type}::"{escaped}"'
 
     def to_json(self) -> dict[str, str]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.core.model import EntityUid
+from sidecar.core.model import EntityUid, cedar_unescape
 from sidecar.core.validate import (
     datetime_text,
     from_ms,
@@ -128,7 +128,7 @@ def _absent_entities(node: Est, paths: frozenset[str]) -> Est:
     if name is not None:
         m = _UID.fullmatch(name)
         if name not in paths and m is not None:
-            uid = EntityUid(m["type"], re.sub(r"\\(.)", r"\1", m["id"]))
+            uid = EntityUid(m["type"], cedar_unescape(m["id"]))
             return {"Value": {"__entity": uid.to_json()}}
         return node
     return {k: _absent_entities(v, paths) for k, v in node.items()}

@@ -60,12 +60,23 @@ def stepguard(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
     )
 
 
-def assert_no_raw_controls(text: str) -> None:
+# The same inside an entity reference, which is shown as Cedar writes it (`EntityUid`'s
+# text: Cedar's string escapes, so it can be pasted back as a reference).
+EVIL_CEDAR = (
+    "EVIL["
+    + "".join(
+        {"\n": "\\n", "\r": "\\r", "\x00": "\\0"}.get(c) or f"\\u{{{ord(c):x}}}" for c in KINDS
+    )
+    + "]"
+)
+
+
+def assert_no_raw_controls(text: str, shown: str = EVIL_SHOWN) -> None:
     """Nothing but newlines of the formatter's own, and the data shown escaped."""
     for raw in KINDS:
         if raw != "\n":
             assert raw not in text, f"raw {raw!r} in output"
-    assert EVIL_SHOWN in text
+    assert shown in text
 
 
 # --------------------------------------------------------------------------- the helper
@@ -186,7 +197,7 @@ def test_replay_escapes_recorded_values(trail: Path, tmp_path: Path) -> None:
     out = stepguard("replay", str(recorded), "--policies", str(deny_all))
     assert out.returncode == 0, out.stderr
     assert "ALLOW -> DENY" in out.stdout
-    assert_no_raw_controls(out.stdout)
+    assert_no_raw_controls(out.stdout, EVIL_CEDAR)  # the principal: an entity reference
     assert not any(line.startswith("EVIL") for line in out.stdout.splitlines())
 
 

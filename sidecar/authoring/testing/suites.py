@@ -27,7 +27,7 @@ import yaml
 from sidecar.authoring.testing.results import Expect
 from sidecar.core import safeyaml
 from sidecar.core.errors import StepguardError
-from sidecar.core.model import Decision
+from sidecar.core.model import Decision, cedar_unescape
 from sidecar.core.policyparse import parse_iso_duration
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
@@ -333,7 +333,7 @@ class _Builder:
         if isinstance(value, str):
             m = _UID.fullmatch(value)
             if m:
-                return {"type": m["type"], "id": re.sub(r"\\(.)", r"\1", m["id"])}
+                return {"type": m["type"], "id": cedar_unescape(m["id"])}
             _no_cycle(kind, value, seen, where)
             found = self.fixtures[kind].get(value)
             if found is None:
@@ -355,7 +355,7 @@ class _Builder:
                 return self._action(self.fixtures["actions"][value], where, (*seen, value))
             m = _UID.fullmatch(value)
             if m:
-                return {"type": m["type"], "id": re.sub(r"\\(.)", r"\1", m["id"])}
+                return {"type": m["type"], "id": cedar_unescape(m["id"])}
             return {"type": self.action_type, "id": value}
         if isinstance(value, dict):
             return value

@@ -26,7 +26,7 @@ from types import MappingProxyType
 
 import cedarpy
 
-from sidecar.core.model import EntityUid
+from sidecar.core.model import EntityUid, cedar_unescape
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _tokens(text: str) -> list[str]:
 
 def _unquote(token: str) -> str:
     if token.startswith('"'):
-        return re.sub(r"\\(.)", r"\1", token[1:-1])
+        return cedar_unescape(token[1:-1])
     return token
 
 
