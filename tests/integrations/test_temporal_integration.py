@@ -596,6 +596,37 @@ def test_a_retried_activity_has_each_attempts_outcome_before_the_next_attempts_d
     assert (calls.unary, calls.batched) == (0, 6)
 
 
+def test_a_worker_process_that_exits_without_closing_its_guard_sends_its_outcomes_at_exit(
+    temporal: DevServer, systems: Path, tmp_path: Path
+) -> None:
+    """The worker process (tests/integrations/temporal_exit_worker.py) runs an onboarding
+    with its reporter's flush interval at an hour and exits without `close()`: its
+    five outcomes, still queued when the worker stopped, are sent at process exit."""
+    with sidecar(tmp_path / "weekday") as running:
+        calls = OutcomeCalls(running)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tests.integrations.temporal_exit_worker",
+                temporal.address,
+                running.tcp,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=ROOT,
+        )
+        running.sidecar.stop(grace=1.0)
+    assert proc.returncode == 0, proc.stderr
+    run_id, pending = proc.stdout.split()
+    assert int(pending) == len(ONBOARDING_STEPS)  # all still queued when the worker stopped
+    assert (calls.unary, calls.batches) == (0, [len(ONBOARDING_STEPS)])
+    events = trail(running, run_id)
+    assert by_step(events) == {step: [("ALLOW", 1), ("succeeded", 1)] for step in ONBOARDING_STEPS}
+
+
 @pytest.mark.parametrize(
     ("slow", "status", "error_class"),
     [
