@@ -13,10 +13,11 @@ round runs, for each of them in turn (the order alternates by round):
 - *throughput*: `--workflows` workflows started at once; workflows/s.
 
 Inside the worker, an outer interceptor times each activity from the moment the
-worker hands it over to its return (the guard's check, the body, the guard's
-report): the difference of the medians guarded - plain is the added latency per
-activity as the worker sees it, which the server's and the machine's noise
-touch far less than workflow times do.
+worker hands it over to its return (the guard's check, the body, and queueing
+its outcome for the client's reporter, which sends outcomes in RecordOutcomes
+batches off the activity's path): the difference of the medians guarded -
+plain is the added latency per activity as the worker sees it, which the
+server's and the machine's noise touch far less than workflow times do.
 
 Reported: medians over the rounds, the throughput ratio guarded / plain (the
 median of the per-round ratios, with their range), and each round's figures.
@@ -228,7 +229,8 @@ def render(record: dict[str, Any], data: str) -> str:
             "one after another, the median per-workflow time; the added latency per activity "
             "is (guarded - plain) / 3, the median over rounds. Throughput: all workflows "
             "started at once. In the worker: each activity timed by an outer interceptor "
-            "(the guard's check and report and the body; the body does nothing). "
+            "(the guard's check, the body, and queueing the outcome, which is sent in "
+            "batches; the body does nothing). "
             f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, Python "
             f"{platform.python_version()}, shared with other engineers: figures are noisy.",
             "",

@@ -44,7 +44,9 @@ async def main() -> None:
         ):
             print(f"worker polling task queue {TASK_QUEUE!r}", flush=True)
             await stop.wait()
-    guard.close()
+    # The worker has stopped: send the outcomes its guard still has queued (they travel
+    # in batches), off the event loop.
+    await asyncio.to_thread(guard.close)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,22 @@
 """What a guarded task did, reported after it ends: the orchestrator-independent part.
 
 Once the gate has admitted a task attempt (an ALLOW), the integration opens an
-`Attempt` for it; when the body returns or raises, the integration sends one
-outcome for the decision that attempt got (`Gate.report`): `succeeded`,
-`failed` with the exception's class (`error_class_of`), `skipped` or
-`timed_out`, with the attempt number and the effect the step declared. A
-denied attempt opens none: its body never ran, so nothing claims it did.
+`Attempt` for it; when the body returns or raises, the integration queues one
+outcome for the decision that attempt got (`Gate.submit`; the client's
+reporter sends it in a batch): `succeeded`, `failed` with the exception's
+class (`error_class_of`), `skipped` or `timed_out`, with the attempt number
+and the effect the step declared. A denied attempt opens none: its body never
+ran, so nothing claims it did.
 
 A step declares its effect from inside the task with `record_effect`, the same
-call for Airflow and Prefect:
+call for Airflow, Prefect and Temporal:
 
     record_effect(identity="bob@example.org", entitlements_added=["engineering"])
 
 Reporting never fails the task: `record_effect` outside a guarded task, or
 with a value the sidecar would refuse, logs a warning and returns False; an
-outcome that cannot be recorded (sidecar down, too slow) is a warning in the
-task's log, after a short timeout.
+outcome that cannot be recorded (sidecar down, too slow; after the reporter's
+retries) is a warning in the task's log.
 """
 
 from __future__ import annotations

@@ -43,9 +43,16 @@ After the body returns or raises, the outcome of that attempt is reported for
 its decision: `succeeded`; `timed_out` when Temporal cancelled it for a timeout
 (`activity.cancellation_details().timed_out`) or it raised a TimeoutError;
 otherwise `failed` with the exception's class (a cancellation is `failed` with
-the cancellation's class: the outcome API has no `cancelled` status). A
-report that cannot be recorded is a warning in the activity's log, never a
-failure.
+the cancellation's class: the outcome API has no `cancelled` status). As the
+Airflow and Prefect guards do, the outcome is queued (`Gate.submit`) for the
+client's outcome reporter, which sends the worker's outcomes in RecordOutcomes
+batches (every 128 outcomes or 0.1 s, on `close()`, at process exit): the
+activity never waits on the sidecar for it. A retry of the activity (same
+worker process, another asyncio task) is decided only once the earlier
+attempt's outcome was sent (`Gate.check`), so the trail keeps each attempt's
+outcome before the next attempt's decision. A worker that stops calls the
+interceptor's `close()`, which sends what is queued. A report that cannot be
+recorded is a warning in the activity's log, never a failure.
 
 The sidecar is found through the environment, read at each check:
 `TEMPORAL_STEPGUARD_TARGET` (HOST:PORT or unix:///path, default
@@ -88,9 +95,10 @@ worker built on that client), and both read the same `@step` declarations.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -107,6 +115,7 @@ from sidecar.core.errors import StepguardError
 from sidecar.integrations.gate import Gate, GuardConfig, Verdict, describe, env_config, verdict
 from sidecar.integrations.outcomes import (
     FAILED,
+    OUTCOME_TIMEOUT_S,
     SUCCEEDED,
     TIMED_OUT,
     end,
@@ -395,15 +404,35 @@ class _ActivityGuard(temporalio.worker.ActivityInboundInterceptor):
         try:
             result = await self.next.execute_activity(input)
         except BaseException as exc:
-            # Sent right here (a short, bounded call): awaiting in a cancelled
-            # task would be cancelled again.
-            self._gate.report(attempt, *ended_with(exc), logger=logger)
+            # Queued right here, without awaiting: awaiting in a cancelled task
+            # would be cancelled again. `submit` never waits on the sidecar.
+            self._gate.submit(attempt, *ended_with(exc), logger=_AttemptLogger(logger))
             raise
         finally:
             end(opened)
             _current.reset(token)
-        await asyncio.to_thread(self._gate.report, attempt, SUCCEEDED, logger=logger)
+        # On the event loop, as on the failure path: `submit` only queues. The check
+        # above (in a thread) made the client for this config, so no channel is made
+        # here (making one does not dial anyway); the earlier attempt's flush that a
+        # retry may wait for (`_settle_earlier_attempts`) happens in that check's thread.
+        self._gate.submit(attempt, SUCCEEDED, logger=_AttemptLogger(logger))
         return result
+
+
+class _AttemptLogger(logging.LoggerAdapter[logging.Logger]):
+    """The activity's logger as it was when the attempt ended: the outcome's line is
+    logged later, from the outcome reporter's thread, and still carries the
+    activity's details (Temporal's adapter reads them from the activity's context)."""
+
+    def __init__(self, adapter: logging.LoggerAdapter[logging.Logger]) -> None:
+        super().__init__(adapter.logger, {})
+        self._adapter = adapter
+        self._context = contextvars.copy_context()
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        return self._context.run(self._adapter.process, msg, kwargs)
 
 
 def _guarded(chain: temporalio.worker.ActivityInboundInterceptor | None) -> bool:
@@ -542,6 +571,13 @@ class StepguardInterceptor(temporalio.client.Interceptor, temporalio.worker.Inte
         """Plans each run started through this client (`plan_check`, module docstring)."""
         return _StartGuard(next, self.gate)
 
+    def flush(self, timeout: float = OUTCOME_TIMEOUT_S) -> bool:
+        """Send the queued outcomes now and wait (at most `timeout` s per client); True
+        when none is left. Blocking: from async code, `asyncio.to_thread`."""
+        return self.gate.flush(timeout)
+
     def close(self) -> None:
-        """Close the gRPC channels to the sidecar (a worker that is done)."""
+        """Send the queued outcomes, then close the gRPC channels to the sidecar: call it
+        once the worker has stopped. Blocking (at most the reporter's close timeout,
+        5 s): from async code, `await asyncio.to_thread(interceptor.close)`."""
         self.gate.close()

@@ -2,8 +2,9 @@
 
 `Paused` is the example onboarding's first steps with a pause in the middle,
 so a test can restart the worker there; `Slow` has one activity that Temporal
-stops for its timeout, or that the workflow cancels. Workflows must live in an
-importable module: the sandbox imports them again.
+stops for its timeout, or that the workflow cancels; `Retried` runs an activity
+that fails twice before it succeeds, as an activity and as a local activity.
+Workflows must live in an importable module: the sandbox imports them again.
 """
 
 from __future__ import annotations
@@ -114,3 +115,36 @@ class Slow:
             await workflow.sleep(run.cancel_after_s)
             handle.cancel()
         await handle
+
+
+# A retry in 50 ms: sooner than the outcome reporter's flush interval (0.1 s), so the
+# order of the trail cannot come from the timing.
+QUICK_RETRIES = RetryPolicy(
+    initial_interval=timedelta(milliseconds=50), backoff_coefficient=1.0, maximum_attempts=3
+)
+
+
+@step("notify", target="slack", workload=NOTIFIER)
+@activity.defn
+async def flaky(run: RunInput) -> int:
+    """Fails on its first two attempts, succeeds on the third; returns that attempt."""
+    attempt = activity.info().attempt
+    if attempt < 3:
+        raise RuntimeError(f"attempt {attempt} fails")
+    return attempt
+
+
+@workflow.defn(name="retried")
+class Retried:
+    """`flaky` as an activity (retried by the server), then as a local activity
+    (retried by the worker itself)."""
+
+    @workflow.run
+    async def run(self, run: RunInput) -> list[int]:
+        first: int = await workflow.execute_activity(
+            flaky, run, start_to_close_timeout=TIMEOUT, retry_policy=QUICK_RETRIES
+        )
+        second: int = await workflow.execute_local_activity(
+            flaky, run, start_to_close_timeout=TIMEOUT, retry_policy=QUICK_RETRIES
+        )
+        return [first, second]

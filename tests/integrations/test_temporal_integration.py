@@ -17,9 +17,9 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +36,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from sidecar.client import StepguardClient
 from sidecar.core.errors import StepguardError
 from sidecar.integrations.gate import GuardConfig
 from sidecar.integrations.preflight import PlanMode
@@ -132,22 +133,71 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield executor
 
 
-def worker(
+@asynccontextmanager
+async def worker(
     client: Client,
     queue: str,
     target: str,
     executor: ThreadPoolExecutor,
     workflows: list[type] | None = None,
     activities: list[Any] | None = None,
-) -> Worker:
-    return Worker(
-        client,
-        task_queue=queue,
-        workflows=workflows or identity_workflows.WORKFLOWS,
-        activities=activities or identity_activities.ACTIVITIES,
-        activity_executor=executor,
-        interceptors=[StepguardInterceptor(GuardConfig(target=target, timeout_s=2.0))],
-    )
+    guard: StepguardInterceptor | None = None,
+) -> AsyncIterator[Worker]:
+    """A guarded worker; once it has stopped its guard is closed, as a deployment's worker
+    does (docs/integrations.md), which sends the outcomes it still had queued."""
+    guard = guard or StepguardInterceptor(GuardConfig(target=target, timeout_s=2.0))
+    try:
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=workflows or identity_workflows.WORKFLOWS,
+            activities=activities or identity_activities.ACTIVITIES,
+            activity_executor=executor,
+            interceptors=[guard],
+        ) as running:
+            yield running
+    finally:
+        await asyncio.to_thread(guard.close)
+
+
+class OutcomeCalls:
+    """How the sidecar received outcomes: its real recorder, watched (each call still goes
+    through): `record` per RecordOutcome call, `record_many` per RecordOutcomes batch."""
+
+    def __init__(self, running: Running) -> None:
+        self.unary = 0
+        self.batches: list[int] = []  # outcomes per RecordOutcomes call
+        recorder = running.sidecar.outcomes
+        record, record_many = recorder.record, recorder.record_many
+
+        def one(*args: Any, **kwargs: Any) -> Any:
+            self.unary += 1
+            return record(*args, **kwargs)
+
+        def many(outcomes: Any, *args: Any, **kwargs: Any) -> Any:
+            self.batches.append(len(outcomes))
+            return record_many(outcomes, *args, **kwargs)
+
+        recorder.record = one  # type: ignore[method-assign]
+        recorder.record_many = many  # type: ignore[method-assign]
+
+    @property
+    def batched(self) -> int:
+        return sum(self.batches)
+
+
+def by_step(events: list[dict[str, Any]]) -> dict[str, list[tuple[str, Any]]]:
+    """Each step's decisions and outcomes in trail order: (verdict or status, attempt).
+    The order the design keeps (outcomes travel in batches): per step, a decision, then
+    its outcome, then the retry's decision; different steps' events may interleave."""
+    steps: dict[str, list[tuple[str, Any]]] = {}
+    for e in events:
+        if e["kind"] == "decision":
+            entry = (e["decision"], e["context"].get("attempt"))
+        else:
+            entry = (e["status"], e["attempt"])
+        steps.setdefault(e["step_id"], []).append(entry)
+    return steps
 
 
 async def run_example(
@@ -173,6 +223,7 @@ def test_an_allowed_onboarding_run_completes_with_a_decision_and_an_outcome_per_
     temporal: DevServer, systems: Path, tmp_path: Path
 ) -> None:
     with sidecar(tmp_path / "weekday") as running:
+        calls = OutcomeCalls(running)
         run_id, result = arun(
             lambda: run_example(
                 temporal, running.tcp, "onboarding", RunInput("bob", "maria", APPROVED)
@@ -180,6 +231,9 @@ def test_an_allowed_onboarding_run_completes_with_a_decision_and_an_outcome_per_
         )
         running.sidecar.stop(grace=1.0)
     assert result == "bob@example.org"
+    # The outcomes went in RecordOutcomes batches (the client's reporter), as Airflow's
+    # and Prefect's do: not one RecordOutcome round trip per activity.
+    assert (calls.unary, calls.batched) == (0, len(ONBOARDING_STEPS))
     assert changes(systems) == [
         "create_account",
         "grant_access",
@@ -298,11 +352,19 @@ def test_a_leaver_run_with_a_failed_revocation_is_named_by_evidence_leavers(
     events = trail(night, run_id)
     decided = [e for e in events if e["kind"] == "decision"]
     assert all(LEAVER_POLICY in {r["policy"] for r in e["reasons"]} for e in decided)
-    assert [(e["step_id"], e.get("decision") or e["status"]) for e in events] == [
-        ("revoke_access[1]", "ALLOW"),
-        ("revoke_access[1]", "succeeded"),
-        *[("disable_credential[2]", "ALLOW"), ("disable_credential[2]", "failed")] * 3,
+    # Per step, in trail order: each attempt's decision, then its outcome, then the
+    # retry's decision (revoke_access's outcome, queued, may land after
+    # disable_credential's first decision: outcomes travel in batches).
+    assert [e["step_id"] for e in events if e["kind"] == "decision"] == [
+        "revoke_access[1]",
+        *["disable_credential[2]"] * 3,
     ]
+    assert by_step(events) == {
+        "revoke_access[1]": [("ALLOW", 1), ("succeeded", 1)],
+        "disable_credential[2]": [
+            entry for n in (1, 2, 3) for entry in (("ALLOW", n), ("failed", n))
+        ],
+    }
     failed = [e for e in events if e.get("status") == "failed"]
     assert [e["attempt"] for e in failed] == [1, 2, 3]
     assert all(e["error_class"] == "identity_systems.TargetSystemDown" for e in failed)
@@ -399,14 +461,170 @@ def test_a_worker_restarted_mid_run_replays_without_asking_or_reporting_again(
     assert replayed == 1  # worker 2 went through create_account's part again, replaying
     assert changes(systems) == ["create_account", "grant_access", "notify"]
     events = trail(running, run_id)
-    assert [(e["kind"], e["step_id"]) for e in events] == [
+    # Each step asked and reported once; worker 1 sent create_account's outcome when it
+    # stopped (its guard closed), before worker 2 asked anything. Worker 2's outcomes
+    # travel in batches: grant_access's may land after notify's decision.
+    assert [(e["kind"], e["step_id"]) for e in events][:3] == [
         ("decision", "create_account[1]"),
         ("outcome", "create_account[1]"),
         ("decision", "grant_access[2]"),
-        ("outcome", "grant_access[2]"),
-        ("decision", "notify[3]"),
-        ("outcome", "notify[3]"),
     ]
+    assert [e["step_id"] for e in events if e["kind"] == "decision"] == [
+        "create_account[1]",
+        "grant_access[2]",
+        "notify[3]",
+    ]
+    assert by_step(events) == {
+        step: [("ALLOW", 1), ("succeeded", 1)]
+        for step in ("create_account[1]", "grant_access[2]", "notify[3]")
+    }
+
+
+def quiet_reporter(target: str) -> tuple[StepguardClient, StepguardInterceptor]:
+    """A guard whose client's outcome reporter never sends by itself (an hour's flush
+    interval): only a retry's check, `flush` or `close` sends what it queued."""
+    client = StepguardClient(target, timeout=2.0)
+    client.outcomes.flush_interval_s = 3600
+    return client, StepguardInterceptor(GuardConfig(target=target, timeout_s=2.0), client=client)
+
+
+def test_outcomes_wait_in_the_workers_queue_and_are_all_in_the_trail_once_its_guard_closes(
+    temporal: DevServer, systems: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No activity waits on the sidecar for its outcome: the run completes with its five
+    outcomes still queued. Closing the stopped worker's guard sends them, in one
+    RecordOutcomes batch (no sleep for a flush interval), and each outcome's log line
+    still carries its activity's details, though logged from the reporter's thread."""
+
+    async def scenario() -> tuple[str, Any, tuple[int, int]]:
+        client = await Client.connect(temporal.address)
+        queue = f"q-{uuid.uuid4().hex}"
+        with pool() as executor:
+            async with worker(client, queue, running.tcp, executor, guard=guard):
+                handle = await client.start_workflow(
+                    Onboarding.run,
+                    RunInput("bob", "maria", APPROVED),
+                    id=f"onboarding-bob-{uuid.uuid4().hex[:6]}",
+                    task_queue=queue,
+                )
+                result = await handle.result()
+                queued = (calls.unary, calls.batched)  # the run is over: what was sent
+        return f"{handle.id}/{handle.result_run_id}", result, queued
+
+    caplog.set_level(logging.INFO, logger="temporalio.activity")
+    with sidecar(tmp_path / "weekday") as running:
+        calls = OutcomeCalls(running)
+        reporting, guard = quiet_reporter(running.tcp)
+        run_id, result, sent_during_the_run = arun(scenario)  # the worker stops, guard closed
+        sent_once_closed = (calls.unary, calls.batches)
+        stats = reporting.outcomes.stats
+        reporting.close()
+        running.sidecar.stop(grace=1.0)
+    assert result == "bob@example.org"
+    assert sent_during_the_run == (0, 0)
+    assert sent_once_closed == (0, [len(ONBOARDING_STEPS)])
+    assert (stats.recorded, stats.dropped, stats.pending) == (len(ONBOARDING_STEPS), 0, 0)
+    events = trail(running, run_id)
+    assert [e["step_id"] for e in events if e["kind"] == "decision"] == ONBOARDING_STEPS
+    assert by_step(events) == {step: [("ALLOW", 1), ("succeeded", 1)] for step in ONBOARDING_STEPS}
+    for decision in (e for e in events if e["kind"] == "decision"):
+        (line,) = [
+            r for r in caplog.records if f"recorded (decision {decision['id']})" in r.message
+        ]
+        assert line.message.startswith("stepguard outcome succeeded of onboarding/")
+        details = line.__dict__["temporal_activity"]  # put on by Temporal's activity logger
+        assert f"{details['activity_type']}[{details['activity_id']}]" == decision["step_id"]
+        assert f"{details['workflow_id']}/{details['workflow_run_id']}" == run_id
+
+
+def test_a_retried_activity_has_each_attempts_outcome_before_the_next_attempts_decision(
+    temporal: DevServer, tmp_path: Path
+) -> None:
+    """`flaky` fails twice and succeeds on its third attempt, as an activity (the server
+    retries it) and as a local activity (the worker retries it), 50 ms apart: each
+    attempt runs in an asyncio task of its own. The worker's reporter sends nothing by
+    itself (an hour's interval), so the order is the guard's doing: a retry is decided
+    only once the earlier attempt's queued outcome was sent (`Gate.check`); the last
+    one waits for the interceptor's `flush()`."""
+
+    async def scenario() -> tuple[str, Any, bool, int]:
+        client = await Client.connect(temporal.address)
+        queue = f"q-{uuid.uuid4().hex}"
+        with pool() as executor:
+            async with worker(
+                client,
+                queue,
+                running.tcp,
+                executor,
+                [temporal_flows.Retried],
+                [temporal_flows.flaky],
+                guard=guard,
+            ):
+                handle = await client.start_workflow(
+                    temporal_flows.Retried.run,
+                    RunInput("bob", "maria"),
+                    id=f"retried-{uuid.uuid4().hex[:6]}",
+                    task_queue=queue,
+                )
+                result = await handle.result()
+                before = calls.batched
+                flushed = await asyncio.to_thread(guard.flush)  # the worker still running
+                assert (before, calls.batched) == (5, 6)
+                return f"{handle.id}/{handle.result_run_id}", result, flushed, calls.batched
+
+    with sidecar(tmp_path / "weekday") as running:
+        calls = OutcomeCalls(running)
+        reporting, guard = quiet_reporter(running.tcp)
+        run_id, result, flushed, sent = arun(scenario)
+        reporting.close()
+        running.sidecar.stop(grace=1.0)
+    assert result == [3, 3]
+    assert flushed and sent == 6
+    events = trail(running, run_id)
+    attempts = [
+        entry
+        for n in (1, 2, 3)
+        for entry in (("ALLOW", n), ("failed" if n < 3 else "succeeded", n))
+    ]
+    assert by_step(events) == {"flaky[1]": attempts, "flaky[2]": attempts}
+    failed = [e for e in events if e["kind"] == "outcome" and e["status"] == "failed"]
+    assert [e["error_class"] for e in failed] == ["RuntimeError"] * 4
+    assert {o["decision_id"] for o in events if o["kind"] == "outcome"} == {
+        d["id"] for d in events if d["kind"] == "decision"
+    }
+    # Sent by the retries' checks and by close, in RecordOutcomes batches.
+    assert (calls.unary, calls.batched) == (0, 6)
+
+
+def test_a_worker_process_that_exits_without_closing_its_guard_sends_its_outcomes_at_exit(
+    temporal: DevServer, systems: Path, tmp_path: Path
+) -> None:
+    """The worker process (tests/integrations/temporal_exit_worker.py) runs an onboarding
+    with its reporter's flush interval at an hour and exits without `close()`: its
+    five outcomes, still queued when the worker stopped, are sent at process exit."""
+    with sidecar(tmp_path / "weekday") as running:
+        calls = OutcomeCalls(running)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tests.integrations.temporal_exit_worker",
+                temporal.address,
+                running.tcp,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=ROOT,
+        )
+        running.sidecar.stop(grace=1.0)
+    assert proc.returncode == 0, proc.stderr
+    run_id, pending = proc.stdout.split()
+    assert int(pending) == len(ONBOARDING_STEPS)  # all still queued when the worker stopped
+    assert (calls.unary, calls.batches) == (0, [len(ONBOARDING_STEPS)])
+    events = trail(running, run_id)
+    assert by_step(events) == {step: [("ALLOW", 1), ("succeeded", 1)] for step in ONBOARDING_STEPS}
 
 
 @pytest.mark.parametrize(
