@@ -282,6 +282,83 @@ def _mangle(req: dict[str, Any]) -> bytes:
     return data[: len(data) // 2] + b"\x00\x01" + data[len(data) // 2 :]
 
 
+def _messages(reqs: list[dict[str, Any]]) -> list[tuple[pb.AuthorizeRequest, dict[str, Any]]]:
+    """The requests representable as messages (the JSON layer refuses the others)."""
+    out = []
+    for req in reqs:
+        try:
+            out.append((request_from_json(req), req))
+        except InvalidRequest:
+            continue
+    return out
+
+
+def _judged_item(result: Any, req: dict[str, Any], index: int) -> None:
+    """One batch or stream item: a decision equal to Cedar's own, or an error naming
+    the item's field."""
+    if result.HasField("error"):
+        assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], result
+        field, _, message = result.error.message.partition(": ")
+        assert field.startswith(f"items[{index}]") and message, result.error.message
+        event("item INVALID_ARGUMENT")
+        return
+    response = result.response
+    assert response.decision in (pb.DECISION_ALLOW, pb.DECISION_DENY)
+    allowed = response.decision == pb.DECISION_ALLOW
+    event("item ALLOW" if allowed else "item DENY")
+    assert allowed == _oracle_allows(req), f"stepguard and Cedar disagree on {req}"
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(reqs=st.lists(requests, min_size=1, max_size=6))
+def test_a_batch_is_decided_item_by_item_as_cedar_decides(
+    channel: grpc.Channel, reqs: list[dict[str, Any]]
+) -> None:
+    """AuthorizeBatch: one result per item, in order; an invalid item fails alone."""
+    items = _messages(reqs)
+    if not items:
+        return
+    stub = channel.unary_unary(
+        "/stepguard.v1.Authorizer/AuthorizeBatch",
+        request_serializer=pb.AuthorizeBatchRequest.SerializeToString,
+        response_deserializer=pb.AuthorizeBatchResponse.FromString,
+    )
+    answer = stub(pb.AuthorizeBatchRequest(items=[m for m, _ in items]), timeout=10)
+    assert len(answer.results) == len(items)
+    for i, ((_, req), result) in enumerate(zip(items, answer.results, strict=True)):
+        _judged_item(result, req, i)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(reqs=st.lists(requests, min_size=1, max_size=6), first=st.integers(0, 2**64 - 8))
+def test_a_stream_answers_each_request_by_its_id_as_cedar_decides(
+    channel: grpc.Channel, reqs: list[dict[str, Any]], first: int
+) -> None:
+    """AuthorizeStream: one answer per request, in order, echoing its id."""
+    items = _messages(reqs)
+    if not items:
+        return
+    stream = channel.stream_stream(
+        "/stepguard.v1.Authorizer/AuthorizeStream",
+        request_serializer=pb.AuthorizeStreamRequest.SerializeToString,
+        response_deserializer=pb.AuthorizeStreamResponse.FromString,
+    )
+    sent = [pb.AuthorizeStreamRequest(id=first + i, request=m) for i, (m, _) in enumerate(items)]
+    answers = list(stream(iter(sent), timeout=10))
+    assert [a.id for a in answers] == [s.id for s in sent]
+    for (_, req), answer in zip(items, answers, strict=True):
+        if answer.HasField("error"):
+            assert answer.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], answer
+            field, _, message = answer.error.message.partition(": ")
+            assert field and message, answer.error.message
+            continue
+        _judged_item(answer, req, 0)
+
+
 def test_server_still_serves_after_fuzzing(channel: grpc.Channel, server: Running) -> None:
     msg = request_from_json(
         {
