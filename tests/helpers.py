@@ -306,3 +306,17 @@ def joiner_plan(run_id: str = "joiner-run-1", target: str = "jira") -> dict[str,
         "workflow_id": "onboarding",
         "steps": [plan_step(create, "create"), plan_step(grant, "grant")],
     }
+
+
+def assert_trail_verifies(path: Path, *args: str, timeout: float = 300) -> str:
+    """`stepguard audit verify PATH ARGS` in a fresh process passes; its output."""
+    verified = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "audit", "verify", str(path), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    return verified.stdout

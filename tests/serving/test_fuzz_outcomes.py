@@ -17,9 +17,6 @@ sidecar and its real file trail:
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +29,9 @@ from hypothesis import strategies as st
 
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.client import StepguardClient
-from tests.helpers import ROOT, Running, grant_request, running_sidecar
+from tests.fuzzing import assert_named, mangle, unary
+from tests.fuzzing import json_values as json_values_of
+from tests.helpers import Running, assert_trail_verifies, grant_request, running_sidecar
 from tests.serving.authzen.authzen_client import Pdp
 
 RAN = (pb.OUTCOME_STATUS_SUCCEEDED, pb.OUTCOME_STATUS_FAILED, pb.OUTCOME_STATUS_TIMED_OUT)
@@ -181,33 +180,6 @@ def _resolved(message: pb.RecordOutcomeRequest, pick: int) -> pb.RecordOutcomeRe
     return message
 
 
-def _call(channel: grpc.Channel, method: str, payload: bytes, answer: Any) -> Any:
-    call = channel.unary_unary(
-        f"/stepguard.v1.Authorizer/{method}",
-        request_serializer=None,
-        response_deserializer=answer.FromString,
-    )
-    try:
-        return call(payload, timeout=10)
-    except grpc.RpcError as exc:
-        return exc
-
-
-# A field path as refusals write it (`validate.member`): plain names, `[n]`, and odd
-# record keys quoted as `['...']`.
-_QUOTED = r"""\[(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\]"""
-_PATH = re.compile(
-    rf"(?:[A-Za-z_]\w*|{_QUOTED})(?:\.[A-Za-z_]\w*|\[\d+\]|{_QUOTED})*: \S", re.ASCII
-)
-
-
-def _assert_named(details: str, prefix: str = "") -> None:
-    """The refusal starts with the path of the field it refuses, then `: ` and why."""
-    assert _PATH.match(details), details
-    assert details.startswith(prefix), details
-    assert details.isprintable(), details
-
-
 def _judge(sent: pb.RecordOutcomeRequest, got: pb.RecordOutcomeResponse) -> None:
     """The recorded answer's flag against what this module knows of the decision."""
     assert got.outcome_id and got.decision_id == sent.decision_id
@@ -225,10 +197,6 @@ def _judge(sent: pb.RecordOutcomeRequest, got: pb.RecordOutcomeResponse) -> None
         assert got.violation == pb.VIOLATION_DECISION_UNKNOWN, got
 
 
-def _mangle(data: bytes) -> bytes:
-    return data[: len(data) // 2] + b"\x00\x01" + data[len(data) // 2 :]
-
-
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -240,10 +208,10 @@ def test_one_report_is_recorded_and_judged_or_refused_naming_the_field(
     channel: grpc.Channel, report: pb.RecordOutcomeRequest, pick: int
 ) -> None:
     sent = _resolved(report, pick)
-    got = _call(channel, "RecordOutcome", sent.SerializeToString(), pb.RecordOutcomeResponse)
+    got = unary(channel, "RecordOutcome", sent.SerializeToString(), pb.RecordOutcomeResponse)
     if isinstance(got, grpc.RpcError):
         assert got.code() == grpc.StatusCode.INVALID_ARGUMENT, (got.code(), got.details())
-        _assert_named(str(got.details()))
+        assert_named(str(got.details()))
         event("INVALID_ARGUMENT")
         return
     _judge(sent, got)
@@ -256,17 +224,17 @@ def test_a_batch_answers_item_by_item(
 ) -> None:
     sent = [_resolved(report, pick) for report, pick in items]
     request = pb.RecordOutcomesRequest(items=sent)
-    got = _call(channel, "RecordOutcomes", request.SerializeToString(), pb.RecordOutcomesResponse)
+    got = unary(channel, "RecordOutcomes", request.SerializeToString(), pb.RecordOutcomesResponse)
     if isinstance(got, grpc.RpcError):  # the batch as a whole (none, or too many)
         assert got.code() == grpc.StatusCode.INVALID_ARGUMENT, (got.code(), got.details())
-        _assert_named(str(got.details()))
+        assert_named(str(got.details()))
         assert not sent
         return
     assert len(got.results) == len(sent)
     for i, (item, result) in enumerate(zip(sent, got.results, strict=True)):
         if result.HasField("error"):
             assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], result
-            _assert_named(result.error.message, f"items[{i}]")
+            assert_named(result.error.message, f"items[{i}]")
         else:
             _judge(item, result.response)
 
@@ -276,17 +244,17 @@ def test_a_batch_answers_item_by_item(
     method=st.sampled_from(["RecordOutcome", "RecordOutcomes"]),
     payload=st.one_of(
         st.binary(max_size=300),
-        reports.map(lambda r: _mangle(r.SerializeToString())),
+        reports.map(lambda r: mangle(r.SerializeToString())),
     ),
 )
 def test_garbage_bytes_are_refused_or_recorded(
     channel: grpc.Channel, method: str, payload: bytes
 ) -> None:
     answer = pb.RecordOutcomeResponse if method == "RecordOutcome" else pb.RecordOutcomesResponse
-    got = _call(channel, method, payload, answer)
+    got = unary(channel, method, payload, answer)
     if isinstance(got, grpc.RpcError):
         assert got.code() == grpc.StatusCode.INVALID_ARGUMENT, (got.code(), got.details())
-        _assert_named(str(got.details()))
+        assert_named(str(got.details()))
     elif method == "RecordOutcome":
         Made.recorded.add(got.outcome_id)
     else:
@@ -307,11 +275,7 @@ STATUS_WORDS = {
     pb.OUTCOME_STATUS_SKIPPED: "skipped",
     pb.OUTCOME_STATUS_TIMED_OUT: "timed_out",
 }
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | texts,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
-    max_leaves=8,
-)
+json_values = json_values_of(texts)
 json_bodies = st.one_of(
     json_values,
     # The outcome's own fields, each with any JSON value, and a stray one now and then.
@@ -378,7 +342,7 @@ def test_the_authzen_outcome_path_answers_200_or_400_naming_the_field(
     if reply.status == 400:
         event("400")
         if isinstance(body, dict):
-            _assert_named(reply.text.strip())
+            assert_named(reply.text.strip())
         return
     answer = reply.json()
     words = {v: k for k, v in STATUS_WORDS.items()}
@@ -401,20 +365,11 @@ def test_the_trail_holds_each_recorded_outcome_once_and_verifies(
     ok = pb.RecordOutcomeRequest(
         decision_id=Made.allowed[0], status=pb.OUTCOME_STATUS_SUCCEEDED, attempt=1
     )
-    got = _call(channel, "RecordOutcome", ok.SerializeToString(), pb.RecordOutcomeResponse)
+    got = unary(channel, "RecordOutcome", ok.SerializeToString(), pb.RecordOutcomeResponse)
     assert isinstance(got, pb.RecordOutcomeResponse) and got.violation == pb.VIOLATION_NONE
     Made.recorded.add(got.outcome_id)
     server.sidecar.stop(grace=1.0)  # the trail is closed and complete
     outcomes = [e["id"] for e in server.audit_events() if e.get("kind") == "outcome"]
     assert len(outcomes) == len(set(outcomes))
     assert set(outcomes) == Made.recorded
-    verified = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "audit", "verify", str(server.audit), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert json.loads(verified.stdout)
+    assert json.loads(assert_trail_verifies(server.audit, "--json"))

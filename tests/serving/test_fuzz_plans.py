@@ -15,8 +15,6 @@ request with run-time unknowns. Properties, on one real sidecar and its trail:
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,8 +27,8 @@ from hypothesis import strategies as st
 from sidecar._proto.stepguard.v1 import authorizer_pb2 as pb
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.jsonreq import request_from_json
-from tests.helpers import BUSINESS_HOURS, ROOT, Running, running_sidecar
-from tests.serving.test_fuzz_outcomes import _assert_named, _mangle
+from tests.fuzzing import assert_named, mangle, unary
+from tests.helpers import BUSINESS_HOURS, Running, assert_trail_verifies, running_sidecar
 from tests.serving.test_fuzz_servicer import _oracle_allows, plausible, requests
 
 UNKNOWNS = ["now", "approval", "approval.ticket", "workflow", "sensitivity", "bogus", "", "a..b"]
@@ -82,21 +80,15 @@ steps = st.one_of(real_steps, real_steps, any_steps)
 
 
 def _call(channel: grpc.Channel, payload: bytes) -> pb.AuthorizePlanResponse | grpc.RpcError:
-    call = channel.unary_unary(
-        "/stepguard.v1.Authorizer/AuthorizePlan",
-        request_serializer=None,
-        response_deserializer=pb.AuthorizePlanResponse.FromString,
+    answer: pb.AuthorizePlanResponse | grpc.RpcError = unary(
+        channel, "AuthorizePlan", payload, pb.AuthorizePlanResponse
     )
-    try:
-        answer: pb.AuthorizePlanResponse = call(payload, timeout=30)
-    except grpc.RpcError as exc:
-        return exc
     return answer
 
 
 def _refused(got: grpc.RpcError) -> None:
     assert got.code() == grpc.StatusCode.INVALID_ARGUMENT, (got.code(), got.details())
-    _assert_named(str(got.details()))
+    assert_named(str(got.details()))
     event("INVALID_ARGUMENT")
 
 
@@ -137,7 +129,7 @@ def test_a_plan_is_answered_step_by_step_or_refused_naming_the_field(
     payload=st.one_of(
         st.binary(max_size=400),
         st.lists(steps, min_size=1, max_size=2).map(
-            lambda planned: _mangle(
+            lambda planned: mangle(
                 pb.AuthorizePlanRequest(
                     run_id="r", steps=[s for s, _ in planned]
                 ).SerializeToString()
@@ -158,12 +150,4 @@ def test_the_trail_holds_each_plan_once_and_verifies(server: Running) -> None:
     server.sidecar.stop(grace=1.0)
     plans = [e["id"] for e in server.audit_events() if e.get("kind") == "plan"]
     assert sorted(plans) == sorted(answered)
-    verified = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "audit", "verify", str(server.audit)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert_trail_verifies(server.audit)

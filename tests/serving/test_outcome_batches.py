@@ -5,8 +5,6 @@ trail cannot take is refused whole, and the reporter sends it again."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import grpc
 from sidecar.audit.segments import collect
 from sidecar.audit.sink import MemorySink
 from sidecar.client import OutcomeReporter, StepguardClient
-from tests.helpers import ROOT, grant_request, running_sidecar
+from tests.helpers import assert_trail_verifies, grant_request, running_sidecar
 
 UNKNOWN = "01a24a69-8228-7000-8f19-46017a570b02"
 
@@ -52,15 +50,7 @@ def test_a_batch_is_one_commit_and_the_trail_verifies(tmp_path: Path) -> None:
     assert [e["id"] for _, e in found] == [r.outcome_id for r in reports[:3]]
     assert len({segment for segment, _ in found}) == 1  # one commit
     assert [e["status"] for _, e in found] == ["succeeded", "succeeded", "failed"]
-    verified = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "audit", "verify", str(tmp_path), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert_trail_verifies(tmp_path, "--json")
 
 
 def test_a_batch_the_trail_cannot_take_is_refused_and_sent_again(tmp_path: Path) -> None:

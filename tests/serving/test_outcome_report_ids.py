@@ -10,8 +10,6 @@ answer, real certificates for two callers.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +33,7 @@ from sidecar.client import (
 from tests.helpers import (
     NOTIFIER,
     PROVISIONER,
-    ROOT,
+    assert_trail_verifies,
     grant_request,
     notify_request,
     running_sidecar,
@@ -48,18 +46,6 @@ UNKNOWN = "01a24a69-8228-7000-8f19-46017a570b02"
 
 def _outcomes(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e.get("kind") == "outcome"]
-
-
-def _verify(directory: Path) -> None:
-    verified = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "audit", "verify", str(directory), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def _item(
@@ -94,7 +80,7 @@ def test_a_batch_sent_twice_is_recorded_once(tmp_path: Path) -> None:
     assert list(second.results) == list(first.results)
     assert [e["id"] for e in events] == [r.response.outcome_id for r in first.results]
     assert [e["report_id"] for e in events] == ids
-    _verify(tmp_path)
+    assert_trail_verifies(tmp_path)
 
 
 class _AnswerLost(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # generic only in the stubs
@@ -155,7 +141,7 @@ def test_a_resend_after_a_lost_answer_is_recorded_once(tmp_path: Path) -> None:
     assert sorted(e["decision_id"] for e in events) == sorted(ids)
     assert len({e["report_id"] for e in events}) == 3
     assert reporter.stats.recorded == 3 and reporter.stats.dropped == 0
-    _verify(tmp_path)
+    assert_trail_verifies(tmp_path)
 
 
 def test_a_batch_answered_too_late_is_sent_again_and_recorded_once(tmp_path: Path) -> None:
@@ -178,7 +164,7 @@ def test_a_batch_answered_too_late_is_sent_again_and_recorded_once(tmp_path: Pat
     assert reporter.stats.recorded == 3 and reporter.stats.dropped == 0, reporter.stats
     assert reporter.stats.batches >= 2  # the late one, then its resend
     assert [r.recorded for r in told] == [True] * 3
-    _verify(tmp_path)
+    assert_trail_verifies(tmp_path)
 
 
 def test_the_async_reporter_sends_a_late_batch_again_too(tmp_path: Path) -> None:
@@ -199,7 +185,7 @@ def test_the_async_reporter_sends_a_late_batch_again_too(tmp_path: Path) -> None
     assert proxy.dropped == 1
     assert sorted(e["decision_id"] for e in events) == sorted(ids)
     assert stats.recorded == 3 and stats.dropped == 0, stats
-    _verify(tmp_path)
+    assert_trail_verifies(tmp_path)
 
 
 def test_a_report_id_reused_or_malformed_is_refused_naming_it(tmp_path: Path) -> None:

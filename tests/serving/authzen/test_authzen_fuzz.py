@@ -14,8 +14,6 @@ Properties, on one real sidecar (the example bundle) and its real trail:
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import NOTIFIER, PROVISIONER, ROOT, Running, running_sidecar
+from tests.fuzzing import assert_named, json_values
+from tests.helpers import NOTIFIER, PROVISIONER, Running, assert_trail_verifies, running_sidecar
 from tests.serving.authzen.authzen_client import Pdp
-from tests.serving.test_fuzz_outcomes import _assert_named
 
 PATHS = [
     "/access/v1/evaluation",
@@ -41,11 +39,7 @@ texts = st.one_of(
     st.text(max_size=12),
     st.text(alphabet="\x00\x1b\n\u202e\ud7ff\U0001f600:.[]' x", max_size=6),
 )
-values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | texts,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
-    max_leaves=8,
-)
+values = json_values(texts)
 entities = st.one_of(
     values,
     st.fixed_dictionaries(
@@ -168,7 +162,7 @@ def test_every_endpoint_answers_200_or_400_naming_the_field(
     event(f"{path} {reply.status}")
     if reply.status == 400:
         assert reply.headers["content-type"].startswith("text/plain"), reply.headers
-        _assert_named(reply.text.strip())
+        assert_named(reply.text.strip())
         return
     answer = reply.json()
     if path == "/access/v1/evaluation":
@@ -198,12 +192,4 @@ def test_still_serving_and_the_trail_verifies(served: tuple[Running, Pdp]) -> No
     )
     assert reply.status == 200 and reply.json()["decision"] is True
     running.sidecar.stop(grace=1.0)
-    verified = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "audit", "verify", str(running.audit)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert_trail_verifies(running.audit)
