@@ -37,7 +37,7 @@ from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
 from sidecar.audit.workers import TrailSet, merged
 from sidecar.core.errors import StepguardError
-from sidecar.core.model import cedar_unescape
+from sidecar.core.model import EntityUid, cedar_unescape
 from sidecar.core.textsafe import escape
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
@@ -224,9 +224,9 @@ def _entity(value: Any) -> Any:
 
 
 def _uid(value: Any) -> str:
+    """A recorded reference as Cedar writes it (`EntityUid`: escaped, printable)."""
     if isinstance(value, dict) and "type" in value:
-        escaped = str(value.get("id", "")).replace("\\", "\\\\").replace('"', '\\"')
-        return f'{value["type"]}::"{escaped}"'
+        return str(EntityUid(str(value["type"]), str(value.get("id", ""))))
     return ""
 
 

@@ -38,6 +38,7 @@ import cedarpy
 
 from sidecar.authoring.schematypes import Type, Types, union
 from sidecar.core.cedartext import Part, blank, policy_parts, position, split_policies
+from sidecar.core.model import EntityUid
 
 # --- the analysis -------------------------------------------------------------------
 
@@ -105,7 +106,9 @@ class _Walker:
             uid = arg["__entity"]
             if (str(uid.get("type")), str(uid.get("id"))) in self.stored:
                 return ""
-            return f'{uid.get("type")}::"{uid.get("id")}" is not in the entity store'
+            return (
+                f"{EntityUid(str(uid.get('type')), str(uid.get('id')))} is not in the entity store"
+            )
         names = " or ".join(sorted(t[1])) or "an entity"
         return f"{_text(e)} is a {names} that may not be in the entity store"
 
@@ -190,7 +193,8 @@ def _text(e: Any) -> str:
         if op == "Var":
             return str(arg)
         if op == "Value" and isinstance(arg, dict) and "__entity" in arg:
-            return f'{arg["__entity"].get("type")}::"{arg["__entity"].get("id")}"'
+            ref = arg["__entity"]
+            return str(EntityUid(str(ref.get("type")), str(ref.get("id"))))
         if op == ".":
             return f"{_text(arg['left'])}.{arg['attr']}"
     return "(expression)"

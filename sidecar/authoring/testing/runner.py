@@ -50,7 +50,7 @@ from sidecar.core.engine import evaluate
 from sidecar.core.errors import BundleError, InvalidRequest, StepguardError
 from sidecar.core.explain import explain
 from sidecar.core.jsonreq import request_from_json
-from sidecar.core.model import AuthzRequest, PolicyErrors, Result
+from sidecar.core.model import AuthzRequest, EntityUid, PolicyErrors, Result
 from sidecar.core.plan import StepVerdict, plan_step
 from sidecar.core.planreq import plan_from_json, plan_from_proto
 from sidecar.core.validate import Limits, request_from_proto
@@ -330,7 +330,7 @@ def describe(request: Mapping[str, Any], now: datetime | None) -> str:
         if isinstance(value, dict):
             inner = value.get("__entity", value)
             if isinstance(inner, dict):
-                return f'{inner.get("type")}::"{inner.get("id")}"'
+                return str(EntityUid(str(inner.get("type")), str(inner.get("id"))))
         return str(value)
 
     text = " ".join(uid(request.get(k)) for k in ("principal", "action", "resource"))

@@ -27,7 +27,7 @@ import yaml
 from sidecar.authoring.testing.results import Expect
 from sidecar.core import safeyaml
 from sidecar.core.errors import StepguardError
-from sidecar.core.model import Decision, cedar_unescape
+from sidecar.core.model import Decision, EntityUid, cedar_unescape
 from sidecar.core.policyparse import parse_iso_duration
 
 _UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
@@ -532,7 +532,7 @@ def _label(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and "type" in value and "id" in value:
-        return f'{value["type"]}::"{value["id"]}"'
+        return str(EntityUid(str(value["type"]), str(value["id"])))
     if isinstance(value, list):
         return "+".join(_label(v) for v in value)
     text = json.dumps(_plain(value), separators=(",", ":"), sort_keys=True)
