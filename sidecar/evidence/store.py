@@ -403,20 +403,26 @@ def _write_grants(db: sqlite3.Connection, grants: list[tuple[Any, ...]]) -> None
 
 def _leavers(store: Store) -> None:
     """Each leaver run, each identity its steps named, and every access that identity
-    held when the run began (its first decision: the leaver event)."""
+    held when the run began (its first decision: the leaver event).
+
+    The identities are looked up run by run (`outcomes_run`), from the leaver runs
+    only: read as the distinct (run, identity) of every outcome first, they cost a
+    pass over all the outcomes. Rows go in by run, identity, workflow, then as the
+    grants index gives them (target, n), the order the pass gave them."""
     db = store.db
     workflows = sorted(store.options.leavers)
     marks = ",".join("?" * len(workflows))
     db.execute(  # only placeholders are formatted in; the values are bound
         f"""
         INSERT OR IGNORE INTO leavers
-        SELECT r.run, r.workflow, o.identity, r.leaver_at, g.n
-        FROM (SELECT workflow, run, MIN(time) AS leaver_at FROM decisions
-              WHERE workflow IN ({marks}) AND run != '' GROUP BY workflow, run) AS r
-        JOIN (SELECT DISTINCT run, identity FROM outcomes WHERE identity != '') AS o
-             ON o.run = r.run
-        LEFT JOIN grants AS g ON g.identity = o.identity AND g.opened_at <= r.leaver_at
-             AND (g.closed_at IS NULL OR g.closed_at > r.leaver_at)
+        SELECT l.run, l.workflow, l.identity, l.leaver_at, g.n
+        FROM (SELECT DISTINCT r.run, r.workflow, o.identity, r.leaver_at
+              FROM (SELECT workflow, run, MIN(time) AS leaver_at FROM decisions
+                    WHERE workflow IN ({marks}) AND run != '' GROUP BY workflow, run) AS r
+              JOIN outcomes AS o ON o.run = r.run AND o.identity != '') AS l
+        LEFT JOIN grants AS g ON g.identity = l.identity AND g.opened_at <= l.leaver_at
+             AND (g.closed_at IS NULL OR g.closed_at > l.leaver_at)
+        ORDER BY l.run, l.identity, l.workflow, g.target, g.n
         """,  # noqa: S608
         workflows,
     )

@@ -256,6 +256,18 @@ _AT_EXPIRY = [
 ]
 
 
+# The leaver rows as `_leavers` found them before it looked identities up run by run.
+_LEAVERS = """
+SELECT r.run, r.workflow, o.identity, r.leaver_at, g.n
+FROM (SELECT workflow, run, MIN(time) AS leaver_at FROM decisions
+      WHERE workflow IN ({marks}) AND run != '' GROUP BY workflow, run) AS r
+JOIN (SELECT DISTINCT run, identity FROM outcomes WHERE identity != '') AS o
+     ON o.run = r.run
+LEFT JOIN grants AS g ON g.identity = o.identity AND g.opened_at <= r.leaver_at
+     AND (g.closed_at IS NULL OR g.closed_at > r.leaver_at)
+"""
+
+
 @settings(max_examples=500, deadline=None)
 @example(plan=_AT_EXPIRY, now_minute=6, paired=True)
 @given(plan=steps, now_minute=st.integers(0, 10), paired=st.booleans())
@@ -269,6 +281,19 @@ def test_the_replay_makes_the_grants_the_reference_makes(
         want = reference(store.db, now, lifecycle)
         replay_access(store)
         got = store.db.execute("SELECT * FROM grants ORDER BY n").fetchall()
+        store.db.execute(  # as store.SCHEMA makes `leavers`
+            "CREATE TABLE leavers_before (run TEXT, workflow TEXT, identity TEXT, "
+            "leaver_at TEXT, grant_n INTEGER, PRIMARY KEY (run, identity, grant_n))"
+        )
+        workflows = sorted(store.options.leavers)
+        marks = ",".join("?" * len(workflows))
+        store.db.execute(
+            f"INSERT OR IGNORE INTO leavers_before {_LEAVERS.format(marks=marks)}", workflows
+        )
+        # The leaver rows, in the order they went in (what no ORDER BY reads them in).
+        leavers = store.db.execute("SELECT * FROM leavers ORDER BY rowid").fetchall()
+        leavers_before = store.db.execute("SELECT * FROM leavers_before ORDER BY rowid").fetchall()
     finally:
         store.close()
     assert got == want
+    assert leavers == leavers_before
