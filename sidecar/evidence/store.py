@@ -290,13 +290,10 @@ def replay_access(store: Store, lap: Callable[[str], None] | None = None) -> Non
     Streams: only the accesses open at the moment are held in memory; a closed one
     is written out in the next batch. Every succeeded change of a large trail passes
     through this loop (3.8 million at 10 million events), so each row's effect is read
-    inline, once: what it closed (entitlements removed, a credential revoked, an
-    account disabled or deleted), then what it opened (entitlements added, a
-    credential issued with its expiry, an account created). An open access is one
-    tuple (its grants row's columns up to its expiry, then its reference and its
-    creator), a closed one its grants row, so nothing is copied or re-dumped later.
-    A change that names no identity changes nothing the evidence can attribute:
-    `CHANGING` leaves it out."""
+    inline, once: what it closed, then what it opened. An open access is one tuple
+    (its grants row's columns up to its expiry, then its reference and its creator),
+    a closed one its grants row. A change that names no identity changes nothing the
+    evidence can attribute: `CHANGING` leaves it out."""
     db, now, lifecycle = store.db, store.now, store.options.lifecycle
     closing = closers(lifecycle)
     creators = frozenset(str(u) for u in lifecycle.creates) if lifecycle else frozenset()
@@ -331,7 +328,7 @@ def replay_access(store: Store, lap: Callable[[str], None] | None = None) -> Non
         account,
         ref,
     ) in db.execute(CHANGING):
-        # What it closed (`changes`: entitlements, then a credential, then an account).
+        # What it closed: entitlements removed, a credential revoked, an account ended.
         if removed != "[]" or cred_change == "revoked" or account in ("disabled", "deleted"):
             closed: list[Key] = (
                 [("entitlement", identity, target, name) for name in loads(removed)]
@@ -359,7 +356,8 @@ def replay_access(store: Store, lap: Callable[[str], None] | None = None) -> Non
                     or held[10] in closing[action]
                 ):
                     close(key, held, at, "revoked", by=oid, ref=ref)
-        # What it opened, each with its expiry (a credential's).
+        # What it opened: entitlements added, a credential issued (with its expiry), an
+        # account created.
         if added != "[]" or cred_change == "issued" or account == "created":
             opened: list[tuple[Key, str]] = (
                 [(("entitlement", identity, target, name), "") for name in loads(added)]
@@ -406,9 +404,8 @@ def _leavers(store: Store) -> None:
     held when the run began (its first decision: the leaver event).
 
     The identities are looked up run by run (`outcomes_run`), from the leaver runs
-    only: read as the distinct (run, identity) of every outcome first, they cost a
-    pass over all the outcomes. Rows go in by run, identity, workflow, then as the
-    grants index gives them (target, n), the order the pass gave them."""
+    only, not as the distinct (run, identity) of every outcome. Rows go in in the
+    order that pass gave them: run, identity, workflow, target, n."""
     db = store.db
     workflows = sorted(store.options.leavers)
     marks = ",".join("?" * len(workflows))
