@@ -121,7 +121,8 @@ def run_size(
 ) -> dict[str, Any]:
     trail = work / f"trail-{events}"
     written_file = work / f"trail-{events}.json"  # what generate() said of it
-    if reuse and trail.exists() and written_file.exists():
+    reused = reuse and trail.exists() and written_file.exists()
+    if reused:
         written = json.loads(written_file.read_text())
         print(f"reusing {trail}: {written}", file=sys.stderr, flush=True)
     else:
@@ -144,7 +145,7 @@ def run_size(
         raise SystemExit(f"the child failed:\n{out.stderr}")
     figures: dict[str, Any] = json.loads(out.stdout)
     print(f"  {figures}", file=sys.stderr, flush=True)
-    if not keep:
+    if not keep and not reused:  # a trail reused is kept: it was kept for reuse
         shutil.rmtree(trail)
         written_file.unlink(missing_ok=True)
     return {"events": events, "generated": written, **figures, "now": now}

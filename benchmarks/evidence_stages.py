@@ -63,8 +63,9 @@ def stage_costs(trail: Path, records: int = 200_000) -> dict[str, Any]:
     db = sqlite3.connect(":memory:")
     db.execute(f"CREATE TABLE decisions ({DECISION_COLUMNS})")
     db.execute(f"CREATE TABLE outcomes ({OUTCOME_COLUMNS})")
-    insert_d = "INSERT INTO decisions VALUES (" + ",".join("?" * 19) + ")"
-    insert_o = "INSERT INTO outcomes VALUES (" + ",".join("?" * 25) + ")"
+    # As many marks as the tables have columns (a column added to rows.py is counted).
+    insert_d = "INSERT INTO decisions VALUES (" + ",".join("?" * _width(DECISION_COLUMNS)) + ")"
+    insert_o = "INSERT INTO outcomes VALUES (" + ",".join("?" * _width(OUTCOME_COLUMNS)) + ")"
     loads, dumps, sha256, clock = orjson.loads, orjson.dumps, hashlib.sha256, time.perf_counter
     sort = orjson.OPT_SORT_KEYS
     builder = Rows()
@@ -121,3 +122,8 @@ def _clock_cost(clock: Any, reads: int = 100_000) -> float:
 
 
 __all__ = ["STAGES", "stage_costs"]
+
+
+def _width(columns: str) -> int:
+    """How many columns a rows.py column list declares."""
+    return columns.count(",") + 1

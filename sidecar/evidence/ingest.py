@@ -341,10 +341,15 @@ def _finish(child: subprocess.Popen[bytes]) -> list[ChainStatus]:
 
 
 def _copy_in(db: sqlite3.Connection, path: str, number: int) -> None:
+    """A chain's rows and facts into the store. A plain `INSERT ... SELECT *` between
+    tables of one shape, with no index or constraint, copies the records as they are
+    (SQLite's transfer optimization); with `OR IGNORE` (which has nothing to ignore:
+    the tables have no constraint) it did so only into an empty table and decoded
+    and re-encoded every row of every later chain, 2.6 times the CPU."""
     db.execute("ATTACH DATABASE ? AS chain", (path,))
     try:
-        db.execute("INSERT OR IGNORE INTO main.decisions SELECT * FROM chain.decisions")
-        db.execute("INSERT OR IGNORE INTO main.outcomes SELECT * FROM chain.outcomes")
+        db.execute("INSERT INTO main.decisions SELECT * FROM chain.decisions")
+        db.execute("INSERT INTO main.outcomes SELECT * FROM chain.outcomes")
         db.execute(
             "INSERT INTO main.inventory_actions SELECT workflow, action, n, allowed, approved, "
             "first_time, first_run, file, line, seq, ? FROM chain.inventory_actions",

@@ -18,8 +18,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from benchmarks.evidence_bench import ANSWERS, _trail_end, child
-from benchmarks.evidence_stages import stage_costs
+from benchmarks.evidence_bench import ANSWERS, _trail_end, child, run_size
+from benchmarks.evidence_stages import CHUNK, stage_costs
 from benchmarks.evidence_trail import Shape, generate, iter_lines
 from sidecar.core.event import CallMeta, build_outcome_event
 from sidecar.core.outcome import Effect, Outcome
@@ -104,3 +104,27 @@ def test_the_stage_timing_refuses_a_trail_whose_records_do_not_verify(tmp_path: 
     segment.write_bytes(b"".join(lines))
     with pytest.raises(SystemExit, match="record 5 "):
         stage_costs(trail)
+
+
+def test_a_reused_trail_is_kept(tmp_path: Path) -> None:
+    """`--reuse` loads a trail an earlier `--keep` run left; without `--keep` it must not
+    delete it (the kept 10M trail takes minutes to generate again)."""
+    first = run_size(3_000, tmp_path, workers=2, keep=True)
+    trail = tmp_path / "trail-3000"
+    before = sorted(p.name for p in trail.iterdir())
+    again = run_size(3_000, tmp_path, workers=2, keep=False, reuse=True)
+    assert sorted(p.name for p in trail.iterdir()) == before
+    assert (tmp_path / "trail-3000.json").exists()
+    assert again["generated"] == first["generated"]  # reused, not generated again
+    run_size(3_000, tmp_path, workers=2, keep=False)  # not reused: generated, then deleted
+    assert not trail.exists()
+
+
+def test_the_stage_timing_inserts_rows_as_wide_as_the_stores(tmp_path: Path) -> None:
+    """Past the first CHUNK rows the stages insert into tables made from rows.py's
+    columns: a row wider or narrower than the table would fail there."""
+    trail = tmp_path / "trail"
+    generate(trail, Shape(2 * CHUNK + 2_000, workers=1, population=80), processes=1)
+    stages = stage_costs(trail)
+    assert stages["records"] > CHUNK  # an insert was timed, not only row building
+    assert stages["us_per_record"]["insert"] > 0
