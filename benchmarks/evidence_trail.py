@@ -434,7 +434,7 @@ class Shard:
         held = self.active[who]
         approver = self.rng.choice(APPROVERS)
         wf = "mover"
-        old = [(t, e) for t, ents in held.items() for e in ents]
+        old = [(t, e) for t, ents in held.items() for e in sorted(ents)]  # not set order
         if old:
             target, ent = self.rng.choice(old)
             effect = {"entitlements_removed": [ent], "identity": ident, "target_system": target}

@@ -9,11 +9,13 @@ own builders give them. The benchmark's child then loads it and answers.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -128,3 +130,45 @@ def test_the_stage_timing_inserts_rows_as_wide_as_the_stores(tmp_path: Path) -> 
     stages = stage_costs(trail)
     assert stages["records"] > CHUNK  # an insert was timed, not only row building
     assert stages["us_per_record"]["insert"] > 0
+
+
+def test_the_same_seed_and_shape_write_the_same_trail_in_any_process(tmp_path: Path) -> None:
+    """`--reuse` trusts that a kept trail is the one the seed and shape write: two
+    processes with different string hashing write the same records (all but what
+    the real chain writer draws itself: each segment header's id, a UUIDv7 of the
+    wall clock, and so the hashes that chain over it)."""
+    script = (
+        "import sys; from pathlib import Path; "
+        "from benchmarks.evidence_trail import Shape, generate; "
+        "generate(Path(sys.argv[1]), Shape(4_000, workers=2, rotate_bytes=1 << 20, "
+        "population=40), processes=1)"
+    )
+    digests = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"hash-{seed}"
+        subprocess.run(
+            [sys.executable, "-c", script, str(out)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+            timeout=300,
+        )
+        files = sorted(p for p in out.rglob("*.jsonl*") if not p.name.endswith(".head"))
+        digests.append({p.relative_to(out).as_posix(): _records(p) for p in files})
+    assert digests[0].keys() == digests[1].keys() and digests[0]
+    changed = [name for name in digests[0] if digests[0][name] != digests[1][name]]
+    assert not changed, changed
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """A segment's records without what the chain writer draws (see above)."""
+    out = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        for drawn in ("seq", "prev", "hash"):
+            record.pop(drawn)
+        if record["kind"] == "segment":
+            record.pop("id")
+            record.pop("follows")
+        out.append(record)
+    return out
