@@ -27,7 +27,6 @@ import csv
 import fnmatch
 import io
 import json
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,10 +36,9 @@ from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
 from sidecar.audit.workers import TrailSet, merged
 from sidecar.core.errors import StepguardError
-from sidecar.core.model import EntityUid, cedar_unescape
+from sidecar.core.model import UID_TEXT, EntityUid
 from sidecar.core.textsafe import escape
 
-_UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 # The table's columns; CSV splits workflow/run/step into three (CSV_COLUMNS).
 COLUMNS = (
     "time",
@@ -67,9 +65,9 @@ class EntityFilter:
 
     @classmethod
     def parse(cls, text: str) -> EntityFilter:
-        m = _UID.fullmatch(text)
-        if m:
-            return cls(m["type"], cedar_unescape(m["id"]))
+        uid = EntityUid.parse(text)
+        if uid is not None:
+            return cls(uid.type, uid.id)
         return cls(None, text)
 
     def matches(self, uid: Any) -> bool:
@@ -157,7 +155,7 @@ class Query:
 def _action_matches(action: Any, want: str) -> bool:
     if not isinstance(action, dict):
         return False
-    m = _UID.fullmatch(want)
+    m = UID_TEXT.fullmatch(want)
     if m:
         return bool(action.get("type") == m["type"] and action.get("id") == m["id"])
     return fnmatch.fnmatchcase(str(action.get("id", "")), want)

@@ -22,11 +22,10 @@ from typing import Any
 from sidecar.authoring.schematypes import Types, schema_types
 from sidecar.core.bundle import Bundle
 from sidecar.core.errors import StepguardError
-from sidecar.core.model import EntityUid, cedar_unescape
+from sidecar.core.model import EntityUid
 from sidecar.core.suggest import closest, did_you_mean
 from sidecar.core.validate import TYPED_CONTEXT
 
-_UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 _TYPE = re.compile(r"[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*")
 
 # The JSON request form (sidecar/core/jsonreq.py): the keys it reads at each place.
@@ -48,9 +47,9 @@ _NESTED_KEYS = {
 def resolve(text: str, flag: str, bundle: Bundle, types: Types | None) -> dict[str, str]:
     """`--principal`/`--action`/`--resource` text -> the request form `{type, id}`."""
     role = flag.lstrip("-")
-    m = _UID.fullmatch(text)
-    if m:
-        return {"type": m["type"], "id": cedar_unescape(m["id"])}
+    uid = EntityUid.parse(text)
+    if uid is not None:
+        return uid.to_json()
     known_types = _action_types(bundle) if role == "action" else set(bundle.entity_types)
     prefix, sep, rest = text.rpartition("::")
     if sep and _TYPE.fullmatch(prefix):

@@ -36,7 +36,6 @@ at its line and column, `parse` raises the first as a `BundleError`.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -48,7 +47,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from sidecar.core import safeyaml
 from sidecar.core.bundlefiles import LIFECYCLE_FILE
 from sidecar.core.errors import BundleError
-from sidecar.core.model import EntityUid
+from sidecar.core.model import UID_TEXT, EntityUid
 
 __all__ = [
     "EFFECT_FIELDS",
@@ -141,7 +140,6 @@ class Finding:
 
 _TOP_KEYS = ("creates", "removes", "pairs", "leaver_workflows")
 _PAIR_KEYS = ("create", "closed_by")
-_UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 
@@ -274,7 +272,7 @@ class _Reader:
 
     def action(self, node: Node, name: str, where: str) -> EntityUid | None:
         """The schema's action a name means: a bare id (`grant_access`) or `Type::"id"`."""
-        m = _UID.fullmatch(name)
+        m = UID_TEXT.fullmatch(name)
         if m:
             uid = EntityUid(m["type"], m["id"].replace('\\"', '"').replace("\\\\", "\\"))
             found = [uid] if uid in self.actions else []

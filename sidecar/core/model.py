@@ -25,6 +25,8 @@ CedarJson = Any
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
 _UNESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": "\0"}
 _ESCAPE = re.compile(r"\\(?:u\{([0-9a-fA-F]{1,6})\}|(.))", re.DOTALL)
+# `Type::"id"` as Cedar writes a reference (the id still escaped).
+UID_TEXT = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 
 
 def cedar_unescape(text: str) -> str:
@@ -60,6 +62,13 @@ class EntityUid:
                 c if c.isprintable() else _ESCAPES.get(c) or f"\\u{{{ord(c):x}}}" for c in escaped
             )
         return f'{self.type}::"{escaped}"'
+
+    @classmethod
+    def parse(cls, text: str) -> EntityUid | None:
+        """The reference `Type::"id"` names (Cedar's escapes undone), None when `text` is
+        not one: what `str()` writes, read back."""
+        m = UID_TEXT.fullmatch(text)
+        return cls(m["type"], cedar_unescape(m["id"])) if m else None
 
     def to_json(self) -> dict[str, str]:
         return {"type": self.type, "id": self.id}

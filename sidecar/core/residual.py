@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.core.model import EntityUid, cedar_unescape
+from sidecar.core.model import EntityUid
 from sidecar.core.validate import (
     datetime_text,
     from_ms,
@@ -112,9 +112,6 @@ def condition_value(
     return True, out
 
 
-_UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
-
-
 _NAMED_UNKNOWN = re.compile(r'"unknown": \[\{"Value": "[^"]*::')
 
 
@@ -126,9 +123,8 @@ def _absent_entities(node: Est, paths: frozenset[str]) -> Est:
         return node
     name = unknown_name(node)
     if name is not None:
-        m = _UID.fullmatch(name)
-        if name not in paths and m is not None:
-            uid = EntityUid(m["type"], cedar_unescape(m["id"]))
+        uid = EntityUid.parse(name) if name not in paths else None
+        if uid is not None:
             return {"Value": {"__entity": uid.to_json()}}
         return node
     return {k: _absent_entities(v, paths) for k, v in node.items()}

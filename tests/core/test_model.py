@@ -51,3 +51,4 @@ def test_an_entity_reference_prints_as_cedar_names_it_and_printably(ident: str, 
     # And read back (the CLI's `Type::"id"`, test suites, residuals): the same id.
     assert resolve(text, "--principal", BUNDLE, None) == {"type": "User", "id": ident}
     assert cedar_unescape(text[len('User::"') : -1]) == ident
+    assert EntityUid.parse(text) == uid

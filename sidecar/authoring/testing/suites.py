@@ -27,10 +27,9 @@ import yaml
 from sidecar.authoring.testing.results import Expect
 from sidecar.core import safeyaml
 from sidecar.core.errors import StepguardError
-from sidecar.core.model import Decision, EntityUid, cedar_unescape
+from sidecar.core.model import Decision, EntityUid
 from sidecar.core.policyparse import parse_iso_duration
 
-_UID = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 _SUITE_KEYS = {
     "name",
     "description",
@@ -331,9 +330,9 @@ class _Builder:
 
     def _entity(self, value: Any, kind: str, where: str, seen: tuple[str, ...] = ()) -> Any:
         if isinstance(value, str):
-            m = _UID.fullmatch(value)
-            if m:
-                return {"type": m["type"], "id": cedar_unescape(m["id"])}
+            uid = EntityUid.parse(value)
+            if uid is not None:
+                return uid.to_json()
             _no_cycle(kind, value, seen, where)
             found = self.fixtures[kind].get(value)
             if found is None:
@@ -353,9 +352,9 @@ class _Builder:
             if value in self.fixtures["actions"]:
                 _no_cycle("actions", value, seen, where)
                 return self._action(self.fixtures["actions"][value], where, (*seen, value))
-            m = _UID.fullmatch(value)
-            if m:
-                return {"type": m["type"], "id": cedar_unescape(m["id"])}
+            uid = EntityUid.parse(value)
+            if uid is not None:
+                return uid.to_json()
             return {"type": self.action_type, "id": value}
         if isinstance(value, dict):
             return value
