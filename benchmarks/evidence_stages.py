@@ -36,8 +36,13 @@ import orjson
 from sidecar.audit.chain import DOMAIN
 from sidecar.audit.files import open_read
 from sidecar.audit.workers import collect_sets
-from sidecar.evidence.ingest import DECISION_COLUMNS, OUTCOME_COLUMNS
-from sidecar.evidence.rows import Rows
+from sidecar.evidence.rows import (
+    DECISION_COLUMNS,
+    DECISION_WIDTH,
+    OUTCOME_COLUMNS,
+    OUTCOME_WIDTH,
+    Rows,
+)
 
 STAGES = ("parse", "canonical", "hash", "rows", "insert")
 CHUNK = 5000
@@ -64,8 +69,8 @@ def stage_costs(trail: Path, records: int = 200_000) -> dict[str, Any]:
     db.execute(f"CREATE TABLE decisions ({DECISION_COLUMNS})")
     db.execute(f"CREATE TABLE outcomes ({OUTCOME_COLUMNS})")
     # As many marks as the tables have columns (a column added to rows.py is counted).
-    insert_d = "INSERT INTO decisions VALUES (" + ",".join("?" * _width(DECISION_COLUMNS)) + ")"
-    insert_o = "INSERT INTO outcomes VALUES (" + ",".join("?" * _width(OUTCOME_COLUMNS)) + ")"
+    insert_d = "INSERT INTO decisions VALUES (" + ",".join("?" * DECISION_WIDTH) + ")"
+    insert_o = "INSERT INTO outcomes VALUES (" + ",".join("?" * OUTCOME_WIDTH) + ")"
     loads, dumps, sha256, clock = orjson.loads, orjson.dumps, hashlib.sha256, time.perf_counter
     sort = orjson.OPT_SORT_KEYS
     builder = Rows()
@@ -122,8 +127,3 @@ def _clock_cost(clock: Any, reads: int = 100_000) -> float:
 
 
 __all__ = ["STAGES", "stage_costs"]
-
-
-def _width(columns: str) -> int:
-    """How many columns a rows.py column list declares."""
-    return columns.count(",") + 1

@@ -46,7 +46,14 @@ from sidecar.audit.workers import TrailSet
 from sidecar.core.errors import StepguardError
 from sidecar.evidence.facts import TABLES as FACT_TABLES
 from sidecar.evidence.facts import Facts
-from sidecar.evidence.rows import DECISION_COLUMNS, OUTCOME_COLUMNS, Rows, parse_time
+from sidecar.evidence.rows import (
+    DECISION_COLUMNS,
+    DECISION_WIDTH,
+    OUTCOME_COLUMNS,
+    OUTCOME_WIDTH,
+    Rows,
+    parse_time,
+)
 from sidecar.evidence.verification import ChainStatus, Verification, status_of
 from sidecar.evidence.walk import walk_intact
 
@@ -54,8 +61,8 @@ BATCH = 5000
 # Below this many bytes of segments in all, chains are loaded in this process.
 PARALLEL_BYTES = 64 << 20
 
-_INSERT_DECISION = "INSERT OR IGNORE INTO decisions VALUES (" + ",".join("?" * 19) + ")"  # noqa: S608
-_INSERT_OUTCOME = "INSERT OR IGNORE INTO outcomes VALUES (" + ",".join("?" * 26) + ")"  # noqa: S608
+_INSERT_DECISION = f"INSERT OR IGNORE INTO decisions VALUES ({','.join('?' * DECISION_WIDTH)})"  # noqa: S608
+_INSERT_OUTCOME = f"INSERT OR IGNORE INTO outcomes VALUES ({','.join('?' * OUTCOME_WIDTH)})"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,9 @@ OUTCOME_COLUMNS = (
     "expires_at TEXT, account TEXT, violation TEXT, file TEXT, line INTEGER, seq INTEGER, "
     "reporter TEXT, report_id TEXT"
 )
+# How many values a row of each table holds (what `Rows` builds; inserts bind as many).
+DECISION_WIDTH = DECISION_COLUMNS.count(",") + 1
+OUTCOME_WIDTH = OUTCOME_COLUMNS.count(",") + 1
 BREAK_GLASS_PREFIX = "BG-"
 
 
@@ -208,4 +211,11 @@ def _names(value: Any) -> str:
     return orjson.dumps([v for v in value if isinstance(v, str)]).decode()
 
 
-__all__ = ["DECISION_COLUMNS", "OUTCOME_COLUMNS", "Rows", "parse_time"]
+__all__ = [
+    "DECISION_COLUMNS",
+    "DECISION_WIDTH",
+    "OUTCOME_COLUMNS",
+    "OUTCOME_WIDTH",
+    "Rows",
+    "parse_time",
+]
