@@ -36,7 +36,7 @@ from sidecar.audit.files import open_read
 from sidecar.audit.segments import Trail
 from sidecar.audit.workers import TrailSet, merged
 from sidecar.core.errors import StepguardError
-from sidecar.core.model import UID_TEXT, EntityUid
+from sidecar.core.model import EntityUid
 from sidecar.core.textsafe import escape
 
 # The table's columns; CSV splits workflow/run/step into three (CSV_COLUMNS).
@@ -155,9 +155,9 @@ class Query:
 def _action_matches(action: Any, want: str) -> bool:
     if not isinstance(action, dict):
         return False
-    m = UID_TEXT.fullmatch(want)
-    if m:
-        return bool(action.get("type") == m["type"] and action.get("id") == m["id"])
+    uid = EntityUid.parse(want)  # its id unescaped, as the entity filters read theirs
+    if uid is not None:
+        return bool(action.get("type") == uid.type and action.get("id") == uid.id)
     return fnmatch.fnmatchcase(str(action.get("id", "")), want)
 
 

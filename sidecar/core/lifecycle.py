@@ -47,7 +47,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from sidecar.core import safeyaml
 from sidecar.core.bundlefiles import LIFECYCLE_FILE
 from sidecar.core.errors import BundleError
-from sidecar.core.model import UID_TEXT, EntityUid
+from sidecar.core.model import EntityUid
 
 __all__ = [
     "EFFECT_FIELDS",
@@ -272,9 +272,8 @@ class _Reader:
 
     def action(self, node: Node, name: str, where: str) -> EntityUid | None:
         """The schema's action a name means: a bare id (`grant_access`) or `Type::"id"`."""
-        m = UID_TEXT.fullmatch(name)
-        if m:
-            uid = EntityUid(m["type"], m["id"].replace('\\"', '"').replace("\\\\", "\\"))
+        uid = EntityUid.parse(name)  # its id unescaped as Cedar writes it (`str(EntityUid)`)
+        if uid is not None:
             found = [uid] if uid in self.actions else []
         else:
             found = sorted(

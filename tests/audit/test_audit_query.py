@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sidecar.audit.query import Query
 from sidecar.cli.exitcodes import EXIT_OK
 from sidecar.cli.main import main
 from sidecar.client import StepguardClient
+from sidecar.core.model import EntityUid
 from sidecar.core.textsafe import is_safe
 from tests.helpers import grant_request, notify_request, running_sidecar
 
@@ -132,3 +136,16 @@ def test_csv_is_rfc4180_escaped_and_spreadsheet_safe(
     assert query(capsys, str(audit), "--format", "csv") == out
     none = query(capsys, str(audit), "--csv", "--ticket", "nothing")
     assert none == ",".join(rows[0]) + "\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.from_regex(r"[A-Za-z_]\w{0,8}(::[A-Za-z_]\w{0,8})?", fullmatch=True),
+    st.text(max_size=12),
+)
+def test_an_action_written_as_cedar_writes_it_matches_its_events(kind: str, ident: str) -> None:
+    """`--action 'Type::"id"'` takes the id as `str(EntityUid)` writes it (quotes,
+    backslashes and control characters escaped), so every action can be named."""
+    event = {"kind": "decision", "action": {"type": kind, "id": ident}}
+    assert Query(actions=(str(EntityUid(kind, ident)),)).matches(event)
+    assert not Query(actions=(str(EntityUid(kind, ident + "x")),)).matches(event)

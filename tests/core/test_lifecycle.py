@@ -421,3 +421,16 @@ def _coherent(draw: st.DrawFn) -> tuple[str, Lifecycle]:
 def test_a_coherent_declaration_is_read_as_written(case: tuple[str, Lifecycle]) -> None:
     text, expected = case
     assert lifecycle.parse(text, ACTIONS, GROUPS) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=12).filter(lambda i: act(i) not in GROUPS))
+def test_an_action_written_as_cedar_writes_it_is_the_schemas_action(ident: str) -> None:
+    """A declaration's `Action::"id"` takes the id as `str(EntityUid)` writes it (quotes,
+    backslashes and control characters escaped), so any action of the schema can be
+    declared, and only that one."""
+    action = act(ident)
+    document = yaml.safe_dump({"creates": {str(action): "credential"}})
+    assert lifecycle.parse(document, ACTIONS | {action}, GROUPS) == Lifecycle(
+        creates={action: Kind.CREDENTIAL}
+    )
