@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.evidence.answers import Answer, duration_text, grant_rows
+from sidecar.evidence.answers import Answer, acyclic, duration_text, grant_rows
 from sidecar.evidence.store import Store, ref_of, rows
 
 # --- leavers ------------------------------------------------------------------------------
@@ -114,6 +114,7 @@ def leaver_runs(store: Store, *, in_time: bool = True) -> list[LeaverRun]:
     return list(runs.values())
 
 
+@acyclic
 def leavers(store: Store, *, everything: bool = False) -> Answer:
     """Leaver runs whose deprovisioning did not complete on every target the identity
     had access to, every removal that missed its deadline (by how much), and
@@ -190,15 +191,16 @@ def leavers(store: Store, *, everything: bool = False) -> Answer:
         )
     # A leaver is a person: one whose leaver workflow ran twice counts once, and is
     # fully deprovisioned when every run of it found everything closed.
-    people = {i for (i,) in store.db.execute("SELECT DISTINCT identity FROM leavers")}
+    # Counted, not listed: every incomplete one is a leaver (its run is in `leavers`).
+    (people,) = store.db.execute("SELECT COUNT(DISTINCT identity) FROM leavers").fetchone()
     incomplete = {lr.identity for lr in runs if not lr.complete}
-    complete = len(people - incomplete)
+    complete = people - len(incomplete)
     summary = {
-        "leavers": len(people),
+        "leavers": people,
         "fully_deprovisioned": complete,
         "incomplete": sorted(incomplete),
         "missed_deadline": sorted({lr.identity for lr in runs if lr.late}),
-        "revocation_confidence": confidence(complete, len(people)),
+        "revocation_confidence": confidence(complete, people),
     }
     return Answer("leavers", LEAVER_COLUMNS, out, store.verification, summary)
 
@@ -229,6 +231,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
+@acyclic
 def time_to_revoke(store: Store) -> list[dict[str, Any]]:
     """Per target: how long revocations took after the access ended (p50, p95, max),
     with the evidence of the slowest one."""

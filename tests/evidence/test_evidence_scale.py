@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import shutil
 from collections.abc import Callable
@@ -259,5 +260,51 @@ def test_leavers_in_the_story_say_the_same(story_trails: list[Path]) -> None:
         _in_time_left_out(store)
         assert offboarding.leavers(store).rows
         assert parse_time(store.now) == NOW
+    finally:
+        store.close()
+
+
+# --- answers built with the cyclic collector paused ---------------------------------------
+
+
+def test_an_answer_pauses_the_cyclic_collector_and_leaves_it_as_it_found_it(
+    fleet: Path,
+) -> None:
+    """Each answer is built with the collector paused (`answers.acyclic`) and the
+    collector is as it was after: on after an answer, on after one that fails, still
+    off when the caller had turned it off."""
+
+    seen: list[bool] = []
+
+    @answers.acyclic
+    def probe(fail: bool) -> None:
+        seen.append(gc.isenabled())
+        if fail:
+            raise RuntimeError("an answer that fails")
+
+    assert gc.isenabled()
+    probe(False)
+    with pytest.raises(RuntimeError):
+        probe(True)
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:
+        probe(False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    store = _store([fleet])
+    try:
+        for answer in (
+            answers.inventory,
+            answers.open_grants,
+            answers.exceptions,
+            answers.access,
+            offboarding.leavers,
+            offboarding.time_to_revoke,
+        ):
+            answer(store)
+            assert gc.isenabled(), answer.__name__
+            assert getattr(answer, "__wrapped__", None) is not None, answer.__name__
     finally:
         store.close()
