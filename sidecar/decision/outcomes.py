@@ -25,17 +25,35 @@ Only when neither holds the id is the outcome flagged `decision_unknown`.
 A report the client gave a `report_id` is recorded once per (caller identity,
 report_id) while the recorder remembers it (`DEFAULT_REPORTS`, the newest,
 oldest dropped first; only reports whose events the trail took; lost on
-restart): sent again, it gets the first answer and writes nothing; the same id
-with another report is refused (`ReportIdReused`). Keyed by the caller's
-identity, so one caller cannot suppress another's report by sending its id first.
+restart; each worker process its own): sent again, it gets the first answer and
+writes nothing; the same id with another report is refused (`ReportIdReused`).
+Keyed by the caller's identity, so one caller cannot suppress another's report
+by sending its id first.
+
+A report is remembered only once the trail took it, and a resend comes exactly
+when the trail is slow (the client's deadline passed while the first copy was
+being written). So the call writing a report first claims its key (`_claim`:
+one lock, never held while writing or waiting) and lets go only after
+remembering it or failing. A resend that finds the key claimed waits for the
+claim to go, then looks again: remembered (the first answer, or
+`ReportIdReused`; nothing written), or not (the trail refused the first copy:
+it claims and records the report itself). A batch writes its own reports
+first, lets go of their claims, then waits for those another call holds: no
+call waits while holding a claim, so no two wait for each other. A wait is
+bounded (`DEFAULT_REPORT_WAIT_S`); on an event loop's thread there is none, as
+it would hold every call on the loop. A report still claimed then is answered
+as a trail that cannot take it is (AuditError: UNAVAILABLE; send it again),
+and nothing is written for it. A report without an id claims nothing.
 
 Over 500 lines: where a decision is looked for (the index, the trail files)
 and what an outcome is judged and recorded against it belong together; the
-lookup's bounds above are the recorder's.
+lookup's bounds above are the recorder's, and the reports' memory and claims
+are how it records each report once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import mmap
@@ -68,6 +86,11 @@ DEFAULT_INDEX_ENTRIES = 65_536
 # the benchmark's outcomes), so about 7 MiB when full; a resend comes seconds after
 # its first send, and 16,384 is over 10 s of a worker's outcomes.
 DEFAULT_REPORTS = 16_384
+# How long a report waits for another call writing the same report (module doc): the
+# Python clients' default deadline (client/decisions.py, DEFAULT_TIMEOUT_S), after which
+# the caller has usually given up and will send it again. The trail has no write
+# timeout of its own: a write that fails does so at once, one that hangs hangs.
+DEFAULT_REPORT_WAIT_S = 2.0
 DEFAULT_SEGMENTS = 4
 DEFAULT_SCAN_BYTES = 256 * 1024 * 1024
 # A segment's mtime may trail the write of its last line by this much (coarse clocks).
@@ -481,6 +504,35 @@ def _answer(prior: _Remembered, outcome: Outcome) -> Recorded | ReportIdReused:
     return Recorded(prior[0], prior[1], prior[2], prior[3], prior[4])
 
 
+# A claim on reports being written (`OutcomeRecorder._claim`): a lock its call holds
+# from the claim until it has written and remembered them, that waiters acquire with a
+# timeout and release at once. A Lock, not an Event: made for every call that records
+# a report with an id, and an Event costs 1.5 us to make, a Lock 0.1 us.
+_Latch = threading.Lock
+
+
+def _held_latch() -> _Latch:
+    latch = threading.Lock()
+    latch.acquire()
+    return latch
+
+
+class _Claims:
+    """One call's claims: its latch (made at its first claim), the keys it holds, and
+    the reports another call holds (their slots in the batch's answer, their latches)."""
+
+    __slots__ = ("keys", "latch", "waits")
+
+    def __init__(self) -> None:
+        self.latch: _Latch | None = None
+        self.keys: list[tuple[str, str]] = []
+        self.waits: list[tuple[int, _Latch]] = []
+
+
+# A batch's slot for a report another call is writing, until it is answered.
+_IN_FLIGHT = AuditError("the same report is being written by another call")
+
+
 class OutcomeRecorder:
     """Judge and record outcomes into the trail; count them."""
 
@@ -496,6 +548,7 @@ class OutcomeRecorder:
         audit_note: str = "",
         bind_workload_identity: bool = False,
         max_reports: int = DEFAULT_REPORTS,
+        report_wait_s: float = DEFAULT_REPORT_WAIT_S,
     ) -> None:
         self._sink = sink
         self._bind = bind_workload_identity
@@ -514,6 +567,11 @@ class OutcomeRecorder:
         self.max_reports = max_reports
         self._reports_high = max_reports + max(1, max_reports // 8)
         self._reports_lock = threading.Lock()
+        # Reports being written, by the same key, to their writer's latch (`_claim`).
+        self._inflight: dict[tuple[str, str], _Latch] = {}
+        self._inflight_lock = threading.Lock()  # never held while writing or waiting
+        self.report_wait_s = report_wait_s
+        self.waiting = 0  # calls now waiting for another's report (tests, debugging)
 
     def lookup(self, decision_id: str) -> DecisionFacts | None:
         facts = self.index.get(decision_id)
@@ -526,22 +584,108 @@ class OutcomeRecorder:
         (the outcome is then not recorded and the caller should report it again)."""
         started = time.perf_counter()
         report_id = outcome.report_id
-        if report_id:
-            key = (meta.identity, report_id)
-            prior = self._reports.get(key)
-            if prior is not None:  # recorded already: the first answer, nothing written
-                answer = _answer(prior, outcome)
-                if isinstance(answer, ReportIdReused):
-                    raise answer
-                return answer
+        if not report_id:  # nothing to remember it by: no claim either (`_write_one`)
+            at = self._clock()
+            event, recorded = self._judged(outcome, meta, self._ids.next(), at, timestamp(at))
+            self._sink.write(event)
+            self._counter(outcome.status, recorded.violation).inc()
+            self._metrics.outcome_seconds.observe(time.perf_counter() - started)
+            return recorded
+        key = (meta.identity, report_id)
+        prior = self._reports.get(key)
+        if prior is None:  # ours to write, unless another call is writing it (module doc)
+            claims = _Claims()
+            deadline = 0.0
+            while (got := self._claim(key, claims)) is not None:
+                if isinstance(got, tuple):  # remembered: written by the call waited for
+                    prior = got
+                    break
+                deadline = deadline or self._wait_deadline()
+                self._wait_for(got, deadline)
+            else:  # claimed: written here
+                try:
+                    return self._write_one(outcome, meta, started, key)
+                finally:
+                    self._release(claims)
+        answer = _answer(prior, outcome)  # recorded already: the first answer, nothing written
+        if isinstance(answer, ReportIdReused):
+            raise answer
+        return answer
+
+    def _write_one(
+        self,
+        outcome: Outcome,
+        meta: CallMeta,
+        started: float,
+        key: tuple[str, str],
+    ) -> Recorded:
+        """Judge and write one outcome; remember it under `key` (claimed by this call)
+        once the trail took it."""
         at = self._clock()
         event, recorded = self._judged(outcome, meta, self._ids.next(), at, timestamp(at))
         self._sink.write(event)
-        if report_id:
-            self._remember({key: _remembered(recorded, outcome)})
+        self._remember({key: _remembered(recorded, outcome)})
         self._counter(outcome.status, recorded.violation).inc()
         self._metrics.outcome_seconds.observe(time.perf_counter() - started)
         return recorded
+
+    def _claim(self, key: tuple[str, str], claims: _Claims) -> _Remembered | _Latch | None:
+        """The report remembered under `key`; else None once `claims` holds it (this
+        call writes it, and lets go after remembering it: `_release`); else the latch
+        of the call that holds it, to wait for (`_wait_for`) and look again."""
+        with self._inflight_lock:
+            prior = self._reports.get(key)  # a claim is let go only after remembering
+            if prior is not None:
+                return prior
+            latch = claims.latch
+            other = self._inflight.get(key)
+            if other is not None and other is not latch:
+                return other
+            if latch is None:
+                latch = claims.latch = _held_latch()
+            self._inflight[key] = latch
+        claims.keys.append(key)
+        return None
+
+    def _wait_deadline(self) -> float:
+        """Until when a call waits for reports another call is writing: `report_wait_s`
+        from now; now on an event loop's thread (grpc.aio records an outcome inline
+        there), where a wait would hold every other call on the loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return time.monotonic() + self.report_wait_s
+        return time.monotonic()
+
+    def _wait_for(self, other: _Latch, deadline: float) -> None:
+        """Wait until the call holding `other` lets go of its claims; AuditError when it
+        still holds them at `deadline` (the report is not recorded by this call)."""
+        with self._inflight_lock:
+            self.waiting += 1
+        try:
+            left = deadline - time.monotonic()
+            if not (other.acquire(timeout=left) if left > 0 else other.acquire(False)):
+                raise AuditError(
+                    "the same report (its report_id) is still being written by another "
+                    "call; not recorded by this one: send it again"
+                )
+            other.release()  # it was only a signal: the next waiter takes it in turn
+        finally:
+            with self._inflight_lock:
+                self.waiting -= 1
+
+    def _release(self, claims: _Claims) -> None:
+        """Let go of this call's claims (after remembering what the trail took): the
+        calls waiting for them look again."""
+        latch = claims.latch
+        if latch is None:
+            return
+        inflight = self._inflight
+        with self._inflight_lock:
+            for key in claims.keys:
+                if inflight.get(key) is latch:
+                    del inflight[key]
+        latch.release()
 
     def _remember(self, reports: dict[tuple[str, str], _Remembered]) -> None:
         """Remember reports whose events the trail took (a dict update: atomic under
@@ -568,7 +712,43 @@ class OutcomeRecorder:
         time of its own is taken to have run) and the call's bookkeeping (its ids
         drawn together, its counts added once per kind); each outcome is still
         looked up, judged, redacted, encoded and chained on its own, with its own id.
+
+        A report another call is writing (module doc) is waited for once this
+        call's own are written and let go: never while holding a claim.
         """
+        return self._record_many(outcomes, meta, 0.0)
+
+    def _record_many(
+        self, outcomes: Sequence[Outcome], meta: CallMeta, deadline: float
+    ) -> list[Recorded | Exception]:
+        """`record_many`, waiting for reports other calls write until `deadline` (0:
+        `_wait_deadline()`, set at the first wait)."""
+        claims = _Claims()
+        try:
+            out = self._batch(outcomes, meta, claims)
+        finally:
+            self._release(claims)
+        if claims.waits:  # reports other calls were writing: answered once they let go
+            again: list[int] = []
+            deadline = deadline or self._wait_deadline()
+            for i, other in claims.waits:
+                try:
+                    self._wait_for(other, deadline)
+                except AuditError as exc:
+                    out[i] = exc
+                    continue
+                again.append(i)
+            if again:  # remembered now, or (their write failed) to write here
+                answers = self._record_many([outcomes[i] for i in again], meta, deadline)
+                for i, answer in zip(again, answers, strict=True):
+                    out[i] = answer
+        return out
+
+    def _batch(
+        self, outcomes: Sequence[Outcome], meta: CallMeta, claims: _Claims
+    ) -> list[Recorded | Exception]:
+        """Write a batch's reports, claiming (`claims`) those with an id; a report another
+        call holds is left to the caller (`claims.waits`, its slot a placeholder)."""
         started = time.perf_counter()
         out: list[Recorded | Exception] = []
         # Each event encoded as soon as it is built, while what it copied from its
@@ -596,6 +776,15 @@ class OutcomeRecorder:
                     earlier.append(len(out))
                 else:
                     prior = fresh.get(key)
+                    if prior is None:
+                        got = self._claim(key, claims)
+                        if isinstance(got, tuple):  # remembered since `reports.get`
+                            earlier.append(len(out))
+                            prior = got
+                        elif got is not None:  # another call is writing it: wait after
+                            claims.waits.append((len(out), got))
+                            out.append(_IN_FLIGHT)
+                            continue
                 if prior is not None:  # sent before: its first answer, nothing written
                     out.append(_answer(prior, outcome))
                     continue
