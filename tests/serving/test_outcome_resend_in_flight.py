@@ -31,7 +31,14 @@ from sidecar.audit.sink import open_sink
 from sidecar.client import StepguardClient
 from sidecar.core.errors import AuditError
 from sidecar.decision.outcomes import OutcomeRecorder
-from tests.helpers import Running, assert_trail_verifies, grant_request, running_sidecar
+from tests.helpers import (
+    POLICIES,
+    Running,
+    assert_trail_verifies,
+    grant_request,
+    running_sidecar,
+)
+from tests.serving.authzen.authzen_client import Pdp, serving
 
 WAIT_S = 30.0  # a bound on every wait of the test itself, never reached when it passes
 
@@ -346,3 +353,34 @@ def test_a_wait_never_holds_the_event_loop(tmp_path: Path) -> None:
     assert refused.code() == grpc.StatusCode.UNAVAILABLE
     assert [e["id"] for e in copies] == [one.result().outcome_id]
     assert one.result().violation == pb.VIOLATION_DECISION_UNKNOWN
+
+
+def test_a_resend_over_authzen_waits_for_the_first_copy_too(tmp_path: Path) -> None:
+    """POST /stepguard/v1/outcome runs on the HTTP server's own threads through the
+    same recorder: the same report posted twice at once, the first held in the trail,
+    is written once and both posts get the same answer; the counter goes up by one."""
+    gate = _Gate(tmp_path / "audit.jsonl", "posted")
+    with (
+        serving(tmp_path, POLICIES, sink=gate) as (run, first_pdp),
+        StepguardClient(run.tcp) as client,
+    ):
+        second_pdp = Pdp(first_pdp.address)
+        try:
+            body = {"decision_id": _decision(client), "status": "succeeded", "report_id": "posted"}
+            before = _counted(run)
+            one, two, held = _race(
+                gate,
+                run.sidecar.outcomes,
+                lambda: first_pdp.post("/stepguard/v1/outcome", body),
+                lambda: second_pdp.post("/stepguard/v1/outcome", body),
+            )
+            counted = _counted(run) - before
+        finally:
+            second_pdp.close()
+        copies = _copies(run, "posted")
+    assert held == 1
+    assert one.result().status == 200 and two.result().status == 200, two.result().text
+    assert one.result().json() == two.result().json()
+    assert [e["id"] for e in copies] == [one.result().json()["outcome_id"]]
+    assert counted == 1
+    assert_trail_verifies(tmp_path)
