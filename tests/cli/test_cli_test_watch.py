@@ -54,8 +54,23 @@ def _until(lines: queue.Queue[str | None], prefix: str) -> list[str]:
 
 @contextlib.contextmanager
 def _started(args: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[str]]:
-    """A text-mode process that is killed if the test fails while it runs."""
-    with subprocess.Popen(args, text=True, **kwargs) as proc:
+    """A text-mode process that is killed if the test fails while it runs (so a hang
+    fails the test: a plain `with Popen` would wait for the process for ever).
+
+    It starts with Ctrl-C (SIGINT) at its default even when the tests were started
+    with it ignored, as a shell does with a command it runs in the background without
+    job control (`cmd &` in a script, `nohup`): an ignored signal stays ignored in
+    every process started after, and Python then never raises KeyboardInterrupt. A
+    handled one is reset to its default in the new program."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(args, text=True, **kwargs)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with proc:
         try:
             yield proc
         finally:
@@ -118,9 +133,7 @@ def test_watch_runs_again_when_a_policy_changes(bundle: Path) -> None:
 def test_watch_sees_a_suite_change_too(bundle: Path) -> None:
     suite = bundle / "tests" / "read.yaml"
     args = [*STEPGUARD, "test", str(suite), *WATCH, "--watch-rounds", "2"]
-    with subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    ) as proc:
+    with _started(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None
         lines = _lines(proc.stdout)
         _until(lines, "OK:")
@@ -133,9 +146,7 @@ def test_watch_sees_a_suite_change_too(bundle: Path) -> None:
 def test_watch_of_a_bundle_directory_sees_its_suites_change(bundle: Path) -> None:
     """The suites under the policy directory are not bundle files, and are watched too."""
     args = [*STEPGUARD, "test", str(bundle), *WATCH, "--watch-rounds", "2"]
-    with subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    ) as proc:
+    with _started(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None
         lines = _lines(proc.stdout)
         _until(lines, "OK:")
@@ -147,9 +158,7 @@ def test_watch_of_a_bundle_directory_sees_its_suites_change(bundle: Path) -> Non
 
 def test_ctrl_c_stops_watching_with_exit_0(bundle: Path) -> None:
     args = [*STEPGUARD, "test", str(bundle), *WATCH]
-    with subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    ) as proc:
+    with _started(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
         assert proc.stderr is not None
         err = _lines(proc.stderr)
         _until(err, "watching ")  # the first run is done and it waits for a change
