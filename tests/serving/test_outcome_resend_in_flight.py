@@ -172,6 +172,14 @@ def _race(
         pool.shutdown(wait=True)
 
 
+def _unavailable(call: futures.Future[Any], says: str) -> None:
+    """The call was answered UNAVAILABLE (not recorded: send it again), saying `says`."""
+    refused = call.exception()
+    assert isinstance(refused, grpc.RpcError)
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    assert says in str(refused.details())
+
+
 def _decision(client: StepguardClient) -> str:
     decided = client.authorize(grant_request())
     assert decided.allowed, decided.reason
@@ -276,10 +284,7 @@ def test_a_resend_records_the_report_when_the_first_copy_failed(
         counted = _counted(run) - before
         copies = _copies(run, "retry")
     assert held == 1
-    failed = one.exception()
-    assert isinstance(failed, grpc.RpcError)
-    assert failed.code() == grpc.StatusCode.UNAVAILABLE
-    assert "outcome not recorded" in str(failed.details())
+    _unavailable(one, "outcome not recorded")
     assert [e["id"] for e in copies] == [two.result().outcome_id]
     assert counted == (1 if resend == "unary" else 2)  # and the batch's "other"
     assert_trail_verifies(tmp_path)
@@ -310,10 +315,7 @@ def test_a_resend_waits_a_bounded_time_then_fails_closed(tmp_path: Path) -> None
         counted = _counted(run) - before
         copies = _copies(run, "slow")
     assert held == 1
-    refused = alone.exception()
-    assert isinstance(refused, grpc.RpcError)
-    assert refused.code() == grpc.StatusCode.UNAVAILABLE
-    assert "still being written by another call" in str(refused.details())
+    _unavailable(alone, "still being written by another call")
     (item,) = batched.result().results
     assert item.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert item.error.message.startswith("items[0]: outcome not recorded: ")
@@ -348,9 +350,7 @@ def test_a_wait_never_holds_the_event_loop(tmp_path: Path) -> None:
         copies = _copies(run, "loop")
     assert held == 1
     assert served.allowed
-    refused = two.exception()
-    assert isinstance(refused, grpc.RpcError)
-    assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    _unavailable(two, "still being written by another call")
     assert [e["id"] for e in copies] == [one.result().outcome_id]
     assert one.result().violation == pb.VIOLATION_DECISION_UNKNOWN
 
