@@ -584,13 +584,8 @@ class OutcomeRecorder:
         (the outcome is then not recorded and the caller should report it again)."""
         started = time.perf_counter()
         report_id = outcome.report_id
-        if not report_id:  # nothing to remember it by: no claim either (`_write_one`)
-            at = self._clock()
-            event, recorded = self._judged(outcome, meta, self._ids.next(), at, timestamp(at))
-            self._sink.write(event)
-            self._counter(outcome.status, recorded.violation).inc()
-            self._metrics.outcome_seconds.observe(time.perf_counter() - started)
-            return recorded
+        if not report_id:  # nothing to remember it by: no claim either
+            return self._write_one(outcome, meta, started, None)
         key = (meta.identity, report_id)
         prior = self._reports.get(key)
         if prior is None:  # ours to write, unless another call is writing it (module doc)
@@ -617,14 +612,15 @@ class OutcomeRecorder:
         outcome: Outcome,
         meta: CallMeta,
         started: float,
-        key: tuple[str, str],
+        key: tuple[str, str] | None,
     ) -> Recorded:
-        """Judge and write one outcome; remember it under `key` (claimed by this call)
-        once the trail took it."""
+        """Judge and write one outcome; remember it under `key` (claimed by this call),
+        if any, once the trail took it."""
         at = self._clock()
         event, recorded = self._judged(outcome, meta, self._ids.next(), at, timestamp(at))
         self._sink.write(event)
-        self._remember({key: _remembered(recorded, outcome)})
+        if key is not None:
+            self._remember({key: _remembered(recorded, outcome)})
         self._counter(outcome.status, recorded.violation).inc()
         self._metrics.outcome_seconds.observe(time.perf_counter() - started)
         return recorded
