@@ -26,7 +26,7 @@ _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
 _UNESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": "\0"}
 _ESCAPE = re.compile(r"\\(?:u\{([0-9a-fA-F]{1,6})\}|(.))", re.DOTALL)
 # `Type::"id"` as Cedar writes a reference (the id still escaped).
-UID_TEXT = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
+_UID_TEXT = re.compile(r'(?P<type>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)::"(?P<id>(?:[^"\\]|\\.)*)"')
 
 
 def cedar_unescape(text: str) -> str:
@@ -67,7 +67,7 @@ class EntityUid:
     def parse(cls, text: str) -> EntityUid | None:
         """The reference `Type::"id"` names (Cedar's escapes undone), None when `text` is
         not one: what `str()` writes, read back."""
-        m = UID_TEXT.fullmatch(text)
+        m = _UID_TEXT.fullmatch(text)
         return cls(m["type"], cedar_unescape(m["id"])) if m else None
 
     def to_json(self) -> dict[str, str]:
