@@ -61,8 +61,10 @@ BATCH = 5000
 # Below this many bytes of segments in all, chains are loaded in this process.
 PARALLEL_BYTES = 64 << 20
 
-_INSERT_DECISION = f"INSERT OR IGNORE INTO decisions VALUES ({','.join('?' * DECISION_WIDTH)})"  # noqa: S608
-_INSERT_OUTCOME = f"INSERT OR IGNORE INTO outcomes VALUES ({','.join('?' * OUTCOME_WIDTH)})"  # noqa: S608
+# Plain inserts: the tables have no constraint (a record read twice is dropped once all
+# rows are in: store.py's `_first_of_each`), so `OR IGNORE` would have nothing to ignore.
+_INSERT_DECISION = f"INSERT INTO decisions VALUES ({','.join('?' * DECISION_WIDTH)})"  # noqa: S608
+_INSERT_OUTCOME = f"INSERT INTO outcomes VALUES ({','.join('?' * OUTCOME_WIDTH)})"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
