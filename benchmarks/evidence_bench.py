@@ -37,6 +37,7 @@ from benchmarks.results import save_data, write_block
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+DEFAULT_WORK = ROOT / "benchmarks" / ".work" / "evidence"
 ANSWERS = ("inventory", "access-identity", "access-target", "open-grants", "leavers", "exceptions")
 LOAD_TARGET_S = 60.0  # for 10 million events
 ANSWER_TARGET_S = 2.0
@@ -306,11 +307,18 @@ def _anatomy(record: dict[str, Any]) -> list[str]:
     return out
 
 
+def _shown(path: Path) -> str:
+    """A path as the command line shows it: relative to the project when inside it, so
+    the recorded command runs on any clone."""
+    resolved = path.resolve()
+    return resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--workers", type=int, default=4, help="chains of the generated trail")
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "evidence")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--keep", action="store_true", help="keep the generated trails")
     parser.add_argument(
         "--reuse",
@@ -329,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {
         "command": "python -m benchmarks.evidence_bench "
         + " ".join(["--events", *map(str, args.events)])
-        + (f" --work {args.work} --keep" if args.keep else "")
+        + (f" --work {_shown(args.work)}" if args.work != DEFAULT_WORK else "")
+        + (" --keep" if args.keep else "")
         + (" --reuse" if args.reuse else "")
         + (" --write" if args.write else ""),
         "started": started,

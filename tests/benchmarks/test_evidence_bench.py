@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from benchmarks.evidence_bench import ANSWERS, _trail_end, child, run_size
+from benchmarks.evidence_bench import ANSWERS, _shown, _trail_end, child, run_size
 from benchmarks.evidence_stages import CHUNK, stage_costs
 from benchmarks.evidence_trail import Shape, generate, iter_lines
 from sidecar.core.event import CallMeta, build_outcome_event
@@ -106,6 +106,16 @@ def test_the_stage_timing_refuses_a_trail_whose_records_do_not_verify(tmp_path: 
     segment.write_bytes(b"".join(lines))
     with pytest.raises(SystemExit, match="record 5 "):
         stage_costs(trail)
+
+
+def test_the_recorded_command_names_a_work_directory_any_clone_can_use(tmp_path: Path) -> None:
+    """RESULTS.md records the command that made the figures: a work directory inside the
+    project is named relative to it (the same command on another clone), one outside as
+    given."""
+    inside = ROOT / "benchmarks" / ".work" / "evidence-elsewhere"
+    assert _shown(inside) == "benchmarks/.work/evidence-elsewhere"
+    assert (ROOT / _shown(inside)).resolve() == inside.resolve()
+    assert _shown(tmp_path) == str(tmp_path)
 
 
 def test_a_reused_trail_is_kept(tmp_path: Path) -> None:
