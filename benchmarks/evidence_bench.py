@@ -48,7 +48,8 @@ def child(trail: Path, now: str) -> dict[str, Any]:
     from sidecar.core.bundle import load_bundle
     from sidecar.evidence import answers, offboarding
     from sidecar.evidence.ingest import parse_time
-    from sidecar.evidence.store import Options, open_store
+    from sidecar.evidence.options import Options
+    from sidecar.evidence.store import open_store
 
     lifecycle = load_bundle(ROOT / "policies").lifecycle
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

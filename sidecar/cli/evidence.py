@@ -28,8 +28,9 @@ from sidecar.core.errors import BundleError, StepguardError
 from sidecar.core.textsafe import escape, escape_lines
 from sidecar.evidence import answers, offboarding
 from sidecar.evidence.ingest import parse_time
+from sidecar.evidence.options import Deadlines, Options
 from sidecar.evidence.report import render_html
-from sidecar.evidence.store import Deadlines, Options, Store, open_store
+from sidecar.evidence.store import Store, open_store
 
 # The answers, by subcommand: (help, function of the store and the parsed flags).
 ANSWERS: dict[str, tuple[str, Callable[[Store, argparse.Namespace], answers.Answer]]] = {

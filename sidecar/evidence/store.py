@@ -26,29 +26,25 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from sidecar.audit.workers import collect_sets
-from sidecar.core.bundle import parse_iso_duration
 from sidecar.core.errors import StepguardError
 from sidecar.core.event import timestamp
 from sidecar.core.lifecycle import Kind, Lifecycle
 from sidecar.evidence.facts import TABLES as FACT_TABLES
 from sidecar.evidence.facts import exact
 from sidecar.evidence.ingest import DECISION_COLUMNS, OUTCOME_COLUMNS, load_all, parse_time
+from sidecar.evidence.options import Options
 from sidecar.evidence.verification import Verification
 
 BATCH = 5000
 RAN = ("succeeded", "failed", "timed_out")
-DEFAULT_LEAVER_WORKFLOWS = frozenset({"leaver"})
-# The example bundle's convention: a break-glass approval carries a BG- ticket.
-BREAK_GLASS_PREFIX = "BG-"  # also in ingest.py, which marks them
 
 SCHEMA = (
     f"""
@@ -92,62 +88,6 @@ CREATE INDEX leavers_grant ON leavers(grant_n);
 # The leaver runs' accesses that may be a finding (`_findings`): a large trail's leavers
 # held hundreds of thousands of accesses, most of them revoked in time.
 FINDINGS = "CREATE TABLE leaver_findings (n INTEGER PRIMARY KEY)"
-
-
-# --- options ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Deadlines:
-    """How long after an access's end its removal may take: per target, per sensitivity,
-    else the grant's `@revoke_within` obligation, else `*` (the fallback). Explicit
-    targets and sensitivities are the auditor's control, so they win over the bundle's."""
-
-    by_name: Mapping[str, timedelta] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, specs: Iterable[str]) -> Deadlines:
-        """`high=PT24H`, `github=PT1H`, `*=P1D`; StepguardError naming the bad one."""
-        out: dict[str, timedelta] = {}
-        for spec in specs:
-            name, sep, value = spec.partition("=")
-            if not sep or not name.strip():
-                raise StepguardError(
-                    f"--deadline {spec!r}: expected NAME=DURATION (a target, a sensitivity "
-                    "or *, and an ISO-8601 duration such as PT24H)"
-                )
-            try:
-                out[name.strip()] = parse_iso_duration(value.strip())
-            except ValueError as exc:
-                raise StepguardError(f"--deadline {spec!r}: {exc}") from exc
-        return cls(out)
-
-    def resolve(self, target: str, sensitivity: str, obligation_s: float | None) -> float | None:
-        """The deadline in seconds after the end, None when none applies."""
-        for name in (target, sensitivity):
-            if name and name in self.by_name:
-                return self.by_name[name].total_seconds()
-        if obligation_s is not None:
-            return obligation_s
-        fallback = self.by_name.get("*")
-        return fallback.total_seconds() if fallback is not None else None
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    now: datetime
-    lifecycle: Lifecycle | None = None
-    deadlines: Deadlines = field(default_factory=Deadlines)
-    leaver_workflows: frozenset[str] = frozenset()
-
-    @property
-    def leavers(self) -> frozenset[str]:
-        """Explicit leaver workflows, else the bundle's, else `leaver`."""
-        if self.leaver_workflows:
-            return self.leaver_workflows
-        if self.lifecycle is not None and self.lifecycle.leaver_workflows:
-            return self.lifecycle.leaver_workflows
-        return DEFAULT_LEAVER_WORKFLOWS
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -492,9 +432,7 @@ def rows(db: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Iterat
 
 
 __all__ = [
-    "Deadlines",
     "Kind",
-    "Options",
     "Store",
     "open_store",
 ]

@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from sidecar.audit.filesink import FileSink
 from sidecar.core.errors import UnencodableEvent
 from sidecar.evidence import answers, offboarding
+from sidecar.evidence.options import Deadlines, Options
 from sidecar.evidence.report import render_html
-from sidecar.evidence.store import Deadlines, Options, open_store
+from sidecar.evidence.store import open_store
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 BOUND = "2026-11-26T00:00:00Z"

@@ -21,7 +21,8 @@ import pytest
 
 from benchmarks.evidence_trail import Shape, generate
 from sidecar.core.bundle import load_bundle
-from sidecar.evidence.store import Options, open_store
+from sidecar.evidence.options import Options
+from sidecar.evidence.store import open_store
 from tests.helpers import POLICIES, ROOT
 
 NOW = datetime(2027, 1, 1, tzinfo=UTC)

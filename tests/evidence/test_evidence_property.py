@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from sidecar.audit.sink import open_sink
 from sidecar.evidence import answers
-from sidecar.evidence.store import Options, open_store
+from sidecar.evidence.options import Options
+from sidecar.evidence.store import open_store
 from tests.evidence.outcome_events import effect, outcome_event
 from tests.evidence.scenario import MON, decision_event
 

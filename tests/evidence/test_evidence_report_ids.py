@@ -17,7 +17,8 @@ from sidecar._proto.stepguard.v1 import authorizer_pb2_grpc as pb_grpc
 from sidecar.audit.segments import collect
 from sidecar.client import StepguardClient
 from sidecar.core.bundle import load_bundle
-from sidecar.evidence.store import Options, open_store
+from sidecar.evidence.options import Options
+from sidecar.evidence.store import open_store
 from tests.helpers import POLICIES, grant_request, running_sidecar
 
 

@@ -31,7 +31,8 @@ from sidecar.audit.workers import collect_sets
 from sidecar.core.bundle import load_bundle
 from sidecar.evidence import answers, offboarding
 from sidecar.evidence.ingest import parse_time
-from sidecar.evidence.store import Deadlines, Options, Store, open_store
+from sidecar.evidence.options import Deadlines, Options
+from sidecar.evidence.store import Store, open_store
 from sidecar.evidence.walk import walk_intact
 from tests.audit.trails import KEY, make_trail
 from tests.helpers import POLICIES

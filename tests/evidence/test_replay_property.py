@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from sidecar.core.bundle import load_bundle
 from sidecar.core.lifecycle import Lifecycle
-from sidecar.evidence.store import INDEXES, SCHEMA, Options, Store, closers, replay_access
+from sidecar.evidence.options import Options
+from sidecar.evidence.store import INDEXES, SCHEMA, Store, closers, replay_access
 from sidecar.evidence.verification import Verification
 from tests.helpers import ROOT
 
