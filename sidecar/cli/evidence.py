@@ -24,6 +24,7 @@ from sidecar.audit.chain import load_key
 from sidecar.audit.query import spreadsheet_safe
 from sidecar.cli.exitcodes import EXIT_ERROR, EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.cli.fromstore import add_store_flags, trail_paths
+from sidecar.cli.progress import Progress
 from sidecar.core.errors import BundleError, StepguardError
 from sidecar.core.textsafe import escape, escape_lines
 from sidecar.evidence import answers, offboarding
@@ -160,14 +161,19 @@ def _load(args: argparse.Namespace) -> Store:
     )
     if args.db != ":memory:" and Path(args.db).exists():
         raise StepguardError(f"--db {args.db}: the file exists; give a new one")
-    return open_store(
-        args.paths,
-        options,
-        key=load_key(args.key_file) if args.key_file else None,
-        accept_missing_anchor=args.accept_missing_anchor,
-        checkpoints=args.checkpoints,
-        database=args.db,
-    )
+    key = load_key(args.key_file) if args.key_file else None
+    # A large trail's load takes minutes: on a terminal, stderr says what it is doing
+    # (erased before the answer is printed).
+    with Progress("evidence", stage="reading the trails") as progress:
+        return open_store(
+            args.paths,
+            options,
+            key=key,
+            accept_missing_anchor=args.accept_missing_anchor,
+            checkpoints=args.checkpoints,
+            database=args.db,
+            progress=progress.show,
+        )
 
 
 def _guarded(args: argparse.Namespace, then: Callable[[Store], int]) -> int:

@@ -1,4 +1,5 @@
-"""A one-line progress counter on stderr for long runs: `test`, `replay`, `audit verify`.
+"""A one-line progress counter on stderr for long runs: `test`, `replay`, `audit verify`,
+`evidence` (which says what stage its load is at rather than counting).
 
 Shown only when stderr is a terminal, so CI logs, pipes and files stay as they
 were (and stdout, which carries the report, is never touched). The line is
@@ -17,7 +18,8 @@ _CHECK_EVERY = 64  # items between clock reads: cheap even for millions of recor
 
 
 class Progress:
-    """`label: N/total unit` (or `label: N unit`), redrawn in place on a terminal."""
+    """`label: N/total unit` (or `label: N unit`, or `label: stage`), redrawn in place on
+    a terminal."""
 
     def __init__(
         self,
@@ -25,6 +27,7 @@ class Progress:
         *,
         total: int | None = None,
         unit: str = "",
+        stage: str = "",
         stream: TextIO | None = None,
         every_s: float = 0.2,
     ) -> None:
@@ -35,6 +38,7 @@ class Progress:
         self._unit = unit
         self._every = every_s
         self.count = 0
+        self._stage = stage  # when set (here or by `show`), the line says it, not the count
         self._next_check = 0
         self._next_draw = 0.0
         self._drawn = 0  # width of the line on screen
@@ -49,6 +53,13 @@ class Progress:
         if time.monotonic() >= self._next_draw:
             self._draw()
 
+    def show(self, stage: str) -> None:
+        """Say what the run is doing now (`label: stage`), drawn at once: stages change
+        seldom, and each may be long."""
+        self._stage = stage
+        if self.enabled:
+            self._draw()
+
     def close(self) -> None:
         """Erase the line (the report follows on stdout)."""
         if self.enabled and self._drawn:
@@ -58,8 +69,13 @@ class Progress:
         self.enabled = False
 
     def _draw(self) -> None:
-        done = f"{self.count:,}/{self._total:,}" if self._total is not None else f"{self.count:,}"
-        text = f"{self._label}: {done} {self._unit}".rstrip()
+        if self._stage:
+            text = f"{self._label}: {self._stage}"
+        else:
+            done = (
+                f"{self.count:,}/{self._total:,}" if self._total is not None else f"{self.count:,}"
+            )
+            text = f"{self._label}: {done} {self._unit}".rstrip()
         pad = " " * max(0, self._drawn - len(text))
         self._stream.write("\r" + text + pad)
         self._stream.flush()

@@ -30,7 +30,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,13 +271,15 @@ def load_all(
     accept_missing_anchor: bool = False,
     checkpoints: Path | None = None,
     processes: int | None = None,
+    on_chain: Callable[[int, int], None] | None = None,
 ) -> Verification:
     """Verify and load every chain of `sets` into `db` (tables made by the caller);
     the verification, chain by chain in trail order as `audit verify` lists them.
     A report found twice is kept once (`first_of_each_report`).
 
     `processes`: how many chains load at once in processes of their own (None: as
-    many as there are cores when the trail is large, else none; 0 or 1: none)."""
+    many as there are cores when the trail is large, else none; 0 or 1: none).
+    `on_chain(done, total)`: told as each chain is in (a long load's progress line)."""
     findings, todo = jobs(
         sets, key, accept_missing_anchor=accept_missing_anchor, checkpoints=checkpoints
     )
@@ -285,14 +287,17 @@ def load_all(
         size = sum(_size(p) for job in todo for p in job.chain.segments)
         processes = (os.cpu_count() or 1) if size >= PARALLEL_BYTES else 1
     processes = min(processes, len(todo))
+    told = on_chain or (lambda done, total: None)
+    told(0, len(todo))
     verdicts: list[list[ChainStatus]]
     if processes <= 1:
         sink = Sink(db)
         verdicts = []
         for job in todo:
             verdicts.append(load_chain(job, sink))
+            told(len(verdicts), len(todo))
     else:
-        verdicts = _parallel(db, todo, processes)
+        verdicts = _parallel(db, todo, processes, told)
     first_of_each_report(db)
     statuses = list(findings)
     for found in verdicts:
@@ -300,7 +305,12 @@ def load_all(
     return Verification(tuple(statuses))
 
 
-def _parallel(db: sqlite3.Connection, todo: list[Job], processes: int) -> list[list[ChainStatus]]:
+def _parallel(
+    db: sqlite3.Connection,
+    todo: list[Job],
+    processes: int,
+    told: Callable[[int, int], None],
+) -> list[list[ChainStatus]]:
     """Each chain loaded by a child (`python -m sidecar.evidence.ingest FILE`, the job
     pickled on its stdin, its verdict pickled on its stdout), `processes` at a time;
     copied in, in trail order, as each is done."""
@@ -316,6 +326,7 @@ def _parallel(db: sqlite3.Connection, todo: list[Job], processes: int) -> list[l
                     started += 1
                 verdicts.append(_finish(running.pop(i)))
                 _copy_in(db, paths[i], i)
+                told(len(verdicts), len(todo))
         finally:
             for child in running.values():
                 child.kill()

@@ -120,12 +120,14 @@ def open_store(
     checkpoints: Path | None = None,
     database: str = ":memory:",
     processes: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Store:
     """Verify the trails at `paths`, load them, replay access: the store answers read.
 
     Verified and loaded in one pass per chain, chains in parallel when the trail is
-    large (ingest.py; `processes` overrides how many). StepguardError when a path
-    names no trail.
+    large (ingest.py; `processes` overrides how many). `progress` is told what the
+    load is doing as each stage starts (a large trail's load takes minutes: the CLI
+    shows it on a terminal). StepguardError when a path names no trail.
     """
     sets = collect_sets(paths)
     if not sets:
@@ -137,7 +139,7 @@ def open_store(
     db.execute("PRAGMA synchronous = OFF")
     db.execute("PRAGMA temp_store = MEMORY")
     db.executescript(SCHEMA)
-    lap = _Laps()
+    lap = _Laps(progress)
     verification = load_all(
         db,
         sets,
@@ -145,18 +147,19 @@ def open_store(
         accept_missing_anchor=accept_missing_anchor,
         checkpoints=checkpoints,
         processes=processes,
+        on_chain=lambda done, total: lap.say(f"verifying and loading chains ({done}/{total} done)"),
     )
     db.executemany(
         "INSERT INTO chains VALUES (?,?,?,?,?,?)",
         [(c.trail, c.chain, c.ok, c.records, c.problem, c.exit_code) for c in verification.chains],
     )
-    lap("chains: read, verified, rows made and copied in")
+    lap("chains: read, verified, rows made and copied in", then="indexing ids")
     for table in ("decisions", "outcomes"):
         _first_of_each(db, table)
-    lap("ids indexed, duplicates checked")
+    lap("ids indexed, duplicates checked", then="building indexes")
     db.executescript(INDEXES)
     db.commit()
-    lap("indexes built")
+    lap("indexes built", then="replaying access")
     store = Store(
         db,
         verification,
@@ -170,16 +173,20 @@ def open_store(
 
 
 class _Laps:
-    """Seconds since the last lap, by name (`Store.phases`)."""
+    """Seconds since the last lap, by name (`Store.phases`); and what starts next, said
+    to `open_store`'s `progress`."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Callable[[str], None] | None = None) -> None:
         self.phases: dict[str, float] = {}
         self._last = time.perf_counter()
+        self.say: Callable[[str], None] = progress or (lambda _: None)
 
-    def __call__(self, name: str) -> None:
+    def __call__(self, name: str, *, then: str = "") -> None:
         now = time.perf_counter()
         self.phases[name] = self.phases.get(name, 0.0) + now - self._last
         self._last = now
+        if then:
+            self.say(then)
 
 
 def _first_of_each(db: sqlite3.Connection, table: str) -> None:
@@ -223,7 +230,7 @@ ORDER BY time, recorded, file, line
 """
 
 
-def replay_access(store: Store, lap: Callable[[str], None] | None = None) -> None:
+def replay_access(store: Store, lap: _Laps | None = None) -> None:
     """Pair removals with grants in time order (docs/evidence.md, "How a removal closes a
     grant"); fill `grants` (one row per access, open or closed) and `leavers`.
 
@@ -321,12 +328,12 @@ def replay_access(store: Store, lap: Callable[[str], None] | None = None) -> Non
             close(key, held, held[8], "expired")
     done.extend((*held[:9], None, "", "", dumps([held[9]]).decode()) for held in open_.values())
     _write_grants(db, done)
-    mark = lap or (lambda _: None)
-    mark("access replayed, grants written")
+    mark = lap or _Laps()
+    mark("access replayed, grants written", then="finding the leaver runs' accesses")
     db.executescript(GRANT_INDEXES)
     _leavers(store)
     db.executescript(LEAVER_INDEXES)
-    mark("leaver runs' accesses found")
+    mark("leaver runs' accesses found", then="keeping the possible findings")
     db.execute(FINDINGS)
     db.execute(f"INSERT OR IGNORE INTO leaver_findings {_findings(store)}")
     db.commit()

@@ -191,6 +191,10 @@ def _commands(trail: Path) -> dict[str, tuple[list[str], str]]:
         "test": (["test", str(POLICIES)], "test: "),
         "replay": (["replay", "--policies", str(POLICIES), str(trail)], "replay: "),
         "audit verify": (["audit", "verify", str(trail)], "verify "),
+        "evidence": (
+            ["evidence", "inventory", "--policies", str(POLICIES), str(trail)],
+            "evidence: ",
+        ),
     }
 
 
@@ -217,7 +221,7 @@ def _stderr_on_a_terminal(args: list[str]) -> tuple[int, str, str]:
     return code, text, got.decode(errors="replace")
 
 
-@pytest.mark.parametrize("name", ["test", "replay", "audit verify"])
+@pytest.mark.parametrize("name", ["test", "replay", "audit verify", "evidence"])
 def test_progress_on_a_terminal(name: str, trail: Path) -> None:
     args, label = _commands(trail)[name]
     code, out, terminal = _stderr_on_a_terminal(args)
@@ -228,7 +232,7 @@ def test_progress_on_a_terminal(name: str, trail: Path) -> None:
     assert terminal.split(label)[-1].split("\r")[-1].strip() == ""  # erased at the end
 
 
-@pytest.mark.parametrize("name", ["test", "replay", "audit verify"])
+@pytest.mark.parametrize("name", ["test", "replay", "audit verify", "evidence"])
 def test_no_progress_through_a_pipe(name: str, trail: Path) -> None:
     args, label = _commands(trail)[name]
     proc = subprocess.run(

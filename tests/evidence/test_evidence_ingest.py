@@ -63,6 +63,30 @@ def test_chains_in_processes_load_exactly_what_one_process_loads(
 
 
 @pytest.mark.parametrize("processes", [1, 2])
+def test_the_load_says_each_stage_as_it_starts(fleet: Path, processes: int) -> None:
+    """What a terminal's progress line shows (cli/evidence.py): every chain counted in,
+    in one process or in several, then each later stage once, in the order they run."""
+    said: list[str] = []
+    store = open_store(
+        [fleet], Options(now=NOW, lifecycle=LIFECYCLE), processes=processes, progress=said.append
+    )
+    try:
+        chains = len(store.verification.chains)
+    finally:
+        store.close()
+    assert chains == 3
+    counted = [f"verifying and loading chains ({n}/3 done)" for n in range(4)]
+    assert said == [
+        *counted,
+        "indexing ids",
+        "building indexes",
+        "replaying access",
+        "finding the leaver runs' accesses",
+        "keeping the possible findings",
+    ]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
 def test_a_chain_broken_in_the_middle_is_loaded_whole_and_said_broken(
     fleet: Path, tmp_path: Path, processes: int
 ) -> None:
