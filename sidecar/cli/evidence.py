@@ -240,10 +240,18 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+# How many items of a long list (`Answer.lists`) a table cell shows; --json and --csv
+# carry every one.
+TABLE_LIST_ITEMS = 5
+
+
 def text(answer: answers.Answer) -> str:
     """The verification line, the table, and the summary; every cell escaped (trail data)."""
     head = [*answer.columns, "evidence"]
-    body = [[escape(cell(r.get(c))) for c in head] for r in answer.rows]
+    body = [
+        [escape(_capped(cell(r.get(c))) if c in answer.lists else cell(r.get(c))) for c in head]
+        for r in answer.rows
+    ]
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(head)]
     lines = [escape(answer.verification.summary())]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
@@ -252,6 +260,15 @@ def text(answer: answers.Answer) -> str:
     summary = ", ".join(f"{k}: {cell(v)}" for k, v in answer.summary.items())
     lines.append(f"{len(body)} row(s)" + (f"; {escape(summary)}" if summary else ""))
     return "\n".join(lines)
+
+
+def _capped(joined: str) -> str:
+    """A list's first TABLE_LIST_ITEMS items, and how many more there are."""
+    items = joined.split(", ")
+    if len(items) <= TABLE_LIST_ITEMS:
+        return joined
+    more = len(items) - TABLE_LIST_ITEMS
+    return ", ".join(items[:TABLE_LIST_ITEMS]) + f", ... and {more:,} more (--json or --csv: all)"
 
 
 def csv_text(answer: answers.Answer) -> str:

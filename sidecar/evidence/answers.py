@@ -38,6 +38,9 @@ class Answer:
     rows: list[dict[str, Any]]
     verification: Verification
     summary: dict[str, Any] = field(default_factory=dict)
+    # Columns whose text is a list joined by ", " (`_joined`): a table shows a long one's
+    # first few (a year's tickets would make every row pages wide); JSON and CSV all.
+    lists: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -366,7 +369,14 @@ def inventory(store: Store) -> Answer:
                 "evidence": f["evidence"],
             }
         )
-    return Answer("inventory", INVENTORY_COLUMNS, out, store.verification, {"workflows": len(out)})
+    return Answer(
+        "inventory",
+        INVENTORY_COLUMNS,
+        out,
+        store.verification,
+        {"workflows": len(out)},
+        lists=("actions", "requesters", "approvers", "tickets"),
+    )
 
 
 def _workflow_facts(

@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from benchmarks.evidence_trail import Shape, generate
 from sidecar.audit.chain import parse_line
+from sidecar.cli.evidence import TABLE_LIST_ITEMS
 from sidecar.cli.exitcodes import EXIT_ERROR, EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from sidecar.cli.main import main
 from tests.evidence.outcome_events import effect
@@ -154,6 +156,34 @@ def test_inventory_names_owners_actions_and_approval(
     assert by["onboarding"]["requesters"] == 'User::"maria"'
     assert 'Action::"issue_credential"' in by["onboarding"]["actions"]
     assert by["leaver"]["runs"] == 2
+
+
+def test_a_table_shows_a_long_lists_first_items_and_json_and_csv_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A workflow's tickets grow with its runs (one each): a table row shows the first
+    few and how many more, where the whole list made every row pages wide."""
+    trail = tmp_path / "trail"
+    generate(trail, Shape(3_000, workers=2, population=40), processes=1)
+    policies = ("--policies", str(POLICIES))
+    data = answer_json(capsys, "inventory", [trail], *policies)
+    code, table = evidence(capsys, "inventory", [trail], *policies)
+    assert code == EXIT_OK
+    code, out = evidence(capsys, "inventory", [trail], *policies, "--csv")
+    by_csv = {r["workflow"]: r for r in csv.DictReader(io.StringIO(out))}
+    long = 0
+    for row in data["rows"]:
+        line = next(x for x in table.splitlines() if x.startswith(row["workflow"] + " "))
+        assert by_csv[row["workflow"]]["tickets"] == row["tickets"]  # CSV: every one
+        tickets = row["tickets"].split(", ")
+        if len(tickets) <= TABLE_LIST_ITEMS:
+            assert row["tickets"] in line
+            continue
+        long += 1
+        more = len(tickets) - TABLE_LIST_ITEMS
+        assert ", ".join(tickets[:TABLE_LIST_ITEMS]) + f", ... and {more:,} more" in line
+        assert tickets[TABLE_LIST_ITEMS] not in line
+    assert long >= 1  # the trail has a workflow with a long list
 
 
 def test_table_and_csv_carry_the_verification(
