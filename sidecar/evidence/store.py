@@ -36,7 +36,7 @@ import orjson
 from sidecar.audit.workers import collect_sets
 from sidecar.core.errors import StepguardError
 from sidecar.core.event import timestamp
-from sidecar.core.lifecycle import Kind, Lifecycle
+from sidecar.core.lifecycle import Lifecycle
 from sidecar.evidence.facts import TABLES as FACT_TABLES
 from sidecar.evidence.facts import exact
 from sidecar.evidence.ingest import DECISION_COLUMNS, OUTCOME_COLUMNS, load_all, parse_time
@@ -439,7 +439,6 @@ def rows(db: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Iterat
 
 
 __all__ = [
-    "Kind",
     "Store",
     "open_store",
 ]
