@@ -30,7 +30,7 @@ from sidecar.core.textsafe import escape, escape_lines
 from sidecar.evidence import answers, offboarding
 from sidecar.evidence.ingest import parse_time
 from sidecar.evidence.options import Deadlines, Options
-from sidecar.evidence.report import render_html
+from sidecar.evidence.report import DEFAULT_ROWS, render_html
 from sidecar.evidence.store import Store, open_store
 
 # The answers, by subcommand: (help, function of the store and the parsed flags).
@@ -93,7 +93,32 @@ def register(subparsers: Any) -> None:
     report.add_argument(
         "--html", type=Path, required=True, metavar="OUT", help="the HTML file to write"
     )
+    shown = report.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--rows",
+        type=_positive,
+        default=DEFAULT_ROWS,
+        metavar="N",
+        help=f"at most N rows per table (default {DEFAULT_ROWS}); the figures count them all",
+    )
+    shown.add_argument(
+        "--all-rows",
+        action="store_true",
+        help="every row in every table (a large trail's "
+        "report then takes a browser minutes to open)",
+    )
     report.set_defaults(run=_report)
+
+
+def _positive(text: str) -> int:
+    """A count of at least 1 (argparse names the flag when it is not)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1 (--all-rows: every row)")
+    return value
 
 
 def _common(cmd: argparse.ArgumentParser) -> None:
@@ -217,7 +242,7 @@ def _answer(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     def write(store: Store) -> int:
-        html = render_html(store)
+        html = render_html(store, rows=None if args.all_rows else args.rows)
         try:
             args.html.write_text(html, encoding="utf-8")
         except OSError as exc:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.cli.exitcodes import EXIT_FAILED, EXIT_OK
+from sidecar.cli.exitcodes import EXIT_ERROR, EXIT_FAILED, EXIT_OK
 from sidecar.cli.main import main
 from tests.browser import browser, open_page
 from tests.evidence.scenario import MON, Story
@@ -67,6 +67,44 @@ def test_the_report_shows_revocation_confidence_below_100_percent(
         assert seen == [out.as_uri()]  # nothing but itself
     finally:
         context.close()
+
+
+def test_a_table_shows_at_most_rows_and_says_how_many_it_left_out(
+    story_trails: list[Path], tmp_path: Path, browser: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A large trail's tables held 186,665 rows, which took Chromium two minutes to lay
+    out: a table shows at most --rows (the figures count every row) and says how many
+    it left out and what lists them all; --all-rows shows every one."""
+    args = ["evidence", "report", *map(str, story_trails), "--now", NOW]
+    args += ["--policies", str(POLICIES)]
+    capped, whole = tmp_path / "capped.html", tmp_path / "whole.html"
+    assert main([*args, "--html", str(capped), "--rows", "1"]) == EXIT_OK, capsys.readouterr()
+    assert main([*args, "--html", str(whole), "--all-rows"]) == EXIT_OK, capsys.readouterr()
+    page, seen, context = open_page(browser, whole)
+    try:
+        every = {t: page.locator(f"#{t} tbody tr").count() for t in ("leavers", "open-grants")}
+        assert every == {"leavers": 4, "open-grants": 3}
+        assert page.locator(".more").count() == 0
+        assert page.text_content("#missed-deadline") == 'User::"alice", User::"bob"'
+    finally:
+        context.close()
+    page, seen, context = open_page(browser, capped)
+    try:
+        for table, total in every.items():
+            assert page.locator(f"#{table} tbody tr").count() == 1
+            more = page.text_content(f"#{table}-more") or ""
+            assert f"The first 1 of {total} rows" in more
+            assert f"stepguard evidence {table} --csv" in more
+        assert page.text_content("#open-count") == "3"  # the figure counts every row
+        assert page.text_content("#missed-deadline") == 'User::"alice"'
+        assert page.text_content("#missed-deadline-more") == "and 1 more"
+        assert seen == [capped.as_uri()]
+    finally:
+        context.close()
+    with pytest.raises(SystemExit) as refused:  # a usage error, as argparse gives them
+        main([*args, "--html", str(capped), "--rows", "0"])
+    assert refused.value.code == EXIT_ERROR
+    assert "argument --rows: 0 is less than 1" in capsys.readouterr().err
 
 
 def test_a_report_from_a_broken_chain_says_so(
