@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import gc
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -105,12 +105,18 @@ FROM grants AS g LEFT JOIN decisions AS d ON d.id = g.decision_id
 
 def grant_rows(store: Store, where: str = "", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Grants (one per access) with their decision, state and deadline measured."""
+    return list(each_grant(store, where, params))
+
+
+def each_grant(
+    store: Store, where: str = "", params: Sequence[Any] = ()
+) -> Iterator[dict[str, Any]]:
+    """`grant_rows` one at a time, for an answer that keeps only a summary of them (time
+    to revoke reads every revocation: 1.5 million rows of a large trail)."""
     sql = _GRANTS + (f" WHERE {where}" if where else "") + " ORDER BY g.opened_at, g.n"
-    out = []
     for g in rows(store.db, sql, params):
         _measure(store, g)
-        out.append(g)
-    return out
+        yield g
 
 
 def _measure(store: Store, g: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ and its verdict says where it broke, as `audit verify` says it.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import pytest
 
 from benchmarks.evidence_trail import Shape, generate
 from sidecar.core.bundle import load_bundle
+from sidecar.evidence import offboarding
+from sidecar.evidence.answers import grant_rows
 from sidecar.evidence.options import Options
 from sidecar.evidence.store import open_store
 from tests.helpers import POLICIES, ROOT
@@ -118,3 +121,29 @@ def test_a_chain_broken_in_the_middle_is_loaded_whole_and_said_broken(
     # Every record is still there (the changed one with its changed time).
     for name in ("decisions", "outcomes"):
         assert len(tables[name]) == len(whole[name])
+
+
+def test_time_to_revoke_is_every_revocations_summary_per_target(fleet: Path) -> None:
+    """Per target: the count, nearest-rank p50 and p95, and the slowest revocation with
+    its evidence (the first of equals), from every revoked grant; read one grant at a
+    time, so a large trail's millions of revocations are not all held at once."""
+    store = open_store([fleet], Options(now=NOW, lifecycle=LIFECYCLE))
+    try:
+        got = offboarding.time_to_revoke(store)
+        revoked = [
+            g
+            for g in grant_rows(store, "g.closed_how = 'revoked'")
+            if g["time_to_revoke_s"] is not None
+        ]
+    finally:
+        store.close()
+    targets = sorted({g["target"] for g in revoked})
+    assert [r["target"] for r in got] == targets and len(targets) >= 2
+    for row in got:
+        mine = [g for g in revoked if g["target"] == row["target"]]
+        took = sorted(g["time_to_revoke_s"] for g in mine)
+        slowest = next(g for g in mine if g["time_to_revoke_s"] == took[-1])
+        assert row["revocations"] == len(mine)
+        assert row["p50_s"] == took[math.ceil(len(took) / 2) - 1]
+        assert row["p95_s"] == took[math.ceil(0.95 * len(took)) - 1]
+        assert (row["max_s"], row["evidence"]) == (took[-1], slowest["evidence"])
