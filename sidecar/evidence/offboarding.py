@@ -235,8 +235,9 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 def time_to_revoke(store: Store) -> list[dict[str, Any]]:
     """Per target: how long revocations took after the access ended (p50, p95, max),
     with the evidence of the slowest one."""
-    # Per target every duration, but only the slowest one's evidence: a large trail has
-    # millions of revocations, and their references were most of the report's memory.
+    # Read one at a time; kept per target: every duration, but only the slowest one's
+    # evidence. A large trail has millions of revocations: holding each one's measured
+    # row was most of the report's memory.
     by_target: dict[str, list[float]] = defaultdict(list)
     slowest: dict[str, tuple[float, list[str]]] = {}
     for g in each_grant(store, "g.closed_how = 'revoked'"):
