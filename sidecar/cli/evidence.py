@@ -289,11 +289,12 @@ def text(answer: answers.Answer) -> str:
 
 def _capped(joined: str) -> str:
     """A list's first TABLE_LIST_ITEMS items, and how many more there are."""
-    items = joined.split(", ")
+    items = joined.split(answers.LIST_SEP)
     if len(items) <= TABLE_LIST_ITEMS:
         return joined
     more = len(items) - TABLE_LIST_ITEMS
-    return ", ".join(items[:TABLE_LIST_ITEMS]) + f", ... and {more:,} more (--json or --csv: all)"
+    shown = answers.LIST_SEP.join(items[:TABLE_LIST_ITEMS])
+    return f"{shown}{answers.LIST_SEP}... and {more:,} more (--json or --csv: all)"
 
 
 def csv_text(answer: answers.Answer) -> str:

@@ -30,6 +30,10 @@ from sidecar.evidence.store import (
 )
 from sidecar.evidence.verification import Verification
 
+# What joins the items of a list column (`Answer.lists`); a table splits on it to show
+# a long list's first few (cli/evidence.py).
+LIST_SEP = ", "
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -38,8 +42,8 @@ class Answer:
     rows: list[dict[str, Any]]
     verification: Verification
     summary: dict[str, Any] = field(default_factory=dict)
-    # Columns whose text is a list joined by ", " (`_joined`): a table shows a long one's
-    # first few (a year's tickets would make every row pages wide); JSON and CSV all.
+    # Columns whose text is a list joined by LIST_SEP (`_joined`): a table shows a long
+    # one's first few (a year's tickets would make every row pages wide); JSON and CSV all.
     lists: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -430,7 +434,7 @@ def _workflow_facts(
 
 
 def _joined(values: Any) -> str:
-    return ", ".join(sorted({v for v in values if v}))
+    return LIST_SEP.join(sorted({v for v in values if v}))
 
 
 def _changing_actions(store: Store) -> set[str]:
