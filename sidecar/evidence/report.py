@@ -113,9 +113,10 @@ def _ttr_chart(stats: Sequence[dict[str, Any]]) -> str:
     )
 
 
-# How many rows a table of the report shows unless asked for more: a 10-million-event
-# trail's tables held 186,665 rows (77 MB), which Chromium took two minutes to lay out.
-# The figures count every row, and the CLI lists them all.
+# How many rows a table of the report shows unless asked for more: with every row, the
+# benchmark's 10-million-event trail made about 187,000 table rows (77 MB; docs/evidence.md),
+# more than a browser lays out in reasonable time. The figures count every row, and the
+# CLI lists them all.
 DEFAULT_ROWS = 1000
 
 
